@@ -1,0 +1,195 @@
+#!/bin/sh
+# build-wolfssl.sh - build the fast, static wolfSSL that ringmail links by
+# default (meson option wolfssl=bundled).
+#
+# Debian's libwolfssl-dev is built without assembly (AES-GCM about 30 times
+# slower than with AES-NI). This script rebuilds wolfSSL from Debian's own
+# source package (Debian's patches applied), configured for this server only,
+# as a static library, and installs it into
+#     /var/cache/ringmail/wolfssl-<version>-<hash of the configure flags>
+# with the symlink /var/cache/ringmail/wolfssl pointing at it (the default of
+# the meson option wolfssl_prefix). When that directory is already complete,
+# it does nothing and exits 0.
+#
+# Environment:
+#   RINGMAIL_WOLFSSL_PREFIX  the symlink to create instead of
+#                            /var/cache/ringmail/wolfssl; the versioned
+#                            directory is created beside it. Pass the same
+#                            path to meson: -Dwolfssl_prefix=...
+#   RINGMAIL_WOLFSSL_JOBS    parallel make jobs (default: nproc)
+#
+# Run as root on Debian 12 (it uses apt-get). Idempotent.
+set -eu
+
+LINK=${RINGMAIL_WOLFSSL_PREFIX:-/var/cache/ringmail/wolfssl}
+LINK=${LINK%/}
+CACHE=$(dirname "$LINK")
+JOBS=${RINGMAIL_WOLFSSL_JOBS:-$(nproc 2>/dev/null || echo 2)}
+
+say() { printf 'build-wolfssl: %s\n' "$*"; }
+die() { printf 'build-wolfssl: error: %s\n' "$*" >&2; exit 1; }
+
+# The configuration of the server's wolfSSL. Changing a flag changes the hash
+# and so the directory: a new build next to the old one, never a mixed one.
+#   - TLS 1.2 and 1.3 only: --disable-oldtls removes TLS 1.0/1.1 (SSLv3 is
+#     off by default), no DTLS, no OpenSSL compatibility layer.
+#   - Assembly: AES-NI, AVX/AVX2 (intelasm), single-precision math in asm
+#     for P-256/X25519 (sp, sp-asm).
+#   - Session tickets, SNI, ALPN; certgen/certreq/keygen to generate the
+#     self-signed ECDSA P-256 certificate, and WOLFSSL_ALT_NAMES (no configure
+#     switch of its own in 5.5) for its subjectAltName.
+#   - crypttests stays on so wolfCrypt's benchmark is built (the bench
+#     measures "the crypto bound of one handshake" with it); examples off.
+FLAGS="--enable-static --disable-shared
+--enable-tls13 --enable-tlsv12 --disable-oldtls --disable-sslv3 --disable-dtls
+--disable-opensslextra --disable-opensslall
+--enable-intelasm --enable-aesni --enable-sp --enable-sp-asm
+--enable-aesgcm --enable-chacha --enable-poly1305
+--enable-ecc --enable-curve25519 --enable-ed25519
+--enable-session-ticket --enable-sni --enable-alpn --enable-supportedcurves
+--enable-certgen --enable-certreq --enable-keygen
+--enable-harden
+--disable-examples --enable-crypttests"
+FLAGS=$(printf '%s ' $FLAGS)
+FLAGS=${FLAGS% }
+# -fPIC: the archive is linked into PIE executables.
+CFLAGS_EXTRA="-O2 -fPIC -DWOLFSSL_ALT_NAMES"
+HASH=$(printf '%s|%s' "$FLAGS" "$CFLAGS_EXTRA" | sha256sum | cut -c1-10)
+
+[ "$(id -u)" = 0 ] || die "run as root (it installs packages with apt-get)"
+command -v apt-get >/dev/null || die "apt-get not found: this script is for Debian"
+
+# ---- deb-src ------------------------------------------------------------
+have_deb_src() {
+	grep -rqsE '^[[:space:]]*deb-src[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null && return 0
+	grep -rqsiE '^Types:.*deb-src' /etc/apt/sources.list.d/*.sources 2>/dev/null && return 0
+	return 1
+}
+
+add_deb_src() {
+	out=/etc/apt/sources.list.d/ringmail-deb-src.sources
+	tmp=$out.tmp
+	: >"$tmp"
+	if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+		# Copy every stanza, with Types: deb-src.
+		awk '
+			/^[[:space:]]*#/ { next }
+			/^[[:space:]]*$/ { if (n) print ""; n = 0; next }
+			/^Types:/ { print "Types: deb-src"; n++; next }
+			/^(URIs|Suites|Components|Signed-By):/ { print; n++; next }
+			END { if (n) print "" }
+		' /etc/apt/sources.list.d/debian.sources >>"$tmp"
+	fi
+	if [ -f /etc/apt/sources.list ]; then
+		# One-line form: deb [opts] URI suite components...
+		awk '
+			$1 == "deb" {
+				i = 2
+				if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+				printf "Types: deb-src\nURIs: %s\nSuites: %s\nComponents:", $i, $(i + 1)
+				for (j = i + 2; j <= NF; j++) printf " %s", $j
+				printf "\n\n"
+			}
+		' /etc/apt/sources.list >>"$tmp"
+	fi
+	[ -s "$tmp" ] || { rm -f "$tmp"; die "no Debian source found in /etc/apt/sources.list{,.d/debian.sources}"; }
+	mv "$tmp" "$out"
+	say "added $out:"
+	sed 's/^/    /' "$out"
+}
+
+if ! have_deb_src; then
+	add_deb_src
+	say "apt-get update"
+	apt-get update -qq
+fi
+
+# ---- the version Debian ships -------------------------------------------
+VERSION=$(apt-cache showsrc wolfssl 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n 1)
+[ -n "$VERSION" ] || die "apt-cache showsrc wolfssl found nothing (is deb-src configured and apt-get update done?)"
+UPSTREAM=$(printf '%s' "$VERSION" | sed 's/^[0-9]*://; s/-[^-]*$//')
+DEST=$CACHE/wolfssl-$UPSTREAM-$HASH
+
+complete() {
+	[ -f "$1/.ringmail-complete" ] && [ -f "$1/lib/libwolfssl.a" ] &&
+	[ -f "$1/include/wolfssl/ssl.h" ] && [ -x "$1/bin/wolfcrypt-benchmark" ]
+}
+
+point_link() {
+	if [ "$(readlink "$LINK" 2>/dev/null || true)" != "$(basename "$DEST")" ]; then
+		[ -e "$LINK" ] && [ ! -L "$LINK" ] && die "$LINK exists and is not a symlink"
+		ln -sfn "$(basename "$DEST")" "$LINK.tmp"
+		mv -T "$LINK.tmp" "$LINK"
+		say "$LINK -> $(basename "$DEST")"
+	fi
+}
+
+if complete "$DEST"; then
+	point_link
+	say "up to date: $DEST (wolfSSL $VERSION, flags $HASH)"
+	exit 0
+fi
+
+say "building wolfSSL $VERSION into $DEST"
+say "configure flags: $FLAGS"
+
+# ---- build tools ----------------------------------------------------------
+NEED="build-essential autoconf automake libtool dpkg-dev pkg-config"
+MISSING=
+for p in $NEED; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || MISSING="$MISSING $p"
+done
+if [ -n "$MISSING" ]; then
+	say "apt-get install$MISSING"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING
+fi
+
+# ---- source, configure, build, install ------------------------------------
+mkdir -p "$CACHE"
+WORK=$(mktemp -d "$CACHE/.build-wolfssl.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT INT TERM
+cd "$WORK"
+chmod 755 "$WORK"  # apt-get source runs as _apt when it can
+say "apt-get source wolfssl=$VERSION in $WORK"
+apt-get source -qq "wolfssl=$VERSION" >source.log 2>&1 || { cat source.log >&2; die "apt-get source failed"; }
+SRC=$(find . -mindepth 1 -maxdepth 1 -type d -name 'wolfssl-*' | head -n 1)
+[ -n "$SRC" ] || die "no unpacked source directory"
+cd "$SRC"
+
+if [ ! -x ./configure ]; then
+	say "autogen"
+	./autogen.sh >../autogen.log 2>&1 || { tail -n 40 ../autogen.log >&2; die "autogen failed"; }
+fi
+
+rm -rf "$DEST"
+say "configure"
+# shellcheck disable=SC2086
+./configure --prefix="$DEST" $FLAGS CFLAGS="$CFLAGS_EXTRA" >../configure.log 2>&1 ||
+	{ tail -n 40 ../configure.log >&2; die "configure failed (log above)"; }
+say "make -j$JOBS"
+make -j"$JOBS" >../make.log 2>&1 || { tail -n 60 ../make.log >&2; die "make failed (log above)"; }
+make install >../install.log 2>&1 || { tail -n 40 ../install.log >&2; die "make install failed"; }
+
+# The benchmark binary: libtool may leave a wrapper script; with a static
+# build the real program is the file itself or .libs/benchmark.
+BENCH=wolfcrypt/benchmark/benchmark
+[ -f wolfcrypt/benchmark/.libs/benchmark ] && BENCH=wolfcrypt/benchmark/.libs/benchmark
+[ -f "$BENCH" ] || die "wolfcrypt benchmark was not built"
+install -D -m 0755 "$BENCH" "$DEST/bin/wolfcrypt-benchmark"
+
+# Keep the flags and Debian version next to the build, for the report and
+# for anyone wondering what exactly is linked.
+{
+	printf 'debian_version=%s\n' "$VERSION"
+	printf 'configure_flags=%s\n' "$FLAGS"
+	printf 'cflags=%s\n' "$CFLAGS_EXTRA"
+	printf 'flags_hash=%s\n' "$HASH"
+} >"$DEST/ringmail-build.txt"
+cp ../configure.log "$DEST/configure.log"
+grep -h '^#define' "$DEST/include/wolfssl/options.h" >/dev/null ||
+	die "installed options.h is empty"
+touch "$DEST/.ringmail-complete"
+
+point_link
+say "done: $DEST"
+say "benchmark: $DEST/bin/wolfcrypt-benchmark"
