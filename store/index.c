@@ -1,0 +1,446 @@
+/* index.c - the in-memory folder index: apply, replay, checkpoints. */
+#include "store/index.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/crc32c.h"
+#include "store/store.h"
+
+struct iblob *iblob_new(struct span b)
+{
+	struct iblob *x = malloc(sizeof(*x) + b.len);
+
+	if (!x)
+		return NULL;
+	atomic_init(&x->refs, 1);
+	x->len = (uint32_t)b.len;
+	if (b.len)
+		memcpy(x->data, b.p, b.len);
+	return x;
+}
+
+struct iblob *iblob_ref(struct iblob *b)
+{
+	atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+	return b;
+}
+
+void iblob_unref(struct iblob **b_r)
+{
+	struct iblob *b = *b_r;
+
+	*b_r = NULL;
+	if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1)
+		free(b);
+}
+
+void index_init(struct index *ix)
+{
+	memset(ix, 0, sizeof(*ix));
+	ix->uidnext = 1;
+}
+
+void index_clear(struct index *ix)
+{
+	for (size_t i = 0; i < ix->n; i++)
+		iblob_unref(&ix->msgs[i].blob);
+	free(ix->msgs);
+	for (unsigned i = 0; i < 64; i++)
+		free(ix->keywords[i]);
+	index_init(ix);
+}
+
+static ssize_t index_pos(const struct index *ix, uint32_t uid)
+{
+	size_t lo = 0, hi = ix->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (ix->msgs[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < ix->n && ix->msgs[lo].uid == uid ? (ssize_t)lo : -1;
+}
+
+struct index_msg *index_find(const struct index *ix, uint32_t uid)
+{
+	ssize_t i = index_pos(ix, uid);
+	return i < 0 ? NULL : &ix->msgs[i];
+}
+
+int index_keyword(const struct index *ix, struct span name)
+{
+	for (unsigned i = 0; i < 64; i++)
+		if (ix->keywords[i] && span_eq_nocase(span_cstr(ix->keywords[i]), name))
+			return (int)i;
+	return -1;
+}
+
+static void index_set_flags(struct index *ix, struct index_msg *m, uint32_t flags)
+{
+	if (!(m->flags & STORE_F_SEEN))
+		ix->unseen--;
+	m->flags = flags;
+	if (!(m->flags & STORE_F_SEEN))
+		ix->unseen++;
+}
+
+static int apply_append(struct index *ix, const struct rec_append *a)
+{
+	struct index_msg *m;
+
+	if (a->uid < ix->uidnext)
+		return -EINVAL;
+	if (ix->n == ix->cap) {
+		size_t cap = ix->cap ? ix->cap * 2 : 64;
+		struct index_msg *p = realloc(ix->msgs, cap * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		ix->msgs = p;
+		ix->cap = cap;
+	}
+	m = &ix->msgs[ix->n];
+	*m = (struct index_msg){
+		.uid = a->uid, .flags = a->flags & STORE_F_ALL, .keywords = a->keywords,
+		.modseq = a->modseq, .size = a->len, .date = a->date, .seg = a->seg,
+		.data_crc = a->data_crc, .off = a->off,
+	};
+	m->blob = iblob_new(a->blob);
+	if (!m->blob)
+		return -ENOMEM;
+	ix->n++;
+	ix->uidnext = a->uid + 1;
+	if (a->modseq > ix->highestmodseq)
+		ix->highestmodseq = a->modseq;
+	ix->bytes += a->len;
+	if (!(m->flags & STORE_F_SEEN))
+		ix->unseen++;
+	if (a->seg > ix->max_seg)
+		ix->max_seg = a->seg;
+	return 0;
+}
+
+static void apply_flags(struct index *ix, const struct rec_flags *f)
+{
+	for (uint32_t i = 0; i < f->n; i++) {
+		struct index_msg *m = index_find(ix, record_uid_at(f->uids, i));
+		uint32_t fl;
+		uint64_t kw;
+
+		if (!m)
+			continue;
+		switch (f->op) {
+		case REC_FLAGS_SET:
+			fl = f->flags;
+			kw = f->keywords;
+			break;
+		case REC_FLAGS_ADD:
+			fl = m->flags | f->flags;
+			kw = m->keywords | f->keywords;
+			break;
+		default:
+			fl = m->flags & ~f->flags;
+			kw = m->keywords & ~f->keywords;
+			break;
+		}
+		index_set_flags(ix, m, fl & STORE_F_ALL);
+		m->keywords = kw;
+		m->modseq = f->modseq;
+	}
+	if (f->modseq > ix->highestmodseq)
+		ix->highestmodseq = f->modseq;
+}
+
+static uint64_t apply_expunge(struct index *ix, const struct rec_expunge *e)
+{
+	uint64_t freed = 0;
+	size_t w = 0;
+	bool any = false;
+
+	/* Mark with uid 0, then squeeze once: O(n log N + N). */
+	for (uint32_t i = 0; i < e->n; i++) {
+		ssize_t p = index_pos(ix, record_uid_at(e->uids, i));
+		if (p >= 0) {
+			ix->msgs[p].uid = 0;
+			any = true;
+		}
+	}
+	if (any) {
+		for (size_t r = 0; r < ix->n; r++) {
+			struct index_msg *m = &ix->msgs[r];
+			if (m->uid == 0) {
+				freed += m->size;
+				ix->bytes -= m->size;
+				if (!(m->flags & STORE_F_SEEN))
+					ix->unseen--;
+				iblob_unref(&m->blob);
+				continue;
+			}
+			ix->msgs[w++] = *m;
+		}
+		ix->n = w;
+	}
+	if (e->modseq > ix->highestmodseq)
+		ix->highestmodseq = e->modseq;
+	return freed;
+}
+
+int index_apply(struct index *ix, const struct record *r, uint64_t *freed_r)
+{
+	uint64_t freed = 0;
+
+	if (!ix->have_hdr && r->type != REC_FOLDER_HDR)
+		return -EINVAL;
+	switch (r->type) {
+	case REC_FOLDER_HDR:
+		if (ix->have_hdr || r->u.hdr.version != FOLDER_LOG_VERSION)
+			return -EINVAL;
+		ix->have_hdr = true;
+		ix->uidvalidity = r->u.hdr.uidvalidity;
+		ix->folder_id = r->u.hdr.folder_id;
+		break;
+	case REC_APPEND: {
+		int err = apply_append(ix, &r->u.append);
+		if (err)
+			return err;
+		break;
+	}
+	case REC_FLAGS:
+		apply_flags(ix, &r->u.flags);
+		break;
+	case REC_EXPUNGE:
+		freed = apply_expunge(ix, &r->u.expunge);
+		break;
+	case REC_KEYWORD: {
+		char *name = strndup((const char *)r->u.keyword.name.p, r->u.keyword.name.len);
+		if (!name)
+			return -ENOMEM;
+		free(ix->keywords[r->u.keyword.idx]);
+		ix->keywords[r->u.keyword.idx] = name;
+		break;
+	}
+	case REC_RELOC: {
+		struct index_msg *m = index_find(ix, r->u.reloc.uid);
+		if (m) {
+			m->seg = r->u.reloc.seg;
+			m->off = r->u.reloc.off;
+		}
+		if (r->u.reloc.seg > ix->max_seg)
+			ix->max_seg = r->u.reloc.seg;
+		break;
+	}
+	default:
+		return -EINVAL;
+	}
+	if (freed_r)
+		*freed_r = freed;
+	return 0;
+}
+
+int index_replay(struct index *ix, struct span log, size_t *good_r)
+{
+	size_t off = 0;
+
+	for (;;) {
+		struct record r;
+		size_t used;
+		enum record_status st = record_next(span_skip(log, off), &r, &used);
+		int err;
+
+		if (st != RECORD_OK) {
+			*good_r = off;
+			return (int)st;
+		}
+		err = index_apply(ix, &r, NULL);
+		if (err == -ENOMEM) {
+			*good_r = off;
+			return err;
+		}
+		if (err) {
+			*good_r = off;
+			return RECORD_BAD;
+		}
+		off += used;
+	}
+}
+
+/* ---- checkpoints ------------------------------------------------------ */
+
+enum { CK_HDR = 4 + 4 + 8 + 4 + 4 + 8 + 4 + 4 + 8 + 4, CK_MSG = 4 + 4 + 8 + 8 + 8 + 8 + 4 + 4 + 8 + 4 };
+
+size_t index_checkpoint_size(const struct index *ix)
+{
+	size_t n = CK_HDR + 4;
+
+	for (unsigned i = 0; i < 64; i++)
+		if (ix->keywords[i])
+			n += 8 + strlen(ix->keywords[i]);
+	for (size_t i = 0; i < ix->n; i++)
+		n += CK_MSG + ix->msgs[i].blob->len;
+	return n;
+}
+
+static uint8_t *put(uint8_t *p, const void *v, size_t n)
+{
+	memcpy(p, v, n);
+	return p + n;
+}
+#define PUT(p, v) put((p), &(v), sizeof(v))
+
+size_t index_checkpoint_put(const struct index *ix, uint64_t log_off, uint8_t *out, size_t cap)
+{
+	size_t need = index_checkpoint_size(ix);
+	uint32_t magic = CHECKPOINT_MAGIC, ver = CHECKPOINT_VERSION, nkw = 0, crc;
+	uint64_t nmsg = ix->n;
+	uint8_t *p = out;
+
+	if (cap < need)
+		return 0;
+	for (unsigned i = 0; i < 64; i++)
+		nkw += ix->keywords[i] != NULL;
+	p = PUT(p, magic);
+	p = PUT(p, ver);
+	p = PUT(p, log_off);
+	p = PUT(p, ix->uidvalidity);
+	p = PUT(p, ix->uidnext);
+	p = PUT(p, ix->highestmodseq);
+	p = PUT(p, ix->folder_id);
+	p = PUT(p, ix->max_seg);
+	p = PUT(p, nmsg);
+	p = PUT(p, nkw);
+	for (uint32_t i = 0; i < 64; i++) {
+		uint32_t len;
+		if (!ix->keywords[i])
+			continue;
+		len = (uint32_t)strlen(ix->keywords[i]);
+		p = PUT(p, i);
+		p = PUT(p, len);
+		p = put(p, ix->keywords[i], len);
+	}
+	for (size_t i = 0; i < ix->n; i++) {
+		const struct index_msg *m = &ix->msgs[i];
+		p = PUT(p, m->uid);
+		p = PUT(p, m->flags);
+		p = PUT(p, m->keywords);
+		p = PUT(p, m->modseq);
+		p = PUT(p, m->size);
+		p = PUT(p, m->date);
+		p = PUT(p, m->seg);
+		p = PUT(p, m->data_crc);
+		p = PUT(p, m->off);
+		p = PUT(p, m->blob->len);
+		p = put(p, m->blob->data, m->blob->len);
+	}
+	crc = crc32c(0, out, (size_t)(p - out));
+	p = PUT(p, crc);
+	return (size_t)(p - out);
+}
+
+struct ck_rd {
+	const uint8_t *p;
+	size_t left;
+	bool bad;
+};
+
+static void get(struct ck_rd *r, void *v, size_t n)
+{
+	if (r->bad || r->left < n) {
+		r->bad = true;
+		memset(v, 0, n);
+		return;
+	}
+	memcpy(v, r->p, n);
+	r->p += n;
+	r->left -= n;
+}
+#define GET(r, v) get((r), &(v), sizeof(v))
+
+int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
+{
+	struct ck_rd r;
+	uint32_t magic, ver, nkw, crc;
+	uint64_t nmsg, log_off;
+	int err = -EINVAL;
+
+	if (in.len < CK_HDR + 4)
+		return -EINVAL;
+	memcpy(&crc, in.p + in.len - 4, 4);
+	if (crc != crc32c(0, in.p, in.len - 4))
+		return -EINVAL;
+	r = (struct ck_rd){ in.p, in.len - 4, false };
+	GET(&r, magic);
+	GET(&r, ver);
+	GET(&r, log_off);
+	GET(&r, ix->uidvalidity);
+	GET(&r, ix->uidnext);
+	GET(&r, ix->highestmodseq);
+	GET(&r, ix->folder_id);
+	GET(&r, ix->max_seg);
+	GET(&r, nmsg);
+	GET(&r, nkw);
+	if (r.bad || magic != CHECKPOINT_MAGIC || ver != CHECKPOINT_VERSION || nkw > 64 ||
+	    nmsg > r.left / CK_MSG)
+		goto err;
+	ix->have_hdr = true;
+	for (uint32_t k = 0; k < nkw; k++) {
+		uint32_t i, len;
+		GET(&r, i);
+		GET(&r, len);
+		if (r.bad || i >= 64 || len > r.left || len > RECORD_NAME_MAX || ix->keywords[i])
+			goto err;
+		ix->keywords[i] = strndup((const char *)r.p, len);
+		if (!ix->keywords[i]) {
+			err = -ENOMEM;
+			goto err;
+		}
+		r.p += len;
+		r.left -= len;
+	}
+	if (nmsg) {
+		ix->msgs = calloc(nmsg, sizeof(*ix->msgs));
+		if (!ix->msgs) {
+			err = -ENOMEM;
+			goto err;
+		}
+		ix->cap = nmsg;
+	}
+	for (uint64_t k = 0; k < nmsg; k++) {
+		struct index_msg m;
+		uint32_t bl;
+		GET(&r, m.uid);
+		GET(&r, m.flags);
+		GET(&r, m.keywords);
+		GET(&r, m.modseq);
+		GET(&r, m.size);
+		GET(&r, m.date);
+		GET(&r, m.seg);
+		GET(&r, m.data_crc);
+		GET(&r, m.off);
+		GET(&r, bl);
+		if (r.bad || bl > r.left || m.uid == 0 || m.uid >= ix->uidnext ||
+		    (ix->n && m.uid <= ix->msgs[ix->n - 1].uid) || m.seg > ix->max_seg)
+			goto err;
+		m.blob = iblob_new(span_make(r.p, bl));
+		if (!m.blob) {
+			err = -ENOMEM;
+			goto err;
+		}
+		r.p += bl;
+		r.left -= bl;
+		ix->msgs[ix->n++] = m;
+		ix->bytes += m.size;
+		if (!(m.flags & STORE_F_SEEN))
+			ix->unseen++;
+	}
+	if (r.left != 0)
+		goto err;
+	*log_off_r = log_off;
+	return 0;
+err:
+	index_clear(ix);
+	return err;
+}

@@ -1,0 +1,83 @@
+/* index.h - a folder's in-memory index, rebuilt from its log, and the
+ * checkpoint (snapshot) format. Pure code: no I/O, no locking (the caller
+ * holds the folder's mutex). */
+#ifndef RINGMAIL_STORE_INDEX_H
+#define RINGMAIL_STORE_INDEX_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/span.h"
+#include "store/record.h"
+
+/* An immutable structure blob shared by the index and views. */
+struct iblob {
+	atomic_uint refs;
+	uint32_t len;
+	uint8_t data[];
+};
+
+/* Returns a new blob holding a copy of b (refs 1), or NULL. */
+struct iblob *iblob_new(struct span b);
+struct iblob *iblob_ref(struct iblob *b);
+void iblob_unref(struct iblob **b_r);
+
+struct index_msg {
+	uint32_t uid, flags;
+	uint64_t keywords, modseq, size;
+	int64_t date;
+	uint32_t seg, data_crc;
+	uint64_t off;
+	struct iblob *blob;
+};
+
+struct index {
+	uint32_t folder_id, uidvalidity, uidnext;
+	uint64_t highestmodseq;
+	struct index_msg *msgs; /* sorted by uid */
+	size_t n, cap;
+	char *keywords[64];
+	uint64_t bytes;         /* sum of sizes */
+	uint32_t unseen;
+	uint32_t max_seg;       /* highest segment number ever referenced */
+	bool have_hdr;
+};
+
+void index_init(struct index *ix);
+void index_clear(struct index *ix);
+
+/* Applies one decoded record. Returns 0, -EINVAL when the record cannot
+ * follow the state (a UID not above uidnext, a missing header), or -ENOMEM.
+ * On error the index is unchanged. freed_r (may be NULL) receives the bytes
+ * expunged by the record. */
+int index_apply(struct index *ix, const struct record *r, uint64_t *freed_r);
+
+/* Replays the records of log[0..len) into ix. *good_r receives the length
+ * of the prefix of whole, valid, applicable records. Returns the status
+ * that stopped it: RECORD_END (clean), RECORD_SHORT (torn tail), RECORD_BAD
+ * (corrupt or inapplicable), or -ENOMEM (as a negative int). */
+int index_replay(struct index *ix, struct span log, size_t *good_r);
+
+/* The message with uid, or NULL. */
+struct index_msg *index_find(const struct index *ix, uint32_t uid);
+/* The keyword index of name, adding nothing; -1 when absent. */
+int index_keyword(const struct index *ix, struct span name);
+
+/* ---- checkpoints ------------------------------------------------------ */
+
+#define CHECKPOINT_MAGIC 0x6b636d72u /* "rmck" */
+#define CHECKPOINT_VERSION 1u
+
+/* Bytes needed by index_checkpoint_put(). */
+size_t index_checkpoint_size(const struct index *ix);
+/* Serializes ix, which reflects the log up to log_off, into out (cap bytes).
+ * Returns the length, or 0 if cap is too small. */
+size_t index_checkpoint_put(const struct index *ix, uint64_t log_off, uint8_t *out, size_t cap);
+/* Loads a checkpoint into an empty ix. Returns 0 and the log offset it
+ * covers in *log_off_r, -EINVAL when it is damaged (ix is then cleared), or
+ * -ENOMEM. */
+int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r);
+
+#endif
