@@ -54,13 +54,21 @@ int loop_defer(struct loop *loop, void (*fn)(struct loop *, void *), void *arg);
 /* Milliseconds of a monotonic clock, cached once per tick. */
 uint64_t loop_now_ms(const struct loop *loop);
 
-/* The server this loop belongs to (configuration, counters, other loops). */
+/* The server this loop belongs to (configuration, counters, other loops);
+ * NULL for a standalone loop. */
 struct server *loop_server(const struct loop *loop);
+/* The loop's log (see core/log.h). */
+struct log *loop_log(struct loop *loop);
 
 /* Cross-loop messages. kind selects a handler set with loop_on_msg() on the
  * target; payload is at most 56 bits (a pointer fits). Returns 0 or a
  * negative errno. The handler runs on the target loop's thread. */
-enum { LOOP_MSG_KINDS = 16 };
+enum {
+	LOOP_MSG_SHUTDOWN = 0, /* core: stop accepting, drain, exit */
+	LOOP_MSG_RELOAD = 1,   /* core: pick up the new configuration */
+	LOOP_MSG_USER = 2,     /* first kind free for other modules */
+	LOOP_MSG_KINDS = 16,
+};
 typedef void (*loop_msg_fn)(struct loop *loop, uint32_t kind, uint64_t payload);
 int loop_msg(struct loop *from, int to_loop, uint32_t kind, uint64_t payload);
 void loop_on_msg(struct loop *loop, uint32_t kind, loop_msg_fn fn);
@@ -136,12 +144,22 @@ void conn_set_session(struct conn *c, void *session);
 struct loop *conn_loop(const struct conn *c);
 /* The listener's configured row (struct listener_config, core/config.h). */
 const struct listener_config *conn_listener(const struct conn *c);
+/* The configuration snapshot the connection was accepted under: it stays
+ * valid for the connection's life, across reloads. */
+const struct config *conn_config(const struct conn *c);
 /* A process-unique session id for logs. */
 uint64_t conn_sid(const struct conn *c);
 /* The peer address as text ("192.0.2.1" or "2001:db8::1"); valid for the
  * connection's life. */
 const char *conn_peer(const struct conn *c);
-const struct sockaddr_storage *conn_peer_addr(const struct conn *c);
+const struct sockaddr *conn_peer_addr(const struct conn *c);
+/* Which connection limit this connection is over, when open() runs: the
+ * session then sends its protocol's "too many connections" reply and closes
+ * (flushing). CONN_LIMIT_NONE otherwise. */
+enum conn_limit { CONN_LIMIT_NONE, CONN_LIMIT_TOTAL, CONN_LIMIT_PER_IP, CONN_LIMIT_SHUTDOWN };
+enum conn_limit conn_limit_hit(const struct conn *c);
+/* The loop's log, for sessions: LOG_AT(conn_log(c), LOG_INFO, conn_sid(c), ...). */
+struct log *conn_log(const struct conn *c);
 int conn_fd(const struct conn *c);
 
 #endif

@@ -1,0 +1,121 @@
+/* config.h - the configuration: one INI-style file, or the embedded default.
+ *
+ *   [server]            hostname, domains, data, threads, user, ...
+ *   [limits]            connection caps and timeouts
+ *   [tls]               certificates (cert = / key = / sni.NAME = cert,key)
+ *   [listener NAME]     one row of the port table: address, port,
+ *                       protocol (smtp|imap|pop3), security
+ *                       (tls|starttls|plain|dual), role (smtp: submission|mx)
+ *
+ * Lines are `key = value`; `#` and `;` start comments; durations take ms, s,
+ * m or h suffixes (a bare number means seconds); sizes take k, m, g. A file
+ * without any [listener] section gets the default listeners. Every error is
+ * reported as "FILE:LINE: what is wrong". docs/config.md lists every key. */
+#ifndef RINGMAIL_CORE_CONFIG_H
+#define RINGMAIL_CORE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CONFIG_MAX_LISTENERS 64
+#define CONFIG_MAX_DOMAINS 64
+#define CONFIG_MAX_CERTS 32
+#define CONFIG_STR_MAX 256
+
+enum listener_proto { PROTO_SMTP, PROTO_IMAP, PROTO_POP3 };
+
+enum listener_security {
+	SEC_PLAIN,    /* plaintext; STARTTLS offered; login allowed unless
+			 limits.plaintext_auth = no */
+	SEC_STARTTLS, /* plaintext greeting; TLS required before login */
+	SEC_TLS,      /* implicit TLS from the first byte */
+	SEC_DUAL,     /* implicit TLS when the client speaks first with a
+			 ClientHello; otherwise a plaintext greeting that only
+			 offers the upgrade (the seed table's "POP3 STARTTLS 995") */
+};
+
+enum listener_role { ROLE_MX, ROLE_SUBMISSION };
+
+struct listener_config {
+	char name[64];
+	char address[64];   /* "" or "*": every address (IPv6 and IPv4) */
+	uint16_t port;      /* before port_offset */
+	enum listener_proto proto;
+	enum listener_security security;
+	enum listener_role role;  /* SMTP only */
+	int line;           /* where it was defined (0: embedded default) */
+};
+
+struct tls_cert_entry {
+	char name[CONFIG_STR_MAX];   /* SNI name; "" for the default */
+	char cert[CONFIG_STR_MAX];
+	char key[CONFIG_STR_MAX];
+};
+
+struct config {
+	char source[CONFIG_STR_MAX];  /* file name, or "(embedded default)" */
+	/* [server] */
+	char hostname[CONFIG_STR_MAX];
+	char domains[CONFIG_MAX_DOMAINS][CONFIG_STR_MAX];
+	size_t ndomains;
+	char data_dir[CONFIG_STR_MAX];
+	char user[64];                /* drop privileges to this user */
+	unsigned threads;             /* 0: one per online CPU */
+	unsigned port_offset;
+	uint32_t shutdown_grace_ms;
+	char log_level[16];
+	/* [limits] */
+	uint32_t max_connections;
+	uint32_t max_connections_per_ip;
+	uint32_t prelogin_timeout_ms;
+	uint32_t idle_timeout_ms;
+	uint32_t dual_wait_ms;        /* SEC_DUAL: wait for a ClientHello */
+	uint32_t handshake_timeout_ms;
+	uint32_t max_bad_commands;
+	uint64_t send_queue_max;
+	bool plaintext_auth;          /* login allowed on SEC_PLAIN rows */
+	/* [tls] */
+	struct tls_cert_entry certs[CONFIG_MAX_CERTS];
+	size_t ncerts;
+	uint32_t ticket_rotate_s;
+	/* [listener *] */
+	struct listener_config listeners[CONFIG_MAX_LISTENERS];
+	size_t nlisteners;
+};
+
+/* The embedded default configuration text (the port table of DESIGN.md). */
+extern const char config_default_text[];
+
+/* Fills cfg with the built-in defaults of every key and no listeners. */
+void config_defaults(struct config *cfg);
+
+/* Parses text (len bytes, need not be NUL-terminated) over cfg, which
+ * should hold config_defaults(). fname names the source in messages.
+ * Returns 0, or -EINVAL with "FNAME:LINE: message" in err. Pure: no I/O. */
+int config_parse_text(struct config *cfg, const char *fname, const char *text, size_t len,
+		      char *err, size_t errlen);
+
+/* Loads path (NULL: the embedded default) into cfg: defaults, then the file,
+ * then the default listeners when the file names none, then validation.
+ * Returns 0, or a negative errno with a message in err. */
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/* Checks cross-field rules (duplicate ports, missing hostname...). Returns
+ * 0 or -EINVAL with "FNAME:LINE: message" in err. */
+int config_validate(const struct config *cfg, char *err, size_t errlen);
+
+/* Writes the effective configuration in the file format. */
+void config_print(const struct config *cfg, FILE *out);
+
+const char *config_proto_str(enum listener_proto p);
+const char *config_security_str(enum listener_security s);
+const char *config_role_str(enum listener_role r);
+
+/* Parses "10s", "500ms", "2m", "1h", "30" (seconds). 0 or -EINVAL. */
+int config_parse_duration_ms(const char *s, uint32_t *ms_r);
+/* Parses "4096", "64k", "50m", "1g". 0 or -EINVAL. */
+int config_parse_size(const char *s, uint64_t *bytes_r);
+
+#endif

@@ -1,0 +1,1117 @@
+/* loop.c - the per-core io_uring event loop and its connections.
+ *
+ * Ownership rules:
+ * - A connection is freed only when no operation of it is in flight
+ *   (inflight == 0) and it is closed: completions never find freed memory.
+ *   The slot generation in every connection user_data is a second guard.
+ * - A receive buffer belongs to the kernel until its completion, then to
+ *   handle_input(), which gives it back before returning. Unconsumed bytes
+ *   are copied to conn->in, which exists only while non-empty.
+ * - Output is copied into the connection's chunk list; one send is in
+ *   flight at a time and its chunk is not freed before its completion. */
+#include "core/loop_private.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/server.h"
+#include "core/udata.h"
+
+static void conn_finish_close(struct conn *c, enum conn_close_reason reason);
+static void conn_maybe_free(struct conn *c);
+static void arm_recv(struct conn *c);
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+const char *conn_close_reason_str(enum conn_close_reason r)
+{
+	static const char *const names[] = { "peer", "error", "local", "timeout", "shutdown", "limit" };
+	return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "?";
+}
+
+/* ---- SQEs ------------------------------------------------------------ */
+
+static struct io_uring_sqe *get_sqe(struct loop *l)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
+	while (!sqe) {
+		/* SQ full: hand what we have to the kernel and try again. */
+		int rc = io_uring_submit(&l->ring);
+		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+			LOG_AT(&l->log, LOG_ERROR, 0, "submit", "error=%s", strerror(-rc));
+		sqe = io_uring_get_sqe(&l->ring);
+	}
+	return sqe;
+}
+
+struct io_uring_sqe *loop_sqe(struct loop *l, struct loop_cb *cb)
+{
+	struct io_uring_sqe *sqe = get_sqe(l);
+	uint64_t u;
+	/* A pointer that does not fit is a programming error on an exotic
+	 * address space; refuse loudly rather than misroute a completion. */
+	if (udata_ptr(UDATA_CB, cb, &u)) {
+		LOG_AT(&l->log, LOG_ERROR, 0, "udata", "error=pointer-too-wide");
+		abort();
+	}
+	io_uring_prep_nop(sqe);
+	io_uring_sqe_set_data64(sqe, u);
+	return sqe;
+}
+
+uint64_t loop_cb_udata(struct loop_cb *cb)
+{
+	uint64_t u = 0;
+	if (udata_ptr(UDATA_CB, cb, &u))
+		abort();
+	return u;
+}
+
+int loop_ring_fd(const struct loop *l) { return l->ring_fd; }
+int loop_id(const struct loop *l) { return l->id; }
+uint64_t loop_now_ms(const struct loop *l) { return l->now_ms; }
+struct server *loop_server(const struct loop *l) { return l->srv; }
+struct log *loop_log(struct loop *l) { return &l->log; }
+
+int loop_defer(struct loop *l, void (*fn)(struct loop *, void *), void *arg)
+{
+	if (l->ndeferred == l->deferred_cap) {
+		size_t cap = l->deferred_cap ? l->deferred_cap * 2 : 64;
+		struct deferred *d = realloc(l->deferred, cap * sizeof(*d));
+		if (!d)
+			return -ENOMEM;
+		l->deferred = d;
+		l->deferred_cap = cap;
+	}
+	l->deferred[l->ndeferred++] = (struct deferred){ fn, arg };
+	return 0;
+}
+
+static void run_deferred(struct loop *l)
+{
+	/* Deferred functions may defer more; bound the rounds so a function
+	 * that always re-defers cannot starve the ring. */
+	for (int round = 0; round < 16 && l->ndeferred; round++) {
+		size_t n = l->ndeferred;
+		struct deferred batch[64];
+		size_t take = n < 64 ? n : 64;
+		memcpy(batch, l->deferred, take * sizeof(batch[0]));
+		memmove(l->deferred, l->deferred + take, (n - take) * sizeof(batch[0]));
+		l->ndeferred = n - take;
+		for (size_t i = 0; i < take; i++)
+			batch[i].fn(l, batch[i].arg);
+	}
+}
+
+/* ---- cross-loop messages --------------------------------------------- */
+
+void loop_on_msg(struct loop *l, uint32_t kind, loop_msg_fn fn)
+{
+	if (kind < LOOP_MSG_KINDS)
+		l->msg_fns[kind] = fn;
+}
+
+int loop_msg(struct loop *from, int to, uint32_t kind, uint64_t payload)
+{
+	struct server *srv = from->srv;
+	if (!srv || to < 0 || (unsigned)to >= srv->nloops || kind >= LOOP_MSG_KINDS)
+		return -EINVAL;
+	struct io_uring_sqe *sqe = get_sqe(from);
+	io_uring_prep_msg_ring(sqe, srv->loops[to]->ring_fd, kind, udata_msg(payload), 0);
+	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_IGNORE, 0, 0));
+	return 0;
+}
+
+/* ---- timers ---------------------------------------------------------- */
+
+static void arm_tick(struct loop *l)
+{
+	if (l->tick_armed)
+		return;
+	struct io_uring_sqe *sqe = get_sqe(l);
+	l->tick_ts.tv_sec = 0;
+	l->tick_ts.tv_nsec = (long long)LOOP_TICK_MS * 1000000;
+	io_uring_prep_timeout(sqe, &l->tick_ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_TICK, 0, 0));
+	l->tick_armed = true;
+}
+
+static void on_tick(struct loop *l)
+{
+	l->tick_armed = false;
+	timer_wheel_advance(&l->wheel, l->now_ms);
+	if (l->accept_backoff) {
+		l->accept_backoff = false;
+		for (size_t i = 0; i < l->nlisteners; i++)
+			if (!l->listeners[i].armed && !l->listeners[i].closed && !l->stopping) {
+				struct io_uring_sqe *sqe = get_sqe(l);
+				io_uring_prep_multishot_accept(sqe, l->listeners[i].fd, NULL, NULL,
+							       SOCK_NONBLOCK | SOCK_CLOEXEC);
+				io_uring_sqe_set_data64(sqe, udata_conn(UDATA_ACCEPT, (uint32_t)i, 0));
+				l->listeners[i].armed = true;
+			}
+	}
+}
+
+static void conn_timer_fired(struct timer *t, void *arg)
+{
+	struct conn *c = arg;
+	(void)t;
+	if (c->closing)
+		return;
+	if (c->ops->timer)
+		c->ops->timer(c);
+	else
+		conn_finish_close(c, CONN_CLOSE_TIMEOUT);
+}
+
+void conn_set_timer(struct conn *c, uint32_t ms)
+{
+	struct loop *l = c->loop;
+	if (ms == 0 || c->closing) {
+		timer_disarm(&l->wheel, &c->timer);
+		return;
+	}
+	timer_arm(&l->wheel, &c->timer, l->now_ms, ms);
+}
+
+/* ---- connections: table ----------------------------------------------- */
+
+static int slot_alloc(struct loop *l, uint32_t *idx_r)
+{
+	if (l->free_head == UINT32_MAX) {
+		uint32_t n = l->nslots ? l->nslots * 2 : 1024;
+		struct conn_slot *s = realloc(l->slots, n * sizeof(*s));
+		if (!s)
+			return -ENOMEM;
+		for (uint32_t i = l->nslots; i < n; i++) {
+			s[i].c = NULL;
+			s[i].gen = 0;
+			s[i].next_free = i + 1 < n ? i + 1 : UINT32_MAX;
+		}
+		l->free_head = l->nslots;
+		l->slots = s;
+		l->nslots = n;
+	}
+	*idx_r = l->free_head;
+	l->free_head = l->slots[*idx_r].next_free;
+	return 0;
+}
+
+static void slot_free(struct loop *l, uint32_t idx)
+{
+	l->slots[idx].c = NULL;
+	l->slots[idx].gen = (l->slots[idx].gen + 1) & UDATA_GEN_MASK;
+	l->slots[idx].next_free = l->free_head;
+	l->free_head = idx;
+}
+
+static struct conn *slot_get(struct loop *l, uint32_t idx, uint32_t gen)
+{
+	if (idx >= l->nslots || l->slots[idx].gen != gen)
+		return NULL;
+	return l->slots[idx].c;
+}
+
+/* ---- connections: public helpers --------------------------------------- */
+
+void *conn_session(const struct conn *c) { return c->session; }
+void conn_set_session(struct conn *c, void *s) { c->session = s; }
+struct loop *conn_loop(const struct conn *c) { return c->loop; }
+const struct listener_config *conn_listener(const struct conn *c) { return c->lc; }
+const struct config *conn_config(const struct conn *c) { return c->cfg; }
+uint64_t conn_sid(const struct conn *c) { return c->sid; }
+const char *conn_peer(const struct conn *c) { return c->peer_str; }
+const struct sockaddr *conn_peer_addr(const struct conn *c) { return &c->peer.sa; }
+int conn_fd(const struct conn *c) { return c->fd; }
+size_t conn_send_pending(const struct conn *c) { return c->out_bytes; }
+enum conn_limit conn_limit_hit(const struct conn *c) { return (enum conn_limit)c->limit; }
+struct log *conn_log(const struct conn *c) { return &c->loop->log; }
+
+/* ---- output ----------------------------------------------------------- */
+
+static void schedule_flush(struct conn *c)
+{
+	if (c->on_flush_list || c->send_inflight)
+		return;
+	c->on_flush_list = true;
+	c->flush_next = c->loop->flush_list;
+	c->loop->flush_list = c;
+}
+
+int conn_send(struct conn *c, const void *p, size_t len)
+{
+	const struct config *cfg = c->loop->cfg;
+	const uint8_t *src = p;
+
+	if (c->closed || (c->closing && !c->flush_close))
+		return -EPIPE;
+	if (len == 0)
+		return 0;
+	if (cfg && c->out_bytes + len > cfg->send_queue_max) {
+		LOG_AT(&c->loop->log, LOG_WARN, c->sid, "send-queue-full", "queued=%zu",
+		       c->out_bytes);
+		conn_finish_close(c, CONN_CLOSE_LIMIT);
+		return -ENOBUFS;
+	}
+	while (len > 0) {
+		struct outchunk *t = c->out_tail;
+		/* Never append to the chunk a send is reading from mid-flight:
+		 * the kernel copies at submit time for sends, but keeping the
+		 * in-flight chunk immutable makes partial sends trivial. */
+		if (!t || t->len == t->cap || (c->send_inflight && t == c->out_head)) {
+			uint32_t cap = len > CONN_OUT_CHUNK ? (uint32_t)len : CONN_OUT_CHUNK;
+			t = malloc(sizeof(*t) + cap);
+			if (!t) {
+				conn_finish_close(c, CONN_CLOSE_ERROR);
+				return -ENOMEM;
+			}
+			t->next = NULL;
+			t->off = t->len = 0;
+			t->cap = cap;
+			if (c->out_tail)
+				c->out_tail->next = t;
+			else
+				c->out_head = t;
+			c->out_tail = t;
+		}
+		size_t n = t->cap - t->len;
+		if (n > len)
+			n = len;
+		memcpy(t->data + t->len, src, n);
+		t->len += (uint32_t)n;
+		c->out_bytes += n;
+		src += n;
+		len -= n;
+	}
+	schedule_flush(c);
+	return 0;
+}
+
+int conn_printf(struct conn *c, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return -EINVAL;
+	if ((size_t)n >= sizeof(buf)) {
+		char *big = malloc((size_t)n + 1);
+		if (!big)
+			return -ENOMEM;
+		va_start(ap, fmt);
+		vsnprintf(big, (size_t)n + 1, fmt, ap);
+		va_end(ap);
+		int rc = conn_send(c, big, (size_t)n);
+		free(big);
+		return rc;
+	}
+	return conn_send(c, buf, (size_t)n);
+}
+
+static void submit_send(struct conn *c)
+{
+	struct outchunk *h = c->out_head;
+	struct io_uring_sqe *sqe = get_sqe(c->loop);
+	io_uring_prep_send(sqe, c->fd, h->data + h->off, h->len - h->off, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_SEND, c->idx, c->gen));
+	c->send_inflight = true;
+	c->inflight++;
+}
+
+static void flush_conns(struct loop *l)
+{
+	struct conn *c = l->flush_list;
+	l->flush_list = NULL;
+	while (c) {
+		struct conn *next = c->flush_next;
+		c->on_flush_list = false;
+		if (c->closed)
+			conn_maybe_free(c);
+		else if (!c->send_inflight && c->out_head)
+			submit_send(c);
+		c = next;
+	}
+}
+
+static void free_output(struct conn *c)
+{
+	struct outchunk *h = c->out_head;
+	while (h) {
+		struct outchunk *n = h->next;
+		free(h);
+		h = n;
+	}
+	c->out_head = c->out_tail = NULL;
+	c->out_bytes = 0;
+}
+
+static void on_send(struct conn *c, int res)
+{
+	c->send_inflight = false;
+	c->inflight--;
+	if (c->closed) {
+		conn_maybe_free(c);
+		return;
+	}
+	if (res < 0) {
+		if (res == -EAGAIN || res == -EINTR) {
+			submit_send(c);
+			return;
+		}
+		LOG_AT(&c->loop->log, LOG_DEBUG, c->sid, "send-error", "error=%s", strerror(-res));
+		conn_finish_close(c, CONN_CLOSE_ERROR);
+		return;
+	}
+	struct outchunk *h = c->out_head;
+	h->off += (uint32_t)res;
+	c->out_bytes -= (size_t)res;
+	if (h->off == h->len) {
+		c->out_head = h->next;
+		if (!c->out_head)
+			c->out_tail = NULL;
+		free(h);
+	}
+	if (c->out_head) {
+		submit_send(c);
+		return;
+	}
+	if (c->flush_close) {
+		conn_finish_close(c, (enum conn_close_reason)c->close_reason);
+		return;
+	}
+	if (!c->closing && c->ops->drained)
+		c->ops->drained(c);
+}
+
+/* ---- close ------------------------------------------------------------ */
+
+static void conn_free(struct conn *c)
+{
+	struct loop *l = c->loop;
+	struct server *srv = l->srv;
+
+	free_output(c);
+	free(c->in);
+	if (srv) {
+		atomic_fetch_sub_explicit(&srv->nconns, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&srv->ipcount[c->ip_slot], 1, memory_order_relaxed);
+	}
+	slot_free(l, c->idx);
+	l->nconns--;
+	free(c);
+	if (l->stopping && l->nconns == 0)
+		l->exit = true;
+}
+
+static void conn_maybe_free(struct conn *c)
+{
+	if (c->closed && c->inflight == 0 && !c->on_flush_list)
+		conn_free(c);
+}
+
+static void conn_finish_close(struct conn *c, enum conn_close_reason reason)
+{
+	struct loop *l = c->loop;
+	struct io_uring_sqe *sqe;
+
+	if (c->closed)
+		return;
+	c->closed = true;
+	c->closing = true;
+	timer_disarm(&l->wheel, &c->timer);
+	LOG_AT(&l->log, LOG_INFO, c->sid, "close", "reason=%s", conn_close_reason_str(reason));
+	if (c->ops->close)
+		c->ops->close(c, reason);
+	c->session = NULL;
+	if (c->recv_armed) {
+		sqe = get_sqe(l);
+		io_uring_prep_cancel64(sqe, udata_conn(UDATA_RECV, c->idx, c->gen), 0);
+		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_CANCEL, c->idx, c->gen));
+		c->inflight++;
+	}
+	/* The close is linked after nothing: an in-flight send or recv holds
+	 * its own file reference, and the cancel above ends the recv. */
+	sqe = get_sqe(l);
+	io_uring_prep_close(sqe, c->fd);
+	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_CLOSE, c->idx, c->gen));
+	c->inflight++;
+}
+
+void conn_close(struct conn *c, bool flush)
+{
+	if (c->closing)
+		return;
+	c->closing = true;
+	c->close_reason = CONN_CLOSE_LOCAL;
+	if (flush && (c->out_bytes > 0 || c->send_inflight)) {
+		c->flush_close = true;
+		timer_disarm(&c->loop->wheel, &c->timer);
+		/* Bound how long a peer that does not read can keep us. */
+		const struct config *cfg = c->loop->cfg;
+		timer_arm(&c->loop->wheel, &c->timer, c->loop->now_ms,
+			  cfg ? cfg->handshake_timeout_ms : 10000);
+		return;
+	}
+	conn_finish_close(c, CONN_CLOSE_LOCAL);
+}
+
+/* The flush-close timer: the peer did not read its last reply in time. */
+static void conn_close_timer(struct conn *c)
+{
+	conn_finish_close(c, CONN_CLOSE_TIMEOUT);
+}
+
+/* ---- input ------------------------------------------------------------ */
+
+static int in_append(struct conn *c, const uint8_t *p, size_t n)
+{
+	if ((size_t)c->in_len + n > CONN_INPUT_MAX)
+		return -ENOBUFS;
+	if (c->in_len + n > c->in_cap) {
+		size_t cap = c->in_cap ? c->in_cap : 1024;
+		while (cap < c->in_len + n)
+			cap *= 2;
+		if (cap > CONN_INPUT_MAX)
+			cap = CONN_INPUT_MAX;
+		uint8_t *q = realloc(c->in, cap);
+		if (!q)
+			return -ENOMEM;
+		c->in = q;
+		c->in_cap = (uint32_t)cap;
+	}
+	memcpy(c->in + c->in_len, p, n);
+	c->in_len += (uint32_t)n;
+	return 0;
+}
+
+static void in_drop(struct conn *c, size_t n)
+{
+	if (n >= c->in_len) {
+		/* Empty: an idle connection pins no input memory. */
+		free(c->in);
+		c->in = NULL;
+		c->in_len = c->in_cap = 0;
+		return;
+	}
+	memmove(c->in, c->in + n, c->in_len - n);
+	c->in_len -= (uint32_t)n;
+}
+
+/* Offers the pending input to the session. */
+static void deliver_pending(struct conn *c)
+{
+	while (c->in_len && !c->closing && !c->paused) {
+		ssize_t used = c->ops->data(c, span_make(c->in, c->in_len));
+		if (c->closing)
+			return;
+		if (used < 0) {
+			conn_finish_close(c, CONN_CLOSE_LOCAL);
+			return;
+		}
+		if (used == 0) {
+			if (c->in_len >= CONN_INPUT_MAX)
+				conn_finish_close(c, CONN_CLOSE_LIMIT);
+			return;
+		}
+		in_drop(c, (size_t)used);
+	}
+}
+
+static void handle_input(struct conn *c, const uint8_t *p, size_t n)
+{
+	if (c->closing)
+		return; /* a flush-close drops what arrives meanwhile */
+	if (c->in_len || c->paused) {
+		if (in_append(c, p, n)) {
+			conn_finish_close(c, CONN_CLOSE_LIMIT);
+			return;
+		}
+		deliver_pending(c);
+		return;
+	}
+	/* The common case: parse in place in the kernel's buffer. */
+	ssize_t used = c->ops->data(c, span_make(p, n));
+	if (c->closing)
+		return;
+	if (used < 0) {
+		conn_finish_close(c, CONN_CLOSE_LOCAL);
+		return;
+	}
+	if ((size_t)used < n) {
+		if (in_append(c, p + used, n - (size_t)used)) {
+			conn_finish_close(c, CONN_CLOSE_LIMIT);
+			return;
+		}
+		/* The session may have consumed some and paused, or it may
+		 * want more bytes; either way what is left waits in c->in. */
+	}
+}
+
+static void arm_recv(struct conn *c)
+{
+	struct loop *l = c->loop;
+	if (c->recv_armed || c->closing || c->paused)
+		return;
+	struct io_uring_sqe *sqe = get_sqe(l);
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = l->br.bgid;
+	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_RECV, c->idx, c->gen));
+	c->recv_armed = true;
+	c->inflight++;
+}
+
+static void on_recv(struct conn *c, int res, uint32_t flags)
+{
+	struct loop *l = c->loop;
+	uint16_t bid;
+	uint8_t *buf = bufring_take(&l->br, flags, &bid);
+
+	if (!(flags & IORING_CQE_F_MORE)) {
+		c->recv_armed = false;
+		c->inflight--;
+	}
+	if (res > 0 && buf) {
+		handle_input(c, buf, (size_t)res);
+		bufring_put(&l->br, bid);
+	} else if (buf) {
+		bufring_put(&l->br, bid);
+	}
+	if (c->closed) {
+		conn_maybe_free(c);
+		return;
+	}
+	if (res == 0) {
+		conn_finish_close(c, CONN_CLOSE_PEER);
+		return;
+	}
+	if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR) {
+		LOG_AT(&l->log, LOG_DEBUG, c->sid, "recv-error", "error=%s", strerror(-res));
+		conn_finish_close(c, CONN_CLOSE_ERROR);
+		return;
+	}
+	if (!c->recv_armed)
+		arm_recv(c);
+}
+
+void conn_pause(struct conn *c)
+{
+	struct loop *l = c->loop;
+	if (c->paused || c->closing)
+		return;
+	c->paused = true;
+	if (c->recv_armed) {
+		/* A multishot recv cannot be paused, only cancelled; bytes that
+		 * race with the cancel are kept in c->in. */
+		struct io_uring_sqe *sqe = get_sqe(l);
+		io_uring_prep_cancel64(sqe, udata_conn(UDATA_RECV, c->idx, c->gen), 0);
+		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_CANCEL, c->idx, c->gen));
+		c->inflight++;
+	}
+}
+
+static void resume_deferred(struct loop *l, void *arg)
+{
+	(void)l;
+	struct conn *c = arg;
+	c->resume_pending = false;
+	c->inflight--;
+	if (c->closed) {
+		conn_maybe_free(c);
+		return;
+	}
+	if (c->paused)
+		return;
+	deliver_pending(c);
+	if (!c->closing && !c->paused)
+		arm_recv(c);
+	if (c->closed)
+		conn_maybe_free(c);
+}
+
+void conn_resume(struct conn *c)
+{
+	if (!c->paused || c->closing)
+		return;
+	c->paused = false;
+	if (c->resume_pending)
+		return;
+	/* Deliver from the loop, not from inside the caller's callback. The
+	 * pending flag counts as an operation in flight so the connection
+	 * outlives it. */
+	if (loop_defer(c->loop, resume_deferred, c) == 0) {
+		c->resume_pending = true;
+		c->inflight++;
+	} else {
+		conn_finish_close(c, CONN_CLOSE_ERROR);
+	}
+}
+
+/* ---- accept ----------------------------------------------------------- */
+
+static uint32_t ip_hash(const struct conn *c)
+{
+	uint64_t h = 1469598103934665603ull;
+	const uint8_t *p;
+	size_t n;
+
+	if (c->peer.sa.sa_family == AF_INET6) {
+		p = c->peer.sin6.sin6_addr.s6_addr;
+		n = 16;
+		if (IN6_IS_ADDR_V4MAPPED(&c->peer.sin6.sin6_addr)) {
+			p += 12;
+			n = 4;
+		}
+	} else {
+		p = (const uint8_t *)&c->peer.sin.sin_addr;
+		n = 4;
+	}
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 1099511628211ull;
+	return (uint32_t)(h ^ (h >> 32)) & (SERVER_IP_SLOTS - 1);
+}
+
+static void peer_to_str(struct conn *c)
+{
+	socklen_t len = sizeof(c->peer);
+	if (getpeername(c->fd, &c->peer.sa, &len) != 0) {
+		strcpy(c->peer_str, "unknown");
+		memset(&c->peer, 0, sizeof(c->peer));
+		return;
+	}
+	if (c->peer.sa.sa_family == AF_INET6) {
+		const struct in6_addr *a = &c->peer.sin6.sin6_addr;
+		if (IN6_IS_ADDR_V4MAPPED(a))
+			inet_ntop(AF_INET, &a->s6_addr[12], c->peer_str, sizeof(c->peer_str));
+		else
+			inet_ntop(AF_INET6, a, c->peer_str, sizeof(c->peer_str));
+	} else if (c->peer.sa.sa_family == AF_INET) {
+		inet_ntop(AF_INET, &c->peer.sin.sin_addr, c->peer_str, sizeof(c->peer_str));
+	} else {
+		strcpy(c->peer_str, "unknown");
+	}
+}
+
+static void conn_timer_dispatch(struct timer *t, void *arg)
+{
+	struct conn *c = arg;
+	if (c->flush_close && !c->closed) {
+		(void)t;
+		conn_close_timer(c);
+		return;
+	}
+	conn_timer_fired(t, arg);
+}
+
+static void on_accept(struct loop *l, uint32_t li, int res, uint32_t flags)
+{
+	struct listener_rt *lr;
+	struct conn *c;
+	uint32_t idx;
+
+	if (li >= l->nlisteners)
+		return;
+	lr = &l->listeners[li];
+	if (!(flags & IORING_CQE_F_MORE))
+		lr->armed = false;
+	if (res < 0) {
+		if (res != -ECANCELED && res != -EINTR && res != -EAGAIN)
+			LOG_AT(&l->log, LOG_WARN, 0, "accept-error", "listener=%s error=%s",
+			       lr->lc->name, strerror(-res));
+		/* EMFILE and friends: try again on the next tick, not in a spin. */
+		if (!lr->armed && !lr->closed && !l->stopping)
+			l->accept_backoff = true;
+		return;
+	}
+	if (!lr->armed && !lr->closed && !l->stopping) {
+		struct io_uring_sqe *sqe = get_sqe(l);
+		io_uring_prep_multishot_accept(sqe, lr->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_ACCEPT, li, 0));
+		lr->armed = true;
+	}
+	if (l->stopping || slot_alloc(l, &idx) || !(c = calloc(1, sizeof(*c)))) {
+		close(res);
+		return;
+	}
+	c->loop = l;
+	c->fd = res;
+	c->idx = idx;
+	c->gen = l->slots[idx].gen;
+	c->lc = lr->lc;
+	c->cfg = l->cfg;
+	c->ops = lr->ops;
+	c->sid = ((uint64_t)(l->id + 1) << 40) | ++l->sid_counter;
+	l->slots[idx].c = c;
+	l->nconns++;
+	timer_init(&c->timer, conn_timer_dispatch, c);
+	peer_to_str(c);
+	c->ip_slot = ip_hash(c);
+
+	struct server *srv = l->srv;
+	const struct config *cfg = l->cfg;
+	uint32_t total = atomic_fetch_add_explicit(&srv->nconns, 1, memory_order_relaxed) + 1;
+	uint32_t per_ip = atomic_fetch_add_explicit(&srv->ipcount[c->ip_slot], 1,
+						    memory_order_relaxed) + 1;
+	if (total > cfg->max_connections)
+		c->limit = CONN_LIMIT_TOTAL;
+	else if (per_ip > cfg->max_connections_per_ip)
+		c->limit = CONN_LIMIT_PER_IP;
+
+	int one = 1;
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	LOG_AT(&l->log, LOG_INFO, c->sid, "connect", "listener=%s peer=%s%s", lr->lc->name,
+	       c->peer_str, c->limit == CONN_LIMIT_TOTAL ? " over=max_connections" :
+	       c->limit == CONN_LIMIT_PER_IP ? " over=max_connections_per_ip" : "");
+	int rc = c->ops->open(c);
+	if (c->closing)
+		return;
+	if (rc < 0) {
+		conn_finish_close(c, CONN_CLOSE_LOCAL);
+		return;
+	}
+	arm_recv(c);
+}
+
+/* ---- dispatch ---------------------------------------------------------- */
+
+static void on_msg(struct loop *l, uint32_t kind, uint64_t payload)
+{
+	if (kind >= LOOP_MSG_KINDS || !l->msg_fns[kind]) {
+		LOG_AT(&l->log, LOG_WARN, 0, "msg-unknown", "kind=%u", kind);
+		return;
+	}
+	l->msg_fns[kind](l, kind, payload);
+}
+
+static void dispatch(struct loop *l, struct io_uring_cqe *cqe)
+{
+	struct udata u;
+	struct conn *c;
+
+	if (udata_decode(cqe->user_data, &u)) {
+		LOG_AT(&l->log, LOG_ERROR, 0, "cqe-unknown", "user_data=%llx res=%d",
+		       (unsigned long long)cqe->user_data, cqe->res);
+		return;
+	}
+	switch (u.op) {
+	case UDATA_ACCEPT:
+		on_accept(l, u.idx, cqe->res, cqe->flags);
+		return;
+	case UDATA_TICK:
+		on_tick(l);
+		return;
+	case UDATA_LOGWRITE:
+		if (cqe->res > 0 && (size_t)cqe->res < l->log_left) {
+			l->log_p += cqe->res;
+			l->log_left -= (size_t)cqe->res;
+			struct io_uring_sqe *sqe = get_sqe(l);
+			io_uring_prep_write(sqe, STDERR_FILENO, l->log_p, (unsigned)l->log_left, -1);
+			io_uring_sqe_set_data64(sqe, udata_conn(UDATA_LOGWRITE, 0, 0));
+			return;
+		}
+		l->log_inflight = false;
+		return;
+	case UDATA_CB: {
+		struct loop_cb *cb = (struct loop_cb *)(uintptr_t)u.payload;
+		cb->fn(l, cb, cqe->res, cqe->flags);
+		return;
+	}
+	case UDATA_MSG:
+		on_msg(l, (uint32_t)cqe->res, u.payload);
+		return;
+	case UDATA_IGNORE:
+		if (cqe->res < 0 && cqe->res != -ENOENT && cqe->res != -EALREADY)
+			LOG_AT(&l->log, LOG_DEBUG, 0, "op-failed", "error=%s", strerror(-cqe->res));
+		return;
+	default:
+		break;
+	}
+	c = slot_get(l, u.idx, u.gen);
+	if (!c) {
+		/* A buffer may ride on a completion of a freed connection only
+		 * if the rules above were broken; give it back regardless. */
+		uint16_t bid;
+		if (bufring_take(&l->br, cqe->flags, &bid))
+			bufring_put(&l->br, bid);
+		LOG_AT(&l->log, LOG_ERROR, 0, "cqe-stale", "op=%d idx=%u", u.op, u.idx);
+		return;
+	}
+	switch (u.op) {
+	case UDATA_RECV:
+		on_recv(c, cqe->res, cqe->flags);
+		break;
+	case UDATA_SEND:
+		on_send(c, cqe->res);
+		break;
+	case UDATA_CLOSE:
+	case UDATA_CANCEL:
+		c->inflight--;
+		conn_maybe_free(c);
+		break;
+	default:
+		LOG_AT(&l->log, LOG_ERROR, 0, "cqe-unexpected", "op=%d", u.op);
+		break;
+	}
+}
+
+static void flush_log(struct loop *l)
+{
+	const char *p;
+	size_t n;
+
+	if (l->log_inflight || l->log.direct)
+		return;
+	n = log_take(&l->log, &p);
+	if (n == 0)
+		return;
+	struct io_uring_sqe *sqe = get_sqe(l);
+	io_uring_prep_write(sqe, STDERR_FILENO, p, (unsigned)n, -1);
+	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_LOGWRITE, 0, 0));
+	l->log_inflight = true;
+	l->log_p = p;
+	l->log_left = n;
+}
+
+/* One iteration: run deferred work, submit, wait, handle a batch. */
+static void loop_iterate(struct loop *l, uint32_t wait_ms)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, count = 0;
+	int rc;
+
+	run_deferred(l);
+	flush_conns(l);
+	flush_log(l);
+	if (l->wheel.count || l->stopping || l->accept_backoff)
+		arm_tick(l);
+	if (l->ndeferred) {
+		rc = io_uring_submit_and_get_events(&l->ring);
+	} else if (wait_ms) {
+		struct __kernel_timespec ts = { .tv_sec = wait_ms / 1000,
+						.tv_nsec = (long long)(wait_ms % 1000) * 1000000 };
+		rc = io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1, &ts, NULL);
+	} else {
+		rc = io_uring_submit_and_wait(&l->ring, 1);
+	}
+	if (rc < 0 && rc != -EINTR && rc != -ETIME && rc != -EAGAIN && rc != -EBUSY)
+		LOG_AT(&l->log, LOG_ERROR, 0, "wait", "error=%s", strerror(-rc));
+	l->now_ms = mono_ms();
+	io_uring_for_each_cqe(&l->ring, head, cqe) {
+		dispatch(l, cqe);
+		count++;
+	}
+	io_uring_cq_advance(&l->ring, count);
+}
+
+/* ---- shutdown ---------------------------------------------------------- */
+
+static void stop_timer_fired(struct timer *t, void *arg)
+{
+	struct loop *l = arg;
+	(void)t;
+	LOG_AT(&l->log, LOG_INFO, 0, "shutdown-grace-over", "closing=%u", l->nconns);
+	for (uint32_t i = 0; i < l->nslots; i++) {
+		struct conn *c = l->slots[i].c;
+		if (c && !c->closed)
+			conn_finish_close(c, CONN_CLOSE_SHUTDOWN);
+	}
+}
+
+static void on_shutdown_msg(struct loop *l, uint32_t kind, uint64_t payload)
+{
+	(void)kind;
+	(void)payload;
+	if (l->stopping)
+		return;
+	l->stopping = true;
+	for (size_t i = 0; i < l->nlisteners; i++) {
+		struct listener_rt *lr = &l->listeners[i];
+		if (lr->closed)
+			continue;
+		struct io_uring_sqe *sqe = get_sqe(l);
+		io_uring_prep_cancel64(sqe, udata_conn(UDATA_ACCEPT, (uint32_t)i, 0), 0);
+		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_IGNORE, 0, 0));
+		lr->closed = true;
+	}
+	/* Closing the listening sockets happens in loop_teardown: the cancel
+	 * above stops accepting, and the kernel keeps queueing on the other
+	 * loops' sockets of the same group until they stop too. */
+	LOG_AT(&l->log, LOG_INFO, 0, "shutdown", "connections=%u", l->nconns);
+	const struct config *cfg = l->cfg;
+	for (uint32_t i = 0; i < l->nslots; i++) {
+		struct conn *c = l->slots[i].c;
+		if (!c || c->closing)
+			continue;
+		if (c->ops->shutdown)
+			c->ops->shutdown(c);
+		else
+			conn_close(c, true);
+	}
+	timer_init(&l->stop_timer, stop_timer_fired, l);
+	timer_arm(&l->wheel, &l->stop_timer, l->now_ms, cfg ? cfg->shutdown_grace_ms : 10000);
+	if (l->nconns == 0)
+		l->exit = true;
+}
+
+static void on_reload_msg(struct loop *l, uint32_t kind, uint64_t payload)
+{
+	(void)kind;
+	(void)payload;
+	const struct config *cfg = server_config(l->srv);
+	if (cfg->nlisteners == l->nlisteners) {
+		for (size_t i = 0; i < l->nlisteners; i++) {
+			l->listeners[i].lc = &cfg->listeners[i];
+			l->listeners[i].ops = l->srv->app.ops_for(l->srv, &cfg->listeners[i]);
+		}
+	}
+	l->cfg = cfg;
+	LOG_AT(&l->log, LOG_INFO, 0, "reloaded", "source=%s", cfg->source);
+}
+
+/* ---- setup ------------------------------------------------------------- */
+
+static int ring_init(struct loop *l)
+{
+	struct io_uring_params p;
+	int rc;
+
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
+		  IORING_SETUP_SUBMIT_ALL;
+	p.cq_entries = LOOP_CQ_ENTRIES;
+	rc = io_uring_queue_init_params(LOOP_SQ_ENTRIES, &l->ring, &p);
+	if (rc)
+		return rc;
+	l->ring_ok = true;
+	l->ring_fd = l->ring.ring_fd;
+	l->free_head = UINT32_MAX;
+	l->now_ms = mono_ms();
+	timer_wheel_init(&l->wheel, LOOP_TICK_MS, l->now_ms);
+	return 0;
+}
+
+int loop_setup(struct loop *l, int id, struct server *srv, const int *fds, size_t n)
+{
+	int rc;
+
+	l->id = id;
+	l->srv = srv;
+	l->cfg = srv ? server_config(srv) : NULL;
+	enum log_level lv = LOG_INFO;
+	if (l->cfg)
+		log_level_parse(l->cfg->log_level, &lv);
+	if ((rc = log_init(&l->log, lv, id, false)))
+		return rc;
+	if ((rc = ring_init(l)))
+		return rc;
+	if ((rc = bufring_init(&l->br, &l->ring, 0, LOOP_BUF_COUNT, LOOP_BUF_SIZE)))
+		return rc;
+	l->msg_fns[LOOP_MSG_SHUTDOWN] = on_shutdown_msg;
+	l->msg_fns[LOOP_MSG_RELOAD] = on_reload_msg;
+	if (n) {
+		l->listeners = calloc(n, sizeof(*l->listeners));
+		if (!l->listeners)
+			return -ENOMEM;
+	}
+	l->nlisteners = n;
+	for (size_t i = 0; i < n; i++) {
+		struct listener_rt *lr = &l->listeners[i];
+		lr->fd = fds[i];
+		lr->index = i;
+		lr->lc = &l->cfg->listeners[i];
+		lr->ops = srv->app.ops_for(srv, lr->lc);
+		struct io_uring_sqe *sqe = get_sqe(l);
+		io_uring_prep_multishot_accept(sqe, lr->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_ACCEPT, (uint32_t)i, 0));
+		lr->armed = true;
+	}
+	return 0;
+}
+
+void loop_run(struct loop *l)
+{
+	while (!l->exit)
+		loop_iterate(l, 0);
+	/* Let the last log lines out. */
+	flush_log(l);
+	for (int i = 0; i < 100 && (l->log_inflight || l->log.fill_len); i++) {
+		loop_iterate(l, 10);
+		flush_log(l);
+	}
+}
+
+void loop_teardown(struct loop *l)
+{
+	for (size_t i = 0; i < l->nlisteners; i++)
+		if (l->listeners[i].fd >= 0)
+			close(l->listeners[i].fd);
+	free(l->listeners);
+	l->listeners = NULL;
+	l->nlisteners = 0;
+	if (l->ring_ok) {
+		bufring_fini(&l->br, &l->ring);
+		io_uring_queue_exit(&l->ring);
+		l->ring_ok = false;
+	}
+	free(l->slots);
+	free(l->deferred);
+	l->slots = NULL;
+	l->deferred = NULL;
+	log_fini(&l->log);
+}
+
+int loop_new_standalone(struct loop **loop_r)
+{
+	struct loop *l = calloc(1, sizeof(*l));
+	int rc;
+
+	if (!l)
+		return -ENOMEM;
+	if ((rc = log_init(&l->log, LOG_WARN, -1, true)) || (rc = ring_init(l)) ||
+	    (rc = bufring_init(&l->br, &l->ring, 0, 16, 4096))) {
+		loop_teardown(l);
+		free(l);
+		return rc;
+	}
+	*loop_r = l;
+	return 0;
+}
+
+int loop_run_until(struct loop *l, const bool *done, uint32_t timeout_ms)
+{
+	uint64_t deadline = mono_ms() + timeout_ms;
+	while (!*done) {
+		uint64_t now = mono_ms();
+		if (timeout_ms && now >= deadline)
+			return -ETIMEDOUT;
+		loop_iterate(l, timeout_ms ? (uint32_t)(deadline - now) : 1000);
+	}
+	/* Submit what the last callbacks queued. */
+	run_deferred(l);
+	io_uring_submit(&l->ring);
+	return 0;
+}
+
+void loop_free(struct loop **loop_r)
+{
+	if (!*loop_r)
+		return;
+	loop_teardown(*loop_r);
+	free(*loop_r);
+	*loop_r = NULL;
+}
