@@ -10,7 +10,9 @@
 
 #include "core/config.h"
 #include "core/server.h"
+#include "proto/services.h"
 #include "proto/stream.h"
+#include "tls/tls.h"
 
 #ifndef RINGMAIL_VERSION
 #define RINGMAIL_VERSION "unknown"
@@ -156,6 +158,51 @@ static const struct conn_ops *ops_for(struct server *srv, const struct listener_
 	return stream_conn_ops(lc->proto);
 }
 
+/* Builds the TLS server for cfg (certificates, or the generated one).
+ * prev, when set, hands its ticket keys over so clients keep resuming. */
+static int tls_for(const struct config *cfg, const struct tls_server *prev,
+		   struct tls_server **srv_r, char *err, size_t errlen)
+{
+	struct tls_cert_config certs[CONFIG_MAX_CERTS];
+	for (size_t i = 0; i < cfg->ncerts; i++)
+		certs[i] = (struct tls_cert_config){ cfg->certs[i].name, cfg->certs[i].cert,
+						     cfg->certs[i].key };
+	struct tls_server_config tc = {
+		.data_dir = cfg->data_dir,
+		.hostname = cfg->hostname,
+		.certs = certs,
+		.ncerts = cfg->ncerts,
+		.ticket_rotate_s = cfg->ticket_rotate_s,
+		.ticket_keys_from = prev,
+	};
+	return tls_server_new(&tc, srv_r, err, errlen);
+}
+
+struct app_state {
+	struct services sv;
+	struct tls_server *old_tls[64]; /* replaced by SIGHUP, freed at exit */
+	size_t nold;
+};
+
+/* SIGHUP, on the main thread: new certificates for new connections. */
+static int app_reload(struct server *srv, const struct config *cfg, char *err, size_t errlen)
+{
+	struct app_state *st = srv->app.ctx;
+	struct tls_server *cur = atomic_load(&st->sv.tls), *next = NULL;
+	if (st->nold == sizeof(st->old_tls) / sizeof(st->old_tls[0])) {
+		snprintf(err, errlen, "too many reloads without a restart");
+		return -ENOSPC;
+	}
+	int rc = tls_for(cfg, cur, &next, err, errlen);
+	if (rc)
+		return rc;
+	st->old_tls[st->nold++] = cur;
+	atomic_store_explicit(&st->sv.tls, next, memory_order_release);
+	log_emit(&srv->log, LOG_INFO, 0, "tls-reloaded", "fingerprint=%s",
+		 tls_server_fingerprint(next));
+	return 0;
+}
+
 static int mkdir_p(const char *path, mode_t mode)
 {
 	char buf[CONFIG_STR_MAX];
@@ -200,15 +247,40 @@ static int cmd_serve(int argc, char **argv)
 		free(cfg);
 		return 1;
 	}
-	struct server_app app = { .ops_for = ops_for };
+	struct app_state *st = calloc(1, sizeof(*st));
+	struct tls_server *tls = NULL;
+	if (!st || tls_global_init()) {
+		fprintf(stderr, "ringmail: cannot initialise TLS\n");
+		free(st);
+		free(cfg);
+		return 1;
+	}
+	/* Before dropping privileges: the key may be readable by root only. */
+	if (tls_for(cfg, NULL, &tls, err, sizeof(err))) {
+		fprintf(stderr, "ringmail: %s\n", err);
+		free(st);
+		free(cfg);
+		return 1;
+	}
+	atomic_store(&st->sv.tls, tls);
+	struct server_app app = { .ops_for = ops_for, .reload = app_reload, .ctx = st };
 	if (server_init(&srv, cfg, o.config, &app, err, sizeof(err)) ||
 	    server_bind(&srv, err, sizeof(err)) || server_drop_privileges(&srv, err, sizeof(err))) {
 		fprintf(stderr, "ringmail: %s\n", err);
-		server_free(&srv);
-		return 1;
+		rc = 1;
+		goto out;
 	}
+	log_emit(&srv.log, LOG_INFO, 0, "tls-ready", "fingerprint=%s certificates=%zu",
+		 tls_server_fingerprint(tls), server_config(&srv)->ncerts);
 	rc = server_run(&srv);
+out:
 	server_free(&srv);
+	for (size_t i = 0; i < st->nold; i++)
+		tls_server_unref(&st->old_tls[i]);
+	tls = atomic_load(&st->sv.tls);
+	tls_server_unref(&tls);
+	free(st);
+	tls_global_cleanup();
 	return rc;
 }
 

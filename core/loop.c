@@ -637,6 +637,13 @@ static void resume_deferred(struct loop *l, void *arg)
 	}
 	if (c->paused)
 		return;
+	if (c->in_len == 0) {
+		/* Nothing pending here, but a layer above may hold bytes of its
+		 * own (decrypted TLS): offer it an empty span. */
+		ssize_t used = c->ops->data(c, span_make(NULL, 0));
+		if (used < 0 && !c->closing)
+			conn_finish_close(c, CONN_CLOSE_LOCAL);
+	}
 	deliver_pending(c);
 	if (!c->closing && !c->paused)
 		arm_recv(c);

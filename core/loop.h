@@ -133,7 +133,10 @@ void conn_close(struct conn *c, bool flush);
 /* Arms the connection's timer ms from now (0 disarms). One timer per conn. */
 void conn_set_timer(struct conn *c, uint32_t ms);
 /* Stops delivering data until conn_resume() (backpressure while a store
- * write is in flight). Bytes already received are kept. */
+ * write is in flight). Bytes already received are kept. After a resume,
+ * data() is called once from the loop, with the pending bytes or with an
+ * empty span when there are none (layers above may hold bytes of their
+ * own). */
 void conn_pause(struct conn *c);
 void conn_resume(struct conn *c);
 /* Bytes queued and not yet written. */

@@ -1,11 +1,19 @@
 /* stream.c - plaintext and TLS under one session interface.
  *
  * States of a stream:
- *   PLAIN      bytes go straight between the connection and the session
+ *   PLAIN      bytes go straight between the connection and the session,
+ *              parsed in place in the receive buffer
  *   DUAL_WAIT  a dual listener waits (limits.dual_wait) for the client's
  *              first bytes: a TLS ClientHello starts implicit TLS, anything
  *              else or silence gets the plaintext greeting
- * TLS states are added by the TLS layer (tls/). */
+ *   FLUSH      the session accepted STARTTLS/STLS: its "go ahead" reply is
+ *              being written; every byte that arrives meanwhile is plaintext
+ *              injected ahead of the handshake and is discarded
+ *              (CVE-2011-0411)
+ *   HANDSHAKE  TLS handshake under the handshake timeout
+ *   TLS        ciphertext in, decrypted into s->plain, offered to the
+ *              session; the session's replies are encrypted on the way out
+ */
 #include "proto/stream.h"
 
 #include <errno.h>
@@ -15,15 +23,25 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "proto/services.h"
+#include "tls/tls.h"
 
-enum stream_state { ST_PLAIN, ST_DUAL_WAIT };
+#define STREAM_PLAIN_MAX (256u * 1024u) /* decrypted bytes kept for the session */
+#define STREAM_DECRYPT_CHUNK (16u * 1024u)
+
+enum stream_state { ST_PLAIN, ST_DUAL_WAIT, ST_FLUSH, ST_HANDSHAKE, ST_TLS };
 
 struct stream {
 	struct conn *conn;
 	const struct stream_ops *ops;
 	void *session;
+	struct tls_conn *tls;
+	uint8_t *plain;  /* decrypted, not yet consumed; NULL when empty */
+	uint32_t plain_len, plain_cap;
 	enum stream_state state;
-	bool opened; /* ops->open ran */
+	bool opened;     /* ops->open ran */
+	bool implicit;   /* TLS from the first byte: greet after the handshake */
+	bool closing;
 };
 
 static const struct stream_ops *const session_table[] = {
@@ -42,8 +60,21 @@ uint64_t stream_sid(const struct stream *s) { return conn_sid(s->conn); }
 const char *stream_peer(const struct stream *s) { return conn_peer(s->conn); }
 struct loop *stream_loop(const struct stream *s) { return conn_loop(s->conn); }
 
+static struct tls_server *tls_server_of(const struct stream *s)
+{
+	struct services *sv = services_of(conn_loop(s->conn));
+	return sv ? atomic_load_explicit(&sv->tls, memory_order_acquire) : NULL;
+}
+
 int stream_send(struct stream *s, const void *p, size_t len)
 {
+	if (s->state == ST_TLS) {
+		if (tls_conn_write(s->tls, p, len) != TLS_OK)
+			return -EIO;
+		return 0;
+	}
+	if (s->state == ST_HANDSHAKE)
+		return -EAGAIN;
 	return conn_send(s->conn, p, len);
 }
 
@@ -61,27 +92,55 @@ int stream_printf(struct stream *s, const char *fmt, ...)
 	return stream_send(s, buf, (size_t)n);
 }
 
-void stream_close(struct stream *s, bool flush) { conn_close(s->conn, flush); }
+void stream_close(struct stream *s, bool flush)
+{
+	s->closing = true;
+	if (s->state == ST_TLS && flush)
+		tls_conn_close_notify(s->tls);
+	conn_close(s->conn, flush);
+}
+
 void stream_set_timer(struct stream *s, uint32_t ms) { conn_set_timer(s->conn, ms); }
 void stream_pause(struct stream *s) { conn_pause(s->conn); }
 void stream_resume(struct stream *s) { conn_resume(s->conn); }
 
+static int tls_out(void *arg, const uint8_t *p, size_t len)
+{
+	struct stream *s = arg;
+	return conn_send(s->conn, p, len);
+}
+
+static int tls_begin(struct stream *s)
+{
+	struct tls_server *srv = tls_server_of(s);
+	if (!srv)
+		return -ENOTSUP;
+	int rc = tls_conn_new(srv, s->ops->alpn, tls_out, s, &s->tls);
+	if (rc)
+		return rc;
+	s->state = ST_HANDSHAKE;
+	conn_set_timer(s->conn, stream_config(s)->handshake_timeout_ms);
+	return 0;
+}
+
 int stream_starttls(struct stream *s)
 {
-	(void)s;
-	return -ENOTSUP;
+	if (s->state != ST_PLAIN || !tls_server_of(s))
+		return -ENOTSUP;
+	/* The handshake starts once the reply is on the wire (drained). */
+	s->state = ST_FLUSH;
+	conn_set_timer(s->conn, stream_config(s)->handshake_timeout_ms);
+	return 0;
 }
 
 bool stream_is_tls(const struct stream *s)
 {
-	(void)s;
-	return false;
+	return s->state == ST_TLS;
 }
 
 bool stream_can_starttls(const struct stream *s)
 {
-	(void)s;
-	return false;
+	return s->state == ST_PLAIN && tls_server_of(s) != NULL;
 }
 
 bool stream_tls_required(const struct stream *s)
@@ -96,14 +155,12 @@ bool stream_tls_required(const struct stream *s)
 
 const char *stream_tls_version(const struct stream *s)
 {
-	(void)s;
-	return "";
+	return s->state == ST_TLS ? tls_conn_version(s->tls) : "";
 }
 
 const char *stream_tls_cipher(const struct stream *s)
 {
-	(void)s;
-	return "";
+	return s->state == ST_TLS ? tls_conn_cipher(s->tls) : "";
 }
 
 /* ---- the engine side -------------------------------------------------- */
@@ -123,14 +180,19 @@ static int on_open(struct conn *c)
 	s->conn = c;
 	s->ops = session_table[lc->proto];
 	conn_set_session(c, s);
-	if (!s->ops)
-		return -ENOTSUP;
+	if (conn_limit_hit(c) != CONN_LIMIT_NONE && lc->security != SEC_TLS)
+		return session_open(s); /* it says "too many" in plaintext */
 	if (lc->security == SEC_TLS) {
-		LOG_AT(conn_log(c), LOG_WARN, conn_sid(c), "tls-unavailable",
-		       "listener=%s", lc->name);
-		return -ENOTSUP;
+		if (conn_limit_hit(c) != CONN_LIMIT_NONE)
+			return -EBUSY; /* no plaintext on an implicit TLS port */
+		s->implicit = true;
+		int rc = tls_begin(s);
+		if (rc)
+			LOG_AT(conn_log(c), LOG_WARN, conn_sid(c), "tls-unavailable",
+			       "listener=%s error=%s", lc->name, strerror(-rc));
+		return rc;
 	}
-	if (lc->security == SEC_DUAL && conn_limit_hit(c) == CONN_LIMIT_NONE) {
+	if (lc->security == SEC_DUAL && tls_server_of(s)) {
 		s->state = ST_DUAL_WAIT;
 		conn_set_timer(c, conn_config(c)->dual_wait_ms);
 		return 0;
@@ -138,34 +200,184 @@ static int on_open(struct conn *c)
 	return session_open(s);
 }
 
+/* Offers the decrypted bytes to the session. Returns 0 or -errno. */
+static int deliver_plain(struct stream *s)
+{
+	while (s->plain_len && !s->closing) {
+		ssize_t used = s->ops->data(s, span_make(s->plain, s->plain_len));
+		if (used < 0)
+			return (int)used;
+		if (s->closing || s->state == ST_FLUSH) {
+			/* Closing, or STARTTLS again (refused by the sessions):
+			 * nothing after this command is parsed. */
+			s->plain_len = 0;
+			break;
+		}
+		if (used == 0)
+			break;
+		memmove(s->plain, s->plain + used, s->plain_len - (size_t)used);
+		s->plain_len -= (uint32_t)used;
+	}
+	if (s->plain_len == 0 && s->plain) {
+		free(s->plain);
+		s->plain = NULL;
+		s->plain_cap = 0;
+	}
+	return 0;
+}
+
+static int plain_reserve(struct stream *s, size_t more)
+{
+	if (s->plain_len + more <= s->plain_cap)
+		return 0;
+	size_t cap = s->plain_cap ? s->plain_cap : STREAM_DECRYPT_CHUNK;
+	while (cap < s->plain_len + more)
+		cap *= 2;
+	uint8_t *p = realloc(s->plain, cap);
+	if (!p)
+		return -ENOMEM;
+	s->plain = p;
+	s->plain_cap = (uint32_t)cap;
+	return 0;
+}
+
+static void handshake_done(struct stream *s)
+{
+	s->state = ST_TLS;
+	conn_set_timer(s->conn, 0);
+	LOG_AT(conn_log(s->conn), LOG_INFO, conn_sid(s->conn), "tls",
+	       "version=%s cipher=%s resumed=%s sni=%s", tls_conn_version(s->tls),
+	       tls_conn_cipher(s->tls), tls_conn_resumed(s->tls) ? "yes" : "no",
+	       tls_conn_sni(s->tls) ? tls_conn_sni(s->tls) : "-");
+}
+
+/* Ciphertext in. Everything is consumed except when the session is not
+ * taking plaintext and STREAM_PLAIN_MAX is reached: the rest stays in the
+ * connection's buffer (TCP backpressure does the remainder). */
+static ssize_t tls_data(struct stream *s, struct span in)
+{
+	size_t off = 0;
+	int rc;
+
+	for (;;) {
+		if (s->plain_len >= STREAM_PLAIN_MAX)
+			break;
+		if ((rc = plain_reserve(s, STREAM_DECRYPT_CHUNK)))
+			return rc;
+		size_t used = 0, plen = 0;
+		enum tls_status st = tls_conn_read(s->tls, span_skip(in, off), &used,
+						   s->plain + s->plain_len,
+						   s->plain_cap - s->plain_len, &plen);
+		off += used;
+		s->plain_len += (uint32_t)plen;
+		if (st == TLS_ERROR) {
+			const char *why = tls_conn_error(s->tls);
+			LOG_AT(conn_log(s->conn), LOG_INFO, conn_sid(s->conn), "tls-error",
+			       "reason=\"%s\"", why ? why : "unknown");
+			s->closing = true;
+			conn_close(s->conn, true); /* let the alert out */
+			return (ssize_t)in.len;
+		}
+		if (s->state == ST_HANDSHAKE && tls_conn_handshake_done(s->tls)) {
+			handshake_done(s);
+			if (s->implicit && !s->opened) {
+				if ((rc = session_open(s)) < 0)
+					return rc;
+			} else if (s->ops->tls_ready) {
+				s->ops->tls_ready(s);
+			}
+		}
+		if (st == TLS_CLOSED) {
+			if ((rc = deliver_plain(s)) < 0)
+				return rc;
+			if (!s->closing) {
+				s->closing = true;
+				conn_close(s->conn, true);
+			}
+			return (ssize_t)in.len;
+		}
+		if (plen == 0 && (st == TLS_WANT_READ || off >= in.len) &&
+		    tls_conn_pending(s->tls) == 0)
+			break;
+	}
+	if ((rc = deliver_plain(s)) < 0)
+		return rc;
+	return (ssize_t)off;
+}
+
 static ssize_t on_data(struct conn *c, struct span in)
 {
 	struct stream *s = conn_session(c);
-	if (s->state == ST_DUAL_WAIT) {
+	int rc;
+
+	switch (s->state) {
+	case ST_DUAL_WAIT:
 		conn_set_timer(c, 0);
-		s->state = ST_PLAIN;
-		if (in.len && in.p[0] == 0x16) {
-			/* A TLS ClientHello: implicit TLS is not available here. */
-			return -ENOTSUP;
+		if (tls_is_client_hello_start(in)) {
+			s->implicit = true;
+			if ((rc = tls_begin(s)))
+				return rc;
+			return tls_data(s, in);
 		}
-		int rc = session_open(s);
-		if (rc < 0)
+		s->state = ST_PLAIN;
+		if ((rc = session_open(s)) < 0)
 			return rc;
+		break;
+	case ST_FLUSH:
+		LOG_AT(conn_log(c), LOG_WARN, conn_sid(c), "starttls-injection",
+		       "discarded=%zu", in.len);
+		return (ssize_t)in.len;
+	case ST_HANDSHAKE:
+	case ST_TLS:
+		return tls_data(s, in);
+	case ST_PLAIN:
+		break;
 	}
-	return s->ops->data(s, in);
+	if (in.len == 0)
+		return 0;
+	ssize_t used = s->ops->data(s, in);
+	if (s->state == ST_FLUSH) {
+		/* STARTTLS accepted: what came behind the command is injected
+		 * plaintext, never parsed (CVE-2011-0411). */
+		if ((size_t)used < in.len)
+			LOG_AT(conn_log(c), LOG_WARN, conn_sid(c), "starttls-injection",
+			       "discarded=%zu", in.len - (size_t)used);
+		return (ssize_t)in.len;
+	}
+	return used;
+}
+
+static void on_drained(struct conn *c)
+{
+	struct stream *s = conn_session(c);
+	if (s->state != ST_FLUSH)
+		return;
+	if (tls_begin(s) < 0) {
+		s->closing = true;
+		conn_close(c, false);
+	}
 }
 
 static void on_timer(struct conn *c)
 {
 	struct stream *s = conn_session(c);
-	if (s->state == ST_DUAL_WAIT) {
+	switch (s->state) {
+	case ST_DUAL_WAIT:
 		/* Silence: a plaintext client waiting for its greeting. */
 		s->state = ST_PLAIN;
 		if (session_open(s) < 0)
 			conn_close(c, false);
 		return;
+	case ST_FLUSH:
+	case ST_HANDSHAKE:
+		LOG_AT(conn_log(c), LOG_INFO, conn_sid(c), "tls-handshake-timeout", NULL);
+		s->closing = true;
+		conn_close(c, false);
+		return;
+	default:
+		break;
 	}
-	if (s->ops->timer)
+	if (s->opened && s->ops->timer)
 		s->ops->timer(s);
 	else
 		conn_close(c, false);
@@ -174,7 +386,7 @@ static void on_timer(struct conn *c)
 static void on_shutdown(struct conn *c)
 {
 	struct stream *s = conn_session(c);
-	if (s->opened && s->ops->shutdown)
+	if (s->opened && (s->state == ST_PLAIN || s->state == ST_TLS) && s->ops->shutdown)
 		s->ops->shutdown(s);
 	else
 		conn_close(c, true);
@@ -188,6 +400,8 @@ static void on_close(struct conn *c, enum conn_close_reason reason)
 		return;
 	if (s->opened && s->ops->close)
 		s->ops->close(s);
+	tls_conn_free(&s->tls);
+	free(s->plain);
 	free(s);
 	conn_set_session(c, NULL);
 }
@@ -196,6 +410,7 @@ static const struct conn_ops stream_ops_engine = {
 	.open = on_open,
 	.data = on_data,
 	.timer = on_timer,
+	.drained = on_drained,
 	.shutdown = on_shutdown,
 	.close = on_close,
 };

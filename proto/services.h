@@ -1,0 +1,33 @@
+/* services.h - the process-wide services sessions use, hung off the
+ * server (struct server_app.ctx). Created by app/main.c before the loops
+ * start; read-only for the loops except where a field says otherwise. */
+#ifndef RINGMAIL_PROTO_SERVICES_H
+#define RINGMAIL_PROTO_SERVICES_H
+
+#include <stdatomic.h>
+
+#include "core/loop.h"
+#include "core/server.h"
+
+struct store;
+struct users;
+struct auth;
+struct tls_server;
+
+struct services {
+	struct store *store;
+	struct users *users;
+	struct auth *auth;
+	/* The certificates new connections use. SIGHUP swaps it; the old
+	 * server stays referenced until exit (live connections hold their
+	 * own reference through their tls_conn anyway). NULL: no TLS. */
+	_Atomic(struct tls_server *) tls;
+};
+
+static inline struct services *services_of(struct loop *loop)
+{
+	struct server *srv = loop_server(loop);
+	return srv ? (struct services *)srv->app.ctx : NULL;
+}
+
+#endif
