@@ -63,6 +63,11 @@ void config_defaults(struct config *cfg)
 	cfg->max_bad_commands = 10;
 	cfg->send_queue_max = 4u << 20;
 	cfg->plaintext_auth = true;
+	cfg->message_size_max = 50u << 20;
+	cfg->recipients_max = 1000;
+	cfg->smtp_timeout_ms = 5 * 60000;
+	cfg->header_size_max = 1u << 20;
+	cfg->max_hops = 50;
 	cfg->ticket_rotate_s = 3600;
 }
 
@@ -262,6 +267,10 @@ static int set_server(struct parse_ctx *ctx, const char *key, const char *value)
 	} else if (!strcmp(key, "user")) {
 		if (copy_str(cfg->user, sizeof(cfg->user), value))
 			return BAD(ctx, "user name too long");
+	} else if (!strcmp(key, "postmaster")) {
+		if (copy_str(cfg->postmaster, sizeof(cfg->postmaster), value) ||
+		    !strchr(value, '@'))
+			return BAD(ctx, "postmaster must be an address (user@domain)");
 	} else if (!strcmp(key, "threads")) {
 		if (parse_uint(value, 1024, &v))
 			return BAD(ctx, "threads must be a number from 0 (one per CPU) to 1024");
@@ -296,6 +305,7 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "idle_timeout", offsetof(struct config, idle_timeout_ms) },
 		{ "dual_wait", offsetof(struct config, dual_wait_ms) },
 		{ "handshake_timeout", offsetof(struct config, handshake_timeout_ms) },
+		{ "smtp_timeout", offsetof(struct config, smtp_timeout_ms) },
 	};
 	static const struct {
 		const char *key;
@@ -305,6 +315,8 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "max_connections", offsetof(struct config, max_connections), 1, 10000000 },
 		{ "max_connections_per_ip", offsetof(struct config, max_connections_per_ip), 1, 10000000 },
 		{ "max_bad_commands", offsetof(struct config, max_bad_commands), 1, 1000 },
+		{ "recipients_max", offsetof(struct config, recipients_max), 1, 100000 },
+		{ "max_hops", offsetof(struct config, max_hops), 1, 1000 },
 	};
 
 	for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
@@ -327,6 +339,25 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 	if (!strcmp(key, "send_queue_max")) {
 		if (config_parse_size(value, &cfg->send_queue_max) || cfg->send_queue_max < 4096)
 			return BAD(ctx, "send_queue_max must be a size of at least 4k");
+		return 0;
+	}
+	if (!strcmp(key, "message_size_max")) {
+		if (config_parse_size(value, &cfg->message_size_max) || cfg->message_size_max < 1024)
+			return BAD(ctx, "message_size_max must be a size of at least 1k");
+		return 0;
+	}
+	if (!strcmp(key, "header_size_max")) {
+		if (config_parse_size(value, &cfg->header_size_max) || cfg->header_size_max < 1024)
+			return BAD(ctx, "header_size_max must be a size of at least 1k");
+		return 0;
+	}
+	if (!strcmp(key, "smtp_bare_lf")) {
+		if (!strcmp(value, "reject"))
+			cfg->smtp_bare_lf_normalize = false;
+		else if (!strcmp(value, "normalize"))
+			cfg->smtp_bare_lf_normalize = true;
+		else
+			return BAD(ctx, "smtp_bare_lf must be reject or normalize");
 		return 0;
 	}
 	if (!strcmp(key, "plaintext_auth")) {
@@ -611,14 +642,20 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->log_level);
 	if (cfg->user[0])
 		fprintf(out, "user = %s\n", cfg->user);
+	if (cfg->postmaster[0])
+		fprintf(out, "postmaster = %s\n", cfg->postmaster);
 	fprintf(out, "\n[limits]\nmax_connections = %u\nmax_connections_per_ip = %u\n"
 		"prelogin_timeout = %ums\nidle_timeout = %ums\ndual_wait = %ums\n"
 		"handshake_timeout = %ums\nmax_bad_commands = %u\nsend_queue_max = %llu\n"
-		"plaintext_auth = %s\n",
+		"plaintext_auth = %s\nmessage_size_max = %llu\nrecipients_max = %u\n"
+		"smtp_timeout = %ums\nheader_size_max = %llu\nmax_hops = %u\nsmtp_bare_lf = %s\n",
 		cfg->max_connections, cfg->max_connections_per_ip, cfg->prelogin_timeout_ms,
 		cfg->idle_timeout_ms, cfg->dual_wait_ms, cfg->handshake_timeout_ms,
 		cfg->max_bad_commands, (unsigned long long)cfg->send_queue_max,
-		cfg->plaintext_auth ? "yes" : "no");
+		cfg->plaintext_auth ? "yes" : "no", (unsigned long long)cfg->message_size_max,
+		cfg->recipients_max, cfg->smtp_timeout_ms,
+		(unsigned long long)cfg->header_size_max, cfg->max_hops,
+		cfg->smtp_bare_lf_normalize ? "normalize" : "reject");
 	fprintf(out, "\n[tls]\nticket_rotate = %us\n", cfg->ticket_rotate_s);
 	for (size_t i = 0; i < cfg->ncerts; i++) {
 		if (cfg->certs[i].name[0])

@@ -62,6 +62,7 @@ struct config {
 	size_t ndomains;
 	char data_dir[CONFIG_STR_MAX];
 	char user[64];                /* drop privileges to this user */
+	char postmaster[CONFIG_STR_MAX]; /* postmaster@ of every domain; "" default */
 	unsigned threads;             /* 0: one per online CPU */
 	unsigned port_offset;
 	uint32_t shutdown_grace_ms;
@@ -76,6 +77,13 @@ struct config {
 	uint32_t max_bad_commands;
 	uint64_t send_queue_max;
 	bool plaintext_auth;          /* login allowed on SEC_PLAIN rows */
+	/* SMTP (RFC 5321 4.5.3) */
+	uint64_t message_size_max;    /* SIZE; 552 past it */
+	uint32_t recipients_max;      /* 452 past it */
+	uint32_t smtp_timeout_ms;     /* server timeout, RFC 5321 4.5.3.2.7 */
+	uint64_t header_size_max;     /* header section of a message */
+	uint32_t max_hops;            /* Received: fields before "mail loop" */
+	bool smtp_bare_lf_normalize;  /* bare CR/LF in DATA: normalise, or reject */
 	/* [tls] */
 	struct tls_cert_entry certs[CONFIG_MAX_CERTS];
 	size_t ncerts;
