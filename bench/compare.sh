@@ -152,6 +152,14 @@ fi
 echo "floor $floor_port smtp $(cpu_source floor "$floor_pid")" >"$tmp/servers"
 
 if [ -n "$ringmail" ]; then
+	# Someone else's server on these ports (SO_REUSEPORT lets a second one
+	# bind) would take part of the load or all of it: refuse to measure.
+	for p in $((25 + offset)) $((143 + offset)) $((110 + offset)); do
+		if ss -ltnH "sport = :$p" 2>/dev/null | grep -q .; then
+			echo "compare.sh: port $p is already in use; pick another --port-offset" >&2
+			exit 1
+		fi
+	done
 	mkdir "$tmp/data"
 	# shellcheck disable=SC2086 # ringmail_args is a list of words
 	"${pin_server[@]}" "$ringmail" serve --port-offset "$offset" --data "$tmp/data" \
@@ -183,6 +191,7 @@ while read -r name port proto cpuopt; do
 		>/dev/null 2>&1
 done <"$tmp/servers"
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for i in $(seq "$runs"); do
 	while read -r name port proto cpuopt; do
 		# shellcheck disable=SC2086
@@ -194,6 +203,11 @@ for i in $(seq "$runs"); do
 			exit 1
 		fi
 		echo "$name $proto $line" >>"$tmp/results"
+		if ! kill -0 "$floor_pid" 2>/dev/null || { [ -n "$ringmail" ] && ! kill -0 "$rm_pid" 2>/dev/null; }; then
+			echo "compare.sh: a server died during run $i; its last words:" >&2
+			tail -5 "$tmp/floor.err" "$tmp/ringmail.err" 2>/dev/null >&2
+			exit 1
+		fi
 		[ -n "$raw" ] && echo "$line" >>"$raw"
 		echo "run $i $name $proto: $(echo "$line" | sed -n 's/.*"conns_per_s":\([0-9.]*\).*"server_cpu_us_per_conn":\([0-9.null]*\).*/\1 conns\/s, \2 us\/conn/p')" >&2
 	done <"$tmp/servers"
@@ -240,4 +254,5 @@ else
 	echo
 	echo "(no --ringmail: floor only)"
 fi
+echo "load average before/after: $load_before / $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "cpu source: $(awk '{ print $1 ": " $4 }' "$tmp/servers" | sed 's/--server-//' | sort -u | tr '\n' ' ')"
