@@ -459,8 +459,10 @@ int auth_new(const struct auth_config *cfg, struct users *users, struct workpool
 	explicit_bzero(hex, sizeof(hex));
 	if (r < 0)
 		goto err;
-	/* Drop the "{YESCRYPT}" prefix: checks take bare crypt strings. */
-	memmove(a->dummy, a->dummy + 10, strlen(a->dummy + 10) + 1);
+	/* Drop the "{CRYPT}" prefix: checks take bare crypt strings. */
+	char *brace = strchr(a->dummy, '}');
+	if (brace != NULL)
+		memmove(a->dummy, brace + 1, strlen(brace + 1) + 1);
 	cache_max = cfg->cache_max ? cfg->cache_max : AUTH_CACHE_MAX_DEFAULT;
 	a->nsets = 1;
 	while (a->nsets * CACHE_WAYS < cache_max)

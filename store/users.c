@@ -509,7 +509,9 @@ int users_password_hash(struct span pass, char *out, size_t size)
 		r = errno == ENOMEM ? -ENOMEM : -EINVAL;
 		goto out;
 	}
-	int n = snprintf(out, size, "{YESCRYPT}%s", h);
+	/* {CRYPT}, not {YESCRYPT}: Dovecot 2.3 knows only the former, and
+	 * the file should stay readable by it. */
+	int n = snprintf(out, size, "{CRYPT}%s", h);
 	if (n < 0 || (size_t)n >= size)
 		r = -ENAMETOOLONG;
 out:

@@ -172,7 +172,7 @@ int users_parse_password(const char *field, enum users_scheme *scheme_r,
  * NUL byte), or -ENOMEM / -EINVAL when crypt failed. */
 int users_password_verify(enum users_scheme scheme, const char *hash, struct span pass);
 /* Hashes pass with yescrypt and a fresh salt into out as a passwd field
- * ("{YESCRYPT}$y$..."). CPU-heavy. Returns 0, -EINVAL (a NUL in pass),
+ * ("{CRYPT}$y$...": Dovecot 2.3 has no {YESCRYPT} name). CPU-heavy. Returns 0, -EINVAL (a NUL in pass),
  * -ENAMETOOLONG (out too small), or -ENOMEM. */
 int users_password_hash(struct span pass, char *out, size_t size);
 
