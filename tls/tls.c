@@ -998,6 +998,21 @@ static enum tls_status conn_fail(struct tls_conn *c, int e)
 	return TLS_ERROR;
 }
 
+/* A host name we are willing to match and log: letters, digits, '-', '_'
+ * and '.'. Anything else (control bytes, spaces, UTF-8) is ignored as if
+ * no SNI had been sent. */
+static bool sni_name_ok(const uint8_t *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		uint8_t ch = p[i];
+
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		      (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.'))
+			return false;
+	}
+	return true;
+}
+
 /* Creates the wolfSSL object with the context the SNI in `hello` (one whole
  * record, or anything that is not a handshake record) asks for. */
 static int conn_start(struct tls_conn *c, const uint8_t *hello, size_t len)
@@ -1009,7 +1024,7 @@ static int conn_start(struct tls_conn *c, const uint8_t *hello, size_t len)
 	if (len > 5 && hello[0] == 0x16 &&
 	    wolfSSL_SNI_GetFromBuffer(hello, (word32)len, WOLFSSL_SNI_HOST_NAME,
 				      name, &name_len) == WOLFSSL_SUCCESS &&
-	    name_len > 0 && name_len < sizeof(name) && memchr(name, 0, name_len) == NULL) {
+	    name_len > 0 && name_len < sizeof(name) && sni_name_ok(name, name_len)) {
 		name[name_len] = 0;
 		c->sni = strdup((const char *)name);
 		if (c->sni == NULL)

@@ -143,8 +143,9 @@ const char *tls_conn_version(const struct tls_conn *c);
 /* The cipher suite's name ("TLS13-AES128-GCM-SHA256"); "" before the
  * handshake. Valid as long as the connection. */
 const char *tls_conn_cipher(const struct tls_conn *c);
-/* The host name the client asked for with SNI; NULL when none. Valid as
- * long as the connection. */
+/* The host name the client asked for with SNI; NULL when none, or when it
+ * held anything but letters, digits, '-', '_' and '.' (then the default
+ * certificate is used). Safe to log. Valid as long as the connection. */
 const char *tls_conn_sni(const struct tls_conn *c);
 /* True when the handshake resumed a session (ticket): no certificate
  * signature was needed. */
