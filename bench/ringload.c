@@ -746,14 +746,37 @@ static struct cpu_sample cpu_from_cgroup(const char *dir)
 	return s;
 }
 
+/* Busy time of all CPUs (user, nice, system, irq, softirq, steal) from the
+ * first line of /proc/stat, in microseconds; 0 if unreadable. */
+static uint64_t machine_busy_us(void)
+{
+	FILE *f = fopen("/proc/stat", "r");
+	if (!f)
+		return 0;
+	unsigned long long v[8] = { 0 };
+	int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+		       &v[3], &v[4], &v[5], &v[6], &v[7]);
+	fclose(f);
+	if (n != 8)
+		return 0;
+	long hz = sysconf(_SC_CLK_TCK);
+	if (hz <= 0)
+		hz = 100;
+	return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) * 1000000u / (unsigned long long)hz;
+}
+
 struct cpu_meter {
 	const struct opts *o;
 	struct cpu_sample pid0, cg0;
+	uint64_t busy0_us;     /* machine_busy_us() at the start */
+	uint64_t wall0_ns;
 };
 
 static void cpu_meter_start(struct cpu_meter *m, const struct opts *o)
 {
 	m->o = o;
+	m->busy0_us = machine_busy_us();
+	m->wall0_ns = now_ns();
 	if (o->server_pid)
 		m->pid0 = cpu_from_pid(o->server_pid);
 	if (o->server_cgroup)
@@ -784,6 +807,23 @@ static struct cpu_sample cpu_meter_delta(const struct cpu_meter *m, const char *
 	d.sys_us = b.sys_us - a.sys_us;
 	d.total_us = b.total_us - a.total_us;
 	return d;
+}
+
+/* The CPU the machine spent during the run on neither the server nor
+ * ringload, in percent of one core: other tenants disturbing the
+ * measurement. Returns a negative value when it cannot be known. */
+static double cpu_meter_other_pct(const struct cpu_meter *m, const struct cpu_sample *server,
+				  const struct result *r)
+{
+	uint64_t busy1 = machine_busy_us();
+	uint64_t wall_us = (now_ns() - m->wall0_ns) / 1000;
+	if (!server->ok || !m->busy0_us || !busy1 || wall_us == 0)
+		return -1;
+	double other = (double)(busy1 - m->busy0_us) - (double)server->total_us -
+		       (double)(r->cpu_user_us + r->cpu_sys_us);
+	if (other < 0)
+		other = 0;  /* tick-based /proc/stat against precise counters */
+	return 100.0 * other / (double)wall_us;
 }
 
 /* ---- -j: child processes --------------------------------------------- */
@@ -905,7 +945,7 @@ static enum proto main_proto(const struct result *r)
 }
 
 static void report(FILE *out, const struct opts *o, const struct result *r,
-		   const struct cpu_sample *cpu, const char *cpu_src)
+		   const struct cpu_sample *cpu, const char *cpu_src, double other_pct)
 {
 	double secs = r->t_end_ns > r->t_start_ns ? (double)(r->t_end_ns - r->t_start_ns) / 1e9 : 0;
 	double rate = secs > 0 ? (double)r->conns / secs : 0;
@@ -930,13 +970,16 @@ static void report(FILE *out, const struct opts *o, const struct result *r,
 		fprintf(out, "  server cpu   %.2f us/conn (user %.2f sys %.2f) [%s]\n",
 			(double)cpu->total_us / conns, (double)cpu->user_us / conns,
 			(double)cpu->sys_us / conns, cpu_src);
+	if (other_pct >= 0)
+		fprintf(out, "  other load   %.1f%% of a core (neither server nor ringload)\n",
+			other_pct);
 	fprintf(out, "  client cpu   %.2f us/conn (user %.2f sys %.2f)\n",
 		(double)(r->cpu_user_us + r->cpu_sys_us) / conns,
 		(double)r->cpu_user_us / conns, (double)r->cpu_sys_us / conns);
 }
 
 static void report_json(FILE *out, const struct opts *o, const struct result *r,
-			const struct cpu_sample *cpu, const char *cpu_src)
+			const struct cpu_sample *cpu, const char *cpu_src, double other_pct)
 {
 	double secs = r->t_end_ns > r->t_start_ns ? (double)(r->t_end_ns - r->t_start_ns) / 1e9 : 0;
 	double conns = r->conns ? (double)r->conns : 1;
@@ -958,6 +1001,8 @@ static void report_json(FILE *out, const struct opts *o, const struct result *r,
 			(double)cpu->sys_us / conns, cpu_src);
 	else
 		fprintf(out, "\"server_cpu_us_per_conn\":null,");
+	if (other_pct >= 0)
+		fprintf(out, "\"other_cpu_pct\":%.1f,", other_pct);
 	fprintf(out, "\"client_cpu_us_per_conn\":%.3f}\n",
 		(double)(r->cpu_user_us + r->cpu_sys_us) / conns);
 }
@@ -1110,14 +1155,15 @@ int main(int argc, char **argv)
 
 	const char *cpu_src;
 	struct cpu_sample cpu = cpu_meter_delta(&meter, &cpu_src);
+	double other_pct = cpu_meter_other_pct(&meter, &cpu, r);
 	if (r->io_uring_unavailable) {
 		fprintf(stderr, "ringload: io_uring unavailable: skipped\n");
 		free(r);
 		return EXIT_SKIP;
 	}
-	report(o.json ? stderr : stdout, &o, r, &cpu, cpu_src);
+	report(o.json ? stderr : stdout, &o, r, &cpu, cpu_src, other_pct);
 	if (o.json)
-		report_json(stdout, &o, r, &cpu, cpu_src);
+		report_json(stdout, &o, r, &cpu, cpu_src, other_pct);
 	int rc = r->failed ? 1 : 0;
 	free(r);
 	return rc;
