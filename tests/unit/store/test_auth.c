@@ -287,7 +287,7 @@ Test(auth, delay_grows_caps_decays_and_resets)
 	cr_assert_eq(users_open(&ucfg, &users), 0);
 	cr_assert_eq(workpool_new(2, 16, &wp), 0);
 	struct auth_config acfg = { .delay_initial_ms = 10, .delay_max_ms = 50,
-				    .delay_quiet_ms = 300 };
+				    .delay_quiet_ms = 500 };
 	cr_assert_eq(auth_new(&acfg, users, wp, &auth), 0);
 
 	const char *ip = "2001:db8:1:2::5";
@@ -302,7 +302,7 @@ Test(auth, delay_grows_caps_decays_and_resets)
 	cr_assert_eq(auth_delay_peek(auth, "2001:db8:1:2::99"), 50, "IPv6 counts per /64");
 	cr_assert_eq(auth_delay_peek(auth, "2001:db8:1:3::5"), 10);
 	/* Two quiet periods take two steps off. */
-	nanosleep(&(struct timespec){ .tv_nsec = 650000000 }, NULL);
+	nanosleep(&(struct timespec){ .tv_sec = 1, .tv_nsec = 100000000 }, NULL);
 	cr_assert_eq(auth_delay_peek(auth, ip), 40);
 	/* A good login clears the address. */
 	cr_assert_eq(verify("alice@example.com", PW, ip).res, AUTH_OK);
