@@ -75,6 +75,13 @@ static size_t utf8_len(const uint8_t *p, size_t n)
 	return len;
 }
 
+/* span_skip() that also takes the empty span { NULL, 0 } (a caller's
+ * zeroed span): NULL + 0 is undefined behaviour in C. */
+static struct span skip(struct span s, size_t n)
+{
+	return n == 0 || s.p == NULL ? s : span_skip(s, n);
+}
+
 /* Parses 1*DIGIT filling all of s. Returns OK, INVALID or TOO_LONG (does
  * not fit in 64 bits; checked before multiplying so it never wraps). */
 static enum smtp_parse_result parse_u64(struct span s, uint64_t *v_r)
@@ -211,10 +218,12 @@ static void classify(struct smtp_cmd *cmd, struct span text, int with_args)
 			break;
 		}
 	}
-	if (sp != NULL && with_args) {
-		cmd->has_args = 1;
-		cmd->args = span_skip(text, vlen + 1);
-	}
+	if (!with_args)
+		return;
+	/* args is never { NULL, 0 }: it points at its end of the line */
+	cmd->has_args = sp != NULL;
+	cmd->args = sp != NULL ? skip(text, vlen + 1)
+			       : (struct span){ text.p + text.len, 0 };
 }
 
 enum smtp_parse_result smtp_parse_command_max(struct span in, size_t max,
@@ -775,7 +784,7 @@ enum smtp_parse_result smtp_param_orcpt(const struct smtp_param *p,
 	if (semi == NULL || semi == p->value.p)
 		return SMTP_PARSE_INVALID;
 	struct span type = { p->value.p, (size_t)(semi - p->value.p) };
-	struct span addr = span_skip(p->value, type.len + 1);
+	struct span addr = skip(p->value, type.len + 1);
 	for (size_t i = 0; i < type.len; i++)
 		if (!is_atext(type.p[i]))
 			return SMTP_PARSE_INVALID;
@@ -851,7 +860,7 @@ enum smtp_parse_result smtp_parse_auth(struct span args, struct span *mech_r,
 	}
 	if (args.p[i] != ' ' || i + 1 == args.len)
 		return SMTP_PARSE_INVALID;
-	struct span ir = span_skip(args, i + 1);
+	struct span ir = skip(args, i + 1);
 	if (span_eq(ir, SPAN_LIT("="))) {
 		ir.len = 0;
 	} else {
@@ -876,7 +885,7 @@ enum smtp_parse_result smtp_parse_bdat(struct span args, uint64_t *size_r,
 	*last_r = 0;
 	while (i < args.len && is_digit(args.p[i]))
 		i++;
-	struct span rest = span_skip(args, i);
+	struct span rest = skip(args, i);
 	if (rest.len != 0 && !span_eq_nocase(rest, SPAN_LIT(" LAST")))
 		return SMTP_PARSE_INVALID;
 	enum smtp_parse_result r = parse_u64((struct span){ args.p, i }, size_r);

@@ -1227,3 +1227,26 @@ Test(smtp_parse, data_zero_copy)
 	cr_assert_eq((const void *)out[0].p, (const void *)in);
 	cr_assert_eq(out[0].len, sizeof(in) - 1 - 3);
 }
+
+Test(smtp_parse, null_empty_spans)
+{
+	/* A zeroed span { NULL, 0 } is a valid empty input everywhere (found
+	 * by the fuzzer: NULL + 0 is undefined behaviour). */
+	struct span none = { NULL, 0 };
+	struct smtp_path path;
+	struct span a, b;
+	uint64_t size;
+	int last, has;
+	size_t n;
+
+	cr_assert_eq(smtp_parse_bdat(none, &size, &last), SMTP_PARSE_INVALID);
+	cr_assert_eq(smtp_parse_auth(none, &a, &b, &has), SMTP_PARSE_INVALID);
+	cr_assert_eq(smtp_parse_path(none, SMTP_CMD_MAIL, &path, NULL, 0, &n), SMTP_PARSE_INVALID);
+	cr_assert_eq(smtp_xtext_decode(none, NULL, 0, &n), SMTP_PARSE_OK);
+	struct smtp_cmd cmd;
+	cr_assert_eq(smtp_parse_command(none, &cmd, &n), SMTP_PARSE_AGAIN);
+	/* a command without arguments still has a non-NULL args span */
+	cr_assert_eq(smtp_parse_command(SPAN_LIT("BDAT\r\n"), &cmd, &n), SMTP_PARSE_OK);
+	cr_assert_not_null(cmd.args.p);
+	cr_assert_eq(smtp_parse_bdat(cmd.args, &size, &last), SMTP_PARSE_INVALID);
+}
