@@ -1121,8 +1121,10 @@ enum smtp_data_result smtp_data_feed(struct smtp_data_state *st,
 			data_eol(st);
 			st->st = D_LB;
 			break;
-		default: /* D_END is handled above; nothing else exists */
+		default: /* corrupted state: end rather than loop */
 			st->st = D_END;
+			*nout_r = o.n;
+			*consumed_r = i;
 			return SMTP_DATA_END;
 		}
 	}

@@ -334,6 +334,8 @@ enum smtp_data_result {
  *   removed ("..x" -> ".x", "..." -> ".."); a '.' mid-line is untouched. A
  *   line "." ended any other way than the final CRLF is kept as ".".
  * - A bare CR or LF sets bare_seen; SMTP_BARE_NORMALIZE writes CRLF for it.
+ *   So the output may hold a line "." (from "\n.\n" say): it is content,
+ *   and whoever sends the message on must dot-stuff it as usual.
  * - Line lengths count octets as received (stuffing dot and ending
  *   included). Received: is matched at line starts of the header section,
  *   ASCII case-insensitively, SP/HTAB allowed before the colon. The header
