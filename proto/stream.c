@@ -347,11 +347,20 @@ static ssize_t on_data(struct conn *c, struct span in)
 	return used;
 }
 
+size_t stream_send_pending(const struct stream *s)
+{
+	return conn_send_pending(s->conn);
+}
+
 static void on_drained(struct conn *c)
 {
 	struct stream *s = conn_session(c);
-	if (s->state != ST_FLUSH)
+	if (s->state != ST_FLUSH) {
+		if ((s->state == ST_PLAIN || s->state == ST_TLS) && s->opened && !s->closing &&
+		    s->ops->drained)
+			s->ops->drained(s);
 		return;
+	}
 	if (tls_begin(s) < 0) {
 		s->closing = true;
 		conn_close(c, false);

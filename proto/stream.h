@@ -28,6 +28,10 @@ struct stream_ops {
 	void (*timer)(struct stream *s);
 	/* The server is stopping: say goodbye and close. */
 	void (*shutdown)(struct stream *s);
+	/* Everything queued so far has been written to the socket. Optional:
+	 * a session that streams a large reply (POP3 RETR) waits for it
+	 * instead of filling the send queue (limits.send_queue_max). */
+	void (*drained)(struct stream *s);
 	/* A STARTTLS handshake completed: reset the protocol state. */
 	void (*tls_ready)(struct stream *s);
 	/* The connection is going away: free the session. */
@@ -46,6 +50,8 @@ extern const struct stream_ops pop3_session_ops;
 const struct conn_ops *stream_conn_ops(enum listener_proto proto);
 
 int stream_send(struct stream *s, const void *p, size_t len);
+/* Bytes queued for the socket and not yet written (ciphertext under TLS). */
+size_t stream_send_pending(const struct stream *s);
 int stream_printf(struct stream *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Sends a reply and closes once it is written. */
 void stream_close(struct stream *s, bool flush);
