@@ -1,0 +1,67 @@
+"""2,000 connections held open at once: all are accepted and greeted, and
+every one is answered when it says QUIT."""
+
+import asyncio
+
+import pytest
+
+from conftest import HOST, raise_nofile
+
+N = 2000
+# (port, greeting prefix, quit command, quit reply prefix) per protocol
+PROTOS = (
+    (25, b"220 mail.example.com ESMTP ringmail\r\n", b"QUIT\r\n", b"221 "),
+    (143, b"* OK [CAPABILITY IMAP4rev1] ringmail ready\r\n", b"q LOGOUT\r\n", b"* BYE"),
+    (110, b"+OK ringmail ready\r\n", b"QUIT\r\n", b"+OK"),
+)
+
+
+async def hold_all(srv, n):
+    # Open every connection first; nobody reads yet.
+    async def open_one(i):
+        port = PROTOS[i % len(PROTOS)][0]
+        return await asyncio.open_connection(HOST, srv.port(port), limit=1 << 16)
+
+    conns = await asyncio.wait_for(asyncio.gather(*(open_one(i) for i in range(n))), 60)
+    assert len(conns) == n
+
+    # Then every greeting.
+    async def greet(i):
+        r, _ = conns[i]
+        return await r.readline()
+
+    greetings = await asyncio.wait_for(asyncio.gather(*(greet(i) for i in range(n))), 60)
+    bad = [(i, g) for i, g in enumerate(greetings) if g != PROTOS[i % len(PROTOS)][1]]
+    assert not bad, f"{len(bad)} wrong greetings, first: {bad[:3]}"
+
+    # Then QUIT on all of them, every one answered and closed.
+    async def quit_one(i):
+        r, w = conns[i]
+        _, _, cmd, want = PROTOS[i % len(PROTOS)]
+        w.write(cmd)
+        await w.drain()
+        reply = await r.readline()
+        rest = await r.read()  # the rest up to EOF (IMAP: the tagged OK)
+        w.close()
+        return reply, rest, want
+
+    results = await asyncio.wait_for(asyncio.gather(*(quit_one(i) for i in range(n))), 60)
+    unanswered = [(i, r) for i, (r, _, want) in enumerate(results) if not r.startswith(want)]
+    assert not unanswered, f"{len(unanswered)} QUITs unanswered, first: {unanswered[:3]}"
+    for i, (_, rest, _) in enumerate(results):
+        if i % len(PROTOS) == 1:
+            assert rest == b"q OK LOGOUT completed\r\n", rest
+
+
+def test_2000_concurrent_connections(ringmail):
+    limit = raise_nofile(65536)
+    if limit < N + 200:
+        pytest.skip(f"RLIMIT_NOFILE is {limit}; need {N + 200}")
+    # The server inherits the raised limit. Lift the per-address cap: every
+    # client is 127.0.0.1.
+    srv = ringmail(config=f"[limits]\nmax_connections_per_ip = {N * 2}\n")
+    asyncio.run(hold_all(srv, N))
+    # The server is still fine afterwards.
+    srv.quiesce()
+    assert len(srv.log_lines(event="connect")) >= N
+    assert not srv.log_lines(level="error"), srv.log_lines(level="error")[:5]
