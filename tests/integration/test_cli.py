@@ -1,0 +1,181 @@
+"""The command line: version, check-config, configuration errors, a second
+instance on the same ports, privileged ports, dropping privileges."""
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import DEFAULT_PORTS, recv_line, ringmail_bin, run_cli
+
+SRC_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def project_version():
+    with open(os.path.join(SRC_ROOT, "meson.build")) as f:
+        m = re.search(r"version:\s*'([^']+)'", f.read())
+    assert m, "no version in meson.build"
+    return m.group(1)
+
+
+def test_version():
+    r = run_cli("version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"ringmail {project_version()}"), r.stdout
+
+
+def test_unknown_command_exits_2():
+    r = run_cli("frobnicate")
+    assert r.returncode == 2
+    assert "unknown command" in r.stderr
+
+
+def test_check_config_prints_effective_default():
+    r = run_cli("check-config")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "[listener smtps]" in out
+    assert "port = 465" in out
+    ports = [int(p) for p in re.findall(r"^port = (\d+)", out, re.M)]
+    assert sorted(ports) == sorted(DEFAULT_PORTS)
+    assert "hostname = mail.example.com" in out
+
+
+def test_check_config_applies_overrides(tmp_path):
+    r = run_cli("check-config", "--port-offset", "10000", "--hostname", "mx.example.net",
+                "--threads", "3")
+    assert r.returncode == 0, r.stderr
+    assert "port_offset = 10000" in r.stdout
+    assert "# listening on 10465" in r.stdout
+    assert "hostname = mx.example.net" in r.stdout
+    assert "threads = 3" in r.stdout
+
+
+def test_check_config_output_is_a_valid_config(tmp_path):
+    conf = tmp_path / "in.conf"
+    conf.write_text("[server]\nhostname = a.example\n[limits]\nprelogin_timeout = 90s\n")
+    r = run_cli("check-config", "--config", str(conf))
+    assert r.returncode == 0, r.stderr
+    again = tmp_path / "again.conf"
+    again.write_text(r.stdout)
+    r2 = run_cli("check-config", "--config", str(again))
+    assert r2.returncode == 0, r2.stderr
+    # Same effective configuration, apart from the source comment.
+    assert r.stdout.split("\n", 1)[1] == r2.stdout.split("\n", 1)[1]
+
+
+BAD_CONFIGS = [
+    ("[server]\nhostname = ok.example\nbogus = 1\n", 3),
+    ("[limits]\nprelogin_timeout = soon\n", 2),
+    ("\n[listener a]\nport = 2000\n[listener b]\nport = 2000\n", 4),
+    ("[nonsense]\n", 1),
+]
+
+
+@pytest.mark.parametrize("text,line", BAD_CONFIGS)
+def test_bad_config_check_config(tmp_path, text, line):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(text)
+    r = run_cli("check-config", "--config", str(conf))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert f"{conf}:{line}: " in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize("text,line", BAD_CONFIGS)
+def test_bad_config_serve(tmp_path, text, line):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(text)
+    r = run_cli("serve", "--config", str(conf), "--port-offset", "30000", "--data",
+                str(tmp_path / "data"), timeout=10)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert f"{conf}:{line}: " in r.stderr, r.stderr
+
+
+def test_bad_command_line_values():
+    for args in (["--port-offset", "70000"], ["--threads", "x"], ["--hostname", "bad_name"]):
+        r = run_cli("check-config", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("ringmail: "), r.stderr
+
+
+def test_missing_config_file(tmp_path):
+    r = run_cli("check-config", "--config", str(tmp_path / "nope.conf"))
+    assert r.returncode == 2
+    assert "nope.conf" in r.stderr
+
+
+def test_second_instance_fails_first_keeps_serving(ringmail, tmp_path):
+    first = ringmail()
+    r = run_cli("serve", "--port-offset", str(first.offset), "--data", str(tmp_path / "d2"),
+                "--threads", "1", timeout=10)
+    assert r.returncode != 0
+    assert "already in use" in r.stderr, r.stderr
+    assert "--port-offset" in r.stderr, r.stderr
+    # The first one is untouched and serves on every plaintext port.
+    for p in (25, 143, 110):
+        s = first.connect(p)
+        assert recv_line(s) != b""
+        s.close()
+    assert first.proc.poll() is None
+
+
+def _nobody_can_run(binary):
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        binary, "version"], capture_output=True, text=True, timeout=10)
+    return r.returncode == 0
+
+
+def test_privileged_port_without_privilege():
+    binary = ringmail_bin()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody with setpriv")
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv is missing")
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        if int(f.read()) <= min(DEFAULT_PORTS):
+            pytest.skip("ip_unprivileged_port_start lets anyone bind the low ports")
+    if not _nobody_can_run(binary):
+        pytest.skip(f"{binary} is not executable by nobody")
+    # pytest's tmp_path sits under a root-only directory: use one in /tmp.
+    top = tempfile.mkdtemp(prefix="ringmail-nobody-")
+    try:
+        os.chown(top, 65534, 65534)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            binary, "serve", "--data", os.path.join(top, "data")],
+                           capture_output=True, text=True, timeout=15)
+    finally:
+        shutil.rmtree(top)
+    assert r.returncode != 0, r.stderr
+    assert "--port-offset" in r.stderr, r.stderr
+    assert "CAP_NET_BIND_SERVICE" in r.stderr, r.stderr
+
+
+def _status_ids(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return [int(x) for x in line.split()[1:]]
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def test_drops_privileges_to_configured_user(ringmail):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    nobody = pwd.getpwnam("nobody")
+    srv = ringmail(config="[server]\nuser = nobody\n")
+    assert _status_ids(srv.proc.pid, "Uid") == [nobody.pw_uid] * 4
+    assert _status_ids(srv.proc.pid, "Gid") == [nobody.pw_gid] * 4
+    assert _status_ids(srv.proc.pid, "Groups") == []
+    # Every thread, not only the main one.
+    for tid in os.listdir(f"/proc/{srv.proc.pid}/task"):
+        assert _status_ids(f"{srv.proc.pid}/task/{tid}", "Uid") == [nobody.pw_uid] * 4
+    # It still serves, and the data directory belongs to the user now.
+    s = srv.connect(25)
+    assert recv_line(s).startswith(b"220 ")
+    assert os.stat(srv.data_dir).st_uid == nobody.pw_uid
+    assert srv.log_lines(event="privileges-dropped")
