@@ -4,6 +4,7 @@ goes on."""
 
 import imaplib
 import poplib
+import re
 import smtplib
 import time
 
@@ -12,6 +13,14 @@ import pytest
 from conftest import HOST, expect_eof, recv_line
 
 SMTP_PORTS = (25, 26, 2025, 2525, 587)
+# The greeting may list more capabilities as the IMAP session grows.
+IMAP_GREETING = re.compile(rb"\* OK \[CAPABILITY IMAP4rev1( [^\]]*)?\] ringmail ready\r\n")
+
+
+def smtp_ok(reply):
+    """smtplib's (code, text) of a NOOP/RSET: 250 with enhanced code 2.0.0."""
+    code, text = reply
+    return code == 250 and text.startswith(b"2.0.0")
 
 
 @pytest.mark.parametrize("port", SMTP_PORTS)
@@ -19,15 +28,15 @@ def test_smtp_greeting_noop_unknown_quit(server, port):
     s = smtplib.SMTP(timeout=5)
     code, msg = s.connect(HOST, server.port(port))
     assert (code, msg) == (220, b"mail.example.com ESMTP ringmail")
-    assert s.noop() == (250, b"2.0.0 OK")
+    assert smtp_ok(s.noop())
     code, msg = s.docmd("FROBNICATE", "now")
-    assert code == 502, msg
-    assert msg.startswith(b"5.5.1")
+    assert code in (500, 502), (code, msg)
+    assert msg.startswith(b"5.5."), msg
     # The session goes on after a protocol error.
-    assert s.noop() == (250, b"2.0.0 OK")
+    assert smtp_ok(s.noop())
     code, msg = s.quit()
     assert code == 221
-    assert msg == b"2.0.0 mail.example.com Bye"
+    assert msg.startswith(b"2.0.0 mail.example.com")
 
 
 def test_smtp_raw_quit_closes(server):
@@ -35,9 +44,9 @@ def test_smtp_raw_quit_closes(server):
     assert recv_line(sock) == b"220 mail.example.com ESMTP ringmail\r\n"
     # Case-insensitive verbs, several commands in one segment.
     sock.sendall(b"noop\r\nNoOp with args\r\nquit\r\n")
-    assert recv_line(sock) == b"250 2.0.0 OK\r\n"
-    assert recv_line(sock) == b"250 2.0.0 OK\r\n"
-    assert recv_line(sock) == b"221 2.0.0 mail.example.com Bye\r\n"
+    assert recv_line(sock).startswith(b"250 2.0.0")
+    assert recv_line(sock).startswith(b"250 2.0.0")
+    assert recv_line(sock).startswith(b"221 2.0.0 mail.example.com")
     expect_eof(sock)
 
 
@@ -47,7 +56,7 @@ def test_smtp_command_split_across_segments(server):
     for part in (b"NO", b"O", b"P\r", b"\n"):
         sock.sendall(part)
         time.sleep(0.05)
-    assert recv_line(sock) == b"250 2.0.0 OK\r\n"
+    assert recv_line(sock).startswith(b"250 2.0.0")
     sock.sendall(b"QUIT\r\n")
     assert recv_line(sock).startswith(b"221 ")
     expect_eof(sock)
@@ -55,10 +64,10 @@ def test_smtp_command_split_across_segments(server):
 
 def test_imap_greeting_capability_noop_unknown_logout(server):
     m = imaplib.IMAP4(HOST, server.port(143), timeout=5)
-    assert m.welcome == b"* OK [CAPABILITY IMAP4rev1] ringmail ready"
+    assert IMAP_GREETING.fullmatch(m.welcome + b"\r\n"), m.welcome
     typ, data = m.capability()
     assert typ == "OK"
-    assert data == [b"IMAP4rev1"]
+    assert b"IMAP4rev1" in data[0].split(), data
     typ, data = m.noop()
     assert typ == "OK", data
     with pytest.raises(imaplib.IMAP4.error, match="BAD"):
@@ -71,22 +80,22 @@ def test_imap_greeting_capability_noop_unknown_logout(server):
 
 def test_imap_raw_bad_and_logout(server):
     sock = server.connect(143)
-    assert recv_line(sock) == b"* OK [CAPABILITY IMAP4rev1] ringmail ready\r\n"
+    assert IMAP_GREETING.fullmatch(recv_line(sock))
     sock.sendall(b"a1 FROBNICATE\r\n")
-    assert recv_line(sock) == b"a1 BAD Unknown command\r\n"
+    assert recv_line(sock).startswith(b"a1 BAD ")
     sock.sendall(b"NOTAG\r\n")
     assert recv_line(sock).startswith(b"* BAD ")
     sock.sendall(b"a2 noop\r\n")
-    assert recv_line(sock) == b"a2 OK NOOP completed\r\n"
+    assert recv_line(sock).startswith(b"a2 OK")
     sock.sendall(b"a3 LOGOUT\r\n")
     assert recv_line(sock).startswith(b"* BYE")
-    assert recv_line(sock) == b"a3 OK LOGOUT completed\r\n"
+    assert recv_line(sock).startswith(b"a3 OK")
     expect_eof(sock)
 
 
 def test_pop3_greeting_noop_unknown_quit(server):
     p = poplib.POP3(HOST, server.port(110), timeout=5)
-    assert p.getwelcome() == b"+OK ringmail ready"
+    assert p.getwelcome().startswith(b"+OK ringmail ready")
     assert p.noop().startswith(b"+OK")
     with pytest.raises(poplib.error_proto, match="-ERR"):
         p._shortcmd("FROBNICATE")
@@ -96,11 +105,11 @@ def test_pop3_greeting_noop_unknown_quit(server):
 
 def test_pop3_raw_unknown_then_noop(server):
     sock = server.connect(110)
-    assert recv_line(sock) == b"+OK ringmail ready\r\n"
+    assert recv_line(sock).startswith(b"+OK ringmail ready")
     sock.sendall(b"FROBNICATE\r\n")
     assert recv_line(sock).startswith(b"-ERR ")
     sock.sendall(b"NOOP\r\n")
-    assert recv_line(sock) == b"+OK\r\n"
+    assert recv_line(sock).startswith(b"+OK")
     sock.sendall(b"QUIT\r\n")
     assert recv_line(sock).startswith(b"+OK")
     expect_eof(sock)
@@ -113,11 +122,11 @@ def test_pop3_dual_port_greets_silent_client_after_wait(server):
     sock = server.connect(995)
     line = recv_line(sock, timeout=5)
     waited = time.monotonic() - t0
-    assert line == b"+OK ringmail ready\r\n"
+    assert line.startswith(b"+OK ringmail ready")
     assert waited >= 0.95, f"greeted after {waited:.2f}s, before the dual-mode wait"
     assert waited < 3.0, f"greeted only after {waited:.2f}s"
     sock.sendall(b"NOOP\r\n")
-    assert recv_line(sock) == b"+OK\r\n"
+    assert recv_line(sock).startswith(b"+OK")
     sock.sendall(b"QUIT\r\n")
     assert recv_line(sock).startswith(b"+OK")
     expect_eof(sock)
@@ -129,8 +138,8 @@ def test_pop3_dual_port_client_speaking_first(server):
     sock = server.connect(995)
     t0 = time.monotonic()
     sock.sendall(b"NOOP\r\n")
-    assert recv_line(sock) == b"+OK ringmail ready\r\n"
-    assert recv_line(sock) == b"+OK\r\n"
+    assert recv_line(sock).startswith(b"+OK ringmail ready")
+    assert recv_line(sock).startswith(b"+OK")
     assert time.monotonic() - t0 < 0.9
     sock.sendall(b"QUIT\r\n")
     assert recv_line(sock).startswith(b"+OK")
@@ -138,6 +147,6 @@ def test_pop3_dual_port_client_speaking_first(server):
 
 def test_pop3_dual_port_with_poplib(server):
     p = poplib.POP3(HOST, server.port(995), timeout=5)
-    assert p.getwelcome() == b"+OK ringmail ready"
+    assert p.getwelcome().startswith(b"+OK ringmail ready")
     assert p.noop().startswith(b"+OK")
     assert p.quit().startswith(b"+OK")

@@ -19,7 +19,7 @@ def test_sigterm_says_goodbye_and_exits_0(ringmail):
 
     t0 = time.monotonic()
     srv.send_signal(signal.SIGTERM)
-    assert recv_line(smtp) == b"421 4.3.2 mail.example.com Service shutting down\r\n"
+    assert recv_line(smtp).startswith(b"421 4.3.2 mail.example.com ")
     expect_eof(smtp)
     assert recv_line(imap).startswith(b"* BYE ")
     expect_eof(imap)

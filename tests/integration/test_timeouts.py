@@ -32,7 +32,7 @@ def test_silent_clients_are_disconnected_while_others_are_served(ringmail):
     while time.monotonic() < end:
         t = time.monotonic()
         busy.sendall(b"NOOP\r\n")
-        assert recv_line(busy, timeout=1.0) == b"250 2.0.0 OK\r\n"
+        assert recv_line(busy, timeout=1.0).startswith(b"250 2.0.0")
         assert time.monotonic() - t < 0.5
         time.sleep(0.2)
 
@@ -54,7 +54,7 @@ def test_timeout_is_on_time(ringmail):
     assert recv_line(s).startswith(b"220 mail.example.com")
     line = recv_line(s, timeout=5.0)
     waited = time.monotonic() - t0
-    assert line == b"421 4.4.2 mail.example.com Error: timeout exceeded\r\n"
+    assert line.startswith(b"421 4.4.2 mail.example.com ")
     assert waited >= 0.98, f"disconnected after {waited:.2f}s, before the 1 s timeout"
     assert waited <= 2.5, f"disconnected only after {waited:.2f}s"
     expect_eof(s, timeout=2.0)
@@ -68,10 +68,10 @@ def test_activity_restarts_the_timeout(ringmail):
     # 0.7 s of silence, a command, 0.7 s more: still connected (1.4 s > 1 s).
     time.sleep(0.7)
     s.sendall(b"NOOP\r\n")
-    assert recv_line(s) == b"250 2.0.0 OK\r\n"
+    assert recv_line(s).startswith(b"250 2.0.0")
     time.sleep(0.7)
     s.sendall(b"NOOP\r\n")
-    assert recv_line(s) == b"250 2.0.0 OK\r\n"
+    assert recv_line(s).startswith(b"250 2.0.0")
     t = time.monotonic()
     assert recv_line(s, timeout=3.0).startswith(b"421 4.4.2 ")
     assert time.monotonic() - t >= 0.9
