@@ -10,8 +10,13 @@
 
 #include "core/config.h"
 #include "core/server.h"
+#include "app/cmd_user.h"
+#include "core/workpool.h"
 #include "proto/services.h"
 #include "proto/stream.h"
+#include "store/auth.h"
+#include "store/store.h"
+#include "store/users.h"
 #include "tls/tls.h"
 
 #ifndef RINGMAIL_VERSION
@@ -24,6 +29,7 @@ static void usage(FILE *out)
 		"usage: ringmail serve [--config FILE] [--data DIR] [--port-offset N] [--threads N]\n"
 		"                      [--domain D] [--hostname H] [--log-level LEVEL]\n"
 		"       ringmail check-config [--config FILE] [same overrides as serve]\n"
+		"       ringmail user add|del|passwd|list [ADDRESS] [--data DIR]\n"
 		"       ringmail version\n"
 		"\n"
 		"With no --config, serve uses the embedded default: every port of the\n"
@@ -180,6 +186,8 @@ static int tls_for(const struct config *cfg, const struct tls_server *prev,
 
 struct app_state {
 	struct services sv;
+	struct workpool *wp;
+	int lock_fd;
 	struct tls_server *old_tls[64]; /* replaced by SIGHUP, freed at exit */
 	size_t nold;
 };
@@ -196,11 +204,70 @@ static int app_reload(struct server *srv, const struct config *cfg, char *err, s
 	int rc = tls_for(cfg, cur, &next, err, errlen);
 	if (rc)
 		return rc;
+	if (st->sv.users && users_reload(st->sv.users) < 0)
+		log_emit(&srv->log, LOG_WARN, 0, "users-reload-failed", NULL);
 	st->old_tls[st->nold++] = cur;
 	atomic_store_explicit(&st->sv.tls, next, memory_order_release);
 	log_emit(&srv->log, LOG_INFO, 0, "tls-reloaded", "fingerprint=%s",
 		 tls_server_fingerprint(next));
 	return 0;
+}
+
+static void users_diag(void *arg, const char *file, unsigned line, const char *msg)
+{
+	struct log *log = arg;
+	log_emit(log, LOG_WARN, 0, "users", "file=%s line=%u problem=\"%s\"", file, line, msg);
+}
+
+/* The store (lock first: one process per data dir), users, the hashing
+ * workers and the authenticator. Blocking: main thread, before loops. */
+static int services_open(struct app_state *st, const struct config *cfg, char *err, size_t errlen)
+{
+	static struct log diag_log;
+	const char *domains[CONFIG_MAX_DOMAINS];
+	int rc;
+
+	log_init(&diag_log, LOG_INFO, -1, true);
+	st->lock_fd = store_lock_datadir(cfg->data_dir, err, errlen);
+	if (st->lock_fd < 0)
+		return st->lock_fd;
+	struct store_config sc = { .data_dir = cfg->data_dir };
+	if ((rc = store_new(&sc, &st->sv.store))) {
+		snprintf(err, errlen, "cannot open the store in %s: %s", cfg->data_dir,
+			 strerror(-rc));
+		return rc;
+	}
+	for (size_t i = 0; i < cfg->ndomains; i++)
+		domains[i] = cfg->domains[i];
+	struct users_config uc = {
+		.data_dir = cfg->data_dir,
+		.local_domains = domains,
+		.nlocal_domains = cfg->ndomains,
+		.postmaster = cfg->postmaster[0] ? cfg->postmaster : NULL,
+		.watch = true,
+		.diag = users_diag,
+		.diag_arg = &diag_log,
+	};
+	if ((rc = users_open(&uc, &st->sv.users))) {
+		snprintf(err, errlen, "cannot read the users in %s: %s", cfg->data_dir, strerror(-rc));
+		return rc;
+	}
+	if ((rc = workpool_new(WORKPOOL_THREADS_DEFAULT, WORKPOOL_QUEUE_DEFAULT, &st->wp)) ||
+	    (rc = auth_new(NULL, st->sv.users, st->wp, &st->sv.auth))) {
+		snprintf(err, errlen, "cannot start the authenticator: %s", strerror(-rc));
+		return rc;
+	}
+	return 0;
+}
+
+static void services_close(struct app_state *st)
+{
+	workpool_free(&st->wp); /* first: no job may complete into a freed auth */
+	auth_free(&st->sv.auth);
+	users_free(&st->sv.users);
+	store_free(&st->sv.store);
+	if (st->lock_fd >= 0)
+		close(st->lock_fd);
 }
 
 static int mkdir_p(const char *path, mode_t mode)
@@ -263,6 +330,12 @@ static int cmd_serve(int argc, char **argv)
 		return 1;
 	}
 	atomic_store(&st->sv.tls, tls);
+	st->lock_fd = -1;
+	if (services_open(st, cfg, err, sizeof(err))) {
+		fprintf(stderr, "ringmail: %s\n", err);
+		rc = 1;
+		goto out_services;
+	}
 	struct server_app app = { .ops_for = ops_for, .reload = app_reload, .ctx = st };
 	if (server_init(&srv, cfg, o.config, &app, err, sizeof(err)) ||
 	    server_bind(&srv, err, sizeof(err)) || server_drop_privileges(&srv, err, sizeof(err))) {
@@ -275,6 +348,8 @@ static int cmd_serve(int argc, char **argv)
 	rc = server_run(&srv);
 out:
 	server_free(&srv);
+out_services:
+	services_close(st);
 	for (size_t i = 0; i < st->nold; i++)
 		tls_server_unref(&st->old_tls[i]);
 	tls = atomic_load(&st->sv.tls);
@@ -293,6 +368,8 @@ int main(int argc, char **argv)
 	const char *cmd = argv[1];
 	if (!strcmp(cmd, "serve"))
 		return cmd_serve(argc - 1, argv + 1);
+	if (!strcmp(cmd, "user"))
+		return cmd_user(argc - 1, argv + 1);
 	if (!strcmp(cmd, "check-config"))
 		return cmd_check_config(argc - 1, argv + 1);
 	if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {

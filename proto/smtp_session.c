@@ -1,26 +1,1343 @@
-/* smtp_session.c - the SMTP session (RFC 5321).
+/* smtp_session.c - the SMTP session (RFC 5321 and its extensions).
  *
- * This is the engine-proving subset: greeting, NOOP, QUIT, the limits
- * every session has, and an error reply for every other command. */
+ * One struct smtp_session per connection, driven by stream.c. Commands are
+ * parsed in place by proto/smtp_parse.c; the state machine and the command
+ * table follow OpenSMTPD's smtp_session.c: each verb lists the states it is
+ * allowed in, and its handler changes the session.
+ *
+ * Policy per listener (DESIGN.md): submission rows (465, 587) need AUTH
+ * before MAIL and an envelope sender the user owns; MX rows (25, 26, 2025,
+ * 2525) take mail for local domains from anyone and relay only after AUTH.
+ *
+ * Delivery: at DATA/BDAT the recipients' INBOXes are opened, the message
+ * streams from the receive buffer into one store append for all of them,
+ * and 250 is sent only once the store reports it durable in every INBOX.
+ * While the store works, input is paused, so pipelined commands wait.
+ * Remote recipients get a 4xx until the outbound queue exists: nothing is
+ * ever accepted and dropped. */
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "core/config.h"
 #include "core/log.h"
-#include "proto/session_util.h"
+#include "proto/sasl.h"
+#include "proto/services.h"
+#include "proto/smtp_parse.h"
 #include "proto/stream.h"
+#include "store/auth.h"
+#include "store/store.h"
+#include "store/users.h"
 
-#define SMTP_COMMAND_LINE_MAX 512 /* RFC 5321 4.5.3.1.4, CRLF included */
+#define SMTP_PARAMS_MAX 16       /* ESMTP parameters per MAIL/RCPT */
+#define SMTP_DATA_SPANS 64       /* output spans per smtp_data_feed() call */
+#define SMTP_HELO_MAX 255
+#define SMTP_ADDR_MAX 320        /* local 64 + @ + domain 255 */
+#define SMTP_STORE_OVERFLOW_MAX (64u * 1024u)
+
+enum smtp_state {
+	SMTP_S_GREETED,  /* needs HELO/EHLO */
+	SMTP_S_READY,    /* no transaction */
+	SMTP_S_MAIL,     /* MAIL accepted */
+	SMTP_S_RCPT,     /* at least one RCPT accepted */
+	SMTP_S_DATA,     /* message text after 354 */
+	SMTP_S_BDAT,     /* reading a BDAT chunk */
+	SMTP_S_BDAT_NEXT,/* between BDAT chunks */
+	SMTP_S_AUTH,     /* waiting for a SASL response line */
+	SMTP_S_BUSY,     /* the store or the authenticator works; input paused */
+	SMTP_S_CLOSED,
+};
+
+#define ST(x) (1u << SMTP_S_##x)
+
+static const char *const state_names[] = {
+	"greeted", "ready", "mail", "rcpt", "data", "bdat", "bdat-next", "auth", "busy", "closed",
+};
+
+const char *smtp_state_str(enum smtp_state st);
+const char *smtp_state_str(enum smtp_state st)
+{
+	return (unsigned)st < sizeof(state_names) / sizeof(state_names[0]) ? state_names[st] : "?";
+}
+
+enum sasl_step { SASL_NONE, SASL_PLAIN, SASL_LOGIN_USER, SASL_LOGIN_PASS };
+
+struct smtp_rcpt {
+	char *addr;     /* the mailbox as given */
+	unsigned notify;
+	char *orcpt;    /* DSN ORCPT, kept as sent */
+};
+
+/* What is being delivered: one store append to every target's INBOX. */
+struct smtp_delivery {
+	char **targets;            /* canonical local users, unique */
+	size_t ntargets, cap;
+	struct store_user **users;
+	struct store_folder **folders;
+	size_t nopen;              /* opens that completed */
+	int open_rc;               /* first open error */
+	struct store_append *append;
+	uint8_t *overflow;         /* bytes the store could not take yet */
+	size_t overflow_len;
+	int write_rc;
+	struct smtp_data_state ds; /* DATA: end-of-data scanner */
+	/* BDAT: the header section scanner */
+	bool bdat;
+	uint64_t bdat_left;
+	bool bdat_last;
+	uint64_t size;
+	uint32_t hops;
+	bool hdr_done, hdr_line_start, hdr_match_ok;
+	uint8_t hdr_match;
+	uint64_t hdr_size;
+};
 
 struct smtp_session {
 	struct stream *s;
-	struct line_reader lr;
-	unsigned bad;
-	bool done; /* closing: the rest of the input is not ours to parse */
+	struct services *sv;
+	enum smtp_state state;
+	enum smtp_state resume_state;   /* after BUSY */
+	char helo[SMTP_HELO_MAX + 1];
+	bool esmtp;                      /* EHLO, not HELO: PIPELINING allowed */
+	char user[SMTP_ADDR_MAX + 1];    /* authenticated user, "" when none */
+	enum sasl_step sasl;
+	char sasl_user[SASL_PLAIN_ID_MAX + 1];
+	struct auth_req *auth_req;
+	unsigned bad;                    /* errors, for max_bad_commands */
+	unsigned auth_failures;
+	bool skipping;                   /* inside an over-long line */
+	bool dead;                       /* connection gone; free when idle */
+	unsigned pending;                /* store callbacks in flight */
+	/* envelope */
+	char from[SMTP_ADDR_MAX + 1];
+	bool from_null;
+	bool smtputf8;
+	enum smtp_body body;
+	enum smtp_ret ret;
+	char envid[SMTP_ENVID_MAX + 1];
+	struct smtp_rcpt *rcpts;
+	size_t nrcpts, rcpts_cap;
+	unsigned msgs;                   /* messages delivered in this session */
+	bool tls_pending;                /* STARTTLS accepted: parse nothing more */
+	struct smtp_delivery d;
 };
 
-static const char *hostname(struct stream *s) { return stream_config(s)->hostname; }
+static const struct config *cfg_of(struct smtp_session *ss) { return stream_config(ss->s); }
+static const char *hostname(struct smtp_session *ss) { return cfg_of(ss)->hostname; }
+static bool is_submission(struct smtp_session *ss)
+{
+	return stream_listener(ss->s)->role == ROLE_SUBMISSION;
+}
+
+static void reply(struct smtp_session *ss, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reply(struct smtp_session *ss, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(buf) - 3)
+		n = sizeof(buf) - 3;
+	buf[n++] = '\r';
+	buf[n++] = '\n';
+	stream_send(ss->s, buf, (size_t)n);
+}
+
+static void session_close(struct smtp_session *ss)
+{
+	ss->state = SMTP_S_CLOSED;
+	stream_close(ss->s, true);
+}
+
+/* A protocol error: the reply, and the session goes on unless there were
+ * too many. */
+static void error_reply(struct smtp_session *ss, const char *text)
+{
+	reply(ss, "%s", text);
+	if (++ss->bad >= cfg_of(ss)->max_bad_commands) {
+		reply(ss, "421 4.7.0 %s Error: too many errors", hostname(ss));
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-too-many-errors",
+		       "errors=%u", ss->bad);
+		session_close(ss);
+	}
+}
+
+static void arm_timer(struct smtp_session *ss)
+{
+	const struct config *cfg = cfg_of(ss);
+	/* Until the client has authenticated or started a transaction, the
+	 * shorter pre-login timeout applies. */
+	uint32_t ms = (ss->user[0] || ss->msgs || ss->state >= SMTP_S_MAIL)
+			      ? cfg->smtp_timeout_ms
+			      : (cfg->prelogin_timeout_ms < cfg->smtp_timeout_ms
+					 ? cfg->prelogin_timeout_ms
+					 : cfg->smtp_timeout_ms);
+	stream_set_timer(ss->s, ms);
+}
+
+/* ---- envelope ----------------------------------------------------------- */
+
+static void delivery_reset(struct smtp_session *ss);
+
+static void envelope_reset(struct smtp_session *ss)
+{
+	for (size_t i = 0; i < ss->nrcpts; i++) {
+		free(ss->rcpts[i].addr);
+		free(ss->rcpts[i].orcpt);
+	}
+	ss->nrcpts = 0;
+	ss->from[0] = '\0';
+	ss->from_null = false;
+	ss->smtputf8 = false;
+	ss->body = 0;
+	ss->ret = 0;
+	ss->envid[0] = '\0';
+	delivery_reset(ss);
+	if (ss->state >= SMTP_S_MAIL && ss->state <= SMTP_S_BDAT_NEXT)
+		ss->state = SMTP_S_READY;
+}
+
+static int target_add(struct smtp_delivery *d, const char *user)
+{
+	for (size_t i = 0; i < d->ntargets; i++)
+		if (!strcmp(d->targets[i], user))
+			return 0;
+	if (d->ntargets == d->cap) {
+		size_t cap = d->cap ? d->cap * 2 : 4;
+		char **t = realloc(d->targets, cap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		d->targets = t;
+		d->cap = cap;
+	}
+	if (!(d->targets[d->ntargets] = strdup(user)))
+		return -ENOMEM;
+	d->ntargets++;
+	return 0;
+}
+
+static void span_copy(char *dst, size_t cap, struct span s)
+{
+	size_t n = s.len < cap - 1 ? s.len : cap - 1;
+	memcpy(dst, s.p, n);
+	dst[n] = '\0';
+}
+
+/* ---- EHLO/HELO ------------------------------------------------------------ */
+
+static bool helo_arg_ok(struct span a)
+{
+	if (a.len == 0 || a.len > SMTP_HELO_MAX)
+		return false;
+	for (size_t i = 0; i < a.len; i++) {
+		uint8_t c = a.p[i];
+		if (c <= 0x20 || c == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+static bool auth_offered(struct smtp_session *ss)
+{
+	return ss->sv && ss->sv->auth && !stream_tls_required(ss->s);
+}
+
+static void cmd_helo(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	bool ehlo = cmd->verb == SMTP_CMD_EHLO;
+	struct span arg = cmd->args;
+	while (arg.len && arg.p[arg.len - 1] == ' ')
+		arg.len--;
+	if (!helo_arg_ok(arg)) {
+		error_reply(ss, ehlo ? "501 5.5.4 Syntax: EHLO hostname" : "501 5.5.4 Syntax: HELO hostname");
+		return;
+	}
+	span_copy(ss->helo, sizeof(ss->helo), arg);
+	envelope_reset(ss);
+	ss->state = SMTP_S_READY;
+	ss->esmtp = ehlo;
+	if (!ehlo) {
+		reply(ss, "250 %s", hostname(ss));
+		return;
+	}
+	char size[40];
+	const char *ext[12];
+	size_t n = 0;
+	snprintf(size, sizeof(size), "SIZE %llu", (unsigned long long)cfg_of(ss)->message_size_max);
+	ext[n++] = "PIPELINING";
+	ext[n++] = size;
+	if (stream_can_starttls(ss->s))
+		ext[n++] = "STARTTLS";
+	if (auth_offered(ss) && !ss->user[0])
+		ext[n++] = "AUTH PLAIN LOGIN";
+	ext[n++] = "ENHANCEDSTATUSCODES";
+	ext[n++] = "8BITMIME";
+	ext[n++] = "SMTPUTF8";
+	ext[n++] = "CHUNKING";
+	ext[n++] = "DSN";
+	ext[n++] = "HELP";
+	reply(ss, "250-%s Hello %.64s [%s]", hostname(ss), ss->helo, stream_peer(ss->s));
+	for (size_t i = 0; i < n; i++)
+		reply(ss, "250%c%s", i + 1 < n ? '-' : ' ', ext[i]);
+}
+
+/* ---- AUTH ---------------------------------------------------------------- */
+
+static void auth_done(struct loop *loop, enum auth_result res, const char *user, void *arg);
+
+static void sasl_reset(struct smtp_session *ss)
+{
+	ss->sasl = SASL_NONE;
+	explicit_bzero(ss->sasl_user, sizeof(ss->sasl_user));
+}
+
+static void auth_start_verify(struct smtp_session *ss, struct span authcid, struct span pass)
+{
+	if (authcid.len == 0 || authcid.len > SASL_PLAIN_ID_MAX) {
+		reply(ss, "535 5.7.8 Error: authentication failed");
+		ss->auth_failures++;
+		return;
+	}
+	int rc = auth_verify(ss->sv->auth, stream_loop(ss->s), authcid, pass, stream_peer(ss->s),
+			     auth_done, ss, &ss->auth_req);
+	if (rc) {
+		reply(ss, "454 4.7.0 Temporary authentication failure");
+		return;
+	}
+	ss->resume_state = ss->state == SMTP_S_AUTH ? SMTP_S_READY : ss->state;
+	ss->state = SMTP_S_BUSY;
+	stream_pause(ss->s);
+	stream_set_timer(ss->s, 0);
+}
+
+static void auth_done(struct loop *loop, enum auth_result res, const char *user, void *arg)
+{
+	struct smtp_session *ss = arg;
+	(void)loop;
+	ss->auth_req = NULL;
+	ss->state = ss->resume_state;
+	sasl_reset(ss);
+	if (res == AUTH_OK) {
+		snprintf(ss->user, sizeof(ss->user), "%s", user);
+		reply(ss, "235 2.7.0 Authentication successful");
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-auth",
+		       "result=ok user=%s", ss->user);
+	} else if (res == AUTH_TEMPFAIL) {
+		reply(ss, "454 4.7.0 Temporary authentication failure");
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-auth",
+		       "result=tempfail");
+	} else {
+		ss->auth_failures++;
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-auth",
+		       "result=fail failures=%u", ss->auth_failures);
+		error_reply(ss, "535 5.7.8 Error: authentication failed");
+	}
+	if (ss->state != SMTP_S_CLOSED) {
+		arm_timer(ss);
+		stream_resume(ss->s);
+	}
+}
+
+/* A PLAIN message, base64-encoded. */
+static void auth_plain(struct smtp_session *ss, struct span b64)
+{
+	uint8_t buf[SASL_BASE64_DECODED_MAX(SMTP_AUTH_LINE_MAX)];
+	size_t len;
+	struct span authzid, authcid, pass;
+
+	if (sasl_base64_decode(b64, buf, sizeof(buf), &len) ||
+	    sasl_plain_split(span_make(buf, len), &authzid, &authcid, &pass)) {
+		explicit_bzero(buf, sizeof(buf));
+		sasl_reset(ss);
+		ss->state = SMTP_S_READY;
+		error_reply(ss, "501 5.5.2 Error: invalid SASL PLAIN response");
+		return;
+	}
+	ss->state = SMTP_S_READY;
+	/* No proxy authorisation: authzid, when given, must be the user. */
+	if (authzid.len && !span_eq(authzid, authcid)) {
+		explicit_bzero(buf, sizeof(buf));
+		sasl_reset(ss);
+		ss->auth_failures++;
+		error_reply(ss, "535 5.7.8 Error: authentication failed");
+		return;
+	}
+	auth_start_verify(ss, authcid, pass);
+	explicit_bzero(buf, sizeof(buf));
+}
+
+static void cmd_auth(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	struct span mech, initial;
+	int has_initial = 0;
+
+	if (!ss->sv || !ss->sv->auth) {
+		error_reply(ss, "502 5.5.1 Error: authentication not enabled");
+		return;
+	}
+	if (stream_tls_required(ss->s)) {
+		error_reply(ss, "530 5.7.0 Must issue a STARTTLS command first");
+		return;
+	}
+	if (ss->user[0]) {
+		error_reply(ss, "503 5.5.1 Error: already authenticated");
+		return;
+	}
+	if (ss->state != SMTP_S_READY) {
+		error_reply(ss, "503 5.5.1 Error: MAIL transaction in progress");
+		return;
+	}
+	if (smtp_parse_auth(cmd->args, &mech, &initial, &has_initial) != SMTP_PARSE_OK) {
+		error_reply(ss, "501 5.5.4 Syntax: AUTH mechanism [initial-response]");
+		return;
+	}
+	if (span_eq_nocase(mech, SPAN_LIT("PLAIN"))) {
+		if (has_initial) {
+			auth_plain(ss, initial);
+			return;
+		}
+		ss->sasl = SASL_PLAIN;
+		ss->state = SMTP_S_AUTH;
+		reply(ss, "334 ");
+	} else if (span_eq_nocase(mech, SPAN_LIT("LOGIN"))) {
+		ss->state = SMTP_S_AUTH;
+		if (has_initial) {
+			size_t len;
+			if (sasl_base64_decode(initial, (uint8_t *)ss->sasl_user,
+					       sizeof(ss->sasl_user) - 1, &len) || len == 0 ||
+			    memchr(ss->sasl_user, '\0', len)) {
+				sasl_reset(ss);
+				ss->state = SMTP_S_READY;
+				error_reply(ss, "501 5.5.2 Error: invalid SASL LOGIN response");
+				return;
+			}
+			ss->sasl_user[len] = '\0';
+			ss->sasl = SASL_LOGIN_PASS;
+			reply(ss, "334 UGFzc3dvcmQ6");
+		} else {
+			ss->sasl = SASL_LOGIN_USER;
+			reply(ss, "334 VXNlcm5hbWU6");
+		}
+	} else {
+		error_reply(ss, "504 5.5.4 Error: unsupported authentication mechanism");
+	}
+}
+
+/* A line while in SMTP_S_AUTH: the client's SASL response. */
+static void auth_response(struct smtp_session *ss, struct span line)
+{
+	if (span_eq(line, SPAN_LIT("*"))) {
+		sasl_reset(ss);
+		ss->state = SMTP_S_READY;
+		error_reply(ss, "501 5.0.0 Authentication aborted");
+		return;
+	}
+	switch (ss->sasl) {
+	case SASL_PLAIN:
+		auth_plain(ss, line);
+		return;
+	case SASL_LOGIN_USER: {
+		size_t len;
+		if (sasl_base64_decode(line, (uint8_t *)ss->sasl_user, sizeof(ss->sasl_user) - 1,
+				       &len) ||
+		    len == 0 || memchr(ss->sasl_user, '\0', len)) {
+			sasl_reset(ss);
+			ss->state = SMTP_S_READY;
+			error_reply(ss, "501 5.5.2 Error: invalid SASL LOGIN response");
+			return;
+		}
+		ss->sasl_user[len] = '\0';
+		ss->sasl = SASL_LOGIN_PASS;
+		reply(ss, "334 UGFzc3dvcmQ6");
+		return;
+	}
+	case SASL_LOGIN_PASS: {
+		uint8_t pass[SASL_BASE64_DECODED_MAX(SMTP_AUTH_LINE_MAX)];
+		size_t len;
+		if (sasl_base64_decode(line, pass, sizeof(pass), &len) || memchr(pass, '\0', len)) {
+			explicit_bzero(pass, sizeof(pass));
+			sasl_reset(ss);
+			ss->state = SMTP_S_READY;
+			error_reply(ss, "501 5.5.2 Error: invalid SASL LOGIN response");
+			return;
+		}
+		ss->state = SMTP_S_READY;
+		auth_start_verify(ss, span_cstr(ss->sasl_user), span_make(pass, len));
+		explicit_bzero(pass, sizeof(pass));
+		return;
+	}
+	default:
+		sasl_reset(ss);
+		ss->state = SMTP_S_READY;
+		return;
+	}
+}
+
+/* ---- MAIL / RCPT ---------------------------------------------------------- */
+
+static const char *path_error(const struct smtp_path *p, bool rcpt)
+{
+	switch (p->reason) {
+	case SMTP_PATH_ERR_PARAM:
+	case SMTP_PATH_ERR_TOO_MANY_PARAMS:
+		return "555 5.5.4 Error: malformed parameters";
+	case SMTP_PATH_ERR_LOCAL_TOO_LONG:
+	case SMTP_PATH_ERR_DOMAIN_TOO_LONG:
+	case SMTP_PATH_ERR_PATH_TOO_LONG:
+		return rcpt ? "553 5.1.3 Error: address too long" : "553 5.1.7 Error: address too long";
+	case SMTP_PATH_ERR_NULL_RCPT:
+		return "501 5.1.3 Error: null recipient";
+	default:
+		return rcpt ? "501 5.1.3 Error: bad recipient address syntax"
+			    : "501 5.1.7 Error: bad sender address syntax";
+	}
+}
+
+static void cmd_mail(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	struct smtp_path path;
+	struct smtp_param params[SMTP_PARAMS_MAX];
+	size_t nparams = 0;
+
+	if (ss->state == SMTP_S_GREETED) {
+		error_reply(ss, "503 5.5.1 Error: send HELO/EHLO first");
+		return;
+	}
+	if (ss->state != SMTP_S_READY) {
+		error_reply(ss, "503 5.5.1 Error: nested MAIL command");
+		return;
+	}
+	if (is_submission(ss) && !ss->user[0]) {
+		error_reply(ss, stream_tls_required(ss->s)
+					? "530 5.7.0 Must issue a STARTTLS command first"
+					: "530 5.7.0 Authentication required");
+		return;
+	}
+	if (smtp_parse_path(cmd->args, SMTP_CMD_MAIL, &path, params, SMTP_PARAMS_MAX, &nparams) !=
+	    SMTP_PARSE_OK) {
+		error_reply(ss, path_error(&path, false));
+		return;
+	}
+	bool utf8 = false;
+	enum smtp_body body = 0;
+	enum smtp_ret ret = 0;
+	struct span envid = { 0 };
+	for (size_t i = 0; i < nparams; i++) {
+		const struct smtp_param *p = &params[i];
+		uint64_t size;
+		enum smtp_parse_result r;
+		switch (smtp_param_kind(p->keyword)) {
+		case SMTP_PARAM_SIZE:
+			r = smtp_param_size(p, &size);
+			if (r == SMTP_PARSE_TOO_LONG || (r == SMTP_PARSE_OK &&
+							 size > cfg_of(ss)->message_size_max)) {
+				error_reply(ss, "552 5.3.4 Error: message size exceeds fixed limit");
+				return;
+			}
+			if (r != SMTP_PARSE_OK) {
+				error_reply(ss, "501 5.5.4 Error: bad SIZE parameter");
+				return;
+			}
+			break;
+		case SMTP_PARAM_BODY:
+			if (smtp_param_body(p, &body) != SMTP_PARSE_OK || body == SMTP_BODY_BINARYMIME) {
+				error_reply(ss, "501 5.5.4 Error: bad BODY parameter");
+				return;
+			}
+			break;
+		case SMTP_PARAM_SMTPUTF8:
+			if (smtp_param_smtputf8(p) != SMTP_PARSE_OK) {
+				error_reply(ss, "501 5.5.4 Error: bad SMTPUTF8 parameter");
+				return;
+			}
+			utf8 = true;
+			break;
+		case SMTP_PARAM_RET:
+			if (smtp_param_ret(p, &ret) != SMTP_PARSE_OK) {
+				error_reply(ss, "501 5.5.4 Error: bad RET parameter");
+				return;
+			}
+			break;
+		case SMTP_PARAM_ENVID:
+			if (smtp_param_envid(p) != SMTP_PARSE_OK) {
+				error_reply(ss, "501 5.5.4 Error: bad ENVID parameter");
+				return;
+			}
+			envid = p->value;
+			break;
+		case SMTP_PARAM_AUTH:
+			if (smtp_param_auth(p) != SMTP_PARSE_OK) {
+				error_reply(ss, "501 5.5.4 Error: bad AUTH parameter");
+				return;
+			}
+			break;
+		default:
+			error_reply(ss, "555 5.5.4 Error: unsupported parameter");
+			return;
+		}
+	}
+	if (((path.flags & SMTP_PATH_UTF8) || (path.flags & SMTP_PATH_PARAM_UTF8)) && !utf8) {
+		error_reply(ss, "553 5.6.7 Error: must declare SMTPUTF8 to send a UTF-8 address");
+		return;
+	}
+	if (ss->user[0] && !(path.flags & SMTP_PATH_NULL) && ss->sv && ss->sv->users &&
+	    !users_may_send_as(ss->sv->users, span_cstr(ss->user), path.mailbox)) {
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-sender-mismatch",
+		       "user=%s", ss->user);
+		error_reply(ss, "553 5.7.1 Error: sender address not owned by the authenticated user");
+		return;
+	}
+	envelope_reset(ss);
+	span_copy(ss->from, sizeof(ss->from), path.mailbox);
+	ss->from_null = (path.flags & SMTP_PATH_NULL) != 0;
+	ss->smtputf8 = utf8;
+	ss->body = body;
+	ss->ret = ret;
+	span_copy(ss->envid, sizeof(ss->envid), envid);
+	ss->state = SMTP_S_MAIL;
+	reply(ss, "250 2.1.0 Ok");
+}
+
+/* Open-relay tricks: a local part that routes (% !), a source route, a
+ * quoted local part holding '@', an address literal. Never for clients
+ * that did not authenticate. */
+static bool relay_trick(const struct smtp_path *p)
+{
+	return p->flags & (SMTP_PATH_PERCENT | SMTP_PATH_BANG | SMTP_PATH_ROUTE |
+			   SMTP_PATH_QUOTED_AT | SMTP_PATH_LITERAL);
+}
+
+struct resolve_ctx {
+	struct smtp_session *ss;
+	int rc;
+	bool remote;
+};
+
+static void resolve_target(void *arg, const char *target)
+{
+	struct resolve_ctx *rc = arg;
+	const char *at = strrchr(target, '@');
+	if (!at || !users_is_local_domain(rc->ss->sv->users, span_cstr(at + 1))) {
+		rc->remote = true;
+		return;
+	}
+	if (target_add(&rc->ss->d, target))
+		rc->rc = -ENOMEM;
+}
+
+static void cmd_rcpt(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	struct smtp_path path;
+	struct smtp_param params[SMTP_PARAMS_MAX];
+	size_t nparams = 0;
+	char addr[SMTP_ADDR_MAX + 1];
+
+	if (ss->state != SMTP_S_MAIL && ss->state != SMTP_S_RCPT) {
+		error_reply(ss, "503 5.5.1 Error: need MAIL command");
+		return;
+	}
+	if (ss->nrcpts >= cfg_of(ss)->recipients_max) {
+		reply(ss, "452 4.5.3 Error: too many recipients");
+		return;
+	}
+	if (smtp_parse_path(cmd->args, SMTP_CMD_RCPT, &path, params, SMTP_PARAMS_MAX, &nparams) !=
+	    SMTP_PARSE_OK) {
+		error_reply(ss, path_error(&path, true));
+		return;
+	}
+	unsigned notify = 0;
+	struct span orcpt = { 0 };
+	for (size_t i = 0; i < nparams; i++) {
+		const struct smtp_param *p = &params[i];
+		struct span type, xaddr;
+		switch (smtp_param_kind(p->keyword)) {
+		case SMTP_PARAM_NOTIFY:
+			if (smtp_param_notify(p, &notify) != SMTP_PARSE_OK) {
+				error_reply(ss, "501 5.5.4 Error: bad NOTIFY parameter");
+				return;
+			}
+			break;
+		case SMTP_PARAM_ORCPT:
+			if (smtp_param_orcpt(p, &type, &xaddr) != SMTP_PARSE_OK) {
+				error_reply(ss, "501 5.5.4 Error: bad ORCPT parameter");
+				return;
+			}
+			orcpt = p->value;
+			break;
+		default:
+			error_reply(ss, "555 5.5.4 Error: unsupported parameter");
+			return;
+		}
+	}
+	if ((path.flags & SMTP_PATH_UTF8) && !ss->smtputf8) {
+		error_reply(ss, "553 5.6.7 Error: must declare SMTPUTF8 to send a UTF-8 address");
+		return;
+	}
+	if (!ss->user[0] && relay_trick(&path)) {
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-relay-trick",
+		       "flags=0x%x", path.flags);
+		error_reply(ss, "550 5.7.1 Error: relay access denied");
+		return;
+	}
+	if (path.flags & SMTP_PATH_POSTMASTER)
+		snprintf(addr, sizeof(addr), "postmaster@%s", cfg_of(ss)->domains[0]);
+	else
+		span_copy(addr, sizeof(addr), path.mailbox);
+
+	const char *at = strrchr(addr, '@');
+	bool local = at && ss->sv && ss->sv->users &&
+		     users_is_local_domain(ss->sv->users, span_cstr(at + 1));
+	if (!local) {
+		if (ss->user[0]) {
+			/* Authenticated relaying needs the outbound queue, which does
+			 * not exist yet: a temporary failure, never accept-and-drop. */
+			reply(ss, "451 4.4.0 <%s>: relaying to remote domains is not available yet", addr);
+			return;
+		}
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-relay-denied",
+		       "peer=%s", stream_peer(ss->s));
+		error_reply(ss, "554 5.7.1 Error: relay access denied");
+		return;
+	}
+	struct resolve_ctx rc = { .ss = ss };
+	size_t before = ss->d.ntargets;
+	int n = users_resolve(ss->sv->users, span_cstr(addr), resolve_target, &rc);
+	if (n == -ENOENT) {
+		error_reply(ss, "550 5.1.1 Error: recipient address rejected: user unknown");
+		return;
+	}
+	if (n < 0 || rc.rc) {
+		reply(ss, "451 4.3.0 Error: temporary failure resolving the recipient");
+		return;
+	}
+	if (rc.remote && ss->d.ntargets == before) {
+		reply(ss, "451 4.4.0 <%s>: forwarding to remote domains is not available yet", addr);
+		return;
+	}
+	if (ss->nrcpts == ss->rcpts_cap) {
+		size_t cap = ss->rcpts_cap ? ss->rcpts_cap * 2 : 8;
+		struct smtp_rcpt *r = realloc(ss->rcpts, cap * sizeof(*r));
+		if (!r) {
+			reply(ss, "451 4.3.0 Error: out of memory");
+			return;
+		}
+		ss->rcpts = r;
+		ss->rcpts_cap = cap;
+	}
+	struct smtp_rcpt *r = &ss->rcpts[ss->nrcpts];
+	r->addr = strdup(addr);
+	r->notify = notify;
+	r->orcpt = orcpt.len ? strndup((const char *)orcpt.p, orcpt.len) : NULL;
+	if (!r->addr) {
+		free(r->orcpt);
+		reply(ss, "451 4.3.0 Error: out of memory");
+		return;
+	}
+	ss->nrcpts++;
+	ss->state = SMTP_S_RCPT;
+	reply(ss, "250 2.1.5 Ok");
+}
+
+/* ---- delivery ----------------------------------------------------------- */
+
+static void session_maybe_free(struct smtp_session *ss);
+
+static void delivery_reset(struct smtp_session *ss)
+{
+	struct smtp_delivery *d = &ss->d;
+	if (d->append)
+		store_append_abort(&d->append);
+	for (size_t i = 0; i < d->ntargets; i++) {
+		if (d->folders && d->folders[i])
+			store_folder_close(&d->folders[i]);
+		if (d->users && d->users[i])
+			store_user_close(&d->users[i]);
+		free(d->targets[i]);
+	}
+	free(d->targets);
+	free(d->users);
+	free(d->folders);
+	free(d->overflow);
+	memset(d, 0, sizeof(*d));
+}
+
+static void delivery_opened(struct smtp_session *ss);
+
+static void folder_opened(void *arg, int res, struct store_folder *folder);
+
+struct open_req {
+	struct smtp_session *ss;
+	size_t i;
+};
+
+static void user_opened(void *arg, int res, struct store_user *user)
+{
+	struct open_req *or = arg;
+	struct smtp_session *ss = or->ss;
+	ss->pending--;
+	if (ss->dead) {
+		if (user)
+			store_user_close(&user);
+		free(or);
+		session_maybe_free(ss);
+		return;
+	}
+	if (res < 0) {
+		if (!ss->d.open_rc)
+			ss->d.open_rc = res;
+		free(or);
+		ss->d.nopen++;
+		if (ss->d.nopen == ss->d.ntargets)
+			delivery_opened(ss);
+		return;
+	}
+	ss->d.users[or->i] = user;
+	ss->pending++;
+	store_folder_open(user, stream_loop(ss->s), "INBOX", folder_opened, or);
+}
+
+static void folder_opened(void *arg, int res, struct store_folder *folder)
+{
+	struct open_req *or = arg;
+	struct smtp_session *ss = or->ss;
+	size_t i = or->i;
+	free(or);
+	ss->pending--;
+	if (ss->dead) {
+		if (folder)
+			store_folder_close(&folder);
+		session_maybe_free(ss);
+		return;
+	}
+	if (res < 0 && !ss->d.open_rc)
+		ss->d.open_rc = res;
+	ss->d.folders[i] = folder;
+	ss->d.nopen++;
+	if (ss->d.nopen == ss->d.ntargets)
+		delivery_opened(ss);
+}
+
+/* Opens every target's INBOX, then delivery_opened(). Input is paused. */
+static void delivery_open(struct smtp_session *ss)
+{
+	struct smtp_delivery *d = &ss->d;
+	ss->resume_state = ss->state;
+	ss->state = SMTP_S_BUSY;
+	stream_pause(ss->s);
+	stream_set_timer(ss->s, 0);
+	d->users = calloc(d->ntargets, sizeof(*d->users));
+	d->folders = calloc(d->ntargets, sizeof(*d->folders));
+	if (!d->users || !d->folders || !ss->sv->store) {
+		d->open_rc = -ENOMEM;
+		d->nopen = d->ntargets;
+		delivery_opened(ss);
+		return;
+	}
+	size_t n = d->ntargets;
+	for (size_t i = 0; i < n; i++) {
+		struct open_req *or = malloc(sizeof(*or));
+		if (!or) {
+			if (!d->open_rc)
+				d->open_rc = -ENOMEM;
+			if (++d->nopen == n)
+				delivery_opened(ss);
+			continue;
+		}
+		*or = (struct open_req){ ss, i };
+		ss->pending++;
+		store_user_open(ss->sv->store, stream_loop(ss->s), d->targets[i], user_opened, or);
+	}
+}
+
+static void store_ready(void *arg);
+static size_t bdat_data(struct smtp_session *ss, struct span in);
+
+static void store_error_reply(struct smtp_session *ss, int rc)
+{
+	if (rc == -EDQUOT)
+		reply(ss, "452 4.2.2 Error: mailbox full");
+	else if (rc == -EFBIG)
+		reply(ss, "552 5.3.4 Error: message too big");
+	else
+		reply(ss, "451 4.3.0 Error: local delivery failed, try again later");
+	LOG_AT(stream_log(ss->s), LOG_WARN, stream_sid(ss->s), "smtp-store-error", "error=%s",
+	       strerror(-rc));
+}
+
+/* Writes the Received: header (RFC 5321 4.4, with the TLS and AUTH
+ * details RFC 8314 7.4 suggests). */
+static int write_received(struct smtp_session *ss)
+{
+	char buf[1024], date[64];
+	time_t now = time(NULL);
+	struct tm tm;
+	localtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+	const char *with = ss->esmtp ? (stream_is_tls(ss->s) ? (ss->user[0] ? "ESMTPSA" : "ESMTPS")
+							       : (ss->user[0] ? "ESMTPA" : "ESMTP"))
+				     : "SMTP";
+	int n = snprintf(buf, sizeof(buf), "Received: from %s ([%s])\r\n\tby %s (ringmail) with %s",
+			 ss->helo, stream_peer(ss->s), hostname(ss), with);
+	if (stream_is_tls(ss->s))
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n\t(version=%s cipher=%s)",
+			      stream_tls_version(ss->s), stream_tls_cipher(ss->s));
+	if (ss->user[0])
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n\t(authenticated as %s)", ss->user);
+	n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n\tid %llx.%u", 
+		      (unsigned long long)stream_sid(ss->s), ss->msgs + 1);
+	if (ss->nrcpts == 1)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n\tfor <%s>", ss->rcpts[0].addr);
+	n += snprintf(buf + n, sizeof(buf) - (size_t)n, "; %s\r\n", date);
+	if ((size_t)n >= sizeof(buf))
+		return -ENAMETOOLONG;
+	ssize_t w = store_append_write(ss->d.append, span_make(buf, (size_t)n));
+	if (w < 0)
+		return (int)w;
+	if ((size_t)w < (size_t)n) {
+		/* The append buffer is far larger than one header line. */
+		return -ENOBUFS;
+	}
+	return 0;
+}
+
+static void delivery_opened(struct smtp_session *ss)
+{
+	struct smtp_delivery *d = &ss->d;
+	int rc = d->open_rc;
+	if (!rc)
+		rc = store_append_begin(stream_loop(ss->s), d->folders, d->ntargets, time(NULL), 0,
+					NULL, 0, store_ready, ss, &d->append);
+	if (!rc)
+		rc = write_received(ss);
+	ss->state = ss->resume_state;
+	if (rc) {
+		store_error_reply(ss, rc);
+		envelope_reset(ss);
+		ss->state = SMTP_S_READY;
+	} else if (d->bdat) {
+		ss->state = SMTP_S_BDAT;
+		if (d->bdat_left == 0)
+			bdat_data(ss, span_make(NULL, 0)); /* BDAT 0 [LAST] */
+	} else {
+		memset(&d->ds, 0, sizeof(d->ds));
+		d->ds.bare_policy = cfg_of(ss)->smtp_bare_lf_normalize ? SMTP_BARE_NORMALIZE
+								       : SMTP_BARE_REJECT;
+		ss->state = SMTP_S_DATA;
+		reply(ss, "354 End data with <CR><LF>.<CR><LF>");
+	}
+	arm_timer(ss);
+	stream_resume(ss->s);
+}
+
+/* Gives bytes to the append; what it cannot take now waits in the overflow
+ * buffer and input is paused until store_ready(). */
+static void store_put(struct smtp_session *ss, struct span chunk)
+{
+	struct smtp_delivery *d = &ss->d;
+	if (d->write_rc || chunk.len == 0)
+		return;
+	if (d->overflow_len == 0) {
+		ssize_t w = store_append_write(d->append, chunk);
+		if (w < 0) {
+			d->write_rc = (int)w;
+			return;
+		}
+		chunk = span_skip(chunk, (size_t)w);
+		if (chunk.len == 0)
+			return;
+	}
+	if (d->overflow_len + chunk.len > SMTP_STORE_OVERFLOW_MAX * 4) {
+		d->write_rc = -ENOBUFS;
+		return;
+	}
+	uint8_t *o = realloc(d->overflow, d->overflow_len + chunk.len);
+	if (!o) {
+		d->write_rc = -ENOMEM;
+		return;
+	}
+	memcpy(o + d->overflow_len, chunk.p, chunk.len);
+	d->overflow = o;
+	d->overflow_len += chunk.len;
+	stream_pause(ss->s);
+}
+
+static void store_ready(void *arg)
+{
+	struct smtp_session *ss = arg;
+	struct smtp_delivery *d = &ss->d;
+	if (!d->overflow_len || !d->append)
+		return;
+	ssize_t w = store_append_write(d->append, span_make(d->overflow, d->overflow_len));
+	if (w < 0) {
+		d->write_rc = (int)w;
+		d->overflow_len = 0;
+	} else {
+		memmove(d->overflow, d->overflow + w, d->overflow_len - (size_t)w);
+		d->overflow_len -= (size_t)w;
+	}
+	if (d->overflow_len == 0)
+		stream_resume(ss->s);
+}
+
+static void commit_done(void *arg, int res, uint32_t uid)
+{
+	struct smtp_session *ss = arg;
+	(void)uid;
+	ss->pending--;
+	ss->d.append = NULL; /* freed by the store after this returns */
+	if (ss->dead) {
+		session_maybe_free(ss);
+		return;
+	}
+	if (res < 0) {
+		store_error_reply(ss, res);
+	} else {
+		ss->msgs++;
+		reply(ss, "250 2.0.0 Ok: delivered as %llx.%u", (unsigned long long)stream_sid(ss->s),
+		      ss->msgs);
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-delivered",
+		       "from=<%s> rcpts=%zu size=%llu", ss->from, ss->nrcpts,
+		       (unsigned long long)(ss->d.bdat ? ss->d.size : ss->d.ds.size));
+	}
+	envelope_reset(ss);
+	ss->state = SMTP_S_READY;
+	arm_timer(ss);
+	stream_resume(ss->s);
+}
+
+/* The message has ended: check it, then commit (250 after durability) or
+ * abort (the error). */
+static void delivery_finish(struct smtp_session *ss)
+{
+	struct smtp_delivery *d = &ss->d;
+	const struct config *cfg = cfg_of(ss);
+	const char *err = NULL;
+	uint64_t size = d->bdat ? d->size : d->ds.size;
+	uint64_t hdr = d->bdat ? d->hdr_size : d->ds.header_size;
+	uint32_t hops = d->bdat ? d->hops : d->ds.received;
+
+	if (size > cfg->message_size_max)
+		err = "552 5.3.4 Error: message size exceeds fixed limit";
+	else if (hdr > cfg->header_size_max)
+		err = "552 5.3.4 Error: message header size exceeds limit";
+	else if (hops > cfg->max_hops)
+		err = "554 5.4.6 Error: too many hops (mail loop)";
+	else if (!d->bdat && d->ds.bare_seen && d->ds.bare_policy == SMTP_BARE_REJECT)
+		err = "550 5.5.2 Error: bare CR or LF in message text (see RFC 5321 2.3.8)";
+	else if (!d->bdat && d->ds.long_line)
+		err = "550 5.5.6 Error: message line longer than 1000 octets (RFC 5321 4.5.3.1.6)";
+
+	if (err || d->write_rc) {
+		if (err)
+			reply(ss, "%s", err);
+		else
+			store_error_reply(ss, d->write_rc);
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-rejected",
+		       "reason=\"%s\"", err ? err : strerror(-d->write_rc));
+		envelope_reset(ss);
+		ss->state = SMTP_S_READY;
+		arm_timer(ss);
+		return;
+	}
+	ss->state = SMTP_S_BUSY;
+	ss->resume_state = SMTP_S_READY;
+	stream_pause(ss->s);
+	stream_set_timer(ss->s, 0);
+	ss->pending++;
+	store_append_commit(d->append, span_make(NULL, 0), commit_done, ss);
+}
+
+static void cmd_data(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	if (cmd->has_args && cmd->args.len) {
+		error_reply(ss, "501 5.5.4 Syntax: DATA");
+		return;
+	}
+	if (ss->state != SMTP_S_RCPT) {
+		error_reply(ss, ss->state == SMTP_S_MAIL ? "554 5.5.1 Error: no valid recipients"
+							 : "503 5.5.1 Error: need RCPT command");
+		return;
+	}
+	delivery_open(ss);
+}
+
+/* The header scanner for BDAT chunks: header section size and the
+ * Received: count, as smtp_data_feed() does for DATA. */
+static void bdat_scan(struct smtp_delivery *d, struct span c)
+{
+	static const char rcv[] = "received";
+	for (size_t i = 0; i < c.len && !d->hdr_done; i++) {
+		uint8_t ch = c.p[i];
+		d->hdr_size++;
+		if (d->hdr_line_start) {
+			if (ch == '\r')
+				continue;
+			if (ch == '\n') {
+				d->hdr_done = true;
+				break;
+			}
+			d->hdr_line_start = false;
+			d->hdr_match = 0;
+			d->hdr_match_ok = true;
+		}
+		if (ch == '\n') {
+			d->hdr_line_start = true;
+			continue;
+		}
+		if (!d->hdr_match_ok)
+			continue;
+		if (d->hdr_match < 8) {
+			uint8_t lc = (ch >= 'A' && ch <= 'Z') ? ch + 32 : ch;
+			if (lc == (uint8_t)rcv[d->hdr_match])
+				d->hdr_match++;
+			else
+				d->hdr_match_ok = false;
+		} else if (ch == ':') {
+			d->hops++;
+			d->hdr_match_ok = false;
+		} else if (ch != ' ' && ch != '\t') {
+			d->hdr_match_ok = false;
+		}
+	}
+}
+
+static void cmd_bdat(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	uint64_t size;
+	int last;
+	enum smtp_parse_result r = smtp_parse_bdat(cmd->args, &size, &last);
+	if (r != SMTP_PARSE_OK) {
+		/* The chunk's length is unknown, so its bytes cannot be skipped:
+		 * the only safe answer is to end the session. */
+		reply(ss, "501 5.5.4 Syntax: BDAT size [LAST]; closing connection");
+		session_close(ss);
+		return;
+	}
+	if (ss->state != SMTP_S_RCPT && ss->state != SMTP_S_BDAT_NEXT) {
+		/* Skip the chunk so the stream stays in sync, then answer. */
+		ss->d.bdat = true;
+		ss->d.bdat_left = size;
+		ss->d.bdat_last = last;
+		ss->d.write_rc = -EPROTO;
+		ss->resume_state = ss->state;
+		ss->state = SMTP_S_BDAT;
+		return;
+	}
+	struct smtp_delivery *d = &ss->d;
+	d->bdat_left = size;
+	d->bdat_last = last;
+	if (ss->state == SMTP_S_RCPT) {
+		d->bdat = true;
+		d->hdr_line_start = true;
+		delivery_open(ss);
+		return;
+	}
+	ss->state = SMTP_S_BDAT;
+	if (size == 0)
+		bdat_data(ss, span_make(NULL, 0));
+}
+
+/* Bytes of a BDAT chunk. Returns bytes consumed. */
+static size_t bdat_data(struct smtp_session *ss, struct span in)
+{
+	struct smtp_delivery *d = &ss->d;
+	size_t n = in.len < d->bdat_left ? in.len : (size_t)d->bdat_left;
+	struct span c = span_make(in.p, n);
+	if (d->write_rc != -EPROTO) {
+		d->size += n;
+		if (d->size <= cfg_of(ss)->message_size_max) {
+			bdat_scan(d, c);
+			store_put(ss, c);
+		}
+	}
+	d->bdat_left -= n;
+	if (d->bdat_left == 0) {
+		if (d->write_rc == -EPROTO) {
+			d->write_rc = 0;
+			d->bdat = false;
+			ss->state = ss->resume_state;
+			error_reply(ss, "503 5.5.1 Error: BDAT without a valid transaction");
+		} else if (d->bdat_last) {
+			delivery_finish(ss);
+		} else {
+			reply(ss, "250 2.0.0 Ok: %llu octets received",
+			      (unsigned long long)d->size);
+			ss->state = SMTP_S_BDAT_NEXT;
+		}
+	}
+	return n;
+}
+
+/* Message text after 354. Returns bytes consumed. */
+static size_t data_data(struct smtp_session *ss, struct span in)
+{
+	struct smtp_delivery *d = &ss->d;
+	struct span out[SMTP_DATA_SPANS];
+	size_t off = 0;
+
+	while (off < in.len) {
+		size_t nout = 0, used = 0;
+		enum smtp_data_result r =
+			smtp_data_feed(&d->ds, span_skip(in, off), out, SMTP_DATA_SPANS, &nout, &used);
+		off += used;
+		/* Stop writing once the message is over a limit; keep reading
+		 * to its end so the session stays in sync. */
+		if (d->ds.size <= cfg_of(ss)->message_size_max &&
+		    d->ds.header_size <= cfg_of(ss)->header_size_max)
+			for (size_t i = 0; i < nout; i++)
+				store_put(ss, out[i]);
+		if (r == SMTP_DATA_END) {
+			delivery_finish(ss);
+			break;
+		}
+		if (r == SMTP_DATA_MORE)
+			break;
+	}
+	return off;
+}
+
+/* ---- other commands ---------------------------------------------------- */
+
+static void cmd_starttls(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	if (cmd->has_args && cmd->args.len) {
+		error_reply(ss, "501 5.5.4 Syntax: STARTTLS");
+		return;
+	}
+	if (stream_is_tls(ss->s)) {
+		error_reply(ss, "503 5.5.1 Error: TLS already active");
+		return;
+	}
+	if (!stream_can_starttls(ss->s)) {
+		error_reply(ss, "502 5.5.1 Error: TLS not available");
+		return;
+	}
+	if (ss->state != SMTP_S_READY && ss->state != SMTP_S_GREETED) {
+		error_reply(ss, "503 5.5.1 Error: MAIL transaction in progress");
+		return;
+	}
+	reply(ss, "220 2.0.0 Ready to start TLS");
+	if (stream_starttls(ss->s) == 0)
+		ss->tls_pending = true;
+}
+
+/* RFC 3207 4.2: after the handshake the server forgets everything the
+ * client said before; EHLO is needed again. */
+static void smtp_tls_ready(struct stream *s)
+{
+	struct smtp_session *ss = stream_session(s);
+	envelope_reset(ss);
+	sasl_reset(ss);
+	ss->user[0] = '\0';
+	ss->helo[0] = '\0';
+	ss->esmtp = false;
+	ss->tls_pending = false;
+	ss->state = SMTP_S_GREETED;
+	arm_timer(ss);
+}
+
+static void cmd_rset(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	envelope_reset(ss);
+	if (ss->state != SMTP_S_GREETED)
+		ss->state = SMTP_S_READY;
+	reply(ss, "250 2.0.0 Ok");
+}
+
+static void cmd_noop(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	reply(ss, "250 2.0.0 Ok");
+}
+
+static void cmd_quit(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	reply(ss, "221 2.0.0 %s Bye", hostname(ss));
+	session_close(ss);
+}
+
+static void cmd_help(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	reply(ss, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY "
+		  "STARTTLS AUTH; see RFC 5321");
+}
+
+static void cmd_vrfy(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	/* RFC 5321 3.5.3: no address disclosure. */
+	reply(ss, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void cmd_expn(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	(void)cmd;
+	error_reply(ss, "502 5.5.1 Error: EXPN not available");
+}
+
+struct smtp_command {
+	enum smtp_verb verb;
+	unsigned states;  /* where the command may be given at all */
+	void (*proceed)(struct smtp_session *ss, const struct smtp_cmd *cmd);
+};
+
+#define ANY_CMD_STATE (ST(GREETED) | ST(READY) | ST(MAIL) | ST(RCPT) | ST(BDAT_NEXT))
+
+static const struct smtp_command commands[] = {
+	{ SMTP_CMD_HELO, ANY_CMD_STATE, cmd_helo },
+	{ SMTP_CMD_EHLO, ANY_CMD_STATE, cmd_helo },
+	{ SMTP_CMD_STARTTLS, ANY_CMD_STATE, cmd_starttls },
+	{ SMTP_CMD_AUTH, ANY_CMD_STATE, cmd_auth },
+	{ SMTP_CMD_MAIL, ANY_CMD_STATE, cmd_mail },
+	{ SMTP_CMD_RCPT, ANY_CMD_STATE, cmd_rcpt },
+	{ SMTP_CMD_DATA, ST(GREETED) | ST(READY) | ST(MAIL) | ST(RCPT), cmd_data },
+	{ SMTP_CMD_BDAT, ANY_CMD_STATE, cmd_bdat },
+	{ SMTP_CMD_RSET, ANY_CMD_STATE, cmd_rset },
+	{ SMTP_CMD_NOOP, ANY_CMD_STATE, cmd_noop },
+	{ SMTP_CMD_QUIT, ANY_CMD_STATE, cmd_quit },
+	{ SMTP_CMD_HELP, ANY_CMD_STATE, cmd_help },
+	{ SMTP_CMD_VRFY, ANY_CMD_STATE, cmd_vrfy },
+	{ SMTP_CMD_EXPN, ANY_CMD_STATE, cmd_expn },
+};
+
+static void dispatch(struct smtp_session *ss, const struct smtp_cmd *cmd)
+{
+	if (cmd->verb == SMTP_CMD_HTTP) {
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-http-request",
+		       "peer=%s", stream_peer(ss->s));
+		ss->state = SMTP_S_CLOSED;
+		stream_close(ss->s, false);
+		return;
+	}
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (commands[i].verb != cmd->verb)
+			continue;
+		if (ss->state == SMTP_S_BDAT_NEXT && cmd->verb != SMTP_CMD_BDAT &&
+		    cmd->verb != SMTP_CMD_RSET && cmd->verb != SMTP_CMD_QUIT &&
+		    cmd->verb != SMTP_CMD_NOOP) {
+			error_reply(ss, "503 5.5.1 Error: BDAT transaction in progress");
+			return;
+		}
+		if (!(commands[i].states & (1u << ss->state))) {
+			error_reply(ss, "503 5.5.1 Error: bad sequence of commands");
+			return;
+		}
+		commands[i].proceed(ss, cmd);
+		return;
+	}
+	error_reply(ss, "500 5.5.2 Error: command not recognized");
+}
+
+/* ---- the stream side --------------------------------------------------- */
 
 static int smtp_open(struct stream *s)
 {
@@ -28,73 +1345,152 @@ static int smtp_open(struct stream *s)
 	if (!ss)
 		return -ENOMEM;
 	ss->s = s;
-	ss->lr.max = SMTP_COMMAND_LINE_MAX;
+	ss->sv = services_of(stream_loop(s));
 	stream_set_session(s, ss);
 	if (conn_limit_hit(stream_conn(s)) != CONN_LIMIT_NONE) {
-		stream_printf(s, "421 4.7.0 %s Too many connections, try again later\r\n",
-			      hostname(s));
-		stream_close(s, true);
-		ss->done = true;
+		reply(ss, "421 4.7.0 %s Error: too many connections, try again later", hostname(ss));
+		session_close(ss);
 		return 0;
 	}
-	stream_printf(s, "220 %s ESMTP ringmail\r\n", hostname(s));
-	stream_set_timer(s, stream_config(s)->prelogin_timeout_ms);
+	reply(ss, "220 %s ESMTP ringmail", hostname(ss));
+	ss->state = SMTP_S_GREETED;
+	arm_timer(ss);
 	return 0;
-}
-
-static void smtp_bad(struct smtp_session *ss, const char *reply)
-{
-	stream_printf(ss->s, "%s\r\n", reply);
-	if (++ss->bad >= stream_config(ss->s)->max_bad_commands) {
-		stream_printf(ss->s, "421 4.7.0 %s Too many errors, closing connection\r\n",
-			      hostname(ss->s));
-		stream_close(ss->s, true);
-		ss->done = true;
-	}
 }
 
 static ssize_t smtp_data(struct stream *s, struct span in)
 {
 	struct smtp_session *ss = stream_session(s);
 	size_t pos = 0;
-	struct span line;
 
-	while (!ss->done) {
-		enum line_result r = line_reader_next(&ss->lr, in, &pos, &line);
-		if (r == LINE_AGAIN)
+	while (pos < in.len) {
+		struct span rest = span_skip(in, pos);
+		switch (ss->state) {
+		case SMTP_S_CLOSED:
+			return (ssize_t)in.len;
+		case SMTP_S_BUSY:
+			return (ssize_t)pos;
+		case SMTP_S_DATA: {
+			size_t used = data_data(ss, rest);
+			pos += used;
+			if (ss->d.overflow_len)
+				return (ssize_t)pos; /* paused until the store is ready */
+			continue;
+		}
+		case SMTP_S_BDAT:
+			pos += bdat_data(ss, rest);
+			if (ss->d.overflow_len)
+				return (ssize_t)pos;
+			continue;
+		default:
 			break;
-		stream_set_timer(s, stream_config(s)->prelogin_timeout_ms);
-		if (r == LINE_TOO_LONG) {
-			smtp_bad(ss, "500 5.5.6 Line too long");
-		} else if (span_eq_nocase(line, SPAN_LIT("QUIT"))) {
-			stream_printf(s, "221 2.0.0 %s Bye\r\n", hostname(s));
-			stream_close(s, true);
-			ss->done = true;
-		} else if (span_eq_nocase(line, SPAN_LIT("NOOP")) ||
-			   span_prefix_nocase(line, SPAN_LIT("NOOP "))) {
-			stream_printf(s, "250 2.0.0 OK\r\n");
-		} else {
-			smtp_bad(ss, "502 5.5.1 Command not implemented");
+		}
+		if (ss->skipping) {
+			size_t used;
+			enum smtp_parse_result r = smtp_skip_line(rest, &used);
+			pos += used;
+			if (r == SMTP_PARSE_AGAIN)
+				break;
+			ss->skipping = false;
+			continue;
+		}
+		arm_timer(ss);
+		struct smtp_cmd cmd;
+		size_t used = 0;
+		if (ss->state == SMTP_S_AUTH) {
+			enum smtp_parse_result r = smtp_parse_line(rest, SMTP_AUTH_LINE_MAX, &cmd.line, &used);
+			if (r == SMTP_PARSE_AGAIN)
+				break;
+			pos += used;
+			if (r == SMTP_PARSE_OK) {
+				auth_response(ss, cmd.line.text);
+			} else {
+				ss->skipping = r == SMTP_PARSE_TOO_LONG && cmd.line.partial;
+				sasl_reset(ss);
+				ss->state = SMTP_S_READY;
+				error_reply(ss, "500 5.5.6 Error: SASL response too long or invalid");
+			}
+			continue;
+		}
+		enum smtp_parse_result r = smtp_parse_command(rest, &cmd, &used);
+		if (r == SMTP_PARSE_TOO_LONG && cmd.verb == SMTP_CMD_AUTH)
+			r = smtp_parse_command_max(rest, SMTP_AUTH_LINE_MAX, &cmd, &used);
+		if (r == SMTP_PARSE_AGAIN)
+			break;
+		pos += used;
+		if (r == SMTP_PARSE_TOO_LONG) {
+			if (cmd.verb == SMTP_CMD_HTTP) {
+				dispatch(ss, &cmd);
+				return (ssize_t)in.len;
+			}
+			ss->skipping = cmd.line.partial;
+			error_reply(ss, "500 5.5.6 Error: line too long");
+			continue;
+		}
+		if (r == SMTP_PARSE_INVALID) {
+			error_reply(ss, "500 5.5.2 Error: bad syntax (NUL or bare CR in command)");
+			continue;
+		}
+		/* RFC 2920: only a client that saw PIPELINING in our EHLO reply
+		 * may send a command before the previous reply; before that (or
+		 * after HELO) it is an early talker. */
+		bool pipelined = pos < in.len;
+		dispatch(ss, &cmd);
+		if (pipelined && !ss->esmtp && ss->state != SMTP_S_CLOSED &&
+		    cmd.verb != SMTP_CMD_QUIT) {
+			LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-early-talker",
+			       "peer=%s", stream_peer(ss->s));
+			reply(ss, "554 5.5.0 Error: improper use of SMTP command pipelining");
+			session_close(ss);
+			return (ssize_t)in.len;
+		}
+		if (ss->tls_pending) {
+			/* Whatever came behind an accepted STARTTLS is injected
+			 * plaintext (CVE-2011-0411): never parsed. */
+			return (ssize_t)in.len;
 		}
 	}
-	return ss->done ? (ssize_t)in.len : (ssize_t)pos;
+	return (ssize_t)pos;
 }
 
 static void smtp_timer(struct stream *s)
 {
-	stream_printf(s, "421 4.4.2 %s Error: timeout exceeded\r\n", hostname(s));
-	stream_close(s, true);
+	struct smtp_session *ss = stream_session(s);
+	reply(ss, "421 4.4.2 %s Error: timeout exceeded", hostname(ss));
+	session_close(ss);
 }
 
 static void smtp_shutdown(struct stream *s)
 {
-	stream_printf(s, "421 4.3.2 %s Service shutting down\r\n", hostname(s));
-	stream_close(s, true);
+	struct smtp_session *ss = stream_session(s);
+	if (ss->state == SMTP_S_BUSY || ss->state == SMTP_S_DATA || ss->state == SMTP_S_BDAT)
+		return; /* let the message finish within the grace period */
+	reply(ss, "421 4.3.2 %s Service shutting down", hostname(ss));
+	session_close(ss);
+}
+
+static void session_maybe_free(struct smtp_session *ss)
+{
+	if (!ss->dead || ss->pending)
+		return;
+	envelope_reset(ss);
+	free(ss->rcpts);
+	free(ss);
 }
 
 static void smtp_close(struct stream *s)
 {
-	free(stream_session(s));
+	struct smtp_session *ss = stream_session(s);
+	if (!ss)
+		return;
+	if (ss->auth_req)
+		auth_cancel(ss->auth_req);
+	sasl_reset(ss);
+	ss->dead = true;
+	ss->state = SMTP_S_CLOSED;
+	if (ss->d.append && ss->pending == 0)
+		store_append_abort(&ss->d.append);
+	session_maybe_free(ss);
 }
 
 const struct stream_ops smtp_session_ops = {
@@ -102,6 +1498,7 @@ const struct stream_ops smtp_session_ops = {
 	.data = smtp_data,
 	.timer = smtp_timer,
 	.shutdown = smtp_shutdown,
+	.tls_ready = smtp_tls_ready,
 	.close = smtp_close,
 	.alpn = "smtp",
 };
