@@ -562,6 +562,16 @@ int config_parse_text(struct config *cfg, const char *fname, const char *text, s
 	return 0;
 }
 
+/* "" and "*" both mean every address. */
+static bool same_address(const char *a, const char *b)
+{
+	if (!strcmp(a, "*"))
+		a = "";
+	if (!strcmp(b, "*"))
+		b = "";
+	return strcmp(a, b) == 0;
+}
+
 int config_validate(const struct config *cfg, char *err, size_t errlen)
 {
 	if (cfg->nlisteners == 0)
@@ -577,7 +587,7 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
 				    l->port, cfg->port_offset);
 		for (size_t j = 0; j < i; j++) {
 			const struct listener_config *o = &cfg->listeners[j];
-			if (o->port == l->port && !strcmp(o->address, l->address))
+			if (o->port == l->port && same_address(o->address, l->address))
 				return fail(err, errlen, cfg->source, l->line,
 					    "[listener %s] uses port %u, already used by [listener %s] at line %d",
 					    l->name, l->port, o->name, o->line);
@@ -602,6 +612,8 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 			       strlen(config_default_text), err, errlen);
 	if (rc)
 		return rc;
+	for (size_t i = 0; i < cfg->nlisteners; i++)
+		cfg->listeners[i].line = 0; /* "(embedded default)", not a file line */
 	if (path) {
 		FILE *f = fopen(path, "r");
 		if (!f) {

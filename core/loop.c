@@ -444,8 +444,17 @@ static void conn_finish_close(struct conn *c, enum conn_close_reason reason)
 		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_CANCEL, c->idx, c->gen));
 		c->inflight++;
 	}
+	if (c->send_inflight) {
+		/* A send to a peer that does not read would never complete and
+		 * the connection would never be freed (slow-loris, or a stop
+		 * that never ends): cancel it too. */
+		sqe = get_sqe(l);
+		io_uring_prep_cancel64(sqe, udata_conn(UDATA_SEND, c->idx, c->gen), 0);
+		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_CANCEL, c->idx, c->gen));
+		c->inflight++;
+	}
 	/* The close is linked after nothing: an in-flight send or recv holds
-	 * its own file reference, and the cancel above ends the recv. */
+	 * its own file reference, and the cancels above end them. */
 	sqe = get_sqe(l);
 	io_uring_prep_close(sqe, c->fd);
 	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_CLOSE, c->idx, c->gen));
@@ -1102,7 +1111,11 @@ int loop_new_standalone(struct loop **loop_r)
 int loop_run_until(struct loop *l, const bool *done, uint32_t timeout_ms)
 {
 	uint64_t deadline = mono_ms() + timeout_ms;
-	while (!*done) {
+	for (;;) {
+		/* Deferred work (group commit) may be what sets *done. */
+		run_deferred(l);
+		if (*done)
+			break;
 		uint64_t now = mono_ms();
 		if (timeout_ms && now >= deadline)
 			return -ETIMEDOUT;
