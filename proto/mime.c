@@ -796,16 +796,21 @@ static void hdr_cut(struct mime_scanner *sc, uint64_t body_off, uint64_t lines_s
 		p->flags |= MIME_PART_OPAQUE;
 }
 
-static void end_part(struct mime_scanner *sc, uint32_t x, uint64_t e, uint64_t elines)
+/* Ends the open parts from cur up to (not including) part stop at e, where
+ * elines LFs came before e. A part whose body starts after e (its header
+ * ended on the line before the boundary) ends where its body starts, and
+ * so do its ancestors at least: a part never ends after its parent. */
+static void end_parts(struct mime_scanner *sc, uint32_t stop, uint64_t e,
+		      uint64_t elines)
 {
-	struct mime_scan_part *p = &sc->parts[x];
-
-	if (e >= p->body_off) {
+	for (uint32_t x = sc->cur; x != stop && x < sc->nparts; x = sc->parts[x].parent) {
+		struct mime_scan_part *p = &sc->parts[x];
+		if (e < p->body_off) {
+			e = p->body_off;
+			elines = p->lines_start;
+		}
 		p->end_off = e;
-		p->lines = elines >= p->lines_start ? elines - p->lines_start : 0;
-	} else {
-		p->end_off = p->body_off;
-		p->lines = 0;
+		p->lines = elines - p->lines_start;
 	}
 }
 
@@ -846,8 +851,7 @@ static void boundary(struct mime_scanner *sc, uint32_t k, int close, uint64_t ne
 
 	if (sc->mode == MODE_HDR)
 		hdr_cut(sc, sc->line_off, sc->line_nl);
-	for (uint32_t x = sc->cur; x != kp && x < sc->nparts; x = sc->parts[x].parent)
-		end_part(sc, x, e, elines);
+	end_parts(sc, kp, e, elines);
 	sc->nbounds = k + 1;
 	if (!close && part_new(sc, kp, next_off, 0) >= 0)
 		return;
@@ -1001,8 +1005,7 @@ int mime_scan_finish(struct mime_scanner *sc, uint8_t *blob, size_t cap, size_t 
 			line_end(sc, 0);
 		if (sc->mode == MODE_HDR)
 			hdr_cut(sc, sc->off, sc->nl);
-		for (uint32_t x = sc->cur; x < sc->nparts; x = sc->parts[x].parent)
-			end_part(sc, x, sc->off, sc->nl);
+		end_parts(sc, NO_PARENT, sc->off, sc->nl);
 		sc->finished = 1;
 	}
 	size = blob_size(sc);

@@ -148,7 +148,7 @@ static const char *const corpus[] = {
 	"encoded_words", "folded", "duplicate", "empty_body", "prefix_collision",
 	"unterminated", "groups", "lf_only", "cr_only", "nul_bytes", "bad_boundary",
 	"no_boundary", "rfc822_base64", "boundary_trailing",
-	"boundary_no_final_newline", "message_root",
+	"boundary_no_final_newline", "message_root", "empty_nested",
 };
 
 static void corpus_case(const char *const *name)
