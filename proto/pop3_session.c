@@ -112,7 +112,8 @@ struct pop3_session {
 	size_t job_next;           /* LIST/UIDL: next index */
 	uint32_t msg_uid;
 	uint64_t msg_size, msg_off;
-	bool msg_top, msg_started, wait_drain;
+	bool msg_top, msg_started, msg_eof, wait_drain;
+	size_t rpos, rlen;         /* bytes of rbuf not yet filtered */
 	struct pop3_body body;
 	uint8_t *rbuf;             /* POP3_READ_CHUNK + POP3_OUT_CHUNK */
 	size_t olen;
@@ -748,6 +749,44 @@ static void msg_finish(struct pop3_session *ps)
 	job_end(ps);
 }
 
+/* Filters what was read into the output buffer and sends it, stopping
+ * (wait_drain) whenever the send queue is long; then finishes the reply or
+ * reads on. Runs from the read callback and from the drained callback. */
+static void msg_pump(struct pop3_session *ps)
+{
+	size_t high = send_high(ps);
+	while (ps->rpos < ps->rlen && !ps->body.done) {
+		size_t olen;
+		size_t used = pop3_body_filter(&ps->body,
+					       span_make(ps->rbuf + ps->rpos, ps->rlen - ps->rpos),
+					       ps->rbuf + POP3_READ_CHUNK + ps->olen,
+					       POP3_OUT_CHUNK - ps->olen, &olen);
+		ps->olen += olen;
+		ps->rpos += used;
+		if (ps->rpos == ps->rlen || ps->body.done)
+			break;
+		out_flush(ps); /* the output buffer is full */
+		if (ps->dead)
+			return;
+		if (stream_send_pending(ps->s) > high) {
+			ps->wait_drain = true;
+			return;
+		}
+	}
+	if (ps->msg_eof || ps->body.done) {
+		msg_finish(ps);
+		return;
+	}
+	arm_timer(ps); /* progress: the autologout starts again */
+	out_flush(ps);
+	if (ps->dead)
+		return;
+	if (stream_send_pending(ps->s) > high)
+		ps->wait_drain = true;
+	else
+		msg_read(ps);
+}
+
 static void msg_read_done(void *arg, ssize_t res)
 {
 	struct pop3_session *ps = arg;
@@ -778,32 +817,11 @@ static void msg_read_done(void *arg, ssize_t res)
 		out_put(ps, line, (size_t)n);
 		ps->msg_started = true;
 	}
-	struct span in = span_make(ps->rbuf, (size_t)res);
-	while (in.len && !ps->body.done) {
-		size_t olen;
-		size_t used = pop3_body_filter(&ps->body, in, ps->rbuf + POP3_READ_CHUNK + ps->olen,
-					       POP3_OUT_CHUNK - ps->olen, &olen);
-		ps->olen += olen;
-		in = span_skip(in, used);
-		if (in.len && !ps->body.done)
-			out_flush(ps);
-		if (ps->dead) {
-			release(ps);
-			return;
-		}
-	}
+	ps->rpos = 0;
+	ps->rlen = (size_t)res;
 	ps->msg_off += (uint64_t)res;
-	if (res == 0 || ps->body.done || ps->msg_off >= ps->msg_size) {
-		msg_finish(ps);
-		release(ps);
-		return;
-	}
-	arm_timer(ps); /* progress: the autologout starts again */
-	out_flush(ps);
-	if (!ps->dead && stream_send_pending(ps->s) > send_high(ps))
-		ps->wait_drain = true;
-	else if (!ps->dead)
-		msg_read(ps);
+	ps->msg_eof = res == 0 || ps->msg_off >= ps->msg_size;
+	msg_pump(ps);
 	release(ps);
 }
 
@@ -831,7 +849,8 @@ static void msg_start(struct pop3_session *ps, size_t i, bool top, uint32_t line
 	ps->msg_off = 0;
 	ps->msg_top = top;
 	ps->msg_started = false;
-	ps->olen = 0;
+	ps->msg_eof = false;
+	ps->olen = ps->rpos = ps->rlen = 0;
 	pop3_body_init(&ps->body, top, lines);
 	enter_state(ps, POP3_S_SENDING);
 	if (m->size == 0) {
@@ -1060,7 +1079,7 @@ static void pop3_drained(struct stream *s)
 		ps->wait_drain = false;
 		arm_timer(ps);
 		if (ps->job == JOB_MSG)
-			msg_read(ps);
+			msg_pump(ps);
 		else
 			listing_continue(ps);
 	}
