@@ -460,7 +460,7 @@ def test_large_message_streams(pop3srv):
     sent = deliver(srv, "alice@example.com", body)
     c = Raw(srv)
     c.login()
-    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     r = c.cmd("RETR 1")
     size = int(r.split()[1])
     time.sleep(1.0)  # let the server hit its high-water mark
