@@ -214,13 +214,14 @@ void store_expunge(struct store_folder *folder, struct loop *loop, const uint32_
 		   size_t n, store_modseq_cb *cb, void *arg);
 
 /* Copies messages (flags, keywords, internal date, blob) to dst, which may
- * belong to another user; with move, expunges them from src once the copies
- * are durable. cb(arg, res, first_uid): the copies get consecutive UIDs in
- * dst starting at first_uid, in the order of uids (for COPYUID); UIDs not in
- * src are skipped. */
-typedef void store_uid_cb(void *arg, int res, uint32_t uid);
+ * belong to another user; with move, expunges them from src once every copy
+ * is durable. new_uids_r (n entries, the caller's until cb) receives the UID
+ * of each copy in dst, 0 for a UID not in src (for COPYUID). cb(arg, res)
+ * once all are durable (res 0) or on the first error (copies already made
+ * stay; with move nothing is expunged). */
 void store_copy(struct store_folder *src, struct loop *loop, const uint32_t *uids,
-		size_t n, struct store_folder *dst, bool move, store_uid_cb *cb, void *arg);
+		size_t n, struct store_folder *dst, bool move, uint32_t *new_uids_r,
+		store_done_cb *cb, void *arg);
 
 /* Change notification (IMAP IDLE): after a change to the folder is durable,
  * cb(arg) runs on loop (soon; several changes may be reported by one call).
@@ -249,6 +250,7 @@ int store_append_begin(struct loop *loop, struct store_folder *const *dst, size_
  * errno means the append failed (the caller must still abort it). */
 ssize_t store_append_write(struct store_append *append, struct span chunk);
 
+typedef void store_uid_cb(void *arg, int res, uint32_t uid);
 /* Ends the message. blob (<= STORE_BLOB_MAX bytes, copied) is stored with it.
  * done(arg, res, uid) runs once the message is durable in every destination
  * (res 0, uid its UID in dst[0]; store_append_uid() gives the others during

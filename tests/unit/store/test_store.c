@@ -1,0 +1,700 @@
+/* The store through its public API on a standalone loop: appends, reads,
+ * flags/MODSEQ, expunge, quota, folders, copy/move, multi-mailbox appends,
+ * checkpoints, recovery of torn and corrupt log tails, ENOSPC. */
+#include "store_test_util.h"
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+static struct loop *L;
+static char *D;
+static struct store *S;
+
+static void open_store(uint64_t quota_bytes, size_t append_buf, uint64_t ck)
+{
+	struct store_config cfg = { .data_dir = D, .quota_bytes = quota_bytes,
+				    .append_buf = append_buf, .checkpoint_bytes = ck };
+	cr_assert_eq(store_new(&cfg, &S), 0);
+}
+
+static void setup(void)
+{
+	L = t_loop();
+	D = t_tmpdir();
+	open_store(0, 4096, 0);
+}
+
+static void teardown(void)
+{
+	store_free(&S);
+	loop_free(&L);
+	if (D)
+		t_rmrf(D);
+	free(D);
+}
+
+TestSuite(store, .init = setup, .fini = teardown);
+
+static const char *msgs[] = {
+	"From: a@example.com\r\nSubject: one\r\n\r\nbody one\r\n",
+	"From: b@example.com\r\nSubject: two\r\n\r\nbody two, a little longer\r\n",
+	"From: c@example.com\r\nSubject: three\r\n\r\n3\r\n",
+};
+
+static void check_msg(struct store_folder *f, uint32_t uid, const char *want)
+{
+	size_t len;
+	char *got = t_read_all(L, f, uid, &len, 5);
+	cr_assert(got, "uid %u unreadable", uid);
+	cr_expect_eq(len, strlen(want));
+	cr_expect_str_eq(got, want);
+	free(got);
+}
+
+Test(store, append_read_reopen)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct store_folder_status st;
+	struct store_view *v;
+	uint32_t uid;
+
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(t_append(L, f, msgs[i], &uid), 0);
+		cr_expect_eq(uid, (uint32_t)i + 1);
+	}
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 3);
+	cr_expect_eq(st.uidnext, 4);
+	cr_expect_eq(st.highestmodseq, 3);
+	cr_expect_eq(st.unseen, 3);
+	cr_expect_neq(st.uidvalidity, 0);
+	for (int i = 0; i < 3; i++)
+		check_msg(f, (uint32_t)i + 1, msgs[i]);
+	cr_assert_eq(store_view_open(f, &v), 0);
+	cr_assert_eq(store_view_count(v), 3);
+	cr_expect_eq(store_view_msg(v, 1)->uid, 2);
+	cr_expect_eq(store_view_msg(v, 1)->size, strlen(msgs[1]));
+	cr_expect_eq(store_view_msg(v, 1)->internal_date, 1700000000);
+	cr_expect(span_eq(store_view_msg(v, 1)->blob, SPAN_LIT("blob")));
+	cr_expect_eq(store_view_find(v, 3), 2);
+	cr_expect_eq(store_view_find(v, 9), -1);
+	store_view_free(&v);
+
+	uint32_t uidvalidity = st.uidvalidity;
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "inbox");
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 3);
+	cr_expect_eq(st.uidvalidity, uidvalidity);
+	for (int i = 0; i < 3; i++)
+		check_msg(f, (uint32_t)i + 1, msgs[i]);
+	cr_assert_eq(t_append(L, f, "again\r\n", &uid), 0);
+	cr_expect_eq(uid, 4, "UIDs go on after a reopen");
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+Test(store, read_errors)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct waitres w = { 0 };
+	char buf[16];
+
+	store_read(f, L, 42, 0, buf, sizeof(buf), wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -ENOENT);
+	cr_assert_eq(t_append(L, f, msgs[0], NULL), 0);
+	w = (struct waitres){ 0 };
+	store_read(f, L, 1, 1000, buf, sizeof(buf), wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, 0, "past the end is the end");
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+Test(store, flags_keywords_modseq)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct waitres w = { 0 };
+	uint32_t u12[] = { 1, 2 }, u2[] = { 2 };
+	const char *kw[] = { "$Forwarded", "project-x" };
+	struct store_view *v;
+
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(t_append(L, f, msgs[i], NULL), 0);
+	store_flags(f, L, u12, 2, STORE_FLAGS_ADD, STORE_F_SEEN | STORE_F_FLAGGED, kw, 2,
+		    wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	cr_expect_eq(w.modseq, 4);
+	w = (struct waitres){ 0 };
+	store_flags(f, L, u2, 1, STORE_FLAGS_REMOVE, STORE_F_FLAGGED, kw + 1, 1, wr_modseq, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.modseq, 5);
+
+	for (int pass = 0; pass < 2; pass++) {
+		cr_assert_eq(store_view_open(f, &v), 0);
+		const struct store_msg *m1 = store_view_msg(v, 0), *m2 = store_view_msg(v, 1),
+				       *m3 = store_view_msg(v, 2);
+		cr_expect_eq(m1->flags, STORE_F_SEEN | STORE_F_FLAGGED);
+		cr_expect_eq(m1->modseq, 4);
+		cr_expect_eq(m1->keywords, 3);
+		cr_expect_eq(m2->flags, STORE_F_SEEN);
+		cr_expect_eq(m2->keywords, 1);
+		cr_expect_eq(m2->modseq, 5);
+		cr_expect_eq(m3->flags, 0);
+		cr_expect_eq(m3->modseq, 3);
+		cr_expect_str_eq(store_view_keyword(v, 0), "$Forwarded");
+		cr_expect_str_eq(store_view_keyword(v, 1), "project-x");
+		struct store_folder_status st;
+		store_view_status(v, &st);
+		cr_expect_eq(st.highestmodseq, 5);
+		cr_expect_eq(st.unseen, 1);
+		store_view_free(&v);
+		/* the same after replay */
+		store_folder_close(&f);
+		store_user_close(&u);
+		store_free(&S);
+		open_store(0, 4096, 0);
+		u = t_user(S, L, "alice@example.com");
+		f = t_folder(u, L, "INBOX");
+	}
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+Test(store, expunge_and_quota)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct waitres w = { 0 };
+	uint64_t b, m, lb, lm;
+	uint32_t u2[] = { 2, 77 };
+	struct store_folder_status st;
+
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(t_append(L, f, msgs[i], NULL), 0);
+	store_user_quota(u, &b, &m, &lb, &lm);
+	cr_expect_eq(b, strlen(msgs[0]) + strlen(msgs[1]) + strlen(msgs[2]));
+	cr_expect_eq(m, 3);
+	store_expunge(f, L, u2, 2, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	store_user_quota(u, &b, &m, &lb, &lm);
+	cr_expect_eq(b, strlen(msgs[0]) + strlen(msgs[2]));
+	cr_expect_eq(m, 2);
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 2);
+	cr_expect_eq(st.highestmodseq, 4);
+	w = (struct waitres){ 0 };
+	char buf[8];
+	store_read(f, L, 2, 0, buf, sizeof(buf), wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -ENOENT);
+
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	/* a limit: the next append over it fails with EDQUOT, nothing is kept */
+	open_store(b + 10, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	store_user_quota(u, &b, &m, &lb, &lm);
+	cr_expect_eq(m, 2, "quota use is rebuilt on open");
+	cr_expect_eq(t_append(L, f, "0123456789abcdef\r\n", NULL), -EDQUOT);
+	cr_expect_eq(t_append(L, f, "short\r\n", NULL), 0);
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 3);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+static char *big_message(size_t n, unsigned seed)
+{
+	char *p = malloc(n + 1);
+	for (size_t i = 0; i < n; i++) {
+		seed = seed * 1103515245u + 12345u;
+		p[i] = (char)('A' + (seed >> 16) % 26);
+		if (i % 78 == 77)
+			p[i] = '\n';
+	}
+	p[n] = 0;
+	return p;
+}
+
+Test(store, big_message_streams_with_backpressure)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	char *big = big_message(100000, 1);
+	uint32_t uid;
+	size_t len;
+	char *got;
+
+	/* append_buf is 4096: the message goes to its own segment file */
+	cr_assert_eq(t_append_n(L, &f, 1, big, strlen(big), 3000, "bigblob", 0, &uid), 0);
+	cr_assert_eq(t_append(L, f, msgs[0], NULL), 0);
+	got = t_read_all(L, f, uid, &len, 4096);
+	cr_assert(got);
+	cr_expect_eq(len, 100000);
+	cr_expect_eq(memcmp(got, big, len), 0);
+	free(got);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	got = t_read_all(L, f, uid, &len, 65536);
+	cr_assert(got);
+	cr_expect_eq(len, 100000);
+	cr_expect_eq(memcmp(got, big, len), 0);
+	check_msg(f, 2, msgs[0]);
+	free(got);
+	free(big);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+Test(store, multi_mailbox_append)
+{
+	struct store_user *a = t_user(S, L, "alice@example.com");
+	struct store_user *b = t_user(S, L, "bob@example.com");
+	struct store_folder *f[2] = { t_folder(a, L, "INBOX"), t_folder(b, L, "INBOX") };
+	char *big = big_message(20000, 7);
+	uint64_t qb, qm, lb, lm;
+
+	cr_assert_eq(t_append(L, f[1], msgs[2], NULL), 0); /* bob's UIDs run ahead */
+	for (int round = 0; round < 2; round++) {
+		const char *m = round ? big : msgs[0];
+		uint32_t uid;
+		cr_assert_eq(t_append_n(L, f, 2, m, strlen(m), 1000, "b", 0, &uid), 0);
+		for (int k = 0; k < 2; k++) {
+			struct store_view *v;
+			cr_assert_eq(store_view_open(f[k], &v), 0);
+			const struct store_msg *last = store_view_msg(v, store_view_count(v) - 1);
+			cr_expect_eq(last->size, strlen(m));
+			check_msg(f[k], last->uid, m);
+			store_view_free(&v);
+		}
+	}
+	store_user_quota(a, &qb, &qm, &lb, &lm);
+	cr_expect_eq(qm, 2);
+	cr_expect_eq(qb, strlen(msgs[0]) + 20000);
+	free(big);
+	store_folder_close(&f[0]);
+	store_folder_close(&f[1]);
+	store_user_close(&a);
+	store_user_close(&b);
+}
+
+Test(store, folders_create_list_rename_delete)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct waitres w = { 0 };
+	struct store_folder_info *list;
+	struct store_folder *f;
+	size_t n;
+
+	store_folder_create(u, L, "Lists/ietf", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	w = (struct waitres){ 0 };
+	store_folder_create(u, L, "Lists/ietf", wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -EEXIST);
+	w = (struct waitres){ 0 };
+	store_folder_create(u, L, "inbox", wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -EEXIST);
+	w = (struct waitres){ 0 };
+	store_folder_open(u, L, "Nope", wr_folder, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -ENOENT);
+	f = t_folder(u, L, "Sent"); /* special-use: created on first use */
+	cr_assert_eq(t_append(L, f, msgs[1], NULL), 0);
+	store_folder_close(&f);
+	w = (struct waitres){ 0 };
+	store_folder_subscribe(u, L, "Lists/ietf", true, wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	w = (struct waitres){ 0 };
+	store_folder_rename(u, L, "Lists/ietf", "Lists/IETF", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+
+	for (int pass = 0; pass < 2; pass++) {
+		cr_assert_eq(store_folder_list(u, &list, &n), 0);
+		cr_assert_eq(n, 4, "INBOX, Lists/IETF, Sent, subscription to Lists/ietf");
+		cr_expect_str_eq(list[0].name, "INBOX");
+		cr_expect_str_eq(list[1].name, "Lists/IETF");
+		cr_expect_eq(list[1].subscribed, false);
+		cr_expect_str_eq(list[2].name, "Lists/ietf");
+		cr_expect_eq(list[2].exists, false);
+		cr_expect_eq(list[2].subscribed, true);
+		cr_expect_str_eq(list[3].name, "Sent");
+		cr_expect_eq(list[3].special, STORE_SPECIAL_SENT);
+		free(list);
+		store_user_close(&u);
+		store_free(&S);
+		open_store(0, 4096, 0);
+		u = t_user(S, L, "alice@example.com");
+	}
+	f = t_folder(u, L, "Sent");
+	check_msg(f, 1, msgs[1]);
+	store_folder_close(&f);
+	w = (struct waitres){ 0 };
+	store_folder_delete(u, L, "Sent", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	uint64_t qb, qm, lb, lm;
+	store_user_quota(u, &qb, &qm, &lb, &lm);
+	cr_expect_eq(qm, 0, "a deleted folder's messages leave the quota");
+	w = (struct waitres){ 0 };
+	store_folder_delete(u, L, "INBOX", wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -EINVAL);
+	f = t_folder(u, L, "Sent"); /* a new, empty one with a new UIDVALIDITY */
+	struct store_folder_status st;
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 0);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+Test(store, copy_and_move)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *in = t_folder(u, L, "INBOX"), *ar = t_folder(u, L, "Archive");
+	char *big = big_message(70000, 3);
+	uint32_t uids[] = { 1, 2, 99, 3 }, out[4];
+	struct waitres w = { 0 };
+	struct store_folder_status st;
+
+	cr_assert_eq(t_append(L, in, msgs[0], NULL), 0);
+	cr_assert_eq(t_append_n(L, &in, 1, big, strlen(big), 5000, "B", STORE_F_SEEN, NULL), 0);
+	cr_assert_eq(t_append(L, in, msgs[2], NULL), 0);
+	store_copy(in, L, uids, 4, ar, false, out, wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	cr_expect_eq(out[0], 1);
+	cr_expect_eq(out[1], 2);
+	cr_expect_eq(out[2], 0);
+	cr_expect_eq(out[3], 3);
+	check_msg(ar, 1, msgs[0]);
+	check_msg(ar, 3, msgs[2]);
+	{
+		size_t len;
+		char *got = t_read_all(L, ar, 2, &len, 8192);
+		cr_assert(got);
+		cr_expect_eq(len, strlen(big));
+		cr_expect_eq(memcmp(got, big, len), 0);
+		free(got);
+		struct store_view *v;
+		cr_assert_eq(store_view_open(ar, &v), 0);
+		cr_expect_eq(store_view_msg(v, 1)->flags, STORE_F_SEEN);
+		cr_expect(span_eq(store_view_msg(v, 1)->blob, SPAN_LIT("B")));
+		store_view_free(&v);
+	}
+	w = (struct waitres){ 0 };
+	store_copy(in, L, uids, 2, ar, true, out, wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	cr_expect_eq(out[0], 4);
+	store_folder_status(in, &st);
+	cr_expect_eq(st.messages, 1, "moved ones are gone from the source");
+	store_folder_status(ar, &st);
+	cr_expect_eq(st.messages, 5);
+	free(big);
+	store_folder_close(&in);
+	store_folder_close(&ar);
+	store_user_close(&u);
+}
+
+static int watched;
+static void on_watch(void *arg)
+{
+	(void)arg;
+	watched++;
+}
+
+Test(store, watch_reports_changes)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX"), *g = t_folder(u, L, "INBOX");
+
+	watched = 0;
+	cr_assert_eq(store_watch(g, L, on_watch, NULL), 0);
+	cr_assert_eq(t_append(L, f, msgs[0], NULL), 0);
+	{
+		bool never = false;
+		loop_run_until(L, &never, 50);
+	}
+	cr_expect_geq(watched, 1);
+	store_folder_close(&g); /* removes the watch */
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+Test(store, checkpoint_then_log_tail)
+{
+	struct store_user *u;
+	struct store_folder *f;
+	struct store_folder_status st;
+	char path[600];
+	struct stat sb;
+
+	store_free(&S);
+	open_store(0, 4096, 1024); /* a checkpoint every KiB of log */
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	for (int i = 0; i < 40; i++)
+		cr_assert_eq(t_append(L, f, msgs[i % 3], NULL), 0);
+	{
+		bool never = false;
+		loop_run_until(L, &never, 50); /* let a checkpoint in flight end */
+	}
+	snprintf(path, sizeof(path), "%s/mail/alice@example.com/f0/checkpoint", D);
+	cr_assert_eq(stat(path, &sb), 0, "a checkpoint was written");
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 40);
+	cr_expect_eq(st.uidnext, 41);
+	check_msg(f, 40, msgs[39 % 3]);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+
+	/* a damaged checkpoint is ignored: the log alone rebuilds the index */
+	int fd = open(path, O_RDWR);
+	cr_assert(fd >= 0);
+	cr_assert_eq(pwrite(fd, "XXXX", 4, 20), 4);
+	close(fd);
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 40);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+/* ---- recovery ------------------------------------------------------------- */
+
+static void log_path(char *out, size_t cap)
+{
+	snprintf(out, cap, "%s/mail/alice@example.com/f0/log", D);
+}
+
+static off_t file_size(const char *p)
+{
+	struct stat sb;
+	cr_assert_eq(stat(p, &sb), 0);
+	return sb.st_size;
+}
+
+/* Appends 3 messages and returns the offset where the last record starts. */
+static off_t three_then_close(char *lp, size_t cap)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	off_t before;
+
+	log_path(lp, cap);
+	cr_assert_eq(t_append(L, f, msgs[0], NULL), 0);
+	cr_assert_eq(t_append(L, f, msgs[1], NULL), 0);
+	before = file_size(lp);
+	cr_assert_eq(t_append(L, f, msgs[2], NULL), 0);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	return before;
+}
+
+static void expect_two_then_append(void)
+{
+	struct store_user *u;
+	struct store_folder *f;
+	struct store_folder_status st;
+	uint32_t uid;
+
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 2);
+	check_msg(f, 1, msgs[0]);
+	check_msg(f, 2, msgs[1]);
+	cr_assert_eq(t_append(L, f, "after\r\n", &uid), 0);
+	cr_expect_eq(uid, 3);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	/* and what was written after recovery survives another reopen */
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 3);
+	check_msg(f, 3, "after\r\n");
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+Test(store, torn_tail_at_every_offset_is_cut)
+{
+	char lp[600], copy[700], cmd[1500];
+	off_t last = three_then_close(lp, sizeof(lp)), end = file_size(lp);
+
+	snprintf(copy, sizeof(copy), "%s.orig", D);
+	snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s'", D, copy);
+	cr_assert_eq(system(cmd), 0);
+	for (off_t cut = last; cut < end; cut++) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", D, copy, D);
+		cr_assert_eq(system(cmd), 0);
+		cr_assert_eq(truncate(lp, cut), 0);
+		expect_two_then_append();
+		store_free(&S);
+	}
+	t_rmrf(copy);
+}
+
+Test(store, flipped_bits_in_last_record_are_cut)
+{
+	char lp[600], copy[700], cmd[1500];
+	off_t last = three_then_close(lp, sizeof(lp)), end = file_size(lp);
+
+	snprintf(copy, sizeof(copy), "%s.orig", D);
+	snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s'", D, copy);
+	cr_assert_eq(system(cmd), 0);
+	for (off_t at = last; at < end; at += 7) {
+		uint8_t b;
+		int fd;
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", D, copy, D);
+		cr_assert_eq(system(cmd), 0);
+		fd = open(lp, O_RDWR);
+		cr_assert_eq(pread(fd, &b, 1, at), 1);
+		b ^= 0x10;
+		cr_assert_eq(pwrite(fd, &b, 1, at), 1);
+		close(fd);
+		expect_two_then_append();
+		store_free(&S);
+	}
+	t_rmrf(copy);
+}
+
+Test(store, garbage_after_last_record_is_wiped)
+{
+	char lp[600];
+	off_t end;
+	int fd;
+
+	three_then_close(lp, sizeof(lp));
+	end = file_size(lp);
+	/* an unacknowledged record that never finished: a header and junk */
+	fd = open(lp, O_RDWR);
+	cr_assert_eq(pwrite(fd, "\x40\x00\x00\x00junkjunkjunk", 16, end), 16);
+	close(fd);
+	open_store(0, 4096, 0);
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct store_folder_status st;
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 3);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+/* ---- the data directory lock ------------------------------------------------ */
+
+Test(store, lock_datadir_names_the_owner)
+{
+	char err[256] = "";
+	int fd = store_lock_datadir(D, err, sizeof(err)), fd2;
+	char pid[32];
+
+	cr_assert(fd >= 0, "%s", err);
+	fd2 = store_lock_datadir(D, err, sizeof(err));
+	cr_expect_eq(fd2, -EWOULDBLOCK);
+	snprintf(pid, sizeof(pid), "pid %ld", (long)getpid());
+	cr_expect(strstr(err, pid), "message: %s", err);
+	close(fd);
+	fd2 = store_lock_datadir(D, err, sizeof(err));
+	cr_expect(fd2 >= 0, "free again once the owner closed it");
+	close(fd2);
+}
+
+/* ---- ENOSPC ------------------------------------------------------------------- */
+
+Test(store, enospc_is_an_error_never_a_success)
+{
+	char mnt[600];
+	struct store_config cfg = { .append_buf = 65536 };
+	struct store *st2;
+	struct store_user *u;
+	struct store_folder *f;
+	char *big = big_message(200000, 9);
+	int ok = 0, fails = 0;
+	uint32_t last_ok = 0;
+
+	snprintf(mnt, sizeof(mnt), "%s/tmpfs", D);
+	cr_assert_eq(mkdir(mnt, 0700), 0);
+	if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0)
+		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
+	cfg.data_dir = mnt;
+	cr_assert_eq(store_new(&cfg, &st2), 0);
+	u = t_user(st2, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	for (int i = 0; i < 12; i++) {
+		uint32_t uid;
+		int rc = t_append_n(L, &f, 1, big, (size_t)(20000 + i * 13000), 4096, "b", 0, &uid);
+		if (rc == 0) {
+			ok++;
+			last_ok = uid;
+		} else {
+			cr_expect(rc == -ENOSPC || rc == -EIO, "rc %d", rc);
+			fails++;
+		}
+	}
+	cr_expect_gt(ok, 0);
+	cr_expect_gt(fails, 0, "1 MiB must run out");
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&st2);
+	/* every acknowledged message is there after a reopen, whole */
+	cr_assert_eq(store_new(&cfg, &st2), 0);
+	u = t_user(st2, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	struct store_view *v;
+	cr_assert_eq(store_view_open(f, &v), 0);
+	cr_expect_eq(store_view_count(v), (size_t)ok);
+	for (size_t i = 0; i < store_view_count(v); i++) {
+		const struct store_msg *m = store_view_msg(v, i);
+		size_t len;
+		char *got = t_read_all(L, f, m->uid, &len, 65536);
+		cr_assert(got, "uid %u", m->uid);
+		cr_expect_eq(len, m->size);
+		cr_expect_eq(memcmp(got, big, len), 0);
+		free(got);
+		cr_expect_leq(m->uid, last_ok);
+	}
+	store_view_free(&v);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&st2);
+	umount2(mnt, MNT_DETACH);
+	free(big);
+}
