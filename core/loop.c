@@ -487,23 +487,35 @@ static void conn_close_timer(struct conn *c)
 
 /* ---- input ------------------------------------------------------------ */
 
+/* The pending input is c->in[c->in_off .. c->in_off + c->in_len). Dropping
+ * consumed bytes only moves in_off; the buffer is compacted when more room
+ * is needed, so a session that consumes a large backlog in small steps does
+ * not memmove it over and over. */
 static int in_append(struct conn *c, const uint8_t *p, size_t n)
 {
-	if ((size_t)c->in_len + n > CONN_INPUT_MAX)
+	/* Completions already in the CQ when a session paused (a multishot
+	 * recv may fill many buffers before its cancel takes effect) must be
+	 * kept: they are bounded by the loop's buffer ring. A session that
+	 * is not paused and consumes nothing of CONN_INPUT_MAX bytes is
+	 * closed by deliver_pending(). */
+	size_t max = CONN_INPUT_MAX + (size_t)LOOP_BUF_COUNT * LOOP_BUF_SIZE;
+	if ((size_t)c->in_len + n > max)
 		return -ENOBUFS;
+	if (c->in_off && c->in_off + c->in_len + n > c->in_cap) {
+		memmove(c->in, c->in + c->in_off, c->in_len);
+		c->in_off = 0;
+	}
 	if (c->in_len + n > c->in_cap) {
 		size_t cap = c->in_cap ? c->in_cap : 1024;
 		while (cap < c->in_len + n)
 			cap *= 2;
-		if (cap > CONN_INPUT_MAX)
-			cap = CONN_INPUT_MAX;
 		uint8_t *q = realloc(c->in, cap);
 		if (!q)
 			return -ENOMEM;
 		c->in = q;
 		c->in_cap = (uint32_t)cap;
 	}
-	memcpy(c->in + c->in_len, p, n);
+	memcpy(c->in + c->in_off + c->in_len, p, n);
 	c->in_len += (uint32_t)n;
 	return 0;
 }
@@ -514,10 +526,10 @@ static void in_drop(struct conn *c, size_t n)
 		/* Empty: an idle connection pins no input memory. */
 		free(c->in);
 		c->in = NULL;
-		c->in_len = c->in_cap = 0;
+		c->in_len = c->in_cap = c->in_off = 0;
 		return;
 	}
-	memmove(c->in, c->in + n, c->in_len - n);
+	c->in_off += (uint32_t)n;
 	c->in_len -= (uint32_t)n;
 }
 
@@ -525,7 +537,7 @@ static void in_drop(struct conn *c, size_t n)
 static void deliver_pending(struct conn *c)
 {
 	while (c->in_len && !c->closing && !c->paused) {
-		ssize_t used = c->ops->data(c, span_make(c->in, c->in_len));
+		ssize_t used = c->ops->data(c, span_make(c->in + c->in_off, c->in_len));
 		if (c->closing)
 			return;
 		if (used < 0) {

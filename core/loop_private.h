@@ -57,7 +57,7 @@ struct conn {
 	struct conn *flush_next;
 	struct timer timer;
 	uint8_t *in;             /* unconsumed input, NULL when empty */
-	uint32_t in_len, in_cap;
+	uint32_t in_off, in_len, in_cap;
 	struct outchunk *out_head, *out_tail;
 	size_t out_bytes;
 	union {

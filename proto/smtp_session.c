@@ -24,6 +24,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "proto/mime.h"
 #include "proto/sasl.h"
 #include "proto/services.h"
 #include "proto/smtp_parse.h"
@@ -36,7 +37,10 @@
 #define SMTP_DATA_SPANS 64       /* output spans per smtp_data_feed() call */
 #define SMTP_HELO_MAX 255
 #define SMTP_ADDR_MAX 320        /* local 64 + @ + domain 255 */
-#define SMTP_STORE_OVERFLOW_MAX (64u * 1024u)
+/* Message bytes handed to the store per step: what the store cannot take
+ * at once waits in the session's overflow buffer (bounded by this) while
+ * input is paused. */
+#define SMTP_FEED_STEP (64u * 1024u)
 
 enum smtp_state {
 	SMTP_S_GREETED,  /* needs HELO/EHLO */
@@ -80,6 +84,7 @@ struct smtp_delivery {
 	size_t nopen;              /* opens that completed */
 	int open_rc;               /* first open error */
 	struct store_append *append;
+	struct mime_scanner *mime; /* the structure IMAP needs, computed once */
 	uint8_t *overflow;         /* bytes the store could not take yet */
 	size_t overflow_len;
 	int write_rc;
@@ -764,6 +769,7 @@ static void delivery_reset(struct smtp_session *ss)
 	free(d->users);
 	free(d->folders);
 	free(d->overflow);
+	free(d->mime);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -896,6 +902,7 @@ static int write_received(struct smtp_session *ss)
 	n += snprintf(buf + n, sizeof(buf) - (size_t)n, "; %s\r\n", date);
 	if ((size_t)n >= sizeof(buf))
 		return -ENAMETOOLONG;
+	mime_scan_feed(ss->d.mime, span_make(buf, (size_t)n));
 	ssize_t w = store_append_write(ss->d.append, span_make(buf, (size_t)n));
 	if (w < 0)
 		return (int)w;
@@ -910,6 +917,10 @@ static void delivery_opened(struct smtp_session *ss)
 {
 	struct smtp_delivery *d = &ss->d;
 	int rc = d->open_rc;
+	if (!rc && !(d->mime = malloc(sizeof(*d->mime))))
+		rc = -ENOMEM;
+	if (!rc)
+		mime_scan_init(d->mime);
 	if (!rc)
 		rc = store_append_begin(stream_loop(ss->s), d->folders, d->ntargets, time(NULL), 0,
 					NULL, 0, store_ready, ss, &d->append);
@@ -942,6 +953,7 @@ static void store_put(struct smtp_session *ss, struct span chunk)
 	struct smtp_delivery *d = &ss->d;
 	if (d->write_rc || chunk.len == 0)
 		return;
+	mime_scan_feed(d->mime, chunk);
 	if (d->overflow_len == 0) {
 		ssize_t w = store_append_write(d->append, chunk);
 		if (w < 0) {
@@ -951,10 +963,6 @@ static void store_put(struct smtp_session *ss, struct span chunk)
 		chunk = span_skip(chunk, (size_t)w);
 		if (chunk.len == 0)
 			return;
-	}
-	if (d->overflow_len + chunk.len > SMTP_STORE_OVERFLOW_MAX * 4) {
-		d->write_rc = -ENOBUFS;
-		return;
 	}
 	uint8_t *o = realloc(d->overflow, d->overflow_len + chunk.len);
 	if (!o) {
@@ -1049,8 +1057,24 @@ static void delivery_finish(struct smtp_session *ss)
 	ss->resume_state = SMTP_S_READY;
 	stream_pause(ss->s);
 	stream_set_timer(ss->s, 0);
+	/* The structure blob is computed from the bytes as stored: IMAP
+	 * serves ENVELOPE/BODYSTRUCTURE/sections from it without re-parsing. */
+	uint8_t *blob = malloc(MIME_BLOB_MAX);
+	size_t blob_len = 0;
+	if (!blob || mime_scan_finish(d->mime, blob, MIME_BLOB_MAX, &blob_len)) {
+		free(blob);
+		store_error_reply(ss, -ENOMEM);
+		envelope_reset(ss);
+		ss->state = SMTP_S_READY;
+		arm_timer(ss);
+		stream_resume(ss->s);
+		return;
+	}
+	free(d->mime);
+	d->mime = NULL;
 	ss->pending++;
-	store_append_commit(d->append, span_make(NULL, 0), commit_done, ss);
+	store_append_commit(d->append, span_make(blob, blob_len), commit_done, ss);
+	free(blob); /* the store copied it */
 }
 
 static void cmd_data(struct smtp_session *ss, const struct smtp_cmd *cmd)
@@ -1148,6 +1172,8 @@ static size_t bdat_data(struct smtp_session *ss, struct span in)
 {
 	struct smtp_delivery *d = &ss->d;
 	size_t n = in.len < d->bdat_left ? in.len : (size_t)d->bdat_left;
+	if (n > SMTP_FEED_STEP)
+		n = SMTP_FEED_STEP;
 	struct span c = span_make(in.p, n);
 	if (d->write_rc != -EPROTO) {
 		d->size += n;
@@ -1181,10 +1207,13 @@ static size_t data_data(struct smtp_session *ss, struct span in)
 	struct span out[SMTP_DATA_SPANS];
 	size_t off = 0;
 
-	while (off < in.len) {
+	while (off < in.len && d->overflow_len == 0) {
 		size_t nout = 0, used = 0;
+		struct span step = span_skip(in, off);
+		if (step.len > SMTP_FEED_STEP)
+			step.len = SMTP_FEED_STEP;
 		enum smtp_data_result r =
-			smtp_data_feed(&d->ds, span_skip(in, off), out, SMTP_DATA_SPANS, &nout, &used);
+			smtp_data_feed(&d->ds, step, out, SMTP_DATA_SPANS, &nout, &used);
 		off += used;
 		/* Stop writing once the message is over a limit; keep reading
 		 * to its end so the session stays in sync. */
@@ -1196,8 +1225,6 @@ static size_t data_data(struct smtp_session *ss, struct span in)
 			delivery_finish(ss);
 			break;
 		}
-		if (r == SMTP_DATA_MORE)
-			break;
 	}
 	return off;
 }
