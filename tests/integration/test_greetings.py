@@ -42,7 +42,12 @@ def test_smtp_greeting_noop_unknown_quit(server, port):
 def test_smtp_raw_quit_closes(server):
     sock = server.connect(25)
     assert recv_line(sock) == b"220 mail.example.com ESMTP ringmail\r\n"
-    # Case-insensitive verbs, several commands in one segment.
+    # Case-insensitive verbs, several commands in one segment: allowed
+    # only after EHLO announced PIPELINING (RFC 2920; early talkers are
+    # refused, see test_smtp_adversarial).
+    sock.sendall(b"EHLO client.example\r\n")
+    while not recv_line(sock).startswith(b"250 "):
+        pass
     sock.sendall(b"noop\r\nNoOp with args\r\nquit\r\n")
     assert recv_line(sock).startswith(b"250 2.0.0")
     assert recv_line(sock).startswith(b"250 2.0.0")

@@ -109,6 +109,9 @@ def test_max_bad_commands_is_configurable(ringmail):
     srv = ringmail(config="[limits]\nmax_bad_commands = 2\n")
     s = srv.connect(25)
     assert recv_line(s).startswith(b"220 ")
+    s.sendall(b"EHLO client.example\r\n")  # PIPELINING, then pipeline
+    while not recv_line(s).startswith(b"250 "):
+        pass
     s.sendall(b"FROB\r\nFROB\r\nNOOP\r\n")
     assert recv_line(s).startswith(b"50")
     assert recv_line(s).startswith(b"50")

@@ -72,6 +72,10 @@ def _stuck_client(srv, flood_bytes=3_000_000):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     s.connect(("127.0.0.1", srv.port(25)))
     srv._socks.append(s)
+    # EHLO first: it grants PIPELINING, without which a flood of commands
+    # is an early talker and is cut at once.
+    s.sendall(b"EHLO stuck.example\r\n")
+    time.sleep(0.2)
     s.setblocking(False)
     chunk = b"NOOP\r\n" * 1000
     sent = 0
