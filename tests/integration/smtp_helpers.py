@@ -203,6 +203,25 @@ class Server(conftest.Server):
             return super().stop(*a, **kw)
         finally:
             self.close()
+            self.assert_no_sanitizer_report()
+
+    def sanitizer_report(self):
+        """The first AddressSanitizer/UBSan report in the log, or None (the
+        suite may run against a -Db_sanitize=address,undefined build)."""
+        log = self.log()
+        markers = ["ERROR: AddressSanitizer", "ERROR: LeakSanitizer"]
+        if os.environ.get("RINGMAIL_TEST_UBSAN_STRICT"):
+            markers.append("runtime error:")  # UBSan's reports do not stop the process
+        for marker in markers:
+            i = log.find(marker)
+            if i >= 0:
+                start = log.rfind("\n", 0, max(0, i - 300)) + 1
+                return log[start:i + 2500]
+        return None
+
+    def assert_no_sanitizer_report(self):
+        rep = self.sanitizer_report()
+        assert rep is None, "sanitizer report in the server log:\n" + rep
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

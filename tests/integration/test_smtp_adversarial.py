@@ -20,6 +20,7 @@ from smtp_helpers import (Closed, Raw, Server, dot_stuff, find, message, mount_t
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
 LIMITS = {
+    "plaintext_auth": "no",
     "message_size_max": "100k",
     "recipients_max": 3,
     "header_size_max": "16k",
@@ -39,6 +40,17 @@ def lim(tmp_path_factory):
     s = _server(tmp_path_factory, "lim", limits=LIMITS)
     yield s
     assert s.alive(), "the server died:\n" + s.log()[-3000:]
+    assert s.stop() == 0, s.log()[-3000:]
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A server of its own, for tests that end sessions abruptly: if one
+    kills the process, it does not take the other tests with it."""
+    s = Server(tmp_path / "fresh", limits=LIMITS)
+    s.start()
+    yield s
+    assert s.alive(), "the server died:\n" + s.log()[-4000:]
     assert s.stop() == 0, s.log()[-3000:]
 
 
@@ -351,7 +363,8 @@ def test_recipients_max_452(lim):
 
 # ---- bad clients -----------------------------------------------------------------------
 
-def test_max_bad_commands(lim):
+def test_max_bad_commands(fresh):
+    lim = fresh
     r = ready(lim)
     with r:
         for i in range(4):
@@ -364,15 +377,28 @@ def test_max_bad_commands(lim):
         assert r.closed(), "connection still open after 421"
 
 
-def test_http_request_closes_at_once(lim):
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\nHost: mail.example.com\r\n\r\n",   # more lines behind it
+    b"GET / HTTP/1.1\r\n",                                   # the request line alone
+    b"GET /" + b"a" * 700 + b" HTTP/1.1\r\n",                  # an over-long one
+], ids=["with-headers", "line-only", "long-line"])
+def test_http_request_closes_at_once(fresh, request_bytes):
+    lim = fresh
     r = Raw(lim, 25)
     with r:
-        r.send(b"GET / HTTP/1.1\r\nHost: mail.example.com\r\n\r\n")
+        r.send(request_bytes)
         assert r.closed(timeout=3)
         assert r.buf == b"", f"an SMTP reply to HTTP: {r.buf!r}"
+    # the server lives on (and, under ASan, has not touched freed memory)
+    time.sleep(0.2)
+    assert lim.alive(), lim.log()[-4000:]
+    lim.assert_no_sanitizer_report()
+    with ready(lim):
+        pass
 
 
-def test_http_post_closes_at_once(lim):
+def test_http_post_closes_at_once(fresh):
+    lim = fresh
     r = Raw(lim, 587)
     with r:
         r.send(b"POST /x HTTP/1.0\r\nContent-Length: 4\r\n\r\nabcd")
@@ -380,7 +406,8 @@ def test_http_post_closes_at_once(lim):
         assert r.buf == b"", r.buf
 
 
-def test_pipelining_before_ehlo(lim):
+def test_pipelining_before_ehlo(fresh):
+    lim = fresh
     r = Raw(lim, 25)
     with r:
         r.send(b"HELO x.example\r\nMAIL FROM:<a@b.example>\r\n")
@@ -422,8 +449,10 @@ def test_nul_in_command(lim):
 
 
 def test_auth_garbage(lim):
-    r = ready(lim)
+    r = ready(lim, 587)
     with r:
+        r.starttls()
+        r.ehlo()
         code, text = r.cmd("AUTH PLAIN !!!notbase64")
         assert code == 501, (code, text)
         code, text = r.cmd("AUTH LOGIN")
@@ -433,6 +462,95 @@ def test_auth_garbage(lim):
         code, text = r.cmd("AUTH CRAM-MD5")
         assert code == 504, (code, text)
         in_sync(r)
+
+
+def test_plaintext_auth_no(lim):
+    """limits.plaintext_auth = no: no AUTH on a plain MX port before TLS."""
+    r = ready(lim)
+    with r:
+        text = r.ehlo()
+        assert "AUTH" not in text, text
+        code, text = r.cmd("AUTH LOGIN")
+        assert code == 530, (code, text)
+        r.starttls()
+        text = r.ehlo()
+        assert "AUTH PLAIN LOGIN" in text, text
+
+
+def test_auth_plain_authzid_mismatch(lim):
+    import base64
+    r = ready(lim, 587)
+    with r:
+        r.starttls()
+        r.ehlo()
+        arg = base64.b64encode(b"bob@example.com\0alice@example.com\0alice-Secret-1").decode()
+        code, text = r.cmd(f"AUTH PLAIN {arg}")
+        assert code == 535, (code, text)
+
+
+def test_client_disconnects_inside_data(fresh):
+    tok = token()
+    for i in range(5):
+        r = ready(fresh)
+        open_data(r)
+        r.send(message(tok, body=b"half a message\r\n" * 100))
+        r.close()
+    time.sleep(0.5)
+    assert fresh.alive()
+    assert find(fresh.all_messages(), tok.encode()) == []
+    with ready(fresh):
+        pass
+
+
+def test_client_disconnects_before_the_reply(fresh):
+    """The whole message, then gone before the 250: the session is freed
+    while the store commits. Either outcome is allowed (delivered once or
+    not at all); a crash or a double delivery is not."""
+    toks = [token() for _ in range(10)]
+    for tok in toks:
+        r = ready(fresh)
+        open_data(r)
+        r.send(dot_stuff(message(tok)) + b"QUIT\r\n")
+        r.close()
+    time.sleep(1)
+    assert fresh.alive(), fresh.log()[-4000:]
+    for tok in toks:
+        assert len(find(fresh.all_messages(), tok.encode())) <= 1
+    with ready(fresh):
+        pass
+
+
+def test_message_size_boundary(lim):
+    """100k = 102400 octets: a message of exactly that size is taken, one
+    octet more is not (size as sent, CRLFs counted, before dot-stuffing)."""
+    for extra, want in ((0, 250), (1, 552)):
+        tok = token()
+        head = message(tok, body=b"")
+        n = 102400 + extra - len(head)
+        body = (b"s" * 98 + b"\r\n") * (n // 100)
+        body += b"t" * (n - len(body) - 2) + b"\r\n"
+        msg = head + body
+        assert len(msg) == 102400 + extra
+        r = ready(lim)
+        with r:
+            open_data(r)
+            r.send(dot_stuff(msg))
+            code, text = r.reply(timeout=30)
+            assert code == want, (extra, code, text)
+        got = find(lim.messages(ALICE), tok.encode())
+        assert len(got) == (1 if want == 250 else 0)
+
+
+def test_body_line_of_1001_octets_rejected(lim):
+    tok = token()
+    msg = message(tok, body=b"M" * 999 + b"\r\n")
+    r = ready(lim)
+    with r:
+        open_data(r)
+        r.send(dot_stuff(msg))
+        code, text = r.reply(timeout=30)
+        assert code == 550 and "5.5.6" in text, (code, text)
+    assert find(lim.all_messages(), tok.encode()) == []
 
 
 # ---- STARTTLS injection (CVE-2011-0411) -------------------------------------------------
