@@ -1,0 +1,175 @@
+/* Several loops (threads, each with its own ring) append to and read from
+ * the same folder at once: UIDs stay unique and dense, every message is
+ * readable from every loop, acknowledgements cross loops via MSG_RING, and
+ * a watch on one loop hears of appends made on the others. */
+#include "store_test_util.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+enum { NLOOPS = 4, PER_LOOP = 200, INFLIGHT = 8 };
+
+static struct store *S;
+static atomic_int finished;      /* threads done appending */
+static atomic_int watch_hits;
+
+struct worker {
+	int id;
+	pthread_t th;
+	struct loop *l;
+	struct store_user *u;
+	struct store_folder *f;
+	int started, acked, failed;
+	uint32_t uids[PER_LOOP];
+	char msgs[INFLIGHT][64];
+	struct store_append *a[INFLIGHT];
+	struct worker **others;
+	uint32_t messages;
+	bool read_ok;
+};
+
+static void w_done(void *arg, int res, uint32_t uid);
+
+static void w_start(struct worker *w, int slot)
+{
+	int n = w->started++;
+	size_t len = (size_t)snprintf(w->msgs[slot], sizeof(w->msgs[slot]),
+				      "Subject: loop %d msg %d\r\n\r\nx\r\n", w->id, n);
+	cr_assert_eq(store_append_begin(w->l, &w->f, 1, 0, 0, NULL, 0, NULL, NULL, &w->a[slot]), 0);
+	cr_assert_eq(store_append_write(w->a[slot], span_make(w->msgs[slot], len)), (ssize_t)len);
+	store_append_commit(w->a[slot], SPAN_LIT(""), w_done,
+			    (void *)((uintptr_t)w | (uintptr_t)slot));
+}
+
+static void w_done(void *arg, int res, uint32_t uid)
+{
+	struct worker *w = (struct worker *)((uintptr_t)arg & ~(uintptr_t)7);
+	int slot = (int)((uintptr_t)arg & 7);
+
+	if (res)
+		w->failed++;
+	else
+		w->uids[w->acked++] = uid;
+	if (w->started < PER_LOOP)
+		w_start(w, slot);
+	else if (w->acked + w->failed == PER_LOOP)
+		atomic_fetch_add(&finished, 1);
+}
+
+static void on_change(void *arg)
+{
+	(void)arg;
+	atomic_fetch_add(&watch_hits, 1);
+}
+
+static void *w_main(void *arg)
+{
+	struct worker *w = arg;
+	struct waitres r = { 0 };
+	bool all = false;
+
+	cr_assert_eq(loop_new_standalone(&w->l), 0);
+	store_user_open(S, w->l, "multi@example.com", wr_user, &r);
+	t_run(w->l, &r);
+	cr_assert_eq(r.res, 0);
+	w->u = r.ptr;
+	w->f = t_folder(w->u, w->l, "INBOX");
+	if (w->id == 0)
+		cr_assert_eq(store_watch(w->f, w->l, on_change, NULL), 0);
+	for (int i = 0; i < INFLIGHT; i++)
+		w_start(w, i);
+	/* keep the ring turning until every loop is done: acknowledgements
+	 * and watch reports arrive from the others */
+	while (!all) {
+		bool never = false;
+		loop_run_until(w->l, &never, 20);
+		all = atomic_load(&finished) >= NLOOPS;
+	}
+	/* every loop reads what another one wrote (a ring is used only by
+	 * the thread that made it) */
+	{
+		struct store_folder_status st;
+		struct worker *o = w->others[(w->id + 1) % NLOOPS];
+		uint32_t uid = o->uids[PER_LOOP - 1];
+		size_t len;
+		char want[64], *got;
+		store_folder_status(w->f, &st);
+		w->messages = st.messages;
+		got = t_read_all(w->l, w->f, uid, &len, 4096);
+		snprintf(want, sizeof(want), "Subject: loop %d msg", o->id);
+		w->read_ok = got && strncmp(got, want, strlen(want)) == 0;
+		free(got);
+	}
+	/* wait for all before closing: acknowledgements cross loops */
+	atomic_fetch_add(&finished, 1);
+	while (atomic_load(&finished) < 2 * NLOOPS) {
+		bool never = false;
+		loop_run_until(w->l, &never, 20);
+	}
+	store_folder_close(&w->f);
+	store_user_close(&w->u);
+	loop_free(&w->l);
+	return NULL;
+}
+
+Test(store_multiloop, concurrent_appends_share_one_folder, .timeout = 60)
+{
+	char *d = t_tmpdir();
+	struct store_config cfg = { .data_dir = d };
+	struct worker w[NLOOPS], *all[NLOOPS];
+	struct loop *probe, *l;
+	uint8_t *seen;
+
+	if (loop_new_standalone(&probe))
+		cr_skip_test("io_uring unavailable");
+	loop_free(&probe);
+	cr_assert_eq(store_new(&cfg, &S), 0);
+	memset(w, 0, sizeof(w));
+	for (int i = 0; i < NLOOPS; i++) {
+		w[i].id = i;
+		w[i].others = all;
+		all[i] = &w[i];
+	}
+	for (int i = 0; i < NLOOPS; i++) {
+		cr_assert_eq(pthread_create(&w[i].th, NULL, w_main, &w[i]), 0);
+	}
+	for (int i = 0; i < NLOOPS; i++)
+		pthread_join(w[i].th, NULL);
+
+	seen = calloc(NLOOPS * PER_LOOP + 2, 1);
+	for (int i = 0; i < NLOOPS; i++) {
+		cr_expect_eq(w[i].failed, 0);
+		cr_expect_eq(w[i].acked, PER_LOOP);
+		for (int k = 0; k < w[i].acked; k++) {
+			uint32_t uid = w[i].uids[k];
+			cr_assert(uid >= 1 && uid <= NLOOPS * PER_LOOP, "uid %u", uid);
+			cr_expect_eq(seen[uid], 0, "uid %u twice", uid);
+			seen[uid] = 1;
+		}
+	}
+	cr_expect_gt(atomic_load(&watch_hits), 0);
+
+	for (int i = 0; i < NLOOPS; i++) {
+		cr_expect_eq(w[i].messages, NLOOPS * PER_LOOP);
+		cr_expect(w[i].read_ok, "loop %d read loop %d's message", i, (i + 1) % NLOOPS);
+	}
+	store_free(&S);
+	/* and the log replays to the same */
+	cr_assert_eq(store_new(&cfg, &S), 0);
+	{
+		l = t_loop();
+		struct store_user *u = t_user(S, l, "multi@example.com");
+		struct store_folder *f = t_folder(u, l, "INBOX");
+		struct store_folder_status st;
+		store_folder_status(f, &st);
+		cr_expect_eq(st.messages, NLOOPS * PER_LOOP);
+		cr_expect_eq(st.uidnext, NLOOPS * PER_LOOP + 1);
+		store_folder_close(&f);
+		store_user_close(&u);
+	}
+	store_free(&S);
+	loop_free(&l);
+	free(seen);
+	t_rmrf(d);
+	free(d);
+}
