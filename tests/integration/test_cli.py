@@ -179,3 +179,24 @@ def test_drops_privileges_to_configured_user(ringmail):
     assert recv_line(s).startswith(b"220 ")
     assert os.stat(srv.data_dir).st_uid == nobody.pw_uid
     assert srv.log_lines(event="privileges-dropped")
+
+
+# ---- io_uring unavailable ---------------------------------------------------
+
+@pytest.mark.parametrize("errno_name,expect", [
+    ("ENOSYS", "seccomp"),
+    ("EPERM", "permission denied"),
+])
+def test_io_uring_unavailable_names_the_cause(tmp_path, errno_name, expect):
+    """A seccomp filter (as a container runtime may install) blocks
+    io_uring_setup: serve exits non-zero with a message naming the cause."""
+    tool = os.environ.get("RINGMAIL_NO_IO_URING")
+    if not tool or not os.path.exists(tool):
+        pytest.skip("tests/tools/no_io_uring not built")
+    r = subprocess.run([tool, "-e", errno_name, ringmail_bin(), "serve", "--port-offset", "31000",
+                        "--data", str(tmp_path / "data")],
+                       capture_output=True, timeout=20)
+    err = r.stderr.decode()
+    assert r.returncode != 0
+    assert "io_uring is unavailable" in err, err
+    assert expect in err, err
