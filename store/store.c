@@ -3881,4 +3881,374 @@ int store_lock_datadir(const char *path, char *err, size_t errlen)
 	return fd;
 }
 
-/* store_compact: see the compaction section */
+
+/* ---- compaction -------------------------------------------------------------- */
+
+/* Online compaction of shared segments. For each sealed segment (not the
+ * active one) that is at least half expunged: copy its live messages into
+ * the active segment, fdatasync it, log one RELOC record per message, and
+ * once that is durable (and applied: readers now find the new copies)
+ * unlink the old file. A reader that opened the old file keeps reading it.
+ * Segment numbers nothing references (fully expunged segments, or files a
+ * crash left behind between RELOC and unlink) are unlinked too. */
+
+struct cmove {
+	uint32_t uid, crc;
+	uint64_t off, size;       /* in the old segment */
+	uint32_t nseg;            /* where it went */
+	uint64_t noff;
+	struct sfile *dst;
+};
+
+enum compact_step { CP_NEXT, CP_STAT, CP_UNLINKED, CP_OPENED, CP_READ, CP_WRITTEN,
+		    CP_SYNC, CP_LOGGED };
+
+struct compact {
+	struct loop_cb cb;
+	struct sread r;
+	struct swrite w;
+	struct swait sw;
+	enum compact_step step;
+	struct loop *loop;
+	struct sctx *ctx;
+	struct sfolder *f;
+	struct suser *u;          /* reference */
+	uint32_t *segs;
+	size_t nsegs, si;
+	uint32_t seg;
+	struct statx stx;
+	uint64_t size, live, reclaimed;
+	char *path;
+	struct sfile *src;
+	struct cmove *mv;
+	size_t nmv, mi, synced;
+	bool dirpass;
+	struct sfile *dirsynced;
+	uint8_t *buf;
+	size_t bufcap;
+	store_done_cb *cb_fn;
+	void *arg;
+};
+
+static void compact_run(struct loop *loop, struct compact *c, int res);
+
+static void compact_cqe(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)flags;
+	compact_run(loop, container_of(cb, struct compact, cb), res);
+}
+static void compact_read(struct loop *loop, struct sread *r, int res)
+{
+	compact_run(loop, container_of(r, struct compact, r), res);
+}
+static void compact_written(struct loop *loop, struct swrite *w, int res)
+{
+	compact_run(loop, container_of(w, struct compact, w), res);
+}
+static void compact_synced(struct loop *loop, struct swait *w, int res)
+{
+	compact_run(loop, container_of(w, struct compact, sw), res);
+}
+static void compact_logged(struct loop *loop, struct pend *p, int res)
+{
+	compact_run(loop, p->arg, res);
+}
+
+static void compact_drop_moves(struct loop *loop, struct compact *c)
+{
+	for (size_t i = 0; i < c->nmv; i++)
+		sfile_unref(loop, &c->mv[i].dst);
+	free(c->mv);
+	c->mv = NULL;
+	c->nmv = 0;
+	sfile_unref(loop, &c->src);
+}
+
+static void compact_end(struct loop *loop, struct compact *c, int res)
+{
+	struct sfolder *f = c->f;
+
+	compact_drop_moves(loop, c);
+	pthread_mutex_lock(&f->mu);
+	f->compacting = false;
+	pthread_mutex_unlock(&f->mu);
+	c->cb_fn(c->arg, res < 0 ? res : (int)(c->reclaimed > INT32_MAX ? INT32_MAX : c->reclaimed));
+	suser_unref(loop, &c->u);
+	free(c->segs);
+	free(c->path);
+	free(c->buf);
+	free(c);
+}
+
+static void compact_run(struct loop *loop, struct compact *c, int res)
+{
+	struct sfolder *f = c->f;
+	char name[16];
+
+	switch (c->step) {
+	case CP_NEXT:
+	next:
+		compact_drop_moves(loop, c);
+		if (c->si == c->nsegs) {
+			compact_end(loop, c, 0);
+			return;
+		}
+		c->seg = c->segs[c->si++];
+		store_seg_name(c->seg, name);
+		free(c->path);
+		if (!(c->path = folder_path(f, name))) {
+			compact_end(loop, c, -ENOMEM);
+			return;
+		}
+		c->step = CP_STAT;
+		io_uring_prep_statx(loop_sqe(loop, &c->cb), AT_FDCWD, c->path, 0, STATX_SIZE, &c->stx);
+		return;
+	case CP_STAT: {
+		bool active;
+		if (res == -ENOENT)
+			goto next;
+		if (res < 0) {
+			compact_end(loop, c, res);
+			return;
+		}
+		c->size = c->stx.stx_size;
+		c->live = 0;
+		pthread_mutex_lock(&f->mu);
+		active = f->seg && f->seg->seg == c->seg;
+		for (size_t i = 0; !active && i < f->ix.n; i++) {
+			struct index_msg *m = &f->ix.msgs[i];
+			struct cmove *v;
+			if (m->seg != c->seg)
+				continue;
+			v = realloc(c->mv, (c->nmv + 1) * sizeof(*v));
+			if (!v) {
+				res = -ENOMEM;
+				break;
+			}
+			c->mv = v;
+			c->mv[c->nmv++] = (struct cmove){ .uid = m->uid, .crc = m->data_crc,
+							  .off = m->off, .size = m->size };
+			c->live += m->size;
+		}
+		pthread_mutex_unlock(&f->mu);
+		if (res < 0) {
+			compact_end(loop, c, res);
+			return;
+		}
+		if (active || c->live * 2 > c->size)
+			goto next; /* the active one, or mostly live: keep */
+		if (c->nmv == 0) {
+			c->step = CP_UNLINKED;
+			io_uring_prep_unlinkat(loop_sqe(loop, &c->cb), AT_FDCWD, c->path, 0);
+			return;
+		}
+		c->step = CP_OPENED;
+		io_uring_prep_openat(loop_sqe(loop, &c->cb), AT_FDCWD, c->path, O_RDONLY | O_CLOEXEC, 0);
+		return;
+	}
+	case CP_UNLINKED:
+		if (res == 0) {
+			c->reclaimed += c->size - c->live;
+			seg_forget(loop, f, c->seg);
+		}
+		goto next;
+	case CP_OPENED:
+		if (res < 0) {
+			compact_end(loop, c, res);
+			return;
+		}
+		if (!(c->src = sfile_new(res, c->seg, false))) {
+			close(res);
+			compact_end(loop, c, -ENOMEM);
+			return;
+		}
+		c->mi = 0;
+		/* fall through */
+	case CP_READ:
+	read_next:
+		if (c->mi == c->nmv) {
+			c->synced = 0;
+			c->step = CP_SYNC;
+			res = 0;
+			goto sync_next;
+		}
+		if (c->mv[c->mi].size > c->bufcap) {
+			uint8_t *b = realloc(c->buf, c->mv[c->mi].size);
+			if (!b) {
+				compact_end(loop, c, -ENOMEM);
+				return;
+			}
+			c->buf = b;
+			c->bufcap = c->mv[c->mi].size;
+		}
+		/* the read's completion lands in CP_WRITTEN too: w.len 0 marks
+		 * that no write is in flight yet */
+		c->step = CP_WRITTEN;
+		c->w.len = 0;
+		sread_start(loop, &c->r, c->src->fd, c->buf, c->mv[c->mi].size, c->mv[c->mi].off,
+			    compact_read);
+		return;
+	case CP_WRITTEN: {
+		struct cmove *m = &c->mv[c->mi];
+		if (res < 0) {
+			compact_end(loop, c, res);
+			return;
+		}
+		if (c->w.len == 0) {
+			/* the read finished: never copy damage forward */
+			if (crc32c(0, c->buf, m->size) != m->crc) {
+				compact_end(loop, c, -EIO);
+				return;
+			}
+			pthread_mutex_lock(&f->mu);
+			if (f->log.broken || f->deleted) {
+				pthread_mutex_unlock(&f->mu);
+				compact_end(loop, c, -EIO);
+				return;
+			}
+			m->dst = sfile_ref(f->seg);
+			m->nseg = f->seg->seg;
+			m->noff = f->seg_end;
+			f->seg_end += m->size;
+			if (f->seg_end > STORE_SEGMENT_MAX && !f->seg_rolling)
+				seg_roll_locked(loop, f);
+			pthread_mutex_unlock(&f->mu);
+			if (m->size == 0) {
+				c->mi++;
+				goto read_next;
+			}
+			swrite_start(loop, &c->w, m->dst, c->buf, m->size, m->noff, compact_written);
+			return;
+		}
+		c->mi++;
+		goto read_next;
+	}
+	case CP_SYNC:
+	sync_next:
+		if (res < 0) {
+			compact_end(loop, c, res);
+			return;
+		}
+		/* sync every distinct destination file (the active segment may
+		 * have rolled over in the middle), then its new directory entry
+		 * if it has not been synced yet */
+		if (c->dirpass) {
+			struct sfile *d = c->mv[c->synced - 1].dst;
+			c->dirpass = false;
+			if (atomic_load(&d->dirsync)) {
+				c->dirsynced = d;
+				sync_request(c->ctx, f->dirf, &c->sw);
+				return;
+			}
+		}
+		if (c->dirsynced) {
+			atomic_store(&c->dirsynced->dirsync, false);
+			c->dirsynced = NULL;
+		}
+		while (c->synced < c->nmv) {
+			struct sfile *d = c->mv[c->synced++].dst;
+			bool seen = false;
+			for (size_t i = 0; i + 1 < c->synced; i++)
+				seen |= c->mv[i].dst == d;
+			if (seen || !d)
+				continue;
+			c->sw.fn = compact_synced;
+			c->dirpass = true;
+			sync_request(c->ctx, d, &c->sw);
+			return;
+		}
+		{
+			struct pend *p = pend_new(c->ctx, f->user, c->nmv * (RECORD_HDR_LEN + 16));
+			int err = 0;
+			if (!p) {
+				compact_end(loop, c, -ENOMEM);
+				return;
+			}
+			for (size_t i = 0; i < c->nmv; i++) {
+				struct rec_reloc rl = { c->mv[i].uid, c->mv[i].nseg, c->mv[i].noff };
+				p->len += record_put_reloc(p->rec + p->len, p->cap - p->len, &rl);
+			}
+			p->complete = compact_logged;
+			p->arg = c;
+			c->step = CP_LOGGED;
+			pthread_mutex_lock(&f->mu);
+			err = slog_reserve(&f->log, p);
+			pthread_mutex_unlock(&f->mu);
+			if (err) {
+				pend_free(loop, p);
+				compact_end(loop, c, err);
+				return;
+			}
+			pend_submit(p);
+		}
+		return;
+	case CP_LOGGED: {
+		bool still = false;
+		if (res < 0) {
+			compact_end(loop, c, res);
+			return;
+		}
+		pthread_mutex_lock(&f->mu);
+		for (size_t i = 0; i < f->ix.n && !still; i++)
+			still = f->ix.msgs[i].seg == c->seg;
+		pthread_mutex_unlock(&f->mu);
+		if (still)
+			goto next;
+		c->step = CP_UNLINKED;
+		c->live = 0; /* the live bytes moved; the whole file goes */
+		io_uring_prep_unlinkat(loop_sqe(loop, &c->cb), AT_FDCWD, c->path, 0);
+		return;
+	}
+	}
+	compact_end(loop, c, -EINVAL);
+}
+
+void store_compact(struct store_folder *h, struct loop *loop, store_done_cb *cb, void *arg)
+{
+	struct sfolder *f = h->f;
+	struct compact *c = calloc(1, sizeof(*c));
+	int err = 0;
+
+	if (!c || !(c->ctx = store_ctx(f->user->store, loop))) {
+		free(c);
+		done_later(loop, cb, arg, -ENOMEM);
+		return;
+	}
+	pthread_mutex_lock(&f->mu);
+	if (f->compacting) {
+		err = -EBUSY;
+	} else {
+		/* every shared segment number below the active one */
+		uint32_t top = f->seg ? SEG_NUM(f->seg->seg) : f->seg_next;
+		c->segs = malloc((top + 1) * sizeof(*c->segs));
+		if (!c->segs)
+			err = -ENOMEM;
+		uint8_t *single = calloc(top + 1, 1);
+		if (!single)
+			err = -ENOMEM;
+		for (size_t k = 0; !err && k < f->ix.n; k++)
+			if ((f->ix.msgs[k].seg & SEG_SINGLE) && SEG_NUM(f->ix.msgs[k].seg) < top)
+				single[SEG_NUM(f->ix.msgs[k].seg)] = 1;
+		for (uint32_t i = 1; !err && i < top; i++)
+			if (!single[i])
+				c->segs[c->nsegs++] = i;
+		free(single);
+		if (!err)
+			f->compacting = true;
+	}
+	pthread_mutex_unlock(&f->mu);
+	if (err) {
+		free(c->segs);
+		free(c);
+		done_later(loop, cb, arg, err);
+		return;
+	}
+	c->cb.fn = compact_cqe;
+	c->loop = loop;
+	c->f = f;
+	c->u = suser_ref(f->user);
+	c->cb_fn = cb;
+	c->arg = arg;
+	c->step = CP_NEXT;
+	compact_run(loop, c, 0);
+}

@@ -698,3 +698,75 @@ Test(store, enospc_is_an_error_never_a_success)
 	umount2(mnt, MNT_DETACH);
 	free(big);
 }
+
+/* ---- compaction ------------------------------------------------------------ */
+
+Test(store, compaction_reclaims_expunged_space_online)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	char msg[200], sp[700];
+	uint32_t gone[15];
+	struct waitres w = { 0 };
+	struct stat sb;
+
+	for (int i = 0; i < 20; i++) {
+		snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%0150d\r\n", i, i);
+		cr_assert_eq(t_append(L, f, msg, NULL), 0);
+	}
+	for (int i = 0; i < 15; i++)
+		gone[i] = (uint32_t)i + 1;
+	store_expunge(f, L, gone, 15, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	/* after a reopen s1 is sealed: appends go to s2 */
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	snprintf(sp, sizeof(sp), "%s/mail/alice@example.com/f0/s1", D);
+	cr_assert_eq(stat(sp, &sb), 0);
+
+	/* a read in flight while compaction runs keeps its old file */
+	char buf[64];
+	struct waitres rd = { 0 }, cw = { 0 };
+	store_read(f, L, 16, 0, buf, sizeof(buf), wr_read, &rd);
+	store_compact(f, L, wr_done, &cw);
+	cr_assert_eq(t_append(L, f, "during\r\n", NULL), 0);
+	t_run(L, &rd);
+	t_run(L, &cw);
+	cr_expect_gt(rd.res, 0);
+	cr_expect_eq(memcmp(buf, "Subject: 15", 11), 0);
+	cr_assert_geq(cw.res, 0, "compact: %s", strerror(-cw.res));
+	cr_expect_gt(cw.res, 15 * 150, "reclaimed %d bytes", cw.res);
+	cr_expect_neq(stat(sp, &sb), 0, "the old segment is gone");
+
+	for (int pass = 0; pass < 2; pass++) {
+		for (int i = 15; i < 20; i++) {
+			snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%0150d\r\n", i, i);
+			check_msg(f, (uint32_t)i + 1, msg);
+		}
+		check_msg(f, 21, "during\r\n");
+		store_folder_close(&f);
+		store_user_close(&u);
+		store_free(&S);
+		open_store(0, 4096, 0);
+		u = t_user(S, L, "alice@example.com");
+		f = t_folder(u, L, "INBOX");
+	}
+	store_folder_close(&f);
+	store_user_close(&u);
+	{
+		char *out = NULL;
+		size_t len = 0;
+		FILE *fp = open_memstream(&out, &len);
+		store_free(&S);
+		cr_expect_eq(store_fsck(D, false, fp), 0);
+		fclose(fp);
+		cr_expect(strstr(out, "INBOX: 6 messages"), "%s", out);
+		free(out);
+		open_store(0, 4096, 0);
+	}
+}
