@@ -251,6 +251,25 @@ static void schedule_flush(struct conn *c)
 	c->loop->flush_list = c;
 }
 
+/* Closes from inside a session's own call chain (conn_send, conn_close,
+ * conn_resume): callbacks stop at once, but conn_ops.close (which frees the
+ * session) runs from the loop, after the session has returned, so a session
+ * may keep using its own memory until then. */
+static void conn_close_later(struct conn *c, enum conn_close_reason reason)
+{
+	if (c->closed || c->close_later)
+		return;
+	c->closing = true;
+	c->flush_close = false;
+	c->close_later = true;
+	c->close_reason = (uint8_t)reason;
+	if (!c->on_flush_list) {
+		c->on_flush_list = true;
+		c->flush_next = c->loop->flush_list;
+		c->loop->flush_list = c;
+	}
+}
+
 int conn_send(struct conn *c, const void *p, size_t len)
 {
 	const struct config *cfg = c->loop->cfg;
@@ -263,7 +282,7 @@ int conn_send(struct conn *c, const void *p, size_t len)
 	if (cfg && c->out_bytes + len > cfg->send_queue_max) {
 		LOG_AT(&c->loop->log, LOG_WARN, c->sid, "send-queue-full", "queued=%zu",
 		       c->out_bytes);
-		conn_finish_close(c, CONN_CLOSE_LIMIT);
+		conn_close_later(c, CONN_CLOSE_LIMIT);
 		return -ENOBUFS;
 	}
 	while (len > 0) {
@@ -275,7 +294,7 @@ int conn_send(struct conn *c, const void *p, size_t len)
 			uint32_t cap = len > CONN_OUT_CHUNK ? (uint32_t)len : CONN_OUT_CHUNK;
 			t = malloc(sizeof(*t) + cap);
 			if (!t) {
-				conn_finish_close(c, CONN_CLOSE_ERROR);
+				conn_close_later(c, CONN_CLOSE_ERROR);
 				return -ENOMEM;
 			}
 			t->next = NULL;
@@ -340,6 +359,8 @@ static void flush_conns(struct loop *l)
 	while (c) {
 		struct conn *next = c->flush_next;
 		c->on_flush_list = false;
+		if (c->close_later && !c->closed)
+			conn_finish_close(c, (enum conn_close_reason)c->close_reason);
 		if (c->closed)
 			conn_maybe_free(c);
 		else if (!c->send_inflight && c->out_head)
@@ -476,7 +497,7 @@ void conn_close(struct conn *c, bool flush)
 			  cfg ? cfg->handshake_timeout_ms : 10000);
 		return;
 	}
-	conn_finish_close(c, CONN_CLOSE_LOCAL);
+	conn_close_later(c, CONN_CLOSE_LOCAL);
 }
 
 /* The flush-close timer: the peer did not read its last reply in time. */
@@ -686,7 +707,7 @@ void conn_resume(struct conn *c)
 		c->resume_pending = true;
 		c->inflight++;
 	} else {
-		conn_finish_close(c, CONN_CLOSE_ERROR);
+		conn_close_later(c, CONN_CLOSE_ERROR);
 	}
 }
 

@@ -128,7 +128,9 @@ int conn_send(struct conn *c, const void *p, size_t len);
 int conn_printf(struct conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 /* Closes the connection; pending output is flushed first when flush is set.
- * Callbacks stop at once (except close). */
+ * Callbacks stop at once; close() runs later from the loop, never from
+ * inside this call, so the caller may go on using its session memory until
+ * it returns to the engine. */
 void conn_close(struct conn *c, bool flush);
 /* Arms the connection's timer ms from now (0 disarms). One timer per conn. */
 void conn_set_timer(struct conn *c, uint32_t ms);

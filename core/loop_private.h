@@ -50,6 +50,7 @@ struct conn {
 	bool closing;            /* no more callbacks but close() */
 	bool closed;             /* close() called, fd close submitted */
 	bool flush_close;        /* close once the send queue drains */
+	bool close_later;        /* close from the loop (conn_close_later) */
 	bool on_flush_list;
 	bool resume_pending;
 	uint8_t limit;           /* enum conn_limit */

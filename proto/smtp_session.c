@@ -88,6 +88,7 @@ struct smtp_delivery {
 	uint8_t *overflow;         /* bytes the store could not take yet */
 	size_t overflow_len;
 	int write_rc;
+	bool finish_pending;       /* the message ended while overflow waited */
 	struct smtp_data_state ds; /* DATA: end-of-data scanner */
 	/* BDAT: the header section scanner */
 	bool bdat;
@@ -863,6 +864,7 @@ static void delivery_open(struct smtp_session *ss)
 
 static void store_ready(void *arg);
 static size_t bdat_data(struct smtp_session *ss, struct span in);
+static void delivery_finish(struct smtp_session *ss);
 
 static void store_error_reply(struct smtp_session *ss, int rc)
 {
@@ -989,8 +991,16 @@ static void store_ready(void *arg)
 		memmove(d->overflow, d->overflow + w, d->overflow_len - (size_t)w);
 		d->overflow_len -= (size_t)w;
 	}
-	if (d->overflow_len == 0)
-		stream_resume(ss->s);
+	if (d->overflow_len)
+		return;
+	if (d->finish_pending) {
+		/* The end of the message arrived while these bytes waited:
+		 * only now is everything in the append. */
+		d->finish_pending = false;
+		delivery_finish(ss);
+		return;
+	}
+	stream_resume(ss->s);
 }
 
 static void commit_done(void *arg, int res, uint32_t uid)
@@ -1024,6 +1034,14 @@ static void commit_done(void *arg, int res, uint32_t uid)
 static void delivery_finish(struct smtp_session *ss)
 {
 	struct smtp_delivery *d = &ss->d;
+	if (d->overflow_len && !d->write_rc) {
+		/* Bytes still wait for the store: commit after store_ready(). */
+		d->finish_pending = true;
+		ss->state = SMTP_S_BUSY;
+		stream_pause(ss->s);
+		stream_set_timer(ss->s, 0);
+		return;
+	}
 	const struct config *cfg = cfg_of(ss);
 	const char *err = NULL;
 	uint64_t size = d->bdat ? d->size : d->ds.size;
@@ -1051,6 +1069,7 @@ static void delivery_finish(struct smtp_session *ss)
 		envelope_reset(ss);
 		ss->state = SMTP_S_READY;
 		arm_timer(ss);
+		stream_resume(ss->s); /* paused when we came from store_ready() */
 		return;
 	}
 	ss->state = SMTP_S_BUSY;
