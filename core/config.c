@@ -34,9 +34,14 @@ const char config_default_text[] =
 	"[listener pop3s]\n"
 	"port = 995\nprotocol = pop3\nsecurity = dual\n"
 	"[listener pop3]\n"
-	"port = 110\nprotocol = pop3\nsecurity = plain\n";
+	"port = 110\nprotocol = pop3\nsecurity = plain\n"
+	/* auto-discovery (docs/autodiscover.md) */
+	"[listener http]\n"
+	"port = 80\nprotocol = http\nsecurity = plain\n"
+	"[listener https]\n"
+	"port = 443\nprotocol = http\nsecurity = tls\n";
 
-static const char *const proto_names[] = { "smtp", "imap", "pop3" };
+static const char *const proto_names[] = { "smtp", "imap", "pop3", "http" };
 static const char *const security_names[] = { "plain", "starttls", "tls", "dual" };
 static const char *const role_names[] = { "mx", "submission" };
 
@@ -430,8 +435,8 @@ static int set_listener(struct parse_ctx *ctx, const char *key, const char *valu
 			return BAD(ctx, "port must be a number from 1 to 65535");
 		l->port = (uint16_t)v;
 	} else if (!strcmp(key, "protocol")) {
-		if ((e = parse_enum(value, proto_names, 3)) < 0)
-			return BAD(ctx, "protocol must be smtp, imap or pop3");
+		if ((e = parse_enum(value, proto_names, 4)) < 0)
+			return BAD(ctx, "protocol must be smtp, imap, pop3 or http");
 		l->proto = (enum listener_proto)e;
 	} else if (!strcmp(key, "security")) {
 		if ((e = parse_enum(value, security_names, 4)) < 0)
@@ -585,6 +590,9 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
 			return fail(err, errlen, cfg->source, l->line,
 				    "[listener %s] port %u + port_offset %u is above 65535", l->name,
 				    l->port, cfg->port_offset);
+		if (l->proto == PROTO_HTTP && l->security != SEC_PLAIN && l->security != SEC_TLS)
+			return fail(err, errlen, cfg->source, l->line,
+				    "[listener %s] protocol http takes security plain or tls", l->name);
 		for (size_t j = 0; j < i; j++) {
 			const struct listener_config *o = &cfg->listeners[j];
 			if (o->port == l->port && same_address(o->address, l->address))

@@ -4,7 +4,7 @@
  *   [limits]            connection caps and timeouts
  *   [tls]               certificates (cert = / key = / sni.NAME = cert,key)
  *   [listener NAME]     one row of the port table: address, port,
- *                       protocol (smtp|imap|pop3), security
+ *                       protocol (smtp|imap|pop3|http), security
  *                       (tls|starttls|plain|dual), role (smtp: submission|mx)
  *
  * Lines are `key = value`; `#` and `;` start comments; durations take ms, s,
@@ -24,7 +24,9 @@
 #define CONFIG_MAX_CERTS 32
 #define CONFIG_STR_MAX 256
 
-enum listener_proto { PROTO_SMTP, PROTO_IMAP, PROTO_POP3 };
+/* PROTO_HTTP: the auto-discovery listener (proto/http_session.c); security
+ * plain or tls only. */
+enum listener_proto { PROTO_SMTP, PROTO_IMAP, PROTO_POP3, PROTO_HTTP };
 
 enum listener_security {
 	SEC_PLAIN,    /* plaintext; STARTTLS offered; login allowed unless

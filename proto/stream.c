@@ -48,6 +48,7 @@ static const struct stream_ops *const session_table[] = {
 	[PROTO_SMTP] = &smtp_session_ops,
 	[PROTO_IMAP] = &imap_session_ops,
 	[PROTO_POP3] = &pop3_session_ops,
+	[PROTO_HTTP] = &http_session_ops,
 };
 
 void *stream_session(const struct stream *s) { return s->session; }

@@ -45,6 +45,8 @@ struct stream_ops {
 extern const struct stream_ops smtp_session_ops;
 extern const struct stream_ops imap_session_ops;
 extern const struct stream_ops pop3_session_ops;
+/* Auto-discovery over HTTP/1.1 (proto/http_session.c). */
+extern const struct stream_ops http_session_ops;
 
 /* The engine-side handler for a listener row of protocol proto. */
 const struct conn_ops *stream_conn_ops(enum listener_proto proto);

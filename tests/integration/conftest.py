@@ -33,7 +33,8 @@ import weakref
 
 import pytest
 
-DEFAULT_PORTS = (465, 587, 25, 26, 2025, 2525, 993, 143, 995, 110)
+DEFAULT_PORTS = (465, 587, 25, 26, 2025, 2525, 993, 143, 995, 110,
+                 80, 443)  # auto-discovery over HTTP and HTTPS
 HOST = "127.0.0.1"
 
 # Bytes read past a line, per socket (socket objects take no attributes).

@@ -56,6 +56,8 @@ static const struct want_listener default_rows[] = {
 	{ "imap", 143, PROTO_IMAP, SEC_PLAIN, ROLE_MX },
 	{ "pop3s", 995, PROTO_POP3, SEC_DUAL, ROLE_MX },
 	{ "pop3", 110, PROTO_POP3, SEC_PLAIN, ROLE_MX },
+	{ "http", 80, PROTO_HTTP, SEC_PLAIN, ROLE_MX },
+	{ "https", 443, PROTO_HTTP, SEC_TLS, ROLE_MX },
 };
 #define NDEFAULT (sizeof(default_rows) / sizeof(default_rows[0]))
 
@@ -230,7 +232,10 @@ static const struct bad_case bad_cases[] = {
 	{ "[listener a]\nport = 2000\n\n[listener b]\nport = 2000\n", 4,
 	  "[listener b] uses port 2000, already used by [listener a] at line 1" },
 	/* enums */
-	{ "[listener a]\nport = 2000\nprotocol = http\n", 3, "protocol must be smtp, imap or pop3" },
+	{ "[listener a]\nport = 2000\nprotocol = gopher\n", 3,
+	  "protocol must be smtp, imap, pop3 or http" },
+	{ "[listener a]\nport = 2000\nprotocol = http\nsecurity = starttls\n", 1,
+	  "[listener a] protocol http takes security plain or tls" },
 	{ "[listener a]\nsecurity = ssl\n", 2, "security must be plain, starttls, tls or dual" },
 	{ "[listener a]\nrole = relay\n", 2, "role must be mx or submission" },
 	{ "[server]\nlog_level = loud\n", 2, "log_level must be debug, info, warn or error" },
