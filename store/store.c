@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/log.h"
 #include "core/loop.h"
 #include "store/crc32c.h"
 #include "store/index.h"
@@ -182,11 +183,11 @@ static void xmsg_sent(struct loop *loop, struct loop_cb *cb, int res, uint32_t f
 {
 	struct xmsg *m = container_of(cb, struct xmsg, sent);
 
-	(void)loop, (void)flags;
+	(void)flags;
 	if (res < 0) {
 		/* The target never sees it: the request it completes would hang.
 		 * The rings' CQs are sized so this does not happen; say so loudly. */
-		fprintf(stderr, "store: MSG_RING failed: %s\n", strerror(-res));
+		LOG_AT(loop_log(loop), LOG_ERROR, 0, "store-msg-ring", "error=%s", strerror(-res));
 		xmsg_put(m);
 	}
 	xmsg_put(m);
@@ -200,7 +201,7 @@ static void xcall(struct loop *from, struct loop *to, void (*fn)(struct loop *, 
 {
 	struct xmsg *m = malloc(sizeof(*m));
 	if (!m) {
-		fprintf(stderr, "store: out of memory for a cross-loop message\n");
+		LOG_AT(loop_log(from), LOG_ERROR, 0, "store-oom", "what=cross-loop-message");
 		abort();
 	}
 	m->recv.fn = xmsg_recv;
@@ -1039,7 +1040,7 @@ static void fload_run(struct loop *loop, struct fload *fl, int res)
 		if (err || off > fl->log_size || f->ix.folder_id != f->id) {
 			/* A damaged or foreign checkpoint is only an optimisation
 			 * lost: replay the whole log instead. */
-			fprintf(stderr, "store: %s: ignoring a bad checkpoint\n", f->dir);
+			LOG_AT(loop_log(loop), LOG_WARN, 0, "store-checkpoint-ignored", "dir=%s", f->dir);
 			index_clear(&f->ix);
 			off = 0;
 		}
@@ -1080,7 +1081,7 @@ static void fload_run(struct loop *loop, struct fload *fl, int res)
 			fl->good_end = 0;
 		}
 		if (fl->good_end < fl->log_size) {
-			fprintf(stderr, "store: %s: log cut at %llu of %llu bytes\n", f->dir,
+			LOG_AT(loop_log(loop), LOG_WARN, 0, "store-log-cut", "dir=%s at=%llu size=%llu", f->dir,
 				(unsigned long long)fl->good_end, (unsigned long long)fl->log_size);
 			fl->wipe_off = fl->good_end;
 			fl->buf = calloc(1, WIPE_CHUNK);
@@ -1449,7 +1450,7 @@ static void uload_folder_done(struct loop *loop, struct fload *fl, int res)
 	struct uload *ul = fl->arg;
 
 	if (res < 0)
-		fprintf(stderr, "store: %s: cannot load: %s\n", fl->f->dir, strerror(-res));
+		LOG_AT(loop_log(loop), LOG_ERROR, 0, "store-load", "dir=%s error=%s", fl->f->dir, strerror(-res));
 	else {
 		atomic_fetch_add(&ul->u->q_bytes, fl->f->ix.bytes);
 		atomic_fetch_add(&ul->u->q_msgs, fl->f->ix.n);
@@ -1551,7 +1552,7 @@ static void uload_run(struct loop *loop, struct uload *ul, int res)
 		free(ul->buf);
 		ul->buf = NULL;
 		if (off < ul->size) {
-			fprintf(stderr, "store: %s: folder list cut at %zu of %llu bytes\n", u->dir,
+			LOG_AT(loop_log(loop), LOG_WARN, 0, "store-folder-list-cut", "dir=%s at=%zu size=%llu", u->dir,
 				off, (unsigned long long)ul->size);
 			if (!(ul->buf = calloc(1, WIPE_CHUNK))) {
 				err = -ENOMEM;
@@ -1694,7 +1695,7 @@ static void uload_finish(struct loop *loop, struct uload *ul, int res)
 		struct uwaiter *next = w->next;
 		struct uopen_done *d = malloc(sizeof(*d));
 		if (!d) {
-			fprintf(stderr, "store: out of memory delivering a user open\n");
+			LOG_AT(loop_log(loop), LOG_ERROR, 0, "store-oom", "what=user-open");
 			abort();
 		}
 		*d = (struct uopen_done){ u, res, w->cb, w->arg };
@@ -1978,7 +1979,7 @@ done:
 	f->ck_running = false;
 	pthread_mutex_unlock(&f->mu);
 	if (res < 0)
-		fprintf(stderr, "store: %s: checkpoint failed: %s\n", f->dir, strerror(-res));
+		LOG_AT(loop_log(loop), LOG_WARN, 0, "store-checkpoint", "dir=%s error=%s", f->dir, strerror(-res));
 	sfile_unref(loop, &c->file);
 	if (c->cb_done)
 		c->cb_done(c->arg, res);
@@ -2075,7 +2076,7 @@ static void reply_later(struct loop *loop, struct reply r)
 	struct reply *p = malloc(sizeof(*p));
 
 	if (!p) {
-		fprintf(stderr, "store: out of memory for a reply\n");
+		LOG_AT(loop_log(loop), LOG_ERROR, 0, "store-oom", "what=reply");
 		abort();
 	}
 	*p = r;
@@ -2646,9 +2647,9 @@ static void unl_done(struct loop *loop, struct loop_cb *cb, int res, uint32_t fl
 {
 	struct unl *x = container_of(cb, struct unl, cb);
 
-	(void)loop, (void)flags;
+	(void)flags;
 	if (res < 0 && res != -ENOENT)
-		fprintf(stderr, "store: unlink %s: %s\n", x->path, strerror(-res));
+		LOG_AT(loop_log(loop), LOG_WARN, 0, "store-unlink", "path=%s error=%s", x->path, strerror(-res));
 	free(x->path);
 	free(x);
 }

@@ -121,7 +121,8 @@ int store_folder_list(struct store_user *user, struct store_folder_info **list_r
  * control characters; "INBOX" (any case) is the inbox and cannot be deleted
  * or created; hierarchy is the caller's ('/' or '.' are plain bytes here).
  * create: -EEXIST; delete, rename: -ENOENT; rename to an existing name:
- * -EEXIST. Delete removes the folder's messages (and quota) at once. */
+ * -EEXIST. Delete removes the folder's messages from view and quota at
+ * once; its files stay until `ringmail fsck --repair` (docs/store.md). */
 typedef void store_done_cb(void *arg, int res);
 void store_folder_create(struct store_user *user, struct loop *loop, const char *name,
 			 store_done_cb *cb, void *arg);
@@ -254,9 +255,11 @@ typedef void store_uid_cb(void *arg, int res, uint32_t uid);
 /* Ends the message. blob (<= STORE_BLOB_MAX bytes, copied) is stored with it.
  * done(arg, res, uid) runs once the message is durable in every destination
  * (res 0, uid its UID in dst[0]; store_append_uid() gives the others during
- * the callback), or failed (res < 0, in which case it is in none of them:
- * -EDQUOT when a destination user is over quota). The append is freed after
- * done returns. */
+ * the callback), or failed (res < 0: -EDQUOT when a destination user is over
+ * quota, checked before anything is written; after a disk error in one
+ * destination the message may remain in the others that succeeded, so a
+ * retry can duplicate it there). Never reports success for a message that is
+ * not durable everywhere. The append is freed after done returns. */
 void store_append_commit(struct store_append *append, struct span blob,
 			 store_uid_cb *done, void *arg);
 /* The UID in dst[i]; valid only inside the done callback. */
