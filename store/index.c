@@ -119,8 +119,8 @@ static int apply_append(struct index *ix, const struct rec_append *a)
 	ix->bytes += a->len;
 	if (!(m->flags & STORE_F_SEEN))
 		ix->unseen++;
-	if (a->seg > ix->max_seg)
-		ix->max_seg = a->seg;
+	if (RECORD_SEG_NUM(a->seg) > ix->max_seg)
+		ix->max_seg = RECORD_SEG_NUM(a->seg);
 	return 0;
 }
 
@@ -229,8 +229,8 @@ int index_apply(struct index *ix, const struct record *r, uint64_t *freed_r)
 			m->seg = r->u.reloc.seg;
 			m->off = r->u.reloc.off;
 		}
-		if (r->u.reloc.seg > ix->max_seg)
-			ix->max_seg = r->u.reloc.seg;
+		if (RECORD_SEG_NUM(r->u.reloc.seg) > ix->max_seg)
+			ix->max_seg = RECORD_SEG_NUM(r->u.reloc.seg);
 		break;
 	}
 	default:
@@ -422,7 +422,7 @@ int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 		GET(&r, m.off);
 		GET(&r, bl);
 		if (r.bad || bl > r.left || m.uid == 0 || m.uid >= ix->uidnext ||
-		    (ix->n && m.uid <= ix->msgs[ix->n - 1].uid) || m.seg > ix->max_seg)
+		    (ix->n && m.uid <= ix->msgs[ix->n - 1].uid) || RECORD_SEG_NUM(m.seg) > ix->max_seg)
 			goto err;
 		m.blob = iblob_new(span_make(r.p, bl));
 		if (!m.blob) {

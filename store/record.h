@@ -46,6 +46,11 @@ enum record_type {
 	REC_MBOX_SUBSCRIBE = 13,
 };
 
+/* A record's seg field: a segment number, with RECORD_SEG_SINGLE set for a
+ * one-message segment file. Both kinds share one number space per folder. */
+#define RECORD_SEG_SINGLE 0x80000000u
+#define RECORD_SEG_NUM(s) ((s) & ~RECORD_SEG_SINGLE)
+
 enum record_flag_op { REC_FLAGS_SET = 0, REC_FLAGS_ADD = 1, REC_FLAGS_REMOVE = 2 };
 
 #define FOLDER_LOG_MAGIC 0x676d6972u /* "rimg" */

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "store/record.h"
+
 /* DATA/mail/<user>/folders.log             the user's folder list
  * DATA/mail/<user>/f<id>/log               the folder's index log
  * DATA/mail/<user>/f<id>/checkpoint        its latest snapshot
@@ -18,8 +20,8 @@
 #define STORE_LOG "log"
 #define STORE_CHECKPOINT "checkpoint"
 #define STORE_CHECKPOINT_TMP "checkpoint.tmp"
-#define SEG_SINGLE 0x80000000u
-#define SEG_NUM(s) ((s) & ~SEG_SINGLE)
+#define SEG_SINGLE RECORD_SEG_SINGLE
+#define SEG_NUM(s) RECORD_SEG_NUM(s)
 /* INBOX is folder 0 and exists without a record. */
 #define STORE_INBOX_ID 0u
 

@@ -770,3 +770,30 @@ Test(store, compaction_reclaims_expunged_space_online)
 		open_store(0, 4096, 0);
 	}
 }
+
+/* Segment numbers: one space for shared (s<n>) and one-message (m<n>) files.
+ * A shared segment numbered above every one-message file must not be
+ * reused (truncated!) by the next open. */
+Test(store, segment_numbers_survive_reopens)
+{
+	char *big = big_message(9000, 5);
+	char small[64];
+
+	for (int round = 0; round < 4; round++) {
+		struct store_user *u = t_user(S, L, "alice@example.com");
+		struct store_folder *f = t_folder(u, L, "INBOX");
+		if (round == 0)
+			cr_assert_eq(t_append_n(L, &f, 1, big, strlen(big), 4000, "b", 0, NULL), 0);
+		snprintf(small, sizeof(small), "Subject: round %d\r\n\r\nx\r\n", round);
+		cr_assert_eq(t_append(L, f, small, NULL), 0);
+		for (int k = 0; k <= round; k++) {
+			snprintf(small, sizeof(small), "Subject: round %d\r\n\r\nx\r\n", k);
+			check_msg(f, (uint32_t)k + 2, small);
+		}
+		store_folder_close(&f);
+		store_user_close(&u);
+		store_free(&S);
+		open_store(0, 4096, 0);
+	}
+	free(big);
+}
