@@ -11,6 +11,7 @@
 #include "core/config.h"
 #include "core/server.h"
 #include "app/cmd_user.h"
+#include "app/cmd_dns.h"
 #include "core/workpool.h"
 #include "proto/services.h"
 #include "proto/stream.h"
@@ -30,6 +31,7 @@ static void usage(FILE *out)
 		"                      [--domain D] [--hostname H] [--log-level LEVEL]\n"
 		"       ringmail check-config [--config FILE] [same overrides as serve]\n"
 		"       ringmail user add|del|passwd|list [ADDRESS] [--data DIR]\n"
+		"       ringmail dns-records DOMAIN [--config FILE] [same overrides as serve]\n"
 		"       ringmail version\n"
 		"\n"
 		"With no --config, serve uses the embedded default: every port of the\n"
@@ -156,6 +158,27 @@ static int cmd_check_config(int argc, char **argv)
 	config_print(cfg, stdout);
 	free(cfg);
 	return 0;
+}
+
+/* "ringmail dns-records DOMAIN [overrides]": the zone lines for DOMAIN
+ * (app/cmd_dns.c), with the hostname and ports of the configuration. */
+static int cmd_dns(int argc, char **argv)
+{
+	struct overrides o;
+	if (argc < 2 || argv[1][0] == '-') {
+		fprintf(stderr, "usage: ringmail dns-records DOMAIN [--config FILE] [--hostname H]\n");
+		return 2;
+	}
+	const char *domain = argv[1];
+	argv[1] = argv[0]; /* the overrides follow the domain */
+	struct config *cfg = malloc(sizeof(*cfg));
+	if (!cfg || parse_overrides(argc - 1, argv + 1, &o) || load_config(&o, cfg)) {
+		free(cfg);
+		return 2;
+	}
+	int rc = cmd_dns_records(cfg, domain, stdout, stderr);
+	free(cfg);
+	return rc;
 }
 
 static const struct conn_ops *ops_for(struct server *srv, const struct listener_config *lc)
@@ -370,6 +393,8 @@ int main(int argc, char **argv)
 		return cmd_serve(argc - 1, argv + 1);
 	if (!strcmp(cmd, "user"))
 		return cmd_user(argc - 1, argv + 1);
+	if (!strcmp(cmd, "dns-records"))
+		return cmd_dns(argc - 1, argv + 1);
 	if (!strcmp(cmd, "check-config"))
 		return cmd_check_config(argc - 1, argv + 1);
 	if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
