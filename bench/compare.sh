@@ -225,7 +225,9 @@ for i in $(seq "$runs"); do
 			if [ -n "$other" ] && [ "$try" -lt "$retries" ] &&
 			   awk -v o="$other" -v m="$max_other" 'BEGIN { exit !(o > m) }'; then
 				retried=$((retried + 1))
-				echo "  disturbed (> $max_other%): again" >&2
+				# Back off: a neighbour's build or test usually lasts a while.
+				echo "  disturbed (> $max_other%): again in $duration s" >&2
+				sleep "$duration"
 				continue
 			fi
 			break
