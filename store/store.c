@@ -41,6 +41,9 @@
 #define container_of(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
 
 enum { IO_CHUNK = 1 << 20, WIPE_CHUNK = 64 * 1024 };
+/* New segment files are created with O_EXCL; a number taken by a stray
+ * file is skipped, up to this many times. */
+enum { SEG_TRIES = 64 };
 
 struct store;
 struct sctx;
@@ -870,6 +873,7 @@ struct fload {
 	char *path;
 	uint8_t *buf;
 	uint64_t log_size, ck_size, good_end, wipe_off;
+	int seg_tries;
 	void (*done)(struct loop *loop, struct fload *fl, int res);
 	void *arg;
 };
@@ -1152,6 +1156,10 @@ static void fload_run(struct loop *loop, struct fload *fl, int res)
 		}
 		goto open_seg;
 	case FL_SEG_OPEN_DONE:
+		if (res == -EEXIST && ++fl->seg_tries < SEG_TRIES) {
+			f->seg_next++;
+			goto open_seg;
+		}
 		if (res < 0) {
 			err = res;
 			goto fail;
@@ -1194,13 +1202,16 @@ new_log: {
 }
 open_seg: {
 	char name[16];
-	f->seg_next = SEG_NUM(f->ix.max_seg) + 1;
+	if (f->seg_next <= SEG_NUM(f->ix.max_seg))
+		f->seg_next = SEG_NUM(f->ix.max_seg) + 1;
 	store_seg_name(f->seg_next, name);
 	if ((err = fload_setpath(fl, name)))
 		goto fail;
 	fl->step = FL_SEG_OPEN_DONE;
 	sqe = loop_sqe(loop, &fl->cb);
-	io_uring_prep_openat(sqe, AT_FDCWD, fl->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	/* O_EXCL: a file left by a crash under an unreferenced number is
+	 * never truncated, it is skipped (fsck removes it) */
+	io_uring_prep_openat(sqe, AT_FDCWD, fl->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	return;
 }
 fail:
@@ -2917,7 +2928,7 @@ struct atarget {
 	struct swait sw, swd;
 	struct loop_cb lcb;
 	char *lpath, *lsrc;
-	int waits, err;
+	int waits, err, tries;
 	uint32_t uid;
 	bool quota;
 };
@@ -2937,6 +2948,7 @@ struct store_append {
 	uint32_t crc;
 	uint64_t total;
 	bool big, opening, writing, want_ready, committed, aborted, in_write;
+	int seg_tries;
 	struct sfile *bigf;
 	uint32_t bigseg;
 	uint64_t bigoff;
@@ -3026,6 +3038,7 @@ err:
 
 static void big_kick(struct loop *loop, struct store_append *a);
 static void append_commit_big(struct loop *loop, struct store_append *a);
+static int big_open(struct loop *loop, struct store_append *a);
 
 static void big_written(struct loop *loop, struct swrite *w, int res)
 {
@@ -3046,6 +3059,12 @@ static void big_opened(struct loop *loop, struct loop_cb *cb, int res, uint32_t 
 
 	(void)flags;
 	a->opening = false;
+	if (res == -EEXIST && ++a->seg_tries < SEG_TRIES && !a->aborted) {
+		int err = big_open(loop, a);
+		if (err == 0)
+			return;
+		res = err;
+	}
 	if (res >= 0 && !(a->bigf = sfile_new(res, a->bigseg, false))) {
 		close(res);
 		res = -ENOMEM;
@@ -3093,7 +3112,8 @@ static void big_kick(struct loop *loop, struct store_append *a)
 		append_commit_big(loop, a);
 }
 
-static int big_start(struct loop *loop, struct store_append *a)
+/* Opens a new one-message file under a fresh number (O_EXCL). */
+static int big_open(struct loop *loop, struct store_append *a)
 {
 	struct sfolder *f = a->t[0].f;
 	char name[16];
@@ -3102,14 +3122,22 @@ static int big_start(struct loop *loop, struct store_append *a)
 	a->bigseg = (f->seg_next++) | SEG_SINGLE;
 	pthread_mutex_unlock(&f->mu);
 	store_seg_name(a->bigseg, name);
-	if (!(a->bigpath = folder_path(f, name)) || !(a->spare = malloc(a->cap)))
+	free(a->bigpath);
+	if (!(a->bigpath = folder_path(f, name)))
 		return -ENOMEM;
-	a->big = true;
 	a->opening = true;
 	a->ocb.fn = big_opened;
 	io_uring_prep_openat(loop_sqe(loop, &a->ocb), AT_FDCWD, a->bigpath,
-			     O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+			     O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	return 0;
+}
+
+static int big_start(struct loop *loop, struct store_append *a)
+{
+	if (!(a->spare = malloc(a->cap)))
+		return -ENOMEM;
+	a->big = true;
+	return big_open(loop, a);
 }
 
 /* Copies what fits of chunk into the spare buffer; returns the count. */
@@ -3312,6 +3340,7 @@ struct segroll {
 	struct sfolder *f;
 	struct suser *u;
 	uint32_t seg;
+	int tries;
 	char *path;
 };
 
@@ -3322,6 +3351,19 @@ static void segroll_opened(struct loop *loop, struct loop_cb *cb, int res, uint3
 	struct sfile *nf = res >= 0 ? sfile_new(res, r->seg, false) : NULL;
 
 	(void)flags;
+	if (res == -EEXIST && ++r->tries < SEG_TRIES) {
+		char name[16];
+		pthread_mutex_lock(&f->mu);
+		r->seg = f->seg_next++;
+		pthread_mutex_unlock(&f->mu);
+		store_seg_name(r->seg, name);
+		free(r->path);
+		if ((r->path = folder_path(f, name))) {
+			io_uring_prep_openat(loop_sqe(loop, &r->cb), AT_FDCWD, r->path,
+					     O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+			return;
+		}
+	}
 	if (res >= 0 && !nf)
 		close(res);
 	pthread_mutex_lock(&f->mu);
@@ -3370,7 +3412,7 @@ static void seg_roll_locked(struct loop *loop, struct sfolder *f)
 	f->user->refs++;
 	pthread_mutex_unlock(&f->user->store->mu);
 	io_uring_prep_openat(loop_sqe(loop, &r->cb), AT_FDCWD, r->path,
-			     O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+			     O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 }
 
 static void append_commit_small(struct loop *loop, struct store_append *a)
@@ -3407,6 +3449,20 @@ static void link_done(struct loop *loop, struct loop_cb *cb, int res, uint32_t f
 	struct atarget *t = container_of(cb, struct atarget, lcb);
 
 	(void)flags;
+	if (res == -EEXIST && ++t->tries < SEG_TRIES) {
+		char name[16];
+		pthread_mutex_lock(&t->f->mu);
+		t->seg = (t->f->seg_next++) | SEG_SINGLE;
+		pthread_mutex_unlock(&t->f->mu);
+		store_seg_name(t->seg, name);
+		free(t->lpath);
+		if ((t->lpath = folder_path(t->f, name))) {
+			io_uring_prep_linkat(loop_sqe(loop, &t->lcb), AT_FDCWD, t->a->bigpath,
+					     AT_FDCWD, t->lpath, 0);
+			return;
+		}
+		res = -ENOMEM;
+	}
 	if (res < 0) {
 		target_fail(loop, t, res);
 		return;

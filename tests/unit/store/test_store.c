@@ -797,3 +797,40 @@ Test(store, segment_numbers_survive_reopens)
 	}
 	free(big);
 }
+
+Test(store, stray_segment_files_are_never_truncated)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	char *big = big_message(9000, 11);
+	char p[700];
+	struct stat sb;
+
+	cr_assert_eq(t_append(L, f, msgs[0], NULL), 0);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	/* files under the numbers the next open and appends would take */
+	for (int i = 2; i < 6; i++) {
+		snprintf(p, sizeof(p), "%s/mail/alice@example.com/f0/%c%d", D, i % 2 ? 'm' : 's', i);
+		int fd = open(p, O_WRONLY | O_CREAT, 0600);
+		cr_assert(fd >= 0);
+		cr_assert_eq(write(fd, "keep", 4), 4);
+		close(fd);
+	}
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	cr_assert_eq(t_append(L, f, msgs[1], NULL), 0);
+	cr_assert_eq(t_append_n(L, &f, 1, big, strlen(big), 3000, "b", 0, NULL), 0);
+	check_msg(f, 1, msgs[0]);
+	check_msg(f, 2, msgs[1]);
+	for (int i = 2; i < 6; i++) {
+		snprintf(p, sizeof(p), "%s/mail/alice@example.com/f0/%c%d", D, i % 2 ? 'm' : 's', i);
+		cr_assert_eq(stat(p, &sb), 0);
+		cr_expect_eq(sb.st_size, 4, "%s was touched", p);
+	}
+	free(big);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
