@@ -12,6 +12,7 @@
 #include "core/server.h"
 #include "app/cmd_user.h"
 #include "app/cmd_dns.h"
+#include "app/cmd_fsck.h"
 #include "core/workpool.h"
 #include "proto/services.h"
 #include "proto/stream.h"
@@ -32,6 +33,7 @@ static void usage(FILE *out)
 		"       ringmail check-config [--config FILE] [same overrides as serve]\n"
 		"       ringmail user add|del|passwd|list [ADDRESS] [--data DIR]\n"
 		"       ringmail dns-records DOMAIN [--config FILE] [same overrides as serve]\n"
+		"       ringmail fsck [--data DIR] [--repair]\n"
 		"       ringmail version\n"
 		"\n"
 		"With no --config, serve uses the embedded default: every port of the\n"
@@ -393,6 +395,8 @@ int main(int argc, char **argv)
 		return cmd_serve(argc - 1, argv + 1);
 	if (!strcmp(cmd, "user"))
 		return cmd_user(argc - 1, argv + 1);
+	if (!strcmp(cmd, "fsck"))
+		return cmd_fsck(argc - 1, argv + 1);
 	if (!strcmp(cmd, "dns-records"))
 		return cmd_dns(argc - 1, argv + 1);
 	if (!strcmp(cmd, "check-config"))
