@@ -171,6 +171,7 @@ struct result {
 	bool pipelined;           /* at least one session pipelined */
 	bool io_uring_unavailable, failed;
 	struct hist lat_us;       /* end of data -> 250 */
+	struct hist env_us;       /* MAIL sent -> 354 to DATA */
 };
 
 /* ---- sessions ------------------------------------------------------------- */
@@ -203,6 +204,7 @@ struct client {
 	uint32_t len;         /* bytes in buf */
 	uint64_t deadline_ns;
 	uint64_t t_dot_ns;
+	uint64_t t_mail_ns;
 	char rcpt[320];
 	char cmd[CMD_BUF];
 	size_t cmd_len;
@@ -365,6 +367,7 @@ static void client_next(struct load *l, struct client *c)
 		return;
 	}
 	l->res->msgs_started++;
+	c->t_mail_ns = now_ns();
 	if (c->pipelining) {
 		c->phase = PH_ENVELOPE;
 		c->cmd_len = (size_t)snprintf(c->cmd, sizeof(c->cmd),
@@ -427,6 +430,7 @@ static bool client_reply(struct load *l, struct client *c, int code)
 		break;
 	case PH_ENVELOPE:
 	case PH_DATA:
+		hist_add(&l->res->env_us, (now_ns() - c->t_mail_ns) / 1000);
 		client_send_message(l, c);
 		break;
 	case PH_MESSAGE: {
@@ -961,6 +965,8 @@ static void report(FILE *out, const struct opts *o, const struct result *r,
 	fprintf(out, "  latency us   dot->250 p50 %" PRIu64 "  p99 %" PRIu64 "  p999 %" PRIu64
 		"  max %" PRIu64 "\n", hist_quantile(&r->lat_us, 0.5),
 		hist_quantile(&r->lat_us, 0.99), hist_quantile(&r->lat_us, 0.999), r->lat_us.max);
+	fprintf(out, "  envelope us  MAIL->354 p50 %" PRIu64 "  p99 %" PRIu64 "\n",
+		hist_quantile(&r->env_us, 0.5), hist_quantile(&r->env_us, 0.99));
 	fprintf(out, "  errors       %" PRIu64, nerr);
 	for (int k = 0; k < ERR_MAX; k++)
 		fprintf(out, " %s %" PRIu64, err_name[k], r->errors[k]);
@@ -988,11 +994,13 @@ static void report_json(FILE *out, const struct opts *o, const struct result *r,
 		"\"msgs_per_session\":%u,\"size\":%zu,\"pipelined\":%s,\"msgs\":%" PRIu64
 		",\"sessions_done\":%" PRIu64 ",\"seconds\":%.3f,\"msgs_per_s\":%.1f,"
 		"\"p50_us\":%" PRIu64 ",\"p99_us\":%" PRIu64 ",\"p999_us\":%" PRIu64
-		",\"max_us\":%" PRIu64 ",\"errors\":{",
+		",\"max_us\":%" PRIu64 ",\"env_p50_us\":%" PRIu64 ",\"env_p99_us\":%" PRIu64
+		",\"errors\":{",
 		o->host, o->port, o->clients, o->msgs_per_session, o->size,
 		r->pipelined ? "true" : "false", r->msgs, r->sessions, secs,
 		secs > 0 ? (double)r->msgs / secs : 0, hist_quantile(&r->lat_us, 0.5),
-		hist_quantile(&r->lat_us, 0.99), hist_quantile(&r->lat_us, 0.999), r->lat_us.max);
+		hist_quantile(&r->lat_us, 0.99), hist_quantile(&r->lat_us, 0.999), r->lat_us.max,
+		hist_quantile(&r->env_us, 0.5), hist_quantile(&r->env_us, 0.99));
 	for (int k = 0; k < ERR_MAX; k++)
 		fprintf(out, "%s\"%s\":%" PRIu64, k ? "," : "", err_name[k], r->errors[k]);
 	fprintf(out, "},");

@@ -1,0 +1,211 @@
+#!/bin/bash
+# setup.sh - the peers of the SMTP delivery bench: Postfix delivering over
+# LMTP to Dovecot, from Debian's packages, as a private instance on loopback
+# high ports (it never touches the system's ports 25/143/110... nor
+# /etc/postfix/main.cf or /etc/dovecot). Every tuning choice and the
+# document it comes from: bench/peers/README.md.
+#
+#   bench/peers/setup.sh [--dir DIR] [--port PORT] [--users N] [--format mdbox|maildir]
+#                        [--no-install]
+#
+# DIR (/var/lib/ringmail-peers) gets:
+#   postfix/        config_directory (main.cf, master.cf, vmailbox)
+#   postfix-spool/  queue_directory;   postfix-data/ data_directory
+#   dovecot/        dovecot.conf, passwd, run/ (base_dir: the lmtp socket)
+#   mail/USER/      mailboxes (owned by the rmbench user)
+#   postfix.log, dovecot.log
+#   env             PORT, FORMAT, USERS for start.sh, stop.sh, count.sh
+# Users r1@example.com .. rN@example.com (N = --users, 64) exist in both
+# Postfix's virtual mailbox map and Dovecot's passwd-file, so every bench run
+# can deliver into mailboxes of its own.
+#
+# Needs root (apt, the rmbench system user, Postfix's set-permissions).
+# Run start.sh afterwards; running setup.sh again rewrites the configuration
+# and empties the mailboxes and the queue (stop the instance first).
+set -eu
+
+dir=/var/lib/ringmail-peers
+port=24025
+users=64
+format=mdbox
+install=1
+while [ $# -gt 0 ]; do
+	case $1 in
+	--dir) dir=$2; shift ;;
+	--port) port=$2; shift ;;
+	--users) users=$2; shift ;;
+	--format) format=$2; shift ;;
+	--no-install) install=0 ;;
+	-h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	*) echo "setup.sh: unknown option $1" >&2; exit 1 ;;
+	esac
+	shift
+done
+case $format in mdbox|maildir) ;; *) echo "setup.sh: --format mdbox or maildir" >&2; exit 1 ;; esac
+[ "$(id -u)" = 0 ] || { echo "setup.sh: run as root" >&2; exit 1; }
+
+# ---- packages ----------------------------------------------------------------
+# "No configuration": Debian's postinst writes no /etc/postfix/main.cf and
+# starts no system instance; ours lives in $dir with its own config_directory.
+if [ $install = 1 ]; then
+	need=
+	for p in postfix dovecot-core dovecot-lmtpd dovecot-imapd dovecot-pop3d; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+			need="$need $p"
+	done
+	if [ -n "$need" ]; then
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+			--no-install-recommends $need
+	fi
+fi
+command -v postfix >/dev/null && command -v dovecot >/dev/null ||
+	{ echo "setup.sh: postfix or dovecot missing" >&2; exit 1; }
+
+if [ -f "$dir/postfix-spool/pid/master.pid" ] &&
+   kill -0 "$(cat "$dir/postfix-spool/pid/master.pid" 2>/dev/null)" 2>/dev/null; then
+	echo "setup.sh: the instance in $dir is running: bench/peers/stop.sh --dir $dir first" >&2
+	exit 1
+fi
+
+id rmbench >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin rmbench
+uid=$(id -u rmbench)
+gid=$(id -g rmbench)
+
+rm -rf "$dir/postfix-spool" "$dir/postfix-data" "$dir/mail" "$dir/dovecot"
+mkdir -p "$dir/postfix" "$dir/postfix-spool" "$dir/postfix-data" "$dir/dovecot/run" \
+	"$dir/dovecot/state" "$dir/mail"
+chmod 755 "$dir"
+chown rmbench:rmbench "$dir/mail"
+
+# ---- Dovecot ---------------------------------------------------------------------
+for i in $(seq 1 "$users"); do
+	echo "r$i@example.com:{PLAIN}bench-Secret-1:$uid:$gid::$dir/mail/r$i@example.com::"
+done >"$dir/dovecot/passwd"
+if [ "$format" = mdbox ]; then
+	location="mdbox:~/mdbox"
+else
+	location="maildir:~/Maildir"
+fi
+cat >"$dir/dovecot/dovecot.conf" <<EOF
+# ringmail bench peer (bench/peers/README.md): LMTP delivery only.
+protocols = lmtp
+listen = 127.0.0.1
+base_dir = $dir/dovecot/run
+state_dir = $dir/dovecot/state
+log_path = $dir/dovecot.log
+info_log_path = $dir/dovecot.log
+ssl = no
+first_valid_uid = $uid
+mail_location = $location
+# fsync on: the default, spelled out (a 250 over LMTP means on disk).
+mail_fsync = optimized
+# Passdb/userdb lookups cached (doc: Performance tuning, auth_cache_size).
+auth_cache_size = 10M
+auth_cache_ttl = 1 hour
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN $dir/dovecot/passwd
+}
+userdb {
+  driver = passwd-file
+  args = $dir/dovecot/passwd
+}
+default_process_limit = 200
+default_client_limit = 2000
+service lmtp {
+  unix_listener lmtp {
+    mode = 0600
+    user = postfix
+    group = postfix
+  }
+  # Pre-forked LMTP processes (doc: Performance tuning / Service
+  # configuration): process_min_avail = CPU cores; service_count = 0
+  # (the default) lets each process serve any number of connections.
+  process_min_avail = 2
+  process_limit = 100
+}
+service auth {
+  unix_listener auth-userdb {
+    mode = 0600
+  }
+}
+protocol lmtp {
+  # No Sieve, no quota, no plugins: the plain store path.
+  mail_plugins =
+}
+EOF
+
+# ---- Postfix -----------------------------------------------------------------------
+for i in $(seq 1 "$users"); do
+	echo "r$i@example.com OK"
+done >"$dir/postfix/vmailbox"
+cat >"$dir/postfix/main.cf" <<EOF
+# ringmail bench peer (bench/peers/README.md): an MX for example.com on
+# 127.0.0.1:$port, delivering every message over LMTP to Dovecot.
+compatibility_level = 3.6
+queue_directory = $dir/postfix-spool
+data_directory = $dir/postfix-data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mx.peer.example
+mydomain = peer.example
+myorigin = \$myhostname
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relay_domains =
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions =
+alias_maps =
+alias_database =
+local_recipient_maps =
+local_transport = error:no local delivery
+biff = no
+maillog_file = $dir/postfix.log
+
+virtual_mailbox_domains = example.com
+virtual_mailbox_maps = texthash:$dir/postfix/vmailbox
+virtual_transport = lmtp:unix:$dir/dovecot/run/lmtp
+
+# ---- load tuning (TUNING_README, STRESS_README, postconf(5)) ----
+# No flow control delay for the SMTP server (in_flow_delay).
+in_flow_delay = 0
+# Enough smtpd processes for every concurrent session, and to spare.
+default_process_limit = 200
+# No per-client connection count/rate limits (anvil) for the load client.
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+smtpd_client_message_rate_limit = 0
+smtpd_client_recipient_rate_limit = 0
+# No DNS: no reverse lookup of the client, no DNS for the LMTP/SMTP clients.
+smtpd_peername_lookup = no
+smtp_dns_support_level = disabled
+smtp_host_lookup = native
+lmtp_host_lookup = native
+# LMTP to Dovecot: enough parallel deliveries, connections reused.
+lmtp_destination_concurrency_limit = 50
+lmtp_connection_cache_on_demand = yes
+# No header/body checks, no milters, no TLS, no postscreen (master.cf).
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+smtputf8_enable = no
+EOF
+# Debian's master.cf, chroot off (our paths are outside a chroot), the
+# public smtp listener replaced by 127.0.0.1:$port; no postscreen.
+awk -v port="$port" '
+	/^#/ || /^[ \t]/ || NF == 0 { print; next }
+	$1 == "smtp" && $2 == "inet" { $1 = "127.0.0.1:" port; $5 = "n"; print; next }
+	NF >= 8 { $5 = "n"; print; next }
+	{ print }
+' /etc/postfix/master.cf >"$dir/postfix/master.cf"
+postfix -c "$dir/postfix" set-permissions >/dev/null 2>&1 || true
+postfix -c "$dir/postfix" check
+
+cat >"$dir/env" <<EOF
+PORT=$port
+FORMAT=$format
+USERS=$users
+EOF
+echo "peers set up in $dir: Postfix on 127.0.0.1:$port -> LMTP -> Dovecot ($format), users r1..r$users@example.com"

@@ -1,0 +1,377 @@
+#!/bin/bash
+# smtp_compare.sh - durable SMTP deliveries per second and server CPU per
+# message: ringmail against Postfix delivering over LMTP to Dovecot (issue 5).
+#
+# For each case (message size x concurrent sessions) it runs bench/smtpload
+# against ringmail and, with --peers, against the Postfix+Dovecot instance of
+# bench/peers/, RUNS times each, interleaved (ringmail, peers, ringmail, ...)
+# after one unrecorded warm-up run each. Every run delivers to a mailbox of
+# its own (user rN@example.com, N counting up), so no run inherits a big
+# mailbox from the one before.
+#
+# A run: read the server's CPU (its cgroup's cpu.stat), start the clock, run
+# smtpload for -d seconds (C sessions of M messages of S bytes, each message
+# acknowledged by a 250 after its dot), then wait until the server has put
+# everything it acknowledged into the mailbox (ringmail: at once, its 250
+# comes after the fsync of the INBOX; Postfix: its 250 means "in my queue",
+# so the run waits until Postfix's queue is empty, at most --drain-timeout),
+# stop the clock, read the CPU again, count the messages in the mailbox
+# (ringmail: POP3 STAT; Dovecot: doveadm mailbox status).
+#   delivered/s = messages in the mailbox / (load + drain time)
+#   CPU/msg     = server CPU over the same window / messages in the mailbox
+# Servers (ringmail --threads 1; Postfix's and Dovecot's processes) are
+# pinned to --server-cpu, smtpload to --load-cpu. ringmail runs at its
+# default log level (info: one line per delivery), as Postfix and Dovecot
+# log one line per message too.
+#
+# usage: bench/smtp_compare.sh [options]
+#   --ringmail PATH      ringmail binary (build-sbench/app/ringmail)
+#   --build DIR          build dir holding bench/smtpload (build-sbench)
+#   --peers              also measure Postfix -> LMTP -> Dovecot (root; runs
+#                        bench/peers/setup.sh, which installs them with apt)
+#   --peers-dir DIR      the peer instance (/var/lib/ringmail-peers)
+#   --sizes LIST         message sizes (4k,64k)
+#   --sessions LIST      concurrent sessions (1,50)
+#   -m N                 messages per session (20)
+#   -d SECS              seconds of load per run (10)
+#   --runs N             runs per server and case (3)
+#   --drain-timeout SECS longest wait for a queue to empty (120)
+#   --server-cpu N       core for the servers (1)
+#   --load-cpu N         core for smtpload (0)
+#   --ringmail-args ARGS more arguments for "ringmail serve"
+#   --max-other PCT      repeat a run when other tenants used more than PCT %
+#                        of a core during it (25)
+#   --retries N          at most N repeats per run (2)
+#   --raw FILE           also append every result line to FILE
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+build=$here/../build-sbench
+ringmail=
+peers=0
+peers_dir=/var/lib/ringmail-peers
+sizes=4k,64k
+sessions_list=1,50
+msgs=20
+duration=10
+runs=3
+drain_timeout=120
+server_cpu=1
+load_cpu=0
+ringmail_args=
+max_other=25
+retries=2
+raw=
+
+while [ $# -gt 0 ]; do
+	case $1 in
+	--ringmail) ringmail=$2; shift ;;
+	--build) build=$2; shift ;;
+	--peers) peers=1 ;;
+	--peers-dir) peers_dir=$2; shift ;;
+	--sizes) sizes=$2; shift ;;
+	--sessions) sessions_list=$2; shift ;;
+	-m) msgs=$2; shift ;;
+	-d) duration=$2; shift ;;
+	--runs) runs=$2; shift ;;
+	--drain-timeout) drain_timeout=$2; shift ;;
+	--server-cpu) server_cpu=$2; shift ;;
+	--load-cpu) load_cpu=$2; shift ;;
+	--ringmail-args) ringmail_args=$2; shift ;;
+	--max-other) max_other=$2; shift ;;
+	--retries) retries=$2; shift ;;
+	--raw) raw=$2; shift ;;
+	-h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	*) echo "smtp_compare.sh: unknown option $1" >&2; exit 1 ;;
+	esac
+	shift
+done
+
+[ -n "$ringmail" ] || ringmail=$build/app/ringmail
+smtpload=$build/bench/smtpload
+for b in "$ringmail" "$smtpload"; do
+	[ -x "$b" ] || { echo "smtp_compare.sh: $b missing: meson setup build-sbench && ninja -C build-sbench" >&2; exit 1; }
+done
+
+pin_server=()
+pin_load=()
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+	pin_server=(taskset -c "$server_cpu")
+	pin_load=(taskset -c "$load_cpu")
+else
+	echo "smtp_compare.sh: fewer than 2 cores or no taskset: not pinning" >&2
+fi
+
+ncases=$(( $(tr ',' '\n' <<<"$sizes" | wc -l) * $(tr ',' '\n' <<<"$sessions_list" | wc -l) ))
+nusers=$(( ncases * (1 + runs * (1 + retries)) + 1 ))
+
+tmp=$(mktemp -d /tmp/smtpbench.XXXXXX)
+chmod 755 "$tmp"
+rm_pid=
+peers_up=0
+cgroups=()
+cleanup() {
+	[ -n "$rm_pid" ] && kill "$rm_pid" 2>/dev/null && wait "$rm_pid" 2>/dev/null
+	[ $peers_up = 1 ] && "$here/peers/stop.sh" --dir "$peers_dir"
+	for cg in "${cgroups[@]}"; do
+		for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+			rmdir "$cg" 2>/dev/null && break
+			sleep 0.1
+		done
+	done
+	[ -n "${KEEP:-}" ] && echo "kept $tmp" >&2 || rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A writable cgroup v2 hierarchy (the unified one or a hybrid's): the
+# servers' CPU, every thread and child included, in microseconds.
+cgroot=
+for d in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+	if [ -f "$d/cgroup.procs" ] && [ -f "$d/cgroup.controllers" ] &&
+	   mkdir "$d/smtpbench-probe-$$" 2>/dev/null; then
+		rmdir "$d/smtpbench-probe-$$"
+		cgroot=$d
+		break
+	fi
+done
+new_cgroup() { # NAME -> path, or nothing
+	[ -n "$cgroot" ] || return 0
+	local cg=$cgroot/smtpbench-$1-$$
+	mkdir "$cg" && echo "$cg"
+}
+
+# cpu_us NAME: the server's CPU so far, in microseconds.
+cpu_us() {
+	local cg=${cgpath[$1]:-}
+	if [ -n "$cg" ]; then
+		awk '$1 == "usage_usec" { print $2 }' "$cg/cpu.stat"
+	else
+		# no cgroup: ringmail's own /proc/PID/stat (ticks of 10 ms)
+		awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) * 1000000 / hz }' \
+			"/proc/$rm_pid/stat"
+	fi
+}
+declare -A cgpath port
+
+wait_port() { # PORT PID
+	for _ in $(seq 100); do
+		[ -z "${2:-}" ] || kill -0 "$2" 2>/dev/null || return 1
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# ---- ringmail ------------------------------------------------------------
+ports_free() {
+	local used p
+	used=$(ss -Htan | awk '{ print $4 }' | sed 's/.*://')
+	for p in 465 587 25 26 2025 2525 993 143 995 110; do
+		grep -qx $((p + $1)) <<<"$used" && return 1
+	done
+	return 0
+}
+offset=26000
+while ! ports_free $offset; do offset=$((offset + 7)); done
+pass=bench-Secret-1
+for i in $(seq 1 "$nusers"); do
+	echo "$pass" | "$ringmail" user add "r$i@example.com" --data "$tmp/rm" >/dev/null 2>&1 ||
+		{ echo "smtp_compare.sh: ringmail user add r$i failed" >&2; exit 1; }
+done
+# shellcheck disable=SC2086 # ringmail_args is a list of words
+"${pin_server[@]}" "$ringmail" serve --port-offset "$offset" --data "$tmp/rm" --threads 1 \
+	$ringmail_args >"$tmp/ringmail.out" 2>"$tmp/ringmail.log" &
+rm_pid=$!
+if ! wait_port $((offset + 25)) "$rm_pid"; then
+	echo "smtp_compare.sh: ringmail did not listen on $((offset + 25)):" >&2
+	tail -20 "$tmp/ringmail.log" >&2
+	exit 1
+fi
+cgpath[ringmail]=$(new_cgroup ringmail)
+if [ -n "${cgpath[ringmail]}" ]; then
+	cgroups+=("${cgpath[ringmail]}")
+	echo "$rm_pid" >"${cgpath[ringmail]}/cgroup.procs"
+fi
+port[ringmail]=$((offset + 25))
+servers=(ringmail)
+
+# ---- Postfix -> Dovecot ----------------------------------------------------
+if [ $peers = 1 ]; then
+	[ -n "$cgroot" ] || { echo "smtp_compare.sh: --peers needs a writable cgroup v2 (to sum their processes' CPU)" >&2; exit 1; }
+	"$here/peers/stop.sh" --dir "$peers_dir"
+	"$here/peers/setup.sh" --dir "$peers_dir" --users "$nusers" >"$tmp/peers-setup.log" 2>&1 ||
+		{ echo "smtp_compare.sh: bench/peers/setup.sh failed:" >&2; tail "$tmp/peers-setup.log" >&2; exit 1; }
+	cgpath[peers]=$(new_cgroup peers)
+	cgroups+=("${cgpath[peers]}")
+	peers_up=1
+	"$here/peers/start.sh" --dir "$peers_dir" --cpu "$server_cpu" --cgroup "${cgpath[peers]}" >/dev/null ||
+		exit 1
+	. "$peers_dir/env"
+	port[peers]=$PORT
+	servers+=(peers)
+fi
+
+# inbox NAME USER: messages in USER's INBOX.
+pop3_stat() { # PORT USER
+	(
+		exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+		read -r -t 10 _ <&3
+		printf 'USER %s\r\n' "$2" >&3; read -r -t 10 _ <&3
+		printf 'PASS %s\r\n' "$pass" >&3; read -r -t 10 _ <&3
+		printf 'STAT\r\n' >&3; read -r -t 60 line <&3
+		printf 'QUIT\r\n' >&3; read -r -t 10 _ <&3
+		sed -n 's/^+OK \([0-9]*\) .*/\1/p' <<<"$line"
+	)
+}
+inbox() {
+	if [ "$1" = ringmail ]; then
+		pop3_stat $((offset + 110)) "$2"
+	else
+		"$here/peers/count.sh" --dir "$peers_dir" "$2" | awk -v u="$2" '$1 == u { print $2 }'
+	fi
+}
+queued() { # NAME: messages accepted but not in a mailbox yet
+	if [ "$1" = ringmail ]; then
+		echo 0
+	else
+		"$here/peers/count.sh" --dir "$peers_dir" | awk '$1 == "queued" { print $2 }'
+	fi
+}
+alive() {
+	kill -0 "$rm_pid" 2>/dev/null || return 1
+	if [ $peers = 1 ]; then
+		kill -0 "$(tr -d ' ' <"$peers_dir/postfix-spool/pid/master.pid")" 2>/dev/null &&
+			kill -0 "$(cat "$peers_dir/dovecot/run/master.pid")" 2>/dev/null || return 1
+	fi
+}
+
+# run NAME SIZE SESSIONS SECS USER -> one result line on stdout:
+# name size sessions acked inbox secs rate cpu_us_per_msg p50 p99 errors other queued json
+run() {
+	local name=$1 size=$2 sess=$3 secs=$4 user=$5 line t0 t1 c0 c1 q n waited
+	c0=$(cpu_us "$name")
+	t0=$(date +%s%N)
+	local cpuopt=()
+	[ -n "${cgpath[$name]:-}" ] && cpuopt=(--server-cgroup "${cgpath[$name]}")
+	line=$("${pin_load[@]}" "$smtpload" --port "${port[$name]}" -c "$sess" -m "$msgs" -S "$size" \
+		-d "$secs" --rcpt "$user" "${cpuopt[@]}" --json 2>"$tmp/smtpload.err")
+	local rc=$?
+	if [ $rc -ne 0 ] || [ -z "$line" ]; then
+		echo "smtp_compare.sh: smtpload failed ($rc) against $name:" >&2
+		cat "$tmp/smtpload.err" >&2
+		return 1
+	fi
+	# Wait until everything accepted has left the queue for the mailbox.
+	waited=0
+	while q=$(queued "$name") && [ "$q" -gt 0 ]; do
+		if [ "$waited" -ge $((drain_timeout * 20)) ]; then
+			echo "smtp_compare.sh: $name: $q messages still queued after ${drain_timeout}s" >&2
+			break
+		fi
+		sleep 0.05
+		waited=$((waited + 1))
+	done
+	t1=$(date +%s%N)
+	c1=$(cpu_us "$name")
+	n=$(inbox "$name" "$user")
+	local acked errs other p50 p99
+	acked=$(sed -n 's/.*"msgs":\([0-9]*\).*/\1/p' <<<"$line")
+	errs=$(sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p' <<<"$line" | tr ',' '\n' |
+		awk -F: '{ s += $2 } END { print s + 0 }')
+	other=$(sed -n 's/.*"other_cpu_pct":\([0-9.]*\).*/\1/p' <<<"$line")
+	p50=$(sed -n 's/.*"p50_us":\([0-9]*\).*/\1/p' <<<"$line")
+	p99=$(sed -n 's/.*"p99_us":\([0-9]*\).*/\1/p' <<<"$line")
+	awk -v nm="$name" -v sz="$size" -v ss="$sess" -v a="$acked" -v n="${n:-0}" \
+	    -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v p50="$p50" -v p99="$p99" \
+	    -v e="$errs" -v o="${other:-0}" -v q="$q" -v j="$line" 'BEGIN {
+		s = (t1 - t0) / 1e9
+		printf "%s %s %s %d %d %.3f %.1f %.1f %s %s %d %s %d %s\n", nm, sz, ss, a, n, s,
+			n / s, (n > 0 ? (c1 - c0) / n : 0), p50, p99, e, o, q, j }'
+}
+
+is_disturbed() { # OTHER_PCT
+	awk -v o="$1" -v m="$max_other" 'BEGIN { exit !(o > m) }'
+}
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+retried=0
+user_seq=0
+: >"$tmp/results"
+for size in ${sizes//,/ }; do
+	for sess in ${sessions_list//,/ }; do
+		user_seq=$((user_seq + 1))
+		for name in "${servers[@]}"; do
+			run "$name" "$size" "$sess" 3 "r$user_seq@example.com" >/dev/null || exit 1
+		done
+		for i in $(seq "$runs"); do
+			for name in "${servers[@]}"; do
+				for try in $(seq 0 "$retries"); do
+					user_seq=$((user_seq + 1))
+					res=$(run "$name" "$size" "$sess" "$duration" "r$user_seq@example.com") || exit 1
+					alive || { echo "smtp_compare.sh: a server died; see $tmp (KEEP=1)" >&2; exit 1; }
+					read -r _ _ _ acked n secs rate cpu p50 p99 errs other q _ <<<"$res"
+					echo "run $i $name ${size} x$sess: $n in mailbox ($acked acked) in ${secs}s = $rate/s, $cpu us/msg, p50 $p50 us, errors $errs, other load $other%" >&2
+					if [ "$try" -lt "$retries" ] && is_disturbed "$other"; then
+						retried=$((retried + 1))
+						echo "  disturbed (> $max_other%): again" >&2
+						continue
+					fi
+					break
+				done
+				echo "$res" >>"$tmp/results"
+				[ -n "$raw" ] && echo "$res" >>"$raw"
+			done
+		done
+	done
+done
+
+median() {
+	sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan";
+		else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+col() { # SERVER SIZE SESSIONS FIELD#
+	awk -v n="$1" -v s="$2" -v c="$3" -v f="$4" '$1 == n && $2 == s && $3 == c { print $f }' \
+		"$tmp/results" | median
+}
+
+echo
+echo "Durable SMTP delivery: $msgs messages per session, ${duration} s per run, medians of $runs runs"
+echo "(servers on core $server_cpu, smtpload on core $load_cpu; CPU from ${cgroot:+$cgroot/.../cpu.stat}${cgroot:-/proc/PID/stat})"
+echo
+echo "| size | sessions | server | delivered msgs/s | server CPU us/msg | p50 ms | p99 ms | in mailbox / acked | errors | other load % |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+for size in ${sizes//,/ }; do
+	for sess in ${sessions_list//,/ }; do
+		for name in "${servers[@]}"; do
+			label=$name
+			[ "$name" = peers ] && label="Postfix+Dovecot"
+			rate=$(col "$name" "$size" "$sess" 7)
+			cpu=$(col "$name" "$size" "$sess" 8)
+			p50=$(col "$name" "$size" "$sess" 9)
+			p99=$(col "$name" "$size" "$sess" 10)
+			other=$(col "$name" "$size" "$sess" 12)
+			inbox=$(awk -v n="$name" -v s="$size" -v c="$sess" '$1 == n && $2 == s && $3 == c { i += $5; a += $4 } END { printf "%d / %d", i, a }' "$tmp/results")
+			errs=$(awk -v n="$name" -v s="$size" -v c="$sess" '$1 == n && $2 == s && $3 == c { e += $11 } END { print e + 0 }' "$tmp/results")
+			printf '| %s | %s | %s | %.0f | %.0f | %.2f | %.2f | %s | %s | %s |\n' "$size" "$sess" "$label" \
+				"$rate" "$cpu" "$(awk -v v="$p50" 'BEGIN { print v / 1000 }')" \
+				"$(awk -v v="$p99" 'BEGIN { print v / 1000 }')" "$inbox" "$errs" "$other"
+			echo "$name $size $sess $rate $cpu" >>"$tmp/medians"
+		done
+	done
+done
+echo
+if [ $peers = 1 ]; then
+	echo "| size | sessions | ringmail/peers msgs/s (goal >= 20) | peers/ringmail CPU per msg | ringmail CPU us/msg (goal <= 200) |"
+	echo "|---|---:|---:|---:|---:|"
+	awk '{ k = $2 " " $3; r[$1 " " k] = $4; c[$1 " " k] = $5; if (!(k in seen)) { seen[k] = 1; o[++n] = k } }
+	     END { for (i = 1; i <= n; i++) { k = o[i]; split(k, a, " ");
+		printf "| %s | %s | %.1fx | %.1fx | %.0f |\n", a[1], a[2],
+			(r["peers " k] > 0 ? r["ringmail " k] / r["peers " k] : 0),
+			(c["ringmail " k] > 0 ? c["peers " k] / c["ringmail " k] : 0), c["ringmail " k] } }' "$tmp/medians"
+else
+	echo "(no --peers: ringmail only)"
+fi
+echo
+echo "runs repeated because of other load (> $max_other% of a core): $retried"
+echo "load average before/after: $load_before / $(cut -d' ' -f1-3 /proc/loadavg)"
