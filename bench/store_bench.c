@@ -149,6 +149,8 @@ static double run(const char *base, size_t size, int writers, bool group, double
 	store_folder_close(&b.f);
 	store_user_close(&u);
 	store_free(&st);
+	all = false;
+	loop_run_until(b.loop, &all, 10); /* submit the queued closes */
 	loop_free(&b.loop);
 	if (system(cmd) != 0)
 		exit(1);

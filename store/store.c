@@ -44,6 +44,8 @@ enum { IO_CHUNK = 1 << 20, WIPE_CHUNK = 64 * 1024 };
 /* New segment files are created with O_EXCL; a number taken by a stray
  * file is skipped, up to this many times. */
 enum { SEG_TRIES = 64 };
+/* Segment files a folder keeps open for reading (besides the active one). */
+enum { SEG_CACHE_MAX = 256 };
 
 struct store;
 struct sctx;
@@ -2828,7 +2830,7 @@ static void rdreq_opened(struct loop *loop, struct loop_cb *cb, int res, uint32_
 {
 	struct rdreq *r = container_of(cb, struct rdreq, cb);
 	struct sfolder *f = r->f;
-	struct sfile *nf;
+	struct sfile *nf, *evicted = NULL;
 
 	(void)flags;
 	if (res < 0) {
@@ -2850,11 +2852,18 @@ static void rdreq_opened(struct loop *loop, struct loop_cb *cb, int res, uint32_
 		struct sfile **v = realloc(f->segs, (f->nsegs + 1) * sizeof(*v));
 		if (v) {
 			f->segs = v;
+			if (f->nsegs >= SEG_CACHE_MAX) {
+				/* bounded: the oldest goes (readers keep their ref) */
+				evicted = f->segs[0];
+				memmove(f->segs, f->segs + 1, (f->nsegs - 1) * sizeof(*v));
+				f->nsegs--;
+			}
 			f->segs[f->nsegs++] = sfile_ref(nf);
 		}
 		r->file = sfile_ref(nf);
 	}
 	pthread_mutex_unlock(&f->mu);
+	sfile_unref(loop, &evicted);
 	sfile_unref(loop, &nf);
 	rdreq_read(loop, r);
 }

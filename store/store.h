@@ -76,7 +76,10 @@ int store_lock_datadir(const char *path, char *err, size_t errlen);
 
 /* Creates the store. cfg is copied. Returns 0 or a negative errno. */
 int store_new(const struct store_config *cfg, struct store **store_r);
-/* Frees the store; every handle must be closed. Sets *store_r to NULL. */
+/* Frees the store; every handle must be closed. Sets *store_r to NULL.
+ * Closing handles queues close operations on their loop's ring: a tool or
+ * test driving a standalone loop should turn it once more (loop_run_until()
+ * with a short timeout) before loop_free(), or those descriptors leak. */
 void store_free(struct store **store_r);
 
 /* ---- users and folders ------------------------------------------------ */

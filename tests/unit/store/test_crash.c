@@ -279,6 +279,11 @@ static int verify(const char *dir, const struct report *acked, size_t nacked, si
 	store_folder_close(&f);
 	store_user_close(&u);
 	store_free(&st);
+	{
+		/* submit the closes the handles queued, or the fds leak */
+		bool never = false;
+		loop_run_until(l, &never, 10);
+	}
 	loop_free(&l);
 	return bad;
 }
