@@ -14,9 +14,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 BUILD="build-essential meson ninja-build pkg-config liburing-dev libjemalloc-dev
 libcrypt-dev libcriterion-dev libwolfssl-dev"
 # Real clients for the integration tests: Python's smtplib/imaplib/poplib
-# (python3), pytest, curl, openssl s_client, swaks; clang for the fuzzers.
+# (python3), pytest, curl, openssl s_client, swaks, xmllint (auto-discovery
+# documents); clang for the fuzzers.
 TEST="python3 python3-pytest curl openssl swaks clang libclang-rt-14-dev util-linux
-procps iproute2"
+procps iproute2 libxml2-utils"
 BENCH="gnuplot-nox"
 
 want="$BUILD"
