@@ -3854,6 +3854,15 @@ int store_new(const struct store_config *cfg, struct store **store_r)
 	/* startup, before the loops run: plain blocking calls are fine */
 	if ((err = mkdir_p1(st->data_dir)) || (err = mkdir_p1(st->mail_dir)))
 		goto err;
+	/* the mail directory's entry is durable before any user is made */
+	fd = open(st->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd) < 0) {
+		err = -errno;
+		if (fd >= 0)
+			close(fd);
+		goto err;
+	}
+	close(fd);
 	fd = open(st->mail_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0) {
 		err = -errno;
