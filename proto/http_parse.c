@@ -327,35 +327,31 @@ enum http_parse_result http_parse_request(struct span in, struct http_parse_stat
 		return HTTP_PARSE_AGAIN;
 	}
 	size_t line_end = pos + (size_t)(lf - rest.p) + 1; /* past the LF */
+	struct span line = span_make(in.p + pos, line_end - pos - 1);
+	if (line.len && line.p[line.len - 1] == '\r')
+		line.len--;
+	struct span authority = { 0 };
+	/* The request line is judged before the header section, once: a bad
+	 * one is refused before its headers arrive, and the answer does not
+	 * depend on how the bytes were split. */
+	if (!st->line_checked) {
+		if (memchr(line.p, '\r', line.len))
+			return fail(req, HTTP_PARSE_INVALID, 400);
+		if ((r = parse_request_line(line, req, &authority)) != HTTP_PARSE_OK)
+			return r;
+		memset(req, 0, sizeof(*req));
+		authority = (struct span){ 0 };
+		st->line_checked = true;
+	}
 	size_t end = find_head_end(in, line_end, st);
 	if (!end) {
 		if (in.len - line_end >= HTTP_HEADER_SECTION_MAX)
 			return fail(req, HTTP_PARSE_TOO_LONG, 431);
-		/* The request line can be judged already: a bad one is refused
-		 * before its headers arrive (once, not on every call). */
-		if (st->line_checked)
-			return HTTP_PARSE_AGAIN;
-		st->line_checked = true;
-		struct span line = span_make(in.p + pos, line_end - pos - 1);
-		if (line.len && line.p[line.len - 1] == '\r')
-			line.len--;
-		if (memchr(line.p, '\r', line.len))
-			return fail(req, HTTP_PARSE_INVALID, 400);
-		struct span auth = { 0 };
-		if ((r = parse_request_line(line, req, &auth)) != HTTP_PARSE_OK)
-			return r;
-		memset(req, 0, sizeof(*req));
 		return HTTP_PARSE_AGAIN;
 	}
 	if (end - line_end > HTTP_HEADER_SECTION_MAX)
 		return fail(req, HTTP_PARSE_TOO_LONG, 431);
 
-	struct span line = span_make(in.p + pos, line_end - pos - 1);
-	if (line.len && line.p[line.len - 1] == '\r')
-		line.len--;
-	if (memchr(line.p, '\r', line.len))
-		return fail(req, HTTP_PARSE_INVALID, 400);
-	struct span authority = { 0 };
 	if ((r = parse_request_line(line, req, &authority)) != HTTP_PARSE_OK)
 		return r;
 	req->keep_alive = req->version_minor >= 1;
