@@ -778,6 +778,33 @@ def test_rset_and_noop_and_vrfy(srv):
         assert r.closed()
 
 
+def test_parallel_deliveries_to_the_same_mailboxes(srv):
+    """Sessions on both loops append to the same INBOXes at once: every
+    message lands once, byte-exact (a folder open on two loops)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one_client(i):
+        sent = []
+        s = smtp(srv, MX_PORTS[i % len(MX_PORTS)])
+        try:
+            for j in range(8):
+                tok = token()
+                body = (f"client {i} message {j}\r\n".encode()) * (1 + (i * 37 + j * 101) % 400)
+                m = message(tok, body=body)
+                assert s.sendmail("sender@remote.example", [ALICE, BOB], m) == {}
+                sent.append((tok, m))
+        finally:
+            s.quit()
+        return sent
+
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(one_client, range(8)))
+    for sent in results:
+        for tok, m in sent:
+            delivered_once(srv, ALICE, tok, m)
+            delivered_once(srv, BOB, tok, m)
+
+
 def test_pop3_reads_back_what_smtp_delivered(srv):
     """The same bytes through the server (POP3 RETR) as in the store."""
     tok = token()

@@ -571,6 +571,28 @@ def test_starttls_injection(lim, port):
         assert code in (250, 530), (code, text)
 
 
+def test_starttls_injection_in_a_separate_packet(lim):
+    """Plaintext right behind STARTTLS, in its own packet, before reading
+    the 220: it must never be answered in plaintext nor inside TLS. The
+    handshake may fail (those bytes are not a ClientHello): that is safe."""
+    r = ready(lim, 25)
+    with r:
+        r.send(b"STARTTLS\r\n")
+        r.send(b"NOOP\r\n")
+        code, text = r.reply()
+        assert code == 220, (code, text)
+        if not r.nothing_within(0.5):
+            # closed at once (those bytes are not a ClientHello): safe
+            assert r.buf == b"", f"plaintext after the 220: {r.buf!r}"
+            return
+        try:
+            r.sock = lim.ssl_context().wrap_socket(r.sock, server_hostname="localhost")
+        except (ssl.SSLError, ConnectionResetError, OSError):
+            return  # refused: nothing was executed
+        assert r.nothing_within(1.0), f"a reply to the injected NOOP: {r.buf!r}"
+        r.ehlo()
+
+
 # ---- timeouts and connection limits -----------------------------------------------------
 
 def test_prelogin_timeout_after_greeting(tmo):
