@@ -37,7 +37,8 @@ static void usage(FILE *out)
 		"       ringmail version\n"
 		"\n"
 		"With no --config, serve uses the embedded default: every port of the\n"
-		"provider table (465 587 25 26 2025 2525 993 143 995 110) on all addresses.\n"
+		"provider table (465 587 25 26 2025 2525 993 143 995 110) and auto-discovery\n"
+		"over HTTP/HTTPS (80 443) on all addresses.\n"
 		"--port-offset N adds N to every port (unprivileged runs and tests).\n");
 }
 
