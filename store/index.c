@@ -364,6 +364,7 @@ int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 	struct ck_rd r;
 	uint32_t magic, ver, nkw, crc;
 	uint64_t nmsg, log_off;
+	uint32_t prev_kw = 0;
 	int err = -EINVAL;
 
 	if (in.len < CK_HDR + 4)
@@ -390,8 +391,12 @@ int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 		uint32_t i, len;
 		GET(&r, i);
 		GET(&r, len);
-		if (r.bad || i >= 64 || len > r.left || len > RECORD_NAME_MAX || ix->keywords[i])
+		/* canonical: in increasing slot order, as index_checkpoint_put()
+		 * writes them */
+		if (r.bad || i >= 64 || len > r.left || len > RECORD_NAME_MAX ||
+		    (k && i <= prev_kw))
 			goto err;
+		prev_kw = i;
 		ix->keywords[i] = strndup((const char *)r.p, len);
 		if (!ix->keywords[i]) {
 			err = -ENOMEM;
