@@ -513,7 +513,16 @@ def pop3_read_all(srv, user, password, port=110):
     try:
         assert line().startswith(b"+OK")
         cmd(f"USER {user}")
-        cmd(f"PASS {password}")
+        # the maildrop lock of a session that just said QUIT may still be
+        # held for a moment: retry [IN-USE] briefly
+        for _ in range(40):
+            s.sendall(f"PASS {password}\r\n".encode())
+            ln = line()
+            if ln.startswith(b"+OK") or b"IN-USE" not in ln:
+                break
+            time.sleep(0.05)
+            cmd(f"USER {user}")
+        assert ln.startswith(b"+OK"), ("PASS", ln)
         n = int(cmd("STAT").split()[1])
         out = []
         for i in range(1, n + 1):

@@ -36,6 +36,7 @@ def srv(tmp_path_factory):
     # `ringmail user add` refuses it.
     try:
         s.user_add(UTF8_USER, "utf8-Secret-4")
+        PASSWORDS[UTF8_USER] = "utf8-Secret-4"  # for RINGMAIL_TEST_READER=pop3
         s.utf8_user = True
     except RuntimeError:
         s.utf8_user = False

@@ -181,6 +181,32 @@ def test_bare_lf_reject_then_next_message_ok(lim):
     assert len(find(lim.messages(ALICE), tok2.encode())) == 1
 
 
+def test_rejected_messages_do_not_break_the_mailbox(lim):
+    """Each message rejected after DATA opened (and closed) the INBOX
+    without appending. A hundred of them, each in its own session (so the
+    folder is loaded again each time), must leave the mailbox working: an
+    outsider must not be able to make it refuse mail."""
+    user = "carol@example.com"
+    for i in range(100):
+        r = ready(lim)
+        with r:
+            open_data(r, rcpts=(user,))
+            r.send(message(token(), body=b"bare\nLF\r\n") + b".\r\n")
+            code, text = r.reply(timeout=30)
+            assert code == 550, (i, code, text)
+        time.sleep(0.02)
+    tok = token()
+    msg = message(tok, to=user)
+    r = ready(lim)
+    with r:
+        open_data(r, rcpts=(user,))
+        r.send(dot_stuff(msg))
+        code, text = r.reply(timeout=30)
+        assert code == 250, (code, text, [l for l in lim.log().splitlines()
+                                          if "store-load" in l][-1:])
+    assert strip_received(find(lim.messages(user), tok.encode())[0])[1] == msg
+
+
 # ---- line and size limits ----------------------------------------------------------
 
 def test_long_command_line(lim):
