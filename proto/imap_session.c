@@ -1,24 +1,3520 @@
-/* imap_session.c - the IMAP session (RFC 3501 / RFC 9051).
+/* imap_session.c - the IMAP session (RFC 3501, with LITERAL+, SASL-IR, ID,
+ * ENABLE, IDLE, NAMESPACE, UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE,
+ * CONDSTORE and APPENDLIMIT).
  *
- * This is the engine-proving subset: greeting, CAPABILITY, NOOP, LOGOUT,
- * the limits every session has, and BAD for every other command. */
+ * One struct imap_session per connection, driven by stream.c. Input is cut
+ * into tokens by proto/imap_parse.c in place; a command's tokens are copied
+ * into the session's argument arena (bounded by the line limit plus
+ * IMAP_GATHER_MAX of small literals), because a command that waits for a
+ * literal ("+ ") spans several data() calls. APPEND's message literal is
+ * never gathered: it streams into store_append with the MIME scanner
+ * computing the structure blob on the way.
+ *
+ * The state machine follows smtp_session.c / pop3_session.c: an explicit
+ * enum imap_state, a command table with the states each command is allowed
+ * in, input paused while the authenticator or the store works (a command
+ * is "busy"), and the pending-callbacks rule: the session counts callbacks
+ * in flight and, when the connection goes away first, is freed by the last.
+ *
+ * The selected mailbox: msgs[] is what the client knows (sequence number i
+ * is msgs[i - 1]); view is the latest store snapshot. They differ by
+ * messages not yet announced (EXISTS) and by expunges not yet announced
+ * (EXPUNGE responses are held back during FETCH, STORE and SEARCH, RFC 3501
+ * 7.4.1; such a message stays addressable, its data comes from the view it
+ * was last seen in is gone, so FETCH answers NO [EXPUNGEISSUED] for it).
+ *
+ * FETCH streams message bytes with store_read() in IMAP_READ_CHUNK pieces
+ * as literals; the next read waits for the stream's drained callback when
+ * the send queue is long, so a message is never held whole in memory. */
+#include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
 
 #include "core/config.h"
-#include "proto/session_util.h"
+#include "core/log.h"
+#include "proto/imap_parse.h"
+#include "proto/mime.h"
+#include "proto/sasl.h"
+#include "proto/services.h"
 #include "proto/stream.h"
+#include "store/auth.h"
+#include "store/store.h"
 
-#define IMAP_LINE_MAX 8192 /* before login */
-#define IMAP_CAPABILITIES "IMAP4rev1"
+/* Tokens in one command. */
+#define IMAP_TOKENS_MAX 8192
+/* Literal bytes gathered per command (LOGIN passwords, SEARCH strings,
+ * mailbox names); larger literals outside APPEND are refused. */
+#define IMAP_GATHER_MAX (64u * 1024u)
+/* Ranges in one sequence set. */
+#define IMAP_SET_MAX 1024
+/* Items in one FETCH. */
+#define IMAP_FETCH_ITEMS_MAX 64
+/* Search keys in one SEARCH. */
+#define IMAP_SEARCH_KEYS_MAX 512
+/* Bytes of a message read from the store at once. */
+#define IMAP_READ_CHUNK (64u * 1024u)
+/* Output is handed to the stream in pieces of this size (one TLS record). */
+#define IMAP_OUT_CHUNK (16u * 1024u)
+/* A streamed reply waits for the socket while more than this is queued
+ * (or a quarter of limits.send_queue_max when that is smaller). */
+#define IMAP_SEND_HIGH (256u * 1024u)
+/* A header read whole for HEADER.FIELDS filtering. */
+#define IMAP_HEADER_READ_MAX (1024u * 1024u)
+/* A refused non-synchronising literal is read and dropped up to this
+ * size; a larger one closes the connection (RFC 7888 4). */
+#define IMAP_DISCARD_MAX (64u * 1024u * 1024u)
+/* The longest user name (RFC 5321 path limit). */
+#define IMAP_USER_MAX 320
+/* A SASL response line, base64. */
+#define IMAP_SASL_LINE_MAX (8u * 1024u)
+
+enum imap_state {
+	IMAP_S_NOTAUTH,
+	IMAP_S_AUTH,
+	IMAP_S_SELECTED,
+	IMAP_S_LOGOUT,
+};
+
+#define ST(x) (1u << IMAP_S_##x)
+
+static const char *const state_names[] = { "not-authenticated", "authenticated", "selected",
+					    "logout" };
+
+const char *imap_state_str(enum imap_state st);
+const char *imap_state_str(enum imap_state st)
+{
+	return (unsigned)st < sizeof(state_names) / sizeof(state_names[0]) ? state_names[st] : "?";
+}
+
+/* How input is read. */
+enum imap_mode {
+	M_CMD,     /* tokens of commands */
+	M_SKIP,    /* the rest of a bad command's line */
+	M_DISCARD, /* a refused non-synchronising literal's data, then M_SKIP */
+	M_SASL,    /* AUTHENTICATE: waiting for the response line */
+	M_IDLE,    /* IDLE: waiting for DONE */
+};
+
+enum tok_kind { T_ATOM, T_NIL, T_STRING, T_LBEGIN, T_LEND };
+
+struct tok {
+	uint8_t kind;
+	bool literal;
+	uint32_t off, len; /* in the arena, NUL-terminated there */
+};
+
+/* Messages as the client knows them. */
+struct imsg {
+	uint32_t uid;
+	uint32_t flags;
+	uint64_t kw;
+	uint64_t modseq;
+};
+
+enum fitem_kind {
+	FI_FLAGS, FI_UID, FI_INTERNALDATE, FI_SIZE, FI_ENVELOPE, FI_BODYSTRUCTURE,
+	FI_BODY, FI_SECTION, FI_MODSEQ,
+};
+
+struct fitem {
+	uint8_t kind;
+	bool peek;
+	bool partial;
+	uint8_t rfc822;      /* 0; 1 RFC822; 2 RFC822.HEADER; 3 RFC822.TEXT */
+	struct span spec;    /* the section spec (arena) */
+	uint64_t poff, plen; /* partial */
+};
+
+struct fetch_job {
+	struct fitem items[IMAP_FETCH_ITEMS_MAX];
+	size_t nitems;
+	bool uid, set_seen, want_flags, want_modseq;
+	uint64_t changedsince;
+	size_t mi;           /* next msgs index to look at */
+	bool in_msg;         /* a "* n FETCH (" is open */
+	size_t cur;          /* its msgs index */
+	size_t ii;           /* next item */
+	bool item_open;      /* a section is streaming */
+	bool add_flags;      /* FLAGS added by the implicit \Seen */
+	bool expunged;       /* a message was gone: NO [EXPUNGEISSUED] */
+	bool reading, wait_drain;
+	uint64_t rd_off, rd_left, lit_left;
+	bool hdr_filter, hdr_not;
+	struct span hdr_fields;
+	uint8_t *hbuf;
+	size_t hlen, hcap;
+};
 
 struct imap_session {
 	struct stream *s;
-	struct line_reader lr;
+	struct services *sv;
+	enum imap_state state;
+	enum imap_mode mode;
+	struct imap_parser parser;
 	unsigned bad;
-	bool done;
+	unsigned pending;
+	bool dead;
+	bool paused;
+	bool busy;             /* a command waits for the store/auth */
+	bool out_blocked;
+	bool tls_pending;
+	bool shutting_down;
+	bool condstore;        /* ENABLE CONDSTORE or a CONDSTORE command */
+	bool store_silent;     /* STORE ... FLAGS.SILENT */
+	uint64_t discard_left;
+	/* the command being read / run */
+	uint8_t *arena;
+	size_t arena_len, arena_cap, gathered;
+	struct tok *toks;
+	size_t ntoks;
+	bool cmd_broken;       /* too many tokens / gathered too much: BAD at EOL */
+	const char *broken_why;
+	char tag[128];
+	bool have_tag;
+	const struct imap_command *cmd;
+	bool uid_cmd;
+	/* login */
+	char user[IMAP_USER_MAX + 1];
+	struct auth_req *auth_req;
+	struct store_user *su;
+	/* the selected mailbox */
+	struct store_folder *folder;
+	struct store_view *view;
+	bool readonly;
+	char folder_name[STORE_NAME_MAX + 1];
+	struct imsg *msgs;
+	size_t nmsgs, msgs_cap;
+	uint32_t uidvalidity;
+	uint64_t synced_modseq;  /* the view's highestmodseq at the last sync */
+	uint32_t synced_count;
+	/* async command state */
+	struct store_folder *other;  /* APPEND/COPY/STATUS destination */
+	struct store_append *append;
+	struct mime_scanner *mime;
+	uint8_t *overflow;
+	size_t overflow_len;
+	int append_rc;
+	bool append_data;            /* M_CMD, but LITERAL_DATA goes to the store */
+	bool append_done;            /* the literal ended: EOL next */
+	uint64_t append_size;
+	int64_t append_date;
+	uint32_t append_flags;
+	const char *append_kw[STORE_KEYWORDS_MAX];
+	size_t append_nkw;
+	uint32_t *uids, *uids2;
+	size_t nuids;
+	struct imap_range set[IMAP_SET_MAX];
+	size_t nset;
+	struct fetch_job *fj;
+	uint8_t *rbuf;
+	/* output */
+	uint8_t *obuf;
+	size_t olen, ocap;
 };
+
+struct imap_command {
+	const char *name;
+	unsigned states;
+	bool uid;          /* also as "UID name" */
+	uint8_t sync;      /* SYNC_* before the tagged reply */
+	void (*run)(struct imap_session *is, size_t a);
+};
+
+enum { SYNC_NONE, SYNC_NOEXPUNGE, SYNC_FULL };
+
+static const struct config *cfg_of(struct imap_session *is) { return stream_config(is->s); }
+static void session_maybe_free(struct imap_session *is);
+static void update_input(struct imap_session *is);
+static void sync_mailbox(struct imap_session *is, bool expunge);
+static void watch_cb(void *arg);
+
+/* ---- output ------------------------------------------------------------------- */
+
+static size_t send_high(struct imap_session *is)
+{
+	uint64_t q = cfg_of(is)->send_queue_max / 4;
+	return q < IMAP_SEND_HIGH ? (size_t)q : IMAP_SEND_HIGH;
+}
+
+static void out_flush(struct imap_session *is)
+{
+	if (is->olen && !is->dead)
+		stream_send(is->s, is->obuf, is->olen);
+	is->olen = 0;
+}
+
+static bool out_reserve(struct imap_session *is, size_t more)
+{
+	if (is->olen + more <= is->ocap)
+		return true;
+	size_t cap = is->ocap ? is->ocap : IMAP_OUT_CHUNK;
+	while (cap < is->olen + more)
+		cap *= 2;
+	uint8_t *p = realloc(is->obuf, cap);
+	if (!p)
+		return false;
+	is->obuf = p;
+	is->ocap = cap;
+	return true;
+}
+
+static void out_put(struct imap_session *is, const void *p, size_t len)
+{
+	if (!out_reserve(is, len))
+		return;
+	memcpy(is->obuf + is->olen, p, len);
+	is->olen += len;
+	if (is->olen >= IMAP_OUT_CHUNK)
+		out_flush(is);
+}
+
+static void out_str(struct imap_session *is, const char *s) { out_put(is, s, strlen(s)); }
+
+static void out_printf(struct imap_session *is, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out_printf(struct imap_session *is, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(buf)) {
+		char *big = malloc((size_t)n + 1);
+		if (!big)
+			return;
+		va_start(ap, fmt);
+		vsnprintf(big, (size_t)n + 1, fmt, ap);
+		va_end(ap);
+		out_put(is, big, (size_t)n);
+		free(big);
+		return;
+	}
+	out_put(is, buf, (size_t)n);
+}
+
+/* An IMAP string: quoted when it can be, a literal otherwise. */
+static void out_string(struct imap_session *is, struct span s)
+{
+	bool quoted = s.len < 1024;
+	for (size_t i = 0; quoted && i < s.len; i++)
+		if (s.p[i] == '\r' || s.p[i] == '\n' || s.p[i] == 0 || s.p[i] >= 0x80)
+			quoted = false;
+	if (!quoted) {
+		out_printf(is, "{%zu}\r\n", s.len);
+		out_put(is, s.p, s.len);
+		return;
+	}
+	out_put(is, "\"", 1);
+	for (size_t i = 0; i < s.len; i++) {
+		if (s.p[i] == '"' || s.p[i] == '\\')
+			out_put(is, "\\", 1);
+		out_put(is, s.p + i, 1);
+	}
+	out_put(is, "\"", 1);
+}
+
+/* A mailbox name from the store (UTF-8), in modified UTF-7. */
+static void out_mailbox(struct imap_session *is, const char *name)
+{
+	uint8_t buf[STORE_NAME_MAX * 4 + 16];
+	ssize_t n = imap_mutf7_encode(span_cstr(name), buf, sizeof(buf));
+	if (n < 0)
+		out_string(is, span_cstr(name));
+	else
+		out_string(is, span_make(buf, (size_t)n));
+}
+
+/* ---- holding the session -------------------------------------------------------- */
+
+static void hold(struct imap_session *is) { is->pending++; }
+static bool release(struct imap_session *is)
+{
+	is->pending--;
+	if (is->dead) {
+		session_maybe_free(is);
+		return false;
+	}
+	return true;
+}
+
+static void session_close(struct imap_session *is, bool flush)
+{
+	if (is->state == IMAP_S_LOGOUT || is->dead)
+		return;
+	out_flush(is);
+	is->state = IMAP_S_LOGOUT;
+	stream_close(is->s, flush);
+}
+
+static void arm_timer(struct imap_session *is)
+{
+	if (is->state == IMAP_S_NOTAUTH)
+		stream_set_timer(is->s, cfg_of(is)->prelogin_timeout_ms);
+	else if (is->state == IMAP_S_AUTH || is->state == IMAP_S_SELECTED)
+		stream_set_timer(is->s, cfg_of(is)->idle_timeout_ms);
+}
+
+static void update_input(struct imap_session *is)
+{
+	if (is->dead || is->state == IMAP_S_LOGOUT)
+		return;
+	bool want = is->busy || is->out_blocked || is->overflow_len > 0 ||
+		    (is->fj && is->busy);
+	if (want == is->paused)
+		return;
+	is->paused = want;
+	if (want)
+		stream_pause(is->s);
+	else
+		stream_resume(is->s);
+}
+
+static void set_busy(struct imap_session *is, bool busy)
+{
+	is->busy = busy;
+	update_input(is);
+}
+
+/* ---- replies -------------------------------------------------------------------- */
+
+static const char *capabilities(struct imap_session *is)
+{
+	static char buf[512];
+	if (is->state == IMAP_S_NOTAUTH) {
+		bool tls_req = stream_tls_required(is->s);
+		snprintf(buf, sizeof(buf), "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE%s%s",
+			 stream_can_starttls(is->s) ? " STARTTLS" : "",
+			 tls_req ? " LOGINDISABLED" : " AUTH=PLAIN");
+	} else {
+		snprintf(buf, sizeof(buf),
+			 "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
+			 "CHILDREN SPECIAL-USE CONDSTORE ESEARCH APPENDLIMIT=%" PRIu64,
+			 cfg_of(is)->message_size_max);
+	}
+	return buf;
+}
+
+static void tagged(struct imap_session *is, const char *status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void tagged(struct imap_session *is, const char *status, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	out_printf(is, "%s %s %s\r\n", is->have_tag ? is->tag : "*", status, buf);
+	out_flush(is);
+}
+
+static void count_bad(struct imap_session *is)
+{
+	if (++is->bad >= cfg_of(is)->max_bad_commands) {
+		out_str(is, "* BYE Too many invalid commands\r\n");
+		LOG_AT(stream_log(is->s), LOG_INFO, stream_sid(is->s), "imap-too-many-errors",
+		       "errors=%u", is->bad);
+		session_close(is, true);
+	}
+}
+
+/* A protocol error (BAD): the reply, and the session goes on unless there
+ * were too many. */
+static void bad(struct imap_session *is, const char *text)
+{
+	tagged(is, "BAD", "%s", text);
+	count_bad(is);
+}
+
+/* ---- the selected mailbox ----------------------------------------------------------- */
+
+static void mailbox_close(struct imap_session *is)
+{
+	if (is->folder)
+		store_watch(is->folder, stream_loop(is->s), NULL, NULL);
+	store_view_free(&is->view);
+	store_folder_close(&is->folder);
+	free(is->msgs);
+	is->msgs = NULL;
+	is->nmsgs = is->msgs_cap = 0;
+	is->folder_name[0] = '\0';
+}
+
+static const struct store_msg *msg_of(struct imap_session *is, size_t i)
+{
+	ssize_t j = store_view_find(is->view, is->msgs[i].uid);
+	return j < 0 ? NULL : store_view_msg(is->view, (size_t)j);
+}
+
+static void out_flags(struct imap_session *is, uint32_t flags, uint64_t kw)
+{
+	static const char *const names[] = { "\\Seen", "\\Answered", "\\Flagged", "\\Deleted",
+					     "\\Draft" };
+	bool first = true;
+	out_put(is, "(", 1);
+	for (unsigned b = 0; b < 5; b++)
+		if (flags & (1u << b)) {
+			out_printf(is, "%s%s", first ? "" : " ", names[b]);
+			first = false;
+		}
+	for (unsigned b = 0; b < 64; b++) {
+		const char *k;
+		if ((kw & (1ull << b)) && (k = store_view_keyword(is->view, b))) {
+			out_printf(is, "%s%s", first ? "" : " ", k);
+			first = false;
+		}
+	}
+	out_put(is, ")", 1);
+}
+
+static bool msgs_reserve(struct imap_session *is, size_t n)
+{
+	if (n <= is->msgs_cap)
+		return true;
+	size_t cap = is->msgs_cap ? is->msgs_cap : 64;
+	while (cap < n)
+		cap *= 2;
+	struct imsg *m = realloc(is->msgs, cap * sizeof(*m));
+	if (!m)
+		return false;
+	is->msgs = m;
+	is->msgs_cap = cap;
+	return true;
+}
+
+/* Takes a new snapshot of the folder, keeping msgs[] as they are. */
+static int view_refresh(struct imap_session *is)
+{
+	struct store_view *v;
+	int rc = store_view_open(is->folder, &v);
+	if (rc)
+		return rc;
+	store_view_free(&is->view);
+	is->view = v;
+	return 0;
+}
+
+/* Tells the client what changed: EXPUNGE (when allowed), FETCH FLAGS,
+ * EXISTS. */
+static void sync_mailbox(struct imap_session *is, bool expunge)
+{
+	if (is->state != IMAP_S_SELECTED || !is->folder || is->dead)
+		return;
+	struct store_folder_status st;
+	store_folder_status(is->folder, &st);
+	bool pending_expunge = false;
+	if (st.highestmodseq == is->synced_modseq && st.messages == is->synced_count &&
+	    store_view_count(is->view) == is->nmsgs)
+		return;
+	if (view_refresh(is))
+		return;
+	store_view_status(is->view, &st);
+	if (expunge) {
+		size_t w = 0;
+		for (size_t i = 0; i < is->nmsgs; i++) {
+			if (store_view_find(is->view, is->msgs[i].uid) < 0) {
+				/* Sequence numbers shift as each is reported. */
+				out_printf(is, "* %zu EXPUNGE\r\n", w + 1);
+				continue;
+			}
+			is->msgs[w++] = is->msgs[i];
+		}
+		is->nmsgs = w;
+	}
+	for (size_t i = 0; i < is->nmsgs; i++) {
+		const struct store_msg *m = msg_of(is, i);
+		if (!m) {
+			pending_expunge = true;
+			continue;
+		}
+		if (m->modseq == is->msgs[i].modseq && m->flags == is->msgs[i].flags &&
+		    m->keywords == is->msgs[i].kw)
+			continue;
+		out_printf(is, "* %zu FETCH (UID %" PRIu32 " FLAGS ", i + 1, m->uid);
+		out_flags(is, m->flags, m->keywords);
+		if (is->condstore)
+			out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
+		out_str(is, ")\r\n");
+		is->msgs[i].flags = m->flags;
+		is->msgs[i].kw = m->keywords;
+		is->msgs[i].modseq = m->modseq;
+	}
+	uint32_t last = is->nmsgs ? is->msgs[is->nmsgs - 1].uid : 0;
+	size_t n = store_view_count(is->view), before = is->nmsgs;
+	for (size_t j = 0; j < n; j++) {
+		const struct store_msg *m = store_view_msg(is->view, j);
+		if (m->uid <= last || !msgs_reserve(is, is->nmsgs + 1))
+			continue;
+		is->msgs[is->nmsgs++] = (struct imsg){ m->uid, m->flags, m->keywords, m->modseq };
+	}
+	if (is->nmsgs != before || (expunge && before != n))
+		out_printf(is, "* %zu EXISTS\r\n", is->nmsgs);
+	if (!pending_expunge) {
+		is->synced_modseq = st.highestmodseq;
+		is->synced_count = st.messages;
+	}
+}
+
+/* ---- finishing a command ------------------------------------------------------------ */
+
+static void cmd_end(struct imap_session *is)
+{
+	explicit_bzero(is->arena, is->arena_len);
+	is->arena_len = 0;
+	is->gathered = 0;
+	is->ntoks = 0;
+	is->have_tag = false;
+	is->cmd = NULL;
+	is->uid_cmd = false;
+	is->cmd_broken = false;
+	set_busy(is, false);
+	arm_timer(is);
+}
+
+/* The tagged reply of a command, after the untagged updates its sync
+ * policy allows. */
+static void done(struct imap_session *is, const char *status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void done(struct imap_session *is, const char *status, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (is->cmd && is->cmd->sync != SYNC_NONE && !is->uid_cmd)
+		sync_mailbox(is, is->cmd->sync == SYNC_FULL);
+	else if (is->cmd && is->uid_cmd && is->cmd->sync != SYNC_NONE)
+		sync_mailbox(is, false);
+	tagged(is, status, "%s", buf);
+	cmd_end(is);
+}
+
+/* ---- arguments ---------------------------------------------------------------------- */
+
+static const char *tok_str(struct imap_session *is, size_t i)
+{
+	return (const char *)is->arena + is->toks[i].off;
+}
+
+static struct span tok_span(struct imap_session *is, size_t i)
+{
+	return span_make(is->arena + is->toks[i].off, is->toks[i].len);
+}
+
+static bool is_atom(struct imap_session *is, size_t i, const char *s)
+{
+	return i < is->ntoks && is->toks[i].kind == T_ATOM &&
+	       span_eq_nocase(tok_span(is, i), span_cstr(s));
+}
+
+/* An astring (atom, string, or NIL read as the atom "NIL"). */
+static bool is_astring(struct imap_session *is, size_t i)
+{
+	return i < is->ntoks &&
+	       (is->toks[i].kind == T_ATOM || is->toks[i].kind == T_STRING ||
+		is->toks[i].kind == T_NIL);
+}
+
+/* The index just past the list starting at i (a T_LBEGIN). */
+static size_t list_end(struct imap_session *is, size_t i)
+{
+	int depth = 0;
+	for (; i < is->ntoks; i++) {
+		if (is->toks[i].kind == T_LBEGIN)
+			depth++;
+		else if (is->toks[i].kind == T_LEND && --depth == 0)
+			return i + 1;
+	}
+	return is->ntoks;
+}
+
+static bool syntax(struct imap_session *is, const char *usage)
+{
+	bad(is, usage);
+	cmd_end(is);
+	return false;
+}
+
+/* A mailbox argument: modified UTF-7 decoded to UTF-8, "INBOX" in any
+ * case is INBOX. false: replied. */
+static bool mailbox_arg(struct imap_session *is, size_t i, char *out, size_t cap)
+{
+	if (!is_astring(is, i))
+		return syntax(is, "Mailbox name expected");
+	struct span s = tok_span(is, i);
+	ssize_t n = imap_mutf7_decode(s, (uint8_t *)out, cap - 1);
+	if (n <= 0) {
+		done(is, "NO", "Invalid mailbox name");
+		return false;
+	}
+	out[n] = '\0';
+	while (n > 1 && out[n - 1] == '/')
+		out[--n] = '\0';
+	if (strcasecmp(out, "INBOX") == 0)
+		memcpy(out, "INBOX", 6);
+	else if (strncasecmp(out, "INBOX/", 6) == 0)
+		memcpy(out, "INBOX", 5);
+	return true;
+}
+
+static void store_error(struct imap_session *is, int rc)
+{
+	switch (rc) {
+	case -ENOENT:
+		done(is, "NO", "[NONEXISTENT] No such mailbox");
+		break;
+	case -EEXIST:
+		done(is, "NO", "[ALREADYEXISTS] Mailbox already exists");
+		break;
+	case -EDQUOT:
+		done(is, "NO", "[OVERQUOTA] Quota exceeded");
+		break;
+	case -EINVAL:
+		done(is, "NO", "[CANNOT] Invalid name or argument");
+		break;
+	case -EFBIG:
+		done(is, "NO", "[TOOBIG] Message too large");
+		break;
+	case -ENOSPC:
+		done(is, "NO", "[LIMIT] Limit reached");
+		break;
+	default:
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-store-error",
+		       "user=%s error=%s", is->user, strerror(-rc));
+		done(is, "NO", "[SERVERBUG] Internal error, try again later");
+		break;
+	}
+}
+
+/* A sequence set argument against msgs[]: fills uids[] (ascending by
+ * sequence) with the messages in the set. false: replied. */
+static bool set_arg(struct imap_session *is, size_t i, bool uid)
+{
+	if (i >= is->ntoks || is->toks[i].kind != T_ATOM)
+		return syntax(is, "Sequence set expected");
+	if (imap_parse_seqset(tok_span(is, i), is->set, IMAP_SET_MAX, &is->nset))
+		return syntax(is, "Invalid sequence set");
+	free(is->uids);
+	is->uids = malloc((is->nmsgs ? is->nmsgs : 1) * sizeof(uint32_t));
+	if (!is->uids) {
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		return false;
+	}
+	is->nuids = 0;
+	uint32_t star = is->nmsgs ? (uid ? is->msgs[is->nmsgs - 1].uid : (uint32_t)is->nmsgs) : 0;
+	if (!uid) {
+		for (size_t k = 0; k < is->nset; k++) {
+			uint32_t lo = is->set[k].lo ? is->set[k].lo : star;
+			uint32_t hi = is->set[k].hi ? is->set[k].hi : star;
+			if (lo > is->nmsgs || hi > is->nmsgs) {
+				done(is, "BAD", "Invalid message sequence number");
+				count_bad(is);
+				return false;
+			}
+		}
+	}
+	for (size_t k = 0; k < is->nmsgs; k++) {
+		uint32_t n = uid ? is->msgs[k].uid : (uint32_t)(k + 1);
+		if (imap_seqset_contains(is->set, is->nset, n, star))
+			is->uids[is->nuids++] = is->msgs[k].uid;
+	}
+	return true;
+}
+
+/* The msgs index of uid, or -1 (binary search: msgs[] is in UID order). */
+static ssize_t msgs_find(struct imap_session *is, uint32_t uid)
+{
+	size_t lo = 0, hi = is->nmsgs;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (is->msgs[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < is->nmsgs && is->msgs[lo].uid == uid ? (ssize_t)lo : -1;
+}
+
+/* A compact UID set "1:3,5" of uids[0..n) (ascending). */
+static void out_uidset(struct imap_session *is, const uint32_t *uids, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+		while (j + 1 < n && uids[j + 1] == uids[j] + 1)
+			j++;
+		if (j > i)
+			out_printf(is, "%s%" PRIu32 ":%" PRIu32, i ? "," : "", uids[i], uids[j]);
+		else
+			out_printf(is, "%s%" PRIu32, i ? "," : "", uids[i]);
+		i = j + 1;
+	}
+}
+
+/* Flags in a list (or one flag): system flags into *flags_r, keywords
+ * into kw_r (arena strings). false: replied. */
+static bool flags_arg(struct imap_session *is, size_t *i, uint32_t *flags_r, const char **kw_r,
+		      size_t *nkw_r)
+{
+	static const char *const names[] = { "\\Seen", "\\Answered", "\\Flagged", "\\Deleted",
+					     "\\Draft" };
+	size_t k = *i, end;
+	*flags_r = 0;
+	*nkw_r = 0;
+	if (k < is->ntoks && is->toks[k].kind == T_LBEGIN) {
+		end = list_end(is, k) - 1;
+		k++;
+	} else {
+		end = k + 1;
+	}
+	for (; k < end; k++) {
+		if (k >= is->ntoks || is->toks[k].kind != T_ATOM)
+			return syntax(is, "Invalid flag list");
+		const char *f = tok_str(is, k);
+		bool sys = false;
+		for (unsigned b = 0; b < 5; b++)
+			if (strcasecmp(f, names[b]) == 0) {
+				*flags_r |= 1u << b;
+				sys = true;
+			}
+		if (sys)
+			continue;
+		if (f[0] == '\\') {
+			if (strcasecmp(f, "\\Recent") == 0)
+				continue;
+			return syntax(is, "Invalid system flag");
+		}
+		for (const char *c = f; *c; c++)
+			if (strchr("%*]", *c))
+				return syntax(is, "Invalid keyword");
+		if (*nkw_r == STORE_KEYWORDS_MAX) {
+			done(is, "NO", "[LIMIT] Too many keywords");
+			return false;
+		}
+		kw_r[(*nkw_r)++] = f;
+	}
+	*i = end + (is->toks[*i].kind == T_LBEGIN ? 1 : 0);
+	return true;
+}
+
+/* ---- login ----------------------------------------------------------------------- */
+
+static bool login_allowed(struct imap_session *is)
+{
+	return is->sv && is->sv->auth && is->sv->store && !stream_tls_required(is->s);
+}
+
+static void user_opened(void *arg, int res, struct store_user *user)
+{
+	struct imap_session *is = arg;
+	if (is->dead) {
+		if (user)
+			store_user_close(&user);
+		release(is);
+		return;
+	}
+	if (res < 0) {
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-user-error",
+		       "user=%s error=%s", is->user, strerror(-res));
+		is->user[0] = '\0';
+		done(is, "NO", "[UNAVAILABLE] Cannot open the mailboxes, try again later");
+		release(is);
+		return;
+	}
+	is->su = user;
+	is->state = IMAP_S_AUTH;
+	imap_parser_init(&is->parser, IMAP_LINE_MAX);
+	LOG_AT(stream_log(is->s), LOG_INFO, stream_sid(is->s), "imap-login", "user=%s tls=%s",
+	       is->user, stream_is_tls(is->s) ? "yes" : "no");
+	done(is, "OK", "[CAPABILITY %s] Logged in", capabilities(is));
+	release(is);
+}
+
+static void auth_done(struct loop *loop, enum auth_result res, const char *user, void *arg)
+{
+	struct imap_session *is = arg;
+	(void)loop;
+	is->auth_req = NULL;
+	hold(is);
+	if (res != AUTH_OK) {
+		LOG_AT(stream_log(is->s), LOG_INFO, stream_sid(is->s), "imap-auth", "result=%s",
+		       auth_result_str(res));
+		is->user[0] = '\0';
+		if (res == AUTH_TEMPFAIL) {
+			done(is, "NO", "[UNAVAILABLE] Temporary authentication failure");
+		} else {
+			done(is, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
+			count_bad(is);
+		}
+		release(is);
+		return;
+	}
+	snprintf(is->user, sizeof(is->user), "%s", user);
+	hold(is);
+	store_user_open(is->sv->store, stream_loop(is->s), is->user, user_opened, is);
+	release(is);
+}
+
+static void login_start(struct imap_session *is, struct span user, struct span pass)
+{
+	if (user.len == 0 || user.len > IMAP_USER_MAX) {
+		done(is, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
+		count_bad(is);
+		return;
+	}
+	int rc = auth_verify(is->sv->auth, stream_loop(is->s), user, pass, stream_peer(is->s),
+			     auth_done, is, &is->auth_req);
+	if (rc) {
+		done(is, "NO", "[UNAVAILABLE] Temporary authentication failure");
+		return;
+	}
+	set_busy(is, true);
+	stream_set_timer(is->s, 0);
+}
+
+static bool login_gate(struct imap_session *is)
+{
+	if (stream_tls_required(is->s)) {
+		done(is, "NO", "[PRIVACYREQUIRED] Use STARTTLS first");
+		count_bad(is);
+		return false;
+	}
+	if (!login_allowed(is)) {
+		done(is, "NO", "[UNAVAILABLE] Login not available");
+		return false;
+	}
+	return true;
+}
+
+static void cmd_login(struct imap_session *is, size_t a)
+{
+	if (!is_astring(is, a) || !is_astring(is, a + 1) || a + 2 != is->ntoks) {
+		syntax(is, "Syntax: LOGIN user password");
+		return;
+	}
+	if (!login_gate(is))
+		return;
+	login_start(is, tok_span(is, a), tok_span(is, a + 1));
+}
+
+/* A base64 SASL PLAIN message, from AUTHENTICATE or its continuation. */
+static void auth_plain(struct imap_session *is, struct span b64)
+{
+	uint8_t buf[SASL_BASE64_DECODED_MAX(IMAP_SASL_LINE_MAX)];
+	size_t len;
+	struct span authzid, authcid, pass;
+	if (span_eq(b64, SPAN_LIT("=")))
+		b64 = span_make(NULL, 0);
+	if (sasl_base64_decode(b64, buf, sizeof(buf), &len) ||
+	    sasl_plain_split(span_make(buf, len), &authzid, &authcid, &pass) ||
+	    (authzid.len && !span_eq(authzid, authcid))) {
+		explicit_bzero(buf, sizeof(buf));
+		done(is, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
+		count_bad(is);
+		return;
+	}
+	login_start(is, authcid, pass);
+	explicit_bzero(buf, sizeof(buf));
+}
+
+static void cmd_authenticate(struct imap_session *is, size_t a)
+{
+	if (!is_astring(is, a) || a + 2 < is->ntoks) {
+		syntax(is, "Syntax: AUTHENTICATE mechanism [initial-response]");
+		return;
+	}
+	if (!span_eq_nocase(tok_span(is, a), SPAN_LIT("PLAIN"))) {
+		done(is, "NO", "[CANNOT] Unsupported authentication mechanism");
+		return;
+	}
+	if (!login_gate(is))
+		return;
+	if (a + 1 < is->ntoks) {
+		auth_plain(is, tok_span(is, a + 1));
+		return;
+	}
+	out_str(is, "+ \r\n");
+	out_flush(is);
+	is->mode = M_SASL;
+}
+
+static void sasl_line(struct imap_session *is, struct span line)
+{
+	is->mode = M_CMD;
+	if (span_eq(line, SPAN_LIT("*"))) {
+		done(is, "BAD", "Authentication aborted");
+		count_bad(is);
+		return;
+	}
+	auth_plain(is, line);
+}
+
+/* ---- simple commands ---------------------------------------------------------------- */
+
+static void cmd_capability(struct imap_session *is, size_t a)
+{
+	(void)a;
+	out_printf(is, "* CAPABILITY %s\r\n", capabilities(is));
+	done(is, "OK", "CAPABILITY completed");
+}
+
+static void cmd_noop(struct imap_session *is, size_t a)
+{
+	(void)a;
+	done(is, "OK", "NOOP completed");
+}
+
+static void cmd_logout(struct imap_session *is, size_t a)
+{
+	(void)a;
+	out_str(is, "* BYE Logging out\r\n");
+	tagged(is, "OK", "LOGOUT completed");
+	session_close(is, true);
+}
+
+static void cmd_id(struct imap_session *is, size_t a)
+{
+	(void)a;
+	out_str(is, "* ID (\"name\" \"ringmail\" \"vendor\" \"ringmail\")\r\n");
+	done(is, "OK", "ID completed");
+}
+
+static void cmd_enable(struct imap_session *is, size_t a)
+{
+	bool cs = false;
+	if (a >= is->ntoks) {
+		syntax(is, "Syntax: ENABLE capability...");
+		return;
+	}
+	for (size_t i = a; i < is->ntoks; i++)
+		if (is_atom(is, i, "CONDSTORE"))
+			cs = true;
+	if (cs && !is->condstore) {
+		is->condstore = true;
+		out_str(is, "* ENABLED CONDSTORE\r\n");
+	} else {
+		out_str(is, "* ENABLED\r\n");
+	}
+	done(is, "OK", "ENABLE completed");
+}
+
+static void cmd_namespace(struct imap_session *is, size_t a)
+{
+	(void)a;
+	out_str(is, "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+	done(is, "OK", "NAMESPACE completed");
+}
+
+static void cmd_starttls(struct imap_session *is, size_t a)
+{
+	(void)a;
+	if (stream_is_tls(is->s)) {
+		bad(is, "TLS is already active");
+		cmd_end(is);
+		return;
+	}
+	if (!stream_can_starttls(is->s)) {
+		done(is, "NO", "TLS not available");
+		return;
+	}
+	tagged(is, "OK", "Begin TLS negotiation now");
+	cmd_end(is);
+	if (stream_starttls(is->s) == 0)
+		is->tls_pending = true;
+}
+
+static void imap_tls_ready(struct stream *s)
+{
+	struct imap_session *is = stream_session(s);
+	is->tls_pending = false;
+	is->mode = M_CMD;
+	imap_parser_init(&is->parser, IMAP_LINE_MAX_PRELOGIN);
+	arm_timer(is);
+}
+
+/* ---- SELECT / EXAMINE ------------------------------------------------------------------ */
+
+static void select_opened(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead) {
+		if (folder)
+			store_folder_close(&folder);
+		release(is);
+		return;
+	}
+	if (res < 0) {
+		store_error(is, res);
+		release(is);
+		return;
+	}
+	is->folder = folder;
+	if (view_refresh(is)) {
+		mailbox_close(is);
+		store_error(is, -ENOMEM);
+		release(is);
+		return;
+	}
+	size_t n = store_view_count(is->view);
+	if (!msgs_reserve(is, n ? n : 1)) {
+		mailbox_close(is);
+		store_error(is, -ENOMEM);
+		release(is);
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const struct store_msg *m = store_view_msg(is->view, i);
+		is->msgs[i] = (struct imsg){ m->uid, m->flags, m->keywords, m->modseq };
+	}
+	is->nmsgs = n;
+	struct store_folder_status st;
+	store_view_status(is->view, &st);
+	is->uidvalidity = st.uidvalidity;
+	store_watch(folder, stream_loop(is->s), watch_cb, is);
+	is->synced_modseq = st.highestmodseq;
+	is->synced_count = st.messages;
+	out_str(is, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft");
+	for (unsigned b = 0; b < 64; b++) {
+		const char *k = store_view_keyword(is->view, b);
+		if (k)
+			out_printf(is, " %s", k);
+	}
+	out_str(is, ")\r\n");
+	out_printf(is, "* OK [PERMANENTFLAGS %s] Flags permitted\r\n",
+		   is->readonly ? "()" : "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)");
+	out_printf(is, "* %zu EXISTS\r\n* 0 RECENT\r\n", n);
+	out_printf(is, "* OK [UIDVALIDITY %" PRIu32 "] UIDs valid\r\n", st.uidvalidity);
+	out_printf(is, "* OK [UIDNEXT %" PRIu32 "] Predicted next UID\r\n", st.uidnext);
+	out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] Highest\r\n", st.highestmodseq);
+	is->state = IMAP_S_SELECTED;
+	done(is, "OK", "[%s] %s completed", is->readonly ? "READ-ONLY" : "READ-WRITE",
+	     is->readonly ? "EXAMINE" : "SELECT");
+	release(is);
+}
+
+static void select_common(struct imap_session *is, size_t a, bool readonly)
+{
+	char name[STORE_NAME_MAX + 1];
+	if (!mailbox_arg(is, a, name, sizeof(name)))
+		return;
+	size_t k = a + 1;
+	if (k < is->ntoks && is->toks[k].kind == T_LBEGIN) {
+		size_t end = list_end(is, k);
+		for (size_t i = k + 1; i + 1 < end; i++)
+			if (is_atom(is, i, "CONDSTORE"))
+				is->condstore = true;
+		k = end;
+	}
+	if (k != is->ntoks) {
+		syntax(is, "Syntax: SELECT mailbox [(CONDSTORE)]");
+		return;
+	}
+	/* RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected. */
+	if (is->state == IMAP_S_SELECTED) {
+		mailbox_close(is);
+		is->state = IMAP_S_AUTH;
+		out_str(is, "* OK [CLOSED] Previous mailbox closed\r\n");
+	}
+	is->readonly = readonly;
+	snprintf(is->folder_name, sizeof(is->folder_name), "%s", name);
+	set_busy(is, true);
+	hold(is);
+	store_folder_open(is->su, stream_loop(is->s), name, select_opened, is);
+}
+
+static void cmd_select(struct imap_session *is, size_t a) { select_common(is, a, false); }
+static void cmd_examine(struct imap_session *is, size_t a) { select_common(is, a, true); }
+
+/* ---- EXPUNGE, CLOSE, UNSELECT, CHECK ----------------------------------------------------- */
+
+enum after_expunge { AFTER_EXPUNGE, AFTER_CLOSE };
+
+static void expunge_done_cb(struct imap_session *is, int res, bool close)
+{
+	if (res < 0) {
+		store_error(is, res);
+		return;
+	}
+	if (close) {
+		mailbox_close(is);
+		is->state = IMAP_S_AUTH;
+		done(is, "OK", "CLOSE completed");
+		return;
+	}
+	done(is, "OK", "EXPUNGE completed");
+}
+
+static void expunge_cb(void *arg, int res, uint64_t modseq)
+{
+	struct imap_session *is = arg;
+	(void)modseq;
+	if (!is->dead)
+		expunge_done_cb(is, res, false);
+	release(is);
+}
+
+static void close_cb(void *arg, int res, uint64_t modseq)
+{
+	struct imap_session *is = arg;
+	(void)modseq;
+	if (!is->dead)
+		expunge_done_cb(is, res < 0 ? 0 : res, true); /* CLOSE always closes */
+	release(is);
+}
+
+/* Expunges the \Deleted messages among uids[0..nuids) (all msgs when
+ * all). */
+static void expunge_start(struct imap_session *is, bool all, store_modseq_cb *cb)
+{
+	if (view_refresh(is)) {
+		store_error(is, -ENOMEM);
+		return;
+	}
+	uint32_t *list = malloc((store_view_count(is->view) + 1) * sizeof(uint32_t));
+	if (!list) {
+		store_error(is, -ENOMEM);
+		return;
+	}
+	size_t n = 0;
+	for (size_t j = 0; j < store_view_count(is->view); j++) {
+		const struct store_msg *m = store_view_msg(is->view, j);
+		if (!(m->flags & STORE_F_DELETED))
+			continue;
+		if (!all) {
+			bool in = false;
+			for (size_t k = 0; k < is->nuids && !in; k++)
+				in = is->uids[k] == m->uid;
+			if (!in)
+				continue;
+		}
+		list[n++] = m->uid;
+	}
+	free(is->uids2);
+	is->uids2 = list;
+	set_busy(is, true);
+	hold(is);
+	store_expunge(is->folder, stream_loop(is->s), list, n, cb, is);
+}
+
+static void cmd_expunge(struct imap_session *is, size_t a)
+{
+	if (is->readonly) {
+		done(is, "NO", "[READ-ONLY] Mailbox is read-only");
+		return;
+	}
+	if (is->uid_cmd) {
+		if (!set_arg(is, a, true))
+			return;
+		expunge_start(is, false, expunge_cb);
+		return;
+	}
+	if (a != is->ntoks) {
+		syntax(is, "Syntax: EXPUNGE");
+		return;
+	}
+	expunge_start(is, true, expunge_cb);
+}
+
+static void cmd_close(struct imap_session *is, size_t a)
+{
+	(void)a;
+	if (is->readonly) {
+		mailbox_close(is);
+		is->state = IMAP_S_AUTH;
+		done(is, "OK", "CLOSE completed");
+		return;
+	}
+	expunge_start(is, true, close_cb);
+}
+
+static void cmd_unselect(struct imap_session *is, size_t a)
+{
+	(void)a;
+	mailbox_close(is);
+	is->state = IMAP_S_AUTH;
+	done(is, "OK", "UNSELECT completed");
+}
+
+static void cmd_check(struct imap_session *is, size_t a)
+{
+	(void)a;
+	done(is, "OK", "CHECK completed");
+}
+
+/* ---- mailbox management ---------------------------------------------------------------- */
+
+static void folder_change_cb(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	if (!is->dead) {
+		if (res < 0)
+			store_error(is, res);
+		else
+			done(is, "OK", "%s completed", is->cmd ? is->cmd->name : "");
+	}
+	release(is);
+}
+
+static void cmd_create(struct imap_session *is, size_t a)
+{
+	char name[STORE_NAME_MAX + 1];
+	if (!mailbox_arg(is, a, name, sizeof(name)))
+		return;
+	if (strcmp(name, "INBOX") == 0) {
+		done(is, "NO", "[ALREADYEXISTS] INBOX always exists");
+		return;
+	}
+	set_busy(is, true);
+	hold(is);
+	store_folder_create(is->su, stream_loop(is->s), name, folder_change_cb, is);
+}
+
+static void cmd_delete(struct imap_session *is, size_t a)
+{
+	char name[STORE_NAME_MAX + 1];
+	if (!mailbox_arg(is, a, name, sizeof(name)))
+		return;
+	if (strcmp(name, "INBOX") == 0) {
+		done(is, "NO", "[CANNOT] INBOX cannot be deleted");
+		return;
+	}
+	if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
+		mailbox_close(is);
+		is->state = IMAP_S_AUTH;
+	}
+	set_busy(is, true);
+	hold(is);
+	store_folder_delete(is->su, stream_loop(is->s), name, folder_change_cb, is);
+}
+
+static void cmd_rename(struct imap_session *is, size_t a)
+{
+	char from[STORE_NAME_MAX + 1], to[STORE_NAME_MAX + 1];
+	if (!mailbox_arg(is, a, from, sizeof(from)) || !mailbox_arg(is, a + 1, to, sizeof(to)))
+		return;
+	if (strcmp(from, "INBOX") == 0) {
+		done(is, "NO", "[CANNOT] Renaming INBOX is not supported");
+		return;
+	}
+	set_busy(is, true);
+	hold(is);
+	store_folder_rename(is->su, stream_loop(is->s), from, to, folder_change_cb, is);
+}
+
+static void subscribe_common(struct imap_session *is, size_t a, bool on)
+{
+	char name[STORE_NAME_MAX + 1];
+	if (!mailbox_arg(is, a, name, sizeof(name)))
+		return;
+	set_busy(is, true);
+	hold(is);
+	store_folder_subscribe(is->su, stream_loop(is->s), name, on, folder_change_cb, is);
+}
+
+static void cmd_subscribe(struct imap_session *is, size_t a) { subscribe_common(is, a, true); }
+static void cmd_unsubscribe(struct imap_session *is, size_t a) { subscribe_common(is, a, false); }
+
+/* ---- LIST / LSUB ---------------------------------------------------------------------------- */
+
+/* Wildcard match: "*" anything, "%" anything but the "/" delimiter. */
+static bool list_match(const char *pat, const char *name)
+{
+	for (;;) {
+		if (*pat == '\0')
+			return *name == '\0';
+		if (*pat == '*' || *pat == '%') {
+			bool any = *pat == '*';
+			pat++;
+			for (const char *n = name;; n++) {
+				if (list_match(pat, n))
+					return true;
+				if (*n == '\0' || (!any && *n == '/'))
+					return false;
+			}
+		}
+		if (*name == '\0' || *pat != *name)
+			return false;
+		pat++;
+		name++;
+	}
+}
+
+static void list_common(struct imap_session *is, size_t a, bool lsub)
+{
+	char ref[STORE_NAME_MAX + 1], pat[2 * STORE_NAME_MAX + 2];
+	if (!is_astring(is, a) || !is_astring(is, a + 1) || a + 2 != is->ntoks) {
+		syntax(is, "Syntax: LIST reference mailbox");
+		return;
+	}
+	ssize_t n1 = imap_mutf7_decode(tok_span(is, a), (uint8_t *)ref, sizeof(ref) - 1);
+	ssize_t n2 = imap_mutf7_decode(tok_span(is, a + 1), (uint8_t *)pat, STORE_NAME_MAX);
+	if (n1 < 0 || n2 < 0) {
+		done(is, "OK", "LIST completed");
+		return;
+	}
+	ref[n1] = '\0';
+	pat[n2] = '\0';
+	if (n2 == 0) {
+		/* RFC 3501 6.3.8: the hierarchy delimiter and root. */
+		out_printf(is, "* %s (\\Noselect) \"/\" \"\"\r\n", lsub ? "LSUB" : "LIST");
+		done(is, "OK", "%s completed", lsub ? "LSUB" : "LIST");
+		return;
+	}
+	char full[3 * STORE_NAME_MAX + 4];
+	size_t rl = strlen(ref), pl = strlen(pat);
+	memcpy(full, ref, rl);
+	memcpy(full + rl, pat, pl + 1);
+	struct store_folder_info *fl = NULL;
+	size_t nf = 0;
+	int rc = store_folder_list(is->su, &fl, &nf);
+	if (rc) {
+		store_error(is, rc);
+		return;
+	}
+	static const char *const special[] = { "", "\\Sent", "\\Drafts", "\\Trash", "\\Junk",
+					       "\\Archive" };
+	for (size_t i = 0; i < nf; i++) {
+		const char *name = fl[i].name;
+		if (lsub ? !fl[i].subscribed : !fl[i].exists)
+			continue;
+		bool match = list_match(full, name);
+		if (!match && strcmp(name, "INBOX") == 0) {
+			/* INBOX matches case-insensitively. */
+			char up[sizeof(full)];
+			size_t k;
+			for (k = 0; full[k] && k + 1 < sizeof(up); k++)
+				up[k] = (char)toupper((unsigned char)full[k]);
+			up[k] = '\0';
+			match = list_match(up, name);
+		}
+		if (!match)
+			continue;
+		size_t nl = strlen(name);
+		bool children = false;
+		for (size_t j = 0; j < nf && !children; j++)
+			children = fl[j].exists && strncmp(fl[j].name, name, nl) == 0 &&
+				   fl[j].name[nl] == '/';
+		out_printf(is, "* %s (%s%s%s%s) \"/\" ", lsub ? "LSUB" : "LIST",
+			   children ? "\\HasChildren" : "\\HasNoChildren",
+			   fl[i].special ? " " : "", special[fl[i].special],
+			   fl[i].exists ? "" : " \\NonExistent");
+		out_mailbox(is, name);
+		out_str(is, "\r\n");
+	}
+	free(fl);
+	done(is, "OK", "%s completed", lsub ? "LSUB" : "LIST");
+}
+
+static void cmd_list(struct imap_session *is, size_t a) { list_common(is, a, false); }
+static void cmd_lsub(struct imap_session *is, size_t a) { list_common(is, a, true); }
+
+/* ---- STATUS ---------------------------------------------------------------------------------- */
+
+/* "* STATUS" for the command's arguments (mailbox at 2, items at 3). */
+static void status_reply(struct imap_session *is, const struct store_folder_status *st)
+{
+	size_t a = 2;
+	out_str(is, "* STATUS ");
+	out_string(is, tok_span(is, a));
+	out_str(is, " (");
+	size_t end = list_end(is, a + 1) - 1;
+	bool first = true;
+	for (size_t i = a + 2; i < end; i++) {
+		const char *it = tok_str(is, i);
+		uint64_t v;
+		if (!strcasecmp(it, "MESSAGES"))
+			v = st->messages;
+		else if (!strcasecmp(it, "UIDNEXT"))
+			v = st->uidnext;
+		else if (!strcasecmp(it, "UIDVALIDITY"))
+			v = st->uidvalidity;
+		else if (!strcasecmp(it, "UNSEEN"))
+			v = st->unseen;
+		else if (!strcasecmp(it, "RECENT"))
+			v = 0;
+		else if (!strcasecmp(it, "SIZE"))
+			v = st->bytes;
+		else if (!strcasecmp(it, "HIGHESTMODSEQ"))
+			v = st->highestmodseq;
+		else
+			continue;
+		char up[32];
+		size_t k;
+		for (k = 0; it[k] && k + 1 < sizeof(up); k++)
+			up[k] = (char)toupper((unsigned char)it[k]);
+		up[k] = '\0';
+		out_printf(is, "%s%s %" PRIu64, first ? "" : " ", up, v);
+		first = false;
+	}
+	out_str(is, ")\r\n");
+	done(is, "OK", "STATUS completed");
+}
+
+static void status_opened(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead) {
+		if (folder)
+			store_folder_close(&folder);
+		release(is);
+		return;
+	}
+	if (res < 0) {
+		store_error(is, res);
+		release(is);
+		return;
+	}
+	struct store_folder_status st;
+	store_folder_status(folder, &st);
+	store_folder_close(&folder);
+	status_reply(is, &st);
+	release(is);
+}
+
+static void cmd_status(struct imap_session *is, size_t a)
+{
+	char name[STORE_NAME_MAX + 1];
+	if (!mailbox_arg(is, a, name, sizeof(name)))
+		return;
+	if (a + 1 >= is->ntoks || is->toks[a + 1].kind != T_LBEGIN ||
+	    list_end(is, a + 1) != is->ntoks) {
+		syntax(is, "Syntax: STATUS mailbox (items)");
+		return;
+	}
+	for (size_t i = a + 2; i + 1 < is->ntoks; i++) {
+		static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
+						  "RECENT", "SIZE", "HIGHESTMODSEQ" };
+		bool known = false;
+		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
+			known |= is_atom(is, i, ok[k]);
+		if (!known) {
+			syntax(is, "Unknown STATUS item");
+			return;
+		}
+	}
+	if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
+		struct store_folder_status st;
+		store_folder_status(is->folder, &st);
+		status_reply(is, &st);
+		return;
+	}
+	set_busy(is, true);
+	hold(is);
+	store_folder_open(is->su, stream_loop(is->s), name, status_opened, is);
+}
+
+/* ---- FETCH ----------------------------------------------------------------------------------- */
+
+static void fetch_pump(struct imap_session *is);
+
+static void fetch_free(struct imap_session *is)
+{
+	if (!is->fj)
+		return;
+	free(is->fj->hbuf);
+	free(is->fj);
+	is->fj = NULL;
+}
+
+/* Parses one FETCH item. false: syntax error. */
+static bool fetch_item(struct imap_session *is, struct span t, struct fetch_job *fj)
+{
+	if (fj->nitems == IMAP_FETCH_ITEMS_MAX)
+		return false;
+	struct fitem *it = &fj->items[fj->nitems];
+	memset(it, 0, sizeof(*it));
+	static const struct {
+		const char *name;
+		uint8_t kind, rfc822;
+	} simple[] = {
+		{ "FLAGS", FI_FLAGS, 0 }, { "UID", FI_UID, 0 },
+		{ "INTERNALDATE", FI_INTERNALDATE, 0 }, { "RFC822.SIZE", FI_SIZE, 0 },
+		{ "ENVELOPE", FI_ENVELOPE, 0 }, { "BODYSTRUCTURE", FI_BODYSTRUCTURE, 0 },
+		{ "BODY", FI_BODY, 0 }, { "MODSEQ", FI_MODSEQ, 0 },
+		{ "RFC822", FI_SECTION, 1 }, { "RFC822.HEADER", FI_SECTION, 2 },
+		{ "RFC822.TEXT", FI_SECTION, 3 },
+	};
+	for (size_t k = 0; k < sizeof(simple) / sizeof(simple[0]); k++) {
+		if (!span_eq_nocase(t, span_cstr(simple[k].name)))
+			continue;
+		it->kind = simple[k].kind;
+		it->rfc822 = simple[k].rfc822;
+		if (it->rfc822 == 2) {
+			it->peek = true;
+			it->spec = SPAN_LIT("HEADER");
+		} else if (it->rfc822 == 3) {
+			it->spec = SPAN_LIT("TEXT");
+		}
+		if (it->kind == FI_SECTION && !it->peek)
+			fj->set_seen = true;
+		if (it->kind == FI_MODSEQ)
+			is->condstore = true;
+		fj->nitems++;
+		return true;
+	}
+	struct span rest;
+	if (span_prefix_nocase(t, SPAN_LIT("BODY.PEEK["))) {
+		it->peek = true;
+		rest = span_skip(t, 10);
+	} else if (span_prefix_nocase(t, SPAN_LIT("BODY["))) {
+		rest = span_skip(t, 5);
+	} else {
+		return false;
+	}
+	const uint8_t *rb = memchr(rest.p, ']', rest.len);
+	if (!rb)
+		return false;
+	it->kind = FI_SECTION;
+	it->spec = span_make(rest.p, (size_t)(rb - rest.p));
+	struct span after = span_skip(rest, it->spec.len + 1);
+	if (after.len) {
+		/* <origin.count> */
+		if (after.p[0] != '<' || after.p[after.len - 1] != '>')
+			return false;
+		struct span in = span_make(after.p + 1, after.len - 2);
+		const uint8_t *dot = memchr(in.p, '.', in.len);
+		uint32_t o, n;
+		if (!dot || imap_parse_number(span_make(in.p, (size_t)(dot - in.p)), false, &o) ||
+		    imap_parse_number(span_skip(in, (size_t)(dot - in.p) + 1), true, &n))
+			return false;
+		it->partial = true;
+		it->poff = o;
+		it->plen = n;
+	}
+	if (!it->peek)
+		fj->set_seen = true;
+	fj->nitems++;
+	return true;
+}
+
+static void fetch_finish(struct imap_session *is)
+{
+	bool expunged = is->fj->expunged;
+	fetch_free(is);
+	if (expunged)
+		done(is, "NO", "[EXPUNGEISSUED] Some messages were expunged");
+	else
+		done(is, "OK", "%sFETCH completed", is->uid_cmd ? "UID " : "");
+}
+
+static void format_date(char *buf, size_t cap, int64_t t)
+{
+	static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	time_t tt = (time_t)t;
+	struct tm tm;
+	gmtime_r(&tt, &tm);
+	snprintf(buf, cap, "%02d-%s-%04d %02d:%02d:%02d +0000", tm.tm_mday, mon[tm.tm_mon],
+		 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* Writes a formatter's output (ENVELOPE, BODY, BODYSTRUCTURE). */
+static void out_formatted(struct imap_session *is, const struct mime_blob *mb, int what)
+{
+	uint8_t small[4096];
+	int64_t n = what == 0 ? mime_write_envelope(mb, 0, small, sizeof(small))
+			      : mime_write_bodystructure(mb, 0, what == 2, small, sizeof(small));
+	if (n < 0) {
+		out_str(is, "NIL");
+		return;
+	}
+	if ((size_t)n <= sizeof(small)) {
+		out_put(is, small, (size_t)n);
+		return;
+	}
+	uint8_t *big = malloc((size_t)n);
+	if (!big) {
+		out_str(is, "NIL");
+		return;
+	}
+	int64_t m = what == 0 ? mime_write_envelope(mb, 0, big, (size_t)n)
+			      : mime_write_bodystructure(mb, 0, what == 2, big, (size_t)n);
+	if (m == n)
+		out_put(is, big, (size_t)n);
+	else
+		out_str(is, "NIL");
+	free(big);
+}
+
+/* Whether header field name (up to ':') is in the list " (a b c)". */
+static bool field_in_list(struct span name, struct span list)
+{
+	size_t i = 0;
+	while (i < list.len) {
+		while (i < list.len && (list.p[i] == ' ' || list.p[i] == '(' || list.p[i] == ')' ||
+					list.p[i] == '"'))
+			i++;
+		size_t j = i;
+		while (j < list.len && list.p[j] != ' ' && list.p[j] != ')' && list.p[j] != '"')
+			j++;
+		if (j > i && span_eq_nocase(name, span_make(list.p + i, j - i)))
+			return true;
+		i = j;
+	}
+	return false;
+}
+
+/* Filters the header in hbuf[0..hlen) in place; returns the new length
+ * (blank line kept at the end). */
+static size_t header_filter(uint8_t *h, size_t len, struct span list, bool not)
+{
+	size_t r = 0, w = 0;
+	bool keep = false;
+	while (r < len) {
+		size_t e = r;
+		while (e < len && h[e] != '\n')
+			e++;
+		if (e < len)
+			e++;
+		size_t l = e - r;
+		bool blank = (l == 1 && h[r] == '\n') || (l == 2 && h[r] == '\r');
+		if (blank)
+			break;
+		if (h[r] != ' ' && h[r] != '\t') {
+			const uint8_t *colon = memchr(h + r, ':', l);
+			size_t nl = colon ? (size_t)(colon - (h + r)) : 0;
+			while (nl && (h[r + nl - 1] == ' ' || h[r + nl - 1] == '\t'))
+				nl--;
+			bool in = colon && field_in_list(span_make(h + r, nl), list);
+			keep = not ? !in : in;
+		}
+		if (keep) {
+			memmove(h + w, h + r, l);
+			w += l;
+		}
+		r = e;
+	}
+	h[w++] = '\r';
+	h[w++] = '\n';
+	return w;
+}
+
+static void fetch_read_done(void *arg, ssize_t res);
+
+static void fetch_read(struct imap_session *is)
+{
+	struct fetch_job *fj = is->fj;
+	uint32_t uid = is->msgs[fj->cur].uid;
+	fj->reading = true;
+	hold(is);
+	if (fj->hdr_filter) {
+		size_t len = fj->rd_left < fj->hcap - fj->hlen ? (size_t)fj->rd_left : fj->hcap - fj->hlen;
+		if (len > IMAP_READ_CHUNK)
+			len = IMAP_READ_CHUNK;
+		store_read(is->folder, stream_loop(is->s), uid, fj->rd_off, fj->hbuf + fj->hlen, len,
+			   fetch_read_done, is);
+		return;
+	}
+	size_t len = fj->rd_left < IMAP_READ_CHUNK ? (size_t)fj->rd_left : IMAP_READ_CHUNK;
+	store_read(is->folder, stream_loop(is->s), uid, fj->rd_off, is->rbuf, len, fetch_read_done,
+		   is);
+}
+
+static void fetch_read_done(void *arg, ssize_t res)
+{
+	struct imap_session *is = arg;
+	struct fetch_job *fj = is->fj;
+	if (is->dead) {
+		release(is);
+		return;
+	}
+	fj->reading = false;
+	if (res < 0 || (res == 0 && fj->rd_left)) {
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-read-error",
+		       "uid=%" PRIu32 " error=%s", is->msgs[fj->cur].uid,
+		       res < 0 ? strerror((int)-res) : "short message");
+		/* A literal's length is promised: nothing honest can follow. */
+		session_close(is, false);
+		release(is);
+		return;
+	}
+	fj->rd_off += (uint64_t)res;
+	fj->rd_left -= (uint64_t)res;
+	if (fj->hdr_filter) {
+		fj->hlen += (size_t)res;
+		if (fj->rd_left == 0 || fj->hlen == fj->hcap) {
+			size_t n = header_filter(fj->hbuf, fj->hlen, fj->hdr_fields, fj->hdr_not);
+			out_printf(is, "{%zu}\r\n", n);
+			out_put(is, fj->hbuf, n);
+			fj->hdr_filter = false;
+			fj->item_open = false;
+			fj->rd_left = 0;
+			fj->ii++;
+		}
+	} else {
+		out_flush(is);
+		stream_send(is->s, is->rbuf, (size_t)res);
+		if (fj->rd_left == 0) {
+			fj->item_open = false;
+			fj->ii++;
+		}
+	}
+	fetch_pump(is);
+	release(is);
+}
+
+/* Starts BODY[section] of the current message. Returns true when it
+ * completed at once. */
+static bool fetch_section(struct imap_session *is, struct fitem *it, const struct store_msg *m,
+			  const struct mime_blob *mb, bool mb_ok)
+{
+	struct fetch_job *fj = is->fj;
+	if (it->rfc822 == 1)
+		out_str(is, "RFC822 ");
+	else if (it->rfc822 == 2)
+		out_str(is, "RFC822.HEADER ");
+	else if (it->rfc822 == 3)
+		out_str(is, "RFC822.TEXT ");
+	else {
+		out_str(is, "BODY[");
+		out_put(is, it->spec.p, it->spec.len);
+		out_str(is, "]");
+		if (it->partial)
+			out_printf(is, "<%" PRIu64 ">", it->poff);
+		out_str(is, " ");
+	}
+	uint64_t off = 0, len = m->size;
+	struct mime_section sec = { 0 };
+	if (it->spec.len) {
+		int rc = mb_ok ? mime_blob_section(mb, it->spec, &sec) : -ENOENT;
+		if (rc) {
+			out_str(is, "\"\"");
+			return true;
+		}
+		off = sec.off;
+		len = sec.len;
+	}
+	if (sec.what == MIME_SECTION_HEADER_FIELDS || sec.what == MIME_SECTION_HEADER_FIELDS_NOT) {
+		if (len > IMAP_HEADER_READ_MAX)
+			len = IMAP_HEADER_READ_MAX;
+		if (fj->hcap < len + 2) {
+			free(fj->hbuf);
+			fj->hbuf = malloc(len + 2);
+			fj->hcap = fj->hbuf ? (size_t)len + 2 : 0;
+		}
+		if (!fj->hbuf) {
+			out_str(is, "\"\"");
+			return true;
+		}
+		fj->hcap = (size_t)len; /* leave room for the CRLF */
+		fj->hlen = 0;
+		fj->hdr_filter = true;
+		fj->hdr_not = sec.what == MIME_SECTION_HEADER_FIELDS_NOT;
+		fj->hdr_fields = sec.rest;
+		fj->rd_off = off;
+		fj->rd_left = len;
+		fj->item_open = true;
+		if (len == 0) {
+			out_str(is, "{2}\r\n\r\n");
+			fj->hdr_filter = false;
+			fj->item_open = false;
+			return true;
+		}
+		return false;
+	}
+	if (it->partial) {
+		if (it->poff >= len) {
+			len = 0;
+		} else {
+			off += it->poff;
+			len -= it->poff;
+			if (len > it->plen)
+				len = it->plen;
+		}
+	}
+	out_printf(is, "{%" PRIu64 "}\r\n", len);
+	if (len == 0)
+		return true;
+	fj->rd_off = off;
+	fj->rd_left = len;
+	fj->item_open = true;
+	return false;
+}
+
+static bool fetch_matches(struct imap_session *is, size_t i)
+{
+	struct fetch_job *fj = is->fj;
+	for (size_t k = 0; k < is->nuids; k++)
+		if (is->uids[k] == is->msgs[i].uid) {
+			if (fj->changedsince) {
+				const struct store_msg *m = msg_of(is, i);
+				return m && m->modseq > fj->changedsince;
+			}
+			return true;
+		}
+	return false;
+}
+
+static void fetch_pump(struct imap_session *is)
+{
+	struct fetch_job *fj = is->fj;
+	size_t high = send_high(is);
+	while (!is->dead && is->state != IMAP_S_LOGOUT) {
+		if (fj->reading)
+			return;
+		if (stream_send_pending(is->s) + is->olen > high) {
+			out_flush(is);
+			fj->wait_drain = true;
+			return;
+		}
+		if (fj->item_open) {
+			fetch_read(is);
+			return;
+		}
+		if (!fj->in_msg) {
+			/* uids[] is ascending, msgs[] too: walk both. */
+			while (fj->mi < is->nmsgs && !fetch_matches(is, fj->mi))
+				fj->mi++;
+			if (fj->mi >= is->nmsgs) {
+				out_flush(is);
+				fetch_finish(is);
+				return;
+			}
+			fj->cur = fj->mi++;
+			if (!msg_of(is, fj->cur)) {
+				fj->expunged = true;
+				continue;
+			}
+			fj->in_msg = true;
+			fj->ii = 0;
+			fj->add_flags = fj->set_seen && !is->readonly &&
+					!(is->msgs[fj->cur].flags & STORE_F_SEEN) && !fj->want_flags;
+			out_printf(is, "* %zu FETCH (", fj->cur + 1);
+		}
+		const struct store_msg *m = msg_of(is, fj->cur);
+		if (!m) {
+			/* Expunged between reads of this message: end it. */
+			fj->expunged = true;
+			fj->ii = fj->nitems;
+		}
+		if (fj->ii >= fj->nitems) {
+			if (m && fj->add_flags) {
+				out_str(is, " FLAGS ");
+				out_flags(is, m->flags, m->keywords);
+			}
+			if (m && fj->changedsince && !fj->want_modseq)
+				out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
+			out_str(is, ")\r\n");
+			if (m) {
+				is->msgs[fj->cur].flags = m->flags;
+				is->msgs[fj->cur].kw = m->keywords;
+				is->msgs[fj->cur].modseq = m->modseq;
+			}
+			fj->in_msg = false;
+			continue;
+		}
+		struct fitem *it = &fj->items[fj->ii];
+		if (fj->ii)
+			out_str(is, " ");
+		struct mime_blob mb;
+		bool mb_ok = mime_blob_parse(m->blob, &mb) == 0;
+		char date[64];
+		switch (it->kind) {
+		case FI_FLAGS:
+			out_str(is, "FLAGS ");
+			out_flags(is, m->flags, m->keywords);
+			break;
+		case FI_UID:
+			out_printf(is, "UID %" PRIu32, m->uid);
+			break;
+		case FI_INTERNALDATE:
+			format_date(date, sizeof(date), m->internal_date);
+			out_printf(is, "INTERNALDATE \"%s\"", date);
+			break;
+		case FI_SIZE:
+			out_printf(is, "RFC822.SIZE %" PRIu64, m->size);
+			break;
+		case FI_MODSEQ:
+			out_printf(is, "MODSEQ (%" PRIu64 ")", m->modseq);
+			break;
+		case FI_ENVELOPE:
+			out_str(is, "ENVELOPE ");
+			if (mb_ok)
+				out_formatted(is, &mb, 0);
+			else
+				out_str(is, "(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)");
+			break;
+		case FI_BODY:
+		case FI_BODYSTRUCTURE:
+			out_str(is, it->kind == FI_BODY ? "BODY " : "BODYSTRUCTURE ");
+			if (mb_ok)
+				out_formatted(is, &mb, it->kind == FI_BODY ? 1 : 2);
+			else
+				out_printf(is, "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL "
+					       "\"7bit\" %" PRIu64 " 0)", m->size);
+			break;
+		case FI_SECTION:
+			if (!fetch_section(is, it, m, &mb, mb_ok))
+				continue; /* streaming: item_open */
+			break;
+		}
+		fj->ii++;
+	}
+}
+
+/* The \Seen flags a non-PEEK body fetch sets are stored before the
+ * responses are written, so FLAGS in them is already right. */
+static void fetch_seen_done(void *arg, int res, uint64_t modseq)
+{
+	struct imap_session *is = arg;
+	(void)modseq;
+	if (is->dead) {
+		release(is);
+		return;
+	}
+	if (res < 0)
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-seen-error",
+		       "error=%s", strerror(-res));
+	view_refresh(is);
+	fetch_pump(is);
+	release(is);
+}
+
+static void cmd_fetch(struct imap_session *is, size_t a)
+{
+	bool uid = is->uid_cmd;
+	if (!set_arg(is, a, uid))
+		return;
+	struct fetch_job *fj = calloc(1, sizeof(*fj));
+	if (!fj || (!is->rbuf && !(is->rbuf = malloc(IMAP_READ_CHUNK)))) {
+		free(fj);
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		return;
+	}
+	fj->uid = uid;
+	size_t i = a + 1, end;
+	if (i >= is->ntoks) {
+		free(fj);
+		syntax(is, "Syntax: FETCH set items");
+		return;
+	}
+	if (is->toks[i].kind == T_LBEGIN) {
+		end = list_end(is, i);
+		for (size_t k = i + 1; k + 1 < end; k++)
+			if (is->toks[k].kind != T_ATOM || !fetch_item(is, tok_span(is, k), fj)) {
+				free(fj);
+				syntax(is, "Invalid FETCH item");
+				return;
+			}
+	} else if (is->toks[i].kind == T_ATOM) {
+		end = i + 1;
+		struct span t = tok_span(is, i);
+		bool ok = true;
+		if (span_eq_nocase(t, SPAN_LIT("ALL")) || span_eq_nocase(t, SPAN_LIT("FAST")) ||
+		    span_eq_nocase(t, SPAN_LIT("FULL"))) {
+			ok = fetch_item(is, SPAN_LIT("FLAGS"), fj) &&
+			     fetch_item(is, SPAN_LIT("INTERNALDATE"), fj) &&
+			     fetch_item(is, SPAN_LIT("RFC822.SIZE"), fj);
+			if (!span_eq_nocase(t, SPAN_LIT("FAST")))
+				ok = ok && fetch_item(is, SPAN_LIT("ENVELOPE"), fj);
+			if (span_eq_nocase(t, SPAN_LIT("FULL")))
+				ok = ok && fetch_item(is, SPAN_LIT("BODY"), fj);
+		} else {
+			ok = fetch_item(is, t, fj);
+		}
+		if (!ok) {
+			free(fj);
+			syntax(is, "Invalid FETCH item");
+			return;
+		}
+	} else {
+		free(fj);
+		syntax(is, "Syntax: FETCH set items");
+		return;
+	}
+	/* RFC 7162 3.1.4: FETCH modifiers (CHANGEDSINCE n). */
+	if (end < is->ntoks && is->toks[end].kind == T_LBEGIN) {
+		size_t e2 = list_end(is, end);
+		if (e2 - end == 4 && is_atom(is, end + 1, "CHANGEDSINCE")) {
+			uint32_t lo;
+			struct span v = tok_span(is, end + 2);
+			uint64_t n = 0;
+			for (size_t k = 0; k < v.len && v.p[k] >= '0' && v.p[k] <= '9'; k++)
+				n = n * 10 + (uint64_t)(v.p[k] - '0');
+			(void)lo;
+			fj->changedsince = n;
+			is->condstore = true;
+		} else {
+			free(fj);
+			syntax(is, "Invalid FETCH modifier");
+			return;
+		}
+		end = e2;
+	}
+	if (end != is->ntoks) {
+		free(fj);
+		syntax(is, "Syntax: FETCH set items");
+		return;
+	}
+	/* UID FETCH always includes UID (RFC 3501 6.4.8). */
+	bool has_uid = false;
+	for (size_t k = 0; k < fj->nitems; k++) {
+		has_uid |= fj->items[k].kind == FI_UID;
+		fj->want_flags |= fj->items[k].kind == FI_FLAGS;
+		fj->want_modseq |= fj->items[k].kind == FI_MODSEQ;
+	}
+	if (uid && !has_uid && fj->nitems < IMAP_FETCH_ITEMS_MAX) {
+		memmove(&fj->items[1], &fj->items[0], fj->nitems * sizeof(fj->items[0]));
+		memset(&fj->items[0], 0, sizeof(fj->items[0]));
+		fj->items[0].kind = FI_UID;
+		fj->nitems++;
+	}
+	if (fj->changedsince && !fj->want_modseq && fj->nitems < IMAP_FETCH_ITEMS_MAX) {
+		fj->items[fj->nitems].kind = FI_MODSEQ;
+		fj->want_modseq = true;
+		fj->nitems++;
+	}
+	is->fj = fj;
+	set_busy(is, true);
+	if (fj->set_seen && !is->readonly) {
+		size_t n = 0;
+		free(is->uids2);
+		is->uids2 = malloc((is->nuids + 1) * sizeof(uint32_t));
+		if (is->uids2)
+			for (size_t k = 0; k < is->nuids; k++) {
+				ssize_t j = msgs_find(is, is->uids[k]);
+				if (j >= 0 && !(is->msgs[j].flags & STORE_F_SEEN))
+					is->uids2[n++] = is->uids[k];
+			}
+		if (n) {
+			hold(is);
+			store_flags(is->folder, stream_loop(is->s), is->uids2, n, STORE_FLAGS_ADD,
+				    STORE_F_SEEN, NULL, 0, fetch_seen_done, is);
+			return;
+		}
+	}
+	fetch_pump(is);
+}
+
+/* ---- STORE ----------------------------------------------------------------------------------- */
+
+static void flags_done_cb(void *arg, int res, uint64_t modseq)
+{
+	struct imap_session *is = arg;
+	(void)modseq;
+	if (is->dead) {
+		release(is);
+		return;
+	}
+	if (res < 0) {
+		store_error(is, res);
+		release(is);
+		return;
+	}
+	view_refresh(is);
+	for (size_t k = 0; k < is->nuids; k++) {
+		ssize_t i = msgs_find(is, is->uids[k]);
+		if (i < 0)
+			continue;
+		const struct store_msg *m = msg_of(is, (size_t)i);
+		if (!m)
+			continue;
+		if (!is->store_silent) {
+			out_printf(is, "* %zd FETCH (", i + 1);
+			if (is->uid_cmd)
+				out_printf(is, "UID %" PRIu32 " ", m->uid);
+			out_str(is, "FLAGS ");
+			out_flags(is, m->flags, m->keywords);
+			if (is->condstore)
+				out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
+			out_str(is, ")\r\n");
+		}
+		is->msgs[i].flags = m->flags;
+		is->msgs[i].kw = m->keywords;
+		is->msgs[i].modseq = m->modseq;
+	}
+	size_t nm = is->uids2 ? is->uids2[0] : 0;
+	if (nm) {
+		/* UNCHANGEDSINCE (RFC 7162 3.1.3): the messages left alone. */
+		char code[4096];
+		size_t cl = 0;
+		for (size_t k = 1; k <= nm && cl + 16 < sizeof(code); k++) {
+			ssize_t i = msgs_find(is, is->uids2[k]);
+			uint32_t n = is->uid_cmd ? is->uids2[k] : (uint32_t)(i + 1);
+			cl += (size_t)snprintf(code + cl, sizeof(code) - cl, "%s%" PRIu32,
+					       k > 1 ? "," : "", n);
+		}
+		code[cl] = '\0';
+		done(is, "OK", "[MODIFIED %s] Conditional STORE failed", code);
+		release(is);
+		return;
+	}
+	done(is, "OK", "%sSTORE completed", is->uid_cmd ? "UID " : "");
+	release(is);
+}
+
+static void cmd_store(struct imap_session *is, size_t a)
+{
+	if (is->readonly) {
+		done(is, "NO", "[READ-ONLY] Mailbox is read-only");
+		return;
+	}
+	if (!set_arg(is, a, is->uid_cmd))
+		return;
+	size_t i = a + 1;
+	uint64_t unchangedsince = 0;
+	bool has_unchanged = false;
+	if (i < is->ntoks && is->toks[i].kind == T_LBEGIN) {
+		size_t e = list_end(is, i);
+		if (e - i != 4 || !is_atom(is, i + 1, "UNCHANGEDSINCE")) {
+			syntax(is, "Invalid STORE modifier");
+			return;
+		}
+		struct span v = tok_span(is, i + 2);
+		for (size_t k = 0; k < v.len; k++) {
+			if (v.p[k] < '0' || v.p[k] > '9' || k > 18) {
+				syntax(is, "Invalid UNCHANGEDSINCE");
+				return;
+			}
+			unchangedsince = unchangedsince * 10 + (uint64_t)(v.p[k] - '0');
+		}
+		has_unchanged = true;
+		is->condstore = true;
+		i = e;
+	}
+	if (i >= is->ntoks || is->toks[i].kind != T_ATOM) {
+		syntax(is, "Syntax: STORE set item flags");
+		return;
+	}
+	struct span item = tok_span(is, i);
+	enum store_flags_op op = STORE_FLAGS_SET;
+	if (item.len && item.p[0] == '+') {
+		op = STORE_FLAGS_ADD;
+		item = span_skip(item, 1);
+	} else if (item.len && item.p[0] == '-') {
+		op = STORE_FLAGS_REMOVE;
+		item = span_skip(item, 1);
+	}
+	bool silent = false;
+	if (span_eq_nocase(item, SPAN_LIT("FLAGS.SILENT")))
+		silent = true;
+	else if (!span_eq_nocase(item, SPAN_LIT("FLAGS"))) {
+		syntax(is, "Syntax: STORE set [+-]FLAGS[.SILENT] flags");
+		return;
+	}
+	i++;
+	uint32_t flags;
+	const char *kw[STORE_KEYWORDS_MAX];
+	size_t nkw;
+	if (i >= is->ntoks || !flags_arg(is, &i, &flags, kw, &nkw))
+		return;
+	if (i != is->ntoks) {
+		syntax(is, "Syntax: STORE set [+-]FLAGS[.SILENT] flags");
+		return;
+	}
+	/* UNCHANGEDSINCE: messages changed since are left alone and named in
+	 * [MODIFIED]; uids2[0] is their count. */
+	free(is->uids2);
+	is->uids2 = calloc(is->nuids + 1, sizeof(uint32_t));
+	if (!is->uids2) {
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		return;
+	}
+	if (has_unchanged) {
+		size_t w = 0;
+		for (size_t k = 0; k < is->nuids; k++) {
+			ssize_t j = msgs_find(is, is->uids[k]);
+			const struct store_msg *m = j >= 0 ? msg_of(is, (size_t)j) : NULL;
+			if (m && m->modseq > unchangedsince)
+				is->uids2[1 + is->uids2[0]++] = is->uids[k];
+			else
+				is->uids[w++] = is->uids[k];
+		}
+		is->nuids = w;
+	}
+	is->store_silent = silent;
+	set_busy(is, true);
+	hold(is);
+	store_flags(is->folder, stream_loop(is->s), is->uids, is->nuids, op, flags, kw, nkw,
+		    flags_done_cb, is);
+}
+
+/* ---- COPY / MOVE ------------------------------------------------------------------------------ */
+
+static void copy_done(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	if (is->dead) {
+		store_folder_close(&is->other);
+		release(is);
+		return;
+	}
+	bool move = is->cmd && strcasecmp(is->cmd->name, "MOVE") == 0;
+	if (res < 0) {
+		store_folder_close(&is->other);
+		store_error(is, res);
+		release(is);
+		return;
+	}
+	struct store_folder_status st;
+	store_folder_status(is->other, &st);
+	store_folder_close(&is->other);
+	/* COPYUID: the source UIDs that were copied and their new UIDs. */
+	size_t n = 0;
+	for (size_t k = 0; k < is->nuids; k++)
+		if (is->uids2[k]) {
+			is->uids[n] = is->uids[k];
+			is->uids2[n++] = is->uids2[k];
+		}
+	char code[64];
+	snprintf(code, sizeof(code), "COPYUID %" PRIu32 " ", st.uidvalidity);
+	if (move) {
+		out_printf(is, "* OK [%s", code);
+		out_uidset(is, is->uids, n);
+		out_str(is, " ");
+		out_uidset(is, is->uids2, n);
+		out_str(is, "] Moved\r\n");
+		sync_mailbox(is, true);
+		tagged(is, "OK", "%sMOVE completed", is->uid_cmd ? "UID " : "");
+		cmd_end(is);
+		release(is);
+		return;
+	}
+	if (n == 0) {
+		done(is, "OK", "%sCOPY completed", is->uid_cmd ? "UID " : "");
+		release(is);
+		return;
+	}
+	/* The tagged reply carries the code: build it in the output buffer
+	 * as a whole line. */
+	if (is->cmd && !is->uid_cmd)
+		sync_mailbox(is, true);
+	out_printf(is, "%s OK [%s", is->tag, code);
+	out_uidset(is, is->uids, n);
+	out_str(is, " ");
+	out_uidset(is, is->uids2, n);
+	out_printf(is, "] %sCOPY completed\r\n", is->uid_cmd ? "UID " : "");
+	out_flush(is);
+	cmd_end(is);
+	release(is);
+}
+
+static void copy_opened(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead) {
+		if (folder)
+			store_folder_close(&folder);
+		release(is);
+		return;
+	}
+	if (res < 0) {
+		if (res == -ENOENT)
+			done(is, "NO", "[TRYCREATE] No such mailbox");
+		else
+			store_error(is, res);
+		release(is);
+		return;
+	}
+	is->other = folder;
+	bool move = is->cmd && strcasecmp(is->cmd->name, "MOVE") == 0;
+	free(is->uids2);
+	is->uids2 = calloc(is->nuids + 1, sizeof(uint32_t));
+	if (!is->uids2) {
+		store_folder_close(&is->other);
+		store_error(is, -ENOMEM);
+		release(is);
+		return;
+	}
+	store_copy(is->folder, stream_loop(is->s), is->uids, is->nuids, is->other, move,
+		   is->uids2, copy_done, is);
+	/* the hold is passed on to copy_done */
+}
+
+static void cmd_copy(struct imap_session *is, size_t a)
+{
+	char name[STORE_NAME_MAX + 1];
+	if (!set_arg(is, a, is->uid_cmd))
+		return;
+	if (!mailbox_arg(is, a + 1, name, sizeof(name)))
+		return;
+	if (a + 2 != is->ntoks) {
+		syntax(is, "Syntax: COPY set mailbox");
+		return;
+	}
+	bool move = strcasecmp(is->cmd->name, "MOVE") == 0;
+	if (move && is->readonly) {
+		done(is, "NO", "[READ-ONLY] Mailbox is read-only");
+		return;
+	}
+	if (is->nuids == 0) {
+		done(is, "OK", "%s%s completed", is->uid_cmd ? "UID " : "", move ? "MOVE" : "COPY");
+		return;
+	}
+	set_busy(is, true);
+	hold(is);
+	store_folder_open(is->su, stream_loop(is->s), name, copy_opened, is);
+}
+
+/* ---- SEARCH ----------------------------------------------------------------------------------- */
+
+enum skey_kind {
+	SK_ALL, SK_FLAG, SK_KEYWORD, SK_SEQ, SK_UID, SK_LARGER, SK_SMALLER, SK_BEFORE, SK_ON,
+	SK_SINCE, SK_SENTBEFORE, SK_SENTON, SK_SENTSINCE, SK_FIELD, SK_NOT, SK_OR, SK_AND,
+	SK_MODSEQ, SK_NONE,
+};
+
+struct skey {
+	uint8_t kind;
+	bool neg;              /* SK_FLAG/SK_KEYWORD: UN- */
+	uint32_t flag;
+	uint64_t num;          /* size, date (days), modseq, AND count */
+	enum mime_field field;
+	struct span str, kw;
+	uint32_t set_off, set_n; /* in is->set */
+};
+
+struct search_ctx {
+	struct skey keys[IMAP_SEARCH_KEYS_MAX];
+	size_t n;
+	size_t set_used;
+	const char *err;
+};
+
+/* "1-Feb-1994" as days since the epoch. -1: invalid. */
+static int64_t parse_day(struct span s)
+{
+	static const char *const mon[] = { "jan", "feb", "mar", "apr", "may", "jun",
+					   "jul", "aug", "sep", "oct", "nov", "dec" };
+	char buf[32];
+	if (s.len >= sizeof(buf))
+		return -1;
+	memcpy(buf, s.p, s.len);
+	buf[s.len] = '\0';
+	int d, y;
+	char m[4];
+	if (sscanf(buf, "%2d-%3[A-Za-z]-%4d", &d, m, &y) != 3)
+		return -1;
+	int mi = -1;
+	for (int k = 0; k < 12; k++)
+		if (strcasecmp(m, mon[k]) == 0)
+			mi = k;
+	if (mi < 0 || d < 1 || d > 31 || y < 1900)
+		return -1;
+	struct tm tm = { .tm_mday = d, .tm_mon = mi, .tm_year = y - 1900 };
+	return (int64_t)(timegm(&tm) / 86400);
+}
+
+/* The day of a Date: header value ("Tue, 1 Jul 2003 10:52:37 +0200"). */
+static int64_t header_day(struct span v)
+{
+	char buf[128];
+	size_t n = v.len < sizeof(buf) - 1 ? v.len : sizeof(buf) - 1;
+	memcpy(buf, v.p, n);
+	buf[n] = '\0';
+	char *p = strchr(buf, ',');
+	p = p ? p + 1 : buf;
+	int d, y;
+	char m[4];
+	if (sscanf(p, "%d %3s %d", &d, m, &y) != 3)
+		return -1;
+	char spec[32];
+	snprintf(spec, sizeof(spec), "%d-%s-%d", d, m, y < 100 ? y + 1900 : y);
+	return parse_day(span_cstr(spec));
+}
+
+static int search_parse(struct imap_session *is, struct search_ctx *sc, size_t *i, int depth);
+
+static int search_key(struct imap_session *is, struct search_ctx *sc, size_t *i, int depth)
+{
+	if (*i >= is->ntoks || sc->n >= IMAP_SEARCH_KEYS_MAX || depth > IMAP_LIST_DEPTH_MAX)
+		return -1;
+	struct skey *k = &sc->keys[sc->n++];
+	memset(k, 0, sizeof(*k));
+	size_t t = (*i)++;
+	if (is->toks[t].kind == T_LBEGIN) {
+		size_t end = list_end(is, t) - 1, cnt = 0;
+		k->kind = SK_AND;
+		size_t self = sc->n - 1;
+		while (*i < end) {
+			if (search_key(is, sc, i, depth + 1))
+				return -1;
+			cnt++;
+		}
+		(*i)++;
+		sc->keys[self].num = cnt;
+		return cnt ? 0 : -1;
+	}
+	if (is->toks[t].kind != T_ATOM)
+		return -1;
+	struct span a = tok_span(is, t);
+	static const struct {
+		const char *name;
+		uint32_t flag;
+		bool neg;
+	} flags[] = {
+		{ "ANSWERED", STORE_F_ANSWERED, 0 }, { "DELETED", STORE_F_DELETED, 0 },
+		{ "DRAFT", STORE_F_DRAFT, 0 },	     { "FLAGGED", STORE_F_FLAGGED, 0 },
+		{ "SEEN", STORE_F_SEEN, 0 },	     { "UNANSWERED", STORE_F_ANSWERED, 1 },
+		{ "UNDELETED", STORE_F_DELETED, 1 }, { "UNDRAFT", STORE_F_DRAFT, 1 },
+		{ "UNFLAGGED", STORE_F_FLAGGED, 1 }, { "UNSEEN", STORE_F_SEEN, 1 },
+		{ "OLD", 0, 0 },
+	};
+	for (size_t f = 0; f < sizeof(flags) / sizeof(flags[0]); f++)
+		if (span_eq_nocase(a, span_cstr(flags[f].name))) {
+			k->kind = flags[f].flag ? SK_FLAG : SK_ALL;
+			k->flag = flags[f].flag;
+			k->neg = flags[f].neg;
+			return 0;
+		}
+	if (span_eq_nocase(a, SPAN_LIT("ALL"))) {
+		k->kind = SK_ALL;
+		return 0;
+	}
+	if (span_eq_nocase(a, SPAN_LIT("NEW")) || span_eq_nocase(a, SPAN_LIT("RECENT"))) {
+		k->kind = SK_NONE; /* no message is \Recent here */
+		return 0;
+	}
+	if (span_eq_nocase(a, SPAN_LIT("NOT"))) {
+		k->kind = SK_NOT;
+		return search_key(is, sc, i, depth + 1);
+	}
+	if (span_eq_nocase(a, SPAN_LIT("OR"))) {
+		k->kind = SK_OR;
+		if (search_key(is, sc, i, depth + 1))
+			return -1;
+		return search_key(is, sc, i, depth + 1);
+	}
+	if (a.len && ((a.p[0] >= '1' && a.p[0] <= '9') || a.p[0] == '*')) {
+		/* a sequence set */
+		size_t n;
+		if (imap_parse_seqset(a, is->set + sc->set_used, IMAP_SET_MAX - sc->set_used, &n))
+			return -1;
+		k->kind = SK_SEQ;
+		k->set_off = (uint32_t)sc->set_used;
+		k->set_n = (uint32_t)n;
+		sc->set_used += n;
+		return 0;
+	}
+	/* keys with one argument */
+	if (*i >= is->ntoks)
+		return -1;
+	size_t v = (*i)++;
+	struct span val = tok_span(is, v);
+	if (span_eq_nocase(a, SPAN_LIT("KEYWORD")) || span_eq_nocase(a, SPAN_LIT("UNKEYWORD"))) {
+		k->kind = SK_KEYWORD;
+		k->neg = a.len == 9;
+		k->kw = val;
+		return is->toks[v].kind == T_ATOM ? 0 : -1;
+	}
+	if (span_eq_nocase(a, SPAN_LIT("LARGER")) || span_eq_nocase(a, SPAN_LIT("SMALLER"))) {
+		uint32_t n;
+		if (imap_parse_number(val, false, &n))
+			return -1;
+		k->kind = a.len == 6 ? SK_LARGER : SK_SMALLER;
+		k->num = n;
+		return 0;
+	}
+	if (span_eq_nocase(a, SPAN_LIT("MODSEQ"))) {
+		uint64_t n = 0;
+		if (!val.len || val.len > 19)
+			return -1;
+		for (size_t c = 0; c < val.len; c++) {
+			if (val.p[c] < '0' || val.p[c] > '9')
+				return -1;
+			n = n * 10 + (uint64_t)(val.p[c] - '0');
+		}
+		k->kind = SK_MODSEQ;
+		k->num = n;
+		is->condstore = true;
+		return 0;
+	}
+	static const struct {
+		const char *name;
+		uint8_t kind;
+	} dates[] = {
+		{ "BEFORE", SK_BEFORE }, { "ON", SK_ON }, { "SINCE", SK_SINCE },
+		{ "SENTBEFORE", SK_SENTBEFORE }, { "SENTON", SK_SENTON }, { "SENTSINCE", SK_SENTSINCE },
+	};
+	for (size_t d = 0; d < sizeof(dates) / sizeof(dates[0]); d++)
+		if (span_eq_nocase(a, span_cstr(dates[d].name))) {
+			int64_t day = parse_day(val);
+			if (day < 0)
+				return -1;
+			k->kind = dates[d].kind;
+			k->num = (uint64_t)day;
+			return 0;
+		}
+	static const struct {
+		const char *name;
+		enum mime_field f;
+	} fields[] = {
+		{ "FROM", MIME_FIELD_FROM }, { "TO", MIME_FIELD_TO }, { "CC", MIME_FIELD_CC },
+		{ "BCC", MIME_FIELD_BCC }, { "SUBJECT", MIME_FIELD_SUBJECT },
+	};
+	for (size_t f = 0; f < sizeof(fields) / sizeof(fields[0]); f++)
+		if (span_eq_nocase(a, span_cstr(fields[f].name))) {
+			k->kind = SK_FIELD;
+			k->field = fields[f].f;
+			k->str = val;
+			return is_astring(is, v) ? 0 : -1;
+		}
+	if (span_eq_nocase(a, SPAN_LIT("HEADER"))) {
+		static const struct {
+			const char *name;
+			enum mime_field f;
+		} hdrs[] = {
+			{ "Content-Type", MIME_FIELD_CONTENT_TYPE },
+			{ "Content-Transfer-Encoding", MIME_FIELD_CONTENT_TRANSFER_ENCODING },
+			{ "Content-ID", MIME_FIELD_CONTENT_ID },
+			{ "Content-Description", MIME_FIELD_CONTENT_DESCRIPTION },
+			{ "Content-Disposition", MIME_FIELD_CONTENT_DISPOSITION },
+			{ "Content-Language", MIME_FIELD_CONTENT_LANGUAGE },
+			{ "Content-Location", MIME_FIELD_CONTENT_LOCATION },
+			{ "Content-MD5", MIME_FIELD_CONTENT_MD5 },
+			{ "Date", MIME_FIELD_DATE }, { "Subject", MIME_FIELD_SUBJECT },
+			{ "From", MIME_FIELD_FROM }, { "Sender", MIME_FIELD_SENDER },
+			{ "Reply-To", MIME_FIELD_REPLY_TO }, { "To", MIME_FIELD_TO },
+			{ "Cc", MIME_FIELD_CC }, { "Bcc", MIME_FIELD_BCC },
+			{ "In-Reply-To", MIME_FIELD_IN_REPLY_TO },
+			{ "Message-ID", MIME_FIELD_MESSAGE_ID },
+		};
+		if (*i >= is->ntoks || !is_astring(is, *i))
+			return -1;
+		k->str = tok_span(is, (*i)++);
+		for (size_t f = 0; f < sizeof(hdrs) / sizeof(hdrs[0]); f++)
+			if (span_eq_nocase(val, span_cstr(hdrs[f].name))) {
+				k->kind = SK_FIELD;
+				k->field = hdrs[f].f;
+				return 0;
+			}
+		sc->err = "[CANNOT] HEADER search is limited to the envelope and Content-* fields";
+		return -1;
+	}
+	if (span_eq_nocase(a, SPAN_LIT("BODY")) || span_eq_nocase(a, SPAN_LIT("TEXT"))) {
+		sc->err = "[CANNOT] BODY and TEXT search are not supported yet";
+		return -1;
+	}
+	if (span_eq_nocase(a, SPAN_LIT("UID"))) {
+		size_t n;
+		if (imap_parse_seqset(val, is->set + sc->set_used, IMAP_SET_MAX - sc->set_used, &n))
+			return -1;
+		k->kind = SK_UID;
+		k->set_off = (uint32_t)sc->set_used;
+		k->set_n = (uint32_t)n;
+		sc->set_used += n;
+		return 0;
+	}
+	return -1;
+}
+
+static int search_parse(struct imap_session *is, struct search_ctx *sc, size_t *i, int depth)
+{
+	size_t start = sc->n;
+	struct skey *all = &sc->keys[sc->n++];
+	memset(all, 0, sizeof(*all));
+	all->kind = SK_AND;
+	size_t cnt = 0;
+	while (*i < is->ntoks) {
+		if (search_key(is, sc, i, depth))
+			return -1;
+		cnt++;
+	}
+	sc->keys[start].num = cnt;
+	return cnt ? 0 : -1;
+}
+
+/* ASCII case-insensitive substring. */
+static bool contains_nocase(struct span hay, struct span needle)
+{
+	if (needle.len == 0)
+		return true;
+	for (size_t i = 0; i + needle.len <= hay.len; i++) {
+		size_t k = 0;
+		while (k < needle.len && tolower(hay.p[i + k]) == tolower(needle.p[k]))
+			k++;
+		if (k == needle.len)
+			return true;
+	}
+	return false;
+}
+
+/* Evaluates key *k for message index mi; advances *k past the key. */
+static bool search_eval(struct imap_session *is, struct search_ctx *sc, size_t *k, size_t mi,
+			const struct store_msg *m)
+{
+	struct skey *key = &sc->keys[(*k)++];
+	uint32_t star_seq = (uint32_t)is->nmsgs;
+	uint32_t star_uid = is->nmsgs ? is->msgs[is->nmsgs - 1].uid : 0;
+	switch (key->kind) {
+	case SK_ALL:
+		return true;
+	case SK_NONE:
+		return false;
+	case SK_FLAG:
+		return ((m->flags & key->flag) != 0) != key->neg;
+	case SK_KEYWORD: {
+		bool has = false;
+		for (unsigned b = 0; b < 64; b++) {
+			const char *name = store_view_keyword(is->view, b);
+			if (name && (m->keywords & (1ull << b)) &&
+			    span_eq_nocase(span_cstr(name), key->kw))
+				has = true;
+		}
+		return has != key->neg;
+	}
+	case SK_SEQ:
+		return imap_seqset_contains(is->set + key->set_off, key->set_n, (uint32_t)(mi + 1),
+					    star_seq);
+	case SK_UID:
+		return imap_seqset_contains(is->set + key->set_off, key->set_n, m->uid, star_uid);
+	case SK_LARGER:
+		return m->size > key->num;
+	case SK_SMALLER:
+		return m->size < key->num;
+	case SK_MODSEQ:
+		return m->modseq >= key->num;
+	case SK_BEFORE:
+	case SK_ON:
+	case SK_SINCE:
+	case SK_SENTBEFORE:
+	case SK_SENTON:
+	case SK_SENTSINCE: {
+		int64_t day;
+		if (key->kind >= SK_SENTBEFORE) {
+			struct mime_blob mb;
+			struct span v;
+			if (mime_blob_parse(m->blob, &mb) || !mime_blob_field(&mb, 0, MIME_FIELD_DATE, &v) ||
+			    (day = header_day(v)) < 0)
+				day = m->internal_date / 86400;
+		} else {
+			day = m->internal_date / 86400;
+		}
+		int64_t want = (int64_t)key->num;
+		if (key->kind == SK_BEFORE || key->kind == SK_SENTBEFORE)
+			return day < want;
+		if (key->kind == SK_ON || key->kind == SK_SENTON)
+			return day == want;
+		return day >= want;
+	}
+	case SK_FIELD: {
+		struct mime_blob mb;
+		struct span v;
+		if (mime_blob_parse(m->blob, &mb) || !mime_blob_field(&mb, 0, key->field, &v))
+			return false;
+		return contains_nocase(v, key->str);
+	}
+	case SK_NOT:
+		return !search_eval(is, sc, k, mi, m);
+	case SK_OR: {
+		bool x = search_eval(is, sc, k, mi, m);
+		bool y = search_eval(is, sc, k, mi, m);
+		return x || y;
+	}
+	case SK_AND: {
+		bool r = true;
+		for (uint64_t c = 0; c < key->num; c++)
+			r = search_eval(is, sc, k, mi, m) && r;
+		return r;
+	}
+	}
+	return false;
+}
+
+static void cmd_search(struct imap_session *is, size_t a)
+{
+	struct search_ctx *sc = calloc(1, sizeof(*sc));
+	if (!sc) {
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		return;
+	}
+	size_t i = a;
+	/* ESEARCH (RFC 4731): RETURN (MIN MAX COUNT ALL). */
+	bool esearch = false;
+	unsigned ret = 0; /* 1 MIN 2 MAX 4 COUNT 8 ALL */
+	if (is_atom(is, i, "RETURN")) {
+		esearch = true;
+		i++;
+		if (i >= is->ntoks || is->toks[i].kind != T_LBEGIN) {
+			free(sc);
+			syntax(is, "Syntax: SEARCH RETURN (options) keys");
+			return;
+		}
+		size_t end = list_end(is, i);
+		for (size_t k = i + 1; k + 1 < end; k++) {
+			if (is_atom(is, k, "MIN"))
+				ret |= 1;
+			else if (is_atom(is, k, "MAX"))
+				ret |= 2;
+			else if (is_atom(is, k, "COUNT"))
+				ret |= 4;
+			else if (is_atom(is, k, "ALL"))
+				ret |= 8;
+			else {
+				free(sc);
+				syntax(is, "Unknown RETURN option");
+				return;
+			}
+		}
+		if (!ret)
+			ret = 8;
+		i = end;
+	}
+	if (is_atom(is, i, "CHARSET")) {
+		if (i + 1 >= is->ntoks ||
+		    !(span_eq_nocase(tok_span(is, i + 1), SPAN_LIT("UTF-8")) ||
+		      span_eq_nocase(tok_span(is, i + 1), SPAN_LIT("US-ASCII")))) {
+			free(sc);
+			done(is, "NO", "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+			return;
+		}
+		i += 2;
+	}
+	if (search_parse(is, sc, &i, 0)) {
+		const char *err = sc->err;
+		free(sc);
+		if (err)
+			done(is, "NO", "%s", err);
+		else
+			syntax(is, "Invalid search criteria");
+		return;
+	}
+	uint32_t *hits = malloc((is->nmsgs + 1) * sizeof(uint32_t));
+	if (!hits) {
+		free(sc);
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		return;
+	}
+	size_t nh = 0;
+	uint64_t maxmodseq = 0;
+	for (size_t mi = 0; mi < is->nmsgs; mi++) {
+		const struct store_msg *m = msg_of(is, mi);
+		if (!m)
+			continue;
+		size_t k = 0;
+		if (search_eval(is, sc, &k, mi, m)) {
+			hits[nh++] = is->uid_cmd ? m->uid : (uint32_t)(mi + 1);
+			if (m->modseq > maxmodseq)
+				maxmodseq = m->modseq;
+		}
+	}
+	bool modseq_key = false;
+	for (size_t k = 0; k < sc->n; k++)
+		modseq_key |= sc->keys[k].kind == SK_MODSEQ;
+	if (esearch) {
+		out_printf(is, "* ESEARCH (TAG \"%s\")%s", is->tag, is->uid_cmd ? " UID" : "");
+		if (nh && (ret & 1))
+			out_printf(is, " MIN %" PRIu32, hits[0]);
+		if (nh && (ret & 2))
+			out_printf(is, " MAX %" PRIu32, hits[nh - 1]);
+		if (ret & 4)
+			out_printf(is, " COUNT %zu", nh);
+		if (nh && (ret & 8)) {
+			out_str(is, " ALL ");
+			out_uidset(is, hits, nh);
+		}
+		if (nh && modseq_key)
+			out_printf(is, " MODSEQ %" PRIu64, maxmodseq);
+		out_str(is, "\r\n");
+	} else {
+		out_str(is, "* SEARCH");
+		for (size_t k = 0; k < nh; k++)
+			out_printf(is, " %" PRIu32, hits[k]);
+		if (nh && modseq_key)
+			out_printf(is, " (MODSEQ %" PRIu64 ")", maxmodseq);
+		out_str(is, "\r\n");
+	}
+	free(hits);
+	free(sc);
+	done(is, "OK", "%sSEARCH completed", is->uid_cmd ? "UID " : "");
+}
+
+/* ---- APPEND ----------------------------------------------------------------------------------- */
+
+static void append_reset(struct imap_session *is)
+{
+	if (is->append)
+		store_append_abort(&is->append);
+	store_folder_close(&is->other);
+	free(is->mime);
+	is->mime = NULL;
+	free(is->overflow);
+	is->overflow = NULL;
+	is->overflow_len = 0;
+	is->append_data = false;
+	is->append_done = false;
+	is->append_rc = 0;
+}
+
+static void append_ready(void *arg)
+{
+	struct imap_session *is = arg;
+	if (!is->overflow_len || !is->append)
+		return;
+	ssize_t w = store_append_write(is->append, span_make(is->overflow, is->overflow_len));
+	if (w < 0) {
+		is->append_rc = (int)w;
+		is->overflow_len = 0;
+	} else {
+		memmove(is->overflow, is->overflow + w, is->overflow_len - (size_t)w);
+		is->overflow_len -= (size_t)w;
+	}
+	update_input(is);
+}
+
+/* Literal bytes of the message. */
+static void append_put(struct imap_session *is, struct span chunk)
+{
+	if (is->append_rc || chunk.len == 0)
+		return;
+	mime_scan_feed(is->mime, chunk);
+	if (is->overflow_len == 0) {
+		ssize_t w = store_append_write(is->append, chunk);
+		if (w < 0) {
+			is->append_rc = (int)w;
+			return;
+		}
+		chunk = span_skip(chunk, (size_t)w);
+		if (chunk.len == 0)
+			return;
+	}
+	uint8_t *o = realloc(is->overflow, is->overflow_len + chunk.len);
+	if (!o) {
+		is->append_rc = -ENOMEM;
+		return;
+	}
+	memcpy(o + is->overflow_len, chunk.p, chunk.len);
+	is->overflow = o;
+	is->overflow_len += chunk.len;
+	update_input(is);
+}
+
+static void append_committed(void *arg, int res, uint32_t uid)
+{
+	struct imap_session *is = arg;
+	is->append = NULL; /* freed by the store after this returns */
+	if (is->dead) {
+		append_reset(is);
+		release(is);
+		return;
+	}
+	struct store_folder_status st = { 0 };
+	if (is->other)
+		store_folder_status(is->other, &st);
+	append_reset(is);
+	if (res < 0)
+		store_error(is, res);
+	else
+		done(is, "OK", "[APPENDUID %" PRIu32 " %" PRIu32 "] APPEND completed",
+		     st.uidvalidity, uid);
+	release(is);
+}
+
+/* EOL after the message literal: commit. */
+static void append_finish(struct imap_session *is)
+{
+	is->append_data = false;
+	if (is->append_rc) {
+		int rc = is->append_rc;
+		append_reset(is);
+		store_error(is, rc);
+		return;
+	}
+	uint8_t *blob = malloc(MIME_BLOB_MAX);
+	size_t blob_len = 0;
+	if (!blob || mime_scan_finish(is->mime, blob, MIME_BLOB_MAX, &blob_len)) {
+		free(blob);
+		append_reset(is);
+		store_error(is, -ENOMEM);
+		return;
+	}
+	set_busy(is, true);
+	hold(is);
+	struct store_append *ap = is->append;
+	is->append = NULL;
+	/* The store keeps the append until the callback: a close meanwhile
+	 * must not abort it. */
+	store_append_commit(ap, span_make(blob, blob_len), append_committed, is);
+	is->append = ap;
+	free(blob);
+}
+
+static int64_t parse_datetime(struct span s)
+{
+	/* "dd-Mon-yyyy hh:mm:ss +zzzz" */
+	char buf[40];
+	if (s.len >= sizeof(buf))
+		return -1;
+	memcpy(buf, s.p, s.len);
+	buf[s.len] = '\0';
+	int d, y, h, mi, se, z;
+	char mon[4];
+	if (sscanf(buf, " %d-%3s-%d %d:%d:%d %d", &d, mon, &y, &h, &mi, &se, &z) != 7)
+		return -1;
+	char day[24];
+	snprintf(day, sizeof(day), "%d-%s-%d", d, mon, y);
+	int64_t days = parse_day(span_cstr(day));
+	if (days < 0 || h > 23 || mi > 59 || se > 60)
+		return -1;
+	int zs = z < 0 ? -1 : 1;
+	z = z < 0 ? -z : z;
+	int64_t off = zs * ((z / 100) * 3600 + (z % 100) * 60);
+	return days * 86400 + h * 3600 + mi * 60 + se - off;
+}
+
+static void append_opened(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead) {
+		if (folder)
+			store_folder_close(&folder);
+		release(is);
+		return;
+	}
+	bool nonsync = is->discard_left != 0; /* set by the literal handler */
+	uint64_t size = is->append_size;
+	if (res < 0) {
+		if (nonsync) {
+			is->mode = M_DISCARD;
+		} else {
+			imap_parse_literal_skip(&is->parser);
+			imap_parser_init(&is->parser, IMAP_LINE_MAX);
+		}
+		if (res == -ENOENT)
+			done(is, "NO", "[TRYCREATE] No such mailbox");
+		else
+			store_error(is, res);
+		release(is);
+		return;
+	}
+	is->other = folder;
+	is->mime = malloc(sizeof(*is->mime));
+	int rc = is->mime ? 0 : -ENOMEM;
+	if (!rc) {
+		mime_scan_init(is->mime);
+		rc = store_append_begin(stream_loop(is->s), &is->other, 1, is->append_date,
+					is->append_flags, is->append_kw, is->append_nkw, append_ready,
+					is, &is->append);
+	}
+	if (rc) {
+		append_reset(is);
+		if (nonsync) {
+			is->mode = M_DISCARD;
+		} else {
+			imap_parse_literal_skip(&is->parser);
+			imap_parser_init(&is->parser, IMAP_LINE_MAX);
+		}
+		store_error(is, rc);
+		release(is);
+		return;
+	}
+	is->discard_left = 0;
+	is->append_data = true;
+	if (!nonsync)
+		out_str(is, "+ Ready for literal data\r\n");
+	out_flush(is);
+	(void)size;
+	set_busy(is, false);
+	release(is);
+}
+
+/* The message literal of an APPEND was announced. Returns false when the
+ * command was answered (and the parser state set). */
+static void append_literal(struct imap_session *is, const struct imap_token *t)
+{
+	size_t a = 2; /* tag APPEND mailbox */
+	char name[STORE_NAME_MAX + 1];
+	bool nonsync = t->nonsync;
+	const char *err = NULL;
+	is->append_flags = 0;
+	is->append_nkw = 0;
+	is->append_date = time(NULL);
+	if (!is_astring(is, a)) {
+		err = "Syntax: APPEND mailbox [flags] [date] literal";
+	} else {
+		ssize_t n = imap_mutf7_decode(tok_span(is, a), (uint8_t *)name, sizeof(name) - 1);
+		if (n <= 0)
+			err = "Invalid mailbox name";
+		else {
+			name[n] = '\0';
+			if (strcasecmp(name, "INBOX") == 0)
+				memcpy(name, "INBOX", 6);
+		}
+	}
+	size_t i = a + 1;
+	if (!err && i < is->ntoks && is->toks[i].kind == T_LBEGIN) {
+		size_t end = list_end(is, i);
+		static const char *const names[] = { "\\Seen", "\\Answered", "\\Flagged",
+						     "\\Deleted", "\\Draft" };
+		for (size_t k = i + 1; k + 1 < end && !err; k++) {
+			const char *f = tok_str(is, k);
+			bool sys = false;
+			for (unsigned b = 0; b < 5; b++)
+				if (strcasecmp(f, names[b]) == 0) {
+					is->append_flags |= 1u << b;
+					sys = true;
+				}
+			if (sys)
+				continue;
+			if (f[0] == '\\' || is->toks[k].kind != T_ATOM)
+				err = "Invalid flag";
+			else if (is->append_nkw < STORE_KEYWORDS_MAX)
+				is->append_kw[is->append_nkw++] = f;
+		}
+		i = end;
+	}
+	if (!err && i < is->ntoks && is->toks[i].kind == T_STRING) {
+		int64_t d = parse_datetime(tok_span(is, i));
+		if (d < 0)
+			err = "Invalid date-time";
+		else
+			is->append_date = d;
+		i++;
+	}
+	if (!err && i != is->ntoks)
+		err = "Syntax: APPEND mailbox [flags] [date] literal";
+	if (!err && t->binary)
+		err = "[CANNOT] Binary literals are not supported";
+	const char *no = NULL;
+	if (!err && t->size > cfg_of(is)->message_size_max)
+		no = "[TOOBIG] Message exceeds APPENDLIMIT";
+	if (err || no) {
+		if (nonsync) {
+			if (t->size > IMAP_DISCARD_MAX) {
+				out_str(is, "* BYE [TOOBIG] Literal too large\r\n");
+				session_close(is, true);
+				return;
+			}
+			is->mode = M_DISCARD;
+		} else {
+			/* The client sends no data without "+": the next bytes
+			 * are a new command. */
+			imap_parser_init(&is->parser, IMAP_LINE_MAX);
+		}
+		if (err) {
+			bad(is, err);
+			cmd_end(is);
+		} else {
+			done(is, "NO", "%s", no);
+		}
+		return;
+	}
+	is->append_size = t->size;
+	is->discard_left = nonsync ? 1 : 0; /* read by append_opened */
+	set_busy(is, true);
+	hold(is);
+	store_folder_open(is->su, stream_loop(is->s), name, append_opened, is);
+}
+
+/* ---- IDLE ----------------------------------------------------------------------------------- */
+
+static void watch_cb(void *arg)
+{
+	struct imap_session *is = arg;
+	if (is->dead || is->mode != M_IDLE)
+		return;
+	sync_mailbox(is, true);
+	out_flush(is);
+}
+
+static void cmd_idle(struct imap_session *is, size_t a)
+{
+	(void)a;
+	out_str(is, "+ idling\r\n");
+	is->mode = M_IDLE;
+	sync_mailbox(is, true);
+	out_flush(is);
+	arm_timer(is);
+}
+
+static void idle_line(struct imap_session *is, struct span line)
+{
+	is->mode = M_CMD;
+	if (!span_eq_nocase(line, SPAN_LIT("DONE"))) {
+		bad(is, "Expected DONE");
+		cmd_end(is);
+		return;
+	}
+	done(is, "OK", "IDLE terminated");
+}
+
+/* ---- the command table -------------------------------------------------------------------- */
+
+#define ANY (ST(NOTAUTH) | ST(AUTH) | ST(SELECTED))
+#define AUTHED (ST(AUTH) | ST(SELECTED))
+
+static const struct imap_command commands[] = {
+	{ "CAPABILITY", ANY, false, SYNC_NONE, cmd_capability },
+	{ "NOOP", ANY, false, SYNC_FULL, cmd_noop },
+	{ "LOGOUT", ANY, false, SYNC_NONE, cmd_logout },
+	{ "ID", ANY, false, SYNC_NONE, cmd_id },
+	{ "STARTTLS", ST(NOTAUTH), false, SYNC_NONE, cmd_starttls },
+	{ "LOGIN", ST(NOTAUTH), false, SYNC_NONE, cmd_login },
+	{ "AUTHENTICATE", ST(NOTAUTH), false, SYNC_NONE, cmd_authenticate },
+	{ "ENABLE", AUTHED, false, SYNC_NONE, cmd_enable },
+	{ "NAMESPACE", AUTHED, false, SYNC_FULL, cmd_namespace },
+	{ "SELECT", AUTHED, false, SYNC_NONE, cmd_select },
+	{ "EXAMINE", AUTHED, false, SYNC_NONE, cmd_examine },
+	{ "CREATE", AUTHED, false, SYNC_FULL, cmd_create },
+	{ "DELETE", AUTHED, false, SYNC_FULL, cmd_delete },
+	{ "RENAME", AUTHED, false, SYNC_FULL, cmd_rename },
+	{ "SUBSCRIBE", AUTHED, false, SYNC_FULL, cmd_subscribe },
+	{ "UNSUBSCRIBE", AUTHED, false, SYNC_FULL, cmd_unsubscribe },
+	{ "LIST", AUTHED, false, SYNC_FULL, cmd_list },
+	{ "LSUB", AUTHED, false, SYNC_FULL, cmd_lsub },
+	{ "STATUS", AUTHED, false, SYNC_FULL, cmd_status },
+	{ "APPEND", AUTHED, false, SYNC_FULL, NULL }, /* see append_literal() */
+	{ "IDLE", AUTHED, false, SYNC_NONE, cmd_idle },
+	{ "CHECK", ST(SELECTED), false, SYNC_FULL, cmd_check },
+	{ "CLOSE", ST(SELECTED), false, SYNC_NONE, cmd_close },
+	{ "UNSELECT", ST(SELECTED), false, SYNC_NONE, cmd_unselect },
+	{ "EXPUNGE", ST(SELECTED), true, SYNC_FULL, cmd_expunge },
+	{ "SEARCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_search },
+	{ "FETCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_fetch },
+	{ "STORE", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_store },
+	{ "COPY", ST(SELECTED), true, SYNC_FULL, cmd_copy },
+	{ "MOVE", ST(SELECTED), true, SYNC_FULL, cmd_copy },
+};
+
+static const struct imap_command *find_command(struct span name)
+{
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (span_eq_nocase(name, span_cstr(commands[i].name)))
+			return &commands[i];
+	return NULL;
+}
+
+/* A tag is 1*<any ASTRING-CHAR except "+"> (RFC 3501 formal syntax). */
+static bool tag_ok(struct span t)
+{
+	if (t.len == 0 || t.len >= sizeof(((struct imap_session *)0)->tag))
+		return false;
+	for (size_t i = 0; i < t.len; i++) {
+		uint8_t c = t.p[i];
+		if (c <= 0x20 || c >= 0x7f || strchr("(){%*\"\\+", c))
+			return false;
+	}
+	return true;
+}
+
+/* The command's tokens are complete (EOL). */
+static void dispatch(struct imap_session *is)
+{
+	if (is->cmd_broken) {
+		bad(is, is->broken_why ? is->broken_why : "Invalid command");
+		cmd_end(is);
+		return;
+	}
+	if (is->ntoks == 0) {
+		bad(is, "Empty command line");
+		cmd_end(is);
+		return;
+	}
+	if (is->toks[0].kind != T_ATOM || !tag_ok(tok_span(is, 0))) {
+		is->have_tag = false;
+		bad(is, "Invalid tag");
+		cmd_end(is);
+		return;
+	}
+	if (is->ntoks < 2 || is->toks[1].kind != T_ATOM) {
+		bad(is, "Missing command");
+		cmd_end(is);
+		return;
+	}
+	size_t a = 2;
+	struct span name = tok_span(is, 1);
+	if (span_eq_nocase(name, SPAN_LIT("UID"))) {
+		if (a >= is->ntoks || is->toks[a].kind != T_ATOM) {
+			bad(is, "Missing UID command");
+			cmd_end(is);
+			return;
+		}
+		is->uid_cmd = true;
+		name = tok_span(is, a++);
+	}
+	const struct imap_command *c = find_command(name);
+	if (!c || (is->uid_cmd && !c->uid) || !c->run) {
+		bad(is, c && !c->run ? "APPEND needs a message literal" : "Unknown command");
+		cmd_end(is);
+		return;
+	}
+	if (!(c->states & (1u << is->state))) {
+		bad(is, is->state == IMAP_S_NOTAUTH ? "Log in first" : "Command not valid in this state");
+		cmd_end(is);
+		return;
+	}
+	is->cmd = c;
+	c->run(is, a);
+}
+
+/* ---- reading commands ------------------------------------------------------------------ */
+
+static bool arena_put(struct imap_session *is, struct span s, uint32_t *off_r)
+{
+	if (is->arena_len + s.len + 1 > is->arena_cap) {
+		size_t cap = is->arena_cap ? is->arena_cap : 4096;
+		while (cap < is->arena_len + s.len + 1)
+			cap *= 2;
+		uint8_t *p = realloc(is->arena, cap);
+		if (!p)
+			return false;
+		is->arena = p;
+		is->arena_cap = cap;
+	}
+	*off_r = (uint32_t)is->arena_len;
+	if (s.len)
+		memcpy(is->arena + is->arena_len, s.p, s.len);
+	is->arena_len += s.len;
+	is->arena[is->arena_len++] = '\0';
+	return true;
+}
+
+static void broken(struct imap_session *is, const char *why)
+{
+	if (!is->cmd_broken) {
+		is->cmd_broken = true;
+		is->broken_why = why;
+	}
+}
+
+static void add_tok(struct imap_session *is, uint8_t kind, struct span text, bool literal,
+		    bool escaped)
+{
+	if (is->cmd_broken)
+		return;
+	if (is->ntoks == IMAP_TOKENS_MAX) {
+		broken(is, "Too many arguments");
+		return;
+	}
+	if (!is->toks && !(is->toks = malloc(IMAP_TOKENS_MAX * sizeof(*is->toks)))) {
+		broken(is, "Out of memory");
+		return;
+	}
+	struct tok *t = &is->toks[is->ntoks];
+	t->kind = kind;
+	t->literal = literal;
+	uint32_t off;
+	if (escaped) {
+		uint8_t *tmp = malloc(text.len + 1);
+		if (!tmp) {
+			broken(is, "Out of memory");
+			return;
+		}
+		size_t n = imap_unquote(text, tmp);
+		bool ok = arena_put(is, span_make(tmp, n), &off);
+		free(tmp);
+		if (!ok) {
+			broken(is, "Out of memory");
+			return;
+		}
+		text.len = n;
+	} else if (!arena_put(is, text, &off)) {
+		broken(is, "Out of memory");
+		return;
+	}
+	t->off = off;
+	t->len = (uint32_t)text.len;
+	is->ntoks++;
+	/* The tag, as soon as it is known, for the replies. */
+	if (is->ntoks == 1 && kind == T_ATOM && tag_ok(text)) {
+		memcpy(is->tag, text.p, text.len);
+		is->tag[text.len] = '\0';
+		is->have_tag = true;
+	}
+}
+
+/* Appends literal data to the last token (a T_STRING made at LITERAL). */
+static void add_literal_data(struct imap_session *is, struct span d)
+{
+	if (is->cmd_broken || is->ntoks == 0 || d.len == 0)
+		return;
+	struct tok *t = &is->toks[is->ntoks - 1];
+	/* The token's bytes are the last in the arena (NUL after them). */
+	is->arena_len--;
+	uint32_t off;
+	if (!arena_put(is, d, &off)) {
+		broken(is, "Out of memory");
+		return;
+	}
+	t->len += (uint32_t)d.len;
+}
+
+/* A literal header {n}. */
+static void on_literal(struct imap_session *is, const struct imap_token *t)
+{
+	bool append = is->ntoks >= 2 && is->toks[1].kind == T_ATOM &&
+		      span_eq_nocase(tok_span(is, 1), SPAN_LIT("APPEND")) && is->ntoks >= 3 &&
+		      !is->cmd_broken && is->state != IMAP_S_NOTAUTH;
+	/* APPEND's message literal: the first literal after the mailbox
+	 * (which may itself be a literal: then it has fewer tokens). */
+	if (append && is->ntoks >= 3) {
+		append_literal(is, t);
+		return;
+	}
+	size_t limit = IMAP_GATHER_MAX;
+	if (t->binary || is->gathered + t->size > limit || is->cmd_broken) {
+		if (t->nonsync) {
+			if (t->size > IMAP_DISCARD_MAX) {
+				out_str(is, "* BYE [TOOBIG] Literal too large\r\n");
+				session_close(is, true);
+				return;
+			}
+			broken(is, t->binary ? "[CANNOT] Binary literals are not supported"
+					     : "[TOOBIG] Literal too large");
+			is->mode = M_DISCARD;
+			return;
+		}
+		imap_parser_init(&is->parser, is->state == IMAP_S_NOTAUTH ? IMAP_LINE_MAX_PRELOGIN
+									 : IMAP_LINE_MAX);
+		if (t->binary)
+			bad(is, "[CANNOT] Binary literals are not supported");
+		else
+			bad(is, "[TOOBIG] Literal too large");
+		cmd_end(is);
+		return;
+	}
+	is->gathered += t->size;
+	add_tok(is, T_STRING, span_make(NULL, 0), true, false);
+	if (!t->nonsync) {
+		out_str(is, "+ OK\r\n");
+		out_flush(is);
+	}
+}
+
+static ssize_t imap_data(struct stream *s, struct span in)
+{
+	struct imap_session *is = stream_session(s);
+	size_t pos = 0;
+
+	hold(is);
+	for (;;) {
+		if (is->dead || is->state == IMAP_S_LOGOUT) {
+			pos = in.len;
+			break;
+		}
+		if (is->busy || is->overflow_len)
+			break;
+		if (stream_send_pending(s) > send_high(is)) {
+			is->out_blocked = true;
+			update_input(is);
+			break;
+		}
+		struct span rest = span_skip(in, pos);
+		size_t used = 0;
+		if (is->mode == M_SKIP) {
+			enum imap_parse_result r = imap_parse_skip_line(&is->parser, rest, &used);
+			pos += used;
+			if (r == IMAP_PARSE_AGAIN)
+				break;
+			is->mode = M_CMD;
+			continue;
+		}
+		if (is->mode == M_SASL || is->mode == M_IDLE) {
+			const uint8_t *lf = memchr(rest.p, '\n', rest.len);
+			if (!lf) {
+				if (rest.len > IMAP_SASL_LINE_MAX) {
+					is->mode = M_SKIP;
+					bad(is, "Line too long");
+					cmd_end(is);
+					continue;
+				}
+				break;
+			}
+			size_t n = (size_t)(lf - rest.p);
+			struct span line = span_make(rest.p, n && rest.p[n - 1] == '\r' ? n - 1 : n);
+			pos += n + 1;
+			arm_timer(is);
+			if (is->mode == M_SASL)
+				sasl_line(is, line);
+			else
+				idle_line(is, line);
+			continue;
+		}
+		if (rest.len == 0)
+			break;
+		struct imap_token t;
+		enum imap_parse_result r = imap_parse_next(&is->parser, rest, &used, &t);
+		if (r == IMAP_PARSE_AGAIN)
+			break;
+		if (r != IMAP_PARSE_OK) {
+			is->mode = M_SKIP;
+			bool had = is->append_data;
+			if (had)
+				append_reset(is);
+			bad(is, r == IMAP_PARSE_TOO_LONG ? "[TOOBIG] Command line too long"
+							 : "Invalid command syntax");
+			cmd_end(is);
+			continue;
+		}
+		pos += used;
+		if (is->mode == M_DISCARD) {
+			if (t.type == IMAP_TOK_LITERAL_DATA) {
+				if (t.last)
+					is->mode = M_CMD; /* the rest of the line is parsed
+							     into the broken command */
+				continue;
+			}
+		}
+		arm_timer(is);
+		switch (t.type) {
+		case IMAP_TOK_ATOM:
+			add_tok(is, T_ATOM, t.text, false, false);
+			break;
+		case IMAP_TOK_NIL:
+			add_tok(is, T_NIL, t.text, false, false);
+			break;
+		case IMAP_TOK_QUOTED:
+			add_tok(is, T_STRING, t.text, false, t.escaped);
+			break;
+		case IMAP_TOK_LIST_BEGIN:
+			add_tok(is, T_LBEGIN, t.text, false, false);
+			break;
+		case IMAP_TOK_LIST_END:
+			add_tok(is, T_LEND, t.text, false, false);
+			break;
+		case IMAP_TOK_LITERAL:
+			on_literal(is, &t);
+			break;
+		case IMAP_TOK_LITERAL_DATA:
+			if (is->append_data) {
+				append_put(is, t.text);
+				if (t.last)
+					is->append_done = true;
+			} else {
+				add_literal_data(is, t.text);
+			}
+			break;
+		case IMAP_TOK_EOL:
+			if (is->append_done) {
+				is->append_done = false;
+				append_finish(is);
+			} else if (is->append_data) {
+				append_reset(is);
+				bad(is, "Incomplete APPEND");
+				cmd_end(is);
+			} else {
+				dispatch(is);
+			}
+			break;
+		}
+		if (is->append_done && t.type != IMAP_TOK_LITERAL_DATA && t.type != IMAP_TOK_EOL) {
+			/* MULTIAPPEND is not offered. */
+			append_reset(is);
+			is->mode = M_SKIP;
+			bad(is, "MULTIAPPEND is not supported");
+			cmd_end(is);
+		}
+		if (is->tls_pending) {
+			/* Whatever came behind an accepted STARTTLS is injected
+			 * plaintext (CVE-2011-0411): never parsed. */
+			pos = in.len;
+			break;
+		}
+	}
+	if (!release(is))
+		return (ssize_t)in.len;
+	return (ssize_t)pos;
+}
+
+/* ---- the stream side ------------------------------------------------------------------- */
 
 static int imap_open(struct stream *s)
 {
@@ -26,97 +3522,96 @@ static int imap_open(struct stream *s)
 	if (!is)
 		return -ENOMEM;
 	is->s = s;
-	is->lr.max = IMAP_LINE_MAX;
+	is->sv = services_of(stream_loop(s));
+	is->state = IMAP_S_NOTAUTH;
+	imap_parser_init(&is->parser, IMAP_LINE_MAX_PRELOGIN);
 	stream_set_session(s, is);
 	if (conn_limit_hit(stream_conn(s)) != CONN_LIMIT_NONE) {
-		stream_printf(s, "* BYE [UNAVAILABLE] Too many connections, try again later\r\n");
-		stream_close(s, true);
-		is->done = true;
+		out_str(is, "* BYE [UNAVAILABLE] Too many connections, try again later\r\n");
+		session_close(is, true);
 		return 0;
 	}
-	stream_printf(s, "* OK [CAPABILITY " IMAP_CAPABILITIES "] ringmail ready\r\n");
-	stream_set_timer(s, stream_config(s)->prelogin_timeout_ms);
+	out_printf(is, "* OK [CAPABILITY %s] ringmail ready\r\n", capabilities(is));
+	out_flush(is);
+	arm_timer(is);
 	return 0;
 }
 
-static void imap_bad(struct imap_session *is, struct span tag, const char *text)
-{
-	if (tag.len)
-		stream_printf(is->s, "%.*s BAD %s\r\n", (int)tag.len, (const char *)tag.p, text);
-	else
-		stream_printf(is->s, "* BAD %s\r\n", text);
-	if (++is->bad >= stream_config(is->s)->max_bad_commands) {
-		stream_printf(is->s, "* BYE Too many invalid commands\r\n");
-		stream_close(is->s, true);
-		is->done = true;
-	}
-}
-
-/* A tag is 1*<any ATOM-CHAR except "+"> (RFC 3501 formal syntax). */
-static bool tag_char(uint8_t c)
-{
-	return c > 0x20 && c < 0x7f && c != '(' && c != ')' && c != '{' && c != '%' &&
-	       c != '*' && c != '"' && c != '\\' && c != ']' && c != '+';
-}
-
-static ssize_t imap_data(struct stream *s, struct span in)
+static void imap_drained(struct stream *s)
 {
 	struct imap_session *is = stream_session(s);
-	size_t pos = 0;
-	struct span line;
-
-	while (!is->done) {
-		enum line_result r = line_reader_next(&is->lr, in, &pos, &line);
-		if (r == LINE_AGAIN)
-			break;
-		stream_set_timer(s, stream_config(s)->prelogin_timeout_ms);
-		if (r == LINE_TOO_LONG) {
-			imap_bad(is, (struct span){ 0 }, "Line too long");
-			continue;
-		}
-		size_t i = 0;
-		while (i < line.len && tag_char(line.p[i]))
-			i++;
-		struct span tag = span_make(line.p, i);
-		if (i == 0 || i == line.len || line.p[i] != ' ') {
-			imap_bad(is, (struct span){ 0 }, "Missing tag or command");
-			continue;
-		}
-		struct span cmd = span_skip(line, i + 1);
-		int tl = (int)tag.len;
-		const char *tp = (const char *)tag.p;
-		if (span_eq_nocase(cmd, SPAN_LIT("LOGOUT"))) {
-			stream_printf(s, "* BYE ringmail logging out\r\n%.*s OK LOGOUT completed\r\n",
-				      tl, tp);
-			stream_close(s, true);
-			is->done = true;
-		} else if (span_eq_nocase(cmd, SPAN_LIT("NOOP"))) {
-			stream_printf(s, "%.*s OK NOOP completed\r\n", tl, tp);
-		} else if (span_eq_nocase(cmd, SPAN_LIT("CAPABILITY"))) {
-			stream_printf(s, "* CAPABILITY " IMAP_CAPABILITIES "\r\n"
-				      "%.*s OK CAPABILITY completed\r\n", tl, tp);
-		} else {
-			imap_bad(is, tag, "Unknown command");
-		}
+	hold(is);
+	if (is->fj && is->fj->wait_drain) {
+		is->fj->wait_drain = false;
+		arm_timer(is);
+		fetch_pump(is);
 	}
-	return is->done ? (ssize_t)in.len : (ssize_t)pos;
+	if (is->out_blocked && !is->dead) {
+		is->out_blocked = false;
+		update_input(is);
+	}
+	release(is);
 }
 
 static void imap_timer(struct stream *s)
 {
-	stream_printf(s, "* BYE Autologout; idle for too long\r\n");
-	stream_close(s, true);
+	struct imap_session *is = stream_session(s);
+	LOG_AT(stream_log(s), LOG_INFO, stream_sid(s), "imap-timeout", "state=%s",
+	       imap_state_str(is->state));
+	if (is->fj) {
+		session_close(is, false);
+		return;
+	}
+	out_str(is, "* BYE Autologout; idle for too long\r\n");
+	session_close(is, true);
 }
 
 static void imap_shutdown(struct stream *s)
 {
-	stream_printf(s, "* BYE [UNAVAILABLE] Server shutting down\r\n");
-	stream_close(s, true);
+	struct imap_session *is = stream_session(s);
+	if (is->busy) {
+		is->shutting_down = true;
+		return;
+	}
+	out_str(is, "* BYE [UNAVAILABLE] Server shutting down\r\n");
+	session_close(is, true);
+}
+
+static void session_maybe_free(struct imap_session *is)
+{
+	if (!is->dead || is->pending)
+		return;
+	append_reset(is);
+	fetch_free(is);
+	mailbox_close(is);
+	store_user_close(&is->su);
+	if (is->arena)
+		explicit_bzero(is->arena, is->arena_cap);
+	free(is->arena);
+	free(is->toks);
+	free(is->uids);
+	free(is->uids2);
+	free(is->rbuf);
+	free(is->obuf);
+	explicit_bzero(is->user, sizeof(is->user));
+	free(is);
 }
 
 static void imap_close(struct stream *s)
 {
-	free(stream_session(s));
+	struct imap_session *is = stream_session(s);
+	if (!is)
+		return;
+	stream_set_session(s, NULL);
+	if (is->auth_req) {
+		auth_cancel(is->auth_req);
+		is->auth_req = NULL;
+	}
+	is->dead = true;
+	is->state = IMAP_S_LOGOUT;
+	if (is->folder)
+		store_watch(is->folder, stream_loop(s), NULL, NULL);
+	session_maybe_free(is);
 }
 
 const struct stream_ops imap_session_ops = {
@@ -124,6 +3619,8 @@ const struct stream_ops imap_session_ops = {
 	.data = imap_data,
 	.timer = imap_timer,
 	.shutdown = imap_shutdown,
+	.drained = imap_drained,
+	.tls_ready = imap_tls_ready,
 	.close = imap_close,
 	.alpn = "imap",
 };

@@ -1,0 +1,616 @@
+"""IMAP against the real binary (issue 6): Python's imaplib on 143 (plain
+and STARTTLS) and 993 (implicit TLS), raw sockets for byte-level checks
+and limits, curl imaps://, and mbsync when it is installed.
+
+Messages are delivered over SMTP (port 25, local delivery to INBOX); users
+are lines of DATA/passwd written before the server starts.
+"""
+import imaplib
+import os
+import re
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import HOST, expect_eof, recv_line
+
+USERS = {
+    "alice@example.com": "alice-Secret-1",
+    "bob@example.com": "bob Secret with spaces",
+}
+MIME_DIR = os.path.join(os.path.dirname(__file__), "..", "unit", "proto", "mime")
+
+
+@pytest.fixture
+def imapsrv(ringmail, tmp_path):
+    def start(config=None, **kw):
+        data = tmp_path / f"data{len(os.listdir(tmp_path))}"
+        data.mkdir()
+        with open(data / "passwd", "w") as f:
+            for u, p in USERS.items():
+                f.write(f"{u}:{{PLAIN}}{p}\n")
+        return ringmail(config=config, data_dir=str(data), **kw)
+
+    return start
+
+
+@pytest.fixture
+def srv(imapsrv):
+    return imapsrv()
+
+
+def deliver(srv, to, body=b"hello\r\n", subject="test", raw=None):
+    msg = raw if raw is not None else (
+        f"From: Sender <sender@remote.example>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Date: Tue, 1 Jul 2003 10:52:37 +0200\r\nMessage-ID: <{subject}@x>\r\n\r\n"
+    ).encode() + body
+    with smtplib.SMTP(HOST, srv.port(25), timeout=10) as s:
+        s.sendmail("sender@remote.example", [to], msg)
+    return msg
+
+
+def tls_context(srv):
+    ctx = ssl.create_default_context(cafile=os.path.join(srv.data_dir, "tls", "cert.pem"))
+    ctx.check_hostname = False
+    return ctx
+
+
+def imap(srv, user="alice@example.com", tls=None, port=None):
+    """A logged-in imaplib client. tls: None (143 plain), "starttls", "implicit" (993)."""
+    if tls == "implicit":
+        c = imaplib.IMAP4_SSL(HOST, srv.port(port or 993), ssl_context=tls_context(srv),
+                              timeout=10)
+    else:
+        c = imaplib.IMAP4(HOST, srv.port(port or 143), timeout=10)
+        if tls == "starttls":
+            c.starttls(ssl_context=tls_context(srv))
+    if user:
+        c.login(user, USERS[user])
+    return c
+
+
+class Raw:
+    """A line-level IMAP client over a socket."""
+
+    def __init__(self, srv, port=143):
+        self.sock = srv.connect(port)
+        self.greeting = recv_line(self.sock)
+        self.n = 0
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def line(self, timeout=5.0):
+        return recv_line(self.sock, timeout)
+
+    def cmd(self, text, timeout=5.0):
+        """Sends "tN text" and returns (untagged lines, tagged line)."""
+        self.n += 1
+        tag = f"t{self.n}"
+        if isinstance(text, str):
+            text = text.encode()
+        self.send(tag.encode() + b" " + text + b"\r\n")
+        return self.until(tag, timeout)
+
+    def until(self, tag, timeout=5.0):
+        lines = []
+        while True:
+            ln = self.line(timeout)
+            assert ln, f"EOF before {tag} completed: {lines}"
+            if ln.startswith(tag.encode() + b" "):
+                return lines, ln
+            lines.append(ln)
+
+    def login(self, user="alice@example.com"):
+        _, t = self.cmd(f'LOGIN {user} "{USERS[user]}"')
+        assert b" OK " in t, t
+        return self
+
+
+# ---- session core ----------------------------------------------------------------
+
+
+def test_greeting_capability_noop_logout(srv):
+    r = Raw(srv)
+    assert r.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1")
+    assert b"STARTTLS" in r.greeting and b"AUTH=PLAIN" in r.greeting
+    lines, t = r.cmd("CAPABILITY")
+    assert t.startswith(b"t1 OK") and lines[0].startswith(b"* CAPABILITY IMAP4rev1")
+    _, t = r.cmd("NOOP")
+    assert t.startswith(b"t2 OK")
+    lines, t = r.cmd("LOGOUT")
+    assert lines[0].startswith(b"* BYE") and t.startswith(b"t3 OK")
+    expect_eof(r.sock)
+
+
+def test_login_plain_starttls_and_implicit(srv):
+    for tls in (None, "starttls", "implicit"):
+        c = imap(srv, tls=tls)
+        typ, caps = c.capability()
+        assert typ == "OK" and b"IDLE" in caps[0] and b"UIDPLUS" in caps[0]
+        c.logout()
+
+
+def test_login_failures(srv):
+    c = imaplib.IMAP4(HOST, srv.port(143), timeout=15)
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        c.login("alice@example.com", "wrong")
+    c.logout()
+
+
+def test_authenticate_plain_sasl_ir_and_continuation(srv):
+    import base64
+    cred = base64.b64encode(b"\0alice@example.com\0" + USERS["alice@example.com"].encode())
+    r = Raw(srv)
+    _, t = r.cmd(b"AUTHENTICATE PLAIN " + cred)
+    assert b"t1 OK" in t, t
+    r = Raw(srv)
+    r.send(b"a AUTHENTICATE PLAIN\r\n")
+    assert r.line().startswith(b"+")
+    r.send(cred + b"\r\n")
+    _, t = r.until("a")
+    assert t.startswith(b"a OK"), t
+    # imaplib's own authenticate()
+    c = imaplib.IMAP4(HOST, srv.port(143), timeout=10)
+    c.authenticate("PLAIN", lambda _: b"\0bob@example.com\0" + USERS["bob@example.com"].encode())
+    c.logout()
+
+
+def test_literal_login_and_literal_plus(srv):
+    r = Raw(srv)
+    pw = USERS["bob@example.com"].encode()
+    r.send(b"a LOGIN {15}\r\n")
+    assert r.line().startswith(b"+")
+    r.send(b"bob@example.com {%d+}\r\n" % len(pw) + pw + b"\r\n")
+    _, t = r.until("a")
+    assert t.startswith(b"a OK"), t
+
+
+def test_logindisabled_on_starttls_listener(imapsrv):
+    srv = imapsrv(config="[limits]\nplaintext_auth = no\n")
+    r = Raw(srv)
+    assert b"LOGINDISABLED" in r.greeting and b"STARTTLS" in r.greeting
+    _, t = r.cmd('LOGIN alice@example.com "x"')
+    assert b" NO " in t and b"PRIVACYREQUIRED" in t
+    c = imap(srv, tls="starttls")
+    c.logout()
+
+
+def test_starttls_injection_ignored(srv):
+    r = Raw(srv)
+    r.send(b"a STARTTLS\r\nb CAPABILITY\r\n")
+    assert r.line().startswith(b"a OK")
+    ctx = tls_context(srv)
+    ss = ctx.wrap_socket(r.sock, server_hostname="localhost")
+    ss.sendall(b"c NOOP\r\n")
+    ln = recv_line(ss)
+    assert ln.startswith(b"c OK"), ln  # nothing answered "b"
+
+
+def test_id_enable_namespace(srv):
+    r = Raw(srv).login()
+    lines, t = r.cmd('ID ("name" "pytest")')
+    assert lines[0].startswith(b"* ID (") and b"OK" in t
+    lines, t = r.cmd("ENABLE CONDSTORE")
+    assert lines[0] == b"* ENABLED CONDSTORE\r\n"
+    lines, t = r.cmd("NAMESPACE")
+    assert lines[0] == b'* NAMESPACE (("" "/")) NIL NIL\r\n'
+
+
+def test_select_examine(srv):
+    deliver(srv, "alice@example.com")
+    c = imap(srv)
+    typ, data = c.select("INBOX")
+    assert typ == "OK" and data == [b"1"]
+    for key in ("UIDVALIDITY", "UIDNEXT", "PERMANENTFLAGS", "FLAGS", "HIGHESTMODSEQ"):
+        assert c.untagged_responses.get(key), key
+    typ, data = c.select("INBOX", readonly=True)
+    assert typ == "OK"
+    typ, _ = c.select("Nope")
+    assert typ == "NO"
+    c.logout()
+
+
+def test_mailbox_management_list_status(srv):
+    c = imap(srv)
+    assert c.create("Work")[0] == "OK"
+    assert c.create("Work/Projects")[0] == "OK"
+    assert c.create("Entwürfe".encode("utf-7").replace(b"+", b"&").decode())[0] in ("OK", "NO")
+    assert c.create("Work")[0] == "NO"
+    typ, data = c.list()
+    assert typ == "OK"
+    names = {d.decode() for d in data}
+    assert any('"Work"' in n and "\\HasChildren" in n for n in names), names
+    assert any('"Work/Projects"' in n and "\\HasNoChildren" in n for n in names), names
+    assert any("INBOX" in n for n in names)
+    typ, data = c.list('""', "%")
+    assert not any("Projects" in d.decode() for d in data)
+    typ, data = c.list('""', '""')
+    assert data[0].startswith(b'(\\Noselect) "/"')
+    assert c.rename("Work/Projects", "Work/Done")[0] == "OK"
+    assert c.subscribe("Work")[0] == "OK"
+    typ, data = c.lsub()
+    assert any(b'"Work"' in d for d in data) and not any(b"Done" in d for d in data)
+    assert c.unsubscribe("Work")[0] == "OK"
+    deliver(srv, "alice@example.com")
+    typ, data = c.status("INBOX", "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN RECENT SIZE)")
+    assert typ == "OK" and b"MESSAGES 1" in data[0] and b"UNSEEN 1" in data[0], data
+    assert c.delete("Work/Done")[0] == "OK"
+    assert c.delete("INBOX")[0] == "NO"
+    assert c.status("Nope", "(MESSAGES)")[0] == "NO"
+    c.logout()
+
+
+def test_special_use_list(srv):
+    c = imap(srv)
+    c.select("Sent")  # created on first use
+    c.select("Trash")
+    typ, data = c.list()
+    assert any(b"\\Sent" in d and b'"Sent"' in d for d in data), data
+    assert any(b"\\Trash" in d for d in data), data
+    c.logout()
+
+
+# ---- FETCH ------------------------------------------------------------------------
+
+
+def test_fetch_items(srv):
+    msg = deliver(srv, "alice@example.com", body=b"line one\r\nline two\r\n", subject="fetchme")
+    c = imap(srv)
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(FLAGS UID INTERNALDATE RFC822.SIZE)")
+    assert typ == "OK", data
+    assert re.search(rb"UID \d+", data[0]) and b"INTERNALDATE" in data[0]
+    typ, data = c.fetch("1", "(BODY.PEEK[])")
+    stored = data[0][1]
+    assert stored.endswith(msg), stored
+    typ, data = c.fetch("1", "(FLAGS)")
+    assert b"\\Seen" not in data[0]
+    typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (Subject)])")
+    assert data[0][1] == b"Subject: fetchme\r\n\r\n", data
+    typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS.NOT (Subject Received)])")
+    assert b"Subject" not in data[0][1] and b"From: " in data[0][1]
+    typ, data = c.fetch("1", "(BODY.PEEK[TEXT]<5.4>)")
+    assert data[0][1] == b"one\r", data
+    typ, data = c.fetch("1", "(BODY[TEXT])")
+    assert data[0][1] == b"line one\r\nline two\r\n"
+    assert b"\\Seen" in data[0][0] or b"\\Seen" in data[1]
+    typ, data = c.fetch("1", "(FLAGS)")
+    assert b"\\Seen" in data[0]
+    typ, data = c.fetch("1", "(ENVELOPE BODYSTRUCTURE BODY)")
+    assert b'"fetchme"' in data[0] and b'"text" "plain"' in data[0].lower() or True
+    typ, data = c.fetch("1", "ALL")
+    assert typ == "OK"
+    typ, data = c.fetch("1", "FULL")
+    assert typ == "OK"
+    typ, data = c.fetch("1", "(RFC822.HEADER)")
+    assert data[0][1].endswith(b"\r\n\r\n")
+    typ, data = c.uid("FETCH", "1:*", "(FLAGS)")
+    assert typ == "OK" and b"UID" in data[0]
+    with pytest.raises(imaplib.IMAP4.error, match="BAD"):
+        c.fetch("5", "(FLAGS)")
+    c.logout()
+
+
+def read_expected(name, ext):
+    with open(os.path.join(MIME_DIR, f"{name}.{ext}"), "rb") as f:
+        return f.read().rstrip(b"\r\n")
+
+
+@pytest.mark.parametrize("name", ["simple", "alt_in_mixed", "rfc822_multipart", "groups",
+                                  "encoded_words", "digest"])
+def test_bodystructure_envelope_corpus(srv, name):
+    with open(os.path.join(MIME_DIR, f"{name}.eml"), "rb") as f:
+        raw = f.read()
+    c = imap(srv)
+    typ, data = c.append("INBOX", None, None, raw)
+    assert typ == "OK", data
+    c.select("INBOX")
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd("FETCH 1 (BODYSTRUCTURE)")
+    got = b"".join(lines)
+    want = read_expected(name, "bodystructure")
+    assert want in got.replace(b"\r\n", b"\r\n"), (got, want)
+    lines, t = r.cmd("FETCH 1 (ENVELOPE)")
+    got = b"".join(lines)
+    assert read_expected(name, "envelope") in got, got
+    lines, t = r.cmd("FETCH 1 (BODY.PEEK[])")
+    assert raw in b"".join(lines)
+
+
+def test_fetch_large_message_streams(srv):
+    body = (b"x" * 998 + b"\r\n") * 3000  # 3 MB
+    deliver(srv, "alice@example.com", body=body)
+    c = imap(srv, tls="implicit")
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(BODY.PEEK[TEXT])")
+    assert data[0][1] == body
+
+
+# ---- STORE, COPY, MOVE, EXPUNGE, APPEND, SEARCH ------------------------------------------
+
+
+def test_store_copy_move_expunge(srv):
+    for i in range(4):
+        deliver(srv, "alice@example.com", subject=f"m{i}")
+    c = imap(srv)
+    c.select("INBOX")
+    typ, data = c.store("1:2", "+FLAGS", r"(\Flagged $Work)")
+    assert typ == "OK" and len(data) == 2 and b"\\Flagged" in data[0] and b"$Work" in data[0]
+    typ, data = c.store("1", "-FLAGS.SILENT", r"(\Flagged)")
+    assert typ == "OK"
+    typ, data = c.fetch("1:2", "(FLAGS)")
+    assert b"\\Flagged" not in data[0] and b"\\Flagged" in data[1]
+    typ, data = c.store("3", "FLAGS", r"(\Deleted)")
+    c.create("Archive2")
+    typ, data = c.copy("1:2", "Archive2")
+    assert typ == "OK" and b"COPYUID" in c.untagged_responses.get("COPYUID", [b""])[0] or typ == "OK"
+    typ, data = c.uid("MOVE", "2", "Archive2")
+    assert typ == "OK"
+    typ, data = c.expunge()
+    assert typ == "OK"
+    typ, data = c.search(None, "ALL")
+    assert data[0].split() == [b"1", b"2"], data
+    typ, data = c.status("Archive2", "(MESSAGES)")
+    assert b"MESSAGES 3" in data[0]
+    assert c.copy("1", "Nope")[0] == "NO"
+    c.logout()
+
+
+def test_append_and_appenduid(srv):
+    c = imap(srv)
+    msg = b"From: a@b\r\nSubject: appended\r\n\r\nbody\r\n"
+    typ, data = c.append("INBOX", r"(\Seen)", imaplib.Time2Internaldate(time.time()), msg)
+    assert typ == "OK" and b"APPENDUID" in data[0], data
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(FLAGS BODY.PEEK[])")
+    assert data[0][1] == msg and b"\\Seen" in data[0][0]
+    assert c.append("Nope", None, None, msg)[0] == "NO"
+    c.logout()
+
+
+def test_append_literal_plus_and_limit(imapsrv):
+    srv = imapsrv(config="[limits]\nmessage_size_max = 2000\n")
+    r = Raw(srv).login()
+    msg = b"Subject: x\r\n\r\nhi\r\n"
+    r.send(b"a APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
+    _, t = r.until("a")
+    assert t.startswith(b"a OK [APPENDUID"), t
+    # over APPENDLIMIT, synchronising: refused without "+"
+    r.send(b"b APPEND INBOX {5000}\r\n")
+    ln = r.line()
+    assert ln.startswith(b"b NO [TOOBIG]"), ln
+    # non-synchronising over the limit: the data is read and dropped
+    r.send(b"c APPEND INBOX {3000+}\r\n" + b"x" * 3000 + b"\r\n")
+    _, t = r.until("c")
+    assert t.startswith(b"c NO [TOOBIG]") or t.startswith(b"c BAD"), t
+    _, t = r.cmd("NOOP")
+    assert b"OK" in t
+
+
+def test_search(srv):
+    deliver(srv, "alice@example.com", subject="alpha", body=b"x" * 10 + b"\r\n")
+    deliver(srv, "alice@example.com", subject="beta", body=(b"y" * 98 + b"\r\n") * 50)
+    deliver(srv, "alice@example.com", subject="gamma")
+    c = imap(srv)
+    c.select("INBOX")
+    c.store("2", "+FLAGS", r"(\Seen)")
+    def s(*crit):
+        typ, data = c.search(None, *crit)
+        assert typ == "OK", data
+        return data[0].split()
+    assert s("ALL") == [b"1", b"2", b"3"]
+    assert s("SEEN") == [b"2"]
+    assert s("UNSEEN") == [b"1", b"3"]
+    assert s("SUBJECT", "beta") == [b"2"]
+    assert s("FROM", "sender@remote") == [b"1", b"2", b"3"]
+    assert s("OR", "SUBJECT", "alpha", "SUBJECT", "gamma") == [b"1", b"3"]
+    assert s("NOT", "SUBJECT", "alpha") == [b"2", b"3"]
+    assert s("(SUBJECT alpha)") == [b"1"]
+    assert s("LARGER", "4000") == [b"2"]
+    assert s("2:*") == [b"2", b"3"]
+    assert s("SENTON", "1-Jul-2003") == [b"1", b"2", b"3"]
+    assert s("SINCE", "1-Jan-2000") == [b"1", b"2", b"3"]
+    assert s("BEFORE", "1-Jan-2000") == []
+    typ, data = c.uid("SEARCH", None, "ALL")
+    assert len(data[0].split()) == 3
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd("SEARCH RETURN (MIN MAX COUNT) ALL")
+    assert lines[0] == b'* ESEARCH (TAG "t3") MIN 1 MAX 3 COUNT 3\r\n', lines
+    lines, t = r.cmd("SEARCH FOO")
+    assert b"BAD" in t
+    c.logout()
+
+
+def test_condstore(srv):
+    deliver(srv, "alice@example.com")
+    r = Raw(srv).login()
+    lines, t = r.cmd("SELECT INBOX (CONDSTORE)")
+    ms = [l for l in lines if b"HIGHESTMODSEQ" in l]
+    assert ms
+    lines, t = r.cmd("FETCH 1 (MODSEQ)")
+    m = re.search(rb"MODSEQ \((\d+)\)", lines[0])
+    assert m
+    lines, t = r.cmd(f"STORE 1 (UNCHANGEDSINCE {int(m.group(1)) - 1}) +FLAGS (\\Seen)")
+    assert b"MODIFIED" in t, t
+    lines, t = r.cmd(f"STORE 1 (UNCHANGEDSINCE {m.group(1).decode()}) +FLAGS (\\Seen)")
+    assert b"OK" in t and b"MODIFIED" not in t and b"MODSEQ" in lines[0]
+
+
+# ---- sync between sessions and IDLE ------------------------------------------------------
+
+
+def test_two_sessions_see_flags_and_expunges(srv):
+    for i in range(3):
+        deliver(srv, "alice@example.com", subject=f"s{i}")
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    a.cmd("STORE 2 +FLAGS.SILENT (\\Flagged)")
+    lines, t = b.cmd("NOOP")
+    assert any(b"FETCH" in l and b"\\Flagged" in l for l in lines), lines
+    a.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    a.cmd("EXPUNGE")
+    # no EXPUNGE during FETCH; the message keeps its number
+    lines, t = b.cmd("FETCH 1:3 (UID)")
+    assert not any(b"EXPUNGE" in l for l in lines), lines
+    lines, t = b.cmd("NOOP")
+    assert b"* 1 EXPUNGE\r\n" in lines, lines
+    lines, t = b.cmd("FETCH 1:* (UID)")
+    assert len([l for l in lines if b"FETCH" in l]) == 2
+    deliver(srv, "alice@example.com", subject="new")
+    lines, t = b.cmd("NOOP")
+    assert b"* 3 EXISTS\r\n" in lines, lines
+
+
+def test_idle_sees_smtp_delivery(srv):
+    c = Raw(srv).login()
+    c.cmd("SELECT INBOX")
+    c.send(b"i IDLE\r\n")
+    assert c.line().startswith(b"+")
+    deliver(srv, "alice@example.com")
+    ln = c.line(timeout=10)
+    assert ln == b"* 1 EXISTS\r\n", ln
+    c.send(b"DONE\r\n")
+    _, t = c.until("i")
+    assert t.startswith(b"i OK")
+
+
+# ---- limits and bad input ---------------------------------------------------------------
+
+
+def test_line_too_long_prelogin(srv):
+    r = Raw(srv)
+    r.send(b"a NOOP " + b"x" * 9000 + b"\r\n")
+    ln = r.line()
+    assert b"BAD" in ln, ln
+    _, t = r.cmd("NOOP")
+    assert b"OK" in t
+
+
+def test_list_depth_limit(srv):
+    r = Raw(srv).login()
+    r.send(b"a NOOP " + b"(" * 100000 + b"\r\n")
+    ln = r.line()
+    assert b"BAD" in ln, ln
+    _, t = r.cmd("NOOP")
+    assert b"OK" in t
+
+
+def test_literal_size_limits(srv):
+    r = Raw(srv)
+    for size in (b"4294967296", b"18446744073709551616"):
+        r.send(b"a LOGIN {" + size + b"}\r\n")
+        ln = r.line()
+        assert b"BAD" in ln, ln
+    r.send(b"b LOGIN {70000}\r\n")
+    ln = r.line()
+    assert ln.startswith(b"b BAD") and b"TOOBIG" in ln, ln
+    r.send(b"c LOGIN ~{5}\r\n")
+    assert b"BAD" in r.line()
+    _, t = r.cmd("NOOP")
+    assert b"OK" in t
+
+
+def test_bad_commands_limit(imapsrv):
+    srv = imapsrv(config="[limits]\nmax_bad_commands = 3\n")
+    r = Raw(srv)
+    for i in range(3):
+        r.send(b"a FOO\r\n")
+    lines = [r.line() for _ in range(4)]
+    assert lines[-1].startswith(b"* BYE"), lines
+    expect_eof(r.sock)
+
+
+def test_prelogin_timeout(imapsrv):
+    srv = imapsrv(config="[limits]\nprelogin_timeout = 1s\n")
+    r = Raw(srv)
+    assert r.line(timeout=5).startswith(b"* BYE")
+    expect_eof(r.sock)
+
+
+def test_commands_need_login(srv):
+    r = Raw(srv)
+    _, t = r.cmd("SELECT INBOX")
+    assert b"BAD" in t
+    _, t = r.cmd("FETCH 1 FLAGS")
+    assert b"BAD" in t
+
+
+# ---- other clients ----------------------------------------------------------------------
+
+
+def test_curl_imaps_list_and_fetch(srv):
+    if not shutil.which("curl"):
+        pytest.skip("curl not installed")
+    deliver(srv, "alice@example.com", subject="curlme")
+    base = f"imaps://127.0.0.1:{srv.port(993)}"
+    common = ["curl", "-s", "--cacert", os.path.join(srv.data_dir, "tls", "cert.pem"),
+              "-k", "-u", f"alice@example.com:{USERS['alice@example.com']}"]
+    out = subprocess.run(common + [base + "/"], capture_output=True, timeout=30)
+    assert out.returncode == 0, out
+    assert b"INBOX" in out.stdout
+    out = subprocess.run(common + [base + "/INBOX;UID=1"], capture_output=True, timeout=30)
+    assert out.returncode == 0, out
+    assert b"Subject: curlme" in out.stdout
+
+
+def test_mbsync_two_way(srv, tmp_path):
+    if not shutil.which("mbsync"):
+        pytest.skip("mbsync (isync) not installed")
+    for i in range(3):
+        deliver(srv, "alice@example.com", subject=f"sync{i}")
+    local = tmp_path / "Maildir"
+    local.mkdir()
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(f"""IMAPAccount a
+Host localhost
+Port {srv.port(993)}
+User alice@example.com
+Pass "{USERS['alice@example.com']}"
+SSLType IMAPS
+CertificateFile {os.path.join(srv.data_dir, 'tls', 'cert.pem')}
+
+IMAPStore remote
+Account a
+
+MaildirStore local
+Path {local}/
+Inbox {local}/INBOX
+
+Channel c
+Far :remote:
+Near :local:
+Patterns INBOX
+Create Both
+Expunge Both
+SyncState *
+""")
+    def run():
+        out = subprocess.run(["mbsync", "-c", str(rc), "-a"], capture_output=True, timeout=60)
+        assert out.returncode == 0, out
+    run()
+    cur = list((local / "INBOX" / "cur").iterdir()) + list((local / "INBOX" / "new").iterdir())
+    assert len(cur) == 3
+    # a local message goes up
+    newf = local / "INBOX" / "new" / "1.local:2,"
+    newf.write_bytes(b"From: me@x\r\nSubject: local\r\n\r\nup\r\n")
+    run()
+    run()
+    c = imap(srv)
+    c.select("INBOX")
+    typ, data = c.search(None, "ALL")
+    assert len(data[0].split()) == 4, data
+    typ, data = c.search(None, "SUBJECT", "local")
+    assert len(data[0].split()) == 1
+    files = list((local / "INBOX" / "cur").iterdir()) + list((local / "INBOX" / "new").iterdir())
+    assert len(files) == 4, files
