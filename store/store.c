@@ -857,7 +857,7 @@ enum fload_step {
 	FL_MKDIR, FL_MKDIR_DONE, FL_DIRSYNC_DONE, FL_OPENDIR_DONE, FL_OPENLOG_DONE,
 	FL_STATLOG_DONE, FL_CK_OPEN_DONE, FL_CK_STAT_DONE, FL_CK_READ_DONE,
 	FL_LOG_READ_DONE, FL_WIPE, FL_WIPE_SYNCED, FL_NEWLOG_WRITTEN, FL_NEWLOG_SYNCED,
-	FL_NEWLOG_DIRSYNCED, FL_SEG_OPEN_DONE,
+	FL_NEWLOG_DIRSYNCED, FL_SEG_OPEN_DONE, FL_SEG_STAT_DONE,
 };
 
 struct fload {
@@ -875,7 +875,7 @@ struct fload {
 	char *path;
 	uint8_t *buf;
 	uint64_t log_size, ck_size, good_end, wipe_off;
-	int seg_tries;
+	uint32_t seg;
 	void (*done)(struct loop *loop, struct fload *fl, int res);
 	void *arg;
 };
@@ -1158,23 +1158,31 @@ static void fload_run(struct loop *loop, struct fload *fl, int res)
 		}
 		goto open_seg;
 	case FL_SEG_OPEN_DONE:
-		if (res == -EEXIST && ++fl->seg_tries < SEG_TRIES) {
-			f->seg_next++;
-			goto open_seg;
-		}
 		if (res < 0) {
 			err = res;
 			goto fail;
 		}
-		if (!(f->seg = sfile_new(res, f->seg_next, false))) {
+		if (!(f->seg = sfile_new(res, fl->seg, false))) {
 			close(res);
 			err = -ENOMEM;
 			goto fail;
 		}
-		/* its directory entry is synced with the first data it gets */
+		/* it may be new: its directory entry is synced with the first
+		 * data it gets */
 		atomic_store(&f->seg->dirsync, true);
-		f->seg_end = 0;
-		f->seg_next++;
+		fl->step = FL_SEG_STAT_DONE;
+		io_uring_prep_statx(loop_sqe(loop, &fl->cb), res, "", AT_EMPTY_PATH, STATX_SIZE,
+				    &fl->stx);
+		return;
+	case FL_SEG_STAT_DONE:
+		if (res < 0) {
+			err = res;
+			goto fail;
+		}
+		/* Append after whatever is there: bytes past the last record's
+		 * end were never acknowledged, and are never overwritten either.
+		 * A full segment rolls over at the first append. */
+		f->seg_end = fl->stx.stx_size;
 		fload_finish(loop, fl, 0);
 		return;
 	}
@@ -1203,17 +1211,22 @@ new_log: {
 	return;
 }
 open_seg: {
+	/* Go on appending to the last shared segment a message lives in, so
+	 * that opening a folder does not leave a new file behind each time;
+	 * with none, the next number. Never O_TRUNC: the file may hold bytes. */
 	char name[16];
-	if (f->seg_next <= SEG_NUM(f->ix.max_seg))
-		f->seg_next = SEG_NUM(f->ix.max_seg) + 1;
-	store_seg_name(f->seg_next, name);
+	uint32_t last = 0;
+	for (size_t i = 0; i < f->ix.n; i++)
+		if (!(f->ix.msgs[i].seg & SEG_SINGLE) && f->ix.msgs[i].seg > last)
+			last = f->ix.msgs[i].seg;
+	fl->seg = last ? last : SEG_NUM(f->ix.max_seg) + 1;
+	f->seg_next = (SEG_NUM(f->ix.max_seg) > fl->seg ? SEG_NUM(f->ix.max_seg) : fl->seg) + 1;
+	store_seg_name(fl->seg, name);
 	if ((err = fload_setpath(fl, name)))
 		goto fail;
 	fl->step = FL_SEG_OPEN_DONE;
 	sqe = loop_sqe(loop, &fl->cb);
-	/* O_EXCL: a file left by a crash under an unreferenced number is
-	 * never truncated, it is skipped (fsck removes it) */
-	io_uring_prep_openat(sqe, AT_FDCWD, fl->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	io_uring_prep_openat(sqe, AT_FDCWD, fl->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	return;
 }
 fail:
@@ -3396,6 +3409,12 @@ static void segroll_opened(struct loop *loop, struct loop_cb *cb, int res, uint3
 	free(r);
 }
 
+static uint64_t seg_max(const struct sfolder *f)
+{
+	uint64_t m = f->user->store->cfg.segment_max;
+	return m ? m : STORE_SEGMENT_MAX;
+}
+
 /* f->mu held: the active segment passed its size; open the next one. Until
  * it is open, appends go on growing the old one. */
 static void seg_roll_locked(struct loop *loop, struct sfolder *f)
@@ -3441,7 +3460,7 @@ static void append_commit_small(struct loop *loop, struct store_append *a)
 			t->seg = f->seg->seg;
 			t->off = f->seg_end;
 			f->seg_end += a->total;
-			if (f->seg_end > STORE_SEGMENT_MAX && !f->seg_rolling)
+			if (f->seg_end > seg_max(f) && !f->seg_rolling)
 				seg_roll_locked(loop, f);
 		}
 		pthread_mutex_unlock(&f->mu);
@@ -4185,7 +4204,7 @@ static void compact_run(struct loop *loop, struct compact *c, int res)
 			m->nseg = f->seg->seg;
 			m->noff = f->seg_end;
 			f->seg_end += m->size;
-			if (f->seg_end > STORE_SEGMENT_MAX && !f->seg_rolling)
+			if (f->seg_end > seg_max(f) && !f->seg_rolling)
 				seg_roll_locked(loop, f);
 			pthread_mutex_unlock(&f->mu);
 			if (m->size == 0) {

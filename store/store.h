@@ -52,6 +52,9 @@ struct store_config {
 	/* A folder writes a checkpoint after this many log bytes since the
 	 * last one. 0: STORE_CHECKPOINT_DEFAULT. */
 	uint64_t checkpoint_bytes;
+	/* A shared segment file rolls over to a new one past this size; the
+	 * old one can then be compacted. 0: STORE_SEGMENT_MAX. */
+	uint64_t segment_max;
 	/* Testing and benchmarks only: sync every change on its own, without
 	 * group commit (the one-fsync-per-message baseline). */
 	bool no_group_commit;
@@ -60,7 +63,7 @@ struct store_config {
 enum {
 	STORE_APPEND_BUF_DEFAULT = 256 * 1024,
 	STORE_CHECKPOINT_DEFAULT = 4 * 1024 * 1024,
-	STORE_SEGMENT_MAX = 64 * 1024 * 1024, /* a shared segment rolls over */
+	STORE_SEGMENT_MAX = 64 * 1024 * 1024, /* default segment_max */
 	STORE_BLOB_MAX = 256 * 1024,          /* structure blob limit */
 	STORE_READ_MAX = 1024 * 1024,         /* largest single store_read() */
 	STORE_NAME_MAX = 1000,                /* folder name bytes */
