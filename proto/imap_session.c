@@ -168,6 +168,7 @@ struct imap_session {
 	bool shutting_down;
 	bool condstore;        /* ENABLE CONDSTORE or a CONDSTORE command */
 	bool store_silent;     /* STORE ... FLAGS.SILENT */
+	bool discard_skip;     /* after M_DISCARD: the command was answered */
 	uint64_t discard_left;
 	/* the command being read / run */
 	uint8_t *arena;
@@ -386,16 +387,18 @@ static void set_busy(struct imap_session *is, bool busy)
 
 /* ---- replies -------------------------------------------------------------------- */
 
-static const char *capabilities(struct imap_session *is)
+/* The CAPABILITY list for the session's state, written to buf (no
+ * shared static: every loop thread runs sessions). Returns buf. */
+#define CAPS_MAX 512
+static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 {
-	static char buf[512];
 	if (is->state == IMAP_S_NOTAUTH) {
 		bool tls_req = stream_tls_required(is->s);
-		snprintf(buf, sizeof(buf), "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE%s%s",
+		snprintf(buf, CAPS_MAX, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE%s%s",
 			 stream_can_starttls(is->s) ? " STARTTLS" : "",
 			 tls_req ? " LOGINDISABLED" : " AUTH=PLAIN");
 	} else {
-		snprintf(buf, sizeof(buf),
+		snprintf(buf, CAPS_MAX,
 			 "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
 			 "CHILDREN SPECIAL-USE CONDSTORE ESEARCH APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->message_size_max);
@@ -590,10 +593,8 @@ static void done(struct imap_session *is, const char *status, const char *fmt, .
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	if (is->cmd && is->cmd->sync != SYNC_NONE && !is->uid_cmd)
+	if (is->cmd && is->cmd->sync != SYNC_NONE)
 		sync_mailbox(is, is->cmd->sync == SYNC_FULL);
-	else if (is->cmd && is->uid_cmd && is->cmd->sync != SYNC_NONE)
-		sync_mailbox(is, false);
 	tagged(is, status, "%s", buf);
 	cmd_end(is);
 }
@@ -715,7 +716,8 @@ static bool set_arg(struct imap_session *is, size_t i, bool uid)
 		for (size_t k = 0; k < is->nset; k++) {
 			uint32_t lo = is->set[k].lo ? is->set[k].lo : star;
 			uint32_t hi = is->set[k].hi ? is->set[k].hi : star;
-			if (lo > is->nmsgs || hi > is->nmsgs) {
+			if ((lo > is->nmsgs || hi > is->nmsgs) &&
+			    !(is->nmsgs == 0 && (is->set[k].lo == 0 || is->set[k].hi == 0))) {
 				done(is, "BAD", "Invalid message sequence number");
 				count_bad(is);
 				return false;
@@ -834,7 +836,8 @@ static void user_opened(void *arg, int res, struct store_user *user)
 	imap_parser_init(&is->parser, IMAP_LINE_MAX);
 	LOG_AT(stream_log(is->s), LOG_INFO, stream_sid(is->s), "imap-login", "user=%s tls=%s",
 	       is->user, stream_is_tls(is->s) ? "yes" : "no");
-	done(is, "OK", "[CAPABILITY %s] Logged in", capabilities(is));
+	char caps[CAPS_MAX];
+	done(is, "OK", "[CAPABILITY %s] Logged in", capabilities(is, caps));
 	release(is);
 }
 
@@ -962,7 +965,8 @@ static void sasl_line(struct imap_session *is, struct span line)
 static void cmd_capability(struct imap_session *is, size_t a)
 {
 	(void)a;
-	out_printf(is, "* CAPABILITY %s\r\n", capabilities(is));
+	char caps[CAPS_MAX];
+	out_printf(is, "* CAPABILITY %s\r\n", capabilities(is, caps));
 	done(is, "OK", "CAPABILITY completed");
 }
 
@@ -2974,6 +2978,7 @@ static void append_opened(void *arg, int res, struct store_folder *folder)
 	if (res < 0) {
 		if (nonsync) {
 			is->mode = M_DISCARD;
+			is->discard_skip = true;
 		} else {
 			imap_parse_literal_skip(&is->parser);
 			imap_parser_init(&is->parser, IMAP_LINE_MAX);
@@ -2998,6 +3003,7 @@ static void append_opened(void *arg, int res, struct store_folder *folder)
 		append_reset(is);
 		if (nonsync) {
 			is->mode = M_DISCARD;
+			is->discard_skip = true;
 		} else {
 			imap_parse_literal_skip(&is->parser);
 			imap_parser_init(&is->parser, IMAP_LINE_MAX);
@@ -3084,6 +3090,7 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 				return;
 			}
 			is->mode = M_DISCARD;
+			is->discard_skip = true;
 		} else {
 			/* The client sends no data without "+": the next bytes
 			 * are a new command. */
@@ -3111,8 +3118,10 @@ static void watch_cb(void *arg)
 	struct imap_session *is = arg;
 	if (is->dead || is->mode != M_IDLE)
 		return;
+	hold(is);
 	sync_mailbox(is, true);
 	out_flush(is);
+	release(is);
 }
 
 static void cmd_idle(struct imap_session *is, size_t a)
@@ -3447,9 +3456,13 @@ static ssize_t imap_data(struct stream *s, struct span in)
 		pos += used;
 		if (is->mode == M_DISCARD) {
 			if (t.type == IMAP_TOK_LITERAL_DATA) {
-				if (t.last)
-					is->mode = M_CMD; /* the rest of the line is parsed
-							     into the broken command */
+				if (t.last) {
+					/* Answered already: drop the rest of the line;
+					 * otherwise the broken command gets its BAD at
+					 * the EOL. */
+					is->mode = is->discard_skip ? M_SKIP : M_CMD;
+					is->discard_skip = false;
+				}
 				continue;
 			}
 		}
@@ -3531,7 +3544,8 @@ static int imap_open(struct stream *s)
 		session_close(is, true);
 		return 0;
 	}
-	out_printf(is, "* OK [CAPABILITY %s] ringmail ready\r\n", capabilities(is));
+	char caps[CAPS_MAX];
+	out_printf(is, "* OK [CAPABILITY %s] ringmail ready\r\n", capabilities(is, caps));
 	out_flush(is);
 	arm_timer(is);
 	return 0;
