@@ -231,7 +231,8 @@ static int target_add(struct smtp_delivery *d, const char *user)
 static void span_copy(char *dst, size_t cap, struct span s)
 {
 	size_t n = s.len < cap - 1 ? s.len : cap - 1;
-	memcpy(dst, s.p, n);
+	if (n)
+		memcpy(dst, s.p, n);
 	dst[n] = '\0';
 }
 
