@@ -46,4 +46,4 @@ if [ -n "$missing" ]; then
 	apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-"$here/build-wolfssl.sh"
+sh "$here/build-wolfssl.sh"

@@ -5,6 +5,6 @@
 #   scripts/run.sh --port-offset 10000
 set -eu
 cd "$(dirname "$0")/.."
-scripts/deps.sh
-scripts/build.sh
+sh scripts/deps.sh
+sh scripts/build.sh
 exec ./build/app/ringmail serve "$@"

@@ -5,8 +5,8 @@
 #   BUILD_DIR  the build directory (default: build)
 set -eu
 cd "$(dirname "$0")/.."
-scripts/deps.sh test
-scripts/build.sh
+sh scripts/deps.sh test
+sh scripts/build.sh
 dir=${BUILD_DIR:-build}
 # Many concurrent connections in the tests: lift the descriptor limit.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
