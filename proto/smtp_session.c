@@ -128,6 +128,7 @@ struct smtp_session {
 	size_t nrcpts, rcpts_cap;
 	unsigned msgs;                   /* messages delivered in this session */
 	bool tls_pending;                /* STARTTLS accepted: parse nothing more */
+	bool shutting;                   /* the server stops: 421 after this message */
 	struct smtp_delivery d;
 };
 
@@ -1026,6 +1027,11 @@ static void commit_done(void *arg, int res, uint32_t uid)
 	}
 	envelope_reset(ss);
 	ss->state = SMTP_S_READY;
+	if (ss->shutting) {
+		reply(ss, "421 4.3.2 %s Service shutting down", hostname(ss));
+		session_close(ss);
+		return;
+	}
 	arm_timer(ss);
 	stream_resume(ss->s);
 }
@@ -1510,8 +1516,10 @@ static void smtp_timer(struct stream *s)
 static void smtp_shutdown(struct stream *s)
 {
 	struct smtp_session *ss = stream_session(s);
-	if (ss->state == SMTP_S_BUSY || ss->state == SMTP_S_DATA || ss->state == SMTP_S_BDAT)
-		return; /* let the message finish within the grace period */
+	if (ss->state == SMTP_S_BUSY || ss->state == SMTP_S_DATA || ss->state == SMTP_S_BDAT) {
+		ss->shutting = true; /* let the message finish within the grace period */
+		return;
+	}
 	reply(ss, "421 4.3.2 %s Service shutting down", hostname(ss));
 	session_close(ss);
 }
