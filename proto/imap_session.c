@@ -154,6 +154,7 @@ struct fetch_job {
 
 struct imap_session {
 	struct stream *s;
+	struct loop *loop;     /* stream_loop(s), kept: s is gone after close */
 	struct services *sv;
 	enum imap_state state;
 	enum imap_mode mode;
@@ -442,7 +443,7 @@ static void bad(struct imap_session *is, const char *text)
 static void mailbox_close(struct imap_session *is)
 {
 	if (is->folder)
-		store_watch(is->folder, stream_loop(is->s), NULL, NULL);
+		store_watch(is->folder, is->loop, NULL, NULL);
 	store_view_free(&is->view);
 	store_folder_close(&is->folder);
 	free(is->msgs);
@@ -3535,6 +3536,7 @@ static int imap_open(struct stream *s)
 	if (!is)
 		return -ENOMEM;
 	is->s = s;
+	is->loop = stream_loop(s);
 	is->sv = services_of(stream_loop(s));
 	is->state = IMAP_S_NOTAUTH;
 	imap_parser_init(&is->parser, IMAP_LINE_MAX_PRELOGIN);

@@ -29,15 +29,29 @@ MIME_DIR = os.path.join(os.path.dirname(__file__), "..", "unit", "proto", "mime"
 
 @pytest.fixture
 def imapsrv(ringmail, tmp_path):
+    """Factory: a server with USERS in its passwd file. At teardown each is
+    stopped and its log must hold no sanitizer report."""
+    started = []
+
     def start(config=None, **kw):
         data = tmp_path / f"data{len(os.listdir(tmp_path))}"
         data.mkdir()
         with open(data / "passwd", "w") as f:
             for u, p in USERS.items():
                 f.write(f"{u}:{{PLAIN}}{p}\n")
-        return ringmail(config=config, data_dir=str(data), **kw)
+        srv = ringmail(config=config, data_dir=str(data), **kw)
+        started.append(srv)
+        return srv
 
-    return start
+    yield start
+    for srv in started:
+        if srv.proc.poll() is None:
+            assert srv.stop() == 0, srv.log()[-4000:]
+        log = srv.log()
+        bad = [l for l in log.splitlines()
+               if "ERROR: AddressSanitizer" in l or "LeakSanitizer" in l
+               or ("runtime error" in l and "imap" in l)]
+        assert not bad, log[-8000:]
 
 
 @pytest.fixture
@@ -614,3 +628,42 @@ SyncState *
     assert len(data[0].split()) == 1
     files = list((local / "INBOX" / "cur").iterdir()) + list((local / "INBOX" / "new").iterdir())
     assert len(files) == 4, files
+
+
+# ---- abrupt ends (the pending-callbacks rule) -------------------------------------------
+
+
+def test_disconnect_mid_append_and_mid_fetch(srv):
+    r = Raw(srv).login()
+    r.send(b"a APPEND INBOX {100000+}\r\n" + b"x" * 50000)
+    time.sleep(0.2)
+    r.sock.close()
+    deliver(srv, "alice@example.com", body=(b"y" * 998 + b"\r\n") * 3000)
+    for _ in range(3):
+        r = Raw(srv).login()
+        r.cmd("SELECT INBOX")
+        r.send(b"f FETCH 1 (BODY[])\r\n")
+        r.line()
+        r.sock.close()
+    c = imap(srv)
+    typ, data = c.select("INBOX")
+    assert data == [b"1"], data  # the half APPEND left nothing
+    c.logout()
+
+
+def test_line_limit_after_login(srv):
+    r = Raw(srv).login()
+    _, t = r.cmd(b"NOOP " + b"x" * 60000)
+    assert b"OK" in t, t
+    r.send(b"a NOOP " + b"x" * 70000 + b"\r\n")
+    assert b"BAD" in r.line()
+    _, t = r.cmd("NOOP")
+    assert b"OK" in t
+
+
+def test_pipelined_commands(srv):
+    deliver(srv, "alice@example.com")
+    r = Raw(srv).login()
+    r.send(b"p1 SELECT INBOX\r\np2 FETCH 1 (UID)\r\np3 NOOP\r\n")
+    _, t = r.until("p3")
+    assert t.startswith(b"p3 OK")
