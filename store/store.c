@@ -63,7 +63,17 @@ struct sfile {
 	uint32_t seg;
 	bool is_dir;
 	atomic_bool dirsync; /* created; its directory not yet fsynced */
+	/* fsyncs of one file run one at a time, process-wide, and an error
+	 * sticks: with one shared file description the kernel reports a
+	 * write-back error to one fsync only, so a concurrent fsync on another
+	 * loop could otherwise report success for pages that were lost */
+	pthread_mutex_t smu;
+	bool syncing;
+	int sync_err;
+	struct sbatch *sync_queue, **sync_tail;
 };
+
+struct sbatch;
 
 static struct sfile *sfile_new(int fd, uint32_t seg, bool is_dir)
 {
@@ -75,6 +85,8 @@ static struct sfile *sfile_new(int fd, uint32_t seg, bool is_dir)
 	f->fd = fd;
 	f->seg = seg;
 	f->is_dir = is_dir;
+	pthread_mutex_init(&f->smu, NULL);
+	f->sync_tail = &f->sync_queue;
 	return f;
 }
 
@@ -105,6 +117,7 @@ static void sfile_unref(struct loop *loop, struct sfile **f_r)
 		else
 			close(f->fd);
 	}
+	pthread_mutex_destroy(&f->smu);
 	free(f);
 }
 
@@ -237,31 +250,115 @@ struct swait {
 
 struct sbatch {
 	struct loop_cb cb;
+	struct loop *loop;     /* whose ring submits the fsync */
 	struct sfile *file;
 	struct swait *waiters;
 	struct sbatch *next;
+	int forced;            /* fail without an fsync: the file's sticky error */
+	bool serial;           /* takes part in the file's one-at-a-time order */
 };
+
+static void sbatch_start(struct loop *loop, struct sbatch *b);
+
+static void sbatch_start_x(struct loop *loop, void *arg)
+{
+	sbatch_start(loop, arg);
+}
 
 static void sbatch_done(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
 {
 	struct sbatch *b = container_of(cb, struct sbatch, cb);
+	struct sfile *f = b->file;
 	struct swait *w = b->waiters;
+	struct sbatch *next = NULL;
 
 	(void)flags;
+	if (b->forced)
+		res = b->forced;
+	if (b->serial) {
+		pthread_mutex_lock(&f->smu);
+		if (res < 0 && !f->sync_err)
+			f->sync_err = res;
+		if (f->sync_err)
+			res = f->sync_err;
+		next = f->sync_queue;
+		if (next) {
+			f->sync_queue = next->next;
+			if (!f->sync_queue)
+				f->sync_tail = &f->sync_queue;
+			next->next = NULL;
+		} else {
+			f->syncing = false;
+		}
+		pthread_mutex_unlock(&f->smu);
+	}
+	if (next) /* hand the file's turn to the next waiting batch's loop */
+		xcall(loop, next->loop, sbatch_start_x, next);
 	while (w) {
-		struct swait *next = w->next;
+		struct swait *nw = w->next;
 		w->fn(loop, w, res);
-		w = next;
+		w = nw;
 	}
 	sfile_unref(loop, &b->file);
 	free(b);
 }
 
-static void sbatch_submit(struct loop *loop, struct sbatch *b)
+/* Submits b's fsync on its loop (the file's turn is b's); a file with a
+ * sticky error completes it with that error through a NOP instead. */
+static void sbatch_start(struct loop *loop, struct sbatch *b)
 {
 	struct io_uring_sqe *sqe = loop_sqe(loop, &b->cb);
+	int err = 0;
 
+	if (b->serial) {
+		pthread_mutex_lock(&b->file->smu);
+		err = b->file->sync_err;
+		pthread_mutex_unlock(&b->file->smu);
+	}
+	if (err) {
+		b->forced = err;
+		io_uring_prep_nop(sqe);
+		return;
+	}
 	io_uring_prep_fsync(sqe, b->file->fd, b->file->is_dir ? 0 : IORING_FSYNC_DATASYNC);
+}
+
+static void sbatch_submit(struct loop *loop, struct sbatch *b)
+{
+	struct sfile *f = b->file;
+
+	b->loop = loop;
+	if (b->serial) {
+		pthread_mutex_lock(&f->smu);
+		if (f->syncing) {
+			/* another fsync of this file is in flight (maybe on
+			 * another loop): wait for it, then go. Waiters of this
+			 * loop join its batch already waiting, so a slow fsync
+			 * makes the next batch bigger, not the queue longer. */
+			for (struct sbatch *q = f->sync_queue; q; q = q->next)
+				if (q->loop == loop) {
+					struct swait *w = b->waiters;
+					while (w) {
+						struct swait *nw = w->next;
+						w->next = q->waiters;
+						q->waiters = w;
+						w = nw;
+					}
+					pthread_mutex_unlock(&f->smu);
+					sfile_unref(loop, &b->file);
+					free(b);
+					return;
+				}
+			b->next = NULL;
+			*f->sync_tail = b;
+			f->sync_tail = &b->next;
+			pthread_mutex_unlock(&f->smu);
+			return;
+		}
+		f->syncing = true;
+		pthread_mutex_unlock(&f->smu);
+	}
+	sbatch_start(loop, b);
 }
 
 static void sctx_flush(struct loop *loop, void *arg)
@@ -300,6 +397,8 @@ static void sync_request(struct sctx *c, struct sfile *file, struct swait *w)
 	b->cb.fn = sbatch_done;
 	b->file = sfile_ref(file);
 	b->waiters = w;
+	/* the one-fsync-per-message baseline (bench only) stays concurrent */
+	b->serial = !c->store->cfg.no_group_commit;
 	if (c->store->cfg.no_group_commit) {
 		sbatch_submit(c->loop, b);
 		return;
