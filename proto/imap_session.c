@@ -3225,6 +3225,8 @@ static void dispatch(struct imap_session *is)
 		return;
 	}
 	if (is->ntoks < 2 || is->toks[1].kind != T_ATOM) {
+		/* A lone word is not known to be a tag: answer untagged. */
+		is->have_tag = false;
 		bad(is, "Missing command");
 		cmd_end(is);
 		return;
