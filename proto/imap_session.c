@@ -138,6 +138,7 @@ struct fetch_job {
 	bool uid, set_seen, want_flags, want_modseq;
 	uint64_t changedsince;
 	size_t mi;           /* next msgs index to look at */
+	size_t ui;           /* uids[] walked up to here */
 	bool in_msg;         /* a "* n FETCH (" is open */
 	size_t cur;          /* its msgs index */
 	size_t ii;           /* next item */
@@ -1194,10 +1195,16 @@ static void expunge_start(struct imap_session *is, bool all, store_modseq_cb *cb
 		if (!(m->flags & STORE_F_DELETED))
 			continue;
 		if (!all) {
-			bool in = false;
-			for (size_t k = 0; k < is->nuids && !in; k++)
-				in = is->uids[k] == m->uid;
-			if (!in)
+			/* uids[] is ascending: binary search. */
+			size_t lo = 0, hi = is->nuids;
+			while (lo < hi) {
+				size_t mid = lo + (hi - lo) / 2;
+				if (is->uids[mid] < m->uid)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			if (lo == is->nuids || is->uids[lo] != m->uid)
 				continue;
 		}
 		list[n++] = m->uid;
@@ -1844,18 +1851,21 @@ static bool fetch_section(struct imap_session *is, struct fitem *it, const struc
 	return false;
 }
 
+/* Whether msgs[i] is in the set. uids[] and msgs[] are both ascending
+ * and i only grows: one walk over both, not a search per message. */
 static bool fetch_matches(struct imap_session *is, size_t i)
 {
 	struct fetch_job *fj = is->fj;
-	for (size_t k = 0; k < is->nuids; k++)
-		if (is->uids[k] == is->msgs[i].uid) {
-			if (fj->changedsince) {
-				const struct store_msg *m = msg_of(is, i);
-				return m && m->modseq > fj->changedsince;
-			}
-			return true;
-		}
-	return false;
+	uint32_t uid = is->msgs[i].uid;
+	while (fj->ui < is->nuids && is->uids[fj->ui] < uid)
+		fj->ui++;
+	if (fj->ui >= is->nuids || is->uids[fj->ui] != uid)
+		return false;
+	if (fj->changedsince) {
+		const struct store_msg *m = msg_of(is, i);
+		return m && m->modseq > fj->changedsince;
+	}
+	return true;
 }
 
 static void fetch_pump(struct imap_session *is)
