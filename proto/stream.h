@@ -34,7 +34,10 @@ struct stream_ops {
 	void (*drained)(struct stream *s);
 	/* A STARTTLS handshake completed: reset the protocol state. */
 	void (*tls_ready)(struct stream *s);
-	/* The connection is going away: free the session. */
+	/* The connection is going away: free the session. The stream itself
+	 * is freed right after this returns: a session that must outlive it
+	 * (store callbacks still pending) must not keep using s — copy what
+	 * it needs (stream_loop(), ...) first. */
 	void (*close)(struct stream *s);
 	/* The session's protocol name for ALPN ("smtp", "imap", "pop3"). */
 	const char *alpn;
