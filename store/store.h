@@ -3,20 +3,22 @@
  * This header is the whole interface: protocols (SMTP delivery, IMAP, POP3)
  * use only what is declared here, so another backend (a distributed one) can
  * stand behind it later. The append-only file backend's internals live in
- * store/ (folder.h, index.h, record.h) and are documented in docs/store.md.
+ * store/ (record.h, index.h, store_private.h) and are documented in
+ * docs/store.md.
  *
  * Threading: one struct store per process, shared by every loop. Handles
  * (users, folders, views, appends) belong to the loop that opened them and
  * must be used from that loop's thread only; the same user or folder may be
  * open on several loops at once (each has its own handle). Every callback
- * runs on the thread of the loop the request was started on.
+ * runs on the thread of the loop the request was started on, and never
+ * from inside the call that started the request.
  *
  * Errors are negative errnos: -EDQUOT (over quota), -ENOENT (no such folder
  * or message), -EEXIST, -EINVAL (bad name or argument), -EFBIG (message or
- * blob too large), -ENOSPC / -EIO (the disk; an append that reports an error
- * was not acknowledged and is never served), -ECANCELED (aborted). A folder
- * whose log or fsync failed refuses further changes with -EIO until every
- * handle is closed and it is reopened (and recovered).
+ * blob too large), -ENOSPC / -EIO (the disk: the change was not
+ * acknowledged; see store_append_commit() for what a failed append may
+ * leave). A folder whose log or fsync failed refuses further changes with
+ * -EIO until every handle is closed and it is reopened (and recovered).
  *
  * Durability: a callback reporting success for a change (append, flags,
  * expunge, folder create/rename/delete) runs only after the change is on
