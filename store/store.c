@@ -138,6 +138,8 @@ struct store {
 	struct sfile *mail_dirf;
 	pthread_mutex_t mu; /* users list, ctxs */
 	struct suser *users;
+	size_t nidle;              /* users with no reference, kept loaded */
+	uint64_t tick;
 	struct sctx **ctxs;
 	size_t nctx;
 };
@@ -497,6 +499,7 @@ struct slog {
 	/* Runs after an ack pass applied something, outside *mu. */
 	void (*after)(struct loop *loop, void *owner);
 	void *owner;
+	atomic_bool *poisoned;  /* the user's: not kept idle once broken */
 };
 
 struct pend {
@@ -627,6 +630,8 @@ static void pend_finish(struct loop *loop, struct pend *p, int err)
 	if (err) {
 		if (!log->broken)
 			log->broken = err;
+		if (log->poisoned)
+			atomic_store(log->poisoned, true);
 		if (!log->broken_off || p->off < log->broken_off)
 			log->broken_off = p->off;
 	}
@@ -738,6 +743,9 @@ struct suser {
 	struct sfolder *inbox;
 	struct sfolder **dead;     /* deleted folders handles may still use */
 	size_t ndead;
+	atomic_bool poisoned;      /* a log or fsync failed: reload, don't cache */
+	uint64_t idle_since;       /* under store->mu: 0 in use, else LRU tick */
+	atomic_uint_fast64_t limit_bytes, limit_msgs; /* overrides; 0: store's */
 	atomic_uint_fast64_t q_bytes, q_msgs;   /* acknowledged */
 	atomic_uint_fast64_t r_bytes, r_msgs;   /* reserved by appends in flight */
 };
@@ -817,28 +825,51 @@ static void suser_free(struct loop *loop, struct suser *u)
 	free(u);
 }
 
+static void suser_unlink_locked(struct store *st, struct suser *u)
+{
+	struct suser **pp = &st->users;
+
+	while (*pp && *pp != u)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = u->next;
+}
+
+/* Drops a reference. A user nobody holds stays loaded (idle) while the
+ * store keeps fewer than cfg.user_cache idle users, so that deliveries to
+ * it do not replay its folders every time; the least recently used idle
+ * one goes first. A user whose log or fsync failed is never kept: the next
+ * open reloads and recovers it. */
 static void suser_unref(struct loop *loop, struct suser **u_r)
 {
-	struct suser *u = *u_r;
+	struct suser *u = *u_r, *victim = NULL;
 	struct store *st;
-	bool last;
 
 	*u_r = NULL;
 	if (!u)
 		return;
 	st = u->store;
 	pthread_mutex_lock(&st->mu);
-	last = --u->refs == 0;
-	if (last) {
-		struct suser **pp = &st->users;
-		while (*pp && *pp != u)
-			pp = &(*pp)->next;
-		if (*pp)
-			*pp = u->next;
+	if (--u->refs == 0) {
+		size_t max = st->cfg.user_cache ? st->cfg.user_cache : STORE_USER_CACHE_DEFAULT;
+		if (st->cfg.user_cache == SIZE_MAX || !u->loaded || atomic_load(&u->poisoned)) {
+			suser_unlink_locked(st, u);
+			victim = u;
+		} else {
+			u->idle_since = ++st->tick;
+			if (++st->nidle > max) {
+				for (struct suser *o = st->users; o; o = o->next)
+					if (o->refs == 0 && o->idle_since &&
+					    (!victim || o->idle_since < victim->idle_since))
+						victim = o;
+				suser_unlink_locked(st, victim);
+				st->nidle--;
+			}
+		}
 	}
 	pthread_mutex_unlock(&st->mu);
-	if (last)
-		suser_free(loop, u);
+	if (victim)
+		suser_free(loop, victim);
 }
 
 static char *path_join(const char *a, const char *b)
@@ -1356,6 +1387,7 @@ static struct sfolder *sfolder_new(struct suser *u, uint32_t id)
 	f->log.apply = folder_apply;
 	f->log.after = folder_after;
 	f->log.owner = f;
+	f->log.poisoned = &u->poisoned;
 	return f;
 }
 
@@ -1854,7 +1886,10 @@ void store_user_open(struct store *st, struct loop *loop, const char *name,
 		if (strcmp(u->name, name) == 0)
 			break;
 	if (u) {
-		u->refs++;
+		if (u->refs++ == 0 && u->idle_since) {
+			u->idle_since = 0;
+			st->nidle--;
+		}
 		if (u->loaded) {
 			struct uopen_done *d = malloc(sizeof(*d));
 			pthread_mutex_unlock(&st->mu);
@@ -1893,6 +1928,7 @@ void store_user_open(struct store *st, struct loop *loop, const char *name,
 	u->log.mu = &u->mu;
 	u->log.apply = user_apply;
 	u->log.owner = u;
+	u->log.poisoned = &u->poisoned;
 	u->waiters = w;
 	pthread_mutex_lock(&st->mu);
 	{
@@ -1902,7 +1938,10 @@ void store_user_open(struct store *st, struct loop *loop, const char *name,
 			if (strcmp(o->name, name) == 0)
 				break;
 		if (o) {
-			o->refs++;
+			if (o->refs++ == 0 && o->idle_since) {
+				o->idle_since = 0;
+				st->nidle--;
+			}
 			u->waiters = NULL;
 			if (o->loaded) {
 				struct uopen_done *d = malloc(sizeof(*d));
@@ -1959,13 +1998,31 @@ void store_user_close(struct store_user **h_r)
 	free(h);
 }
 
+/* The user's limit: its override, else the store's; 0 means none. */
+static uint64_t user_limit(struct suser *u, bool msgs)
+{
+	uint64_t o = atomic_load(msgs ? &u->limit_msgs : &u->limit_bytes);
+
+	if (o == STORE_QUOTA_NONE)
+		return 0;
+	if (o)
+		return o;
+	return msgs ? u->store->cfg.quota_messages : u->store->cfg.quota_bytes;
+}
+
 void store_user_quota(struct store_user *h, uint64_t *bytes_r, uint64_t *msgs_r,
 		      uint64_t *limit_bytes_r, uint64_t *limit_msgs_r)
 {
 	*bytes_r = atomic_load(&h->u->q_bytes);
 	*msgs_r = atomic_load(&h->u->q_msgs);
-	*limit_bytes_r = h->u->store->cfg.quota_bytes;
-	*limit_msgs_r = h->u->store->cfg.quota_messages;
+	*limit_bytes_r = user_limit(h->u, false);
+	*limit_msgs_r = user_limit(h->u, true);
+}
+
+void store_user_set_quota(struct store_user *h, uint64_t bytes, uint64_t msgs)
+{
+	atomic_store(&h->u->limit_bytes, bytes);
+	atomic_store(&h->u->limit_msgs, msgs);
 }
 
 /* ---- folder records: apply, notify, checkpoint ------------------------- */
@@ -2001,6 +2058,7 @@ static void folder_apply(void *owner, const struct record *r, struct pend *p)
 			strerror(-err));
 		if (!f->log.broken) {
 			f->log.broken = -EIO;
+			atomic_store(&f->user->poisoned, true);
 			f->log.broken_off = p ? p->off : 0;
 		}
 		return;
@@ -3412,6 +3470,7 @@ static void target_synced(struct loop *loop, struct atarget *t, int res)
 		pthread_mutex_lock(&f->mu);
 		if (!f->log.broken) {
 			f->log.broken = t->err;
+			atomic_store(&f->user->poisoned, true);
 			f->log.broken_off = f->log.end;
 		}
 		pthread_mutex_unlock(&f->mu);
@@ -3699,7 +3758,7 @@ void store_append_commit(struct store_append *a, struct span blob, store_uid_cb 
 	/* quota: reserve for every destination, or for none */
 	for (size_t i = 0; !err && i < a->n; i++) {
 		struct atarget *t = &a->t[i];
-		uint64_t lb = a->st->cfg.quota_bytes, lm = a->st->cfg.quota_messages;
+		uint64_t lb = user_limit(t->u, false), lm = user_limit(t->u, true);
 		uint64_t rb = atomic_fetch_add(&t->u->r_bytes, a->total) + a->total;
 		uint64_t rm = atomic_fetch_add(&t->u->r_msgs, 1) + 1;
 		t->quota = true;

@@ -57,6 +57,10 @@ struct store_config {
 	/* A shared segment file rolls over to a new one past this size; the
 	 * old one can then be compacted. 0: STORE_SEGMENT_MAX. */
 	uint64_t segment_max;
+	/* Users nobody has open stay loaded (LRU) up to this many, so that
+	 * deliveries to them do not reload their folders each time.
+	 * 0: STORE_USER_CACHE_DEFAULT; SIZE_MAX: none are kept. */
+	size_t user_cache;
 	/* Testing and benchmarks only: sync every change on its own, without
 	 * group commit (the one-fsync-per-message baseline). */
 	bool no_group_commit;
@@ -70,6 +74,7 @@ enum {
 	STORE_READ_MAX = 1024 * 1024,         /* largest single store_read() */
 	STORE_NAME_MAX = 1000,                /* folder name bytes */
 	STORE_KEYWORDS_MAX = 64,              /* keywords per folder */
+	STORE_USER_CACHE_DEFAULT = 256,
 };
 
 /* Takes the data directory's lock file (DIR/lock, flock + our pid in it),
@@ -102,6 +107,12 @@ void store_user_close(struct store_user **user_r);
  * append was acknowledged and not expunged. */
 void store_user_quota(struct store_user *user, uint64_t *bytes_r, uint64_t *msgs_r,
 		      uint64_t *limit_bytes_r, uint64_t *limit_msgs_r);
+
+/* Overrides the store's quota limits for this user (from the user
+ * database), for every handle of it: 0 keeps the store's default,
+ * STORE_QUOTA_NONE means no limit. Not persisted: set it after each open. */
+#define STORE_QUOTA_NONE UINT64_MAX
+void store_user_set_quota(struct store_user *user, uint64_t bytes, uint64_t msgs);
 
 /* Special-use folders, created on first use by store_folder_open(). */
 enum store_special {

@@ -843,3 +843,44 @@ Test(store, stray_segment_files_are_never_truncated)
 	store_folder_close(&f);
 	store_user_close(&u);
 }
+
+Test(store, per_user_quota_override_and_idle_cache)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	uint64_t b, m, lb, lm;
+
+	store_user_set_quota(u, 30, 0);
+	store_user_quota(u, &b, &m, &lb, &lm);
+	cr_expect_eq(lb, 30);
+	cr_expect_eq(lm, 0);
+	cr_expect_eq(t_append(L, f, "0123456789012345678901234567890123456789\r\n", NULL), -EDQUOT);
+	cr_expect_eq(t_append(L, f, "short\r\n", NULL), 0);
+	store_user_set_quota(u, 0, 1); /* the store's bytes (none), one message */
+	cr_expect_eq(t_append(L, f, "two\r\n", NULL), -EDQUOT);
+	store_user_set_quota(u, STORE_QUOTA_NONE, STORE_QUOTA_NONE);
+	cr_expect_eq(t_append(L, f, "two\r\n", NULL), 0);
+	store_folder_close(&f);
+	store_user_close(&u);
+	/* idle in the cache: opened again without a reload, same state */
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	check_msg(f, 1, "short\r\n");
+	check_msg(f, 2, "two\r\n");
+	cr_expect_eq(t_append(L, f, "three\r\n", NULL), 0);
+	store_folder_close(&f);
+	store_user_close(&u);
+	/* and with no cache at all */
+	store_free(&S);
+	{
+		struct store_config cfg = { .data_dir = D, .user_cache = SIZE_MAX };
+		cr_assert_eq(store_new(&cfg, &S), 0);
+	}
+	for (int i = 0; i < 3; i++) {
+		u = t_user(S, L, "alice@example.com");
+		f = t_folder(u, L, "INBOX");
+		check_msg(f, 3, "three\r\n");
+		store_folder_close(&f);
+		store_user_close(&u);
+	}
+}
