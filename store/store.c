@@ -516,6 +516,7 @@ struct pend {
 	uint32_t uid;
 	uint32_t *unlink;      /* one-message segments to remove once durable */
 	size_t nunlink;
+	struct sfolder *gone;  /* a folder deleted by this record */
 	struct loop *loop;
 	void (*complete)(struct loop *loop, struct pend *p, int res);
 	void *arg;
@@ -1527,6 +1528,8 @@ static void user_apply(void *owner, const struct record *r, struct pend *p)
 				u->dead = d;
 				u->dead[u->ndead++] = f;
 			} /* else leaked: memory only, and only when out of it */
+			if (p)
+				p->gone = f;
 		}
 		free(v->name);
 		*v = u->folders[--u->nfolders];
@@ -2542,10 +2545,99 @@ void store_view_status(const struct store_view *v, struct store_folder_status *s
 
 /* ---- folder list changes ------------------------------------------------ */
 
+/* Removing a deleted folder's files: unlink each, then the directory.
+ * Best effort: whatever stays (a crash, an error) is an orphan fsck
+ * removes; the DELETE record is what counts. */
+struct rmdir_op {
+	struct loop_cb cb;
+	char **paths;
+	size_t n, left;
+	char *dir;
+};
+
+static void rmdir_step(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	struct rmdir_op *o = container_of(cb, struct rmdir_op, cb);
+
+	(void)res, (void)flags;
+	if (o->left == SIZE_MAX) { /* the directory itself is done */
+		for (size_t i = 0; i < o->n; i++)
+			free(o->paths[i]);
+		free(o->paths);
+		free(o->dir);
+		free(o);
+		return;
+	}
+	if (o->left < o->n) {
+		/* one at a time: a handful of files, and no counter to race */
+		io_uring_prep_unlinkat(loop_sqe(loop, &o->cb), AT_FDCWD, o->paths[o->left++], 0);
+		return;
+	}
+	o->left = SIZE_MAX;
+	io_uring_prep_unlinkat(loop_sqe(loop, &o->cb), AT_FDCWD, o->dir, AT_REMOVEDIR);
+}
+
+static int u32_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static void folder_remove_files(struct loop *loop, struct sfolder *f)
+{
+	struct rmdir_op *o = calloc(1, sizeof(*o));
+	size_t cap;
+
+	if (!o)
+		return;
+	pthread_mutex_lock(&f->mu);
+	cap = f->ix.n + f->nsegs + 4;
+	o->paths = calloc(cap, sizeof(char *));
+	if (o->paths) {
+		char name[16];
+		o->paths[o->n++] = folder_path(f, STORE_LOG);
+		o->paths[o->n++] = folder_path(f, STORE_CHECKPOINT);
+		o->paths[o->n++] = folder_path(f, STORE_CHECKPOINT_TMP);
+		if (f->seg) {
+			store_seg_name(f->seg->seg, name);
+			o->paths[o->n++] = folder_path(f, name);
+		}
+		uint32_t *segs = malloc((f->ix.n + 1) * sizeof(*segs));
+		for (size_t i = 0; segs && i < f->ix.n; i++)
+			segs[i] = f->ix.msgs[i].seg;
+		if (segs)
+			qsort(segs, f->ix.n, sizeof(*segs), u32_cmp);
+		for (size_t i = 0; segs && i < f->ix.n; i++) {
+			if ((i && segs[i] == segs[i - 1]) || (f->seg && segs[i] == f->seg->seg))
+				continue;
+			store_seg_name(segs[i], name);
+			o->paths[o->n++] = folder_path(f, name);
+		}
+		free(segs);
+	}
+	pthread_mutex_unlock(&f->mu);
+	o->dir = strdup(f->dir);
+	for (size_t i = 0; o->paths && i < o->n; i++)
+		if (!o->paths[i])
+			o->n = 0; /* out of memory: leave it all to fsck */
+	if (!o->paths || !o->dir || o->n == 0) {
+		for (size_t i = 0; o->paths && i < o->n; i++)
+			free(o->paths[i]);
+		free(o->paths);
+		free(o->dir);
+		free(o);
+		return;
+	}
+	o->cb.fn = rmdir_step;
+	rmdir_step(loop, &o->cb, 0, 0);
+}
+
 static void uop_complete(struct loop *loop, struct pend *p, int res)
 {
 	if (!res)
 		res = p->apply_res;
+	if (!res && p->gone)
+		folder_remove_files(loop, p->gone);
 	if (p->arg) /* a created folder the list did not adopt */
 		sfolder_free(loop, p->arg);
 	p->dcb(p->darg, res);

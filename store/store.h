@@ -140,8 +140,9 @@ int store_folder_list(struct store_user *user, struct store_folder_info **list_r
  * control characters; "INBOX" (any case) is the inbox and cannot be deleted
  * or created; hierarchy is the caller's ('/' or '.' are plain bytes here).
  * create: -EEXIST; delete, rename: -ENOENT; rename to an existing name:
- * -EEXIST. Delete removes the folder's messages from view and quota at
- * once; its files stay until `ringmail fsck --repair` (docs/store.md). */
+ * -EEXIST. Delete removes the folder's messages from the list and quota
+ * once durable, then its files in the background (handles still open on it
+ * get -ENOENT for changes). */
 typedef void store_done_cb(void *arg, int res);
 void store_folder_create(struct store_user *user, struct loop *loop, const char *name,
 			 store_done_cb *cb, void *arg);

@@ -358,6 +358,14 @@ Test(store, folders_create_list_rename_delete)
 	uint64_t qb, qm, lb, lm;
 	store_user_quota(u, &qb, &qm, &lb, &lm);
 	cr_expect_eq(qm, 0, "a deleted folder's messages leave the quota");
+	{
+		char dp[700];
+		struct stat sb;
+		bool never = false;
+		loop_run_until(L, &never, 50); /* the files go in the background */
+		snprintf(dp, sizeof(dp), "%s/mail/alice@example.com/f2", D);
+		cr_expect_neq(stat(dp, &sb), 0, "the deleted folder's directory is gone");
+	}
 	w = (struct waitres){ 0 };
 	store_folder_delete(u, L, "INBOX", wr_done, &w);
 	t_run(L, &w);
