@@ -74,6 +74,13 @@ void config_defaults(struct config *cfg)
 	cfg->header_size_max = 1u << 20;
 	cfg->max_hops = 50;
 	cfg->ticket_rotate_s = 3600;
+	cfg->ob_mx_port = 25;
+	cfg->ob_retry_min_ms = 5 * 60000;
+	cfg->ob_retry_max_ms = 4 * 3600000;
+	cfg->ob_expire_ms = 5u * 24 * 3600000;
+	cfg->ob_timeout_ms = 5 * 60000;
+	cfg->ob_max_per_domain = 8;
+	strcpy(cfg->ob_dkim_selector, "ringmail");
 }
 
 static int fail(char *err, size_t errlen, const char *fname, int line, const char *fmt, ...)
@@ -207,7 +214,7 @@ static bool valid_hostname(const char *s)
 	return label > 0;
 }
 
-enum section { SEC_NONE, SEC_SERVER, SEC_LIMITS, SEC_TLS_S, SEC_LISTENER };
+enum section { SEC_NONE, SEC_SERVER, SEC_LIMITS, SEC_TLS_S, SEC_LISTENER, SEC_OUTBOUND };
 
 struct parse_ctx {
 	struct config *cfg;
@@ -452,6 +459,56 @@ static int set_listener(struct parse_ctx *ctx, const char *key, const char *valu
 	return 0;
 }
 
+static int set_outbound(struct parse_ctx *ctx, const char *key, const char *value)
+{
+	struct config *cfg = ctx->cfg;
+	unsigned long v;
+	static const struct {
+		const char *key;
+		size_t off;
+	} durations[] = {
+		{ "retry_min", offsetof(struct config, ob_retry_min_ms) },
+		{ "retry_max", offsetof(struct config, ob_retry_max_ms) },
+		{ "expire", offsetof(struct config, ob_expire_ms) },
+		{ "timeout", offsetof(struct config, ob_timeout_ms) },
+	};
+	for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
+		if (strcmp(key, durations[i].key))
+			continue;
+		uint32_t *dst = (uint32_t *)((char *)cfg + durations[i].off);
+		if (config_parse_duration_ms(value, dst) || *dst == 0)
+			return BAD(ctx, "%s must be a positive duration such as 30s or 5m", key);
+		return 0;
+	}
+	if (!strcmp(key, "dns")) {
+		if (copy_str(cfg->ob_dns, sizeof(cfg->ob_dns), value))
+			return BAD(ctx, "dns too long");
+	} else if (!strcmp(key, "mx_port")) {
+		if (parse_uint(value, 65535, &v) || v == 0)
+			return BAD(ctx, "mx_port must be a number from 1 to 65535");
+		cfg->ob_mx_port = (uint16_t)v;
+	} else if (!strcmp(key, "max_per_domain")) {
+		if (parse_uint(value, 10000, &v) || v == 0)
+			return BAD(ctx, "max_per_domain must be a number from 1 to 10000");
+		cfg->ob_max_per_domain = (uint32_t)v;
+	} else if (!strcmp(key, "smart_host")) {
+		if (copy_str(cfg->ob_smart_host, sizeof(cfg->ob_smart_host), value))
+			return BAD(ctx, "smart_host too long");
+	} else if (!strcmp(key, "smart_user")) {
+		if (copy_str(cfg->ob_smart_user, sizeof(cfg->ob_smart_user), value))
+			return BAD(ctx, "smart_user too long");
+	} else if (!strcmp(key, "smart_password")) {
+		if (copy_str(cfg->ob_smart_password, sizeof(cfg->ob_smart_password), value))
+			return BAD(ctx, "smart_password too long");
+	} else if (!strcmp(key, "dkim_selector")) {
+		if (!*value || copy_str(cfg->ob_dkim_selector, sizeof(cfg->ob_dkim_selector), value))
+			return BAD(ctx, "dkim_selector must be a short name");
+	} else {
+		return BAD(ctx, "unknown key '%s' in [outbound]", key);
+	}
+	return 0;
+}
+
 static char *trim(char *s)
 {
 	while (*s == ' ' || *s == '\t')
@@ -473,6 +530,8 @@ static int parse_section(struct parse_ctx *ctx, char *name)
 		ctx->section = SEC_LIMITS;
 	} else if (!strcmp(name, "tls")) {
 		ctx->section = SEC_TLS_S;
+	} else if (!strcmp(name, "outbound")) {
+		ctx->section = SEC_OUTBOUND;
 	} else if (!strncmp(name, "listener", 8) && (name[8] == ' ' || name[8] == '\t')) {
 		char *lname = trim(name + 9);
 		if (!*lname)
@@ -498,7 +557,7 @@ static int parse_section(struct parse_ctx *ctx, char *name)
 		ctx->listener = l;
 		ctx->section = SEC_LISTENER;
 	} else {
-		return BAD(ctx, "unknown section [%s] (server, limits, tls, listener NAME)", name);
+		return BAD(ctx, "unknown section [%s] (server, limits, tls, outbound, listener NAME)", name);
 	}
 	return 0;
 }
@@ -559,6 +618,7 @@ int config_parse_text(struct config *cfg, const char *fname, const char *text, s
 		case SEC_LIMITS: rc = set_limits(&ctx, key, value); break;
 		case SEC_TLS_S: rc = set_tls(&ctx, key, value); break;
 		case SEC_LISTENER: rc = set_listener(&ctx, key, value); break;
+		case SEC_OUTBOUND: rc = set_outbound(&ctx, key, value); break;
 		default: rc = -EINVAL; break;
 		}
 		if (rc)
@@ -676,6 +736,16 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->recipients_max, cfg->smtp_timeout_ms,
 		(unsigned long long)cfg->header_size_max, cfg->max_hops,
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject");
+	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
+		"expire = %ums\ntimeout = %ums\nmax_per_domain = %u\ndkim_selector = %s\n",
+		cfg->ob_dns[0] ? "dns = " : "# dns: from ", cfg->ob_dns[0] ? cfg->ob_dns : "/etc/resolv.conf",
+		cfg->ob_mx_port,
+		cfg->ob_retry_min_ms, cfg->ob_retry_max_ms, cfg->ob_expire_ms, cfg->ob_timeout_ms,
+		cfg->ob_max_per_domain, cfg->ob_dkim_selector);
+	if (cfg->ob_smart_host[0])
+		fprintf(out, "smart_host = %s\n", cfg->ob_smart_host);
+	if (cfg->ob_smart_user[0])
+		fprintf(out, "smart_user = %s\nsmart_password = ********\n", cfg->ob_smart_user);
 	fprintf(out, "\n[tls]\nticket_rotate = %us\n", cfg->ticket_rotate_s);
 	for (size_t i = 0; i < cfg->ncerts; i++) {
 		if (cfg->certs[i].name[0])

@@ -3,6 +3,7 @@
  *   [server]            hostname, domains, data, threads, user, ...
  *   [limits]            connection caps and timeouts
  *   [tls]               certificates (cert = / key = / sni.NAME = cert,key)
+ *   [outbound]          queue and remote delivery: dns, mx_port, retries, smart host
  *   [listener NAME]     one row of the port table: address, port,
  *                       protocol (smtp|imap|pop3|http), security
  *                       (tls|starttls|plain|dual), role (smtp: submission|mx)
@@ -90,6 +91,18 @@ struct config {
 	struct tls_cert_entry certs[CONFIG_MAX_CERTS];
 	size_t ncerts;
 	uint32_t ticket_rotate_s;
+	/* [outbound] (docs/queue.md): the queue and remote delivery */
+	char ob_dns[CONFIG_STR_MAX];        /* "HOST:PORT[,...]"; "": /etc/resolv.conf */
+	uint16_t ob_mx_port;                /* port of remote MX hosts (25) */
+	uint32_t ob_retry_min_ms;           /* first retry after a 4xx (backoff doubles) */
+	uint32_t ob_retry_max_ms;           /* longest wait between attempts */
+	uint32_t ob_expire_ms;              /* give up (bounce) after this (5 days) */
+	uint32_t ob_timeout_ms;             /* per network step of a delivery */
+	uint32_t ob_max_per_domain;         /* concurrent connections per destination */
+	char ob_smart_host[CONFIG_STR_MAX]; /* "host:port": relay everything there */
+	char ob_smart_user[CONFIG_STR_MAX]; /* AUTH PLAIN to the smart host, when set */
+	char ob_smart_password[CONFIG_STR_MAX];
+	char ob_dkim_selector[64];          /* DKIM selector of DATA/dkim/<domain>.key */
 	/* [listener *] */
 	struct listener_config listeners[CONFIG_MAX_LISTENERS];
 	size_t nlisteners;
