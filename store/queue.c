@@ -1,0 +1,759 @@
+/* queue.c - the durable outbound queue (see queue.h, docs/queue.md). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/loop.h"
+#include "store/queue.h"
+
+#define QUEUE_MAGIC "RMQ1\n"
+#define QUEUE_HDR_MAX (64 * 1024 + 1024 * 1024) /* envelope text of one message */
+
+struct qwrite;
+
+/* Per loop: the directory fsync shared by every rename of one tick. */
+struct queue_loop {
+	struct loop_cb cb;
+	struct queue *q;
+	struct qwrite *pending;  /* renamed, waiting for the next dir fsync */
+	struct qwrite *inflight; /* covered by the fsync in flight */
+	bool busy, deferred;
+};
+
+struct queue {
+	char dir[4096];
+	int dirfd;
+	unsigned nloops;
+	struct queue_loop *loops;
+	_Atomic uint32_t seq;
+	queue_new_fn *on_new;
+	void *on_new_arg;
+};
+
+enum qw_step { QW_OPEN, QW_WRITE, QW_SYNC, QW_CLOSE, QW_RENAME, QW_DIRSYNC, QW_UNLINK1, QW_UNLINK2 };
+
+struct qwrite {
+	struct loop_cb cb;
+	struct queue *q;
+	struct loop *loop;
+	enum qw_step step;
+	int fd;
+	int rc;
+	char tmp[QUEUE_ID_MAX + 16], final[QUEUE_ID_MAX + 16];
+	char id[QUEUE_ID_MAX];
+	uint8_t *buf;
+	size_t len, off, hdr_len;
+	struct queue_entry *entry;   /* submit: handed to on_new */
+	queue_submit_cb *submit_cb;
+	queue_done_cb *done_cb;
+	void *arg;
+	struct qwrite *next;
+};
+
+void queue_entry_free(struct queue_entry *e)
+{
+	if (!e)
+		return;
+	for (size_t i = 0; i < e->nrcpts; i++)
+		free(e->rcpts[i].addr);
+	free(e->rcpts);
+	free(e->from);
+	free(e->data);
+	free(e);
+}
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int queue_new(const char *data_dir, unsigned nloops, struct queue **q_r)
+{
+	struct queue *q = calloc(1, sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	snprintf(q->dir, sizeof(q->dir), "%s/queue", data_dir);
+	if (mkdir(q->dir, 0750) < 0 && errno != EEXIST) {
+		free(q);
+		return -errno;
+	}
+	q->dirfd = open(q->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (q->dirfd < 0) {
+		int rc = -errno;
+		free(q);
+		return rc;
+	}
+	q->nloops = nloops ? nloops : 1;
+	q->loops = calloc(q->nloops, sizeof(*q->loops));
+	if (!q->loops) {
+		close(q->dirfd);
+		free(q);
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < q->nloops; i++)
+		q->loops[i].q = q;
+	/* A parent directory created now must be durable too. */
+	int pfd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (pfd >= 0) {
+		fsync(pfd);
+		close(pfd);
+	}
+	DIR *d = opendir(q->dir);
+	if (d) {
+		struct dirent *de;
+		while ((de = readdir(d))) {
+			size_t n = strlen(de->d_name);
+			if (n > 4 && !strcmp(de->d_name + n - 4, ".tmp"))
+				unlinkat(q->dirfd, de->d_name, 0);
+		}
+		closedir(d);
+	}
+	q->seq = (uint32_t)getpid() << 12;
+	*q_r = q;
+	return 0;
+}
+
+void queue_free(struct queue **q_r)
+{
+	struct queue *q = *q_r;
+	if (!q)
+		return;
+	close(q->dirfd);
+	free(q->loops);
+	free(q);
+	*q_r = NULL;
+}
+
+void queue_set_on_new(struct queue *q, queue_new_fn *fn, void *arg)
+{
+	q->on_new = fn;
+	q->on_new_arg = arg;
+}
+
+/* ---- the write chain ---------------------------------------------------- */
+
+static void qw_step(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags);
+
+static void qw_finish(struct qwrite *w)
+{
+	if (w->submit_cb) {
+		if (w->rc == 0 && w->entry && w->q->on_new) {
+			struct queue_entry *e = w->entry;
+			w->entry = NULL;
+			w->q->on_new(w->q->on_new_arg, w->loop, e);
+		}
+		w->submit_cb(w->arg, w->rc, w->id);
+	} else if (w->done_cb) {
+		w->done_cb(w->arg, w->rc);
+	}
+	queue_entry_free(w->entry);
+	free(w->buf);
+	free(w);
+}
+
+static struct queue_loop *qloop(struct queue *q, struct loop *loop)
+{
+	unsigned id = (unsigned)loop_id(loop);
+	return &q->loops[id < q->nloops ? id : 0];
+}
+
+static void dirsync_start(struct loop *loop, void *arg);
+
+static void dirsync_done(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)flags;
+	struct queue_loop *ql = (struct queue_loop *)cb;
+	struct qwrite *w = ql->inflight;
+	ql->inflight = NULL;
+	ql->busy = false;
+	while (w) {
+		struct qwrite *next = w->next;
+		if (res < 0)
+			w->rc = res;
+		qw_finish(w);
+		w = next;
+	}
+	if (ql->pending && !ql->deferred) {
+		ql->deferred = true;
+		if (loop_defer(loop, dirsync_start, ql))
+			dirsync_start(loop, ql);
+	}
+}
+
+static void dirsync_start(struct loop *loop, void *arg)
+{
+	struct queue_loop *ql = arg;
+	ql->deferred = false;
+	if (ql->busy || !ql->pending)
+		return;
+	ql->inflight = ql->pending;
+	ql->pending = NULL;
+	ql->busy = true;
+	ql->cb.fn = dirsync_done;
+	io_uring_prep_fsync(loop_sqe(loop, &ql->cb), ql->q->dirfd, 0);
+}
+
+/* Group commit: every rename of this tick waits for one directory fsync. */
+static void dirsync_join(struct qwrite *w)
+{
+	struct queue_loop *ql = qloop(w->q, w->loop);
+	w->next = ql->pending;
+	ql->pending = w;
+	if (!ql->busy && !ql->deferred) {
+		ql->deferred = true;
+		if (loop_defer(w->loop, dirsync_start, ql))
+			dirsync_start(w->loop, ql);
+	}
+}
+
+static void qw_submit(struct qwrite *w)
+{
+	struct io_uring_sqe *sqe = loop_sqe(w->loop, &w->cb);
+	switch (w->step) {
+	case QW_OPEN:
+		io_uring_prep_openat(sqe, w->q->dirfd, w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+				     0640);
+		break;
+	case QW_WRITE: {
+		size_t n = w->len - w->off;
+		if (n > (1u << 30))
+			n = 1u << 30;
+		io_uring_prep_write(sqe, w->fd, w->buf + w->off, (unsigned)n, w->off);
+		break;
+	}
+	case QW_SYNC:
+		io_uring_prep_fsync(sqe, w->fd, IORING_FSYNC_DATASYNC);
+		break;
+	case QW_CLOSE:
+		io_uring_prep_close(sqe, w->fd);
+		break;
+	case QW_RENAME:
+		io_uring_prep_renameat(sqe, w->q->dirfd, w->tmp, w->q->dirfd, w->final, 0);
+		break;
+	case QW_UNLINK1:
+		io_uring_prep_unlinkat(sqe, w->q->dirfd, w->tmp, 0);
+		break;
+	case QW_UNLINK2:
+		io_uring_prep_unlinkat(sqe, w->q->dirfd, w->final, 0);
+		break;
+	case QW_DIRSYNC:
+		break;
+	}
+}
+
+static void qw_step(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)loop;
+	(void)flags;
+	struct qwrite *w = (struct qwrite *)cb;
+	switch (w->step) {
+	case QW_OPEN:
+		if (res < 0) {
+			w->rc = res;
+			qw_finish(w);
+			return;
+		}
+		w->fd = res;
+		w->step = w->len ? QW_WRITE : QW_SYNC;
+		break;
+	case QW_WRITE:
+		if (res <= 0) {
+			w->rc = res < 0 ? res : -EIO;
+			w->step = QW_CLOSE;
+			break;
+		}
+		w->off += (size_t)res;
+		if (w->off >= w->len)
+			w->step = QW_SYNC;
+		break;
+	case QW_SYNC:
+		if (res < 0)
+			w->rc = res;
+		w->step = QW_CLOSE;
+		break;
+	case QW_CLOSE:
+		w->fd = -1;
+		if (w->rc) {
+			/* Nothing half-written may survive as a queued message. */
+			w->step = QW_UNLINK1;
+			w->final[0] = '\0';
+			break;
+		}
+		w->step = QW_RENAME;
+		break;
+	case QW_RENAME:
+		if (res < 0) {
+			w->rc = res;
+			w->step = QW_UNLINK1;
+			w->final[0] = '\0';
+			break;
+		}
+		w->step = QW_DIRSYNC;
+		dirsync_join(w);
+		return;
+	case QW_UNLINK1:
+		if (w->final[0]) {
+			w->step = QW_UNLINK2;
+			break;
+		}
+		if (w->submit_cb || w->done_cb == NULL || w->rc) {
+			qw_finish(w);
+			return;
+		}
+		/* queue_remove(): both unlinks done; make them durable. */
+		w->step = QW_DIRSYNC;
+		dirsync_join(w);
+		return;
+	case QW_UNLINK2:
+		if (res < 0 && res != -ENOENT && !w->rc)
+			w->rc = res;
+		w->step = QW_DIRSYNC;
+		dirsync_join(w);
+		return;
+	case QW_DIRSYNC:
+		return;
+	}
+	qw_submit(w);
+}
+
+static struct qwrite *qw_new(struct queue *q, struct loop *loop)
+{
+	struct qwrite *w = calloc(1, sizeof(*w));
+	if (!w)
+		return NULL;
+	w->cb.fn = qw_step;
+	w->q = q;
+	w->loop = loop;
+	w->fd = -1;
+	return w;
+}
+
+/* ---- envelope text ------------------------------------------------------ */
+
+static bool addr_ok(const char *a)
+{
+	for (; *a; a++)
+		if ((unsigned char)*a <= ' ' || *a == 0x7f)
+			return false;
+	return true;
+}
+
+int queue_submit(struct queue *q, struct loop *loop, const char *from,
+		 const char *const *rcpts, size_t n, const void *data, size_t len,
+		 queue_submit_cb *cb, void *arg)
+{
+	if (n == 0 || !addr_ok(from))
+		return -EINVAL;
+	size_t hcap = 256 + strlen(from);
+	for (size_t i = 0; i < n; i++) {
+		if (!addr_ok(rcpts[i]) || !*rcpts[i])
+			return -EINVAL;
+		hcap += strlen(rcpts[i]) + 8;
+	}
+	if (hcap > QUEUE_HDR_MAX)
+		return -E2BIG;
+	struct qwrite *w = qw_new(q, loop);
+	struct queue_entry *e = calloc(1, sizeof(*e));
+	if (!w || !e)
+		goto nomem;
+	w->entry = e;
+	uint32_t seq = atomic_fetch_add(&q->seq, 1);
+	int64_t now = wall_ms();
+	snprintf(e->id, sizeof(e->id), "%011" PRIx64 "%08" PRIx32, (uint64_t)now, seq);
+	e->created_ms = now;
+	if (!(e->from = strdup(from)) || !(e->rcpts = calloc(n, sizeof(*e->rcpts))))
+		goto nomem;
+	for (size_t i = 0; i < n; i++) {
+		if (!(e->rcpts[i].addr = strdup(rcpts[i])))
+			goto nomem;
+		e->nrcpts++;
+		e->rcpts[i].next_ms = now;
+	}
+	if (!(w->buf = malloc(hcap + len)))
+		goto nomem;
+	int h = snprintf((char *)w->buf, hcap, QUEUE_MAGIC "id %s\ncreated %" PRId64 "\nfrom %s\n",
+			 e->id, now, from);
+	for (size_t i = 0; i < n; i++)
+		h += snprintf((char *)w->buf + h, hcap - (size_t)h, "rcpt %s\n", rcpts[i]);
+	h += snprintf((char *)w->buf + h, hcap - (size_t)h, "\n");
+	if (len)
+		memcpy(w->buf + h, data, len);
+	w->hdr_len = (size_t)h;
+	w->len = (size_t)h + len;
+	if (!(e->data = malloc(len ? len : 1)))
+		goto nomem;
+	if (len)
+		memcpy(e->data, data, len);
+	e->len = len;
+	snprintf(w->id, sizeof(w->id), "%s", e->id);
+	snprintf(w->tmp, sizeof(w->tmp), "%s.msg.tmp", e->id);
+	snprintf(w->final, sizeof(w->final), "%s.msg", e->id);
+	w->submit_cb = cb;
+	w->arg = arg;
+	w->step = QW_OPEN;
+	qw_submit(w);
+	return 0;
+nomem:
+	if (w) {
+		queue_entry_free(w->entry);
+		free(w->buf);
+		free(w);
+	} else {
+		queue_entry_free(e);
+	}
+	return -ENOMEM;
+}
+
+size_t queue_state_format(const struct queue_entry *e, char *buf, size_t cap)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < e->nrcpts && n < cap; i++) {
+		const struct queue_rcpt *r = &e->rcpts[i];
+		char last[QUEUE_REPLY_MAX];
+		size_t j = 0;
+		for (const char *p = r->last; *p && j < sizeof(last) - 1; p++)
+			last[j++] = (*p == '\n' || *p == '\r') ? ' ' : *p;
+		last[j] = '\0';
+		int k = snprintf(buf + n, cap - n, "%zu %d %" PRIu32 " %" PRId64 " %s\n", i,
+				 (int)r->state, r->attempts, r->next_ms, last);
+		if (k < 0)
+			break;
+		n += (size_t)k;
+	}
+	return n < cap ? n : cap;
+}
+
+int queue_state_parse(struct queue_entry *e, const char *text, size_t len)
+{
+	const char *p = text, *end = text + len;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		if (!nl)
+			break; /* a torn last line is ignored */
+		char line[QUEUE_REPLY_MAX + 128];
+		size_t n = (size_t)(nl - p);
+		if (n >= sizeof(line))
+			n = sizeof(line) - 1;
+		memcpy(line, p, n);
+		line[n] = '\0';
+		p = nl + 1;
+		size_t i;
+		int st, off = 0;
+		uint32_t att;
+		int64_t next;
+		if (sscanf(line, "%zu %d %" SCNu32 " %" SCNd64 " %n", &i, &st, &att, &next, &off) < 4 ||
+		    i >= e->nrcpts || st < 0 || st > 2)
+			continue;
+		struct queue_rcpt *r = &e->rcpts[i];
+		r->state = (enum queue_rcpt_state)st;
+		r->attempts = att;
+		r->next_ms = next;
+		snprintf(r->last, sizeof(r->last), "%s", line + off);
+	}
+	return 0;
+}
+
+int queue_state_write(struct queue *q, struct loop *loop, const struct queue_entry *e,
+		      queue_done_cb *cb, void *arg)
+{
+	size_t cap = e->nrcpts * (QUEUE_REPLY_MAX + 64) + 1;
+	struct qwrite *w = qw_new(q, loop);
+	if (!w || !(w->buf = malloc(cap))) {
+		free(w);
+		return -ENOMEM;
+	}
+	w->len = queue_state_format(e, (char *)w->buf, cap);
+	snprintf(w->tmp, sizeof(w->tmp), "%s.st.tmp", e->id);
+	snprintf(w->final, sizeof(w->final), "%s.st", e->id);
+	w->done_cb = cb;
+	w->arg = arg;
+	w->step = QW_OPEN;
+	qw_submit(w);
+	return 0;
+}
+
+static void noop_done(void *arg, int res)
+{
+	(void)arg;
+	(void)res;
+}
+
+int queue_remove(struct queue *q, struct loop *loop, const char *id, queue_done_cb *cb,
+		 void *arg)
+{
+	struct qwrite *w = qw_new(q, loop);
+	if (!w)
+		return -ENOMEM;
+	/* The message first: a state file without its message is ignored. */
+	snprintf(w->tmp, sizeof(w->tmp), "%s.msg", id);
+	snprintf(w->final, sizeof(w->final), "%s.st", id);
+	w->done_cb = cb ? cb : noop_done;
+	w->arg = arg;
+	w->step = QW_UNLINK1;
+	qw_submit(w);
+	return 0;
+}
+
+/* ---- reading (blocking) ------------------------------------------------- */
+
+static int read_all(int dirfd, const char *name, uint8_t **buf_r, size_t *len_r)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int rc = -errno;
+		close(fd);
+		return rc;
+	}
+	uint8_t *buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	size_t off = 0;
+	while (off < (size_t)st.st_size) {
+		ssize_t r = read(fd, buf + off, (size_t)st.st_size - off);
+		if (r <= 0) {
+			if (r < 0 && errno == EINTR)
+				continue;
+			break;
+		}
+		off += (size_t)r;
+	}
+	close(fd);
+	buf[off] = '\0';
+	*buf_r = buf;
+	*len_r = off;
+	return 0;
+}
+
+/* Parses <id>.msg into an entry (data copied out). */
+static int entry_parse(const uint8_t *buf, size_t len, struct queue_entry **e_r)
+{
+	if (len < 5 || memcmp(buf, QUEUE_MAGIC, 5))
+		return -EINVAL;
+	struct queue_entry *e = calloc(1, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	size_t pos = 5, cap = 0;
+	bool ended = false;
+	while (pos < len) {
+		const uint8_t *nl = memchr(buf + pos, '\n', len - pos);
+		if (!nl)
+			break;
+		size_t n = (size_t)(nl - (buf + pos));
+		const char *l = (const char *)buf + pos;
+		pos += n + 1;
+		if (n == 0) {
+			ended = true;
+			break;
+		}
+		if (n > 3 && !memcmp(l, "id ", 3)) {
+			size_t k = n - 3 < QUEUE_ID_MAX - 1 ? n - 3 : QUEUE_ID_MAX - 1;
+			memcpy(e->id, l + 3, k);
+			e->id[k] = '\0';
+		} else if (n > 8 && !memcmp(l, "created ", 8)) {
+			e->created_ms = strtoll(l + 8, NULL, 10);
+		} else if (n >= 5 && !memcmp(l, "from ", 5)) {
+			free(e->from);
+			e->from = strndup(l + 5, n - 5);
+		} else if (n > 5 && !memcmp(l, "rcpt ", 5)) {
+			if (e->nrcpts == cap) {
+				cap = cap ? cap * 2 : 4;
+				struct queue_rcpt *r = realloc(e->rcpts, cap * sizeof(*r));
+				if (!r)
+					goto bad;
+				e->rcpts = r;
+			}
+			struct queue_rcpt *r = &e->rcpts[e->nrcpts];
+			memset(r, 0, sizeof(*r));
+			if (!(r->addr = strndup(l + 5, n - 5)))
+				goto bad;
+			e->nrcpts++;
+		}
+	}
+	if (!ended || !e->from || !e->nrcpts || !e->id[0])
+		goto bad;
+	e->len = len - pos;
+	if (!(e->data = malloc(e->len ? e->len : 1)))
+		goto bad;
+	memcpy(e->data, buf + pos, e->len);
+	for (size_t i = 0; i < e->nrcpts; i++)
+		e->rcpts[i].next_ms = e->created_ms;
+	*e_r = e;
+	return 0;
+bad:
+	queue_entry_free(e);
+	return -EINVAL;
+}
+
+static int load_one(int dirfd, const char *id, struct queue_entry **e_r)
+{
+	char name[QUEUE_ID_MAX + 16];
+	uint8_t *buf;
+	size_t len;
+	snprintf(name, sizeof(name), "%s.msg", id);
+	int rc = read_all(dirfd, name, &buf, &len);
+	if (rc)
+		return rc;
+	rc = entry_parse(buf, len, e_r);
+	free(buf);
+	if (rc)
+		return rc;
+	snprintf(name, sizeof(name), "%s.st", id);
+	if (read_all(dirfd, name, &buf, &len) == 0) {
+		queue_state_parse(*e_r, (const char *)buf, len);
+		free(buf);
+	}
+	return 0;
+}
+
+static int scan_dir(int dirfd, void (*fn)(void *arg, struct queue_entry *e), void *arg)
+{
+	int dfd = dup(dirfd);
+	if (dfd < 0)
+		return -errno;
+	DIR *d = fdopendir(dfd);
+	if (!d) {
+		close(dfd);
+		return -errno;
+	}
+	rewinddir(d);
+	int count = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		size_t n = strlen(de->d_name);
+		if (n < 5 || n >= QUEUE_ID_MAX + 4 || strcmp(de->d_name + n - 4, ".msg"))
+			continue;
+		char id[QUEUE_ID_MAX];
+		memcpy(id, de->d_name, n - 4);
+		id[n - 4] = '\0';
+		struct queue_entry *e;
+		if (load_one(dirfd, id, &e) == 0) {
+			fn(arg, e);
+			count++;
+		}
+	}
+	closedir(d);
+	return count;
+}
+
+int queue_scan(struct queue *q, void (*fn)(void *arg, struct queue_entry *e), void *arg)
+{
+	return scan_dir(q->dirfd, fn, arg);
+}
+
+/* ---- command line ----------------------------------------------------- */
+
+static int open_qdir(const char *data_dir)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/queue", data_dir);
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+static const char *state_name(enum queue_rcpt_state s)
+{
+	return s == QUEUE_RCPT_SENT ? "sent" : s == QUEUE_RCPT_FAILED ? "failed" : "pending";
+}
+
+struct list_ctx {
+	FILE *out;
+	int n;
+};
+
+static void list_one(void *arg, struct queue_entry *e)
+{
+	struct list_ctx *lc = arg;
+	for (size_t i = 0; i < e->nrcpts; i++) {
+		const struct queue_rcpt *r = &e->rcpts[i];
+		time_t next = (time_t)(r->next_ms / 1000);
+		struct tm tm;
+		char when[32];
+		gmtime_r(&next, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		fprintf(lc->out, "%s <%s> -> <%s> size=%zu state=%s attempts=%u next=%s last=\"%s\"\n",
+			e->id, e->from, r->addr, e->len, state_name(r->state), r->attempts, when,
+			r->last);
+	}
+	lc->n++;
+	queue_entry_free(e);
+}
+
+int queue_cli_list(const char *data_dir, FILE *out)
+{
+	int fd = open_qdir(data_dir);
+	if (fd == -ENOENT)
+		return 0;
+	if (fd < 0)
+		return fd;
+	struct list_ctx lc = { out, 0 };
+	int rc = scan_dir(fd, list_one, &lc);
+	close(fd);
+	return rc < 0 ? rc : lc.n;
+}
+
+static int ctl_append(int fd, const char *line)
+{
+	int cfd = openat(fd, "ctl", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	if (cfd < 0)
+		return -errno;
+	size_t n = strlen(line);
+	int rc = write(cfd, line, n) == (ssize_t)n ? 0 : -EIO;
+	if (!rc && fsync(cfd) < 0)
+		rc = -errno;
+	close(cfd);
+	return rc;
+}
+
+int queue_cli_delete(const char *data_dir, const char *id)
+{
+	for (const char *p = id; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return -EINVAL;
+	int fd = open_qdir(data_dir);
+	if (fd < 0)
+		return fd;
+	char name[QUEUE_ID_MAX + 16];
+	snprintf(name, sizeof(name), "%s.msg", id);
+	struct stat st;
+	if (fstatat(fd, name, &st, 0) < 0) {
+		close(fd);
+		return -ENOENT;
+	}
+	/* A running server holds the message in memory: tell it (it polls
+	 * DATA/queue/ctl); the files go too, so a stopped one forgets it. */
+	char line[QUEUE_ID_MAX + 16];
+	snprintf(line, sizeof(line), "delete %s\n", id);
+	int rc = ctl_append(fd, line);
+	unlinkat(fd, name, 0);
+	snprintf(name, sizeof(name), "%s.st", id);
+	unlinkat(fd, name, 0);
+	fsync(fd);
+	close(fd);
+	return rc;
+}
+
+int queue_cli_flush(const char *data_dir)
+{
+	int fd = open_qdir(data_dir);
+	if (fd < 0)
+		return fd;
+	int rc = ctl_append(fd, "flush\n");
+	close(fd);
+	return rc;
+}
