@@ -13,11 +13,14 @@ struct store;
 struct users;
 struct auth;
 struct tls_server;
+struct queue;
 
 struct services {
 	struct store *store;
 	struct users *users;
 	struct auth *auth;
+	/* The outbound queue (store/queue.h); NULL: remote recipients get 451. */
+	struct queue *queue;
 	/* The certificates new connections use. SIGHUP swaps it; the old
 	 * server stays referenced until exit (live connections hold their
 	 * own reference through their tls_conn anyway). NULL: no TLS. */

@@ -13,8 +13,11 @@
  * streams from the receive buffer into one store append for all of them,
  * and 250 is sent only once the store reports it durable in every INBOX.
  * While the store works, input is paused, so pipelined commands wait.
- * Remote recipients get a 4xx until the outbound queue exists: nothing is
- * ever accepted and dropped. */
+ * Remote recipients (of authenticated senders, and alias expansions to
+ * remote addresses) go to the outbound queue (store/queue.h): the message
+ * bytes are collected alongside the store append and written to the queue
+ * at the end; 250 only once both the INBOXes and the queue are durable.
+ * Without a queue they get a 4xx: nothing is ever accepted and dropped. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -30,6 +33,7 @@
 #include "proto/smtp_parse.h"
 #include "proto/stream.h"
 #include "store/auth.h"
+#include "store/queue.h"
 #include "store/store.h"
 #include "store/users.h"
 
@@ -96,6 +100,13 @@ struct smtp_delivery {
 	bool bdat_last;
 	uint64_t size;
 	uint32_t hops;
+	/* remote recipients: the message is also written to the queue */
+	char **remote;
+	size_t nremote, remote_cap;
+	uint8_t *qbuf;             /* the message as queued */
+	size_t qlen, qcap;
+	unsigned waiting;          /* store commit and queue write in flight */
+	int final_rc;
 	bool hdr_done, hdr_line_start, hdr_match_ok;
 	uint8_t hdr_match;
 	uint64_t hdr_size;
@@ -226,6 +237,25 @@ static int target_add(struct smtp_delivery *d, const char *user)
 	if (!(d->targets[d->ntargets] = strdup(user)))
 		return -ENOMEM;
 	d->ntargets++;
+	return 0;
+}
+
+static int remote_add(struct smtp_delivery *d, const char *addr)
+{
+	for (size_t i = 0; i < d->nremote; i++)
+		if (!strcmp(d->remote[i], addr))
+			return 0;
+	if (d->nremote == d->remote_cap) {
+		size_t cap = d->remote_cap ? d->remote_cap * 2 : 4;
+		char **t = realloc(d->remote, cap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		d->remote = t;
+		d->remote_cap = cap;
+	}
+	if (!(d->remote[d->nremote] = strdup(addr)))
+		return -ENOMEM;
+	d->nremote++;
 	return 0;
 }
 
@@ -625,6 +655,7 @@ struct resolve_ctx {
 	struct smtp_session *ss;
 	int rc;
 	bool remote;
+	bool queued;
 };
 
 static void resolve_target(void *arg, const char *target)
@@ -632,6 +663,14 @@ static void resolve_target(void *arg, const char *target)
 	struct resolve_ctx *rc = arg;
 	const char *at = strrchr(target, '@');
 	if (!at || !users_is_local_domain(rc->ss->sv->users, span_cstr(at + 1))) {
+		/* An alias expanding to a remote address: forwarded through the
+		 * outbound queue when there is one. */
+		if (at && rc->ss->sv->queue) {
+			if (remote_add(&rc->ss->d, target))
+				rc->rc = -ENOMEM;
+			rc->queued = true;
+			return;
+		}
 		rc->remote = true;
 		return;
 	}
@@ -701,7 +740,12 @@ static void cmd_rcpt(struct smtp_session *ss, const struct smtp_cmd *cmd)
 	const char *at = strrchr(addr, '@');
 	bool local = at && ss->sv && ss->sv->users &&
 		     users_is_local_domain(ss->sv->users, span_cstr(at + 1));
-	if (!local) {
+	if (!local && ss->user[0] && ss->sv && ss->sv->queue && !relay_trick(&path)) {
+		if (remote_add(&ss->d, addr)) {
+			reply(ss, "451 4.3.0 Error: out of memory");
+			return;
+		}
+	} else if (!local) {
 		if (ss->user[0]) {
 			/* Authenticated relaying needs the outbound queue, which does
 			 * not exist yet: a temporary failure, never accept-and-drop. */
@@ -713,6 +757,7 @@ static void cmd_rcpt(struct smtp_session *ss, const struct smtp_cmd *cmd)
 		error_reply(ss, "554 5.7.1 Error: relay access denied");
 		return;
 	}
+	if (local) {
 	struct resolve_ctx rc = { .ss = ss };
 	size_t before = ss->d.ntargets;
 	int n = users_resolve(ss->sv->users, span_cstr(addr), resolve_target, &rc);
@@ -724,9 +769,10 @@ static void cmd_rcpt(struct smtp_session *ss, const struct smtp_cmd *cmd)
 		reply(ss, "451 4.3.0 Error: temporary failure resolving the recipient");
 		return;
 	}
-	if (rc.remote && ss->d.ntargets == before) {
+	if (rc.remote && !rc.queued && ss->d.ntargets == before) {
 		reply(ss, "451 4.4.0 <%s>: forwarding to remote domains is not available yet", addr);
 		return;
+	}
 	}
 	if (ss->nrcpts == ss->rcpts_cap) {
 		size_t cap = ss->rcpts_cap ? ss->rcpts_cap * 2 : 8;
@@ -769,6 +815,10 @@ static void delivery_reset(struct smtp_session *ss)
 		free(d->targets[i]);
 	}
 	free(d->targets);
+	for (size_t i = 0; i < d->nremote; i++)
+		free(d->remote[i]);
+	free(d->remote);
+	free(d->qbuf);
 	free(d->users);
 	free(d->folders);
 	free(d->overflow);
@@ -840,6 +890,11 @@ static void delivery_open(struct smtp_session *ss)
 	ss->state = SMTP_S_BUSY;
 	stream_pause(ss->s);
 	stream_set_timer(ss->s, 0);
+	if (d->ntargets == 0) {
+		/* Remote recipients only: nothing to open. */
+		delivery_opened(ss);
+		return;
+	}
 	d->users = calloc(d->ntargets, sizeof(*d->users));
 	d->folders = calloc(d->ntargets, sizeof(*d->folders));
 	if (!d->users || !d->folders || !ss->sv->store) {
@@ -880,6 +935,25 @@ static void store_error_reply(struct smtp_session *ss, int rc)
 	       strerror(-rc));
 }
 
+/* Collects the message for the outbound queue. */
+static int queue_put(struct smtp_delivery *d, struct span chunk)
+{
+	if (d->qlen + chunk.len > d->qcap) {
+		size_t cap = d->qcap ? d->qcap : 16384;
+		while (cap < d->qlen + chunk.len)
+			cap *= 2;
+		uint8_t *b = realloc(d->qbuf, cap);
+		if (!b)
+			return -ENOMEM;
+		d->qbuf = b;
+		d->qcap = cap;
+	}
+	if (chunk.len)
+		memcpy(d->qbuf + d->qlen, chunk.p, chunk.len);
+	d->qlen += chunk.len;
+	return 0;
+}
+
 /* Writes the Received: header (RFC 5321 4.4, with the TLS and AUTH
  * details RFC 8314 7.4 suggests). */
 static int write_received(struct smtp_session *ss)
@@ -907,6 +981,10 @@ static int write_received(struct smtp_session *ss)
 	if ((size_t)n >= sizeof(buf))
 		return -ENAMETOOLONG;
 	mime_scan_feed(ss->d.mime, span_make(buf, (size_t)n));
+	if (ss->d.nremote && queue_put(&ss->d, span_make(buf, (size_t)n)))
+		return -ENOMEM;
+	if (!ss->d.append)
+		return 0;
 	ssize_t w = store_append_write(ss->d.append, span_make(buf, (size_t)n));
 	if (w < 0)
 		return (int)w;
@@ -925,7 +1003,7 @@ static void delivery_opened(struct smtp_session *ss)
 		rc = -ENOMEM;
 	if (!rc)
 		mime_scan_init(d->mime);
-	if (!rc)
+	if (!rc && d->ntargets)
 		rc = store_append_begin(stream_loop(ss->s), d->folders, d->ntargets, time(NULL), 0,
 					NULL, 0, store_ready, ss, &d->append);
 	if (!rc)
@@ -958,6 +1036,12 @@ static void store_put(struct smtp_session *ss, struct span chunk)
 	if (d->write_rc || chunk.len == 0)
 		return;
 	mime_scan_feed(d->mime, chunk);
+	if (d->nremote && queue_put(d, chunk)) {
+		d->write_rc = -ENOMEM;
+		return;
+	}
+	if (!d->append)
+		return;
 	if (d->overflow_len == 0) {
 		ssize_t w = store_append_write(d->append, chunk);
 		if (w < 0) {
@@ -1005,12 +1089,38 @@ static void store_ready(void *arg)
 	stream_resume(ss->s);
 }
 
+static void delivery_done(struct smtp_session *ss, int res);
+
 static void commit_done(void *arg, int res, uint32_t uid)
 {
 	struct smtp_session *ss = arg;
 	(void)uid;
 	ss->pending--;
 	ss->d.append = NULL; /* freed by the store after this returns */
+	delivery_done(ss, res);
+}
+
+static void queued_done(void *arg, int res, const char *id)
+{
+	struct smtp_session *ss = arg;
+	ss->pending--;
+	if (!ss->dead && res == 0)
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-queued",
+		       "id=%s rcpts=%zu", id, ss->d.nremote);
+	if (res < 0)
+		res = -EAGAIN;
+	delivery_done(ss, res);
+}
+
+/* One part (the store commit, the queue write) is durable or failed; the
+ * reply waits for both. */
+static void delivery_done(struct smtp_session *ss, int res)
+{
+	if (res < 0 && !ss->d.final_rc)
+		ss->d.final_rc = res;
+	if (ss->d.waiting && --ss->d.waiting)
+		return;
+	res = ss->d.final_rc;
 	if (ss->dead) {
 		session_maybe_free(ss);
 		return;
@@ -1098,8 +1208,32 @@ static void delivery_finish(struct smtp_session *ss)
 	}
 	free(d->mime);
 	d->mime = NULL;
-	ss->pending++;
-	store_append_commit(d->append, span_make(blob, blob_len), commit_done, ss);
+	d->waiting = (d->append ? 1u : 0u) + (d->nremote ? 1u : 0u);
+	d->final_rc = 0;
+	if (d->nremote) {
+		/* The queue copy first, so a failure to start it needs no undo. */
+		int qrc = queue_submit(ss->sv->queue, stream_loop(ss->s),
+				       ss->from_null ? "" : ss->from,
+				       (const char *const *)d->remote, d->nremote, d->qbuf, d->qlen,
+				       queued_done, ss);
+		if (qrc) {
+			free(blob);
+			store_error_reply(ss, qrc == -ENOMEM ? -ENOMEM : -EAGAIN);
+			envelope_reset(ss);
+			ss->state = SMTP_S_READY;
+			arm_timer(ss);
+			stream_resume(ss->s);
+			return;
+		}
+		ss->pending++;
+		free(d->qbuf); /* the queue copied it */
+		d->qbuf = NULL;
+		d->qlen = d->qcap = 0;
+	}
+	if (d->append) {
+		ss->pending++;
+		store_append_commit(d->append, span_make(blob, blob_len), commit_done, ss);
+	}
 	free(blob); /* the store copied it */
 }
 
