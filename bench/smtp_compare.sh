@@ -103,7 +103,8 @@ else
 fi
 
 ncases=$(( $(tr ',' '\n' <<<"$sizes" | wc -l) * $(tr ',' '\n' <<<"$sessions_list" | wc -l) ))
-nusers=$(( ncases * (1 + runs * (1 + retries)) + 1 ))
+# one user per warm-up (shared by the servers) and per try of each server's runs
+nusers=$(( ncases * (1 + runs * 2 * (1 + retries)) + 1 ))
 
 tmp=$(mktemp -d /tmp/smtpbench.XXXXXX)
 chmod 755 "$tmp"
@@ -262,6 +263,10 @@ run() {
 		cat "$tmp/smtpload.err" >&2
 		return 1
 	fi
+	# Errors are counted, not fatal; show what they were.
+	if ! grep -q '"errors":{"refused":0,"reset":0,"timeout":0,"closed":0,"bad_reply":0,"tempfail":0,"permfail":0,"other":0}' <<<"$line"; then
+		grep -E '^  (errors|last unexpected)' "$tmp/smtpload.err" | sed "s/^ */  $name: /" >&2
+	fi
 	# Wait until everything accepted has left the queue for the mailbox.
 	waited=0
 	while q=$(queued "$name") && [ "$q" -gt 0 ]; do
@@ -337,7 +342,8 @@ col() { # SERVER SIZE SESSIONS FIELD#
 
 echo
 echo "Durable SMTP delivery: $msgs messages per session, ${duration} s per run, medians of $runs runs"
-echo "(servers on core $server_cpu, smtpload on core $load_cpu; CPU from ${cgroot:+$cgroot/.../cpu.stat}${cgroot:-/proc/PID/stat})"
+if [ -n "$cgroot" ]; then src="cgroup v2 cpu.stat under $cgroot"; else src="/proc/PID/stat (ringmail only)"; fi
+echo "(servers on core $server_cpu, smtpload on core $load_cpu; server CPU from $src)"
 echo
 echo "| size | sessions | server | delivered msgs/s | server CPU us/msg | p50 ms | p99 ms | in mailbox / acked | errors | other load % |"
 echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
