@@ -1,0 +1,1527 @@
+/* outbound.c - the queue runner and the SMTP client (see outbound.h). */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "core/server.h"
+#include "outbound/dkim.h"
+#include "outbound/dns.h"
+#include "outbound/outbound.h"
+#include "proto/mime.h"
+#include "proto/services.h"
+#include "store/queue.h"
+#include "store/store.h"
+#include "store/users.h"
+#include "tls/tls_client.h"
+
+#define OB_LOOP_MSG (LOOP_MSG_USER + 6) /* a new queue entry for the runner */
+#define OB_TICK_MS 250
+#define OB_RBUF 16384
+#define OB_REPLY_MAX 4096   /* one (multi-line) reply we keep */
+#define OB_INBUF_MAX 65536  /* plaintext waiting to be parsed */
+#define OB_JOB_RCPTS_MAX 100 /* recipients per transaction */
+
+struct ob_msg {
+	struct queue_entry *e;
+	bool *inflight;       /* per recipient: in a job now */
+	bool *bounce;         /* per recipient: failed, DSN not yet sent */
+	unsigned jobs;
+	bool removed;
+	char *dkim;           /* DKIM-Signature field to prepend, or NULL */
+	bool dkim_done;
+	struct ob_msg *next;
+};
+
+struct ob_dest {
+	char domain[DNS_NAME_MAX];
+	unsigned active;
+	struct ob_dest *next;
+};
+
+struct outbound {
+	struct queue *q;
+	struct store *store;
+	struct users *users;
+	char data_dir[CONFIG_STR_MAX];
+	struct loop *loop;   /* the runner's loop (0) */
+	struct dns *dns;
+	struct ob_msg *msgs;
+	struct ob_dest *dests;
+	struct loop_cb tick_cb;
+	struct __kernel_timespec tick_ts;
+	struct loop_cb ctl_cb;
+	int ctl_step;
+	int ctl_fd;
+	char ctl_buf[4096];
+	bool flush;
+	struct dkim *dkim;
+	struct job *jobs;
+};
+
+static const struct config *ob_cfg(struct outbound *ob)
+{
+	return server_config(loop_server(ob->loop));
+}
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+#define OBLOG(ob, lvl, ev, ...) LOG_AT(loop_log((ob)->loop), lvl, 0, ev, __VA_ARGS__)
+
+/* ---- messages ----------------------------------------------------------- */
+
+static void msg_add(struct outbound *ob, struct queue_entry *e)
+{
+	struct ob_msg *m = calloc(1, sizeof(*m));
+	if (!m || !(m->inflight = calloc(e->nrcpts, sizeof(bool))) ||
+	    !(m->bounce = calloc(e->nrcpts, sizeof(bool)))) {
+		/* It stays on disk and is picked up at the next start. */
+		if (m) {
+			free(m->inflight);
+			free(m);
+		}
+		queue_entry_free(e);
+		return;
+	}
+	m->e = e;
+	m->next = ob->msgs;
+	ob->msgs = m;
+}
+
+static void msg_free(struct ob_msg *m)
+{
+	queue_entry_free(m->e);
+	free(m->inflight);
+	free(m->bounce);
+	free(m->dkim);
+	free(m);
+}
+
+static void load_one(void *arg, struct queue_entry *e)
+{
+	msg_add(arg, e);
+}
+
+int outbound_new(struct queue *q, struct store *store, struct users *users,
+		 const char *data_dir, struct outbound **ob_r)
+{
+	struct outbound *ob = calloc(1, sizeof(*ob));
+	if (!ob)
+		return -ENOMEM;
+	ob->q = q;
+	ob->store = store;
+	ob->users = users;
+	ob->ctl_fd = -1;
+	snprintf(ob->data_dir, sizeof(ob->data_dir), "%s", data_dir);
+	*ob_r = ob;
+	return 0;
+}
+
+int outbound_load(struct outbound *ob)
+{
+	return queue_scan(ob->q, load_one, ob);
+}
+
+void outbound_free(struct outbound **ob_r)
+{
+	struct outbound *ob = *ob_r;
+	if (!ob)
+		return;
+	*ob_r = NULL;
+	for (struct ob_msg *m = ob->msgs, *n; m; m = n) {
+		n = m->next;
+		if (!m->jobs)
+			msg_free(m);
+	}
+	for (struct ob_dest *d = ob->dests, *n; d; d = n) {
+		n = d->next;
+		free(d);
+	}
+	dkim_free(&ob->dkim);
+	free(ob);
+}
+
+static struct ob_dest *dest_get(struct outbound *ob, const char *domain)
+{
+	for (struct ob_dest *d = ob->dests; d; d = d->next)
+		if (!strcasecmp(d->domain, domain))
+			return d;
+	struct ob_dest *d = calloc(1, sizeof(*d));
+	if (!d)
+		return NULL;
+	snprintf(d->domain, sizeof(d->domain), "%s", domain);
+	d->next = ob->dests;
+	ob->dests = d;
+	return d;
+}
+
+/* ---- the SMTP client job ------------------------------------------------ */
+
+enum job_step {
+	J_RESOLVE, J_CONNECT, J_GREET, J_EHLO, J_STARTTLS, J_TLS, J_AUTH, J_MAIL, J_RCPT,
+	J_DATA, J_BODY, J_QUIT, J_DONE,
+};
+
+struct job {
+	struct outbound *ob;
+	struct ob_msg *m;
+	char domain[DNS_NAME_MAX];
+	size_t ri[OB_JOB_RCPTS_MAX]; /* recipient indices in m->e */
+	int rcode[OB_JOB_RCPTS_MAX]; /* final reply code per recipient; 0 none */
+	bool accepted[OB_JOB_RCPTS_MAX];
+	char rtext[OB_JOB_RCPTS_MAX][QUEUE_REPLY_MAX];
+	size_t n;
+	/* destinations */
+	struct dns_mx mx[DNS_MX_MAX];
+	size_t nmx, imx;
+	struct sockaddr_storage addrs[2 * DNS_ADDR_MAX];
+	size_t naddr, iaddr;
+	char host[DNS_NAME_MAX];
+	bool smart;
+	/* connection */
+	int fd;
+	unsigned inflight;
+	bool closing;
+	void (*after_close)(struct job *j);
+	struct loop_cb connect_cb, send_cb, recv_cb;
+	uint8_t rbuf[OB_RBUF];
+	uint8_t *out;
+	size_t out_len, out_off, out_cap;
+	size_t sending;
+	uint8_t inbuf[OB_INBUF_MAX];
+	size_t in_len;
+	char reply[OB_REPLY_MAX];
+	size_t reply_len;
+	struct tls_client *tls;
+	enum job_step step;
+	bool ext_starttls, ext_pipelining, ext_8bit, ext_size, ext_auth;
+	bool ehlo_after_tls;
+	size_t expect;         /* pipelined replies consumed so far in MAIL..DATA */
+	unsigned naccepted;
+	bool answered;         /* some recipient got a definitive answer here */
+	uint64_t deadline;
+	char last[QUEUE_REPLY_MAX];
+	bool last_perm;
+	struct job *next;
+};
+
+
+static void job_end(struct job *j);
+static void next_host(struct job *j);
+static void try_connect(struct job *j);
+static void job_send_str(struct job *j, const char *s);
+
+static void set_last(struct job *j, bool perm, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void set_last(struct job *j, bool perm, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(j->last, sizeof(j->last), fmt, ap);
+	va_end(ap);
+	j->last_perm = perm;
+}
+
+static void arm_deadline(struct job *j)
+{
+	j->deadline = loop_now_ms(j->ob->loop) + ob_cfg(j->ob)->ob_timeout_ms;
+}
+
+/* Every recipient without an answer yet gets this one. */
+static void answer_all(struct job *j, int code, const char *text)
+{
+	for (size_t i = 0; i < j->n; i++) {
+		if (j->rcode[i] && !(j->accepted[i] && j->rcode[i] < 300))
+			continue;
+		j->rcode[i] = code;
+		j->accepted[i] = false;
+		snprintf(j->rtext[i], sizeof(j->rtext[i]), "%s", text);
+	}
+	j->answered = true;
+}
+
+/* ---- socket plumbing ---------------------------------------------------- */
+
+static void job_closed_maybe(struct job *j)
+{
+	if (!j->closing || j->inflight)
+		return;
+	if (j->fd >= 0) {
+		close(j->fd); /* a socket without linger: does not block */
+		j->fd = -1;
+	}
+	tls_client_free(&j->tls);
+	j->closing = false;
+	void (*fn)(struct job *) = j->after_close;
+	j->after_close = NULL;
+	if (fn)
+		fn(j);
+}
+
+static void job_close(struct job *j, void (*then)(struct job *))
+{
+	if (j->closing)
+		return;
+	j->closing = true;
+	j->after_close = then;
+	if (j->fd >= 0)
+		shutdown(j->fd, SHUT_RDWR); /* pending recv/send/connect complete now */
+	job_closed_maybe(j);
+}
+
+static void after_fail_next_addr(struct job *j)
+{
+	j->iaddr++;
+	try_connect(j);
+}
+
+/* A connection-level failure: before any recipient was answered try the
+ * next address; after, the job ends (the rest retry later). */
+static void job_fail(struct job *j, const char *why)
+{
+	if (j->closing)
+		return;
+	if (!j->last[0] || !j->answered)
+		set_last(j, false, "%s (%s)", why, j->host);
+	job_close(j, j->answered ? job_end : after_fail_next_addr);
+}
+
+static void flush_out(struct job *j)
+{
+	if (j->sending || j->closing || j->out_off == j->out_len || j->fd < 0)
+		return;
+	j->sending = j->out_len - j->out_off;
+	j->inflight++;
+	io_uring_prep_send(loop_sqe(j->ob->loop, &j->send_cb), j->fd, j->out + j->out_off,
+			   j->sending, MSG_NOSIGNAL);
+}
+
+static int out_append(void *arg, const uint8_t *p, size_t len)
+{
+	struct job *j = arg;
+	if (j->out_off == j->out_len && !j->sending)
+		j->out_off = j->out_len = 0;
+	if (j->out_len + len > j->out_cap) {
+		size_t cap = j->out_cap ? j->out_cap : 8192;
+		while (cap < j->out_len + len)
+			cap *= 2;
+		uint8_t *o = realloc(j->out, cap);
+		if (!o)
+			return -ENOMEM;
+		j->out = o;
+		j->out_cap = cap;
+	}
+	memcpy(j->out + j->out_len, p, len);
+	j->out_len += len;
+	return 0;
+}
+
+static void job_send(struct job *j, const void *p, size_t len)
+{
+	if (j->tls) {
+		if (tls_client_write(j->tls, p, len) != TLS_OK) {
+			job_fail(j, "TLS write failed");
+			return;
+		}
+	} else if (out_append(j, p, len)) {
+		job_fail(j, "out of memory");
+		return;
+	}
+	flush_out(j);
+}
+
+static void job_send_str(struct job *j, const char *s)
+{
+	job_send(j, s, strlen(s));
+}
+
+static void on_sent(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)loop;
+	(void)flags;
+	struct job *j = (struct job *)((char *)cb - offsetof(struct job, send_cb));
+	j->inflight--;
+	j->sending = 0;
+	if (j->closing) {
+		job_closed_maybe(j);
+		return;
+	}
+	if (res <= 0) {
+		job_fail(j, "send failed");
+		return;
+	}
+	j->out_off += (size_t)res;
+	flush_out(j);
+}
+
+static void arm_recv(struct job *j)
+{
+	j->inflight++;
+	io_uring_prep_recv(loop_sqe(j->ob->loop, &j->recv_cb), j->fd, j->rbuf, sizeof(j->rbuf), 0);
+}
+
+static void handle_reply(struct job *j, int code);
+
+/* Splits the plaintext into replies (RFC 5321 4.2: "ddd-" continues,
+ * "ddd " or "ddd" ends). */
+static void parse_replies(struct job *j)
+{
+	size_t pos = 0;
+	while (!j->closing && j->step != J_DONE) {
+		uint8_t *nl = memchr(j->inbuf + pos, '\n', j->in_len - pos);
+		if (!nl)
+			break;
+		size_t len = (size_t)(nl - (j->inbuf + pos));
+		const char *l = (const char *)j->inbuf + pos;
+		pos += len + 1;
+		if (len && l[len - 1] == '\r')
+			len--;
+		if (len < 3 || !isdigit((unsigned char)l[0]) || !isdigit((unsigned char)l[1]) ||
+		    !isdigit((unsigned char)l[2]) || (len > 3 && l[3] != ' ' && l[3] != '-')) {
+			job_fail(j, "malformed reply");
+			return;
+		}
+		if (j->reply_len + len + 2 < sizeof(j->reply)) {
+			if (j->reply_len)
+				j->reply[j->reply_len++] = '\n';
+			memcpy(j->reply + j->reply_len, l, len);
+			j->reply_len += len;
+			j->reply[j->reply_len] = '\0';
+		}
+		if (len > 3 && l[3] == '-')
+			continue;
+		int code = (l[0] - '0') * 100 + (l[1] - '0') * 10 + (l[2] - '0');
+		handle_reply(j, code);
+		j->reply_len = 0;
+		j->reply[0] = '\0';
+	}
+	memmove(j->inbuf, j->inbuf + pos, j->in_len - pos);
+	j->in_len -= pos;
+	if (j->in_len == sizeof(j->inbuf))
+		job_fail(j, "reply line too long");
+}
+
+static void tls_ready(struct job *j);
+
+static void on_recv(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)loop;
+	(void)flags;
+	struct job *j = (struct job *)((char *)cb - offsetof(struct job, recv_cb));
+	j->inflight--;
+	if (j->closing) {
+		job_closed_maybe(j);
+		return;
+	}
+	if (res <= 0) {
+		job_fail(j, res == 0 ? "connection closed by the remote host" : "receive failed");
+		return;
+	}
+	arm_deadline(j);
+	if (j->tls) {
+		struct span in = span_make(j->rbuf, (size_t)res);
+		while (in.len || tls_client_handshake_done(j->tls)) {
+			size_t used = 0, got = 0;
+			bool was_done = tls_client_handshake_done(j->tls);
+			enum tls_status st =
+				tls_client_read(j->tls, in, &used, j->inbuf + j->in_len,
+						sizeof(j->inbuf) - j->in_len, &got);
+			in = span_skip(in, used);
+			j->in_len += got;
+			if (st == TLS_ERROR || st == TLS_CLOSED) {
+				job_fail(j, st == TLS_ERROR ? "TLS handshake or record failed"
+							     : "TLS closed by the remote host");
+				return;
+			}
+			flush_out(j);
+			if (!was_done && tls_client_handshake_done(j->tls))
+				tls_ready(j);
+			if (j->closing)
+				return;
+			if (got == 0 && used == 0)
+				break;
+		}
+	} else {
+		size_t n = (size_t)res;
+		if (n > sizeof(j->inbuf) - j->in_len) {
+			job_fail(j, "reply too long");
+			return;
+		}
+		memcpy(j->inbuf + j->in_len, j->rbuf, n);
+		j->in_len += n;
+	}
+	parse_replies(j);
+	if (!j->closing && j->step != J_DONE)
+		arm_recv(j);
+}
+
+static void on_connect(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)loop;
+	(void)flags;
+	struct job *j = (struct job *)((char *)cb - offsetof(struct job, connect_cb));
+	j->inflight--;
+	if (j->closing) {
+		job_closed_maybe(j);
+		return;
+	}
+	if (res < 0) {
+		set_last(j, false, "cannot connect to %s: %s", j->host, strerror(-res));
+		job_close(j, after_fail_next_addr);
+		return;
+	}
+	j->step = J_GREET;
+	arm_deadline(j);
+	arm_recv(j);
+}
+
+static void try_connect(struct job *j)
+{
+	if (j->iaddr >= j->naddr) {
+		j->imx++;
+		next_host(j);
+		return;
+	}
+	struct sockaddr_storage *a = &j->addrs[j->iaddr];
+	j->fd = socket(a->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (j->fd < 0) {
+		set_last(j, false, "socket: %s", strerror(errno));
+		j->iaddr++;
+		try_connect(j);
+		return;
+	}
+	j->step = J_CONNECT;
+	j->in_len = j->reply_len = 0;
+	j->out_len = j->out_off = 0;
+	j->ext_starttls = j->ext_pipelining = j->ext_8bit = j->ext_size = j->ext_auth = false;
+	j->ehlo_after_tls = false;
+	arm_deadline(j);
+	j->inflight++;
+	io_uring_prep_connect(loop_sqe(j->ob->loop, &j->connect_cb), j->fd, (struct sockaddr *)a,
+			      a->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+						       : sizeof(struct sockaddr_in));
+}
+
+/* ---- the dialogue ------------------------------------------------------- */
+
+static void send_ehlo(struct job *j)
+{
+	char buf[CONFIG_STR_MAX + 16];
+	snprintf(buf, sizeof(buf), "EHLO %s\r\n", ob_cfg(j->ob)->hostname);
+	j->step = J_EHLO;
+	job_send_str(j, buf);
+}
+
+static void tls_ready(struct job *j)
+{
+	OBLOG(j->ob, LOG_INFO, "outbound-tls", "host=%s version=%s cipher=%s", j->host,
+	      tls_client_version(j->tls), tls_client_cipher(j->tls));
+	j->ehlo_after_tls = true;
+	send_ehlo(j);
+}
+
+static void parse_ehlo(struct job *j)
+{
+	char *save = NULL;
+	for (char *l = strtok_r(j->reply, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		if (strlen(l) < 4)
+			continue;
+		const char *kw = l + 4;
+		if (!strncasecmp(kw, "STARTTLS", 8))
+			j->ext_starttls = true;
+		else if (!strncasecmp(kw, "PIPELINING", 10))
+			j->ext_pipelining = true;
+		else if (!strncasecmp(kw, "8BITMIME", 8))
+			j->ext_8bit = true;
+		else if (!strncasecmp(kw, "SIZE", 4))
+			j->ext_size = true;
+		else if (!strncasecmp(kw, "AUTH", 4))
+			j->ext_auth = true;
+	}
+}
+
+static const uint8_t *msg_data(struct job *j, size_t *len_r)
+{
+	*len_r = j->m->e->len;
+	return j->m->e->data;
+}
+
+static void send_rcpt(struct job *j, size_t i)
+{
+	char buf[QUEUE_REPLY_MAX + 32];
+	snprintf(buf, sizeof(buf), "RCPT TO:<%s>\r\n", j->m->e->rcpts[j->ri[i]].addr);
+	job_send_str(j, buf);
+}
+
+static void send_transaction(struct job *j)
+{
+	char buf[QUEUE_REPLY_MAX + 64];
+	size_t len;
+	msg_data(j, &len);
+	if (j->m->dkim)
+		len += strlen(j->m->dkim);
+	int n = snprintf(buf, sizeof(buf), "MAIL FROM:<%s>", j->m->e->from);
+	if (j->ext_size)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " SIZE=%zu", len);
+	if (j->ext_8bit)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " BODY=8BITMIME");
+	snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n");
+	j->step = J_MAIL;
+	j->expect = 0;
+	j->naccepted = 0;
+	job_send_str(j, buf);
+	if (j->ext_pipelining) {
+		/* RFC 2920: MAIL, every RCPT and DATA in one go. */
+		for (size_t i = 0; i < j->n; i++)
+			send_rcpt(j, i);
+		job_send_str(j, "DATA\r\n");
+	}
+}
+
+static void send_quit(struct job *j)
+{
+	j->step = J_QUIT;
+	job_send_str(j, "QUIT\r\n");
+}
+
+/* The message, dot-stuffed (RFC 5321 4.5.2), then the end of data. */
+static void send_body(struct job *j)
+{
+	size_t len;
+	const uint8_t *p = msg_data(j, &len);
+	j->step = J_BODY;
+	if (j->m->dkim)
+		job_send_str(j, j->m->dkim);
+	size_t start = 0;
+	bool bol = true;
+	for (size_t i = 0; i < len; i++) {
+		if (bol && p[i] == '.') {
+			job_send(j, p + start, i - start);
+			job_send(j, ".", 1);
+			start = i;
+		}
+		bol = p[i] == '\n';
+	}
+	job_send(j, p + start, len - start);
+	if (len && p[len - 1] != '\n')
+		job_send_str(j, "\r\n");
+	job_send_str(j, ".\r\n");
+}
+
+static void first_line(const char *reply, char *out, size_t cap)
+{
+	size_t n = strcspn(reply, "\n");
+	if (n >= cap)
+		n = cap - 1;
+	memcpy(out, reply, n);
+	out[n] = '\0';
+}
+
+static void rcpt_reply(struct job *j, size_t i, int code)
+{
+	j->rcode[i] = code;
+	first_line(j->reply, j->rtext[i], sizeof(j->rtext[i]));
+	if (code >= 200 && code < 300) {
+		j->accepted[i] = true;
+		j->rcode[i] = 0; /* accepted; the answer comes after DATA */
+		j->naccepted++;
+	} else {
+		j->answered = true;
+	}
+}
+
+static void handle_reply(struct job *j, int code)
+{
+	char line[QUEUE_REPLY_MAX];
+	first_line(j->reply, line, sizeof(line));
+	arm_deadline(j);
+	switch (j->step) {
+	case J_GREET:
+		if (code != 220) {
+			set_last(j, false, "%s (greeting of %s)", line, j->host);
+			send_quit(j);
+			job_close(j, after_fail_next_addr);
+			return;
+		}
+		send_ehlo(j);
+		return;
+	case J_EHLO:
+		if (code != 250) {
+			set_last(j, false, "%s (EHLO at %s)", line, j->host);
+			send_quit(j);
+			job_close(j, after_fail_next_addr);
+			return;
+		}
+		parse_ehlo(j);
+		if (j->ext_starttls && !j->tls) {
+			j->step = J_STARTTLS;
+			job_send_str(j, "STARTTLS\r\n");
+			return;
+		}
+		if (j->smart && ob_cfg(j->ob)->ob_smart_user[0]) {
+			const struct config *cfg = ob_cfg(j->ob);
+			char plain[2 * CONFIG_STR_MAX + 2], b64[4 * CONFIG_STR_MAX], cmd[4 * CONFIG_STR_MAX + 32];
+			size_t ul = strlen(cfg->ob_smart_user), pl = strlen(cfg->ob_smart_password);
+			plain[0] = '\0';
+			memcpy(plain + 1, cfg->ob_smart_user, ul);
+			plain[1 + ul] = '\0';
+			memcpy(plain + 2 + ul, cfg->ob_smart_password, pl);
+			static const char tbl[] =
+				"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+			size_t n = 2 + ul + pl, o = 0;
+			for (size_t i = 0; i < n; i += 3) {
+				uint32_t v = (uint32_t)(uint8_t)plain[i] << 16;
+				if (i + 1 < n)
+					v |= (uint32_t)(uint8_t)plain[i + 1] << 8;
+				if (i + 2 < n)
+					v |= (uint8_t)plain[i + 2];
+				b64[o++] = tbl[(v >> 18) & 63];
+				b64[o++] = tbl[(v >> 12) & 63];
+				b64[o++] = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
+				b64[o++] = i + 2 < n ? tbl[v & 63] : '=';
+			}
+			b64[o] = '\0';
+			explicit_bzero(plain, sizeof(plain));
+			snprintf(cmd, sizeof(cmd), "AUTH PLAIN %s\r\n", b64);
+			explicit_bzero(b64, sizeof(b64));
+			j->step = J_AUTH;
+			job_send_str(j, cmd);
+			explicit_bzero(cmd, sizeof(cmd));
+			return;
+		}
+		send_transaction(j);
+		return;
+	case J_STARTTLS:
+		if (code != 220) {
+			/* Opportunistic: go on in plaintext. */
+			send_transaction(j);
+			return;
+		}
+		j->in_len = 0; /* nothing may ride behind the 220 */
+		if (tls_client_new(j->host, out_append, j, &j->tls) ||
+		    tls_client_start(j->tls) == TLS_ERROR) {
+			job_fail(j, "TLS client failed to start");
+			return;
+		}
+		j->step = J_TLS;
+		flush_out(j);
+		return;
+	case J_AUTH:
+		if (code != 235) {
+			set_last(j, code >= 500, "%s (AUTH at %s)", line, j->host);
+			answer_all(j, code >= 500 ? 550 : 451, j->last);
+			send_quit(j);
+			return;
+		}
+		send_transaction(j);
+		return;
+	case J_MAIL:
+		if (code < 200 || code >= 300) {
+			answer_all(j, code, line);
+			send_quit(j);
+			return;
+		}
+		j->step = J_RCPT;
+		j->expect = 0;
+		if (!j->ext_pipelining)
+			send_rcpt(j, 0);
+		return;
+	case J_RCPT:
+		rcpt_reply(j, j->expect, code);
+		j->expect++;
+		if (j->expect < j->n) {
+			if (!j->ext_pipelining)
+				send_rcpt(j, j->expect);
+			return;
+		}
+		j->step = J_DATA;
+		if (!j->ext_pipelining) {
+			if (j->naccepted == 0) {
+				send_quit(j);
+				return;
+			}
+			job_send_str(j, "DATA\r\n");
+		}
+		return;
+	case J_DATA:
+		if (code != 354) {
+			if (j->naccepted) {
+				for (size_t i = 0; i < j->n; i++)
+					if (j->accepted[i]) {
+						j->accepted[i] = false;
+						j->rcode[i] = code;
+						snprintf(j->rtext[i], sizeof(j->rtext[i]), "%s", line);
+					}
+				j->answered = true;
+			}
+			send_quit(j);
+			return;
+		}
+		if (j->naccepted == 0) {
+			/* Pipelined DATA went through with no recipient: end the
+			 * data at once, empty (RFC 2920 3.1). */
+			j->step = J_BODY;
+			job_send_str(j, ".\r\n");
+			return;
+		}
+		send_body(j);
+		return;
+	case J_BODY:
+		for (size_t i = 0; i < j->n; i++)
+			if (j->accepted[i]) {
+				j->accepted[i] = code >= 200 && code < 300;
+				j->rcode[i] = code;
+				snprintf(j->rtext[i], sizeof(j->rtext[i]), "%s", line);
+			}
+		j->answered = true;
+		send_quit(j);
+		return;
+	case J_QUIT:
+		job_close(j, job_end);
+		return;
+	default:
+		return;
+	}
+}
+
+/* ---- resolution --------------------------------------------------------- */
+
+static void addrs_done(void *arg, enum dns_status st, const struct sockaddr_storage *a, size_t n)
+{
+	struct job *j = arg;
+	if (st != DNS_OK || n == 0) {
+		set_last(j, false, "cannot resolve %s (%s)", j->host,
+			 st == DNS_NXDOMAIN ? "no such host" : st == DNS_NODATA ? "no address"
+											     : "DNS failure");
+		j->imx++;
+		next_host(j);
+		return;
+	}
+	if (n > sizeof(j->addrs) / sizeof(j->addrs[0]))
+		n = sizeof(j->addrs) / sizeof(j->addrs[0]);
+	memcpy(j->addrs, a, n * sizeof(*a));
+	j->naddr = n;
+	j->iaddr = 0;
+	try_connect(j);
+}
+
+static void next_host(struct job *j)
+{
+	if (j->imx >= j->nmx) {
+		if (!j->last[0])
+			set_last(j, false, "no usable mail exchanger for %s", j->domain);
+		job_end(j);
+		return;
+	}
+	const struct config *cfg = ob_cfg(j->ob);
+	snprintf(j->host, sizeof(j->host), "%s", j->mx[j->imx].host);
+	uint16_t port = cfg->ob_mx_port;
+	if (j->smart) {
+		port = (uint16_t)j->mx[j->imx].pref;
+	}
+	j->step = J_RESOLVE;
+	dns_addr(j->ob->dns, j->host, port, addrs_done, j);
+}
+
+static void mx_done(void *arg, enum dns_status st, const struct dns_mx *mx, size_t n)
+{
+	struct job *j = arg;
+	switch (st) {
+	case DNS_OK: {
+		/* RFC 7505: a single "." MX means the domain takes no mail. */
+		if (n == 1 && !mx[0].host[0]) {
+			set_last(j, true, "556 5.1.10 %s does not accept mail (null MX)", j->domain);
+			answer_all(j, 556, j->last);
+			job_end(j);
+			return;
+		}
+		j->nmx = 0;
+		for (size_t i = 0; i < n; i++)
+			if (mx[i].host[0])
+				j->mx[j->nmx++] = mx[i];
+		break;
+	}
+	case DNS_NODATA:
+		/* RFC 5321 5.1: no MX, the domain itself is the implicit MX. */
+		snprintf(j->mx[0].host, sizeof(j->mx[0].host), "%s", j->domain);
+		j->mx[0].pref = 0;
+		j->nmx = 1;
+		break;
+	case DNS_NXDOMAIN:
+		set_last(j, true, "550 5.1.2 domain %s does not exist", j->domain);
+		answer_all(j, 550, j->last);
+		job_end(j);
+		return;
+	default:
+		set_last(j, false, "451 4.4.3 DNS lookup of %s failed temporarily", j->domain);
+		job_end(j);
+		return;
+	}
+	j->imx = 0;
+	next_host(j);
+}
+
+/* ---- bounces (RFC 3464) ------------------------------------------------ */
+
+struct dsn_local {
+	struct outbound *ob;
+	char *text;
+	size_t len;
+	char target[QUEUE_REPLY_MAX];
+	struct store_user *user;
+	struct store_folder *folder;
+	struct store_append *append;
+};
+
+static void dsn_local_end(struct dsn_local *d, int res)
+{
+	if (res < 0)
+		OBLOG(d->ob, LOG_WARN, "outbound-dsn-failed", "to=%s error=%s", d->target,
+		      strerror(-res));
+	else
+		OBLOG(d->ob, LOG_INFO, "outbound-dsn", "to=%s", d->target);
+	if (d->folder)
+		store_folder_close(&d->folder);
+	if (d->user)
+		store_user_close(&d->user);
+	free(d->text);
+	free(d);
+}
+
+static void dsn_committed(void *arg, int res, uint32_t uid)
+{
+	(void)uid;
+	struct dsn_local *d = arg;
+	d->append = NULL;
+	dsn_local_end(d, res);
+}
+
+static void dsn_folder(void *arg, int res, struct store_folder *folder)
+{
+	struct dsn_local *d = arg;
+	if (res < 0) {
+		dsn_local_end(d, res);
+		return;
+	}
+	d->folder = folder;
+	int rc = store_append_begin(d->ob->loop, &d->folder, 1, time(NULL), 0, NULL, 0, NULL, NULL,
+				    &d->append);
+	if (rc) {
+		dsn_local_end(d, rc);
+		return;
+	}
+	ssize_t w = store_append_write(d->append, span_make(d->text, d->len));
+	if (w < 0 || (size_t)w < d->len) {
+		/* A DSN is small: it fits the append buffer. */
+		store_append_abort(&d->append);
+		dsn_local_end(d, w < 0 ? (int)w : -EFBIG);
+		return;
+	}
+	struct mime_scanner *sc = malloc(sizeof(*sc));
+	uint8_t *blob = malloc(MIME_BLOB_MAX);
+	size_t blob_len = 0;
+	if (!sc || !blob) {
+		free(sc);
+		free(blob);
+		store_append_abort(&d->append);
+		dsn_local_end(d, -ENOMEM);
+		return;
+	}
+	mime_scan_init(sc);
+	mime_scan_feed(sc, span_make(d->text, d->len));
+	mime_scan_finish(sc, blob, MIME_BLOB_MAX, &blob_len);
+	store_append_commit(d->append, span_make(blob, blob_len), dsn_committed, d);
+	free(blob);
+	free(sc);
+}
+
+static void dsn_user(void *arg, int res, struct store_user *user)
+{
+	struct dsn_local *d = arg;
+	if (res < 0) {
+		dsn_local_end(d, res);
+		return;
+	}
+	d->user = user;
+	store_folder_open(user, d->ob->loop, "INBOX", dsn_folder, d);
+}
+
+static void first_target(void *arg, const char *target)
+{
+	char *out = arg;
+	if (!out[0])
+		snprintf(out, QUEUE_REPLY_MAX, "%s", target);
+}
+
+static void status_of(const char *text, int code, char *out, size_t cap)
+{
+	/* An enhanced status code after the reply code, else one made up. */
+	const char *p = text;
+	while (*p && *p != ' ')
+		p++;
+	while (*p == ' ')
+		p++;
+	if ((p[0] == '4' || p[0] == '5') && p[1] == '.') {
+		size_t n = strspn(p, "0123456789.");
+		if (n >= 5 && n < cap) {
+			memcpy(out, p, n);
+			out[n] = '\0';
+			out[0] = '5';
+			return;
+		}
+	}
+	snprintf(out, cap, "%s", code == 556 ? "5.1.10" : "5.0.0");
+}
+
+static void send_dsn(struct outbound *ob, struct ob_msg *m)
+{
+	struct queue_entry *e = m->e;
+	size_t nfail = 0;
+	for (size_t i = 0; i < e->nrcpts; i++)
+		nfail += m->bounce[i];
+	if (!nfail)
+		return;
+	if (!e->from[0]) {
+		/* Never a bounce for a bounce. */
+		memset(m->bounce, 0, e->nrcpts * sizeof(bool));
+		return;
+	}
+	const struct config *cfg = ob_cfg(ob);
+	/* The original's header section (text/rfc822-headers). */
+	size_t hlen = e->len;
+	for (size_t i = 0; i + 3 < e->len; i++)
+		if (!memcmp(e->data + i, "\r\n\r\n", 4)) {
+			hlen = i + 2;
+			break;
+		}
+	if (hlen > 64 * 1024)
+		hlen = 64 * 1024;
+	size_t cap = 8192 + hlen + nfail * 2 * QUEUE_REPLY_MAX;
+	char *t = malloc(cap);
+	if (!t)
+		return;
+	char date[64], boundary[64];
+	time_t now = time(NULL);
+	struct tm tm;
+	localtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+	snprintf(boundary, sizeof(boundary), "=_%.40s.dsn", e->id);
+	size_t n = (size_t)snprintf(t, cap,
+		"Return-Path: <>\r\n"
+		"From: Mail Delivery System <MAILER-DAEMON@%s>\r\n"
+		"To: <%s>\r\n"
+		"Subject: Undelivered Mail Returned to Sender\r\n"
+		"Date: %s\r\n"
+		"Message-ID: <%s.dsn@%s>\r\n"
+		"Auto-Submitted: auto-replied\r\n"
+		"MIME-Version: 1.0\r\n"
+		"Content-Type: multipart/report; report-type=delivery-status;\r\n"
+		"\tboundary=\"%s\"\r\n"
+		"\r\n"
+		"This is a MIME-encapsulated message.\r\n"
+		"\r\n"
+		"--%s\r\n"
+		"Content-Type: text/plain; charset=us-ascii\r\n"
+		"\r\n"
+		"This is the mail system at host %s.\r\n"
+		"\r\n"
+		"Your message could not be delivered to one or more recipients.\r\n"
+		"\r\n",
+		cfg->hostname, e->from, date, e->id, cfg->hostname, boundary, boundary,
+		cfg->hostname);
+	for (size_t i = 0; i < e->nrcpts && n < cap; i++)
+		if (m->bounce[i])
+			n += (size_t)snprintf(t + n, cap - n, "<%s>: %s\r\n", e->rcpts[i].addr,
+					      e->rcpts[i].last);
+	time_t arr = (time_t)(e->created_ms / 1000);
+	char adate[64];
+	localtime_r(&arr, &tm);
+	strftime(adate, sizeof(adate), "%a, %d %b %Y %H:%M:%S %z", &tm);
+	n += (size_t)snprintf(t + n, cap - n,
+		"\r\n--%s\r\n"
+		"Content-Type: message/delivery-status\r\n"
+		"\r\n"
+		"Reporting-MTA: dns; %s\r\n"
+		"X-Ringmail-Queue-ID: %s\r\n"
+		"Arrival-Date: %s\r\n",
+		boundary, cfg->hostname, e->id, adate);
+	for (size_t i = 0; i < e->nrcpts && n < cap; i++) {
+		if (!m->bounce[i])
+			continue;
+		char status[32];
+		int code = atoi(e->rcpts[i].last);
+		status_of(e->rcpts[i].last, code, status, sizeof(status));
+		n += (size_t)snprintf(t + n, cap - n,
+			"\r\nFinal-Recipient: rfc822; %s\r\n"
+			"Action: failed\r\n"
+			"Status: %s\r\n"
+			"Diagnostic-Code: smtp; %s\r\n",
+			e->rcpts[i].addr, status, e->rcpts[i].last);
+	}
+	n += (size_t)snprintf(t + n, cap - n,
+		"\r\n--%s\r\n"
+		"Content-Type: text/rfc822-headers\r\n"
+		"\r\n", boundary);
+	if (n + hlen + 256 < cap) {
+		memcpy(t + n, e->data, hlen);
+		n += hlen;
+	}
+	n += (size_t)snprintf(t + n, cap - n, "\r\n--%s--\r\n", boundary);
+	memset(m->bounce, 0, e->nrcpts * sizeof(bool));
+
+	const char *at = strrchr(e->from, '@');
+	if (at && ob->users && users_is_local_domain(ob->users, span_cstr(at + 1))) {
+		struct dsn_local *d = calloc(1, sizeof(*d));
+		if (!d) {
+			free(t);
+			return;
+		}
+		d->ob = ob;
+		d->text = t;
+		d->len = n;
+		char lower[QUEUE_REPLY_MAX];
+		size_t k = 0;
+		for (const char *p = e->from; *p && k < sizeof(lower) - 1; p++)
+			lower[k++] = (char)tolower((unsigned char)*p);
+		lower[k] = '\0';
+		if (users_resolve(ob->users, span_cstr(lower), first_target, d->target) < 0 ||
+		    !d->target[0]) {
+			snprintf(d->target, sizeof(d->target), "%s", lower);
+			dsn_local_end(d, -ENOENT);
+			return;
+		}
+		store_user_open(ob->store, ob->loop, d->target, dsn_user, d);
+		return;
+	}
+	const char *rcpt = e->from;
+	if (queue_submit(ob->q, ob->loop, "", &rcpt, 1, t, n, NULL, NULL))
+		OBLOG(ob, LOG_WARN, "outbound-dsn-failed", "to=%s error=queue", e->from);
+	free(t);
+}
+
+/* ---- jobs: start and end ------------------------------------------------ */
+
+static void job_free(struct job *j)
+{
+	struct job **pp = &j->ob->jobs;
+	while (*pp && *pp != j)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = j->next;
+	free(j->out);
+	free(j);
+}
+
+static void msg_settled(struct outbound *ob, struct ob_msg *m);
+
+static void job_end(struct job *j)
+{
+	struct outbound *ob = j->ob;
+	struct ob_msg *m = j->m;
+	struct queue_entry *e = m->e;
+	const struct config *cfg = ob_cfg(ob);
+	int64_t now = wall_ms();
+	j->step = J_DONE;
+	for (size_t i = 0; i < j->n; i++) {
+		struct queue_rcpt *r = &e->rcpts[j->ri[i]];
+		m->inflight[j->ri[i]] = false;
+		r->attempts++;
+		if (j->accepted[i]) {
+			r->state = QUEUE_RCPT_SENT;
+			snprintf(r->last, sizeof(r->last), "%s", j->rtext[i]);
+			OBLOG(ob, LOG_INFO, "outbound-sent", "id=%s to=%s host=%s reply=\"%s\"", e->id,
+			      r->addr, j->host, r->last);
+			continue;
+		}
+		bool perm;
+		if (j->rcode[i]) {
+			perm = j->rcode[i] >= 500;
+			snprintf(r->last, sizeof(r->last), "%s", j->rtext[i]);
+		} else {
+			perm = j->last_perm;
+			snprintf(r->last, sizeof(r->last), "%s", j->last[0] ? j->last : "no answer");
+		}
+		if (!perm && now - e->created_ms >= (int64_t)cfg->ob_expire_ms) {
+			perm = true;
+			char tmp[QUEUE_REPLY_MAX];
+			snprintf(tmp, sizeof(tmp), "%s", r->last);
+			snprintf(r->last, sizeof(r->last), "expired after %u attempts; last: %.400s",
+				 r->attempts, tmp);
+		}
+		if (perm) {
+			r->state = QUEUE_RCPT_FAILED;
+			m->bounce[j->ri[i]] = true;
+			OBLOG(ob, LOG_INFO, "outbound-failed", "id=%s to=%s reply=\"%s\"", e->id,
+			      r->addr, r->last);
+		} else {
+			uint64_t wait = cfg->ob_retry_min_ms;
+			for (uint32_t k = 1; k < r->attempts && wait < cfg->ob_retry_max_ms; k++)
+				wait *= 2;
+			if (wait > cfg->ob_retry_max_ms)
+				wait = cfg->ob_retry_max_ms;
+			r->next_ms = now + (int64_t)wait;
+			OBLOG(ob, LOG_INFO, "outbound-deferred", "id=%s to=%s attempts=%u retry_in=%llums reply=\"%s\"",
+			      e->id, r->addr, r->attempts, (unsigned long long)wait, r->last);
+		}
+	}
+	struct ob_dest *d = dest_get(ob, j->domain);
+	if (d && d->active)
+		d->active--;
+	m->jobs--;
+	job_free(j);
+	if (m->jobs == 0)
+		msg_settled(ob, m);
+}
+
+static void msg_unlink(struct outbound *ob, struct ob_msg *m)
+{
+	struct ob_msg **pp = &ob->msgs;
+	while (*pp && *pp != m)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = m->next;
+}
+
+/* Every job of m ended: bounce what failed, then persist or remove. */
+static void msg_settled(struct outbound *ob, struct ob_msg *m)
+{
+	struct queue_entry *e = m->e;
+	send_dsn(ob, m);
+	if (m->removed) {
+		msg_unlink(ob, m);
+		msg_free(m);
+		return;
+	}
+	bool final = true;
+	for (size_t i = 0; i < e->nrcpts; i++)
+		if (e->rcpts[i].state == QUEUE_RCPT_PENDING)
+			final = false;
+	if (final) {
+		queue_remove(ob->q, ob->loop, e->id, NULL, NULL);
+		OBLOG(ob, LOG_INFO, "outbound-done", "id=%s", e->id);
+		msg_unlink(ob, m);
+		msg_free(m);
+		return;
+	}
+	queue_state_write(ob->q, ob->loop, e, NULL, NULL);
+}
+
+static void job_start(struct outbound *ob, struct ob_msg *m, const char *domain, int64_t now)
+{
+	struct queue_entry *e = m->e;
+	struct ob_dest *d = dest_get(ob, domain);
+	const struct config *cfg = ob_cfg(ob);
+	if (!d || d->active >= cfg->ob_max_per_domain)
+		return;
+	struct job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return;
+	j->ob = ob;
+	j->m = m;
+	j->fd = -1;
+	j->connect_cb.fn = on_connect;
+	j->send_cb.fn = on_sent;
+	j->recv_cb.fn = on_recv;
+	snprintf(j->domain, sizeof(j->domain), "%s", domain);
+	for (size_t i = 0; i < e->nrcpts && j->n < OB_JOB_RCPTS_MAX; i++) {
+		struct queue_rcpt *r = &e->rcpts[i];
+		const char *at = strrchr(r->addr, '@');
+		if (r->state != QUEUE_RCPT_PENDING || m->inflight[i] || r->next_ms > now || !at ||
+		    strcasecmp(at + 1, domain))
+			continue;
+		m->inflight[i] = true;
+		j->ri[j->n++] = i;
+	}
+	if (!j->n) {
+		free(j);
+		return;
+	}
+	if (!m->dkim_done) {
+		m->dkim_done = true;
+		const char *fat = strrchr(e->from, '@');
+		if (ob->dkim && fat)
+			m->dkim = dkim_sign(ob->dkim, fat + 1, e->data, e->len);
+	}
+	d->active++;
+	m->jobs++;
+	j->next = ob->jobs;
+	ob->jobs = j;
+	j->step = J_RESOLVE;
+	arm_deadline(j);
+	OBLOG(ob, LOG_INFO, "outbound-attempt", "id=%s domain=%s rcpts=%zu", e->id, domain, j->n);
+	if (cfg->ob_smart_host[0]) {
+		/* Everything goes to one host: "host:port" (port 25 default). */
+		j->smart = true;
+		char hp[CONFIG_STR_MAX];
+		snprintf(hp, sizeof(hp), "%s", cfg->ob_smart_host);
+		char *colon = strrchr(hp, ':');
+		unsigned port = 25;
+		if (colon && !strchr(colon, ']')) {
+			*colon = '\0';
+			port = (unsigned)atoi(colon + 1);
+		}
+		char *h = hp;
+		if (h[0] == '[') {
+			h++;
+			h[strcspn(h, "]")] = '\0';
+		}
+		snprintf(j->mx[0].host, sizeof(j->mx[0].host), "%s", h);
+		j->mx[0].pref = port ? port : 25;
+		j->nmx = 1;
+		j->imx = 0;
+		next_host(j);
+		return;
+	}
+	dns_mx(ob->dns, domain, mx_done, j);
+}
+
+/* Starts a job per (message, domain) with recipients due. */
+static void schedule(struct outbound *ob)
+{
+	int64_t now = wall_ms();
+	if (ob->flush) {
+		ob->flush = false;
+		for (struct ob_msg *m = ob->msgs; m; m = m->next)
+			for (size_t i = 0; i < m->e->nrcpts; i++)
+				m->e->rcpts[i].next_ms = now;
+	}
+	for (struct ob_msg *m = ob->msgs, *next; m; m = next) {
+		next = m->next;
+		if (m->removed)
+			continue;
+		struct queue_entry *e = m->e;
+		for (size_t i = 0; i < e->nrcpts; i++) {
+			struct queue_rcpt *r = &e->rcpts[i];
+			if (r->state != QUEUE_RCPT_PENDING || m->inflight[i] || r->next_ms > now)
+				continue;
+			const char *at = strrchr(r->addr, '@');
+			if (!at) {
+				r->state = QUEUE_RCPT_FAILED;
+				snprintf(r->last, sizeof(r->last), "550 5.1.3 bad address");
+				m->bounce[i] = true;
+				continue;
+			}
+			job_start(ob, m, at + 1, now);
+		}
+		if (m->jobs == 0) {
+			bool any_bounce = false;
+			for (size_t i = 0; i < e->nrcpts; i++)
+				any_bounce |= m->bounce[i];
+			if (any_bounce)
+				msg_settled(ob, m);
+		}
+	}
+}
+
+static void check_timeouts(struct outbound *ob)
+{
+	uint64_t now = loop_now_ms(ob->loop);
+	for (struct job *j = ob->jobs, *next; j; j = next) {
+		next = j->next;
+		if (j->step >= J_CONNECT && j->step < J_DONE && !j->closing && j->deadline &&
+		    now > j->deadline)
+			job_fail(j, "timeout");
+	}
+}
+
+/* ---- control file (ringmail queue flush|delete) ------------------------- */
+
+static void ctl_apply(struct outbound *ob, char *text)
+{
+	char *save = NULL;
+	for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		if (!strcmp(l, "flush")) {
+			ob->flush = true;
+			OBLOG(ob, LOG_INFO, "outbound-flush", "%s", "requested=1");
+		} else if (!strncmp(l, "delete ", 7)) {
+			for (struct ob_msg *m = ob->msgs, *next; m; m = next) {
+				next = m->next;
+				if (strcmp(m->e->id, l + 7))
+					continue;
+				OBLOG(ob, LOG_INFO, "outbound-deleted", "id=%s", m->e->id);
+				queue_remove(ob->q, ob->loop, m->e->id, NULL, NULL);
+				memset(m->bounce, 0, m->e->nrcpts * sizeof(bool));
+				if (m->jobs) {
+					m->removed = true;
+				} else {
+					msg_unlink(ob, m);
+					msg_free(m);
+				}
+			}
+		}
+	}
+}
+
+/* rename ctl -> ctl.work, open, read, close, unlink: all on the ring. */
+static void ctl_step(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)flags;
+	struct outbound *ob = (struct outbound *)((char *)cb - offsetof(struct outbound, ctl_cb));
+	char qdir[CONFIG_STR_MAX + 16], from[CONFIG_STR_MAX + 32], to[CONFIG_STR_MAX + 32];
+	snprintf(qdir, sizeof(qdir), "%s/queue", ob->data_dir);
+	snprintf(from, sizeof(from), "%s/ctl", qdir);
+	snprintf(to, sizeof(to), "%s/ctl.work", qdir);
+	switch (ob->ctl_step) {
+	case 1: /* renamed */
+		if (res < 0) {
+			ob->ctl_step = 0;
+			return;
+		}
+		ob->ctl_step = 2;
+		io_uring_prep_openat(loop_sqe(loop, cb), AT_FDCWD, to, O_RDONLY | O_CLOEXEC, 0);
+		return;
+	case 2: /* opened */
+		if (res < 0) {
+			ob->ctl_step = 0;
+			return;
+		}
+		ob->ctl_fd = res;
+		ob->ctl_step = 3;
+		io_uring_prep_read(loop_sqe(loop, cb), ob->ctl_fd, ob->ctl_buf, sizeof(ob->ctl_buf) - 1, 0);
+		return;
+	case 3: /* read */
+		ob->ctl_buf[res > 0 ? res : 0] = '\0';
+		ctl_apply(ob, ob->ctl_buf);
+		ob->ctl_step = 4;
+		io_uring_prep_close(loop_sqe(loop, cb), ob->ctl_fd);
+		ob->ctl_fd = -1;
+		return;
+	case 4:
+		ob->ctl_step = 5;
+		io_uring_prep_unlinkat(loop_sqe(loop, cb), AT_FDCWD, to, 0);
+		return;
+	default:
+		ob->ctl_step = 0;
+		return;
+	}
+}
+
+static void ctl_poll(struct outbound *ob)
+{
+	if (ob->ctl_step)
+		return;
+	char from[CONFIG_STR_MAX + 32], to[CONFIG_STR_MAX + 32];
+	snprintf(from, sizeof(from), "%s/queue/ctl", ob->data_dir);
+	snprintf(to, sizeof(to), "%s/queue/ctl.work", ob->data_dir);
+	ob->ctl_cb.fn = ctl_step;
+	ob->ctl_step = 1;
+	io_uring_prep_renameat(loop_sqe(ob->loop, &ob->ctl_cb), AT_FDCWD, from, AT_FDCWD, to, 0);
+}
+
+/* ---- the runner's loop -------------------------------------------------- */
+
+static void arm_tick(struct outbound *ob);
+
+static void on_tick(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)loop;
+	(void)res;
+	(void)flags;
+	struct outbound *ob = (struct outbound *)((char *)cb - offsetof(struct outbound, tick_cb));
+	dns_tick(ob->dns);
+	check_timeouts(ob);
+	ctl_poll(ob);
+	schedule(ob);
+	arm_tick(ob);
+}
+
+static void arm_tick(struct outbound *ob)
+{
+	ob->tick_ts.tv_sec = 0;
+	ob->tick_ts.tv_nsec = OB_TICK_MS * 1000000LL;
+	ob->tick_cb.fn = on_tick;
+	io_uring_prep_timeout(loop_sqe(ob->loop, &ob->tick_cb), &ob->tick_ts, 0, 0);
+}
+
+static struct outbound *runner_of(struct loop *loop);
+
+static void on_new_msg(struct loop *loop, uint32_t kind, uint64_t payload)
+{
+	(void)kind;
+	struct outbound *ob = runner_of(loop);
+	struct queue_entry *e = (struct queue_entry *)(uintptr_t)payload;
+	if (!ob) {
+		queue_entry_free(e);
+		return;
+	}
+	msg_add(ob, e);
+	schedule(ob);
+}
+
+/* The runner hangs off the services (app/main.c sets it). */
+static struct outbound *runner_of(struct loop *loop)
+{
+	struct services *sv = services_of(loop);
+	return sv ? sv->outbound : NULL;
+}
+
+static void queue_new_entry(void *arg, struct loop *loop, struct queue_entry *e)
+{
+	(void)arg;
+	if (loop_msg(loop, 0, OB_LOOP_MSG, (uint64_t)(uintptr_t)e))
+		queue_entry_free(e); /* on disk: picked up at the next start */
+}
+
+int outbound_loop_start(struct outbound *ob, struct loop *loop)
+{
+	if (loop_id(loop) != 0)
+		return 0;
+	ob->loop = loop;
+	const struct config *cfg = ob_cfg(ob);
+	int rc = dns_new(loop, cfg->ob_dns, &ob->dns);
+	if (rc) {
+		LOG_AT(loop_log(loop), LOG_ERROR, 0, "outbound-dns", "servers=\"%s\" error=%s",
+		       cfg->ob_dns, strerror(-rc));
+		return rc;
+	}
+	dkim_new(ob->data_dir, cfg->ob_dkim_selector, &ob->dkim);
+	loop_on_msg(loop, OB_LOOP_MSG, on_new_msg);
+	queue_set_on_new(ob->q, queue_new_entry, ob);
+	size_t n = 0;
+	for (struct ob_msg *m = ob->msgs; m; m = m->next)
+		n++;
+	OBLOG(ob, LOG_INFO, "outbound-ready", "queued=%zu dns=\"%s\" mx_port=%u smart_host=\"%s\"",
+	      n, cfg->ob_dns, cfg->ob_mx_port, cfg->ob_smart_host);
+	arm_tick(ob);
+	schedule(ob);
+	return 0;
+}
+
+void outbound_loop_stop(struct outbound *ob, struct loop *loop)
+{
+	if (loop_id(loop) != 0 || ob->loop != loop)
+		return;
+	/* In-flight deliveries are abandoned: their recipients are still
+	 * pending on disk and are retried at the next start. */
+	for (struct job *j = ob->jobs, *n; j; j = n) {
+		n = j->next;
+		if (j->fd >= 0)
+			close(j->fd);
+		tls_client_free(&j->tls);
+		free(j->out);
+		free(j);
+	}
+	ob->jobs = NULL;
+	for (struct ob_msg *m = ob->msgs; m; m = m->next)
+		m->jobs = 0;
+	dns_free(&ob->dns);
+}
