@@ -14,6 +14,10 @@
 #include "app/cmd_dns.h"
 #include "app/cmd_fsck.h"
 #include "core/workpool.h"
+#include "outbound/dkim.h"
+#include "outbound/dns.h"
+#include "outbound/outbound.h"
+#include "store/queue.h"
 #include "proto/services.h"
 #include "proto/stream.h"
 #include "store/auth.h"
@@ -34,6 +38,10 @@ static void usage(FILE *out)
 		"       ringmail user add|del|passwd|list [ADDRESS] [--data DIR]\n"
 		"       ringmail dns-records DOMAIN [--config FILE] [same overrides as serve]\n"
 		"       ringmail fsck [--data DIR] [--repair]\n"
+		"       ringmail queue list|flush|delete ID [--data DIR]\n"
+		"       ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] [--selector S]\n"
+		"serve also takes --dns HOST:PORT (resolver for outbound mail) and\n"
+		"--mx-port N (port of remote MX hosts, default 25).\n"
 		"       ringmail version\n"
 		"\n"
 		"With no --config, serve uses the embedded default: every port of the\n"
@@ -50,6 +58,8 @@ struct overrides {
 	const char *log_level;
 	long port_offset;
 	long threads;
+	const char *dns;
+	long mx_port;
 };
 
 static int parse_overrides(int argc, char **argv, struct overrides *o)
@@ -62,6 +72,8 @@ static int parse_overrides(int argc, char **argv, struct overrides *o)
 		{ "domain", required_argument, NULL, 'D' },
 		{ "hostname", required_argument, NULL, 'H' },
 		{ "log-level", required_argument, NULL, 'l' },
+		{ "dns", required_argument, NULL, 'N' },
+		{ "mx-port", required_argument, NULL, 'M' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -71,6 +83,7 @@ static int parse_overrides(int argc, char **argv, struct overrides *o)
 	memset(o, 0, sizeof(*o));
 	o->port_offset = -1;
 	o->threads = -1;
+	o->mx_port = -1;
 	optind = 1;
 	while ((ch = getopt_long(argc, argv, "c:d:p:t:D:H:l:h", opts, NULL)) != -1) {
 		switch (ch) {
@@ -90,6 +103,14 @@ static int parse_overrides(int argc, char **argv, struct overrides *o)
 			o->threads = strtol(optarg, &end, 10);
 			if (*end || o->threads < 0 || o->threads > 1024) {
 				fprintf(stderr, "ringmail: --threads must be 0..1024\n");
+				return -1;
+			}
+			break;
+		case 'N': o->dns = optarg; break;
+		case 'M':
+			o->mx_port = strtol(optarg, &end, 10);
+			if (*end || o->mx_port < 1 || o->mx_port > 65535) {
+				fprintf(stderr, "ringmail: --mx-port must be 1..65535\n");
 				return -1;
 			}
 			break;
@@ -128,6 +149,12 @@ static int load_config(const struct overrides *o, struct config *cfg)
 			      o->port_offset);
 	if (o->threads >= 0)
 		n += snprintf(text + n, sizeof(text) - (size_t)n, "threads = %ld\n", o->threads);
+	if (o->dns || o->mx_port > 0)
+		n += snprintf(text + n, sizeof(text) - (size_t)n, "[outbound]\n");
+	if (o->dns)
+		n += snprintf(text + n, sizeof(text) - (size_t)n, "dns = %s\n", o->dns);
+	if (o->mx_port > 0)
+		n += snprintf(text + n, sizeof(text) - (size_t)n, "mx_port = %ld\n", o->mx_port);
 	if ((size_t)n >= sizeof(text)) {
 		fprintf(stderr, "ringmail: command-line values too long\n");
 		return -EINVAL;
@@ -278,6 +305,16 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 		snprintf(err, errlen, "cannot read the users in %s: %s", cfg->data_dir, strerror(-rc));
 		return rc;
 	}
+	/* The outbound queue, loaded whole before the loops start. */
+	long nl = cfg->threads ? (long)cfg->threads : sysconf(_SC_NPROCESSORS_ONLN);
+	if ((rc = queue_new(cfg->data_dir, nl > 0 ? (unsigned)nl : 1, &st->sv.queue)) ||
+	    (rc = outbound_new(st->sv.queue, st->sv.store, st->sv.users, cfg->data_dir,
+			       &st->sv.outbound)) ||
+	    (rc = outbound_load(st->sv.outbound)) < 0) {
+		snprintf(err, errlen, "cannot open the queue in %s/queue: %s", cfg->data_dir,
+			 strerror(-rc));
+		return rc;
+	}
 	if ((rc = workpool_new(WORKPOOL_THREADS_DEFAULT, WORKPOOL_QUEUE_DEFAULT, &st->wp)) ||
 	    (rc = auth_new(NULL, st->sv.users, st->wp, &st->sv.auth))) {
 		snprintf(err, errlen, "cannot start the authenticator: %s", strerror(-rc));
@@ -290,6 +327,8 @@ static void services_close(struct app_state *st)
 {
 	workpool_free(&st->wp); /* first: no job may complete into a freed auth */
 	auth_free(&st->sv.auth);
+	outbound_free(&st->sv.outbound);
+	queue_free(&st->sv.queue);
 	users_free(&st->sv.users);
 	store_free(&st->sv.store);
 	if (st->lock_fd >= 0)
@@ -311,6 +350,20 @@ static int mkdir_p(const char *path, mode_t mode)
 	if (mkdir(buf, mode) < 0 && errno != EEXIST)
 		return -errno;
 	return 0;
+}
+
+/* Loop 0 runs the outbound queue; every loop may submit to it. */
+static int app_loop_start(struct server *srv, struct loop *loop)
+{
+	struct app_state *st = srv->app.ctx;
+	return st->sv.outbound ? outbound_loop_start(st->sv.outbound, loop) : 0;
+}
+
+static void app_loop_stop(struct server *srv, struct loop *loop)
+{
+	struct app_state *st = srv->app.ctx;
+	if (st->sv.outbound)
+		outbound_loop_stop(st->sv.outbound, loop);
 }
 
 static int cmd_serve(int argc, char **argv)
@@ -342,7 +395,7 @@ static int cmd_serve(int argc, char **argv)
 	}
 	struct app_state *st = calloc(1, sizeof(*st));
 	struct tls_server *tls = NULL;
-	if (!st || tls_global_init()) {
+	if (!st || tls_global_init() || dns_global_init()) {
 		fprintf(stderr, "ringmail: cannot initialise TLS\n");
 		free(st);
 		free(cfg);
@@ -362,7 +415,8 @@ static int cmd_serve(int argc, char **argv)
 		rc = 1;
 		goto out_services;
 	}
-	struct server_app app = { .ops_for = ops_for, .reload = app_reload, .ctx = st };
+	struct server_app app = { .ops_for = ops_for, .reload = app_reload, .ctx = st,
+				  .loop_start = app_loop_start, .loop_stop = app_loop_stop };
 	if (server_init(&srv, cfg, o.config, &app, err, sizeof(err)) ||
 	    server_bind(&srv, err, sizeof(err)) || server_drop_privileges(&srv, err, sizeof(err))) {
 		fprintf(stderr, "ringmail: %s\n", err);
@@ -382,7 +436,96 @@ out_services:
 	tls_server_unref(&tls);
 	free(st);
 	tls_global_cleanup();
+	dns_global_cleanup();
 	return rc;
+}
+
+/* "ringmail queue list|flush|delete ID [--data DIR]" (store/queue.h). */
+static int cmd_queue(int argc, char **argv)
+{
+	const char *data = NULL, *sub = NULL, *id = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--data") && i + 1 < argc)
+			data = argv[++i];
+		else if (!sub)
+			sub = argv[i];
+		else if (!id)
+			id = argv[i];
+		else
+			sub = "?";
+	}
+	struct config *cfg = malloc(sizeof(*cfg));
+	char err[512];
+	if (!cfg || config_load(cfg, NULL, err, sizeof(err))) {
+		free(cfg);
+		return 2;
+	}
+	if (!data)
+		data = cfg->data_dir;
+	int rc = 2;
+	if (sub && !strcmp(sub, "list") && !id) {
+		rc = queue_cli_list(data, stdout);
+		if (rc >= 0) {
+			printf("%d message%s queued\n", rc, rc == 1 ? "" : "s");
+			rc = 0;
+		} else {
+			fprintf(stderr, "ringmail: queue list: %s\n", strerror(-rc));
+			rc = 1;
+		}
+	} else if (sub && !strcmp(sub, "flush") && !id) {
+		rc = queue_cli_flush(data);
+		if (rc)
+			fprintf(stderr, "ringmail: queue flush: %s\n", strerror(-rc));
+		rc = rc ? 1 : 0;
+	} else if (sub && !strcmp(sub, "delete") && id) {
+		rc = queue_cli_delete(data, id);
+		if (rc)
+			fprintf(stderr, "ringmail: queue delete %s: %s\n", id, strerror(-rc));
+		rc = rc ? 1 : 0;
+	} else {
+		fprintf(stderr, "usage: ringmail queue list|flush|delete ID [--data DIR]\n");
+	}
+	free(cfg);
+	return rc;
+}
+
+/* "ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] [--selector S]". */
+static int cmd_dkim(int argc, char **argv)
+{
+	const char *data = NULL, *type = "rsa", *domain = NULL, *selector = NULL;
+	bool keygen = false, bad = false;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--data") && i + 1 < argc)
+			data = argv[++i];
+		else if (!strcmp(argv[i], "--type") && i + 1 < argc)
+			type = argv[++i];
+		else if (!strcmp(argv[i], "--selector") && i + 1 < argc)
+			selector = argv[++i];
+		else if (!keygen && !strcmp(argv[i], "keygen"))
+			keygen = true;
+		else if (keygen && !domain && argv[i][0] != '-')
+			domain = argv[i];
+		else
+			bad = true;
+	}
+	if (bad || !keygen || !domain || (strcmp(type, "rsa") && strcmp(type, "ed25519"))) {
+		fprintf(stderr, "usage: ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] "
+				"[--selector S]\n");
+		return 2;
+	}
+	struct config *cfg = malloc(sizeof(*cfg));
+	char err[512];
+	if (!cfg || config_load(cfg, NULL, err, sizeof(err))) {
+		free(cfg);
+		return 2;
+	}
+	if (!data)
+		data = cfg->data_dir;
+	if (!selector)
+		selector = cfg->ob_dkim_selector;
+	int rc = dkim_keygen(data, domain, type, selector, stdout, stderr);
+	free(cfg);
+	return rc ? 1 : 0;
 }
 
 int main(int argc, char **argv)
@@ -398,6 +541,10 @@ int main(int argc, char **argv)
 		return cmd_user(argc - 1, argv + 1);
 	if (!strcmp(cmd, "fsck"))
 		return cmd_fsck(argc - 1, argv + 1);
+	if (!strcmp(cmd, "queue"))
+		return cmd_queue(argc - 1, argv + 1);
+	if (!strcmp(cmd, "dkim"))
+		return cmd_dkim(argc - 1, argv + 1);
 	if (!strcmp(cmd, "dns-records"))
 		return cmd_dns(argc - 1, argv + 1);
 	if (!strcmp(cmd, "check-config"))

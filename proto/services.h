@@ -14,6 +14,7 @@ struct users;
 struct auth;
 struct tls_server;
 struct queue;
+struct outbound;
 
 struct services {
 	struct store *store;
@@ -21,6 +22,8 @@ struct services {
 	struct auth *auth;
 	/* The outbound queue (store/queue.h); NULL: remote recipients get 451. */
 	struct queue *queue;
+	/* The remote delivery runner on loop 0 (outbound/outbound.h). */
+	struct outbound *outbound;
 	/* The certificates new connections use. SIGHUP swaps it; the old
 	 * server stays referenced until exit (live connections hold their
 	 * own reference through their tls_conn anyway). NULL: no TLS. */
