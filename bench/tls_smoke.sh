@@ -1,0 +1,90 @@
+#!/bin/bash
+# tls_smoke.sh RINGMAIL TLS_BENCH - the TLS bench's smoke test (meson suite
+# 'bench'): a ringmail on free ports, then tls_bench's full, resumed,
+# resumed-psk and plaintext modes on 465/993/995 for a few connections each
+# (no errors, every measured resumed connection reused), a RETR over 995,
+# and the crypto bound. Exit 77 (skip) when ringmail cannot start io_uring.
+set -u
+ringmail=$1
+bench=$2
+tmp=$(mktemp -d /tmp/tls-smoke.XXXXXX)
+pid=
+cleanup() {
+	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_offset() {
+	local off p busy
+	for _ in $(seq 50); do
+		off=$((20000 + RANDOM % 20000))
+		busy=0
+		for p in 465 993 995 25 143 110; do
+			if (exec 3<>"/dev/tcp/127.0.0.1/$((p + off))") 2>/dev/null; then busy=1; break; fi
+		done
+		[ $busy = 0 ] && { echo "$off"; return; }
+	done
+	return 1
+}
+
+off=$(free_offset) || { echo "tls_smoke: no free ports" >&2; exit 1; }
+printf 'smoke pass 1\n' | "$ringmail" user add smoke@example.com --data "$tmp/data" >/dev/null ||
+	exit 1
+cat >"$tmp/ringmail.conf" <<CONF
+[server]
+hostname = mail.example.com
+[limits]
+max_connections_per_ip = 10000
+CONF
+"$ringmail" serve --config "$tmp/ringmail.conf" --data "$tmp/data" --port-offset "$off" \
+	--threads 1 --log-level warn 2>"$tmp/err.log" &
+pid=$!
+for _ in $(seq 100); do
+	(exec 3<>"/dev/tcp/127.0.0.1/$((995 + off))") 2>/dev/null && break
+	if ! kill -0 "$pid" 2>/dev/null; then
+		if grep -qi "io_uring" "$tmp/err.log"; then
+			echo "tls_smoke: io_uring unavailable, skipping" >&2
+			exit 77
+		fi
+		cat "$tmp/err.log" >&2
+		exit 1
+	fi
+	sleep 0.1
+done
+
+# One small message for RETR (port 25: local delivery without AUTH).
+exec 3<>"/dev/tcp/127.0.0.1/$((25 + off))"
+printf 'EHLO smoke\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<smoke@example.com>\r\nDATA\r\n' >&3
+printf 'Subject: smoke\r\n\r\nhello\r\n.\r\nQUIT\r\n' >&3
+timeout 10 cat <&3 >"$tmp/smtp.out"
+exec 3<&-
+grep -q '^250 2.0.0' "$tmp/smtp.out" || { echo "tls_smoke: delivery failed:" >&2; cat "$tmp/smtp.out" >&2; exit 1; }
+
+fail=0
+run() { # expected-reused-min args...
+	local min=$1; shift
+	local out
+	out=$("$bench" --json --server-pid "$pid" "$@") || { echo "tls_smoke: FAILED: $* -> $out" >&2; fail=1; return; }
+	echo "$out"
+	local conns reused
+	conns=$(sed -n 's/.*"conns":\([0-9]*\).*/\1/p' <<<"$out")
+	reused=$(sed -n 's/.*"reused":\([0-9]*\).*/\1/p' <<<"$out")
+	if [ -n "$conns" ] && { [ "$conns" -lt 1 ] || [ "$min" = all -a "$reused" != "$conns" ]; }; then
+		echo "tls_smoke: FAILED: $* (conns $conns, reused $reused)" >&2
+		fail=1
+	fi
+}
+for port in 465 993 995; do
+	p=$((port + off))
+	run 0 --port "$p" --mode full -c 2 -n 40
+	run all --port "$p" --mode resume -c 2 -n 40
+	run all --port "$p" --mode resume-psk -c 2 -n 40
+	run 0 --port "$p" --mode full --tls12 -c 2 -n 20
+	run all --port "$p" --mode resume --tls12 -c 2 -n 20
+done
+run 0 --port $((143 + off)) --mode plain -c 2 -n 40
+run 0 --port $((995 + off)) --mode retr --user smoke@example.com --pass 'smoke pass 1' -n 5
+"$bench" --crypto --secs 0.05 --json || fail=1
+kill -0 "$pid" || { echo "tls_smoke: ringmail died" >&2; cat "$tmp/err.log" >&2; exit 1; }
+exit $fail
