@@ -5,9 +5,10 @@
 # For each case (message size x concurrent sessions) it runs bench/smtpload
 # against ringmail and, with --peers, against the Postfix+Dovecot instance of
 # bench/peers/, RUNS times each, interleaved (ringmail, peers, ringmail, ...)
-# after one unrecorded warm-up run each. Every run delivers to a mailbox of
-# its own (user rN@example.com, N counting up), so no run inherits a big
-# mailbox from the one before.
+# after one unrecorded warm-up run each. Every run delivers to mailboxes of
+# its own (users rN@example.com, N counting up), so no run inherits a big
+# mailbox from the one before: one mailbox for all sessions (--rcpts 1), or
+# R mailboxes with session i delivering to the (i mod R)-th.
 #
 # A run: read the server's CPU (its cgroup's cpu.stat), start the clock, run
 # smtpload for -d seconds (C sessions of M messages of S bytes, each message
@@ -32,6 +33,7 @@
 #   --peers-dir DIR      the peer instance (/var/lib/ringmail-peers)
 #   --sizes LIST         message sizes (4k,64k)
 #   --sessions LIST      concurrent sessions (1,50)
+#   --rcpts LIST         distinct recipient mailboxes per run (1)
 #   -m N                 messages per session (20)
 #   -d SECS              seconds of load per run (10)
 #   --runs N             runs per server and case (3)
@@ -52,6 +54,7 @@ peers=0
 peers_dir=/var/lib/ringmail-peers
 sizes=4k,64k
 sessions_list=1,50
+rcpts_list=1
 msgs=20
 duration=10
 runs=3
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
 	--peers-dir) peers_dir=$2; shift ;;
 	--sizes) sizes=$2; shift ;;
 	--sessions) sessions_list=$2; shift ;;
+	--rcpts) rcpts_list=$2; shift ;;
 	-m) msgs=$2; shift ;;
 	-d) duration=$2; shift ;;
 	--runs) runs=$2; shift ;;
@@ -102,9 +106,12 @@ else
 	echo "smtp_compare.sh: fewer than 2 cores or no taskset: not pinning" >&2
 fi
 
+# R users per warm-up (shared by the servers) and per try of each server's runs
 ncases=$(( $(tr ',' '\n' <<<"$sizes" | wc -l) * $(tr ',' '\n' <<<"$sessions_list" | wc -l) ))
-# one user per warm-up (shared by the servers) and per try of each server's runs
-nusers=$(( ncases * (1 + runs * 2 * (1 + retries)) + 1 ))
+nusers=1
+for r in ${rcpts_list//,/ }; do
+	nusers=$(( nusers + ncases * r * (1 + runs * 2 * (1 + retries)) ))
+done
 
 tmp=$(mktemp -d /tmp/smtpbench.XXXXXX)
 chmod 755 "$tmp"
@@ -176,10 +183,14 @@ ports_free() {
 offset=26000
 while ! ports_free $offset; do offset=$((offset + 7)); done
 pass=bench-Secret-1
-for i in $(seq 1 "$nusers"); do
-	echo "$pass" | "$ringmail" user add "r$i@example.com" --data "$tmp/rm" >/dev/null 2>&1 ||
-		{ echo "smtp_compare.sh: ringmail user add r$i failed" >&2; exit 1; }
-done
+# The first user through "ringmail user add"; the others as {PLAIN} lines of
+# the same passwd-file (one yescrypt hash each would take minutes; an MX
+# delivery never checks a password).
+echo "$pass" | "$ringmail" user add r1@example.com --data "$tmp/rm" >/dev/null 2>&1 ||
+	{ echo "smtp_compare.sh: ringmail user add failed" >&2; exit 1; }
+for i in $(seq 2 "$nusers"); do
+	echo "r$i@example.com:{PLAIN}$pass"
+done >>"$tmp/rm/passwd"
 # shellcheck disable=SC2086 # ringmail_args is a list of words
 "${pin_server[@]}" "$ringmail" serve --port-offset "$offset" --data "$tmp/rm" --threads 1 \
 	$ringmail_args >"$tmp/ringmail.out" 2>"$tmp/ringmail.log" &
@@ -213,7 +224,7 @@ if [ $peers = 1 ]; then
 	servers+=(peers)
 fi
 
-# inbox NAME USER: messages in USER's INBOX.
+# inbox NAME BASE R: messages in the INBOXes of users rBASE+1..rBASE+R.
 pop3_stat() { # PORT USER
 	(
 		exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
@@ -226,10 +237,17 @@ pop3_stat() { # PORT USER
 	)
 }
 inbox() {
+	local i users=()
+	for i in $(seq $(($2 + 1)) $(($2 + $3))); do
+		users+=("r$i@example.com")
+	done
 	if [ "$1" = ringmail ]; then
-		pop3_stat $((offset + 110)) "$2"
+		for i in "${users[@]}"; do
+			pop3_stat $((offset + 110)) "$i"
+		done | awk '{ s += $1 } END { print s + 0 }'
 	else
-		"$here/peers/count.sh" --dir "$peers_dir" "$2" | awk -v u="$2" '$1 == u { print $2 }'
+		"$here/peers/count.sh" --dir "$peers_dir" "${users[@]}" |
+			awk '$1 != "queued" { s += $2 } END { print s + 0 }'
 	fi
 }
 queued() { # NAME: messages accepted but not in a mailbox yet
@@ -247,16 +265,17 @@ alive() {
 	fi
 }
 
-# run NAME SIZE SESSIONS SECS USER -> one result line on stdout:
-# name size sessions acked inbox secs rate cpu_us_per_msg p50 p99 errors other queued json
+# run NAME SIZE SESSIONS SECS BASE R -> one result line on stdout:
+# name size sessions rcpts acked inbox secs rate cpu_us_per_msg p50 p99 errors other queued json
 run() {
-	local name=$1 size=$2 sess=$3 secs=$4 user=$5 line t0 t1 c0 c1 q n waited
+	local name=$1 size=$2 sess=$3 secs=$4 base=$5 nr=$6 line t0 t1 c0 c1 q n waited
 	c0=$(cpu_us "$name")
 	t0=$(date +%s%N)
 	local cpuopt=()
 	[ -n "${cgpath[$name]:-}" ] && cpuopt=(--server-cgroup "${cgpath[$name]}")
 	line=$("${pin_load[@]}" "$smtpload" --port "${port[$name]}" -c "$sess" -m "$msgs" -S "$size" \
-		-d "$secs" --rcpt "$user" "${cpuopt[@]}" --json 2>"$tmp/smtpload.err")
+		-d "$secs" --rcpt "r%d@example.com" --rcpt-base "$base" --rcpt-count "$nr" \
+		"${cpuopt[@]}" --json 2>"$tmp/smtpload.err")
 	local rc=$?
 	if [ $rc -ne 0 ] || [ -z "$line" ]; then
 		echo "smtp_compare.sh: smtpload failed ($rc) against $name:" >&2
@@ -279,7 +298,7 @@ run() {
 	done
 	t1=$(date +%s%N)
 	c1=$(cpu_us "$name")
-	n=$(inbox "$name" "$user")
+	n=$(inbox "$name" "$base" "$nr")
 	local acked errs other p50 p99
 	acked=$(sed -n 's/.*"msgs":\([0-9]*\).*/\1/p' <<<"$line")
 	errs=$(sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p' <<<"$line" | tr ',' '\n' |
@@ -287,11 +306,11 @@ run() {
 	other=$(sed -n 's/.*"other_cpu_pct":\([0-9.]*\).*/\1/p' <<<"$line")
 	p50=$(sed -n 's/.*"p50_us":\([0-9]*\).*/\1/p' <<<"$line")
 	p99=$(sed -n 's/.*"p99_us":\([0-9]*\).*/\1/p' <<<"$line")
-	awk -v nm="$name" -v sz="$size" -v ss="$sess" -v a="$acked" -v n="${n:-0}" \
+	awk -v nm="$name" -v sz="$size" -v ss="$sess" -v nr="$nr" -v a="$acked" -v n="${n:-0}" \
 	    -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v p50="$p50" -v p99="$p99" \
 	    -v e="$errs" -v o="${other:-0}" -v q="$q" -v j="$line" 'BEGIN {
 		s = (t1 - t0) / 1e9
-		printf "%s %s %s %d %d %.3f %.1f %.1f %s %s %d %s %d %s\n", nm, sz, ss, a, n, s,
+		printf "%s %s %s %s %d %d %.3f %.1f %.1f %s %s %d %s %d %s\n", nm, sz, ss, nr, a, n, s,
 			n / s, (n > 0 ? (c1 - c0) / n : 0), p50, p99, e, o, q, j }'
 }
 
@@ -305,18 +324,19 @@ user_seq=0
 : >"$tmp/results"
 for size in ${sizes//,/ }; do
 	for sess in ${sessions_list//,/ }; do
-		user_seq=$((user_seq + 1))
+	for nr in ${rcpts_list//,/ }; do
 		for name in "${servers[@]}"; do
-			run "$name" "$size" "$sess" 3 "r$user_seq@example.com" >/dev/null || exit 1
+			run "$name" "$size" "$sess" 3 "$user_seq" "$nr" >/dev/null || exit 1
 		done
+		user_seq=$((user_seq + nr))
 		for i in $(seq "$runs"); do
 			for name in "${servers[@]}"; do
 				for try in $(seq 0 "$retries"); do
-					user_seq=$((user_seq + 1))
-					res=$(run "$name" "$size" "$sess" "$duration" "r$user_seq@example.com") || exit 1
+					res=$(run "$name" "$size" "$sess" "$duration" "$user_seq" "$nr") || exit 1
+					user_seq=$((user_seq + nr))
 					alive || { echo "smtp_compare.sh: a server died; see $tmp (KEEP=1)" >&2; exit 1; }
-					read -r _ _ _ acked n secs rate cpu p50 p99 errs other q _ <<<"$res"
-					echo "run $i $name ${size} x$sess: $n in mailbox ($acked acked) in ${secs}s = $rate/s, $cpu us/msg, p50 $p50 us, errors $errs, other load $other%" >&2
+					read -r _ _ _ _ acked n secs rate cpu p50 p99 errs other q _ <<<"$res"
+					echo "run $i $name ${size} x$sess -> $nr mailboxes: $n in mailbox ($acked acked) in ${secs}s = $rate/s, $cpu us/msg, p50 $p50 us, errors $errs, other load $other%" >&2
 					if [ "$try" -lt "$retries" ] && is_disturbed "$other"; then
 						retried=$((retried + 1))
 						echo "  disturbed (> $max_other%): again" >&2
@@ -329,15 +349,16 @@ for size in ${sizes//,/ }; do
 			done
 		done
 	done
+	done
 done
 
 median() {
 	sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan";
 		else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
-col() { # SERVER SIZE SESSIONS FIELD#
-	awk -v n="$1" -v s="$2" -v c="$3" -v f="$4" '$1 == n && $2 == s && $3 == c { print $f }' \
-		"$tmp/results" | median
+col() { # SERVER SIZE SESSIONS RCPTS FIELD#
+	awk -v n="$1" -v s="$2" -v c="$3" -v r="$4" -v f="$5" \
+		'$1 == n && $2 == s && $3 == c && $4 == r { print $f }' "$tmp/results" | median
 }
 
 echo
@@ -345,30 +366,33 @@ echo "Durable SMTP delivery: $msgs messages per session, ${duration} s per run, 
 if [ -n "$cgroot" ]; then src="cgroup v2 cpu.stat under $cgroot"; else src="/proc/PID/stat (ringmail only)"; fi
 echo "(servers on core $server_cpu, smtpload on core $load_cpu; server CPU from $src)"
 echo
-echo "| size | sessions | server | delivered msgs/s | server CPU us/msg | p50 ms | p99 ms | in mailbox / acked | errors | other load % |"
-echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| size | sessions | mailboxes | server | delivered msgs/s | server CPU us/msg | p50 ms | p99 ms | in mailbox / acked | errors | other load % |"
+echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 for size in ${sizes//,/ }; do
 	for sess in ${sessions_list//,/ }; do
+	for nr in ${rcpts_list//,/ }; do
 		for name in "${servers[@]}"; do
 			label=$name
 			[ "$name" = peers ] && label="Postfix+Dovecot"
-			rate=$(col "$name" "$size" "$sess" 7)
-			cpu=$(col "$name" "$size" "$sess" 8)
-			p50=$(col "$name" "$size" "$sess" 9)
-			p99=$(col "$name" "$size" "$sess" 10)
-			other=$(col "$name" "$size" "$sess" 12)
-			inbox=$(awk -v n="$name" -v s="$size" -v c="$sess" '$1 == n && $2 == s && $3 == c { i += $5; a += $4 } END { printf "%d / %d", i, a }' "$tmp/results")
-			errs=$(awk -v n="$name" -v s="$size" -v c="$sess" '$1 == n && $2 == s && $3 == c { e += $11 } END { print e + 0 }' "$tmp/results")
-			printf '| %s | %s | %s | %.0f | %.0f | %.2f | %.2f | %s | %s | %s |\n' "$size" "$sess" "$label" \
+			rate=$(col "$name" "$size" "$sess" "$nr" 8)
+			cpu=$(col "$name" "$size" "$sess" "$nr" 9)
+			p50=$(col "$name" "$size" "$sess" "$nr" 10)
+			p99=$(col "$name" "$size" "$sess" "$nr" 11)
+			other=$(col "$name" "$size" "$sess" "$nr" 13)
+			sel='$1 == n && $2 == s && $3 == c && $4 == r'
+			inbox=$(awk -v n="$name" -v s="$size" -v c="$sess" -v r="$nr" "$sel"' { i += $6; a += $5 } END { printf "%d / %d", i, a }' "$tmp/results")
+			errs=$(awk -v n="$name" -v s="$size" -v c="$sess" -v r="$nr" "$sel"' { e += $12 } END { print e + 0 }' "$tmp/results")
+			printf '| %s | %s | %s | %s | %.0f | %.0f | %.2f | %.2f | %s | %s | %s |\n' "$size" "$sess" "$nr" "$label" \
 				"$rate" "$cpu" "$(awk -v v="$p50" 'BEGIN { print v / 1000 }')" \
 				"$(awk -v v="$p99" 'BEGIN { print v / 1000 }')" "$inbox" "$errs" "$other"
-			echo "$name $size $sess $rate $cpu" >>"$tmp/medians"
+			echo "$name $size $sess/$nr $rate $cpu" >>"$tmp/medians"
 		done
+	done
 	done
 done
 echo
 if [ $peers = 1 ]; then
-	echo "| size | sessions | ringmail/peers msgs/s (goal >= 20) | peers/ringmail CPU per msg | ringmail CPU us/msg (goal <= 200) |"
+	echo "| size | sessions/mailboxes | ringmail/peers msgs/s (goal >= 20) | peers/ringmail CPU per msg | ringmail CPU us/msg (goal <= 200) |"
 	echo "|---|---:|---:|---:|---:|"
 	awk '{ k = $2 " " $3; r[$1 " " k] = $4; c[$1 " " k] = $5; if (!(k in seen)) { seen[k] = 1; o[++n] = k } }
 	     END { for (i = 1; i <= n; i++) { k = o[i]; split(k, a, " ");

@@ -148,7 +148,8 @@ struct opts {
 	unsigned timeout_ms;
 	int src_addrs;            /* -1: automatic */
 	const char *from, *rcpt;  /* rcpt may hold one %d */
-	unsigned rcpt_count;      /* %d runs over 1..rcpt_count by session */
+	unsigned rcpt_count;      /* %d runs over base+1..base+rcpt_count by session */
+	unsigned rcpt_base;
 	const char *ehlo;
 	bool pipelining;          /* when the server offers it */
 	long server_pid[MAX_CPU_SOURCES];
@@ -755,7 +756,7 @@ static void load_run(const struct opts *o, uint64_t end_ns, struct result *res)
 			goto out;
 		}
 		memcpy(c->msg, l.tmpl, l.tmpl_len);
-		rcpt_format(c->rcpt, sizeof(c->rcpt), o->rcpt, i % o->rcpt_count + 1);
+		rcpt_format(c->rcpt, sizeof(c->rcpt), o->rcpt, o->rcpt_base + i % o->rcpt_count + 1);
 	}
 
 	unsigned sq = 64;
@@ -991,12 +992,12 @@ static void report_json(FILE *out, const struct opts *o, const struct result *r,
 	double secs = r->t_end_ns > r->t_start_ns ? (double)(r->t_end_ns - r->t_start_ns) / 1e9 : 0;
 	double msgs = r->msgs ? (double)r->msgs : 1;
 	fprintf(out, "{\"scenario\":\"smtp\",\"host\":\"%s\",\"port\":%s,\"sessions\":%u,"
-		"\"msgs_per_session\":%u,\"size\":%zu,\"pipelined\":%s,\"msgs\":%" PRIu64
+		"\"rcpts\":%u,\"msgs_per_session\":%u,\"size\":%zu,\"pipelined\":%s,\"msgs\":%" PRIu64
 		",\"sessions_done\":%" PRIu64 ",\"seconds\":%.3f,\"msgs_per_s\":%.1f,"
 		"\"p50_us\":%" PRIu64 ",\"p99_us\":%" PRIu64 ",\"p999_us\":%" PRIu64
 		",\"max_us\":%" PRIu64 ",\"env_p50_us\":%" PRIu64 ",\"env_p99_us\":%" PRIu64
 		",\"errors\":{",
-		o->host, o->port, o->clients, o->msgs_per_session, o->size,
+		o->host, o->port, o->clients, o->rcpt_count, o->msgs_per_session, o->size,
 		r->pipelined ? "true" : "false", r->msgs, r->sessions, secs,
 		secs > 0 ? (double)r->msgs / secs : 0, hist_quantile(&r->lat_us, 0.5),
 		hist_quantile(&r->lat_us, 0.99), hist_quantile(&r->lat_us, 0.999), r->lat_us.max,
@@ -1035,6 +1036,7 @@ static void usage(FILE *out)
 		"      --rcpt ADDR          recipient; one %%d is replaced by 1..--rcpt-count\n"
 		"                           by session (user@example.com)\n"
 		"      --rcpt-count N       recipients %%d runs over (1)\n"
+		"      --rcpt-base B        %%d runs over B+1..B+N (0)\n"
 		"      --ehlo NAME          EHLO argument (load.example)\n"
 		"      --no-pipelining      one command at a time even if offered\n"
 		"      --src-addrs N        bind to 127.0.0.1..N (loopback: 16; 0: off)\n"
@@ -1072,7 +1074,7 @@ int main(int argc, char **argv)
 		.pipelining = true,
 	};
 	enum { OPT_TIMEOUT = 256, OPT_SRC, OPT_PID, OPT_CGROUP, OPT_JSON, OPT_FROM, OPT_RCPT,
-	       OPT_RCPT_COUNT, OPT_EHLO, OPT_NOPIPE };
+	       OPT_RCPT_COUNT, OPT_RCPT_BASE, OPT_EHLO, OPT_NOPIPE };
 	static const struct option longopts[] = {
 		{ "host", required_argument, NULL, 'H' },
 		{ "port", required_argument, NULL, 'p' },
@@ -1088,6 +1090,7 @@ int main(int argc, char **argv)
 		{ "from", required_argument, NULL, OPT_FROM },
 		{ "rcpt", required_argument, NULL, OPT_RCPT },
 		{ "rcpt-count", required_argument, NULL, OPT_RCPT_COUNT },
+		{ "rcpt-base", required_argument, NULL, OPT_RCPT_BASE },
 		{ "ehlo", required_argument, NULL, OPT_EHLO },
 		{ "no-pipelining", no_argument, NULL, OPT_NOPIPE },
 		{ "json", no_argument, NULL, OPT_JSON },
@@ -1167,6 +1170,11 @@ int main(int argc, char **argv)
 			if (!parse_u64(optarg, 1, 1000000, &v))
 				goto bad;
 			o.rcpt_count = (unsigned)v;
+			break;
+		case OPT_RCPT_BASE:
+			if (!parse_u64(optarg, 0, 100000000, &v))
+				goto bad;
+			o.rcpt_base = (unsigned)v;
 			break;
 		case OPT_EHLO:
 			if (strlen(optarg) > 255)
