@@ -215,6 +215,7 @@ struct job {
 	enum job_step step;
 	bool ext_starttls, ext_pipelining, ext_8bit, ext_size, ext_auth;
 	bool ehlo_after_tls;
+	bool drop_input;       /* STARTTLS accepted: discard the plaintext left */
 	size_t expect;         /* pipelined replies consumed so far in MAIL..DATA */
 	unsigned naccepted;
 	bool answered;         /* some recipient got a definitive answer here */
@@ -413,6 +414,11 @@ static void parse_replies(struct job *j)
 		handle_reply(j, code);
 		j->reply_len = 0;
 		j->reply[0] = '\0';
+		if (j->drop_input) {
+			j->drop_input = false;
+			pos = j->in_len;
+			break;
+		}
 	}
 	memmove(j->inbuf, j->inbuf + pos, j->in_len - pos);
 	j->in_len -= pos;
@@ -716,7 +722,7 @@ static void handle_reply(struct job *j, int code)
 			send_transaction(j);
 			return;
 		}
-		j->in_len = 0; /* nothing may ride behind the 220 */
+		j->drop_input = true; /* nothing may ride behind the 220 */
 		if (tls_client_new(j->host, out_append, j, &j->tls) ||
 		    tls_client_start(j->tls) == TLS_ERROR) {
 			job_fail(j, "TLS client failed to start");

@@ -1,0 +1,301 @@
+"""Outbound delivery (issue 8): the durable queue, MX lookup through a real
+DNS server (dnsmasq on a loopback port), delivery to a second ringmail
+instance acting as remote.example's MX, retries across restarts, bounces,
+null MX and kill -9 during delivery.
+
+Run one: meson test -C build integration-outbound --test-args '-k null_mx'
+"""
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import conftest
+from smtp_helpers import Server, find, message, token
+
+ALICE, ALICE_PW = "alice@example.com", "alice-Secret-1"
+BOB, BOB_PW = "bob@remote.example", "bob-Remote-2"
+RX_RECEIVED = re.compile(rb"\A(?:Received: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n)+")
+
+pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq not installed")
+
+
+def free_udp_port():
+    for _ in range(100):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if 1024 < port < 65000:
+            return port
+    raise RuntimeError("no free UDP port")
+
+
+@pytest.fixture(scope="module")
+def dns(tmp_path_factory):
+    """dnsmasq serving remote.example (MX -> 127.0.0.1), nullmx.example
+    (RFC 7505 null MX) and nomx.example (only an A record)."""
+    port = free_udp_port()
+    d = tmp_path_factory.mktemp("dns")
+    log = open(d / "dnsmasq.log", "w")
+    proc = subprocess.Popen(
+        ["dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1",
+         "--bind-interfaces", "--no-resolv", "--no-hosts", "--user=root",
+         f"--pid-file={d}/dnsmasq.pid",
+         "--mx-host=remote.example,mx.remote.example,10",
+         "--host-record=mx.remote.example,127.0.0.1",
+         "--mx-host=nullmx.example,.,0",
+         "--host-record=nullmx.example,127.0.0.1",
+         "--host-record=nomx.example,127.0.0.1",
+         "--local=/remote.example/", "--local=/nullmx.example/", "--local=/nomx.example/",
+         "--log-queries"],
+        stdout=log, stderr=subprocess.STDOUT)
+    time.sleep(0.5)
+    if proc.poll() is not None:
+        pytest.skip("dnsmasq did not start: " + (d / "dnsmasq.log").read_text())
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(5)
+
+
+def make_remote(base, offset=None, users=None):
+    """A second ringmail: remote.example's MX (plain SMTP on 25 + offset)."""
+    s = Server(base, users=users or {BOB: BOB_PW}, aliases="")
+    cfg = Path(s.config_path).read_text().replace("domains = example.com",
+                                                  "domains = remote.example")
+    cfg = cfg.replace("hostname = mail.example.com", "hostname = mx.remote.example")
+    Path(s.config_path).write_text(cfg)
+    if offset is not None:
+        s.offset = offset
+    return s
+
+
+def make_sender(base, dns, mx_port, extra=""):
+    conf = (f"[outbound]\ndns = {dns}\nmx_port = {mx_port}\nretry_min = 1s\nretry_max = 2s\n"
+            f"timeout = 10s\n{extra}")
+    s = Server(base, users={ALICE: ALICE_PW}, aliases="", extra_config=conf)
+    return s
+
+
+def submit(sender, to, msg, frm=ALICE):
+    with smtplib.SMTP_SSL("localhost", sender.port(465), timeout=30,
+                          context=sender.ssl_context()) as c:
+        c.ehlo("client.example")
+        c.login(ALICE, ALICE_PW)
+        refused = c.sendmail(frm, to if isinstance(to, list) else [to], msg)
+        assert not refused, refused
+
+
+def strip_all_received(m):
+    r = RX_RECEIVED.match(m)
+    return m[r.end():] if r else m
+
+
+def wait_for(pred, timeout, step=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
+def queue_files(sender):
+    q = Path(sender.data_dir) / "queue"
+    return sorted(p.name for p in q.glob("*.msg")) if q.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, dns):
+    """A running remote MX and a sender pointed at it."""
+    remote = make_remote(tmp_path_factory.mktemp("remote"))
+    remote.start()
+    sender = make_sender(tmp_path_factory.mktemp("sender"), dns, remote.port(25))
+    sender.start()
+    yield sender, remote
+    for s in (sender, remote):
+        s.expect_exit = None
+        s.stop()
+
+
+def test_remote_rcpt_delivered_byte_exact(pair):
+    sender, remote = pair
+    tok = token()
+    msg = message(tok, body=b"Hello remote.\r\n.leading dot\r\n\xc3\xa9t\xc3\xa9\r\n", frm=ALICE,
+                  to=BOB)
+    submit(sender, BOB, msg)
+    got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 20)
+    assert len(got) == 1, sender.log()[-3000:]
+    m = got[0]
+    # Two Received: fields (the remote's, then ours), then the bytes as sent.
+    assert m.count(b"Received: ") >= 2, m[:600]
+    assert m.index(b"by mx.remote.example (ringmail)") < m.index(b"by mail.example.com (ringmail)")
+    body = strip_all_received(m)
+    if body.startswith(b"DKIM-Signature:"):
+        body = re.sub(rb"\ADKIM-Signature: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n", b"", body)
+    assert body == msg
+    assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+    assert "outbound-sent" in sender.log()
+
+
+def test_local_and_remote_in_one_message(pair):
+    sender, remote = pair
+    tok = token()
+    msg = message(tok, frm=ALICE, to=BOB)
+    submit(sender, [BOB, ALICE], msg)
+    assert len(find(sender.messages(ALICE), tok.encode())) == 1
+    got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 20)
+    assert len(got) == 1
+
+
+def test_several_recipients_one_transaction(pair):
+    sender, remote = pair
+    remote.user_add("carol@remote.example", "carol-Remote-3")
+    time.sleep(1.5)  # the passwd file is re-read when it changes
+    tok = token()
+    msg = message(tok, frm=ALICE, to=BOB)
+    mark = len(sender.log())
+    submit(sender, [BOB, "carol@remote.example"], msg)
+    assert wait_for(lambda: find(remote.messages(BOB), tok.encode()), 20)
+    assert wait_for(lambda: find(remote.messages("carol@remote.example"), tok.encode()), 20)
+    attempts = [l for l in sender.log()[mark:].splitlines() if "event=outbound-attempt" in l]
+    assert len(attempts) == 1 and "rcpts=2" in attempts[0], attempts
+
+
+def test_550_unknown_user_bounces_once(pair):
+    sender, remote = pair
+    tok = token()
+    nobody = "nobody@remote.example"
+    msg = message(tok, frm=ALICE, to=nobody)
+    submit(sender, nobody, msg)
+
+    def bounces():
+        return [m for m in sender.messages(ALICE) if tok.encode() in m and
+                b"multipart/report" in m]
+    got = wait_for(bounces, 20)
+    assert len(got) == 1, sender.log()[-3000:]
+    b = got[0]
+    assert b"report-type=delivery-status" in b
+    assert b"Final-Recipient: rfc822; " + nobody.encode() in b
+    assert b"Action: failed" in b
+    assert b"Status: 5.1.1" in b
+    assert b"Diagnostic-Code: smtp; 550" in b
+    time.sleep(3)  # retries would have happened by now: still one bounce
+    assert len(bounces()) == 1
+    assert not queue_files(sender)
+
+
+def test_null_mx_bounces(pair):
+    sender, _ = pair
+    tok = token()
+    to = "someone@nullmx.example"
+    submit(sender, to, message(tok, frm=ALICE, to=to))
+    got = wait_for(lambda: [m for m in sender.messages(ALICE)
+                            if tok.encode() in m and b"multipart/report" in m], 20)
+    assert len(got) == 1, sender.log()[-3000:]
+    assert b"null MX" in got[0]
+    assert b"Status: 5.1.10" in got[0]
+
+
+def test_no_mx_falls_back_to_a(pair):
+    sender, remote = pair
+    # nomx.example has only an A record (127.0.0.1): the remote instance
+    # answers there, but does not serve nomx.example: 550 relay denied,
+    # which proves the connection went to the A record.
+    tok = token()
+    to = "x@nomx.example"
+    submit(sender, to, message(tok, frm=ALICE, to=to))
+    got = wait_for(lambda: [m for m in sender.messages(ALICE)
+                            if tok.encode() in m and b"multipart/report" in m], 20)
+    assert len(got) == 1, sender.log()[-3000:]
+    assert b"relay access denied" in got[0]
+
+
+def test_bounce_of_a_null_sender_is_dropped(pair):
+    """MAIL FROM:<> to an unknown remote user: failed, never bounced."""
+    sender, remote = pair
+    tok = token()
+    nobody = "nobody2@remote.example"
+    with smtplib.SMTP_SSL("localhost", sender.port(465), timeout=30,
+                          context=sender.ssl_context()) as c:
+        c.login(ALICE, ALICE_PW)
+        c.sendmail("<>", [nobody], message(tok, frm=ALICE, to=nobody))
+    assert wait_for(lambda: f"to={nobody}" in sender.log() and
+                    "outbound-failed" in sender.log(), 20)
+    time.sleep(1)
+    assert not [m for m in sender.messages(ALICE) if tok.encode() in m]
+
+
+def test_queue_list_cli(pair, tmp_path):
+    sender, _ = pair
+    r = conftest.run_cli("queue", "list", "--data", sender.data_dir)
+    assert r.returncode == 0, r.stderr
+    assert "queued" in r.stdout
+
+
+def test_down_mx_retried_across_restart(tmp_path, dns):
+    remote_offset = conftest.free_port_offset()
+    sender = make_sender(tmp_path / "sender", dns, 25 + remote_offset)
+    sender.start()
+    tok = token()
+    msg = message(tok, frm=ALICE, to=BOB)
+    submit(sender, BOB, msg)
+    assert wait_for(lambda: "event=outbound-deferred" in sender.log(), 15), sender.log()[-2000:]
+    assert len(queue_files(sender)) == 1
+    r = conftest.run_cli("queue", "list", "--data", sender.data_dir)
+    assert BOB in r.stdout and "pending" in r.stdout, r.stdout
+    # Restart the sender (SIGKILL: no goodbye), then bring the MX up.
+    sender.proc.kill()
+    sender.proc.wait()
+    conftest.Server.start(sender)  # same data dir, users already there
+    remote = make_remote(tmp_path / "remote", offset=remote_offset)
+    remote.start()
+    try:
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1, sender.log()[-3000:]
+        assert strip_all_received(got[0]).endswith(msg)
+        assert wait_for(lambda: not queue_files(sender), 10)
+    finally:
+        remote.expect_exit = None
+        remote.stop()
+        sender.expect_exit = None
+        sender.stop()
+
+
+def test_kill9_during_delivery_loses_nothing(tmp_path, dns):
+    """Messages submitted, the sender killed with SIGKILL while it
+    delivers, restarted: every message arrives at least once."""
+    remote = make_remote(tmp_path / "remote")
+    remote.start()
+    sender = make_sender(tmp_path / "sender", dns, remote.port(25))
+    sender.start()
+    toks = []
+    try:
+        for i in range(20):
+            tok = token()
+            toks.append(tok)
+            submit(sender, BOB, message(tok, body=(b"x" * 70 + b"\r\n") * 300, frm=ALICE, to=BOB))
+        sender.proc.kill()
+        sender.proc.wait()
+        conftest.Server.start(sender)
+
+        def all_there():
+            msgs = remote.messages(BOB, strict=False)
+            return all(find(msgs, t.encode()) for t in toks)
+        assert wait_for(all_there, 60), sender.log()[-3000:]
+        assert wait_for(lambda: not queue_files(sender), 20)
+    finally:
+        remote.expect_exit = None
+        remote.stop()
+        sender.expect_exit = None
+        sender.stop()
