@@ -102,6 +102,22 @@ size_t pop3_body_filter(struct pop3_body *b, struct span in, uint8_t *out, size_
 	size_t i = 0, o = 0;
 
 	while (i < in.len && !b->done) {
+		if (!b->line_start) {
+			/* Inside a line nothing changes but the bytes: copy up to
+			 * the next LF at once instead of byte by byte. */
+			const uint8_t *nl = memchr(in.p + i, '\n', in.len - i);
+			size_t run = nl ? (size_t)(nl - (in.p + i)) : in.len - i;
+			if (run > cap - o)
+				run = cap - o;
+			if (run > 0) {
+				memcpy(out + o, in.p + i, run);
+				o += run;
+				i += run;
+				b->last = in.p[i - 1];
+				b->line_cr = false;
+				continue;
+			}
+		}
 		uint8_t c = in.p[i];
 		bool stuff = b->line_start && c == '.';
 		if (cap - o < (stuff ? 2u : 1u))
