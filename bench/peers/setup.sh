@@ -72,7 +72,7 @@ id rmbench >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbi
 uid=$(id -u rmbench)
 gid=$(id -g rmbench)
 
-rm -rf "$dir/postfix-spool" "$dir/postfix-data" "$dir/mail" "$dir/dovecot"
+rm -rf "$dir/postfix-spool" "$dir/postfix-data" "$dir/mail" "$dir/dovecot" "$dir/postfix.log" "$dir/dovecot.log"
 mkdir -p "$dir/postfix" "$dir/postfix-spool" "$dir/postfix-data" "$dir/dovecot/run" \
 	"$dir/dovecot/state" "$dir/mail"
 chmod 755 "$dir"
