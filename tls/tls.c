@@ -94,6 +94,7 @@ struct tls_conn {
 	uint8_t *hello;
 	size_t hello_len, hello_off;
 	char *sni;
+	bool sni_bad;           /* an SNI name was sent but not kept (odd bytes) */
 	int err;                /* wolfSSL error code after TLS_ERROR */
 	bool handshake_done, failed, peer_closed, close_sent;
 };
@@ -385,24 +386,60 @@ static int ticket_key_get(struct tls_server *srv, bool enc, const uint8_t *name,
 	return ret;
 }
 
+/* Appends the connection's binding to a ticket's AAD: the SNI name as the
+ * client sent it, lower case (kind 0: none, 1: a host name, 2: a name we do
+ * not match), then the ALPN id of the listener's protocol. A ticket opens
+ * only under the same name and protocol (RFC 6066 section 3: no resumption
+ * under another SNI name; and no SMTP session resumed on the IMAP port).
+ * Returns the bytes written (at most 2 + 255 + 1 + 255). */
+static size_t ticket_binding(const struct tls_conn *c, uint8_t *p)
+{
+	size_t n = 0, len;
+
+	if (c->sni != NULL) {
+		len = strlen(c->sni);
+		if (len > 255)
+			len = 255;
+		p[n++] = 1;
+		p[n++] = (uint8_t)len;
+		for (size_t i = 0; i < len; i++) {
+			char ch = c->sni[i];
+
+			p[n++] = (uint8_t)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+		}
+	} else {
+		p[n++] = c->sni_bad ? 2 : 0;
+		p[n++] = 0;
+	}
+	len = c->alpn != NULL ? strlen(c->alpn) : 0;
+	if (len > 255)
+		len = 255;
+	p[n++] = (uint8_t)len;
+	memcpy(p + n, c->alpn != NULL ? c->alpn : "", len);
+	return n + len;
+}
+
 /* wolfSSL's ticket callback. The ticket is sealed in place with
- * AES-256-GCM; the AAD binds key name, IV and length; the 16-byte tag goes
- * in the first half of mac. A ticket under an unknown or rotated-out key is
- * rejected, which means a full handshake, never an error. */
+ * AES-256-GCM; the AAD binds key name, IV, length, and the SNI name and
+ * ALPN id of the connection (ticket_binding); the 16-byte tag goes in the
+ * first half of mac. A ticket under an unknown or rotated-out key, or
+ * presented under another SNI name or protocol, is rejected, which means a
+ * full handshake, never an error. */
 static int ticket_cb(WOLFSSL *ssl, unsigned char key_name[WOLFSSL_TICKET_NAME_SZ],
 		     unsigned char iv[WOLFSSL_TICKET_IV_SZ],
 		     unsigned char mac[WOLFSSL_TICKET_MAC_SZ], int enc,
 		     unsigned char *ticket, int in_len, int *out_len, void *arg)
 {
 	struct tls_server *srv = arg;
+	const struct tls_conn *c = wolfSSL_GetIOReadCtx(ssl);
 	struct ticket_key k;
-	uint8_t aad[WOLFSSL_TICKET_NAME_SZ + WOLFSSL_TICKET_IV_SZ + 2];
+	uint8_t aad[WOLFSSL_TICKET_NAME_SZ + WOLFSSL_TICKET_IV_SZ + 2 + 2 + 255 + 1 + 255];
+	size_t aad_len = WOLFSSL_TICKET_NAME_SZ + WOLFSSL_TICKET_IV_SZ + 2;
 	Aes aes;
 	bool old;
 	int ret, r;
 
-	(void)ssl;
-	if (in_len < 0)
+	if (in_len < 0 || c == NULL)
 		return WOLFSSL_TICKET_RET_REJECT;
 	if (ticket_key_get(srv, enc != 0, key_name, &k, &old) != 0)
 		return WOLFSSL_TICKET_RET_REJECT;
@@ -416,8 +453,9 @@ static int ticket_cb(WOLFSSL *ssl, unsigned char key_name[WOLFSSL_TICKET_NAME_SZ
 	}
 	memcpy(aad, key_name, WOLFSSL_TICKET_NAME_SZ);
 	memcpy(aad + WOLFSSL_TICKET_NAME_SZ, iv, WOLFSSL_TICKET_IV_SZ);
-	aad[sizeof(aad) - 2] = (uint8_t)(in_len >> 8);
-	aad[sizeof(aad) - 1] = (uint8_t)in_len;
+	aad[aad_len - 2] = (uint8_t)(in_len >> 8);
+	aad[aad_len - 1] = (uint8_t)in_len;
+	aad_len += ticket_binding(c, aad + aad_len);
 
 	if (wc_AesInit(&aes, NULL, INVALID_DEVID) != 0) {
 		ret = WOLFSSL_TICKET_RET_REJECT;
@@ -427,13 +465,13 @@ static int ticket_cb(WOLFSSL *ssl, unsigned char key_name[WOLFSSL_TICKET_NAME_SZ
 	if (r == 0 && enc) {
 		r = wc_AesGcmEncrypt(&aes, ticket, ticket, (word32)in_len, iv,
 				     GCM_NONCE_MID_SZ, mac, TICKET_TAG_SZ,
-				     aad, sizeof(aad));
+				     aad, (word32)aad_len);
 		memset(mac + TICKET_TAG_SZ, 0,
 		       WOLFSSL_TICKET_MAC_SZ - TICKET_TAG_SZ);
 	} else if (r == 0) {
 		r = wc_AesGcmDecrypt(&aes, ticket, ticket, (word32)in_len, iv,
 				     GCM_NONCE_MID_SZ, mac, TICKET_TAG_SZ,
-				     aad, sizeof(aad));
+				     aad, (word32)aad_len);
 	}
 	wc_AesFree(&aes);
 	if (r != 0) {
@@ -1023,13 +1061,16 @@ static int conn_start(struct tls_conn *c, const uint8_t *hello, size_t len)
 
 	if (len > 5 && hello[0] == 0x16 &&
 	    wolfSSL_SNI_GetFromBuffer(hello, (word32)len, WOLFSSL_SNI_HOST_NAME,
-				      name, &name_len) == WOLFSSL_SUCCESS &&
-	    name_len > 0 && name_len < sizeof(name) && sni_name_ok(name, name_len)) {
-		name[name_len] = 0;
-		c->sni = strdup((const char *)name);
-		if (c->sni == NULL)
-			return -ENOMEM;
-		ctx = server_ctx_for(c->srv, c->sni);
+				      name, &name_len) == WOLFSSL_SUCCESS && name_len > 0) {
+		if (name_len < sizeof(name) && sni_name_ok(name, name_len)) {
+			name[name_len] = 0;
+			c->sni = strdup((const char *)name);
+			if (c->sni == NULL)
+				return -ENOMEM;
+			ctx = server_ctx_for(c->srv, c->sni);
+		} else {
+			c->sni_bad = true;
+		}
 	}
 	c->ssl = wolfSSL_new(ctx);
 	if (c->ssl == NULL)

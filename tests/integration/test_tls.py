@@ -1013,9 +1013,6 @@ def test_resumption_s_client(tlssrv, tmp_path, port):
     assert "Reused, TLSv1.3" in outs[1], outs[1]
 
 
-@pytest.mark.xfail(strict=True, reason="a ticket issued under SNI a.example (default cert) "
-                   "resumes under SNI other.example (cert b): the client keeps cert a, the log "
-                   "says resumed=yes sni=other.example; tls/ does not compare the ticket's SNI")
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
 def test_resumption_with_other_sni_is_full(tlssrv, sni_certs, version):
     """A ticket issued for one SNI name must not resume under another

@@ -856,6 +856,83 @@ Test(tls, ticket_resumption_tls12)
 	resumption(wolfTLSv1_2_client_method(), true);
 }
 
+/* Tries sess on a new pair with SNI `sni` (NULL: none) against a server
+ * connection for `alpn`; returns whether the server resumed. A TLS 1.2
+ * wolfSSL client cannot follow a refused ticket (see resumption()), so
+ * there the server's Certificate message tells a full handshake. */
+static bool try_resume(struct tls_server *srv, WOLFSSL_CTX *cctx, WOLFSSL_SESSION *sess,
+		       const char *sni, const char *alpn, bool tls12)
+{
+	struct pair p;
+	bool resumed;
+
+	pair_init(&p, srv, alpn, cctx);
+	if (sni != NULL)
+		cr_assert_eq(wolfSSL_UseSNI(p.cli, WOLFSSL_SNI_HOST_NAME, sni,
+					    (word16)strlen(sni)), WOLFSSL_SUCCESS);
+	cr_assert_eq(wolfSSL_set_session(p.cli, sess), WOLFSSL_SUCCESS);
+	if (tls12) {
+		client_step(&p);
+		server_feed(&p, false, 16384);
+		cr_assert_not(p.srv_failed);
+		resumed = !has_handshake(&p.s2c, 0x0b);
+		if (resumed) {
+			handshake(&p, false);
+			cr_assert(tls_conn_resumed(p.srv));
+		}
+	} else {
+		full_session(&p);
+		resumed = tls_conn_resumed(p.srv);
+		cr_assert_eq(resumed, wolfSSL_session_reused(p.cli) == 1);
+	}
+	pair_free(&p);
+	return resumed;
+}
+
+/* RFC 6066 section 3: a ticket issued under one SNI name never resumes
+ * under another (nor without SNI), and a ticket from one protocol's port
+ * never resumes on another protocol's (ALPN id of the listener). */
+static void ticket_binding(WOLFSSL_METHOD *m, bool tls12)
+{
+	struct tls_server *srv = server_gen("a", "mail.example", 3600);
+	WOLFSSL_CTX *cctx = client_ctx(m, NULL);
+	struct pair p1;
+	WOLFSSL_SESSION *sess;
+	char name_a[] = "a.example";
+
+	if (tls12)
+		cr_assert_eq(wolfSSL_CTX_UseSessionTicket(cctx), WOLFSSL_SUCCESS);
+	pair_init(&p1, srv, "imap", cctx);
+	cr_assert_eq(wolfSSL_UseSNI(p1.cli, WOLFSSL_SNI_HOST_NAME, name_a, sizeof(name_a) - 1),
+		     WOLFSSL_SUCCESS);
+	full_session(&p1);
+	sess = wolfSSL_get_session(p1.cli);
+	cr_assert_not_null(sess);
+
+	cr_assert(try_resume(srv, cctx, sess, "a.example", "imap", tls12));
+	cr_assert(try_resume(srv, cctx, sess, "A.Example", "imap", tls12), "names are case-insensitive");
+	cr_assert_not(try_resume(srv, cctx, sess, "b.example", "imap", tls12), "resumed under another SNI");
+	cr_assert_not(try_resume(srv, cctx, sess, NULL, "imap", tls12), "resumed without SNI");
+	cr_assert_not(try_resume(srv, cctx, sess, "a.example", "smtp", tls12), "resumed on another protocol");
+	cr_assert_not(try_resume(srv, cctx, sess, "a.example", NULL, tls12), "resumed without ALPN id");
+	/* And the ticket still works where it belongs. */
+	cr_assert(try_resume(srv, cctx, sess, "a.example", "imap", tls12));
+
+	pair_free(&p1);
+	wolfSSL_CTX_free(cctx);
+	tls_server_unref(&srv);
+}
+
+Test(tls, ticket_bound_to_sni_and_alpn_tls13)
+{
+	ticket_binding(wolfTLSv1_3_client_method(), false);
+}
+
+Test(tls, ticket_bound_to_sni_and_alpn_tls12)
+{
+	ticket_binding(wolfTLSv1_2_client_method(), true);
+}
+
 /* SIGHUP: a new server carrying the old one's ticket keys still resumes. */
 Test(tls, ticket_keys_survive_reload)
 {
