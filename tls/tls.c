@@ -114,9 +114,13 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* wolfSSL's and wolfCrypt's error codes are negative, and this build has no
+ * OpenSSL layer to map positive ones: the code goes in as is (the function
+ * casts it back to int), never negated, or every reason is "unknown error
+ * number". */
 static const char *wolf_err_str(int e)
 {
-	return wolfSSL_ERR_reason_error_string((unsigned long)(e < 0 ? -e : e));
+	return wolfSSL_ERR_reason_error_string((unsigned long)(long)e);
 }
 
 static uint64_t now_s(void)

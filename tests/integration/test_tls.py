@@ -571,6 +571,9 @@ def test_tls11_refused_s_client(tlssrv, port):
         # The server's own refusal (an alert), not a client-side "no protocols".
         assert "alert protocol version" in out, out
     wait_log(srv, r"event=tls-error", count=2)
+    # The log names the reason (wolfSSL's string), never "unknown error number".
+    reasons = re.findall(r'event=tls-error.*reason="([^"]*)"', srv.log())
+    assert reasons and all("unknown" not in r and "version" in r for r in reasons), reasons
 
 
 @pytest.mark.parametrize("port,proto", [(465, None), (993, None), (995, None), (587, "smtp"),

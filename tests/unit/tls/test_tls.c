@@ -497,6 +497,8 @@ Test(tls, tls12_cbc_only_refused)
 	cr_assert(p.srv_failed);
 	cr_assert_not(p.cli_done);
 	cr_assert_not_null(tls_conn_error(p.srv));
+	cr_assert(strstr(tls_conn_error(p.srv), "unknown") == NULL, "reason: %s",
+		  tls_conn_error(p.srv));
 	pair_free(&p);
 	wolfSSL_CTX_free(cctx);
 	tls_server_unref(&srv);
@@ -528,6 +530,9 @@ Test(tls, tls11_refused)
 	cr_assert_eq(n, 0);
 	cr_assert_not(tls_conn_handshake_done(c));
 	cr_assert_not_null(tls_conn_error(c));
+	/* A reason that names the cause, for the tls-error log line. */
+	cr_assert(strstr(tls_conn_error(c), "unknown") == NULL, "reason: %s", tls_conn_error(c));
+	cr_assert(strstr(tls_conn_error(c), "version") != NULL, "reason: %s", tls_conn_error(c));
 	/* A fatal protocol_version alert (70) went out. */
 	cr_assert(has_alert(&out, 70), "no protocol_version alert in %zu bytes", out.len);
 	/* And the connection stays failed. */
@@ -552,6 +557,8 @@ Test(tls, not_tls)
 	cr_assert_eq(tls_conn_new(srv, "pop3", server_out, &out, &c), 0);
 	cr_assert_eq(tls_conn_read(c, SPAN_LIT("USER alice@example.org\r\n"), &consumed, plain,
 				   sizeof(plain), &n), TLS_ERROR);
+	cr_assert_not_null(tls_conn_error(c));
+	cr_assert(strstr(tls_conn_error(c), "unknown") == NULL, "reason: %s", tls_conn_error(c));
 	tls_conn_free(&c);
 	q_free(&out);
 	tls_server_unref(&srv);
