@@ -414,7 +414,8 @@ static int set_tls(struct parse_ctx *ctx, const char *key, const char *value)
 	if (!strcmp(key, "cert"))
 		return set_cert(ctx, "", value);
 	if (!strncmp(key, "sni.", 4)) {
-		if (!valid_hostname(key + 4))
+		/* "*.example.org": a wildcard for one label (tls/ matches it). */
+		if (!valid_hostname(strncmp(key + 4, "*.", 2) ? key + 4 : key + 6))
 			return BAD(ctx, "'%s' is not a valid SNI host name", key + 4);
 		return set_cert(ctx, key + 4, value);
 	}
