@@ -95,6 +95,7 @@ struct tls_conn {
 	size_t hello_len, hello_off;
 	char *sni;
 	bool sni_bad;           /* an SNI name was sent but not kept (odd bytes) */
+	bool sent;              /* wolfSSL has written ciphertext (or an alert) */
 	int err;                /* wolfSSL error code after TLS_ERROR */
 	bool handshake_done, failed, peer_closed, close_sent;
 };
@@ -996,6 +997,8 @@ static int io_send(WOLFSSL *ssl, char *buf, int sz, void *arg)
 		return WOLFSSL_CBIO_ERR_GENERAL;
 	if (c->out(c->out_arg, (const uint8_t *)buf, (size_t)sz) != 0)
 		return WOLFSSL_CBIO_ERR_GENERAL;
+	if (sz > 0)
+		c->sent = true;
 	return sz;
 }
 
@@ -1031,6 +1034,23 @@ void tls_conn_free(struct tls_conn **conn_r)
 	free(c->sni);
 	tls_server_unref(&c->srv);
 	free(c);
+}
+
+/* wolfSSL 5.5 built without WOLFSSL_EXTRA_ALERTS refuses a TLS 1.2
+ * ClientHello that shares no cipher suite with us (MATCH_SUITE_ERROR) by
+ * closing without an alert; RFC 5246 7.4.1.3 wants a fatal
+ * handshake_failure (TLS 1.3's path sends one itself). When the handshake
+ * failed that way and wolfSSL has sent nothing at all (so no keys are in
+ * use and no alert went out), send the alert in the clear ourselves. */
+static void handshake_fail_alert(struct tls_conn *c, int e)
+{
+	static const uint8_t alert[] = { 0x15, 0x03, 0x03, 0x00, 0x02, 2 /* fatal */,
+					 40 /* handshake_failure */ };
+
+	if (e != MATCH_SUITE_ERROR || c->sent)
+		return;
+	c->sent = true;
+	(void)c->out(c->out_arg, alert, sizeof(alert));
 }
 
 static enum tls_status conn_fail(struct tls_conn *c, int e)
@@ -1177,8 +1197,10 @@ enum tls_status tls_conn_read(struct tls_conn *c, struct span in, size_t *consum
 		r = wolfSSL_accept(c->ssl);
 		if (r != WOLFSSL_SUCCESS) {
 			e = wolfSSL_get_error(c->ssl, r);
-			if (e != WOLFSSL_ERROR_WANT_READ)
+			if (e != WOLFSSL_ERROR_WANT_READ) {
+				handshake_fail_alert(c, e);
 				st = conn_fail(c, e);
+			}
 			goto out;
 		}
 		c->handshake_done = true;

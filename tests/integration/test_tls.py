@@ -627,9 +627,6 @@ def test_tls12_cbc_only_refused(tlssrv, port):
 
 
 @needs_openssl
-@pytest.mark.xfail(strict=True, reason="a TLS 1.2 ClientHello with no common suite is closed "
-                   "without an alert (RFC 5246 7.4.1.3: handshake_failure); s_client sees "
-                   "'unexpected eof while reading'")
 def test_tls12_cbc_only_gets_handshake_failure_alert(tlssrv):
     srv = tlssrv()
     rc, out = s_client_once(srv, 993, "-brief", "-tls1_2", "-cipher", CBC_ONLY)

@@ -499,6 +499,10 @@ Test(tls, tls12_cbc_only_refused)
 	cr_assert_not_null(tls_conn_error(p.srv));
 	cr_assert(strstr(tls_conn_error(p.srv), "unknown") == NULL, "reason: %s",
 		  tls_conn_error(p.srv));
+	/* RFC 5246 7.4.1.3: a fatal handshake_failure alert (40), in the
+	 * clear (no keys yet), and nothing else. */
+	cr_assert(has_alert(&p.s2c, 40), "no handshake_failure alert in %zu bytes", p.s2c.len);
+	cr_assert_eq(p.s2c.len, 7);
 	pair_free(&p);
 	wolfSSL_CTX_free(cctx);
 	tls_server_unref(&srv);
