@@ -175,7 +175,7 @@ wait_port() { # PORT PID
 ports_free() {
 	local used p
 	used=$(ss -Htan | awk '{ print $4 }' | sed 's/.*://')
-	for p in 465 587 25 26 2025 2525 993 143 995 110; do
+	for p in 465 587 25 26 2025 2525 993 143 995 110 80 443; do
 		grep -qx $((p + $1)) <<<"$used" && return 1
 	done
 	return 0
