@@ -281,7 +281,7 @@ alive() {
 # run NAME SIZE SESSIONS SECS BASE R -> one result line on stdout:
 # name size sessions rcpts acked inbox secs rate cpu_us_per_msg p50 p99 errors other queued json
 run() {
-	local name=$1 size=$2 sess=$3 secs=$4 base=$5 nr=$6 line t0 t1 c0 c1 q n waited
+	local name=$1 size=$2 sess=$3 secs=$4 base=$5 nr=$6 line t0 t1 c0 c1 q n waited acked
 	c0=$(cpu_us "$name")
 	t0=$(date +%s%N)
 	local cpuopt=()
@@ -315,8 +315,11 @@ run() {
 	local dq
 	dq=$(deferred "$name")
 	[ "$dq" -gt 0 ] && echo "smtp_compare.sh: $name: $dq messages deferred (see its log)" >&2
-	local acked errs other p50 p99
 	acked=$(sed -n 's/.*"msgs":\([0-9]*\).*/\1/p' <<<"$line")
+	if [ "$dq" -eq 0 ] && [ "${n:-0}" -lt "${acked:-0}" ]; then
+		echo "smtp_compare.sh: $name: $acked messages got a 250 but only ${n:-0} are in the mailboxes" >&2
+	fi
+	local errs other p50 p99
 	errs=$(sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p' <<<"$line" | tr ',' '\n' |
 		awk -F: '{ s += $2 } END { print s + 0 }')
 	other=$(sed -n 's/.*"other_cpu_pct":\([0-9.]*\).*/\1/p' <<<"$line")
