@@ -3530,8 +3530,8 @@ static ssize_t imap_data(struct stream *s, struct span in)
 		}
 		if (is->tls_pending) {
 			/* Whatever came behind an accepted STARTTLS is injected
-			 * plaintext (CVE-2011-0411): never parsed. */
-			pos = in.len;
+			 * plaintext (CVE-2011-0411): never parsed here; stream.c
+			 * discards and logs it. */
 			break;
 		}
 	}

@@ -1061,8 +1061,8 @@ static ssize_t pop3_data(struct stream *s, struct span in)
 		dispatch(ps, &cmd);
 		if (ps->tls_pending) {
 			/* Whatever came behind an accepted STLS is injected
-			 * plaintext (CVE-2011-0411): never parsed. */
-			pos = in.len;
+			 * plaintext (CVE-2011-0411): never parsed here; stream.c
+			 * discards and logs it. */
 			break;
 		}
 	}

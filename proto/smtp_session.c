@@ -1633,8 +1633,9 @@ static ssize_t smtp_data(struct stream *s, struct span in)
 		}
 		if (ss->tls_pending) {
 			/* Whatever came behind an accepted STARTTLS is injected
-			 * plaintext (CVE-2011-0411): never parsed. */
-			return (ssize_t)in.len;
+			 * plaintext (CVE-2011-0411): never parsed here; stream.c
+			 * discards and logs it. */
+			return (ssize_t)pos;
 		}
 	}
 	return (ssize_t)pos;

@@ -724,9 +724,6 @@ def test_injection_after_starttls_discarded(tlssrv, proto, port, inject):
         assert nothing_arrives(s, 0.3)
 
 
-@pytest.mark.xfail(strict=True, reason="injected bytes in the same read as the command are "
-                   "discarded by the session (smtp_data returns in.len when tls_pending), so "
-                   "stream.c's starttls-injection warning (on_data, used < in.len) never fires")
 @pytest.mark.parametrize("proto,port,inject", INJECTION[:1] + INJECTION[2:4])
 def test_injection_is_logged(tlssrv, proto, port, inject):
     srv = tlssrv()
