@@ -936,8 +936,9 @@ static void flush_log(struct loop *l)
 	l->log_left = n;
 }
 
-/* One iteration: run deferred work, submit, wait, handle a batch. */
-static void loop_iterate(struct loop *l, uint32_t wait_ms)
+/* One iteration: run deferred work, submit, wait, handle a batch. Returns
+ * the number of completions handled. */
+static unsigned loop_iterate(struct loop *l, uint32_t wait_ms)
 {
 	struct io_uring_cqe *cqe;
 	unsigned head, count = 0;
@@ -965,6 +966,7 @@ static void loop_iterate(struct loop *l, uint32_t wait_ms)
 		count++;
 	}
 	io_uring_cq_advance(&l->ring, count);
+	return count;
 }
 
 /* ---- shutdown ---------------------------------------------------------- */
@@ -1164,6 +1166,12 @@ void loop_free(struct loop **loop_r)
 {
 	if (!*loop_r)
 		return;
+	/* Let operations still in flight (a store's queued close or unlink)
+	 * complete, so their callbacks free what they own: turn the loop
+	 * until it has been quiet for a moment (bounded). */
+	for (int i = 0; i < 200; i++)
+		if (loop_iterate(*loop_r, 20) == 0 && (*loop_r)->ndeferred == 0)
+			break;
 	loop_teardown(*loop_r);
 	free(*loop_r);
 	*loop_r = NULL;
