@@ -14,10 +14,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 BUILD="build-essential meson ninja-build pkg-config liburing-dev libjemalloc-dev
 libcrypt-dev libcriterion-dev libwolfssl-dev libc-ares-dev"
 # Real clients for the integration tests: Python's smtplib/imaplib/poplib
-# (python3), pytest, curl, openssl s_client, swaks, xmllint (auto-discovery
+# (python3), pytest, curl, openssl s_client, swaks, fetchmail (POP3), mbsync
+# (isync, IMAP), xmllint (auto-discovery
 # documents); clang for the fuzzers.
 TEST="python3 dnsmasq-base python3-pytest curl openssl swaks clang libclang-rt-14-dev util-linux
-procps iproute2 libxml2-utils"
+procps iproute2 libxml2-utils fetchmail isync"
 BENCH="gnuplot-nox"
 
 want="$BUILD"
