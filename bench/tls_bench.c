@@ -529,6 +529,11 @@ static int run_crypto(void)
 		printf("AES-128-GCM 16 KiB records  %6.0f MB/s;  ChaCha20-Poly1305 %6.0f MB/s\n",
 		       gcm_mbs, chacha_mbs);
 	}
+	wc_AesFree(&aes);
+	wc_curve25519_free(&a);
+	wc_curve25519_free(&b);
+	wc_ecc_free(&ek);
+	wc_FreeRng(&rng);
 	return 0;
 }
 
