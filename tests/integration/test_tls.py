@@ -1070,7 +1070,13 @@ def test_thousand_half_open_while_login(tlssrv):
     print(f"1000 half-open in {opened:.2f}s, RSS +{rss1 - rss0} kB "
           f"({(rss1 - rss0) * 1024 / 1000:.0f} B/conn), login over TLS {took * 1000:.0f} ms")
     assert (rss1 - rss0) * 1024 / 1000 < 32 * 1024, (rss0, rss1)
-    # All of them are dropped at the handshake timeout.
+    # All of them are dropped at the handshake timeout, and the server lets
+    # go of them. (Not counted in the log: 2,000 lines in one tick overflow a
+    # loop's log buffer, which drops and counts lines by design.)
     for s in half:
         expect_eof(s, timeout=15)
-    wait_log(srv, r"event=tls-handshake-timeout", count=1000, timeout=10)
+    deadline = time.monotonic() + 10
+    while fds() - fd0 > 50:
+        assert time.monotonic() < deadline, f"{fds() - fd0} descriptors still open"
+        time.sleep(0.05)
+    assert re.search(r"event=tls-handshake-timeout", srv.log())
