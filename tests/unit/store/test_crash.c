@@ -43,8 +43,14 @@ static size_t gen(uint32_t seed, char **out)
 
 static int parse_seed(const char *p, size_t len, uint32_t *seed_r)
 {
+	/* The message bytes are not NUL-terminated: scan a bounded copy (sscanf
+	 * on p itself read past the buffer; ASan caught it). */
+	char head[32];
 	unsigned s;
-	if (len < 12 || sscanf(p, "X-Seed: %u\r\n", &s) != 1)
+	size_t n = len < sizeof(head) - 1 ? len : sizeof(head) - 1;
+	memcpy(head, p, n);
+	head[n] = '\0';
+	if (len < 12 || sscanf(head, "X-Seed: %u\r\n", &s) != 1)
 		return -1;
 	*seed_r = s;
 	return 0;
