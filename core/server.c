@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <netinet/in.h>
 #include <pwd.h>
@@ -65,6 +66,24 @@ int server_check_io_uring(char *err, size_t errlen)
 	return rc;
 }
 
+/* Every loop writes its log lines to stderr through its own ring. For a
+ * regular file opened without O_APPEND, io_uring reads and advances the
+ * shared file position without the lock write(2) takes, so two loops'
+ * writes can land at the same offset and one batch of lines is lost. With
+ * O_APPEND every write goes to the end of the file atomically. Pipes,
+ * sockets and terminals have no position and are left alone. */
+static void stderr_append(void)
+{
+	struct stat st;
+	int fl;
+
+	if (fstat(STDERR_FILENO, &st) || !S_ISREG(st.st_mode))
+		return;
+	fl = fcntl(STDERR_FILENO, F_GETFL);
+	if (fl >= 0 && !(fl & O_APPEND))
+		(void)fcntl(STDERR_FILENO, F_SETFL, fl | O_APPEND);
+}
+
 int server_init(struct server *srv, const struct config *cfg, const char *config_path,
 		const struct server_app *app, char *err, size_t errlen)
 {
@@ -75,6 +94,7 @@ int server_init(struct server *srv, const struct config *cfg, const char *config
 	enum log_level lv = LOG_INFO;
 	log_level_parse(cfg->log_level, &lv);
 	log_init(&srv->log, lv, -1, true);
+	stderr_append();
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	srv->nloops = cfg->threads ? cfg->threads : (ncpu > 0 ? (unsigned)ncpu : 1);
 	srv->nlisteners = cfg->nlisteners;

@@ -65,3 +65,39 @@ def test_2000_concurrent_connections(ringmail):
     # The server is still fine afterwards.
     srv.quiesce()
     assert not srv.log_lines(level="error"), srv.log_lines(level="error")[:5]
+
+
+async def greet_and_quit(srv, n, parallel):
+    sem = asyncio.Semaphore(parallel)
+
+    async def one(i):
+        port, greeting, cmd, want = PROTOS[i % len(PROTOS)]
+        async with sem:
+            r, w = await asyncio.open_connection(HOST, srv.port(port))
+            assert (await r.readline()).startswith(greeting)
+            w.write(cmd)
+            await w.drain()
+            assert (await r.readline()).startswith(want)
+            await r.read()
+            w.close()
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), 120)
+
+
+def test_log_lines_from_every_loop_kept(ringmail):
+    """Both loops write their log lines to the same stderr file through their
+    own rings; the harness opens it without O_APPEND, as a shell's `2>file`
+    does. Not one line may be overwritten by the other loop's write."""
+    n = 1500
+    srv = ringmail(config=f"[limits]\nmax_connections_per_ip = {n}\n")
+    srv.quiesce()
+    probes = srv.log().count("event=connect ")  # the readiness probes
+    asyncio.run(greet_and_quit(srv, n, parallel=64))
+    srv.quiesce(at_least=probes + n)
+    log = srv.log()
+    connects = log.count("event=connect ") - probes
+    closes = log.count("event=close ") - probes
+    assert connects == n and closes == n, (connects, closes)
+    loops = {line.split(" loop=")[1].split()[0] for line in log.splitlines()
+             if "event=connect " in line}
+    assert loops == {"0", "1"}, loops
