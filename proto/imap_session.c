@@ -43,6 +43,7 @@
 #include "proto/mime.h"
 #include "proto/sasl.h"
 #include "proto/services.h"
+#include "proto/session_util.h"
 #include "proto/stream.h"
 #include "store/auth.h"
 #include "store/store.h"
@@ -3227,6 +3228,23 @@ static void dispatch(struct imap_session *is)
 		bad(is, "Empty command line");
 		cmd_end(is);
 		return;
+	}
+	if (is->ntoks == 3 && is->toks[0].kind == T_ATOM && is->toks[2].kind == T_ATOM) {
+		/* "GET /x HTTP/1.1" (ALPACA): close without answering its lines. */
+		struct span m = tok_span(is, 0), v = tok_span(is, 2);
+		char line[64];
+		if (m.len + v.len + 3 < sizeof(line)) {
+			int n = snprintf(line, sizeof(line), "%.*s / %.*s", (int)m.len,
+					 (const char *)m.p, (int)v.len, (const char *)v.p);
+			if (session_http_request_line(span_make(line, (size_t)n))) {
+				out_str(is, "* BYE This is an IMAP server\r\n");
+				LOG_AT(stream_log(is->s), LOG_INFO, stream_sid(is->s),
+				       "imap-http-request", "closing=yes");
+				session_close(is, true);
+				cmd_end(is);
+				return;
+			}
+		}
 	}
 	if (is->toks[0].kind != T_ATOM || !tag_ok(tok_span(is, 0))) {
 		is->have_tag = false;

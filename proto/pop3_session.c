@@ -1046,6 +1046,13 @@ static ssize_t pop3_data(struct stream *s, struct span in)
 			sasl_response(ps, line);
 			continue;
 		}
+		if (session_http_request_line(line)) {
+			reply(ps, "-ERR This is a POP3 server");
+			LOG_AT(stream_log(ps->s), LOG_INFO, stream_sid(ps->s),
+			       "pop3-http-request", "closing=yes");
+			session_close(ps, true);
+			break;
+		}
 		struct pop3_cmd cmd;
 		if (pop3_parse_command(line, &cmd) != POP3_PARSE_OK) {
 			error_reply(ps, "Unknown command");

@@ -1,6 +1,33 @@
 #include "proto/session_util.h"
 
+#include <string.h>
+
 #include "proto/line.h"
+
+bool session_http_request_line(struct span line)
+{
+	static const char *const methods[] = {
+		"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "CONNECT ",
+		"OPTIONS ", "TRACE ", "PATCH ",
+	};
+	size_t m = 0;
+	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]) && !m; i++) {
+		size_t n = strlen(methods[i]);
+		if (line.len >= n && !memcmp(line.p, methods[i], n))
+			m = n;
+	}
+	if (!m)
+		return false;
+	/* the last word: "HTTP/" and a version */
+	const uint8_t *sp = NULL;
+	for (size_t i = line.len; i > m; i--)
+		if (line.p[i - 1] == ' ') {
+			sp = line.p + i - 1;
+			break;
+		}
+	size_t rest = sp ? (size_t)(line.p + line.len - sp - 1) : 0;
+	return sp && sp > line.p + m && rest > 5 && !memcmp(sp + 1, "HTTP/", 5);
+}
 
 enum line_result line_reader_next(struct line_reader *r, struct span in, size_t *pos,
 				  struct span *text_r)

@@ -25,4 +25,11 @@ enum line_result { LINE_OK, LINE_AGAIN, LINE_TOO_LONG };
 enum line_result line_reader_next(struct line_reader *r, struct span in, size_t *pos,
 				  struct span *text_r);
 
+/* An HTTP/1.x request line ("GET /x HTTP/1.1": an upper-case method of
+ * RFC 9110 §9 or PATCH, SP, a target, SP, "HTTP/"): a browser or proxy
+ * talking to a mail port (the ALPACA cross-protocol attack). IMAP and POP3
+ * close such a connection at once instead of answering each of its lines;
+ * SMTP's parser refuses any line that begins with a method. */
+bool session_http_request_line(struct span line);
+
 #endif
