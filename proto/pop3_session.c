@@ -957,7 +957,7 @@ static const struct pop3_command commands[] = {
 	{ POP3_CMD_APOP, ST(AUTHORIZATION), cmd_apop },
 	{ POP3_CMD_STLS, ST(AUTHORIZATION), cmd_stls },
 	{ POP3_CMD_CAPA, ST(AUTHORIZATION) | ST(TRANSACTION), cmd_capa },
-	{ POP3_CMD_NOOP, ST(AUTHORIZATION) | ST(TRANSACTION), cmd_noop },
+	{ POP3_CMD_NOOP, ST(TRANSACTION), cmd_noop }, /* RFC 1939: not before login */
 	{ POP3_CMD_QUIT, ST(AUTHORIZATION) | ST(TRANSACTION), cmd_quit },
 	{ POP3_CMD_STAT, ST(TRANSACTION), cmd_stat },
 	{ POP3_CMD_LIST, ST(TRANSACTION), cmd_list },

@@ -178,7 +178,7 @@ def test_auth_plain_initial_response_and_continuation(pop3srv):
     c = Raw(srv)
     assert c.cmd("AUTH PLAIN") == b"+ \r\n"
     assert c.cmd("*").startswith(b"-ERR")
-    assert c.cmd("NOOP") == b"+OK\r\n"
+    assert c.cmd("USER alice@example.com") == b"+OK\r\n"
     # the mechanism listing, and an unknown mechanism
     c.send(b"AUTH\r\n")
     assert c.line().startswith(b"+OK")
@@ -239,7 +239,8 @@ def test_dual_mode_995_plaintext_needs_stls(pop3srv):
     assert c.cmd("PASS x") == b"-ERR [AUTH] TLS required\r\n"
     cred = base64.b64encode(b"\0alice@example.com\0" + USERS["alice@example.com"].encode())
     assert c.cmd(b"AUTH PLAIN " + cred) == b"-ERR [AUTH] TLS required\r\n"
-    assert c.cmd("NOOP") == b"+OK\r\n"
+    # before TLS only CAPA, STLS and QUIT work (RFC 1939: NOOP needs login)
+    assert c.cmd("NOOP") == b"-ERR Command not valid in this state\r\n"
     assert c.cmd("STAT").startswith(b"-ERR")
     assert c.cmd("STLS").startswith(b"+OK")
     tls = tls_context(srv).wrap_socket(c.sock, server_hostname="mail.example.com")
@@ -501,6 +502,7 @@ def test_pipelining(pop3srv):
 def test_over_long_line(pop3srv):
     srv = pop3srv()
     c = Raw(srv)
+    c.login()
     # 255 octets with CRLF is the limit (RFC 2449)
     assert c.cmd("NOOP" + " " * 249) == b"+OK\r\n"
     assert c.cmd("NOOP" + " " * 250) == b"-ERR Line too long\r\n"

@@ -864,7 +864,7 @@ def test_sighup_reloads_certificate(tlssrv, tmp_path):
         assert s.getpeercert(binary_form=True) == der2
     # Connections opened before keep working.
     assert srv.command_reply(old[993], b"a NOOP").startswith(b"a OK")
-    assert srv.command_reply(old[995], b"NOOP").startswith(b"+OK")
+    assert srv.command_reply(old[995], b"USER alice@example.com").startswith(b"+OK")
     old[465].sendall(b"EHLO client.example\r\n")
     assert read_reply(old[465], "smtp")[-1].startswith(b"250 ")
     assert srv.command_reply(old_stls, b"b NOOP").startswith(b"b OK")
