@@ -433,6 +433,58 @@ def no_injected_lines(srv):
         assert "user=bob" not in line or "FAKE" not in line, line
 
 
+# ---- ESMTP parameters whose xtext decodes to control characters --------------------
+
+CTRL_PARAMS = [
+    (b"MAIL", b"ENVID=x+0D+0AInjected:+20envid"),
+    (b"MAIL", b"ENVID=+00"),
+    (b"MAIL", b"AUTH=<a+0AInjected:+20auth@example.com>"),
+    (b"MAIL", b"ENVID=x\x00y"),
+    (b"RCPT", b"ORCPT=rfc822;a+0D+0AInjected:+20orcpt@example.com"),
+    (b"RCPT", b"ORCPT=rfc822;a+09b+00@example.com"),
+    (b"RCPT", b"NOTIFY=SUCCESS+0D+0AInjected:+20notify"),
+]
+
+
+@pytest.mark.parametrize("verb,param", CTRL_PARAMS)
+def test_esmtp_params_decoding_to_controls(adv, verb, param):
+    """ENVID, AUTH and ORCPT are xtext (RFC 3461 4, RFC 4954 5): one that
+    decodes to CR, LF, TAB or NUL is refused with a 501 (a raw NUL: 500) and the session goes
+    on; nothing of it reaches the log or a stored message."""
+    srv = adv()
+    s = smtp_raw(srv)
+    if verb == b"MAIL":
+        s.sendall(b"MAIL FROM:<sender@remote.example> " + param + b"\r\n")
+        r = recv_line(s)
+        assert r.startswith((b"501 ", b"500 ")), r  # 500: a raw NUL in the line
+        s.sendall(b"MAIL FROM:<sender@remote.example> ENVID=clean+2Bid\r\n")
+        assert recv_line(s).startswith(b"250")
+        s.sendall(b"RCPT TO:<alice@example.com>\r\n")
+        assert recv_line(s).startswith(b"250")
+    else:
+        s.sendall(b"MAIL FROM:<sender@remote.example>\r\n")
+        assert recv_line(s).startswith(b"250")
+        s.sendall(b"RCPT TO:<alice@example.com> " + param + b"\r\n")
+        r = recv_line(s)
+        assert r.startswith(b"501 "), r
+        s.sendall(b"RCPT TO:<alice@example.com> ORCPT=rfc822;alice@example.com NOTIFY=FAILURE\r\n")
+        assert recv_line(s).startswith(b"250")
+    s.sendall(b"DATA\r\n")
+    assert recv_line(s).startswith(b"354")
+    s.sendall(b"Subject: params\r\n\r\nclean\r\n.\r\n")
+    assert recv_line(s, timeout=30).startswith(b"250")
+    s.sendall(b"QUIT\r\n")
+    assert recv_line(s).startswith(b"221")
+    c = imap_login(srv)
+    c.select("INBOX", readonly=True)
+    typ, data = c.fetch("*", "(BODY.PEEK[])")
+    assert typ == "OK" and data[0][1].endswith(b"clean\r\n"), data
+    assert b"Injected" not in data[0][1]
+    c.logout()
+    for line in srv.log().splitlines():
+        assert not line.startswith("Injected"), line
+
+
 @pytest.mark.parametrize("ident", IDENTITIES)
 def test_sasl_control_chars_imap(adv, ident):
     srv = adv()
