@@ -316,7 +316,9 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 		return rc;
 	}
 	if ((rc = workpool_new(WORKPOOL_THREADS_DEFAULT, WORKPOOL_QUEUE_DEFAULT, &st->wp)) ||
-	    (rc = auth_new(NULL, st->sv.users, st->wp, &st->sv.auth))) {
+	    (rc = auth_new(&(struct auth_config){ .delay_initial_ms = cfg->auth_delay_ms,
+						  .delay_max_ms = cfg->auth_delay_max_ms },
+			   st->sv.users, st->wp, &st->sv.auth))) {
 		snprintf(err, errlen, "cannot start the authenticator: %s", strerror(-rc));
 		return rc;
 	}

@@ -66,6 +66,10 @@ void config_defaults(struct config *cfg)
 	cfg->dual_wait_ms = 1000;
 	cfg->handshake_timeout_ms = 10000;
 	cfg->max_bad_commands = 10;
+	cfg->auth_delay_ms = 2000;
+	cfg->auth_delay_max_ms = 15000;
+	cfg->mime_depth_max = 32;
+	cfg->mime_parts_max = 1000;
 	cfg->send_queue_max = 4u << 20;
 	cfg->plaintext_auth = true;
 	cfg->message_size_max = 50u << 20;
@@ -318,6 +322,8 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "dual_wait", offsetof(struct config, dual_wait_ms) },
 		{ "handshake_timeout", offsetof(struct config, handshake_timeout_ms) },
 		{ "smtp_timeout", offsetof(struct config, smtp_timeout_ms) },
+		{ "auth_delay", offsetof(struct config, auth_delay_ms) },
+		{ "auth_delay_max", offsetof(struct config, auth_delay_max_ms) },
 	};
 	static const struct {
 		const char *key;
@@ -329,6 +335,10 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "max_bad_commands", offsetof(struct config, max_bad_commands), 1, 1000 },
 		{ "recipients_max", offsetof(struct config, recipients_max), 1, 100000 },
 		{ "max_hops", offsetof(struct config, max_hops), 1, 1000 },
+		/* the hard maxima are proto/mime.h's MIME_DEPTH_MAX and
+		 * MIME_PARTS_MAX (the scanner's arrays) */
+		{ "mime_depth_max", offsetof(struct config, mime_depth_max), 1, 32 },
+		{ "mime_parts_max", offsetof(struct config, mime_parts_max), 1, 1000 },
 	};
 
 	for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
@@ -666,6 +676,10 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
 		if (!cfg->certs[i].cert[0] || !cfg->certs[i].key[0])
 			return fail(err, errlen, cfg->source, 0, "certificate '%s' needs CERT,KEY",
 				    cfg->certs[i].name);
+	if (cfg->auth_delay_max_ms < cfg->auth_delay_ms)
+		return fail(err, errlen, cfg->source, 0,
+			    "auth_delay_max (%ums) is below auth_delay (%ums)",
+			    cfg->auth_delay_max_ms, cfg->auth_delay_ms);
 	return 0;
 }
 
@@ -737,6 +751,9 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->recipients_max, cfg->smtp_timeout_ms,
 		(unsigned long long)cfg->header_size_max, cfg->max_hops,
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject");
+	fprintf(out, "auth_delay = %ums\nauth_delay_max = %ums\nmime_depth_max = %u\n"
+		"mime_parts_max = %u\n",
+		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max);
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
 		"expire = %ums\ntimeout = %ums\nmax_per_domain = %u\ndkim_selector = %s\n",
 		cfg->ob_dns[0] ? "dns = " : "# dns: from ", cfg->ob_dns[0] ? cfg->ob_dns : "/etc/resolv.conf",

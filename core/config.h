@@ -80,6 +80,10 @@ struct config {
 	uint32_t max_bad_commands;
 	uint64_t send_queue_max;
 	bool plaintext_auth;          /* login allowed on SEC_PLAIN rows */
+	uint32_t auth_delay_ms;       /* first failed login's delay, per address */
+	uint32_t auth_delay_max_ms;   /* the delay doubles up to this */
+	uint32_t mime_depth_max;      /* MIME nesting split (<= MIME_DEPTH_MAX) */
+	uint32_t mime_parts_max;      /* parts split per message (<= MIME_PARTS_MAX) */
 	/* SMTP (RFC 5321 4.5.3) */
 	uint64_t message_size_max;    /* SIZE; 552 past it */
 	uint32_t recipients_max;      /* 452 past it */

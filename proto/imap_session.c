@@ -3007,6 +3007,7 @@ static void append_opened(void *arg, int res, struct store_folder *folder)
 	int rc = is->mime ? 0 : -ENOMEM;
 	if (!rc) {
 		mime_scan_init(is->mime);
+		mime_scan_limits(is->mime, cfg_of(is)->mime_depth_max, cfg_of(is)->mime_parts_max);
 		rc = store_append_begin(stream_loop(is->s), &is->other, 1, is->append_date,
 					is->append_flags, is->append_kw, is->append_nkw, append_ready,
 					is, &is->append);

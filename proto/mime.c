@@ -614,7 +614,7 @@ static int part_new(struct mime_scanner *sc, uint32_t parent, uint64_t hdr_off,
 {
 	struct mime_scan_part *p;
 
-	if (sc->nparts >= MIME_PARTS_MAX || blob_size(sc) + REC_SIZE > MIME_BLOB_MAX) {
+	if (sc->nparts >= sc->parts_max || blob_size(sc) + REC_SIZE > MIME_BLOB_MAX) {
 		sc->flags |= MIME_BLOB_PARTS_LIMIT;
 		return -1;
 	}
@@ -761,7 +761,7 @@ static void end_header(struct mime_scanner *sc, uint64_t body_off,
 	if (p->kind == MIME_KIND_MULTIPART) {
 		if (sc->blen == 0) {
 			p->flags |= MIME_PART_OPAQUE;
-		} else if (p->depth >= MIME_DEPTH_MAX) {
+		} else if (p->depth >= sc->depth_max) {
 			p->flags |= MIME_PART_OPAQUE;
 			sc->flags |= MIME_BLOB_DEPTH_LIMIT;
 		} else {
@@ -773,7 +773,7 @@ static void end_header(struct mime_scanner *sc, uint64_t body_off,
 	} else if (p->kind == MIME_KIND_MESSAGE) {
 		if (sc->cte_bad) {
 			p->flags |= MIME_PART_OPAQUE;
-		} else if (p->depth >= MIME_DEPTH_MAX) {
+		} else if (p->depth >= sc->depth_max) {
 			p->flags |= MIME_PART_OPAQUE;
 			sc->flags |= MIME_BLOB_DEPTH_LIMIT;
 		} else if (part_new(sc, pi, body_off, MIME_PART_ENVELOPE) < 0) {
@@ -956,7 +956,17 @@ void mime_scan_init(struct mime_scanner *sc)
 	/* Only the small head needs clearing: the tables are written before
 	 * they are read. */
 	memset(sc, 0, offsetof(struct mime_scanner, parts));
+	sc->depth_max = MIME_DEPTH_MAX;
+	sc->parts_max = MIME_PARTS_MAX;
 	part_new(sc, NO_PARENT, 0, MIME_PART_ENVELOPE);
+}
+
+void mime_scan_limits(struct mime_scanner *sc, uint32_t depth_max, uint32_t parts_max)
+{
+	if (depth_max && depth_max < MIME_DEPTH_MAX)
+		sc->depth_max = depth_max;
+	if (parts_max && parts_max < MIME_PARTS_MAX)
+		sc->parts_max = parts_max;
 }
 
 void mime_scan_feed(struct mime_scanner *sc, struct span chunk)

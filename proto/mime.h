@@ -115,6 +115,7 @@ struct mime_scanner {
 	uint64_t prev_eol_off;		/* where the previous line's CRLF/LF began */
 	uint32_t nparts, cur, nbounds, arena_len;
 	uint32_t field_len, seen;	/* header state of part cur */
+	uint32_t depth_max, parts_max;	/* mime_scan_limits(), at most the MAXes */
 	uint8_t mode, flags, finished;
 	uint8_t line_started, last_cr, has_prev_eol;
 	uint8_t hline, field_active, field_trunc;
@@ -128,8 +129,13 @@ struct mime_scanner {
 	uint8_t arena[MIME_BLOB_MAX];
 };
 
-/* Starts scanning a new message (any previous state is discarded). */
+/* Starts scanning a new message (any previous state is discarded), with
+ * the limits MIME_DEPTH_MAX and MIME_PARTS_MAX. */
 void mime_scan_init(struct mime_scanner *sc);
+/* Lowers the limits for this message (the [limits] settings
+ * mime_depth_max and mime_parts_max); values above the MAXes or 0 mean the
+ * MAXes. Call right after mime_scan_init. */
+void mime_scan_limits(struct mime_scanner *sc, uint32_t depth_max, uint32_t parts_max);
 
 /* Scans the next bytes of the message. Any split gives the same result.
  * chunk is not kept: it may be reused as soon as this returns. */

@@ -1001,8 +1001,10 @@ static void delivery_opened(struct smtp_session *ss)
 	int rc = d->open_rc;
 	if (!rc && !(d->mime = malloc(sizeof(*d->mime))))
 		rc = -ENOMEM;
-	if (!rc)
+	if (!rc) {
 		mime_scan_init(d->mime);
+		mime_scan_limits(d->mime, cfg_of(ss)->mime_depth_max, cfg_of(ss)->mime_parts_max);
+	}
 	if (!rc && d->ntargets)
 		rc = store_append_begin(stream_loop(ss->s), d->folders, d->ntargets, time(NULL), 0,
 					NULL, 0, store_ready, ss, &d->append);

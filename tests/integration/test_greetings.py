@@ -101,19 +101,21 @@ def test_imap_raw_bad_and_logout(server):
 def test_pop3_greeting_noop_unknown_quit(server):
     p = poplib.POP3(HOST, server.port(110), timeout=5)
     assert p.getwelcome().startswith(b"+OK ringmail ready")
-    assert p.noop().startswith(b"+OK")
+    # RFC 1939: NOOP only in the TRANSACTION state, i.e. after login
+    with pytest.raises(poplib.error_proto, match="-ERR Command not valid in this state"):
+        p.noop()
     with pytest.raises(poplib.error_proto, match="-ERR"):
         p._shortcmd("FROBNICATE")
-    assert p.noop().startswith(b"+OK")
+    assert p.capa()
     assert p.quit().startswith(b"+OK")
 
 
-def test_pop3_raw_unknown_then_noop(server):
+def test_pop3_raw_unknown_then_user(server):
     sock = server.connect(110)
     assert recv_line(sock).startswith(b"+OK ringmail ready")
     sock.sendall(b"FROBNICATE\r\n")
     assert recv_line(sock).startswith(b"-ERR ")
-    sock.sendall(b"NOOP\r\n")
+    sock.sendall(b"USER someone@example.com\r\n")
     assert recv_line(sock).startswith(b"+OK")
     sock.sendall(b"QUIT\r\n")
     assert recv_line(sock).startswith(b"+OK")
@@ -130,8 +132,8 @@ def test_pop3_dual_port_greets_silent_client_after_wait(server):
     assert line.startswith(b"+OK ringmail ready")
     assert waited >= 0.95, f"greeted after {waited:.2f}s, before the dual-mode wait"
     assert waited < 3.0, f"greeted only after {waited:.2f}s"
-    sock.sendall(b"NOOP\r\n")
-    assert recv_line(sock).startswith(b"+OK")
+    sock.sendall(b"NOOP\r\n")  # not before login, and no login before TLS here
+    assert recv_line(sock).startswith(b"-ERR")
     sock.sendall(b"QUIT\r\n")
     assert recv_line(sock).startswith(b"+OK")
     expect_eof(sock)
@@ -144,7 +146,7 @@ def test_pop3_dual_port_client_speaking_first(server):
     t0 = time.monotonic()
     sock.sendall(b"NOOP\r\n")
     assert recv_line(sock).startswith(b"+OK ringmail ready")
-    assert recv_line(sock).startswith(b"+OK")
+    assert recv_line(sock).startswith(b"-ERR")
     assert time.monotonic() - t0 < 0.9
     sock.sendall(b"QUIT\r\n")
     assert recv_line(sock).startswith(b"+OK")
@@ -153,5 +155,6 @@ def test_pop3_dual_port_client_speaking_first(server):
 def test_pop3_dual_port_with_poplib(server):
     p = poplib.POP3(HOST, server.port(995), timeout=5)
     assert p.getwelcome().startswith(b"+OK ringmail ready")
-    assert p.noop().startswith(b"+OK")
+    caps = p.capa()
+    assert "STLS" in caps and "USER" not in caps, caps  # only the upgrade
     assert p.quit().startswith(b"+OK")

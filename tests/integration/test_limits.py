@@ -94,7 +94,7 @@ def test_ten_bad_commands_close(server, port, cmd, reply, final):
         s.sendall(cmd + b"\r\n")
         assert recv_line(s).startswith(reply), i
     # A good command in between does not reset the count.
-    s.sendall(b"NOOP\r\n" if port != 143 else b"t NOOP\r\n")
+    s.sendall({25: b"NOOP\r\n", 143: b"t NOOP\r\n", 110: b"USER x@example.com\r\n"}[port])
     assert recv_line(s) != b""
     s.sendall(cmd + b"\r\n")
     assert recv_line(s).startswith(reply)
@@ -117,3 +117,104 @@ def test_max_bad_commands_is_configurable(ringmail):
     assert recv_line(s).startswith(b"50")
     assert recv_line(s).startswith(b"421 4.7.0 ")
     expect_eof(s)  # the NOOP behind the limit is not answered
+
+
+# ---- auth failure delay and MIME limits (issue 11 point 3) -----------------
+
+
+def _server_with_alice(ringmail, tmp_path, config):
+    data = tmp_path / "data-limits"
+    data.mkdir()
+    (data / "passwd").write_text("alice@example.com:{PLAIN}alice-Secret-1\n")
+    return ringmail(config=config, data_dir=str(data))
+
+
+def _pop3_fail(srv, source="127.0.0.1"):
+    import socket
+    s = socket.create_connection(("127.0.0.1", srv.port(110)), timeout=30,
+                                 source_address=(source, 0))
+    assert recv_line(s).startswith(b"+OK")
+    s.sendall(b"USER alice@example.com\r\n")
+    assert recv_line(s) == b"+OK\r\n"
+    t0 = time.monotonic()
+    s.sendall(b"PASS wrong\r\n")
+    line = recv_line(s, timeout=30)
+    took = time.monotonic() - t0
+    assert line == b"-ERR [AUTH] Authentication failed\r\n", line
+    s.close()
+    return took
+
+
+def test_auth_delay_settings(ringmail, tmp_path):
+    """[limits] auth_delay / auth_delay_max: the first failure from an
+    address waits auth_delay, each further one twice the last, up to
+    auth_delay_max; another address starts afresh."""
+    srv = _server_with_alice(ringmail, tmp_path,
+                             "[limits]\nauth_delay = 300ms\nauth_delay_max = 600ms\n")
+    times = [_pop3_fail(srv) for _ in range(4)]
+    assert times[0] >= 0.28, times
+    assert all(t >= 0.58 for t in times[1:]), times
+    # capped at 600 ms (the default would be 2, 4, 8 s); generous margin
+    assert all(t < 2.0 for t in times), times
+    other = _pop3_fail(srv, source="127.0.0.5")
+    assert 0.28 <= other < 2.0, other
+
+
+def test_auth_delay_max_below_delay_refused(ringmail, tmp_path):
+    import subprocess
+    from conftest import ringmail_bin
+    cfg = tmp_path / "bad.conf"
+    cfg.write_text("[limits]\nauth_delay = 5s\nauth_delay_max = 1s\n")
+    r = subprocess.run([ringmail_bin(), "check-config", "--config", str(cfg)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r
+    assert "auth_delay_max" in r.stderr, r.stderr
+
+
+def _nested(levels):
+    parts = []
+    for i in range(levels):
+        parts.append(f"Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n")
+    parts.append("Content-Type: text/plain\r\n\r\ndeepest\r\n")
+    for i in reversed(range(levels)):
+        parts.append(f"--b{i}--\r\n")
+    return "From: a@remote.example\r\nSubject: nested\r\nMIME-Version: 1.0\r\n" + "".join(parts)
+
+
+def test_mime_limits_settings(ringmail, tmp_path):
+    """[limits] mime_depth_max: a multipart at that depth is one opaque
+    part in BODYSTRUCTURE; mime_parts_max: parts beyond it are not split.
+    The message bytes are stored whole either way."""
+    import imaplib
+    import smtplib
+    srv = _server_with_alice(ringmail, tmp_path,
+                             "[limits]\nmime_depth_max = 2\nmime_parts_max = 4\n")
+    deep = _nested(6)
+    wide = ("From: a@remote.example\r\nSubject: wide\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=w\r\n\r\n" +
+            "".join(f"--w\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n" for i in range(10)) +
+            "--w--\r\n")
+    with smtplib.SMTP("127.0.0.1", srv.port(25), timeout=30) as s:
+        s.sendmail("a@remote.example", ["alice@example.com"], deep.encode())
+        s.sendmail("a@remote.example", ["alice@example.com"], wide.encode())
+    c = imaplib.IMAP4("127.0.0.1", srv.port(143), timeout=30)
+    c.login("alice@example.com", "alice-Secret-1")
+    c.select("INBOX", readonly=True)
+    typ, data = c.fetch("1", "(BODYSTRUCTURE BODY.PEEK[])")
+    assert typ == "OK", data
+    head = data[0][0].decode()
+    # depth 0 and 1 are split; the multipart at depth 2 (boundary b2) is
+    # opaque: shown with one empty text/plain child, nothing below it
+    assert '("boundary" "b2")' in head and '"b3"' not in head, head
+    assert '"text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0' in head, head
+    assert data[0][1].decode().replace("\r\n", "\n").endswith(deep.replace("\r\n", "\n")), data
+    typ, data = c.fetch("2", "(BODYSTRUCTURE)")
+    bs = data[0].decode()
+    # the message itself + 3 parts split: at most 3 "part" leaves listed
+    assert bs.upper().count('("TEXT" "PLAIN"') == 3, bs
+    typ, data = c.fetch("2", "(BODY.PEEK[3])")
+    assert data[0][1] == b"part 2", data
+    typ, data = c.fetch("2", "(BODY.PEEK[4])")
+    # part 4 was not split out: it does not exist (an empty section)
+    assert typ == "OK" and data[0].endswith(b'BODY[4] "")'), data
+    c.logout()

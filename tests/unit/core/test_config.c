@@ -220,6 +220,10 @@ static const struct bad_case bad_cases[] = {
 	{ "[limits]\ndual_wait = s\n", 2, "dual_wait must be a positive duration" },
 	{ "[limits]\nhandshake_timeout = 1.5s\n", 2, "handshake_timeout must be a positive duration" },
 	{ "[limits]\nprelogin_timeout = 5000000s\n", 2, "prelogin_timeout must be a positive duration" },
+	{ "[limits]\nauth_delay = 0\n", 2, "auth_delay must be a positive duration" },
+	{ "[limits]\nauth_delay_max = x\n", 2, "auth_delay_max must be a positive duration" },
+	{ "[limits]\nmime_depth_max = 33\n", 2, "mime_depth_max must be a number from 1 to 32" },
+	{ "[limits]\nmime_parts_max = 0\n", 2, "mime_parts_max must be a number from 1 to 1000" },
 	{ "[server]\nshutdown_grace = 1d\n", 2, "shutdown_grace must be a duration" },
 	{ "[tls]\nticket_rotate = 30s\n", 2, "ticket_rotate must be a duration of at least 1m" },
 	/* sizes */
@@ -507,7 +511,8 @@ Test(config, values_reach_the_struct)
 		"[server]\nshutdown_grace = 2m\n"
 		"[limits]\nprelogin_timeout = 1s\nidle_timeout = 1h\ndual_wait = 250ms\n"
 		"handshake_timeout = 7\nsend_queue_max = 8m\nmax_bad_commands = 3\n"
-		"plaintext_auth = no\n";
+		"plaintext_auth = no\nauth_delay = 250ms\nauth_delay_max = 4s\n"
+		"mime_depth_max = 8\nmime_parts_max = 100\n";
 
 	cr_assert_eq(load_text(&cfg, text, strlen(text), &path, err, sizeof(err)), 0, "%s", err);
 	free(path);
@@ -519,6 +524,10 @@ Test(config, values_reach_the_struct)
 	cr_assert_eq(cfg.send_queue_max, 8u << 20);
 	cr_assert_eq(cfg.max_bad_commands, 3);
 	cr_assert_eq(cfg.plaintext_auth, false);
+	cr_assert_eq(cfg.auth_delay_ms, 250);
+	cr_assert_eq(cfg.auth_delay_max_ms, 4000);
+	cr_assert_eq(cfg.mime_depth_max, 8);
+	cr_assert_eq(cfg.mime_parts_max, 100);
 }
 
 /* ---- config_print round trip --------------------------------------------- */
@@ -562,6 +571,10 @@ static void expect_same_config(const struct config *a, const struct config *b)
 	cr_assert_eq(a->max_bad_commands, b->max_bad_commands);
 	cr_assert_eq(a->send_queue_max, b->send_queue_max);
 	cr_assert_eq(a->plaintext_auth, b->plaintext_auth);
+	cr_assert_eq(a->auth_delay_ms, b->auth_delay_ms);
+	cr_assert_eq(a->auth_delay_max_ms, b->auth_delay_max_ms);
+	cr_assert_eq(a->mime_depth_max, b->mime_depth_max);
+	cr_assert_eq(a->mime_parts_max, b->mime_parts_max);
 	cr_assert_eq(a->ncerts, b->ncerts);
 	for (size_t i = 0; i < a->ncerts; i++) {
 		cr_assert_str_eq(a->certs[i].name, b->certs[i].name);

@@ -437,6 +437,58 @@ Test(mime, deep_messages_stop_at_depth_max)
 	free(blob);
 }
 
+/* The [limits] settings mime_depth_max and mime_parts_max lower the
+ * limits per message; 0 or values over the MAXes leave the MAXes. */
+static void scan_limited(const char *m, size_t len, uint32_t depth, uint32_t parts,
+			 uint8_t *blob, struct mime_blob *mb)
+{
+	struct mime_scanner *sc = scanner();
+	size_t blen;
+	mime_scan_limits(sc, depth, parts);
+	mime_scan_feed(sc, span_make(m, len));
+	cr_assert_eq(mime_scan_finish(sc, blob, MIME_BLOB_MAX, &blen), 0);
+	free(sc);
+	cr_assert_eq(mime_blob_parse(span_make(blob, blen), mb), 0);
+}
+
+Test(mime, configured_limits)
+{
+	size_t cap = 1 << 16, len;
+	char *m = build(cap, &len);
+	uint8_t *blob = malloc(MIME_BLOB_MAX);
+	struct mime_blob mb;
+	struct mime_part p;
+
+	/* 10 levels of multipart, each with a sibling text part */
+	for (int i = 0; i < 10; i++)
+		APPEND(m, len, cap, "Content-Type: multipart/mixed; boundary=d%d\r\n\r\n"
+				    "--d%d\r\n\r\nleaf %d\r\n--d%d\r\n", i, i, i, i);
+	APPEND(m, len, cap, "\r\ndeepest\r\n");
+	for (int i = 9; i >= 0; i--)
+		APPEND(m, len, cap, "--d%d--\r\n", i);
+
+	scan_limited(m, len, 3, 0, blob, &mb);
+	cr_assert(mb.flags & MIME_BLOB_DEPTH_LIMIT);
+	for (uint32_t i = 0; i < mb.nparts; i++) {
+		cr_assert_eq(mime_blob_part(&mb, i, &p), 0);
+		cr_assert_leq(p.depth, 3);
+		if (p.depth == 3 && p.kind == MIME_KIND_MULTIPART)
+			cr_assert(p.flags & MIME_PART_OPAQUE);
+	}
+
+	scan_limited(m, len, 0, 5, blob, &mb);
+	cr_assert(mb.flags & MIME_BLOB_PARTS_LIMIT);
+	cr_assert_eq(mb.nparts, 5);
+
+	/* no limit reached: the whole tree (10 multiparts, 10 leaves, the
+	 * deepest text) */
+	scan_limited(m, len, 1000, 100000, blob, &mb);
+	cr_assert_not(mb.flags & (MIME_BLOB_PARTS_LIMIT | MIME_BLOB_DEPTH_LIMIT));
+	cr_assert_eq(mb.nparts, 21);
+	free(m);
+	free(blob);
+}
+
 Test(mime, header_field_truncated_at_max)
 {
 	size_t cap = 1 << 17, len;
