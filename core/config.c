@@ -77,6 +77,7 @@ void config_defaults(struct config *cfg)
 	cfg->smtp_timeout_ms = 5 * 60000;
 	cfg->header_size_max = 1u << 20;
 	cfg->max_hops = 50;
+	cfg->smtp_line_max = 1000;
 	cfg->ticket_rotate_s = 3600;
 	cfg->ob_mx_port = 25;
 	cfg->ob_retry_min_ms = 5 * 60000;
@@ -335,6 +336,8 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "max_bad_commands", offsetof(struct config, max_bad_commands), 1, 1000 },
 		{ "recipients_max", offsetof(struct config, recipients_max), 1, 100000 },
 		{ "max_hops", offsetof(struct config, max_hops), 1, 1000 },
+		/* RFC 5321 4.5.3.1.6: at least 1000 octets must be accepted */
+		{ "smtp_line_max", offsetof(struct config, smtp_line_max), 1000, 1000000 },
 		/* the hard maxima are proto/mime.h's MIME_DEPTH_MAX and
 		 * MIME_PARTS_MAX (the scanner's arrays) */
 		{ "mime_depth_max", offsetof(struct config, mime_depth_max), 1, 32 },
@@ -752,8 +755,9 @@ void config_print(const struct config *cfg, FILE *out)
 		(unsigned long long)cfg->header_size_max, cfg->max_hops,
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject");
 	fprintf(out, "auth_delay = %ums\nauth_delay_max = %ums\nmime_depth_max = %u\n"
-		"mime_parts_max = %u\n",
-		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max);
+		"mime_parts_max = %u\nsmtp_line_max = %u\n",
+		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max,
+		cfg->smtp_line_max);
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
 		"expire = %ums\ntimeout = %ums\nmax_per_domain = %u\ndkim_selector = %s\n",
 		cfg->ob_dns[0] ? "dns = " : "# dns: from ", cfg->ob_dns[0] ? cfg->ob_dns : "/etc/resolv.conf",

@@ -1175,11 +1175,14 @@ static void delivery_finish(struct smtp_session *ss)
 		err = "554 5.4.6 Error: too many hops (mail loop)";
 	else if (!d->bdat && d->ds.bare_seen && d->ds.bare_policy == SMTP_BARE_REJECT)
 		err = "550 5.5.2 Error: bare CR or LF in message text (see RFC 5321 2.3.8)";
-	else if (!d->bdat && d->ds.long_line)
-		err = "550 5.5.6 Error: message line longer than 1000 octets (RFC 5321 4.5.3.1.6)";
+	else if (!d->bdat && d->ds.longest_line > cfg->smtp_line_max)
+		err = "550 5.5.6 Error: message line too long (RFC 5321 4.5.3.1.6)";
 
 	if (err || d->write_rc) {
-		if (err)
+		if (err && !strncmp(err, "550 5.5.6", 9))
+			reply(ss, "550 5.5.6 Error: message line longer than %u octets (RFC 5321 4.5.3.1.6)",
+			      cfg->smtp_line_max);
+		else if (err)
 			reply(ss, "%s", err);
 		else
 			store_error_reply(ss, d->write_rc);

@@ -579,6 +579,31 @@ def test_body_line_of_1001_octets_rejected(lim):
     assert find(lim.all_messages(), tok.encode()) == []
 
 
+def test_smtp_line_max_setting(tmp_path):
+    """[limits] smtp_line_max raises the DATA line limit (RFC 5321's 1000
+    octets is the minimum): a 1500-octet line passes, one over 2000 gets
+    550 5.5.6 naming the limit."""
+    srv = Server(tmp_path / "linemax", limits=dict(LIMITS, smtp_line_max=2000))
+    srv.start()
+    try:
+        ok, bad = token(), token()
+        for tok, body, want in ((ok, b"W" * 1498 + b"\r\n", 250),
+                                (bad, b"W" * 1999 + b"\r\n", 550)):
+            r = ready(srv)
+            with r:
+                open_data(r)
+                r.send(dot_stuff(message(tok, body=body)))
+                code, text = r.reply(timeout=30)
+                assert code == want, (code, text)
+                if want == 550:
+                    assert "5.5.6" in text and "2000 octets" in text, text
+        assert len(find(srv.messages(ALICE), ok.encode())) == 1
+        assert find(srv.all_messages(), bad.encode()) == []
+        assert srv.alive()
+    finally:
+        assert srv.stop() == 0, srv.log()[-3000:]
+
+
 # ---- STARTTLS injection (CVE-2011-0411) -------------------------------------------------
 
 @pytest.mark.parametrize("port", [25, 587])
