@@ -19,6 +19,7 @@
 #include "outbound/outbound.h"
 #include "store/queue.h"
 #include "proto/services.h"
+#include "proto/user_limit.h"
 #include "proto/stream.h"
 #include "store/auth.h"
 #include "store/store.h"
@@ -322,6 +323,11 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 		snprintf(err, errlen, "cannot start the authenticator: %s", strerror(-rc));
 		return rc;
 	}
+	if (!(st->sv.user_limit = malloc(sizeof(*st->sv.user_limit)))) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	user_limit_init(st->sv.user_limit);
 	return 0;
 }
 
@@ -333,6 +339,8 @@ static void services_close(struct app_state *st)
 	queue_free(&st->sv.queue);
 	users_free(&st->sv.users);
 	store_free(&st->sv.store);
+	free(st->sv.user_limit);
+	st->sv.user_limit = NULL;
 	if (st->lock_fd >= 0)
 		close(st->lock_fd);
 }

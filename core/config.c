@@ -61,6 +61,7 @@ void config_defaults(struct config *cfg)
 	strcpy(cfg->log_level, "info");
 	cfg->max_connections = 100000;
 	cfg->max_connections_per_ip = 200;
+	cfg->max_connections_per_user = 50;
 	cfg->prelogin_timeout_ms = 60000;
 	cfg->idle_timeout_ms = 30 * 60000;
 	cfg->dual_wait_ms = 1000;
@@ -333,6 +334,7 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 	} counts[] = {
 		{ "max_connections", offsetof(struct config, max_connections), 1, 10000000 },
 		{ "max_connections_per_ip", offsetof(struct config, max_connections_per_ip), 1, 10000000 },
+		{ "max_connections_per_user", offsetof(struct config, max_connections_per_user), 1, 10000000 },
 		{ "max_bad_commands", offsetof(struct config, max_bad_commands), 1, 1000 },
 		{ "recipients_max", offsetof(struct config, recipients_max), 1, 100000 },
 		{ "max_hops", offsetof(struct config, max_hops), 1, 1000 },
@@ -743,11 +745,13 @@ void config_print(const struct config *cfg, FILE *out)
 	if (cfg->postmaster[0])
 		fprintf(out, "postmaster = %s\n", cfg->postmaster);
 	fprintf(out, "\n[limits]\nmax_connections = %u\nmax_connections_per_ip = %u\n"
+		"max_connections_per_user = %u\n"
 		"prelogin_timeout = %ums\nidle_timeout = %ums\ndual_wait = %ums\n"
 		"handshake_timeout = %ums\nmax_bad_commands = %u\nsend_queue_max = %llu\n"
 		"plaintext_auth = %s\nmessage_size_max = %llu\nrecipients_max = %u\n"
 		"smtp_timeout = %ums\nheader_size_max = %llu\nmax_hops = %u\nsmtp_bare_lf = %s\n",
-		cfg->max_connections, cfg->max_connections_per_ip, cfg->prelogin_timeout_ms,
+		cfg->max_connections, cfg->max_connections_per_ip, cfg->max_connections_per_user,
+		cfg->prelogin_timeout_ms,
 		cfg->idle_timeout_ms, cfg->dual_wait_ms, cfg->handshake_timeout_ms,
 		cfg->max_bad_commands, (unsigned long long)cfg->send_queue_max,
 		cfg->plaintext_auth ? "yes" : "no", (unsigned long long)cfg->message_size_max,

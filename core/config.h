@@ -73,6 +73,7 @@ struct config {
 	/* [limits] */
 	uint32_t max_connections;
 	uint32_t max_connections_per_ip;
+	uint32_t max_connections_per_user; /* logged-in IMAP sessions per user */
 	uint32_t prelogin_timeout_ms;
 	uint32_t idle_timeout_ms;
 	uint32_t dual_wait_ms;        /* SEC_DUAL: wait for a ClientHello */

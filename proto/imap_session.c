@@ -45,6 +45,7 @@
 #include "proto/services.h"
 #include "proto/session_util.h"
 #include "proto/stream.h"
+#include "proto/user_limit.h"
 #include "store/auth.h"
 #include "store/store.h"
 
@@ -186,6 +187,8 @@ struct imap_session {
 	bool uid_cmd;
 	/* login */
 	char user[IMAP_USER_MAX + 1];
+	bool user_counted;     /* holds a max_connections_per_user slot */
+	uint32_t user_slot;
 	struct auth_req *auth_req;
 	struct store_user *su;
 	/* the selected mailbox */
@@ -833,6 +836,19 @@ static void user_opened(void *arg, int res, struct store_user *user)
 		done(is, "NO", "[UNAVAILABLE] Cannot open the mailboxes, try again later");
 		release(is);
 		return;
+	}
+	if (is->sv->user_limit) {
+		uint32_t max = cfg_of(is)->max_connections_per_user;
+		if (!user_limit_enter(is->sv->user_limit, is->user, max, &is->user_slot)) {
+			LOG_AT(stream_log(is->s), LOG_INFO, stream_sid(is->s), "imap-user-limit",
+			       "user=%s max=%u", is->user, max);
+			store_user_close(&user);
+			is->user[0] = '\0';
+			done(is, "NO", "[LIMIT] Too many connections for this user");
+			release(is);
+			return;
+		}
+		is->user_counted = true;
 	}
 	is->su = user;
 	is->state = IMAP_S_AUTH;
@@ -3632,6 +3648,8 @@ static void session_maybe_free(struct imap_session *is)
 	fetch_free(is);
 	mailbox_close(is);
 	store_user_close(&is->su);
+	if (is->user_counted)
+		user_limit_leave(is->sv->user_limit, is->user_slot);
 	if (is->arena)
 		explicit_bzero(is->arena, is->arena_cap);
 	free(is->arena);

@@ -15,6 +15,7 @@ struct auth;
 struct tls_server;
 struct queue;
 struct outbound;
+struct user_limit;
 
 struct services {
 	struct store *store;
@@ -28,6 +29,8 @@ struct services {
 	 * server stays referenced until exit (live connections hold their
 	 * own reference through their tls_conn anyway). NULL: no TLS. */
 	_Atomic(struct tls_server *) tls;
+	/* Logged-in IMAP sessions per user (proto/user_limit.h); NULL: no cap. */
+	struct user_limit *user_limit;
 };
 
 static inline struct services *services_of(struct loop *loop)

@@ -218,3 +218,46 @@ def test_mime_limits_settings(ringmail, tmp_path):
     # part 4 was not split out: it does not exist (an empty section)
     assert typ == "OK" and data[0].endswith(b'BODY[4] "")'), data
     c.logout()
+
+
+def test_imap_connections_per_user(ringmail, tmp_path):
+    """[limits] max_connections_per_user: logged-in IMAP sessions of one
+    user across both loops; one more gets NO [LIMIT] and stays logged out;
+    a session that ends frees its place; other users are not affected."""
+    import imaplib
+    data = tmp_path / "data-peruser"
+    data.mkdir()
+    (data / "passwd").write_text("alice@example.com:{PLAIN}alice-Secret-1\n"
+                                 "bob@example.com:{PLAIN}bob-Secret-2\n")
+    srv = ringmail(config="[limits]\nmax_connections_per_user = 3\n", data_dir=str(data))
+
+    def login(user, pw):
+        c = imaplib.IMAP4("127.0.0.1", srv.port(143), timeout=30)
+        c.login(user, pw)
+        return c
+
+    held = [login("alice@example.com", "alice-Secret-1") for _ in range(2)]
+    held.append(login("ALICE@example.com", "alice-Secret-1"))  # same user
+    extra = imaplib.IMAP4("127.0.0.1", srv.port(143), timeout=30)
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[LIMIT\]"):
+        extra.login("alice@example.com", "alice-Secret-1")
+    assert extra.state == "NONAUTH"
+    typ, _ = extra.noop()
+    assert typ == "OK"  # the connection goes on, logged out
+    bob = login("bob@example.com", "bob-Secret-2")
+    held[0].logout()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            extra.login("alice@example.com", "alice-Secret-1")
+            break
+        except imaplib.IMAP4.error:
+            assert time.monotonic() < deadline, "the ended session's place was not freed"
+            time.sleep(0.1)
+    assert extra.select("INBOX")[0] == "OK"
+    for c in held[1:] + [extra, bob]:
+        c.logout()
+    wait = time.monotonic() + 10
+    while "event=imap-user-limit" not in srv.log():
+        assert time.monotonic() < wait
+        time.sleep(0.05)
