@@ -30,7 +30,12 @@ struct log {
 	char *flight;     /* the buffer being written by the ring */
 	size_t fill_len;
 	uint64_t dropped;
+	int64_t date_sec;  /* the second date[] was formatted for */
+	char date[24];     /* "YYYY-MM-DDTHH:MM:SS" of date_sec */
 };
+
+/* The longest line; longer caller text is cut. */
+#define LOG_LINE_MAX 2048u
 
 /* Returns 0 or -ENOMEM. A direct log needs no buffers. */
 int log_init(struct log *l, enum log_level level, int loop_id, bool direct);
