@@ -16,8 +16,7 @@ static uint8_t fold(uint8_t c) { return c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32)
 
 /* ---- parsing ------------------------------------------------------------------ */
 
-/* "1-Feb-1994" as days since the epoch. -1: invalid. */
-static int64_t parse_day(struct span s)
+int64_t imap_search_parse_day(struct span s)
 {
 	static const char *const mon[] = { "jan", "feb", "mar", "apr", "may", "jun",
 					   "jul", "aug", "sep", "oct", "nov", "dec" };
@@ -55,7 +54,7 @@ static int64_t header_day(struct span v)
 		return -1;
 	char spec[32];
 	snprintf(spec, sizeof(spec), "%d-%s-%d", d, m, y < 50 ? y + 2000 : y < 100 ? y + 1900 : y);
-	return parse_day(span_cstr(spec));
+	return imap_search_parse_day(span_cstr(spec));
 }
 
 struct pctx {
@@ -241,7 +240,7 @@ static int parse_key(struct pctx *c, int depth)
 	for (size_t d = 0; d < sizeof(dates) / sizeof(dates[0]); d++)
 		if (span_eq_nocase(a, span_cstr(dates[d].name))) {
 			int64_t day = c->t[v].kind == IMAP_STOK_LBEGIN || c->t[v].kind ==
-				IMAP_STOK_LEND ? -1 : parse_day(val);
+				IMAP_STOK_LEND ? -1 : imap_search_parse_day(val);
 			if (day < 0)
 				return -1;
 			k->kind = dates[d].kind;

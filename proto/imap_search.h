@@ -114,6 +114,10 @@ enum imap_search_parse_result {
  * the tokens' text. Returns an enum imap_search_parse_result. */
 int imap_search_parse(struct imap_search *s, const struct imap_search_tok *t, size_t n);
 
+/* An RFC 3501 date ("1-Feb-1994", day of one or two digits, month in any
+ * case) as days since the epoch; -1 when invalid. */
+int64_t imap_search_parse_day(struct span s);
+
 /* Builds the substring tables into fail[0..s->fail_len) (the caller's
  * memory, kept as long as the program is used; NULL when fail_len is 0).
  * Needed before evaluating or scanning. */
