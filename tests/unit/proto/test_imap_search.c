@@ -398,7 +398,8 @@ Test(imap_search, adversarial_needle, .timeout = 20)
 	memset(prog + o, 'a', 8000);
 	snprintf(prog + o + 8000, sizeof(prog) - (size_t)o - 8000, "b\"");
 	struct prog *p = calloc(1, sizeof(*p));
-	long n = tokenize(prog, p->t, 256, malloc(9000));
+	uint8_t *store = malloc(9000);
+	long n = tokenize(prog, p->t, 256, store);
 	cr_assert_eq(imap_search_parse(&p->s, p->t, (size_t)n), IMAP_SEARCH_OK);
 	uint32_t *fail = malloc(p->s.fail_len * sizeof(uint32_t));
 	imap_search_prepare(&p->s, fail);
@@ -406,6 +407,7 @@ Test(imap_search, adversarial_needle, .timeout = 20)
 	msg_of(text, &m, NULL);
 	cr_assert_eq(scan(&p->s, text, &m, 65536), IMAP_SEARCH_NO);
 	free(fail);
+	free(store);
 	free(p);
 	free(text);
 }
