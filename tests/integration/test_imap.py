@@ -898,3 +898,23 @@ def test_search_does_not_starve_other_sessions(imapsrv):
         assert more, buf
         buf += more
     assert b"* SEARCH 1 4 7 10\r\n" in buf, buf
+
+
+def test_search_empty_mailbox_and_literal_strings(srv):
+    r = Raw(srv).login()
+    r.cmd("CREATE Empty")
+    r.cmd("SELECT Empty")
+    lines, t = r.cmd("SEARCH OR BODY x TEXT y")
+    assert lines == [b"* SEARCH\r\n"] and b" OK " in t, (lines, t)
+    lines, t = r.cmd("SEARCH RETURN (MIN MAX COUNT) BODY x")
+    assert lines == [b'* ESEARCH (TAG "t5") COUNT 0\r\n'], lines
+    c = imap(srv)
+    append(c, PLAIN)
+    c.logout()
+    r.cmd("SELECT INBOX")
+    # field name and string as literals, synchronising and not
+    r.send(b"l1 SEARCH HEADER {8}\r\n")
+    assert r.line().startswith(b"+")
+    r.send(b"X-MAILER {7+}\r\nfoomail\r\n")
+    lines, t = r.until("l1")
+    assert lines == [b"* SEARCH 1\r\n"] and t.startswith(b"l1 OK"), (lines, t)
