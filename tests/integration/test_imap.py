@@ -918,3 +918,35 @@ def test_search_empty_mailbox_and_literal_strings(srv):
     r.send(b"X-MAILER {7+}\r\nfoomail\r\n")
     lines, t = r.until("l1")
     assert lines == [b"* SEARCH 1\r\n"] and t.startswith(b"l1 OK"), (lines, t)
+
+
+def test_search_many_messages_yields(srv):
+    """More messages than one step evaluates (IMAP_SEARCH_STEP_MSGS, 256):
+    the job yields to the ring and resumes; a client gone meanwhile is
+    freed at the yield's completion."""
+    r = Raw(srv).login()
+    n = 600
+    batch = b"".join(b"a%d APPEND INBOX {%d+}\r\n%s\r\n" % (
+        i, len(m), m) for i, m in enumerate(
+        b"Subject: m%d\r\n\r\nbody %s\r\n" % (i, b"seven" if i % 7 == 0 else b"other")
+        for i in range(n)))
+    r.send(batch)
+    _, t = r.until(f"a{n - 1}", timeout=60)
+    assert b" OK " in t, t
+    lines, _ = r.cmd("SELECT INBOX")
+    assert f"* {n} EXISTS\r\n".encode() in lines, lines
+    want = [i + 1 for i in range(n) if i % 7 == 0]
+    lines, t = r.cmd("SEARCH NOT DELETED SUBJECT m1", timeout=30)
+    hits = [int(x) for x in lines[-1].split()[2:]]
+    assert hits == [i + 1 for i in range(n) if str(i).startswith("1")], hits
+    lines, t = r.cmd("SEARCH BODY seven", timeout=30)
+    assert [int(x) for x in lines[-1].split()[2:]] == want
+    lines, t = r.cmd("SEARCH RETURN (COUNT MAX) OR BODY seven 600", timeout=30)
+    assert lines[-1] == f'* ESEARCH (TAG "t5") MAX 600 COUNT {len(want) + 1}\r\n'.encode(), lines
+    for _ in range(3):
+        x = Raw(srv).login()
+        x.cmd("SELECT INBOX")
+        x.send(b"s SEARCH UNDELETED NOT SUBJECT zzz\r\ns2 SEARCH BODY seven\r\n")
+        x.sock.close()
+    lines, t = r.cmd("NOOP", timeout=30)
+    assert b" OK " in t
