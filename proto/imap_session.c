@@ -29,6 +29,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <liburing.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -40,6 +41,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "proto/imap_parse.h"
+#include "proto/imap_search.h"
 #include "proto/mime.h"
 #include "proto/sasl.h"
 #include "proto/services.h"
@@ -58,8 +60,6 @@
 #define IMAP_SET_MAX 1024
 /* Items in one FETCH. */
 #define IMAP_FETCH_ITEMS_MAX 64
-/* Search keys in one SEARCH. */
-#define IMAP_SEARCH_KEYS_MAX 512
 /* Bytes of a message read from the store at once. */
 #define IMAP_READ_CHUNK (64u * 1024u)
 /* Output is handed to the stream in pieces of this size (one TLS record). */
@@ -220,6 +220,7 @@ struct imap_session {
 	struct imap_range set[IMAP_SET_MAX];
 	size_t nset;
 	struct fetch_job *fj;
+	struct search_job *sj;
 	uint8_t *rbuf;
 	/* output */
 	uint8_t *obuf;
@@ -2388,475 +2389,264 @@ static void cmd_copy(struct imap_session *is, size_t a)
 
 /* ---- SEARCH ----------------------------------------------------------------------------------- */
 
-enum skey_kind {
-	SK_ALL, SK_FLAG, SK_KEYWORD, SK_SEQ, SK_UID, SK_LARGER, SK_SMALLER, SK_BEFORE, SK_ON,
-	SK_SINCE, SK_SENTBEFORE, SK_SENTON, SK_SENTSINCE, SK_FIELD, SK_NOT, SK_OR, SK_AND,
-	SK_MODSEQ, SK_NONE,
+/* The program lives in proto/imap_search.c (pure: parse, evaluate, scan).
+ * Here it runs as a job over msgs[]: keys the index and the structure
+ * blob answer are evaluated at once; a message whose answer needs its
+ * bytes (BODY, TEXT, a HEADER field the blob does not keep) is read with
+ * store_read() into rbuf, one bounded piece per completion, and fed to
+ * the scanner, which stops as soon as the answer is known. The session is
+ * busy meanwhile (input paused, msgs[] and the view unchanged, no EXPUNGE
+ * announced: SYNC_NOEXPUNGE). */
+
+/* Messages evaluated without reading before the job yields to the ring. */
+#define IMAP_SEARCH_STEP_MSGS 256
+/* Bytes times byte keys matched per read: the read shrinks as the number
+ * of BODY/TEXT/HEADER keys grows, so one completion's work stays bounded. */
+#define IMAP_SEARCH_STEP_WORK (1024u * 1024u)
+#define IMAP_SEARCH_READ_MIN (4u * 1024u)
+
+#define search_container_of(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
+
+struct search_job {
+	struct imap_session *is;
+	struct loop_cb yield_cb;     /* a NOP through the ring: other connections run */
+	struct imap_search prog;
+	struct imap_search_scan scan;
+	struct imap_search_msg msg;  /* msgs[mi] while scanning */
+	struct mime_blob mb;
+	uint32_t *fail;
+	uint32_t *hits;
+	size_t nh, mi;
+	size_t read_len;
+	bool need_blob, scanning;
+	uint64_t maxmodseq;
 };
 
-struct skey {
-	uint8_t kind;
-	bool neg;              /* SK_FLAG/SK_KEYWORD: UN- */
-	uint32_t flag;
-	uint64_t num;          /* size, date (days), modseq, AND count */
-	enum mime_field field;
-	struct span str, kw;
-	uint32_t set_off, set_n; /* in is->set */
-};
+static void search_step(struct imap_session *is);
 
-struct search_ctx {
-	struct skey keys[IMAP_SEARCH_KEYS_MAX];
-	size_t n;
-	size_t set_used;
-	const char *err;
-};
+/* A date-only argument (APPEND's date-time uses it too). */
+static int64_t parse_day(struct span s) { return imap_search_parse_day(s); }
 
-/* "1-Feb-1994" as days since the epoch. -1: invalid. */
-static int64_t parse_day(struct span s)
+static void search_free(struct imap_session *is)
 {
-	static const char *const mon[] = { "jan", "feb", "mar", "apr", "may", "jun",
-					   "jul", "aug", "sep", "oct", "nov", "dec" };
-	char buf[32];
-	if (s.len >= sizeof(buf))
-		return -1;
-	memcpy(buf, s.p, s.len);
-	buf[s.len] = '\0';
-	int d, y;
-	char m[4];
-	if (sscanf(buf, "%2d-%3[A-Za-z]-%4d", &d, m, &y) != 3)
-		return -1;
-	int mi = -1;
-	for (int k = 0; k < 12; k++)
-		if (strcasecmp(m, mon[k]) == 0)
-			mi = k;
-	if (mi < 0 || d < 1 || d > 31 || y < 1900)
-		return -1;
-	struct tm tm = { .tm_mday = d, .tm_mon = mi, .tm_year = y - 1900 };
-	return (int64_t)(timegm(&tm) / 86400);
-}
-
-/* The day of a Date: header value ("Tue, 1 Jul 2003 10:52:37 +0200"). */
-static int64_t header_day(struct span v)
-{
-	char buf[128];
-	size_t n = v.len < sizeof(buf) - 1 ? v.len : sizeof(buf) - 1;
-	memcpy(buf, v.p, n);
-	buf[n] = '\0';
-	char *p = strchr(buf, ',');
-	p = p ? p + 1 : buf;
-	int d, y;
-	char m[4];
-	if (sscanf(p, "%d %3s %d", &d, m, &y) != 3)
-		return -1;
-	char spec[32];
-	snprintf(spec, sizeof(spec), "%d-%s-%d", d, m, y < 100 ? y + 1900 : y);
-	return parse_day(span_cstr(spec));
-}
-
-static int search_parse(struct imap_session *is, struct search_ctx *sc, size_t *i, int depth);
-
-static int search_key(struct imap_session *is, struct search_ctx *sc, size_t *i, int depth)
-{
-	if (*i >= is->ntoks || sc->n >= IMAP_SEARCH_KEYS_MAX || depth > IMAP_LIST_DEPTH_MAX)
-		return -1;
-	struct skey *k = &sc->keys[sc->n++];
-	memset(k, 0, sizeof(*k));
-	size_t t = (*i)++;
-	if (is->toks[t].kind == T_LBEGIN) {
-		size_t end = list_end(is, t) - 1, cnt = 0;
-		k->kind = SK_AND;
-		size_t self = sc->n - 1;
-		while (*i < end) {
-			if (search_key(is, sc, i, depth + 1))
-				return -1;
-			cnt++;
-		}
-		(*i)++;
-		sc->keys[self].num = cnt;
-		return cnt ? 0 : -1;
-	}
-	if (is->toks[t].kind != T_ATOM)
-		return -1;
-	struct span a = tok_span(is, t);
-	static const struct {
-		const char *name;
-		uint32_t flag;
-		bool neg;
-	} flags[] = {
-		{ "ANSWERED", STORE_F_ANSWERED, 0 }, { "DELETED", STORE_F_DELETED, 0 },
-		{ "DRAFT", STORE_F_DRAFT, 0 },	     { "FLAGGED", STORE_F_FLAGGED, 0 },
-		{ "SEEN", STORE_F_SEEN, 0 },	     { "UNANSWERED", STORE_F_ANSWERED, 1 },
-		{ "UNDELETED", STORE_F_DELETED, 1 }, { "UNDRAFT", STORE_F_DRAFT, 1 },
-		{ "UNFLAGGED", STORE_F_FLAGGED, 1 }, { "UNSEEN", STORE_F_SEEN, 1 },
-		{ "OLD", 0, 0 },
-	};
-	for (size_t f = 0; f < sizeof(flags) / sizeof(flags[0]); f++)
-		if (span_eq_nocase(a, span_cstr(flags[f].name))) {
-			k->kind = flags[f].flag ? SK_FLAG : SK_ALL;
-			k->flag = flags[f].flag;
-			k->neg = flags[f].neg;
-			return 0;
-		}
-	if (span_eq_nocase(a, SPAN_LIT("ALL"))) {
-		k->kind = SK_ALL;
-		return 0;
-	}
-	if (span_eq_nocase(a, SPAN_LIT("NEW")) || span_eq_nocase(a, SPAN_LIT("RECENT"))) {
-		k->kind = SK_NONE; /* no message is \Recent here */
-		return 0;
-	}
-	if (span_eq_nocase(a, SPAN_LIT("NOT"))) {
-		k->kind = SK_NOT;
-		return search_key(is, sc, i, depth + 1);
-	}
-	if (span_eq_nocase(a, SPAN_LIT("OR"))) {
-		k->kind = SK_OR;
-		if (search_key(is, sc, i, depth + 1))
-			return -1;
-		return search_key(is, sc, i, depth + 1);
-	}
-	if (a.len && ((a.p[0] >= '1' && a.p[0] <= '9') || a.p[0] == '*')) {
-		/* a sequence set */
-		size_t n;
-		if (imap_parse_seqset(a, is->set + sc->set_used, IMAP_SET_MAX - sc->set_used, &n))
-			return -1;
-		k->kind = SK_SEQ;
-		k->set_off = (uint32_t)sc->set_used;
-		k->set_n = (uint32_t)n;
-		sc->set_used += n;
-		return 0;
-	}
-	/* keys with one argument */
-	if (*i >= is->ntoks)
-		return -1;
-	size_t v = (*i)++;
-	struct span val = tok_span(is, v);
-	if (span_eq_nocase(a, SPAN_LIT("KEYWORD")) || span_eq_nocase(a, SPAN_LIT("UNKEYWORD"))) {
-		k->kind = SK_KEYWORD;
-		k->neg = a.len == 9;
-		k->kw = val;
-		return is->toks[v].kind == T_ATOM ? 0 : -1;
-	}
-	if (span_eq_nocase(a, SPAN_LIT("LARGER")) || span_eq_nocase(a, SPAN_LIT("SMALLER"))) {
-		uint32_t n;
-		if (imap_parse_number(val, false, &n))
-			return -1;
-		k->kind = a.len == 6 ? SK_LARGER : SK_SMALLER;
-		k->num = n;
-		return 0;
-	}
-	if (span_eq_nocase(a, SPAN_LIT("MODSEQ"))) {
-		uint64_t n = 0;
-		if (!val.len || val.len > 19)
-			return -1;
-		for (size_t c = 0; c < val.len; c++) {
-			if (val.p[c] < '0' || val.p[c] > '9')
-				return -1;
-			n = n * 10 + (uint64_t)(val.p[c] - '0');
-		}
-		k->kind = SK_MODSEQ;
-		k->num = n;
-		is->condstore = true;
-		return 0;
-	}
-	static const struct {
-		const char *name;
-		uint8_t kind;
-	} dates[] = {
-		{ "BEFORE", SK_BEFORE }, { "ON", SK_ON }, { "SINCE", SK_SINCE },
-		{ "SENTBEFORE", SK_SENTBEFORE }, { "SENTON", SK_SENTON }, { "SENTSINCE", SK_SENTSINCE },
-	};
-	for (size_t d = 0; d < sizeof(dates) / sizeof(dates[0]); d++)
-		if (span_eq_nocase(a, span_cstr(dates[d].name))) {
-			int64_t day = parse_day(val);
-			if (day < 0)
-				return -1;
-			k->kind = dates[d].kind;
-			k->num = (uint64_t)day;
-			return 0;
-		}
-	static const struct {
-		const char *name;
-		enum mime_field f;
-	} fields[] = {
-		{ "FROM", MIME_FIELD_FROM }, { "TO", MIME_FIELD_TO }, { "CC", MIME_FIELD_CC },
-		{ "BCC", MIME_FIELD_BCC }, { "SUBJECT", MIME_FIELD_SUBJECT },
-	};
-	for (size_t f = 0; f < sizeof(fields) / sizeof(fields[0]); f++)
-		if (span_eq_nocase(a, span_cstr(fields[f].name))) {
-			k->kind = SK_FIELD;
-			k->field = fields[f].f;
-			k->str = val;
-			return is_astring(is, v) ? 0 : -1;
-		}
-	if (span_eq_nocase(a, SPAN_LIT("HEADER"))) {
-		static const struct {
-			const char *name;
-			enum mime_field f;
-		} hdrs[] = {
-			{ "Content-Type", MIME_FIELD_CONTENT_TYPE },
-			{ "Content-Transfer-Encoding", MIME_FIELD_CONTENT_TRANSFER_ENCODING },
-			{ "Content-ID", MIME_FIELD_CONTENT_ID },
-			{ "Content-Description", MIME_FIELD_CONTENT_DESCRIPTION },
-			{ "Content-Disposition", MIME_FIELD_CONTENT_DISPOSITION },
-			{ "Content-Language", MIME_FIELD_CONTENT_LANGUAGE },
-			{ "Content-Location", MIME_FIELD_CONTENT_LOCATION },
-			{ "Content-MD5", MIME_FIELD_CONTENT_MD5 },
-			{ "Date", MIME_FIELD_DATE }, { "Subject", MIME_FIELD_SUBJECT },
-			{ "From", MIME_FIELD_FROM }, { "Sender", MIME_FIELD_SENDER },
-			{ "Reply-To", MIME_FIELD_REPLY_TO }, { "To", MIME_FIELD_TO },
-			{ "Cc", MIME_FIELD_CC }, { "Bcc", MIME_FIELD_BCC },
-			{ "In-Reply-To", MIME_FIELD_IN_REPLY_TO },
-			{ "Message-ID", MIME_FIELD_MESSAGE_ID },
-		};
-		if (*i >= is->ntoks || !is_astring(is, *i))
-			return -1;
-		k->str = tok_span(is, (*i)++);
-		for (size_t f = 0; f < sizeof(hdrs) / sizeof(hdrs[0]); f++)
-			if (span_eq_nocase(val, span_cstr(hdrs[f].name))) {
-				k->kind = SK_FIELD;
-				k->field = hdrs[f].f;
-				return 0;
-			}
-		sc->err = "[CANNOT] HEADER search is limited to the envelope and Content-* fields";
-		return -1;
-	}
-	if (span_eq_nocase(a, SPAN_LIT("BODY")) || span_eq_nocase(a, SPAN_LIT("TEXT"))) {
-		sc->err = "[CANNOT] BODY and TEXT search are not supported yet";
-		return -1;
-	}
-	if (span_eq_nocase(a, SPAN_LIT("UID"))) {
-		size_t n;
-		if (imap_parse_seqset(val, is->set + sc->set_used, IMAP_SET_MAX - sc->set_used, &n))
-			return -1;
-		k->kind = SK_UID;
-		k->set_off = (uint32_t)sc->set_used;
-		k->set_n = (uint32_t)n;
-		sc->set_used += n;
-		return 0;
-	}
-	return -1;
-}
-
-static int search_parse(struct imap_session *is, struct search_ctx *sc, size_t *i, int depth)
-{
-	size_t start = sc->n;
-	struct skey *all = &sc->keys[sc->n++];
-	memset(all, 0, sizeof(*all));
-	all->kind = SK_AND;
-	size_t cnt = 0;
-	while (*i < is->ntoks) {
-		if (search_key(is, sc, i, depth))
-			return -1;
-		cnt++;
-	}
-	sc->keys[start].num = cnt;
-	return cnt ? 0 : -1;
-}
-
-/* ASCII case-insensitive substring. */
-static bool contains_nocase(struct span hay, struct span needle)
-{
-	if (needle.len == 0)
-		return true;
-	for (size_t i = 0; i + needle.len <= hay.len; i++) {
-		size_t k = 0;
-		while (k < needle.len && tolower(hay.p[i + k]) == tolower(needle.p[k]))
-			k++;
-		if (k == needle.len)
-			return true;
-	}
-	return false;
-}
-
-/* Evaluates key *k for message index mi; advances *k past the key. */
-static bool search_eval(struct imap_session *is, struct search_ctx *sc, size_t *k, size_t mi,
-			const struct store_msg *m)
-{
-	struct skey *key = &sc->keys[(*k)++];
-	uint32_t star_seq = (uint32_t)is->nmsgs;
-	uint32_t star_uid = is->nmsgs ? is->msgs[is->nmsgs - 1].uid : 0;
-	switch (key->kind) {
-	case SK_ALL:
-		return true;
-	case SK_NONE:
-		return false;
-	case SK_FLAG:
-		return ((m->flags & key->flag) != 0) != key->neg;
-	case SK_KEYWORD: {
-		bool has = false;
-		for (unsigned b = 0; b < 64; b++) {
-			const char *name = store_view_keyword(is->view, b);
-			if (name && (m->keywords & (1ull << b)) &&
-			    span_eq_nocase(span_cstr(name), key->kw))
-				has = true;
-		}
-		return has != key->neg;
-	}
-	case SK_SEQ:
-		return imap_seqset_contains(is->set + key->set_off, key->set_n, (uint32_t)(mi + 1),
-					    star_seq);
-	case SK_UID:
-		return imap_seqset_contains(is->set + key->set_off, key->set_n, m->uid, star_uid);
-	case SK_LARGER:
-		return m->size > key->num;
-	case SK_SMALLER:
-		return m->size < key->num;
-	case SK_MODSEQ:
-		return m->modseq >= key->num;
-	case SK_BEFORE:
-	case SK_ON:
-	case SK_SINCE:
-	case SK_SENTBEFORE:
-	case SK_SENTON:
-	case SK_SENTSINCE: {
-		int64_t day;
-		if (key->kind >= SK_SENTBEFORE) {
-			struct mime_blob mb;
-			struct span v;
-			if (mime_blob_parse(m->blob, &mb) || !mime_blob_field(&mb, 0, MIME_FIELD_DATE, &v) ||
-			    (day = header_day(v)) < 0)
-				day = m->internal_date / 86400;
-		} else {
-			day = m->internal_date / 86400;
-		}
-		int64_t want = (int64_t)key->num;
-		if (key->kind == SK_BEFORE || key->kind == SK_SENTBEFORE)
-			return day < want;
-		if (key->kind == SK_ON || key->kind == SK_SENTON)
-			return day == want;
-		return day >= want;
-	}
-	case SK_FIELD: {
-		struct mime_blob mb;
-		struct span v;
-		if (mime_blob_parse(m->blob, &mb) || !mime_blob_field(&mb, 0, key->field, &v))
-			return false;
-		return contains_nocase(v, key->str);
-	}
-	case SK_NOT:
-		return !search_eval(is, sc, k, mi, m);
-	case SK_OR: {
-		bool x = search_eval(is, sc, k, mi, m);
-		bool y = search_eval(is, sc, k, mi, m);
-		return x || y;
-	}
-	case SK_AND: {
-		bool r = true;
-		for (uint64_t c = 0; c < key->num; c++)
-			r = search_eval(is, sc, k, mi, m) && r;
-		return r;
-	}
-	}
-	return false;
-}
-
-static void cmd_search(struct imap_session *is, size_t a)
-{
-	struct search_ctx *sc = calloc(1, sizeof(*sc));
-	if (!sc) {
-		done(is, "NO", "[SERVERBUG] Out of memory");
+	if (!is->sj)
 		return;
+	free(is->sj->fail);
+	free(is->sj->hits);
+	free(is->sj);
+	is->sj = NULL;
+}
+
+static void search_hit(struct search_job *sj, bool yes)
+{
+	struct imap_session *is = sj->is;
+	if (yes) {
+		sj->hits[sj->nh++] = is->uid_cmd ? sj->msg.uid : sj->msg.seq;
+		if (sj->msg.modseq > sj->maxmodseq)
+			sj->maxmodseq = sj->msg.modseq;
 	}
-	size_t i = a;
-	/* ESEARCH (RFC 4731): RETURN (MIN MAX COUNT ALL). */
-	bool esearch = false;
-	unsigned ret = 0; /* 1 MIN 2 MAX 4 COUNT 8 ALL */
-	if (is_atom(is, i, "RETURN")) {
-		esearch = true;
-		i++;
-		if (i >= is->ntoks || is->toks[i].kind != T_LBEGIN) {
-			free(sc);
-			syntax(is, "Syntax: SEARCH RETURN (options) keys");
-			return;
-		}
-		size_t end = list_end(is, i);
-		for (size_t k = i + 1; k + 1 < end; k++) {
-			if (is_atom(is, k, "MIN"))
-				ret |= 1;
-			else if (is_atom(is, k, "MAX"))
-				ret |= 2;
-			else if (is_atom(is, k, "COUNT"))
-				ret |= 4;
-			else if (is_atom(is, k, "ALL"))
-				ret |= 8;
-			else {
-				free(sc);
-				syntax(is, "Unknown RETURN option");
-				return;
-			}
-		}
-		if (!ret)
-			ret = 8;
-		i = end;
-	}
-	if (is_atom(is, i, "CHARSET")) {
-		if (i + 1 >= is->ntoks ||
-		    !(span_eq_nocase(tok_span(is, i + 1), SPAN_LIT("UTF-8")) ||
-		      span_eq_nocase(tok_span(is, i + 1), SPAN_LIT("US-ASCII")))) {
-			free(sc);
-			done(is, "NO", "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
-			return;
-		}
-		i += 2;
-	}
-	if (search_parse(is, sc, &i, 0)) {
-		const char *err = sc->err;
-		free(sc);
-		if (err)
-			done(is, "NO", "%s", err);
-		else
-			syntax(is, "Invalid search criteria");
-		return;
-	}
-	uint32_t *hits = malloc((is->nmsgs + 1) * sizeof(uint32_t));
-	if (!hits) {
-		free(sc);
-		done(is, "NO", "[SERVERBUG] Out of memory");
-		return;
-	}
-	size_t nh = 0;
-	uint64_t maxmodseq = 0;
-	for (size_t mi = 0; mi < is->nmsgs; mi++) {
-		const struct store_msg *m = msg_of(is, mi);
-		if (!m)
-			continue;
-		size_t k = 0;
-		if (search_eval(is, sc, &k, mi, m)) {
-			hits[nh++] = is->uid_cmd ? m->uid : (uint32_t)(mi + 1);
-			if (m->modseq > maxmodseq)
-				maxmodseq = m->modseq;
-		}
-	}
-	bool modseq_key = false;
-	for (size_t k = 0; k < sc->n; k++)
-		modseq_key |= sc->keys[k].kind == SK_MODSEQ;
-	if (esearch) {
+	sj->scanning = false;
+	sj->mi++;
+}
+
+static void search_finish(struct imap_session *is)
+{
+	struct search_job *sj = is->sj;
+	const struct imap_search *p = &sj->prog;
+	const uint32_t *hits = sj->hits;
+	size_t nh = sj->nh;
+	if (p->esearch) {
 		out_printf(is, "* ESEARCH (TAG \"%s\")%s", is->tag, is->uid_cmd ? " UID" : "");
-		if (nh && (ret & 1))
+		if (nh && (p->ret & IMAP_SEARCH_RET_MIN))
 			out_printf(is, " MIN %" PRIu32, hits[0]);
-		if (nh && (ret & 2))
+		if (nh && (p->ret & IMAP_SEARCH_RET_MAX))
 			out_printf(is, " MAX %" PRIu32, hits[nh - 1]);
-		if (ret & 4)
+		if (p->ret & IMAP_SEARCH_RET_COUNT)
 			out_printf(is, " COUNT %zu", nh);
-		if (nh && (ret & 8)) {
+		if (nh && (p->ret & IMAP_SEARCH_RET_ALL)) {
 			out_str(is, " ALL ");
 			out_uidset(is, hits, nh);
 		}
-		if (nh && modseq_key)
-			out_printf(is, " MODSEQ %" PRIu64, maxmodseq);
+		if (nh && p->modseq)
+			out_printf(is, " MODSEQ %" PRIu64, sj->maxmodseq);
 		out_str(is, "\r\n");
 	} else {
 		out_str(is, "* SEARCH");
 		for (size_t k = 0; k < nh; k++)
 			out_printf(is, " %" PRIu32, hits[k]);
-		if (nh && modseq_key)
-			out_printf(is, " (MODSEQ %" PRIu64 ")", maxmodseq);
+		if (nh && p->modseq)
+			out_printf(is, " (MODSEQ %" PRIu64 ")", sj->maxmodseq);
 		out_str(is, "\r\n");
 	}
-	free(hits);
-	free(sc);
+	search_free(is);
 	done(is, "OK", "%sSEARCH completed", is->uid_cmd ? "UID " : "");
+}
+
+static void search_yield_done(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	struct search_job *sj = search_container_of(cb, struct search_job, yield_cb);
+	struct imap_session *is = sj->is;
+	(void)loop;
+	(void)res;
+	(void)flags;
+	if (!is->dead)
+		search_step(is);
+	release(is);
+}
+
+static void search_read_done(void *arg, ssize_t res)
+{
+	struct imap_session *is = arg;
+	struct search_job *sj = is->sj;
+	if (is->dead || !sj) {
+		release(is);
+		return;
+	}
+	if (res == -ENOENT || res == 0) {
+		/* Expunged meanwhile (or shorter than its record says): it does
+		 * not match, as it may not (RFC 3501 7.4.1 allows either). */
+		search_hit(sj, false);
+	} else if (res < 0) {
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-read-error",
+		       "uid=%" PRIu32 " error=%s", sj->msg.uid, strerror((int)-res));
+		search_free(is);
+		done(is, "NO", "[UNAVAILABLE] Could not read a message; try again");
+		release(is);
+		return;
+	} else {
+		imap_search_scan_feed(&sj->scan, span_make(is->rbuf, (size_t)res));
+		int r = imap_search_scan_result(&sj->scan, &sj->msg);
+		if (r != IMAP_SEARCH_MAYBE)
+			search_hit(sj, r == IMAP_SEARCH_YES);
+	}
+	search_step(is);
+	release(is);
+}
+
+/* Evaluates messages from mi on, at most IMAP_SEARCH_STEP_MSGS of them
+ * without a read, and returns when a read or a yield is in flight or the
+ * search is answered. */
+static void search_step(struct imap_session *is)
+{
+	struct search_job *sj = is->sj;
+	unsigned budget = IMAP_SEARCH_STEP_MSGS;
+	while (!is->dead && is->state != IMAP_S_LOGOUT) {
+		if (sj->scanning) {
+			uint64_t off, len;
+			if (!imap_search_scan_next(&sj->scan, &off, &len)) {
+				int r = imap_search_scan_result(&sj->scan, &sj->msg);
+				search_hit(sj, r == IMAP_SEARCH_YES);
+				continue;
+			}
+			if (len > sj->read_len)
+				len = sj->read_len;
+			hold(is);
+			store_read(is->folder, is->loop, sj->msg.uid, off, is->rbuf, (size_t)len,
+				   search_read_done, is);
+			return;
+		}
+		if (sj->mi >= is->nmsgs) {
+			search_finish(is);
+			return;
+		}
+		if (budget-- == 0) {
+			hold(is);
+			io_uring_prep_nop(loop_sqe(is->loop, &sj->yield_cb));
+			return;
+		}
+		const struct store_msg *m = msg_of(is, sj->mi);
+		if (!m) { /* expunged, not announced yet: not a hit */
+			sj->mi++;
+			continue;
+		}
+		sj->msg = (struct imap_search_msg){
+			.seq = (uint32_t)(sj->mi + 1),
+			.uid = m->uid,
+			.star_seq = (uint32_t)is->nmsgs,
+			.star_uid = is->msgs[is->nmsgs - 1].uid,
+			.flags = m->flags,
+			.keywords = m->keywords,
+			.modseq = m->modseq,
+			.size = m->size,
+			.internal_date = m->internal_date,
+		};
+		if (sj->need_blob && mime_blob_parse(m->blob, &sj->mb) == 0)
+			sj->msg.mb = &sj->mb;
+		int r = imap_search_eval(&sj->prog, &sj->msg, NULL);
+		if (r == IMAP_SEARCH_MAYBE) {
+			imap_search_scan_begin(&sj->scan, &sj->prog, &sj->msg);
+			sj->scanning = true;
+			continue;
+		}
+		search_hit(sj, r == IMAP_SEARCH_YES);
+	}
+}
+
+static void cmd_search(struct imap_session *is, size_t a)
+{
+	struct search_job *sj = calloc(1, sizeof(*sj));
+	struct imap_search_tok *t = malloc((is->ntoks - a + 1) * sizeof(*t));
+	if (!sj || !t) {
+		free(sj);
+		free(t);
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		return;
+	}
+	sj->is = is;
+	sj->yield_cb.fn = search_yield_done;
+	size_t n = 0;
+	for (size_t i = a; i < is->ntoks; i++, n++) {
+		static const uint8_t kinds[] = { [T_ATOM] = IMAP_STOK_ATOM, [T_NIL] = IMAP_STOK_NIL,
+						 [T_STRING] = IMAP_STOK_STRING,
+						 [T_LBEGIN] = IMAP_STOK_LBEGIN,
+						 [T_LEND] = IMAP_STOK_LEND };
+		t[n].kind = kinds[is->toks[i].kind];
+		t[n].text = is->toks[i].kind == T_NIL ? SPAN_LIT("NIL") : tok_span(is, i);
+	}
+	/* The program's strings point into the arena (valid until done()). */
+	int rc = imap_search_parse(&sj->prog, t, n);
+	free(t);
+	if (rc != IMAP_SEARCH_OK) {
+		const char *err = sj->prog.err;
+		free(sj);
+		if (rc == IMAP_SEARCH_BADCHARSET)
+			done(is, "NO", "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+		else
+			syntax(is, err ? err : "Invalid search criteria");
+		return;
+	}
+	struct imap_search *p = &sj->prog;
+	if (p->modseq)
+		is->condstore = true;
+	sj->fail = p->fail_len ? malloc(p->fail_len * sizeof(uint32_t)) : NULL;
+	sj->hits = malloc((is->nmsgs + 1) * sizeof(uint32_t));
+	if ((p->fail_len && !sj->fail) || !sj->hits ||
+	    (!is->rbuf && !(is->rbuf = malloc(IMAP_READ_CHUNK)))) {
+		free(sj->fail);
+		free(sj->hits);
+		free(sj);
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		return;
+	}
+	imap_search_prepare(p, sj->fail);
+	for (size_t k = 0; k < p->n; k++) {
+		struct imap_search_key *key = &p->keys[k];
+		if (key->kind == ISK_KEYWORD)
+			for (unsigned b = 0; b < 64; b++) {
+				const char *name = store_view_keyword(is->view, b);
+				if (name && span_eq_nocase(span_cstr(name), key->name))
+					key->num |= 1ull << b;
+			}
+		sj->need_blob |= key->kind == ISK_HEADER || key->kind == ISK_BODY ||
+				 key->kind == ISK_TEXT || key->kind == ISK_SENTBEFORE ||
+				 key->kind == ISK_SENTON || key->kind == ISK_SENTSINCE;
+	}
+	size_t per = IMAP_SEARCH_STEP_WORK / (p->nbytekeys ? p->nbytekeys : 1);
+	sj->read_len = per > IMAP_READ_CHUNK ? IMAP_READ_CHUNK
+		     : per < IMAP_SEARCH_READ_MIN ? IMAP_SEARCH_READ_MIN : per;
+	is->sj = sj;
+	set_busy(is, true);
+	search_step(is);
 }
 
 /* ---- APPEND ----------------------------------------------------------------------------------- */
@@ -3646,6 +3436,7 @@ static void session_maybe_free(struct imap_session *is)
 		return;
 	append_reset(is);
 	fetch_free(is);
+	search_free(is);
 	mailbox_close(is);
 	store_user_close(&is->su);
 	if (is->user_counted)

@@ -667,3 +667,286 @@ def test_pipelined_commands(srv):
     r.send(b"p1 SELECT INBOX\r\np2 FETCH 1 (UID)\r\np3 NOOP\r\n")
     _, t = r.until("p3")
     assert t.startswith(b"p3 OK")
+
+
+# ---- SEARCH over message bytes (BODY, TEXT, HEADER) --------------------------------------
+
+
+PLAIN = (b"From: Alice <alice@remote.example>\r\nTo: alice@example.com\r\n"
+         b"Subject: Quarterly Report\r\nX-Mailer: FooMail 4.2\r\n"
+         b"Received: from relay.example by mx.example;\r\n\tTue, 1 Jul 2003 10:52:37 +0200\r\n"
+         b"Date: Tue, 1 Jul 2003 10:52:37 +0200\r\n\r\n"
+         b"The numbers are IN, and they look Good.\r\ncaf\xc3\xa9 au lait\r\n")
+MIXED = (b"From: b@remote.example\r\nSubject: encoded parts\r\nMIME-Version: 1.0\r\n"
+         b"Content-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n"
+         b"--zz\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Content-Transfer-Encoding: base64\r\n\r\n"
+         b"U2VjcmV0IHBocmFzZSBpbiBiYXNlNjQsIGZvdW5kIGRlY29kZWQu\r\n"
+         b"--zz\r\nContent-Type: text/html; charset=utf-8\r\n"
+         b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+         b"<p>Soft line br=\r\neaks and =3D signs and caf=C3=A9</p>\r\n"
+         b"--zz\r\nContent-Type: application/octet-stream\r\n"
+         b"Content-Transfer-Encoding: base64\r\n\r\n"
+         b"aGlkZGVuIHRyZWFzdXJl\r\n--zz--\r\n")
+OTHER = (b"From: carol@remote.example\r\nSubject: nothing much\r\nX-Mailer: BarClient\r\n\r\n"
+         b"Lunch tomorrow?\r\n")
+
+
+def append(c, msg, flags=None):
+    typ, data = c.append("INBOX", flags, None, msg)
+    assert typ == "OK", data
+
+
+def searcher(c):
+    def s(*crit, uid=False):
+        typ, data = c.uid("SEARCH", *crit) if uid else c.search(None, *crit)
+        assert typ == "OK", data
+        return data[0].split()
+    return s
+
+
+def test_search_body_text_header(srv):
+    c = imap(srv)
+    for m in (PLAIN, MIXED, OTHER):
+        append(c, m)
+    c.select("INBOX")
+    c.store("3", "+FLAGS", r"(\Seen)")
+    s = searcher(c)
+    assert s("BODY", '"look good"') == [b"1"]          # case-insensitive
+    assert s("BODY", "LUNCH") == [b"3"]
+    assert s("BODY", "quarterly") == []                # only in the header
+    assert s("TEXT", "quarterly") == [b"1"]
+    assert s("TEXT", "lunch") == [b"3"]
+    assert s("TEXT", "absent-everywhere") == []
+    assert s("HEADER", "X-Mailer", "foomail") == [b"1"]
+    assert s("HEADER", "x-mailer", '""') == [b"1", b"3"]  # presence
+    assert s("HEADER", "Received", '"mx.example;\tTue, 1"') == [b"1"]  # unfolded
+    assert s("HEADER", "Received", "relay") == [b"1"]
+    assert s("HEADER", "X-Nothing", '""') == []
+    assert s("HEADER", "MIME-Version", "1.0") == [b"2"]
+    assert s("NOT", "BODY", "lunch") == [b"1", b"2"]
+    assert s("OR", "BODY", "lunch", "(SUBJECT encoded BODY secret)") == [b"2", b"3"]
+    assert s("NOT", "(OR BODY lunch BODY numbers)") == [b"2"]
+    assert s("SEEN", "BODY", "lunch") == [b"3"]
+    assert s("UNSEEN", "BODY", "lunch") == []
+    uids = s("ALL", uid=True)
+    assert s("BODY", "lunch", uid=True) == [uids[2]]
+    # UTF-8: bytes compared after ASCII case folding
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd(b"SEARCH CHARSET UTF-8 BODY {5+}\r\nCAF\xc3\xa9")
+    assert t.startswith(b"t3 OK"), t
+    assert lines == [b"* SEARCH 1 2\r\n"], lines
+    lines, t = r.cmd("SEARCH CHARSET us-ascii TEXT lunch")
+    assert lines == [b"* SEARCH 3\r\n"], lines
+    lines, t = r.cmd("SEARCH CHARSET ISO-8859-1 BODY lunch")
+    assert t.startswith(b"t5 NO [BADCHARSET (UTF-8 US-ASCII)]"), t
+    lines, t = r.cmd("SEARCH RETURN (MIN MAX COUNT ALL) OR BODY lunch TEXT foomail")
+    assert lines == [b'* ESEARCH (TAG "t6") MIN 1 MAX 3 COUNT 2 ALL 1,3\r\n'], lines
+    lines, t = r.cmd("UID SEARCH RETURN (COUNT) BODY nothing-at-all")
+    assert lines == [b'* ESEARCH (TAG "t7") UID COUNT 0\r\n'], lines
+    lines, t = r.cmd("SEARCH BODY")
+    assert t.startswith(b"t8 BAD"), t
+    lines, t = r.cmd("SEARCH HEADER X-Mailer")
+    assert t.startswith(b"t9 BAD"), t
+    c.logout()
+
+
+def test_search_decoded_parts(srv):
+    c = imap(srv)
+    append(c, MIXED)
+    append(c, OTHER)
+    c.select("INBOX")
+    s = searcher(c)
+    assert s("BODY", '"secret phrase in base64"') == [b"1"]   # base64 text/plain
+    assert s("BODY", "U2VjcmV0") == []                        # not the encoded form
+    assert s("BODY", '"soft line breaks and = signs"') == [b"1"]  # quoted-printable
+    assert s("TEXT", '"FOUND DECODED"') == [b"1"]
+    assert s("BODY", "treasure") == []   # base64 attachment: not text, not searched
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd(b"SEARCH CHARSET UTF-8 BODY {5+}\r\ncaf\xc3\xa9")
+    assert lines == [b"* SEARCH 1\r\n"], lines
+    c.logout()
+
+
+def test_search_match_straddles_read_boundary(srv):
+    """IMAP_READ_CHUNK is 64 KiB: TEXT reads from offset 0, BODY from the
+    body's start, in 64 KiB pieces; needles are put across both."""
+    hdr = b"From: big@remote.example\r\nSubject: big\r\n\r\n"
+    body = bytearray(b"x" * 200000)
+    chunk = 65536
+    body[chunk - 5:chunk - 5 + 10] = b"BodyNeedle"            # BODY boundary
+    t_at = chunk - len(hdr) - 4
+    body[t_at:t_at + 10] = b"TextNeedle"                      # TEXT boundary
+    body[2 * chunk - 3:2 * chunk - 3 + 10] = b"SecondOne!"
+    c = imap(srv)
+    append(c, hdr + bytes(body))
+    append(c, OTHER)
+    c.select("INBOX")
+    s = searcher(c)
+    assert s("BODY", "bodyneedle") == [b"1"]
+    assert s("TEXT", "textneedle") == [b"1"]
+    assert s("BODY", "secondone!") == [b"1"]
+    assert s("BODY", "bodyneedlf") == []
+    assert s("OR", "BODY", "lunch", "BODY", "textneedle") == [b"1", b"2"]
+    c.logout()
+
+
+def big_mailbox(srv, n=12, size=256 * 1024):
+    c = imap(srv)
+    for i in range(n):
+        body = (b"filler line without the word\r\n" * (size // 31))
+        if i % 3 == 0:
+            body += b"rare-token-%d\r\n" % i
+        append(c, b"Subject: big %d\r\n\r\n" % i + body)
+    c.logout()
+
+
+def slow_search(n_keys=48):
+    """A program with many BODY keys: reads shrink to bound the work per
+    step, so the search takes a while (and is still running when the
+    other side acts)."""
+    keys = [f"BODY absent-{k}" for k in range(n_keys)] + ["BODY rare-token"]
+    while len(keys) > 1:  # a balanced OR tree: nesting stays shallow
+        keys = [f"OR {keys[i]} {keys[i + 1]}" if i + 1 < len(keys) else keys[i]
+                for i in range(0, len(keys), 2)]
+    return keys[0]
+
+
+def test_search_while_other_session_expunges(srv):
+    big_mailbox(srv)
+    a = Raw(srv).login()
+    lines, _ = a.cmd("SELECT INBOX")
+    assert b"* 12 EXISTS\r\n" in lines
+    b = Raw(srv).login()
+    b.cmd("SELECT INBOX")
+    b.cmd("STORE 1:6 +FLAGS.SILENT (\\Deleted)")
+    a.send(b"s SEARCH " + slow_search().encode() + b"\r\n")
+    _, t = b.cmd("EXPUNGE", timeout=30)
+    assert b" OK " in t, t
+    deliver(srv, "alice@example.com", subject="during", body=b"rare-token-new\r\n")
+    lines, t = a.until("s", timeout=60)
+    assert t.startswith(b"s OK"), t
+    assert not any(b"EXPUNGE" in l for l in lines), lines
+    hits = [l for l in lines if l.startswith(b"* SEARCH")]
+    assert len(hits) == 1, lines
+    nums = [int(x) for x in hits[0].split()[2:]]
+    # numbers are the ones the client knows; 1 and 4 may or may not match
+    # (expunged during the search), 7 and 10 must (never expunged)
+    assert 7 in nums and 10 in nums, nums
+    assert all(x in (1, 4, 7, 10) for x in nums), nums
+    lines, t = a.cmd("NOOP")
+    assert sum(1 for l in lines if l.endswith(b" EXPUNGE\r\n")) == 6, lines
+    lines, t = a.cmd("SEARCH BODY rare-token")
+    assert lines[-1] == b"* SEARCH 1 4 7\r\n", lines   # old 7, 10 and the new one
+
+
+def test_search_client_disconnects_mid_search(srv):
+    big_mailbox(srv)
+    for _ in range(3):
+        r = Raw(srv).login()
+        r.cmd("SELECT INBOX")
+        r.send(b"s SEARCH " + slow_search().encode() + b"\r\n")
+        time.sleep(0.05)
+        r.sock.close()
+    # the same search, not interrupted, is answered (so the ones above
+    # were valid searches, cut while running)
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    t0 = time.monotonic()
+    lines, t = r.cmd("SEARCH " + slow_search(), timeout=60)
+    took = time.monotonic() - t0
+    assert lines[-1] == b"* SEARCH 1 4 7 10\r\n", lines
+    # others are served meanwhile and afterwards
+    other = Raw(srv).login()
+    _, t = other.cmd("NOOP", timeout=30)
+    assert t.startswith(b"t2 OK")
+    other.cmd("SELECT INBOX")
+    lines, t = other.cmd("SEARCH BODY rare-token", timeout=60)
+    assert lines[-1] == b"* SEARCH 1 4 7 10\r\n", lines
+    print(f"slow search took {took:.3f}s")
+
+
+def test_search_does_not_starve_other_sessions(imapsrv):
+    """One loop: a long search yields to the ring between bounded steps,
+    so another session's commands are answered while it runs."""
+    srv = imapsrv(threads=1)
+    big_mailbox(srv)
+    y = Raw(srv).login()
+    y.cmd("SELECT INBOX")
+    x = Raw(srv).login()
+    x.cmd("SELECT INBOX")
+    x.send(b"s SEARCH " + slow_search(96).encode() + b"\r\n")
+    for _ in range(3):
+        _, t = y.cmd("NOOP", timeout=30)
+        assert b" OK " in t, t
+    lines, t = y.cmd("FETCH 2 (BODY.PEEK[HEADER])", timeout=30)
+    assert b" OK " in t, t
+    # y was served while x's search still ran (it has not answered yet)
+    x.sock.setblocking(False)
+    try:
+        early = x.sock.recv(65536)
+    except BlockingIOError:
+        early = b""
+    x.sock.setblocking(True)
+    assert b"s OK" not in early, early
+    buf = early
+    while b"s OK" not in buf:
+        x.sock.settimeout(60)
+        more = x.sock.recv(65536)
+        assert more, buf
+        buf += more
+    assert b"* SEARCH 1 4 7 10\r\n" in buf, buf
+
+
+def test_search_empty_mailbox_and_literal_strings(srv):
+    r = Raw(srv).login()
+    r.cmd("CREATE Empty")
+    r.cmd("SELECT Empty")
+    lines, t = r.cmd("SEARCH OR BODY x TEXT y")
+    assert lines == [b"* SEARCH\r\n"] and b" OK " in t, (lines, t)
+    lines, t = r.cmd("SEARCH RETURN (MIN MAX COUNT) BODY x")
+    assert lines == [b'* ESEARCH (TAG "t5") COUNT 0\r\n'], lines
+    c = imap(srv)
+    append(c, PLAIN)
+    c.logout()
+    r.cmd("SELECT INBOX")
+    # field name and string as literals, synchronising and not
+    r.send(b"l1 SEARCH HEADER {8}\r\n")
+    assert r.line().startswith(b"+")
+    r.send(b"X-MAILER {7+}\r\nfoomail\r\n")
+    lines, t = r.until("l1")
+    assert lines == [b"* SEARCH 1\r\n"] and t.startswith(b"l1 OK"), (lines, t)
+
+
+def test_search_many_messages_yields(srv):
+    """More messages than one step evaluates (IMAP_SEARCH_STEP_MSGS, 256):
+    the job yields to the ring and resumes; a client gone meanwhile is
+    freed at the yield's completion."""
+    r = Raw(srv).login()
+    n = 600
+    batch = b"".join(b"a%d APPEND INBOX {%d+}\r\n%s\r\n" % (
+        i, len(m), m) for i, m in enumerate(
+        b"Subject: m%d\r\n\r\nbody %s\r\n" % (i, b"seven" if i % 7 == 0 else b"other")
+        for i in range(n)))
+    r.send(batch)
+    _, t = r.until(f"a{n - 1}", timeout=60)
+    assert b" OK " in t, t
+    lines, _ = r.cmd("SELECT INBOX")
+    assert f"* {n} EXISTS\r\n".encode() in lines, lines
+    want = [i + 1 for i in range(n) if i % 7 == 0]
+    lines, t = r.cmd("SEARCH NOT DELETED SUBJECT m1", timeout=30)
+    hits = [int(x) for x in lines[-1].split()[2:]]
+    assert hits == [i + 1 for i in range(n) if str(i).startswith("1")], hits
+    lines, t = r.cmd("SEARCH BODY seven", timeout=30)
+    assert [int(x) for x in lines[-1].split()[2:]] == want
+    lines, t = r.cmd("SEARCH RETURN (COUNT MAX) OR BODY seven 600", timeout=30)
+    assert lines[-1] == f'* ESEARCH (TAG "t5") MAX 600 COUNT {len(want) + 1}\r\n'.encode(), lines
+    for _ in range(3):
+        x = Raw(srv).login()
+        x.cmd("SELECT INBOX")
+        x.send(b"s SEARCH UNDELETED NOT SUBJECT zzz\r\ns2 SEARCH BODY seven\r\n")
+        x.sock.close()
+    lines, t = r.cmd("NOOP", timeout=30)
+    assert b" OK " in t

@@ -1,0 +1,151 @@
+/* decode.c - streaming base64 and quoted-printable decoders (see decode.h). */
+#include "proto/decode.h"
+
+/* The value of a base64 character, or -1. */
+static int b64_val(uint8_t c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
+void decode_b64_init(struct decode_b64 *d)
+{
+	d->acc = 0;
+	d->n = 0;
+}
+
+size_t decode_b64_feed(struct decode_b64 *d, struct span in, uint8_t *out)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < in.len; i++) {
+		uint8_t c = in.p[i];
+		if (c == '=') {
+			/* Padding: the bytes of the quantum are out already (two
+			 * sextets give one, three give two); drop the rest. */
+			d->acc = 0;
+			d->n = 0;
+			continue;
+		}
+		int v = b64_val(c);
+		if (v < 0)
+			continue;
+		d->acc = d->acc << 6 | (uint32_t)v;
+		switch (++d->n) {
+		case 2:
+			out[o++] = (uint8_t)(d->acc >> 4);
+			break;
+		case 3:
+			out[o++] = (uint8_t)(d->acc >> 2);
+			break;
+		case 4:
+			out[o++] = (uint8_t)d->acc;
+			d->acc = 0;
+			d->n = 0;
+			break;
+		}
+	}
+	return o;
+}
+
+enum { QP_TEXT, QP_EQ, QP_HEX, QP_SOFT_WS, QP_SOFT_CR };
+
+static int hex_val(uint8_t c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+void decode_qp_init(struct decode_qp *d)
+{
+	d->state = QP_TEXT;
+	d->hex = 0;
+}
+
+size_t decode_qp_feed(struct decode_qp *d, struct span in, uint8_t *out)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < in.len; i++) {
+		uint8_t c = in.p[i];
+		switch (d->state) {
+		case QP_TEXT:
+			if (c == '=')
+				d->state = QP_EQ;
+			else
+				out[o++] = c;
+			break;
+		case QP_EQ:
+			if (hex_val(c) >= 0) {
+				d->hex = c;
+				d->state = QP_HEX;
+			} else if (c == ' ' || c == '\t') {
+				d->state = QP_SOFT_WS;
+			} else if (c == '\r') {
+				d->state = QP_SOFT_CR;
+			} else if (c == '\n') {
+				d->state = QP_TEXT;
+			} else {
+				/* Not an escape: keep it as sent. */
+				out[o++] = '=';
+				d->state = QP_TEXT;
+				i--;
+			}
+			break;
+		case QP_HEX:
+			if (hex_val(c) >= 0) {
+				out[o++] = (uint8_t)(hex_val(d->hex) << 4 | hex_val(c));
+				d->state = QP_TEXT;
+			} else {
+				out[o++] = '=';
+				out[o++] = d->hex;
+				d->state = QP_TEXT;
+				i--;
+			}
+			break;
+		case QP_SOFT_WS:
+			/* "=" then transport padding: a soft break if a line
+			 * break follows; otherwise the spaces are dropped. */
+			if (c == '\r')
+				d->state = QP_SOFT_CR;
+			else if (c == '\n')
+				d->state = QP_TEXT;
+			else if (c != ' ' && c != '\t') {
+				d->state = QP_TEXT;
+				i--;
+			}
+			break;
+		case QP_SOFT_CR:
+			d->state = QP_TEXT;
+			if (c != '\n')
+				i--; /* "=\r" alone: a soft break all the same */
+			break;
+		}
+	}
+	return o;
+}
+
+size_t decode_qp_finish(struct decode_qp *d, uint8_t *out)
+{
+	size_t o = 0;
+	if (d->state == QP_EQ) {
+		out[o++] = '=';
+	} else if (d->state == QP_HEX) {
+		out[o++] = '=';
+		out[o++] = d->hex;
+	}
+	d->state = QP_TEXT;
+	return o;
+}

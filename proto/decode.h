@@ -1,0 +1,52 @@
+/* decode.h - streaming Content-Transfer-Encoding decoders (RFC 2045):
+ * base64 and quoted-printable.
+ *
+ * Pure code: no allocation, no I/O, no globals. The state is a small
+ * struct the caller owns (zero it, or call *_init, to start a new body);
+ * input comes in pieces of any size and any split gives the same output.
+ * Used by IMAP SEARCH to look through encoded text parts; lenient as
+ * readers must be (RFC 2045 6.7, 6.8): bytes outside the alphabet are
+ * skipped, malformed escapes are passed through as they are. */
+#ifndef RINGMAIL_PROTO_DECODE_H
+#define RINGMAIL_PROTO_DECODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/span.h"
+
+/* Output bound of one *_feed call: out must have room for this many bytes
+ * for an input of len bytes. */
+#define DECODE_OUT_MAX(len) ((len) + 4)
+
+struct decode_b64 {
+	uint32_t acc;  /* bits not yet written */
+	uint8_t n;     /* sextets in acc (0..3) */
+};
+
+struct decode_qp {
+	uint8_t state; /* private */
+	uint8_t hex;   /* the first digit after '=' */
+};
+
+void decode_b64_init(struct decode_b64 *d);
+/* Decodes in into out (room for DECODE_OUT_MAX(in.len) bytes; in fact at
+ * most in.len * 3 / 4 + 3 are written). Characters outside the base64
+ * alphabet (line breaks, spaces, junk) are ignored; '=' ends a quantum (a
+ * following one starts afresh, as concatenated encodings do). Returns the
+ * number of bytes written. */
+size_t decode_b64_feed(struct decode_b64 *d, struct span in, uint8_t *out);
+
+void decode_qp_init(struct decode_qp *d);
+/* Decodes in into out (room for DECODE_OUT_MAX(in.len) bytes). "=XY" (hex,
+ * either case) is the octet XY; "=" followed by optional spaces and a line
+ * break is a soft line break (removed); any other "=" sequence is passed
+ * through unchanged. Line breaks are kept as they were sent. Returns the
+ * number of bytes written. */
+size_t decode_qp_feed(struct decode_qp *d, struct span in, uint8_t *out);
+/* The end of the input: writes what an unfinished escape held back
+ * ("=" or "=X" at the very end) to out (room for 2 bytes). Returns the
+ * number of bytes written. */
+size_t decode_qp_finish(struct decode_qp *d, uint8_t *out);
+
+#endif
