@@ -39,7 +39,8 @@ static void usage(FILE *out)
 		"       ringmail dns-records DOMAIN [--config FILE] [same overrides as serve]\n"
 		"       ringmail fsck [--data DIR] [--repair]\n"
 		"       ringmail queue list|flush|delete ID [--data DIR]\n"
-		"       ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] [--selector S]\n"
+		"       ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] [--selector S] "
+		"[--force]\n"
 		"serve also takes --dns HOST:PORT (resolver for outbound mail) and\n"
 		"--mx-port N (port of remote MX hosts, default 25).\n"
 		"       ringmail version\n"
@@ -489,13 +490,16 @@ static int cmd_queue(int argc, char **argv)
 	return rc;
 }
 
-/* "ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] [--selector S]". */
+/* "ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] [--selector S]
+ * [--force]": an existing key is kept unless --force. */
 static int cmd_dkim(int argc, char **argv)
 {
 	const char *data = NULL, *type = "rsa", *domain = NULL, *selector = NULL;
-	bool keygen = false, bad = false;
+	bool keygen = false, bad = false, force = false;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--data") && i + 1 < argc)
+		if (!strcmp(argv[i], "--force"))
+			force = true;
+		else if (!strcmp(argv[i], "--data") && i + 1 < argc)
 			data = argv[++i];
 		else if (!strcmp(argv[i], "--type") && i + 1 < argc)
 			type = argv[++i];
@@ -510,7 +514,7 @@ static int cmd_dkim(int argc, char **argv)
 	}
 	if (bad || !keygen || !domain || (strcmp(type, "rsa") && strcmp(type, "ed25519"))) {
 		fprintf(stderr, "usage: ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] "
-				"[--selector S]\n");
+				"[--selector S] [--force]\n");
 		return 2;
 	}
 	struct config *cfg = malloc(sizeof(*cfg));
@@ -523,7 +527,7 @@ static int cmd_dkim(int argc, char **argv)
 		data = cfg->data_dir;
 	if (!selector)
 		selector = cfg->ob_dkim_selector;
-	int rc = dkim_keygen(data, domain, type, selector, stdout, stderr);
+	int rc = dkim_keygen(data, domain, type, selector, force, stdout, stderr);
 	free(cfg);
 	return rc ? 1 : 0;
 }
