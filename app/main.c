@@ -197,7 +197,7 @@ static int cmd_dns(int argc, char **argv)
 {
 	struct overrides o;
 	if (argc < 2 || argv[1][0] == '-') {
-		fprintf(stderr, "usage: ringmail dns-records DOMAIN [--config FILE] [--hostname H]\n");
+		fprintf(stderr, "usage: ringmail dns-records DOMAIN [--config FILE] [--data DIR] [--hostname H]\n");
 		return 2;
 	}
 	const char *domain = argv[1];

@@ -457,6 +457,25 @@ struct dkim_signer *dkim_signer_begin(struct dkim *dkim, const char *domain)
 	return s;
 }
 
+/* Whether the header section has a From field (a line "From" [WSP] ":"). */
+static bool has_from(const uint8_t *h, size_t len)
+{
+	for (size_t i = 0; i < len;) {
+		size_t j = i;
+		if (len - i >= 4 && span_eq_nocase(span_make(h + i, 4), SPAN_LIT("from"))) {
+			for (j = i + 4; j < len && (h[j] == ' ' || h[j] == '\t'); j++)
+				;
+			if (j < len && h[j] == ':')
+				return true;
+		}
+		const uint8_t *nl = memchr(h + j, '\n', len - j);
+		if (!nl)
+			break;
+		i = (size_t)(nl - h) + 1;
+	}
+	return false;
+}
+
 void dkim_signer_feed(struct dkim_signer *s, const uint8_t *p, size_t len)
 {
 	while (len && !s->in_body && !s->error) {
@@ -489,6 +508,8 @@ void dkim_signer_feed(struct dkim_signer *s, const uint8_t *p, size_t len)
 			if (s->hlen - s->line_start == 2 && s->hdr[s->line_start] == '\r') {
 				s->hlen = s->line_start;
 				s->in_body = true;
+				if (!has_from(s->hdr, s->hlen))
+					s->error = "no From field";
 			}
 			s->line_start = s->hlen;
 		}
