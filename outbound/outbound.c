@@ -89,6 +89,24 @@ static int64_t wall_ms(void)
 
 /* ---- messages ----------------------------------------------------------- */
 
+/* The DKIM-Signature field for e when the envelope sender's domain has a
+ * key (outbound/dkim.h), else NULL; a message that cannot be signed is
+ * logged and goes out unsigned. */
+static char *msg_sign(struct outbound *ob, const struct queue_entry *e)
+{
+	const char *at = strrchr(e->from, '@');
+	struct dkim_signer *s = at ? dkim_signer_begin(ob->dkim, at + 1) : NULL;
+	if (!s)
+		return NULL;
+	dkim_signer_feed(s, e->data, e->len);
+	const char *why = dkim_signer_error(s);
+	char *sig = dkim_signer_finish(s);
+	if (!sig)
+		OBLOG(ob, LOG_WARN, "dkim-unsigned", "id=%s domain=%s reason=\"%s\"", e->id, at + 1,
+		      why ? why : "signing failed");
+	return sig;
+}
+
 static void msg_add(struct outbound *ob, struct queue_entry *e)
 {
 	struct ob_msg *m = calloc(1, sizeof(*m));
@@ -1263,9 +1281,7 @@ static void job_start(struct outbound *ob, struct ob_msg *m, const char *domain,
 	}
 	if (!m->dkim_done) {
 		m->dkim_done = true;
-		const char *fat = strrchr(e->from, '@');
-		if (ob->dkim && fat)
-			m->dkim = dkim_sign(ob->dkim, fat + 1, e->data, e->len);
+		m->dkim = msg_sign(ob, e);
 	}
 	d->active++;
 	m->jobs++;
@@ -1500,13 +1516,16 @@ int outbound_loop_start(struct outbound *ob, struct loop *loop)
 		return rc;
 	}
 	dkim_new(ob->data_dir, cfg->ob_dkim_selector, &ob->dkim);
+	for (size_t i = 0; dkim_problem(ob->dkim, i); i++)
+		OBLOG(ob, LOG_ERROR, "dkim-key", "problem=\"%s\"", dkim_problem(ob->dkim, i));
 	loop_on_msg(loop, OB_LOOP_MSG, on_new_msg);
 	queue_set_on_new(ob->q, queue_new_entry, ob);
 	size_t n = 0;
 	for (struct ob_msg *m = ob->msgs; m; m = m->next)
 		n++;
-	OBLOG(ob, LOG_INFO, "outbound-ready", "queued=%zu dns=\"%s\" mx_port=%u smart_host=\"%s\"",
-	      n, cfg->ob_dns, cfg->ob_mx_port, cfg->ob_smart_host);
+	OBLOG(ob, LOG_INFO, "outbound-ready",
+	      "queued=%zu dns=\"%s\" mx_port=%u smart_host=\"%s\" dkim_keys=%zu",
+	      n, cfg->ob_dns, cfg->ob_mx_port, cfg->ob_smart_host, dkim_nkeys(ob->dkim));
 	arm_tick(ob);
 	schedule(ob);
 	return 0;
