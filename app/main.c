@@ -246,7 +246,8 @@ struct app_state {
 	size_t nold;
 };
 
-/* SIGHUP, on the main thread: new certificates for new connections. */
+/* SIGHUP, on the main thread: new certificates for new connections, the
+ * users files, the DKIM keys. */
 static int app_reload(struct server *srv, const struct config *cfg, char *err, size_t errlen)
 {
 	struct app_state *st = srv->app.ctx;
@@ -260,6 +261,8 @@ static int app_reload(struct server *srv, const struct config *cfg, char *err, s
 		return rc;
 	if (st->sv.users && users_reload(st->sv.users) < 0)
 		log_emit(&srv->log, LOG_WARN, 0, "users-reload-failed", NULL);
+	if (st->sv.outbound && outbound_reload(st->sv.outbound, cfg->ob_dkim_selector) < 0)
+		log_emit(&srv->log, LOG_WARN, 0, "dkim-reload-failed", NULL);
 	st->old_tls[st->nold++] = cur;
 	atomic_store_explicit(&st->sv.tls, next, memory_order_release);
 	log_emit(&srv->log, LOG_INFO, 0, "tls-reloaded", "fingerprint=%s",

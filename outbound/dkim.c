@@ -956,6 +956,6 @@ int dkim_keygen(const char *data_dir, const char *domain_arg, const char *type,
 	rc = dkim_dns_record(data_dir, domain, selector, out, err);
 	if (!rc)
 		fprintf(out, "; Publish the TXT record above; ringmail signs mail from %s with this "
-			"key from its next start.\n", domain);
+			"key from its next start or SIGHUP.\n", domain);
 	return rc;
 }

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -70,7 +71,14 @@ struct outbound {
 	char ctl_buf[4096];
 	bool flush;
 	struct dkim *dkim;
+	/* A key set loaded by outbound_reload (main thread), taken over by
+	 * loop 0 at its next tick. */
+	_Atomic(struct dkim_update *) dkim_next;
 	struct job *jobs;
+};
+
+struct dkim_update {
+	struct dkim *dkim;
 };
 
 static const struct config *ob_cfg(struct outbound *ob)
@@ -175,7 +183,51 @@ void outbound_free(struct outbound **ob_r)
 		free(d);
 	}
 	dkim_free(&ob->dkim);
+	struct dkim_update *u = atomic_exchange(&ob->dkim_next, NULL);
+	if (u) {
+		dkim_free(&u->dkim);
+		free(u);
+	}
 	free(ob);
+}
+
+int outbound_reload(struct outbound *ob, const char *dkim_selector)
+{
+	struct dkim_update *u = calloc(1, sizeof(*u));
+	if (!u)
+		return -ENOMEM;
+	int rc = dkim_new(ob->data_dir, dkim_selector, &u->dkim);
+	if (rc) {
+		free(u);
+		return rc;
+	}
+	/* One not yet taken by loop 0 was never used: drop it. */
+	struct dkim_update *old = atomic_exchange(&ob->dkim_next, u);
+	if (old) {
+		dkim_free(&old->dkim);
+		free(old);
+	}
+	return 0;
+}
+
+static void log_dkim_problems(struct outbound *ob)
+{
+	for (size_t i = 0; dkim_problem(ob->dkim, i); i++)
+		OBLOG(ob, LOG_ERROR, "dkim-key", "problem=\"%s\"", dkim_problem(ob->dkim, i));
+}
+
+/* Loop 0: switch to a key set that outbound_reload loaded. Signing is
+ * synchronous on this loop, so no signer holds the old set now. */
+static void take_dkim_update(struct outbound *ob)
+{
+	struct dkim_update *u = atomic_exchange(&ob->dkim_next, NULL);
+	if (!u)
+		return;
+	dkim_free(&ob->dkim);
+	ob->dkim = u->dkim;
+	free(u);
+	log_dkim_problems(ob);
+	OBLOG(ob, LOG_INFO, "dkim-reloaded", "dkim_keys=%zu", dkim_nkeys(ob->dkim));
 }
 
 static struct ob_dest *dest_get(struct outbound *ob, const char *domain)
@@ -1459,6 +1511,7 @@ static void on_tick(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 	(void)res;
 	(void)flags;
 	struct outbound *ob = (struct outbound *)((char *)cb - offsetof(struct outbound, tick_cb));
+	take_dkim_update(ob);
 	dns_tick(ob->dns);
 	check_timeouts(ob);
 	ctl_poll(ob);
@@ -1516,8 +1569,7 @@ int outbound_loop_start(struct outbound *ob, struct loop *loop)
 		return rc;
 	}
 	dkim_new(ob->data_dir, cfg->ob_dkim_selector, &ob->dkim);
-	for (size_t i = 0; dkim_problem(ob->dkim, i); i++)
-		OBLOG(ob, LOG_ERROR, "dkim-key", "problem=\"%s\"", dkim_problem(ob->dkim, i));
+	log_dkim_problems(ob);
 	loop_on_msg(loop, OB_LOOP_MSG, on_new_msg);
 	queue_set_on_new(ob->q, queue_new_entry, ob);
 	size_t n = 0;

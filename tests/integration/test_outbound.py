@@ -188,6 +188,36 @@ def test_dkim_signed_delivery_verifies(pair, dns, tmp_path, kind):
         sender.stop()
 
 
+def test_dkim_key_taken_at_sighup(pair, dns, tmp_path):
+    """No key at start: unsigned. `ringmail dkim keygen` while serving, then
+    SIGHUP: the next message is signed and verifies."""
+    _, remote = pair
+    sender = make_sender(tmp_path / "sender", dns, remote.port(25))
+    sender.start()
+    try:
+        assert sender.wait_log(r"outbound-ready.*dkim_keys=0", timeout=10)
+        tok = token()
+        submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1 and b"DKIM-Signature:" not in got[0]
+        r = conftest.run_cli("dkim", "keygen", "example.com", "--data", str(sender.data),
+                             "--type", "ed25519", timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "SIGHUP" in r.stdout
+        records = dict([dkim_record(r.stdout)])
+        mark = sender.log_mark()
+        sender.proc.send_signal(signal.SIGHUP)
+        assert sender.wait_log(r"dkim-reloaded.*dkim_keys=1", mark, timeout=10), \
+            sender.log()[mark:]
+        tok = token()
+        submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1
+        assert verify(got[0], records), got[0][:1200]
+    finally:
+        sender.stop()
+
+
 def test_local_and_remote_in_one_message(pair):
     sender, remote = pair
     tok = token()
