@@ -434,7 +434,11 @@ static void body_emit(void *arg, const uint8_t *p, size_t len)
 		s->olen = 0;
 	}
 	if (len >= sizeof(s->out)) {
-		wc_Sha256Update(&s->body_sha, p, (word32)len);
+		/* word32 lengths: a huge run goes in pieces. */
+		for (size_t n; len; p += n, len -= n) {
+			n = len < (1u << 30) ? len : (1u << 30);
+			wc_Sha256Update(&s->body_sha, p, (word32)n);
+		}
 		return;
 	}
 	memcpy(s->out + s->olen, p, len);
