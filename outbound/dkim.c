@@ -539,7 +539,7 @@ void dkim_signer_abort(struct dkim_signer *s)
 struct field {
 	struct span all;  /* name ':' value, continuation lines, no final CRLF */
 	struct span name; /* without trailing whitespace */
-	bool used;
+	int kind;         /* index in signed_fields, or -1 */
 };
 
 /* Splits the header section into fields. Returns the count; fields must
@@ -572,7 +572,7 @@ static size_t split_fields(const uint8_t *h, size_t len, struct field *f)
 			nlen--;
 		f[nf].all = span_make(h + start, flen);
 		f[nf].name = span_make(h + start, nlen);
-		f[nf].used = false;
+		f[nf].kind = -1;
 		nf++;
 	}
 	return nf;
@@ -674,6 +674,7 @@ char *dkim_signer_finish(struct dkim_signer *s)
 				hl += n;
 				hlist[hl] = '\0';
 				from |= j == 0;
+				f[i].kind = (int)j;
 				break;
 			}
 	if (!from) {
@@ -707,16 +708,26 @@ char *dkim_signer_finish(struct dkim_signer *s)
 	if (wc_InitSha256(&sha))
 		goto err;
 	sha_init = true;
+	/* Instances of a name are taken strictly bottom-up, so one cursor per
+	 * name keeps this linear even for thousands of fields. */
+	size_t cursor[NSIGNED];
+	for (size_t j = 0; j < NSIGNED; j++)
+		cursor[j] = nf;
 	for (const char *name = hlist; *name;) {
-		size_t n = strcspn(name, ":");
-		struct span want = span_make(name, n);
-		for (size_t i = nf; i-- > 0;)
-			if (!f[i].used && span_eq_nocase(f[i].name, want)) {
-				f[i].used = true;
-				size_t c = dkim_canon_header(f[i].all.p, f[i].all.len, true, canon);
-				wc_Sha256Update(&sha, canon, (word32)c);
-				break;
-			}
+		size_t n = strcspn(name, ":"), j = 0;
+		while (j < NSIGNED && (strlen(signed_fields[j]) != n ||
+				       memcmp(signed_fields[j], name, n)))
+			j++;
+		size_t i = j < NSIGNED ? cursor[j] : 0;
+		while (i > 0 && f[i - 1].kind != (int)j)
+			i--;
+		if (i > 0) {
+			i--;
+			size_t c = dkim_canon_header(f[i].all.p, f[i].all.len, true, canon);
+			wc_Sha256Update(&sha, canon, (word32)c);
+		}
+		if (j < NSIGNED)
+			cursor[j] = i;
 		name += n + (name[n] == ':');
 	}
 	size_t c = dkim_canon_header((const uint8_t *)sb.p, sb.len, false, canon);

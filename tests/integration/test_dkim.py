@@ -168,6 +168,9 @@ MESSAGES = {
                 b"\xc3\xa9t\xc3\xa9\r\n\r\n\r\nend\r\n",
     "long-header": b"From: alice@example.com\r\nSubject: " + b"x" * 3000 + b"\r\n\r\nbody\r\n",
     "dots": b"From: alice@example.com\r\n\r\n.\r\n..leading\r\n.\r\n",
+    # Thousands of signed instances: each is in h=, picked bottom-up.
+    "many-fields": b"From: alice@example.com\r\n" + b"".join(
+        b"To: r%d@remote.example\r\n" % i for i in range(2000)) + b"\r\nbody\r\n",
 }
 
 
