@@ -2,9 +2,10 @@
 #include "app/cmd_dns.h"
 
 #include <ctype.h>
-#include <glob.h>
+#include <errno.h>
 #include <string.h>
 
+#include "outbound/dkim.h"
 #include "proto/discovery.h"
 
 /* SRV priority of the STARTTLS services: after the implicit-TLS ones at 0
@@ -105,20 +106,14 @@ int cmd_dns_records(const struct config *cfg, const char *domain_arg, FILE *out,
 	fprintf(out, "_dmarc.%s. IN TXT \"v=DMARC1; p=quarantine; adkim=s; aspf=s; "
 		"rua=mailto:postmaster@%s\"\n", domain, domain);
 
-	/* DKIM keys will live in DATA/dkim/DOMAIN.* (not written by ringmail
-	 * yet): say where the record will come from. */
-	char pattern[2 * CONFIG_STR_MAX + 16];
-	glob_t g;
-	snprintf(pattern, sizeof(pattern), "%s/dkim/%s.*", cfg->data_dir, domain);
-	if (glob(pattern, 0, NULL, &g) == 0) {
-		fprintf(out, "; DKIM: a key exists (%s), but this version cannot print its record "
-			"yet;\n; it will appear as SELECTOR._domainkey.%s. IN TXT "
-			"\"v=DKIM1; k=...; p=...\"\n", g.gl_pathv[0], domain);
-		globfree(&g);
-	} else {
-		fprintf(out, "; DKIM: no key in %s/dkim/ yet. Once %s/dkim/%s.* exists, this prints\n"
-			"; SELECTOR._domainkey.%s. IN TXT \"v=DKIM1; k=...; p=PUBLIC_KEY\"\n",
-			cfg->data_dir, cfg->data_dir, domain, domain);
-	}
+	/* DKIM: the record of DATA/dkim/DOMAIN.key (outbound/dkim.h). */
+	int rc = dkim_dns_record(cfg->data_dir, domain, cfg->ob_dkim_selector, out, err);
+	if (rc == -ENOENT)
+		fprintf(out, "; DKIM: no key in %s/dkim/ for %s yet. `ringmail dkim keygen %s` "
+			"creates %s/dkim/%s.key\n; and prints the SELECTOR._domainkey.%s. TXT "
+			"record to publish.\n", cfg->data_dir, domain, domain, cfg->data_dir,
+			domain, domain);
+	else if (rc)
+		return 1;
 	return 0;
 }

@@ -40,7 +40,8 @@ static void usage(FILE *out)
 		"       ringmail dns-records DOMAIN [--config FILE] [same overrides as serve]\n"
 		"       ringmail fsck [--data DIR] [--repair]\n"
 		"       ringmail queue list|flush|delete ID [--data DIR]\n"
-		"       ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] [--selector S]\n"
+		"       ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] [--selector S] "
+		"[--force]\n"
 		"serve also takes --dns HOST:PORT (resolver for outbound mail) and\n"
 		"--mx-port N (port of remote MX hosts, default 25).\n"
 		"       ringmail version\n"
@@ -197,7 +198,7 @@ static int cmd_dns(int argc, char **argv)
 {
 	struct overrides o;
 	if (argc < 2 || argv[1][0] == '-') {
-		fprintf(stderr, "usage: ringmail dns-records DOMAIN [--config FILE] [--hostname H]\n");
+		fprintf(stderr, "usage: ringmail dns-records DOMAIN [--config FILE] [--data DIR] [--hostname H]\n");
 		return 2;
 	}
 	const char *domain = argv[1];
@@ -246,7 +247,8 @@ struct app_state {
 	size_t nold;
 };
 
-/* SIGHUP, on the main thread: new certificates for new connections. */
+/* SIGHUP, on the main thread: new certificates for new connections, the
+ * users files, the DKIM keys. */
 static int app_reload(struct server *srv, const struct config *cfg, char *err, size_t errlen)
 {
 	struct app_state *st = srv->app.ctx;
@@ -260,6 +262,8 @@ static int app_reload(struct server *srv, const struct config *cfg, char *err, s
 		return rc;
 	if (st->sv.users && users_reload(st->sv.users) < 0)
 		log_emit(&srv->log, LOG_WARN, 0, "users-reload-failed", NULL);
+	if (st->sv.outbound && outbound_reload(st->sv.outbound, cfg->ob_dkim_selector) < 0)
+		log_emit(&srv->log, LOG_WARN, 0, "dkim-reload-failed", NULL);
 	st->old_tls[st->nold++] = cur;
 	atomic_store_explicit(&st->sv.tls, next, memory_order_release);
 	log_emit(&srv->log, LOG_INFO, 0, "tls-reloaded", "fingerprint=%s",
@@ -499,13 +503,16 @@ static int cmd_queue(int argc, char **argv)
 	return rc;
 }
 
-/* "ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] [--selector S]". */
+/* "ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] [--selector S]
+ * [--force]": an existing key is kept unless --force. */
 static int cmd_dkim(int argc, char **argv)
 {
 	const char *data = NULL, *type = "rsa", *domain = NULL, *selector = NULL;
-	bool keygen = false, bad = false;
+	bool keygen = false, bad = false, force = false;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--data") && i + 1 < argc)
+		if (!strcmp(argv[i], "--force"))
+			force = true;
+		else if (!strcmp(argv[i], "--data") && i + 1 < argc)
 			data = argv[++i];
 		else if (!strcmp(argv[i], "--type") && i + 1 < argc)
 			type = argv[++i];
@@ -520,7 +527,7 @@ static int cmd_dkim(int argc, char **argv)
 	}
 	if (bad || !keygen || !domain || (strcmp(type, "rsa") && strcmp(type, "ed25519"))) {
 		fprintf(stderr, "usage: ringmail dkim keygen DOMAIN [--data DIR] [--type rsa|ed25519] "
-				"[--selector S]\n");
+				"[--selector S] [--force]\n");
 		return 2;
 	}
 	struct config *cfg = malloc(sizeof(*cfg));
@@ -533,7 +540,7 @@ static int cmd_dkim(int argc, char **argv)
 		data = cfg->data_dir;
 	if (!selector)
 		selector = cfg->ob_dkim_selector;
-	int rc = dkim_keygen(data, domain, type, selector, stdout, stderr);
+	int rc = dkim_keygen(data, domain, type, selector, force, stdout, stderr);
 	free(cfg);
 	return rc ? 1 : 0;
 }

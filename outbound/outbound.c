@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -70,7 +71,14 @@ struct outbound {
 	char ctl_buf[4096];
 	bool flush;
 	struct dkim *dkim;
+	/* A key set loaded by outbound_reload (main thread), taken over by
+	 * loop 0 at its next tick. */
+	_Atomic(struct dkim_update *) dkim_next;
 	struct job *jobs;
+};
+
+struct dkim_update {
+	struct dkim *dkim;
 };
 
 static const struct config *ob_cfg(struct outbound *ob)
@@ -88,6 +96,24 @@ static int64_t wall_ms(void)
 #define OBLOG(ob, lvl, ev, ...) LOG_AT(loop_log((ob)->loop), lvl, 0, ev, __VA_ARGS__)
 
 /* ---- messages ----------------------------------------------------------- */
+
+/* The DKIM-Signature field for e when the envelope sender's domain has a
+ * key (outbound/dkim.h), else NULL; a message that cannot be signed is
+ * logged and goes out unsigned. */
+static char *msg_sign(struct outbound *ob, const struct queue_entry *e)
+{
+	const char *at = strrchr(e->from, '@');
+	struct dkim_signer *s = at ? dkim_signer_begin(ob->dkim, at + 1) : NULL;
+	if (!s)
+		return NULL;
+	dkim_signer_feed(s, e->data, e->len);
+	const char *why = dkim_signer_error(s);
+	char *sig = dkim_signer_finish(s);
+	if (!sig)
+		OBLOG(ob, LOG_WARN, "dkim-unsigned", "id=%s domain=%s reason=\"%s\"", e->id, at + 1,
+		      why ? why : "signing failed");
+	return sig;
+}
 
 static void msg_add(struct outbound *ob, struct queue_entry *e)
 {
@@ -157,7 +183,51 @@ void outbound_free(struct outbound **ob_r)
 		free(d);
 	}
 	dkim_free(&ob->dkim);
+	struct dkim_update *u = atomic_exchange(&ob->dkim_next, NULL);
+	if (u) {
+		dkim_free(&u->dkim);
+		free(u);
+	}
 	free(ob);
+}
+
+int outbound_reload(struct outbound *ob, const char *dkim_selector)
+{
+	struct dkim_update *u = calloc(1, sizeof(*u));
+	if (!u)
+		return -ENOMEM;
+	int rc = dkim_new(ob->data_dir, dkim_selector, &u->dkim);
+	if (rc) {
+		free(u);
+		return rc;
+	}
+	/* One not yet taken by loop 0 was never used: drop it. */
+	struct dkim_update *old = atomic_exchange(&ob->dkim_next, u);
+	if (old) {
+		dkim_free(&old->dkim);
+		free(old);
+	}
+	return 0;
+}
+
+static void log_dkim_problems(struct outbound *ob)
+{
+	for (size_t i = 0; dkim_problem(ob->dkim, i); i++)
+		OBLOG(ob, LOG_ERROR, "dkim-key", "problem=\"%s\"", dkim_problem(ob->dkim, i));
+}
+
+/* Loop 0: switch to a key set that outbound_reload loaded. Signing is
+ * synchronous on this loop, so no signer holds the old set now. */
+static void take_dkim_update(struct outbound *ob)
+{
+	struct dkim_update *u = atomic_exchange(&ob->dkim_next, NULL);
+	if (!u)
+		return;
+	dkim_free(&ob->dkim);
+	ob->dkim = u->dkim;
+	free(u);
+	log_dkim_problems(ob);
+	OBLOG(ob, LOG_INFO, "dkim-reloaded", "dkim_keys=%zu", dkim_nkeys(ob->dkim));
 }
 
 static struct ob_dest *dest_get(struct outbound *ob, const char *domain)
@@ -1263,9 +1333,7 @@ static void job_start(struct outbound *ob, struct ob_msg *m, const char *domain,
 	}
 	if (!m->dkim_done) {
 		m->dkim_done = true;
-		const char *fat = strrchr(e->from, '@');
-		if (ob->dkim && fat)
-			m->dkim = dkim_sign(ob->dkim, fat + 1, e->data, e->len);
+		m->dkim = msg_sign(ob, e);
 	}
 	d->active++;
 	m->jobs++;
@@ -1443,6 +1511,7 @@ static void on_tick(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 	(void)res;
 	(void)flags;
 	struct outbound *ob = (struct outbound *)((char *)cb - offsetof(struct outbound, tick_cb));
+	take_dkim_update(ob);
 	dns_tick(ob->dns);
 	check_timeouts(ob);
 	ctl_poll(ob);
@@ -1500,13 +1569,15 @@ int outbound_loop_start(struct outbound *ob, struct loop *loop)
 		return rc;
 	}
 	dkim_new(ob->data_dir, cfg->ob_dkim_selector, &ob->dkim);
+	log_dkim_problems(ob);
 	loop_on_msg(loop, OB_LOOP_MSG, on_new_msg);
 	queue_set_on_new(ob->q, queue_new_entry, ob);
 	size_t n = 0;
 	for (struct ob_msg *m = ob->msgs; m; m = m->next)
 		n++;
-	OBLOG(ob, LOG_INFO, "outbound-ready", "queued=%zu dns=\"%s\" mx_port=%u smart_host=\"%s\"",
-	      n, cfg->ob_dns, cfg->ob_mx_port, cfg->ob_smart_host);
+	OBLOG(ob, LOG_INFO, "outbound-ready",
+	      "queued=%zu dns=\"%s\" mx_port=%u smart_host=\"%s\" dkim_keys=%zu",
+	      n, cfg->ob_dns, cfg->ob_mx_port, cfg->ob_smart_host, dkim_nkeys(ob->dkim));
 	arm_tick(ob);
 	schedule(ob);
 	return 0;

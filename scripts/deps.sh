@@ -16,9 +16,10 @@ libcrypt-dev libcriterion-dev libwolfssl-dev libc-ares-dev"
 # Real clients for the integration tests: Python's smtplib/imaplib/poplib
 # (python3), pytest, curl, openssl s_client, swaks, fetchmail (POP3), mbsync
 # (isync, IMAP), xmllint (auto-discovery
-# documents); clang for the fuzzers.
+# documents); clang for the fuzzers; dkimpy (python3-dkim, with python3-nacl
+# for ed25519-sha256) as the independent DKIM verifier.
 TEST="python3 dnsmasq-base python3-pytest curl openssl swaks clang libclang-rt-14-dev util-linux
-procps iproute2 libxml2-utils fetchmail isync"
+procps iproute2 libxml2-utils fetchmail isync python3-dkim python3-nacl"
 BENCH="gnuplot-nox"
 
 want="$BUILD"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import conftest
+from dkim_helpers import dkim_record, strip_sig, tags, verify
 from smtp_helpers import Server, find, message, token
 
 ALICE, ALICE_PW = "alice@example.com", "alice-Secret-1"
@@ -146,6 +147,75 @@ def test_remote_rcpt_delivered_byte_exact(pair):
     assert body == msg
     assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
     assert "outbound-sent" in sender.log()
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_dkim_signed_delivery_verifies(pair, dns, tmp_path, kind):
+    """A key made by `ringmail dkim keygen`; the message submitted on 465
+    arrives at the remote MX with a DKIM-Signature that dkimpy verifies
+    against the printed TXT record, and the bytes as sent behind it."""
+    _, remote = pair
+    sender = make_sender(tmp_path / "sender", dns, remote.port(25))
+    r = conftest.run_cli("dkim", "keygen", "example.com", "--data", str(sender.data),
+                         "--type", kind, timeout=60)
+    assert r.returncode == 0, r.stderr
+    records = dict([dkim_record(r.stdout)])
+    sender.start()
+    try:
+        assert sender.wait_log(r"outbound-ready.*dkim_keys=1", timeout=10), sender.log()[-2000:]
+        tok = token()
+        msg = message(tok, body=b"Signed  body \t\r\n\r\n.leading dot\r\n\xc3\xa9t\xc3\xa9\r\n\r\n",
+                      frm=ALICE, to=BOB,
+                      extra_headers=b"Date: Thu, 26 Nov 2026 12:00:00 +0000\r\n"
+                                    b"MIME-Version: 1.0\r\n"
+                                    b"Content-Type: text/plain; charset=utf-8\r\n")
+        submit(sender, BOB, msg)
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1, sender.log()[-3000:]
+        m = got[0]
+        assert verify(m, records), m[:1500]
+        # The remote's Received, our signature, our Received, then the bytes as sent.
+        rest = strip_all_received(m)
+        t = tags(rest)
+        assert t["d"] == "example.com" and t["s"] == "ringmail"
+        assert t["a"] == ("rsa-sha256" if kind == "rsa" else "ed25519-sha256")
+        assert t["h"].lower().split(":")[:1] == ["from"]
+        assert rest.startswith(b"DKIM-Signature: ")
+        assert strip_all_received(strip_sig(rest)) == msg
+        # A changed byte in the body no longer verifies.
+        assert not verify(m.replace(b"Signed  body", b"Signed body!"), records)
+    finally:
+        sender.stop()
+
+
+def test_dkim_key_taken_at_sighup(pair, dns, tmp_path):
+    """No key at start: unsigned. `ringmail dkim keygen` while serving, then
+    SIGHUP: the next message is signed and verifies."""
+    _, remote = pair
+    sender = make_sender(tmp_path / "sender", dns, remote.port(25))
+    sender.start()
+    try:
+        assert sender.wait_log(r"outbound-ready.*dkim_keys=0", timeout=10)
+        tok = token()
+        submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1 and b"DKIM-Signature:" not in got[0]
+        r = conftest.run_cli("dkim", "keygen", "example.com", "--data", str(sender.data),
+                             "--type", "ed25519", timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "SIGHUP" in r.stdout
+        records = dict([dkim_record(r.stdout)])
+        mark = sender.log_mark()
+        sender.proc.send_signal(signal.SIGHUP)
+        assert sender.wait_log(r"dkim-reloaded.*dkim_keys=1", mark, timeout=10), \
+            sender.log()[mark:]
+        tok = token()
+        submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1
+        assert verify(got[0], records), got[0][:1200]
+    finally:
+        sender.stop()
 
 
 def test_local_and_remote_in_one_message(pair):
