@@ -1829,6 +1829,8 @@ static void status_reply(struct imap_session *is, const struct store_folder_stat
 			v = 0;
 		else if (!strcasecmp(it, "SIZE"))
 			v = st->bytes;
+		else if (!strcasecmp(it, "DELETED"))
+			v = st->deleted;
 		else if (!strcasecmp(it, "HIGHESTMODSEQ"))
 			v = st->highestmodseq;
 		else
@@ -1878,7 +1880,7 @@ static void cmd_status(struct imap_session *is, size_t a)
 	}
 	for (size_t i = a + 2; i + 1 < is->ntoks; i++) {
 		static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
-						  "RECENT", "SIZE", "HIGHESTMODSEQ" };
+						  "RECENT", "SIZE", "HIGHESTMODSEQ", "DELETED" };
 		bool known = false;
 		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
 			known |= is_atom(is, i, ok[k]);

@@ -85,9 +85,13 @@ static void index_set_flags(struct index *ix, struct index_msg *m, uint32_t flag
 {
 	if (!(m->flags & STORE_F_SEEN))
 		ix->unseen--;
+	if (m->flags & STORE_F_DELETED)
+		ix->deleted--;
 	m->flags = flags;
 	if (!(m->flags & STORE_F_SEEN))
 		ix->unseen++;
+	if (m->flags & STORE_F_DELETED)
+		ix->deleted++;
 }
 
 static int apply_append(struct index *ix, const struct rec_append *a)
@@ -120,6 +124,8 @@ static int apply_append(struct index *ix, const struct rec_append *a)
 	ix->bytes += a->len;
 	if (!(m->flags & STORE_F_SEEN))
 		ix->unseen++;
+	if (m->flags & STORE_F_DELETED)
+		ix->deleted++;
 	if (RECORD_SEG_NUM(a->seg) > ix->max_seg)
 		ix->max_seg = RECORD_SEG_NUM(a->seg);
 	return 0;
@@ -230,6 +236,8 @@ static int apply_expunge(struct index *ix, const struct rec_expunge *e, uint64_t
 				ix->bytes -= m->size;
 				if (!(m->flags & STORE_F_SEEN))
 					ix->unseen--;
+				if (m->flags & STORE_F_DELETED)
+					ix->deleted--;
 				iblob_unref(&m->blob);
 				continue;
 			}
@@ -551,6 +559,8 @@ int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 		ix->bytes += m.size;
 		if (!(m.flags & STORE_F_SEEN))
 			ix->unseen++;
+		if (m.flags & STORE_F_DELETED)
+			ix->deleted++;
 	}
 	if (ver == 1) {
 		/* no expunge memory: what the checkpoint covers is forgotten */

@@ -53,6 +53,7 @@ struct index {
 	char *keywords[64];
 	uint64_t bytes;         /* sum of sizes */
 	uint32_t unseen;
+	uint32_t deleted;       /* messages flagged \Deleted */
 	uint32_t max_seg;       /* highest segment number (RECORD_SEG_NUM) referenced */
 	bool have_hdr;
 	/* expunge runs in log (= MODSEQ) order; expunges with a MODSEQ at or

@@ -2448,6 +2448,7 @@ static void status_locked(const struct sfolder *f, struct store_folder_status *s
 	st->highestmodseq = f->ix.highestmodseq;
 	st->messages = (uint32_t)f->ix.n;
 	st->unseen = f->ix.unseen;
+	st->deleted = f->ix.deleted;
 	st->bytes = f->ix.bytes;
 }
 

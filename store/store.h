@@ -169,6 +169,7 @@ struct store_folder_status {
 	uint64_t highestmodseq;
 	uint32_t messages;
 	uint32_t unseen;     /* messages without \Seen */
+	uint32_t deleted;    /* messages with \Deleted */
 	uint64_t bytes;
 };
 void store_folder_status(struct store_folder *folder, struct store_folder_status *st_r);

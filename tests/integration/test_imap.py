@@ -775,6 +775,14 @@ def test_rev2_search_answers_esearch(srv):
     assert lines == [b'* ESEARCH (TAG "%s")\r\n' % t.split()[0]], lines
     lines, t = r.cmd("SEARCH RETURN (COUNT) ALL")
     assert lines == [b'* ESEARCH (TAG "%s") COUNT 3\r\n' % t.split()[0]], lines
+    # STATUS DELETED (RFC 9051) counts \Deleted messages
+    r.cmd("STORE 1,3 +FLAGS.SILENT (\\Deleted)")
+    lines, _ = r.cmd("STATUS INBOX (DELETED MESSAGES)")
+    assert lines == [b"* STATUS \"INBOX\" (DELETED 2 MESSAGES 3)\r\n"], lines
+    r.cmd("STORE 1 -FLAGS.SILENT (\\Deleted)")
+    r.cmd("EXPUNGE")
+    lines, _ = r.cmd("STATUS INBOX (DELETED MESSAGES)")
+    assert lines == [b"* STATUS \"INBOX\" (DELETED 0 MESSAGES 2)\r\n"], lines
 
 
 def select_lines(r, args):

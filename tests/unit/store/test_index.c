@@ -430,3 +430,37 @@ Test(index, vanished_survives_checkpoint)
 	free(buf);
 	free(lb.p);
 }
+
+Test(index, deleted_count_follows_flags_expunge_and_checkpoint)
+{
+	struct logbuf lb = { 0 };
+	struct index ix, ck;
+	size_t good, n;
+	uint8_t *buf;
+	uint64_t off;
+	uint32_t u123[] = { 1, 2, 3 }, u2[] = { 2 }, u3[] = { 3 };
+
+	lb_hdr(&lb, 1);
+	for (uint32_t u = 1; u <= 4; u++)
+		lb_append(&lb, u, u, 10);
+	lb_flags(&lb, 5, REC_FLAGS_ADD, STORE_F_DELETED, 0, u123, 3);
+	lb_flags(&lb, 6, REC_FLAGS_REMOVE, STORE_F_DELETED, 0, u2, 1);
+	lb_flags(&lb, 7, REC_FLAGS_SET, STORE_F_SEEN | STORE_F_DELETED, 0, u3, 1);
+	index_init(&ix);
+	cr_assert_eq(index_replay(&ix, span_make(lb.p, lb.len), &good), RECORD_END);
+	cr_expect_eq(ix.deleted, 2);
+	n = index_checkpoint_size(&ix);
+	buf = malloc(n);
+	cr_assert_eq(index_checkpoint_put(&ix, lb.len, buf, n), n);
+	index_init(&ck);
+	cr_assert_eq(index_checkpoint_load(&ck, span_make(buf, n), &off), 0);
+	cr_expect_eq(ck.deleted, 2);
+	size_t mid = lb.len;
+	lb_expunge(&lb, 8, u3, 1);
+	cr_assert_eq(index_replay(&ck, span_make(lb.p + mid, lb.len - mid), &good), RECORD_END);
+	cr_expect_eq(ck.deleted, 1);
+	index_clear(&ck);
+	index_clear(&ix);
+	free(buf);
+	free(lb.p);
+}
