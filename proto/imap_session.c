@@ -695,8 +695,10 @@ static ssize_t name_decode(struct imap_session *is, struct span s, char *out, si
 	if (is->rev2)
 		return imap_utf8_name(s, (uint8_t *)out, cap);
 	ssize_t n = imap_mutf7_decode(s, (uint8_t *)out, cap);
-	if (n == -EINVAL)
-		n = imap_utf8_name(s, (uint8_t *)out, cap);
+	/* only 8-bit input: malformed modified UTF-7 in ASCII stays an error */
+	for (size_t i = 0; n == -EINVAL && i < s.len; i++)
+		if (s.p[i] >= 0x80)
+			return imap_utf8_name(s, (uint8_t *)out, cap);
 	return n;
 }
 

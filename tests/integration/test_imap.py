@@ -720,6 +720,8 @@ def test_rev2_enable_and_utf8_mailbox_names(srv):
     lines, _ = r.cmd('LIST "" "*"')
     assert b"&AMQ-rger/Entw&APw-rfe" in list_names(lines), lines
     assert mutf7(name) == "&AMQ-rger/Entw&APw-rfe"
+    _, t = r.cmd('CREATE "&AGE-"')  # malformed modified UTF-7 stays an error
+    assert b" NO " in t, t
     # a rev1 session also takes the name in 8-bit UTF-8
     lines, t = r.cmd(b'STATUS "' + name.encode() + b'" (MESSAGES)')
     assert b" OK " in t and lines[0].startswith(b"* STATUS "), (lines, t)
@@ -883,13 +885,18 @@ def test_qresync_vanished_during_session(srv):
         deliver(srv, "alice@example.com", subject=f"v{i}")
     a = Raw(srv).login()
     a.cmd("ENABLE QRESYNC")
-    a.cmd("SELECT INBOX")
+    m0 = code(select_lines(a, ""), "HIGHESTMODSEQ")
     b = Raw(srv).login()
     b.cmd("SELECT INBOX")
     expunge_uids(b, "2:3")
+    b.cmd("UID STORE 4 +FLAGS.SILENT (\\Flagged)")
     # never during FETCH; then one VANISHED, no EXPUNGE
     lines, t = a.cmd("FETCH 1:5 (UID)")
     assert not any(b"VANISHED" in l or b"EXPUNGE" in l for l in lines), lines
+    # the flag change came with a MODSEQ above the held-back expunge: a
+    # HIGHESTMODSEQ from before it says where to resynchronise from
+    assert any(b"\\Flagged" in l and b" MODSEQ (" in l for l in lines), lines
+    assert code(lines, "HIGHESTMODSEQ") == m0, lines
     lines, _ = a.cmd("NOOP")
     assert vanished(lines, earlier=False) == "2:3", lines
     assert not any(b"EXPUNGE" in l for l in lines), lines
