@@ -136,6 +136,7 @@ struct fetch_job {
 	struct fitem items[IMAP_FETCH_ITEMS_MAX];
 	size_t nitems;
 	bool uid, set_seen, want_flags, want_modseq;
+	bool select_reply;   /* QRESYNC's SELECT: select_done() at the end */
 	uint64_t changedsince;
 	size_t mi;           /* next msgs index to look at */
 	size_t ui;           /* uids[] walked up to here */
@@ -246,6 +247,8 @@ static void update_input(struct imap_session *is);
 static void sync_mailbox(struct imap_session *is, bool expunge);
 static void watch_cb(void *arg);
 static void out_uidset(struct imap_session *is, const uint32_t *uids, size_t n);
+static void fetch_pump(struct imap_session *is);
+static void select_done(struct imap_session *is);
 
 /* ---- output ------------------------------------------------------------------- */
 
@@ -1338,38 +1341,56 @@ static bool qresync_param(struct imap_session *is, size_t i, size_t *end_r)
 
 /* After SELECT's usual responses, with a QRESYNC parameter whose
  * UIDVALIDITY matches: VANISHED (EARLIER) for what was expunged since the
- * client's MODSEQ, then FETCH for every message changed since (both within
- * known-uids when given). */
+ * client's MODSEQ, then FETCH (UID FLAGS MODSEQ) for every message changed
+ * since (both within known-uids when given). The FETCH responses are a
+ * FETCH job (a resync can name every message: it waits for the socket like
+ * any FETCH), which ends with the SELECT's tagged reply. Returns 0 or a
+ * negative errno (then nothing is started). */
 static int qresync_select(struct imap_session *is)
 {
 	struct uidranges known = { 0 };
 	struct store_folder_status st;
 	store_view_status(is->view, &st);
-	if (is->qr_known) {
-		if (imap_parse_seqset(tok_span(is, is->qr_known), is->set, IMAP_SET_MAX, &is->nset) ||
-		    !set_ranges(is, st.uidnext - 1, &known)) {
-			free(known.r);
-			return -ENOMEM;
-		}
+	if (is->qr_known &&
+	    (imap_parse_seqset(tok_span(is, is->qr_known), is->set, IMAP_SET_MAX, &is->nset) ||
+	     !set_ranges(is, st.uidnext - 1, &known))) {
+		free(known.r);
+		return -ENOMEM;
 	}
-	int rc = out_vanished_earlier(is, is->qr_modseq, is->qr_known ? &known : NULL);
-	size_t r = 0;
-	for (size_t i = 0; !rc && i < is->nmsgs; i++) {
-		const struct imsg *m = &is->msgs[i];
-		if (m->modseq <= is->qr_modseq)
-			continue;
+	struct fetch_job *fj = calloc(1, sizeof(*fj));
+	free(is->uids);
+	is->uids = malloc((is->nmsgs + 1) * sizeof(uint32_t));
+	int rc = fj && is->uids ? out_vanished_earlier(is, is->qr_modseq,
+						     is->qr_known ? &known : NULL)
+				: -ENOMEM;
+	if (rc) {
+		free(known.r);
+		free(fj);
+		return rc;
+	}
+	/* uids[]: the messages of known-uids, for fetch_matches() */
+	is->nuids = 0;
+	for (size_t i = 0, r = 0; i < is->nmsgs; i++) {
+		uint32_t uid = is->msgs[i].uid;
 		if (is->qr_known) {
-			while (r < known.n && known.r[r].hi < m->uid)
+			while (r < known.n && known.r[r].hi < uid)
 				r++;
-			if (r == known.n || known.r[r].lo > m->uid)
+			if (r == known.n || known.r[r].lo > uid)
 				continue;
 		}
-		out_printf(is, "* %zu FETCH (UID %" PRIu32 " FLAGS ", i + 1, m->uid);
-		out_flags(is, m->flags, m->kw);
-		out_printf(is, " MODSEQ (%" PRIu64 "))\r\n", m->modseq);
+		is->uids[is->nuids++] = uid;
 	}
 	free(known.r);
-	return rc;
+	static const uint8_t items[] = { FI_UID, FI_FLAGS, FI_MODSEQ };
+	for (size_t k = 0; k < sizeof(items); k++)
+		fj->items[k].kind = items[k];
+	fj->nitems = sizeof(items);
+	fj->uid = fj->want_flags = fj->want_modseq = true;
+	fj->changedsince = is->qr_modseq;
+	fj->select_reply = true;
+	is->fj = fj;
+	fetch_pump(is);
+	return 0;
 }
 
 /* RFC 9051 6.3.2: SELECT answers a LIST response for the mailbox too. */
@@ -1397,6 +1418,12 @@ static void select_list(struct imap_session *is)
 }
 
 /* ---- SELECT / EXAMINE ------------------------------------------------------------------ */
+
+static void select_done(struct imap_session *is)
+{
+	done(is, "OK", "[%s] %s completed", is->readonly ? "READ-ONLY" : "READ-WRITE",
+	     is->readonly ? "EXAMINE" : "SELECT");
+}
 
 static void select_opened(void *arg, int res, struct store_folder *folder)
 {
@@ -1454,15 +1481,19 @@ static void select_opened(void *arg, int res, struct store_folder *folder)
 	out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] Highest\r\n", st.highestmodseq);
 	if (is->rev2)
 		select_list(is);
-	if (is->qr_select && st.uidvalidity == is->qr_uidvalidity && qresync_select(is)) {
-		mailbox_close(is);
-		store_error(is, -ENOMEM);
+	is->state = IMAP_S_SELECTED;
+	if (is->qr_select && st.uidvalidity == is->qr_uidvalidity) {
+		/* the FETCH job it starts ends with select_done() */
+		int rc = qresync_select(is);
+		if (rc) {
+			mailbox_close(is);
+			is->state = IMAP_S_AUTH;
+			store_error(is, rc);
+		}
 		release(is);
 		return;
 	}
-	is->state = IMAP_S_SELECTED;
-	done(is, "OK", "[%s] %s completed", is->readonly ? "READ-ONLY" : "READ-WRITE",
-	     is->readonly ? "EXAMINE" : "SELECT");
+	select_done(is);
 	release(is);
 }
 
@@ -1988,9 +2019,11 @@ static bool fetch_item(struct imap_session *is, struct span t, struct fetch_job 
 
 static void fetch_finish(struct imap_session *is)
 {
-	bool expunged = is->fj->expunged;
+	bool expunged = is->fj->expunged, sel = is->fj->select_reply;
 	fetch_free(is);
-	if (expunged)
+	if (sel)
+		select_done(is);
+	else if (expunged)
 		done(is, "NO", "[EXPUNGEISSUED] Some messages were expunged");
 	else
 		done(is, "OK", "%sFETCH completed", is->uid_cmd ? "UID " : "");

@@ -984,10 +984,12 @@ def test_qresync_expunge_memory_survives_restart(imapsrv):
     assert vanished(lines) == "4:5" and set(fetched(lines)) == {2}, lines
 
 
-def test_qresync_past_the_expunge_memory_names_every_missing_uid(srv):
+def test_qresync_past_the_expunge_memory_names_every_missing_uid(imapsrv):
     """The store remembers 1024 expunge runs; older than that, VANISHED
     (EARLIER) names every UID of the client's set that is not a message
-    (RFC 7162 allows it), including ones expunged before its MODSEQ."""
+    (RFC 7162 allows it), including ones expunged before its MODSEQ. A small
+    send queue: a resync that names every message waits for the socket."""
+    srv = imapsrv(config="[limits]\nsend_queue_max = 16k\n")
     for i in range(9):
         deliver(srv, "alice@example.com", subject=f"p{i}")
     a = Raw(srv).login()
@@ -1022,3 +1024,9 @@ def test_qresync_past_the_expunge_memory_names_every_missing_uid(srv):
     assert vanished(lines) == "2001,2003,2005,2007,2009", lines
     lines = select_lines(c, f"(QRESYNC ({uv} {m1}))")
     assert vanished(lines) is None, lines
+    # from MODSEQ 1: every message is a FETCH (~70 KB, over the queue limit)
+    lines = select_lines(c, f"(QRESYNC ({uv} 1))")
+    f = fetched(lines)
+    assert sorted(f) == list(range(4, 2305, 2)), len(f)
+    assert all(b" MODSEQ (" in l and b"FLAGS (" in l for l in f.values())
+    assert vanished(lines).startswith("1:3,5,7,9,11,"), lines[:12]
