@@ -2506,9 +2506,15 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		fj->nitems++;
 	}
 	if (vanished) {
-		/* before any FETCH response (RFC 7162 3.2.6) */
+		/* before any FETCH response (RFC 7162 3.2.6). "*" reaches the
+		 * last UID given out, not only the last message's: "1:*" after
+		 * the last messages were expunged must name them too. */
 		struct uidranges want = { 0 };
-		uint32_t star = is->nmsgs ? is->msgs[is->nmsgs - 1].uid : 0;
+		struct store_folder_status st;
+		store_view_status(is->view, &st);
+		uint32_t star = st.uidnext - 1;
+		if (is->nmsgs && is->msgs[is->nmsgs - 1].uid > star)
+			star = is->msgs[is->nmsgs - 1].uid;
 		int rc = set_ranges(is, star, &want) ? out_vanished_earlier(is, fj->changedsince, &want)
 						     : -ENOMEM;
 		free(want.r);

@@ -952,6 +952,11 @@ def test_qresync_uid_fetch_changedsince_vanished(srv):
     # only UIDs of the set are named
     lines, _ = a.cmd(f"UID FETCH 3:4 (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
     assert vanished(lines) is None and set(fetched(lines)) == {3}, lines
+    # "*" reaches past the last message: the expunged last UID is named
+    expunge_uids(b, "6")
+    a.cmd("NOOP")
+    lines, _ = a.cmd(f"UID FETCH 4:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
+    assert vanished(lines) == "5:6", lines
     for bad_cmd in (f"UID FETCH 1:* (FLAGS) (VANISHED)",
                     f"FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)",
                     f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE x)"):
