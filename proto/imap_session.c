@@ -3489,7 +3489,7 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 	if (!is_astring(is, a)) {
 		err = "Syntax: APPEND mailbox [flags] [date] literal";
 	} else {
-		ssize_t n = imap_mutf7_decode(tok_span(is, a), (uint8_t *)name, sizeof(name) - 1);
+		ssize_t n = name_decode(is, tok_span(is, a), name, sizeof(name) - 1);
 		if (n <= 0)
 			err = "Invalid mailbox name";
 		else {

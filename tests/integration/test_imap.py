@@ -742,6 +742,12 @@ def test_rev2_enable_and_utf8_mailbox_names(srv):
     assert lines == [b'* STATUS "' + name.encode() + b'" (MESSAGES 0 UIDNEXT 1)\r\n'], lines
     _, t = r.cmd(b'CREATE "Caf\xc3\xa9&Co"')
     assert b" OK " in t, t
+    msg = b"Subject: utf8\r\n\r\nhi\r\n"
+    r.send(b'a APPEND "Caf\xc3\xa9&Co" {%d+}\r\n' % len(msg) + msg + b"\r\n")
+    _, t = r.until("a")
+    assert t.startswith(b"a OK [APPENDUID"), t
+    lines, _ = r.cmd(b'STATUS "Caf\xc3\xa9&Co" (MESSAGES)')
+    assert lines == [b'* STATUS "Caf\xc3\xa9&Co" (MESSAGES 1)\r\n'], lines
     _, t = r.cmd(b'CREATE "bad\xc3"')  # not UTF-8
     assert b" NO " in t or b" BAD " in t, t
     lines, t = r.cmd(b'SELECT "' + name.encode() + b'"')
