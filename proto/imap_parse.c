@@ -590,3 +590,24 @@ ssize_t imap_mutf7_encode(struct span in, uint8_t *out, size_t cap)
 #undef PUT
 	return (ssize_t)o;
 }
+
+bool imap_utf8_valid(struct span s)
+{
+	for (size_t i = 0; i < s.len;)
+		if (utf8_next(s, &i) < 0)
+			return false;
+	return true;
+}
+
+ssize_t imap_utf8_name(struct span in, uint8_t *out, size_t cap)
+{
+	for (size_t i = 0; i < in.len;) {
+		int64_t cp = utf8_next(in, &i);
+		if (cp < 0x20 || cp == 0x7f)
+			return -EINVAL; /* invalid UTF-8 (-1) or a control character */
+	}
+	if (in.len > cap)
+		return -ENOSPC;
+	memcpy(out, in.p, in.len);
+	return (ssize_t)in.len;
+}

@@ -148,4 +148,14 @@ ssize_t imap_mutf7_decode(struct span in, uint8_t *out, size_t cap);
  * length, -EINVAL (invalid UTF-8 or a control character) or -ENOSPC. */
 ssize_t imap_mutf7_encode(struct span in, uint8_t *out, size_t cap);
 
+/* ---- UTF-8 (RFC 9051 after ENABLE IMAP4rev2) ------------------------------ */
+
+/* Whether s is well-formed UTF-8 (no overlong forms, no surrogates). */
+bool imap_utf8_valid(struct span s);
+
+/* A mailbox name given in UTF-8: checked (well-formed, no control
+ * character) and copied to out[0..cap). Returns the length, -EINVAL or
+ * -ENOSPC. No NUL is written. */
+ssize_t imap_utf8_name(struct span in, uint8_t *out, size_t cap);
+
 #endif

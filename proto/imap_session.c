@@ -1,6 +1,6 @@
 /* imap_session.c - the IMAP session (RFC 3501, with LITERAL+, SASL-IR, ID,
  * ENABLE, IDLE, NAMESPACE, UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE,
- * CONDSTORE and APPENDLIMIT).
+ * CONDSTORE, QRESYNC and APPENDLIMIT; RFC 9051 IMAP4rev2 after ENABLE).
  *
  * One struct imap_session per connection, driven by stream.c. Input is cut
  * into tokens by proto/imap_parse.c in place; a command's tokens are copied
@@ -138,6 +138,7 @@ struct fetch_job {
 	struct fitem items[IMAP_FETCH_ITEMS_MAX];
 	size_t nitems;
 	bool uid, set_seen, want_flags, want_modseq;
+	bool select_reply;   /* QRESYNC's SELECT: select_done() at the end */
 	uint64_t changedsince;
 	size_t mi;           /* next msgs index to look at */
 	size_t ui;           /* uids[] walked up to here */
@@ -171,6 +172,8 @@ struct imap_session {
 	bool tls_pending;
 	bool shutting_down;
 	bool condstore;        /* ENABLE CONDSTORE or a CONDSTORE command */
+	bool qresync;          /* ENABLE QRESYNC: VANISHED instead of EXPUNGE */
+	bool rev2;             /* ENABLE IMAP4rev2: UTF-8 names, ESEARCH, no RECENT */
 	bool store_silent;     /* STORE ... FLAGS.SILENT */
 	bool discard_skip;     /* after M_DISCARD: the command was answered */
 	uint64_t discard_left;
@@ -201,6 +204,12 @@ struct imap_session {
 	uint32_t uidvalidity;
 	uint64_t synced_modseq;  /* the view's highestmodseq at the last sync */
 	uint32_t synced_count;
+	/* SELECT ... (QRESYNC (uidvalidity modseq [known-uids ...])): known is
+	 * the token index of known-uids, 0 when absent */
+	bool qr_select;
+	uint32_t qr_uidvalidity;
+	uint64_t qr_modseq;
+	size_t qr_known;
 	/* async command state */
 	struct store_folder *other;  /* APPEND/COPY/STATUS destination */
 	struct store_append *append;
@@ -242,6 +251,9 @@ static void session_maybe_free(struct imap_session *is);
 static void update_input(struct imap_session *is);
 static void sync_mailbox(struct imap_session *is, bool expunge);
 static void watch_cb(void *arg);
+static void out_uidset(struct imap_session *is, const uint32_t *uids, size_t n);
+static void fetch_pump(struct imap_session *is);
+static void select_done(struct imap_session *is);
 
 /* ---- output ------------------------------------------------------------------- */
 
@@ -309,13 +321,19 @@ static void out_printf(struct imap_session *is, const char *fmt, ...)
 	out_put(is, buf, (size_t)n);
 }
 
-/* An IMAP string: quoted when it can be, a literal otherwise. */
+/* An IMAP string: quoted when it can be, a literal otherwise. After ENABLE
+ * IMAP4rev2 a quoted string may hold UTF-8 (RFC 9051 QUOTED-CHAR). */
 static void out_string(struct imap_session *is, struct span s)
 {
-	bool quoted = s.len < 1024;
-	for (size_t i = 0; quoted && i < s.len; i++)
-		if (s.p[i] == '\r' || s.p[i] == '\n' || s.p[i] == 0 || s.p[i] >= 0x80)
+	bool quoted = s.len < 1024, utf8 = false;
+	for (size_t i = 0; quoted && i < s.len; i++) {
+		if (s.p[i] == '\r' || s.p[i] == '\n' || s.p[i] == 0)
 			quoted = false;
+		else if (s.p[i] >= 0x80)
+			utf8 = true;
+	}
+	if (quoted && utf8)
+		quoted = is->rev2 && imap_utf8_valid(s);
 	if (!quoted) {
 		out_printf(is, "{%zu}\r\n", s.len);
 		out_put(is, s.p, s.len);
@@ -330,9 +348,14 @@ static void out_string(struct imap_session *is, struct span s)
 	out_put(is, "\"", 1);
 }
 
-/* A mailbox name from the store (UTF-8), in modified UTF-7. */
+/* A mailbox name from the store (UTF-8): as it is after ENABLE IMAP4rev2,
+ * in modified UTF-7 otherwise. */
 static void out_mailbox(struct imap_session *is, const char *name)
 {
+	if (is->rev2) {
+		out_string(is, span_cstr(name));
+		return;
+	}
 	uint8_t buf[STORE_NAME_MAX * 4 + 16];
 	ssize_t n = imap_mutf7_encode(span_cstr(name), buf, sizeof(buf));
 	if (n < 0)
@@ -401,13 +424,13 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 {
 	if (is->state == IMAP_S_NOTAUTH) {
 		bool tls_req = stream_tls_required(is->s);
-		snprintf(buf, CAPS_MAX, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE%s%s",
+		snprintf(buf, CAPS_MAX, "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE%s%s",
 			 stream_can_starttls(is->s) ? " STARTTLS" : "",
 			 tls_req ? " LOGINDISABLED" : " AUTH=PLAIN");
 	} else {
 		snprintf(buf, CAPS_MAX,
-			 "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
-			 "CHILDREN SPECIAL-USE CONDSTORE ESEARCH APPENDLIMIT=%" PRIu64,
+			 "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
+			 "UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ESEARCH APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->message_size_max);
 	}
 	return buf;
@@ -527,18 +550,30 @@ static void sync_mailbox(struct imap_session *is, bool expunge)
 	if (view_refresh(is))
 		return;
 	store_view_status(is->view, &st);
-	if (expunge) {
-		size_t w = 0;
+	/* After ENABLE QRESYNC expunges are one "* VANISHED uid-set" (RFC 7162
+	 * 3.2.10); gone[] collects them (no memory: they stay pending). */
+	uint32_t *gone = expunge && is->qresync ? malloc((is->nmsgs + 1) * sizeof(*gone)) : NULL;
+	if (expunge && (gone || !is->qresync)) {
+		size_t w = 0, ngone = 0;
 		for (size_t i = 0; i < is->nmsgs; i++) {
 			if (store_view_find(is->view, is->msgs[i].uid) < 0) {
 				/* Sequence numbers shift as each is reported. */
-				out_printf(is, "* %zu EXPUNGE\r\n", w + 1);
+				if (gone)
+					gone[ngone++] = is->msgs[i].uid;
+				else
+					out_printf(is, "* %zu EXPUNGE\r\n", w + 1);
 				continue;
 			}
 			is->msgs[w++] = is->msgs[i];
 		}
 		is->nmsgs = w;
+		if (ngone) {
+			out_str(is, "* VANISHED ");
+			out_uidset(is, gone, ngone);
+			out_str(is, "\r\n");
+		}
 	}
+	free(gone);
 	for (size_t i = 0; i < is->nmsgs; i++) {
 		const struct store_msg *m = msg_of(is, i);
 		if (!m) {
@@ -567,6 +602,12 @@ static void sync_mailbox(struct imap_session *is, bool expunge)
 	}
 	if (is->nmsgs != before || (expunge && before != n))
 		out_printf(is, "* %zu EXISTS\r\n", is->nmsgs);
+	/* RFC 7162 3.2: MODSEQs above an expunge not reported yet were sent,
+	 * so the client must not resynchronise from them: a HIGHESTMODSEQ
+	 * from before that expunge. */
+	if (pending_expunge && is->condstore)
+		out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] Expunges pending\r\n",
+			   is->synced_modseq);
 	if (!pending_expunge) {
 		is->synced_modseq = st.highestmodseq;
 		is->synced_count = st.messages;
@@ -652,14 +693,31 @@ static bool syntax(struct imap_session *is, const char *usage)
 	return false;
 }
 
-/* A mailbox argument: modified UTF-7 decoded to UTF-8, "INBOX" in any
- * case is INBOX. false: replied. */
+/* A mailbox name or LIST pattern from the client, into UTF-8 (out[0..cap),
+ * no NUL written): taken as UTF-8 after ENABLE IMAP4rev2 ("&" is then a
+ * plain character), decoded from modified UTF-7 otherwise, where 8-bit
+ * UTF-8 that is not modified UTF-7 is accepted too. Returns the length or
+ * a negative errno. */
+static ssize_t name_decode(struct imap_session *is, struct span s, char *out, size_t cap)
+{
+	if (is->rev2)
+		return imap_utf8_name(s, (uint8_t *)out, cap);
+	ssize_t n = imap_mutf7_decode(s, (uint8_t *)out, cap);
+	/* only 8-bit input: malformed modified UTF-7 in ASCII stays an error */
+	for (size_t i = 0; n == -EINVAL && i < s.len; i++)
+		if (s.p[i] >= 0x80)
+			return imap_utf8_name(s, (uint8_t *)out, cap);
+	return n;
+}
+
+/* A mailbox argument in UTF-8 (see name_decode()), "INBOX" in any case is
+ * INBOX. false: replied. */
 static bool mailbox_arg(struct imap_session *is, size_t i, char *out, size_t cap)
 {
 	if (!is_astring(is, i))
 		return syntax(is, "Mailbox name expected");
 	struct span s = tok_span(is, i);
-	ssize_t n = imap_mutf7_decode(s, (uint8_t *)out, cap - 1);
+	ssize_t n = name_decode(is, s, out, cap - 1);
 	if (n <= 0) {
 		done(is, "NO", "Invalid mailbox name");
 		return false;
@@ -1011,22 +1069,33 @@ static void cmd_id(struct imap_session *is, size_t a)
 	done(is, "OK", "ID completed");
 }
 
+/* ENABLE (RFC 5161): CONDSTORE, QRESYNC (which implies CONDSTORE, RFC
+ * 7162 3.2.3) and IMAP4rev2; others are ignored. ENABLED names what this
+ * command turned on. */
 static void cmd_enable(struct imap_session *is, size_t a)
 {
-	bool cs = false;
 	if (a >= is->ntoks) {
 		syntax(is, "Syntax: ENABLE capability...");
 		return;
 	}
-	for (size_t i = a; i < is->ntoks; i++)
+	out_str(is, "* ENABLED");
+	for (size_t i = a; i < is->ntoks; i++) {
+		const char *name = NULL;
+		bool *flag = NULL;
 		if (is_atom(is, i, "CONDSTORE"))
-			cs = true;
-	if (cs && !is->condstore) {
-		is->condstore = true;
-		out_str(is, "* ENABLED CONDSTORE\r\n");
-	} else {
-		out_str(is, "* ENABLED\r\n");
+			name = "CONDSTORE", flag = &is->condstore;
+		else if (is_atom(is, i, "QRESYNC"))
+			name = "QRESYNC", flag = &is->qresync;
+		else if (is_atom(is, i, "IMAP4rev2"))
+			name = "IMAP4rev2", flag = &is->rev2;
+		if (!flag || *flag)
+			continue;
+		*flag = true;
+		out_printf(is, " %s", name);
 	}
+	if (is->qresync)
+		is->condstore = true;
+	out_str(is, "\r\n");
 	done(is, "OK", "ENABLE completed");
 }
 
@@ -1064,7 +1133,315 @@ static void imap_tls_ready(struct stream *s)
 	arm_timer(is);
 }
 
+/* ---- QRESYNC: VANISHED (EARLIER) ------------------------------------------------------ */
+
+/* A list of UID ranges, ascending and merged as they are added. */
+struct uidranges {
+	struct store_uid_range *r;
+	size_t n, cap;
+	bool oom;
+};
+
+static void ur_add(struct uidranges *u, uint32_t lo, uint32_t hi)
+{
+	if (u->n && (uint64_t)u->r[u->n - 1].hi + 1 >= lo) {
+		if (hi > u->r[u->n - 1].hi)
+			u->r[u->n - 1].hi = hi;
+		return;
+	}
+	if (u->n == u->cap) {
+		size_t cap = u->cap ? 2 * u->cap : 16;
+		struct store_uid_range *p = realloc(u->r, cap * sizeof(*p));
+		if (!p) {
+			u->oom = true;
+			return;
+		}
+		u->r = p;
+		u->cap = cap;
+	}
+	u->r[u->n++] = (struct store_uid_range){ lo, hi };
+}
+
+static int range_cmp(const void *a, const void *b)
+{
+	const struct store_uid_range *x = a, *y = b;
+	return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* is->set[0..nset) (a UID set as the client wrote it) as ascending ranges,
+ * "*" being star. false: out of memory. */
+static bool set_ranges(struct imap_session *is, uint32_t star, struct uidranges *out)
+{
+	struct store_uid_range *tmp = malloc((is->nset + 1) * sizeof(*tmp));
+	if (!tmp)
+		return false;
+	for (size_t k = 0; k < is->nset; k++) {
+		uint32_t lo = is->set[k].lo ? is->set[k].lo : star;
+		uint32_t hi = is->set[k].hi ? is->set[k].hi : star;
+		tmp[k] = lo <= hi ? (struct store_uid_range){ lo, hi }
+				  : (struct store_uid_range){ hi, lo };
+	}
+	qsort(tmp, is->nset, sizeof(*tmp), range_cmp);
+	for (size_t k = 0; k < is->nset; k++)
+		if (tmp[k].hi)
+			ur_add(out, tmp[k].lo ? tmp[k].lo : 1, tmp[k].hi);
+	free(tmp);
+	return !out->oom;
+}
+
+/* The first index of uids (ascending, n of them, read through at()) that is
+ * >= uid. */
+static size_t lower_bound(struct imap_session *is, uint32_t (*at)(struct imap_session *, size_t),
+			  size_t n, uint32_t uid)
+{
+	size_t lo = 0, hi = n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (at(is, mid) < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static uint32_t msgs_uid_at(struct imap_session *is, size_t i) { return is->msgs[i].uid; }
+static uint32_t view_uid_at(struct imap_session *is, size_t i)
+{
+	return store_view_msg(is->view, i)->uid;
+}
+
+/* in minus the n UIDs read through at() (ascending), into out. */
+static void ur_subtract(struct imap_session *is, const struct uidranges *in,
+			uint32_t (*at)(struct imap_session *, size_t), size_t n,
+			struct uidranges *out)
+{
+	for (size_t k = 0; k < in->n; k++) {
+		uint32_t lo = in->r[k].lo, hi = in->r[k].hi;
+		for (size_t j = lower_bound(is, at, n, lo); j < n && at(is, j) <= hi; j++) {
+			uint32_t u = at(is, j);
+			if (u > lo)
+				ur_add(out, lo, u - 1);
+			lo = u + 1;
+		}
+		if (lo <= hi && lo != 0)
+			ur_add(out, lo, hi);
+	}
+}
+
+/* "* VANISHED (EARLIER) set" (RFC 7162 3.2.5, 3.2.6) for the UIDs of want
+ * (ascending ranges; NULL: every UID) expunged by a change above modseq.
+ * The store remembers expunges back to some MODSEQ; older than that, every
+ * UID of want below UIDNEXT that is not a message is named (RFC 7162 4.1
+ * allows it: the client ignores UIDs it does not have). UIDs the session
+ * still shows (msgs[], expunge not announced yet) or the view holds are
+ * left out: the next sync reports those with VANISHED. Returns 0 or a
+ * negative errno. */
+static int out_vanished_earlier(struct imap_session *is, uint64_t modseq,
+				const struct uidranges *want)
+{
+	struct store_uid_range *g = NULL;
+	size_t ng = 0;
+	struct store_folder_status st;
+	struct uidranges base = { 0 }, both = { 0 }, t = { 0 }, res = { 0 };
+	int rc = store_folder_vanished(is->folder, modseq, &g, &ng);
+	if (rc < 0)
+		return rc;
+	store_view_status(is->view, &st);
+	if (rc == 0) {
+		free(g);
+		g = NULL;
+		ng = 0;
+		if (st.uidnext > 1)
+			ur_add(&base, 1, st.uidnext - 1);
+	} else {
+		base.r = g;
+		base.n = base.cap = ng;
+	}
+	/* both = base & want: two ascending lists walked together */
+	if (!want) {
+		both = base;
+		base = (struct uidranges){ 0 };
+	} else {
+		size_t i = 0, j = 0;
+		while (i < base.n && j < want->n) {
+			uint32_t lo = base.r[i].lo > want->r[j].lo ? base.r[i].lo : want->r[j].lo;
+			uint32_t hi = base.r[i].hi < want->r[j].hi ? base.r[i].hi : want->r[j].hi;
+			if (lo <= hi)
+				ur_add(&both, lo, hi);
+			if (base.r[i].hi < want->r[j].hi)
+				i++;
+			else
+				j++;
+		}
+	}
+	ur_subtract(is, &both, view_uid_at, store_view_count(is->view), &t);
+	ur_subtract(is, &t, msgs_uid_at, is->nmsgs, &res);
+	rc = base.oom || both.oom || t.oom || res.oom ? -ENOMEM : 0;
+	if (!rc && res.n) {
+		out_str(is, "* VANISHED (EARLIER) ");
+		for (size_t k = 0; k < res.n; k++) {
+			if (res.r[k].lo == res.r[k].hi)
+				out_printf(is, "%s%" PRIu32, k ? "," : "", res.r[k].lo);
+			else
+				out_printf(is, "%s%" PRIu32 ":%" PRIu32, k ? "," : "", res.r[k].lo,
+					   res.r[k].hi);
+		}
+		out_str(is, "\r\n");
+	}
+	free(base.r);
+	free(both.r);
+	free(t.r);
+	free(res.r);
+	return rc;
+}
+
+/* A mod-sequence-value (RFC 7162: 1*DIGIT, at most 2^63 - 1). */
+static bool modseq_arg(struct imap_session *is, size_t i, uint64_t *v_r)
+{
+	if (i >= is->ntoks || is->toks[i].kind != T_ATOM)
+		return false;
+	struct span v = tok_span(is, i);
+	uint64_t n = 0;
+	if (v.len == 0 || v.len > 19)
+		return false;
+	for (size_t k = 0; k < v.len; k++) {
+		if (v.p[k] < '0' || v.p[k] > '9')
+			return false;
+		n = n * 10 + (uint64_t)(v.p[k] - '0');
+	}
+	if (n > INT64_MAX)
+		return false;
+	*v_r = n;
+	return true;
+}
+
+/* SELECT's QRESYNC parameter at i, "(uidvalidity modseq [known-uids
+ * [(seqs uids)]])": sets qr_*. *end_r: the index past it. false: replied. */
+static bool qresync_param(struct imap_session *is, size_t i, size_t *end_r)
+{
+	if (!is->qresync) {
+		bad(is, "QRESYNC is not enabled");
+		cmd_end(is);
+		return false;
+	}
+	if (i >= is->ntoks || is->toks[i].kind != T_LBEGIN)
+		return syntax(is, "Syntax: QRESYNC (uidvalidity modseq [known-uids [seq-match]])");
+	size_t end = list_end(is, i), k = i + 1;
+	if (k + 2 >= end || is->toks[k].kind != T_ATOM ||
+	    imap_parse_number(tok_span(is, k), true, &is->qr_uidvalidity) ||
+	    !modseq_arg(is, k + 1, &is->qr_modseq))
+		return syntax(is, "Syntax: QRESYNC (uidvalidity modseq [known-uids [seq-match]])");
+	k += 2;
+	is->qr_known = 0;
+	if (k + 1 < end && is->toks[k].kind == T_ATOM) {
+		if (imap_parse_seqset(tok_span(is, k), is->set, IMAP_SET_MAX, &is->nset))
+			return syntax(is, "Invalid known-uids");
+		is->qr_known = k++;
+	}
+	if (k + 1 < end && is->qr_known) {
+		/* seq-match-data: checked, not needed (the store remembers
+		 * expunges, and its fallback names every missing UID) */
+		if (is->toks[k].kind != T_LBEGIN || list_end(is, k) != k + 4 ||
+		    is->toks[k + 1].kind != T_ATOM || is->toks[k + 2].kind != T_ATOM ||
+		    imap_parse_seqset(tok_span(is, k + 1), is->set, IMAP_SET_MAX, &is->nset) ||
+		    imap_parse_seqset(tok_span(is, k + 2), is->set, IMAP_SET_MAX, &is->nset))
+			return syntax(is, "Invalid sequence match data");
+		k += 4;
+	}
+	if (k + 1 != end)
+		return syntax(is, "Syntax: QRESYNC (uidvalidity modseq [known-uids [seq-match]])");
+	is->qr_select = true;
+	is->condstore = true;
+	*end_r = end;
+	return true;
+}
+
+/* After SELECT's usual responses, with a QRESYNC parameter whose
+ * UIDVALIDITY matches: VANISHED (EARLIER) for what was expunged since the
+ * client's MODSEQ, then FETCH (UID FLAGS MODSEQ) for every message changed
+ * since (both within known-uids when given). The FETCH responses are a
+ * FETCH job (a resync can name every message: it waits for the socket like
+ * any FETCH), which ends with the SELECT's tagged reply. Returns 0 or a
+ * negative errno (then nothing is started). */
+static int qresync_select(struct imap_session *is)
+{
+	struct uidranges known = { 0 };
+	struct store_folder_status st;
+	store_view_status(is->view, &st);
+	if (is->qr_known &&
+	    (imap_parse_seqset(tok_span(is, is->qr_known), is->set, IMAP_SET_MAX, &is->nset) ||
+	     !set_ranges(is, st.uidnext - 1, &known))) {
+		free(known.r);
+		return -ENOMEM;
+	}
+	struct fetch_job *fj = calloc(1, sizeof(*fj));
+	free(is->uids);
+	is->uids = malloc((is->nmsgs + 1) * sizeof(uint32_t));
+	int rc = fj && is->uids ? out_vanished_earlier(is, is->qr_modseq,
+						     is->qr_known ? &known : NULL)
+				: -ENOMEM;
+	if (rc) {
+		free(known.r);
+		free(fj);
+		return rc;
+	}
+	/* uids[]: the messages of known-uids, for fetch_matches() */
+	is->nuids = 0;
+	for (size_t i = 0, r = 0; i < is->nmsgs; i++) {
+		uint32_t uid = is->msgs[i].uid;
+		if (is->qr_known) {
+			while (r < known.n && known.r[r].hi < uid)
+				r++;
+			if (r == known.n || known.r[r].lo > uid)
+				continue;
+		}
+		is->uids[is->nuids++] = uid;
+	}
+	free(known.r);
+	static const uint8_t items[] = { FI_UID, FI_FLAGS, FI_MODSEQ };
+	for (size_t k = 0; k < sizeof(items); k++)
+		fj->items[k].kind = items[k];
+	fj->nitems = sizeof(items);
+	fj->uid = fj->want_flags = fj->want_modseq = true;
+	fj->changedsince = is->qr_modseq;
+	fj->select_reply = true;
+	is->fj = fj;
+	fetch_pump(is);
+	return 0;
+}
+
+/* RFC 9051 6.3.2: SELECT answers a LIST response for the mailbox too. */
+static void select_list(struct imap_session *is)
+{
+	static const char *const special[] = { "", " \\Sent", " \\Drafts", " \\Trash",
+					       " \\Junk", " \\Archive" };
+	struct store_folder_info *fl = NULL;
+	size_t nf = 0, nl = strlen(is->folder_name);
+	bool children = false;
+	enum store_special sp = STORE_SPECIAL_NONE;
+	if (store_folder_list(is->su, &fl, &nf))
+		return;
+	for (size_t j = 0; j < nf; j++) {
+		if (strcmp(fl[j].name, is->folder_name) == 0)
+			sp = fl[j].special;
+		children |= fl[j].exists && strncmp(fl[j].name, is->folder_name, nl) == 0 &&
+			    fl[j].name[nl] == '/';
+	}
+	free(fl);
+	out_printf(is, "* LIST (%s%s) \"/\" ", children ? "\\HasChildren" : "\\HasNoChildren",
+		   special[sp]);
+	out_mailbox(is, is->folder_name);
+	out_str(is, "\r\n");
+}
+
 /* ---- SELECT / EXAMINE ------------------------------------------------------------------ */
+
+static void select_done(struct imap_session *is)
+{
+	done(is, "OK", "[%s] %s completed", is->readonly ? "READ-ONLY" : "READ-WRITE",
+	     is->readonly ? "EXAMINE" : "SELECT");
+}
 
 static void select_opened(void *arg, int res, struct store_folder *folder)
 {
@@ -1114,13 +1491,27 @@ static void select_opened(void *arg, int res, struct store_folder *folder)
 	out_str(is, ")\r\n");
 	out_printf(is, "* OK [PERMANENTFLAGS %s] Flags permitted\r\n",
 		   is->readonly ? "()" : "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)");
-	out_printf(is, "* %zu EXISTS\r\n* 0 RECENT\r\n", n);
+	out_printf(is, "* %zu EXISTS\r\n", n);
+	if (!is->rev2) /* RFC 9051 has no RECENT */
+		out_str(is, "* 0 RECENT\r\n");
 	out_printf(is, "* OK [UIDVALIDITY %" PRIu32 "] UIDs valid\r\n", st.uidvalidity);
 	out_printf(is, "* OK [UIDNEXT %" PRIu32 "] Predicted next UID\r\n", st.uidnext);
 	out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] Highest\r\n", st.highestmodseq);
+	if (is->rev2)
+		select_list(is);
 	is->state = IMAP_S_SELECTED;
-	done(is, "OK", "[%s] %s completed", is->readonly ? "READ-ONLY" : "READ-WRITE",
-	     is->readonly ? "EXAMINE" : "SELECT");
+	if (is->qr_select && st.uidvalidity == is->qr_uidvalidity) {
+		/* the FETCH job it starts ends with select_done() */
+		int rc = qresync_select(is);
+		if (rc) {
+			mailbox_close(is);
+			is->state = IMAP_S_AUTH;
+			store_error(is, rc);
+		}
+		release(is);
+		return;
+	}
+	select_done(is);
 	release(is);
 }
 
@@ -1130,15 +1521,23 @@ static void select_common(struct imap_session *is, size_t a, bool readonly)
 	if (!mailbox_arg(is, a, name, sizeof(name)))
 		return;
 	size_t k = a + 1;
+	is->qr_select = false;
 	if (k < is->ntoks && is->toks[k].kind == T_LBEGIN) {
 		size_t end = list_end(is, k);
-		for (size_t i = k + 1; i + 1 < end; i++)
-			if (is_atom(is, i, "CONDSTORE"))
+		for (size_t i = k + 1; i + 1 < end; i++) {
+			if (is_atom(is, i, "CONDSTORE")) {
 				is->condstore = true;
+			} else if (is_atom(is, i, "QRESYNC")) {
+				size_t past;
+				if (!qresync_param(is, i + 1, &past))
+					return;
+				i = past - 1; /* the loop steps past the parameter */
+			}
+		}
 		k = end;
 	}
 	if (k != is->ntoks) {
-		syntax(is, "Syntax: SELECT mailbox [(CONDSTORE)]");
+		syntax(is, "Syntax: SELECT mailbox [(CONDSTORE | QRESYNC (...))]");
 		return;
 	}
 	/* RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected. */
@@ -1171,6 +1570,15 @@ static void expunge_done_cb(struct imap_session *is, int res, bool close)
 		mailbox_close(is);
 		is->state = IMAP_S_AUTH;
 		done(is, "OK", "CLOSE completed");
+		return;
+	}
+	if (is->condstore) {
+		/* the MODSEQ after the expunge: the client's next resync point
+		 * (as in RFC 7162's EXPUNGE examples) */
+		struct store_folder_status st;
+		store_folder_status(is->folder, &st);
+		done(is, "OK", "[HIGHESTMODSEQ %" PRIu64 "] %sEXPUNGE completed", st.highestmodseq,
+		     is->uid_cmd ? "UID " : "");
 		return;
 	}
 	done(is, "OK", "EXPUNGE completed");
@@ -1384,8 +1792,8 @@ static void list_common(struct imap_session *is, size_t a, bool lsub)
 		syntax(is, "Syntax: LIST reference mailbox");
 		return;
 	}
-	ssize_t n1 = imap_mutf7_decode(tok_span(is, a), (uint8_t *)ref, sizeof(ref) - 1);
-	ssize_t n2 = imap_mutf7_decode(tok_span(is, a + 1), (uint8_t *)pat, STORE_NAME_MAX);
+	ssize_t n1 = name_decode(is, tok_span(is, a), ref, sizeof(ref) - 1);
+	ssize_t n2 = name_decode(is, tok_span(is, a + 1), pat, STORE_NAME_MAX);
 	if (n1 < 0 || n2 < 0) {
 		done(is, "OK", "LIST completed");
 		return;
@@ -1472,6 +1880,8 @@ static void status_reply(struct imap_session *is, const struct store_folder_stat
 			v = 0;
 		else if (!strcasecmp(it, "SIZE"))
 			v = st->bytes;
+		else if (!strcasecmp(it, "DELETED"))
+			v = st->deleted;
 		else if (!strcasecmp(it, "HIGHESTMODSEQ"))
 			v = st->highestmodseq;
 		else
@@ -1521,7 +1931,7 @@ static void cmd_status(struct imap_session *is, size_t a)
 	}
 	for (size_t i = a + 2; i + 1 < is->ntoks; i++) {
 		static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
-						  "RECENT", "SIZE", "HIGHESTMODSEQ" };
+						  "RECENT", "SIZE", "HIGHESTMODSEQ", "DELETED" };
 		bool known = false;
 		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
 			known |= is_atom(is, i, ok[k]);
@@ -1627,9 +2037,11 @@ static bool fetch_item(struct imap_session *is, struct span t, struct fetch_job 
 
 static void fetch_finish(struct imap_session *is)
 {
-	bool expunged = is->fj->expunged;
+	bool expunged = is->fj->expunged, sel = is->fj->select_reply;
 	fetch_free(is);
-	if (expunged)
+	if (sel)
+		select_done(is);
+	else if (expunged)
 		done(is, "NO", "[EXPUNGEISSUED] Some messages were expunged");
 	else
 		done(is, "OK", "%sFETCH completed", is->uid_cmd ? "UID " : "");
@@ -2063,23 +2475,29 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		syntax(is, "Syntax: FETCH set items");
 		return;
 	}
-	/* RFC 7162 3.1.4: FETCH modifiers (CHANGEDSINCE n). */
+	/* RFC 7162 3.1.4, 3.2.6: FETCH modifiers (CHANGEDSINCE n) and, for
+	 * UID FETCH after ENABLE QRESYNC, VANISHED (with CHANGEDSINCE). */
+	bool vanished = false;
 	if (end < is->ntoks && is->toks[end].kind == T_LBEGIN) {
 		size_t e2 = list_end(is, end);
-		if (e2 - end == 4 && is_atom(is, end + 1, "CHANGEDSINCE")) {
-			uint32_t lo;
-			struct span v = tok_span(is, end + 2);
-			uint64_t n = 0;
-			for (size_t k = 0; k < v.len && v.p[k] >= '0' && v.p[k] <= '9'; k++)
-				n = n * 10 + (uint64_t)(v.p[k] - '0');
-			(void)lo;
-			fj->changedsince = n;
-			is->condstore = true;
-		} else {
+		bool since = false;
+		for (size_t k = end + 1; k + 1 < e2; k++) {
+			if (is_atom(is, k, "CHANGEDSINCE") && modseq_arg(is, k + 1, &fj->changedsince)) {
+				since = true;
+				k++;
+			} else if (is_atom(is, k, "VANISHED") && uid && is->qresync) {
+				vanished = true;
+			} else {
+				since = false;
+				break;
+			}
+		}
+		if (!since) {
 			free(fj);
 			syntax(is, "Invalid FETCH modifier");
 			return;
 		}
+		is->condstore = true;
 		end = e2;
 	}
 	if (end != is->ntoks) {
@@ -2104,6 +2522,25 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		fj->items[fj->nitems].kind = FI_MODSEQ;
 		fj->want_modseq = true;
 		fj->nitems++;
+	}
+	if (vanished) {
+		/* before any FETCH response (RFC 7162 3.2.6). "*" reaches the
+		 * last UID given out, not only the last message's: "1:*" after
+		 * the last messages were expunged must name them too. */
+		struct uidranges want = { 0 };
+		struct store_folder_status st;
+		store_view_status(is->view, &st);
+		uint32_t star = st.uidnext - 1;
+		if (is->nmsgs && is->msgs[is->nmsgs - 1].uid > star)
+			star = is->msgs[is->nmsgs - 1].uid;
+		int rc = set_ranges(is, star, &want) ? out_vanished_earlier(is, fj->changedsince, &want)
+						     : -ENOMEM;
+		free(want.r);
+		if (rc) {
+			free(fj);
+			store_error(is, rc);
+			return;
+		}
 	}
 	is->fj = fj;
 	set_busy(is, true);
@@ -2616,6 +3053,11 @@ static void cmd_search(struct imap_session *is, size_t a)
 		return;
 	}
 	struct imap_search *p = &sj->prog;
+	if (!p->esearch && is->rev2) {
+		/* RFC 9051 6.4.4: no SEARCH response; RETURN () means ALL */
+		p->esearch = true;
+		p->ret = IMAP_SEARCH_RET_ALL;
+	}
 	if (p->modseq)
 		is->condstore = true;
 	sj->fail = p->fail_len ? malloc(p->fail_len * sizeof(uint32_t)) : NULL;
@@ -2855,7 +3297,7 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 	if (!is_astring(is, a)) {
 		err = "Syntax: APPEND mailbox [flags] [date] literal";
 	} else {
-		ssize_t n = imap_mutf7_decode(tok_span(is, a), (uint8_t *)name, sizeof(name) - 1);
+		ssize_t n = name_decode(is, tok_span(is, a), name, sizeof(name) - 1);
 		if (n <= 0)
 			err = "Invalid mailbox name";
 		else {

@@ -49,6 +49,7 @@ void index_clear(struct index *ix)
 	free(ix->msgs);
 	for (unsigned i = 0; i < 64; i++)
 		free(ix->keywords[i]);
+	free(ix->gone);
 	index_init(ix);
 }
 
@@ -84,9 +85,13 @@ static void index_set_flags(struct index *ix, struct index_msg *m, uint32_t flag
 {
 	if (!(m->flags & STORE_F_SEEN))
 		ix->unseen--;
+	if (m->flags & STORE_F_DELETED)
+		ix->deleted--;
 	m->flags = flags;
 	if (!(m->flags & STORE_F_SEEN))
 		ix->unseen++;
+	if (m->flags & STORE_F_DELETED)
+		ix->deleted++;
 }
 
 static int apply_append(struct index *ix, const struct rec_append *a)
@@ -119,6 +124,8 @@ static int apply_append(struct index *ix, const struct rec_append *a)
 	ix->bytes += a->len;
 	if (!(m->flags & STORE_F_SEEN))
 		ix->unseen++;
+	if (m->flags & STORE_F_DELETED)
+		ix->deleted++;
 	if (RECORD_SEG_NUM(a->seg) > ix->max_seg)
 		ix->max_seg = RECORD_SEG_NUM(a->seg);
 	return 0;
@@ -155,28 +162,82 @@ static void apply_flags(struct index *ix, const struct rec_flags *f)
 		ix->highestmodseq = f->modseq;
 }
 
-static uint64_t apply_expunge(struct index *ix, const struct rec_expunge *e)
+/* Room for k more expunge runs (at most INDEX_GONE_MAX in all), allocated
+ * before anything changes so that an expunge either applies whole or not. */
+static int gone_reserve(struct index *ix, size_t k)
+{
+	size_t want = ix->ngone + k;
+	struct index_gone *p;
+
+	if (want > INDEX_GONE_MAX)
+		want = INDEX_GONE_MAX;
+	if (want <= ix->gone_cap)
+		return 0;
+	if (want < 2 * ix->gone_cap)
+		want = 2 * ix->gone_cap < INDEX_GONE_MAX ? 2 * ix->gone_cap : INDEX_GONE_MAX;
+	p = realloc(ix->gone, want * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	ix->gone = p;
+	ix->gone_cap = want;
+	return 0;
+}
+
+/* Remembers that uid was expunged at modseq. Calls come in log order, and
+ * within a record in UID order, so a run grows at its end. */
+static void gone_add(struct index *ix, uint32_t uid, uint64_t modseq)
+{
+	struct index_gone *last = ix->ngone ? &ix->gone[ix->ngone - 1] : NULL;
+
+	if (last && last->modseq == modseq && last->hi + 1 == uid) {
+		last->hi = uid;
+		return;
+	}
+	if (ix->ngone == INDEX_GONE_MAX) {
+		/* forget the oldest quarter at once, not one run per expunge */
+		size_t d = INDEX_GONE_MAX / 4;
+		if (ix->gone[d - 1].modseq > ix->gone_floor)
+			ix->gone_floor = ix->gone[d - 1].modseq;
+		memmove(ix->gone, ix->gone + d, (ix->ngone - d) * sizeof(*ix->gone));
+		ix->ngone -= d;
+	}
+	ix->gone[ix->ngone++] = (struct index_gone){ uid, uid, modseq };
+}
+
+/* apply_expunge()'s mark, outside STORE_F_ALL; never left set. */
+#define INDEX_F_EXPUNGED 0x80000000u
+
+static int apply_expunge(struct index *ix, const struct rec_expunge *e, uint64_t *freed_r)
 {
 	uint64_t freed = 0;
 	size_t w = 0;
 	bool any = false;
 
-	/* Mark with uid 0, then squeeze once: O(n log N + N). */
+	/* every UID could start a run of its own */
+	if (gone_reserve(ix, e->n))
+		return -ENOMEM;
+	/* Mark, then squeeze once: O(n log N + N). The mark is a flag bit, not
+	 * the UID (0 as before), so that the binary search stays right whatever
+	 * the order of the record's UIDs: store_expunge() takes any order, and
+	 * a zeroed UID in the middle misled the search for a smaller one. */
 	for (uint32_t i = 0; i < e->n; i++) {
 		ssize_t p = index_pos(ix, record_uid_at(e->uids, i));
 		if (p >= 0) {
-			ix->msgs[p].uid = 0;
+			ix->msgs[p].flags |= INDEX_F_EXPUNGED;
 			any = true;
 		}
 	}
 	if (any) {
 		for (size_t r = 0; r < ix->n; r++) {
 			struct index_msg *m = &ix->msgs[r];
-			if (m->uid == 0) {
+			if (m->flags & INDEX_F_EXPUNGED) {
+				gone_add(ix, m->uid, e->modseq);
 				freed += m->size;
 				ix->bytes -= m->size;
 				if (!(m->flags & STORE_F_SEEN))
 					ix->unseen--;
+				if (m->flags & STORE_F_DELETED)
+					ix->deleted--;
 				iblob_unref(&m->blob);
 				continue;
 			}
@@ -186,7 +247,51 @@ static uint64_t apply_expunge(struct index *ix, const struct rec_expunge *e)
 	}
 	if (e->modseq > ix->highestmodseq)
 		ix->highestmodseq = e->modseq;
-	return freed;
+	*freed_r = freed;
+	return 0;
+}
+
+static int gone_cmp(const void *a, const void *b)
+{
+	const struct index_gone *x = a, *y = b;
+	return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+int index_vanished(const struct index *ix, uint64_t since, struct index_gone **out_r,
+		   size_t *n_r)
+{
+	size_t lo = 0, hi = ix->ngone, n, w = 0;
+	struct index_gone *out;
+
+	*out_r = NULL;
+	*n_r = 0;
+	/* runs are in MODSEQ order: the ones above since are a suffix */
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (ix->gone[mid].modseq <= since)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	n = ix->ngone - lo;
+	if (n) {
+		out = malloc(n * sizeof(*out));
+		if (!out)
+			return -ENOMEM;
+		memcpy(out, ix->gone + lo, n * sizeof(*out));
+		qsort(out, n, sizeof(*out), gone_cmp);
+		for (size_t r = 0; r < n; r++) {
+			if (w && (uint64_t)out[w - 1].hi + 1 >= out[r].lo) {
+				if (out[r].hi > out[w - 1].hi)
+					out[w - 1].hi = out[r].hi;
+				continue;
+			}
+			out[w++] = out[r];
+		}
+		*out_r = out;
+		*n_r = w;
+	}
+	return since >= ix->gone_floor;
 }
 
 int index_apply(struct index *ix, const struct record *r, uint64_t *freed_r)
@@ -212,9 +317,12 @@ int index_apply(struct index *ix, const struct record *r, uint64_t *freed_r)
 	case REC_FLAGS:
 		apply_flags(ix, &r->u.flags);
 		break;
-	case REC_EXPUNGE:
-		freed = apply_expunge(ix, &r->u.expunge);
+	case REC_EXPUNGE: {
+		int err = apply_expunge(ix, &r->u.expunge, &freed);
+		if (err)
+			return err;
 		break;
+	}
 	case REC_KEYWORD: {
 		char *name = strndup((const char *)r->u.keyword.name.p, r->u.keyword.name.len);
 		if (!name)
@@ -271,6 +379,8 @@ int index_replay(struct index *ix, struct span log, size_t *good_r)
 /* ---- checkpoints ------------------------------------------------------ */
 
 enum { CK_HDR = 4 + 4 + 8 + 4 + 4 + 8 + 4 + 4 + 8 + 4, CK_MSG = 4 + 4 + 8 + 8 + 8 + 8 + 4 + 4 + 8 + 4 };
+/* version 2, after the messages: gone_floor u64, n u64, n runs (lo, hi, modseq) */
+enum { CK_GONE_HDR = 8 + 8, CK_GONE = 4 + 4 + 8 };
 
 size_t index_checkpoint_size(const struct index *ix)
 {
@@ -281,7 +391,7 @@ size_t index_checkpoint_size(const struct index *ix)
 			n += 8 + strlen(ix->keywords[i]);
 	for (size_t i = 0; i < ix->n; i++)
 		n += CK_MSG + ix->msgs[i].blob->len;
-	return n;
+	return n + CK_GONE_HDR + ix->ngone * CK_GONE;
 }
 
 static uint8_t *put(uint8_t *p, const void *v, size_t n)
@@ -335,6 +445,14 @@ size_t index_checkpoint_put(const struct index *ix, uint64_t log_off, uint8_t *o
 		p = PUT(p, m->blob->len);
 		p = put(p, m->blob->data, m->blob->len);
 	}
+	uint64_t ngone = ix->ngone;
+	p = PUT(p, ix->gone_floor);
+	p = PUT(p, ngone);
+	for (size_t i = 0; i < ix->ngone; i++) {
+		p = PUT(p, ix->gone[i].lo);
+		p = PUT(p, ix->gone[i].hi);
+		p = PUT(p, ix->gone[i].modseq);
+	}
 	crc = crc32c(0, out, (size_t)(p - out));
 	p = PUT(p, crc);
 	return (size_t)(p - out);
@@ -383,7 +501,7 @@ int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 	GET(&r, ix->max_seg);
 	GET(&r, nmsg);
 	GET(&r, nkw);
-	if (r.bad || magic != CHECKPOINT_MAGIC || ver != CHECKPOINT_VERSION || nkw > 64 ||
+	if (r.bad || magic != CHECKPOINT_MAGIC || (ver != 1 && ver != CHECKPOINT_VERSION) || nkw > 64 ||
 	    nmsg > r.left / CK_MSG)
 		goto err;
 	ix->have_hdr = true;
@@ -427,7 +545,8 @@ int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 		GET(&r, m.off);
 		GET(&r, bl);
 		if (r.bad || bl > r.left || m.uid == 0 || m.uid >= ix->uidnext ||
-		    (ix->n && m.uid <= ix->msgs[ix->n - 1].uid) || RECORD_SEG_NUM(m.seg) > ix->max_seg)
+		    (ix->n && m.uid <= ix->msgs[ix->n - 1].uid) || RECORD_SEG_NUM(m.seg) > ix->max_seg ||
+		    (m.flags & ~(uint32_t)STORE_F_ALL))
 			goto err;
 		m.blob = iblob_new(span_make(r.p, bl));
 		if (!m.blob) {
@@ -440,6 +559,35 @@ int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 		ix->bytes += m.size;
 		if (!(m.flags & STORE_F_SEEN))
 			ix->unseen++;
+		if (m.flags & STORE_F_DELETED)
+			ix->deleted++;
+	}
+	if (ver == 1) {
+		/* no expunge memory: what the checkpoint covers is forgotten */
+		ix->gone_floor = ix->highestmodseq;
+	} else {
+		uint64_t ngone;
+		GET(&r, ix->gone_floor);
+		GET(&r, ngone);
+		if (r.bad || ngone > INDEX_GONE_MAX || ngone > r.left / CK_GONE ||
+		    ix->gone_floor > ix->highestmodseq)
+			goto err;
+		if (ngone && gone_reserve(ix, (size_t)ngone)) {
+			err = -ENOMEM;
+			goto err;
+		}
+		for (uint64_t k = 0; k < ngone; k++) {
+			struct index_gone g;
+			GET(&r, g.lo);
+			GET(&r, g.hi);
+			GET(&r, g.modseq);
+			/* canonical: runs in MODSEQ order, none above the folder's */
+			if (r.bad || g.lo == 0 || g.lo > g.hi || g.hi >= ix->uidnext ||
+			    g.modseq > ix->highestmodseq ||
+			    (ix->ngone && g.modseq < ix->gone[ix->ngone - 1].modseq))
+				goto err;
+			ix->gone[ix->ngone++] = g;
+		}
 	}
 	if (r.left != 0)
 		goto err;

@@ -33,6 +33,18 @@ struct index_msg {
 	struct iblob *blob;
 };
 
+/* A run of consecutive UIDs that one EXPUNGE record removed, with its MODSEQ:
+ * the memory of expunges QRESYNC needs (which UIDs vanished since a MODSEQ).
+ * A run holds only UIDs that record removed. */
+struct index_gone {
+	uint32_t lo, hi;
+	uint64_t modseq;
+};
+
+/* Runs remembered per folder (16 bytes each). When full, the oldest quarter
+ * is forgotten and gone_floor rises to the highest MODSEQ forgotten. */
+#define INDEX_GONE_MAX 1024
+
 struct index {
 	uint32_t folder_id, uidvalidity, uidnext;
 	uint64_t highestmodseq;
@@ -41,8 +53,14 @@ struct index {
 	char *keywords[64];
 	uint64_t bytes;         /* sum of sizes */
 	uint32_t unseen;
+	uint32_t deleted;       /* messages flagged \Deleted */
 	uint32_t max_seg;       /* highest segment number (RECORD_SEG_NUM) referenced */
 	bool have_hdr;
+	/* expunge runs in log (= MODSEQ) order; expunges with a MODSEQ at or
+	 * below gone_floor may be missing from them */
+	struct index_gone *gone;
+	size_t ngone, gone_cap;
+	uint64_t gone_floor;
 };
 
 void index_init(struct index *ix);
@@ -65,10 +83,20 @@ struct index_msg *index_find(const struct index *ix, uint32_t uid);
 /* The keyword index of name, adding nothing; -1 when absent. */
 int index_keyword(const struct index *ix, struct span name);
 
+/* The UIDs removed by expunges with a MODSEQ above since, as ascending,
+ * disjoint, non-adjacent ranges (lo..hi) in *out_r (malloc'ed, the caller
+ * frees it; NULL when *n_r is 0). Returns 1 when that is every such UID
+ * (since >= gone_floor), 0 when older expunges may have been forgotten
+ * (the ranges then hold the remembered ones), or -ENOMEM. */
+int index_vanished(const struct index *ix, uint64_t since, struct index_gone **out_r,
+		   size_t *n_r);
+
 /* ---- checkpoints ------------------------------------------------------ */
 
 #define CHECKPOINT_MAGIC 0x6b636d72u /* "rmck" */
-#define CHECKPOINT_VERSION 1u
+/* Version 2 adds the expunge runs; a version 1 checkpoint still loads, with
+ * gone_floor at its HIGHESTMODSEQ (the expunges it covers are forgotten). */
+#define CHECKPOINT_VERSION 2u
 
 /* Bytes needed by index_checkpoint_put(). */
 size_t index_checkpoint_size(const struct index *ix);

@@ -2448,6 +2448,7 @@ static void status_locked(const struct sfolder *f, struct store_folder_status *s
 	st->highestmodseq = f->ix.highestmodseq;
 	st->messages = (uint32_t)f->ix.n;
 	st->unseen = f->ix.unseen;
+	st->deleted = f->ix.deleted;
 	st->bytes = f->ix.bytes;
 }
 
@@ -2456,6 +2457,37 @@ void store_folder_status(struct store_folder *h, struct store_folder_status *st)
 	pthread_mutex_lock(&h->f->mu);
 	status_locked(h->f, st);
 	pthread_mutex_unlock(&h->f->mu);
+}
+
+int store_folder_vanished(struct store_folder *h, uint64_t since,
+			  struct store_uid_range **ranges_r, size_t *n_r)
+{
+	struct index_gone *g;
+	struct store_uid_range *out = NULL;
+	size_t n;
+	int rc;
+
+	*ranges_r = NULL;
+	*n_r = 0;
+	pthread_mutex_lock(&h->f->mu);
+	rc = index_vanished(&h->f->ix, since, &g, &n);
+	pthread_mutex_unlock(&h->f->mu);
+	if (rc < 0)
+		return rc;
+	if (n) {
+		/* the index's runs carry a MODSEQ the caller has no use for */
+		out = malloc(n * sizeof(*out));
+		if (!out) {
+			free(g);
+			return -ENOMEM;
+		}
+		for (size_t i = 0; i < n; i++)
+			out[i] = (struct store_uid_range){ g[i].lo, g[i].hi };
+	}
+	free(g);
+	*ranges_r = out;
+	*n_r = n;
+	return rc;
 }
 
 /* ---- views --------------------------------------------------------------- */

@@ -169,9 +169,24 @@ struct store_folder_status {
 	uint64_t highestmodseq;
 	uint32_t messages;
 	uint32_t unseen;     /* messages without \Seen */
+	uint32_t deleted;    /* messages with \Deleted */
 	uint64_t bytes;
 };
 void store_folder_status(struct store_folder *folder, struct store_folder_status *st_r);
+
+/* QRESYNC (RFC 7162): the UIDs expunged from the folder by changes with a
+ * MODSEQ above since, as ascending, disjoint ranges in *ranges_r (malloc'ed,
+ * the caller frees it; NULL when *n_r is 0). The store remembers a bounded
+ * history of expunges (it survives restarts: the log and checkpoints carry
+ * it). Returns 1 when the ranges are every such UID, 0 when expunges that
+ * old may have been forgotten (the ranges then hold only the remembered
+ * ones: the caller must treat every UID it cannot find as possibly
+ * expunged), or -ENOMEM. A snapshot, like store_folder_status(). */
+struct store_uid_range {
+	uint32_t lo, hi;
+};
+int store_folder_vanished(struct store_folder *folder, uint64_t since,
+			  struct store_uid_range **ranges_r, size_t *n_r);
 
 /* ---- messages --------------------------------------------------------- */
 

@@ -111,6 +111,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (d != (ssize_t)size || memcmp(u8, data, size) != 0)
 			abort();
 	}
+	/* a UTF-8 name (IMAP4rev2) is exactly what modified UTF-7 can encode,
+	 * and is well-formed UTF-8 */
+	ssize_t un = imap_utf8_name(span_make(data, size), u8, ocap);
+	if ((un >= 0) != (e >= 0) || (un >= 0 && !imap_utf8_valid(span_make(data, size))))
+		abort();
 	free(u8);
 	free(u7);
 	return 0;

@@ -41,9 +41,12 @@ static void checkpoint_round_trip(const uint8_t *data, size_t size)
 	if (index_checkpoint_load(&ix, (struct span){ data, size }, &off) == 0) {
 		size_t n = index_checkpoint_size(&ix);
 		uint8_t *out = malloc(n);
-		/* keyword order and names are canonical, so the bytes match */
-		if (!out || index_checkpoint_put(&ix, off, out, n) != n || n != size ||
-		    memcmp(out, data, n) != 0)
+		uint32_t ver;
+		memcpy(&ver, data + 4, 4);
+		/* keyword order and names are canonical, so the bytes match (a
+		 * version 1 checkpoint is written back as the current version) */
+		if (!out || index_checkpoint_put(&ix, off, out, n) != n ||
+		    (ver == CHECKPOINT_VERSION && (n != size || memcmp(out, data, n) != 0)))
 			abort();
 		free(out);
 	}

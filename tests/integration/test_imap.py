@@ -950,3 +950,377 @@ def test_search_many_messages_yields(srv):
         x.sock.close()
     lines, t = r.cmd("NOOP", timeout=30)
     assert b" OK " in t
+
+
+# ---- IMAP4rev2 (RFC 9051) and QRESYNC (RFC 7162) ------------------------------------------
+
+
+def mutf7(name):
+    """Modified UTF-7 (RFC 3501 5.1.3), written here independently of the
+    server's encoder."""
+    import base64
+    out, run = [], []
+
+    def flush():
+        if run:
+            b = base64.b64encode("".join(run).encode("utf-16-be")).decode()
+            out.append("&" + b.rstrip("=").replace("/", ",") + "-")
+            run.clear()
+
+    for ch in name:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            run.append(ch)
+    flush()
+    return "".join(out)
+
+
+def list_names(lines):
+    """The mailbox names of LIST lines, as bytes (quoted strings only)."""
+    names = []
+    for l in lines:
+        m = re.match(rb'\* LIST \(.*?\) "/" "(.*)"\r\n$', l)
+        if m:
+            names.append(m.group(1))
+    return names
+
+
+def test_rev2_enable_and_utf8_mailbox_names(srv):
+    name = "Ärger/Entwürfe"
+    r = Raw(srv)
+    assert b"IMAP4rev2" in r.greeting
+    r.login()
+    lines, _ = r.cmd("CAPABILITY")
+    caps = lines[0].split()
+    assert b"IMAP4rev1" in caps and b"IMAP4rev2" in caps and b"QRESYNC" in caps, lines
+    # created by a rev1 client in modified UTF-7
+    _, t = r.cmd(f'CREATE "{mutf7("Ärger")}"')
+    assert b" OK " in t, t
+    _, t = r.cmd(f'CREATE "{mutf7(name)}"')
+    assert b" OK " in t, t
+    lines, _ = r.cmd('LIST "" "*"')
+    assert b"&AMQ-rger/Entw&APw-rfe" in list_names(lines), lines
+    assert mutf7(name) == "&AMQ-rger/Entw&APw-rfe"
+    _, t = r.cmd('CREATE "&AGE-"')  # malformed modified UTF-7 stays an error
+    assert b" NO " in t, t
+    # a rev1 session also takes the name in 8-bit UTF-8
+    lines, t = r.cmd(b'STATUS "' + name.encode() + b'" (MESSAGES)')
+    assert b" OK " in t and lines[0].startswith(b"* STATUS "), (lines, t)
+
+    lines, t = r.cmd("ENABLE IMAP4rev2")
+    assert lines == [b"* ENABLED IMAP4rev2\r\n"], lines
+    lines, _ = r.cmd("ENABLE IMAP4rev2")
+    assert lines == [b"* ENABLED\r\n"], lines  # already on
+    lines, _ = r.cmd('LIST "" "*"')
+    names = list_names(lines)
+    assert name.encode() in names and "Ärger".encode() in names, lines
+    assert not any(b"&" in n for n in names), names
+    assert any(b"\\HasChildren" in l and "Ärger".encode() + b'"' in l for l in lines), lines
+    # UTF-8 in: LIST patterns, STATUS, SELECT, CREATE ("&" is a plain character now)
+    lines, _ = r.cmd(b'LIST "" "\xc3\x84rger/%"')
+    assert list_names(lines) == [name.encode()], lines
+    lines, t = r.cmd(b'STATUS "' + name.encode() + b'" (MESSAGES UIDNEXT)')
+    assert lines == [b'* STATUS "' + name.encode() + b'" (MESSAGES 0 UIDNEXT 1)\r\n'], lines
+    _, t = r.cmd(b'CREATE "Caf\xc3\xa9&Co"')
+    assert b" OK " in t, t
+    msg = b"Subject: utf8\r\n\r\nhi\r\n"
+    r.send(b'a APPEND "Caf\xc3\xa9&Co" {%d+}\r\n' % len(msg) + msg + b"\r\n")
+    _, t = r.until("a")
+    assert t.startswith(b"a OK [APPENDUID"), t
+    lines, _ = r.cmd(b'STATUS "Caf\xc3\xa9&Co" (MESSAGES)')
+    assert lines == [b'* STATUS "Caf\xc3\xa9&Co" (MESSAGES 1)\r\n'], lines
+    _, t = r.cmd(b'CREATE "bad\xc3"')  # not UTF-8
+    assert b" NO " in t or b" BAD " in t, t
+    lines, t = r.cmd(b'SELECT "' + name.encode() + b'"')
+    assert b" OK " in t, t
+    assert not any(b"RECENT" in l for l in lines), lines  # RFC 9051 has no RECENT
+    assert b'* LIST (\\HasNoChildren) "/" "' + name.encode() + b'"\r\n' in lines, lines
+    lines, t = r.cmd("SELECT INBOX")
+    assert lines[0].startswith(b"* OK [CLOSED]"), lines
+    assert b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n' in lines, lines
+
+    # a rev1 session sees the rev2 client's name in modified UTF-7
+    r1 = Raw(srv).login()
+    lines, _ = r1.cmd('LIST "" "Caf*"')
+    assert list_names(lines) == [mutf7("Café&Co").encode()], lines
+    lines, _ = r1.cmd("SELECT INBOX")
+    assert b"* 0 RECENT\r\n" in lines, lines
+
+
+def test_rev2_search_answers_esearch(srv):
+    for i in range(3):
+        deliver(srv, "alice@example.com", subject=f"e{i}")
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    r.cmd("STORE 2 +FLAGS (\\Flagged)")
+    lines, _ = r.cmd("SEARCH ALL")
+    assert lines == [b"* SEARCH 1 2 3\r\n"], lines  # rev1: SEARCH
+    r.cmd("ENABLE IMAP4rev2")
+    lines, t = r.cmd("SEARCH ALL")
+    assert lines == [b'* ESEARCH (TAG "%s") ALL 1:3\r\n' % t.split()[0]], lines
+    lines, t = r.cmd("UID SEARCH FLAGGED")
+    assert lines == [b'* ESEARCH (TAG "%s") UID ALL 2\r\n' % t.split()[0]], lines
+    lines, t = r.cmd("SEARCH DRAFT")
+    assert lines == [b'* ESEARCH (TAG "%s")\r\n' % t.split()[0]], lines
+    lines, t = r.cmd("SEARCH RETURN (COUNT) ALL")
+    assert lines == [b'* ESEARCH (TAG "%s") COUNT 3\r\n' % t.split()[0]], lines
+    # STATUS DELETED (RFC 9051) counts \Deleted messages
+    r.cmd("STORE 1,3 +FLAGS.SILENT (\\Deleted)")
+    lines, _ = r.cmd("STATUS INBOX (DELETED MESSAGES)")
+    assert lines == [b"* STATUS \"INBOX\" (DELETED 2 MESSAGES 3)\r\n"], lines
+    r.cmd("STORE 1 -FLAGS.SILENT (\\Deleted)")
+    r.cmd("EXPUNGE")
+    lines, _ = r.cmd("STATUS INBOX (DELETED MESSAGES)")
+    assert lines == [b"* STATUS \"INBOX\" (DELETED 0 MESSAGES 2)\r\n"], lines
+
+
+def select_lines(r, args):
+    lines, t = r.cmd(f"SELECT INBOX {args}" if args else "SELECT INBOX")
+    assert b" OK " in t, (lines, t)
+    return lines
+
+
+def code(lines, name):
+    for l in lines:
+        m = re.search(rb"\[" + name.encode() + rb" (\d+)\]", l)
+        if m:
+            return int(m.group(1))
+    raise AssertionError(f"no {name} in {lines}")
+
+
+def vanished(lines, earlier=True):
+    pre = b"* VANISHED (EARLIER) " if earlier else b"* VANISHED "
+    got = [l[len(pre):].strip() for l in lines if l.startswith(pre)]
+    assert len(got) <= 1, lines
+    return got[0].decode() if got else None
+
+
+def fetched(lines):
+    """{uid: line} of the untagged FETCH lines."""
+    out = {}
+    for l in lines:
+        m = re.match(rb"\* \d+ FETCH \(.*UID (\d+)", l)
+        if m:
+            out[int(m.group(1))] = l
+    return out
+
+
+def expunge_uids(r, uids):
+    r.cmd("UID STORE %s +FLAGS.SILENT (\\Deleted)" % uids)
+    _, t = r.cmd("UID EXPUNGE %s" % uids)
+    assert b" OK " in t, t
+
+
+def test_qresync_select_reports_vanished_and_changes(srv):
+    for i in range(8):
+        deliver(srv, "alice@example.com", subject=f"q{i}")
+    b = Raw(srv).login()
+    b.cmd("SELECT INBOX")
+    expunge_uids(b, "1")  # before the client's MODSEQ: not reported
+    a = Raw(srv).login()
+    lines, t = a.cmd("SELECT INBOX (QRESYNC (1 1))")
+    assert b" BAD " in t, t  # QRESYNC not enabled
+    lines, _ = a.cmd("ENABLE QRESYNC")
+    assert lines == [b"* ENABLED QRESYNC\r\n"], lines
+    lines = select_lines(a, "")
+    uv, m0 = code(lines, "UIDVALIDITY"), code(lines, "HIGHESTMODSEQ")
+    a.cmd("LOGOUT")
+    # while the client is away: expunges in two commands, flag changes
+    expunge_uids(b, "3:4")
+    b.cmd("UID STORE 6 +FLAGS.SILENT (\\Flagged)")
+    expunge_uids(b, "7")
+    b.cmd("UID STORE 8 +FLAGS.SILENT (\\Seen)")
+
+    c = Raw(srv).login()
+    c.cmd("ENABLE QRESYNC")
+    lines = select_lines(c, f"(QRESYNC ({uv} {m0} 1:8))")
+    assert vanished(lines) == "3:4,7", lines
+    f = fetched(lines)
+    assert set(f) == {6, 8}, lines
+    assert b"\\Flagged" in f[6] and b"MODSEQ (" in f[6] and b"\\Seen" in f[8], f
+    assert code(lines, "HIGHESTMODSEQ") > m0
+    # VANISHED comes before the FETCH responses
+    vi = next(i for i, l in enumerate(lines) if l.startswith(b"* VANISHED"))
+    assert all(vi < i for i, l in enumerate(lines) if b" FETCH " in l), lines
+    # again while selected: CLOSED first; without known-uids the same set
+    lines = select_lines(c, f"(QRESYNC ({uv} {m0}))")
+    assert lines[0].startswith(b"* OK [CLOSED]"), lines
+    assert vanished(lines) == "3:4,7", lines
+    # known-uids limit both answers
+    lines = select_lines(c, f"(QRESYNC ({uv} {m0} 4:6))")
+    assert vanished(lines) == "4" and set(fetched(lines)) == {6}, lines
+    # from before the first expunge: UID 1 too; with seq-match data
+    lines = select_lines(c, f"(QRESYNC ({uv} 1 1:8 (1:3 1:3)))")
+    assert vanished(lines) == "1,3:4,7", lines
+    # the current MODSEQ: nothing; a wrong UIDVALIDITY: a plain SELECT
+    hm = code(lines, "HIGHESTMODSEQ")
+    lines = select_lines(c, f"(QRESYNC ({uv} {hm} 1:8))")
+    assert vanished(lines) is None and not fetched(lines), lines
+    lines = select_lines(c, f"(QRESYNC ({uv + 1} {m0} 1:8))")
+    assert vanished(lines) is None and not fetched(lines), lines
+    # EXAMINE takes it too
+    lines, t = c.cmd(f"EXAMINE INBOX (QRESYNC ({uv} {m0}))")
+    assert b"READ-ONLY" in t and vanished(lines) == "3:4,7", lines
+    for bad_args in ("(QRESYNC)", "(QRESYNC (x 1))", f"(QRESYNC ({uv}))",
+                     f"(QRESYNC ({uv} 1 1:8 (1:2)))", f"(QRESYNC ({uv} 1 nope))"):
+        _, t = c.cmd(f"SELECT INBOX {bad_args}")
+        assert b" BAD " in t, (bad_args, t)
+
+
+def test_qresync_vanished_during_session(srv):
+    for i in range(5):
+        deliver(srv, "alice@example.com", subject=f"v{i}")
+    a = Raw(srv).login()
+    a.cmd("ENABLE QRESYNC")
+    m0 = code(select_lines(a, ""), "HIGHESTMODSEQ")
+    b = Raw(srv).login()
+    b.cmd("SELECT INBOX")
+    expunge_uids(b, "2:3")
+    b.cmd("UID STORE 4 +FLAGS.SILENT (\\Flagged)")
+    # never during FETCH; then one VANISHED, no EXPUNGE
+    lines, t = a.cmd("FETCH 1:5 (UID)")
+    assert not any(b"VANISHED" in l or b"EXPUNGE" in l for l in lines), lines
+    # the flag change came with a MODSEQ above the held-back expunge: a
+    # HIGHESTMODSEQ from before it says where to resynchronise from
+    assert any(b"\\Flagged" in l and b" MODSEQ (" in l for l in lines), lines
+    assert code(lines, "HIGHESTMODSEQ") == m0, lines
+    lines, _ = a.cmd("NOOP")
+    assert vanished(lines, earlier=False) == "2:3", lines
+    assert not any(b"EXPUNGE" in l for l in lines), lines
+    lines, _ = a.cmd("FETCH 1:* (UID)")
+    assert sorted(fetched(lines)) == [1, 4, 5], lines
+    # the session's own EXPUNGE: VANISHED and HIGHESTMODSEQ in the tagged OK
+    a.cmd("UID STORE 4 +FLAGS.SILENT (\\Deleted)")
+    lines, t = a.cmd("EXPUNGE")
+    assert vanished(lines, earlier=False) == "4", lines
+    assert re.match(rb"t\d+ OK \[HIGHESTMODSEQ \d+\]", t), t
+    # IDLE too
+    a.send(b"i IDLE\r\n")
+    assert a.line().startswith(b"+")
+    expunge_uids(b, "5")
+    ln = a.line(timeout=10)
+    if b"FETCH" in ln:  # the \Deleted flag may come first
+        ln = a.line(timeout=10)
+    assert ln == b"* VANISHED 5\r\n", ln
+    a.send(b"DONE\r\n")
+    _, t = a.until("i")
+    assert t.startswith(b"i OK")
+    # a rev1 session without QRESYNC still gets EXPUNGE
+    lines, _ = b.cmd("NOOP")
+    assert not any(b"VANISHED" in l for l in lines), lines
+
+
+def test_qresync_uid_fetch_changedsince_vanished(srv):
+    for i in range(6):
+        deliver(srv, "alice@example.com", subject=f"c{i}")
+    a = Raw(srv).login()
+    lines = select_lines(a, "")
+    m0 = code(lines, "HIGHESTMODSEQ")
+    _, t = a.cmd(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
+    assert b" BAD " in t, t  # QRESYNC not enabled
+    a.cmd("ENABLE QRESYNC")
+    b = Raw(srv).login()
+    b.cmd("SELECT INBOX")
+    expunge_uids(b, "2,5")
+    b.cmd("UID STORE 3 +FLAGS.SILENT (\\Answered)")
+    lines, t = a.cmd(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
+    assert b" OK " in t, t
+    # UIDs 2 and 5 are still numbered in this session (not announced yet):
+    # they come with the next VANISHED, not as EARLIER
+    assert vanished(lines) is None, lines
+    lines, _ = a.cmd("NOOP")
+    assert vanished(lines, earlier=False) == "2,5", lines
+    lines, t = a.cmd(f"UID FETCH 1:6 (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
+    assert vanished(lines) == "2,5", lines
+    f = fetched(lines)
+    assert set(f) == {3} and b"\\Answered" in f[3] and b"MODSEQ" in f[3], lines
+    vi = next(i for i, l in enumerate(lines) if l.startswith(b"* VANISHED"))
+    assert all(vi < i for i, l in enumerate(lines) if b" FETCH " in l), lines
+    # only UIDs of the set are named
+    lines, _ = a.cmd(f"UID FETCH 3:4 (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
+    assert vanished(lines) is None and set(fetched(lines)) == {3}, lines
+    # "*" reaches past the last message: the expunged last UID is named
+    expunge_uids(b, "6")
+    a.cmd("NOOP")
+    lines, _ = a.cmd(f"UID FETCH 4:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
+    assert vanished(lines) == "5:6", lines
+    for bad_cmd in (f"UID FETCH 1:* (FLAGS) (VANISHED)",
+                    f"FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)",
+                    f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE x)"):
+        _, t = a.cmd(bad_cmd)
+        assert b" BAD " in t, (bad_cmd, t)
+
+
+def test_qresync_expunge_memory_survives_restart(imapsrv):
+    srv = imapsrv()
+    for i in range(6):
+        deliver(srv, "alice@example.com", subject=f"r{i}")
+    a = Raw(srv).login()
+    a.cmd("ENABLE QRESYNC")
+    lines = select_lines(a, "")
+    uv = code(lines, "UIDVALIDITY")
+    expunge_uids(a, "1")
+    lines, _ = a.cmd("STATUS INBOX (HIGHESTMODSEQ)")
+    m0 = int(re.search(rb"HIGHESTMODSEQ (\d+)", lines[0]).group(1))
+    expunge_uids(a, "4:5")
+    a.cmd("UID STORE 2 +FLAGS.SILENT (\\Flagged)")
+    a.cmd("LOGOUT")
+    assert srv.stop() == 0
+    srv.start()
+    c = Raw(srv).login()
+    c.cmd("ENABLE QRESYNC")
+    lines = select_lines(c, f"(QRESYNC ({uv} {m0} 1:6))")
+    assert vanished(lines) == "4:5", lines
+    assert set(fetched(lines)) == {2}, lines
+    lines, t = c.cmd(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
+    assert vanished(lines) == "4:5" and set(fetched(lines)) == {2}, lines
+
+
+def test_qresync_past_the_expunge_memory_names_every_missing_uid(imapsrv):
+    """The store remembers 1024 expunge runs; older than that, VANISHED
+    (EARLIER) names every UID of the client's set that is not a message
+    (RFC 7162 allows it), including ones expunged before its MODSEQ. A small
+    send queue: a resync that names every message waits for the socket."""
+    srv = imapsrv(config="[limits]\nsend_queue_max = 16k\n")
+    for i in range(9):
+        deliver(srv, "alice@example.com", subject=f"p{i}")
+    a = Raw(srv).login()
+    a.cmd("ENABLE QRESYNC")
+    lines = select_lines(a, "")
+    uv = code(lines, "UIDVALIDITY")
+    for _ in range(8):  # 9 * 2**8 = 2304 messages
+        _, t = a.cmd("COPY 1:* INBOX", timeout=60)
+        assert b" OK " in t, t
+    expunge_uids(a, "2")
+    lines, _ = a.cmd("STATUS INBOX (HIGHESTMODSEQ MESSAGES)")
+    m0 = int(re.search(rb"HIGHESTMODSEQ (\d+)", lines[0]).group(1))
+    assert b"MESSAGES 2303" in lines[0], lines
+    # every odd UID, one run each, in two commands (1024 ranges a set)
+    odd = list(range(1, 2305, 2))
+    for part in (odd[:1000], odd[1000:]):
+        uids = ",".join(map(str, part))
+        _, t = a.cmd("UID STORE " + uids + " +FLAGS.SILENT (\\Deleted)", timeout=60)
+        assert b" OK " in t, t
+        lines, t = a.cmd("UID EXPUNGE " + uids, timeout=60)
+        assert b" OK " in t, t
+        assert vanished(lines, earlier=False) == uids, lines
+    lines, _ = a.cmd("STATUS INBOX (HIGHESTMODSEQ)")
+    m1 = int(re.search(rb"HIGHESTMODSEQ (\d+)", lines[0]).group(1))
+    a.cmd("LOGOUT")
+    c = Raw(srv).login()
+    c.cmd("ENABLE QRESYNC")
+    lines = select_lines(c, f"(QRESYNC ({uv} {m0} 1:12))")
+    assert vanished(lines) == "1:3,5,7,9,11", (m0, m1, lines)
+    # the recent past is still exact
+    lines = select_lines(c, f"(QRESYNC ({uv} {m1 - 1} 2001:2010))")
+    assert vanished(lines) == "2001,2003,2005,2007,2009", lines
+    lines = select_lines(c, f"(QRESYNC ({uv} {m1}))")
+    assert vanished(lines) is None, lines
+    # from MODSEQ 1: every message is a FETCH (~70 KB, over the queue limit)
+    lines = select_lines(c, f"(QRESYNC ({uv} 1))")
+    f = fetched(lines)
+    assert sorted(f) == list(range(4, 2305, 2)), len(f)
+    assert all(b" MODSEQ (" in l and b"FLAGS (" in l for l in f.values())
+    assert vanished(lines).startswith("1:3,5,7,9,11,"), lines[:12]

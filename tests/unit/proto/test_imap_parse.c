@@ -395,3 +395,46 @@ Test(imap_parse, mutf7_encode_invalid)
 	cr_assert_eq(imap_mutf7_encode(SPAN_LIT("a\tb"), out, sizeof(out)), -EINVAL);
 	cr_assert_eq(imap_mutf7_encode(SPAN_LIT("\xf4\x90\x80\x80"), out, sizeof(out)), -EINVAL);
 }
+
+/* ---- UTF-8 mailbox names (IMAP4rev2) ------------------------------------- */
+
+struct utf8_case {
+	const char *in;
+	bool valid;     /* well-formed UTF-8 */
+	bool name;      /* and a valid mailbox name */
+};
+
+static const struct utf8_case utf8_cases[] = {
+	{ "INBOX", true, true },
+	{ "Entw\xc3\xbcrfe", true, true },
+	{ "A&B", true, true },                       /* no modified UTF-7 here */
+	{ "\xf0\x9f\x98\x80/\xe6\x97\xa5", true, true },
+	{ "", true, true },
+	{ "a\tb", true, false },                     /* a control character */
+	{ "a\x7f", true, false },
+	{ "caf\xc3", false, false },                 /* truncated */
+	{ "\xc0\xaf", false, false },                /* overlong */
+	{ "\xe0\x80\xaf", false, false },            /* overlong */
+	{ "\xed\xa0\x80", false, false },            /* a surrogate */
+	{ "\xf4\x90\x80\x80", false, false },        /* above U+10FFFF */
+	{ "\x80", false, false },                    /* a lone continuation byte */
+	{ "\xc3\x28", false, false },                /* a bad continuation byte */
+};
+
+static void check_utf8(const struct utf8_case *c)
+{
+	uint8_t out[64];
+	size_t len = strlen(c->in);
+	cr_assert_eq(imap_utf8_valid(span_cstr(c->in)), c->valid, "%s", c->in);
+	ssize_t n = imap_utf8_name(span_cstr(c->in), out, sizeof(out));
+	if (!c->name) {
+		cr_assert_eq(n, -EINVAL, "%s", c->in);
+		return;
+	}
+	cr_assert_eq(n, (ssize_t)len);
+	cr_assert(memcmp(out, c->in, len) == 0);
+	for (size_t cap = 0; cap < len; cap++)
+		cr_assert_eq(imap_utf8_name(span_cstr(c->in), out, cap), -ENOSPC);
+}
+
+TABLE_TEST(imap_parse, utf8_names, utf8_cases, check_utf8)

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/crc32c.h"
 #include "store/index.h"
 #include "store/store.h"
 
@@ -250,6 +251,215 @@ Test(index, checkpoint_round_trip_then_tail)
 	}
 	index_init(&ck);
 	cr_expect_eq(index_checkpoint_load(&ck, span_make(buf, n - 1), &off), -EINVAL);
+	index_clear(&ix);
+	free(buf);
+	free(lb.p);
+}
+
+/* ---- the memory of expunges (QRESYNC) -------------------------------------- */
+
+static void expect_ranges(const struct index *ix, uint64_t since, int complete,
+			  const uint32_t *want, size_t nwant)
+{
+	struct index_gone *g;
+	size_t n;
+
+	cr_assert_eq(index_vanished(ix, since, &g, &n), complete, "since %llu",
+		     (unsigned long long)since);
+	cr_assert_eq(n, nwant / 2, "since %llu: %zu ranges", (unsigned long long)since, n);
+	for (size_t i = 0; i < n; i++) {
+		cr_expect_eq(g[i].lo, want[2 * i], "since %llu range %zu", (unsigned long long)since, i);
+		cr_expect_eq(g[i].hi, want[2 * i + 1], "since %llu range %zu", (unsigned long long)since, i);
+	}
+	free(g);
+}
+
+Test(index, vanished_since_modseq)
+{
+	struct logbuf lb = { 0 };
+	struct index ix;
+	size_t good;
+	/* 1..10; expunge 4,5 (m11), then 9,2,3 out of order (m12), then 7 (m13) */
+	uint32_t a[] = { 4, 5 }, b[] = { 9, 2, 3 }, c[] = { 7, 7, 42 };
+
+	lb_hdr(&lb, 1);
+	for (uint32_t u = 1; u <= 10; u++)
+		lb_append(&lb, u, u, 10);
+	lb_expunge(&lb, 11, a, 2);
+	lb_expunge(&lb, 12, b, 3);
+	lb_expunge(&lb, 13, c, 3); /* a repeated and an unknown UID are ignored */
+	index_init(&ix);
+	cr_assert_eq(index_replay(&ix, span_make(lb.p, lb.len), &good), RECORD_END);
+	cr_expect_eq(ix.n, 4, "1 6 8 10 are left");
+	cr_expect(index_find(&ix, 2) == NULL && index_find(&ix, 9) == NULL,
+		  "UIDs given out of order are all expunged");
+	cr_expect_eq(ix.unseen, 4);
+	cr_expect_eq(ix.bytes, 40);
+
+	expect_ranges(&ix, 13, 1, NULL, 0);
+	expect_ranges(&ix, 12, 1, (uint32_t[]){ 7, 7 }, 2);
+	expect_ranges(&ix, 11, 1, (uint32_t[]){ 2, 3, 7, 7, 9, 9 }, 6);
+	/* adjacent runs from different records are merged in the answer */
+	expect_ranges(&ix, 0, 1, (uint32_t[]){ 2, 5, 7, 7, 9, 9 }, 6);
+	expect_ranges(&ix, 10, 1, (uint32_t[]){ 2, 5, 7, 7, 9, 9 }, 6);
+	index_clear(&ix);
+	free(lb.p);
+}
+
+Test(index, vanished_memory_is_bounded)
+{
+	struct logbuf lb = { 0 };
+	struct index ix;
+	size_t good;
+	const uint32_t n = 2 * INDEX_GONE_MAX + 10;
+
+	/* every other UID expunged by a record of its own: one run each */
+	lb_hdr(&lb, 1);
+	for (uint32_t u = 1; u <= 2 * n; u++)
+		lb_append(&lb, u, u, 1);
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t u = 2 * k + 1;
+		lb_expunge(&lb, 2 * n + 1 + k, &u, 1);
+	}
+	index_init(&ix);
+	cr_assert_eq(index_replay(&ix, span_make(lb.p, lb.len), &good), RECORD_END);
+	cr_expect_leq(ix.ngone, INDEX_GONE_MAX);
+	cr_expect_leq(ix.gone_cap, INDEX_GONE_MAX);
+	cr_expect_gt(ix.gone_floor, 2 * n);
+	/* recent history is exact; older than the floor is incomplete */
+	expect_ranges(&ix, 3 * n - 1, 1, (uint32_t[]){ 2 * n - 1, 2 * n - 1 }, 2);
+	{
+		struct index_gone *g;
+		size_t k;
+		cr_expect_eq(index_vanished(&ix, 0, &g, &k), 0);
+		cr_expect_eq(k, ix.ngone);
+		free(g);
+		cr_expect_eq(index_vanished(&ix, ix.gone_floor, &g, &k), 1);
+		free(g);
+	}
+	/* one record expunging more runs than the memory holds */
+	{
+		struct logbuf l2 = { 0 };
+		struct index i2;
+		uint32_t *odd = malloc(n * sizeof(*odd));
+		for (uint32_t k = 0; k < n; k++)
+			odd[k] = 2 * k + 1;
+		lb_hdr(&l2, 1);
+		for (uint32_t u = 1; u <= 2 * n; u++)
+			lb_append(&l2, u, u, 1);
+		lb_expunge(&l2, 3 * n, odd, n);
+		index_init(&i2);
+		cr_assert_eq(index_replay(&i2, span_make(l2.p, l2.len), &good), RECORD_END);
+		cr_expect_eq(i2.n, n);
+		cr_expect_leq(i2.ngone, INDEX_GONE_MAX);
+		cr_expect_eq(i2.gone_floor, 3 * n);
+		{
+			struct index_gone *g;
+			size_t k;
+			cr_expect_eq(index_vanished(&i2, 2 * n, &g, &k), 0, "some were forgotten");
+			free(g);
+		}
+		index_clear(&i2);
+		free(odd);
+		free(l2.p);
+	}
+	index_clear(&ix);
+	free(lb.p);
+}
+
+Test(index, vanished_survives_checkpoint)
+{
+	struct logbuf lb = { 0 };
+	struct index ix, ck;
+	size_t good, n;
+	uint8_t *buf;
+	uint64_t off;
+	uint32_t a[] = { 2, 3 }, b[] = { 5 };
+
+	lb_hdr(&lb, 1);
+	for (uint32_t u = 1; u <= 6; u++)
+		lb_append(&lb, u, u, 10);
+	lb_expunge(&lb, 7, a, 2);
+	index_init(&ix);
+	cr_assert_eq(index_replay(&ix, span_make(lb.p, lb.len), &good), RECORD_END);
+	n = index_checkpoint_size(&ix);
+	buf = malloc(n);
+	cr_assert_eq(index_checkpoint_put(&ix, lb.len, buf, n), n);
+	index_init(&ck);
+	cr_assert_eq(index_checkpoint_load(&ck, span_make(buf, n), &off), 0);
+	expect_ranges(&ck, 6, 1, (uint32_t[]){ 2, 3 }, 2);
+	/* the log after the checkpoint adds to it */
+	size_t mid = lb.len;
+	lb_expunge(&lb, 8, b, 1);
+	cr_assert_eq(index_replay(&ck, span_make(lb.p + mid, lb.len - mid), &good), RECORD_END);
+	expect_ranges(&ck, 6, 1, (uint32_t[]){ 2, 3, 5, 5 }, 4);
+	expect_ranges(&ck, 7, 1, (uint32_t[]){ 5, 5 }, 2);
+	index_clear(&ck);
+
+	/* a version 1 checkpoint (no runs) loads with everything it covers
+	 * forgotten: answers about older MODSEQs are incomplete */
+	{
+		size_t n1 = n - 16 - 16; /* without the floor, the count and one run */
+		uint8_t *v1 = malloc(n1);
+		uint32_t ver = 1, crc;
+		memcpy(v1, buf, n1 - 4);
+		memcpy(v1 + 4, &ver, 4);
+		crc = crc32c(0, v1, n1 - 4);
+		memcpy(v1 + n1 - 4, &crc, 4);
+		index_init(&ck);
+		cr_assert_eq(index_checkpoint_load(&ck, span_make(v1, n1), &off), 0);
+		cr_expect_eq(ck.n, 4);
+		cr_expect_eq(ck.gone_floor, 7);
+		struct index_gone *g;
+		size_t k;
+		cr_expect_eq(index_vanished(&ck, 6, &g, &k), 0);
+		cr_expect_eq(k, 0);
+		free(g);
+		expect_ranges(&ck, 7, 1, NULL, 0);
+		index_clear(&ck);
+		free(v1);
+	}
+	/* damage in the runs is detected */
+	for (size_t i = n - 4 - 32; i < n - 4; i++) {
+		buf[i] ^= 0x10;
+		index_init(&ck);
+		cr_expect_eq(index_checkpoint_load(&ck, span_make(buf, n), &off), -EINVAL);
+		buf[i] ^= 0x10;
+	}
+	index_clear(&ix);
+	free(buf);
+	free(lb.p);
+}
+
+Test(index, deleted_count_follows_flags_expunge_and_checkpoint)
+{
+	struct logbuf lb = { 0 };
+	struct index ix, ck;
+	size_t good, n;
+	uint8_t *buf;
+	uint64_t off;
+	uint32_t u123[] = { 1, 2, 3 }, u2[] = { 2 }, u3[] = { 3 };
+
+	lb_hdr(&lb, 1);
+	for (uint32_t u = 1; u <= 4; u++)
+		lb_append(&lb, u, u, 10);
+	lb_flags(&lb, 5, REC_FLAGS_ADD, STORE_F_DELETED, 0, u123, 3);
+	lb_flags(&lb, 6, REC_FLAGS_REMOVE, STORE_F_DELETED, 0, u2, 1);
+	lb_flags(&lb, 7, REC_FLAGS_SET, STORE_F_SEEN | STORE_F_DELETED, 0, u3, 1);
+	index_init(&ix);
+	cr_assert_eq(index_replay(&ix, span_make(lb.p, lb.len), &good), RECORD_END);
+	cr_expect_eq(ix.deleted, 2);
+	n = index_checkpoint_size(&ix);
+	buf = malloc(n);
+	cr_assert_eq(index_checkpoint_put(&ix, lb.len, buf, n), n);
+	index_init(&ck);
+	cr_assert_eq(index_checkpoint_load(&ck, span_make(buf, n), &off), 0);
+	cr_expect_eq(ck.deleted, 2);
+	size_t mid = lb.len;
+	lb_expunge(&lb, 8, u3, 1);
+	cr_assert_eq(index_replay(&ck, span_make(lb.p + mid, lb.len - mid), &good), RECORD_END);
+	cr_expect_eq(ck.deleted, 1);
+	index_clear(&ck);
 	index_clear(&ix);
 	free(buf);
 	free(lb.p);

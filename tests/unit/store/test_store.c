@@ -892,3 +892,69 @@ Test(store, per_user_quota_override_and_idle_cache)
 		store_user_close(&u);
 	}
 }
+
+/* QRESYNC: which UIDs were expunged since a MODSEQ, across a reopen that
+ * loads a checkpoint and replays the log after it. */
+Test(store, vanished_since_modseq_survives_reopen)
+{
+	struct store_user *u;
+	struct store_folder *f;
+	struct waitres w = { 0 };
+	struct store_uid_range *r;
+	size_t n;
+	uint32_t x1[] = { 3, 4 }, x2[] = { 30, 1 };
+	uint64_t m1, m2;
+
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	for (int i = 0; i < 30; i++)
+		cr_assert_eq(t_append(L, f, msgs[i % 3], NULL), 0);
+	store_expunge(f, L, x1, 2, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	m1 = w.modseq;
+	{
+		bool never = false;
+		loop_run_until(L, &never, 50); /* an automatic one in flight ends */
+	}
+	w = (struct waitres){ 0 };
+	store_checkpoint(f, L, wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	w = (struct waitres){ 0 };
+	store_expunge(f, L, x2, 2, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	m2 = w.modseq;
+	cr_assert_gt(m2, m1);
+
+	for (int pass = 0; pass < 2; pass++) {
+		cr_expect_eq(store_folder_vanished(f, m1 - 1, &r, &n), 1, "pass %d", pass);
+		cr_assert_eq(n, 3, "pass %d", pass);
+		cr_expect(r[0].lo == 1 && r[0].hi == 1 && r[1].lo == 3 && r[1].hi == 4 &&
+			  r[2].lo == 30 && r[2].hi == 30, "pass %d", pass);
+		free(r);
+		cr_expect_eq(store_folder_vanished(f, m1, &r, &n), 1);
+		cr_assert_eq(n, 2);
+		cr_expect(r[0].lo == 1 && r[1].lo == 30);
+		free(r);
+		cr_expect_eq(store_folder_vanished(f, m2, &r, &n), 1);
+		cr_expect_eq(n, 0);
+		cr_expect_null(r);
+		/* reopen: a checkpoint covers the first expunge, the log the second */
+		store_folder_close(&f);
+		store_user_close(&u);
+		store_free(&S);
+		open_store(0, 4096, 0);
+		u = t_user(S, L, "alice@example.com");
+		f = t_folder(u, L, "INBOX");
+	}
+	{
+		char path[600];
+		struct stat sb;
+		snprintf(path, sizeof(path), "%s/mail/alice@example.com/f0/checkpoint", D);
+		cr_expect_eq(stat(path, &sb), 0, "a checkpoint was written");
+	}
+	store_folder_close(&f);
+	store_user_close(&u);
+}
