@@ -358,6 +358,17 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 			return BAD(ctx, "message_size_max must be a size of at least 1k");
 		return 0;
 	}
+	if (!strcmp(key, "quota_storage")) {
+		if (config_parse_size(value, &cfg->quota_storage))
+			return BAD(ctx, "quota_storage must be a size (0: no limit)");
+		return 0;
+	}
+	if (!strcmp(key, "quota_messages")) {
+		if (parse_uint(value, UINT32_MAX, &v))
+			return BAD(ctx, "quota_messages must be a number (0: no limit)");
+		cfg->quota_messages = v;
+		return 0;
+	}
 	if (!strcmp(key, "header_size_max")) {
 		if (config_parse_size(value, &cfg->header_size_max) || cfg->header_size_max < 1024)
 			return BAD(ctx, "header_size_max must be a size of at least 1k");
@@ -729,14 +740,16 @@ void config_print(const struct config *cfg, FILE *out)
 		"prelogin_timeout = %ums\nidle_timeout = %ums\ndual_wait = %ums\n"
 		"handshake_timeout = %ums\nmax_bad_commands = %u\nsend_queue_max = %llu\n"
 		"plaintext_auth = %s\nmessage_size_max = %llu\nrecipients_max = %u\n"
-		"smtp_timeout = %ums\nheader_size_max = %llu\nmax_hops = %u\nsmtp_bare_lf = %s\n",
+		"smtp_timeout = %ums\nheader_size_max = %llu\nmax_hops = %u\nsmtp_bare_lf = %s\n"
+		"quota_storage = %llu\nquota_messages = %llu\n",
 		cfg->max_connections, cfg->max_connections_per_ip, cfg->prelogin_timeout_ms,
 		cfg->idle_timeout_ms, cfg->dual_wait_ms, cfg->handshake_timeout_ms,
 		cfg->max_bad_commands, (unsigned long long)cfg->send_queue_max,
 		cfg->plaintext_auth ? "yes" : "no", (unsigned long long)cfg->message_size_max,
 		cfg->recipients_max, cfg->smtp_timeout_ms,
 		(unsigned long long)cfg->header_size_max, cfg->max_hops,
-		cfg->smtp_bare_lf_normalize ? "normalize" : "reject");
+		cfg->smtp_bare_lf_normalize ? "normalize" : "reject",
+		(unsigned long long)cfg->quota_storage, (unsigned long long)cfg->quota_messages);
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
 		"expire = %ums\ntimeout = %ums\nmax_per_domain = %u\ndkim_selector = %s\n",
 		cfg->ob_dns[0] ? "dns = " : "# dns: from ", cfg->ob_dns[0] ? cfg->ob_dns : "/etc/resolv.conf",

@@ -206,6 +206,7 @@ struct imap_session {
 	int append_rc;
 	bool append_data;            /* M_CMD, but LITERAL_DATA goes to the store */
 	bool append_done;            /* the literal ended: EOL next */
+	bool append_active;          /* an APPEND (MULTIAPPEND) command runs */
 	uint64_t append_size;
 	int64_t append_date;
 	uint32_t append_flags;
@@ -402,7 +403,9 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 	} else {
 		snprintf(buf, CAPS_MAX,
 			 "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
-			 "CHILDREN SPECIAL-USE CONDSTORE ESEARCH APPENDLIMIT=%" PRIu64,
+			 "CHILDREN SPECIAL-USE CONDSTORE ESEARCH "
+			 "STATUS=SIZE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE "
+			 "APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->message_size_max);
 	}
 	return buf;
@@ -581,6 +584,13 @@ static void cmd_end(struct imap_session *is)
 	is->uid_cmd = false;
 	is->cmd_broken = false;
 	set_busy(is, false);
+	if (is->shutting_down && !is->dead && is->state != IMAP_S_LOGOUT) {
+		/* SIGTERM arrived while the command ran: its reply is out, now
+		 * the goodbye (RFC 3501 7.1.5). */
+		out_str(is, "* BYE [UNAVAILABLE] Server shutting down\r\n");
+		session_close(is, true);
+		return;
+	}
 	arm_timer(is);
 }
 
@@ -1521,6 +1531,90 @@ static void cmd_status(struct imap_session *is, size_t a)
 	set_busy(is, true);
 	hold(is);
 	store_folder_open(is->su, stream_loop(is->s), name, status_opened, is);
+}
+
+/* ---- QUOTA (RFC 9208) ------------------------------------------------------------------------ */
+
+/* The quota root is the user: one root "" over every mailbox. "* QUOTA"
+ * lists the limited resources (STORAGE in KiB, MESSAGE); false when
+ * nothing is limited (then there is no quota root at all). */
+static bool out_quota(struct imap_session *is)
+{
+	uint64_t bytes, msgs, lb, lm;
+	store_user_quota(is->su, &bytes, &msgs, &lb, &lm);
+	if (!lb && !lm)
+		return false;
+	out_str(is, "* QUOTA \"\" (");
+	if (lb)
+		out_printf(is, "STORAGE %" PRIu64 " %" PRIu64, (bytes + 1023) / 1024, lb / 1024);
+	if (lm)
+		out_printf(is, "%sMESSAGE %" PRIu64 " %" PRIu64, lb ? " " : "", msgs, lm);
+	out_str(is, ")\r\n");
+	return true;
+}
+
+static bool quota_limited(struct imap_session *is)
+{
+	uint64_t bytes, msgs, lb, lm;
+	store_user_quota(is->su, &bytes, &msgs, &lb, &lm);
+	return lb || lm;
+}
+
+/* Whether the folder exists (from the folder list; INBOX always does). */
+static int folder_exists(struct imap_session *is, const char *name)
+{
+	if (strcmp(name, "INBOX") == 0)
+		return 1;
+	struct store_folder_info *fl;
+	size_t nf;
+	int rc = store_folder_list(is->su, &fl, &nf);
+	if (rc)
+		return rc;
+	int found = 0;
+	for (size_t i = 0; i < nf && !found; i++)
+		found = fl[i].exists && strcmp(fl[i].name, name) == 0;
+	free(fl);
+	return found;
+}
+
+static void cmd_getquotaroot(struct imap_session *is, size_t a)
+{
+	char name[STORE_NAME_MAX + 1];
+	if (!mailbox_arg(is, a, name, sizeof(name)))
+		return;
+	if (a + 1 != is->ntoks) {
+		syntax(is, "Syntax: GETQUOTAROOT mailbox");
+		return;
+	}
+	int rc = folder_exists(is, name);
+	if (rc <= 0) {
+		store_error(is, rc ? rc : -ENOENT);
+		return;
+	}
+	out_str(is, "* QUOTAROOT ");
+	out_mailbox(is, name);
+	out_str(is, quota_limited(is) ? " \"\"\r\n" : "\r\n");
+	out_quota(is);
+	done(is, "OK", "GETQUOTAROOT completed");
+}
+
+static void cmd_getquota(struct imap_session *is, size_t a)
+{
+	if (!is_astring(is, a) || a + 1 != is->ntoks) {
+		syntax(is, "Syntax: GETQUOTA root");
+		return;
+	}
+	if (tok_span(is, a).len != 0 || !out_quota(is)) {
+		done(is, "NO", "[NONEXISTENT] No such quota root");
+		return;
+	}
+	done(is, "OK", "GETQUOTA completed");
+}
+
+static void cmd_setquota(struct imap_session *is, size_t a)
+{
+	(void)a;
+	done(is, "NO", "[NOPERM] Quotas are set by the administrator");
 }
 
 /* ---- FETCH ----------------------------------------------------------------------------------- */
@@ -3181,6 +3275,9 @@ static const struct imap_command commands[] = {
 	{ "LIST", AUTHED, false, SYNC_FULL, cmd_list },
 	{ "LSUB", AUTHED, false, SYNC_FULL, cmd_lsub },
 	{ "STATUS", AUTHED, false, SYNC_FULL, cmd_status },
+	{ "GETQUOTAROOT", AUTHED, false, SYNC_FULL, cmd_getquotaroot },
+	{ "GETQUOTA", AUTHED, false, SYNC_FULL, cmd_getquota },
+	{ "SETQUOTA", AUTHED, false, SYNC_FULL, cmd_setquota },
 	{ "APPEND", AUTHED, false, SYNC_FULL, NULL }, /* see append_literal() */
 	{ "IDLE", AUTHED, false, SYNC_NONE, cmd_idle },
 	{ "CHECK", ST(SELECTED), false, SYNC_FULL, cmd_check },
@@ -3597,7 +3694,9 @@ static void imap_timer(struct stream *s)
 static void imap_shutdown(struct stream *s)
 {
 	struct imap_session *is = stream_session(s);
-	if (is->busy) {
+	if (is->busy || is->append_data || is->append_active || is->fj) {
+		/* A command is running (or an APPEND literal streaming in): it
+		 * finishes within shutdown_grace, then cmd_end() says BYE. */
 		is->shutting_down = true;
 		return;
 	}
