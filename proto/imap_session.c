@@ -204,6 +204,7 @@ struct imap_session {
 	uint8_t *overflow;
 	size_t overflow_len;
 	int append_rc;
+	int undo_err;                /* a failed COPY/APPEND, reported after the undo */
 	bool append_data;            /* M_CMD, but LITERAL_DATA goes to the store */
 	bool append_done;            /* the literal ended: EOL next */
 	bool append_active;          /* an APPEND (MULTIAPPEND) command runs */
@@ -217,6 +218,7 @@ struct imap_session {
 	struct imap_range set[IMAP_SET_MAX];
 	size_t nset;
 	struct fetch_job *fj;
+	struct list_job *lj;
 	uint8_t *rbuf;
 	/* output */
 	uint8_t *obuf;
@@ -403,7 +405,7 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 	} else {
 		snprintf(buf, CAPS_MAX,
 			 "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
-			 "CHILDREN SPECIAL-USE CONDSTORE ESEARCH "
+			 "CHILDREN SPECIAL-USE CONDSTORE ESEARCH LIST-EXTENDED LIST-STATUS "
 			 "STATUS=SIZE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE "
 			 "APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->message_size_max);
@@ -1369,87 +1371,415 @@ static bool list_match(const char *pat, const char *name)
 	}
 }
 
-static void list_common(struct imap_session *is, size_t a, bool lsub)
+/* LIST (RFC 3501 6.3.8) with LIST-EXTENDED (RFC 5258), LIST-STATUS
+ * (RFC 5819) and the SPECIAL-USE selection (RFC 6154).
+ *
+ * Hierarchy parents that are not mailboxes (after CREATE a/b/c, or DELETE
+ * of a parent) are not stored: LIST derives them from the names below them
+ * and shows them \Noselect (\NonExistent with the extended syntax). */
+
+struct lentry {
+	const char *p;       /* into the folder list; not NUL-terminated */
+	uint16_t len;
+	uint8_t special;
+	bool exists, subscribed;
+	bool children;       /* an existing mailbox below it */
+	bool sel;            /* meets the selection options */
+	bool child_sel;      /* a mailbox below it does */
+};
+
+enum {
+	LSEL_SUBSCRIBED = 1, LSEL_REMOTE = 2, LSEL_RECURSIVE = 4, LSEL_SPECIAL = 8,
+	LRET_SUBSCRIBED = 1, LRET_CHILDREN = 2, LRET_SPECIAL = 4, LRET_STATUS = 8,
+};
+
+struct list_job {
+	struct store_folder_info *fl;
+	struct lentry *e;
+	size_t n, next;
+	unsigned sel, ret;
+	bool extended;
+	size_t status_at;    /* token index of the STATUS items list */
+	size_t pats_at, npats;
+	char ref[STORE_NAME_MAX + 1];
+};
+
+static void out_status_items(struct imap_session *is, const struct store_folder_status *st,
+			     size_t list_at);
+static bool status_items_ok(struct imap_session *is, size_t list_at);
+
+static int lentry_cmp(const void *a, const void *b)
+{
+	const struct lentry *x = a, *y = b;
+	size_t n = x->len < y->len ? x->len : y->len;
+	int c = memcmp(x->p, y->p, n);
+	if (c)
+		return c;
+	return x->len < y->len ? -1 : x->len > y->len;
+}
+
+static struct lentry *lentry_find(struct list_job *lj, const char *p, size_t len)
+{
+	struct lentry key = { .p = p, .len = (uint16_t)len };
+	return bsearch(&key, lj->e, lj->n, sizeof(key), lentry_cmp);
+}
+
+/* The entries: every listed name and every hierarchy parent of one,
+ * sorted, merged, with their children and selection marks. */
+static int list_build(struct imap_session *is, struct list_job *lj)
+{
+	size_t nf, cap = 0;
+	int rc = store_folder_list(is->su, &lj->fl, &nf);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < nf; i++) {
+		cap++;
+		for (const char *c = lj->fl[i].name; *c; c++)
+			cap += *c == '/';
+	}
+	lj->e = calloc(cap ? cap : 1, sizeof(*lj->e));
+	if (!lj->e)
+		return -ENOMEM;
+	size_t n = 0;
+	for (size_t i = 0; i < nf; i++) {
+		const struct store_folder_info *f = &lj->fl[i];
+		size_t len = strlen(f->name);
+		lj->e[n++] = (struct lentry){ f->name, (uint16_t)len, (uint8_t)f->special,
+					      f->exists, f->subscribed, false, false, false };
+		for (size_t k = 1; k < len; k++)
+			if (f->name[k] == '/')
+				lj->e[n++] = (struct lentry){ .p = f->name, .len = (uint16_t)k };
+	}
+	qsort(lj->e, n, sizeof(*lj->e), lentry_cmp);
+	size_t w = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (w && lentry_cmp(&lj->e[w - 1], &lj->e[i]) == 0) {
+			struct lentry *d = &lj->e[w - 1];
+			d->exists |= lj->e[i].exists;
+			d->subscribed |= lj->e[i].subscribed;
+			if (lj->e[i].special)
+				d->special = lj->e[i].special;
+			continue;
+		}
+		lj->e[w++] = lj->e[i];
+	}
+	lj->n = w;
+	for (size_t i = 0; i < w; i++) {
+		struct lentry *x = &lj->e[i];
+		x->sel = true;
+		if (lj->sel & LSEL_SUBSCRIBED)
+			x->sel &= x->subscribed;
+		if (lj->sel & LSEL_SPECIAL)
+			x->sel &= x->exists && x->special != STORE_SPECIAL_NONE;
+		if (!(lj->sel & (LSEL_SUBSCRIBED | LSEL_SPECIAL)))
+			x->sel = x->exists;
+	}
+	/* Mark the ancestors of every existing / selected entry. */
+	for (size_t i = 0; i < w; i++) {
+		struct lentry *x = &lj->e[i];
+		if (!x->exists && !x->sel)
+			continue;
+		for (size_t k = x->len; k-- > 1;) {
+			if (x->p[k] != '/')
+				continue;
+			struct lentry *up = lentry_find(lj, x->p, k);
+			if (!up)
+				continue;
+			up->children |= x->exists;
+			up->child_sel |= x->sel;
+		}
+	}
+	return 0;
+}
+
+static bool list_name_matches(struct list_job *lj, struct imap_session *is, const char *name)
+{
+	for (size_t k = 0; k < lj->npats; k++) {
+		char pat[2 * STORE_NAME_MAX + 2], full[3 * STORE_NAME_MAX + 4];
+		size_t i = lj->pats_at + k;
+		if (lj->npats > 1 || is->toks[lj->pats_at].kind == T_LBEGIN)
+			i = lj->pats_at + 1 + k;
+		ssize_t n = imap_mutf7_decode(tok_span(is, i), (uint8_t *)pat, STORE_NAME_MAX);
+		if (n < 0)
+			continue;
+		pat[n] = '\0';
+		snprintf(full, sizeof(full), "%s%s", lj->ref, pat);
+		if (list_match(full, name))
+			return true;
+		if (strcmp(name, "INBOX") == 0 || strncmp(name, "INBOX/", 6) == 0) {
+			/* INBOX matches case-insensitively. */
+			for (size_t c = 0; c < 5 && full[c]; c++)
+				full[c] = (char)toupper((unsigned char)full[c]);
+			if (list_match(full, name))
+				return true;
+		}
+	}
+	return false;
+}
+
+static void list_job_free(struct imap_session *is)
+{
+	if (!is->lj)
+		return;
+	free(is->lj->fl);
+	free(is->lj->e);
+	free(is->lj);
+	is->lj = NULL;
+}
+
+static void list_pump(struct imap_session *is);
+
+static void list_status_opened(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead) {
+		if (folder)
+			store_folder_close(&folder);
+		release(is);
+		return;
+	}
+	if (res == 0) {
+		struct store_folder_status st;
+		store_folder_status(folder, &st);
+		store_folder_close(&folder);
+		const struct lentry *x = &is->lj->e[is->lj->next - 1];
+		char name[STORE_NAME_MAX + 1];
+		memcpy(name, x->p, x->len);
+		name[x->len] = '\0';
+		out_str(is, "* STATUS ");
+		out_mailbox(is, name);
+		out_status_items(is, &st, is->lj->status_at);
+	}
+	/* A mailbox deleted meanwhile just has no STATUS (RFC 5819 says to
+	 * skip what cannot be opened). */
+	list_pump(is);
+	release(is);
+}
+
+/* Writes the LIST lines from lj->next on; pauses for STATUS. */
+static void list_pump(struct imap_session *is)
+{
+	static const char *const special[] = { "", "\\Sent", "\\Drafts", "\\Trash", "\\Junk",
+					       "\\Archive" };
+	struct list_job *lj = is->lj;
+	while (lj->next < lj->n) {
+		const struct lentry *x = &lj->e[lj->next++];
+		char name[STORE_NAME_MAX + 1];
+		memcpy(name, x->p, x->len);
+		name[x->len] = '\0';
+		bool recursive = (lj->sel & LSEL_RECURSIVE) && x->child_sel;
+		if (!(x->sel || recursive ||
+	      (!(lj->sel & (LSEL_SUBSCRIBED | LSEL_SPECIAL)) && x->children)))
+			continue;
+		if (!list_name_matches(lj, is, name))
+			continue;
+		char attrs[128];
+		bool subs = (lj->sel & LSEL_SUBSCRIBED) || (lj->ret & LRET_SUBSCRIBED);
+		snprintf(attrs, sizeof(attrs), "%s%s%s%s%s",
+			 x->exists ? "" : lj->extended ? "\\NonExistent " : "\\Noselect ",
+			 x->children ? "\\HasChildren" : "\\HasNoChildren",
+			 subs && x->subscribed ? " \\Subscribed" : "",
+			 x->special && x->exists ? " " : "", x->exists ? special[x->special] : "");
+		out_printf(is, "* LIST (%s) \"/\" ", attrs);
+		out_mailbox(is, name);
+		if (recursive) {
+			out_str(is, " (\"CHILDINFO\" (");
+			if (lj->sel & LSEL_SUBSCRIBED)
+				out_str(is, (lj->sel & LSEL_SPECIAL) ? "\"SUBSCRIBED\" " : "\"SUBSCRIBED\"");
+			if (lj->sel & LSEL_SPECIAL)
+				out_str(is, "\"SPECIAL-USE\"");
+			out_str(is, "))");
+		}
+		out_str(is, "\r\n");
+		if (!(lj->ret & LRET_STATUS) || !x->exists)
+			continue;
+		if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
+			struct store_folder_status st;
+			store_folder_status(is->folder, &st);
+			out_str(is, "* STATUS ");
+			out_mailbox(is, name);
+			out_status_items(is, &st, lj->status_at);
+			continue;
+		}
+		set_busy(is, true);
+		hold(is);
+		store_folder_open(is->su, stream_loop(is->s), name, list_status_opened, is);
+		return;
+	}
+	list_job_free(is);
+	done(is, "OK", "LIST completed");
+}
+
+/* LSUB (RFC 3501 6.3.9): the subscriptions, as before LIST-EXTENDED. */
+static void cmd_lsub(struct imap_session *is, size_t a)
 {
 	char ref[STORE_NAME_MAX + 1], pat[2 * STORE_NAME_MAX + 2];
 	if (!is_astring(is, a) || !is_astring(is, a + 1) || a + 2 != is->ntoks) {
-		syntax(is, "Syntax: LIST reference mailbox");
+		syntax(is, "Syntax: LSUB reference mailbox");
 		return;
 	}
 	ssize_t n1 = imap_mutf7_decode(tok_span(is, a), (uint8_t *)ref, sizeof(ref) - 1);
 	ssize_t n2 = imap_mutf7_decode(tok_span(is, a + 1), (uint8_t *)pat, STORE_NAME_MAX);
 	if (n1 < 0 || n2 < 0) {
-		done(is, "OK", "LIST completed");
+		done(is, "OK", "LSUB completed");
+		return;
+	}
+	if (n2 == 0) {
+		out_str(is, "* LSUB (\\Noselect) \"/\" \"\"\r\n");
+		done(is, "OK", "LSUB completed");
 		return;
 	}
 	ref[n1] = '\0';
 	pat[n2] = '\0';
-	if (n2 == 0) {
-		/* RFC 3501 6.3.8: the hierarchy delimiter and root. */
-		out_printf(is, "* %s (\\Noselect) \"/\" \"\"\r\n", lsub ? "LSUB" : "LIST");
-		done(is, "OK", "%s completed", lsub ? "LSUB" : "LIST");
-		return;
-	}
-	char full[3 * STORE_NAME_MAX + 4];
-	size_t rl = strlen(ref), pl = strlen(pat);
-	memcpy(full, ref, rl);
-	memcpy(full + rl, pat, pl + 1);
-	struct store_folder_info *fl = NULL;
-	size_t nf = 0;
-	int rc = store_folder_list(is->su, &fl, &nf);
+	struct list_job lj = { .sel = LSEL_SUBSCRIBED, .pats_at = a + 1, .npats = 1 };
+	memcpy(lj.ref, ref, (size_t)n1 + 1);
+	int rc = list_build(is, &lj);
 	if (rc) {
+		free(lj.fl);
+		free(lj.e);
 		store_error(is, rc);
 		return;
 	}
-	static const char *const special[] = { "", "\\Sent", "\\Drafts", "\\Trash", "\\Junk",
-					       "\\Archive" };
-	for (size_t i = 0; i < nf; i++) {
-		const char *name = fl[i].name;
-		if (lsub ? !fl[i].subscribed : !fl[i].exists)
+	for (size_t i = 0; i < lj.n; i++) {
+		const struct lentry *x = &lj.e[i];
+		char name[STORE_NAME_MAX + 1];
+		memcpy(name, x->p, x->len);
+		name[x->len] = '\0';
+		if (!x->subscribed || !list_name_matches(&lj, is, name))
 			continue;
-		bool match = list_match(full, name);
-		if (!match && strcmp(name, "INBOX") == 0) {
-			/* INBOX matches case-insensitively. */
-			char up[sizeof(full)];
-			size_t k;
-			for (k = 0; full[k] && k + 1 < sizeof(up); k++)
-				up[k] = (char)toupper((unsigned char)full[k]);
-			up[k] = '\0';
-			match = list_match(up, name);
-		}
-		if (!match)
-			continue;
-		size_t nl = strlen(name);
-		bool children = false;
-		for (size_t j = 0; j < nf && !children; j++)
-			children = fl[j].exists && strncmp(fl[j].name, name, nl) == 0 &&
-				   fl[j].name[nl] == '/';
-		out_printf(is, "* %s (%s%s%s%s) \"/\" ", lsub ? "LSUB" : "LIST",
-			   children ? "\\HasChildren" : "\\HasNoChildren",
-			   fl[i].special ? " " : "", special[fl[i].special],
-			   fl[i].exists ? "" : " \\NonExistent");
+		out_printf(is, "* LSUB (%s) \"/\" ", x->exists ? "" : "\\Noselect");
 		out_mailbox(is, name);
 		out_str(is, "\r\n");
 	}
-	free(fl);
-	done(is, "OK", "%s completed", lsub ? "LSUB" : "LIST");
+	free(lj.fl);
+	free(lj.e);
+	done(is, "OK", "LSUB completed");
 }
 
-static void cmd_list(struct imap_session *is, size_t a) { list_common(is, a, false); }
-static void cmd_lsub(struct imap_session *is, size_t a) { list_common(is, a, true); }
+/* Options in a list at toks[i]: names[k] sets bit 1 << k. Returns the
+ * index past the list, or 0 for an unknown option. */
+static size_t list_opts(struct imap_session *is, size_t i, const char *const *names, size_t nn,
+			unsigned *bits_r, size_t *status_at_r)
+{
+	size_t end = list_end(is, i);
+	for (size_t k = i + 1; k + 1 < end; k++) {
+		bool known = false;
+		for (size_t b = 0; b < nn && !known; b++)
+			if (is_atom(is, k, names[b])) {
+				*bits_r |= 1u << b;
+				known = true;
+			}
+		if (!known)
+			return 0;
+		if (status_at_r && is_atom(is, k, "STATUS")) {
+			if (k + 1 >= end - 1 || is->toks[k + 1].kind != T_LBEGIN)
+				return 0;
+			*status_at_r = k + 1;
+			k = list_end(is, k + 1) - 1;
+		}
+	}
+	return end;
+}
+
+static void cmd_list(struct imap_session *is, size_t a)
+{
+	static const char *const sel_names[] = { "SUBSCRIBED", "REMOTE", "RECURSIVEMATCH",
+						 "SPECIAL-USE" };
+	static const char *const ret_names[] = { "SUBSCRIBED", "CHILDREN", "SPECIAL-USE",
+						 "STATUS" };
+	struct list_job *lj = calloc(1, sizeof(*lj));
+	if (!lj) {
+		store_error(is, -ENOMEM);
+		return;
+	}
+	size_t i = a;
+	if (i < is->ntoks && is->toks[i].kind == T_LBEGIN) {
+		lj->extended = true;
+		if (!(i = list_opts(is, i, sel_names, 4, &lj->sel, NULL))) {
+			free(lj);
+			syntax(is, "Unknown LIST selection option");
+			return;
+		}
+		/* RFC 5258 3: RECURSIVEMATCH needs a real selection option. */
+		if ((lj->sel & LSEL_RECURSIVE) && !(lj->sel & (LSEL_SUBSCRIBED | LSEL_SPECIAL))) {
+			free(lj);
+			syntax(is, "RECURSIVEMATCH needs another selection option");
+			return;
+		}
+	}
+	if (!is_astring(is, i)) {
+		free(lj);
+		syntax(is, "Syntax: LIST [(options)] reference mailbox [RETURN (options)]");
+		return;
+	}
+	ssize_t n1 = imap_mutf7_decode(tok_span(is, i), (uint8_t *)lj->ref, sizeof(lj->ref) - 1);
+	lj->ref[n1 < 0 ? 0 : n1] = '\0';
+	i++;
+	lj->pats_at = i;
+	if (i < is->ntoks && is->toks[i].kind == T_LBEGIN) {
+		lj->extended = true;
+		size_t end = list_end(is, i);
+		for (size_t k = i + 1; k + 1 < end; k++)
+			if (!is_astring(is, k))
+				end = 0;
+		if (end < i + 3) {
+			free(lj);
+			syntax(is, "Invalid LIST pattern list");
+			return;
+		}
+		lj->npats = end - i - 2;
+		i = end;
+	} else if (is_astring(is, i)) {
+		lj->npats = 1;
+		i++;
+	} else {
+		free(lj);
+		syntax(is, "Syntax: LIST [(options)] reference mailbox [RETURN (options)]");
+		return;
+	}
+	if (i < is->ntoks) {
+		lj->extended = true;
+		if (!is_atom(is, i, "RETURN") || i + 1 >= is->ntoks ||
+		    is->toks[i + 1].kind != T_LBEGIN ||
+		    !(i = list_opts(is, i + 1, ret_names, 4, &lj->ret, &lj->status_at)) ||
+		    i != is->ntoks || ((lj->ret & LRET_STATUS) && !status_items_ok(is, lj->status_at))) {
+			free(lj);
+			syntax(is, "Invalid LIST return options");
+			return;
+		}
+	}
+	if (n1 < 0) {
+		free(lj);
+		done(is, "OK", "LIST completed");
+		return;
+	}
+	if (lj->npats == 1 && !lj->extended && tok_span(is, lj->pats_at).len == 0) {
+		/* RFC 3501 6.3.8: the hierarchy delimiter and root. */
+		free(lj);
+		out_str(is, "* LIST (\\Noselect) \"/\" \"\"\r\n");
+		done(is, "OK", "LIST completed");
+		return;
+	}
+	is->lj = lj;
+	int rc = list_build(is, lj);
+	if (rc) {
+		list_job_free(is);
+		store_error(is, rc);
+		return;
+	}
+	list_pump(is);
+}
 
 /* ---- STATUS ---------------------------------------------------------------------------------- */
 
-/* "* STATUS" for the command's arguments (mailbox at 2, items at 3). */
-static void status_reply(struct imap_session *is, const struct store_folder_status *st)
+/* " (ITEM n ...)\r\n" for the STATUS items in the list at toks[list_at]. */
+static void out_status_items(struct imap_session *is, const struct store_folder_status *st,
+			     size_t list_at)
 {
-	size_t a = 2;
-	out_str(is, "* STATUS ");
-	out_string(is, tok_span(is, a));
 	out_str(is, " (");
-	size_t end = list_end(is, a + 1) - 1;
+	size_t end = list_end(is, list_at) - 1;
 	bool first = true;
-	for (size_t i = a + 2; i < end; i++) {
+	for (size_t i = list_at + 1; i < end; i++) {
 		const char *it = tok_str(is, i);
 		uint64_t v;
 		if (!strcasecmp(it, "MESSAGES"))
@@ -1477,7 +1807,31 @@ static void status_reply(struct imap_session *is, const struct store_folder_stat
 		first = false;
 	}
 	out_str(is, ")\r\n");
+}
+
+/* "* STATUS" for the command's arguments (mailbox at 2, items at 3). */
+static void status_reply(struct imap_session *is, const struct store_folder_status *st)
+{
+	out_str(is, "* STATUS ");
+	out_string(is, tok_span(is, 2));
+	out_status_items(is, st, 3);
 	done(is, "OK", "STATUS completed");
+}
+
+/* Whether the list at toks[list_at] holds only known STATUS items. */
+static bool status_items_ok(struct imap_session *is, size_t list_at)
+{
+	static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
+					  "RECENT", "SIZE", "HIGHESTMODSEQ" };
+	size_t end = list_end(is, list_at) - 1;
+	for (size_t i = list_at + 1; i < end; i++) {
+		bool known = false;
+		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
+			known |= is_atom(is, i, ok[k]);
+		if (!known)
+			return false;
+	}
+	return true;
 }
 
 static void status_opened(void *arg, int res, struct store_folder *folder)
@@ -1511,16 +1865,9 @@ static void cmd_status(struct imap_session *is, size_t a)
 		syntax(is, "Syntax: STATUS mailbox (items)");
 		return;
 	}
-	for (size_t i = a + 2; i + 1 < is->ntoks; i++) {
-		static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
-						  "RECENT", "SIZE", "HIGHESTMODSEQ" };
-		bool known = false;
-		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
-			known |= is_atom(is, i, ok[k]);
-		if (!known) {
-			syntax(is, "Unknown STATUS item");
-			return;
-		}
+	if (!status_items_ok(is, a + 1)) {
+		syntax(is, "Unknown STATUS item");
+		return;
 	}
 	if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
 		struct store_folder_status st;
@@ -2348,6 +2695,19 @@ static void cmd_store(struct imap_session *is, size_t a)
 
 /* ---- COPY / MOVE ------------------------------------------------------------------------------ */
 
+static void copy_undone(void *arg, int res, uint64_t modseq)
+{
+	struct imap_session *is = arg;
+	(void)modseq;
+	if (res < 0 && !is->dead)
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-undo-error",
+		       "user=%s error=%s", is->user, strerror(-res));
+	store_folder_close(&is->other);
+	if (!is->dead)
+		store_error(is, is->undo_err);
+	release(is);
+}
+
 static void copy_done(void *arg, int res)
 {
 	struct imap_session *is = arg;
@@ -2358,6 +2718,18 @@ static void copy_done(void *arg, int res)
 	}
 	bool move = is->cmd && strcasecmp(is->cmd->name, "MOVE") == 0;
 	if (res < 0) {
+		/* RFC 3501 6.4.7: a failed COPY leaves the destination as it
+		 * was. The copies made before the error (over quota half way)
+		 * are expunged before the reply. */
+		size_t n = 0;
+		for (size_t k = 0; k < is->nuids; k++)
+			if (is->uids2[k])
+				is->uids2[n++] = is->uids2[k];
+		if (n) {
+			is->undo_err = res;
+			store_expunge(is->other, stream_loop(is->s), is->uids2, n, copy_undone, is);
+			return; /* the hold is passed on */
+		}
 		store_folder_close(&is->other);
 		store_error(is, res);
 		release(is);
@@ -3710,6 +4082,7 @@ static void session_maybe_free(struct imap_session *is)
 		return;
 	append_reset(is);
 	fetch_free(is);
+	list_job_free(is);
 	mailbox_close(is);
 	store_user_close(&is->su);
 	if (is->arena)

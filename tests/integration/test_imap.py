@@ -667,3 +667,243 @@ def test_pipelined_commands(srv):
     r.send(b"p1 SELECT INBOX\r\np2 FETCH 1 (UID)\r\np3 NOOP\r\n")
     _, t = r.until("p3")
     assert t.startswith(b"p3 OK")
+
+
+# ---- LIST-EXTENDED, LIST-STATUS, \Noselect parents ---------------------------------------
+
+
+def list_lines(r, cmd):
+    lines, t = r.cmd(cmd)
+    assert b" OK " in t, (cmd, t, lines)
+    return [l.decode().rstrip("\r\n") for l in lines if l.startswith(b"* ")]
+
+
+def by_name(lines):
+    """{mailbox name: the whole line} of "* LIST" lines."""
+    out = {}
+    for l in lines:
+        if l.startswith("* LIST"):
+            out[re.search(r'"/" ("[^"]*"|\S+)', l).group(1).strip('"')] = l
+    return out
+
+
+def test_capability_lists_the_extensions(srv):
+    r = Raw(srv).login()
+    lines, _ = r.cmd("CAPABILITY")
+    caps = lines[0].split()
+    for cap in (b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"QUOTA",
+                b"QUOTA=RES-STORAGE", b"QUOTA=RES-MESSAGE", b"MULTIAPPEND"):
+        assert cap in caps, (cap, lines[0])
+
+
+def test_create_deep_shows_noselect_parents(srv):
+    r = Raw(srv).login()
+    _, t = r.cmd("CREATE a/b/c")
+    assert b" OK " in t, t
+    got = by_name(list_lines(r, 'LIST "" "*"'))
+    assert "\\Noselect" in got["a"] and "\\HasChildren" in got["a"], got
+    assert "\\Noselect" in got["a/b"] and "\\HasChildren" in got["a/b"], got
+    assert "\\Noselect" not in got["a/b/c"] and "\\HasNoChildren" in got["a/b/c"], got
+    # the extended syntax says \NonExistent
+    got = by_name(list_lines(r, 'LIST () "" "a*"'))
+    assert "\\NonExistent" in got["a"] and "\\HasChildren" in got["a"], got
+    # a \Noselect parent cannot be selected or deleted; it can be created
+    _, t = r.cmd("SELECT a")
+    assert b" NO " in t, t
+    _, t = r.cmd("DELETE a/b")
+    assert b" NO " in t, t
+    _, t = r.cmd("CREATE a")
+    assert b" OK " in t, t
+    got = by_name(list_lines(r, 'LIST "" "a"'))
+    assert "\\Noselect" not in got["a"] and "\\HasChildren" in got["a"], got
+
+
+def test_delete_parent_with_children_leaves_noselect(srv):
+    r = Raw(srv).login()
+    for name in ("p", "p/q"):
+        _, t = r.cmd(f"CREATE {name}")
+        assert b" OK " in t
+    r.cmd("SELECT p")
+    _, t = r.cmd("APPEND p {11+}\r\nSubject: x\r\n")
+    assert b" OK " in t, t
+    _, t = r.cmd("UNSELECT")
+    _, t = r.cmd("DELETE p")
+    assert b" OK " in t, t
+    got = by_name(list_lines(r, 'LIST "" "p*"'))
+    assert "\\Noselect" in got["p"] and "\\HasChildren" in got["p"], got
+    assert "\\Noselect" not in got["p/q"], got
+    # the messages went with it: a new p is empty
+    r.cmd("CREATE p")
+    lines, t = r.cmd("STATUS p (MESSAGES)")
+    assert b"MESSAGES 0" in lines[0], lines
+
+
+def test_list_extended_selection_and_return_options(srv):
+    r = Raw(srv).login()
+    for name in ("Foo", "Foo/Bar", "Foo/Baz", "Moo", "Tofu/Lo"):
+        assert b" OK " in r.cmd(f"CREATE {name}")[1]
+    for name in ("Foo/Bar", "Moo", "Gone"):
+        assert b" OK " in r.cmd(f"SUBSCRIBE {name}")[1]
+    r.cmd("SELECT Sent")  # creates the special-use folder
+    r.cmd("UNSELECT")
+    # SUBSCRIBED selection: only subscriptions, with \Subscribed; a
+    # subscription to a missing name says \NonExistent
+    got = by_name(list_lines(r, 'LIST (SUBSCRIBED) "" "*"'))
+    assert set(got) == {"Foo/Bar", "Moo", "Gone"}, got
+    assert all("\\Subscribed" in l for l in got.values()), got
+    assert "\\NonExistent" in got["Gone"], got
+    # RECURSIVEMATCH: a parent with a subscribed child, CHILDINFO
+    got = by_name(list_lines(r, 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'))
+    assert set(got) == {"Foo", "Moo", "Gone"}, got
+    assert '("CHILDINFO" ("SUBSCRIBED"))' in got["Foo"], got
+    assert "\\Subscribed" not in got["Foo"], got
+    assert "CHILDINFO" not in got["Moo"], got
+    _, t = r.cmd('LIST (RECURSIVEMATCH) "" "*"')
+    assert b" BAD " in t, t
+    _, t = r.cmd('LIST (BOGUS) "" "*"')
+    assert b" BAD " in t, t
+    # REMOTE is accepted (there are no remote mailboxes)
+    got = by_name(list_lines(r, 'LIST (REMOTE) "" "%"'))
+    assert "Foo" in got and "Tofu" in got and "\\NonExistent" in got["Tofu"], got
+    # SPECIAL-USE selection
+    got = by_name(list_lines(r, 'LIST (SPECIAL-USE) "" "*"'))
+    assert set(got) == {"Sent"} and "\\Sent" in got["Sent"], got
+    # RETURN (SUBSCRIBED CHILDREN SPECIAL-USE)
+    got = by_name(list_lines(r, 'LIST "" "*" RETURN (SUBSCRIBED CHILDREN SPECIAL-USE)'))
+    assert "\\Subscribed" in got["Moo"] and "\\Subscribed" not in got["Foo"], got
+    assert "\\HasChildren" in got["Foo"] and "\\HasNoChildren" in got["Moo"], got
+    assert "\\Sent" in got["Sent"], got
+    assert "Gone" not in got, got  # not a mailbox, and LIST without SUBSCRIBED
+    # several patterns
+    got = by_name(list_lines(r, 'LIST "" ("INBOX" "Sent" "Foo/%")'))
+    assert set(got) == {"INBOX", "Sent", "Foo/Bar", "Foo/Baz"}, got
+    got = by_name(list_lines(r, 'LIST "" ("inbox")'))
+    assert set(got) == {"INBOX"}, got
+    # the reference is prefixed to every pattern
+    got = by_name(list_lines(r, 'LIST "Foo/" ("Bar" "Nope")'))
+    assert set(got) == {"Foo/Bar"}, got
+    _, t = r.cmd('LIST "" "*" RETURN (BOGUS)')
+    assert b" BAD " in t, t
+    _, t = r.cmd('LIST "" ()')
+    assert b" BAD " in t, t
+
+
+def test_list_status(srv):
+    deliver(srv, "alice@example.com", subject="one")
+    deliver(srv, "alice@example.com", subject="two")
+    c = imap(srv)
+    c.create("Box")
+    c.append("Box", r"(\Seen)", None, b"Subject: b\r\n\r\nbox\r\n")
+    c.logout()
+    r = Raw(srv).login()
+    r.cmd("CREATE Deep/Er")
+    lines = list_lines(r, 'LIST "" "*" RETURN (STATUS (MESSAGES UNSEEN SIZE))')
+    status = {}
+    for i, l in enumerate(lines):
+        if l.startswith("* STATUS"):
+            # each STATUS follows the LIST line of its mailbox
+            prev = lines[i - 1]
+            name = re.match(r'\* STATUS ("[^"]*"|\S+)', l).group(1).strip('"')
+            assert prev.startswith("* LIST") and prev.endswith(f'"{name}"') or \
+                prev.endswith(f" {name}"), (prev, l)
+            status[name] = l
+    assert "MESSAGES 2" in status["INBOX"] and "UNSEEN 2" in status["INBOX"], status
+    assert "MESSAGES 1" in status["Box"] and "UNSEEN 0" in status["Box"], status
+    size = int(re.search(r"SIZE (\d+)", status["Box"]).group(1))
+    assert size == len(b"Subject: b\r\n\r\nbox\r\n"), status
+    assert "Deep" not in status and "Deep/Er" in status, status  # no STATUS for \NonExistent
+    # the selected mailbox too, with what the session sees
+    r.cmd("SELECT INBOX")
+    lines = list_lines(r, 'LIST "" "INBOX" RETURN (STATUS (MESSAGES))')
+    assert any(l.startswith("* STATUS") and "MESSAGES 2" in l for l in lines), lines
+    _, t = r.cmd('LIST "" "*" RETURN (STATUS (BOGUS))')
+    assert b" BAD " in t, t
+
+
+# ---- QUOTA (RFC 9208) --------------------------------------------------------------------
+
+
+def test_quota_reports_and_refuses(imapsrv):
+    srv = imapsrv(config="[limits]\nquota_storage = 4k\nquota_messages = 3\n")
+    r = Raw(srv).login()
+    lines, t = r.cmd("GETQUOTAROOT INBOX")
+    assert lines == [b'* QUOTAROOT "INBOX" ""\r\n', b'* QUOTA "" (STORAGE 0 4 MESSAGE 0 3)\r\n'], lines
+    msg = b"Subject: q\r\n\r\n" + b"x" * 1500 + b"\r\n"
+    _, t = r.cmd(b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)
+    assert b" OK " in t, t
+    lines, t = r.cmd('GETQUOTA ""')
+    assert lines == [b'* QUOTA "" (STORAGE 2 4 MESSAGE 1 3)\r\n'], lines
+    # 1.5 KiB + 3 KiB would pass 4 KiB
+    big = b"Subject: big\r\n\r\n" + b"x" * 3000 + b"\r\n"
+    _, t = r.cmd(b"APPEND INBOX {%d+}\r\n" % len(big) + big)
+    assert b" NO [OVERQUOTA]" in t, t
+    small = b"Subject: small\r\n\r\nhi\r\n"
+    _, t = r.cmd(b"APPEND INBOX {%d+}\r\n" % len(small) + small)
+    assert b" OK " in t, t
+    # COPY of both: the first copy fits (3 messages), the second does not;
+    # the first is taken back, the destination is as before
+    r.cmd("SELECT INBOX")
+    r.cmd("CREATE Other")
+    _, t = r.cmd("COPY 1:2 Other")
+    assert b"NO [OVERQUOTA]" in t, t
+    lines, _ = r.cmd("STATUS Other (MESSAGES)")
+    assert b"MESSAGES 0" in lines[0], lines
+    lines, _ = r.cmd('GETQUOTA ""')
+    assert lines == [b'* QUOTA "" (STORAGE 2 4 MESSAGE 2 3)\r\n'], lines
+    _, t = r.cmd("MOVE 1:2 Other")
+    assert b"NO [OVERQUOTA]" in t, t
+    lines, _ = r.cmd("STATUS Other (MESSAGES)")
+    assert b"MESSAGES 0" in lines[0], lines
+    lines, _ = r.cmd("STATUS INBOX (MESSAGES)")
+    assert b"MESSAGES 2" in lines[0], lines
+    _, t = r.cmd('SETQUOTA "" (STORAGE 100)')
+    assert b" NO " in t, t
+    _, t = r.cmd('GETQUOTA "nope"')
+    assert b" NO " in t, t
+    _, t = r.cmd("GETQUOTAROOT Nope")
+    assert b" NO " in t, t
+    # SMTP delivery is held to the same quota
+    with pytest.raises(smtplib.SMTPException):
+        deliver(srv, "alice@example.com", body=b"y" * 3000 + b"\r\n")
+    c = imap(srv)
+    typ, data = c.getquotaroot("INBOX")
+    assert typ == "OK", data
+    c.logout()
+
+
+def test_quota_without_limits_has_no_root(srv):
+    r = Raw(srv).login()
+    lines, t = r.cmd("GETQUOTAROOT INBOX")
+    assert lines == [b'* QUOTAROOT "INBOX"\r\n'] and b" OK " in t, (lines, t)
+    _, t = r.cmd('GETQUOTA ""')
+    assert b" NO " in t, t
+
+
+# ---- shutdown and timeouts ----------------------------------------------------------------
+
+
+def test_sigterm_byes_logged_in_idle_and_busy_sessions(srv):
+    import signal
+    deliver(srv, "alice@example.com", body=(b"z" * 998 + b"\r\n") * 2000)
+    authed = Raw(srv).login()
+    idle = Raw(srv).login()
+    idle.cmd("SELECT INBOX")
+    idle.send(b"i IDLE\r\n")
+    assert idle.line().startswith(b"+")
+    # busy: a FETCH of 2 MB it does not read yet
+    busy = Raw(srv).login()
+    busy.cmd("SELECT INBOX")
+    busy.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    busy.send(b"f FETCH 1 (BODY.PEEK[])\r\n")
+    time.sleep(0.3)
+    srv.send_signal(signal.SIGTERM)
+    assert authed.line(timeout=10).startswith(b"* BYE [UNAVAILABLE] Server shutting down")
+    expect_eof(authed.sock)
+    assert idle.line(timeout=10).startswith(b"* BYE [UNAVAILABLE] Server shutting down")
+    expect_eof(idle.sock)
+    # the busy one gets its whole reply, then the BYE
+    lines, t = busy.until("f", timeout=20)
+    assert t.startswith(b"f OK"), t
+    assert busy.line(timeout=10).startswith(b"* BYE [UNAVAILABLE] Server shutting down")
+    expect_eof(busy.sock)
+    assert srv.wait_exit(timeout=20) == 0, srv.log()[-3000:]
