@@ -907,3 +907,71 @@ def test_sigterm_byes_logged_in_idle_and_busy_sessions(srv):
     assert busy.line(timeout=10).startswith(b"* BYE [UNAVAILABLE] Server shutting down")
     expect_eof(busy.sock)
     assert srv.wait_exit(timeout=20) == 0, srv.log()[-3000:]
+
+
+def assert_silent(r, seconds):
+    """Nothing arrives from the server for `seconds` (the connection stays)."""
+    r.sock.settimeout(seconds)
+    try:
+        data = r.sock.recv(100)
+    except socket.timeout:
+        return
+    raise AssertionError(f"expected silence, got {data!r}")
+
+
+TIMEOUTS = "[limits]\nprelogin_timeout = 1s\nidle_timeout = 3s\n"
+
+
+def test_idle_timeout_after_login(imapsrv):
+    srv = imapsrv(config=TIMEOUTS)
+    r = Raw(srv).login()
+    # the pre-login timeout no longer applies
+    assert_silent(r, 1.6)
+    _, t = r.cmd("NOOP")
+    assert b" OK " in t
+    t0 = time.monotonic()
+    ln = r.line(timeout=15)
+    waited = time.monotonic() - t0
+    assert ln.startswith(b"* BYE Autologout"), ln
+    assert waited >= 2.5, f"cut after {waited:.2f}s, idle_timeout is 3 s"
+    expect_eof(r.sock)
+
+
+def test_idle_command_rearms_the_idle_timeout(imapsrv):
+    srv = imapsrv(config=TIMEOUTS)
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    # IDLE twice for 2 s each: 4 s in all, more than idle_timeout, but
+    # each IDLE (and its DONE) re-arms it
+    for tag in (b"i1", b"i2"):
+        r.send(tag + b" IDLE\r\n")
+        assert r.line().startswith(b"+ ")
+        assert_silent(r, 2.0)
+        r.send(b"DONE\r\n")
+        assert r.line().startswith(tag + b" OK"), tag
+    # then an IDLE left alone gets its BYE once idle_timeout passes, not
+    # at the (shorter) pre-login timeout
+    r.send(b"i3 IDLE\r\n")
+    t0 = time.monotonic()
+    assert r.line().startswith(b"+ ")
+    ln = r.line(timeout=15)
+    waited = time.monotonic() - t0
+    assert ln.startswith(b"* BYE"), ln
+    assert waited >= 2.5, f"IDLE cut after {waited:.2f}s, idle_timeout is 3 s"
+    expect_eof(r.sock)
+
+
+def test_prelogin_timeout_then_login_in_time(imapsrv):
+    srv = imapsrv(config=TIMEOUTS)
+    late = Raw(srv)
+    t0 = time.monotonic()
+    r = Raw(srv)
+    time.sleep(0.5)
+    r.login()  # in time: the session goes on under idle_timeout
+    ln = late.line(timeout=10)
+    assert ln.startswith(b"* BYE"), ln
+    assert time.monotonic() - t0 >= 0.9
+    expect_eof(late.sock)
+    assert_silent(r, 1.0)
+    _, t = r.cmd("NOOP")
+    assert b" OK " in t
