@@ -72,6 +72,8 @@
 #define IMAP_DISCARD_MAX (64u * 1024u * 1024u)
 /* The longest user name (RFC 5321 path limit). */
 #define IMAP_USER_MAX 320
+/* Messages in one MULTIAPPEND. */
+#define IMAP_APPEND_MSGS_MAX 4096
 /* A SASL response line, base64. */
 #define IMAP_SASL_LINE_MAX (8u * 1024u)
 
@@ -206,8 +208,12 @@ struct imap_session {
 	int append_rc;
 	int undo_err;                /* a failed COPY/APPEND, reported after the undo */
 	bool append_data;            /* M_CMD, but LITERAL_DATA goes to the store */
-	bool append_done;            /* the literal ended: EOL next */
 	bool append_active;          /* an APPEND (MULTIAPPEND) command runs */
+	bool append_nonsync;         /* the message literal being opened is {n+} */
+	const char *append_why;      /* a BAD for the APPEND, after its undo */
+	size_t append_argi;          /* the next message's first token */
+	uint32_t *append_uids;       /* committed by this APPEND */
+	size_t append_nuids, append_cap;
 	uint64_t append_size;
 	int64_t append_date;
 	uint32_t append_flags;
@@ -406,7 +412,7 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 		snprintf(buf, CAPS_MAX,
 			 "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
 			 "CHILDREN SPECIAL-USE CONDSTORE ESEARCH LIST-EXTENDED LIST-STATUS "
-			 "STATUS=SIZE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE "
+			 "STATUS=SIZE MULTIAPPEND QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE "
 			 "APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->message_size_max);
 	}
@@ -3310,19 +3316,35 @@ static void cmd_search(struct imap_session *is, size_t a)
 
 /* ---- APPEND ----------------------------------------------------------------------------------- */
 
-static void append_reset(struct imap_session *is)
+/* APPEND with MULTIAPPEND (RFC 3502): each message streams into its own
+ * store_append and is committed when its literal ends, one at a time; the
+ * UIDs are kept until the command's EOL. All or nothing: when one message
+ * fails (over quota, too big, bad syntax, the client goes away), those
+ * already committed are expunged before the reply. */
+
+static void append_msg_reset(struct imap_session *is)
 {
 	if (is->append)
 		store_append_abort(&is->append);
-	store_folder_close(&is->other);
 	free(is->mime);
 	is->mime = NULL;
 	free(is->overflow);
 	is->overflow = NULL;
 	is->overflow_len = 0;
 	is->append_data = false;
-	is->append_done = false;
 	is->append_rc = 0;
+}
+
+static void append_reset(struct imap_session *is)
+{
+	append_msg_reset(is);
+	store_folder_close(&is->other);
+	free(is->append_uids);
+	is->append_uids = NULL;
+	is->append_nuids = is->append_cap = 0;
+	is->append_active = false;
+	is->append_why = NULL;
+	is->undo_err = 0;
 }
 
 static void append_ready(void *arg)
@@ -3368,43 +3390,115 @@ static void append_put(struct imap_session *is, struct span chunk)
 	update_input(is);
 }
 
+/* The tagged reply of a failed APPEND once the undo is durable (or at
+ * once when nothing was committed). */
+static void append_fail_reply(struct imap_session *is)
+{
+	int err = is->undo_err;
+	const char *why = is->append_why;
+	append_reset(is);
+	if (why) {
+		bad(is, why);
+		cmd_end(is);
+	} else if (err == -ENOENT) {
+		done(is, "NO", "[TRYCREATE] No such mailbox");
+	} else {
+		store_error(is, err);
+	}
+}
+
+static void append_undone(void *arg, int res, uint64_t modseq)
+{
+	struct imap_session *is = arg;
+	(void)modseq;
+	if (res < 0 && !is->dead)
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-undo-error",
+		       "user=%s error=%s", is->user, strerror(-res));
+	if (is->dead)
+		append_reset(is);
+	else
+		append_fail_reply(is);
+	release(is);
+}
+
+/* Expunges what this APPEND committed, then replies (err, or BAD why).
+ * Also for a session that is gone (then nothing is replied). */
+static void append_undo(struct imap_session *is, int err, const char *why)
+{
+	append_msg_reset(is);
+	if (!is->undo_err)
+		is->undo_err = err;
+	if (!is->append_why)
+		is->append_why = why;
+	if (is->append_nuids && is->other) {
+		set_busy(is, true);
+		hold(is);
+		store_expunge(is->other, is->loop, is->append_uids, is->append_nuids, append_undone,
+			      is);
+		return;
+	}
+	if (!is->dead)
+		append_fail_reply(is);
+	else
+		append_reset(is);
+}
+
+/* EOL after the last message: the reply. */
+static void append_end(struct imap_session *is)
+{
+	if (is->undo_err || is->append_nuids == 0) {
+		append_undo(is, is->undo_err ? is->undo_err : -EINVAL, NULL);
+		return;
+	}
+	struct store_folder_status st;
+	store_folder_status(is->other, &st);
+	sync_mailbox(is, true);
+	out_printf(is, "%s OK [APPENDUID %" PRIu32 " ", is->tag, st.uidvalidity);
+	out_uidset(is, is->append_uids, is->append_nuids);
+	out_str(is, "] APPEND completed\r\n");
+	out_flush(is);
+	append_reset(is);
+	cmd_end(is);
+}
+
 static void append_committed(void *arg, int res, uint32_t uid)
 {
 	struct imap_session *is = arg;
 	is->append = NULL; /* freed by the store after this returns */
+	append_msg_reset(is);
+	if (res == 0) {
+		/* append_literal() made room before this message started */
+		is->append_uids[is->append_nuids++] = uid;
+	} else if (!is->undo_err) {
+		is->undo_err = res;
+	}
 	if (is->dead) {
-		append_reset(is);
+		append_undo(is, res, NULL);
 		release(is);
 		return;
 	}
-	struct store_folder_status st = { 0 };
-	if (is->other)
-		store_folder_status(is->other, &st);
-	append_reset(is);
-	if (res < 0)
-		store_error(is, res);
-	else
-		done(is, "OK", "[APPENDUID %" PRIu32 " %" PRIu32 "] APPEND completed",
-		     st.uidvalidity, uid);
+	set_busy(is, false);
 	release(is);
 }
 
-/* EOL after the message literal: commit. */
-static void append_finish(struct imap_session *is)
+/* The end of a message literal: commit it (the rest of the command waits
+ * until it is durable). */
+static void append_msg_end(struct imap_session *is)
 {
 	is->append_data = false;
 	if (is->append_rc) {
-		int rc = is->append_rc;
-		append_reset(is);
-		store_error(is, rc);
+		if (!is->undo_err)
+			is->undo_err = is->append_rc;
+		append_msg_reset(is);
 		return;
 	}
 	uint8_t *blob = malloc(MIME_BLOB_MAX);
 	size_t blob_len = 0;
 	if (!blob || mime_scan_finish(is->mime, blob, MIME_BLOB_MAX, &blob_len)) {
 		free(blob);
-		append_reset(is);
-		store_error(is, -ENOMEM);
+		if (!is->undo_err)
+			is->undo_err = -ENOMEM;
+		append_msg_reset(is);
 		return;
 	}
 	set_busy(is, true);
@@ -3414,7 +3508,6 @@ static void append_finish(struct imap_session *is)
 	/* The store keeps the append until the callback: a close meanwhile
 	 * must not abort it. */
 	store_append_commit(ap, span_make(blob, blob_len), append_committed, is);
-	is->append = ap;
 	free(blob);
 }
 
@@ -3441,6 +3534,57 @@ static int64_t parse_datetime(struct span s)
 	return days * 86400 + h * 3600 + mi * 60 + se - off;
 }
 
+/* Refuses the message literal just announced: a synchronising one gets
+ * the reply now (without "+", the client sends no data and the command is
+ * over); a non-synchronising one is read and dropped, and the reply waits
+ * for the EOL. */
+static void append_refuse(struct imap_session *is, const struct imap_token *t, int err,
+			  const char *why)
+{
+	if (t->nonsync) {
+		if (t->size > IMAP_DISCARD_MAX) {
+			out_str(is, "* BYE [TOOBIG] Literal too large\r\n");
+			session_close(is, true);
+			/* committed messages are taken back in imap_close() */
+			return;
+		}
+		if (!is->undo_err)
+			is->undo_err = err;
+		if (!is->append_why)
+			is->append_why = why;
+		is->mode = M_DISCARD;
+		is->discard_skip = false; /* the EOL ends the APPEND */
+		return;
+	}
+	/* The next bytes are a new command. */
+	imap_parser_init(&is->parser, IMAP_LINE_MAX);
+	append_undo(is, err, why);
+}
+
+/* Starts the store append of the next message into is->other. */
+static void append_begin_msg(struct imap_session *is, bool nonsync)
+{
+	is->mime = malloc(sizeof(*is->mime));
+	int rc = is->mime ? 0 : -ENOMEM;
+	if (!rc) {
+		mime_scan_init(is->mime);
+		rc = store_append_begin(is->loop, &is->other, 1, is->append_date, is->append_flags,
+					is->append_kw, is->append_nkw, append_ready, is,
+					&is->append);
+	}
+	if (rc) {
+		struct imap_token t = { .nonsync = nonsync, .size = is->append_size };
+		append_msg_reset(is);
+		append_refuse(is, &t, rc, NULL);
+		return;
+	}
+	is->append_data = true;
+	if (!nonsync) {
+		out_str(is, "+ Ready for literal data\r\n");
+		out_flush(is);
+	}
+}
+
 static void append_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
@@ -3450,70 +3594,38 @@ static void append_opened(void *arg, int res, struct store_folder *folder)
 		release(is);
 		return;
 	}
-	bool nonsync = is->discard_left != 0; /* set by the literal handler */
-	uint64_t size = is->append_size;
+	bool nonsync = is->append_nonsync;
+	set_busy(is, false);
 	if (res < 0) {
-		if (nonsync) {
-			is->mode = M_DISCARD;
-			is->discard_skip = true;
-		} else {
-			imap_parse_literal_skip(&is->parser);
-			imap_parser_init(&is->parser, IMAP_LINE_MAX);
-		}
-		if (res == -ENOENT)
-			done(is, "NO", "[TRYCREATE] No such mailbox");
-		else
-			store_error(is, res);
+		struct imap_token t = { .nonsync = nonsync, .size = is->append_size };
+		append_refuse(is, &t, res, NULL);
 		release(is);
 		return;
 	}
 	is->other = folder;
-	is->mime = malloc(sizeof(*is->mime));
-	int rc = is->mime ? 0 : -ENOMEM;
-	if (!rc) {
-		mime_scan_init(is->mime);
-		rc = store_append_begin(stream_loop(is->s), &is->other, 1, is->append_date,
-					is->append_flags, is->append_kw, is->append_nkw, append_ready,
-					is, &is->append);
-	}
-	if (rc) {
-		append_reset(is);
-		if (nonsync) {
-			is->mode = M_DISCARD;
-			is->discard_skip = true;
-		} else {
-			imap_parse_literal_skip(&is->parser);
-			imap_parser_init(&is->parser, IMAP_LINE_MAX);
-		}
-		store_error(is, rc);
-		release(is);
-		return;
-	}
-	is->discard_left = 0;
-	is->append_data = true;
-	if (!nonsync)
-		out_str(is, "+ Ready for literal data\r\n");
-	out_flush(is);
-	(void)size;
-	set_busy(is, false);
+	append_begin_msg(is, nonsync);
 	release(is);
 }
 
-/* The message literal of an APPEND was announced. Returns false when the
- * command was answered (and the parser state set). */
+/* A message literal of an APPEND was announced; its flags and date are
+ * the tokens from append_argi on. */
 static void append_literal(struct imap_session *is, const struct imap_token *t)
 {
-	size_t a = 2; /* tag APPEND mailbox */
 	char name[STORE_NAME_MAX + 1];
-	bool nonsync = t->nonsync;
 	const char *err = NULL;
+	bool first = !is->append_active;
+	if (first) {
+		is->append_active = true;
+		is->append_argi = 3; /* tag APPEND mailbox */
+	}
+	size_t i = is->append_argi;
 	is->append_flags = 0;
 	is->append_nkw = 0;
 	is->append_date = time(NULL);
-	if (!is_astring(is, a)) {
+	if (first && !is_astring(is, 2)) {
 		err = "Syntax: APPEND mailbox [flags] [date] literal";
-	} else {
-		ssize_t n = imap_mutf7_decode(tok_span(is, a), (uint8_t *)name, sizeof(name) - 1);
+	} else if (first) {
+		ssize_t n = imap_mutf7_decode(tok_span(is, 2), (uint8_t *)name, sizeof(name) - 1);
 		if (n <= 0)
 			err = "Invalid mailbox name";
 		else {
@@ -3522,7 +3634,6 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 				memcpy(name, "INBOX", 6);
 		}
 	}
-	size_t i = a + 1;
 	if (!err && i < is->ntoks && is->toks[i].kind == T_LBEGIN) {
 		size_t end = list_end(is, i);
 		static const char *const names[] = { "\\Seen", "\\Answered", "\\Flagged",
@@ -3556,36 +3667,41 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 		err = "Syntax: APPEND mailbox [flags] [date] literal";
 	if (!err && t->binary)
 		err = "[CANNOT] Binary literals are not supported";
-	const char *no = NULL;
-	if (!err && t->size > cfg_of(is)->message_size_max)
-		no = "[TOOBIG] Message exceeds APPENDLIMIT";
-	if (err || no) {
-		if (nonsync) {
-			if (t->size > IMAP_DISCARD_MAX) {
-				out_str(is, "* BYE [TOOBIG] Literal too large\r\n");
-				session_close(is, true);
-				return;
-			}
-			is->mode = M_DISCARD;
-			is->discard_skip = true;
-		} else {
-			/* The client sends no data without "+": the next bytes
-			 * are a new command. */
-			imap_parser_init(&is->parser, IMAP_LINE_MAX);
-		}
-		if (err) {
-			bad(is, err);
-			cmd_end(is);
-		} else {
-			done(is, "NO", "%s", no);
-		}
+	/* The tokens after this literal are the next message's. */
+	is->append_argi = is->ntoks;
+	if (err) {
+		append_refuse(is, t, -EINVAL, err);
 		return;
 	}
+	if (t->size > cfg_of(is)->message_size_max) {
+		append_refuse(is, t, -EFBIG, NULL);
+		return;
+	}
+	if (is->undo_err) {
+		/* An earlier message failed: this one is not kept either. */
+		append_refuse(is, t, is->undo_err, NULL);
+		return;
+	}
+	if (is->append_nuids == is->append_cap) {
+		size_t cap = is->append_cap ? is->append_cap * 2 : 8;
+		uint32_t *u = cap <= IMAP_APPEND_MSGS_MAX
+				      ? realloc(is->append_uids, cap * sizeof(*u)) : NULL;
+		if (!u) {
+			append_refuse(is, t, -ENOSPC, NULL);
+			return;
+		}
+		is->append_uids = u;
+		is->append_cap = cap;
+	}
 	is->append_size = t->size;
-	is->discard_left = nonsync ? 1 : 0; /* read by append_opened */
+	is->append_nonsync = t->nonsync;
+	if (!first) {
+		append_begin_msg(is, t->nonsync);
+		return;
+	}
 	set_busy(is, true);
 	hold(is);
-	store_folder_open(is->su, stream_loop(is->s), name, append_opened, is);
+	store_folder_open(is->su, is->loop, name, append_opened, is);
 }
 
 /* ---- IDLE ----------------------------------------------------------------------------------- */
@@ -3836,7 +3952,7 @@ static void on_literal(struct imap_session *is, const struct imap_token *t)
 		      !is->cmd_broken && is->state != IMAP_S_NOTAUTH;
 	/* APPEND's message literal: the first literal after the mailbox
 	 * (which may itself be a literal: then it has fewer tokens). */
-	if (append && is->ntoks >= 3) {
+	if ((append && is->ntoks >= 3) || is->append_active) {
 		append_literal(is, t);
 		return;
 	}
@@ -3927,11 +4043,14 @@ static ssize_t imap_data(struct stream *s, struct span in)
 			break;
 		if (r != IMAP_PARSE_OK) {
 			is->mode = M_SKIP;
-			bool had = is->append_data;
-			if (had)
-				append_reset(is);
-			bad(is, r == IMAP_PARSE_TOO_LONG ? "[TOOBIG] Command line too long"
-							 : "Invalid command syntax");
+			const char *why = r == IMAP_PARSE_TOO_LONG ? "[TOOBIG] Command line too long"
+								   : "Invalid command syntax";
+			if (is->append_active) {
+				/* the messages already committed are taken back */
+				append_undo(is, -EINVAL, why);
+				continue;
+			}
+			bad(is, why);
 			cmd_end(is);
 			continue;
 		}
@@ -3972,30 +4091,19 @@ static ssize_t imap_data(struct stream *s, struct span in)
 			if (is->append_data) {
 				append_put(is, t.text);
 				if (t.last)
-					is->append_done = true;
+					append_msg_end(is);
 			} else {
 				add_literal_data(is, t.text);
 			}
 			break;
 		case IMAP_TOK_EOL:
-			if (is->append_done) {
-				is->append_done = false;
-				append_finish(is);
-			} else if (is->append_data) {
-				append_reset(is);
-				bad(is, "Incomplete APPEND");
-				cmd_end(is);
-			} else {
+			if (is->append_data)
+				append_undo(is, -EINVAL, "Incomplete APPEND");
+			else if (is->append_active)
+				append_end(is);
+			else
 				dispatch(is);
-			}
 			break;
-		}
-		if (is->append_done && t.type != IMAP_TOK_LITERAL_DATA && t.type != IMAP_TOK_EOL) {
-			/* MULTIAPPEND is not offered. */
-			append_reset(is);
-			is->mode = M_SKIP;
-			bad(is, "MULTIAPPEND is not supported");
-			cmd_end(is);
 		}
 		if (is->tls_pending) {
 			/* Whatever came behind an accepted STARTTLS is injected
@@ -4111,6 +4219,10 @@ static void imap_close(struct stream *s)
 	is->state = IMAP_S_LOGOUT;
 	if (is->folder)
 		store_watch(is->folder, stream_loop(s), NULL, NULL);
+	/* A MULTIAPPEND cut short keeps nothing; with a store call in flight
+	 * its callback does this. */
+	if (is->append_active && !is->busy)
+		append_undo(is, -ECONNRESET, NULL);
 	session_maybe_free(is);
 }
 

@@ -975,3 +975,90 @@ def test_prelogin_timeout_then_login_in_time(imapsrv):
     assert_silent(r, 1.0)
     _, t = r.cmd("NOOP")
     assert b" OK " in t
+
+
+# ---- MULTIAPPEND (RFC 3502) --------------------------------------------------------------
+
+
+def box_messages(srv, box):
+    c = imap(srv)
+    typ, data = c.status(box, "(MESSAGES)")
+    c.logout()
+    assert typ == "OK", data
+    return int(re.search(rb"MESSAGES (\d+)", data[0]).group(1))
+
+
+def test_multiappend_nonsync_and_sync(srv):
+    r = Raw(srv).login()
+    r.cmd("CREATE Box")
+    m = [b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i) for i in range(3)]
+    big = b"Subject: big\r\n\r\n" + (b"b" * 998 + b"\r\n") * 1500  # 1.5 MB, streamed
+    r.send(b"a APPEND Box (\\Seen) {%d+}\r\n%s {%d+}\r\n%s (\\Flagged $K) "
+           b"\"01-Jul-2003 10:52:37 +0200\" {%d+}\r\n%s {%d+}\r\n%s\r\n"
+           % (len(m[0]), m[0], len(m[1]), m[1], len(m[2]), m[2], len(big), big))
+    _, t = r.until("a", timeout=30)
+    mt = re.match(rb"a OK \[APPENDUID (\d+) (\S+)\]", t)
+    assert mt, t
+    assert mt.group(2) == b"1:4", t
+    # synchronising literals: a "+" for each
+    r.send(b"b APPEND Box {%d}\r\n" % len(m[0]))
+    assert r.line().startswith(b"+ ")
+    r.send(m[0] + b" {%d}\r\n" % len(m[1]))
+    assert r.line().startswith(b"+ ")
+    r.send(m[1] + b"\r\n")
+    _, t = r.until("b")
+    assert re.match(rb"b OK \[APPENDUID \d+ 5:6\]", t), t
+    c = imap(srv)
+    c.select("Box")
+    typ, data = c.fetch("1:6", "(FLAGS INTERNALDATE BODY.PEEK[])")
+    bodies = [d[1] for d in data if isinstance(d, tuple)]
+    assert bodies == [m[0], m[1], m[2], big, m[0], m[1]], [len(b) for b in bodies]
+    heads = [d[0] for d in data if isinstance(d, tuple)]
+    assert b"\\Seen" in heads[0] and b"\\Seen" not in heads[1], heads
+    assert b"\\Flagged" in heads[2] and b"$K" in heads[2] and b"01-Jul-2003" in heads[2], heads
+    c.logout()
+
+
+def test_multiappend_is_all_or_nothing(imapsrv):
+    srv = imapsrv(config="[limits]\nquota_messages = 2\nmessage_size_max = 4k\n")
+    r = Raw(srv).login()
+    r.cmd("CREATE Box")
+    m = b"Subject: x\r\n\r\nx\r\n"
+    # the third message is over quota: none is kept
+    r.send(b"a APPEND Box {%d+}\r\n%s {%d+}\r\n%s {%d+}\r\n%s\r\n" % ((len(m), m) * 3))
+    _, t = r.until("a")
+    assert t.startswith(b"a NO [OVERQUOTA]"), t
+    assert box_messages(srv, "Box") == 0
+    # a bad flag on the second: BAD, the first is taken back
+    r.send(b"b APPEND Box {%d+}\r\n%s (\\Bogus) {%d+}\r\n%s\r\n" % (len(m), m, len(m), m))
+    _, t = r.until("b")
+    assert t.startswith(b"b BAD"), t
+    assert box_messages(srv, "Box") == 0
+    # the second over APPENDLIMIT, synchronising: NO [TOOBIG] without "+"
+    r.send(b"c APPEND Box {%d}\r\n" % len(m))
+    assert r.line().startswith(b"+ ")
+    r.send(m + b" {9000}\r\n")
+    _, t = r.until("c")
+    assert t.startswith(b"c NO [TOOBIG]"), t
+    assert box_messages(srv, "Box") == 0
+    _, t = r.cmd("NOOP")
+    assert b" OK " in t
+    # a syntax error after a message
+    r.send(b"d APPEND Box {%d+}\r\n%s )\r\n" % (len(m), m))
+    _, t = r.until("d")
+    assert t.startswith(b"d BAD"), t
+    assert box_messages(srv, "Box") == 0
+    # the client goes away in the middle of the second message
+    r.send(b"e APPEND Box {%d+}\r\n%s {3000+}\r\n" % (len(m), m) + b"y" * 1000)
+    time.sleep(0.5)
+    r.sock.close()
+    deadline = time.monotonic() + 10
+    while box_messages(srv, "Box") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert box_messages(srv, "Box") == 0
+    # and one that works
+    r = Raw(srv).login()
+    r.send(b"f APPEND Box {%d+}\r\n%s {%d+}\r\n%s\r\n" % (len(m), m, len(m), m))
+    _, t = r.until("f")
+    assert re.match(rb"f OK \[APPENDUID \d+ \d+:\d+\]", t), t
+    assert box_messages(srv, "Box") == 2
