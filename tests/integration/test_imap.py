@@ -1016,10 +1016,12 @@ def test_multiappend_nonsync_and_sync(srv):
     assert re.match(rb"b OK \[APPENDUID \d+ 5:6\]", t), t
     c = imap(srv)
     c.select("Box")
-    typ, data = c.fetch("1:6", "(FLAGS INTERNALDATE BODY.PEEK[])")
-    bodies = [d[1] for d in data if isinstance(d, tuple)]
-    assert bodies == [m[0], m[1], m[2], big, m[0], m[1]], [len(b) for b in bodies]
-    heads = [d[0] for d in data if isinstance(d, tuple)]
+    want = [m[0], m[1], m[2], big, m[0], m[1]]
+    for i, w in enumerate(want):
+        typ, data = c.fetch(str(i + 1), "(BODY.PEEK[])")
+        assert typ == "OK" and data[0][1] == w, (i, typ, data[0][0], len(data[0][1]), len(w))
+    typ, data = c.fetch("1:6", "(FLAGS INTERNALDATE)")
+    heads = data
     assert b"\\Seen" in heads[0] and b"\\Seen" not in heads[1], heads
     assert b"\\Flagged" in heads[2] and b"$K" in heads[2] and b"01-Jul-2003" in heads[2], heads
     c.logout()
