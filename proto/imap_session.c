@@ -225,6 +225,8 @@ struct imap_session {
 	size_t nset;
 	struct fetch_job *fj;
 	struct list_job *lj;
+	struct rename_job *rj;
+	struct store_folder *other2; /* RENAME INBOX: the new mailbox */
 	uint8_t *rbuf;
 	/* output */
 	uint8_t *obuf;
@@ -1325,18 +1327,260 @@ static void cmd_delete(struct imap_session *is, size_t a)
 	store_folder_delete(is->su, stream_loop(is->s), name, folder_change_cb, is);
 }
 
+/* RENAME (RFC 3501 6.3.5). The store renames one name at a time, so a
+ * mailbox with inferiors is renamed name by name (parent first); a
+ * failure half way leaves the names renamed so far (each is durable) and
+ * answers NO. RENAME INBOX creates the new mailbox and moves every INBOX
+ * message there (store_copy with move); INBOX stays, empty. */
+struct rename_job {
+	char **from, **to;    /* n pairs, in one allocation with their names */
+	size_t n, next;
+	uint32_t *uids;       /* RENAME INBOX: the messages moved */
+	size_t nuids;
+};
+
+static void rename_job_free(struct imap_session *is)
+{
+	if (!is->rj)
+		return;
+	free(is->rj->uids);
+	free(is->rj);
+	is->rj = NULL;
+}
+
+static void rename_next(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	if (is->dead) {
+		rename_job_free(is);
+		release(is);
+		return;
+	}
+	struct rename_job *rj = is->rj;
+	if (res < 0 || rj->next == rj->n) {
+		rename_job_free(is);
+		if (res < 0)
+			store_error(is, res);
+		else
+			done(is, "OK", "RENAME completed");
+		release(is);
+		return;
+	}
+	size_t i = rj->next++;
+	if (is->state == IMAP_S_SELECTED && strcmp(is->folder_name, rj->from[i]) == 0)
+		snprintf(is->folder_name, sizeof(is->folder_name), "%s", rj->to[i]);
+	/* the hold is passed on */
+	store_folder_rename(is->su, is->loop, rj->from[i], rj->to[i], rename_next, is);
+}
+
+/* Renames from (an existing mailbox, or a \Noselect parent) and every name
+ * below it. */
+static void rename_tree(struct imap_session *is, const char *from, const char *to)
+{
+	size_t fl_len = strlen(from), tl_len = strlen(to);
+	if (strncmp(to, from, fl_len) == 0 && to[fl_len] == '/') {
+		done(is, "NO", "[CANNOT] Cannot rename a mailbox into itself");
+		return;
+	}
+	struct store_folder_info *fl;
+	size_t nf;
+	int rc = store_folder_list(is->su, &fl, &nf);
+	if (rc) {
+		store_error(is, rc);
+		return;
+	}
+	size_t n = 0, bytes = 0;
+	bool clash = false;
+	for (size_t i = 0; i < nf; i++) {
+		const char *name = fl[i].name;
+		if (!fl[i].exists)
+			continue;
+		if (strcmp(name, from) == 0 ||
+		    (strncmp(name, from, fl_len) == 0 && name[fl_len] == '/')) {
+			n++;
+			bytes += 2 * strlen(name) + tl_len + 2;
+		}
+	}
+	if (n == 0) {
+		free(fl);
+		done(is, "NO", "[NONEXISTENT] No such mailbox");
+		return;
+	}
+	struct rename_job *rj = calloc(1, sizeof(*rj) + 2 * n * sizeof(char *) + bytes);
+	if (!rj) {
+		free(fl);
+		store_error(is, -ENOMEM);
+		return;
+	}
+	rj->from = (char **)(rj + 1);
+	rj->to = rj->from + n;
+	char *p = (char *)(rj->to + n);
+	for (size_t i = 0; i < nf; i++) {
+		const char *name = fl[i].name;
+		size_t len = strlen(name);
+		if (!fl[i].exists || !(strcmp(name, from) == 0 ||
+				       (strncmp(name, from, fl_len) == 0 && name[fl_len] == '/')))
+			continue;
+		/* the folder list is sorted: a parent comes before its inferiors */
+		rj->from[rj->n] = p;
+		memcpy(p, name, len + 1);
+		p += len + 1;
+		rj->to[rj->n++] = p;
+		p += sprintf(p, "%s%s", to, name + fl_len) + 1;
+	}
+	for (size_t i = 0; i < rj->n && !clash; i++)
+		for (size_t k = 0; k < nf && !clash; k++)
+			clash = fl[k].exists && strcmp(fl[k].name, rj->to[i]) == 0;
+	free(fl);
+	if (clash) {
+		free(rj);
+		done(is, "NO", "[ALREADYEXISTS] Mailbox already exists");
+		return;
+	}
+	is->rj = rj;
+	set_busy(is, true);
+	hold(is);
+	rename_next(is, 0);
+}
+
+static void inbox_moved(void *arg, int res);
+
+static void inbox_undone(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	(void)res;
+	inbox_moved(is, is->undo_err);
+}
+
+/* store_copy's end: on failure the new mailbox (with the copies made so
+ * far; nothing left INBOX) is deleted again before the NO. */
+static void inbox_move_done(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	if (res < 0 && !is->dead) {
+		is->undo_err = res;
+		store_folder_close(&is->other2);
+		store_folder_delete(is->su, is->loop, is->rj->to[0], inbox_undone, is);
+		return;
+	}
+	inbox_moved(is, res);
+}
+
+static void inbox_moved(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	if (is->other != is->folder)
+		store_folder_close(&is->other);
+	else
+		is->other = NULL;
+	store_folder_close(&is->other2);
+	if (is->dead) {
+		rename_job_free(is);
+		release(is);
+		return;
+	}
+	rename_job_free(is);
+	if (res < 0)
+		store_error(is, res);
+	else
+		done(is, "OK", "RENAME completed");
+	release(is);
+}
+
+static void inbox_rename_dst(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead || res < 0) {
+		inbox_moved(is, res < 0 ? res : -ECONNRESET);
+		return;
+	}
+	is->other2 = folder;
+	struct store_view *v;
+	int rc = store_view_open(is->other, &v);
+	if (rc) {
+		inbox_moved(is, rc);
+		return;
+	}
+	size_t n = store_view_count(v);
+	is->rj->uids = malloc((n ? n : 1) * sizeof(uint32_t) * 2);
+	if (!is->rj->uids) {
+		store_view_free(&v);
+		inbox_moved(is, -ENOMEM);
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		is->rj->uids[i] = store_view_msg(v, i)->uid;
+	store_view_free(&v);
+	is->rj->nuids = n;
+	if (n == 0) {
+		inbox_moved(is, 0);
+		return;
+	}
+	store_copy(is->other, is->loop, is->rj->uids, n, is->other2, true, is->rj->uids + n,
+		   inbox_move_done, is);
+}
+
+static void inbox_rename_src(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead || res < 0) {
+		if (folder)
+			store_folder_close(&folder);
+		inbox_moved(is, res < 0 ? res : -ECONNRESET);
+		return;
+	}
+	is->other = folder;
+	store_folder_open(is->su, is->loop, is->rj->to[0], inbox_rename_dst, is);
+}
+
+static void inbox_rename_created(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	if (is->dead || res < 0) {
+		inbox_moved(is, res < 0 ? res : -ECONNRESET);
+		return;
+	}
+	if (is->state == IMAP_S_SELECTED && strcmp(is->folder_name, "INBOX") == 0) {
+		is->other = is->folder; /* not closed by inbox_moved */
+		store_folder_open(is->su, is->loop, is->rj->to[0], inbox_rename_dst, is);
+		return;
+	}
+	store_folder_open(is->su, is->loop, "INBOX", inbox_rename_src, is);
+}
+
+static void rename_inbox(struct imap_session *is, const char *to)
+{
+	size_t len = strlen(to);
+	struct rename_job *rj = calloc(1, sizeof(*rj) + 2 * sizeof(char *) + len + 1);
+	if (!rj) {
+		store_error(is, -ENOMEM);
+		return;
+	}
+	rj->from = (char **)(rj + 1);
+	rj->to = rj->from + 1;
+	rj->to[0] = (char *)(rj->to + 1);
+	memcpy(rj->to[0], to, len + 1);
+	rj->n = 1;
+	is->rj = rj;
+	set_busy(is, true);
+	hold(is);
+	store_folder_create(is->su, is->loop, to, inbox_rename_created, is);
+}
+
 static void cmd_rename(struct imap_session *is, size_t a)
 {
 	char from[STORE_NAME_MAX + 1], to[STORE_NAME_MAX + 1];
 	if (!mailbox_arg(is, a, from, sizeof(from)) || !mailbox_arg(is, a + 1, to, sizeof(to)))
 		return;
-	if (strcmp(from, "INBOX") == 0) {
-		done(is, "NO", "[CANNOT] Renaming INBOX is not supported");
+	if (strcmp(to, "INBOX") == 0) {
+		done(is, "NO", "[ALREADYEXISTS] INBOX always exists");
 		return;
 	}
-	set_busy(is, true);
-	hold(is);
-	store_folder_rename(is->su, stream_loop(is->s), from, to, folder_change_cb, is);
+	if (strcmp(from, "INBOX") == 0) {
+		rename_inbox(is, to);
+		return;
+	}
+	rename_tree(is, from, to);
 }
 
 static void subscribe_common(struct imap_session *is, size_t a, bool on)
@@ -4191,6 +4435,7 @@ static void session_maybe_free(struct imap_session *is)
 	append_reset(is);
 	fetch_free(is);
 	list_job_free(is);
+	rename_job_free(is);
 	mailbox_close(is);
 	store_user_close(&is->su);
 	if (is->arena)

@@ -1070,3 +1070,88 @@ def test_multiappend_is_all_or_nothing(imapsrv):
     _, t = r.until("f")
     assert re.match(rb"f OK \[APPENDUID \d+ \d+:\d+\]", t), t
     assert box_messages(srv, "Box") == 2
+
+
+# ---- RENAME -------------------------------------------------------------------------------
+
+
+def test_rename_inbox_moves_its_messages(srv):
+    for i in range(3):
+        deliver(srv, "alice@example.com", subject=f"r{i}")
+    c = imap(srv)
+    c.create("INBOX/Child")
+    c.select("INBOX")
+    c.store("2", "+FLAGS", r"(\Flagged)")
+    typ, data = c.rename("INBOX", "Old")
+    assert typ == "OK", data
+    # the selected INBOX sees its messages leave
+    typ, data = c.noop()
+    assert c.untagged_responses.get("EXPUNGE") or c.untagged_responses.get("EXISTS"), \
+        c.untagged_responses
+    typ, data = c.status("INBOX", "(MESSAGES)")
+    assert b"MESSAGES 0" in data[0], data
+    c.select("Old")
+    typ, data = c.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = [d[1].strip() for d in data if isinstance(d, tuple)]
+    assert subjects == [b"Subject: r0", b"Subject: r1", b"Subject: r2"], data
+    assert b"\\Flagged" in data[2][0] and b"\\Flagged" not in data[0][0], data
+    # INBOX's inferiors stay where they are (RFC 3501 6.3.5)
+    typ, data = c.list('""', "*")
+    names = b" ".join(data)
+    assert b"INBOX/Child" in names and b"Old/Child" not in names, data
+    # INBOX works on: a new message arrives there
+    deliver(srv, "alice@example.com", subject="after")
+    typ, data = c.status("INBOX", "(MESSAGES)")
+    assert b"MESSAGES 1" in data[0], data
+    # renaming it onto an existing name fails and moves nothing
+    typ, data = c.rename("INBOX", "Old")
+    assert typ == "NO" and b"ALREADYEXISTS" in data[0], data
+    typ, data = c.status("INBOX", "(MESSAGES)")
+    assert b"MESSAGES 1" in data[0], data
+    assert c.rename("Old", "INBOX")[0] == "NO"
+    c.logout()
+
+
+def test_rename_inbox_over_quota_keeps_everything(imapsrv):
+    # the move copies before it expunges: with no room for the copies it
+    # fails, and the new mailbox is removed again
+    srv = imapsrv(config="[limits]\nquota_messages = 3\n")
+    for i in range(2):
+        deliver(srv, "alice@example.com", subject=f"q{i}")
+    c = imap(srv)
+    typ, data = c.rename("INBOX", "Moved")
+    assert typ == "NO" and b"OVERQUOTA" in data[0], data
+    typ, data = c.status("INBOX", "(MESSAGES)")
+    assert b"MESSAGES 2" in data[0], data
+    assert c.status("Moved", "(MESSAGES)")[0] == "NO"
+    c.logout()
+
+
+def test_rename_with_children(srv):
+    c = imap(srv)
+    for name in ("A", "A/B", "A/B/C", "A-sibling", "Z/Y"):
+        assert c.create(name)[0] == "OK", name
+    c.append("A/B/C", None, None, b"Subject: deep\r\n\r\nx\r\n")
+    typ, data = c.rename("A", "N")
+    assert typ == "OK", data
+    typ, data = c.list('""', "*")
+    names = {re.search(rb'"/" "?([^"]*)"?$', d).group(1).decode() for d in data}
+    assert {"N", "N/B", "N/B/C", "A-sibling"} <= names, names
+    assert not names & {"A", "A/B", "A/B/C"}, names
+    typ, data = c.status("N/B/C", "(MESSAGES)")
+    assert b"MESSAGES 1" in data[0], data
+    # a \Noselect parent renames its children
+    typ, data = c.rename("Z", "W")
+    assert typ == "OK", data
+    typ, data = c.status("W/Y", "(MESSAGES)")
+    assert typ == "OK", data
+    # a clash with an existing name below the target: nothing renamed
+    c.create("Q")
+    c.create("Q2/B")
+    c.create("Q/B")
+    typ, data = c.rename("Q", "Q2")
+    assert typ == "NO" and b"ALREADYEXISTS" in data[0], data
+    assert c.status("Q/B", "(MESSAGES)")[0] == "OK"
+    assert c.rename("N", "N/B/X")[0] == "NO"
+    assert c.rename("Nope", "Nope2")[0] == "NO"
+    c.logout()
