@@ -209,6 +209,7 @@ struct imap_session {
 	int undo_err;                /* a failed COPY/APPEND, reported after the undo */
 	bool append_data;            /* M_CMD, but LITERAL_DATA goes to the store */
 	bool append_active;          /* an APPEND (MULTIAPPEND) command runs */
+	bool append_done;            /* the message literal ended: commit next */
 	bool append_nonsync;         /* the message literal being opened is {n+} */
 	const char *append_why;      /* a BAD for the APPEND, after its undo */
 	size_t append_argi;          /* the next message's first token */
@@ -3582,6 +3583,7 @@ static void append_msg_reset(struct imap_session *is)
 static void append_reset(struct imap_session *is)
 {
 	append_msg_reset(is);
+	is->append_done = false;
 	store_folder_close(&is->other);
 	free(is->append_uids);
 	is->append_uids = NULL;
@@ -4243,6 +4245,13 @@ static ssize_t imap_data(struct stream *s, struct span in)
 		}
 		if (is->busy || is->overflow_len)
 			break;
+		if (is->append_done) {
+			/* The message literal ended and all of it is in the
+			 * store append: commit before reading on. */
+			is->append_done = false;
+			append_msg_end(is);
+			continue;
+		}
 		if (stream_send_pending(s) > send_high(is)) {
 			is->out_blocked = true;
 			update_input(is);
@@ -4334,8 +4343,10 @@ static ssize_t imap_data(struct stream *s, struct span in)
 		case IMAP_TOK_LITERAL_DATA:
 			if (is->append_data) {
 				append_put(is, t.text);
+				/* committed once the overflow is in the store
+				 * (the loop's top) */
 				if (t.last)
-					append_msg_end(is);
+					is->append_done = true;
 			} else {
 				add_literal_data(is, t.text);
 			}

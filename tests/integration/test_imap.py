@@ -998,10 +998,12 @@ def test_multiappend_nonsync_and_sync(srv):
     r = Raw(srv).login()
     r.cmd("CREATE Box")
     m = [b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i) for i in range(3)]
-    big = b"Subject: big\r\n\r\n" + (b"b" * 998 + b"\r\n") * 1500  # 1.5 MB, streamed
+    # 6 MB, streamed: more than the store append takes at once, so the
+    # session holds back input until the store drains, before the commit
+    big = b"Subject: big\r\n\r\n" + (b"b" * 998 + b"\r\n") * 6000
     r.send(b"a APPEND Box (\\Seen) {%d+}\r\n%s {%d+}\r\n%s (\\Flagged $K) "
            b"\"01-Jul-2003 10:52:37 +0200\" {%d+}\r\n%s {%d+}\r\n%s\r\n"
-           % (len(m[0]), m[0], len(m[1]), m[1], len(m[2]), m[2], len(big), big))
+           % (len(m[0]), m[0], len(big), big, len(m[2]), m[2], len(m[1]), m[1]))
     _, t = r.until("a", timeout=30)
     mt = re.match(rb"a OK \[APPENDUID (\d+) (\S+)\]", t)
     assert mt, t
@@ -1016,7 +1018,7 @@ def test_multiappend_nonsync_and_sync(srv):
     assert re.match(rb"b OK \[APPENDUID \d+ 5:6\]", t), t
     c = imap(srv)
     c.select("Box")
-    want = [m[0], m[1], m[2], big, m[0], m[1]]
+    want = [m[0], big, m[2], m[1], m[0], m[1]]
     for i, w in enumerate(want):
         typ, data = c.fetch(str(i + 1), "(BODY.PEEK[])")
         assert typ == "OK" and data[0][1] == w, (i, typ, data[0][0], len(data[0][1]), len(w))
