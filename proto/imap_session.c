@@ -1923,7 +1923,9 @@ static size_t list_opts(struct imap_session *is, size_t i, const char *const *na
 		if (!known)
 			return 0;
 		if (status_at_r && is_atom(is, k, "STATUS")) {
-			if (k + 1 >= end - 1 || is->toks[k + 1].kind != T_LBEGIN)
+			/* STATUS (one or more items) */
+			if (k + 1 >= end - 1 || is->toks[k + 1].kind != T_LBEGIN ||
+			    list_end(is, k + 1) == k + 3)
 				return 0;
 			*status_at_r = k + 1;
 			k = list_end(is, k + 1) - 1;

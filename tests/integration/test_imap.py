@@ -1157,3 +1157,23 @@ def test_rename_with_children(srv):
     assert c.rename("N", "N/B/X")[0] == "NO"
     assert c.rename("Nope", "Nope2")[0] == "NO"
     c.logout()
+
+
+def test_list_extended_bad_syntax_is_bad_and_harmless(srv):
+    r = Raw(srv).login()
+    r.cmd("CREATE Foo/Bar")
+    for cmd in ('LIST () "" ()', 'LIST (SUBSCRIBED "" "*"', 'LIST "" "*" RETURN',
+                'LIST "" "*" RETURN (STATUS)', 'LIST "" "*" RETURN (STATUS ())',
+                'LIST "" "*" RETURN STATUS', 'LIST "" ("a" ("b"))', 'LIST ((SUBSCRIBED)) "" "*"',
+                'LIST "" "*" RETURN (CHILDREN) extra', 'LIST', 'LIST ""',
+                'LIST (REMOTE RECURSIVEMATCH) "" "*"', 'LIST "" "*" FOO (CHILDREN)'):
+        if r.n >= 6:
+            r = Raw(srv).login()  # max_bad_commands (10) would close it
+        _, t = r.cmd(cmd)
+        assert b" BAD " in t, (cmd, t)
+    # the session goes on; LIST "" "" still gives the delimiter
+    lines, t = r.cmd('LIST "" ""')
+    assert lines == [b'* LIST (\\Noselect) "/" ""\r\n'] and b" OK " in t, lines
+    # empty results are fine
+    lines, t = r.cmd('LIST (SPECIAL-USE) "" "Nothing*"')
+    assert lines == [] and b" OK " in t, (lines, t)
