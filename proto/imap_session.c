@@ -1492,6 +1492,8 @@ static void inbox_rename_dst(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
 	if (is->dead || res < 0) {
+		if (folder)
+			store_folder_close(&folder);
 		inbox_moved(is, res < 0 ? res : -ECONNRESET);
 		return;
 	}
@@ -3915,6 +3917,8 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 		err = "Syntax: APPEND mailbox [flags] [date] literal";
 	if (!err && t->binary)
 		err = "[CANNOT] Binary literals are not supported";
+	if (is->cmd_broken) /* too many tokens: this message's flags were lost */
+		err = is->broken_why ? is->broken_why : "Invalid command";
 	/* The tokens after this literal are the next message's. */
 	is->append_argi = is->ntoks;
 	if (err) {
