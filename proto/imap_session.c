@@ -1770,6 +1770,26 @@ static bool list_name_matches(struct list_job *lj, struct imap_session *is, cons
 	return false;
 }
 
+/* Whether an entry below x meets the selection but is not listed itself
+ * (its name does not match): RFC 5258 3.5 lists a parent that does not
+ * meet the selection only then, with CHILDINFO. */
+static bool list_child_unlisted(struct list_job *lj, struct imap_session *is,
+				const struct lentry *x)
+{
+	for (size_t i = 0; i < lj->n; i++) {
+		const struct lentry *c = &lj->e[i];
+		if (!c->sel || c->len <= x->len + 1 || c->p[x->len] != '/' ||
+		    memcmp(c->p, x->p, x->len) != 0)
+			continue;
+		char name[STORE_NAME_MAX + 1];
+		memcpy(name, c->p, c->len);
+		name[c->len] = '\0';
+		if (!list_name_matches(lj, is, name))
+			return true;
+	}
+	return false;
+}
+
 static void list_job_free(struct imap_session *is)
 {
 	if (!is->lj)
@@ -1825,6 +1845,8 @@ static void list_pump(struct imap_session *is)
 	      (!(lj->sel & (LSEL_SUBSCRIBED | LSEL_SPECIAL)) && x->children)))
 			continue;
 		if (!list_name_matches(lj, is, name))
+			continue;
+		if (!x->sel && recursive && !list_child_unlisted(lj, is, x))
 			continue;
 		char attrs[128];
 		bool subs = (lj->sel & LSEL_SUBSCRIBED) || (lj->ret & LRET_SUBSCRIBED);

@@ -758,6 +758,9 @@ def test_list_extended_selection_and_return_options(srv):
     assert '("CHILDINFO" ("SUBSCRIBED"))' in got["Foo"], got
     assert "\\Subscribed" not in got["Foo"], got
     assert "CHILDINFO" not in got["Moo"], got
+    # with "*" the subscribed child is listed itself: no parent for it
+    got = by_name(list_lines(r, 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"'))
+    assert set(got) == {"Foo/Bar", "Moo", "Gone"}, got
     _, t = r.cmd('LIST (RECURSIVEMATCH) "" "*"')
     assert b" BAD " in t, t
     _, t = r.cmd('LIST (BOGUS) "" "*"')
