@@ -1920,9 +1920,13 @@ static void cmd_lsub(struct imap_session *is, size_t a)
 		char name[STORE_NAME_MAX + 1];
 		memcpy(name, x->p, x->len);
 		name[x->len] = '\0';
-		if (!x->subscribed || !list_name_matches(&lj, is, name))
+		if (!(x->subscribed || x->child_sel) || !list_name_matches(&lj, is, name))
 			continue;
-		out_printf(is, "* LSUB (%s) \"/\" ", x->exists ? "" : "\\Noselect");
+		/* RFC 3501 6.3.9: a parent of a subscription that "%" does not
+		 * reach is listed \Noselect. */
+		if (!x->subscribed && !list_child_unlisted(&lj, is, x))
+			continue;
+		out_printf(is, "* LSUB (%s) \"/\" ", x->exists && x->subscribed ? "" : "\\Noselect");
 		out_mailbox(is, name);
 		out_str(is, "\r\n");
 	}

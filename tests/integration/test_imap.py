@@ -752,6 +752,13 @@ def test_list_extended_selection_and_return_options(srv):
     assert set(got) == {"Foo/Bar", "Moo", "Gone"}, got
     assert all("\\Subscribed" in l for l in got.values()), got
     assert "\\NonExistent" in got["Gone"], got
+    # LSUB "%": the unsubscribed parent of a subscription is \Noselect
+    lines, _ = r.cmd('LSUB "" "%"')
+    lsub = {l.decode().rsplit(" ", 1)[1].strip().strip('"'): l for l in lines}
+    assert set(lsub) == {"Foo", "Moo", "Gone"}, lines
+    assert b"\\Noselect" in lsub["Foo"] and b"\\Noselect" not in lsub["Moo"], lines
+    lines, _ = r.cmd('LSUB "" "*"')
+    assert len(lines) == 3 and not any(l.endswith(b' "Foo"\r\n') for l in lines), lines
     # RECURSIVEMATCH: a parent with a subscribed child, CHILDINFO
     got = by_name(list_lines(r, 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'))
     assert set(got) == {"Foo", "Moo", "Gone"}, got
