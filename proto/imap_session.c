@@ -1671,6 +1671,14 @@ static int lentry_cmp(const void *a, const void *b)
 	return x->len < y->len ? -1 : x->len > y->len;
 }
 
+/* The entry's name, NUL-terminated, in buf (STORE_NAME_MAX + 1 bytes). */
+static char *lentry_name(const struct lentry *x, char *buf)
+{
+	memcpy(buf, x->p, x->len);
+	buf[x->len] = '\0';
+	return buf;
+}
+
 static struct lentry *lentry_find(struct list_job *lj, const char *p, size_t len)
 {
 	struct lentry key = { .p = p, .len = (uint16_t)len };
@@ -1782,8 +1790,7 @@ static bool list_child_unlisted(struct list_job *lj, struct imap_session *is,
 		    memcmp(c->p, x->p, x->len) != 0)
 			continue;
 		char name[STORE_NAME_MAX + 1];
-		memcpy(name, c->p, c->len);
-		name[c->len] = '\0';
+		lentry_name(c, name);
 		if (!list_name_matches(lj, is, name))
 			return true;
 	}
@@ -1817,8 +1824,7 @@ static void list_status_opened(void *arg, int res, struct store_folder *folder)
 		store_folder_close(&folder);
 		const struct lentry *x = &is->lj->e[is->lj->next - 1];
 		char name[STORE_NAME_MAX + 1];
-		memcpy(name, x->p, x->len);
-		name[x->len] = '\0';
+		lentry_name(x, name);
 		out_str(is, "* STATUS ");
 		out_mailbox(is, name);
 		out_status_items(is, &st, is->lj->status_at);
@@ -1838,8 +1844,7 @@ static void list_pump(struct imap_session *is)
 	while (lj->next < lj->n) {
 		const struct lentry *x = &lj->e[lj->next++];
 		char name[STORE_NAME_MAX + 1];
-		memcpy(name, x->p, x->len);
-		name[x->len] = '\0';
+		lentry_name(x, name);
 		bool recursive = (lj->sel & LSEL_RECURSIVE) && x->child_sel;
 		if (!(x->sel || recursive ||
 	      (!(lj->sel & (LSEL_SUBSCRIBED | LSEL_SPECIAL)) && x->children)))
@@ -1918,8 +1923,7 @@ static void cmd_lsub(struct imap_session *is, size_t a)
 	for (size_t i = 0; i < lj.n; i++) {
 		const struct lentry *x = &lj.e[i];
 		char name[STORE_NAME_MAX + 1];
-		memcpy(name, x->p, x->len);
-		name[x->len] = '\0';
+		lentry_name(x, name);
 		if (!(x->subscribed || x->child_sel) || !list_name_matches(&lj, is, name))
 			continue;
 		/* RFC 3501 6.3.9: a parent of a subscription that "%" does not

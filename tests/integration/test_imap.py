@@ -938,6 +938,15 @@ def assert_silent(r, seconds):
 TIMEOUTS = "[limits]\nprelogin_timeout = 1s\nidle_timeout = 3s\n"
 
 
+def expect_bye_after(r, t0, at_least, prefix=b"* BYE"):
+    """The next line is a BYE, no sooner than at_least s after t0, then EOF."""
+    ln = r.line(timeout=15)
+    waited = time.monotonic() - t0
+    assert ln.startswith(prefix), ln
+    assert waited >= at_least, f"cut after {waited:.2f}s, before {at_least} s"
+    expect_eof(r.sock)
+
+
 def test_idle_timeout_after_login(imapsrv):
     srv = imapsrv(config=TIMEOUTS)
     r = Raw(srv).login()
@@ -945,12 +954,7 @@ def test_idle_timeout_after_login(imapsrv):
     assert_silent(r, 1.6)
     _, t = r.cmd("NOOP")
     assert b" OK " in t
-    t0 = time.monotonic()
-    ln = r.line(timeout=15)
-    waited = time.monotonic() - t0
-    assert ln.startswith(b"* BYE Autologout"), ln
-    assert waited >= 2.5, f"cut after {waited:.2f}s, idle_timeout is 3 s"
-    expect_eof(r.sock)
+    expect_bye_after(r, time.monotonic(), 2.5, b"* BYE Autologout")
 
 
 def test_idle_command_rearms_the_idle_timeout(imapsrv):
@@ -970,11 +974,7 @@ def test_idle_command_rearms_the_idle_timeout(imapsrv):
     r.send(b"i3 IDLE\r\n")
     t0 = time.monotonic()
     assert r.line().startswith(b"+ ")
-    ln = r.line(timeout=15)
-    waited = time.monotonic() - t0
-    assert ln.startswith(b"* BYE"), ln
-    assert waited >= 2.5, f"IDLE cut after {waited:.2f}s, idle_timeout is 3 s"
-    expect_eof(r.sock)
+    expect_bye_after(r, t0, 2.5)
 
 
 def test_prelogin_timeout_then_login_in_time(imapsrv):
