@@ -289,7 +289,9 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 	st->lock_fd = store_lock_datadir(cfg->data_dir, err, errlen);
 	if (st->lock_fd < 0)
 		return st->lock_fd;
-	struct store_config sc = { .data_dir = cfg->data_dir };
+	struct store_config sc = { .data_dir = cfg->data_dir,
+				   .quota_bytes = cfg->quota_storage,
+				   .quota_messages = cfg->quota_messages };
 	if ((rc = store_new(&sc, &st->sv.store))) {
 		snprintf(err, errlen, "cannot open the store in %s: %s", cfg->data_dir,
 			 strerror(-rc));

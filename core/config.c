@@ -373,6 +373,17 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 			return BAD(ctx, "message_size_max must be a size of at least 1k");
 		return 0;
 	}
+	if (!strcmp(key, "quota_storage")) {
+		if (config_parse_size(value, &cfg->quota_storage))
+			return BAD(ctx, "quota_storage must be a size (0: no limit)");
+		return 0;
+	}
+	if (!strcmp(key, "quota_messages")) {
+		if (parse_uint(value, UINT32_MAX, &v))
+			return BAD(ctx, "quota_messages must be a number (0: no limit)");
+		cfg->quota_messages = v;
+		return 0;
+	}
 	if (!strcmp(key, "header_size_max")) {
 		if (config_parse_size(value, &cfg->header_size_max) || cfg->header_size_max < 1024)
 			return BAD(ctx, "header_size_max must be a size of at least 1k");
@@ -749,7 +760,8 @@ void config_print(const struct config *cfg, FILE *out)
 		"prelogin_timeout = %ums\nidle_timeout = %ums\ndual_wait = %ums\n"
 		"handshake_timeout = %ums\nmax_bad_commands = %u\nsend_queue_max = %llu\n"
 		"plaintext_auth = %s\nmessage_size_max = %llu\nrecipients_max = %u\n"
-		"smtp_timeout = %ums\nheader_size_max = %llu\nmax_hops = %u\nsmtp_bare_lf = %s\n",
+		"smtp_timeout = %ums\nheader_size_max = %llu\nmax_hops = %u\nsmtp_bare_lf = %s\n"
+		"quota_storage = %llu\nquota_messages = %llu\n",
 		cfg->max_connections, cfg->max_connections_per_ip, cfg->max_connections_per_user,
 		cfg->prelogin_timeout_ms,
 		cfg->idle_timeout_ms, cfg->dual_wait_ms, cfg->handshake_timeout_ms,
@@ -757,7 +769,8 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->plaintext_auth ? "yes" : "no", (unsigned long long)cfg->message_size_max,
 		cfg->recipients_max, cfg->smtp_timeout_ms,
 		(unsigned long long)cfg->header_size_max, cfg->max_hops,
-		cfg->smtp_bare_lf_normalize ? "normalize" : "reject");
+		cfg->smtp_bare_lf_normalize ? "normalize" : "reject",
+		(unsigned long long)cfg->quota_storage, (unsigned long long)cfg->quota_messages);
 	fprintf(out, "auth_delay = %ums\nauth_delay_max = %ums\nmime_depth_max = %u\n"
 		"mime_parts_max = %u\nsmtp_line_max = %u\n",
 		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max,

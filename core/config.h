@@ -93,6 +93,10 @@ struct config {
 	uint32_t smtp_line_max;       /* DATA text line, CRLF included (RFC: 1000) */
 	uint32_t max_hops;            /* Received: fields before "mail loop" */
 	bool smtp_bare_lf_normalize;  /* bare CR/LF in DATA: normalise, or reject */
+	/* Mailbox quota per user (store/store.h quota_bytes/_messages);
+	 * 0: no limit. IMAP QUOTA reports them (RFC 9208). */
+	uint64_t quota_storage;       /* bytes */
+	uint64_t quota_messages;
 	/* [tls] */
 	struct tls_cert_entry certs[CONFIG_MAX_CERTS];
 	size_t ncerts;

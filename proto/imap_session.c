@@ -74,6 +74,8 @@
 #define IMAP_DISCARD_MAX (64u * 1024u * 1024u)
 /* The longest user name (RFC 5321 path limit). */
 #define IMAP_USER_MAX 320
+/* Messages in one MULTIAPPEND. */
+#define IMAP_APPEND_MSGS_MAX 4096
 /* A SASL response line, base64. */
 #define IMAP_SASL_LINE_MAX (8u * 1024u)
 
@@ -217,8 +219,15 @@ struct imap_session {
 	uint8_t *overflow;
 	size_t overflow_len;
 	int append_rc;
+	int undo_err;                /* a failed COPY/APPEND, reported after the undo */
 	bool append_data;            /* M_CMD, but LITERAL_DATA goes to the store */
-	bool append_done;            /* the literal ended: EOL next */
+	bool append_active;          /* an APPEND (MULTIAPPEND) command runs */
+	bool append_done;            /* the message literal ended: commit next */
+	bool append_nonsync;         /* the message literal being opened is {n+} */
+	const char *append_why;      /* a BAD for the APPEND, after its undo */
+	size_t append_argi;          /* the next message's first token */
+	uint32_t *append_uids;       /* committed by this APPEND */
+	size_t append_nuids, append_cap;
 	uint64_t append_size;
 	int64_t append_date;
 	uint32_t append_flags;
@@ -230,6 +239,9 @@ struct imap_session {
 	size_t nset;
 	struct fetch_job *fj;
 	struct search_job *sj;
+	struct list_job *lj;
+	struct rename_job *rj;
+	struct store_folder *other2; /* RENAME INBOX: the new mailbox */
 	uint8_t *rbuf;
 	/* output */
 	uint8_t *obuf;
@@ -430,7 +442,9 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 	} else {
 		snprintf(buf, CAPS_MAX,
 			 "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
-			 "UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ESEARCH APPENDLIMIT=%" PRIu64,
+			 "UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED "
+			 "LIST-STATUS STATUS=SIZE MULTIAPPEND QUOTA QUOTA=RES-STORAGE "
+			 "QUOTA=RES-MESSAGE APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->message_size_max);
 	}
 	return buf;
@@ -627,6 +641,13 @@ static void cmd_end(struct imap_session *is)
 	is->uid_cmd = false;
 	is->cmd_broken = false;
 	set_busy(is, false);
+	if (is->shutting_down && !is->dead && is->state != IMAP_S_LOGOUT) {
+		/* SIGTERM arrived while the command ran: its reply is out, now
+		 * the goodbye (RFC 3501 7.1.5). */
+		out_str(is, "* BYE [UNAVAILABLE] Server shutting down\r\n");
+		session_close(is, true);
+		return;
+	}
 	arm_timer(is);
 }
 
@@ -1733,18 +1754,262 @@ static void cmd_delete(struct imap_session *is, size_t a)
 	store_folder_delete(is->su, stream_loop(is->s), name, folder_change_cb, is);
 }
 
+/* RENAME (RFC 3501 6.3.5). The store renames one name at a time, so a
+ * mailbox with inferiors is renamed name by name (parent first); a
+ * failure half way leaves the names renamed so far (each is durable) and
+ * answers NO. RENAME INBOX creates the new mailbox and moves every INBOX
+ * message there (store_copy with move); INBOX stays, empty. */
+struct rename_job {
+	char **from, **to;    /* n pairs, in one allocation with their names */
+	size_t n, next;
+	uint32_t *uids;       /* RENAME INBOX: the messages moved */
+	size_t nuids;
+};
+
+static void rename_job_free(struct imap_session *is)
+{
+	if (!is->rj)
+		return;
+	free(is->rj->uids);
+	free(is->rj);
+	is->rj = NULL;
+}
+
+static void rename_next(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	if (is->dead) {
+		rename_job_free(is);
+		release(is);
+		return;
+	}
+	struct rename_job *rj = is->rj;
+	if (res < 0 || rj->next == rj->n) {
+		rename_job_free(is);
+		if (res < 0)
+			store_error(is, res);
+		else
+			done(is, "OK", "RENAME completed");
+		release(is);
+		return;
+	}
+	size_t i = rj->next++;
+	if (is->state == IMAP_S_SELECTED && strcmp(is->folder_name, rj->from[i]) == 0)
+		snprintf(is->folder_name, sizeof(is->folder_name), "%s", rj->to[i]);
+	/* the hold is passed on */
+	store_folder_rename(is->su, is->loop, rj->from[i], rj->to[i], rename_next, is);
+}
+
+/* Renames from (an existing mailbox, or a \Noselect parent) and every name
+ * below it. */
+static void rename_tree(struct imap_session *is, const char *from, const char *to)
+{
+	size_t fl_len = strlen(from), tl_len = strlen(to);
+	if (strncmp(to, from, fl_len) == 0 && to[fl_len] == '/') {
+		done(is, "NO", "[CANNOT] Cannot rename a mailbox into itself");
+		return;
+	}
+	struct store_folder_info *fl;
+	size_t nf;
+	int rc = store_folder_list(is->su, &fl, &nf);
+	if (rc) {
+		store_error(is, rc);
+		return;
+	}
+	size_t n = 0, bytes = 0;
+	bool clash = false;
+	for (size_t i = 0; i < nf; i++) {
+		const char *name = fl[i].name;
+		if (!fl[i].exists)
+			continue;
+		if (strcmp(name, from) == 0 ||
+		    (strncmp(name, from, fl_len) == 0 && name[fl_len] == '/')) {
+			n++;
+			bytes += 2 * strlen(name) + tl_len + 2;
+		}
+	}
+	if (n == 0) {
+		free(fl);
+		done(is, "NO", "[NONEXISTENT] No such mailbox");
+		return;
+	}
+	struct rename_job *rj = calloc(1, sizeof(*rj) + 2 * n * sizeof(char *) + bytes);
+	if (!rj) {
+		free(fl);
+		store_error(is, -ENOMEM);
+		return;
+	}
+	rj->from = (char **)(rj + 1);
+	rj->to = rj->from + n;
+	char *p = (char *)(rj->to + n);
+	for (size_t i = 0; i < nf; i++) {
+		const char *name = fl[i].name;
+		size_t len = strlen(name);
+		if (!fl[i].exists || !(strcmp(name, from) == 0 ||
+				       (strncmp(name, from, fl_len) == 0 && name[fl_len] == '/')))
+			continue;
+		/* the folder list is sorted: a parent comes before its inferiors */
+		rj->from[rj->n] = p;
+		memcpy(p, name, len + 1);
+		p += len + 1;
+		rj->to[rj->n++] = p;
+		p += sprintf(p, "%s%s", to, name + fl_len) + 1;
+	}
+	for (size_t i = 0; i < rj->n && !clash; i++)
+		for (size_t k = 0; k < nf && !clash; k++)
+			clash = fl[k].exists && strcmp(fl[k].name, rj->to[i]) == 0;
+	free(fl);
+	if (clash) {
+		free(rj);
+		done(is, "NO", "[ALREADYEXISTS] Mailbox already exists");
+		return;
+	}
+	is->rj = rj;
+	set_busy(is, true);
+	hold(is);
+	rename_next(is, 0);
+}
+
+static void inbox_moved(void *arg, int res);
+
+static void inbox_undone(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	(void)res;
+	inbox_moved(is, is->undo_err);
+}
+
+/* store_copy's end: on failure the new mailbox (with the copies made so
+ * far; nothing left INBOX) is deleted again before the NO. */
+static void inbox_move_done(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	if (res < 0 && !is->dead) {
+		is->undo_err = res;
+		store_folder_close(&is->other2);
+		store_folder_delete(is->su, is->loop, is->rj->to[0], inbox_undone, is);
+		return;
+	}
+	inbox_moved(is, res);
+}
+
+static void inbox_moved(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	if (is->other != is->folder)
+		store_folder_close(&is->other);
+	else
+		is->other = NULL;
+	store_folder_close(&is->other2);
+	if (is->dead) {
+		rename_job_free(is);
+		release(is);
+		return;
+	}
+	rename_job_free(is);
+	if (res < 0)
+		store_error(is, res);
+	else
+		done(is, "OK", "RENAME completed");
+	release(is);
+}
+
+static void inbox_rename_dst(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead || res < 0) {
+		if (folder)
+			store_folder_close(&folder);
+		inbox_moved(is, res < 0 ? res : -ECONNRESET);
+		return;
+	}
+	is->other2 = folder;
+	struct store_view *v;
+	int rc = store_view_open(is->other, &v);
+	if (rc) {
+		inbox_moved(is, rc);
+		return;
+	}
+	size_t n = store_view_count(v);
+	is->rj->uids = malloc((n ? n : 1) * sizeof(uint32_t) * 2);
+	if (!is->rj->uids) {
+		store_view_free(&v);
+		inbox_moved(is, -ENOMEM);
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		is->rj->uids[i] = store_view_msg(v, i)->uid;
+	store_view_free(&v);
+	is->rj->nuids = n;
+	if (n == 0) {
+		inbox_moved(is, 0);
+		return;
+	}
+	store_copy(is->other, is->loop, is->rj->uids, n, is->other2, true, is->rj->uids + n,
+		   inbox_move_done, is);
+}
+
+static void inbox_rename_src(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead || res < 0) {
+		if (folder)
+			store_folder_close(&folder);
+		inbox_moved(is, res < 0 ? res : -ECONNRESET);
+		return;
+	}
+	is->other = folder;
+	store_folder_open(is->su, is->loop, is->rj->to[0], inbox_rename_dst, is);
+}
+
+static void inbox_rename_created(void *arg, int res)
+{
+	struct imap_session *is = arg;
+	if (is->dead || res < 0) {
+		inbox_moved(is, res < 0 ? res : -ECONNRESET);
+		return;
+	}
+	if (is->state == IMAP_S_SELECTED && strcmp(is->folder_name, "INBOX") == 0) {
+		is->other = is->folder; /* not closed by inbox_moved */
+		store_folder_open(is->su, is->loop, is->rj->to[0], inbox_rename_dst, is);
+		return;
+	}
+	store_folder_open(is->su, is->loop, "INBOX", inbox_rename_src, is);
+}
+
+static void rename_inbox(struct imap_session *is, const char *to)
+{
+	size_t len = strlen(to);
+	struct rename_job *rj = calloc(1, sizeof(*rj) + 2 * sizeof(char *) + len + 1);
+	if (!rj) {
+		store_error(is, -ENOMEM);
+		return;
+	}
+	rj->from = (char **)(rj + 1);
+	rj->to = rj->from + 1;
+	rj->to[0] = (char *)(rj->to + 1);
+	memcpy(rj->to[0], to, len + 1);
+	rj->n = 1;
+	is->rj = rj;
+	set_busy(is, true);
+	hold(is);
+	store_folder_create(is->su, is->loop, to, inbox_rename_created, is);
+}
+
 static void cmd_rename(struct imap_session *is, size_t a)
 {
 	char from[STORE_NAME_MAX + 1], to[STORE_NAME_MAX + 1];
 	if (!mailbox_arg(is, a, from, sizeof(from)) || !mailbox_arg(is, a + 1, to, sizeof(to)))
 		return;
-	if (strcmp(from, "INBOX") == 0) {
-		done(is, "NO", "[CANNOT] Renaming INBOX is not supported");
+	if (strcmp(to, "INBOX") == 0) {
+		done(is, "NO", "[ALREADYEXISTS] INBOX always exists");
 		return;
 	}
-	set_busy(is, true);
-	hold(is);
-	store_folder_rename(is->su, stream_loop(is->s), from, to, folder_change_cb, is);
+	if (strcmp(from, "INBOX") == 0) {
+		rename_inbox(is, to);
+		return;
+	}
+	rename_tree(is, from, to);
 }
 
 static void subscribe_common(struct imap_session *is, size_t a, bool on)
@@ -1785,87 +2050,447 @@ static bool list_match(const char *pat, const char *name)
 	}
 }
 
-static void list_common(struct imap_session *is, size_t a, bool lsub)
+/* LIST (RFC 3501 6.3.8) with LIST-EXTENDED (RFC 5258), LIST-STATUS
+ * (RFC 5819) and the SPECIAL-USE selection (RFC 6154).
+ *
+ * Hierarchy parents that are not mailboxes (after CREATE a/b/c, or DELETE
+ * of a parent) are not stored: LIST derives them from the names below them
+ * and shows them \Noselect (\NonExistent with the extended syntax). */
+
+struct lentry {
+	const char *p;       /* into the folder list; not NUL-terminated */
+	uint16_t len;
+	uint8_t special;
+	bool exists, subscribed;
+	bool children;       /* an existing mailbox below it */
+	bool sel;            /* meets the selection options */
+	bool child_sel;      /* a mailbox below it does */
+};
+
+enum {
+	LSEL_SUBSCRIBED = 1, LSEL_REMOTE = 2, LSEL_RECURSIVE = 4, LSEL_SPECIAL = 8,
+	LRET_SUBSCRIBED = 1, LRET_CHILDREN = 2, LRET_SPECIAL = 4, LRET_STATUS = 8,
+};
+
+struct list_job {
+	struct store_folder_info *fl;
+	struct lentry *e;
+	size_t n, next;
+	unsigned sel, ret;
+	bool extended;
+	size_t status_at;    /* token index of the STATUS items list */
+	size_t pats_at, npats;
+	char ref[STORE_NAME_MAX + 1];
+};
+
+static void out_status_items(struct imap_session *is, const struct store_folder_status *st,
+			     size_t list_at);
+static bool status_items_ok(struct imap_session *is, size_t list_at);
+
+static int lentry_cmp(const void *a, const void *b)
+{
+	const struct lentry *x = a, *y = b;
+	size_t n = x->len < y->len ? x->len : y->len;
+	int c = memcmp(x->p, y->p, n);
+	if (c)
+		return c;
+	return x->len < y->len ? -1 : x->len > y->len;
+}
+
+/* The entry's name, NUL-terminated, in buf (STORE_NAME_MAX + 1 bytes). */
+static char *lentry_name(const struct lentry *x, char *buf)
+{
+	memcpy(buf, x->p, x->len);
+	buf[x->len] = '\0';
+	return buf;
+}
+
+static struct lentry *lentry_find(struct list_job *lj, const char *p, size_t len)
+{
+	struct lentry key = { .p = p, .len = (uint16_t)len };
+	return bsearch(&key, lj->e, lj->n, sizeof(key), lentry_cmp);
+}
+
+/* The entries: every listed name and every hierarchy parent of one,
+ * sorted, merged, with their children and selection marks. */
+static int list_build(struct imap_session *is, struct list_job *lj)
+{
+	size_t nf, cap = 0;
+	int rc = store_folder_list(is->su, &lj->fl, &nf);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < nf; i++) {
+		cap++;
+		for (const char *c = lj->fl[i].name; *c; c++)
+			cap += *c == '/';
+	}
+	lj->e = calloc(cap ? cap : 1, sizeof(*lj->e));
+	if (!lj->e)
+		return -ENOMEM;
+	size_t n = 0;
+	for (size_t i = 0; i < nf; i++) {
+		const struct store_folder_info *f = &lj->fl[i];
+		size_t len = strlen(f->name);
+		lj->e[n++] = (struct lentry){ f->name, (uint16_t)len, (uint8_t)f->special,
+					      f->exists, f->subscribed, false, false, false };
+		for (size_t k = 1; k < len; k++)
+			if (f->name[k] == '/')
+				lj->e[n++] = (struct lentry){ .p = f->name, .len = (uint16_t)k };
+	}
+	qsort(lj->e, n, sizeof(*lj->e), lentry_cmp);
+	size_t w = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (w && lentry_cmp(&lj->e[w - 1], &lj->e[i]) == 0) {
+			struct lentry *d = &lj->e[w - 1];
+			d->exists |= lj->e[i].exists;
+			d->subscribed |= lj->e[i].subscribed;
+			if (lj->e[i].special)
+				d->special = lj->e[i].special;
+			continue;
+		}
+		lj->e[w++] = lj->e[i];
+	}
+	lj->n = w;
+	for (size_t i = 0; i < w; i++) {
+		struct lentry *x = &lj->e[i];
+		x->sel = true;
+		if (lj->sel & LSEL_SUBSCRIBED)
+			x->sel &= x->subscribed;
+		if (lj->sel & LSEL_SPECIAL)
+			x->sel &= x->exists && x->special != STORE_SPECIAL_NONE;
+		if (!(lj->sel & (LSEL_SUBSCRIBED | LSEL_SPECIAL)))
+			x->sel = x->exists;
+	}
+	/* Mark the ancestors of every existing / selected entry. */
+	for (size_t i = 0; i < w; i++) {
+		struct lentry *x = &lj->e[i];
+		if (!x->exists && !x->sel)
+			continue;
+		for (size_t k = x->len; k-- > 1;) {
+			if (x->p[k] != '/')
+				continue;
+			struct lentry *up = lentry_find(lj, x->p, k);
+			if (!up)
+				continue;
+			up->children |= x->exists;
+			up->child_sel |= x->sel;
+		}
+	}
+	return 0;
+}
+
+static bool list_name_matches(struct list_job *lj, struct imap_session *is, const char *name)
+{
+	for (size_t k = 0; k < lj->npats; k++) {
+		char pat[2 * STORE_NAME_MAX + 2], full[3 * STORE_NAME_MAX + 4];
+		size_t i = lj->pats_at + k;
+		if (lj->npats > 1 || is->toks[lj->pats_at].kind == T_LBEGIN)
+			i = lj->pats_at + 1 + k;
+		ssize_t n = name_decode(is, tok_span(is, i), pat, STORE_NAME_MAX);
+		if (n < 0)
+			continue;
+		pat[n] = '\0';
+		snprintf(full, sizeof(full), "%s%s", lj->ref, pat);
+		if (list_match(full, name))
+			return true;
+		if (strcmp(name, "INBOX") == 0 || strncmp(name, "INBOX/", 6) == 0) {
+			/* INBOX matches case-insensitively. */
+			for (size_t c = 0; c < 5 && full[c]; c++)
+				full[c] = (char)toupper((unsigned char)full[c]);
+			if (list_match(full, name))
+				return true;
+		}
+	}
+	return false;
+}
+
+/* Whether an entry below x meets the selection but is not listed itself
+ * (its name does not match): RFC 5258 3.5 lists a parent that does not
+ * meet the selection only then, with CHILDINFO. */
+static bool list_child_unlisted(struct list_job *lj, struct imap_session *is,
+				const struct lentry *x)
+{
+	for (size_t i = 0; i < lj->n; i++) {
+		const struct lentry *c = &lj->e[i];
+		if (!c->sel || c->len <= x->len + 1 || c->p[x->len] != '/' ||
+		    memcmp(c->p, x->p, x->len) != 0)
+			continue;
+		char name[STORE_NAME_MAX + 1];
+		lentry_name(c, name);
+		if (!list_name_matches(lj, is, name))
+			return true;
+	}
+	return false;
+}
+
+static void list_job_free(struct imap_session *is)
+{
+	if (!is->lj)
+		return;
+	free(is->lj->fl);
+	free(is->lj->e);
+	free(is->lj);
+	is->lj = NULL;
+}
+
+static void list_pump(struct imap_session *is);
+
+static void list_status_opened(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead) {
+		if (folder)
+			store_folder_close(&folder);
+		release(is);
+		return;
+	}
+	if (res == 0) {
+		struct store_folder_status st;
+		store_folder_status(folder, &st);
+		store_folder_close(&folder);
+		const struct lentry *x = &is->lj->e[is->lj->next - 1];
+		char name[STORE_NAME_MAX + 1];
+		lentry_name(x, name);
+		out_str(is, "* STATUS ");
+		out_mailbox(is, name);
+		out_status_items(is, &st, is->lj->status_at);
+	}
+	/* A mailbox deleted meanwhile just has no STATUS (RFC 5819 says to
+	 * skip what cannot be opened). */
+	list_pump(is);
+	release(is);
+}
+
+/* Writes the LIST lines from lj->next on; pauses for STATUS. */
+static void list_pump(struct imap_session *is)
+{
+	static const char *const special[] = { "", "\\Sent", "\\Drafts", "\\Trash", "\\Junk",
+					       "\\Archive" };
+	struct list_job *lj = is->lj;
+	while (lj->next < lj->n) {
+		const struct lentry *x = &lj->e[lj->next++];
+		char name[STORE_NAME_MAX + 1];
+		lentry_name(x, name);
+		bool recursive = (lj->sel & LSEL_RECURSIVE) && x->child_sel;
+		if (!(x->sel || recursive ||
+	      (!(lj->sel & (LSEL_SUBSCRIBED | LSEL_SPECIAL)) && x->children)))
+			continue;
+		if (!list_name_matches(lj, is, name))
+			continue;
+		if (!x->sel && recursive && !list_child_unlisted(lj, is, x))
+			continue;
+		char attrs[128];
+		bool subs = (lj->sel & LSEL_SUBSCRIBED) || (lj->ret & LRET_SUBSCRIBED);
+		snprintf(attrs, sizeof(attrs), "%s%s%s%s%s",
+			 x->exists ? "" : lj->extended ? "\\NonExistent " : "\\Noselect ",
+			 x->children ? "\\HasChildren" : "\\HasNoChildren",
+			 subs && x->subscribed ? " \\Subscribed" : "",
+			 x->special && x->exists ? " " : "", x->exists ? special[x->special] : "");
+		out_printf(is, "* LIST (%s) \"/\" ", attrs);
+		out_mailbox(is, name);
+		if (recursive) {
+			out_str(is, " (\"CHILDINFO\" (");
+			if (lj->sel & LSEL_SUBSCRIBED)
+				out_str(is, (lj->sel & LSEL_SPECIAL) ? "\"SUBSCRIBED\" " : "\"SUBSCRIBED\"");
+			if (lj->sel & LSEL_SPECIAL)
+				out_str(is, "\"SPECIAL-USE\"");
+			out_str(is, "))");
+		}
+		out_str(is, "\r\n");
+		if (!(lj->ret & LRET_STATUS) || !x->exists)
+			continue;
+		if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
+			struct store_folder_status st;
+			store_folder_status(is->folder, &st);
+			out_str(is, "* STATUS ");
+			out_mailbox(is, name);
+			out_status_items(is, &st, lj->status_at);
+			continue;
+		}
+		set_busy(is, true);
+		hold(is);
+		store_folder_open(is->su, stream_loop(is->s), name, list_status_opened, is);
+		return;
+	}
+	list_job_free(is);
+	done(is, "OK", "LIST completed");
+}
+
+/* LSUB (RFC 3501 6.3.9): the subscriptions, as before LIST-EXTENDED. */
+static void cmd_lsub(struct imap_session *is, size_t a)
 {
 	char ref[STORE_NAME_MAX + 1], pat[2 * STORE_NAME_MAX + 2];
 	if (!is_astring(is, a) || !is_astring(is, a + 1) || a + 2 != is->ntoks) {
-		syntax(is, "Syntax: LIST reference mailbox");
+		syntax(is, "Syntax: LSUB reference mailbox");
 		return;
 	}
 	ssize_t n1 = name_decode(is, tok_span(is, a), ref, sizeof(ref) - 1);
 	ssize_t n2 = name_decode(is, tok_span(is, a + 1), pat, STORE_NAME_MAX);
 	if (n1 < 0 || n2 < 0) {
-		done(is, "OK", "LIST completed");
+		done(is, "OK", "LSUB completed");
+		return;
+	}
+	if (n2 == 0) {
+		out_str(is, "* LSUB (\\Noselect) \"/\" \"\"\r\n");
+		done(is, "OK", "LSUB completed");
 		return;
 	}
 	ref[n1] = '\0';
 	pat[n2] = '\0';
-	if (n2 == 0) {
-		/* RFC 3501 6.3.8: the hierarchy delimiter and root. */
-		out_printf(is, "* %s (\\Noselect) \"/\" \"\"\r\n", lsub ? "LSUB" : "LIST");
-		done(is, "OK", "%s completed", lsub ? "LSUB" : "LIST");
-		return;
-	}
-	char full[3 * STORE_NAME_MAX + 4];
-	size_t rl = strlen(ref), pl = strlen(pat);
-	memcpy(full, ref, rl);
-	memcpy(full + rl, pat, pl + 1);
-	struct store_folder_info *fl = NULL;
-	size_t nf = 0;
-	int rc = store_folder_list(is->su, &fl, &nf);
+	struct list_job lj = { .sel = LSEL_SUBSCRIBED, .pats_at = a + 1, .npats = 1 };
+	memcpy(lj.ref, ref, (size_t)n1 + 1);
+	int rc = list_build(is, &lj);
 	if (rc) {
+		free(lj.fl);
+		free(lj.e);
 		store_error(is, rc);
 		return;
 	}
-	static const char *const special[] = { "", "\\Sent", "\\Drafts", "\\Trash", "\\Junk",
-					       "\\Archive" };
-	for (size_t i = 0; i < nf; i++) {
-		const char *name = fl[i].name;
-		if (lsub ? !fl[i].subscribed : !fl[i].exists)
+	for (size_t i = 0; i < lj.n; i++) {
+		const struct lentry *x = &lj.e[i];
+		char name[STORE_NAME_MAX + 1];
+		lentry_name(x, name);
+		if (!(x->subscribed || x->child_sel) || !list_name_matches(&lj, is, name))
 			continue;
-		bool match = list_match(full, name);
-		if (!match && strcmp(name, "INBOX") == 0) {
-			/* INBOX matches case-insensitively. */
-			char up[sizeof(full)];
-			size_t k;
-			for (k = 0; full[k] && k + 1 < sizeof(up); k++)
-				up[k] = (char)toupper((unsigned char)full[k]);
-			up[k] = '\0';
-			match = list_match(up, name);
-		}
-		if (!match)
+		/* RFC 3501 6.3.9: a parent of a subscription that "%" does not
+		 * reach is listed \Noselect. */
+		if (!x->subscribed && !list_child_unlisted(&lj, is, x))
 			continue;
-		size_t nl = strlen(name);
-		bool children = false;
-		for (size_t j = 0; j < nf && !children; j++)
-			children = fl[j].exists && strncmp(fl[j].name, name, nl) == 0 &&
-				   fl[j].name[nl] == '/';
-		out_printf(is, "* %s (%s%s%s%s) \"/\" ", lsub ? "LSUB" : "LIST",
-			   children ? "\\HasChildren" : "\\HasNoChildren",
-			   fl[i].special ? " " : "", special[fl[i].special],
-			   fl[i].exists ? "" : " \\NonExistent");
+		out_printf(is, "* LSUB (%s) \"/\" ", x->exists && x->subscribed ? "" : "\\Noselect");
 		out_mailbox(is, name);
 		out_str(is, "\r\n");
 	}
-	free(fl);
-	done(is, "OK", "%s completed", lsub ? "LSUB" : "LIST");
+	free(lj.fl);
+	free(lj.e);
+	done(is, "OK", "LSUB completed");
 }
 
-static void cmd_list(struct imap_session *is, size_t a) { list_common(is, a, false); }
-static void cmd_lsub(struct imap_session *is, size_t a) { list_common(is, a, true); }
+/* Options in a list at toks[i]: names[k] sets bit 1 << k. Returns the
+ * index past the list, or 0 for an unknown option. */
+static size_t list_opts(struct imap_session *is, size_t i, const char *const *names, size_t nn,
+			unsigned *bits_r, size_t *status_at_r)
+{
+	size_t end = list_end(is, i);
+	for (size_t k = i + 1; k + 1 < end; k++) {
+		bool known = false;
+		for (size_t b = 0; b < nn && !known; b++)
+			if (is_atom(is, k, names[b])) {
+				*bits_r |= 1u << b;
+				known = true;
+			}
+		if (!known)
+			return 0;
+		if (status_at_r && is_atom(is, k, "STATUS")) {
+			/* STATUS (one or more items) */
+			if (k + 1 >= end - 1 || is->toks[k + 1].kind != T_LBEGIN ||
+			    list_end(is, k + 1) == k + 3)
+				return 0;
+			*status_at_r = k + 1;
+			k = list_end(is, k + 1) - 1;
+		}
+	}
+	return end;
+}
+
+static void cmd_list(struct imap_session *is, size_t a)
+{
+	static const char *const sel_names[] = { "SUBSCRIBED", "REMOTE", "RECURSIVEMATCH",
+						 "SPECIAL-USE" };
+	static const char *const ret_names[] = { "SUBSCRIBED", "CHILDREN", "SPECIAL-USE",
+						 "STATUS" };
+	struct list_job *lj = calloc(1, sizeof(*lj));
+	if (!lj) {
+		store_error(is, -ENOMEM);
+		return;
+	}
+	size_t i = a;
+	if (i < is->ntoks && is->toks[i].kind == T_LBEGIN) {
+		lj->extended = true;
+		if (!(i = list_opts(is, i, sel_names, 4, &lj->sel, NULL))) {
+			free(lj);
+			syntax(is, "Unknown LIST selection option");
+			return;
+		}
+		/* RFC 5258 3: RECURSIVEMATCH needs a real selection option. */
+		if ((lj->sel & LSEL_RECURSIVE) && !(lj->sel & (LSEL_SUBSCRIBED | LSEL_SPECIAL))) {
+			free(lj);
+			syntax(is, "RECURSIVEMATCH needs another selection option");
+			return;
+		}
+	}
+	if (!is_astring(is, i)) {
+		free(lj);
+		syntax(is, "Syntax: LIST [(options)] reference mailbox [RETURN (options)]");
+		return;
+	}
+	ssize_t n1 = name_decode(is, tok_span(is, i), lj->ref, sizeof(lj->ref) - 1);
+	lj->ref[n1 < 0 ? 0 : n1] = '\0';
+	i++;
+	lj->pats_at = i;
+	if (i < is->ntoks && is->toks[i].kind == T_LBEGIN) {
+		lj->extended = true;
+		size_t end = list_end(is, i);
+		for (size_t k = i + 1; k + 1 < end; k++)
+			if (!is_astring(is, k))
+				end = 0;
+		if (end < i + 3) {
+			free(lj);
+			syntax(is, "Invalid LIST pattern list");
+			return;
+		}
+		lj->npats = end - i - 2;
+		i = end;
+	} else if (is_astring(is, i)) {
+		lj->npats = 1;
+		i++;
+	} else {
+		free(lj);
+		syntax(is, "Syntax: LIST [(options)] reference mailbox [RETURN (options)]");
+		return;
+	}
+	if (i < is->ntoks) {
+		lj->extended = true;
+		if (!is_atom(is, i, "RETURN") || i + 1 >= is->ntoks ||
+		    is->toks[i + 1].kind != T_LBEGIN ||
+		    !(i = list_opts(is, i + 1, ret_names, 4, &lj->ret, &lj->status_at)) ||
+		    i != is->ntoks || ((lj->ret & LRET_STATUS) && !status_items_ok(is, lj->status_at))) {
+			free(lj);
+			syntax(is, "Invalid LIST return options");
+			return;
+		}
+	}
+	if (n1 < 0) {
+		free(lj);
+		done(is, "OK", "LIST completed");
+		return;
+	}
+	if (lj->npats == 1 && !lj->extended && tok_span(is, lj->pats_at).len == 0) {
+		/* RFC 3501 6.3.8: the hierarchy delimiter and root. */
+		free(lj);
+		out_str(is, "* LIST (\\Noselect) \"/\" \"\"\r\n");
+		done(is, "OK", "LIST completed");
+		return;
+	}
+	is->lj = lj;
+	int rc = list_build(is, lj);
+	if (rc) {
+		list_job_free(is);
+		store_error(is, rc);
+		return;
+	}
+	list_pump(is);
+}
 
 /* ---- STATUS ---------------------------------------------------------------------------------- */
 
-/* "* STATUS" for the command's arguments (mailbox at 2, items at 3). */
-static void status_reply(struct imap_session *is, const struct store_folder_status *st)
+/* " (ITEM n ...)\r\n" for the STATUS items in the list at toks[list_at]. */
+static void out_status_items(struct imap_session *is, const struct store_folder_status *st,
+			     size_t list_at)
 {
-	size_t a = 2;
-	out_str(is, "* STATUS ");
-	out_string(is, tok_span(is, a));
 	out_str(is, " (");
-	size_t end = list_end(is, a + 1) - 1;
+	size_t end = list_end(is, list_at) - 1;
 	bool first = true;
-	for (size_t i = a + 2; i < end; i++) {
+	for (size_t i = list_at + 1; i < end; i++) {
 		const char *it = tok_str(is, i);
 		uint64_t v;
 		if (!strcasecmp(it, "MESSAGES"))
@@ -1895,7 +2520,31 @@ static void status_reply(struct imap_session *is, const struct store_folder_stat
 		first = false;
 	}
 	out_str(is, ")\r\n");
+}
+
+/* "* STATUS" for the command's arguments (mailbox at 2, items at 3). */
+static void status_reply(struct imap_session *is, const struct store_folder_status *st)
+{
+	out_str(is, "* STATUS ");
+	out_string(is, tok_span(is, 2));
+	out_status_items(is, st, 3);
 	done(is, "OK", "STATUS completed");
+}
+
+/* Whether the list at toks[list_at] holds only known STATUS items. */
+static bool status_items_ok(struct imap_session *is, size_t list_at)
+{
+	static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
+					  "RECENT", "SIZE", "HIGHESTMODSEQ", "DELETED" };
+	size_t end = list_end(is, list_at) - 1;
+	for (size_t i = list_at + 1; i < end; i++) {
+		bool known = false;
+		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
+			known |= is_atom(is, i, ok[k]);
+		if (!known)
+			return false;
+	}
+	return true;
 }
 
 static void status_opened(void *arg, int res, struct store_folder *folder)
@@ -1929,16 +2578,9 @@ static void cmd_status(struct imap_session *is, size_t a)
 		syntax(is, "Syntax: STATUS mailbox (items)");
 		return;
 	}
-	for (size_t i = a + 2; i + 1 < is->ntoks; i++) {
-		static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
-						  "RECENT", "SIZE", "HIGHESTMODSEQ", "DELETED" };
-		bool known = false;
-		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
-			known |= is_atom(is, i, ok[k]);
-		if (!known) {
-			syntax(is, "Unknown STATUS item");
-			return;
-		}
+	if (!status_items_ok(is, a + 1)) {
+		syntax(is, "Unknown STATUS item");
+		return;
 	}
 	if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
 		struct store_folder_status st;
@@ -1949,6 +2591,90 @@ static void cmd_status(struct imap_session *is, size_t a)
 	set_busy(is, true);
 	hold(is);
 	store_folder_open(is->su, stream_loop(is->s), name, status_opened, is);
+}
+
+/* ---- QUOTA (RFC 9208) ------------------------------------------------------------------------ */
+
+/* The quota root is the user: one root "" over every mailbox. "* QUOTA"
+ * lists the limited resources (STORAGE in KiB, MESSAGE); false when
+ * nothing is limited (then there is no quota root at all). */
+static bool out_quota(struct imap_session *is)
+{
+	uint64_t bytes, msgs, lb, lm;
+	store_user_quota(is->su, &bytes, &msgs, &lb, &lm);
+	if (!lb && !lm)
+		return false;
+	out_str(is, "* QUOTA \"\" (");
+	if (lb)
+		out_printf(is, "STORAGE %" PRIu64 " %" PRIu64, (bytes + 1023) / 1024, lb / 1024);
+	if (lm)
+		out_printf(is, "%sMESSAGE %" PRIu64 " %" PRIu64, lb ? " " : "", msgs, lm);
+	out_str(is, ")\r\n");
+	return true;
+}
+
+static bool quota_limited(struct imap_session *is)
+{
+	uint64_t bytes, msgs, lb, lm;
+	store_user_quota(is->su, &bytes, &msgs, &lb, &lm);
+	return lb || lm;
+}
+
+/* Whether the folder exists (from the folder list; INBOX always does). */
+static int folder_exists(struct imap_session *is, const char *name)
+{
+	if (strcmp(name, "INBOX") == 0)
+		return 1;
+	struct store_folder_info *fl;
+	size_t nf;
+	int rc = store_folder_list(is->su, &fl, &nf);
+	if (rc)
+		return rc;
+	int found = 0;
+	for (size_t i = 0; i < nf && !found; i++)
+		found = fl[i].exists && strcmp(fl[i].name, name) == 0;
+	free(fl);
+	return found;
+}
+
+static void cmd_getquotaroot(struct imap_session *is, size_t a)
+{
+	char name[STORE_NAME_MAX + 1];
+	if (!mailbox_arg(is, a, name, sizeof(name)))
+		return;
+	if (a + 1 != is->ntoks) {
+		syntax(is, "Syntax: GETQUOTAROOT mailbox");
+		return;
+	}
+	int rc = folder_exists(is, name);
+	if (rc <= 0) {
+		store_error(is, rc ? rc : -ENOENT);
+		return;
+	}
+	out_str(is, "* QUOTAROOT ");
+	out_mailbox(is, name);
+	out_str(is, quota_limited(is) ? " \"\"\r\n" : "\r\n");
+	out_quota(is);
+	done(is, "OK", "GETQUOTAROOT completed");
+}
+
+static void cmd_getquota(struct imap_session *is, size_t a)
+{
+	if (!is_astring(is, a) || a + 1 != is->ntoks) {
+		syntax(is, "Syntax: GETQUOTA root");
+		return;
+	}
+	if (tok_span(is, a).len != 0 || !out_quota(is)) {
+		done(is, "NO", "[NONEXISTENT] No such quota root");
+		return;
+	}
+	done(is, "OK", "GETQUOTA completed");
+}
+
+static void cmd_setquota(struct imap_session *is, size_t a)
+{
+	(void)a;
+	done(is, "NO", "[NOPERM] Quotas are set by the administrator");
 }
 
 /* ---- FETCH ----------------------------------------------------------------------------------- */
@@ -2709,6 +3435,19 @@ static void cmd_store(struct imap_session *is, size_t a)
 
 /* ---- COPY / MOVE ------------------------------------------------------------------------------ */
 
+static void copy_undone(void *arg, int res, uint64_t modseq)
+{
+	struct imap_session *is = arg;
+	(void)modseq;
+	if (res < 0 && !is->dead)
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-undo-error",
+		       "user=%s error=%s", is->user, strerror(-res));
+	store_folder_close(&is->other);
+	if (!is->dead)
+		store_error(is, is->undo_err);
+	release(is);
+}
+
 static void copy_done(void *arg, int res)
 {
 	struct imap_session *is = arg;
@@ -2719,6 +3458,18 @@ static void copy_done(void *arg, int res)
 	}
 	bool move = is->cmd && strcasecmp(is->cmd->name, "MOVE") == 0;
 	if (res < 0) {
+		/* RFC 3501 6.4.7: a failed COPY leaves the destination as it
+		 * was. The copies made before the error (over quota half way)
+		 * are expunged before the reply. */
+		size_t n = 0;
+		for (size_t k = 0; k < is->nuids; k++)
+			if (is->uids2[k])
+				is->uids2[n++] = is->uids2[k];
+		if (n) {
+			is->undo_err = res;
+			store_expunge(is->other, stream_loop(is->s), is->uids2, n, copy_undone, is);
+			return; /* the hold is passed on */
+		}
 		store_folder_close(&is->other);
 		store_error(is, res);
 		release(is);
@@ -3093,19 +3844,36 @@ static void cmd_search(struct imap_session *is, size_t a)
 
 /* ---- APPEND ----------------------------------------------------------------------------------- */
 
-static void append_reset(struct imap_session *is)
+/* APPEND with MULTIAPPEND (RFC 3502): each message streams into its own
+ * store_append and is committed when its literal ends, one at a time; the
+ * UIDs are kept until the command's EOL. All or nothing: when one message
+ * fails (over quota, too big, bad syntax, the client goes away), those
+ * already committed are expunged before the reply. */
+
+static void append_msg_reset(struct imap_session *is)
 {
 	if (is->append)
 		store_append_abort(&is->append);
-	store_folder_close(&is->other);
 	free(is->mime);
 	is->mime = NULL;
 	free(is->overflow);
 	is->overflow = NULL;
 	is->overflow_len = 0;
 	is->append_data = false;
-	is->append_done = false;
 	is->append_rc = 0;
+}
+
+static void append_reset(struct imap_session *is)
+{
+	append_msg_reset(is);
+	is->append_done = false;
+	store_folder_close(&is->other);
+	free(is->append_uids);
+	is->append_uids = NULL;
+	is->append_nuids = is->append_cap = 0;
+	is->append_active = false;
+	is->append_why = NULL;
+	is->undo_err = 0;
 }
 
 static void append_ready(void *arg)
@@ -3151,43 +3919,115 @@ static void append_put(struct imap_session *is, struct span chunk)
 	update_input(is);
 }
 
+/* The tagged reply of a failed APPEND once the undo is durable (or at
+ * once when nothing was committed). */
+static void append_fail_reply(struct imap_session *is)
+{
+	int err = is->undo_err;
+	const char *why = is->append_why;
+	append_reset(is);
+	if (why) {
+		bad(is, why);
+		cmd_end(is);
+	} else if (err == -ENOENT) {
+		done(is, "NO", "[TRYCREATE] No such mailbox");
+	} else {
+		store_error(is, err);
+	}
+}
+
+static void append_undone(void *arg, int res, uint64_t modseq)
+{
+	struct imap_session *is = arg;
+	(void)modseq;
+	if (res < 0 && !is->dead)
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-undo-error",
+		       "user=%s error=%s", is->user, strerror(-res));
+	if (is->dead)
+		append_reset(is);
+	else
+		append_fail_reply(is);
+	release(is);
+}
+
+/* Expunges what this APPEND committed, then replies (err, or BAD why).
+ * Also for a session that is gone (then nothing is replied). */
+static void append_undo(struct imap_session *is, int err, const char *why)
+{
+	append_msg_reset(is);
+	if (!is->undo_err)
+		is->undo_err = err;
+	if (!is->append_why)
+		is->append_why = why;
+	if (is->append_nuids && is->other) {
+		set_busy(is, true);
+		hold(is);
+		store_expunge(is->other, is->loop, is->append_uids, is->append_nuids, append_undone,
+			      is);
+		return;
+	}
+	if (!is->dead)
+		append_fail_reply(is);
+	else
+		append_reset(is);
+}
+
+/* EOL after the last message: the reply. */
+static void append_end(struct imap_session *is)
+{
+	if (is->undo_err || is->append_nuids == 0) {
+		append_undo(is, is->undo_err ? is->undo_err : -EINVAL, NULL);
+		return;
+	}
+	struct store_folder_status st;
+	store_folder_status(is->other, &st);
+	sync_mailbox(is, true);
+	out_printf(is, "%s OK [APPENDUID %" PRIu32 " ", is->tag, st.uidvalidity);
+	out_uidset(is, is->append_uids, is->append_nuids);
+	out_str(is, "] APPEND completed\r\n");
+	out_flush(is);
+	append_reset(is);
+	cmd_end(is);
+}
+
 static void append_committed(void *arg, int res, uint32_t uid)
 {
 	struct imap_session *is = arg;
 	is->append = NULL; /* freed by the store after this returns */
+	append_msg_reset(is);
+	if (res == 0) {
+		/* append_literal() made room before this message started */
+		is->append_uids[is->append_nuids++] = uid;
+	} else if (!is->undo_err) {
+		is->undo_err = res;
+	}
 	if (is->dead) {
-		append_reset(is);
+		append_undo(is, res, NULL);
 		release(is);
 		return;
 	}
-	struct store_folder_status st = { 0 };
-	if (is->other)
-		store_folder_status(is->other, &st);
-	append_reset(is);
-	if (res < 0)
-		store_error(is, res);
-	else
-		done(is, "OK", "[APPENDUID %" PRIu32 " %" PRIu32 "] APPEND completed",
-		     st.uidvalidity, uid);
+	set_busy(is, false);
 	release(is);
 }
 
-/* EOL after the message literal: commit. */
-static void append_finish(struct imap_session *is)
+/* The end of a message literal: commit it (the rest of the command waits
+ * until it is durable). */
+static void append_msg_end(struct imap_session *is)
 {
 	is->append_data = false;
 	if (is->append_rc) {
-		int rc = is->append_rc;
-		append_reset(is);
-		store_error(is, rc);
+		if (!is->undo_err)
+			is->undo_err = is->append_rc;
+		append_msg_reset(is);
 		return;
 	}
 	uint8_t *blob = malloc(MIME_BLOB_MAX);
 	size_t blob_len = 0;
 	if (!blob || mime_scan_finish(is->mime, blob, MIME_BLOB_MAX, &blob_len)) {
 		free(blob);
-		append_reset(is);
-		store_error(is, -ENOMEM);
+		if (!is->undo_err)
+			is->undo_err = -ENOMEM;
+		append_msg_reset(is);
 		return;
 	}
 	set_busy(is, true);
@@ -3197,7 +4037,6 @@ static void append_finish(struct imap_session *is)
 	/* The store keeps the append until the callback: a close meanwhile
 	 * must not abort it. */
 	store_append_commit(ap, span_make(blob, blob_len), append_committed, is);
-	is->append = ap;
 	free(blob);
 }
 
@@ -3224,6 +4063,58 @@ static int64_t parse_datetime(struct span s)
 	return days * 86400 + h * 3600 + mi * 60 + se - off;
 }
 
+/* Refuses the message literal just announced: a synchronising one gets
+ * the reply now (without "+", the client sends no data and the command is
+ * over); a non-synchronising one is read and dropped, and the reply waits
+ * for the EOL. */
+static void append_refuse(struct imap_session *is, const struct imap_token *t, int err,
+			  const char *why)
+{
+	if (t->nonsync) {
+		if (t->size > IMAP_DISCARD_MAX) {
+			out_str(is, "* BYE [TOOBIG] Literal too large\r\n");
+			session_close(is, true);
+			/* committed messages are taken back in imap_close() */
+			return;
+		}
+		if (!is->undo_err)
+			is->undo_err = err;
+		if (!is->append_why)
+			is->append_why = why;
+		is->mode = M_DISCARD;
+		is->discard_skip = false; /* the EOL ends the APPEND */
+		return;
+	}
+	/* The next bytes are a new command. */
+	imap_parser_init(&is->parser, IMAP_LINE_MAX);
+	append_undo(is, err, why);
+}
+
+/* Starts the store append of the next message into is->other. */
+static void append_begin_msg(struct imap_session *is, bool nonsync)
+{
+	is->mime = malloc(sizeof(*is->mime));
+	int rc = is->mime ? 0 : -ENOMEM;
+	if (!rc) {
+		mime_scan_init(is->mime);
+		mime_scan_limits(is->mime, cfg_of(is)->mime_depth_max, cfg_of(is)->mime_parts_max);
+		rc = store_append_begin(is->loop, &is->other, 1, is->append_date, is->append_flags,
+					is->append_kw, is->append_nkw, append_ready, is,
+					&is->append);
+	}
+	if (rc) {
+		struct imap_token t = { .nonsync = nonsync, .size = is->append_size };
+		append_msg_reset(is);
+		append_refuse(is, &t, rc, NULL);
+		return;
+	}
+	is->append_data = true;
+	if (!nonsync) {
+		out_str(is, "+ Ready for literal data\r\n");
+		out_flush(is);
+	}
+}
+
 static void append_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
@@ -3233,71 +4124,38 @@ static void append_opened(void *arg, int res, struct store_folder *folder)
 		release(is);
 		return;
 	}
-	bool nonsync = is->discard_left != 0; /* set by the literal handler */
-	uint64_t size = is->append_size;
+	bool nonsync = is->append_nonsync;
+	set_busy(is, false);
 	if (res < 0) {
-		if (nonsync) {
-			is->mode = M_DISCARD;
-			is->discard_skip = true;
-		} else {
-			imap_parse_literal_skip(&is->parser);
-			imap_parser_init(&is->parser, IMAP_LINE_MAX);
-		}
-		if (res == -ENOENT)
-			done(is, "NO", "[TRYCREATE] No such mailbox");
-		else
-			store_error(is, res);
+		struct imap_token t = { .nonsync = nonsync, .size = is->append_size };
+		append_refuse(is, &t, res, NULL);
 		release(is);
 		return;
 	}
 	is->other = folder;
-	is->mime = malloc(sizeof(*is->mime));
-	int rc = is->mime ? 0 : -ENOMEM;
-	if (!rc) {
-		mime_scan_init(is->mime);
-		mime_scan_limits(is->mime, cfg_of(is)->mime_depth_max, cfg_of(is)->mime_parts_max);
-		rc = store_append_begin(stream_loop(is->s), &is->other, 1, is->append_date,
-					is->append_flags, is->append_kw, is->append_nkw, append_ready,
-					is, &is->append);
-	}
-	if (rc) {
-		append_reset(is);
-		if (nonsync) {
-			is->mode = M_DISCARD;
-			is->discard_skip = true;
-		} else {
-			imap_parse_literal_skip(&is->parser);
-			imap_parser_init(&is->parser, IMAP_LINE_MAX);
-		}
-		store_error(is, rc);
-		release(is);
-		return;
-	}
-	is->discard_left = 0;
-	is->append_data = true;
-	if (!nonsync)
-		out_str(is, "+ Ready for literal data\r\n");
-	out_flush(is);
-	(void)size;
-	set_busy(is, false);
+	append_begin_msg(is, nonsync);
 	release(is);
 }
 
-/* The message literal of an APPEND was announced. Returns false when the
- * command was answered (and the parser state set). */
+/* A message literal of an APPEND was announced; its flags and date are
+ * the tokens from append_argi on. */
 static void append_literal(struct imap_session *is, const struct imap_token *t)
 {
-	size_t a = 2; /* tag APPEND mailbox */
 	char name[STORE_NAME_MAX + 1];
-	bool nonsync = t->nonsync;
 	const char *err = NULL;
+	bool first = !is->append_active;
+	if (first) {
+		is->append_active = true;
+		is->append_argi = 3; /* tag APPEND mailbox */
+	}
+	size_t i = is->append_argi;
 	is->append_flags = 0;
 	is->append_nkw = 0;
 	is->append_date = time(NULL);
-	if (!is_astring(is, a)) {
+	if (first && !is_astring(is, 2)) {
 		err = "Syntax: APPEND mailbox [flags] [date] literal";
-	} else {
-		ssize_t n = name_decode(is, tok_span(is, a), name, sizeof(name) - 1);
+	} else if (first) {
+		ssize_t n = name_decode(is, tok_span(is, 2), name, sizeof(name) - 1);
 		if (n <= 0)
 			err = "Invalid mailbox name";
 		else {
@@ -3306,7 +4164,6 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 				memcpy(name, "INBOX", 6);
 		}
 	}
-	size_t i = a + 1;
 	if (!err && i < is->ntoks && is->toks[i].kind == T_LBEGIN) {
 		size_t end = list_end(is, i);
 		static const char *const names[] = { "\\Seen", "\\Answered", "\\Flagged",
@@ -3340,36 +4197,43 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 		err = "Syntax: APPEND mailbox [flags] [date] literal";
 	if (!err && t->binary)
 		err = "[CANNOT] Binary literals are not supported";
-	const char *no = NULL;
-	if (!err && t->size > cfg_of(is)->message_size_max)
-		no = "[TOOBIG] Message exceeds APPENDLIMIT";
-	if (err || no) {
-		if (nonsync) {
-			if (t->size > IMAP_DISCARD_MAX) {
-				out_str(is, "* BYE [TOOBIG] Literal too large\r\n");
-				session_close(is, true);
-				return;
-			}
-			is->mode = M_DISCARD;
-			is->discard_skip = true;
-		} else {
-			/* The client sends no data without "+": the next bytes
-			 * are a new command. */
-			imap_parser_init(&is->parser, IMAP_LINE_MAX);
-		}
-		if (err) {
-			bad(is, err);
-			cmd_end(is);
-		} else {
-			done(is, "NO", "%s", no);
-		}
+	if (is->cmd_broken) /* too many tokens: this message's flags were lost */
+		err = is->broken_why ? is->broken_why : "Invalid command";
+	/* The tokens after this literal are the next message's. */
+	is->append_argi = is->ntoks;
+	if (err) {
+		append_refuse(is, t, -EINVAL, err);
 		return;
 	}
+	if (t->size > cfg_of(is)->message_size_max) {
+		append_refuse(is, t, -EFBIG, NULL);
+		return;
+	}
+	if (is->undo_err) {
+		/* An earlier message failed: this one is not kept either. */
+		append_refuse(is, t, is->undo_err, NULL);
+		return;
+	}
+	if (is->append_nuids == is->append_cap) {
+		size_t cap = is->append_cap ? is->append_cap * 2 : 8;
+		uint32_t *u = cap <= IMAP_APPEND_MSGS_MAX
+				      ? realloc(is->append_uids, cap * sizeof(*u)) : NULL;
+		if (!u) {
+			append_refuse(is, t, -ENOSPC, NULL);
+			return;
+		}
+		is->append_uids = u;
+		is->append_cap = cap;
+	}
 	is->append_size = t->size;
-	is->discard_left = nonsync ? 1 : 0; /* read by append_opened */
+	is->append_nonsync = t->nonsync;
+	if (!first) {
+		append_begin_msg(is, t->nonsync);
+		return;
+	}
 	set_busy(is, true);
 	hold(is);
-	store_folder_open(is->su, stream_loop(is->s), name, append_opened, is);
+	store_folder_open(is->su, is->loop, name, append_opened, is);
 }
 
 /* ---- IDLE ----------------------------------------------------------------------------------- */
@@ -3431,6 +4295,9 @@ static const struct imap_command commands[] = {
 	{ "LIST", AUTHED, false, SYNC_FULL, cmd_list },
 	{ "LSUB", AUTHED, false, SYNC_FULL, cmd_lsub },
 	{ "STATUS", AUTHED, false, SYNC_FULL, cmd_status },
+	{ "GETQUOTAROOT", AUTHED, false, SYNC_FULL, cmd_getquotaroot },
+	{ "GETQUOTA", AUTHED, false, SYNC_FULL, cmd_getquota },
+	{ "SETQUOTA", AUTHED, false, SYNC_FULL, cmd_setquota },
 	{ "APPEND", AUTHED, false, SYNC_FULL, NULL }, /* see append_literal() */
 	{ "IDLE", AUTHED, false, SYNC_NONE, cmd_idle },
 	{ "CHECK", ST(SELECTED), false, SYNC_FULL, cmd_check },
@@ -3634,7 +4501,7 @@ static void on_literal(struct imap_session *is, const struct imap_token *t)
 		      !is->cmd_broken && is->state != IMAP_S_NOTAUTH;
 	/* APPEND's message literal: the first literal after the mailbox
 	 * (which may itself be a literal: then it has fewer tokens). */
-	if (append && is->ntoks >= 3) {
+	if ((append && is->ntoks >= 3) || is->append_active) {
 		append_literal(is, t);
 		return;
 	}
@@ -3681,6 +4548,13 @@ static ssize_t imap_data(struct stream *s, struct span in)
 		}
 		if (is->busy || is->overflow_len)
 			break;
+		if (is->append_done) {
+			/* The message literal ended and all of it is in the
+			 * store append: commit before reading on. */
+			is->append_done = false;
+			append_msg_end(is);
+			continue;
+		}
 		if (stream_send_pending(s) > send_high(is)) {
 			is->out_blocked = true;
 			update_input(is);
@@ -3725,11 +4599,14 @@ static ssize_t imap_data(struct stream *s, struct span in)
 			break;
 		if (r != IMAP_PARSE_OK) {
 			is->mode = M_SKIP;
-			bool had = is->append_data;
-			if (had)
-				append_reset(is);
-			bad(is, r == IMAP_PARSE_TOO_LONG ? "[TOOBIG] Command line too long"
-							 : "Invalid command syntax");
+			const char *why = r == IMAP_PARSE_TOO_LONG ? "[TOOBIG] Command line too long"
+								   : "Invalid command syntax";
+			if (is->append_active) {
+				/* the messages already committed are taken back */
+				append_undo(is, -EINVAL, why);
+				continue;
+			}
+			bad(is, why);
 			cmd_end(is);
 			continue;
 		}
@@ -3769,6 +4646,8 @@ static ssize_t imap_data(struct stream *s, struct span in)
 		case IMAP_TOK_LITERAL_DATA:
 			if (is->append_data) {
 				append_put(is, t.text);
+				/* committed once the overflow is in the store
+				 * (the loop's top) */
 				if (t.last)
 					is->append_done = true;
 			} else {
@@ -3776,24 +4655,13 @@ static ssize_t imap_data(struct stream *s, struct span in)
 			}
 			break;
 		case IMAP_TOK_EOL:
-			if (is->append_done) {
-				is->append_done = false;
-				append_finish(is);
-			} else if (is->append_data) {
-				append_reset(is);
-				bad(is, "Incomplete APPEND");
-				cmd_end(is);
-			} else {
+			if (is->append_data)
+				append_undo(is, -EINVAL, "Incomplete APPEND");
+			else if (is->append_active)
+				append_end(is);
+			else
 				dispatch(is);
-			}
 			break;
-		}
-		if (is->append_done && t.type != IMAP_TOK_LITERAL_DATA && t.type != IMAP_TOK_EOL) {
-			/* MULTIAPPEND is not offered. */
-			append_reset(is);
-			is->mode = M_SKIP;
-			bad(is, "MULTIAPPEND is not supported");
-			cmd_end(is);
 		}
 		if (is->tls_pending) {
 			/* Whatever came behind an accepted STARTTLS is injected
@@ -3864,7 +4732,9 @@ static void imap_timer(struct stream *s)
 static void imap_shutdown(struct stream *s)
 {
 	struct imap_session *is = stream_session(s);
-	if (is->busy) {
+	if (is->busy || is->append_data || is->append_active || is->fj) {
+		/* A command is running (or an APPEND literal streaming in): it
+		 * finishes within shutdown_grace, then cmd_end() says BYE. */
 		is->shutting_down = true;
 		return;
 	}
@@ -3879,6 +4749,8 @@ static void session_maybe_free(struct imap_session *is)
 	append_reset(is);
 	fetch_free(is);
 	search_free(is);
+	list_job_free(is);
+	rename_job_free(is);
 	mailbox_close(is);
 	store_user_close(&is->su);
 	if (is->user_counted)
@@ -3909,6 +4781,10 @@ static void imap_close(struct stream *s)
 	is->state = IMAP_S_LOGOUT;
 	if (is->folder)
 		store_watch(is->folder, stream_loop(s), NULL, NULL);
+	/* A MULTIAPPEND cut short keeps nothing; with a store call in flight
+	 * its callback does this. */
+	if (is->append_active && !is->busy)
+		append_undo(is, -ECONNRESET, NULL);
 	session_maybe_free(is);
 }
 

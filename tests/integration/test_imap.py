@@ -1324,3 +1324,523 @@ def test_qresync_past_the_expunge_memory_names_every_missing_uid(imapsrv):
     assert sorted(f) == list(range(4, 2305, 2)), len(f)
     assert all(b" MODSEQ (" in l and b"FLAGS (" in l for l in f.values())
     assert vanished(lines).startswith("1:3,5,7,9,11,"), lines[:12]
+
+
+# ---- LIST-EXTENDED, LIST-STATUS, \Noselect parents ---------------------------------------
+
+
+def list_lines(r, cmd):
+    lines, t = r.cmd(cmd)
+    assert b" OK " in t, (cmd, t, lines)
+    return [l.decode().rstrip("\r\n") for l in lines if l.startswith(b"* ")]
+
+
+def by_name(lines):
+    """{mailbox name: the whole line} of "* LIST" lines."""
+    out = {}
+    for l in lines:
+        if l.startswith("* LIST"):
+            out[re.search(r'"/" ("[^"]*"|\S+)', l).group(1).strip('"')] = l
+    return out
+
+
+def test_capability_lists_the_extensions(srv):
+    r = Raw(srv).login()
+    lines, _ = r.cmd("CAPABILITY")
+    caps = lines[0].split()
+    for cap in (b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"QUOTA",
+                b"QUOTA=RES-STORAGE", b"QUOTA=RES-MESSAGE", b"MULTIAPPEND"):
+        assert cap in caps, (cap, lines[0])
+
+
+def test_create_deep_shows_noselect_parents(srv):
+    r = Raw(srv).login()
+    _, t = r.cmd("CREATE a/b/c")
+    assert b" OK " in t, t
+    got = by_name(list_lines(r, 'LIST "" "*"'))
+    assert "\\Noselect" in got["a"] and "\\HasChildren" in got["a"], got
+    assert "\\Noselect" in got["a/b"] and "\\HasChildren" in got["a/b"], got
+    assert "\\Noselect" not in got["a/b/c"] and "\\HasNoChildren" in got["a/b/c"], got
+    # the extended syntax says \NonExistent
+    got = by_name(list_lines(r, 'LIST () "" "a*"'))
+    assert "\\NonExistent" in got["a"] and "\\HasChildren" in got["a"], got
+    # a \Noselect parent cannot be selected or deleted; it can be created
+    _, t = r.cmd("SELECT a")
+    assert b" NO " in t, t
+    _, t = r.cmd("DELETE a/b")
+    assert b" NO " in t, t
+    _, t = r.cmd("CREATE a")
+    assert b" OK " in t, t
+    got = by_name(list_lines(r, 'LIST "" "a"'))
+    assert "\\Noselect" not in got["a"] and "\\HasChildren" in got["a"], got
+
+
+def test_delete_parent_with_children_leaves_noselect(srv):
+    r = Raw(srv).login()
+    for name in ("p", "p/q"):
+        _, t = r.cmd(f"CREATE {name}")
+        assert b" OK " in t
+    r.cmd("SELECT p")
+    _, t = r.cmd("APPEND p {11+}\r\nSubject: x\r\n")
+    assert b" OK " in t, t
+    _, t = r.cmd("UNSELECT")
+    _, t = r.cmd("DELETE p")
+    assert b" OK " in t, t
+    got = by_name(list_lines(r, 'LIST "" "p*"'))
+    assert "\\Noselect" in got["p"] and "\\HasChildren" in got["p"], got
+    assert "\\Noselect" not in got["p/q"], got
+    # the messages went with it: a new p is empty
+    r.cmd("CREATE p")
+    lines, t = r.cmd("STATUS p (MESSAGES)")
+    assert b"MESSAGES 0" in lines[0], lines
+
+
+def test_list_extended_selection_and_return_options(srv):
+    r = Raw(srv).login()
+    for name in ("Foo", "Foo/Bar", "Foo/Baz", "Moo", "Tofu/Lo"):
+        assert b" OK " in r.cmd(f"CREATE {name}")[1]
+    for name in ("Foo/Bar", "Moo", "Gone"):
+        assert b" OK " in r.cmd(f"SUBSCRIBE {name}")[1]
+    r.cmd("SELECT Sent")  # creates the special-use folder
+    r.cmd("UNSELECT")
+    # SUBSCRIBED selection: only subscriptions, with \Subscribed; a
+    # subscription to a missing name says \NonExistent
+    got = by_name(list_lines(r, 'LIST (SUBSCRIBED) "" "*"'))
+    assert set(got) == {"Foo/Bar", "Moo", "Gone"}, got
+    assert all("\\Subscribed" in l for l in got.values()), got
+    assert "\\NonExistent" in got["Gone"], got
+    # LSUB "%": the unsubscribed parent of a subscription is \Noselect
+    lines, _ = r.cmd('LSUB "" "%"')
+    lsub = {l.decode().rsplit(" ", 1)[1].strip().strip('"'): l for l in lines}
+    assert set(lsub) == {"Foo", "Moo", "Gone"}, lines
+    assert b"\\Noselect" in lsub["Foo"] and b"\\Noselect" not in lsub["Moo"], lines
+    lines, _ = r.cmd('LSUB "" "*"')
+    assert len(lines) == 3 and not any(l.endswith(b' "Foo"\r\n') for l in lines), lines
+    # RECURSIVEMATCH: a parent with a subscribed child, CHILDINFO
+    got = by_name(list_lines(r, 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'))
+    assert set(got) == {"Foo", "Moo", "Gone"}, got
+    assert '("CHILDINFO" ("SUBSCRIBED"))' in got["Foo"], got
+    assert "\\Subscribed" not in got["Foo"], got
+    assert "CHILDINFO" not in got["Moo"], got
+    # with "*" the subscribed child is listed itself: no parent for it
+    got = by_name(list_lines(r, 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"'))
+    assert set(got) == {"Foo/Bar", "Moo", "Gone"}, got
+    _, t = r.cmd('LIST (RECURSIVEMATCH) "" "*"')
+    assert b" BAD " in t, t
+    _, t = r.cmd('LIST (BOGUS) "" "*"')
+    assert b" BAD " in t, t
+    # REMOTE is accepted (there are no remote mailboxes)
+    got = by_name(list_lines(r, 'LIST (REMOTE) "" "%"'))
+    assert "Foo" in got and "Tofu" in got and "\\NonExistent" in got["Tofu"], got
+    # SPECIAL-USE selection
+    got = by_name(list_lines(r, 'LIST (SPECIAL-USE) "" "*"'))
+    assert set(got) == {"Sent"} and "\\Sent" in got["Sent"], got
+    # RETURN (SUBSCRIBED CHILDREN SPECIAL-USE)
+    got = by_name(list_lines(r, 'LIST "" "*" RETURN (SUBSCRIBED CHILDREN SPECIAL-USE)'))
+    assert "\\Subscribed" in got["Moo"] and "\\Subscribed" not in got["Foo"], got
+    assert "\\HasChildren" in got["Foo"] and "\\HasNoChildren" in got["Moo"], got
+    assert "\\Sent" in got["Sent"], got
+    assert "Gone" not in got, got  # not a mailbox, and LIST without SUBSCRIBED
+    # several patterns
+    got = by_name(list_lines(r, 'LIST "" ("INBOX" "Sent" "Foo/%")'))
+    assert set(got) == {"INBOX", "Sent", "Foo/Bar", "Foo/Baz"}, got
+    got = by_name(list_lines(r, 'LIST "" ("inbox")'))
+    assert set(got) == {"INBOX"}, got
+    # the reference is prefixed to every pattern
+    got = by_name(list_lines(r, 'LIST "Foo/" ("Bar" "Nope")'))
+    assert set(got) == {"Foo/Bar"}, got
+    _, t = r.cmd('LIST "" "*" RETURN (BOGUS)')
+    assert b" BAD " in t, t
+    _, t = r.cmd('LIST "" ()')
+    assert b" BAD " in t, t
+
+
+def test_list_status(srv):
+    deliver(srv, "alice@example.com", subject="one")
+    deliver(srv, "alice@example.com", subject="two")
+    c = imap(srv)
+    c.create("Box")
+    c.append("Box", r"(\Seen)", None, b"Subject: b\r\n\r\nbox\r\n")
+    c.logout()
+    r = Raw(srv).login()
+    r.cmd("CREATE Deep/Er")
+    lines = list_lines(r, 'LIST "" "*" RETURN (STATUS (MESSAGES UNSEEN SIZE))')
+    status = {}
+    for i, l in enumerate(lines):
+        if l.startswith("* STATUS"):
+            # each STATUS follows the LIST line of its mailbox
+            prev = lines[i - 1]
+            name = re.match(r'\* STATUS ("[^"]*"|\S+)', l).group(1).strip('"')
+            assert prev.startswith("* LIST") and prev.endswith(f'"{name}"') or \
+                prev.endswith(f" {name}"), (prev, l)
+            status[name] = l
+    assert "MESSAGES 2" in status["INBOX"] and "UNSEEN 2" in status["INBOX"], status
+    assert "MESSAGES 1" in status["Box"] and "UNSEEN 0" in status["Box"], status
+    size = int(re.search(r"SIZE (\d+)", status["Box"]).group(1))
+    assert size == len(b"Subject: b\r\n\r\nbox\r\n"), status
+    assert "Deep" not in status and "Deep/Er" in status, status  # no STATUS for \NonExistent
+    # the selected mailbox too, with what the session sees
+    r.cmd("SELECT INBOX")
+    lines = list_lines(r, 'LIST "" "INBOX" RETURN (STATUS (MESSAGES))')
+    assert any(l.startswith("* STATUS") and "MESSAGES 2" in l for l in lines), lines
+    _, t = r.cmd('LIST "" "*" RETURN (STATUS (BOGUS))')
+    assert b" BAD " in t, t
+
+
+# ---- QUOTA (RFC 9208) --------------------------------------------------------------------
+
+
+def test_quota_reports_and_refuses(imapsrv):
+    srv = imapsrv(config="[limits]\nquota_storage = 4k\nquota_messages = 3\n")
+    r = Raw(srv).login()
+    lines, t = r.cmd("GETQUOTAROOT INBOX")
+    assert lines == [b'* QUOTAROOT "INBOX" ""\r\n', b'* QUOTA "" (STORAGE 0 4 MESSAGE 0 3)\r\n'], lines
+    msg = b"Subject: q\r\n\r\n" + b"x" * 1500 + b"\r\n"
+    _, t = r.cmd(b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)
+    assert b" OK " in t, t
+    lines, t = r.cmd('GETQUOTA ""')
+    assert lines == [b'* QUOTA "" (STORAGE 2 4 MESSAGE 1 3)\r\n'], lines
+    # 1.5 KiB + 3 KiB would pass 4 KiB
+    big = b"Subject: big\r\n\r\n" + b"x" * 3000 + b"\r\n"
+    _, t = r.cmd(b"APPEND INBOX {%d+}\r\n" % len(big) + big)
+    assert b" NO [OVERQUOTA]" in t, t
+    small = b"Subject: small\r\n\r\nhi\r\n"
+    _, t = r.cmd(b"APPEND INBOX {%d+}\r\n" % len(small) + small)
+    assert b" OK " in t, t
+    # COPY of both: the first copy fits (3 messages), the second does not;
+    # the first is taken back, the destination is as before
+    r.cmd("SELECT INBOX")
+    r.cmd("CREATE Other")
+    _, t = r.cmd("COPY 1:2 Other")
+    assert b"NO [OVERQUOTA]" in t, t
+    lines, _ = r.cmd("STATUS Other (MESSAGES)")
+    assert b"MESSAGES 0" in lines[0], lines
+    lines, _ = r.cmd('GETQUOTA ""')
+    assert lines == [b'* QUOTA "" (STORAGE 2 4 MESSAGE 2 3)\r\n'], lines
+    _, t = r.cmd("MOVE 1:2 Other")
+    assert b"NO [OVERQUOTA]" in t, t
+    lines, _ = r.cmd("STATUS Other (MESSAGES)")
+    assert b"MESSAGES 0" in lines[0], lines
+    lines, _ = r.cmd("STATUS INBOX (MESSAGES)")
+    assert b"MESSAGES 2" in lines[0], lines
+    _, t = r.cmd('SETQUOTA "" (STORAGE 100)')
+    assert b" NO " in t, t
+    _, t = r.cmd('GETQUOTA "nope"')
+    assert b" NO " in t, t
+    _, t = r.cmd("GETQUOTAROOT Nope")
+    assert b" NO " in t, t
+    # SMTP delivery is held to the same quota
+    with pytest.raises(smtplib.SMTPException):
+        deliver(srv, "alice@example.com", body=b"y" * 3000 + b"\r\n")
+    c = imap(srv)
+    typ, data = c.getquotaroot("INBOX")
+    assert typ == "OK", data
+    c.logout()
+
+
+def test_quota_without_limits_has_no_root(srv):
+    r = Raw(srv).login()
+    lines, t = r.cmd("GETQUOTAROOT INBOX")
+    assert lines == [b'* QUOTAROOT "INBOX"\r\n'] and b" OK " in t, (lines, t)
+    _, t = r.cmd('GETQUOTA ""')
+    assert b" NO " in t, t
+
+
+# ---- shutdown and timeouts ----------------------------------------------------------------
+
+
+def test_sigterm_byes_logged_in_idle_and_busy_sessions(srv):
+    import signal
+    authed = Raw(srv).login()
+    idle = Raw(srv).login()
+    idle.cmd("SELECT INBOX")
+    idle.send(b"i IDLE\r\n")
+    assert idle.line().startswith(b"+")
+    # busy: an APPEND whose literal is half sent
+    busy = Raw(srv).login()
+    msg = b"Subject: late\r\n\r\n" + b"x" * 100000 + b"\r\n"
+    busy.send(b"a APPEND INBOX {%d+}\r\n" % len(msg) + msg[:50000])
+    time.sleep(0.3)
+    srv.send_signal(signal.SIGTERM)
+    assert authed.line(timeout=10).startswith(b"* BYE [UNAVAILABLE] Server shutting down")
+    expect_eof(authed.sock)
+    assert idle.line(timeout=10).startswith(b"* BYE [UNAVAILABLE] Server shutting down")
+    expect_eof(idle.sock)
+    # the busy one may finish its APPEND (acknowledged, so kept), then BYE
+    busy.send(msg[50000:] + b"\r\n")
+    _, t = busy.until("a", timeout=10)
+    assert t.startswith(b"a OK [APPENDUID"), t
+    assert busy.line(timeout=10).startswith(b"* BYE [UNAVAILABLE] Server shutting down")
+    expect_eof(busy.sock)
+    assert srv.wait_exit(timeout=20) == 0, srv.log()[-3000:]
+    # the acknowledged message is there after a restart
+    srv.start()
+    c = imap(srv)
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(BODY.PEEK[])")
+    assert data[0][1] == msg
+    c.logout()
+
+
+def assert_silent(r, seconds):
+    """Nothing arrives from the server for `seconds` (the connection stays)."""
+    r.sock.settimeout(seconds)
+    try:
+        data = r.sock.recv(100)
+    except socket.timeout:
+        return
+    raise AssertionError(f"expected silence, got {data!r}")
+
+
+TIMEOUTS = "[limits]\nprelogin_timeout = 1s\nidle_timeout = 3s\n"
+
+
+def expect_bye_after(r, t0, at_least, prefix=b"* BYE"):
+    """The next line is a BYE, no sooner than at_least s after t0, then EOF."""
+    ln = r.line(timeout=15)
+    waited = time.monotonic() - t0
+    assert ln.startswith(prefix), ln
+    assert waited >= at_least, f"cut after {waited:.2f}s, before {at_least} s"
+    expect_eof(r.sock)
+
+
+def test_idle_timeout_after_login(imapsrv):
+    srv = imapsrv(config=TIMEOUTS)
+    r = Raw(srv).login()
+    # the pre-login timeout no longer applies
+    assert_silent(r, 1.6)
+    _, t = r.cmd("NOOP")
+    assert b" OK " in t
+    expect_bye_after(r, time.monotonic(), 2.5, b"* BYE Autologout")
+
+
+def test_idle_command_rearms_the_idle_timeout(imapsrv):
+    srv = imapsrv(config=TIMEOUTS)
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    # IDLE twice for 2 s each: 4 s in all, more than idle_timeout, but
+    # each IDLE (and its DONE) re-arms it
+    for tag in (b"i1", b"i2"):
+        r.send(tag + b" IDLE\r\n")
+        assert r.line().startswith(b"+ ")
+        assert_silent(r, 2.0)
+        r.send(b"DONE\r\n")
+        assert r.line().startswith(tag + b" OK"), tag
+    # then an IDLE left alone gets its BYE once idle_timeout passes, not
+    # at the (shorter) pre-login timeout
+    r.send(b"i3 IDLE\r\n")
+    t0 = time.monotonic()
+    assert r.line().startswith(b"+ ")
+    expect_bye_after(r, t0, 2.5)
+
+
+def test_prelogin_timeout_then_login_in_time(imapsrv):
+    srv = imapsrv(config=TIMEOUTS)
+    late = Raw(srv)
+    t0 = time.monotonic()
+    r = Raw(srv)
+    time.sleep(0.5)
+    r.login()  # in time: the session goes on under idle_timeout
+    ln = late.line(timeout=10)
+    assert ln.startswith(b"* BYE"), ln
+    assert time.monotonic() - t0 >= 0.9
+    expect_eof(late.sock)
+    assert_silent(r, 1.0)
+    _, t = r.cmd("NOOP")
+    assert b" OK " in t
+
+
+# ---- MULTIAPPEND (RFC 3502) --------------------------------------------------------------
+
+
+def box_messages(srv, box):
+    c = imap(srv)
+    typ, data = c.status(box, "(MESSAGES)")
+    c.logout()
+    assert typ == "OK", data
+    return int(re.search(rb"MESSAGES (\d+)", data[0]).group(1))
+
+
+def test_multiappend_nonsync_and_sync(srv):
+    r = Raw(srv).login()
+    r.cmd("CREATE Box")
+    m = [b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i) for i in range(3)]
+    # 6 MB, streamed: more than the store append takes at once, so the
+    # session holds back input until the store drains, before the commit
+    big = b"Subject: big\r\n\r\n" + (b"b" * 998 + b"\r\n") * 6000
+    r.send(b"a APPEND Box (\\Seen) {%d+}\r\n%s {%d+}\r\n%s (\\Flagged $K) "
+           b"\"01-Jul-2003 10:52:37 +0200\" {%d+}\r\n%s {%d+}\r\n%s\r\n"
+           % (len(m[0]), m[0], len(big), big, len(m[2]), m[2], len(m[1]), m[1]))
+    _, t = r.until("a", timeout=30)
+    mt = re.match(rb"a OK \[APPENDUID (\d+) (\S+)\]", t)
+    assert mt, t
+    assert mt.group(2) == b"1:4", t
+    # synchronising literals: a "+" for each
+    r.send(b"b APPEND Box {%d}\r\n" % len(m[0]))
+    assert r.line().startswith(b"+ ")
+    r.send(m[0] + b" {%d}\r\n" % len(m[1]))
+    assert r.line().startswith(b"+ ")
+    r.send(m[1] + b"\r\n")
+    _, t = r.until("b")
+    assert re.match(rb"b OK \[APPENDUID \d+ 5:6\]", t), t
+    c = imap(srv)
+    c.select("Box")
+    want = [m[0], big, m[2], m[1], m[0], m[1]]
+    for i, w in enumerate(want):
+        typ, data = c.fetch(str(i + 1), "(BODY.PEEK[])")
+        assert typ == "OK" and data[0][1] == w, (i, typ, data[0][0], len(data[0][1]), len(w))
+    typ, data = c.fetch("1:6", "(FLAGS INTERNALDATE)")
+    heads = data
+    assert b"\\Seen" in heads[0] and b"\\Seen" not in heads[1], heads
+    assert b"\\Flagged" in heads[2] and b"$K" in heads[2] and b"01-Jul-2003" in heads[2], heads
+    c.logout()
+
+
+def test_multiappend_is_all_or_nothing(imapsrv):
+    srv = imapsrv(config="[limits]\nquota_messages = 2\nmessage_size_max = 4k\n")
+    r = Raw(srv).login()
+    r.cmd("CREATE Box")
+    m = b"Subject: x\r\n\r\nx\r\n"
+    # the third message is over quota: none is kept
+    r.send(b"a APPEND Box {%d+}\r\n%s {%d+}\r\n%s {%d+}\r\n%s\r\n" % ((len(m), m) * 3))
+    _, t = r.until("a")
+    assert t.startswith(b"a NO [OVERQUOTA]"), t
+    assert box_messages(srv, "Box") == 0
+    # a bad flag on the second: BAD, the first is taken back
+    r.send(b"b APPEND Box {%d+}\r\n%s (\\Bogus) {%d+}\r\n%s\r\n" % (len(m), m, len(m), m))
+    _, t = r.until("b")
+    assert t.startswith(b"b BAD"), t
+    assert box_messages(srv, "Box") == 0
+    # the second over APPENDLIMIT, synchronising: NO [TOOBIG] without "+"
+    r.send(b"c APPEND Box {%d}\r\n" % len(m))
+    assert r.line().startswith(b"+ ")
+    r.send(m + b" {9000}\r\n")
+    _, t = r.until("c")
+    assert t.startswith(b"c NO [TOOBIG]"), t
+    assert box_messages(srv, "Box") == 0
+    _, t = r.cmd("NOOP")
+    assert b" OK " in t
+    # a syntax error after a message
+    r.send(b"d APPEND Box {%d+}\r\n%s )\r\n" % (len(m), m))
+    _, t = r.until("d")
+    assert t.startswith(b"d BAD"), t
+    assert box_messages(srv, "Box") == 0
+    # the client goes away in the middle of the second message
+    r.send(b"e APPEND Box {%d+}\r\n%s {3000+}\r\n" % (len(m), m) + b"y" * 1000)
+    time.sleep(0.5)
+    r.sock.close()
+    deadline = time.monotonic() + 10
+    while box_messages(srv, "Box") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert box_messages(srv, "Box") == 0
+    # and one that works
+    r = Raw(srv).login()
+    r.send(b"f APPEND Box {%d+}\r\n%s {%d+}\r\n%s\r\n" % (len(m), m, len(m), m))
+    _, t = r.until("f")
+    assert re.match(rb"f OK \[APPENDUID \d+ \d+:\d+\]", t), t
+    assert box_messages(srv, "Box") == 2
+
+
+# ---- RENAME -------------------------------------------------------------------------------
+
+
+def test_rename_inbox_moves_its_messages(srv):
+    for i in range(3):
+        deliver(srv, "alice@example.com", subject=f"r{i}")
+    c = imap(srv)
+    c.create("INBOX/Child")
+    c.select("INBOX")
+    c.store("2", "+FLAGS", r"(\Flagged)")
+    typ, data = c.rename("INBOX", "Old")
+    assert typ == "OK", data
+    # the selected INBOX sees its messages leave
+    typ, data = c.noop()
+    assert c.untagged_responses.get("EXPUNGE") or c.untagged_responses.get("EXISTS"), \
+        c.untagged_responses
+    typ, data = c.status("INBOX", "(MESSAGES)")
+    assert b"MESSAGES 0" in data[0], data
+    c.select("Old")
+    typ, data = c.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = [d[1].strip() for d in data if isinstance(d, tuple)]
+    assert subjects == [b"Subject: r0", b"Subject: r1", b"Subject: r2"], data
+    assert b"\\Flagged" in data[2][0] and b"\\Flagged" not in data[0][0], data
+    # INBOX's inferiors stay where they are (RFC 3501 6.3.5)
+    typ, data = c.list('""', "*")
+    names = b" ".join(data)
+    assert b"INBOX/Child" in names and b"Old/Child" not in names, data
+    # INBOX works on: a new message arrives there
+    deliver(srv, "alice@example.com", subject="after")
+    typ, data = c.status("INBOX", "(MESSAGES)")
+    assert b"MESSAGES 1" in data[0], data
+    # renaming it onto an existing name fails and moves nothing
+    typ, data = c.rename("INBOX", "Old")
+    assert typ == "NO" and b"ALREADYEXISTS" in data[0], data
+    typ, data = c.status("INBOX", "(MESSAGES)")
+    assert b"MESSAGES 1" in data[0], data
+    assert c.rename("Old", "INBOX")[0] == "NO"
+    c.logout()
+
+
+def test_rename_inbox_over_quota_keeps_everything(imapsrv):
+    # the move copies before it expunges: with no room for the copies it
+    # fails, and the new mailbox is removed again
+    srv = imapsrv(config="[limits]\nquota_messages = 3\n")
+    for i in range(2):
+        deliver(srv, "alice@example.com", subject=f"q{i}")
+    c = imap(srv)
+    typ, data = c.rename("INBOX", "Moved")
+    assert typ == "NO" and b"OVERQUOTA" in data[0], data
+    typ, data = c.status("INBOX", "(MESSAGES)")
+    assert b"MESSAGES 2" in data[0], data
+    assert c.status("Moved", "(MESSAGES)")[0] == "NO"
+    c.logout()
+
+
+def test_rename_with_children(srv):
+    c = imap(srv)
+    for name in ("A", "A/B", "A/B/C", "A-sibling", "Z/Y"):
+        assert c.create(name)[0] == "OK", name
+    c.append("A/B/C", None, None, b"Subject: deep\r\n\r\nx\r\n")
+    typ, data = c.rename("A", "N")
+    assert typ == "OK", data
+    typ, data = c.list('""', "*")
+    names = {re.search(rb'"/" "?([^"]*)"?$', d).group(1).decode() for d in data}
+    assert {"N", "N/B", "N/B/C", "A-sibling"} <= names, names
+    assert not names & {"A", "A/B", "A/B/C"}, names
+    typ, data = c.status("N/B/C", "(MESSAGES)")
+    assert b"MESSAGES 1" in data[0], data
+    # a \Noselect parent renames its children
+    typ, data = c.rename("Z", "W")
+    assert typ == "OK", data
+    typ, data = c.status("W/Y", "(MESSAGES)")
+    assert typ == "OK", data
+    # a clash with an existing name below the target: nothing renamed
+    c.create("Q")
+    c.create("Q2/B")
+    c.create("Q/B")
+    typ, data = c.rename("Q", "Q2")
+    assert typ == "NO" and b"ALREADYEXISTS" in data[0], data
+    assert c.status("Q/B", "(MESSAGES)")[0] == "OK"
+    assert c.rename("N", "N/B/X")[0] == "NO"
+    assert c.rename("Nope", "Nope2")[0] == "NO"
+    c.logout()
+
+
+def test_list_extended_bad_syntax_is_bad_and_harmless(srv):
+    r = Raw(srv).login()
+    r.cmd("CREATE Foo/Bar")
+    for cmd in ('LIST () "" ()', 'LIST (SUBSCRIBED "" "*"', 'LIST "" "*" RETURN',
+                'LIST "" "*" RETURN (STATUS)', 'LIST "" "*" RETURN (STATUS ())',
+                'LIST "" "*" RETURN STATUS', 'LIST "" ("a" ("b"))', 'LIST ((SUBSCRIBED)) "" "*"',
+                'LIST "" "*" RETURN (CHILDREN) extra', 'LIST', 'LIST ""',
+                'LIST (REMOTE RECURSIVEMATCH) "" "*"', 'LIST "" "*" FOO (CHILDREN)'):
+        if r.n >= 6:
+            r = Raw(srv).login()  # max_bad_commands (10) would close it
+        _, t = r.cmd(cmd)
+        assert b" BAD " in t, (cmd, t)
+    # the session goes on; LIST "" "" still gives the delimiter
+    lines, t = r.cmd('LIST "" ""')
+    assert lines == [b'* LIST (\\Noselect) "/" ""\r\n'] and b" OK " in t, lines
+    # empty results are fine
+    lines, t = r.cmd('LIST (SPECIAL-USE) "" "Nothing*"')
+    assert lines == [] and b" OK " in t, (lines, t)
