@@ -79,6 +79,7 @@ void config_defaults(struct config *cfg)
 	cfg->header_size_max = 1u << 20;
 	cfg->max_hops = 50;
 	cfg->smtp_line_max = 1000;
+	cfg->imap_line_max = 64 * 1024; /* IMAP_LINE_MAX */
 	cfg->ticket_rotate_s = 3600;
 	cfg->ob_mx_port = 25;
 	cfg->ob_retry_min_ms = 5 * 60000;
@@ -340,6 +341,8 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "max_hops", offsetof(struct config, max_hops), 1, 1000 },
 		/* RFC 5321 4.5.3.1.6: at least 1000 octets must be accepted */
 		{ "smtp_line_max", offsetof(struct config, smtp_line_max), 1000, 1000000 },
+		/* at least the pre-login limit (IMAP_LINE_MAX_PRELOGIN, 8 KiB) */
+		{ "imap_line_max", offsetof(struct config, imap_line_max), 8192, 16777216 },
 		/* the hard maxima are proto/mime.h's MIME_DEPTH_MAX and
 		 * MIME_PARTS_MAX (the scanner's arrays) */
 		{ "mime_depth_max", offsetof(struct config, mime_depth_max), 1, 32 },
@@ -772,9 +775,9 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject",
 		(unsigned long long)cfg->quota_storage, (unsigned long long)cfg->quota_messages);
 	fprintf(out, "auth_delay = %ums\nauth_delay_max = %ums\nmime_depth_max = %u\n"
-		"mime_parts_max = %u\nsmtp_line_max = %u\n",
+		"mime_parts_max = %u\nsmtp_line_max = %u\nimap_line_max = %u\n",
 		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max,
-		cfg->smtp_line_max);
+		cfg->smtp_line_max, cfg->imap_line_max);
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
 		"expire = %ums\ntimeout = %ums\nmax_per_domain = %u\ndkim_selector = %s\n",
 		cfg->ob_dns[0] ? "dns = " : "# dns: from ", cfg->ob_dns[0] ? cfg->ob_dns : "/etc/resolv.conf",

@@ -91,6 +91,7 @@ struct config {
 	uint32_t smtp_timeout_ms;     /* server timeout, RFC 5321 4.5.3.2.7 */
 	uint64_t header_size_max;     /* header section of a message */
 	uint32_t smtp_line_max;       /* DATA text line, CRLF included (RFC: 1000) */
+	uint32_t imap_line_max;       /* IMAP command text after login (literals aside) */
 	uint32_t max_hops;            /* Received: fields before "mail loop" */
 	bool smtp_bare_lf_normalize;  /* bare CR/LF in DATA: normalise, or reject */
 	/* Mailbox quota per user (store/store.h quota_bytes/_messages);

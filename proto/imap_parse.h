@@ -37,6 +37,7 @@
 /* Bytes of command text (literal data excluded, CRLFs included) before and
  * after login. */
 #define IMAP_LINE_MAX_PRELOGIN (8u * 1024u)
+/* The default of the [limits] setting imap_line_max (after login). */
 #define IMAP_LINE_MAX (64u * 1024u)
 /* The largest literal size the syntax allows (RFC 3501 number: 32 bits). */
 #define IMAP_LITERAL_SIZE_MAX UINT32_MAX

@@ -932,7 +932,7 @@ static void user_opened(void *arg, int res, struct store_user *user)
 	}
 	is->su = user;
 	is->state = IMAP_S_AUTH;
-	imap_parser_init(&is->parser, IMAP_LINE_MAX);
+	imap_parser_init(&is->parser, cfg_of(is)->imap_line_max);
 	LOG_AT(stream_log(is->s), LOG_INFO, stream_sid(is->s), "imap-login", "user=%s tls=%s",
 	       is->user, stream_is_tls(is->s) ? "yes" : "no");
 	char caps[CAPS_MAX];
@@ -4086,7 +4086,7 @@ static void append_refuse(struct imap_session *is, const struct imap_token *t, i
 		return;
 	}
 	/* The next bytes are a new command. */
-	imap_parser_init(&is->parser, IMAP_LINE_MAX);
+	imap_parser_init(&is->parser, cfg_of(is)->imap_line_max);
 	append_undo(is, err, why);
 }
 
@@ -4519,7 +4519,7 @@ static void on_literal(struct imap_session *is, const struct imap_token *t)
 			return;
 		}
 		imap_parser_init(&is->parser, is->state == IMAP_S_NOTAUTH ? IMAP_LINE_MAX_PRELOGIN
-									 : IMAP_LINE_MAX);
+									 : cfg_of(is)->imap_line_max);
 		if (t->binary)
 			bad(is, "[CANNOT] Binary literals are not supported");
 		else

@@ -261,3 +261,19 @@ def test_imap_connections_per_user(ringmail, tmp_path):
     while "event=imap-user-limit" not in srv.log():
         assert time.monotonic() < wait
         time.sleep(0.05)
+
+
+def test_imap_line_max_setting(ringmail, tmp_path):
+    """[limits] imap_line_max: command text after login (64 KiB by default;
+    12,000 bytes would pass). Over it: BAD [TOOBIG] and the session goes on."""
+    import imaplib
+    srv = _server_with_alice(ringmail, tmp_path, "[limits]\nimap_line_max = 10000\n")
+    c = imaplib.IMAP4("127.0.0.1", srv.port(143), timeout=30)
+    c.login("alice@example.com", "alice-Secret-1")
+    c.select("INBOX")
+    typ, data = c.search(None, "SUBJECT", '"' + "x" * 9000 + '"')
+    assert typ == "OK", data
+    with pytest.raises(imaplib.IMAP4.error, match="TOOBIG"):
+        c.search(None, "SUBJECT", '"' + "x" * 12000 + '"')
+    assert c.noop()[0] == "OK"
+    c.logout()

@@ -225,6 +225,7 @@ static const struct bad_case bad_cases[] = {
 	{ "[limits]\nmime_depth_max = 33\n", 2, "mime_depth_max must be a number from 1 to 32" },
 	{ "[limits]\nmime_parts_max = 0\n", 2, "mime_parts_max must be a number from 1 to 1000" },
 	{ "[limits]\nsmtp_line_max = 999\n", 2, "smtp_line_max must be a number from 1000 to 1000000" },
+	{ "[limits]\nimap_line_max = 4096\n", 2, "imap_line_max must be a number from 8192 to 16777216" },
 	{ "[server]\nshutdown_grace = 1d\n", 2, "shutdown_grace must be a duration" },
 	{ "[tls]\nticket_rotate = 30s\n", 2, "ticket_rotate must be a duration of at least 1m" },
 	/* sizes */
@@ -581,6 +582,7 @@ static void expect_same_config(const struct config *a, const struct config *b)
 	cr_assert_eq(a->mime_depth_max, b->mime_depth_max);
 	cr_assert_eq(a->mime_parts_max, b->mime_parts_max);
 	cr_assert_eq(a->smtp_line_max, b->smtp_line_max);
+	cr_assert_eq(a->imap_line_max, b->imap_line_max);
 	cr_assert_eq(a->quota_storage, b->quota_storage);
 	cr_assert_eq(a->quota_messages, b->quota_messages);
 	cr_assert_eq(a->ncerts, b->ncerts);
