@@ -214,8 +214,8 @@ static int cryptocb(int dev_id, wc_CryptoInfo *info, void *ctx)
 
 /* TLS 1.3 HKDF-Extract (RFC 8446 7.1; no IKM means HashLen zero bytes,
  * as wolfSSL's wc_Tls13_HKDF_Extract does). */
-static int hkdf_extract_cb(byte *prk, const byte *salt, word32 salt_len, byte *ikm,
-			   word32 ikm_len, int digest, void *ctx)
+int tls_sha256_hkdf_extract(uint8_t *prk, const uint8_t *salt, uint32_t salt_len, uint8_t *ikm,
+			    uint32_t ikm_len, int digest, void *ctx)
 {
 	static const uint8_t zeros[TLS_SHA256_LEN];
 
@@ -231,10 +231,10 @@ static int hkdf_extract_cb(byte *prk, const byte *salt, word32 salt_len, byte *i
 
 /* TLS 1.3 HKDF-Expand-Label: HKDF-Expand (RFC 5869) of the HkdfLabel
  * {length, "tls13 " + label, context}. SHA-384 goes back to wolfSSL. */
-static int hkdf_expand_label_cb(byte *okm, word32 okm_len, const byte *prk, word32 prk_len,
-				const byte *protocol, word32 protocol_len, const byte *label,
-				word32 label_len, const byte *info, word32 info_len, int digest,
-				int side)
+int tls_sha256_hkdf_expand_label(uint8_t *okm, uint32_t okm_len, const uint8_t *prk,
+				 uint32_t prk_len, const uint8_t *protocol, uint32_t protocol_len,
+				 const uint8_t *label, uint32_t label_len, const uint8_t *info,
+				 uint32_t info_len, int digest, int side)
 {
 	uint8_t data[HKDF_LABEL_MAX + 1], t[TLS_SHA256_LEN];
 	size_t n = 0, done = 0;
@@ -298,8 +298,8 @@ void tls_sha256_ctx_setup(void *ctx, int dev_id)
 	if (dev_id == INVALID_DEVID)
 		return;
 	wolfSSL_CTX_SetDevId(ctx, dev_id);
-	wolfSSL_CTX_SetHKDFExtractCb(ctx, hkdf_extract_cb);
-	wolfSSL_CTX_SetHKDFExpandLabelCb(ctx, hkdf_expand_label_cb);
+	wolfSSL_CTX_SetHKDFExtractCb(ctx, tls_sha256_hkdf_extract);
+	wolfSSL_CTX_SetHKDFExpandLabelCb(ctx, tls_sha256_hkdf_expand_label);
 #else
 	(void)ctx;
 	(void)dev_id;

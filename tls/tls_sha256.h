@@ -50,6 +50,19 @@ void tls_sha256_final(struct tls_sha256 *s, uint8_t out[TLS_SHA256_LEN]);
 void tls_sha256_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg,
 		     size_t msg_len, uint8_t out[TLS_SHA256_LEN]);
 
+/* wolfSSL's TLS 1.3 HKDF-Extract and HKDF-Expand-Label callbacks
+ * (CallbackHKDFExtract, CallbackHKDFExpandLabel): digest is wolfCrypt's
+ * hash type. SHA-256 runs here; Extract hands other digests to
+ * wc_Tls13_HKDF_Extract, Expand-Label returns NOT_COMPILED_IN so wolfSSL
+ * runs its own. Return 0 or a negative wolfCrypt error. Only with the
+ * bundled wolfSSL (TLS_SHA256_WIRED). */
+int tls_sha256_hkdf_extract(uint8_t *prk, const uint8_t *salt, uint32_t salt_len, uint8_t *ikm,
+			    uint32_t ikm_len, int digest, void *ctx);
+int tls_sha256_hkdf_expand_label(uint8_t *okm, uint32_t okm_len, const uint8_t *prk,
+				 uint32_t prk_len, const uint8_t *protocol, uint32_t protocol_len,
+				 const uint8_t *label, uint32_t label_len, const uint8_t *info,
+				 uint32_t info_len, int digest, int side);
+
 /* Registers the crypto callback device with wolfCrypt when the CPU and
  * the wolfSSL build allow it. Call once, after wolfSSL_Init. Returns the
  * devId to give wolfSSL (tls_sha256_ctx_setup does), or -2
