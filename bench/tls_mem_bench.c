@@ -8,7 +8,11 @@
  * figure only through shared caches, not through scheduling. This is the
  * user-space part of what bench/tls_compare.sh measures end to end.
  *
- * usage: tls_mem_bench [--mode full|resume|resume-psk] [-n N] [--rounds R] [--json]
+ * The client offers one key share, X25519 (as tls_bench does), or P-256
+ * with --group p256.
+ *
+ * usage: tls_mem_bench [--mode full|resume|resume-psk] [--group x25519|p256]
+ *                      [-n N] [--rounds R] [--json]
  * Prints the median over R rounds of N handshakes each.
  */
 #include <wolfssl/options.h>
@@ -86,6 +90,9 @@ static int cli_send(WOLFSSL *ssl, char *buf, int sz, void *arg)
 	return q_put(&p->c2s, (const uint8_t *)buf, (size_t)sz) == 0 ? sz : WOLFSSL_CBIO_ERR_GENERAL;
 }
 
+/* The client's one key share (WOLFSSL_ECC_X25519 or _SECP256R1). */
+static int key_group = WOLFSSL_ECC_X25519;
+
 static double now_cpu_us(void)
 {
 	struct timespec ts;
@@ -115,6 +122,8 @@ static double one(struct tls_server *srv, WOLFSSL_CTX *cctx, bool psk_only,
 	wolfSSL_SetIOWriteCtx(cli, &p);
 	if (psk_only)
 		wolfSSL_no_dhe_psk(cli);
+	else if (wolfSSL_UseKeyShare(cli, (word16)key_group) != WOLFSSL_SUCCESS)
+		goto fail;
 	if (*sess_io != NULL)
 		wolfSSL_set_session(cli, *sess_io);
 	t0 = now_cpu_us();
@@ -176,14 +185,15 @@ static int cmp_d(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-	enum { O_MODE = 1, O_ROUNDS, O_JSON };
+	enum { O_MODE = 1, O_ROUNDS, O_JSON, O_GROUP };
 	static const struct option opts[] = {
 		{ "mode", required_argument, NULL, O_MODE },
+		{ "group", required_argument, NULL, O_GROUP },
 		{ "rounds", required_argument, NULL, O_ROUNDS },
 		{ "json", no_argument, NULL, O_JSON },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *mode = "full";
+	const char *mode = "full", *group = "x25519";
 	int n = 2000, rounds = 5, o;
 	bool json = false;
 	char dir[] = "/tmp/tls-mem-bench-XXXXXX", err[256];
@@ -194,17 +204,21 @@ int main(int argc, char **argv)
 	while ((o = getopt_long(argc, argv, "n:", opts, NULL)) != -1) {
 		switch (o) {
 		case O_MODE: mode = optarg; break;
+		case O_GROUP: group = optarg; break;
 		case 'n': n = atoi(optarg); break;
 		case O_ROUNDS: rounds = atoi(optarg); break;
 		case O_JSON: json = true; break;
 		default:
-			fprintf(stderr, "usage: tls_mem_bench [--mode full|resume|resume-psk] [-n N] [--rounds R] [--json]\n");
+			fprintf(stderr, "usage: tls_mem_bench [--mode full|resume|resume-psk] [--group x25519|p256] [-n N] [--rounds R] [--json]\n");
 			return 2;
 		}
 	}
 	bool resume = strcmp(mode, "full") != 0, psk_only = strcmp(mode, "resume-psk") == 0;
 
-	if (n < 1 || rounds < 1 || (resume && !psk_only && strcmp(mode, "resume") != 0)) {
+	int groups[1] = { strcmp(group, "p256") == 0 ? WOLFSSL_ECC_SECP256R1 : WOLFSSL_ECC_X25519 };
+
+	if (n < 1 || rounds < 1 || (resume && !psk_only && strcmp(mode, "resume") != 0) ||
+	    (strcmp(group, "p256") != 0 && strcmp(group, "x25519") != 0)) {
 		fprintf(stderr, "tls_mem_bench: bad arguments\n");
 		return 2;
 	}
@@ -220,6 +234,9 @@ int main(int argc, char **argv)
 		return 1;
 	wolfSSL_CTX_set_verify(cctx, WOLFSSL_VERIFY_NONE, NULL);
 	wolfSSL_CTX_UseSessionTicket(cctx);
+	key_group = groups[0];
+	if (wolfSSL_CTX_set_groups(cctx, groups, 1) != WOLFSSL_SUCCESS)
+		return 1;
 	med = calloc((size_t)rounds, sizeof(*med));
 	double *t = calloc((size_t)n, sizeof(*t));
 	if (med == NULL || t == NULL)
@@ -252,11 +269,11 @@ int main(int argc, char **argv)
 	}
 	qsort(med, (size_t)rounds, sizeof(*med), cmp_d);
 	if (json)
-		printf("{\"mode\":\"%s\",\"server_us\":%.2f,\"min_round_us\":%.2f,\"max_round_us\":%.2f,\"reused\":%ld,\"handshakes\":%ld}\n",
-		       mode, med[rounds / 2], med[0], med[rounds - 1], reused, total);
+		printf("{\"mode\":\"%s\",\"group\":\"%s\",\"server_us\":%.2f,\"min_round_us\":%.2f,\"max_round_us\":%.2f,\"reused\":%ld,\"handshakes\":%ld}\n",
+		       mode, group, med[rounds / 2], med[0], med[rounds - 1], reused, total);
 	else
-		printf("%s: server CPU %.2f us/handshake (median of %d rounds x %d; rounds %.2f..%.2f), reused %ld/%ld\n",
-		       mode, med[rounds / 2], rounds, n, med[0], med[rounds - 1], reused, total);
+		printf("%s %s: server CPU %.2f us/handshake (median of %d rounds x %d; rounds %.2f..%.2f), reused %ld/%ld\n",
+		       mode, group, med[rounds / 2], rounds, n, med[0], med[rounds - 1], reused, total);
 	if (sess != NULL)
 		wolfSSL_SESSION_free(sess);
 	wolfSSL_CTX_free(cctx);

@@ -299,7 +299,7 @@ int tls_global_init(void)
 
 bool tls_sha_ni_active(void)
 {
-	return tls_sha_devid != INVALID_DEVID;
+	return tls_sha_devid != INVALID_DEVID && tls_sha256_device_sha();
 }
 
 void tls_global_cleanup(void)

@@ -174,6 +174,9 @@ void tls_sha256_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg,
 	defined(WOLFSSL_TLS13) && !defined(NO_SHA256)
 #define TLS_SHA256_WIRED 1
 
+/* Whether the device takes SHA-256; set once by tls_sha256_register. */
+static bool dev_sha;
+
 /* wolfCrypt's crypto callback: SHA-256 updates and finals of every
  * wc_Sha256 that carries our devId, on its own fields (digest words in
  * FIPS order, buffer as bytes, loLen/hiLen the byte count). Everything
@@ -185,7 +188,8 @@ static int cryptocb(int dev_id, wc_CryptoInfo *info, void *ctx)
 
 	(void)dev_id;
 	(void)ctx;
-	if (info->algo_type != WC_ALGO_TYPE_HASH || info->hash.type != WC_HASH_TYPE_SHA256)
+	if (info->algo_type != WC_ALGO_TYPE_HASH || info->hash.type != WC_HASH_TYPE_SHA256 ||
+	    !dev_sha)
 		return CRYPTOCB_UNAVAILABLE;
 	s = info->hash.sha256;
 	if (s == NULL || s->buffLen >= WC_SHA256_BLOCK_SIZE)
@@ -277,18 +281,35 @@ int tls_sha256_hkdf_expand_label(uint8_t *okm, uint32_t okm_len, const uint8_t *
 }
 #endif
 
+static bool env_off(const char *name)
+{
+	const char *v = getenv(name);
+
+	return v != NULL && v[0] != 0 && strcmp(v, "0") != 0;
+}
+
 int tls_sha256_register(void)
 {
 #ifdef TLS_SHA256_WIRED
-	const char *off = getenv("RINGMAIL_NO_SHA_NI");
-
-	if ((off != NULL && off[0] != 0 && strcmp(off, "0") != 0) || !tls_sha256_ni_supported())
+	dev_sha = tls_sha256_ni_supported() && !env_off("RINGMAIL_NO_SHA_NI");
+	if (!dev_sha)
 		return INVALID_DEVID;
-	if (wc_CryptoCb_RegisterDevice(TLS_SHA256_DEVID, cryptocb, NULL) != 0)
+	if (wc_CryptoCb_RegisterDevice(TLS_SHA256_DEVID, cryptocb, NULL) != 0) {
+		dev_sha = false;
 		return INVALID_DEVID;
+	}
 	return TLS_SHA256_DEVID;
 #else
 	return INVALID_DEVID;
+#endif
+}
+
+bool tls_sha256_device_sha(void)
+{
+#ifdef TLS_SHA256_WIRED
+	return dev_sha;
+#else
+	return false;
 #endif
 }
 
@@ -298,8 +319,10 @@ void tls_sha256_ctx_setup(void *ctx, int dev_id)
 	if (dev_id == INVALID_DEVID)
 		return;
 	wolfSSL_CTX_SetDevId(ctx, dev_id);
-	wolfSSL_CTX_SetHKDFExtractCb(ctx, tls_sha256_hkdf_extract);
-	wolfSSL_CTX_SetHKDFExpandLabelCb(ctx, tls_sha256_hkdf_expand_label);
+	if (dev_sha) {
+		wolfSSL_CTX_SetHKDFExtractCb(ctx, tls_sha256_hkdf_extract);
+		wolfSSL_CTX_SetHKDFExpandLabelCb(ctx, tls_sha256_hkdf_expand_label);
+	}
 #else
 	(void)ctx;
 	(void)dev_id;

@@ -64,11 +64,14 @@ int tls_sha256_hkdf_expand_label(uint8_t *okm, uint32_t okm_len, const uint8_t *
 				 uint32_t info_len, int digest, int side);
 
 /* Registers the crypto callback device with wolfCrypt when the CPU and
- * the wolfSSL build allow it. Call once, after wolfSSL_Init. Returns the
- * devId to give wolfSSL (tls_sha256_ctx_setup does), or -2
- * (INVALID_DEVID) when SHA-256 stays in wolfCrypt. RINGMAIL_NO_SHA_NI=1
- * in the environment forces the latter (for measurements). */
+ * the wolfSSL build allow it. Call once, after wolfSSL_Init, before any
+ * thread uses wolfSSL. Returns the devId to give wolfSSL
+ * (tls_sha256_ctx_setup does), or -2 (INVALID_DEVID) when SHA-256 stays
+ * in wolfCrypt. RINGMAIL_NO_SHA_NI=1 in the environment forces the latter
+ * (for measurements). */
 int tls_sha256_register(void);
+/* True when the registered device takes SHA-256. */
+bool tls_sha256_device_sha(void);
 
 /* Routes a context's SHA-256 and TLS 1.3 HKDF to this code when
  * registered (devId != -2); void * is a WOLFSSL_CTX *. */
