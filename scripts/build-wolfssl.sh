@@ -49,8 +49,8 @@ die() { printf 'build-wolfssl: error: %s\n' "$*" >&2; exit 1; }
 #     compiled into the archive; docs/tls.md, "Randomness"). Its header is
 #     force-included into every wolfSSL file for the declaration, and the
 #     two files are part of the hash, so changing them rebuilds.
-#   - cryptocb and pkcallbacks: tls/ routes SHA-256 (transcript hashes and
-#     the TLS 1.3 key schedule's HKDF) to its SHA-NI code through them.
+#   - pkcallbacks: tls/ runs the TLS 1.3 key schedule's HKDF on its SHA-NI
+#     code through wolfSSL_CTX_SetHKDFExtractCb/SetHKDFExpandLabelCb.
 FLAGS="--enable-static --disable-shared
 --enable-tls13 --enable-tlsv12 --disable-oldtls --disable-sslv3 --disable-dtls
 --disable-opensslextra --disable-opensslall
@@ -59,7 +59,7 @@ FLAGS="--enable-static --disable-shared
 --enable-ecc --enable-curve25519 --enable-ed25519
 --enable-session-ticket --enable-sni --enable-alpn --enable-supportedcurves
 --enable-certgen --enable-certreq --enable-keygen
---enable-harden --disable-hashdrbg --enable-cryptocb --enable-pkcallbacks
+--enable-harden --disable-hashdrbg --enable-pkcallbacks
 --disable-examples --enable-crypttests"
 FLAGS=$(printf '%s ' $FLAGS)
 FLAGS=${FLAGS% }

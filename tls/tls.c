@@ -283,9 +283,9 @@ static void *tls_realloc(void *p, size_t size)
 	return realloc(p, size);
 }
 
-/* The crypto callback device that takes SHA-256 (tls_sha256.h), or
- * INVALID_DEVID. Set once by tls_global_init before any thread starts. */
-static int tls_sha_devid = INVALID_DEVID;
+/* Whether the TLS 1.3 key schedule runs on the SHA extensions
+ * (tls_sha256.h). Set once by tls_global_init before any thread starts. */
+static bool tls_sha_on;
 
 int tls_global_init(void)
 {
@@ -293,13 +293,13 @@ int tls_global_init(void)
 		return -EIO;
 	if (wolfSSL_Init() != WOLFSSL_SUCCESS)
 		return -EIO;
-	tls_sha_devid = tls_sha256_register();
+	tls_sha_on = tls_sha256_setup();
 	return 0;
 }
 
 bool tls_sha_ni_active(void)
 {
-	return tls_sha_devid != INVALID_DEVID && tls_sha256_device_sha();
+	return tls_sha_on;
 }
 
 void tls_global_cleanup(void)
@@ -791,7 +791,7 @@ static WOLFSSL_CTX *ctx_new(struct tls_server *srv, const char *cert_path,
 	wolfSSL_CTX_set_timeout(ctx, 2 * srv->rotate_s);
 	wolfSSL_CTX_SetIORecv(ctx, io_recv);
 	wolfSSL_CTX_SetIOSend(ctx, io_send);
-	tls_sha256_ctx_setup(ctx, tls_sha_devid);
+	tls_sha256_ctx_setup(ctx, tls_sha_on);
 	explicit_bzero(key, key_len);
 	free(key);
 	free(cert);

@@ -1,13 +1,10 @@
-/* tls_sha256.c - streaming SHA-256 and HMAC over tls_sha256_ni_blocks, and
- * their wiring into wolfSSL (see tls_sha256.h). */
+/* tls_sha256.c - streaming SHA-256, HMAC and the TLS 1.3 HKDF callbacks
+ * over tls_sha256_ni_blocks (see tls_sha256.h). */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
 #include <wolfssl/wolfcrypt/hash.h>
 #include <wolfssl/wolfcrypt/sha256.h>
-#if defined(WOLF_CRYPTO_CB)
-#include <wolfssl/wolfcrypt/cryptocb.h>
-#endif
 #if defined(HAVE_HKDF)
 #include <wolfssl/wolfcrypt/kdf.h>
 #endif
@@ -20,8 +17,6 @@
 
 #include "tls/tls_sha256.h"
 
-/* Our crypto callback device id ("RM"): any value but INVALID_DEVID. */
-#define TLS_SHA256_DEVID 0x524d
 /* Longest HkdfLabel: 2 + 1 + 255 + 1 + 255 (RFC 8446 section 7.1). */
 #define HKDF_LABEL_MAX (2 + 1 + 255 + 1 + 255)
 
@@ -49,8 +44,7 @@ static const uint32_t sha256_iv[8] = {
 	0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 };
 
-/* The streaming core, on fields that may live in our struct or in
- * wolfCrypt's wc_Sha256. */
+/* The streaming core. */
 static void sha_update(uint32_t h[8], uint8_t buf[64], size_t *buf_len, const uint8_t *p, size_t len)
 {
 	if (*buf_len > 0) {
@@ -170,51 +164,9 @@ void tls_sha256_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg,
 	hmac_final(&m, out);
 }
 
-#if defined(WOLF_CRYPTO_CB) && defined(HAVE_PK_CALLBACKS) && defined(HAVE_HKDF) && \
-	defined(WOLFSSL_TLS13) && !defined(NO_SHA256)
+#if defined(HAVE_PK_CALLBACKS) && defined(HAVE_HKDF) && defined(WOLFSSL_TLS13) && \
+	!defined(NO_SHA256)
 #define TLS_SHA256_WIRED 1
-
-/* Whether the device takes SHA-256; set once by tls_sha256_register. */
-static bool dev_sha;
-
-/* wolfCrypt's crypto callback: SHA-256 updates and finals of every
- * wc_Sha256 that carries our devId, on its own fields (digest words in
- * FIPS order, buffer as bytes, loLen/hiLen the byte count). Everything
- * else is CRYPTOCB_UNAVAILABLE, so wolfCrypt does it. */
-static int cryptocb(int dev_id, wc_CryptoInfo *info, void *ctx)
-{
-	wc_Sha256 *s;
-	size_t buf_len;
-
-	(void)dev_id;
-	(void)ctx;
-	if (info->algo_type != WC_ALGO_TYPE_HASH || info->hash.type != WC_HASH_TYPE_SHA256 ||
-	    !dev_sha)
-		return CRYPTOCB_UNAVAILABLE;
-	s = info->hash.sha256;
-	if (s == NULL || s->buffLen >= WC_SHA256_BLOCK_SIZE)
-		return BAD_FUNC_ARG;
-	buf_len = s->buffLen;
-	if (info->hash.in != NULL && info->hash.inSz > 0) {
-		uint32_t lo = s->loLen + info->hash.inSz;
-
-		if (lo < s->loLen)
-			s->hiLen++;
-		s->loLen = lo;
-		sha_update(s->digest, (uint8_t *)s->buffer, &buf_len, info->hash.in, info->hash.inSz);
-		s->buffLen = (word32)buf_len;
-	}
-	if (info->hash.digest != NULL) {
-		uint64_t total = ((uint64_t)s->hiLen << 32) | s->loLen;
-
-		sha_final(s->digest, (uint8_t *)s->buffer, buf_len, total, info->hash.digest);
-		/* Reset as wc_Sha256Final does: the object is reused (HMAC). */
-		memcpy(s->digest, sha256_iv, sizeof(sha256_iv));
-		memset(s->buffer, 0, sizeof(s->buffer));
-		s->buffLen = s->loLen = s->hiLen = 0;
-	}
-	return 0;
-}
 
 /* TLS 1.3 HKDF-Extract (RFC 8446 7.1; no IKM means HashLen zero bytes,
  * as wolfSSL's wc_Tls13_HKDF_Extract does). */
@@ -279,7 +231,6 @@ int tls_sha256_hkdf_expand_label(uint8_t *okm, uint32_t okm_len, const uint8_t *
 	explicit_bzero(data, n);
 	return 0;
 }
-#endif
 
 static bool env_off(const char *name)
 {
@@ -287,44 +238,26 @@ static bool env_off(const char *name)
 
 	return v != NULL && v[0] != 0 && strcmp(v, "0") != 0;
 }
-
-int tls_sha256_register(void)
-{
-#ifdef TLS_SHA256_WIRED
-	dev_sha = tls_sha256_ni_supported() && !env_off("RINGMAIL_NO_SHA_NI");
-	if (!dev_sha)
-		return INVALID_DEVID;
-	if (wc_CryptoCb_RegisterDevice(TLS_SHA256_DEVID, cryptocb, NULL) != 0) {
-		dev_sha = false;
-		return INVALID_DEVID;
-	}
-	return TLS_SHA256_DEVID;
-#else
-	return INVALID_DEVID;
 #endif
-}
 
-bool tls_sha256_device_sha(void)
+bool tls_sha256_setup(void)
 {
 #ifdef TLS_SHA256_WIRED
-	return dev_sha;
+	return tls_sha256_ni_supported() && !env_off("RINGMAIL_NO_SHA_NI");
 #else
 	return false;
 #endif
 }
 
-void tls_sha256_ctx_setup(void *ctx, int dev_id)
+void tls_sha256_ctx_setup(void *ctx, bool on)
 {
 #ifdef TLS_SHA256_WIRED
-	if (dev_id == INVALID_DEVID)
+	if (!on)
 		return;
-	wolfSSL_CTX_SetDevId(ctx, dev_id);
-	if (dev_sha) {
-		wolfSSL_CTX_SetHKDFExtractCb(ctx, tls_sha256_hkdf_extract);
-		wolfSSL_CTX_SetHKDFExpandLabelCb(ctx, tls_sha256_hkdf_expand_label);
-	}
+	wolfSSL_CTX_SetHKDFExtractCb(ctx, tls_sha256_hkdf_extract);
+	wolfSSL_CTX_SetHKDFExpandLabelCb(ctx, tls_sha256_hkdf_expand_label);
 #else
 	(void)ctx;
-	(void)dev_id;
+	(void)on;
 #endif
 }

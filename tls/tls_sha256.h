@@ -1,19 +1,20 @@
-/* tls_sha256.h - SHA-256 with the x86 SHA extensions, routed into wolfSSL.
+/* tls_sha256.h - SHA-256 with the x86 SHA extensions, for the TLS 1.3 key
+ * schedule.
  *
  * wolfSSL 5.5.4 has no SHA-NI path on x86-64 (its best is AVX2, ~5.5
- * cycles/byte); the SHA extensions do ~1.5-2. A TLS 1.3 handshake runs
- * SHA-256 over the transcript and a few dozen HMACs in its key schedule,
- * so tls/ plugs this in where wolfSSL allows it:
- *   - a crypto callback device (WOLF_CRYPTO_CB) that takes every
- *     wc_Sha256 initialised with its devId: the handshake transcript, the
- *     Finished and binder HMACs (wolfSSL_CTX_SetDevId on our contexts);
- *   - the HKDF-Extract and HKDF-Expand-Label callbacks (HAVE_PK_CALLBACKS)
- *     of the TLS 1.3 key schedule, which wolfSSL otherwise runs with no
- *     device.
- * Other algorithms return CRYPTOCB_UNAVAILABLE and stay in wolfCrypt. Only
- * on a CPU with SHA, SSSE3 and SSE4.1 (CPUID), and only with the bundled
- * wolfSSL (built with cryptocb and pkcallbacks); otherwise nothing is
- * registered and wolfSSL's own SHA-256 runs.
+ * cycles/byte); the SHA extensions do ~1.5-2. A TLS 1.3 handshake runs a
+ * few dozen HMAC-SHA256 in its key schedule (HKDF-Extract and
+ * HKDF-Expand-Label), which wolfSSL lets an application replace
+ * (HAVE_PK_CALLBACKS: wolfSSL_CTX_SetHKDFExtractCb / SetHKDFExpandLabelCb).
+ * tls/ installs those on its contexts when the CPU has SHA, SSSE3 and
+ * SSE4.1 (CPUID) and the wolfSSL build has the callbacks (the bundled one);
+ * SHA-384 suites go back to wolfSSL.
+ *
+ * Not routed: the handshake transcript and the Finished/binder HMACs. The
+ * crypto-callback route (WOLF_CRYPTO_CB, a devId on the context) does not
+ * work for SHA-256 in 5.5.4's Intel-assembly build: its wc_InitSha256_ex
+ * stores the devId and then calls InitSha256(), which resets it to
+ * INVALID_DEVID, so the callback is never called (checked in gdb).
  */
 #ifndef RINGMAIL_TLS_SHA256_H
 #define RINGMAIL_TLS_SHA256_H
@@ -34,7 +35,7 @@ struct tls_sha256 {
 };
 
 /* True when this CPU has the SHA extensions (and SSSE3, SSE4.1). Every
- * function below except tls_sha256_register requires it. */
+ * function below except tls_sha256_setup requires it. */
 bool tls_sha256_ni_supported(void);
 
 /* Compresses n 64-byte blocks at p into h (FIPS 180-4 word order). In
@@ -54,8 +55,8 @@ void tls_sha256_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg,
  * (CallbackHKDFExtract, CallbackHKDFExpandLabel): digest is wolfCrypt's
  * hash type. SHA-256 runs here; Extract hands other digests to
  * wc_Tls13_HKDF_Extract, Expand-Label returns NOT_COMPILED_IN so wolfSSL
- * runs its own. Return 0 or a negative wolfCrypt error. Only with the
- * bundled wolfSSL (TLS_SHA256_WIRED). */
+ * runs its own. Return 0 or a negative wolfCrypt error. Only with a
+ * wolfSSL that has HAVE_PK_CALLBACKS (TLS_SHA256_WIRED). */
 int tls_sha256_hkdf_extract(uint8_t *prk, const uint8_t *salt, uint32_t salt_len, uint8_t *ikm,
 			    uint32_t ikm_len, int digest, void *ctx);
 int tls_sha256_hkdf_expand_label(uint8_t *okm, uint32_t okm_len, const uint8_t *prk,
@@ -63,18 +64,13 @@ int tls_sha256_hkdf_expand_label(uint8_t *okm, uint32_t okm_len, const uint8_t *
 				 const uint8_t *label, uint32_t label_len, const uint8_t *info,
 				 uint32_t info_len, int digest, int side);
 
-/* Registers the crypto callback device with wolfCrypt when the CPU and
- * the wolfSSL build allow it. Call once, after wolfSSL_Init, before any
- * thread uses wolfSSL. Returns the devId to give wolfSSL
- * (tls_sha256_ctx_setup does), or -2 (INVALID_DEVID) when SHA-256 stays
- * in wolfCrypt. RINGMAIL_NO_SHA_NI=1 in the environment forces the latter
- * (for measurements). */
-int tls_sha256_register(void);
-/* True when the registered device takes SHA-256. */
-bool tls_sha256_device_sha(void);
+/* Whether tls_sha256_ctx_setup should install the HKDF callbacks: the
+ * CPU and the wolfSSL build allow it, and RINGMAIL_NO_SHA_NI=1 (for
+ * measurements) is not in the environment. */
+bool tls_sha256_setup(void);
 
-/* Routes a context's SHA-256 and TLS 1.3 HKDF to this code when
- * registered (devId != -2); void * is a WOLFSSL_CTX *. */
-void tls_sha256_ctx_setup(void *ctx, int dev_id);
+/* Installs the HKDF callbacks on a context (void * is a WOLFSSL_CTX *)
+ * when on. */
+void tls_sha256_ctx_setup(void *ctx, bool on);
 
 #endif

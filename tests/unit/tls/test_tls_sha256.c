@@ -1,6 +1,7 @@
 /* test_tls_sha256.c - tls/tls_sha256: the SHA-NI compression, streaming,
- * HMAC and the wolfSSL callbacks against FIPS 180-2 vectors and against
- * wolfCrypt's own SHA-256, HMAC and TLS 1.3 HKDF. */
+ * HMAC and the HKDF callbacks against FIPS 180-2 vectors and against
+ * wolfCrypt's own SHA-256, HMAC and TLS 1.3 HKDF. A full handshake through
+ * the callbacks is in test_tls.c (every test there runs with them). */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/hmac.h>
@@ -156,63 +157,7 @@ Test(tls_sha256, hmac_matches_wolfcrypt)
 	}
 }
 
-#if defined(WOLF_CRYPTO_CB) && defined(HAVE_PK_CALLBACKS) && defined(HAVE_HKDF)
-
-/* A wc_Sha256 on our device: wolfCrypt's API, our code underneath. Copy
- * and GetHash mid-stream, and reuse after Final, as the TLS transcript
- * and HMAC do. */
-Test(tls_sha256, crypto_callback_device)
-{
-	uint8_t buf[1000], want[32], got[32], mid_want[32], mid_got[32];
-	int dev;
-
-	need_ni();
-	cr_assert_eq(wolfSSL_Init(), WOLFSSL_SUCCESS);
-	dev = tls_sha256_register();
-	cr_assert_neq(dev, INVALID_DEVID);
-	for (size_t n = 0; n <= sizeof(buf); n += 13) {
-		wc_Sha256 s, c;
-		size_t half = n / 3;
-
-		fill(buf, n, n + 99);
-		cr_assert_eq(wc_InitSha256_ex(&s, NULL, dev), 0);
-		cr_assert_eq(wc_Sha256Update(&s, buf, (word32)half), 0);
-		cr_assert_eq(wc_Sha256GetHash(&s, mid_got), 0);
-		cr_assert_eq(wc_Sha256Copy(&s, &c), 0);
-		cr_assert_eq(wc_Sha256Update(&s, buf + half, (word32)(n - half)), 0);
-		cr_assert_eq(wc_Sha256Final(&s, got), 0);
-		wolf(buf, half, mid_want);
-		wolf(buf, n, want);
-		cr_assert_arr_eq(mid_got, mid_want, 32, "GetHash at %zu of %zu", half, n);
-		cr_assert_arr_eq(got, want, 32, "length %zu", n);
-		/* The copy goes on from the middle. */
-		cr_assert_eq(wc_Sha256Update(&c, buf + half, (word32)(n - half)), 0);
-		cr_assert_eq(wc_Sha256Final(&c, got), 0);
-		cr_assert_arr_eq(got, want, 32);
-		/* Reused after Final: a fresh hash. */
-		cr_assert_eq(wc_Sha256Update(&s, buf, (word32)n), 0);
-		cr_assert_eq(wc_Sha256Final(&s, got), 0);
-		cr_assert_arr_eq(got, want, 32);
-		wc_Sha256Free(&s);
-		wc_Sha256Free(&c);
-	}
-	/* HMAC on the device (the Finished MAC's path). */
-	{
-		Hmac h;
-		uint8_t key[32];
-
-		fill(key, sizeof(key), 5);
-		fill(buf, 200, 6);
-		cr_assert_eq(wc_HmacInit(&h, NULL, dev), 0);
-		cr_assert_eq(wc_HmacSetKey(&h, WC_SHA256, key, sizeof(key)), 0);
-		cr_assert_eq(wc_HmacUpdate(&h, buf, 200), 0);
-		cr_assert_eq(wc_HmacFinal(&h, got), 0);
-		wc_HmacFree(&h);
-		tls_sha256_hmac(key, sizeof(key), buf, 200, want);
-		cr_assert_arr_eq(got, want, 32);
-	}
-	wolfSSL_Cleanup();
-}
+#if defined(HAVE_PK_CALLBACKS) && defined(HAVE_HKDF)
 
 Test(tls_sha256, hkdf_callbacks_match_wolfcrypt)
 {
