@@ -19,8 +19,9 @@
  *            loop; MB/s and the server's CPU per MB
  * --crypto: the crypto bound of one handshake, timed on CPU time
  *   (CLOCK_THREAD_CPUTIME_ID, so other tenants do not inflate it) with the
- *   same wolfCrypt build: ECDSA P-256 sign, X25519 key generation and
- *   agreement, ECDSA verify, AES-128-GCM and ChaCha20-Poly1305 on 16 KiB
+ *   same wolfCrypt build: ECDSA P-256 sign, X25519 key generation (with
+ *   the bundled build, tls/tls_x25519.c's table version, which the server
+ *   uses too) and agreement, ECDSA verify, AES-128-GCM and ChaCha20-Poly1305 on 16 KiB
  *   records.
  *
  * usage: tls_bench --port P [--mode M] [-c N] [-d SECS] [-n CONNS]

@@ -21,6 +21,9 @@
 # Run as root on Debian 12 (it uses apt-get). Idempotent.
 set -eu
 
+HERE=$(cd "$(dirname "$0")" && pwd)
+# ringmail's own code compiled into the archive (see below).
+RAND_DIR=$HERE/../tls/wolfssl
 LINK=${RINGMAIL_WOLFSSL_PREFIX:-/var/cache/ringmail/wolfssl}
 LINK=${LINK%/}
 CACHE=$(dirname "$LINK")
@@ -40,6 +43,14 @@ die() { printf 'build-wolfssl: error: %s\n' "$*" >&2; exit 1; }
 #     switch of its own in 5.5) for its subjectAltName.
 #   - crypttests stays on so wolfCrypt's benchmark is built (the bench
 #     measures "the crypto bound of one handshake" with it); examples off.
+#   - Randomness: no Hash_DRBG per WC_RNG (--disable-hashdrbg); instead
+#     CUSTOM_RAND_GENERATE_BLOCK=ringmail_rand_block, a per-thread ChaCha20
+#     generator seeded from getrandom(2) (tls/wolfssl/ringmail_rand.c,
+#     compiled into the archive; docs/tls.md, "Randomness"). Its header is
+#     force-included into every wolfSSL file for the declaration, and the
+#     two files are part of the hash, so changing them rebuilds.
+#   - pkcallbacks: tls/ runs the TLS 1.3 key schedule's HKDF on its SHA-NI
+#     code through wolfSSL_CTX_SetHKDFExtractCb/SetHKDFExpandLabelCb.
 FLAGS="--enable-static --disable-shared
 --enable-tls13 --enable-tlsv12 --disable-oldtls --disable-sslv3 --disable-dtls
 --disable-opensslextra --disable-opensslall
@@ -48,13 +59,17 @@ FLAGS="--enable-static --disable-shared
 --enable-ecc --enable-curve25519 --enable-ed25519
 --enable-session-ticket --enable-sni --enable-alpn --enable-supportedcurves
 --enable-certgen --enable-certreq --enable-keygen
---enable-harden
+--enable-harden --disable-hashdrbg --enable-pkcallbacks
 --disable-examples --enable-crypttests"
 FLAGS=$(printf '%s ' $FLAGS)
 FLAGS=${FLAGS% }
 # -fPIC: the archive is linked into PIE executables.
-CFLAGS_EXTRA="-O2 -fPIC -DWOLFSSL_ALT_NAMES"
-HASH=$(printf '%s|%s' "$FLAGS" "$CFLAGS_EXTRA" | sha256sum | cut -c1-10)
+CFLAGS_EXTRA="-O2 -fPIC -DWOLFSSL_ALT_NAMES -DCUSTOM_RAND_GENERATE_BLOCK=ringmail_rand_block"
+for f in ringmail_rand.c ringmail_rand.h; do
+	[ -f "$RAND_DIR/$f" ] || die "$RAND_DIR/$f missing"
+done
+RAND_SUM=$(cat "$RAND_DIR/ringmail_rand.h" "$RAND_DIR/ringmail_rand.c" | sha256sum | cut -c1-16)
+HASH=$(printf '%s|%s|%s' "$FLAGS" "$CFLAGS_EXTRA" "$RAND_SUM" | sha256sum | cut -c1-10)
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages with apt-get)"
 command -v apt-get >/dev/null || die "apt-get not found: this script is for Debian"
@@ -112,7 +127,8 @@ DEST=$CACHE/wolfssl-$UPSTREAM-$HASH
 
 complete() {
 	[ -f "$1/.ringmail-complete" ] && [ -f "$1/lib/libwolfssl.a" ] &&
-	[ -f "$1/include/wolfssl/ssl.h" ] && [ -x "$1/bin/wolfcrypt-benchmark" ]
+	[ -f "$1/include/wolfssl/ssl.h" ] && [ -x "$1/bin/wolfcrypt-benchmark" ] &&
+	[ -f "$1/include/wolfssl/ringmail_rand.h" ]
 }
 
 point_link() {
@@ -162,13 +178,27 @@ if [ ! -x ./configure ]; then
 fi
 
 rm -rf "$DEST"
+mkdir -p ../ringmail
+cp "$RAND_DIR/ringmail_rand.h" "$RAND_DIR/ringmail_rand.c" ../ringmail/
+RM=$(cd ../ringmail && pwd)
 say "configure"
 # shellcheck disable=SC2086
-./configure --prefix="$DEST" $FLAGS CFLAGS="$CFLAGS_EXTRA" >../configure.log 2>&1 ||
+./configure --prefix="$DEST" $FLAGS CFLAGS="$CFLAGS_EXTRA -include $RM/ringmail_rand.h" >../configure.log 2>&1 ||
 	{ tail -n 40 ../configure.log >&2; die "configure failed (log above)"; }
 say "make -j$JOBS"
-make -j"$JOBS" >../make.log 2>&1 || { tail -n 60 ../make.log >&2; die "make failed (log above)"; }
+# The library first, then ringmail_rand.o into its archive, then the rest
+# (the benchmark and test programs link against the archive and need it).
+make -j"$JOBS" src/libwolfssl.la >../make.log 2>&1 || { tail -n 60 ../make.log >&2; die "make failed (log above)"; }
+[ -f src/.libs/libwolfssl.a ] || die "src/.libs/libwolfssl.a was not built"
+# shellcheck disable=SC2086
+${CC:-cc} $CFLAGS_EXTRA -I. -I"$RM" -Wall -Wextra -Werror -c "$RM/ringmail_rand.c" -o "$RM/ringmail_rand.o" >>../make.log 2>&1 ||
+	{ tail -n 30 ../make.log >&2; die "cannot compile ringmail_rand.c"; }
+ar rs src/.libs/libwolfssl.a "$RM/ringmail_rand.o" >>../make.log 2>&1 || die "ar failed"
+make -j"$JOBS" >>../make.log 2>&1 || { tail -n 60 ../make.log >&2; die "make failed (log above)"; }
 make install >../install.log 2>&1 || { tail -n 40 ../install.log >&2; die "make install failed"; }
+nm "$DEST/lib/libwolfssl.a" 2>/dev/null | grep -q ' T ringmail_rand_block$' ||
+	die "ringmail_rand_block is not in the installed archive"
+install -m 0644 "$RM/ringmail_rand.h" "$DEST/include/wolfssl/ringmail_rand.h"
 
 # The benchmark binary: libtool may leave a wrapper script; with a static
 # build the real program is the file itself or .libs/benchmark.
@@ -182,7 +212,8 @@ install -D -m 0755 "$BENCH" "$DEST/bin/wolfcrypt-benchmark"
 {
 	printf 'debian_version=%s\n' "$VERSION"
 	printf 'configure_flags=%s\n' "$FLAGS"
-	printf 'cflags=%s\n' "$CFLAGS_EXTRA"
+	printf 'cflags=%s -include ringmail_rand.h\n' "$CFLAGS_EXTRA"
+	printf 'ringmail_rand_sha256=%s\n' "$RAND_SUM"
 	printf 'flags_hash=%s\n' "$HASH"
 } >"$DEST/ringmail-build.txt"
 cp ../configure.log "$DEST/configure.log"

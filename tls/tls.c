@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "tls/tls.h"
+#include "tls/tls_sha256.h"
 
 #if !defined(HAVE_SNI) || !defined(HAVE_ALPN) || !defined(HAVE_SESSION_TICKET) || \
 	!defined(WOLFSSL_TLS13) || !defined(WOLFSSL_CERT_GEN) || !defined(HAVE_AESGCM)
@@ -282,13 +283,23 @@ static void *tls_realloc(void *p, size_t size)
 	return realloc(p, size);
 }
 
+/* Whether the TLS 1.3 key schedule runs on the SHA extensions
+ * (tls_sha256.h). Set once by tls_global_init before any thread starts. */
+static bool tls_sha_on;
+
 int tls_global_init(void)
 {
 	if (wolfSSL_SetAllocators(tls_malloc, tls_free, tls_realloc) != 0)
 		return -EIO;
 	if (wolfSSL_Init() != WOLFSSL_SUCCESS)
 		return -EIO;
+	tls_sha_on = tls_sha256_setup();
 	return 0;
+}
+
+bool tls_sha_ni_active(void)
+{
+	return tls_sha_on;
 }
 
 void tls_global_cleanup(void)
@@ -780,6 +791,7 @@ static WOLFSSL_CTX *ctx_new(struct tls_server *srv, const char *cert_path,
 	wolfSSL_CTX_set_timeout(ctx, 2 * srv->rotate_s);
 	wolfSSL_CTX_SetIORecv(ctx, io_recv);
 	wolfSSL_CTX_SetIOSend(ctx, io_send);
+	tls_sha256_ctx_setup(ctx, tls_sha_on);
 	explicit_bzero(key, key_len);
 	free(key);
 	free(cert);

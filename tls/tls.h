@@ -74,6 +74,9 @@ struct tls_server_config {
  * Call once per process before anything else here, from the main thread.
  * Returns 0 or -EIO. */
 int tls_global_init(void);
+/* True when the TLS 1.3 key schedule (HKDF) runs on the CPU's SHA
+ * extensions (tls_sha256.h) rather than in wolfCrypt. After tls_global_init. */
+bool tls_sha_ni_active(void);
 /* Releases wolfSSL's global state; every server must be gone. */
 void tls_global_cleanup(void);
 
