@@ -315,6 +315,13 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 			 strerror(-rc));
 		return rc;
 	}
+	/* DKIM keys: messages for remote recipients are signed as they are
+	 * spooled, on whichever loop accepts them (read-only after this). */
+	if ((rc = dkim_new(cfg->data_dir, cfg->ob_dkim_selector, &st->sv.dkim))) {
+		snprintf(err, errlen, "cannot load the DKIM keys in %s/dkim: %s", cfg->data_dir,
+			 strerror(-rc));
+		return rc;
+	}
 	if ((rc = workpool_new(WORKPOOL_THREADS_DEFAULT, WORKPOOL_QUEUE_DEFAULT, &st->wp)) ||
 	    (rc = auth_new(NULL, st->sv.users, st->wp, &st->sv.auth))) {
 		snprintf(err, errlen, "cannot start the authenticator: %s", strerror(-rc));
@@ -329,6 +336,7 @@ static void services_close(struct app_state *st)
 	auth_free(&st->sv.auth);
 	outbound_free(&st->sv.outbound);
 	queue_free(&st->sv.queue);
+	dkim_free(&st->sv.dkim);
 	users_free(&st->sv.users);
 	store_free(&st->sv.store);
 	if (st->lock_fd >= 0)

@@ -19,7 +19,6 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/server.h"
-#include "outbound/dkim.h"
 #include "outbound/dns.h"
 #include "outbound/outbound.h"
 #include "proto/mime.h"
@@ -35,15 +34,18 @@
 #define OB_REPLY_MAX 4096   /* one (multi-line) reply we keep */
 #define OB_INBUF_MAX 65536  /* plaintext waiting to be parsed */
 #define OB_JOB_RCPTS_MAX 100 /* recipients per transaction */
+#define OB_BODY_CHUNK 65536  /* message bytes read from the queue file at once */
+#define OB_DSN_HDR_MAX 65536 /* the original's header section in a bounce */
+#define OB_DSN_FULL_MAX (256 * 1024) /* RET=FULL: the original returned up to this */
 
 struct ob_msg {
 	struct queue_entry *e;
+	struct outbound *ob;
 	bool *inflight;       /* per recipient: in a job now */
-	bool *bounce;         /* per recipient: failed, DSN not yet sent */
-	unsigned jobs;
+	unsigned jobs;        /* jobs and bounce steps holding m */
+	bool dsn_busy;        /* a bounce is being made */
+	int64_t dsn_retry_ms; /* a failed bounce is tried again then */
 	bool removed;
-	char *dkim;           /* DKIM-Signature field to prepend, or NULL */
-	bool dkim_done;
 	struct ob_msg *next;
 };
 
@@ -69,7 +71,6 @@ struct outbound {
 	int ctl_fd;
 	char ctl_buf[4096];
 	bool flush;
-	struct dkim *dkim;
 	struct job *jobs;
 };
 
@@ -92,8 +93,7 @@ static int64_t wall_ms(void)
 static void msg_add(struct outbound *ob, struct queue_entry *e)
 {
 	struct ob_msg *m = calloc(1, sizeof(*m));
-	if (!m || !(m->inflight = calloc(e->nrcpts, sizeof(bool))) ||
-	    !(m->bounce = calloc(e->nrcpts, sizeof(bool)))) {
+	if (!m || !(m->inflight = calloc(e->nrcpts, sizeof(bool)))) {
 		/* It stays on disk and is picked up at the next start. */
 		if (m) {
 			free(m->inflight);
@@ -103,6 +103,7 @@ static void msg_add(struct outbound *ob, struct queue_entry *e)
 		return;
 	}
 	m->e = e;
+	m->ob = ob;
 	m->next = ob->msgs;
 	ob->msgs = m;
 }
@@ -111,8 +112,6 @@ static void msg_free(struct ob_msg *m)
 {
 	queue_entry_free(m->e);
 	free(m->inflight);
-	free(m->bounce);
-	free(m->dkim);
 	free(m);
 }
 
@@ -156,7 +155,6 @@ void outbound_free(struct outbound **ob_r)
 		n = d->next;
 		free(d);
 	}
-	dkim_free(&ob->dkim);
 	free(ob);
 }
 
@@ -202,7 +200,13 @@ struct job {
 	unsigned inflight;
 	bool closing;
 	void (*after_close)(struct job *j);
-	struct loop_cb connect_cb, send_cb, recv_cb;
+	struct loop_cb connect_cb, send_cb, recv_cb, body_cb;
+	/* the message, read from <id>.msg in OB_BODY_CHUNK pieces */
+	int body_fd;
+	enum { BODY_OPEN, BODY_READ, BODY_CLOSE } body_op;
+	uint64_t body_pos;
+	uint8_t *chunk;
+	bool body_bol, body_wait, body_nl;
 	uint8_t rbuf[OB_RBUF];
 	uint8_t *out;
 	size_t out_len, out_off, out_cap;
@@ -269,6 +273,10 @@ static void job_closed_maybe(struct job *j)
 	if (j->fd >= 0) {
 		close(j->fd); /* a socket without linger: does not block */
 		j->fd = -1;
+	}
+	if (j->body_fd >= 0) {
+		close(j->body_fd); /* read-only, nothing to flush */
+		j->body_fd = -1;
 	}
 	tls_client_free(&j->tls);
 	j->closing = false;
@@ -355,6 +363,8 @@ static void job_send_str(struct job *j, const char *s)
 	job_send(j, s, strlen(s));
 }
 
+static void body_next(struct job *j);
+
 static void on_sent(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
 {
 	(void)loop;
@@ -372,6 +382,11 @@ static void on_sent(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 	}
 	j->out_off += (size_t)res;
 	flush_out(j);
+	if (j->body_wait && !j->sending && j->out_off == j->out_len) {
+		/* The last chunk is on the wire: read the next one. */
+		j->body_wait = false;
+		body_next(j);
+	}
 }
 
 static void arm_recv(struct job *j)
@@ -565,12 +580,6 @@ static void parse_ehlo(struct job *j)
 	}
 }
 
-static const uint8_t *msg_data(struct job *j, size_t *len_r)
-{
-	*len_r = j->m->e->len;
-	return j->m->e->data;
-}
-
 static void send_rcpt(struct job *j, size_t i)
 {
 	char buf[QUEUE_REPLY_MAX + 32];
@@ -581,10 +590,9 @@ static void send_rcpt(struct job *j, size_t i)
 static void send_transaction(struct job *j)
 {
 	char buf[QUEUE_REPLY_MAX + 64];
-	size_t len;
-	msg_data(j, &len);
-	if (j->m->dkim)
-		len += strlen(j->m->dkim);
+	size_t len = (size_t)j->m->e->body_len;
+	if (j->m->e->dkim)
+		len += strlen(j->m->e->dkim);
 	int n = snprintf(buf, sizeof(buf), "MAIL FROM:<%s>", j->m->e->from);
 	if (j->ext_size)
 		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " SIZE=%zu", len);
@@ -609,28 +617,108 @@ static void send_quit(struct job *j)
 	job_send_str(j, "QUIT\r\n");
 }
 
-/* The message, dot-stuffed (RFC 5321 4.5.2), then the end of data. */
+/* The message, dot-stuffed (RFC 5321 4.5.2), then the end of data. The
+ * bytes come from <id>.msg one chunk at a time: the next chunk is read
+ * (through the ring) once the previous one has been sent. */
 static void send_body(struct job *j)
 {
-	size_t len;
-	const uint8_t *p = msg_data(j, &len);
 	j->step = J_BODY;
-	if (j->m->dkim)
-		job_send_str(j, j->m->dkim);
-	size_t start = 0;
-	bool bol = true;
+	if (j->m->e->dkim)
+		job_send_str(j, j->m->e->dkim);
+	j->body_pos = 0;
+	j->body_bol = true;
+	j->body_nl = true;
+	j->body_wait = false;
+	body_next(j);
+}
+
+static void body_submit(struct job *j)
+{
+	struct queue_entry *e = j->m->e;
+	struct io_uring_sqe *sqe = loop_sqe(j->ob->loop, &j->body_cb);
+	j->inflight++;
+	if (j->body_fd < 0) {
+		char name[QUEUE_ID_MAX + 8];
+		snprintf(name, sizeof(name), "%s.msg", e->id);
+		j->body_op = BODY_OPEN;
+		io_uring_prep_openat(sqe, queue_dirfd(j->ob->q), name, O_RDONLY | O_CLOEXEC, 0);
+		return;
+	}
+	uint64_t left = e->body_len - j->body_pos;
+	j->body_op = BODY_READ;
+	io_uring_prep_read(sqe, j->body_fd, j->chunk,
+			   (unsigned)(left < OB_BODY_CHUNK ? left : OB_BODY_CHUNK),
+			   e->body_off + j->body_pos);
+}
+
+static void body_next(struct job *j)
+{
+	if (j->closing || j->step != J_BODY)
+		return;
+	if (j->body_pos < j->m->e->body_len) {
+		if (!j->chunk && !(j->chunk = malloc(OB_BODY_CHUNK))) {
+			job_fail(j, "out of memory");
+			return;
+		}
+		body_submit(j);
+		return;
+	}
+	if (!j->body_nl)
+		job_send_str(j, "\r\n");
+	job_send_str(j, ".\r\n");
+	free(j->chunk);
+	j->chunk = NULL;
+	if (j->body_fd >= 0) {
+		j->inflight++;
+		j->body_op = BODY_CLOSE;
+		io_uring_prep_close(loop_sqe(j->ob->loop, &j->body_cb), j->body_fd);
+		j->body_fd = -1;
+	}
+}
+
+static void on_body(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)loop;
+	(void)flags;
+	struct job *j = (struct job *)((char *)cb - offsetof(struct job, body_cb));
+	j->inflight--;
+	if (j->body_op == BODY_OPEN && res >= 0)
+		j->body_fd = res;
+	if (j->body_op == BODY_CLOSE)
+		return;
+	if (j->closing) {
+		job_closed_maybe(j);
+		return;
+	}
+	if (res <= 0) {
+		OBLOG(j->ob, LOG_ERROR, "outbound-queue-read", "id=%s error=%s", j->m->e->id,
+		      res < 0 ? strerror(-res) : "short file");
+		job_fail(j, "cannot read the queued message");
+		return;
+	}
+	if (j->body_op == BODY_OPEN) {
+		body_next(j);
+		return;
+	}
+	const uint8_t *p = j->chunk;
+	size_t len = (size_t)res, start = 0;
 	for (size_t i = 0; i < len; i++) {
-		if (bol && p[i] == '.') {
+		if (j->body_bol && p[i] == '.') {
 			job_send(j, p + start, i - start);
 			job_send(j, ".", 1);
 			start = i;
 		}
-		bol = p[i] == '\n';
+		j->body_bol = p[i] == '\n';
 	}
 	job_send(j, p + start, len - start);
-	if (len && p[len - 1] != '\n')
-		job_send_str(j, "\r\n");
-	job_send_str(j, ".\r\n");
+	j->body_nl = p[len - 1] == '\n';
+	j->body_pos += len;
+	if (j->closing)
+		return;
+	if (j->sending || j->out_off != j->out_len)
+		j->body_wait = true; /* on_sent() reads on */
+	else
+		body_next(j);
 }
 
 static void first_line(const char *reply, char *out, size_t cap)
@@ -888,8 +976,18 @@ static void mx_done(void *arg, enum dns_status st, const struct dns_mx *mx, size
 
 /* ---- bounces (RFC 3464) ------------------------------------------------ */
 
-struct dsn_local {
+/* A bounce being made for one message: the original's head is read from
+ * <id>.msg through the ring, the DSN built, then appended to the sender's
+ * INBOX (local sender) or queued with the null sender (remote sender). */
+struct dsn {
 	struct outbound *ob;
+	struct ob_msg *m;
+	struct loop_cb cb;
+	enum { DSN_OPEN, DSN_READ, DSN_CLOSE } op;
+	int fd;
+	uint8_t *orig;          /* the first bytes of the original */
+	size_t orig_len, orig_want;
+	bool *report;           /* per recipient: in this DSN */
 	char *text;
 	size_t len;
 	char target[QUEUE_REPLY_MAX];
@@ -898,48 +996,67 @@ struct dsn_local {
 	struct store_append *append;
 };
 
-static void dsn_local_end(struct dsn_local *d, int res)
+static void msg_settled(struct outbound *ob, struct ob_msg *m);
+
+/* The DSN is durable (res 0) or failed: only then are its recipients
+ * marked bounced (docs/queue.md: crash windows). */
+static void dsn_end(struct dsn *d, int res)
 {
-	if (res < 0)
-		OBLOG(d->ob, LOG_WARN, "outbound-dsn-failed", "to=%s error=%s", d->target,
-		      strerror(-res));
-	else
-		OBLOG(d->ob, LOG_INFO, "outbound-dsn", "to=%s", d->target);
+	struct outbound *ob = d->ob;
+	struct ob_msg *m = d->m;
+	struct queue_entry *e = m->e;
+	if (res < 0) {
+		OBLOG(ob, LOG_WARN, "outbound-dsn-failed", "id=%s to=%s error=%s", e->id,
+		      d->target[0] ? d->target : e->from, strerror(-res));
+		m->dsn_retry_ms = wall_ms() + 60000;
+	} else {
+		OBLOG(ob, LOG_INFO, "outbound-dsn", "id=%s to=%s", e->id,
+		      d->target[0] ? d->target : e->from);
+		for (size_t i = 0; i < e->nrcpts; i++)
+			if (d->report[i] && e->rcpts[i].state == QUEUE_RCPT_FAILED)
+				e->rcpts[i].state = QUEUE_RCPT_BOUNCED;
+	}
 	if (d->folder)
 		store_folder_close(&d->folder);
 	if (d->user)
 		store_user_close(&d->user);
 	free(d->text);
+	free(d->orig);
+	free(d->report);
 	free(d);
+	m->dsn_busy = false;
+	m->jobs--;
+	if (m->jobs == 0)
+		msg_settled(ob, m);
 }
 
 static void dsn_committed(void *arg, int res, uint32_t uid)
 {
 	(void)uid;
-	struct dsn_local *d = arg;
+	struct dsn *d = arg;
 	d->append = NULL;
-	dsn_local_end(d, res);
+	dsn_end(d, res);
 }
 
 static void dsn_folder(void *arg, int res, struct store_folder *folder)
 {
-	struct dsn_local *d = arg;
+	struct dsn *d = arg;
 	if (res < 0) {
-		dsn_local_end(d, res);
+		dsn_end(d, res);
 		return;
 	}
 	d->folder = folder;
 	int rc = store_append_begin(d->ob->loop, &d->folder, 1, time(NULL), 0, NULL, 0, NULL, NULL,
 				    &d->append);
 	if (rc) {
-		dsn_local_end(d, rc);
+		dsn_end(d, rc);
 		return;
 	}
 	ssize_t w = store_append_write(d->append, span_make(d->text, d->len));
 	if (w < 0 || (size_t)w < d->len) {
-		/* A DSN is small: it fits the append buffer. */
+		/* A DSN is bounded (OB_DSN_FULL_MAX): it fits the append buffer. */
 		store_append_abort(&d->append);
-		dsn_local_end(d, w < 0 ? (int)w : -EFBIG);
+		dsn_end(d, w < 0 ? (int)w : -EFBIG);
 		return;
 	}
 	struct mime_scanner *sc = malloc(sizeof(*sc));
@@ -949,7 +1066,7 @@ static void dsn_folder(void *arg, int res, struct store_folder *folder)
 		free(sc);
 		free(blob);
 		store_append_abort(&d->append);
-		dsn_local_end(d, -ENOMEM);
+		dsn_end(d, -ENOMEM);
 		return;
 	}
 	mime_scan_init(sc);
@@ -962,13 +1079,19 @@ static void dsn_folder(void *arg, int res, struct store_folder *folder)
 
 static void dsn_user(void *arg, int res, struct store_user *user)
 {
-	struct dsn_local *d = arg;
+	struct dsn *d = arg;
 	if (res < 0) {
-		dsn_local_end(d, res);
+		dsn_end(d, res);
 		return;
 	}
 	d->user = user;
 	store_folder_open(user, d->ob->loop, "INBOX", dsn_folder, d);
+}
+
+static void dsn_queued(void *arg, int res, const char *id)
+{
+	(void)id;
+	dsn_end(arg, res);
 }
 
 static void first_target(void *arg, const char *target)
@@ -998,33 +1121,34 @@ static void status_of(const char *text, int code, char *out, size_t cap)
 	snprintf(out, cap, "%s", code == 556 ? "5.1.10" : "5.0.0");
 }
 
-static void send_dsn(struct outbound *ob, struct ob_msg *m)
+/* Builds the DSN (RFC 3464 multipart/report) from the original's first
+ * bytes in d->orig. */
+static int dsn_build(struct dsn *d)
 {
-	struct queue_entry *e = m->e;
-	size_t nfail = 0;
-	for (size_t i = 0; i < e->nrcpts; i++)
-		nfail += m->bounce[i];
-	if (!nfail)
-		return;
-	if (!e->from[0]) {
-		/* Never a bounce for a bounce. */
-		memset(m->bounce, 0, e->nrcpts * sizeof(bool));
-		return;
-	}
+	struct outbound *ob = d->ob;
+	struct queue_entry *e = d->m->e;
 	const struct config *cfg = ob_cfg(ob);
 	/* The original's header section (text/rfc822-headers). */
-	size_t hlen = e->len;
-	for (size_t i = 0; i + 3 < e->len; i++)
-		if (!memcmp(e->data + i, "\r\n\r\n", 4)) {
+	size_t hlen = d->orig_len;
+	for (size_t i = 0; i + 3 < d->orig_len; i++)
+		if (!memcmp(d->orig + i, "\r\n\r\n", 4)) {
 			hlen = i + 2;
 			break;
 		}
-	if (hlen > 64 * 1024)
-		hlen = 64 * 1024;
-	size_t cap = 8192 + hlen + nfail * 2 * QUEUE_REPLY_MAX;
+	if (hlen > OB_DSN_HDR_MAX)
+		hlen = OB_DSN_HDR_MAX;
+	/* RET=FULL: the whole message when it is small enough (RFC 3461 4.3
+	 * lets a large one be cut to its header). */
+	bool full = e->ret == QUEUE_RET_FULL && e->body_len <= OB_DSN_FULL_MAX &&
+		    d->orig_len == e->body_len;
+	size_t nrep = 0;
+	for (size_t i = 0; i < e->nrcpts; i++)
+		nrep += d->report[i];
+	size_t cap = 8192 + (full ? d->orig_len : hlen) + nrep * (3 * QUEUE_REPLY_MAX + 2 * QUEUE_XTEXT_MAX) +
+		     (e->envid ? strlen(e->envid) : 0);
 	char *t = malloc(cap);
 	if (!t)
-		return;
+		return -ENOMEM;
 	char date[64], boundary[64];
 	time_t now = time(NULL);
 	struct tm tm;
@@ -1055,7 +1179,7 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m)
 		cfg->hostname, e->from, date, e->id, cfg->hostname, boundary, boundary,
 		cfg->hostname);
 	for (size_t i = 0; i < e->nrcpts && n < cap; i++)
-		if (m->bounce[i])
+		if (d->report[i])
 			n += (size_t)snprintf(t + n, cap - n, "<%s>: %s\r\n", e->rcpts[i].addr,
 					      e->rcpts[i].last);
 	time_t arr = (time_t)(e->created_ms / 1000);
@@ -1065,45 +1189,70 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m)
 	n += (size_t)snprintf(t + n, cap - n,
 		"\r\n--%s\r\n"
 		"Content-Type: message/delivery-status\r\n"
-		"\r\n"
+		"\r\n", boundary);
+	if (e->envid)
+		n += (size_t)snprintf(t + n, cap - n, "Original-Envelope-Id: %s\r\n", e->envid);
+	n += (size_t)snprintf(t + n, cap - n,
 		"Reporting-MTA: dns; %s\r\n"
 		"X-Ringmail-Queue-ID: %s\r\n"
 		"Arrival-Date: %s\r\n",
-		boundary, cfg->hostname, e->id, adate);
+		cfg->hostname, e->id, adate);
 	for (size_t i = 0; i < e->nrcpts && n < cap; i++) {
-		if (!m->bounce[i])
+		if (!d->report[i])
 			continue;
+		const struct queue_rcpt *r = &e->rcpts[i];
 		char status[32];
-		int code = atoi(e->rcpts[i].last);
-		status_of(e->rcpts[i].last, code, status, sizeof(status));
+		int code = atoi(r->last);
+		status_of(r->last, code, status, sizeof(status));
+		n += (size_t)snprintf(t + n, cap - n, "\r\n");
+		if (r->orcpt) {
+			/* "addr-type;xtext" as the client gave it (RFC 3461 4.2). */
+			const char *semi = strchr(r->orcpt, ';');
+			if (semi)
+				n += (size_t)snprintf(t + n, cap - n, "Original-Recipient: %.*s; %s\r\n",
+						      (int)(semi - r->orcpt), r->orcpt, semi + 1);
+		}
 		n += (size_t)snprintf(t + n, cap - n,
-			"\r\nFinal-Recipient: rfc822; %s\r\n"
+			"Final-Recipient: rfc822; %s\r\n"
 			"Action: failed\r\n"
 			"Status: %s\r\n"
 			"Diagnostic-Code: smtp; %s\r\n",
-			e->rcpts[i].addr, status, e->rcpts[i].last);
+			r->addr, status, r->last);
 	}
-	n += (size_t)snprintf(t + n, cap - n,
-		"\r\n--%s\r\n"
-		"Content-Type: text/rfc822-headers\r\n"
-		"\r\n", boundary);
-	if (n + hlen + 256 < cap) {
-		memcpy(t + n, e->data, hlen);
-		n += hlen;
+	if (full) {
+		n += (size_t)snprintf(t + n, cap - n,
+			"\r\n--%s\r\n"
+			"Content-Type: message/rfc822\r\n"
+			"\r\n", boundary);
+	} else {
+		n += (size_t)snprintf(t + n, cap - n,
+			"\r\n--%s\r\n"
+			"Content-Type: text/rfc822-headers\r\n"
+			"\r\n", boundary);
+	}
+	size_t olen = full ? d->orig_len : hlen;
+	if (n + olen + 256 < cap) {
+		memcpy(t + n, d->orig, olen);
+		n += olen;
 	}
 	n += (size_t)snprintf(t + n, cap - n, "\r\n--%s--\r\n", boundary);
-	memset(m->bounce, 0, e->nrcpts * sizeof(bool));
+	d->text = t;
+	d->len = n < cap ? n : cap;
+	return 0;
+}
 
+/* The original's first bytes are in: build and deliver the DSN. */
+static void dsn_deliver(struct dsn *d)
+{
+	struct outbound *ob = d->ob;
+	struct queue_entry *e = d->m->e;
+	int rc = dsn_build(d);
+	if (rc) {
+		dsn_end(d, rc);
+		return;
+	}
 	const char *at = strrchr(e->from, '@');
 	if (at && ob->users && users_is_local_domain(ob->users, span_cstr(at + 1))) {
-		struct dsn_local *d = calloc(1, sizeof(*d));
-		if (!d) {
-			free(t);
-			return;
-		}
-		d->ob = ob;
-		d->text = t;
-		d->len = n;
 		char lower[QUEUE_REPLY_MAX];
 		size_t k = 0;
 		for (const char *p = e->from; *p && k < sizeof(lower) - 1; p++)
@@ -1112,16 +1261,124 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m)
 		if (users_resolve(ob->users, span_cstr(lower), first_target, d->target) < 0 ||
 		    !d->target[0]) {
 			snprintf(d->target, sizeof(d->target), "%s", lower);
-			dsn_local_end(d, -ENOENT);
+			/* Nobody to tell: the bounce is done (logged). */
+			OBLOG(ob, LOG_WARN, "outbound-dsn-dropped", "id=%s to=%s reason=unknown-user",
+			      e->id, lower);
+			dsn_end(d, 0);
 			return;
 		}
 		store_user_open(ob->store, ob->loop, d->target, dsn_user, d);
 		return;
 	}
-	const char *rcpt = e->from;
-	if (queue_submit(ob->q, ob->loop, "", &rcpt, 1, t, n, NULL, NULL))
-		OBLOG(ob, LOG_WARN, "outbound-dsn-failed", "to=%s error=queue", e->from);
-	free(t);
+	struct queue_rcpt_in rin = { .addr = e->from };
+	struct queue_env env = { .from = "", .rcpts = &rin, .nrcpts = 1 };
+	rc = queue_submit(ob->q, ob->loop, &env, d->text, d->len, dsn_queued, d);
+	if (rc)
+		dsn_end(d, rc);
+}
+
+static void dsn_io(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)flags;
+	struct dsn *d = (struct dsn *)((char *)cb - offsetof(struct dsn, cb));
+	struct queue_entry *e = d->m->e;
+	switch (d->op) {
+	case DSN_OPEN:
+		if (res < 0) {
+			dsn_end(d, res);
+			return;
+		}
+		d->fd = res;
+		d->op = DSN_READ;
+		io_uring_prep_read(loop_sqe(loop, cb), d->fd, d->orig, (unsigned)d->orig_want,
+				   e->body_off);
+		return;
+	case DSN_READ:
+		if (res >= 0)
+			d->orig_len = (size_t)res;
+		d->op = DSN_CLOSE;
+		io_uring_prep_close(loop_sqe(loop, cb), d->fd);
+		d->fd = -1;
+		if (res < 0)
+			d->orig_len = 0;
+		return;
+	case DSN_CLOSE:
+		dsn_deliver(d);
+		return;
+	}
+}
+
+/* Reports every FAILED recipient that asked for it (RFC 3461 NOTIFY) in
+ * one DSN; recipients with NOTIFY=NEVER, or of a null sender, are marked
+ * bounced without one. The failed states are already durable. */
+static void send_dsn(struct outbound *ob, struct ob_msg *m)
+{
+	struct queue_entry *e = m->e;
+	bool *report = calloc(e->nrcpts, sizeof(bool));
+	struct dsn *d = calloc(1, sizeof(*d));
+	if (!report || !d) {
+		free(report);
+		free(d);
+		m->dsn_retry_ms = wall_ms() + 60000;
+		m->dsn_busy = false;
+		m->jobs--;
+		return;
+	}
+	size_t nrep = 0;
+	for (size_t i = 0; i < e->nrcpts; i++) {
+		struct queue_rcpt *r = &e->rcpts[i];
+		if (r->state != QUEUE_RCPT_FAILED)
+			continue;
+		bool want = e->from[0] && !(r->notify & QUEUE_NOTIFY_NEVER) &&
+			    (!r->notify || (r->notify & QUEUE_NOTIFY_FAILURE));
+		if (!want) {
+			/* Never a bounce for a bounce; nor against NOTIFY. */
+			r->state = QUEUE_RCPT_BOUNCED;
+			OBLOG(ob, LOG_INFO, "outbound-dsn-skipped", "id=%s to=%s reason=%s", e->id,
+			      r->addr, e->from[0] ? "notify" : "null-sender");
+			continue;
+		}
+		report[i] = true;
+		nrep++;
+	}
+	d->ob = ob;
+	d->m = m;
+	d->report = report;
+	d->fd = -1;
+	if (!nrep) {
+		dsn_end(d, 0);
+		return;
+	}
+	d->orig_want = e->ret == QUEUE_RET_FULL ? OB_DSN_FULL_MAX : OB_DSN_HDR_MAX;
+	if (d->orig_want > e->body_len)
+		d->orig_want = (size_t)e->body_len;
+	if (!(d->orig = malloc(d->orig_want ? d->orig_want : 1))) {
+		dsn_end(d, -ENOMEM);
+		return;
+	}
+	char name[QUEUE_ID_MAX + 8];
+	snprintf(name, sizeof(name), "%s.msg", e->id);
+	d->cb.fn = dsn_io;
+	d->op = DSN_OPEN;
+	io_uring_prep_openat(loop_sqe(ob->loop, &d->cb), queue_dirfd(ob->q), name,
+			     O_RDONLY | O_CLOEXEC, 0);
+}
+
+/* The failed states are durable: now the DSN. */
+static void dsn_state_written(void *arg, int res)
+{
+	struct ob_msg *m = arg;
+	struct outbound *ob = m->ob;
+	if (res < 0) {
+		OBLOG(ob, LOG_WARN, "outbound-state-failed", "id=%s error=%s", m->e->id,
+		      strerror(-res));
+		m->dsn_retry_ms = wall_ms() + 60000;
+		m->dsn_busy = false;
+		if (--m->jobs == 0)
+			msg_settled(ob, m);
+		return;
+	}
+	send_dsn(ob, m);
 }
 
 /* ---- jobs: start and end ------------------------------------------------ */
@@ -1134,6 +1391,7 @@ static void job_free(struct job *j)
 	if (*pp)
 		*pp = j->next;
 	free(j->out);
+	free(j->chunk);
 	free(j);
 }
 
@@ -1175,7 +1433,6 @@ static void job_end(struct job *j)
 		}
 		if (perm) {
 			r->state = QUEUE_RCPT_FAILED;
-			m->bounce[j->ri[i]] = true;
 			OBLOG(ob, LOG_INFO, "outbound-failed", "id=%s to=%s reply=\"%s\"", e->id,
 			      r->addr, r->last);
 		} else {
@@ -1207,21 +1464,33 @@ static void msg_unlink(struct outbound *ob, struct ob_msg *m)
 		*pp = m->next;
 }
 
-/* Every job of m ended: bounce what failed, then persist or remove. */
+/* Every job of m ended. Failed recipients are bounced in three ordered
+ * steps: their failed state is made durable, then the DSN, then the
+ * bounced state (or the removal). Otherwise the state is persisted, or the
+ * message removed once every recipient is final. */
 static void msg_settled(struct outbound *ob, struct ob_msg *m)
 {
 	struct queue_entry *e = m->e;
-	send_dsn(ob, m);
 	if (m->removed) {
 		msg_unlink(ob, m);
 		msg_free(m);
 		return;
 	}
-	bool final = true;
-	for (size_t i = 0; i < e->nrcpts; i++)
+	bool final = true, failed = false;
+	for (size_t i = 0; i < e->nrcpts; i++) {
 		if (e->rcpts[i].state == QUEUE_RCPT_PENDING)
 			final = false;
-	if (final) {
+		if (e->rcpts[i].state == QUEUE_RCPT_FAILED)
+			failed = true;
+	}
+	if (failed && !m->dsn_busy && wall_ms() >= m->dsn_retry_ms) {
+		m->dsn_busy = true;
+		m->jobs++;
+		if (queue_state_write(ob->q, ob->loop, e, dsn_state_written, m))
+			dsn_state_written(m, -ENOMEM);
+		return;
+	}
+	if (final && !failed) {
 		queue_remove(ob->q, ob->loop, e->id, NULL, NULL);
 		OBLOG(ob, LOG_INFO, "outbound-done", "id=%s", e->id);
 		msg_unlink(ob, m);
@@ -1244,6 +1513,8 @@ static void job_start(struct outbound *ob, struct ob_msg *m, const char *domain,
 	j->ob = ob;
 	j->m = m;
 	j->fd = -1;
+	j->body_fd = -1;
+	j->body_cb.fn = on_body;
 	j->connect_cb.fn = on_connect;
 	j->send_cb.fn = on_sent;
 	j->recv_cb.fn = on_recv;
@@ -1260,12 +1531,6 @@ static void job_start(struct outbound *ob, struct ob_msg *m, const char *domain,
 	if (!j->n) {
 		free(j);
 		return;
-	}
-	if (!m->dkim_done) {
-		m->dkim_done = true;
-		const char *fat = strrchr(e->from, '@');
-		if (ob->dkim && fat)
-			m->dkim = dkim_sign(ob->dkim, fat + 1, e->data, e->len);
 	}
 	d->active++;
 	m->jobs++;
@@ -1323,17 +1588,16 @@ static void schedule(struct outbound *ob)
 			if (!at) {
 				r->state = QUEUE_RCPT_FAILED;
 				snprintf(r->last, sizeof(r->last), "550 5.1.3 bad address");
-				m->bounce[i] = true;
 				continue;
 			}
 			job_start(ob, m, at + 1, now);
 		}
-		if (m->jobs == 0) {
-			bool any_bounce = false;
+		if (m->jobs == 0 && now >= m->dsn_retry_ms) {
+			bool failed = false;
 			for (size_t i = 0; i < e->nrcpts; i++)
-				any_bounce |= m->bounce[i];
-			if (any_bounce)
-				msg_settled(ob, m);
+				failed |= e->rcpts[i].state == QUEUE_RCPT_FAILED;
+			if (failed)
+				msg_settled(ob, m); /* a bounce due (also after a restart) */
 		}
 	}
 }
@@ -1365,7 +1629,6 @@ static void ctl_apply(struct outbound *ob, char *text)
 					continue;
 				OBLOG(ob, LOG_INFO, "outbound-deleted", "id=%s", m->e->id);
 				queue_remove(ob->q, ob->loop, m->e->id, NULL, NULL);
-				memset(m->bounce, 0, m->e->nrcpts * sizeof(bool));
 				if (m->jobs) {
 					m->removed = true;
 				} else {
@@ -1499,7 +1762,6 @@ int outbound_loop_start(struct outbound *ob, struct loop *loop)
 		       cfg->ob_dns, strerror(-rc));
 		return rc;
 	}
-	dkim_new(ob->data_dir, cfg->ob_dkim_selector, &ob->dkim);
 	loop_on_msg(loop, OB_LOOP_MSG, on_new_msg);
 	queue_set_on_new(ob->q, queue_new_entry, ob);
 	size_t n = 0;
@@ -1522,8 +1784,11 @@ void outbound_loop_stop(struct outbound *ob, struct loop *loop)
 		n = j->next;
 		if (j->fd >= 0)
 			close(j->fd);
+		if (j->body_fd >= 0)
+			close(j->body_fd);
 		tls_client_free(&j->tls);
 		free(j->out);
+		free(j->chunk);
 		free(j);
 	}
 	ob->jobs = NULL;

@@ -15,6 +15,7 @@ struct auth;
 struct tls_server;
 struct queue;
 struct outbound;
+struct dkim;
 
 struct services {
 	struct store *store;
@@ -24,6 +25,9 @@ struct services {
 	struct queue *queue;
 	/* The remote delivery runner on loop 0 (outbound/outbound.h). */
 	struct outbound *outbound;
+	/* The DKIM keys (outbound/dkim.h); NULL: nothing is signed. Messages
+	 * for remote recipients are signed as they stream to the queue. */
+	struct dkim *dkim;
 	/* The certificates new connections use. SIGHUP swaps it; the old
 	 * server stays referenced until exit (live connections hold their
 	 * own reference through their tls_conn anyway). NULL: no TLS. */
