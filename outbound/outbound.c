@@ -217,7 +217,7 @@ struct job {
 	size_t reply_len;
 	struct tls_client *tls;
 	enum job_step step;
-	bool ext_starttls, ext_pipelining, ext_8bit, ext_size, ext_auth;
+	bool ext_starttls, ext_pipelining, ext_8bit, ext_size, ext_auth, ext_dsn;
 	bool ehlo_after_tls;
 	bool drop_input;       /* STARTTLS accepted: discard the plaintext left */
 	size_t expect;         /* pipelined replies consumed so far in MAIL..DATA */
@@ -534,6 +534,7 @@ static void try_connect(struct job *j)
 	j->in_len = j->reply_len = 0;
 	j->out_len = j->out_off = 0;
 	j->ext_starttls = j->ext_pipelining = j->ext_8bit = j->ext_size = j->ext_auth = false;
+	j->ext_dsn = false;
 	j->ehlo_after_tls = false;
 	arm_deadline(j);
 	j->inflight++;
@@ -577,19 +578,38 @@ static void parse_ehlo(struct job *j)
 			j->ext_size = true;
 		else if (!strncasecmp(kw, "AUTH", 4))
 			j->ext_auth = true;
+		else if (!strcasecmp(kw, "DSN"))
+			j->ext_dsn = true;
 	}
 }
 
 static void send_rcpt(struct job *j, size_t i)
 {
-	char buf[QUEUE_REPLY_MAX + 32];
-	snprintf(buf, sizeof(buf), "RCPT TO:<%s>\r\n", j->m->e->rcpts[j->ri[i]].addr);
+	char buf[QUEUE_REPLY_MAX + QUEUE_XTEXT_MAX + 64];
+	const struct queue_rcpt *r = &j->m->e->rcpts[j->ri[i]];
+	int n = snprintf(buf, sizeof(buf), "RCPT TO:<%s>", r->addr);
+	if (j->ext_dsn && r->notify) {
+		/* RFC 3461 5.2: the DSN parameters go on to a next hop that
+		 * takes them. */
+		static const char *const names[] = { "NEVER", "SUCCESS", "FAILURE", "DELAY" };
+		bool first = true;
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " NOTIFY=");
+		for (unsigned b = 0; b < 4; b++)
+			if (r->notify & (1u << b)) {
+				n += snprintf(buf + n, sizeof(buf) - (size_t)n, "%s%s", first ? "" : ",",
+					      names[b]);
+				first = false;
+			}
+	}
+	if (j->ext_dsn && r->orcpt)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " ORCPT=%s", r->orcpt);
+	snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n");
 	job_send_str(j, buf);
 }
 
 static void send_transaction(struct job *j)
 {
-	char buf[QUEUE_REPLY_MAX + 64];
+	char buf[QUEUE_REPLY_MAX + QUEUE_XTEXT_MAX + 128];
 	size_t len = (size_t)j->m->e->body_len;
 	if (j->m->e->dkim)
 		len += strlen(j->m->e->dkim);
@@ -598,6 +618,11 @@ static void send_transaction(struct job *j)
 		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " SIZE=%zu", len);
 	if (j->ext_8bit)
 		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " BODY=8BITMIME");
+	if (j->ext_dsn && j->m->e->ret)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " RET=%s",
+			      j->m->e->ret == QUEUE_RET_HDRS ? "HDRS" : "FULL");
+	if (j->ext_dsn && j->m->e->envid)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " ENVID=%s", j->m->e->envid);
 	snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n");
 	j->step = J_MAIL;
 	j->expect = 0;

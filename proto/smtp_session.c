@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "core/config.h"
@@ -957,10 +958,24 @@ static int queue_begin(struct smtp_session *ss)
 	struct queue_rcpt_in *rin = calloc(d->nremote, sizeof(*rin));
 	if (!rin)
 		return -ENOMEM;
-	for (size_t i = 0; i < d->nremote; i++)
+	for (size_t i = 0; i < d->nremote; i++) {
 		rin[i].addr = d->remote[i];
+		/* The DSN parameters of the RCPT that named it (none for an
+		 * alias's expansion). */
+		for (size_t k = 0; k < ss->nrcpts; k++)
+			if (!strcasecmp(ss->rcpts[k].addr, d->remote[i])) {
+				rin[i].notify = ss->rcpts[k].notify;
+				const char *o = ss->rcpts[k].orcpt;
+				rin[i].orcpt = o && strlen(o) < QUEUE_XTEXT_MAX ? o : NULL;
+				break;
+			}
+	}
 	struct queue_env env = {
 		.from = ss->from_null ? "" : ss->from,
+		.envid = ss->envid[0] ? ss->envid : NULL,
+		.ret = ss->ret == SMTP_RET_HDRS	  ? QUEUE_RET_HDRS
+		       : ss->ret == SMTP_RET_FULL ? QUEUE_RET_FULL
+						  : QUEUE_RET_DEFAULT,
 		.rcpts = rin,
 		.nrcpts = d->nremote,
 	};

@@ -31,7 +31,7 @@ struct queue;
 
 #define QUEUE_ID_MAX 48
 #define QUEUE_REPLY_MAX 512
-#define QUEUE_XTEXT_MAX 256       /* ENVID / ORCPT as received (RFC 3461 xtext) */
+#define QUEUE_XTEXT_MAX 512       /* ENVID / ORCPT as received (RFC 3461 xtext) */
 #define QUEUE_SPOOL_BUF (64 * 1024) /* bytes gathered per write while spooling */
 #define QUEUE_DKIM_MAX (16 * 1024)  /* the stored DKIM-Signature field */
 

@@ -299,3 +299,80 @@ def test_kill9_during_delivery_loses_nothing(tmp_path, dns):
         remote.stop()
         sender.expect_exit = None
         sender.stop()
+
+
+def test_large_message_streams_byte_exact(pair):
+    """A message far larger than the spool buffer and the read chunk
+    (64 KiB each), with dots at line starts on both sides of chunk
+    boundaries, arrives byte-exact: it was streamed to the queue file and
+    read back in pieces, never held whole."""
+    sender, remote = pair
+    tok = token()
+    lines = []
+    for i in range(60000):
+        lines.append((b"." if i % 7 == 0 else b"") + b"line %06d " % i + b"y" * (i % 61))
+    body = b"\r\n".join(lines) + b"\r\n"
+    msg = message(tok, body=body, frm=ALICE, to=BOB)
+    assert len(msg) > 3 * 1024 * 1024
+    submit(sender, BOB, msg)
+    got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 60)
+    assert len(got) == 1, sender.log()[-3000:]
+    assert strip_all_received(got[0]) == msg
+    assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+
+
+def submit_dsn(sender, to, msg, mail_options=(), rcpt_options=()):
+    with smtplib.SMTP_SSL("localhost", sender.port(465), timeout=30,
+                          context=sender.ssl_context()) as c:
+        c.ehlo("client.example")
+        assert c.has_extn("dsn")
+        c.login(ALICE, ALICE_PW)
+        refused = c.sendmail(ALICE, [to], msg, mail_options=list(mail_options),
+                             rcpt_options=list(rcpt_options))
+        assert not refused, refused
+
+
+def bounces_of(sender, tok):
+    return [m for m in sender.messages(ALICE) if tok.encode() in m and b"multipart/report" in m]
+
+
+def test_dsn_notify_never_no_bounce(pair):
+    sender, _ = pair
+    tok = token()
+    nobody = "nobody3@remote.example"
+    mark = len(sender.log())
+    submit_dsn(sender, nobody, message(tok, frm=ALICE, to=nobody), rcpt_options=["NOTIFY=NEVER"])
+    assert wait_for(lambda: "event=outbound-dsn-skipped" in sender.log()[mark:], 20), \
+        sender.log()[-3000:]
+    assert "reason=notify" in sender.log()[mark:]
+    assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+    time.sleep(1)
+    assert not bounces_of(sender, tok)
+
+
+def test_dsn_ret_hdrs_envid_orcpt(pair):
+    """RET=HDRS: the bounce carries the header only; ENVID and ORCPT come
+    back as Original-Envelope-Id and Original-Recipient. RET=FULL, the
+    contrast: the whole message comes back."""
+    sender, _ = pair
+    nobody = "nobody4@remote.example"
+    tok_h, tok_f = token(), token()
+    body_h = b"body-marker-" + tok_h.encode()[::-1] + b"\r\n"
+    body_f = b"body-marker-" + tok_f.encode()[::-1] + b"\r\n"
+    submit_dsn(sender, nobody, message(tok_h, body=body_h, frm=ALICE, to=nobody),
+               mail_options=["RET=HDRS", "ENVID=env-" + tok_h],
+               rcpt_options=["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;orig-" + nobody])
+    submit_dsn(sender, nobody, message(tok_f, body=body_f, frm=ALICE, to=nobody),
+               mail_options=["RET=FULL"])
+    got_h = wait_for(lambda: bounces_of(sender, tok_h), 20)
+    got_f = wait_for(lambda: bounces_of(sender, tok_f), 20)
+    assert len(got_h) == 1 and len(got_f) == 1, sender.log()[-3000:]
+    h, f = got_h[0], got_f[0]
+    assert b"Original-Envelope-Id: env-" + tok_h.encode() + b"\r\n" in h
+    assert b"Original-Recipient: rfc822; orig-" + nobody.encode() + b"\r\n" in h
+    assert b"Final-Recipient: rfc822; " + nobody.encode() in h
+    assert b"Content-Type: text/rfc822-headers" in h
+    assert body_h not in h
+    assert b"Content-Type: message/rfc822" in f
+    assert body_f in f
+    assert b"Original-Envelope-Id" not in f
