@@ -376,3 +376,35 @@ def test_dsn_ret_hdrs_envid_orcpt(pair):
     assert b"Content-Type: message/rfc822" in f
     assert body_f in f
     assert b"Original-Envelope-Id" not in f
+
+
+def test_smart_host_relays_with_auth(tmp_path, dns):
+    """smart_host: everything goes to one host:port (here a second ringmail's
+    587, STARTTLS then AUTH PLAIN as smart_user), not to the MX. The MX
+    lookup would find remote.example's port 25; the remote's log shows the
+    submission listener and the AUTH instead."""
+    relay_user, relay_pw = ALICE, "relay-Secret-9"
+    remote = make_remote(tmp_path / "remote", users={BOB: BOB_PW, relay_user: relay_pw})
+    remote.start()
+    extra = (f"smart_host = 127.0.0.1:{remote.port(587)}\nsmart_user = {relay_user}\n"
+             f"smart_password = {relay_pw}\n")
+    # mx_port points nowhere: only the smart host can deliver.
+    sender = make_sender(tmp_path / "sender", dns, conftest.free_port_offset() + 25, extra)
+    sender.start()
+    try:
+        tok = token()
+        msg = message(tok, frm=ALICE, to=BOB)
+        submit(sender, BOB, msg)
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1, sender.log()[-3000:]
+        assert strip_all_received(got[0]) == msg
+        rlog = remote.log()
+        assert "listener=submission" in rlog
+        assert f"(authenticated as {relay_user})".encode() in got[0]
+        assert relay_pw not in sender.log() and relay_pw not in rlog
+        assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+    finally:
+        remote.expect_exit = None
+        remote.stop()
+        sender.expect_exit = None
+        sender.stop()
