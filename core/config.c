@@ -80,6 +80,7 @@ void config_defaults(struct config *cfg)
 	cfg->ob_expire_ms = 5u * 24 * 3600000;
 	cfg->ob_timeout_ms = 5 * 60000;
 	cfg->ob_max_per_domain = 8;
+	cfg->ob_max_per_connection = 100;
 	strcpy(cfg->ob_dkim_selector, "ringmail");
 }
 
@@ -492,6 +493,10 @@ static int set_outbound(struct parse_ctx *ctx, const char *key, const char *valu
 		if (parse_uint(value, 10000, &v) || v == 0)
 			return BAD(ctx, "max_per_domain must be a number from 1 to 10000");
 		cfg->ob_max_per_domain = (uint32_t)v;
+	} else if (!strcmp(key, "max_per_connection")) {
+		if (parse_uint(value, 100000, &v) || v == 0)
+			return BAD(ctx, "max_per_connection must be a number from 1 to 100000");
+		cfg->ob_max_per_connection = (uint32_t)v;
 	} else if (!strcmp(key, "smart_host")) {
 		if (copy_str(cfg->ob_smart_host, sizeof(cfg->ob_smart_host), value))
 			return BAD(ctx, "smart_host too long");
@@ -738,11 +743,12 @@ void config_print(const struct config *cfg, FILE *out)
 		(unsigned long long)cfg->header_size_max, cfg->max_hops,
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject");
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
-		"expire = %ums\ntimeout = %ums\nmax_per_domain = %u\ndkim_selector = %s\n",
+		"expire = %ums\ntimeout = %ums\nmax_per_domain = %u\nmax_per_connection = %u\n"
+		"dkim_selector = %s\n",
 		cfg->ob_dns[0] ? "dns = " : "# dns: from ", cfg->ob_dns[0] ? cfg->ob_dns : "/etc/resolv.conf",
 		cfg->ob_mx_port,
 		cfg->ob_retry_min_ms, cfg->ob_retry_max_ms, cfg->ob_expire_ms, cfg->ob_timeout_ms,
-		cfg->ob_max_per_domain, cfg->ob_dkim_selector);
+		cfg->ob_max_per_domain, cfg->ob_max_per_connection, cfg->ob_dkim_selector);
 	if (cfg->ob_smart_host[0])
 		fprintf(out, "smart_host = %s\n", cfg->ob_smart_host);
 	if (cfg->ob_smart_user[0])

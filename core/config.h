@@ -99,6 +99,7 @@ struct config {
 	uint32_t ob_expire_ms;              /* give up (bounce) after this (5 days) */
 	uint32_t ob_timeout_ms;             /* per network step of a delivery */
 	uint32_t ob_max_per_domain;         /* concurrent connections per destination */
+	uint32_t ob_max_per_connection;     /* transactions on one reused connection */
 	char ob_smart_host[CONFIG_STR_MAX]; /* "host:port": relay everything there */
 	char ob_smart_user[CONFIG_STR_MAX]; /* AUTH PLAIN to the smart host, when set */
 	char ob_smart_password[CONFIG_STR_MAX];

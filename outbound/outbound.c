@@ -70,6 +70,9 @@ struct outbound {
 	int ctl_step;
 	int ctl_fd;
 	char ctl_buf[4096];
+	/* The paths live here, not on the stack: the kernel reads them when
+	 * the SQE is submitted, after the function that prepared it returned. */
+	char ctl_from[CONFIG_STR_MAX + 32], ctl_to[CONFIG_STR_MAX + 32];
 	bool flush;
 	struct job *jobs;
 };
@@ -206,6 +209,7 @@ struct job {
 	enum { BODY_OPEN, BODY_READ, BODY_CLOSE } body_op;
 	uint64_t body_pos;
 	uint8_t *chunk;
+	char body_name[QUEUE_ID_MAX + 8]; /* read by the kernel at submission */
 	bool body_bol, body_wait, body_nl;
 	uint8_t rbuf[OB_RBUF];
 	uint8_t *out;
@@ -226,11 +230,13 @@ struct job {
 	uint64_t deadline;
 	char last[QUEUE_REPLY_MAX];
 	bool last_perm;
+	unsigned ntrans;       /* transactions done on this connection */
 	struct job *next;
 };
 
 
 static void job_end(struct job *j);
+static bool job_next_message(struct job *j);
 static void next_host(struct job *j);
 static void try_connect(struct job *j);
 static void job_send_str(struct job *j, const char *s);
@@ -663,10 +669,9 @@ static void body_submit(struct job *j)
 	struct io_uring_sqe *sqe = loop_sqe(j->ob->loop, &j->body_cb);
 	j->inflight++;
 	if (j->body_fd < 0) {
-		char name[QUEUE_ID_MAX + 8];
-		snprintf(name, sizeof(name), "%s.msg", e->id);
+		snprintf(j->body_name, sizeof(j->body_name), "%s.msg", e->id);
 		j->body_op = BODY_OPEN;
-		io_uring_prep_openat(sqe, queue_dirfd(j->ob->q), name, O_RDONLY | O_CLOEXEC, 0);
+		io_uring_prep_openat(sqe, queue_dirfd(j->ob->q), j->body_name, O_RDONLY | O_CLOEXEC, 0);
 		return;
 	}
 	uint64_t left = e->body_len - j->body_pos;
@@ -912,6 +917,8 @@ static void handle_reply(struct job *j, int code)
 				snprintf(j->rtext[i], sizeof(j->rtext[i]), "%s", line);
 			}
 		j->answered = true;
+		if (job_next_message(j))
+			return;
 		send_quit(j);
 		return;
 	case J_QUIT:
@@ -1010,6 +1017,7 @@ struct dsn {
 	struct loop_cb cb;
 	enum { DSN_OPEN, DSN_READ, DSN_CLOSE } op;
 	int fd;
+	char name[QUEUE_ID_MAX + 8]; /* read by the kernel at submission */
 	uint8_t *orig;          /* the first bytes of the original */
 	size_t orig_len, orig_want;
 	bool *report;           /* per recipient: in this DSN */
@@ -1381,11 +1389,10 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m)
 		dsn_end(d, -ENOMEM);
 		return;
 	}
-	char name[QUEUE_ID_MAX + 8];
-	snprintf(name, sizeof(name), "%s.msg", e->id);
+	snprintf(d->name, sizeof(d->name), "%s.msg", e->id);
 	d->cb.fn = dsn_io;
 	d->op = DSN_OPEN;
-	io_uring_prep_openat(loop_sqe(ob->loop, &d->cb), queue_dirfd(ob->q), name,
+	io_uring_prep_openat(loop_sqe(ob->loop, &d->cb), queue_dirfd(ob->q), d->name,
 			     O_RDONLY | O_CLOEXEC, 0);
 }
 
@@ -1422,14 +1429,15 @@ static void job_free(struct job *j)
 
 static void msg_settled(struct outbound *ob, struct ob_msg *m);
 
-static void job_end(struct job *j)
+/* Records the outcome of the transaction for each of its recipients, and
+ * lets go of its message. */
+static void job_settle(struct job *j)
 {
 	struct outbound *ob = j->ob;
 	struct ob_msg *m = j->m;
 	struct queue_entry *e = m->e;
 	const struct config *cfg = ob_cfg(ob);
 	int64_t now = wall_ms();
-	j->step = J_DONE;
 	for (size_t i = 0; i < j->n; i++) {
 		struct queue_rcpt *r = &e->rcpts[j->ri[i]];
 		m->inflight[j->ri[i]] = false;
@@ -1471,13 +1479,81 @@ static void job_end(struct job *j)
 			      e->id, r->addr, r->attempts, (unsigned long long)wait, r->last);
 		}
 	}
+	j->m = NULL;
+	j->n = 0;
+	m->jobs--;
+	if (m->jobs == 0)
+		msg_settled(ob, m);
+}
+
+static void job_end(struct job *j)
+{
+	struct outbound *ob = j->ob;
+	j->step = J_DONE;
+	if (j->m)
+		job_settle(j);
 	struct ob_dest *d = dest_get(ob, j->domain);
 	if (d && d->active)
 		d->active--;
-	m->jobs--;
 	job_free(j);
-	if (m->jobs == 0)
-		msg_settled(ob, m);
+}
+
+/* Takes m's due recipients of domain into j (up to OB_JOB_RCPTS_MAX). */
+static void job_take(struct job *j, struct ob_msg *m, const char *domain, int64_t now)
+{
+	struct queue_entry *e = m->e;
+	j->m = m;
+	j->n = 0;
+	for (size_t i = 0; i < e->nrcpts && j->n < OB_JOB_RCPTS_MAX; i++) {
+		struct queue_rcpt *r = &e->rcpts[i];
+		const char *at = strrchr(r->addr, '@');
+		if (r->state != QUEUE_RCPT_PENDING || m->inflight[i] || r->next_ms > now || !at ||
+		    strcasecmp(at + 1, domain))
+			continue;
+		m->inflight[i] = true;
+		j->ri[j->n++] = i;
+	}
+}
+
+/* Connection reuse: after a completed transaction, the next message with
+ * recipients due at the same destination goes over the same connection
+ * (RFC 5321 4.1.4: a new MAIL needs no RSET after a completed one), up to
+ * max_per_connection transactions. Returns false when there is none. */
+static bool job_next_message(struct job *j)
+{
+	struct outbound *ob = j->ob;
+	if (j->ntrans + 1 >= ob_cfg(ob)->ob_max_per_connection)
+		return false;
+	int64_t now = wall_ms();
+	struct ob_msg *next = NULL;
+	for (struct ob_msg *m = ob->msgs; m && !next; m = m->next) {
+		if (m->removed)
+			continue;
+		for (size_t i = 0; i < m->e->nrcpts; i++) {
+			const struct queue_rcpt *r = &m->e->rcpts[i];
+			const char *at = strrchr(r->addr, '@');
+			if (r->state == QUEUE_RCPT_PENDING && !m->inflight[i] && r->next_ms <= now &&
+			    at && !strcasecmp(at + 1, j->domain)) {
+				next = m;
+				break;
+			}
+		}
+	}
+	if (!next)
+		return false;
+	next->jobs++; /* first: settling the last one must not free it */
+	job_settle(j);
+	job_take(j, next, j->domain, now);
+	memset(j->rcode, 0, sizeof(j->rcode));
+	memset(j->accepted, 0, sizeof(j->accepted));
+	j->answered = false;
+	j->last[0] = '\0';
+	j->last_perm = false;
+	j->ntrans++;
+	OBLOG(ob, LOG_INFO, "outbound-attempt", "id=%s domain=%s rcpts=%zu reuse=%u", next->e->id,
+	      j->domain, j->n, j->ntrans);
+	send_transaction(j);
+	return true;
 }
 
 static void msg_unlink(struct outbound *ob, struct ob_msg *m)
@@ -1544,15 +1620,7 @@ static void job_start(struct outbound *ob, struct ob_msg *m, const char *domain,
 	j->send_cb.fn = on_sent;
 	j->recv_cb.fn = on_recv;
 	snprintf(j->domain, sizeof(j->domain), "%s", domain);
-	for (size_t i = 0; i < e->nrcpts && j->n < OB_JOB_RCPTS_MAX; i++) {
-		struct queue_rcpt *r = &e->rcpts[i];
-		const char *at = strrchr(r->addr, '@');
-		if (r->state != QUEUE_RCPT_PENDING || m->inflight[i] || r->next_ms > now || !at ||
-		    strcasecmp(at + 1, domain))
-			continue;
-		m->inflight[i] = true;
-		j->ri[j->n++] = i;
-	}
+	job_take(j, m, domain, now);
 	if (!j->n) {
 		free(j);
 		return;
@@ -1670,10 +1738,7 @@ static void ctl_step(struct loop *loop, struct loop_cb *cb, int res, uint32_t fl
 {
 	(void)flags;
 	struct outbound *ob = (struct outbound *)((char *)cb - offsetof(struct outbound, ctl_cb));
-	char qdir[CONFIG_STR_MAX + 16], from[CONFIG_STR_MAX + 32], to[CONFIG_STR_MAX + 32];
-	snprintf(qdir, sizeof(qdir), "%s/queue", ob->data_dir);
-	snprintf(from, sizeof(from), "%s/ctl", qdir);
-	snprintf(to, sizeof(to), "%s/ctl.work", qdir);
+	const char *to = ob->ctl_to;
 	switch (ob->ctl_step) {
 	case 1: /* renamed */
 		if (res < 0) {
@@ -1713,12 +1778,12 @@ static void ctl_poll(struct outbound *ob)
 {
 	if (ob->ctl_step)
 		return;
-	char from[CONFIG_STR_MAX + 32], to[CONFIG_STR_MAX + 32];
-	snprintf(from, sizeof(from), "%s/queue/ctl", ob->data_dir);
-	snprintf(to, sizeof(to), "%s/queue/ctl.work", ob->data_dir);
+	snprintf(ob->ctl_from, sizeof(ob->ctl_from), "%s/queue/ctl", ob->data_dir);
+	snprintf(ob->ctl_to, sizeof(ob->ctl_to), "%s/queue/ctl.work", ob->data_dir);
 	ob->ctl_cb.fn = ctl_step;
 	ob->ctl_step = 1;
-	io_uring_prep_renameat(loop_sqe(ob->loop, &ob->ctl_cb), AT_FDCWD, from, AT_FDCWD, to, 0);
+	io_uring_prep_renameat(loop_sqe(ob->loop, &ob->ctl_cb), AT_FDCWD, ob->ctl_from, AT_FDCWD,
+			       ob->ctl_to, 0);
 }
 
 /* ---- the runner's loop -------------------------------------------------- */

@@ -408,3 +408,41 @@ def test_smart_host_relays_with_auth(tmp_path, dns):
         remote.stop()
         sender.expect_exit = None
         sender.stop()
+
+
+def test_connection_reused_for_messages_to_one_destination(tmp_path, dns):
+    """Five messages wait for a down MX; with max_per_domain = 1 and every
+    message due at once (queue flush, which also shows the flush command
+    works), one connection carries all five transactions: the remote sees
+    one SMTP connection."""
+    remote_offset = conftest.free_port_offset()
+    conf = (f"[outbound]\ndns = {dns}\nmx_port = {25 + remote_offset}\nretry_min = 1h\n"
+            f"retry_max = 2h\ntimeout = 10s\nmax_per_domain = 1\n")
+    sender = Server(tmp_path / "sender", users={ALICE: ALICE_PW}, aliases="", extra_config=conf)
+    sender.start()
+    remote = make_remote(tmp_path / "remote", offset=remote_offset)
+    try:
+        toks = [token() for _ in range(5)]
+        for tok in toks:
+            submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+        assert wait_for(lambda: sender.log().count("event=outbound-deferred") >= 5, 20), \
+            sender.log()[-2000:]
+        remote.start()
+        mark = len(remote.log())
+        r = conftest.run_cli("queue", "flush", "--data", sender.data_dir)
+        assert r.returncode == 0, r.stderr
+
+        def all_there():
+            msgs = remote.messages(BOB)
+            return all(find(msgs, t.encode()) for t in toks)
+        assert wait_for(all_there, 30), sender.log()[-3000:]
+        assert wait_for(lambda: not queue_files(sender), 10)
+        connects = [l for l in remote.log()[mark:].splitlines()
+                    if "event=connect" in l and "listener=smtp " in l + " "]
+        assert len(connects) == 1, connects
+        assert sender.log().count("reuse=") == 4
+    finally:
+        remote.expect_exit = None
+        remote.stop()
+        sender.expect_exit = None
+        sender.stop()
