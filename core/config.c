@@ -79,6 +79,7 @@ void config_defaults(struct config *cfg)
 	cfg->ob_retry_max_ms = 4 * 3600000;
 	cfg->ob_expire_ms = 5u * 24 * 3600000;
 	cfg->ob_timeout_ms = 5 * 60000;
+	cfg->ob_idle_ms = 30000;
 	cfg->ob_max_per_domain = 8;
 	cfg->ob_max_per_connection = 100;
 	strcpy(cfg->ob_dkim_selector, "ringmail");
@@ -473,6 +474,7 @@ static int set_outbound(struct parse_ctx *ctx, const char *key, const char *valu
 		{ "retry_max", offsetof(struct config, ob_retry_max_ms) },
 		{ "expire", offsetof(struct config, ob_expire_ms) },
 		{ "timeout", offsetof(struct config, ob_timeout_ms) },
+		{ "connection_idle", offsetof(struct config, ob_idle_ms) },
 	};
 	for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
 		if (strcmp(key, durations[i].key))
@@ -743,11 +745,13 @@ void config_print(const struct config *cfg, FILE *out)
 		(unsigned long long)cfg->header_size_max, cfg->max_hops,
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject");
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
-		"expire = %ums\ntimeout = %ums\nmax_per_domain = %u\nmax_per_connection = %u\n"
+		"expire = %ums\ntimeout = %ums\nconnection_idle = %ums\nmax_per_domain = %u\n"
+		"max_per_connection = %u\n"
 		"dkim_selector = %s\n",
 		cfg->ob_dns[0] ? "dns = " : "# dns: from ", cfg->ob_dns[0] ? cfg->ob_dns : "/etc/resolv.conf",
 		cfg->ob_mx_port,
 		cfg->ob_retry_min_ms, cfg->ob_retry_max_ms, cfg->ob_expire_ms, cfg->ob_timeout_ms,
+		cfg->ob_idle_ms,
 		cfg->ob_max_per_domain, cfg->ob_max_per_connection, cfg->ob_dkim_selector);
 	if (cfg->ob_smart_host[0])
 		fprintf(out, "smart_host = %s\n", cfg->ob_smart_host);

@@ -179,7 +179,7 @@ static struct ob_dest *dest_get(struct outbound *ob, const char *domain)
 
 enum job_step {
 	J_RESOLVE, J_CONNECT, J_GREET, J_EHLO, J_STARTTLS, J_TLS, J_AUTH, J_MAIL, J_RCPT,
-	J_DATA, J_BODY, J_QUIT, J_DONE,
+	J_DATA, J_BODY, J_IDLE, J_QUIT, J_DONE,
 };
 
 struct job {
@@ -237,6 +237,8 @@ struct job {
 
 static void job_end(struct job *j);
 static bool job_next_message(struct job *j);
+static bool job_park(struct job *j);
+static void job_again(struct job *j);
 static void next_host(struct job *j);
 static void try_connect(struct job *j);
 static void job_send_str(struct job *j, const char *s);
@@ -315,6 +317,11 @@ static void job_fail(struct job *j, const char *why)
 {
 	if (j->closing)
 		return;
+	if (!j->m) {
+		/* An idle connection went away: nothing to retry. */
+		job_close(j, job_end);
+		return;
+	}
 	if (!j->last[0] || !j->answered)
 		set_last(j, false, "%s (%s)", why, j->host);
 	job_close(j, j->answered ? job_end : after_fail_next_addr);
@@ -917,7 +924,7 @@ static void handle_reply(struct job *j, int code)
 				snprintf(j->rtext[i], sizeof(j->rtext[i]), "%s", line);
 			}
 		j->answered = true;
-		if (job_next_message(j))
+		if (job_next_message(j) || job_park(j))
 			return;
 		send_quit(j);
 		return;
@@ -1515,6 +1522,22 @@ static void job_take(struct job *j, struct ob_msg *m, const char *domain, int64_
 	}
 }
 
+/* The next transaction on an open connection: j->m and its recipients
+ * are set (job_take()), the message counts j. */
+static void job_again(struct job *j)
+{
+	memset(j->rcode, 0, sizeof(j->rcode));
+	memset(j->accepted, 0, sizeof(j->accepted));
+	j->answered = false;
+	j->last[0] = '\0';
+	j->last_perm = false;
+	j->ntrans++;
+	arm_deadline(j);
+	OBLOG(j->ob, LOG_INFO, "outbound-attempt", "id=%s domain=%s rcpts=%zu reuse=%u",
+	      j->m->e->id, j->domain, j->n, j->ntrans);
+	send_transaction(j);
+}
+
 /* Connection reuse: after a completed transaction, the next message with
  * recipients due at the same destination goes over the same connection
  * (RFC 5321 4.1.4: a new MAIL needs no RSET after a completed one), up to
@@ -1544,15 +1567,22 @@ static bool job_next_message(struct job *j)
 	next->jobs++; /* first: settling the last one must not free it */
 	job_settle(j);
 	job_take(j, next, j->domain, now);
-	memset(j->rcode, 0, sizeof(j->rcode));
-	memset(j->accepted, 0, sizeof(j->accepted));
-	j->answered = false;
-	j->last[0] = '\0';
-	j->last_perm = false;
-	j->ntrans++;
-	OBLOG(ob, LOG_INFO, "outbound-attempt", "id=%s domain=%s rcpts=%zu reuse=%u", next->e->id,
-	      j->domain, j->n, j->ntrans);
-	send_transaction(j);
+	job_again(j);
+	return true;
+}
+
+/* Keeps the connection open for connection_idle after its transaction,
+ * for the next message to the same destination (job_start() takes it).
+ * Returns false when the connection has done max_per_connection. */
+static bool job_park(struct job *j)
+{
+	const struct config *cfg = ob_cfg(j->ob);
+	if (j->ntrans + 1 >= cfg->ob_max_per_connection)
+		return false;
+	job_settle(j);
+	j->step = J_IDLE;
+	j->deadline = loop_now_ms(j->ob->loop) + cfg->ob_idle_ms;
+	OBLOG(j->ob, LOG_DEBUG, "outbound-idle", "domain=%s host=%s", j->domain, j->host);
 	return true;
 }
 
@@ -1606,6 +1636,19 @@ static void job_start(struct outbound *ob, struct ob_msg *m, const char *domain,
 	struct queue_entry *e = m->e;
 	struct ob_dest *d = dest_get(ob, domain);
 	const struct config *cfg = ob_cfg(ob);
+	for (struct job *j = ob->jobs; j; j = j->next) {
+		/* An idle connection to the destination first. */
+		if (j->step != J_IDLE || j->closing || strcasecmp(j->domain, domain))
+			continue;
+		job_take(j, m, domain, now);
+		if (!j->n) {
+			j->m = NULL;
+			return;
+		}
+		m->jobs++;
+		job_again(j);
+		return;
+	}
 	if (!d || d->active >= cfg->ob_max_per_domain)
 		return;
 	struct job *j = calloc(1, sizeof(*j));
@@ -1700,9 +1743,16 @@ static void check_timeouts(struct outbound *ob)
 	uint64_t now = loop_now_ms(ob->loop);
 	for (struct job *j = ob->jobs, *next; j; j = next) {
 		next = j->next;
-		if (j->step >= J_CONNECT && j->step < J_DONE && !j->closing && j->deadline &&
-		    now > j->deadline)
+		if (j->step < J_CONNECT || j->step >= J_DONE || j->closing || !j->deadline ||
+		    now <= j->deadline)
+			continue;
+		if (j->step == J_IDLE) {
+			/* Unused for connection_idle: say goodbye. */
+			send_quit(j);
+			arm_deadline(j);
+		} else {
 			job_fail(j, "timeout");
+		}
 	}
 }
 

@@ -446,3 +446,34 @@ def test_connection_reused_for_messages_to_one_destination(tmp_path, dns):
         remote.stop()
         sender.expect_exit = None
         sender.stop()
+
+
+def smtp_connects(log):
+    return [l for l in log.splitlines() if "event=connect" in l and "listener=smtp " in l + " "]
+
+
+def test_idle_connection_reused_then_closed(tmp_path, dns):
+    """After a transaction the connection stays open (connection_idle): a
+    message submitted a moment later goes over it without a new connect;
+    once idle longer than connection_idle the sender says QUIT."""
+    remote = make_remote(tmp_path / "remote")
+    remote.start()
+    sender = make_sender(tmp_path / "sender", dns, remote.port(25), "connection_idle = 4s\n")
+    sender.start()
+    try:
+        mark = len(remote.log())
+        tok1, tok2 = token(), token()
+        submit(sender, BOB, message(tok1, frm=ALICE, to=BOB))
+        assert wait_for(lambda: find(remote.messages(BOB), tok1.encode()), 20), sender.log()[-3000:]
+        submit(sender, BOB, message(tok2, frm=ALICE, to=BOB))
+        assert wait_for(lambda: find(remote.messages(BOB), tok2.encode()), 20), sender.log()[-3000:]
+        assert len(smtp_connects(remote.log()[mark:])) == 1, remote.log()[mark:]
+        assert "reuse=1" in sender.log()
+        sid = smtp_connects(remote.log()[mark:])[0].split("sid=")[1].split()[0]
+        # Idle for connection_idle (4 s): QUIT, and the remote closes the session.
+        assert wait_for(lambda: f"sid={sid} event=close" in remote.log(), 20), remote.log()[-2000:]
+    finally:
+        remote.expect_exit = None
+        remote.stop()
+        sender.expect_exit = None
+        sender.stop()
