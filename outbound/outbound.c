@@ -213,6 +213,7 @@ struct job {
 	bool body_bol, body_wait, body_nl;
 	uint8_t rbuf[OB_RBUF];
 	uint8_t *out;
+	uint8_t *out_retired;  /* the buffer a send in flight still reads */
 	size_t out_len, out_off, out_cap;
 	size_t sending;
 	uint8_t inbuf[OB_INBUF_MAX];
@@ -231,6 +232,7 @@ struct job {
 	char last[QUEUE_REPLY_MAX];
 	bool last_perm;
 	unsigned ntrans;       /* transactions done on this connection */
+	bool data_acked;       /* the reply after the data came: accepted[] is final */
 	struct job *next;
 };
 
@@ -346,9 +348,17 @@ static int out_append(void *arg, const uint8_t *p, size_t len)
 		size_t cap = j->out_cap ? j->out_cap : 8192;
 		while (cap < j->out_len + len)
 			cap *= 2;
-		uint8_t *o = realloc(j->out, cap);
-		if (!o)
+		uint8_t *o;
+		if (j->sending && !j->out_retired) {
+			/* The send in flight points into j->out: the kernel may
+			 * read it until on_sent(), so it moves, it is not freed. */
+			if (!(o = malloc(cap)))
+				return -ENOMEM;
+			memcpy(o, j->out, j->out_len);
+			j->out_retired = j->out;
+		} else if (!(o = realloc(j->out, cap))) {
 			return -ENOMEM;
+		}
 		j->out = o;
 		j->out_cap = cap;
 	}
@@ -385,6 +395,8 @@ static void on_sent(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 	struct job *j = (struct job *)((char *)cb - offsetof(struct job, send_cb));
 	j->inflight--;
 	j->sending = 0;
+	free(j->out_retired);
+	j->out_retired = NULL;
 	if (j->closing) {
 		job_closed_maybe(j);
 		return;
@@ -640,6 +652,7 @@ static void send_transaction(struct job *j)
 	j->step = J_MAIL;
 	j->expect = 0;
 	j->naccepted = 0;
+	j->data_acked = false;
 	job_send_str(j, buf);
 	if (j->ext_pipelining) {
 		/* RFC 2920: MAIL, every RCPT and DATA in one go. */
@@ -917,6 +930,7 @@ static void handle_reply(struct job *j, int code)
 		send_body(j);
 		return;
 	case J_BODY:
+		j->data_acked = true;
 		for (size_t i = 0; i < j->n; i++)
 			if (j->accepted[i]) {
 				j->accepted[i] = code >= 200 && code < 300;
@@ -1430,6 +1444,7 @@ static void job_free(struct job *j)
 	if (*pp)
 		*pp = j->next;
 	free(j->out);
+	free(j->out_retired);
 	free(j->chunk);
 	free(j);
 }
@@ -1449,7 +1464,7 @@ static void job_settle(struct job *j)
 		struct queue_rcpt *r = &e->rcpts[j->ri[i]];
 		m->inflight[j->ri[i]] = false;
 		r->attempts++;
-		if (j->accepted[i]) {
+		if (j->accepted[i] && j->data_acked) {
 			r->state = QUEUE_RCPT_SENT;
 			snprintf(r->last, sizeof(r->last), "%s", j->rtext[i]);
 			OBLOG(ob, LOG_INFO, "outbound-sent", "id=%s to=%s host=%s reply=\"%s\"", e->id,
@@ -1928,6 +1943,7 @@ void outbound_loop_stop(struct outbound *ob, struct loop *loop)
 			close(j->body_fd);
 		tls_client_free(&j->tls);
 		free(j->out);
+		free(j->out_retired);
 		free(j->chunk);
 		free(j);
 	}

@@ -316,7 +316,7 @@ def test_large_message_streams_byte_exact(pair):
     assert len(msg) > 2 * 1024 * 1024
     submit(sender, BOB, msg)
     got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 60)
-    assert len(got) == 1, sender.log()[-3000:]
+    assert len(got) == 1, (sender.log()[-3000:], remote.log()[-3000:])
     assert strip_all_received(got[0]) == msg
     assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
 
