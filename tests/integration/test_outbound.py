@@ -477,3 +477,91 @@ def test_idle_connection_reused_then_closed(tmp_path, dns):
         remote.stop()
         sender.expect_exit = None
         sender.stop()
+
+
+class BrokenMX:
+    """A fake MX on loopback that accepts MAIL, RCPT and DATA, reads part
+    of the message, then drops the connection without a final reply."""
+
+    def __init__(self):
+        import threading
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.dropped = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with c:
+                c.settimeout(10)
+                f = c.makefile("rb")
+                c.sendall(b"220 broken.example ESMTP\r\n")
+                try:
+                    while True:
+                        line = f.readline()
+                        if not line:
+                            break
+                        verb = line[:4].upper()
+                        if verb in (b"EHLO", b"HELO"):
+                            c.sendall(b"250-broken.example\r\n250 8BITMIME\r\n")
+                        elif verb == b"DATA":
+                            c.sendall(b"354 go on\r\n")
+                            f.read(1000)
+                            self.dropped += 1
+                            break
+                        elif verb == b"QUIT":
+                            c.sendall(b"221 bye\r\n")
+                            break
+                        else:
+                            c.sendall(b"250 ok\r\n")
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_connection_lost_mid_data_is_not_sent(tmp_path, dns):
+    """RCPT got 250, the MX drops the connection in the middle of the
+    message: the recipient is deferred, not counted as sent; the message
+    stays queued and reaches the real MX later."""
+    mx = BrokenMX()
+    sender = make_sender(tmp_path / "sender", dns, mx.port)
+    sender.start()
+    remote = None
+    try:
+        tok = token()
+        msg = message(tok, body=(b"z" * 70 + b"\r\n") * 500, frm=ALICE, to=BOB)
+        submit(sender, BOB, msg)
+        assert wait_for(lambda: "event=outbound-deferred" in sender.log(), 20), sender.log()[-3000:]
+        assert mx.dropped >= 1
+        assert "event=outbound-sent" not in sender.log()
+        assert len(queue_files(sender)) == 1
+        # The real MX takes its port over; the retry delivers the message.
+        mx.close()
+        sender.proc.kill()
+        sender.proc.wait()
+        remote = make_remote(tmp_path / "remote")
+        remote.start()
+        cfg = Path(sender.config_path).read_text().replace(f"mx_port = {mx.port}",
+                                                           f"mx_port = {remote.port(25)}")
+        Path(sender.config_path).write_text(cfg)
+        conftest.Server.start(sender)
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1, sender.log()[-3000:]
+        assert strip_all_received(got[0]) == msg
+    finally:
+        mx.close()
+        if remote:
+            remote.expect_exit = None
+            remote.stop()
+        sender.expect_exit = None
+        sender.stop()
