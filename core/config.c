@@ -80,6 +80,7 @@ void config_defaults(struct config *cfg)
 	cfg->ob_expire_ms = 5u * 24 * 3600000;
 	cfg->ob_timeout_ms = 5 * 60000;
 	cfg->ob_idle_ms = 30000;
+	cfg->ob_delay_ms = 4 * 3600000;
 	cfg->ob_max_per_domain = 8;
 	cfg->ob_max_per_connection = 100;
 	strcpy(cfg->ob_dkim_selector, "ringmail");
@@ -475,6 +476,7 @@ static int set_outbound(struct parse_ctx *ctx, const char *key, const char *valu
 		{ "expire", offsetof(struct config, ob_expire_ms) },
 		{ "timeout", offsetof(struct config, ob_timeout_ms) },
 		{ "connection_idle", offsetof(struct config, ob_idle_ms) },
+		{ "delay_warning", offsetof(struct config, ob_delay_ms) },
 	};
 	for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
 		if (strcmp(key, durations[i].key))
@@ -745,13 +747,14 @@ void config_print(const struct config *cfg, FILE *out)
 		(unsigned long long)cfg->header_size_max, cfg->max_hops,
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject");
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
-		"expire = %ums\ntimeout = %ums\nconnection_idle = %ums\nmax_per_domain = %u\n"
+		"expire = %ums\ntimeout = %ums\nconnection_idle = %ums\ndelay_warning = %ums\n"
+		"max_per_domain = %u\n"
 		"max_per_connection = %u\n"
 		"dkim_selector = %s\n",
 		cfg->ob_dns[0] ? "dns = " : "# dns: from ", cfg->ob_dns[0] ? cfg->ob_dns : "/etc/resolv.conf",
 		cfg->ob_mx_port,
 		cfg->ob_retry_min_ms, cfg->ob_retry_max_ms, cfg->ob_expire_ms, cfg->ob_timeout_ms,
-		cfg->ob_idle_ms,
+		cfg->ob_idle_ms, cfg->ob_delay_ms,
 		cfg->ob_max_per_domain, cfg->ob_max_per_connection, cfg->ob_dkim_selector);
 	if (cfg->ob_smart_host[0])
 		fprintf(out, "smart_host = %s\n", cfg->ob_smart_host);

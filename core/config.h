@@ -99,6 +99,7 @@ struct config {
 	uint32_t ob_expire_ms;              /* give up (bounce) after this (5 days) */
 	uint32_t ob_timeout_ms;             /* per network step of a delivery */
 	uint32_t ob_idle_ms;                /* an unused connection stays open this long */
+	uint32_t ob_delay_ms;               /* NOTIFY=DELAY: a delay DSN after this */
 	uint32_t ob_max_per_domain;         /* concurrent connections per destination */
 	uint32_t ob_max_per_connection;     /* transactions on one reused connection */
 	char ob_smart_host[CONFIG_STR_MAX]; /* "host:port": relay everything there */

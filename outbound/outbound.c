@@ -42,6 +42,7 @@ struct ob_msg {
 	struct queue_entry *e;
 	struct outbound *ob;
 	bool *inflight;       /* per recipient: in a job now */
+	bool *delay_due;      /* per recipient: a delay DSN is due (NOTIFY=DELAY) */
 	unsigned jobs;        /* jobs and bounce steps holding m */
 	bool dsn_busy;        /* a bounce is being made */
 	int64_t dsn_retry_ms; /* a failed bounce is tried again then */
@@ -96,7 +97,8 @@ static int64_t wall_ms(void)
 static void msg_add(struct outbound *ob, struct queue_entry *e)
 {
 	struct ob_msg *m = calloc(1, sizeof(*m));
-	if (!m || !(m->inflight = calloc(e->nrcpts, sizeof(bool)))) {
+	if (!m || !(m->inflight = calloc(e->nrcpts, sizeof(bool))) ||
+	    !(m->delay_due = calloc(e->nrcpts, sizeof(bool)))) {
 		/* It stays on disk and is picked up at the next start. */
 		if (m) {
 			free(m->inflight);
@@ -115,6 +117,7 @@ static void msg_free(struct ob_msg *m)
 {
 	queue_entry_free(m->e);
 	free(m->inflight);
+	free(m->delay_due);
 	free(m);
 }
 
@@ -1042,6 +1045,7 @@ struct dsn {
 	uint8_t *orig;          /* the first bytes of the original */
 	size_t orig_len, orig_want;
 	bool *report;           /* per recipient: in this DSN */
+	bool delay;             /* a delay DSN (Action: delayed), not a bounce */
 	char *text;
 	size_t len;
 	char target[QUEUE_REPLY_MAX];
@@ -1066,9 +1070,18 @@ static void dsn_end(struct dsn *d, int res)
 	} else {
 		OBLOG(ob, LOG_INFO, "outbound-dsn", "id=%s to=%s", e->id,
 		      d->target[0] ? d->target : e->from);
-		for (size_t i = 0; i < e->nrcpts; i++)
-			if (d->report[i] && e->rcpts[i].state == QUEUE_RCPT_FAILED)
+		for (size_t i = 0; i < e->nrcpts; i++) {
+			if (!d->report[i])
+				continue;
+			if (d->delay)
+				e->rcpts[i].delay_sent = true;
+			else if (e->rcpts[i].state == QUEUE_RCPT_FAILED)
 				e->rcpts[i].state = QUEUE_RCPT_BOUNCED;
+		}
+	}
+	if (d->delay) {
+		for (size_t i = 0; i < e->nrcpts; i++)
+			m->delay_due[i] = false;
 	}
 	if (d->folder)
 		store_folder_close(&d->folder);
@@ -1155,7 +1168,7 @@ static void first_target(void *arg, const char *target)
 		snprintf(out, QUEUE_REPLY_MAX, "%s", target);
 }
 
-static void status_of(const char *text, int code, char *out, size_t cap)
+static void status_of(const char *text, int code, char cls, char *out, size_t cap)
 {
 	/* An enhanced status code after the reply code, else one made up. */
 	const char *p = text;
@@ -1168,11 +1181,11 @@ static void status_of(const char *text, int code, char *out, size_t cap)
 		if (n >= 5 && n < cap) {
 			memcpy(out, p, n);
 			out[n] = '\0';
-			out[0] = '5';
+			out[0] = cls;
 			return;
 		}
 	}
-	snprintf(out, cap, "%s", code == 556 ? "5.1.10" : "5.0.0");
+	snprintf(out, cap, "%c.%s", cls, code == 556 ? "1.10" : "0.0");
 }
 
 /* Builds the DSN (RFC 3464 multipart/report) from the original's first
@@ -1193,11 +1206,14 @@ static int dsn_build(struct dsn *d)
 		hlen = OB_DSN_HDR_MAX;
 	/* RET=FULL: the whole message when it is small enough (RFC 3461 4.3
 	 * lets a large one be cut to its header). */
-	bool full = e->ret == QUEUE_RET_FULL && e->body_len <= OB_DSN_FULL_MAX &&
+	bool full = !d->delay && e->ret == QUEUE_RET_FULL && e->body_len <= OB_DSN_FULL_MAX &&
 		    d->orig_len == e->body_len;
-	size_t nrep = 0;
-	for (size_t i = 0; i < e->nrcpts; i++)
+	size_t nrep = 0, first = e->nrcpts;
+	for (size_t i = 0; i < e->nrcpts; i++) {
 		nrep += d->report[i];
+		if (d->report[i] && first == e->nrcpts)
+			first = i; /* each recipient is in one DSN of a kind: a unique id */
+	}
 	size_t cap = 8192 + (full ? d->orig_len : hlen) + nrep * (3 * QUEUE_REPLY_MAX + 2 * QUEUE_XTEXT_MAX) +
 		     (e->envid ? strlen(e->envid) : 0);
 	char *t = malloc(cap);
@@ -1213,9 +1229,9 @@ static int dsn_build(struct dsn *d)
 		"Return-Path: <>\r\n"
 		"From: Mail Delivery System <MAILER-DAEMON@%s>\r\n"
 		"To: <%s>\r\n"
-		"Subject: Undelivered Mail Returned to Sender\r\n"
+		"Subject: %s\r\n"
 		"Date: %s\r\n"
-		"Message-ID: <%s.dsn@%s>\r\n"
+		"Message-ID: <%s.%zu.%s@%s>\r\n"
 		"Auto-Submitted: auto-replied\r\n"
 		"MIME-Version: 1.0\r\n"
 		"Content-Type: multipart/report; report-type=delivery-status;\r\n"
@@ -1228,10 +1244,15 @@ static int dsn_build(struct dsn *d)
 		"\r\n"
 		"This is the mail system at host %s.\r\n"
 		"\r\n"
-		"Your message could not be delivered to one or more recipients.\r\n"
+		"%s\r\n"
 		"\r\n",
-		cfg->hostname, e->from, date, e->id, cfg->hostname, boundary, boundary,
-		cfg->hostname);
+		cfg->hostname, e->from,
+		d->delay ? "Delayed Mail (still being retried)" : "Undelivered Mail Returned to Sender",
+		date, e->id, first, d->delay ? "delay" : "dsn", cfg->hostname, boundary, boundary,
+		cfg->hostname,
+		d->delay ? "Your message has not been delivered yet to one or more recipients;\r\n"
+			   "delivery is still being attempted. No action is needed."
+			 : "Your message could not be delivered to one or more recipients.");
 	for (size_t i = 0; i < e->nrcpts && n < cap; i++)
 		if (d->report[i])
 			n += (size_t)snprintf(t + n, cap - n, "<%s>: %s\r\n", e->rcpts[i].addr,
@@ -1257,7 +1278,7 @@ static int dsn_build(struct dsn *d)
 		const struct queue_rcpt *r = &e->rcpts[i];
 		char status[32];
 		int code = atoi(r->last);
-		status_of(r->last, code, status, sizeof(status));
+		status_of(r->last, code, d->delay ? '4' : '5', status, sizeof(status));
 		n += (size_t)snprintf(t + n, cap - n, "\r\n");
 		if (r->orcpt) {
 			/* "addr-type;xtext" as the client gave it (RFC 3461 4.2). */
@@ -1268,10 +1289,17 @@ static int dsn_build(struct dsn *d)
 		}
 		n += (size_t)snprintf(t + n, cap - n,
 			"Final-Recipient: rfc822; %s\r\n"
-			"Action: failed\r\n"
+			"Action: %s\r\n"
 			"Status: %s\r\n"
 			"Diagnostic-Code: smtp; %s\r\n",
-			r->addr, status, r->last);
+			r->addr, d->delay ? "delayed" : "failed", status, r->last);
+		if (d->delay) {
+			time_t until = (time_t)((e->created_ms + (int64_t)cfg->ob_expire_ms) / 1000);
+			char udate[64];
+			localtime_r(&until, &tm);
+			strftime(udate, sizeof(udate), "%a, %d %b %Y %H:%M:%S %z", &tm);
+			n += (size_t)snprintf(t + n, cap - n, "Will-Retry-Until: %s\r\n", udate);
+		}
 	}
 	if (full) {
 		n += (size_t)snprintf(t + n, cap - n,
@@ -1365,7 +1393,7 @@ static void dsn_io(struct loop *loop, struct loop_cb *cb, int res, uint32_t flag
 /* Reports every FAILED recipient that asked for it (RFC 3461 NOTIFY) in
  * one DSN; recipients with NOTIFY=NEVER, or of a null sender, are marked
  * bounced without one. The failed states are already durable. */
-static void send_dsn(struct outbound *ob, struct ob_msg *m)
+static void send_dsn(struct outbound *ob, struct ob_msg *m, bool delay)
 {
 	struct queue_entry *e = m->e;
 	bool *report = calloc(e->nrcpts, sizeof(bool));
@@ -1379,7 +1407,13 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m)
 		return;
 	}
 	size_t nrep = 0;
-	for (size_t i = 0; i < e->nrcpts; i++) {
+	for (size_t i = 0; i < e->nrcpts && delay; i++) {
+		if (m->delay_due[i] && e->rcpts[i].state == QUEUE_RCPT_PENDING && e->from[0]) {
+			report[i] = true;
+			nrep++;
+		}
+	}
+	for (size_t i = 0; i < e->nrcpts && !delay; i++) {
 		struct queue_rcpt *r = &e->rcpts[i];
 		if (r->state != QUEUE_RCPT_FAILED)
 			continue;
@@ -1398,12 +1432,13 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m)
 	d->ob = ob;
 	d->m = m;
 	d->report = report;
+	d->delay = delay;
 	d->fd = -1;
 	if (!nrep) {
 		dsn_end(d, 0);
 		return;
 	}
-	d->orig_want = e->ret == QUEUE_RET_FULL ? OB_DSN_FULL_MAX : OB_DSN_HDR_MAX;
+	d->orig_want = e->ret == QUEUE_RET_FULL && !delay ? OB_DSN_FULL_MAX : OB_DSN_HDR_MAX;
 	if (d->orig_want > e->body_len)
 		d->orig_want = (size_t)e->body_len;
 	if (!(d->orig = malloc(d->orig_want ? d->orig_want : 1))) {
@@ -1431,7 +1466,7 @@ static void dsn_state_written(void *arg, int res)
 			msg_settled(ob, m);
 		return;
 	}
-	send_dsn(ob, m);
+	send_dsn(ob, m, false);
 }
 
 /* ---- jobs: start and end ------------------------------------------------ */
@@ -1497,6 +1532,9 @@ static void job_settle(struct job *j)
 			if (wait > cfg->ob_retry_max_ms)
 				wait = cfg->ob_retry_max_ms;
 			r->next_ms = now + (int64_t)wait;
+			if ((r->notify & QUEUE_NOTIFY_DELAY) && !r->delay_sent &&
+			    now - e->created_ms >= (int64_t)cfg->ob_delay_ms)
+				m->delay_due[j->ri[i]] = true;
 			OBLOG(ob, LOG_INFO, "outbound-deferred", "id=%s to=%s attempts=%u retry_in=%llums reply=\"%s\"",
 			      e->id, r->addr, r->attempts, (unsigned long long)wait, r->last);
 		}
@@ -1634,6 +1672,18 @@ static void msg_settled(struct outbound *ob, struct ob_msg *m)
 		m->jobs++;
 		if (queue_state_write(ob->q, ob->loop, e, dsn_state_written, m))
 			dsn_state_written(m, -ENOMEM);
+		return;
+	}
+	bool delay = false;
+	for (size_t i = 0; i < e->nrcpts; i++)
+		delay |= m->delay_due[i] && e->rcpts[i].state == QUEUE_RCPT_PENDING;
+	if (delay && !failed && !m->dsn_busy) {
+		/* A delay DSN changes no state: nothing to write first. It is
+		 * not persisted either: after a restart it may come again. */
+		queue_state_write(ob->q, ob->loop, e, NULL, NULL);
+		m->dsn_busy = true;
+		m->jobs++;
+		send_dsn(ob, m, true); /* may settle m again (and so free it) */
 		return;
 	}
 	if (final && !failed) {

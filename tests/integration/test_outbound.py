@@ -565,3 +565,35 @@ def test_connection_lost_mid_data_is_not_sent(tmp_path, dns):
             remote.stop()
         sender.expect_exit = None
         sender.stop()
+
+
+def test_dsn_notify_delay_warns_once(tmp_path, dns):
+    """NOTIFY=DELAY: once a recipient has waited delay_warning, the sender
+    gets one delay DSN (Action: delayed, Status 4.x.x, Will-Retry-Until),
+    not one per retry; the message stays queued."""
+    dead = conftest.free_port_offset() + 25  # nothing listens there
+    sender = make_sender(tmp_path / "sender", dns, dead, "delay_warning = 1s\n")
+    sender.start()
+    try:
+        tok = token()
+        submit_dsn(sender, BOB, message(tok, frm=ALICE, to=BOB),
+                   rcpt_options=["NOTIFY=DELAY,FAILURE"])
+
+        def delays():
+            return [m for m in sender.messages(ALICE) if tok.encode() in m and
+                    b"Action: delayed" in m]
+        got = wait_for(delays, 30)
+        assert len(got) == 1, sender.log()[-3000:]
+        d = got[0]
+        assert b"Subject: Delayed Mail" in d
+        assert b"Status: 4." in d
+        assert b"Will-Retry-Until: " in d
+        assert b"Final-Recipient: rfc822; " + BOB.encode() in d
+        # More retries happen (retry_max 2s); still one warning.
+        mark = sender.log().count("event=outbound-deferred")
+        assert wait_for(lambda: sender.log().count("event=outbound-deferred") >= mark + 2, 20)
+        assert len(delays()) == 1
+        assert len(queue_files(sender)) == 1
+    finally:
+        sender.expect_exit = None
+        sender.stop()
