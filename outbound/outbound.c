@@ -37,6 +37,7 @@
 #define OB_BODY_CHUNK 65536  /* message bytes read from the queue file at once */
 #define OB_DSN_HDR_MAX 65536 /* the original's header section in a bounce */
 #define OB_DSN_FULL_MAX (256 * 1024) /* RET=FULL: the original returned up to this */
+#define OB_LOCAL_MAX (1024 * 1024) /* a queued message for a local user (a DSN) */
 
 struct ob_msg {
 	struct queue_entry *e;
@@ -141,9 +142,33 @@ int outbound_new(struct queue *q, struct store *store, struct users *users,
 	return 0;
 }
 
+/* A bounce is queued as "<original id>d<index>" (dsn_read()). Found on
+ * disk beside an original whose recipients are still "failed", it was made
+ * just before a crash that lost the "bounced" states: they are bounced
+ * already, and no second bounce is made. */
+static void load_bounced(struct outbound *ob)
+{
+	for (struct ob_msg *b = ob->msgs; b; b = b->next) {
+		size_t bl = strlen(b->e->id);
+		if (b->e->from[0])
+			continue; /* a bounce has the null sender */
+		for (struct ob_msg *m = ob->msgs; m; m = m->next) {
+			size_t n = strlen(m->e->id);
+			if (n + 1 >= bl || strncmp(m->e->id, b->e->id, n) || b->e->id[n] != 'd')
+				continue;
+			for (size_t i = 0; i < m->e->nrcpts; i++)
+				if (m->e->rcpts[i].state == QUEUE_RCPT_FAILED)
+					m->e->rcpts[i].state = QUEUE_RCPT_BOUNCED;
+		}
+	}
+}
+
 int outbound_load(struct outbound *ob)
 {
-	return queue_scan(ob->q, load_one, ob);
+	int rc = queue_scan(ob->q, load_one, ob);
+	if (rc > 0)
+		load_bounced(ob);
+	return rc;
 }
 
 void outbound_free(struct outbound **ob_r)
@@ -1032,22 +1057,91 @@ static void mx_done(void *arg, enum dns_status st, const struct dns_mx *mx, size
 
 /* ---- bounces (RFC 3464) ------------------------------------------------ */
 
-/* A bounce being made for one message: the original's head is read from
- * <id>.msg through the ring, the DSN built, then appended to the sender's
- * INBOX (local sender) or queued with the null sender (remote sender). */
-struct dsn {
+/* ---- reading a queued message back --------------------------------------- */
+
+/* The first `want` bytes of a queued message, read through the ring (open,
+ * reads, close); then done(r) with r->rc 0 or a negative errno. */
+struct msg_read {
+	struct loop *loop;
+	struct loop_cb cb;
+	enum { MR_OPEN, MR_READ, MR_CLOSE } op;
+	int fd;
+	int rc;
+	char name[QUEUE_ID_MAX + 8]; /* read by the kernel at submission */
+	uint64_t off;
+	uint8_t *buf;
+	size_t len, want;
+	void (*done)(struct msg_read *r);
+};
+
+static void msg_read_step(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)flags;
+	struct msg_read *r = (struct msg_read *)((char *)cb - offsetof(struct msg_read, cb));
+	switch (r->op) {
+	case MR_OPEN:
+		if (res < 0) {
+			r->rc = res;
+			r->done(r);
+			return;
+		}
+		r->fd = res;
+		break;
+	case MR_READ:
+		if (res < 0)
+			r->rc = res;
+		else if (res == 0 && r->len < r->want)
+			r->rc = -EIO; /* shorter than its first line says */
+		else
+			r->len += (size_t)res;
+		break;
+	case MR_CLOSE:
+		r->done(r);
+		return;
+	}
+	if (!r->rc && r->len < r->want) {
+		r->op = MR_READ;
+		io_uring_prep_read(loop_sqe(loop, cb), r->fd, r->buf + r->len,
+				   (unsigned)(r->want - r->len), r->off + r->len);
+		return;
+	}
+	r->op = MR_CLOSE;
+	io_uring_prep_close(loop_sqe(loop, cb), r->fd);
+	r->fd = -1;
+}
+
+static int msg_read_start(struct msg_read *r, struct outbound *ob, const struct queue_entry *e,
+			  size_t want, void (*done)(struct msg_read *r))
+{
+	if (want > e->body_len)
+		want = (size_t)e->body_len;
+	if (!(r->buf = malloc(want ? want : 1)))
+		return -ENOMEM;
+	r->loop = ob->loop;
+	r->want = want;
+	r->len = 0;
+	r->off = e->body_off;
+	r->fd = -1;
+	r->rc = 0;
+	r->done = done;
+	r->cb.fn = msg_read_step;
+	r->op = MR_OPEN;
+	snprintf(r->name, sizeof(r->name), "%s.msg", e->id);
+	io_uring_prep_openat(loop_sqe(ob->loop, &r->cb), queue_dirfd(ob->q), r->name,
+			     O_RDONLY | O_CLOEXEC, 0);
+	return 0;
+}
+
+/* ---- local delivery of queued messages (bounces) ------------------------- */
+
+/* A queued message for a local recipient (a DSN to one of our users) is
+ * appended to the recipient's INBOX by the runner. */
+struct local_dlv {
 	struct outbound *ob;
 	struct ob_msg *m;
-	struct loop_cb cb;
-	enum { DSN_OPEN, DSN_READ, DSN_CLOSE } op;
-	int fd;
-	char name[QUEUE_ID_MAX + 8]; /* read by the kernel at submission */
-	uint8_t *orig;          /* the first bytes of the original */
-	size_t orig_len, orig_want;
-	bool *report;           /* per recipient: in this DSN */
-	bool delay;             /* a delay DSN (Action: delayed), not a bounce */
-	char *text;
-	size_t len;
+	size_t ri;
+	struct msg_read rd;
+	size_t put;             /* bytes given to the append */
 	char target[QUEUE_REPLY_MAX];
 	struct store_user *user;
 	struct store_folder *folder;
@@ -1056,39 +1150,235 @@ struct dsn {
 
 static void msg_settled(struct outbound *ob, struct ob_msg *m);
 
+static void first_target(void *arg, const char *target)
+{
+	char *out = arg;
+	if (!out[0])
+		snprintf(out, QUEUE_REPLY_MAX, "%s", target);
+}
+
+/* Retry of a recipient after a temporary failure: exponential backoff. */
+static void rcpt_defer(struct outbound *ob, struct ob_msg *m, struct queue_rcpt *r, int64_t now)
+{
+	const struct config *cfg = ob_cfg(ob);
+	uint64_t wait = cfg->ob_retry_min_ms;
+	for (uint32_t k = 1; k < r->attempts && wait < cfg->ob_retry_max_ms; k++)
+		wait *= 2;
+	if (wait > cfg->ob_retry_max_ms)
+		wait = cfg->ob_retry_max_ms;
+	r->next_ms = now + (int64_t)wait;
+	if ((r->notify & QUEUE_NOTIFY_DELAY) && !r->delay_sent &&
+	    now - m->e->created_ms >= (int64_t)cfg->ob_delay_ms)
+		m->delay_due[r - m->e->rcpts] = true;
+	OBLOG(ob, LOG_INFO, "outbound-deferred", "id=%s to=%s attempts=%u retry_in=%llums reply=\"%s\"",
+	      m->e->id, r->addr, r->attempts, (unsigned long long)wait, r->last);
+}
+
+static void local_end(struct local_dlv *l, int res)
+{
+	struct outbound *ob = l->ob;
+	struct ob_msg *m = l->m;
+	struct queue_entry *e = m->e;
+	struct queue_rcpt *r = &e->rcpts[l->ri];
+	int64_t now = wall_ms();
+	if (l->append)
+		store_append_abort(&l->append);
+	if (l->folder)
+		store_folder_close(&l->folder);
+	if (l->user)
+		store_user_close(&l->user);
+	m->inflight[l->ri] = false;
+	r->attempts++;
+	if (res == 0) {
+		r->state = QUEUE_RCPT_SENT;
+		snprintf(r->last, sizeof(r->last), "250 2.0.0 delivered to %.400s's INBOX", l->target);
+		OBLOG(ob, LOG_INFO, "outbound-sent", "id=%s to=%s host=local", e->id, r->addr);
+	} else if (res == -ENOENT || res == -EFBIG || res == -EDQUOT) {
+		r->state = QUEUE_RCPT_FAILED;
+		snprintf(r->last, sizeof(r->last), "%s",
+			 res == -ENOENT ? "550 5.1.1 no such local user"
+			 : res == -EFBIG ? "552 5.3.4 message too big for local delivery"
+					 : "552 5.2.2 mailbox full");
+		OBLOG(ob, LOG_INFO, "outbound-failed", "id=%s to=%s reply=\"%s\"", e->id, r->addr,
+		      r->last);
+	} else {
+		snprintf(r->last, sizeof(r->last), "451 4.3.0 local delivery failed: %s",
+			 strerror(-res));
+		if (now - e->created_ms >= (int64_t)ob_cfg(ob)->ob_expire_ms) {
+			r->state = QUEUE_RCPT_FAILED;
+		} else {
+			rcpt_defer(ob, m, r, now);
+		}
+	}
+	free(l->rd.buf);
+	free(l);
+	if (--m->jobs == 0)
+		msg_settled(ob, m);
+}
+
+static void local_committed(void *arg, int res, uint32_t uid)
+{
+	(void)uid;
+	struct local_dlv *l = arg;
+	l->append = NULL; /* freed by the store */
+	local_end(l, res < 0 ? res : 0);
+}
+
+/* Gives the append what it takes; the rest after its ready callback. */
+static void local_put(void *arg)
+{
+	struct local_dlv *l = arg;
+	if (!l->append)
+		return;
+	ssize_t w = store_append_write(l->append, span_make(l->rd.buf + l->put, l->rd.len - l->put));
+	if (w < 0) {
+		local_end(l, (int)w);
+		return;
+	}
+	l->put += (size_t)w;
+	if (l->put < l->rd.len)
+		return; /* local_put() again when the store can take more */
+	struct mime_scanner *sc = malloc(sizeof(*sc));
+	uint8_t *blob = malloc(MIME_BLOB_MAX);
+	size_t blob_len = 0;
+	if (!sc || !blob) {
+		free(sc);
+		free(blob);
+		local_end(l, -ENOMEM);
+		return;
+	}
+	mime_scan_init(sc);
+	mime_scan_feed(sc, span_make(l->rd.buf, l->rd.len));
+	mime_scan_finish(sc, blob, MIME_BLOB_MAX, &blob_len);
+	struct store_append *a = l->append;
+	store_append_commit(a, span_make(blob, blob_len), local_committed, l);
+	free(blob);
+	free(sc);
+}
+
+static void local_folder(void *arg, int res, struct store_folder *folder)
+{
+	struct local_dlv *l = arg;
+	if (res < 0) {
+		local_end(l, res);
+		return;
+	}
+	l->folder = folder;
+	int rc = store_append_begin(l->ob->loop, &l->folder, 1, time(NULL), 0, NULL, 0, local_put, l,
+				    &l->append);
+	if (rc) {
+		local_end(l, rc);
+		return;
+	}
+	local_put(l);
+}
+
+static void local_user(void *arg, int res, struct store_user *user)
+{
+	struct local_dlv *l = arg;
+	if (res < 0) {
+		local_end(l, res);
+		return;
+	}
+	l->user = user;
+	store_folder_open(user, l->ob->loop, "INBOX", local_folder, l);
+}
+
+static void local_read(struct msg_read *rd)
+{
+	struct local_dlv *l = (struct local_dlv *)((char *)rd - offsetof(struct local_dlv, rd));
+	struct outbound *ob = l->ob;
+	if (rd->rc) {
+		local_end(l, rd->rc == -ENOENT ? -EIO : rd->rc);
+		return;
+	}
+	const char *addr = l->m->e->rcpts[l->ri].addr;
+	char lower[QUEUE_REPLY_MAX];
+	size_t k = 0;
+	for (const char *p = addr; *p && k < sizeof(lower) - 1; p++)
+		lower[k++] = (char)tolower((unsigned char)*p);
+	lower[k] = '\0';
+	if (!ob->users || users_resolve(ob->users, span_cstr(lower), first_target, l->target) < 0 ||
+	    !l->target[0]) {
+		snprintf(l->target, sizeof(l->target), "%s", lower);
+		local_end(l, -ENOENT);
+		return;
+	}
+	store_user_open(ob->store, ob->loop, l->target, local_user, l);
+}
+
+static bool is_local(struct outbound *ob, const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	return at && ob->users && users_is_local_domain(ob->users, span_cstr(at + 1));
+}
+
+/* Delivers recipient i of m (a local address) to its INBOX. */
+static void local_start(struct outbound *ob, struct ob_msg *m, size_t i)
+{
+	struct local_dlv *l = calloc(1, sizeof(*l));
+	if (!l)
+		return; /* retried at the next tick */
+	l->ob = ob;
+	l->m = m;
+	l->ri = i;
+	m->inflight[i] = true;
+	m->jobs++;
+	if (m->e->body_len > OB_LOCAL_MAX) {
+		local_end(l, -EFBIG);
+		return;
+	}
+	if (msg_read_start(&l->rd, ob, m->e, (size_t)m->e->body_len, local_read))
+		local_end(l, -ENOMEM);
+}
+
+/* ---- bounces (RFC 3464) ------------------------------------------------ */
+
+/* A DSN being made for one message: the original's head is read from
+ * <id>.msg through the ring, the DSN built and queued with the null sender
+ * for the envelope sender (the runner delivers it, to the INBOX when the
+ * sender is local). */
+struct dsn {
+	struct outbound *ob;
+	struct ob_msg *m;
+	struct msg_read rd;     /* the first bytes of the original */
+	bool *report;           /* per recipient: in this DSN */
+	bool delay;             /* a delay DSN (Action: delayed), not a bounce */
+	size_t first;           /* the first recipient reported */
+	char *text;
+	size_t len;
+	struct queue_entry *held; /* the queued bounce, until the state is durable */
+};
+
 /* The DSN is durable (res 0) or failed: only then are its recipients
- * marked bounced (docs/queue.md: crash windows). */
+ * marked bounced (docs/queue.md: crash semantics). */
 static void dsn_end(struct dsn *d, int res)
 {
 	struct outbound *ob = d->ob;
 	struct ob_msg *m = d->m;
 	struct queue_entry *e = m->e;
 	if (res < 0) {
-		OBLOG(ob, LOG_WARN, "outbound-dsn-failed", "id=%s to=%s error=%s", e->id,
-		      d->target[0] ? d->target : e->from, strerror(-res));
+		OBLOG(ob, LOG_WARN, "outbound-dsn-failed", "id=%s to=%s error=%s", e->id, e->from,
+		      strerror(-res));
 		m->dsn_retry_ms = wall_ms() + 60000;
-	} else {
-		OBLOG(ob, LOG_INFO, "outbound-dsn", "id=%s to=%s", e->id,
-		      d->target[0] ? d->target : e->from);
-		for (size_t i = 0; i < e->nrcpts; i++) {
-			if (!d->report[i])
-				continue;
-			if (d->delay)
-				e->rcpts[i].delay_sent = true;
-			else if (e->rcpts[i].state == QUEUE_RCPT_FAILED)
-				e->rcpts[i].state = QUEUE_RCPT_BOUNCED;
-		}
+	} else if (d->text) {
+		OBLOG(ob, LOG_INFO, "outbound-dsn", "id=%s to=%s kind=%s", e->id, e->from,
+		      d->delay ? "delay" : "failure");
+	}
+	for (size_t i = 0; i < e->nrcpts && res >= 0; i++) {
+		if (!d->report[i])
+			continue;
+		if (d->delay)
+			e->rcpts[i].delay_sent = true;
+		else if (e->rcpts[i].state == QUEUE_RCPT_FAILED)
+			e->rcpts[i].state = QUEUE_RCPT_BOUNCED;
 	}
 	if (d->delay) {
 		for (size_t i = 0; i < e->nrcpts; i++)
 			m->delay_due[i] = false;
 	}
-	if (d->folder)
-		store_folder_close(&d->folder);
-	if (d->user)
-		store_user_close(&d->user);
 	free(d->text);
-	free(d->orig);
+	free(d->rd.buf);
 	free(d->report);
 	free(d);
 	m->dsn_busy = false;
@@ -1097,75 +1387,50 @@ static void dsn_end(struct dsn *d, int res)
 		msg_settled(ob, m);
 }
 
-static void dsn_committed(void *arg, int res, uint32_t uid)
-{
-	(void)uid;
-	struct dsn *d = arg;
-	d->append = NULL;
-	dsn_end(d, res);
-}
-
-static void dsn_folder(void *arg, int res, struct store_folder *folder)
-{
-	struct dsn *d = arg;
-	if (res < 0) {
-		dsn_end(d, res);
-		return;
-	}
-	d->folder = folder;
-	int rc = store_append_begin(d->ob->loop, &d->folder, 1, time(NULL), 0, NULL, 0, NULL, NULL,
-				    &d->append);
-	if (rc) {
-		dsn_end(d, rc);
-		return;
-	}
-	ssize_t w = store_append_write(d->append, span_make(d->text, d->len));
-	if (w < 0 || (size_t)w < d->len) {
-		/* A DSN is bounded (OB_DSN_FULL_MAX): it fits the append buffer. */
-		store_append_abort(&d->append);
-		dsn_end(d, w < 0 ? (int)w : -EFBIG);
-		return;
-	}
-	struct mime_scanner *sc = malloc(sizeof(*sc));
-	uint8_t *blob = malloc(MIME_BLOB_MAX);
-	size_t blob_len = 0;
-	if (!sc || !blob) {
-		free(sc);
-		free(blob);
-		store_append_abort(&d->append);
-		dsn_end(d, -ENOMEM);
-		return;
-	}
-	mime_scan_init(sc);
-	mime_scan_feed(sc, span_make(d->text, d->len));
-	mime_scan_finish(sc, blob, MIME_BLOB_MAX, &blob_len);
-	store_append_commit(d->append, span_make(blob, blob_len), dsn_committed, d);
-	free(blob);
-	free(sc);
-}
-
-static void dsn_user(void *arg, int res, struct store_user *user)
-{
-	struct dsn *d = arg;
-	if (res < 0) {
-		dsn_end(d, res);
-		return;
-	}
-	d->user = user;
-	store_folder_open(user, d->ob->loop, "INBOX", dsn_folder, d);
-}
-
 static void dsn_queued(void *arg, int res, const char *id)
 {
 	(void)id;
 	dsn_end(arg, res);
 }
 
-static void first_target(void *arg, const char *target)
+/* The bounced states are durable (or the message removed): the bounce
+ * may go now. Were it handed over sooner, it could be delivered and
+ * removed before a crash that forgets the bounced states, and the restart
+ * would bounce again. */
+static void dsn_released(void *arg, int res)
 {
-	char *out = arg;
-	if (!out[0])
-		snprintf(out, QUEUE_REPLY_MAX, "%s", target);
+	struct dsn *d = arg;
+	if (res < 0)
+		OBLOG(d->ob, LOG_WARN, "outbound-state-failed", "id=%s error=%s", d->m->e->id,
+		      strerror(-res));
+	/* Even then: a restart finds the bounce beside the failed states and
+	 * does not make another (outbound_load). */
+	msg_add(d->ob, d->held);
+	d->held = NULL;
+	dsn_end(d, 0);
+}
+
+static void dsn_held(void *arg, int res, struct queue_entry *held)
+{
+	struct dsn *d = arg;
+	struct ob_msg *m = d->m;
+	struct queue_entry *e = m->e;
+	if (res < 0) {
+		dsn_end(d, res);
+		return;
+	}
+	d->held = held;
+	bool final = true;
+	for (size_t i = 0; i < e->nrcpts; i++) {
+		if (d->report[i] && e->rcpts[i].state == QUEUE_RCPT_FAILED)
+			e->rcpts[i].state = QUEUE_RCPT_BOUNCED;
+		if (e->rcpts[i].state == QUEUE_RCPT_PENDING || e->rcpts[i].state == QUEUE_RCPT_FAILED)
+			final = false;
+	}
+	int rc = final ? queue_remove(d->ob->q, d->ob->loop, e->id, dsn_released, d)
+		       : queue_state_write(d->ob->q, d->ob->loop, e, dsn_released, d);
+	if (rc)
+		dsn_released(d, rc);
 }
 
 static void status_of(const char *text, int code, char cls, char *out, size_t cap)
@@ -1196,9 +1461,9 @@ static int dsn_build(struct dsn *d)
 	struct queue_entry *e = d->m->e;
 	const struct config *cfg = ob_cfg(ob);
 	/* The original's header section (text/rfc822-headers). */
-	size_t hlen = d->orig_len;
-	for (size_t i = 0; i + 3 < d->orig_len; i++)
-		if (!memcmp(d->orig + i, "\r\n\r\n", 4)) {
+	size_t hlen = d->rd.len;
+	for (size_t i = 0; i + 3 < d->rd.len; i++)
+		if (!memcmp(d->rd.buf + i, "\r\n\r\n", 4)) {
 			hlen = i + 2;
 			break;
 		}
@@ -1207,14 +1472,14 @@ static int dsn_build(struct dsn *d)
 	/* RET=FULL: the whole message when it is small enough (RFC 3461 4.3
 	 * lets a large one be cut to its header). */
 	bool full = !d->delay && e->ret == QUEUE_RET_FULL && e->body_len <= OB_DSN_FULL_MAX &&
-		    d->orig_len == e->body_len;
+		    d->rd.len == e->body_len;
 	size_t nrep = 0, first = e->nrcpts;
 	for (size_t i = 0; i < e->nrcpts; i++) {
 		nrep += d->report[i];
 		if (d->report[i] && first == e->nrcpts)
 			first = i; /* each recipient is in one DSN of a kind: a unique id */
 	}
-	size_t cap = 8192 + (full ? d->orig_len : hlen) + nrep * (3 * QUEUE_REPLY_MAX + 2 * QUEUE_XTEXT_MAX) +
+	size_t cap = 8192 + (full ? d->rd.len : hlen) + nrep * (3 * QUEUE_REPLY_MAX + 2 * QUEUE_XTEXT_MAX) +
 		     (e->envid ? strlen(e->envid) : 0);
 	char *t = malloc(cap);
 	if (!t)
@@ -1312,9 +1577,9 @@ static int dsn_build(struct dsn *d)
 			"Content-Type: text/rfc822-headers\r\n"
 			"\r\n", boundary);
 	}
-	size_t olen = full ? d->orig_len : hlen;
+	size_t olen = full ? d->rd.len : hlen;
 	if (n + olen + 256 < cap) {
-		memcpy(t + n, d->orig, olen);
+		memcpy(t + n, d->rd.buf, olen);
 		n += olen;
 	}
 	n += (size_t)snprintf(t + n, cap - n, "\r\n--%s--\r\n", boundary);
@@ -1324,70 +1589,34 @@ static int dsn_build(struct dsn *d)
 }
 
 /* The original's first bytes are in: build and deliver the DSN. */
-static void dsn_deliver(struct dsn *d)
+/* The original's first bytes are in: build the DSN and queue it. A bounce
+ * gets an id made of the original's and its first recipient's index, so a
+ * restart that makes it again writes the same file; it is held back from
+ * the runner until the bounced states are durable (dsn_held()). */
+static void dsn_read(struct msg_read *rd)
 {
+	struct dsn *d = (struct dsn *)((char *)rd - offsetof(struct dsn, rd));
 	struct outbound *ob = d->ob;
 	struct queue_entry *e = d->m->e;
+	if (rd->rc)
+		rd->len = 0; /* the report goes out without the original */
 	int rc = dsn_build(d);
 	if (rc) {
 		dsn_end(d, rc);
 		return;
 	}
-	const char *at = strrchr(e->from, '@');
-	if (at && ob->users && users_is_local_domain(ob->users, span_cstr(at + 1))) {
-		char lower[QUEUE_REPLY_MAX];
-		size_t k = 0;
-		for (const char *p = e->from; *p && k < sizeof(lower) - 1; p++)
-			lower[k++] = (char)tolower((unsigned char)*p);
-		lower[k] = '\0';
-		if (users_resolve(ob->users, span_cstr(lower), first_target, d->target) < 0 ||
-		    !d->target[0]) {
-			snprintf(d->target, sizeof(d->target), "%s", lower);
-			/* Nobody to tell: the bounce is done (logged). */
-			OBLOG(ob, LOG_WARN, "outbound-dsn-dropped", "id=%s to=%s reason=unknown-user",
-			      e->id, lower);
-			dsn_end(d, 0);
-			return;
-		}
-		store_user_open(ob->store, ob->loop, d->target, dsn_user, d);
-		return;
-	}
 	struct queue_rcpt_in rin = { .addr = e->from };
 	struct queue_env env = { .from = "", .rcpts = &rin, .nrcpts = 1 };
-	rc = queue_submit(ob->q, ob->loop, &env, d->text, d->len, dsn_queued, d);
+	if (d->delay) {
+		rc = queue_submit(ob->q, ob->loop, &env, d->text, d->len, dsn_queued, d);
+	} else {
+		char id[QUEUE_ID_MAX];
+		snprintf(id, sizeof(id), "%.*sd%zx", QUEUE_ID_MAX - 20, e->id, d->first);
+		env.id = id;
+		rc = queue_submit_held(ob->q, ob->loop, &env, d->text, d->len, dsn_held, d);
+	}
 	if (rc)
 		dsn_end(d, rc);
-}
-
-static void dsn_io(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
-{
-	(void)flags;
-	struct dsn *d = (struct dsn *)((char *)cb - offsetof(struct dsn, cb));
-	struct queue_entry *e = d->m->e;
-	switch (d->op) {
-	case DSN_OPEN:
-		if (res < 0) {
-			dsn_end(d, res);
-			return;
-		}
-		d->fd = res;
-		d->op = DSN_READ;
-		io_uring_prep_read(loop_sqe(loop, cb), d->fd, d->orig, (unsigned)d->orig_want,
-				   e->body_off);
-		return;
-	case DSN_READ:
-		if (res >= 0)
-			d->orig_len = (size_t)res;
-		d->op = DSN_CLOSE;
-		io_uring_prep_close(loop_sqe(loop, cb), d->fd);
-		d->fd = -1;
-		if (res < 0)
-			d->orig_len = 0;
-		return;
-	case DSN_CLOSE:
-		dsn_deliver(d);
-		return;
-	}
 }
 
 /* Reports every FAILED recipient that asked for it (RFC 3461 NOTIFY) in
@@ -1433,23 +1662,13 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m, bool delay)
 	d->m = m;
 	d->report = report;
 	d->delay = delay;
-	d->fd = -1;
 	if (!nrep) {
 		dsn_end(d, 0);
 		return;
 	}
-	d->orig_want = e->ret == QUEUE_RET_FULL && !delay ? OB_DSN_FULL_MAX : OB_DSN_HDR_MAX;
-	if (d->orig_want > e->body_len)
-		d->orig_want = (size_t)e->body_len;
-	if (!(d->orig = malloc(d->orig_want ? d->orig_want : 1))) {
+	size_t want = e->ret == QUEUE_RET_FULL && !delay ? OB_DSN_FULL_MAX : OB_DSN_HDR_MAX;
+	if (msg_read_start(&d->rd, ob, e, want, dsn_read))
 		dsn_end(d, -ENOMEM);
-		return;
-	}
-	snprintf(d->name, sizeof(d->name), "%s.msg", e->id);
-	d->cb.fn = dsn_io;
-	d->op = DSN_OPEN;
-	io_uring_prep_openat(loop_sqe(ob->loop, &d->cb), queue_dirfd(ob->q), d->name,
-			     O_RDONLY | O_CLOEXEC, 0);
 }
 
 /* The failed states are durable: now the DSN. */
@@ -1526,17 +1745,7 @@ static void job_settle(struct job *j)
 			OBLOG(ob, LOG_INFO, "outbound-failed", "id=%s to=%s reply=\"%s\"", e->id,
 			      r->addr, r->last);
 		} else {
-			uint64_t wait = cfg->ob_retry_min_ms;
-			for (uint32_t k = 1; k < r->attempts && wait < cfg->ob_retry_max_ms; k++)
-				wait *= 2;
-			if (wait > cfg->ob_retry_max_ms)
-				wait = cfg->ob_retry_max_ms;
-			r->next_ms = now + (int64_t)wait;
-			if ((r->notify & QUEUE_NOTIFY_DELAY) && !r->delay_sent &&
-			    now - e->created_ms >= (int64_t)cfg->ob_delay_ms)
-				m->delay_due[j->ri[i]] = true;
-			OBLOG(ob, LOG_INFO, "outbound-deferred", "id=%s to=%s attempts=%u retry_in=%llums reply=\"%s\"",
-			      e->id, r->addr, r->attempts, (unsigned long long)wait, r->last);
+			rcpt_defer(ob, m, r, now);
 		}
 	}
 	j->m = NULL;
@@ -1791,14 +2000,22 @@ static void schedule(struct outbound *ob)
 				snprintf(r->last, sizeof(r->last), "550 5.1.3 bad address");
 				continue;
 			}
+			if (is_local(ob, r->addr)) {
+				local_start(ob, m, i); /* a bounce to one of our users */
+				continue;
+			}
 			job_start(ob, m, at + 1, now);
 		}
 		if (m->jobs == 0 && now >= m->dsn_retry_ms) {
-			bool failed = false;
-			for (size_t i = 0; i < e->nrcpts; i++)
+			bool failed = false, pending = false;
+			for (size_t i = 0; i < e->nrcpts; i++) {
 				failed |= e->rcpts[i].state == QUEUE_RCPT_FAILED;
-			if (failed)
-				msg_settled(ob, m); /* a bounce due (also after a restart) */
+				pending |= e->rcpts[i].state == QUEUE_RCPT_PENDING;
+			}
+			/* A bounce due, or nothing left to do (both also after a
+			 * restart, see load_bounced()). */
+			if (failed || !pending)
+				msg_settled(ob, m);
 		}
 	}
 }

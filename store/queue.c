@@ -53,6 +53,7 @@ struct qwrite {
 	char tmp[QUEUE_ID_MAX + 16], final[QUEUE_ID_MAX + 16];
 	char id[QUEUE_ID_MAX];
 	bool submit;                 /* a new message (spool hand-off) */
+	queue_held_cb *held_cb;      /* submit: the entry goes here, not to on_new */
 	uint8_t *buf;
 	size_t len, off, hdr_len;
 	struct queue_entry *entry;   /* submit: handed to on_new */
@@ -158,7 +159,12 @@ static void qw_step(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 
 static void qw_finish(struct qwrite *w)
 {
-	if (w->submit) {
+	if (w->submit && w->held_cb) {
+		struct queue_entry *e = w->rc ? NULL : w->entry;
+		if (e)
+			w->entry = NULL;
+		w->held_cb(w->arg, w->rc, e);
+	} else if (w->submit) {
 		if (w->rc == 0 && w->entry && w->q->on_new) {
 			struct queue_entry *e = w->entry;
 			w->entry = NULL;
@@ -377,6 +383,7 @@ struct queue_spool {
 	queue_ready_fn *ready;
 	void *ready_arg;
 	queue_submit_cb *done;
+	queue_held_cb *held;
 	void *done_arg;
 	char tmp[QUEUE_ID_MAX + 16], final[QUEUE_ID_MAX + 16];
 };
@@ -419,7 +426,9 @@ static void sp_handoff(struct queue_spool *sp)
 		 * the next start. */
 		if (sp->fd >= 0)
 			close(sp->fd);
-		if (!sp->aborted && sp->done)
+		if (!sp->aborted && sp->held)
+			sp->held(sp->done_arg, -ENOMEM, NULL);
+		else if (!sp->aborted && sp->done)
 			sp->done(sp->done_arg, -ENOMEM, sp->e->id);
 		sp_free(sp);
 		return;
@@ -432,6 +441,7 @@ static void sp_handoff(struct queue_spool *sp)
 	snprintf(w->final, sizeof(w->final), "%s", sp->final);
 	if (!sp->aborted) {
 		w->submit_cb = sp->done;
+		w->held_cb = sp->held;
 		w->arg = sp->done_arg;
 		w->entry = sp->e;
 		sp->e = NULL;
@@ -558,6 +568,11 @@ int queue_spool_begin(struct queue *q, struct loop *loop, const struct queue_env
 	size_t n = env->nrcpts;
 	if (n == 0 || !addr_ok(env->from) || (env->envid && !xtext_ok(env->envid)))
 		return -EINVAL;
+	if (env->id) {
+		size_t il = strlen(env->id);
+		if (il == 0 || il >= QUEUE_ID_MAX || strspn(env->id, "0123456789abcdef") != il)
+			return -EINVAL;
+	}
 	size_t hcap = 256 + strlen(env->from) + (env->envid ? strlen(env->envid) : 0);
 	for (size_t i = 0; i < n; i++) {
 		const struct queue_rcpt_in *r = &env->rcpts[i];
@@ -583,7 +598,10 @@ int queue_spool_begin(struct queue *q, struct loop *loop, const struct queue_env
 	sp->ready_arg = arg;
 	uint32_t seq = atomic_fetch_add(&q->seq, 1);
 	int64_t now = wall_ms();
-	snprintf(e->id, sizeof(e->id), "%011" PRIx64 "%08" PRIx32, (uint64_t)now, seq);
+	if (env->id)
+		snprintf(e->id, sizeof(e->id), "%s", env->id);
+	else
+		snprintf(e->id, sizeof(e->id), "%011" PRIx64 "%08" PRIx32, (uint64_t)now, seq);
 	e->created_ms = now;
 	e->ret = env->ret;
 	if (!(e->from = strdup(env->from)) || !(e->rcpts = calloc(n, sizeof(*e->rcpts))) ||
@@ -691,8 +709,9 @@ void queue_spool_abort(struct queue_spool **sp_r)
 	sp_pump(sp); /* frees it now, or after the operation in flight */
 }
 
-int queue_submit(struct queue *q, struct loop *loop, const struct queue_env *env,
-		 const void *data, size_t len, queue_submit_cb *cb, void *arg)
+static int submit(struct queue *q, struct loop *loop, const struct queue_env *env,
+		  const void *data, size_t len, queue_submit_cb *cb, queue_held_cb *held,
+		  void *arg)
 {
 	struct queue_spool *sp;
 	int rc = queue_spool_begin(q, loop, env, NULL, NULL, &sp);
@@ -703,7 +722,20 @@ int queue_submit(struct queue *q, struct loop *loop, const struct queue_env *env
 		queue_spool_abort(&sp);
 		return rc;
 	}
+	sp->held = held;
 	return queue_spool_commit(sp, NULL, cb, arg);
+}
+
+int queue_submit(struct queue *q, struct loop *loop, const struct queue_env *env,
+		 const void *data, size_t len, queue_submit_cb *cb, void *arg)
+{
+	return submit(q, loop, env, data, len, cb, NULL, arg);
+}
+
+int queue_submit_held(struct queue *q, struct loop *loop, const struct queue_env *env,
+		      const void *data, size_t len, queue_held_cb *cb, void *arg)
+{
+	return submit(q, loop, env, data, len, NULL, cb, arg);
 }
 
 size_t queue_state_format(const struct queue_entry *e, char *buf, size_t cap)

@@ -62,6 +62,8 @@ struct queue_rcpt_in {
 
 /* The envelope of a new message. */
 struct queue_env {
+	const char *id;      /* NULL: a new id; else this one (hex digits): a
+			      * retry after a crash writes the same file */
 	const char *from;    /* "" for the null sender */
 	const char *envid;   /* RFC 3461 ENVID (xtext), or NULL */
 	enum queue_ret ret;  /* what a bounce carries of the message */
@@ -142,6 +144,13 @@ void queue_spool_abort(struct queue_spool **sp_r);
  * cb may be NULL. Same returns as queue_spool_commit(). */
 int queue_submit(struct queue *q, struct loop *loop, const struct queue_env *env,
 		 const void *data, size_t len, queue_submit_cb *cb, void *arg);
+
+/* As queue_submit(), but the new entry is not handed to the runner
+ * (queue_new_fn): cb(arg, 0, e) gets it once durable and owns it; on
+ * failure cb(arg, res, NULL). */
+typedef void queue_held_cb(void *arg, int res, struct queue_entry *e);
+int queue_submit_held(struct queue *q, struct loop *loop, const struct queue_env *env,
+		      const void *data, size_t len, queue_held_cb *cb, void *arg);
 
 /* Replaces <id>.st with e's recipient states. cb(arg, res) (may be NULL). */
 typedef void queue_done_cb(void *arg, int res);

@@ -597,3 +597,50 @@ def test_dsn_notify_delay_warns_once(tmp_path, dns):
     finally:
         sender.expect_exit = None
         sender.stop()
+
+
+def write_queued(qdir, qid, frm, rcpt, body, state=None):
+    """A queue entry as the server writes it (RMQ2, docs/queue.md)."""
+    env = (f"id {qid}\ncreated {int(time.time() * 1000)}\nfrom {frm}\nrcpt {rcpt}\n\n").encode()
+    first = b"RMQ2 %020d %010d\n" % (len(body), 0)
+    (qdir / f"{qid}.msg").write_bytes(first + env + body)
+    if state is not None:
+        (qdir / f"{qid}.st").write_text(state)
+
+
+def test_bounce_made_once_across_a_crash(tmp_path, dns):
+    """The two states a crash can leave while a bounce is made, written by
+    hand: (a) the recipient failed (state 2) and its bounce already queued
+    beside it as <id>d0 — the restart delivers that bounce and makes no
+    second one; (b) failed with no bounce yet — the restart makes one.
+    Either way exactly one DSN reaches the sender."""
+    sender = make_sender(tmp_path / "sender", dns, conftest.free_port_offset() + 25)
+    sender.start()
+    sender.proc.kill()
+    sender.proc.wait()
+    qdir = Path(sender.data_dir) / "queue"
+    tok_a, tok_b = token(), token()
+    ida, idb = "1a2000000000000000a", "1a2000000000000000b"
+    last = "550 5.1.1 no such user"
+    for qid, tok in ((ida, tok_a), (idb, tok_b)):
+        write_queued(qdir, qid, ALICE, "gone@remote.example", message(tok, frm=ALICE, to=BOB),
+                     state=f"0 2 1 0 {last}\n")
+    dsn_a = (f"From: Mail Delivery System <MAILER-DAEMON@mail.example.com>\r\nTo: <{ALICE}>\r\n"
+             f"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <{ida}.0.dsn@x>\r\n"
+             f"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+             f"--b\r\n\r\n{tok_a} {last}\r\n--b--\r\n").encode()
+    write_queued(qdir, ida + "d0", "", ALICE, dsn_a)
+    conftest.Server.start(sender)
+    try:
+        def dsns(tok):
+            return [m for m in sender.messages(ALICE) if tok.encode() in m and
+                    b"multipart/report" in m]
+        assert wait_for(lambda: dsns(tok_a) and dsns(tok_b), 20), sender.log()[-3000:]
+        assert wait_for(lambda: not queue_files(sender), 20), queue_files(sender)
+        time.sleep(1)
+        assert len(dsns(tok_a)) == 1, dsns(tok_a)
+        assert len(dsns(tok_b)) == 1, dsns(tok_b)
+        assert b"Final-Recipient: rfc822; gone@remote.example" in dsns(tok_b)[0]
+    finally:
+        sender.expect_exit = None
+        sender.stop()
