@@ -638,6 +638,11 @@ def test_bounce_made_once_across_a_crash(tmp_path, dns):
         assert wait_for(lambda: dsns(tok_a) and dsns(tok_b), 20), sender.log()[-3000:]
         assert wait_for(lambda: not queue_files(sender), 20), queue_files(sender)
         time.sleep(1)
+        log = sender.log()
+        # (a): the bounce on disk is the bounce; none is made again.
+        assert f"event=outbound-dsn id={ida} " not in log, log[-3000:]
+        assert log.count(f"event=outbound-dsn id={idb} ") == 1, log[-3000:]
+        assert "local delivery failed" not in log, log[-3000:]
         assert len(dsns(tok_a)) == 1, dsns(tok_a)
         assert len(dsns(tok_b)) == 1, dsns(tok_b)
         assert b"Final-Recipient: rfc822; gone@remote.example" in dsns(tok_b)[0]
