@@ -507,6 +507,13 @@ static int set_outbound(struct parse_ctx *ctx, const char *key, const char *valu
 	} else if (!strcmp(key, "smart_user")) {
 		if (copy_str(cfg->ob_smart_user, sizeof(cfg->ob_smart_user), value))
 			return BAD(ctx, "smart_user too long");
+	} else if (!strcmp(key, "smart_tls")) {
+		if (!strcmp(value, "implicit"))
+			cfg->ob_smart_implicit = true;
+		else if (!strcmp(value, "starttls"))
+			cfg->ob_smart_implicit = false;
+		else
+			return BAD(ctx, "smart_tls must be starttls or implicit");
 	} else if (!strcmp(key, "smart_password")) {
 		if (copy_str(cfg->ob_smart_password, sizeof(cfg->ob_smart_password), value))
 			return BAD(ctx, "smart_password too long");
@@ -757,7 +764,8 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->ob_idle_ms, cfg->ob_delay_ms,
 		cfg->ob_max_per_domain, cfg->ob_max_per_connection, cfg->ob_dkim_selector);
 	if (cfg->ob_smart_host[0])
-		fprintf(out, "smart_host = %s\n", cfg->ob_smart_host);
+		fprintf(out, "smart_host = %s\nsmart_tls = %s\n", cfg->ob_smart_host,
+			cfg->ob_smart_implicit ? "implicit" : "starttls");
 	if (cfg->ob_smart_user[0])
 		fprintf(out, "smart_user = %s\nsmart_password = ********\n", cfg->ob_smart_user);
 	fprintf(out, "\n[tls]\nticket_rotate = %us\n", cfg->ticket_rotate_s);

@@ -105,6 +105,7 @@ struct config {
 	char ob_smart_host[CONFIG_STR_MAX]; /* "host:port": relay everything there */
 	char ob_smart_user[CONFIG_STR_MAX]; /* AUTH PLAIN to the smart host, when set */
 	char ob_smart_password[CONFIG_STR_MAX];
+	bool ob_smart_implicit;             /* smart_tls = implicit: TLS from connect */
 	char ob_dkim_selector[64];          /* DKIM selector of DATA/dkim/<domain>.key */
 	/* [listener *] */
 	struct listener_config listeners[CONFIG_MAX_LISTENERS];

@@ -252,6 +252,7 @@ struct job {
 	enum job_step step;
 	bool ext_starttls, ext_pipelining, ext_8bit, ext_size, ext_auth, ext_dsn;
 	bool ehlo_after_tls;
+	bool greeted;          /* the 220 greeting came */
 	bool drop_input;       /* STARTTLS accepted: discard the plaintext left */
 	size_t expect;         /* pipelined replies consumed so far in MAIL..DATA */
 	unsigned naccepted;
@@ -563,8 +564,21 @@ static void on_connect(struct loop *loop, struct loop_cb *cb, int res, uint32_t 
 		job_close(j, after_fail_next_addr);
 		return;
 	}
-	j->step = J_GREET;
 	arm_deadline(j);
+	if (j->smart && ob_cfg(j->ob)->ob_smart_implicit) {
+		/* smart_tls = implicit (port 465): TLS first, the greeting
+		 * comes over it (tls_ready()). */
+		if (tls_client_new(j->host, out_append, j, &j->tls) ||
+		    tls_client_start(j->tls) == TLS_ERROR) {
+			job_fail(j, "TLS client failed to start");
+			return;
+		}
+		j->step = J_TLS;
+		flush_out(j);
+		arm_recv(j);
+		return;
+	}
+	j->step = J_GREET;
 	arm_recv(j);
 }
 
@@ -589,6 +603,7 @@ static void try_connect(struct job *j)
 	j->ext_starttls = j->ext_pipelining = j->ext_8bit = j->ext_size = j->ext_auth = false;
 	j->ext_dsn = false;
 	j->ehlo_after_tls = false;
+	j->greeted = false;
 	arm_deadline(j);
 	j->inflight++;
 	io_uring_prep_connect(loop_sqe(j->ob->loop, &j->connect_cb), j->fd, (struct sockaddr *)a,
@@ -611,6 +626,10 @@ static void tls_ready(struct job *j)
 	OBLOG(j->ob, LOG_INFO, "outbound-tls", "host=%s version=%s cipher=%s", j->host,
 	      tls_client_version(j->tls), tls_client_cipher(j->tls));
 	j->ehlo_after_tls = true;
+	if (!j->greeted) {
+		j->step = J_GREET; /* implicit TLS: the greeting is next */
+		return;
+	}
 	send_ehlo(j);
 }
 
@@ -834,6 +853,7 @@ static void handle_reply(struct job *j, int code)
 			job_close(j, after_fail_next_addr);
 			return;
 		}
+		j->greeted = true;
 		send_ehlo(j);
 		return;
 	case J_EHLO:

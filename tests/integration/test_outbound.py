@@ -378,16 +378,20 @@ def test_dsn_ret_hdrs_envid_orcpt(pair):
     assert b"Original-Envelope-Id" not in f
 
 
-def test_smart_host_relays_with_auth(tmp_path, dns):
+@pytest.mark.parametrize("port,tls,listener", [(587, "starttls", "submission"),
+                                               (465, "implicit", "smtps")])
+def test_smart_host_relays_with_auth(tmp_path, dns, port, tls, listener):
     """smart_host: everything goes to one host:port (here a second ringmail's
-    587, STARTTLS then AUTH PLAIN as smart_user), not to the MX. The MX
-    lookup would find remote.example's port 25; the remote's log shows the
-    submission listener and the AUTH instead."""
+    587 with STARTTLS, or its 465 with implicit TLS; then AUTH PLAIN as
+    smart_user), not to the MX. The MX lookup would find remote.example's
+    port 25; the remote's log shows the submission listener and the AUTH
+    instead."""
     relay_user, relay_pw = ALICE, "relay-Secret-9"
     remote = make_remote(tmp_path / "remote", users={BOB: BOB_PW, relay_user: relay_pw})
     remote.start()
-    extra = (f"smart_host = 127.0.0.1:{remote.port(587)}\nsmart_user = {relay_user}\n"
-             f"smart_password = {relay_pw}\n")
+    mark = len(remote.log())
+    extra = (f"smart_host = 127.0.0.1:{remote.port(port)}\nsmart_tls = {tls}\n"
+             f"smart_user = {relay_user}\nsmart_password = {relay_pw}\n")
     # mx_port points nowhere: only the smart host can deliver.
     sender = make_sender(tmp_path / "sender", dns, conftest.free_port_offset() + 25, extra)
     sender.start()
@@ -398,8 +402,10 @@ def test_smart_host_relays_with_auth(tmp_path, dns):
         got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
         assert len(got) == 1, sender.log()[-3000:]
         assert strip_all_received(got[0]) == msg
-        rlog = remote.log()
-        assert "listener=submission" in rlog
+        rlog = remote.log()[mark:]
+        conns = [l for l in rlog.splitlines() if "event=connect" in l]
+        assert conns and all(f"listener={listener} " in l + " " for l in conns), conns
+        assert f"event=smtp-auth result=ok user={relay_user}" in rlog
         assert f"(authenticated as {relay_user})".encode() in got[0]
         assert relay_pw not in sender.log() and relay_pw not in rlog
         assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
