@@ -487,10 +487,13 @@ def test_idle_connection_reused_then_closed(tmp_path, dns):
 
 class BrokenMX:
     """A fake MX on loopback that accepts MAIL, RCPT and DATA, reads part
-    of the message, then drops the connection without a final reply."""
+    of the message, then drops the connection without a final reply; with
+    drop=False it takes the whole message and answers 250. It records the
+    command lines it got."""
 
-    def __init__(self):
+    def __init__(self, drop=True, ehlo=b"8BITMIME"):
         import threading
+        self.drop, self.ehlo, self.lines = drop, ehlo, []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -515,9 +518,15 @@ class BrokenMX:
                         line = f.readline()
                         if not line:
                             break
+                        self.lines.append(line.rstrip(b"\r\n"))
                         verb = line[:4].upper()
                         if verb in (b"EHLO", b"HELO"):
-                            c.sendall(b"250-broken.example\r\n250 8BITMIME\r\n")
+                            c.sendall(b"250-broken.example\r\n250 " + self.ehlo + b"\r\n")
+                        elif verb == b"DATA" and not self.drop:
+                            c.sendall(b"354 go on\r\n")
+                            while f.readline() not in (b".\r\n", b""):
+                                pass
+                            c.sendall(b"250 2.0.0 taken\r\n")
                         elif verb == b"DATA":
                             c.sendall(b"354 go on\r\n")
                             f.read(1000)
@@ -655,3 +664,33 @@ def test_bounce_made_once_across_a_crash(tmp_path, dns):
     finally:
         sender.expect_exit = None
         sender.stop()
+
+
+def test_dsn_parameters_passed_to_a_next_hop_that_offers_dsn(tmp_path, dns):
+    """The next hop advertises DSN: MAIL carries RET and ENVID, RCPT carries
+    NOTIFY and ORCPT as the client gave them. Without DSN advertised they
+    are left out (RFC 3461 4.1 and 5.2)."""
+    for ehlo, expect in ((b"DSN", True), (b"8BITMIME", False)):
+        mx = BrokenMX(drop=False, ehlo=ehlo)
+        sender = make_sender(tmp_path / f"sender-{expect}", dns, mx.port)
+        sender.start()
+        try:
+            tok = token()
+            submit_dsn(sender, BOB, message(tok, frm=ALICE, to=BOB),
+                       mail_options=["RET=HDRS", "ENVID=env-" + tok],
+                       rcpt_options=["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;orig@example.org"])
+            assert wait_for(lambda: "event=outbound-sent" in sender.log(), 20), sender.log()[-3000:]
+            mail = [l for l in mx.lines if l.upper().startswith(b"MAIL FROM:")]
+            rcpt = [l for l in mx.lines if l.upper().startswith(b"RCPT TO:")]
+            assert len(mail) == 1 and len(rcpt) == 1, mx.lines
+            if expect:
+                assert b" RET=HDRS" in mail[0] and b" ENVID=env-" + tok.encode() in mail[0], mail
+                assert b" NOTIFY=FAILURE,DELAY" in rcpt[0], rcpt
+                assert b" ORCPT=rfc822;orig@example.org" in rcpt[0], rcpt
+            else:
+                assert b"RET=" not in mail[0] and b"ENVID=" not in mail[0], mail
+                assert b"NOTIFY=" not in rcpt[0] and b"ORCPT=" not in rcpt[0], rcpt
+        finally:
+            mx.close()
+            sender.expect_exit = None
+            sender.stop()
