@@ -946,7 +946,7 @@ static void queue_ready(void *arg)
 {
 	struct smtp_session *ss = arg;
 	ss->d.qwait = false;
-	if (!ss->d.overflow_len && !ss->d.finish_pending && ss->state != SMTP_S_BUSY)
+	if (!ss->dead && !ss->d.overflow_len && !ss->d.finish_pending && ss->state != SMTP_S_BUSY)
 		stream_resume(ss->s);
 }
 
