@@ -245,7 +245,34 @@ struct app_state {
 	int lock_fd;
 	struct tls_server *old_tls[64]; /* replaced by SIGHUP, freed at exit */
 	size_t nold;
+	struct dkim *old_dkim[64];      /* the same for DKIM key sets */
+	size_t nold_dkim;
 };
+
+/* Logs the key files that did not load (they are skipped). */
+static void log_dkim_problems(struct log *log, const struct dkim *dk)
+{
+	for (size_t i = 0; dkim_problem(dk, i); i++)
+		log_emit(log, LOG_ERROR, 0, "dkim-key", "problem=\"%s\"", dkim_problem(dk, i));
+}
+
+/* SIGHUP: the DKIM keys again. The new set is used by signers started
+ * from now on; the old one stays until exit (a signer of a message being
+ * received may still point into it). */
+static void reload_dkim(struct app_state *st, struct log *log, const struct config *cfg)
+{
+	struct dkim *next = NULL;
+	if (st->nold_dkim == sizeof(st->old_dkim) / sizeof(st->old_dkim[0]) ||
+	    dkim_new(cfg->data_dir, cfg->ob_dkim_selector, &next)) {
+		log_emit(log, LOG_WARN, 0, "dkim-reload-failed", NULL);
+		return;
+	}
+	log_dkim_problems(log, next);
+	struct dkim *old = atomic_exchange_explicit(&st->sv.dkim, next, memory_order_acq_rel);
+	if (old)
+		st->old_dkim[st->nold_dkim++] = old;
+	log_emit(log, LOG_INFO, 0, "dkim-reloaded", "dkim_keys=%zu", dkim_nkeys(next));
+}
 
 /* SIGHUP, on the main thread: new certificates for new connections, the
  * users files, the DKIM keys. */
@@ -262,8 +289,7 @@ static int app_reload(struct server *srv, const struct config *cfg, char *err, s
 		return rc;
 	if (st->sv.users && users_reload(st->sv.users) < 0)
 		log_emit(&srv->log, LOG_WARN, 0, "users-reload-failed", NULL);
-	if (st->sv.outbound && outbound_reload(st->sv.outbound, cfg->ob_dkim_selector) < 0)
-		log_emit(&srv->log, LOG_WARN, 0, "dkim-reload-failed", NULL);
+	reload_dkim(st, &srv->log, cfg);
 	st->old_tls[st->nold++] = cur;
 	atomic_store_explicit(&st->sv.tls, next, memory_order_release);
 	log_emit(&srv->log, LOG_INFO, 0, "tls-reloaded", "fingerprint=%s",
@@ -322,6 +348,16 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 			 strerror(-rc));
 		return rc;
 	}
+	/* DKIM keys: messages for remote recipients are signed as they are
+	 * spooled, on whichever loop accepts them (read-only after this). */
+	struct dkim *dk = NULL;
+	if ((rc = dkim_new(cfg->data_dir, cfg->ob_dkim_selector, &dk))) {
+		snprintf(err, errlen, "cannot load the DKIM keys in %s/dkim: %s", cfg->data_dir,
+			 strerror(-rc));
+		return rc;
+	}
+	log_dkim_problems(&diag_log, dk);
+	atomic_store_explicit(&st->sv.dkim, dk, memory_order_release);
 	if ((rc = workpool_new(WORKPOOL_THREADS_DEFAULT, WORKPOOL_QUEUE_DEFAULT, &st->wp)) ||
 	    (rc = auth_new(&(struct auth_config){ .delay_initial_ms = cfg->auth_delay_ms,
 						  .delay_max_ms = cfg->auth_delay_max_ms },
@@ -343,6 +379,11 @@ static void services_close(struct app_state *st)
 	auth_free(&st->sv.auth);
 	outbound_free(&st->sv.outbound);
 	queue_free(&st->sv.queue);
+	struct dkim *dk = atomic_exchange(&st->sv.dkim, NULL);
+	dkim_free(&dk);
+	for (size_t i = 0; i < st->nold_dkim; i++)
+		dkim_free(&st->old_dkim[i]);
+	st->nold_dkim = 0;
 	users_free(&st->sv.users);
 	store_free(&st->sv.store);
 	free(st->sv.user_limit);

@@ -86,7 +86,10 @@ void config_defaults(struct config *cfg)
 	cfg->ob_retry_max_ms = 4 * 3600000;
 	cfg->ob_expire_ms = 5u * 24 * 3600000;
 	cfg->ob_timeout_ms = 5 * 60000;
+	cfg->ob_idle_ms = 30000;
+	cfg->ob_delay_ms = 4 * 3600000;
 	cfg->ob_max_per_domain = 8;
+	cfg->ob_max_per_connection = 100;
 	strcpy(cfg->ob_dkim_selector, "ringmail");
 }
 
@@ -501,6 +504,8 @@ static int set_outbound(struct parse_ctx *ctx, const char *key, const char *valu
 		{ "retry_max", offsetof(struct config, ob_retry_max_ms) },
 		{ "expire", offsetof(struct config, ob_expire_ms) },
 		{ "timeout", offsetof(struct config, ob_timeout_ms) },
+		{ "connection_idle", offsetof(struct config, ob_idle_ms) },
+		{ "delay_warning", offsetof(struct config, ob_delay_ms) },
 	};
 	for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
 		if (strcmp(key, durations[i].key))
@@ -521,12 +526,23 @@ static int set_outbound(struct parse_ctx *ctx, const char *key, const char *valu
 		if (parse_uint(value, 10000, &v) || v == 0)
 			return BAD(ctx, "max_per_domain must be a number from 1 to 10000");
 		cfg->ob_max_per_domain = (uint32_t)v;
+	} else if (!strcmp(key, "max_per_connection")) {
+		if (parse_uint(value, 100000, &v) || v == 0)
+			return BAD(ctx, "max_per_connection must be a number from 1 to 100000");
+		cfg->ob_max_per_connection = (uint32_t)v;
 	} else if (!strcmp(key, "smart_host")) {
 		if (copy_str(cfg->ob_smart_host, sizeof(cfg->ob_smart_host), value))
 			return BAD(ctx, "smart_host too long");
 	} else if (!strcmp(key, "smart_user")) {
 		if (copy_str(cfg->ob_smart_user, sizeof(cfg->ob_smart_user), value))
 			return BAD(ctx, "smart_user too long");
+	} else if (!strcmp(key, "smart_tls")) {
+		if (!strcmp(value, "implicit"))
+			cfg->ob_smart_implicit = true;
+		else if (!strcmp(value, "starttls"))
+			cfg->ob_smart_implicit = false;
+		else
+			return BAD(ctx, "smart_tls must be starttls or implicit");
 	} else if (!strcmp(key, "smart_password")) {
 		if (copy_str(cfg->ob_smart_password, sizeof(cfg->ob_smart_password), value))
 			return BAD(ctx, "smart_password too long");
@@ -779,13 +795,18 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max,
 		cfg->smtp_line_max, cfg->imap_line_max);
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
-		"expire = %ums\ntimeout = %ums\nmax_per_domain = %u\ndkim_selector = %s\n",
+		"expire = %ums\ntimeout = %ums\nconnection_idle = %ums\ndelay_warning = %ums\n"
+		"max_per_domain = %u\n"
+		"max_per_connection = %u\n"
+		"dkim_selector = %s\n",
 		cfg->ob_dns[0] ? "dns = " : "# dns: from ", cfg->ob_dns[0] ? cfg->ob_dns : "/etc/resolv.conf",
 		cfg->ob_mx_port,
 		cfg->ob_retry_min_ms, cfg->ob_retry_max_ms, cfg->ob_expire_ms, cfg->ob_timeout_ms,
-		cfg->ob_max_per_domain, cfg->ob_dkim_selector);
+		cfg->ob_idle_ms, cfg->ob_delay_ms,
+		cfg->ob_max_per_domain, cfg->ob_max_per_connection, cfg->ob_dkim_selector);
 	if (cfg->ob_smart_host[0])
-		fprintf(out, "smart_host = %s\n", cfg->ob_smart_host);
+		fprintf(out, "smart_host = %s\nsmart_tls = %s\n", cfg->ob_smart_host,
+			cfg->ob_smart_implicit ? "implicit" : "starttls");
 	if (cfg->ob_smart_user[0])
 		fprintf(out, "smart_user = %s\nsmart_password = ********\n", cfg->ob_smart_user);
 	fprintf(out, "\n[tls]\nticket_rotate = %us\n", cfg->ticket_rotate_s);

@@ -109,10 +109,14 @@ struct config {
 	uint32_t ob_retry_max_ms;           /* longest wait between attempts */
 	uint32_t ob_expire_ms;              /* give up (bounce) after this (5 days) */
 	uint32_t ob_timeout_ms;             /* per network step of a delivery */
+	uint32_t ob_idle_ms;                /* an unused connection stays open this long */
+	uint32_t ob_delay_ms;               /* NOTIFY=DELAY: a delay DSN after this */
 	uint32_t ob_max_per_domain;         /* concurrent connections per destination */
+	uint32_t ob_max_per_connection;     /* transactions on one reused connection */
 	char ob_smart_host[CONFIG_STR_MAX]; /* "host:port": relay everything there */
 	char ob_smart_user[CONFIG_STR_MAX]; /* AUTH PLAIN to the smart host, when set */
 	char ob_smart_password[CONFIG_STR_MAX];
+	bool ob_smart_implicit;             /* smart_tls = implicit: TLS from connect */
 	char ob_dkim_selector[64];          /* DKIM selector of DATA/dkim/<domain>.key */
 	/* [listener *] */
 	struct listener_config listeners[CONFIG_MAX_LISTENERS];

@@ -20,10 +20,10 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/server.h"
-#include "outbound/dkim.h"
 #include "outbound/dns.h"
 #include "outbound/outbound.h"
 #include "proto/mime.h"
+#include "outbound/dkim.h"
 #include "proto/services.h"
 #include "store/queue.h"
 #include "store/store.h"
@@ -36,15 +36,20 @@
 #define OB_REPLY_MAX 4096   /* one (multi-line) reply we keep */
 #define OB_INBUF_MAX 65536  /* plaintext waiting to be parsed */
 #define OB_JOB_RCPTS_MAX 100 /* recipients per transaction */
+#define OB_BODY_CHUNK 65536  /* message bytes read from the queue file at once */
+#define OB_DSN_HDR_MAX 65536 /* the original's header section in a bounce */
+#define OB_DSN_FULL_MAX (256 * 1024) /* RET=FULL: the original returned up to this */
+#define OB_LOCAL_MAX (1024 * 1024) /* a queued message for a local user (a DSN) */
 
 struct ob_msg {
 	struct queue_entry *e;
+	struct outbound *ob;
 	bool *inflight;       /* per recipient: in a job now */
-	bool *bounce;         /* per recipient: failed, DSN not yet sent */
-	unsigned jobs;
+	bool *delay_due;      /* per recipient: a delay DSN is due (NOTIFY=DELAY) */
+	unsigned jobs;        /* jobs and bounce steps holding m */
+	bool dsn_busy;        /* a bounce is being made */
+	int64_t dsn_retry_ms; /* a failed bounce is tried again then */
 	bool removed;
-	char *dkim;           /* DKIM-Signature field to prepend, or NULL */
-	bool dkim_done;
 	struct ob_msg *next;
 };
 
@@ -69,16 +74,11 @@ struct outbound {
 	int ctl_step;
 	int ctl_fd;
 	char ctl_buf[4096];
+	/* The paths live here, not on the stack: the kernel reads them when
+	 * the SQE is submitted, after the function that prepared it returned. */
+	char ctl_from[CONFIG_STR_MAX + 32], ctl_to[CONFIG_STR_MAX + 32];
 	bool flush;
-	struct dkim *dkim;
-	/* A key set loaded by outbound_reload (main thread), taken over by
-	 * loop 0 at its next tick. */
-	_Atomic(struct dkim_update *) dkim_next;
 	struct job *jobs;
-};
-
-struct dkim_update {
-	struct dkim *dkim;
 };
 
 static const struct config *ob_cfg(struct outbound *ob)
@@ -97,29 +97,11 @@ static int64_t wall_ms(void)
 
 /* ---- messages ----------------------------------------------------------- */
 
-/* The DKIM-Signature field for e when the envelope sender's domain has a
- * key (outbound/dkim.h), else NULL; a message that cannot be signed is
- * logged and goes out unsigned. */
-static char *msg_sign(struct outbound *ob, const struct queue_entry *e)
-{
-	const char *at = strrchr(e->from, '@');
-	struct dkim_signer *s = at ? dkim_signer_begin(ob->dkim, at + 1) : NULL;
-	if (!s)
-		return NULL;
-	dkim_signer_feed(s, e->data, e->len);
-	const char *why = dkim_signer_error(s);
-	char *sig = dkim_signer_finish(s);
-	if (!sig)
-		OBLOG(ob, LOG_WARN, "dkim-unsigned", "id=%s domain=%s reason=\"%s\"", e->id, at + 1,
-		      why ? why : "signing failed");
-	return sig;
-}
-
 static void msg_add(struct outbound *ob, struct queue_entry *e)
 {
 	struct ob_msg *m = calloc(1, sizeof(*m));
 	if (!m || !(m->inflight = calloc(e->nrcpts, sizeof(bool))) ||
-	    !(m->bounce = calloc(e->nrcpts, sizeof(bool)))) {
+	    !(m->delay_due = calloc(e->nrcpts, sizeof(bool)))) {
 		/* It stays on disk and is picked up at the next start. */
 		if (m) {
 			free(m->inflight);
@@ -129,6 +111,7 @@ static void msg_add(struct outbound *ob, struct queue_entry *e)
 		return;
 	}
 	m->e = e;
+	m->ob = ob;
 	m->next = ob->msgs;
 	ob->msgs = m;
 }
@@ -137,8 +120,7 @@ static void msg_free(struct ob_msg *m)
 {
 	queue_entry_free(m->e);
 	free(m->inflight);
-	free(m->bounce);
-	free(m->dkim);
+	free(m->delay_due);
 	free(m);
 }
 
@@ -162,9 +144,33 @@ int outbound_new(struct queue *q, struct store *store, struct users *users,
 	return 0;
 }
 
+/* A bounce is queued as "<original id>d<index>" (dsn_read()). Found on
+ * disk beside an original whose recipients are still "failed", it was made
+ * just before a crash that lost the "bounced" states: they are bounced
+ * already, and no second bounce is made. */
+static void load_bounced(struct outbound *ob)
+{
+	for (struct ob_msg *b = ob->msgs; b; b = b->next) {
+		size_t bl = strlen(b->e->id);
+		if (b->e->from[0])
+			continue; /* a bounce has the null sender */
+		for (struct ob_msg *m = ob->msgs; m; m = m->next) {
+			size_t n = strlen(m->e->id);
+			if (n + 1 >= bl || strncmp(m->e->id, b->e->id, n) || b->e->id[n] != 'd')
+				continue;
+			for (size_t i = 0; i < m->e->nrcpts; i++)
+				if (m->e->rcpts[i].state == QUEUE_RCPT_FAILED)
+					m->e->rcpts[i].state = QUEUE_RCPT_BOUNCED;
+		}
+	}
+}
+
 int outbound_load(struct outbound *ob)
 {
-	return queue_scan(ob->q, load_one, ob);
+	int rc = queue_scan(ob->q, load_one, ob);
+	if (rc > 0)
+		load_bounced(ob);
+	return rc;
 }
 
 void outbound_free(struct outbound **ob_r)
@@ -182,52 +188,7 @@ void outbound_free(struct outbound **ob_r)
 		n = d->next;
 		free(d);
 	}
-	dkim_free(&ob->dkim);
-	struct dkim_update *u = atomic_exchange(&ob->dkim_next, NULL);
-	if (u) {
-		dkim_free(&u->dkim);
-		free(u);
-	}
 	free(ob);
-}
-
-int outbound_reload(struct outbound *ob, const char *dkim_selector)
-{
-	struct dkim_update *u = calloc(1, sizeof(*u));
-	if (!u)
-		return -ENOMEM;
-	int rc = dkim_new(ob->data_dir, dkim_selector, &u->dkim);
-	if (rc) {
-		free(u);
-		return rc;
-	}
-	/* One not yet taken by loop 0 was never used: drop it. */
-	struct dkim_update *old = atomic_exchange(&ob->dkim_next, u);
-	if (old) {
-		dkim_free(&old->dkim);
-		free(old);
-	}
-	return 0;
-}
-
-static void log_dkim_problems(struct outbound *ob)
-{
-	for (size_t i = 0; dkim_problem(ob->dkim, i); i++)
-		OBLOG(ob, LOG_ERROR, "dkim-key", "problem=\"%s\"", dkim_problem(ob->dkim, i));
-}
-
-/* Loop 0: switch to a key set that outbound_reload loaded. Signing is
- * synchronous on this loop, so no signer holds the old set now. */
-static void take_dkim_update(struct outbound *ob)
-{
-	struct dkim_update *u = atomic_exchange(&ob->dkim_next, NULL);
-	if (!u)
-		return;
-	dkim_free(&ob->dkim);
-	ob->dkim = u->dkim;
-	free(u);
-	log_dkim_problems(ob);
-	OBLOG(ob, LOG_INFO, "dkim-reloaded", "dkim_keys=%zu", dkim_nkeys(ob->dkim));
 }
 
 static struct ob_dest *dest_get(struct outbound *ob, const char *domain)
@@ -248,7 +209,7 @@ static struct ob_dest *dest_get(struct outbound *ob, const char *domain)
 
 enum job_step {
 	J_RESOLVE, J_CONNECT, J_GREET, J_EHLO, J_STARTTLS, J_TLS, J_AUTH, J_MAIL, J_RCPT,
-	J_DATA, J_BODY, J_QUIT, J_DONE,
+	J_DATA, J_BODY, J_IDLE, J_QUIT, J_DONE,
 };
 
 struct job {
@@ -272,9 +233,17 @@ struct job {
 	unsigned inflight;
 	bool closing;
 	void (*after_close)(struct job *j);
-	struct loop_cb connect_cb, send_cb, recv_cb;
+	struct loop_cb connect_cb, send_cb, recv_cb, body_cb;
+	/* the message, read from <id>.msg in OB_BODY_CHUNK pieces */
+	int body_fd;
+	enum { BODY_OPEN, BODY_READ, BODY_CLOSE } body_op;
+	uint64_t body_pos;
+	uint8_t *chunk;
+	char body_name[QUEUE_ID_MAX + 8]; /* read by the kernel at submission */
+	bool body_bol, body_wait, body_nl;
 	uint8_t rbuf[OB_RBUF];
 	uint8_t *out;
+	uint8_t *out_retired;  /* the buffer a send in flight still reads */
 	size_t out_len, out_off, out_cap;
 	size_t sending;
 	uint8_t inbuf[OB_INBUF_MAX];
@@ -283,8 +252,9 @@ struct job {
 	size_t reply_len;
 	struct tls_client *tls;
 	enum job_step step;
-	bool ext_starttls, ext_pipelining, ext_8bit, ext_size, ext_auth;
+	bool ext_starttls, ext_pipelining, ext_8bit, ext_size, ext_auth, ext_dsn;
 	bool ehlo_after_tls;
+	bool greeted;          /* the 220 greeting came */
 	bool drop_input;       /* STARTTLS accepted: discard the plaintext left */
 	size_t expect;         /* pipelined replies consumed so far in MAIL..DATA */
 	unsigned naccepted;
@@ -292,11 +262,16 @@ struct job {
 	uint64_t deadline;
 	char last[QUEUE_REPLY_MAX];
 	bool last_perm;
+	unsigned ntrans;       /* transactions done on this connection */
+	bool data_acked;       /* the reply after the data came: accepted[] is final */
 	struct job *next;
 };
 
 
 static void job_end(struct job *j);
+static bool job_next_message(struct job *j);
+static bool job_park(struct job *j);
+static void job_again(struct job *j);
 static void next_host(struct job *j);
 static void try_connect(struct job *j);
 static void job_send_str(struct job *j, const char *s);
@@ -340,6 +315,10 @@ static void job_closed_maybe(struct job *j)
 		close(j->fd); /* a socket without linger: does not block */
 		j->fd = -1;
 	}
+	if (j->body_fd >= 0) {
+		close(j->body_fd); /* read-only, nothing to flush */
+		j->body_fd = -1;
+	}
 	tls_client_free(&j->tls);
 	j->closing = false;
 	void (*fn)(struct job *) = j->after_close;
@@ -371,6 +350,11 @@ static void job_fail(struct job *j, const char *why)
 {
 	if (j->closing)
 		return;
+	if (!j->m) {
+		/* An idle connection went away: nothing to retry. */
+		job_close(j, job_end);
+		return;
+	}
 	if (!j->last[0] || !j->answered)
 		set_last(j, false, "%s (%s)", why, j->host);
 	job_close(j, j->answered ? job_end : after_fail_next_addr);
@@ -395,9 +379,17 @@ static int out_append(void *arg, const uint8_t *p, size_t len)
 		size_t cap = j->out_cap ? j->out_cap : 8192;
 		while (cap < j->out_len + len)
 			cap *= 2;
-		uint8_t *o = realloc(j->out, cap);
-		if (!o)
+		uint8_t *o;
+		if (j->sending && !j->out_retired) {
+			/* The send in flight points into j->out: the kernel may
+			 * read it until on_sent(), so it moves, it is not freed. */
+			if (!(o = malloc(cap)))
+				return -ENOMEM;
+			memcpy(o, j->out, j->out_len);
+			j->out_retired = j->out;
+		} else if (!(o = realloc(j->out, cap))) {
 			return -ENOMEM;
+		}
 		j->out = o;
 		j->out_cap = cap;
 	}
@@ -425,6 +417,8 @@ static void job_send_str(struct job *j, const char *s)
 	job_send(j, s, strlen(s));
 }
 
+static void body_next(struct job *j);
+
 static void on_sent(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
 {
 	(void)loop;
@@ -432,6 +426,8 @@ static void on_sent(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 	struct job *j = (struct job *)((char *)cb - offsetof(struct job, send_cb));
 	j->inflight--;
 	j->sending = 0;
+	free(j->out_retired);
+	j->out_retired = NULL;
 	if (j->closing) {
 		job_closed_maybe(j);
 		return;
@@ -442,6 +438,11 @@ static void on_sent(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 	}
 	j->out_off += (size_t)res;
 	flush_out(j);
+	if (j->body_wait && !j->sending && j->out_off == j->out_len) {
+		/* The last chunk is on the wire: read the next one. */
+		j->body_wait = false;
+		body_next(j);
+	}
 }
 
 static void arm_recv(struct job *j)
@@ -565,8 +566,21 @@ static void on_connect(struct loop *loop, struct loop_cb *cb, int res, uint32_t 
 		job_close(j, after_fail_next_addr);
 		return;
 	}
-	j->step = J_GREET;
 	arm_deadline(j);
+	if (j->smart && ob_cfg(j->ob)->ob_smart_implicit) {
+		/* smart_tls = implicit (port 465): TLS first, the greeting
+		 * comes over it (tls_ready()). */
+		if (tls_client_new(j->host, out_append, j, &j->tls) ||
+		    tls_client_start(j->tls) == TLS_ERROR) {
+			job_fail(j, "TLS client failed to start");
+			return;
+		}
+		j->step = J_TLS;
+		flush_out(j);
+		arm_recv(j);
+		return;
+	}
+	j->step = J_GREET;
 	arm_recv(j);
 }
 
@@ -589,7 +603,9 @@ static void try_connect(struct job *j)
 	j->in_len = j->reply_len = 0;
 	j->out_len = j->out_off = 0;
 	j->ext_starttls = j->ext_pipelining = j->ext_8bit = j->ext_size = j->ext_auth = false;
+	j->ext_dsn = false;
 	j->ehlo_after_tls = false;
+	j->greeted = false;
 	arm_deadline(j);
 	j->inflight++;
 	io_uring_prep_connect(loop_sqe(j->ob->loop, &j->connect_cb), j->fd, (struct sockaddr *)a,
@@ -612,6 +628,10 @@ static void tls_ready(struct job *j)
 	OBLOG(j->ob, LOG_INFO, "outbound-tls", "host=%s version=%s cipher=%s", j->host,
 	      tls_client_version(j->tls), tls_client_cipher(j->tls));
 	j->ehlo_after_tls = true;
+	if (!j->greeted) {
+		j->step = J_GREET; /* implicit TLS: the greeting is next */
+		return;
+	}
 	send_ehlo(j);
 }
 
@@ -632,38 +652,56 @@ static void parse_ehlo(struct job *j)
 			j->ext_size = true;
 		else if (!strncasecmp(kw, "AUTH", 4))
 			j->ext_auth = true;
+		else if (!strcasecmp(kw, "DSN"))
+			j->ext_dsn = true;
 	}
-}
-
-static const uint8_t *msg_data(struct job *j, size_t *len_r)
-{
-	*len_r = j->m->e->len;
-	return j->m->e->data;
 }
 
 static void send_rcpt(struct job *j, size_t i)
 {
-	char buf[QUEUE_REPLY_MAX + 32];
-	snprintf(buf, sizeof(buf), "RCPT TO:<%s>\r\n", j->m->e->rcpts[j->ri[i]].addr);
+	char buf[QUEUE_REPLY_MAX + QUEUE_XTEXT_MAX + 64];
+	const struct queue_rcpt *r = &j->m->e->rcpts[j->ri[i]];
+	int n = snprintf(buf, sizeof(buf), "RCPT TO:<%s>", r->addr);
+	if (j->ext_dsn && r->notify) {
+		/* RFC 3461 5.2: the DSN parameters go on to a next hop that
+		 * takes them. */
+		static const char *const names[] = { "NEVER", "SUCCESS", "FAILURE", "DELAY" };
+		bool first = true;
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " NOTIFY=");
+		for (unsigned b = 0; b < 4; b++)
+			if (r->notify & (1u << b)) {
+				n += snprintf(buf + n, sizeof(buf) - (size_t)n, "%s%s", first ? "" : ",",
+					      names[b]);
+				first = false;
+			}
+	}
+	if (j->ext_dsn && r->orcpt)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " ORCPT=%s", r->orcpt);
+	snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n");
 	job_send_str(j, buf);
 }
 
 static void send_transaction(struct job *j)
 {
-	char buf[QUEUE_REPLY_MAX + 64];
-	size_t len;
-	msg_data(j, &len);
-	if (j->m->dkim)
-		len += strlen(j->m->dkim);
+	char buf[QUEUE_REPLY_MAX + QUEUE_XTEXT_MAX + 128];
+	size_t len = (size_t)j->m->e->body_len;
+	if (j->m->e->dkim)
+		len += strlen(j->m->e->dkim);
 	int n = snprintf(buf, sizeof(buf), "MAIL FROM:<%s>", j->m->e->from);
 	if (j->ext_size)
 		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " SIZE=%zu", len);
 	if (j->ext_8bit)
 		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " BODY=8BITMIME");
+	if (j->ext_dsn && j->m->e->ret)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " RET=%s",
+			      j->m->e->ret == QUEUE_RET_HDRS ? "HDRS" : "FULL");
+	if (j->ext_dsn && j->m->e->envid)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, " ENVID=%s", j->m->e->envid);
 	snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n");
 	j->step = J_MAIL;
 	j->expect = 0;
 	j->naccepted = 0;
+	j->data_acked = false;
 	job_send_str(j, buf);
 	if (j->ext_pipelining) {
 		/* RFC 2920: MAIL, every RCPT and DATA in one go. */
@@ -679,28 +717,107 @@ static void send_quit(struct job *j)
 	job_send_str(j, "QUIT\r\n");
 }
 
-/* The message, dot-stuffed (RFC 5321 4.5.2), then the end of data. */
+/* The message, dot-stuffed (RFC 5321 4.5.2), then the end of data. The
+ * bytes come from <id>.msg one chunk at a time: the next chunk is read
+ * (through the ring) once the previous one has been sent. */
 static void send_body(struct job *j)
 {
-	size_t len;
-	const uint8_t *p = msg_data(j, &len);
 	j->step = J_BODY;
-	if (j->m->dkim)
-		job_send_str(j, j->m->dkim);
-	size_t start = 0;
-	bool bol = true;
+	if (j->m->e->dkim)
+		job_send_str(j, j->m->e->dkim);
+	j->body_pos = 0;
+	j->body_bol = true;
+	j->body_nl = true;
+	j->body_wait = false;
+	body_next(j);
+}
+
+static void body_submit(struct job *j)
+{
+	struct queue_entry *e = j->m->e;
+	struct io_uring_sqe *sqe = loop_sqe(j->ob->loop, &j->body_cb);
+	j->inflight++;
+	if (j->body_fd < 0) {
+		snprintf(j->body_name, sizeof(j->body_name), "%s.msg", e->id);
+		j->body_op = BODY_OPEN;
+		io_uring_prep_openat(sqe, queue_dirfd(j->ob->q), j->body_name, O_RDONLY | O_CLOEXEC, 0);
+		return;
+	}
+	uint64_t left = e->body_len - j->body_pos;
+	j->body_op = BODY_READ;
+	io_uring_prep_read(sqe, j->body_fd, j->chunk,
+			   (unsigned)(left < OB_BODY_CHUNK ? left : OB_BODY_CHUNK),
+			   e->body_off + j->body_pos);
+}
+
+static void body_next(struct job *j)
+{
+	if (j->closing || j->step != J_BODY)
+		return;
+	if (j->body_pos < j->m->e->body_len) {
+		if (!j->chunk && !(j->chunk = malloc(OB_BODY_CHUNK))) {
+			job_fail(j, "out of memory");
+			return;
+		}
+		body_submit(j);
+		return;
+	}
+	if (!j->body_nl)
+		job_send_str(j, "\r\n");
+	job_send_str(j, ".\r\n");
+	free(j->chunk);
+	j->chunk = NULL;
+	if (j->body_fd >= 0) {
+		j->inflight++;
+		j->body_op = BODY_CLOSE;
+		io_uring_prep_close(loop_sqe(j->ob->loop, &j->body_cb), j->body_fd);
+		j->body_fd = -1;
+	}
+}
+
+static void on_body(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)loop;
+	(void)flags;
+	struct job *j = (struct job *)((char *)cb - offsetof(struct job, body_cb));
+	j->inflight--;
+	if (j->body_op == BODY_OPEN && res >= 0)
+		j->body_fd = res;
+	if (j->body_op == BODY_CLOSE)
+		return;
+	if (j->closing) {
+		job_closed_maybe(j);
+		return;
+	}
+	if (res <= 0) {
+		OBLOG(j->ob, LOG_ERROR, "outbound-queue-read", "id=%s error=%s", j->m->e->id,
+		      res < 0 ? strerror(-res) : "short file");
+		job_fail(j, "cannot read the queued message");
+		return;
+	}
+	if (j->body_op == BODY_OPEN) {
+		body_next(j);
+		return;
+	}
+	const uint8_t *p = j->chunk;
+	size_t len = (size_t)res, start = 0;
 	for (size_t i = 0; i < len; i++) {
-		if (bol && p[i] == '.') {
+		if (j->body_bol && p[i] == '.') {
 			job_send(j, p + start, i - start);
 			job_send(j, ".", 1);
 			start = i;
 		}
-		bol = p[i] == '\n';
+		j->body_bol = p[i] == '\n';
 	}
 	job_send(j, p + start, len - start);
-	if (len && p[len - 1] != '\n')
-		job_send_str(j, "\r\n");
-	job_send_str(j, ".\r\n");
+	j->body_nl = p[len - 1] == '\n';
+	j->body_pos += len;
+	if (j->closing)
+		return;
+	if (j->sending || j->out_off != j->out_len)
+		j->body_wait = true; /* on_sent() reads on */
+	else
+		body_next(j);
 }
 
 static void first_line(const char *reply, char *out, size_t cap)
@@ -738,6 +855,7 @@ static void handle_reply(struct job *j, int code)
 			job_close(j, after_fail_next_addr);
 			return;
 		}
+		j->greeted = true;
 		send_ehlo(j);
 		return;
 	case J_EHLO:
@@ -862,6 +980,7 @@ static void handle_reply(struct job *j, int code)
 		send_body(j);
 		return;
 	case J_BODY:
+		j->data_acked = true;
 		for (size_t i = 0; i < j->n; i++)
 			if (j->accepted[i]) {
 				j->accepted[i] = code >= 200 && code < 300;
@@ -869,6 +988,8 @@ static void handle_reply(struct job *j, int code)
 				snprintf(j->rtext[i], sizeof(j->rtext[i]), "%s", line);
 			}
 		j->answered = true;
+		if (job_next_message(j) || job_park(j))
+			return;
 		send_quit(j);
 		return;
 	case J_QUIT:
@@ -958,88 +1079,98 @@ static void mx_done(void *arg, enum dns_status st, const struct dns_mx *mx, size
 
 /* ---- bounces (RFC 3464) ------------------------------------------------ */
 
-struct dsn_local {
+/* ---- reading a queued message back --------------------------------------- */
+
+/* The first `want` bytes of a queued message, read through the ring (open,
+ * reads, close); then done(r) with r->rc 0 or a negative errno. */
+struct msg_read {
+	struct loop *loop;
+	struct loop_cb cb;
+	enum { MR_OPEN, MR_READ, MR_CLOSE } op;
+	int fd;
+	int rc;
+	char name[QUEUE_ID_MAX + 8]; /* read by the kernel at submission */
+	uint64_t off;
+	uint8_t *buf;
+	size_t len, want;
+	void (*done)(struct msg_read *r);
+};
+
+static void msg_read_step(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)flags;
+	struct msg_read *r = (struct msg_read *)((char *)cb - offsetof(struct msg_read, cb));
+	switch (r->op) {
+	case MR_OPEN:
+		if (res < 0) {
+			r->rc = res;
+			r->done(r);
+			return;
+		}
+		r->fd = res;
+		break;
+	case MR_READ:
+		if (res < 0)
+			r->rc = res;
+		else if (res == 0 && r->len < r->want)
+			r->rc = -EIO; /* shorter than its first line says */
+		else
+			r->len += (size_t)res;
+		break;
+	case MR_CLOSE:
+		r->done(r);
+		return;
+	}
+	if (!r->rc && r->len < r->want) {
+		r->op = MR_READ;
+		io_uring_prep_read(loop_sqe(loop, cb), r->fd, r->buf + r->len,
+				   (unsigned)(r->want - r->len), r->off + r->len);
+		return;
+	}
+	r->op = MR_CLOSE;
+	io_uring_prep_close(loop_sqe(loop, cb), r->fd);
+	r->fd = -1;
+}
+
+static int msg_read_start(struct msg_read *r, struct outbound *ob, const struct queue_entry *e,
+			  size_t want, void (*done)(struct msg_read *r))
+{
+	if (want > e->body_len)
+		want = (size_t)e->body_len;
+	if (!(r->buf = malloc(want ? want : 1)))
+		return -ENOMEM;
+	r->loop = ob->loop;
+	r->want = want;
+	r->len = 0;
+	r->off = e->body_off;
+	r->fd = -1;
+	r->rc = 0;
+	r->done = done;
+	r->cb.fn = msg_read_step;
+	r->op = MR_OPEN;
+	snprintf(r->name, sizeof(r->name), "%s.msg", e->id);
+	io_uring_prep_openat(loop_sqe(ob->loop, &r->cb), queue_dirfd(ob->q), r->name,
+			     O_RDONLY | O_CLOEXEC, 0);
+	return 0;
+}
+
+/* ---- local delivery of queued messages (bounces) ------------------------- */
+
+/* A queued message for a local recipient (a DSN to one of our users) is
+ * appended to the recipient's INBOX by the runner. */
+struct local_dlv {
 	struct outbound *ob;
-	char *text;
-	size_t len;
+	struct ob_msg *m;
+	size_t ri;
+	struct msg_read rd;
+	size_t put;             /* bytes given to the append */
 	char target[QUEUE_REPLY_MAX];
 	struct store_user *user;
 	struct store_folder *folder;
 	struct store_append *append;
 };
 
-static void dsn_local_end(struct dsn_local *d, int res)
-{
-	if (res < 0)
-		OBLOG(d->ob, LOG_WARN, "outbound-dsn-failed", "to=%s error=%s", d->target,
-		      strerror(-res));
-	else
-		OBLOG(d->ob, LOG_INFO, "outbound-dsn", "to=%s", d->target);
-	if (d->folder)
-		store_folder_close(&d->folder);
-	if (d->user)
-		store_user_close(&d->user);
-	free(d->text);
-	free(d);
-}
-
-static void dsn_committed(void *arg, int res, uint32_t uid)
-{
-	(void)uid;
-	struct dsn_local *d = arg;
-	d->append = NULL;
-	dsn_local_end(d, res);
-}
-
-static void dsn_folder(void *arg, int res, struct store_folder *folder)
-{
-	struct dsn_local *d = arg;
-	if (res < 0) {
-		dsn_local_end(d, res);
-		return;
-	}
-	d->folder = folder;
-	int rc = store_append_begin(d->ob->loop, &d->folder, 1, time(NULL), 0, NULL, 0, NULL, NULL,
-				    &d->append);
-	if (rc) {
-		dsn_local_end(d, rc);
-		return;
-	}
-	ssize_t w = store_append_write(d->append, span_make(d->text, d->len));
-	if (w < 0 || (size_t)w < d->len) {
-		/* A DSN is small: it fits the append buffer. */
-		store_append_abort(&d->append);
-		dsn_local_end(d, w < 0 ? (int)w : -EFBIG);
-		return;
-	}
-	struct mime_scanner *sc = malloc(sizeof(*sc));
-	uint8_t *blob = malloc(MIME_BLOB_MAX);
-	size_t blob_len = 0;
-	if (!sc || !blob) {
-		free(sc);
-		free(blob);
-		store_append_abort(&d->append);
-		dsn_local_end(d, -ENOMEM);
-		return;
-	}
-	mime_scan_init(sc);
-	mime_scan_feed(sc, span_make(d->text, d->len));
-	mime_scan_finish(sc, blob, MIME_BLOB_MAX, &blob_len);
-	store_append_commit(d->append, span_make(blob, blob_len), dsn_committed, d);
-	free(blob);
-	free(sc);
-}
-
-static void dsn_user(void *arg, int res, struct store_user *user)
-{
-	struct dsn_local *d = arg;
-	if (res < 0) {
-		dsn_local_end(d, res);
-		return;
-	}
-	d->user = user;
-	store_folder_open(user, d->ob->loop, "INBOX", dsn_folder, d);
-}
+static void msg_settled(struct outbound *ob, struct ob_msg *m);
 
 static void first_target(void *arg, const char *target)
 {
@@ -1048,7 +1179,283 @@ static void first_target(void *arg, const char *target)
 		snprintf(out, QUEUE_REPLY_MAX, "%s", target);
 }
 
-static void status_of(const char *text, int code, char *out, size_t cap)
+/* Retry of a recipient after a temporary failure: exponential backoff. */
+static void rcpt_defer(struct outbound *ob, struct ob_msg *m, struct queue_rcpt *r, int64_t now)
+{
+	const struct config *cfg = ob_cfg(ob);
+	uint64_t wait = cfg->ob_retry_min_ms;
+	for (uint32_t k = 1; k < r->attempts && wait < cfg->ob_retry_max_ms; k++)
+		wait *= 2;
+	if (wait > cfg->ob_retry_max_ms)
+		wait = cfg->ob_retry_max_ms;
+	r->next_ms = now + (int64_t)wait;
+	if ((r->notify & QUEUE_NOTIFY_DELAY) && !r->delay_sent &&
+	    now - m->e->created_ms >= (int64_t)cfg->ob_delay_ms)
+		m->delay_due[r - m->e->rcpts] = true;
+	OBLOG(ob, LOG_INFO, "outbound-deferred", "id=%s to=%s attempts=%u retry_in=%llums reply=\"%s\"",
+	      m->e->id, r->addr, r->attempts, (unsigned long long)wait, r->last);
+}
+
+static void local_end(struct local_dlv *l, int res)
+{
+	struct outbound *ob = l->ob;
+	struct ob_msg *m = l->m;
+	struct queue_entry *e = m->e;
+	struct queue_rcpt *r = &e->rcpts[l->ri];
+	int64_t now = wall_ms();
+	if (l->append)
+		store_append_abort(&l->append);
+	if (l->folder)
+		store_folder_close(&l->folder);
+	if (l->user)
+		store_user_close(&l->user);
+	m->inflight[l->ri] = false;
+	r->attempts++;
+	if (res == 0) {
+		r->state = QUEUE_RCPT_SENT;
+		snprintf(r->last, sizeof(r->last), "250 2.0.0 delivered to %.400s's INBOX", l->target);
+		OBLOG(ob, LOG_INFO, "outbound-sent", "id=%s to=%s host=local", e->id, r->addr);
+	} else if (res == -ENOENT || res == -EFBIG || res == -EDQUOT) {
+		r->state = QUEUE_RCPT_FAILED;
+		snprintf(r->last, sizeof(r->last), "%s",
+			 res == -ENOENT ? "550 5.1.1 no such local user"
+			 : res == -EFBIG ? "552 5.3.4 message too big for local delivery"
+					 : "552 5.2.2 mailbox full");
+		OBLOG(ob, LOG_INFO, "outbound-failed", "id=%s to=%s reply=\"%s\"", e->id, r->addr,
+		      r->last);
+	} else {
+		snprintf(r->last, sizeof(r->last), "451 4.3.0 local delivery failed: %s",
+			 strerror(-res));
+		if (now - e->created_ms >= (int64_t)ob_cfg(ob)->ob_expire_ms) {
+			r->state = QUEUE_RCPT_FAILED;
+		} else {
+			rcpt_defer(ob, m, r, now);
+		}
+	}
+	free(l->rd.buf);
+	free(l);
+	if (--m->jobs == 0)
+		msg_settled(ob, m);
+}
+
+static void local_committed(void *arg, int res, uint32_t uid)
+{
+	(void)uid;
+	struct local_dlv *l = arg;
+	l->append = NULL; /* freed by the store */
+	local_end(l, res < 0 ? res : 0);
+}
+
+/* Gives the append what it takes; the rest after its ready callback. */
+static void local_put(void *arg)
+{
+	struct local_dlv *l = arg;
+	if (!l->append)
+		return;
+	ssize_t w = store_append_write(l->append, span_make(l->rd.buf + l->put, l->rd.len - l->put));
+	if (w < 0) {
+		local_end(l, (int)w);
+		return;
+	}
+	l->put += (size_t)w;
+	if (l->put < l->rd.len)
+		return; /* local_put() again when the store can take more */
+	struct mime_scanner *sc = malloc(sizeof(*sc));
+	uint8_t *blob = malloc(MIME_BLOB_MAX);
+	size_t blob_len = 0;
+	if (!sc || !blob) {
+		free(sc);
+		free(blob);
+		local_end(l, -ENOMEM);
+		return;
+	}
+	mime_scan_init(sc);
+	mime_scan_feed(sc, span_make(l->rd.buf, l->rd.len));
+	mime_scan_finish(sc, blob, MIME_BLOB_MAX, &blob_len);
+	struct store_append *a = l->append;
+	store_append_commit(a, span_make(blob, blob_len), local_committed, l);
+	free(blob);
+	free(sc);
+}
+
+static void local_folder(void *arg, int res, struct store_folder *folder)
+{
+	struct local_dlv *l = arg;
+	if (res < 0) {
+		local_end(l, res);
+		return;
+	}
+	l->folder = folder;
+	int rc = store_append_begin(l->ob->loop, &l->folder, 1, time(NULL), 0, NULL, 0, local_put, l,
+				    &l->append);
+	if (rc) {
+		local_end(l, rc);
+		return;
+	}
+	local_put(l);
+}
+
+static void local_user(void *arg, int res, struct store_user *user)
+{
+	struct local_dlv *l = arg;
+	if (res < 0) {
+		local_end(l, res);
+		return;
+	}
+	l->user = user;
+	store_folder_open(user, l->ob->loop, "INBOX", local_folder, l);
+}
+
+static void local_read(struct msg_read *rd)
+{
+	struct local_dlv *l = (struct local_dlv *)((char *)rd - offsetof(struct local_dlv, rd));
+	struct outbound *ob = l->ob;
+	if (rd->rc) {
+		local_end(l, rd->rc == -ENOENT ? -EIO : rd->rc);
+		return;
+	}
+	const char *addr = l->m->e->rcpts[l->ri].addr;
+	char lower[QUEUE_REPLY_MAX];
+	size_t k = 0;
+	for (const char *p = addr; *p && k < sizeof(lower) - 1; p++)
+		lower[k++] = (char)tolower((unsigned char)*p);
+	lower[k] = '\0';
+	if (!ob->users || users_resolve(ob->users, span_cstr(lower), first_target, l->target) < 0 ||
+	    !l->target[0]) {
+		snprintf(l->target, sizeof(l->target), "%s", lower);
+		local_end(l, -ENOENT);
+		return;
+	}
+	store_user_open(ob->store, ob->loop, l->target, local_user, l);
+}
+
+static bool is_local(struct outbound *ob, const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	return at && ob->users && users_is_local_domain(ob->users, span_cstr(at + 1));
+}
+
+/* Delivers recipient i of m (a local address) to its INBOX. */
+static void local_start(struct outbound *ob, struct ob_msg *m, size_t i)
+{
+	struct local_dlv *l = calloc(1, sizeof(*l));
+	if (!l)
+		return; /* retried at the next tick */
+	l->ob = ob;
+	l->m = m;
+	l->ri = i;
+	m->inflight[i] = true;
+	m->jobs++;
+	if (m->e->body_len > OB_LOCAL_MAX) {
+		local_end(l, -EFBIG);
+		return;
+	}
+	if (msg_read_start(&l->rd, ob, m->e, (size_t)m->e->body_len, local_read))
+		local_end(l, -ENOMEM);
+}
+
+/* ---- bounces (RFC 3464) ------------------------------------------------ */
+
+/* A DSN being made for one message: the original's head is read from
+ * <id>.msg through the ring, the DSN built and queued with the null sender
+ * for the envelope sender (the runner delivers it, to the INBOX when the
+ * sender is local). */
+struct dsn {
+	struct outbound *ob;
+	struct ob_msg *m;
+	struct msg_read rd;     /* the first bytes of the original */
+	bool *report;           /* per recipient: in this DSN */
+	bool delay;             /* a delay DSN (Action: delayed), not a bounce */
+	size_t first;           /* the first recipient reported */
+	char *text;
+	size_t len;
+	struct queue_entry *held; /* the queued bounce, until the state is durable */
+};
+
+/* The DSN is durable (res 0) or failed: only then are its recipients
+ * marked bounced (docs/queue.md: crash semantics). */
+static void dsn_end(struct dsn *d, int res)
+{
+	struct outbound *ob = d->ob;
+	struct ob_msg *m = d->m;
+	struct queue_entry *e = m->e;
+	if (res < 0) {
+		OBLOG(ob, LOG_WARN, "outbound-dsn-failed", "id=%s to=%s error=%s", e->id, e->from,
+		      strerror(-res));
+		m->dsn_retry_ms = wall_ms() + 60000;
+	} else if (d->text) {
+		OBLOG(ob, LOG_INFO, "outbound-dsn", "id=%s to=%s kind=%s", e->id, e->from,
+		      d->delay ? "delay" : "failure");
+	}
+	for (size_t i = 0; i < e->nrcpts && res >= 0; i++) {
+		if (!d->report[i])
+			continue;
+		if (d->delay)
+			e->rcpts[i].delay_sent = true;
+		else if (e->rcpts[i].state == QUEUE_RCPT_FAILED)
+			e->rcpts[i].state = QUEUE_RCPT_BOUNCED;
+	}
+	if (d->delay) {
+		for (size_t i = 0; i < e->nrcpts; i++)
+			m->delay_due[i] = false;
+	}
+	free(d->text);
+	free(d->rd.buf);
+	free(d->report);
+	free(d);
+	m->dsn_busy = false;
+	m->jobs--;
+	if (m->jobs == 0)
+		msg_settled(ob, m);
+}
+
+static void dsn_queued(void *arg, int res, const char *id)
+{
+	(void)id;
+	dsn_end(arg, res);
+}
+
+/* The bounced states are durable (or the message removed): the bounce
+ * may go now. Were it handed over sooner, it could be delivered and
+ * removed before a crash that forgets the bounced states, and the restart
+ * would bounce again. */
+static void dsn_released(void *arg, int res)
+{
+	struct dsn *d = arg;
+	if (res < 0)
+		OBLOG(d->ob, LOG_WARN, "outbound-state-failed", "id=%s error=%s", d->m->e->id,
+		      strerror(-res));
+	/* Even then: a restart finds the bounce beside the failed states and
+	 * does not make another (outbound_load). */
+	msg_add(d->ob, d->held);
+	d->held = NULL;
+	dsn_end(d, 0);
+}
+
+static void dsn_held(void *arg, int res, struct queue_entry *held)
+{
+	struct dsn *d = arg;
+	struct ob_msg *m = d->m;
+	struct queue_entry *e = m->e;
+	if (res < 0) {
+		dsn_end(d, res);
+		return;
+	}
+	d->held = held;
+	bool final = true;
+	for (size_t i = 0; i < e->nrcpts; i++) {
+		if (d->report[i] && e->rcpts[i].state == QUEUE_RCPT_FAILED)
+			e->rcpts[i].state = QUEUE_RCPT_BOUNCED;
+		if (e->rcpts[i].state == QUEUE_RCPT_PENDING || e->rcpts[i].state == QUEUE_RCPT_FAILED)
+			final = false;
+	}
+	int rc = final ? queue_remove(d->ob->q, d->ob->loop, e->id, dsn_released, d)
+		       : queue_state_write(d->ob->q, d->ob->loop, e, dsn_released, d);
+	if (rc)
+		dsn_released(d, rc);
+}
+
+static void status_of(const char *text, int code, char cls, char *out, size_t cap)
 {
 	/* An enhanced status code after the reply code, else one made up. */
 	const char *p = text;
@@ -1061,40 +1468,44 @@ static void status_of(const char *text, int code, char *out, size_t cap)
 		if (n >= 5 && n < cap) {
 			memcpy(out, p, n);
 			out[n] = '\0';
-			out[0] = '5';
+			out[0] = cls;
 			return;
 		}
 	}
-	snprintf(out, cap, "%s", code == 556 ? "5.1.10" : "5.0.0");
+	snprintf(out, cap, "%c.%s", cls, code == 556 ? "1.10" : "0.0");
 }
 
-static void send_dsn(struct outbound *ob, struct ob_msg *m)
+/* Builds the DSN (RFC 3464 multipart/report) from the original's first
+ * bytes in d->orig. */
+static int dsn_build(struct dsn *d)
 {
-	struct queue_entry *e = m->e;
-	size_t nfail = 0;
-	for (size_t i = 0; i < e->nrcpts; i++)
-		nfail += m->bounce[i];
-	if (!nfail)
-		return;
-	if (!e->from[0]) {
-		/* Never a bounce for a bounce. */
-		memset(m->bounce, 0, e->nrcpts * sizeof(bool));
-		return;
-	}
+	struct outbound *ob = d->ob;
+	struct queue_entry *e = d->m->e;
 	const struct config *cfg = ob_cfg(ob);
 	/* The original's header section (text/rfc822-headers). */
-	size_t hlen = e->len;
-	for (size_t i = 0; i + 3 < e->len; i++)
-		if (!memcmp(e->data + i, "\r\n\r\n", 4)) {
+	size_t hlen = d->rd.len;
+	for (size_t i = 0; i + 3 < d->rd.len; i++)
+		if (!memcmp(d->rd.buf + i, "\r\n\r\n", 4)) {
 			hlen = i + 2;
 			break;
 		}
-	if (hlen > 64 * 1024)
-		hlen = 64 * 1024;
-	size_t cap = 8192 + hlen + nfail * 2 * QUEUE_REPLY_MAX;
+	if (hlen > OB_DSN_HDR_MAX)
+		hlen = OB_DSN_HDR_MAX;
+	/* RET=FULL: the whole message when it is small enough (RFC 3461 4.3
+	 * lets a large one be cut to its header). */
+	bool full = !d->delay && e->ret == QUEUE_RET_FULL && e->body_len <= OB_DSN_FULL_MAX &&
+		    d->rd.len == e->body_len;
+	size_t nrep = 0, first = e->nrcpts;
+	for (size_t i = 0; i < e->nrcpts; i++) {
+		nrep += d->report[i];
+		if (d->report[i] && first == e->nrcpts)
+			first = i; /* each recipient is in one DSN of a kind: a unique id */
+	}
+	size_t cap = 8192 + (full ? d->rd.len : hlen) + nrep * (3 * QUEUE_REPLY_MAX + 2 * QUEUE_XTEXT_MAX) +
+		     (e->envid ? strlen(e->envid) : 0);
 	char *t = malloc(cap);
 	if (!t)
-		return;
+		return -ENOMEM;
 	char date[64], boundary[64];
 	time_t now = time(NULL);
 	struct tm tm;
@@ -1105,9 +1516,9 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m)
 		"Return-Path: <>\r\n"
 		"From: Mail Delivery System <MAILER-DAEMON@%s>\r\n"
 		"To: <%s>\r\n"
-		"Subject: Undelivered Mail Returned to Sender\r\n"
+		"Subject: %s\r\n"
 		"Date: %s\r\n"
-		"Message-ID: <%s.dsn@%s>\r\n"
+		"Message-ID: <%s.%zu.%s@%s>\r\n"
 		"Auto-Submitted: auto-replied\r\n"
 		"MIME-Version: 1.0\r\n"
 		"Content-Type: multipart/report; report-type=delivery-status;\r\n"
@@ -1120,12 +1531,17 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m)
 		"\r\n"
 		"This is the mail system at host %s.\r\n"
 		"\r\n"
-		"Your message could not be delivered to one or more recipients.\r\n"
+		"%s\r\n"
 		"\r\n",
-		cfg->hostname, e->from, date, e->id, cfg->hostname, boundary, boundary,
-		cfg->hostname);
+		cfg->hostname, e->from,
+		d->delay ? "Delayed Mail (still being retried)" : "Undelivered Mail Returned to Sender",
+		date, e->id, first, d->delay ? "delay" : "dsn", cfg->hostname, boundary, boundary,
+		cfg->hostname,
+		d->delay ? "Your message has not been delivered yet to one or more recipients;\r\n"
+			   "delivery is still being attempted. No action is needed."
+			 : "Your message could not be delivered to one or more recipients.");
 	for (size_t i = 0; i < e->nrcpts && n < cap; i++)
-		if (m->bounce[i])
+		if (d->report[i])
 			n += (size_t)snprintf(t + n, cap - n, "<%s>: %s\r\n", e->rcpts[i].addr,
 					      e->rcpts[i].last);
 	time_t arr = (time_t)(e->created_ms / 1000);
@@ -1135,63 +1551,163 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m)
 	n += (size_t)snprintf(t + n, cap - n,
 		"\r\n--%s\r\n"
 		"Content-Type: message/delivery-status\r\n"
-		"\r\n"
+		"\r\n", boundary);
+	if (e->envid)
+		n += (size_t)snprintf(t + n, cap - n, "Original-Envelope-Id: %s\r\n", e->envid);
+	n += (size_t)snprintf(t + n, cap - n,
 		"Reporting-MTA: dns; %s\r\n"
 		"X-Ringmail-Queue-ID: %s\r\n"
 		"Arrival-Date: %s\r\n",
-		boundary, cfg->hostname, e->id, adate);
+		cfg->hostname, e->id, adate);
 	for (size_t i = 0; i < e->nrcpts && n < cap; i++) {
-		if (!m->bounce[i])
+		if (!d->report[i])
 			continue;
+		const struct queue_rcpt *r = &e->rcpts[i];
 		char status[32];
-		int code = atoi(e->rcpts[i].last);
-		status_of(e->rcpts[i].last, code, status, sizeof(status));
+		int code = atoi(r->last);
+		status_of(r->last, code, d->delay ? '4' : '5', status, sizeof(status));
+		n += (size_t)snprintf(t + n, cap - n, "\r\n");
+		if (r->orcpt) {
+			/* "addr-type;xtext" as the client gave it (RFC 3461 4.2). */
+			const char *semi = strchr(r->orcpt, ';');
+			if (semi)
+				n += (size_t)snprintf(t + n, cap - n, "Original-Recipient: %.*s; %s\r\n",
+						      (int)(semi - r->orcpt), r->orcpt, semi + 1);
+		}
 		n += (size_t)snprintf(t + n, cap - n,
-			"\r\nFinal-Recipient: rfc822; %s\r\n"
-			"Action: failed\r\n"
+			"Final-Recipient: rfc822; %s\r\n"
+			"Action: %s\r\n"
 			"Status: %s\r\n"
 			"Diagnostic-Code: smtp; %s\r\n",
-			e->rcpts[i].addr, status, e->rcpts[i].last);
+			r->addr, d->delay ? "delayed" : "failed", status, r->last);
+		if (d->delay) {
+			time_t until = (time_t)((e->created_ms + (int64_t)cfg->ob_expire_ms) / 1000);
+			char udate[64];
+			localtime_r(&until, &tm);
+			strftime(udate, sizeof(udate), "%a, %d %b %Y %H:%M:%S %z", &tm);
+			n += (size_t)snprintf(t + n, cap - n, "Will-Retry-Until: %s\r\n", udate);
+		}
 	}
-	n += (size_t)snprintf(t + n, cap - n,
-		"\r\n--%s\r\n"
-		"Content-Type: text/rfc822-headers\r\n"
-		"\r\n", boundary);
-	if (n + hlen + 256 < cap) {
-		memcpy(t + n, e->data, hlen);
-		n += hlen;
+	if (full) {
+		n += (size_t)snprintf(t + n, cap - n,
+			"\r\n--%s\r\n"
+			"Content-Type: message/rfc822\r\n"
+			"\r\n", boundary);
+	} else {
+		n += (size_t)snprintf(t + n, cap - n,
+			"\r\n--%s\r\n"
+			"Content-Type: text/rfc822-headers\r\n"
+			"\r\n", boundary);
+	}
+	size_t olen = full ? d->rd.len : hlen;
+	if (n + olen + 256 < cap) {
+		memcpy(t + n, d->rd.buf, olen);
+		n += olen;
 	}
 	n += (size_t)snprintf(t + n, cap - n, "\r\n--%s--\r\n", boundary);
-	memset(m->bounce, 0, e->nrcpts * sizeof(bool));
+	d->text = t;
+	d->len = n < cap ? n : cap;
+	return 0;
+}
 
-	const char *at = strrchr(e->from, '@');
-	if (at && ob->users && users_is_local_domain(ob->users, span_cstr(at + 1))) {
-		struct dsn_local *d = calloc(1, sizeof(*d));
-		if (!d) {
-			free(t);
-			return;
-		}
-		d->ob = ob;
-		d->text = t;
-		d->len = n;
-		char lower[QUEUE_REPLY_MAX];
-		size_t k = 0;
-		for (const char *p = e->from; *p && k < sizeof(lower) - 1; p++)
-			lower[k++] = (char)tolower((unsigned char)*p);
-		lower[k] = '\0';
-		if (users_resolve(ob->users, span_cstr(lower), first_target, d->target) < 0 ||
-		    !d->target[0]) {
-			snprintf(d->target, sizeof(d->target), "%s", lower);
-			dsn_local_end(d, -ENOENT);
-			return;
-		}
-		store_user_open(ob->store, ob->loop, d->target, dsn_user, d);
+/* The original's first bytes are in: build and deliver the DSN. */
+/* The original's first bytes are in: build the DSN and queue it. A bounce
+ * gets an id made of the original's and its first recipient's index, so a
+ * restart that makes it again writes the same file; it is held back from
+ * the runner until the bounced states are durable (dsn_held()). */
+static void dsn_read(struct msg_read *rd)
+{
+	struct dsn *d = (struct dsn *)((char *)rd - offsetof(struct dsn, rd));
+	struct outbound *ob = d->ob;
+	struct queue_entry *e = d->m->e;
+	if (rd->rc)
+		rd->len = 0; /* the report goes out without the original */
+	int rc = dsn_build(d);
+	if (rc) {
+		dsn_end(d, rc);
 		return;
 	}
-	const char *rcpt = e->from;
-	if (queue_submit(ob->q, ob->loop, "", &rcpt, 1, t, n, NULL, NULL))
-		OBLOG(ob, LOG_WARN, "outbound-dsn-failed", "to=%s error=queue", e->from);
-	free(t);
+	struct queue_rcpt_in rin = { .addr = e->from };
+	struct queue_env env = { .from = "", .rcpts = &rin, .nrcpts = 1 };
+	if (d->delay) {
+		rc = queue_submit(ob->q, ob->loop, &env, d->text, d->len, dsn_queued, d);
+	} else {
+		char id[QUEUE_ID_MAX];
+		snprintf(id, sizeof(id), "%.*sd%zx", QUEUE_ID_MAX - 20, e->id, d->first);
+		env.id = id;
+		rc = queue_submit_held(ob->q, ob->loop, &env, d->text, d->len, dsn_held, d);
+	}
+	if (rc)
+		dsn_end(d, rc);
+}
+
+/* Reports every FAILED recipient that asked for it (RFC 3461 NOTIFY) in
+ * one DSN; recipients with NOTIFY=NEVER, or of a null sender, are marked
+ * bounced without one. The failed states are already durable. */
+static void send_dsn(struct outbound *ob, struct ob_msg *m, bool delay)
+{
+	struct queue_entry *e = m->e;
+	bool *report = calloc(e->nrcpts, sizeof(bool));
+	struct dsn *d = calloc(1, sizeof(*d));
+	if (!report || !d) {
+		free(report);
+		free(d);
+		m->dsn_retry_ms = wall_ms() + 60000;
+		m->dsn_busy = false;
+		m->jobs--;
+		return;
+	}
+	size_t nrep = 0;
+	for (size_t i = 0; i < e->nrcpts && delay; i++) {
+		if (m->delay_due[i] && e->rcpts[i].state == QUEUE_RCPT_PENDING && e->from[0]) {
+			report[i] = true;
+			nrep++;
+		}
+	}
+	for (size_t i = 0; i < e->nrcpts && !delay; i++) {
+		struct queue_rcpt *r = &e->rcpts[i];
+		if (r->state != QUEUE_RCPT_FAILED)
+			continue;
+		bool want = e->from[0] && !(r->notify & QUEUE_NOTIFY_NEVER) &&
+			    (!r->notify || (r->notify & QUEUE_NOTIFY_FAILURE));
+		if (!want) {
+			/* Never a bounce for a bounce; nor against NOTIFY. */
+			r->state = QUEUE_RCPT_BOUNCED;
+			OBLOG(ob, LOG_INFO, "outbound-dsn-skipped", "id=%s to=%s reason=%s", e->id,
+			      r->addr, e->from[0] ? "notify" : "null-sender");
+			continue;
+		}
+		report[i] = true;
+		nrep++;
+	}
+	d->ob = ob;
+	d->m = m;
+	d->report = report;
+	d->delay = delay;
+	if (!nrep) {
+		dsn_end(d, 0);
+		return;
+	}
+	size_t want = e->ret == QUEUE_RET_FULL && !delay ? OB_DSN_FULL_MAX : OB_DSN_HDR_MAX;
+	if (msg_read_start(&d->rd, ob, e, want, dsn_read))
+		dsn_end(d, -ENOMEM);
+}
+
+/* The failed states are durable: now the DSN. */
+static void dsn_state_written(void *arg, int res)
+{
+	struct ob_msg *m = arg;
+	struct outbound *ob = m->ob;
+	if (res < 0) {
+		OBLOG(ob, LOG_WARN, "outbound-state-failed", "id=%s error=%s", m->e->id,
+		      strerror(-res));
+		m->dsn_retry_ms = wall_ms() + 60000;
+		m->dsn_busy = false;
+		if (--m->jobs == 0)
+			msg_settled(ob, m);
+		return;
+	}
+	send_dsn(ob, m, false);
 }
 
 /* ---- jobs: start and end ------------------------------------------------ */
@@ -1204,24 +1720,27 @@ static void job_free(struct job *j)
 	if (*pp)
 		*pp = j->next;
 	free(j->out);
+	free(j->out_retired);
+	free(j->chunk);
 	free(j);
 }
 
 static void msg_settled(struct outbound *ob, struct ob_msg *m);
 
-static void job_end(struct job *j)
+/* Records the outcome of the transaction for each of its recipients, and
+ * lets go of its message. */
+static void job_settle(struct job *j)
 {
 	struct outbound *ob = j->ob;
 	struct ob_msg *m = j->m;
 	struct queue_entry *e = m->e;
 	const struct config *cfg = ob_cfg(ob);
 	int64_t now = wall_ms();
-	j->step = J_DONE;
 	for (size_t i = 0; i < j->n; i++) {
 		struct queue_rcpt *r = &e->rcpts[j->ri[i]];
 		m->inflight[j->ri[i]] = false;
 		r->attempts++;
-		if (j->accepted[i]) {
+		if (j->accepted[i] && j->data_acked) {
 			r->state = QUEUE_RCPT_SENT;
 			snprintf(r->last, sizeof(r->last), "%s", j->rtext[i]);
 			OBLOG(ob, LOG_INFO, "outbound-sent", "id=%s to=%s host=%s reply=\"%s\"", e->id,
@@ -1245,27 +1764,110 @@ static void job_end(struct job *j)
 		}
 		if (perm) {
 			r->state = QUEUE_RCPT_FAILED;
-			m->bounce[j->ri[i]] = true;
 			OBLOG(ob, LOG_INFO, "outbound-failed", "id=%s to=%s reply=\"%s\"", e->id,
 			      r->addr, r->last);
 		} else {
-			uint64_t wait = cfg->ob_retry_min_ms;
-			for (uint32_t k = 1; k < r->attempts && wait < cfg->ob_retry_max_ms; k++)
-				wait *= 2;
-			if (wait > cfg->ob_retry_max_ms)
-				wait = cfg->ob_retry_max_ms;
-			r->next_ms = now + (int64_t)wait;
-			OBLOG(ob, LOG_INFO, "outbound-deferred", "id=%s to=%s attempts=%u retry_in=%llums reply=\"%s\"",
-			      e->id, r->addr, r->attempts, (unsigned long long)wait, r->last);
+			rcpt_defer(ob, m, r, now);
 		}
 	}
+	j->m = NULL;
+	j->n = 0;
+	m->jobs--;
+	if (m->jobs == 0)
+		msg_settled(ob, m);
+}
+
+static void job_end(struct job *j)
+{
+	struct outbound *ob = j->ob;
+	j->step = J_DONE;
+	if (j->m)
+		job_settle(j);
 	struct ob_dest *d = dest_get(ob, j->domain);
 	if (d && d->active)
 		d->active--;
-	m->jobs--;
 	job_free(j);
-	if (m->jobs == 0)
-		msg_settled(ob, m);
+}
+
+/* Takes m's due recipients of domain into j (up to OB_JOB_RCPTS_MAX). */
+static void job_take(struct job *j, struct ob_msg *m, const char *domain, int64_t now)
+{
+	struct queue_entry *e = m->e;
+	j->m = m;
+	j->n = 0;
+	for (size_t i = 0; i < e->nrcpts && j->n < OB_JOB_RCPTS_MAX; i++) {
+		struct queue_rcpt *r = &e->rcpts[i];
+		const char *at = strrchr(r->addr, '@');
+		if (r->state != QUEUE_RCPT_PENDING || m->inflight[i] || r->next_ms > now || !at ||
+		    strcasecmp(at + 1, domain))
+			continue;
+		m->inflight[i] = true;
+		j->ri[j->n++] = i;
+	}
+}
+
+/* The next transaction on an open connection: j->m and its recipients
+ * are set (job_take()), the message counts j. */
+static void job_again(struct job *j)
+{
+	memset(j->rcode, 0, sizeof(j->rcode));
+	memset(j->accepted, 0, sizeof(j->accepted));
+	j->answered = false;
+	j->last[0] = '\0';
+	j->last_perm = false;
+	j->ntrans++;
+	arm_deadline(j);
+	OBLOG(j->ob, LOG_INFO, "outbound-attempt", "id=%s domain=%s rcpts=%zu reuse=%u",
+	      j->m->e->id, j->domain, j->n, j->ntrans);
+	send_transaction(j);
+}
+
+/* Connection reuse: after a completed transaction, the next message with
+ * recipients due at the same destination goes over the same connection
+ * (RFC 5321 4.1.4: a new MAIL needs no RSET after a completed one), up to
+ * max_per_connection transactions. Returns false when there is none. */
+static bool job_next_message(struct job *j)
+{
+	struct outbound *ob = j->ob;
+	if (j->ntrans + 1 >= ob_cfg(ob)->ob_max_per_connection)
+		return false;
+	int64_t now = wall_ms();
+	struct ob_msg *next = NULL;
+	for (struct ob_msg *m = ob->msgs; m && !next; m = m->next) {
+		if (m->removed)
+			continue;
+		for (size_t i = 0; i < m->e->nrcpts; i++) {
+			const struct queue_rcpt *r = &m->e->rcpts[i];
+			const char *at = strrchr(r->addr, '@');
+			if (r->state == QUEUE_RCPT_PENDING && !m->inflight[i] && r->next_ms <= now &&
+			    at && !strcasecmp(at + 1, j->domain)) {
+				next = m;
+				break;
+			}
+		}
+	}
+	if (!next)
+		return false;
+	next->jobs++; /* first: settling the last one must not free it */
+	job_settle(j);
+	job_take(j, next, j->domain, now);
+	job_again(j);
+	return true;
+}
+
+/* Keeps the connection open for connection_idle after its transaction,
+ * for the next message to the same destination (job_start() takes it).
+ * Returns false when the connection has done max_per_connection. */
+static bool job_park(struct job *j)
+{
+	const struct config *cfg = ob_cfg(j->ob);
+	if (j->ntrans + 1 >= cfg->ob_max_per_connection)
+		return false;
+	job_settle(j);
+	j->step = J_IDLE;
+	j->deadline = loop_now_ms(j->ob->loop) + cfg->ob_idle_ms;
+	OBLOG(j->ob, LOG_DEBUG, "outbound-idle", "domain=%s host=%s", j->domain, j->host);
+	return true;
 }
 
 static void msg_unlink(struct outbound *ob, struct ob_msg *m)
@@ -1277,21 +1879,45 @@ static void msg_unlink(struct outbound *ob, struct ob_msg *m)
 		*pp = m->next;
 }
 
-/* Every job of m ended: bounce what failed, then persist or remove. */
+/* Every job of m ended. Failed recipients are bounced in three ordered
+ * steps: their failed state is made durable, then the DSN, then the
+ * bounced state (or the removal). Otherwise the state is persisted, or the
+ * message removed once every recipient is final. */
 static void msg_settled(struct outbound *ob, struct ob_msg *m)
 {
 	struct queue_entry *e = m->e;
-	send_dsn(ob, m);
 	if (m->removed) {
 		msg_unlink(ob, m);
 		msg_free(m);
 		return;
 	}
-	bool final = true;
-	for (size_t i = 0; i < e->nrcpts; i++)
+	bool final = true, failed = false;
+	for (size_t i = 0; i < e->nrcpts; i++) {
 		if (e->rcpts[i].state == QUEUE_RCPT_PENDING)
 			final = false;
-	if (final) {
+		if (e->rcpts[i].state == QUEUE_RCPT_FAILED)
+			failed = true;
+	}
+	if (failed && !m->dsn_busy && wall_ms() >= m->dsn_retry_ms) {
+		m->dsn_busy = true;
+		m->jobs++;
+		if (queue_state_write(ob->q, ob->loop, e, dsn_state_written, m))
+			dsn_state_written(m, -ENOMEM);
+		return;
+	}
+	bool delay = false;
+	for (size_t i = 0; i < e->nrcpts; i++)
+		delay |= m->delay_due[i] && e->rcpts[i].state == QUEUE_RCPT_PENDING;
+	if (delay && !failed && !m->dsn_busy) {
+		/* A delay DSN changes no state: nothing to write first. It is
+		 * not persisted either: after a restart it may come again. */
+		queue_state_write(ob->q, ob->loop, e, NULL, NULL);
+		m->dsn_busy = true;
+		m->jobs++;
+		send_dsn(ob, m, true); /* may settle m again (and so free it) */
+		return;
+	}
+	if (final && !failed) {
 		queue_remove(ob->q, ob->loop, e->id, NULL, NULL);
 		OBLOG(ob, LOG_INFO, "outbound-done", "id=%s", e->id);
 		msg_unlink(ob, m);
@@ -1306,6 +1932,19 @@ static void job_start(struct outbound *ob, struct ob_msg *m, const char *domain,
 	struct queue_entry *e = m->e;
 	struct ob_dest *d = dest_get(ob, domain);
 	const struct config *cfg = ob_cfg(ob);
+	for (struct job *j = ob->jobs; j; j = j->next) {
+		/* An idle connection to the destination first. */
+		if (j->step != J_IDLE || j->closing || strcasecmp(j->domain, domain))
+			continue;
+		job_take(j, m, domain, now);
+		if (!j->n) {
+			j->m = NULL;
+			return;
+		}
+		m->jobs++;
+		job_again(j);
+		return;
+	}
 	if (!d || d->active >= cfg->ob_max_per_domain)
 		return;
 	struct job *j = calloc(1, sizeof(*j));
@@ -1314,26 +1953,16 @@ static void job_start(struct outbound *ob, struct ob_msg *m, const char *domain,
 	j->ob = ob;
 	j->m = m;
 	j->fd = -1;
+	j->body_fd = -1;
+	j->body_cb.fn = on_body;
 	j->connect_cb.fn = on_connect;
 	j->send_cb.fn = on_sent;
 	j->recv_cb.fn = on_recv;
 	snprintf(j->domain, sizeof(j->domain), "%s", domain);
-	for (size_t i = 0; i < e->nrcpts && j->n < OB_JOB_RCPTS_MAX; i++) {
-		struct queue_rcpt *r = &e->rcpts[i];
-		const char *at = strrchr(r->addr, '@');
-		if (r->state != QUEUE_RCPT_PENDING || m->inflight[i] || r->next_ms > now || !at ||
-		    strcasecmp(at + 1, domain))
-			continue;
-		m->inflight[i] = true;
-		j->ri[j->n++] = i;
-	}
+	job_take(j, m, domain, now);
 	if (!j->n) {
 		free(j);
 		return;
-	}
-	if (!m->dkim_done) {
-		m->dkim_done = true;
-		m->dkim = msg_sign(ob, e);
 	}
 	d->active++;
 	m->jobs++;
@@ -1391,16 +2020,23 @@ static void schedule(struct outbound *ob)
 			if (!at) {
 				r->state = QUEUE_RCPT_FAILED;
 				snprintf(r->last, sizeof(r->last), "550 5.1.3 bad address");
-				m->bounce[i] = true;
+				continue;
+			}
+			if (is_local(ob, r->addr)) {
+				local_start(ob, m, i); /* a bounce to one of our users */
 				continue;
 			}
 			job_start(ob, m, at + 1, now);
 		}
-		if (m->jobs == 0) {
-			bool any_bounce = false;
-			for (size_t i = 0; i < e->nrcpts; i++)
-				any_bounce |= m->bounce[i];
-			if (any_bounce)
+		if (m->jobs == 0 && now >= m->dsn_retry_ms) {
+			bool failed = false, pending = false;
+			for (size_t i = 0; i < e->nrcpts; i++) {
+				failed |= e->rcpts[i].state == QUEUE_RCPT_FAILED;
+				pending |= e->rcpts[i].state == QUEUE_RCPT_PENDING;
+			}
+			/* A bounce due, or nothing left to do (both also after a
+			 * restart, see load_bounced()). */
+			if (failed || !pending)
 				msg_settled(ob, m);
 		}
 	}
@@ -1411,9 +2047,16 @@ static void check_timeouts(struct outbound *ob)
 	uint64_t now = loop_now_ms(ob->loop);
 	for (struct job *j = ob->jobs, *next; j; j = next) {
 		next = j->next;
-		if (j->step >= J_CONNECT && j->step < J_DONE && !j->closing && j->deadline &&
-		    now > j->deadline)
+		if (j->step < J_CONNECT || j->step >= J_DONE || j->closing || !j->deadline ||
+		    now <= j->deadline)
+			continue;
+		if (j->step == J_IDLE) {
+			/* Unused for connection_idle: say goodbye. */
+			send_quit(j);
+			arm_deadline(j);
+		} else {
 			job_fail(j, "timeout");
+		}
 	}
 }
 
@@ -1433,7 +2076,6 @@ static void ctl_apply(struct outbound *ob, char *text)
 					continue;
 				OBLOG(ob, LOG_INFO, "outbound-deleted", "id=%s", m->e->id);
 				queue_remove(ob->q, ob->loop, m->e->id, NULL, NULL);
-				memset(m->bounce, 0, m->e->nrcpts * sizeof(bool));
 				if (m->jobs) {
 					m->removed = true;
 				} else {
@@ -1450,10 +2092,7 @@ static void ctl_step(struct loop *loop, struct loop_cb *cb, int res, uint32_t fl
 {
 	(void)flags;
 	struct outbound *ob = (struct outbound *)((char *)cb - offsetof(struct outbound, ctl_cb));
-	char qdir[CONFIG_STR_MAX + 16], from[CONFIG_STR_MAX + 32], to[CONFIG_STR_MAX + 32];
-	snprintf(qdir, sizeof(qdir), "%s/queue", ob->data_dir);
-	snprintf(from, sizeof(from), "%s/ctl", qdir);
-	snprintf(to, sizeof(to), "%s/ctl.work", qdir);
+	const char *to = ob->ctl_to;
 	switch (ob->ctl_step) {
 	case 1: /* renamed */
 		if (res < 0) {
@@ -1493,12 +2132,12 @@ static void ctl_poll(struct outbound *ob)
 {
 	if (ob->ctl_step)
 		return;
-	char from[CONFIG_STR_MAX + 32], to[CONFIG_STR_MAX + 32];
-	snprintf(from, sizeof(from), "%s/queue/ctl", ob->data_dir);
-	snprintf(to, sizeof(to), "%s/queue/ctl.work", ob->data_dir);
+	snprintf(ob->ctl_from, sizeof(ob->ctl_from), "%s/queue/ctl", ob->data_dir);
+	snprintf(ob->ctl_to, sizeof(ob->ctl_to), "%s/queue/ctl.work", ob->data_dir);
 	ob->ctl_cb.fn = ctl_step;
 	ob->ctl_step = 1;
-	io_uring_prep_renameat(loop_sqe(ob->loop, &ob->ctl_cb), AT_FDCWD, from, AT_FDCWD, to, 0);
+	io_uring_prep_renameat(loop_sqe(ob->loop, &ob->ctl_cb), AT_FDCWD, ob->ctl_from, AT_FDCWD,
+			       ob->ctl_to, 0);
 }
 
 /* ---- the runner's loop -------------------------------------------------- */
@@ -1511,7 +2150,6 @@ static void on_tick(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 	(void)res;
 	(void)flags;
 	struct outbound *ob = (struct outbound *)((char *)cb - offsetof(struct outbound, tick_cb));
-	take_dkim_update(ob);
 	dns_tick(ob->dns);
 	check_timeouts(ob);
 	ctl_poll(ob);
@@ -1568,16 +2206,16 @@ int outbound_loop_start(struct outbound *ob, struct loop *loop)
 		       cfg->ob_dns, strerror(-rc));
 		return rc;
 	}
-	dkim_new(ob->data_dir, cfg->ob_dkim_selector, &ob->dkim);
-	log_dkim_problems(ob);
 	loop_on_msg(loop, OB_LOOP_MSG, on_new_msg);
 	queue_set_on_new(ob->q, queue_new_entry, ob);
 	size_t n = 0;
 	for (struct ob_msg *m = ob->msgs; m; m = m->next)
 		n++;
+	struct services *sv = services_of(loop);
 	OBLOG(ob, LOG_INFO, "outbound-ready",
 	      "queued=%zu dns=\"%s\" mx_port=%u smart_host=\"%s\" dkim_keys=%zu",
-	      n, cfg->ob_dns, cfg->ob_mx_port, cfg->ob_smart_host, dkim_nkeys(ob->dkim));
+	      n, cfg->ob_dns, cfg->ob_mx_port, cfg->ob_smart_host,
+	      sv ? dkim_nkeys(atomic_load_explicit(&sv->dkim, memory_order_acquire)) : 0);
 	arm_tick(ob);
 	schedule(ob);
 	return 0;
@@ -1593,8 +2231,12 @@ void outbound_loop_stop(struct outbound *ob, struct loop *loop)
 		n = j->next;
 		if (j->fd >= 0)
 			close(j->fd);
+		if (j->body_fd >= 0)
+			close(j->body_fd);
 		tls_client_free(&j->tls);
 		free(j->out);
+		free(j->out_retired);
+		free(j->chunk);
 		free(j);
 	}
 	ob->jobs = NULL;

@@ -28,9 +28,5 @@ int outbound_load(struct outbound *ob);
 int outbound_loop_start(struct outbound *ob, struct loop *loop);
 void outbound_loop_stop(struct outbound *ob, struct loop *loop);
 void outbound_free(struct outbound **ob_r);
-/* SIGHUP, on the main thread: loads DATA/dkim/ again (blocking) for loop 0
- * to sign with from its next tick (outbound/dkim.h). Returns 0 or a
- * negative errno (the current keys stay). */
-int outbound_reload(struct outbound *ob, const char *dkim_selector);
 
 #endif

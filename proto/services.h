@@ -16,6 +16,7 @@ struct tls_server;
 struct queue;
 struct outbound;
 struct user_limit;
+struct dkim;
 
 struct services {
 	struct store *store;
@@ -25,6 +26,12 @@ struct services {
 	struct queue *queue;
 	/* The remote delivery runner on loop 0 (outbound/outbound.h). */
 	struct outbound *outbound;
+	/* The DKIM keys (outbound/dkim.h); NULL: nothing is signed. Messages
+	 * for remote recipients are signed as they stream to the queue, on
+	 * any loop. SIGHUP swaps in a newly loaded set; an old set stays
+	 * allocated until exit, since a signer started before the swap still
+	 * points into it. */
+	_Atomic(struct dkim *) dkim;
 	/* The certificates new connections use. SIGHUP swaps it; the old
 	 * server stays referenced until exit (live connections hold their
 	 * own reference through their tls_conn anyway). NULL: no TLS. */

@@ -23,10 +23,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "core/config.h"
 #include "core/log.h"
+#include "outbound/dkim.h"
 #include "proto/mime.h"
 #include "proto/sasl.h"
 #include "proto/services.h"
@@ -103,8 +105,9 @@ struct smtp_delivery {
 	/* remote recipients: the message is also written to the queue */
 	char **remote;
 	size_t nremote, remote_cap;
-	uint8_t *qbuf;             /* the message as queued */
-	size_t qlen, qcap;
+	struct queue_spool *spool; /* the message streams to the queue file */
+	struct dkim_signer *signer; /* fed the same bytes; NULL: no key */
+	bool qwait;                /* the spool asked us to stop feeding */
 	unsigned waiting;          /* store commit and queue write in flight */
 	int final_rc;
 	bool hdr_done, hdr_line_start, hdr_match_ok;
@@ -818,7 +821,9 @@ static void delivery_reset(struct smtp_session *ss)
 	for (size_t i = 0; i < d->nremote; i++)
 		free(d->remote[i]);
 	free(d->remote);
-	free(d->qbuf);
+	queue_spool_abort(&d->spool);
+	if (d->signer)
+		dkim_signer_abort(d->signer);
 	free(d->users);
 	free(d->folders);
 	free(d->overflow);
@@ -935,22 +940,72 @@ static void store_error_reply(struct smtp_session *ss, int rc)
 	       strerror(-rc));
 }
 
-/* Collects the message for the outbound queue. */
-static int queue_put(struct smtp_delivery *d, struct span chunk)
+/* The queue spool can take more: go on reading unless the store still
+ * holds bytes back. */
+static void queue_ready(void *arg)
 {
-	if (d->qlen + chunk.len > d->qcap) {
-		size_t cap = d->qcap ? d->qcap : 16384;
-		while (cap < d->qlen + chunk.len)
-			cap *= 2;
-		uint8_t *b = realloc(d->qbuf, cap);
-		if (!b)
-			return -ENOMEM;
-		d->qbuf = b;
-		d->qcap = cap;
+	struct smtp_session *ss = arg;
+	ss->d.qwait = false;
+	if (!ss->dead && !ss->d.overflow_len && !ss->d.finish_pending && ss->state != SMTP_S_BUSY)
+		stream_resume(ss->s);
+}
+
+/* Starts writing the message to the outbound queue, and the DKIM signer
+ * for the sender's domain over the same bytes. */
+static int queue_begin(struct smtp_session *ss)
+{
+	struct smtp_delivery *d = &ss->d;
+	struct queue_rcpt_in *rin = calloc(d->nremote, sizeof(*rin));
+	if (!rin)
+		return -ENOMEM;
+	for (size_t i = 0; i < d->nremote; i++) {
+		rin[i].addr = d->remote[i];
+		/* The DSN parameters of the RCPT that named it (none for an
+		 * alias's expansion). */
+		for (size_t k = 0; k < ss->nrcpts; k++)
+			if (!strcasecmp(ss->rcpts[k].addr, d->remote[i])) {
+				rin[i].notify = ss->rcpts[k].notify;
+				const char *o = ss->rcpts[k].orcpt;
+				rin[i].orcpt = o && strlen(o) < QUEUE_XTEXT_MAX ? o : NULL;
+				break;
+			}
 	}
-	if (chunk.len)
-		memcpy(d->qbuf + d->qlen, chunk.p, chunk.len);
-	d->qlen += chunk.len;
+	struct queue_env env = {
+		.from = ss->from_null ? "" : ss->from,
+		.envid = ss->envid[0] ? ss->envid : NULL,
+		.ret = ss->ret == SMTP_RET_HDRS	  ? QUEUE_RET_HDRS
+		       : ss->ret == SMTP_RET_FULL ? QUEUE_RET_FULL
+						  : QUEUE_RET_DEFAULT,
+		.rcpts = rin,
+		.nrcpts = d->nremote,
+	};
+	int rc = queue_spool_begin(ss->sv->queue, stream_loop(ss->s), &env, queue_ready, ss,
+				   &d->spool);
+	free(rin);
+	if (rc)
+		return rc == -ENOMEM ? -ENOMEM : -EAGAIN;
+	const char *at = strrchr(ss->from, '@');
+	struct dkim *dk = atomic_load_explicit(&ss->sv->dkim, memory_order_acquire);
+	if (!ss->from_null && at && dk)
+		d->signer = dkim_signer_begin(dk, at + 1);
+	return 0;
+}
+
+/* Gives bytes to the outbound queue (and the signer). Input pauses while
+ * the spool's buffer is full: only a bounded part of the message is ever
+ * in memory. */
+static int queue_put(struct smtp_session *ss, struct span chunk)
+{
+	struct smtp_delivery *d = &ss->d;
+	if (d->signer)
+		dkim_signer_feed(d->signer, chunk.p, chunk.len);
+	int rc = queue_spool_write(d->spool, chunk.p, chunk.len);
+	if (rc < 0)
+		return rc;
+	if (rc == 1) {
+		d->qwait = true;
+		stream_pause(ss->s);
+	}
 	return 0;
 }
 
@@ -981,8 +1036,11 @@ static int write_received(struct smtp_session *ss)
 	if ((size_t)n >= sizeof(buf))
 		return -ENAMETOOLONG;
 	mime_scan_feed(ss->d.mime, span_make(buf, (size_t)n));
-	if (ss->d.nremote && queue_put(&ss->d, span_make(buf, (size_t)n)))
-		return -ENOMEM;
+	if (ss->d.spool) {
+		int rc = queue_put(ss, span_make(buf, (size_t)n));
+		if (rc)
+			return rc;
+	}
 	if (!ss->d.append)
 		return 0;
 	ssize_t w = store_append_write(ss->d.append, span_make(buf, (size_t)n));
@@ -1005,6 +1063,8 @@ static void delivery_opened(struct smtp_session *ss)
 		mime_scan_init(d->mime);
 		mime_scan_limits(d->mime, cfg_of(ss)->mime_depth_max, cfg_of(ss)->mime_parts_max);
 	}
+	if (!rc && d->nremote)
+		rc = queue_begin(ss);
 	if (!rc && d->ntargets)
 		rc = store_append_begin(stream_loop(ss->s), d->folders, d->ntargets, time(NULL), 0,
 					NULL, 0, store_ready, ss, &d->append);
@@ -1027,7 +1087,8 @@ static void delivery_opened(struct smtp_session *ss)
 		reply(ss, "354 End data with <CR><LF>.<CR><LF>");
 	}
 	arm_timer(ss);
-	stream_resume(ss->s);
+	if (!d->qwait)
+		stream_resume(ss->s);
 }
 
 /* Gives bytes to the append; what it cannot take now waits in the overflow
@@ -1038,9 +1099,12 @@ static void store_put(struct smtp_session *ss, struct span chunk)
 	if (d->write_rc || chunk.len == 0)
 		return;
 	mime_scan_feed(d->mime, chunk);
-	if (d->nremote && queue_put(d, chunk)) {
-		d->write_rc = -ENOMEM;
-		return;
+	if (d->spool) {
+		int rc = queue_put(ss, chunk);
+		if (rc) {
+			d->write_rc = rc;
+			return;
+		}
 	}
 	if (!d->append)
 		return;
@@ -1088,7 +1152,8 @@ static void store_ready(void *arg)
 		delivery_finish(ss);
 		return;
 	}
-	stream_resume(ss->s);
+	if (!d->qwait)
+		stream_resume(ss->s);
 }
 
 static void delivery_done(struct smtp_session *ss, int res);
@@ -1215,12 +1280,18 @@ static void delivery_finish(struct smtp_session *ss)
 	d->mime = NULL;
 	d->waiting = (d->append ? 1u : 0u) + (d->nremote ? 1u : 0u);
 	d->final_rc = 0;
-	if (d->nremote) {
+	if (d->spool) {
 		/* The queue copy first, so a failure to start it needs no undo. */
-		int qrc = queue_submit(ss->sv->queue, stream_loop(ss->s),
-				       ss->from_null ? "" : ss->from,
-				       (const char *const *)d->remote, d->nremote, d->qbuf, d->qlen,
-				       queued_done, ss);
+		const char *why = d->signer ? dkim_signer_error(d->signer) : NULL;
+		char *sig = d->signer ? dkim_signer_finish(d->signer) : NULL;
+		if (d->signer && !sig)
+			LOG_AT(stream_log(ss->s), LOG_WARN, stream_sid(ss->s), "dkim-unsigned",
+			       "reason=\"%s\"", why ? why : "signing failed");
+		d->signer = NULL;
+		struct queue_spool *sp = d->spool;
+		d->spool = NULL;
+		int qrc = queue_spool_commit(sp, sig, queued_done, ss);
+		free(sig);
 		if (qrc) {
 			free(blob);
 			store_error_reply(ss, qrc == -ENOMEM ? -ENOMEM : -EAGAIN);
@@ -1231,9 +1302,6 @@ static void delivery_finish(struct smtp_session *ss)
 			return;
 		}
 		ss->pending++;
-		free(d->qbuf); /* the queue copied it */
-		d->qbuf = NULL;
-		d->qlen = d->qcap = 0;
 	}
 	if (d->append) {
 		ss->pending++;

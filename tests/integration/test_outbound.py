@@ -369,3 +369,398 @@ def test_kill9_during_delivery_loses_nothing(tmp_path, dns):
         remote.stop()
         sender.expect_exit = None
         sender.stop()
+
+
+def test_large_message_streams_byte_exact(pair):
+    """A message (2.6 MB) far larger than the spool buffer and the read chunk
+    (64 KiB each), with dots at line starts on both sides of chunk
+    boundaries, arrives byte-exact: it was streamed to the queue file and
+    read back in pieces, never held whole."""
+    sender, remote = pair
+    tok = token()
+    lines = []
+    for i in range(60000):
+        lines.append((b"." if i % 7 == 0 else b"") + b"line %06d " % i + b"y" * (i % 61))
+    body = b"\r\n".join(lines) + b"\r\n"
+    msg = message(tok, body=body, frm=ALICE, to=BOB)
+    assert len(msg) > 2 * 1024 * 1024
+    submit(sender, BOB, msg)
+    got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 60)
+    assert len(got) == 1, (sender.log()[-3000:], remote.log()[-3000:])
+    assert strip_all_received(got[0]) == msg
+    assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+
+
+def submit_dsn(sender, to, msg, mail_options=(), rcpt_options=()):
+    with smtplib.SMTP_SSL("localhost", sender.port(465), timeout=30,
+                          context=sender.ssl_context()) as c:
+        c.ehlo("client.example")
+        assert c.has_extn("dsn")
+        c.login(ALICE, ALICE_PW)
+        refused = c.sendmail(ALICE, [to], msg, mail_options=list(mail_options),
+                             rcpt_options=list(rcpt_options))
+        assert not refused, refused
+
+
+def bounces_of(sender, tok):
+    return [m for m in sender.messages(ALICE) if tok.encode() in m and b"multipart/report" in m]
+
+
+def test_dsn_notify_never_no_bounce(pair):
+    sender, _ = pair
+    tok = token()
+    nobody = "nobody3@remote.example"
+    mark = len(sender.log())
+    submit_dsn(sender, nobody, message(tok, frm=ALICE, to=nobody), rcpt_options=["NOTIFY=NEVER"])
+    assert wait_for(lambda: "event=outbound-dsn-skipped" in sender.log()[mark:], 20), \
+        sender.log()[-3000:]
+    assert "reason=notify" in sender.log()[mark:]
+    assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+    time.sleep(1)
+    assert not bounces_of(sender, tok)
+
+
+def test_dsn_ret_hdrs_envid_orcpt(pair):
+    """RET=HDRS: the bounce carries the header only; ENVID and ORCPT come
+    back as Original-Envelope-Id and Original-Recipient. RET=FULL, the
+    contrast: the whole message comes back."""
+    sender, _ = pair
+    nobody = "nobody4@remote.example"
+    tok_h, tok_f = token(), token()
+    body_h = b"body-marker-" + tok_h.encode()[::-1] + b"\r\n"
+    body_f = b"body-marker-" + tok_f.encode()[::-1] + b"\r\n"
+    submit_dsn(sender, nobody, message(tok_h, body=body_h, frm=ALICE, to=nobody),
+               mail_options=["RET=HDRS", "ENVID=env-" + tok_h],
+               rcpt_options=["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;orig-" + nobody])
+    submit_dsn(sender, nobody, message(tok_f, body=body_f, frm=ALICE, to=nobody),
+               mail_options=["RET=FULL"])
+    got_h = wait_for(lambda: bounces_of(sender, tok_h), 20)
+    got_f = wait_for(lambda: bounces_of(sender, tok_f), 20)
+    assert len(got_h) == 1 and len(got_f) == 1, sender.log()[-3000:]
+    h, f = got_h[0], got_f[0]
+    assert b"Original-Envelope-Id: env-" + tok_h.encode() + b"\r\n" in h
+    assert b"Original-Recipient: rfc822; orig-" + nobody.encode() + b"\r\n" in h
+    assert b"Final-Recipient: rfc822; " + nobody.encode() in h
+    assert b"Content-Type: text/rfc822-headers" in h
+    assert body_h not in h
+    assert b"Content-Type: message/rfc822" in f
+    assert body_f in f
+    assert b"Original-Envelope-Id" not in f
+
+
+@pytest.mark.parametrize("port,tls,listener", [(587, "starttls", "submission"),
+                                               (465, "implicit", "smtps")])
+def test_smart_host_relays_with_auth(tmp_path, dns, port, tls, listener):
+    """smart_host: everything goes to one host:port (here a second ringmail's
+    587 with STARTTLS, or its 465 with implicit TLS; then AUTH PLAIN as
+    smart_user), not to the MX. The MX lookup would find remote.example's
+    port 25; the remote's log shows the submission listener and the AUTH
+    instead."""
+    relay_user, relay_pw = ALICE, "relay-Secret-9"
+    remote = make_remote(tmp_path / "remote", users={BOB: BOB_PW, relay_user: relay_pw})
+    remote.start()
+    mark = len(remote.log())
+    extra = (f"smart_host = 127.0.0.1:{remote.port(port)}\nsmart_tls = {tls}\n"
+             f"smart_user = {relay_user}\nsmart_password = {relay_pw}\n")
+    # mx_port points nowhere: only the smart host can deliver.
+    sender = make_sender(tmp_path / "sender", dns, conftest.free_port_offset() + 25, extra)
+    sender.start()
+    try:
+        tok = token()
+        msg = message(tok, frm=ALICE, to=BOB)
+        submit(sender, BOB, msg)
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1, sender.log()[-3000:]
+        assert strip_all_received(got[0]) == msg
+        rlog = remote.log()[mark:]
+        conns = [l for l in rlog.splitlines() if "event=connect" in l]
+        assert conns and all(f"listener={listener} " in l + " " for l in conns), conns
+        assert f"event=smtp-auth result=ok user={relay_user}" in rlog
+        assert f"(authenticated as {relay_user})".encode() in got[0]
+        assert relay_pw not in sender.log() and relay_pw not in rlog
+        assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+    finally:
+        remote.expect_exit = None
+        remote.stop()
+        sender.expect_exit = None
+        sender.stop()
+
+
+def test_connection_reused_for_messages_to_one_destination(tmp_path, dns):
+    """Five messages wait for a down MX; with max_per_domain = 1 and every
+    message due at once (queue flush, which also shows the flush command
+    works), one connection carries all five transactions: the remote sees
+    one SMTP connection."""
+    remote_offset = conftest.free_port_offset()
+    conf = (f"[outbound]\ndns = {dns}\nmx_port = {25 + remote_offset}\nretry_min = 1h\n"
+            f"retry_max = 2h\ntimeout = 10s\nmax_per_domain = 1\n")
+    sender = Server(tmp_path / "sender", users={ALICE: ALICE_PW}, aliases="", extra_config=conf)
+    sender.start()
+    remote = make_remote(tmp_path / "remote", offset=remote_offset)
+    try:
+        toks = [token() for _ in range(5)]
+        for tok in toks:
+            submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+        assert wait_for(lambda: sender.log().count("event=outbound-deferred") >= 5, 20), \
+            sender.log()[-2000:]
+        remote.start()
+        mark = len(remote.log())
+        r = conftest.run_cli("queue", "flush", "--data", sender.data_dir)
+        assert r.returncode == 0, r.stderr
+
+        def all_there():
+            msgs = remote.messages(BOB)
+            return all(find(msgs, t.encode()) for t in toks)
+        assert wait_for(all_there, 30), sender.log()[-3000:]
+        assert wait_for(lambda: not queue_files(sender), 10)
+        connects = [l for l in remote.log()[mark:].splitlines()
+                    if "event=connect" in l and "listener=smtp " in l + " "]
+        assert len(connects) == 1, connects
+        assert sender.log().count("reuse=") == 4
+    finally:
+        remote.expect_exit = None
+        remote.stop()
+        sender.expect_exit = None
+        sender.stop()
+
+
+def smtp_connects(log):
+    return [l for l in log.splitlines() if "event=connect" in l and "listener=smtp " in l + " "]
+
+
+def test_idle_connection_reused_then_closed(tmp_path, dns):
+    """After a transaction the connection stays open (connection_idle): a
+    message submitted a moment later goes over it without a new connect;
+    once idle longer than connection_idle the sender says QUIT."""
+    remote = make_remote(tmp_path / "remote")
+    remote.start()
+    sender = make_sender(tmp_path / "sender", dns, remote.port(25), "connection_idle = 4s\n")
+    sender.start()
+    try:
+        mark = len(remote.log())
+        tok1, tok2 = token(), token()
+        submit(sender, BOB, message(tok1, frm=ALICE, to=BOB))
+        assert wait_for(lambda: find(remote.messages(BOB), tok1.encode()), 20), sender.log()[-3000:]
+        submit(sender, BOB, message(tok2, frm=ALICE, to=BOB))
+        assert wait_for(lambda: find(remote.messages(BOB), tok2.encode()), 20), sender.log()[-3000:]
+        assert len(smtp_connects(remote.log()[mark:])) == 1, remote.log()[mark:]
+        assert "reuse=1" in sender.log()
+        sid = smtp_connects(remote.log()[mark:])[0].split("sid=")[1].split()[0]
+        # Idle for connection_idle (4 s): QUIT, and the remote closes the session.
+        assert wait_for(lambda: f"sid={sid} event=close" in remote.log(), 20), remote.log()[-2000:]
+    finally:
+        remote.expect_exit = None
+        remote.stop()
+        sender.expect_exit = None
+        sender.stop()
+
+
+class BrokenMX:
+    """A fake MX on loopback that accepts MAIL, RCPT and DATA, reads part
+    of the message, then drops the connection without a final reply; with
+    drop=False it takes the whole message and answers 250. It records the
+    command lines it got."""
+
+    def __init__(self, drop=True, ehlo=b"8BITMIME"):
+        import threading
+        self.drop, self.ehlo, self.lines = drop, ehlo, []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.dropped = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with c:
+                c.settimeout(10)
+                f = c.makefile("rb")
+                c.sendall(b"220 broken.example ESMTP\r\n")
+                try:
+                    while True:
+                        line = f.readline()
+                        if not line:
+                            break
+                        self.lines.append(line.rstrip(b"\r\n"))
+                        verb = line[:4].upper()
+                        if verb in (b"EHLO", b"HELO"):
+                            c.sendall(b"250-broken.example\r\n250 " + self.ehlo + b"\r\n")
+                        elif verb == b"DATA" and not self.drop:
+                            c.sendall(b"354 go on\r\n")
+                            while f.readline() not in (b".\r\n", b""):
+                                pass
+                            c.sendall(b"250 2.0.0 taken\r\n")
+                        elif verb == b"DATA":
+                            c.sendall(b"354 go on\r\n")
+                            f.read(1000)
+                            self.dropped += 1
+                            break
+                        elif verb == b"QUIT":
+                            c.sendall(b"221 bye\r\n")
+                            break
+                        else:
+                            c.sendall(b"250 ok\r\n")
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_connection_lost_mid_data_is_not_sent(tmp_path, dns):
+    """RCPT got 250, the MX drops the connection in the middle of the
+    message: the recipient is deferred, not counted as sent; the message
+    stays queued and reaches the real MX later."""
+    mx = BrokenMX()
+    sender = make_sender(tmp_path / "sender", dns, mx.port)
+    sender.start()
+    remote = None
+    try:
+        tok = token()
+        msg = message(tok, body=(b"z" * 70 + b"\r\n") * 500, frm=ALICE, to=BOB)
+        submit(sender, BOB, msg)
+        assert wait_for(lambda: "event=outbound-deferred" in sender.log(), 20), sender.log()[-3000:]
+        assert mx.dropped >= 1
+        assert "event=outbound-sent" not in sender.log()
+        assert len(queue_files(sender)) == 1
+        # The real MX takes its port over; the retry delivers the message.
+        mx.close()
+        sender.proc.kill()
+        sender.proc.wait()
+        remote = make_remote(tmp_path / "remote")
+        remote.start()
+        cfg = Path(sender.config_path).read_text().replace(f"mx_port = {mx.port}",
+                                                           f"mx_port = {remote.port(25)}")
+        Path(sender.config_path).write_text(cfg)
+        conftest.Server.start(sender)
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1, sender.log()[-3000:]
+        assert strip_all_received(got[0]) == msg
+    finally:
+        mx.close()
+        if remote:
+            remote.expect_exit = None
+            remote.stop()
+        sender.expect_exit = None
+        sender.stop()
+
+
+def test_dsn_notify_delay_warns_once(tmp_path, dns):
+    """NOTIFY=DELAY: once a recipient has waited delay_warning, the sender
+    gets one delay DSN (Action: delayed, Status 4.x.x, Will-Retry-Until),
+    not one per retry; the message stays queued."""
+    dead = conftest.free_port_offset() + 25  # nothing listens there
+    sender = make_sender(tmp_path / "sender", dns, dead, "delay_warning = 1s\n")
+    sender.start()
+    try:
+        tok = token()
+        submit_dsn(sender, BOB, message(tok, frm=ALICE, to=BOB),
+                   rcpt_options=["NOTIFY=DELAY,FAILURE"])
+
+        def delays():
+            return [m for m in sender.messages(ALICE) if tok.encode() in m and
+                    b"Action: delayed" in m]
+        got = wait_for(delays, 30)
+        assert len(got) == 1, sender.log()[-3000:]
+        d = got[0]
+        assert b"Subject: Delayed Mail" in d
+        assert b"Status: 4." in d
+        assert b"Will-Retry-Until: " in d
+        assert b"Final-Recipient: rfc822; " + BOB.encode() in d
+        # More retries happen (retry_max 2s); still one warning.
+        mark = sender.log().count("event=outbound-deferred")
+        assert wait_for(lambda: sender.log().count("event=outbound-deferred") >= mark + 2, 20)
+        assert len(delays()) == 1
+        assert len(queue_files(sender)) == 1
+    finally:
+        sender.expect_exit = None
+        sender.stop()
+
+
+def write_queued(qdir, qid, frm, rcpt, body, state=None):
+    """A queue entry as the server writes it (RMQ2, docs/queue.md)."""
+    env = (f"id {qid}\ncreated {int(time.time() * 1000)}\nfrom {frm}\nrcpt {rcpt}\n\n").encode()
+    first = b"RMQ2 %020d %010d\n" % (len(body), 0)
+    (qdir / f"{qid}.msg").write_bytes(first + env + body)
+    if state is not None:
+        (qdir / f"{qid}.st").write_text(state)
+
+
+def test_bounce_made_once_across_a_crash(tmp_path, dns):
+    """The two states a crash can leave while a bounce is made, written by
+    hand: (a) the recipient failed (state 2) and its bounce already queued
+    beside it as <id>d0 — the restart delivers that bounce and makes no
+    second one; (b) failed with no bounce yet — the restart makes one.
+    Either way exactly one DSN reaches the sender."""
+    sender = make_sender(tmp_path / "sender", dns, conftest.free_port_offset() + 25)
+    sender.start()
+    sender.proc.kill()
+    sender.proc.wait()
+    qdir = Path(sender.data_dir) / "queue"
+    tok_a, tok_b = token(), token()
+    ida, idb = "1a2000000000000000a", "1a2000000000000000b"
+    last = "550 5.1.1 no such user"
+    for qid, tok in ((ida, tok_a), (idb, tok_b)):
+        write_queued(qdir, qid, ALICE, "gone@remote.example", message(tok, frm=ALICE, to=BOB),
+                     state=f"0 2 1 0 {last}\n")
+    dsn_a = (f"From: Mail Delivery System <MAILER-DAEMON@mail.example.com>\r\nTo: <{ALICE}>\r\n"
+             f"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <{ida}.0.dsn@x>\r\n"
+             f"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+             f"--b\r\n\r\n{tok_a} {last}\r\n--b--\r\n").encode()
+    write_queued(qdir, ida + "d0", "", ALICE, dsn_a)
+    conftest.Server.start(sender)
+    try:
+        def dsns(tok):
+            return [m for m in sender.messages(ALICE) if tok.encode() in m and
+                    b"multipart/report" in m]
+        assert wait_for(lambda: dsns(tok_a) and dsns(tok_b), 20), sender.log()[-3000:]
+        assert wait_for(lambda: not queue_files(sender), 20), queue_files(sender)
+        time.sleep(1)
+        log = sender.log()
+        # (a): the bounce on disk is the bounce; none is made again.
+        assert f"event=outbound-dsn id={ida} " not in log, log[-3000:]
+        assert log.count(f"event=outbound-dsn id={idb} ") == 1, log[-3000:]
+        assert "local delivery failed" not in log, log[-3000:]
+        assert len(dsns(tok_a)) == 1, dsns(tok_a)
+        assert len(dsns(tok_b)) == 1, dsns(tok_b)
+        assert b"Final-Recipient: rfc822; gone@remote.example" in dsns(tok_b)[0]
+    finally:
+        sender.expect_exit = None
+        sender.stop()
+
+
+def test_dsn_parameters_passed_to_a_next_hop_that_offers_dsn(tmp_path, dns):
+    """The next hop advertises DSN: MAIL carries RET and ENVID, RCPT carries
+    NOTIFY and ORCPT as the client gave them. Without DSN advertised they
+    are left out (RFC 3461 4.1 and 5.2)."""
+    for ehlo, expect in ((b"DSN", True), (b"8BITMIME", False)):
+        mx = BrokenMX(drop=False, ehlo=ehlo)
+        sender = make_sender(tmp_path / f"sender-{expect}", dns, mx.port)
+        sender.start()
+        try:
+            tok = token()
+            submit_dsn(sender, BOB, message(tok, frm=ALICE, to=BOB),
+                       mail_options=["RET=HDRS", "ENVID=env-" + tok],
+                       rcpt_options=["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;orig@example.org"])
+            assert wait_for(lambda: "event=outbound-sent" in sender.log(), 20), sender.log()[-3000:]
+            mail = [l for l in mx.lines if l.upper().startswith(b"MAIL FROM:")]
+            rcpt = [l for l in mx.lines if l.upper().startswith(b"RCPT TO:")]
+            assert len(mail) == 1 and len(rcpt) == 1, mx.lines
+            if expect:
+                assert b" RET=HDRS" in mail[0] and b" ENVID=env-" + tok.encode() in mail[0], mail
+                assert b" NOTIFY=FAILURE,DELAY" in rcpt[0], rcpt
+                assert b" ORCPT=rfc822;orig@example.org" in rcpt[0], rcpt
+            else:
+                assert b"RET=" not in mail[0] and b"ENVID=" not in mail[0], mail
+                assert b"NOTIFY=" not in rcpt[0] and b"ORCPT=" not in rcpt[0], rcpt
+        finally:
+            mx.close()
+            sender.expect_exit = None
+            sender.stop()
