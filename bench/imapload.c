@@ -132,7 +132,7 @@ struct client {
 	uint64_t lit_left;        /* literal bytes still to skip */
 	uint64_t exists, fetched;
 	uint64_t t_start_ns, t_op_ns, deadline_ns;
-	char tag;
+	uint32_t tag;             /* the current command's tag is "a<tag>" */
 	uint32_t gen;             /* bumped by every client_start */
 };
 
@@ -304,7 +304,7 @@ static void client_start(struct load *l, struct client *c)
 	c->line_len = 0;
 	c->lit_left = 0;
 	c->exists = c->fetched = 0;
-	c->tag = 'a';
+	c->tag = 0;
 	c->gen++;
 	c->t_start_ns = now_ns();
 	c->deadline_ns = c->t_start_ns + (uint64_t)o->timeout_ms * 1000000u;
@@ -389,7 +389,7 @@ static void next_cmd(struct load *l, struct client *c, enum step st, const char 
 {
 	char cmd[512];
 	c->tag++;
-	int n = snprintf(cmd, sizeof(cmd), "%c ", c->tag);
+	int n = snprintf(cmd, sizeof(cmd), "a%" PRIu32 " ", c->tag);
 	snprintf(cmd + n, sizeof(cmd) - (size_t)n, fmt, arg1, arg2);
 	c->step = st;
 	if (!client_cmd(l, c, cmd))
@@ -518,10 +518,13 @@ static void on_line(struct load *l, struct client *c, const char *s, size_t n)
 			client_fail(l, c, ERR_BAD_REPLY, "unexpected continuation: ", s);
 		return;
 	}
-	if (n >= 2 && s[0] == c->tag && s[1] == ' ') {
-		if (strncasecmp(s + 2, "OK", 2) == 0)
+	char *rest;
+	if (n >= 3 && s[0] == 'a' && strtoul(s + 1, &rest, 10) == c->tag && rest != s + 1 &&
+	    *rest == ' ') {
+		rest++;
+		if (strncasecmp(rest, "OK", 2) == 0)
 			step_ok(l, c);
-		else if (strncasecmp(s + 2, "NO", 2) == 0)
+		else if (strncasecmp(rest, "NO", 2) == 0)
 			client_fail(l, c, ERR_NO, "", s);
 		else
 			client_fail(l, c, ERR_BAD, "", s);
