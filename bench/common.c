@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -281,13 +282,104 @@ struct mem_sample mem_from_cgroup(const char *dir)
 	return sum;
 }
 
-bool parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *v_r)
+static bool parse_num(const char *s, bool suffix, uint64_t min, uint64_t max, uint64_t *v_r)
 {
 	char *end;
 	errno = 0;
 	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || v < min || v > max)
+	if (errno || end == s)
+		return false;
+	if (suffix && (*end == 'k' || *end == 'K'))
+		v *= 1024, end++;
+	else if (suffix && (*end == 'm' || *end == 'M'))
+		v *= 1024 * 1024, end++;
+	if (*end || v < min || v > max)
 		return false;
 	*v_r = v;
 	return true;
+}
+
+bool parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *v_r)
+{
+	return parse_num(s, false, min, max, v_r);
+}
+
+bool parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *v_r)
+{
+	return parse_num(s, true, min, max, v_r);
+}
+
+/* ---- the load generators' plumbing ---- */
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+int bench_resolve(const char *prog, const char *host, const char *port, int src_addrs,
+		  struct bench_addrs *a)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
+	struct addrinfo *ai;
+	int rc = getaddrinfo(host, port, &hints, &ai);
+	if (rc != 0) {
+		fprintf(stderr, "%s: %s:%s: %s\n", prog, host, port, gai_strerror(rc));
+		return -1;
+	}
+	memcpy(&a->dst, ai->ai_addr, ai->ai_addrlen);
+	a->dst_len = ai->ai_addrlen;
+	freeaddrinfo(ai);
+	bool loopback4 = a->dst.ss_family == AF_INET &&
+		(ntohl(((struct sockaddr_in *)&a->dst)->sin_addr.s_addr) >> 24) == 127;
+	int n = src_addrs < 0 ? (loopback4 ? BENCH_DEFAULT_SRC_ADDRS : 0) : src_addrs;
+	if (n > BENCH_MAX_SRC_ADDRS)
+		n = BENCH_MAX_SRC_ADDRS;
+	if (n > 0 && !loopback4) {
+		fprintf(stderr, "%s: --src-addrs needs an IPv4 loopback destination\n", prog);
+		return -1;
+	}
+	for (int i = 0; i < n; i++) {
+		a->src[i].sin_family = AF_INET;
+		a->src[i].sin_port = 0;
+		a->src[i].sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)i);
+	}
+	a->nsrc = (unsigned)n;
+	a->next_src = 0;
+	return 0;
+}
+
+int bench_socket(struct bench_addrs *a)
+{
+	int fd = socket(a->dst.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || !a->nsrc)
+		return fd;
+	int one = 1;
+	const struct sockaddr_in *src = &a->src[a->next_src++ % a->nsrc];
+	if (setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) < 0 ||
+	    bind(fd, (const struct sockaddr *)src, sizeof(*src)) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+int bench_ring_init(const char *prog, struct io_uring *ring, unsigned nclients, bool *unavailable)
+{
+	unsigned sq = 64;
+	while (sq < nclients + 16 && sq < 4096)
+		sq <<= 1;
+	struct io_uring_params p = { .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER |
+						IORING_SETUP_DEFER_TASKRUN,
+				     .cq_entries = 2 * nclients + 64 };
+	int rc = io_uring_queue_init_params(sq, ring, &p);
+	if (rc == -EINVAL) {
+		p = (struct io_uring_params){ .flags = IORING_SETUP_CQSIZE,
+					      .cq_entries = 2 * nclients + 64 };
+		rc = io_uring_queue_init_params(sq, ring, &p);
+	}
+	*unavailable = rc == -ENOSYS || rc == -EPERM;
+	if (rc < 0)
+		fprintf(stderr, "%s: io_uring_queue_init: %s\n", prog, strerror(-rc));
+	return rc;
 }

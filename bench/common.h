@@ -4,9 +4,12 @@
 #ifndef BENCH_COMMON_H
 #define BENCH_COMMON_H
 
+#include <liburing.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 uint64_t now_ns(void);
 
@@ -61,7 +64,34 @@ struct mem_sample mem_from_pid(long pid);
 struct mem_sample mem_from_cgroup(const char *dir);
 void mem_add(struct mem_sample *into, const struct mem_sample *m);
 
+/* ---- the load generators' plumbing ---- */
+
+enum { BENCH_MAX_SRC_ADDRS = 250, BENCH_DEFAULT_SRC_ADDRS = 16 };
+
+/* The server's address, and the source addresses 127.0.0.1..N the client
+ * sockets bind to (IP_BIND_ADDRESS_NO_PORT: each has its own ports). */
+struct bench_addrs {
+	struct sockaddr_storage dst;
+	socklen_t dst_len;
+	struct sockaddr_in src[BENCH_MAX_SRC_ADDRS];
+	unsigned nsrc, next_src;
+};
+
+/* Resolves host:port; src_addrs < 0: BENCH_DEFAULT_SRC_ADDRS for an IPv4
+ * loopback destination, else none. Prints why on failure (as prog). */
+int bench_resolve(const char *prog, const char *host, const char *port, int src_addrs,
+		  struct bench_addrs *a);
+/* A TCP socket to a->dst, bound to the next source
+ * address; -1 with errno on failure. */
+int bench_socket(struct bench_addrs *a);
+/* A ring for nclients clients with one operation and one cancel each
+ * (SINGLE_ISSUER + DEFER_TASKRUN when the kernel has them). Returns 0 or
+ * -errno; *unavailable is set when io_uring is missing or forbidden. */
+int bench_ring_init(const char *prog, struct io_uring *ring, unsigned nclients, bool *unavailable);
+
 /* Parses an unsigned decimal in [min, max]. */
 bool parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *v_r);
+/* The same with an optional k/K (x1024) or m/M (x1048576) suffix. */
+bool parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *v_r);
 
 #endif

@@ -50,15 +50,10 @@
 
 #include "common.h"
 
-#ifndef IP_BIND_ADDRESS_NO_PORT
-#define IP_BIND_ADDRESS_NO_PORT 24
-#endif
-
 enum {
 	RBUF = 32768,             /* receive buffer (ciphertext with TLS) */
 	LINE_MAX_KEPT = 2048,     /* a response line's first bytes kept; the rest skipped */
 	TICK_MS = 20,
-	MAX_SRC_ADDRS = 250,
 	MAX_SERVERS = 16,
 	EXIT_SKIP = 77,
 };
@@ -140,10 +135,7 @@ struct load {
 	const struct opts *o;
 	struct io_uring ring;
 	WOLFSSL_CTX *ctx;
-	struct sockaddr_storage dst;
-	socklen_t dst_len;
-	struct sockaddr_in src[MAX_SRC_ADDRS];
-	unsigned nsrc, next_src;
+	struct bench_addrs addr;
 	struct client *cl;
 	unsigned ncl;
 	unsigned active;          /* clients not free */
@@ -152,7 +144,7 @@ struct load {
 	uint64_t launched;
 	uint64_t end_ns, hard_end_ns;
 	bool stopping;            /* no new cycle, command or connection */
-	bool holding;             /* idle: everything launched is held */
+	bool ring_ok;
 	struct __kernel_timespec tick_ts;
 	struct result *res;
 	uint8_t plain[16384];     /* wolfSSL_read's output */
@@ -309,21 +301,10 @@ static void client_start(struct load *l, struct client *c)
 	c->t_start_ns = now_ns();
 	c->deadline_ns = c->t_start_ns + (uint64_t)o->timeout_ms * 1000000u;
 	l->launched++;
-	c->fd = socket(l->dst.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	c->fd = bench_socket(&l->addr);
 	if (c->fd < 0) {
 		set_err(l, ERR_OTHER, "socket: ", strerror(errno));
 		return; /* retried from the tick */
-	}
-	if (l->nsrc) {
-		int one = 1;
-		const struct sockaddr_in *src = &l->src[l->next_src++ % l->nsrc];
-		if (setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) < 0 ||
-		    bind(c->fd, (const struct sockaddr *)src, sizeof(*src)) < 0) {
-			set_err(l, ERR_OTHER, "bind: ", strerror(errno));
-			close(c->fd);
-			c->fd = -1;
-			return;
-		}
 	}
 	if (o->tls) {
 		c->ssl = wolfSSL_new(l->ctx);
@@ -341,7 +322,7 @@ static void client_start(struct load *l, struct client *c)
 		l->establishing++;
 	c->step = ST_CONNECT;
 	struct io_uring_sqe *sqe = load_sqe(l);
-	io_uring_prep_connect(sqe, c->fd, (const struct sockaddr *)&l->dst, l->dst_len);
+	io_uring_prep_connect(sqe, c->fd, (const struct sockaddr *)&l->addr.dst, l->addr.dst_len);
 	io_uring_sqe_set_data64(sqe, ud_of(l, c, UD_IO));
 	c->op_pending = true;
 }
@@ -739,29 +720,8 @@ static void load_tick(struct load *l)
 static int load_setup(struct load *l)
 {
 	const struct opts *o = l->o;
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
-	struct addrinfo *ai;
-	int rc = getaddrinfo(o->host, o->port, &hints, &ai);
-	if (rc != 0) {
-		fprintf(stderr, "imapload: %s:%s: %s\n", o->host, o->port, gai_strerror(rc));
+	if (bench_resolve("imapload", o->host, o->port, o->src_addrs, &l->addr) < 0)
 		return -1;
-	}
-	memcpy(&l->dst, ai->ai_addr, ai->ai_addrlen);
-	l->dst_len = ai->ai_addrlen;
-	freeaddrinfo(ai);
-	bool loopback4 = l->dst.ss_family == AF_INET &&
-		(ntohl(((struct sockaddr_in *)&l->dst)->sin_addr.s_addr) >> 24) == 127;
-	int n = o->src_addrs < 0 ? (loopback4 ? 16 : 0) : o->src_addrs;
-	if (n > 0 && !loopback4) {
-		fprintf(stderr, "imapload: --src-addrs needs an IPv4 loopback destination\n");
-		return -1;
-	}
-	for (int i = 0; i < n; i++) {
-		l->src[i].sin_family = AF_INET;
-		l->src[i].sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)i);
-	}
-	l->nsrc = (unsigned)n;
-
 	if (o->tls) {
 		l->ctx = wolfSSL_CTX_new(wolfTLSv1_3_client_method());
 		if (!l->ctx)
@@ -783,23 +743,9 @@ static int load_setup(struct load *l)
 		if (!l->cl[i].rbuf)
 			return -1;
 	}
-	unsigned sq = 64;
-	while (sq < l->ncl + 16 && sq < 4096)
-		sq <<= 1;
-	struct io_uring_params p = { .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER |
-						IORING_SETUP_DEFER_TASKRUN,
-				     .cq_entries = 2 * l->ncl + 64 };
-	rc = io_uring_queue_init_params(sq, &l->ring, &p);
-	if (rc == -EINVAL) {
-		p = (struct io_uring_params){ .flags = IORING_SETUP_CQSIZE,
-					      .cq_entries = 2 * l->ncl + 64 };
-		rc = io_uring_queue_init_params(sq, &l->ring, &p);
-	}
-	if (rc < 0) {
-		fprintf(stderr, "imapload: io_uring_queue_init: %s\n", strerror(-rc));
-		l->res->io_uring_unavailable = rc == -ENOSYS || rc == -EPERM;
+	if (bench_ring_init("imapload", &l->ring, l->ncl, &l->res->io_uring_unavailable) < 0)
 		return -1;
-	}
+	l->ring_ok = true;
 	return 0;
 }
 
@@ -946,8 +892,9 @@ static void load_run(const struct opts *o, struct result *res)
 		load_arm_tick(&l);
 		load_pump(&l, all_done);
 	}
-	io_uring_queue_exit(&l.ring);
 out:
+	if (l.ring_ok)
+		io_uring_queue_exit(&l.ring);
 	if (l.cl) {
 		for (unsigned i = 0; i < l.ncl; i++) {
 			client_free_conn(&l, &l.cl[i]);
@@ -1187,7 +1134,7 @@ int main(int argc, char **argv)
 			o.timeout_ms = (unsigned)v;
 			break;
 		case O_SRC:
-			if (!parse_u64(optarg, 0, MAX_SRC_ADDRS, &v))
+			if (!parse_u64(optarg, 0, BENCH_MAX_SRC_ADDRS, &v))
 				goto bad;
 			o.src_addrs = (int)v;
 			break;
