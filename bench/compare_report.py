@@ -44,6 +44,7 @@ def norm(r):
         "cpu": r.get("server_cpu_us_per_op", r.get("server_cpu_us_per_conn")),
         "p50": r.get("p50_us"), "p99": r.get("p99_us"), "p999": r.get("p999_us"),
         "errors": errors_of(r), "other": r.get("other_cpu_pct"),
+        "ops": r.get("ops", r.get("conns", r.get("sessions"))),
     }
     if "bytes_per_s" in r:
         n["mibps"] = r["bytes_per_s"] / 1048576
@@ -142,6 +143,12 @@ def main():
             continue
         rr, pr = get(c, "ringmail", "rate"), get(c, "peers", "rate")
         g = next((v for k, v in goals.items() if c.startswith(k)), None)
+        failed = [n for s, n in (("ringmail", "ringmail"), ("peers", peer_name(c)))
+                  if (get(c, s, "errors") or 0) > 0.01 * max(get(c, s, "ops") or 0, 1)]
+        if failed:
+            p(f"| {c} | {fmt(rc)} | {fmt(pc)} | - | - | no ratio: {' and '.join(failed)} "
+              f"failed (errors in more than 1 % of operations) |")
+            continue
         cratio = pc / rc if rc else None
         mark = ""
         if g and cratio is not None and not c.startswith("smtp"):
@@ -304,7 +311,7 @@ plot '{dat}' u 1:2 w lp lw 2 t 'ringmail cycles/s', \\
         for s in ("floor", "loopfloor", "ringmail", "peers"):
             m = med.get((c, s))
             if m and m.get("p50"):
-                name = "Postfix/Dovecot" if s == "peers" else s
+                name = peer_name(c) if s == "peers" else s
                 lat.append((f"{c} {name}", m.get("p50"), m.get("p99") or m.get("p50"),
                             m.get("p999") or m.get("p99") or m.get("p50")))
     if lat:
@@ -326,6 +333,7 @@ set xtics rotate by -40 scale 0
 set grid y
 set key top left
 set bmargin 12
+set rmargin 12
 plot '{dat}' u 2:xtic(1) t 'p50', '' u 3 t 'p99', '' u 4 t 'p999'
 """
         if run_gnuplot(script):
