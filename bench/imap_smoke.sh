@@ -19,43 +19,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_offset() {
-	local off p busy
-	for _ in $(seq 50); do
-		off=$((20000 + RANDOM % 20000))
-		busy=0
-		for p in 465 587 25 26 2025 2525 993 143 995 110 80 443; do
-			if (exec 3<>"/dev/tcp/127.0.0.1/$((p + off))") 2>/dev/null; then busy=1; break; fi
-		done
-		[ $busy = 0 ] && { echo "$off"; return; }
-	done
-	return 1
-}
+. "$(dirname "$0")/smoke_lib.sh"
 
 printf 'bench-Secret-1\n' | "$ringmail" user add r1@example.com --data "$tmp/data" >/dev/null ||
 	exit 1
-started=0
-for _try in 1 2 3 4 5; do
-	off=$(free_offset) || { echo "imap_smoke: no free ports" >&2; exit 1; }
-	"$ringmail" serve --data "$tmp/data" --port-offset "$off" --threads 1 --log-level warn \
-		2>"$tmp/err.log" &
-	pid=$!
-	for _ in $(seq 100); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$((993 + off))") 2>/dev/null && { started=1; break; }
-		if ! kill -0 "$pid" 2>/dev/null; then
-			if grep -qi "io_uring is unavailable" "$tmp/err.log"; then
-				echo "imap_smoke: io_uring unavailable, skipping" >&2
-				exit 77
-			fi
-			break
-		fi
-		sleep 0.1
-	done
-	[ $started = 1 ] && break
-	wait "$pid" 2>/dev/null
-	grep -q "already in use" "$tmp/err.log" || { cat "$tmp/err.log" >&2; exit 1; }
-done
-[ $started = 1 ] || { cat "$tmp/err.log" >&2; exit 1; }
+start_ringmail imap_smoke
 
 # Three small messages and one of 256 KiB, over SMTP on 25.
 PORT=$((25 + off)) /usr/bin/python3 - <<'PY' || exit 1
