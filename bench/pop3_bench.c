@@ -9,7 +9,8 @@
  * Blocking sockets and threads: simple, and the same client for every
  * server in a run, which is all a ratio needs.
  *
- * usage: pop3_bench HOST PORT THREADS SECONDS PASSWORD [DOMAIN] */
+ * usage: pop3_bench HOST PORT THREADS SECONDS PASSWORD [DOMAIN [PREFIX [FIRST]]]
+ * (thread N logs in as PREFIX<FIRST+N>@DOMAIN; PREFIX "user", FIRST 0) */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -36,7 +37,8 @@ struct worker {
 	size_t nlat;
 };
 
-static const char *host, *password, *domain = "example.com";
+static const char *host, *password, *domain = "example.com", *prefix = "user";
+static int first;
 static int port;
 static atomic_bool stop;
 
@@ -113,7 +115,7 @@ static int session(struct worker *w, struct sockaddr_in *sa)
 		goto out;
 	if (read_line(c, line, sizeof(line)) < 0 || line[0] != '+')
 		goto out;
-	snprintf(text, sizeof(text), "USER user%d@%s\r\n", w->idx, domain);
+	snprintf(text, sizeof(text), "USER %s%d@%s\r\n", prefix, first + w->idx, domain);
 	if (cmd(c, text))
 		goto out;
 	snprintf(text, sizeof(text), "PASS %s\r\n", password);
@@ -165,7 +167,8 @@ static int cmp_u32(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	if (argc < 6) {
-		fprintf(stderr, "usage: %s HOST PORT THREADS SECONDS PASSWORD [DOMAIN]\n", argv[0]);
+		fprintf(stderr, "usage: %s HOST PORT THREADS SECONDS PASSWORD [DOMAIN [PREFIX [FIRST]]]\n",
+			argv[0]);
 		return 1;
 	}
 	host = argv[1];
@@ -175,6 +178,10 @@ int main(int argc, char **argv)
 	password = argv[5];
 	if (argc > 6)
 		domain = argv[6];
+	if (argc > 7)
+		prefix = argv[7];
+	if (argc > 8)
+		first = atoi(argv[8]);
 	struct worker *w = calloc((size_t)nt, sizeof(*w));
 	if (!w)
 		return 1;

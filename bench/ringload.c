@@ -28,8 +28,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <liburing.h>
-#include <math.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -42,94 +40,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef IP_BIND_ADDRESS_NO_PORT
-#define IP_BIND_ADDRESS_NO_PORT 24
-#endif
+#include "common.h"
 
 enum {
 	CLIENT_BUF = 1024,        /* one client's receive buffer */
 	TICK_MS = 20,             /* deadline scan and end-of-run check */
 	DEFAULT_CLIENTS = 64,
 	DEFAULT_TIMEOUT_MS = 5000,
-	DEFAULT_SRC_ADDRS = 16,
-	MAX_SRC_ADDRS = 250,
 	MAX_PROCS = 64,
 	EXIT_SKIP = 77,
 };
-
-/* ---- histogram: log-linear, 64 linear sub-buckets per power of two ---- */
-
-enum {
-	HIST_LINEAR = 128,        /* values below are their own bucket */
-	HIST_SUB = 64,
-	HIST_BUCKETS = HIST_LINEAR + (32 - 7) * HIST_SUB,
-};
-
-struct hist {
-	uint64_t n;
-	uint64_t max;
-	uint64_t b[HIST_BUCKETS];
-};
-
-static unsigned hist_index(uint64_t v)
-{
-	if (v > UINT32_MAX)
-		v = UINT32_MAX;
-	if (v < HIST_LINEAR)
-		return (unsigned)v;
-	unsigned e = 63 - (unsigned)__builtin_clzll(v); /* 7..31 */
-	unsigned shift = e - 6;
-	unsigned sub = (unsigned)(v >> shift) - HIST_SUB; /* 0..63 */
-	return HIST_LINEAR + (e - 7) * HIST_SUB + sub;
-}
-
-/* The middle of bucket i, in the histogram's unit. */
-static uint64_t hist_value(unsigned i)
-{
-	if (i < HIST_LINEAR)
-		return i;
-	unsigned e = (i - HIST_LINEAR) / HIST_SUB + 7;
-	unsigned sub = (i - HIST_LINEAR) % HIST_SUB;
-	unsigned shift = e - 6;
-	uint64_t lo = (uint64_t)(sub + HIST_SUB) << shift;
-	return lo + (((uint64_t)1 << shift) >> 1);
-}
-
-static void hist_add(struct hist *h, uint64_t v)
-{
-	h->b[hist_index(v)]++;
-	h->n++;
-	if (v > h->max)
-		h->max = v;
-}
-
-static void hist_merge(struct hist *into, const struct hist *from)
-{
-	for (unsigned i = 0; i < HIST_BUCKETS; i++)
-		into->b[i] += from->b[i];
-	into->n += from->n;
-	if (from->max > into->max)
-		into->max = from->max;
-}
-
-/* Returns the q-quantile (0 < q <= 1), or 0 for an empty histogram. */
-static uint64_t hist_quantile(const struct hist *h, double q)
-{
-	if (h->n == 0)
-		return 0;
-	uint64_t rank = (uint64_t)ceil(q * (double)h->n);
-	if (rank == 0)
-		rank = 1;
-	uint64_t seen = 0;
-	for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-		seen += h->b[i];
-		if (seen >= rank) {
-			uint64_t v = hist_value(i);
-			return v > h->max ? h->max : v;
-		}
-	}
-	return h->max;
-}
 
 /* ---- results --------------------------------------------------------- */
 
@@ -208,10 +128,7 @@ static enum ud_op ud_op(uint64_t ud)
 struct load {
 	const struct opts *o;
 	struct io_uring ring;
-	struct sockaddr_storage dst;
-	socklen_t dst_len;
-	struct sockaddr_in src[MAX_SRC_ADDRS];
-	unsigned nsrc, next_src;
+	struct bench_addrs addr;
 	struct client *clients;
 	unsigned nclients;
 	unsigned active;           /* clients not idle */
@@ -222,13 +139,6 @@ struct load {
 	struct __kernel_timespec tick_ts;
 	struct result *res;
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* Returns an SQE; submits first when the SQ is full. NULL only if the ring
  * is broken. */
@@ -426,7 +336,7 @@ static void client_start(struct load *l, struct client *c)
 	c->deadline_ns = c->t_start_ns + (uint64_t)o->timeout_ms * 1000000u;
 	l->launched++;
 
-	c->fd = socket(l->dst.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	c->fd = bench_socket(&l->addr);
 	if (c->fd < 0) {
 		/* Out of descriptors or memory: count it, retry on the next tick. */
 		l->res->errors[ERR_OTHER]++;
@@ -434,19 +344,8 @@ static void client_start(struct load *l, struct client *c)
 		c->state = CL_IDLE;
 		return;
 	}
-	if (l->nsrc) {
-		int one = 1;
-		const struct sockaddr_in *src = &l->src[l->next_src++ % l->nsrc];
-		if (setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) < 0 ||
-		    bind(c->fd, (const struct sockaddr *)src, sizeof(*src)) < 0) {
-			l->res->errors[ERR_OTHER]++;
-			l->res->last_errno = errno;
-			client_close(c);
-			return;
-		}
-	}
 	struct io_uring_sqe *sqe = load_sqe(l);
-	io_uring_prep_connect(sqe, c->fd, (const struct sockaddr *)&l->dst, l->dst_len);
+	io_uring_prep_connect(sqe, c->fd, (const struct sockaddr *)&l->addr.dst, l->addr.dst_len);
 	io_uring_sqe_set_data64(sqe, ud_make(UD_CLIENT, (uint32_t)(c - l->clients)));
 	c->state = CL_CONNECT;
 	l->active++;
@@ -531,36 +430,6 @@ static void load_tick(struct load *l)
 	load_arm_tick(l);
 }
 
-static int load_resolve(struct load *l)
-{
-	const struct opts *o = l->o;
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
-	struct addrinfo *ai;
-	int rc = getaddrinfo(o->host, o->port, &hints, &ai);
-	if (rc != 0) {
-		fprintf(stderr, "ringload: %s:%s: %s\n", o->host, o->port, gai_strerror(rc));
-		return -1;
-	}
-	memcpy(&l->dst, ai->ai_addr, ai->ai_addrlen);
-	l->dst_len = ai->ai_addrlen;
-	freeaddrinfo(ai);
-
-	bool loopback4 = l->dst.ss_family == AF_INET &&
-		(ntohl(((struct sockaddr_in *)&l->dst)->sin_addr.s_addr) >> 24) == 127;
-	int n = o->src_addrs < 0 ? (loopback4 ? DEFAULT_SRC_ADDRS : 0) : o->src_addrs;
-	if (n > 0 && !loopback4) {
-		fprintf(stderr, "ringload: --src-addrs needs an IPv4 loopback destination\n");
-		return -1;
-	}
-	for (int i = 0; i < n; i++) {
-		l->src[i].sin_family = AF_INET;
-		l->src[i].sin_port = 0;
-		l->src[i].sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)i);
-	}
-	l->nsrc = (unsigned)n;
-	return 0;
-}
-
 /* Runs one process's share of the load into *res. */
 static void load_run(const struct opts *o, unsigned nclients, uint64_t max_conns,
 		     uint64_t end_ns, struct result *res)
@@ -570,7 +439,7 @@ static void load_run(const struct opts *o, unsigned nclients, uint64_t max_conns
 	l.end_ns = end_ns;
 	l.hard_end_ns = end_ns + (uint64_t)o->timeout_ms * 1000000u + 1000000000u;
 	l.tick_ts.tv_nsec = TICK_MS * 1000000;
-	if (load_resolve(&l) < 0) {
+	if (bench_resolve("ringload", o->host, o->port, o->src_addrs, &l.addr) < 0) {
 		res->failed = true;
 		return;
 	}
@@ -583,21 +452,8 @@ static void load_run(const struct opts *o, unsigned nclients, uint64_t max_conns
 		l.clients[i].fd = -1;
 
 	/* Each client has at most one op plus one cancel in flight. */
-	unsigned sq = 64;
-	while (sq < nclients + 16 && sq < 4096)
-		sq <<= 1;
-	struct io_uring_params p = { .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER |
-						IORING_SETUP_DEFER_TASKRUN,
-				     .cq_entries = 2 * nclients + 64 };
-	int rc = io_uring_queue_init_params(sq, &l.ring, &p);
-	if (rc == -EINVAL) {
-		p = (struct io_uring_params){ .flags = IORING_SETUP_CQSIZE,
-					      .cq_entries = 2 * nclients + 64 };
-		rc = io_uring_queue_init_params(sq, &l.ring, &p);
-	}
+	int rc = bench_ring_init("ringload", &l.ring, nclients, &res->io_uring_unavailable);
 	if (rc < 0) {
-		fprintf(stderr, "ringload: io_uring_queue_init: %s\n", strerror(-rc));
-		res->io_uring_unavailable = rc == -ENOSYS || rc == -EPERM;
 		res->failed = true;
 		free(l.clients);
 		return;
@@ -661,110 +517,6 @@ static void load_run(const struct opts *o, unsigned nclients, uint64_t max_conns
 
 /* ---- the server's CPU time ------------------------------------------- */
 
-struct cpu_sample {
-	bool ok;
-	uint64_t user_us, sys_us, total_us;
-};
-
-/* utime+stime of every thread of pid, from /proc/PID/stat (clock ticks). */
-static struct cpu_sample cpu_from_pid(long pid)
-{
-	struct cpu_sample s = { 0 };
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return s;
-	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	/* The command name may hold spaces and parentheses: skip to the last ')'. */
-	char *p = strrchr(buf, ')');
-	if (!p)
-		return s;
-	unsigned long long ut, st;
-	/* Fields 3..13 skipped, then utime (14) and stime (15). */
-	if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-		   &ut, &st) != 2)
-		return s;
-	long hz = sysconf(_SC_CLK_TCK);
-	if (hz <= 0)
-		hz = 100;
-	s.user_us = ut * 1000000u / (unsigned long long)hz;
-	s.sys_us = st * 1000000u / (unsigned long long)hz;
-	s.total_us = s.user_us + s.sys_us;
-	s.ok = true;
-	return s;
-}
-
-static bool read_u64_file(const char *dir, const char *name, uint64_t *v_r)
-{
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return false;
-	unsigned long long v;
-	bool ok = fscanf(f, "%llu", &v) == 1;
-	fclose(f);
-	*v_r = v;
-	return ok;
-}
-
-/* A cgroup v2 cpu.stat (usage_usec, user_usec, system_usec), else a v1
- * cpuacct group (cpuacct.usage*, in ns). */
-static struct cpu_sample cpu_from_cgroup(const char *dir)
-{
-	struct cpu_sample s = { 0 };
-	char path[4096], key[64];
-	unsigned long long v;
-	snprintf(path, sizeof(path), "%s/cpu.stat", dir);
-	FILE *f = fopen(path, "r");
-	if (f) {
-		int found = 0;
-		while (fscanf(f, "%63s %llu", key, &v) == 2) {
-			if (strcmp(key, "usage_usec") == 0)
-				s.total_us = v, found |= 1;
-			else if (strcmp(key, "user_usec") == 0)
-				s.user_us = v, found |= 2;
-			else if (strcmp(key, "system_usec") == 0)
-				s.sys_us = v, found |= 4;
-		}
-		fclose(f);
-		s.ok = found == 7;
-		return s;
-	}
-	uint64_t tot, us, sy;
-	if (read_u64_file(dir, "cpuacct.usage", &tot) &&
-	    read_u64_file(dir, "cpuacct.usage_user", &us) &&
-	    read_u64_file(dir, "cpuacct.usage_sys", &sy)) {
-		s.total_us = tot / 1000;
-		s.user_us = us / 1000;
-		s.sys_us = sy / 1000;
-		s.ok = true;
-	}
-	return s;
-}
-
-/* Busy time of all CPUs (user, nice, system, irq, softirq, steal) from the
- * first line of /proc/stat, in microseconds; 0 if unreadable. */
-static uint64_t machine_busy_us(void)
-{
-	FILE *f = fopen("/proc/stat", "r");
-	if (!f)
-		return 0;
-	unsigned long long v[8] = { 0 };
-	int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
-		       &v[3], &v[4], &v[5], &v[6], &v[7]);
-	fclose(f);
-	if (n != 8)
-		return 0;
-	long hz = sysconf(_SC_CLK_TCK);
-	if (hz <= 0)
-		hz = 100;
-	return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) * 1000000u / (unsigned long long)hz;
-}
-
 struct cpu_meter {
 	const struct opts *o;
 	struct cpu_sample pid0, cg0;
@@ -778,7 +530,7 @@ static void cpu_meter_start(struct cpu_meter *m, const struct opts *o)
 	m->busy0_us = machine_busy_us();
 	m->wall0_ns = now_ns();
 	if (o->server_pid)
-		m->pid0 = cpu_from_pid(o->server_pid);
+		m->pid0 = cpu_from_pid(o->server_pid, false);
 	if (o->server_cgroup)
 		m->cg0 = cpu_from_cgroup(o->server_cgroup);
 }
@@ -795,7 +547,7 @@ static struct cpu_sample cpu_meter_delta(const struct cpu_meter *m, const char *
 		*src_r = "cgroup";
 	} else if (m->o->server_pid && m->pid0.ok) {
 		a = m->pid0;
-		b = cpu_from_pid(m->o->server_pid);
+		b = cpu_from_pid(m->o->server_pid, false);
 		*src_r = "pid";
 	} else {
 		return d;
@@ -1025,18 +777,7 @@ static void usage(FILE *out)
 		"      --server-pid PID     report the CPU of PID (/proc/PID/stat)\n"
 		"      --server-cgroup DIR  report the CPU of a cgroup (cpu.stat or cpuacct)\n"
 		"      --json               stdout: one JSON line; report on stderr\n",
-		DEFAULT_CLIENTS, DEFAULT_TIMEOUT_MS, DEFAULT_SRC_ADDRS);
-}
-
-static bool parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *v_r)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || v < min || v > max)
-		return false;
-	*v_r = v;
-	return true;
+		DEFAULT_CLIENTS, DEFAULT_TIMEOUT_MS, BENCH_DEFAULT_SRC_ADDRS);
 }
 
 int main(int argc, char **argv)
@@ -1106,7 +847,7 @@ int main(int argc, char **argv)
 			o.timeout_ms = (unsigned)v;
 			break;
 		case OPT_SRC:
-			if (!parse_u64(optarg, 0, MAX_SRC_ADDRS, &v))
+			if (!parse_u64(optarg, 0, BENCH_MAX_SRC_ADDRS, &v))
 				goto bad;
 			o.src_addrs = (int)v;
 			break;

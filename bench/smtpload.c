@@ -32,8 +32,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <liburing.h>
-#include <math.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -47,9 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef IP_BIND_ADDRESS_NO_PORT
-#define IP_BIND_ADDRESS_NO_PORT 24
-#endif
+#include "common.h"
+
 
 enum {
 	RECV_BUF = 4096,          /* one session's receive buffer */
@@ -61,76 +58,10 @@ enum {
 	MIN_SIZE = 512,
 	MAX_SIZE = 64 * 1024 * 1024,
 	DEFAULT_TIMEOUT_MS = 30000,
-	MAX_SRC_ADDRS = 250,
 	MAX_CPU_SOURCES = 8,
 	MAX_PENDING = 4,          /* replies awaited at once (MAIL, RCPT, DATA) */
 	EXIT_SKIP = 77,
 };
-
-/* ---- histogram: log-linear, 64 linear sub-buckets per power of two ----
- * (the same as ringload's: exact below 128 us, < 1.6 % error above) */
-
-enum {
-	HIST_LINEAR = 128,
-	HIST_SUB = 64,
-	HIST_BUCKETS = HIST_LINEAR + (32 - 7) * HIST_SUB,
-};
-
-struct hist {
-	uint64_t n, max;
-	uint64_t b[HIST_BUCKETS];
-};
-
-static unsigned hist_index(uint64_t v)
-{
-	if (v > UINT32_MAX)
-		v = UINT32_MAX;
-	if (v < HIST_LINEAR)
-		return (unsigned)v;
-	unsigned e = 63 - (unsigned)__builtin_clzll(v);
-	unsigned shift = e - 6;
-	unsigned sub = (unsigned)(v >> shift) - HIST_SUB;
-	return HIST_LINEAR + (e - 7) * HIST_SUB + sub;
-}
-
-static uint64_t hist_value(unsigned i)
-{
-	if (i < HIST_LINEAR)
-		return i;
-	unsigned e = (i - HIST_LINEAR) / HIST_SUB + 7;
-	unsigned sub = (i - HIST_LINEAR) % HIST_SUB;
-	unsigned shift = e - 6;
-	uint64_t lo = (uint64_t)(sub + HIST_SUB) << shift;
-	return lo + (((uint64_t)1 << shift) >> 1);
-}
-
-static void hist_add(struct hist *h, uint64_t v)
-{
-	h->b[hist_index(v)]++;
-	h->n++;
-	if (v > h->max)
-		h->max = v;
-}
-
-static uint64_t hist_quantile(const struct hist *h, double q)
-{
-	if (h->n == 0)
-		return 0;
-	uint64_t rank = (uint64_t)ceil(q * (double)h->n);
-	if (rank == 0)
-		rank = 1;
-	uint64_t seen = 0;
-	for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-		seen += h->b[i];
-		if (seen >= rank) {
-			uint64_t v = hist_value(i);
-			return v > h->max ? h->max : v;
-		}
-	}
-	return h->max;
-}
-
-/* ---- options and results ---------------------------------------------- */
 
 enum err_kind { ERR_REFUSED, ERR_RESET, ERR_TIMEOUT, ERR_CLOSED, ERR_BAD_REPLY,
 		ERR_TEMPFAIL, ERR_PERMFAIL, ERR_OTHER, ERR_MAX };
@@ -226,10 +157,7 @@ static enum ud_op ud_op(uint64_t ud)
 struct load {
 	const struct opts *o;
 	struct io_uring ring;
-	struct sockaddr_storage dst;
-	socklen_t dst_len;
-	struct sockaddr_in src[MAX_SRC_ADDRS];
-	unsigned nsrc, next_src;
+	struct bench_addrs addr;
 	struct client *clients;
 	unsigned active;
 	uint64_t end_ns, hard_end_ns;
@@ -244,13 +172,6 @@ struct load {
 };
 
 enum { MID_LEN = 16 + 1 + 10 };  /* %016llx.%010u */
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static struct io_uring_sqe *load_sqe(struct load *l)
 {
@@ -536,26 +457,15 @@ static void client_start(struct load *l, struct client *c)
 	uint64_t t = now_ns();
 	if (l->res->t_start_ns == 0)
 		l->res->t_start_ns = t;
-	c->fd = socket(l->dst.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	c->fd = bench_socket(&l->addr);
 	if (c->fd < 0) {
 		l->res->errors[ERR_OTHER]++;
 		l->res->last_errno = errno;
 		c->phase = PH_IDLE;
 		return;
 	}
-	if (l->nsrc) {
-		int one = 1;
-		const struct sockaddr_in *src = &l->src[l->next_src++ % l->nsrc];
-		if (setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) < 0 ||
-		    bind(c->fd, (const struct sockaddr *)src, sizeof(*src)) < 0) {
-			l->res->errors[ERR_OTHER]++;
-			l->res->last_errno = errno;
-			client_close(c);
-			return;
-		}
-	}
 	struct io_uring_sqe *sqe = load_sqe(l);
-	io_uring_prep_connect(sqe, c->fd, (const struct sockaddr *)&l->dst, l->dst_len);
+	io_uring_prep_connect(sqe, c->fd, (const struct sockaddr *)&l->addr.dst, l->addr.dst_len);
 	io_uring_sqe_set_data64(sqe, ud_make(UD_CLIENT, cidx(l, c)));
 	c->phase = PH_CONNECT;
 	c->sending = false;
@@ -625,34 +535,6 @@ static void load_tick(struct load *l)
 		}
 	}
 	load_arm_tick(l);
-}
-
-static int load_resolve(struct load *l)
-{
-	const struct opts *o = l->o;
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
-	struct addrinfo *ai;
-	int rc = getaddrinfo(o->host, o->port, &hints, &ai);
-	if (rc != 0) {
-		fprintf(stderr, "smtpload: %s:%s: %s\n", o->host, o->port, gai_strerror(rc));
-		return -1;
-	}
-	memcpy(&l->dst, ai->ai_addr, ai->ai_addrlen);
-	l->dst_len = ai->ai_addrlen;
-	freeaddrinfo(ai);
-	bool loopback4 = l->dst.ss_family == AF_INET &&
-		(ntohl(((struct sockaddr_in *)&l->dst)->sin_addr.s_addr) >> 24) == 127;
-	int n = o->src_addrs < 0 ? (loopback4 ? 16 : 0) : o->src_addrs;
-	if (n > 0 && !loopback4) {
-		fprintf(stderr, "smtpload: --src-addrs needs an IPv4 loopback destination\n");
-		return -1;
-	}
-	for (int i = 0; i < n; i++) {
-		l->src[i].sin_family = AF_INET;
-		l->src[i].sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)i);
-	}
-	l->nsrc = (unsigned)n;
-	return 0;
 }
 
 /* Builds the message: exactly o->size bytes of header and body in CRLF
@@ -734,7 +616,8 @@ static void load_run(const struct opts *o, uint64_t end_ns, struct result *res)
 	l.hard_end_ns = end_ns + (uint64_t)o->timeout_ms * 1000000u + 1000000000u;
 	l.tick_ts.tv_nsec = TICK_MS * 1000000;
 	l.nonce = ((uint64_t)time(NULL) << 24) ^ ((uint64_t)getpid() << 8) ^ (now_ns() & 0xff);
-	if (load_resolve(&l) < 0 || build_message(&l) < 0) {
+	if (bench_resolve("smtpload", o->host, o->port, o->src_addrs, &l.addr) < 0 ||
+	    build_message(&l) < 0) {
 		if (!l.tmpl)
 			fprintf(stderr, "smtpload: cannot build a message of %zu bytes\n", o->size);
 		res->failed = true;
@@ -759,21 +642,8 @@ static void load_run(const struct opts *o, uint64_t end_ns, struct result *res)
 		rcpt_format(c->rcpt, sizeof(c->rcpt), o->rcpt, o->rcpt_base + i % o->rcpt_count + 1);
 	}
 
-	unsigned sq = 64;
-	while (sq < o->clients + 16 && sq < 4096)
-		sq <<= 1;
-	struct io_uring_params p = { .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER |
-						IORING_SETUP_DEFER_TASKRUN,
-				     .cq_entries = 2 * o->clients + 64 };
-	int rc = io_uring_queue_init_params(sq, &l.ring, &p);
-	if (rc == -EINVAL) {
-		p = (struct io_uring_params){ .flags = IORING_SETUP_CQSIZE,
-					      .cq_entries = 2 * o->clients + 64 };
-		rc = io_uring_queue_init_params(sq, &l.ring, &p);
-	}
+	int rc = bench_ring_init("smtpload", &l.ring, o->clients, &res->io_uring_unavailable);
 	if (rc < 0) {
-		fprintf(stderr, "smtpload: io_uring_queue_init: %s\n", strerror(-rc));
-		res->io_uring_unavailable = rc == -ENOSYS || rc == -EPERM;
 		res->failed = true;
 		goto out;
 	}
@@ -833,81 +703,6 @@ out:
 
 /* ---- the server's CPU time ------------------------------------------------ */
 
-struct cpu_sample {
-	bool ok;
-	uint64_t user_us, sys_us, total_us;
-};
-
-/* utime+stime of pid (all threads) plus cutime+cstime (its reaped
- * children: a master process's workers that have exited), clock ticks. */
-static struct cpu_sample cpu_from_pid(long pid)
-{
-	struct cpu_sample s = { 0 };
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return s;
-	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
-	unsigned long long ut, st, cut, cst;
-	if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu",
-			 &ut, &st, &cut, &cst) != 4)
-		return s;
-	long hz = sysconf(_SC_CLK_TCK);
-	if (hz <= 0)
-		hz = 100;
-	s.user_us = (ut + cut) * 1000000u / (unsigned long long)hz;
-	s.sys_us = (st + cst) * 1000000u / (unsigned long long)hz;
-	s.total_us = s.user_us + s.sys_us;
-	s.ok = true;
-	return s;
-}
-
-/* cgroup v2 cpu.stat, else v1 cpuacct.usage* (ns). */
-static struct cpu_sample cpu_from_cgroup(const char *dir)
-{
-	struct cpu_sample s = { 0 };
-	char path[4096], key[64];
-	unsigned long long v;
-	snprintf(path, sizeof(path), "%s/cpu.stat", dir);
-	FILE *f = fopen(path, "r");
-	if (f) {
-		int found = 0;
-		while (fscanf(f, "%63s %llu", key, &v) == 2) {
-			if (strcmp(key, "usage_usec") == 0)
-				s.total_us = v, found |= 1;
-			else if (strcmp(key, "user_usec") == 0)
-				s.user_us = v, found |= 2;
-			else if (strcmp(key, "system_usec") == 0)
-				s.sys_us = v, found |= 4;
-		}
-		fclose(f);
-		s.ok = found == 7;
-		return s;
-	}
-	const char *names[3] = { "cpuacct.usage", "cpuacct.usage_user", "cpuacct.usage_sys" };
-	uint64_t vals[3];
-	for (int i = 0; i < 3; i++) {
-		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
-		f = fopen(path, "r");
-		if (!f)
-			return s;
-		int ok = fscanf(f, "%llu", &v) == 1;
-		fclose(f);
-		if (!ok)
-			return s;
-		vals[i] = v / 1000;
-	}
-	s.total_us = vals[0];
-	s.user_us = vals[1];
-	s.sys_us = vals[2];
-	s.ok = true;
-	return s;
-}
-
 /* Sum over every --server-cgroup, or else every --server-pid. */
 static struct cpu_sample cpu_now(const struct opts *o, const char **src_r)
 {
@@ -920,7 +715,7 @@ static struct cpu_sample cpu_now(const struct opts *o, const char **src_r)
 	}
 	for (unsigned i = 0; i < n; i++) {
 		struct cpu_sample s = o->ncgroups ? cpu_from_cgroup(o->server_cgroup[i])
-						  : cpu_from_pid(o->server_pid[i]);
+						  : cpu_from_pid(o->server_pid[i], true);
 		if (!s.ok) {
 			sum.ok = false;
 			return sum;
@@ -930,23 +725,6 @@ static struct cpu_sample cpu_now(const struct opts *o, const char **src_r)
 		sum.total_us += s.total_us;
 	}
 	return sum;
-}
-
-static uint64_t machine_busy_us(void)
-{
-	FILE *f = fopen("/proc/stat", "r");
-	if (!f)
-		return 0;
-	unsigned long long v[8] = { 0 };
-	int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
-		       &v[3], &v[4], &v[5], &v[6], &v[7]);
-	fclose(f);
-	if (n != 8)
-		return 0;
-	long hz = sysconf(_SC_CLK_TCK);
-	if (hz <= 0)
-		hz = 100;
-	return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) * 1000000u / (unsigned long long)hz;
 }
 
 /* ---- report ------------------------------------------------------------------ */
@@ -1047,23 +825,6 @@ static void usage(FILE *out)
 		DEFAULT_CLIENTS, DEFAULT_MSGS, DEFAULT_SIZE, DEFAULT_TIMEOUT_MS);
 }
 
-static bool parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *v_r)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return false;
-	if (*end == 'k' || *end == 'K')
-		v *= 1024, end++;
-	else if (*end == 'm' || *end == 'M')
-		v *= 1024 * 1024, end++;
-	if (*end || v < min || v > max)
-		return false;
-	*v_r = v;
-	return true;
-}
-
 int main(int argc, char **argv)
 {
 	struct opts o = {
@@ -1105,22 +866,22 @@ int main(int argc, char **argv)
 			o.host = optarg;
 			break;
 		case 'p':
-			if (!parse_u64(optarg, 1, 65535, &v))
+			if (!parse_size(optarg, 1, 65535, &v))
 				goto bad;
 			o.port = optarg;
 			break;
 		case 'c':
-			if (!parse_u64(optarg, 1, 100000, &v))
+			if (!parse_size(optarg, 1, 100000, &v))
 				goto bad;
 			o.clients = (unsigned)v;
 			break;
 		case 'm':
-			if (!parse_u64(optarg, 1, 1000000, &v))
+			if (!parse_size(optarg, 1, 1000000, &v))
 				goto bad;
 			o.msgs_per_session = (unsigned)v;
 			break;
 		case 'S':
-			if (!parse_u64(optarg, MIN_SIZE, MAX_SIZE, &v))
+			if (!parse_size(optarg, MIN_SIZE, MAX_SIZE, &v))
 				goto bad;
 			o.size = (size_t)v;
 			break;
@@ -1132,22 +893,22 @@ int main(int argc, char **argv)
 			break;
 		}
 		case 'n':
-			if (!parse_u64(optarg, 1, UINT64_MAX, &v))
+			if (!parse_size(optarg, 1, UINT64_MAX, &v))
 				goto bad;
 			o.max_msgs = v;
 			break;
 		case OPT_TIMEOUT:
-			if (!parse_u64(optarg, 1, 3600000, &v))
+			if (!parse_size(optarg, 1, 3600000, &v))
 				goto bad;
 			o.timeout_ms = (unsigned)v;
 			break;
 		case OPT_SRC:
-			if (!parse_u64(optarg, 0, MAX_SRC_ADDRS, &v))
+			if (!parse_size(optarg, 0, BENCH_MAX_SRC_ADDRS, &v))
 				goto bad;
 			o.src_addrs = (int)v;
 			break;
 		case OPT_PID:
-			if (!parse_u64(optarg, 1, INT32_MAX, &v) || o.npids == MAX_CPU_SOURCES)
+			if (!parse_size(optarg, 1, INT32_MAX, &v) || o.npids == MAX_CPU_SOURCES)
 				goto bad;
 			o.server_pid[o.npids++] = (long)v;
 			break;
@@ -1167,12 +928,12 @@ int main(int argc, char **argv)
 			o.rcpt = optarg;
 			break;
 		case OPT_RCPT_COUNT:
-			if (!parse_u64(optarg, 1, 1000000, &v))
+			if (!parse_size(optarg, 1, 1000000, &v))
 				goto bad;
 			o.rcpt_count = (unsigned)v;
 			break;
 		case OPT_RCPT_BASE:
-			if (!parse_u64(optarg, 0, 100000000, &v))
+			if (!parse_size(optarg, 0, 100000000, &v))
 				goto bad;
 			o.rcpt_base = (unsigned)v;
 			break;

@@ -56,6 +56,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
@@ -84,13 +86,6 @@ static struct opts o = {
 	.group = WOLFSSL_ECC_X25519, .src_addrs = 16, .secs = 1,
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static uint64_t cpu_ns(clockid_t id)
 {
 	struct timespec ts;
@@ -98,61 +93,7 @@ static uint64_t cpu_ns(clockid_t id)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* ---- the server's CPU time (as bench/ringload.c) ---------------------- */
-
-struct cpu_sample {
-	bool ok;
-	uint64_t user_us, sys_us, total_us;
-};
-
-static struct cpu_sample cpu_from_pid(long pid)
-{
-	struct cpu_sample s = { 0 };
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return s;
-	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
-	unsigned long long ut, st;
-	if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-			 &ut, &st) != 2)
-		return s;
-	long hz = sysconf(_SC_CLK_TCK);
-	if (hz <= 0)
-		hz = 100;
-	s.user_us = ut * 1000000u / (unsigned long long)hz;
-	s.sys_us = st * 1000000u / (unsigned long long)hz;
-	s.total_us = s.user_us + s.sys_us;
-	s.ok = true;
-	return s;
-}
-
-static struct cpu_sample cpu_from_cgroup(const char *dir)
-{
-	struct cpu_sample s = { 0 };
-	char path[4096], key[64];
-	unsigned long long v;
-	snprintf(path, sizeof(path), "%s/cpu.stat", dir);
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return s;
-	int found = 0;
-	while (fscanf(f, "%63s %llu", key, &v) == 2) {
-		if (!strcmp(key, "usage_usec"))
-			s.total_us = v, found |= 1;
-		else if (!strcmp(key, "user_usec"))
-			s.user_us = v, found |= 2;
-		else if (!strcmp(key, "system_usec"))
-			s.sys_us = v, found |= 4;
-	}
-	fclose(f);
-	s.ok = found == 7;
-	return s;
-}
+/* ---- the server's CPU time (bench/common.c) --------------------------- */
 
 static struct cpu_sample server_cpu(const char **src)
 {
@@ -162,27 +103,10 @@ static struct cpu_sample server_cpu(const char **src)
 	}
 	if (o.server_pid) {
 		*src = "pid";
-		return cpu_from_pid(o.server_pid);
+		return cpu_from_pid(o.server_pid, false);
 	}
 	*src = "none";
 	return (struct cpu_sample){ 0 };
-}
-
-static uint64_t machine_busy_us(void)
-{
-	FILE *f = fopen("/proc/stat", "r");
-	if (!f)
-		return 0;
-	unsigned long long v[8] = { 0 };
-	int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
-		       &v[3], &v[4], &v[5], &v[6], &v[7]);
-	fclose(f);
-	if (n != 8)
-		return 0;
-	long hz = sysconf(_SC_CLK_TCK);
-	if (hz <= 0)
-		hz = 100;
-	return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) * 1000000u / (unsigned long long)hz;
 }
 
 static uint64_t self_cpu_us(void)
@@ -204,7 +128,6 @@ static char last_err[256];
 static struct cpu_sample retr_s0;
 static uint64_t retr_busy0, retr_c0;
 static struct cpu_sample server_cpu(const char **src);
-static uint64_t machine_busy_us(void);
 static uint64_t self_cpu_us(void);
 
 static void note_err(const char *fmt, ...)

@@ -15,18 +15,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_offset() {
-	local off p busy
-	for _ in $(seq 50); do
-		off=$((20000 + RANDOM % 20000))
-		busy=0
-		for p in 465 587 25 26 2025 2525 993 143 995 110 80 443; do
-			if (exec 3<>"/dev/tcp/127.0.0.1/$((p + off))") 2>/dev/null; then busy=1; break; fi
-		done
-		[ $busy = 0 ] && { echo "$off"; return; }
-	done
-	return 1
-}
+. "$(dirname "$0")/smoke_lib.sh"
 
 printf 'smoke pass 1\n' | "$ringmail" user add smoke@example.com --data "$tmp/data" >/dev/null ||
 	exit 1
@@ -38,28 +27,7 @@ max_connections_per_ip = 10000
 CONF
 # Another test may take one of the shifted ports between the check and the
 # bind: start again on another offset when that happens.
-started=0
-for _try in 1 2 3 4 5; do
-	off=$(free_offset) || { echo "tls_smoke: no free ports" >&2; exit 1; }
-	"$ringmail" serve --config "$tmp/ringmail.conf" --data "$tmp/data" --port-offset "$off" \
-		--threads 1 --log-level warn 2>"$tmp/err.log" &
-	pid=$!
-	for _ in $(seq 100); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$((995 + off))") 2>/dev/null && { started=1; break; }
-		if ! kill -0 "$pid" 2>/dev/null; then
-			if grep -qi "io_uring is unavailable" "$tmp/err.log"; then
-				echo "tls_smoke: io_uring unavailable, skipping" >&2
-				exit 77
-			fi
-			break
-		fi
-		sleep 0.1
-	done
-	[ $started = 1 ] && break
-	wait "$pid" 2>/dev/null
-	grep -q "already in use" "$tmp/err.log" || { cat "$tmp/err.log" >&2; exit 1; }
-done
-[ $started = 1 ] || { cat "$tmp/err.log" >&2; exit 1; }
+start_ringmail tls_smoke --config "$tmp/ringmail.conf"
 
 # One small message for RETR (port 25: local delivery without AUTH).
 exec 3<>"/dev/tcp/127.0.0.1/$((25 + off))"

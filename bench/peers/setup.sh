@@ -12,9 +12,14 @@
 #   postfix/        config_directory (main.cf, master.cf, vmailbox)
 #   postfix-spool/  queue_directory;   postfix-data/ data_directory
 #   dovecot/        dovecot.conf, passwd, run/ (base_dir: the lmtp socket)
+#   tls/            cert.pem, key.pem: a self-signed ECDSA P-256 certificate
+#                   (ringmail's own type) for Dovecot's 993/995 and Postfix's 465
 #   mail/USER/      mailboxes (owned by the rmbench user)
 #   postfix.log, dovecot.log
 #   env             PORT, FORMAT, USERS for start.sh, stop.sh, count.sh
+# The ports follow ringmail's table shifted by PORT - 25 (24000 by default):
+# Postfix 24025 (plain) and 24465 (implicit TLS); Dovecot IMAP 24143 and
+# 24993, POP3 24110 and 24995, for the greet, TLS, IMAP and POP3 benches.
 # Users r1@example.com .. rN@example.com (N = --users, 64) exist in both
 # Postfix's virtual mailbox map and Dovecot's passwd-file, so every bench run
 # can deliver into mailboxes of its own.
@@ -77,6 +82,17 @@ mkdir -p "$dir/postfix" "$dir/postfix-spool" "$dir/postfix-data" "$dir/dovecot/r
 	"$dir/dovecot/state" "$dir/mail"
 chmod 755 "$dir"
 chown rmbench:rmbench "$dir/mail"
+off=$((port - 25))
+
+# ---- certificate ----------------------------------------------------------------
+# The type ringmail generates: ECDSA P-256, self-signed, SAN localhost.
+mkdir -p "$dir/tls"
+if [ ! -s "$dir/tls/cert.pem" ]; then
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+		-subj "/CN=mx.peer.example" -addext "subjectAltName=DNS:localhost,DNS:mx.peer.example" \
+		-keyout "$dir/tls/key.pem" -out "$dir/tls/cert.pem" 2>/dev/null
+fi
+chmod 600 "$dir/tls/key.pem"
 
 # ---- Dovecot ---------------------------------------------------------------------
 for i in $(seq 1 "$users"); do
@@ -88,14 +104,21 @@ else
 	location="maildir:~/Maildir"
 fi
 cat >"$dir/dovecot/dovecot.conf" <<EOF
-# ringmail bench peer (bench/peers/README.md): LMTP delivery only.
-protocols = lmtp
+# ringmail bench peer (bench/peers/README.md): LMTP delivery from Postfix,
+# IMAP and POP3 on loopback high ports for the IMAP/POP3/TLS benches.
+protocols = lmtp imap pop3
 listen = 127.0.0.1
 base_dir = $dir/dovecot/run
 state_dir = $dir/dovecot/state
 log_path = $dir/dovecot.log
 info_log_path = $dir/dovecot.log
-ssl = no
+ssl = yes
+ssl_cert = <$dir/tls/cert.pem
+ssl_key = <$dir/tls/key.pem
+ssl_min_protocol = TLSv1.2
+# Plaintext LOGIN on 143/110 as ringmail allows it (the table's "unencrypted").
+disable_plaintext_auth = no
+auth_mechanisms = plain login
 first_valid_uid = $uid
 mail_location = $location
 # fsync on: the default, spelled out (a 250 over LMTP means on disk).
@@ -112,7 +135,7 @@ userdb {
   args = $dir/dovecot/passwd
 }
 default_process_limit = 200
-default_client_limit = 2000
+default_client_limit = 20000
 service lmtp {
   unix_listener lmtp {
     mode = 0600
@@ -129,6 +152,61 @@ service auth {
   unix_listener auth-userdb {
     mode = 0600
   }
+}
+# Logins in "high-performance mode" (doc: Login processes): each login
+# process serves many clients (service_count = 0), one per CPU core
+# pre-forked (process_min_avail), and proxies TLS for them.
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = $((off + 143))
+  }
+  inet_listener imaps {
+    address = 127.0.0.1
+    port = $((off + 993))
+    ssl = yes
+  }
+  service_count = 0
+  process_min_avail = 2
+  client_limit = 10000
+  vsz_limit = 1G
+}
+service pop3-login {
+  inet_listener pop3 {
+    address = 127.0.0.1
+    port = $((off + 110))
+  }
+  inet_listener pop3s {
+    address = 127.0.0.1
+    port = $((off + 995))
+    ssl = yes
+  }
+  service_count = 0
+  process_min_avail = 2
+  client_limit = 10000
+  vsz_limit = 1G
+}
+# Mail processes reused across sessions (doc: service_count, "for better
+# performance this can be set higher"; every user has the same uid here),
+# pre-forked, and enough of them for the idle bench's thousands of sessions.
+service imap {
+  service_count = 1000
+  process_min_avail = 2
+  process_limit = 5000
+}
+service pop3 {
+  service_count = 1000
+  process_min_avail = 2
+  process_limit = 1000
+}
+protocol imap {
+  # The idle bench holds many sessions of one user from 16 addresses.
+  mail_max_userip_connections = 10000
+  mail_plugins =
+}
+protocol pop3 {
+  mail_max_userip_connections = 10000
+  mail_plugins =
 }
 protocol lmtp {
   # No Sieve, no quota, no plugins: the plain store path.
@@ -168,6 +246,9 @@ maillog_file = $dir/postfix.log
 virtual_mailbox_domains = example.com
 virtual_mailbox_maps = texthash:$dir/postfix/vmailbox
 virtual_transport = lmtp:unix:$dir/dovecot/run/lmtp
+# The body FETCH bench delivers a 10 MiB message (default limit 10,240,000).
+message_size_limit = 67108864
+virtual_mailbox_limit = 0
 
 # ---- load tuning (TUNING_README, STRESS_README, postconf(5)) ----
 # No flow control delay for the SMTP server (in_flow_delay).
@@ -187,9 +268,12 @@ lmtp_host_lookup = native
 # LMTP to Dovecot: enough parallel deliveries, connections reused.
 lmtp_destination_concurrency_limit = 50
 lmtp_connection_cache_on_demand = yes
-# No header/body checks, no milters, no TLS, no postscreen (master.cf).
+# No header/body checks, no milters, no STARTTLS, no postscreen (master.cf).
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
+# Implicit TLS on $((off + 465)) only (master.cf), with the peer certificate;
+# session tickets on (smtpd_tls_session_cache_timeout > 0, the default).
+smtpd_tls_chain_files = $dir/tls/key.pem, $dir/tls/cert.pem
 smtputf8_enable = no
 EOF
 # Debian's master.cf, chroot off (our paths are outside a chroot), the
@@ -200,6 +284,11 @@ awk -v port="$port" '
 	NF >= 8 { $5 = "n"; print; next }
 	{ print }
 ' /etc/postfix/master.cf >"$dir/postfix/master.cf"
+cat >>"$dir/postfix/master.cf" <<EOF
+127.0.0.1:$((off + 465)) inet n - n - - smtpd
+  -o smtpd_tls_wrappermode=yes
+  -o smtpd_tls_security_level=encrypt
+EOF
 postfix -c "$dir/postfix" set-permissions >/dev/null 2>&1 || true
 postfix -c "$dir/postfix" check
 
@@ -208,4 +297,4 @@ PORT=$port
 FORMAT=$format
 USERS=$users
 EOF
-echo "peers set up in $dir: Postfix on 127.0.0.1:$port -> LMTP -> Dovecot ($format), users r1..r$users@example.com"
+echo "peers set up in $dir: Postfix on 127.0.0.1:$port (TLS $((off + 465))) -> LMTP -> Dovecot ($format), IMAP $((off + 143))/$((off + 993)), POP3 $((off + 110))/$((off + 995)), users r1..r$users@example.com"
