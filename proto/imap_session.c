@@ -64,6 +64,8 @@
 #define IMAP_READ_CHUNK (64u * 1024u)
 /* Output is handed to the stream in pieces of this size (one TLS record). */
 #define IMAP_OUT_CHUNK (16u * 1024u)
+/* An arena up to this size is kept between commands (0: none is). */
+#define IMAP_ARENA_KEEP 0u
 /* A streamed reply waits for the socket while more than this is queued
  * (or a quarter of limits.send_queue_max when that is smaller). */
 #define IMAP_SEND_HIGH (256u * 1024u)
@@ -183,7 +185,7 @@ struct imap_session {
 	uint8_t *arena;
 	size_t arena_len, arena_cap, gathered;
 	struct tok *toks;
-	size_t ntoks;
+	size_t ntoks, toks_cap;
 	bool cmd_broken;       /* too many tokens / gathered too much: BAD at EOL */
 	const char *broken_why;
 	char tag[128];
@@ -235,7 +237,7 @@ struct imap_session {
 	size_t append_nkw;
 	uint32_t *uids, *uids2;
 	size_t nuids;
-	struct imap_range set[IMAP_SET_MAX];
+	struct imap_range *set;      /* IMAP_SET_MAX entries, allocated on first use */
 	size_t nset;
 	struct fetch_job *fj;
 	struct search_job *sj;
@@ -243,6 +245,7 @@ struct imap_session {
 	struct rename_job *rj;
 	struct store_folder *other2; /* RENAME INBOX: the new mailbox */
 	uint8_t *rbuf;
+	unsigned rd_inflight;        /* store_read()s of FETCH/SEARCH in flight */
 	/* output */
 	uint8_t *obuf;
 	size_t olen, ocap;
@@ -630,9 +633,42 @@ static void sync_mailbox(struct imap_session *is, bool expunge)
 
 /* ---- finishing a command ------------------------------------------------------------ */
 
+/* Between commands a session keeps only what it needs to read the next
+ * one: the buffers a command grew (tokens, the arena, the output buffer,
+ * the read buffer of FETCH/SEARCH, the sequence set) go back to the
+ * allocator, so an idle or IDLE session costs little memory (bench/compare
+ * "idle"). jemalloc serves the next command's from its thread cache. */
+static void release_idle(struct imap_session *is)
+{
+	free(is->toks);
+	is->toks = NULL;
+	is->toks_cap = 0;
+	is->ntoks = 0;
+	if (is->arena_cap > IMAP_ARENA_KEEP) {
+		explicit_bzero(is->arena, is->arena_cap);
+		free(is->arena);
+		is->arena = NULL;
+		is->arena_cap = 0;
+		is->arena_len = 0;
+	}
+	free(is->set);
+	is->set = NULL;
+	is->nset = 0;
+	if (!is->olen) {
+		free(is->obuf);
+		is->obuf = NULL;
+		is->ocap = 0;
+	}
+	if (!is->rd_inflight && !is->fj && !is->sj) {
+		free(is->rbuf);
+		is->rbuf = NULL;
+	}
+}
+
 static void cmd_end(struct imap_session *is)
 {
-	explicit_bzero(is->arena, is->arena_len);
+	if (is->arena)
+		explicit_bzero(is->arena, is->arena_len);
 	is->arena_len = 0;
 	is->gathered = 0;
 	is->ntoks = 0;
@@ -640,6 +676,8 @@ static void cmd_end(struct imap_session *is)
 	is->cmd = NULL;
 	is->uid_cmd = false;
 	is->cmd_broken = false;
+	if (!is->append_data && is->mode != M_DISCARD)
+		release_idle(is);
 	set_busy(is, false);
 	if (is->shutting_down && !is->dead && is->state != IMAP_S_LOGOUT) {
 		/* SIGTERM arrived while the command ran: its reply is out, now
@@ -705,6 +743,15 @@ static size_t list_end(struct imap_session *is, size_t i)
 			return i + 1;
 	}
 	return is->ntoks;
+}
+
+/* A sequence set into is->set (allocated on first use). 0 or -1 as
+ * imap_parse_seqset; -1 also when memory ran out. */
+static int parse_set(struct imap_session *is, struct span text)
+{
+	if (!is->set && !(is->set = malloc(IMAP_SET_MAX * sizeof(*is->set))))
+		return -1;
+	return imap_parse_seqset(text, is->set, IMAP_SET_MAX, &is->nset);
 }
 
 static bool syntax(struct imap_session *is, const char *usage)
@@ -788,7 +835,7 @@ static bool set_arg(struct imap_session *is, size_t i, bool uid)
 {
 	if (i >= is->ntoks || is->toks[i].kind != T_ATOM)
 		return syntax(is, "Sequence set expected");
-	if (imap_parse_seqset(tok_span(is, i), is->set, IMAP_SET_MAX, &is->nset))
+	if (parse_set(is, tok_span(is, i)))
 		return syntax(is, "Invalid sequence set");
 	free(is->uids);
 	is->uids = malloc((is->nmsgs ? is->nmsgs : 1) * sizeof(uint32_t));
@@ -1356,7 +1403,7 @@ static bool qresync_param(struct imap_session *is, size_t i, size_t *end_r)
 	k += 2;
 	is->qr_known = 0;
 	if (k + 1 < end && is->toks[k].kind == T_ATOM) {
-		if (imap_parse_seqset(tok_span(is, k), is->set, IMAP_SET_MAX, &is->nset))
+		if (parse_set(is, tok_span(is, k)))
 			return syntax(is, "Invalid known-uids");
 		is->qr_known = k++;
 	}
@@ -1365,8 +1412,8 @@ static bool qresync_param(struct imap_session *is, size_t i, size_t *end_r)
 		 * expunges, and its fallback names every missing UID) */
 		if (is->toks[k].kind != T_LBEGIN || list_end(is, k) != k + 4 ||
 		    is->toks[k + 1].kind != T_ATOM || is->toks[k + 2].kind != T_ATOM ||
-		    imap_parse_seqset(tok_span(is, k + 1), is->set, IMAP_SET_MAX, &is->nset) ||
-		    imap_parse_seqset(tok_span(is, k + 2), is->set, IMAP_SET_MAX, &is->nset))
+		    parse_set(is, tok_span(is, k + 1)) ||
+		    parse_set(is, tok_span(is, k + 2)))
 			return syntax(is, "Invalid sequence match data");
 		k += 4;
 	}
@@ -1391,7 +1438,7 @@ static int qresync_select(struct imap_session *is)
 	struct store_folder_status st;
 	store_view_status(is->view, &st);
 	if (is->qr_known &&
-	    (imap_parse_seqset(tok_span(is, is->qr_known), is->set, IMAP_SET_MAX, &is->nset) ||
+	    (parse_set(is, tok_span(is, is->qr_known)) ||
 	     !set_ranges(is, st.uidnext - 1, &known))) {
 		free(known.r);
 		return -ENOMEM;
@@ -2877,11 +2924,13 @@ static void fetch_read(struct imap_session *is)
 		size_t len = fj->rd_left < fj->hcap - fj->hlen ? (size_t)fj->rd_left : fj->hcap - fj->hlen;
 		if (len > IMAP_READ_CHUNK)
 			len = IMAP_READ_CHUNK;
+		is->rd_inflight++;
 		store_read(is->folder, stream_loop(is->s), uid, fj->rd_off, fj->hbuf + fj->hlen, len,
 			   fetch_read_done, is);
 		return;
 	}
 	size_t len = fj->rd_left < IMAP_READ_CHUNK ? (size_t)fj->rd_left : IMAP_READ_CHUNK;
+	is->rd_inflight++;
 	store_read(is->folder, stream_loop(is->s), uid, fj->rd_off, is->rbuf, len, fetch_read_done,
 		   is);
 }
@@ -2890,6 +2939,7 @@ static void fetch_read_done(void *arg, ssize_t res)
 {
 	struct imap_session *is = arg;
 	struct fetch_job *fj = is->fj;
+	is->rd_inflight--;
 	if (is->dead) {
 		release(is);
 		return;
@@ -3686,6 +3736,7 @@ static void search_read_done(void *arg, ssize_t res)
 {
 	struct imap_session *is = arg;
 	struct search_job *sj = is->sj;
+	is->rd_inflight--;
 	if (is->dead || !sj) {
 		release(is);
 		return;
@@ -3729,6 +3780,7 @@ static void search_step(struct imap_session *is)
 			if (len > sj->read_len)
 				len = sj->read_len;
 			hold(is);
+			is->rd_inflight++;
 			store_read(is->folder, is->loop, sj->msg.uid, off, is->rbuf, (size_t)len,
 				   search_read_done, is);
 			return;
@@ -4246,6 +4298,7 @@ static void watch_cb(void *arg)
 	hold(is);
 	sync_mailbox(is, true);
 	out_flush(is);
+	release_idle(is);
 	release(is);
 }
 
@@ -4256,6 +4309,8 @@ static void cmd_idle(struct imap_session *is, size_t a)
 	is->mode = M_IDLE;
 	sync_mailbox(is, true);
 	out_flush(is);
+	/* Only the tag (is->tag) is needed until DONE. */
+	release_idle(is);
 	arm_timer(is);
 }
 
@@ -4406,7 +4461,7 @@ static void dispatch(struct imap_session *is)
 static bool arena_put(struct imap_session *is, struct span s, uint32_t *off_r)
 {
 	if (is->arena_len + s.len + 1 > is->arena_cap) {
-		size_t cap = is->arena_cap ? is->arena_cap : 4096;
+		size_t cap = is->arena_cap ? is->arena_cap : 256;
 		while (cap < is->arena_len + s.len + 1)
 			cap *= 2;
 		uint8_t *p = realloc(is->arena, cap);
@@ -4440,9 +4495,17 @@ static void add_tok(struct imap_session *is, uint8_t kind, struct span text, boo
 		broken(is, "Too many arguments");
 		return;
 	}
-	if (!is->toks && !(is->toks = malloc(IMAP_TOKENS_MAX * sizeof(*is->toks)))) {
-		broken(is, "Out of memory");
-		return;
+	if (is->ntoks == is->toks_cap) {
+		size_t cap = is->toks_cap ? is->toks_cap * 2 : 32;
+		if (cap > IMAP_TOKENS_MAX)
+			cap = IMAP_TOKENS_MAX;
+		struct tok *t = realloc(is->toks, cap * sizeof(*is->toks));
+		if (!t) {
+			broken(is, "Out of memory");
+			return;
+		}
+		is->toks = t;
+		is->toks_cap = cap;
 	}
 	struct tok *t = &is->toks[is->ntoks];
 	t->kind = kind;
@@ -4696,6 +4759,7 @@ static int imap_open(struct stream *s)
 	char caps[CAPS_MAX];
 	out_printf(is, "* OK [CAPABILITY %s] ringmail ready\r\n", capabilities(is, caps));
 	out_flush(is);
+	release_idle(is); /* a connection that never speaks keeps no buffer */
 	arm_timer(is);
 	return 0;
 }
@@ -4759,6 +4823,7 @@ static void session_maybe_free(struct imap_session *is)
 		explicit_bzero(is->arena, is->arena_cap);
 	free(is->arena);
 	free(is->toks);
+	free(is->set);
 	free(is->uids);
 	free(is->uids2);
 	free(is->rbuf);
