@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "core/config.h"
 #include "outbound/dkim.h"
 #include "proto/discovery.h"
 
@@ -15,23 +16,7 @@
 
 static bool valid_domain(const char *s)
 {
-	size_t label = 0, n = strlen(s);
-	if (n == 0 || n > 253)
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '.') {
-			if (label == 0)
-				return false;
-			label = 0;
-		} else if (isalnum(c) || c == '-') {
-			if (++label > 63)
-				return false;
-		} else {
-			return false;
-		}
-	}
-	return label > 0;
+	return config_dns_name_valid(s, 253, false);
 }
 
 static void srv(FILE *out, const char *service, const char *domain, int prio, unsigned port,

@@ -202,11 +202,10 @@ static int copy_str(char *dst, size_t cap, const char *src)
 	return 0;
 }
 
-/* A host or domain name: letters, digits, '-', '.', no empty label. */
-static bool valid_hostname(const char *s)
+bool config_dns_name_valid(const char *s, size_t max, bool underscore)
 {
 	size_t label = 0, n = strlen(s);
-	if (n == 0 || n > 253)
+	if (n == 0 || n > max)
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
@@ -214,7 +213,7 @@ static bool valid_hostname(const char *s)
 			if (label == 0)
 				return false;
 			label = 0;
-		} else if (isalnum(c) || c == '-') {
+		} else if (isalnum(c) || c == '-' || (underscore && c == '_')) {
 			if (++label > 63)
 				return false;
 		} else {
@@ -222,6 +221,12 @@ static bool valid_hostname(const char *s)
 		}
 	}
 	return label > 0;
+}
+
+/* A host or domain name: letters, digits, '-', '.', no empty label. */
+static bool valid_hostname(const char *s)
+{
+	return config_dns_name_valid(s, 253, false);
 }
 
 enum section { SEC_NONE, SEC_SERVER, SEC_LIMITS, SEC_TLS_S, SEC_LISTENER, SEC_OUTBOUND };

@@ -155,5 +155,9 @@ const char *config_role_str(enum listener_role r);
 int config_parse_duration_ms(const char *s, uint32_t *ms_r);
 /* Parses "4096", "64k", "50m", "1g". 0 or -EINVAL. */
 int config_parse_size(const char *s, uint64_t *bytes_r);
+/* A DNS name: labels of letters, digits and '-' (and '_' when underscore,
+ * as DKIM selectors and SRV owners use), 1 to 63 bytes each, no empty
+ * label, at most max bytes in all. */
+bool config_dns_name_valid(const char *s, size_t max, bool underscore);
 
 #endif

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/config.h"
 #include "core/span.h"
 #include "outbound/dkim.h"
 #include "outbound/dkim_canon.h"
@@ -64,23 +65,7 @@ static const char *const signed_fields[] = {
  * no empty label, at most max bytes. */
 static bool valid_name(const char *s, size_t max)
 {
-	size_t n = strlen(s), label = 0;
-	if (n == 0 || n > max)
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '.') {
-			if (label == 0)
-				return false;
-			label = 0;
-		} else if (isalnum(c) || c == '-' || c == '_') {
-			if (++label > 63)
-				return false;
-		} else {
-			return false;
-		}
-	}
-	return label > 0;
+	return config_dns_name_valid(s, max, true);
 }
 
 static void lower_copy(char *dst, const char *src, size_t n)
