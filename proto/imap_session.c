@@ -1511,15 +1511,23 @@ static void select_done(struct imap_session *is)
 	     is->readonly ? "EXAMINE" : "SELECT");
 }
 
+
+/* A store_folder_open() callback found the session closed meanwhile: the
+ * folder it got is closed and the session's hold released. true: return. */
+static bool gone_after_open(struct imap_session *is, struct store_folder *folder)
+{
+	if (!is->dead)
+		return false;
+	if (folder)
+		store_folder_close(&folder);
+	release(is);
+	return true;
+}
 static void select_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
-	if (is->dead) {
-		if (folder)
-			store_folder_close(&folder);
-		release(is);
+	if (gone_after_open(is, folder))
 		return;
-	}
 	if (res < 0) {
 		store_error(is, res);
 		release(is);
@@ -2285,12 +2293,8 @@ static void list_pump(struct imap_session *is);
 static void list_status_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
-	if (is->dead) {
-		if (folder)
-			store_folder_close(&folder);
-		release(is);
+	if (gone_after_open(is, folder))
 		return;
-	}
 	if (res == 0) {
 		struct store_folder_status st;
 		store_folder_status(folder, &st);
@@ -2597,12 +2601,8 @@ static bool status_items_ok(struct imap_session *is, size_t list_at)
 static void status_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
-	if (is->dead) {
-		if (folder)
-			store_folder_close(&folder);
-		release(is);
+	if (gone_after_open(is, folder))
 		return;
-	}
 	if (res < 0) {
 		store_error(is, res);
 		release(is);
@@ -3571,12 +3571,8 @@ static void copy_done(void *arg, int res)
 static void copy_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
-	if (is->dead) {
-		if (folder)
-			store_folder_close(&folder);
-		release(is);
+	if (gone_after_open(is, folder))
 		return;
-	}
 	if (res < 0) {
 		if (res == -ENOENT)
 			done(is, "NO", "[TRYCREATE] No such mailbox");
@@ -4170,12 +4166,8 @@ static void append_begin_msg(struct imap_session *is, bool nonsync)
 static void append_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
-	if (is->dead) {
-		if (folder)
-			store_folder_close(&folder);
-		release(is);
+	if (gone_after_open(is, folder))
 		return;
-	}
 	bool nonsync = is->append_nonsync;
 	set_busy(is, false);
 	if (res < 0) {
