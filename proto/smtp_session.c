@@ -1228,6 +1228,7 @@ static void delivery_finish(struct smtp_session *ss)
 	}
 	const struct config *cfg = cfg_of(ss);
 	const char *err = NULL;
+	char line_err[96];
 	uint64_t size = d->bdat ? d->size : d->ds.size;
 	uint64_t hdr = d->bdat ? d->hdr_size : d->ds.header_size;
 	uint32_t hops = d->bdat ? d->hops : d->ds.received;
@@ -1240,14 +1241,15 @@ static void delivery_finish(struct smtp_session *ss)
 		err = "554 5.4.6 Error: too many hops (mail loop)";
 	else if (!d->bdat && d->ds.bare_seen && d->ds.bare_policy == SMTP_BARE_REJECT)
 		err = "550 5.5.2 Error: bare CR or LF in message text (see RFC 5321 2.3.8)";
-	else if (!d->bdat && d->ds.longest_line > cfg->smtp_line_max)
-		err = "550 5.5.6 Error: message line too long (RFC 5321 4.5.3.1.6)";
+	else if (!d->bdat && d->ds.longest_line > cfg->smtp_line_max) {
+		snprintf(line_err, sizeof(line_err),
+			 "550 5.5.6 Error: message line longer than %u octets (RFC 5321 4.5.3.1.6)",
+			 cfg->smtp_line_max);
+		err = line_err;
+	}
 
 	if (err || d->write_rc) {
-		if (err && !strncmp(err, "550 5.5.6", 9))
-			reply(ss, "550 5.5.6 Error: message line longer than %u octets (RFC 5321 4.5.3.1.6)",
-			      cfg->smtp_line_max);
-		else if (err)
+		if (err)
 			reply(ss, "%s", err);
 		else
 			store_error_reply(ss, d->write_rc);
