@@ -476,8 +476,8 @@ ssize_t imap_mutf7_decode(struct span in, uint8_t *out, size_t cap)
 			} else {
 				cp = u;
 			}
-			if (cp < 0x20 || (cp >= 0x20 && cp <= 0x7e))
-				return -EINVAL; /* must be written directly */
+			if (cp <= 0x7f)
+				return -EINVAL; /* ASCII is written directly, controls never */
 			int rc = put_utf8(out, cap, &o, cp);
 			if (rc)
 				return rc;

@@ -360,6 +360,7 @@ static const struct utf7_case utf7_cases[] = {
 	{ "a\x01", NULL },
 	{ "caf\xc3\xa9", NULL }, /* 8-bit: must be encoded */
 	{ "&AAE-", NULL },       /* a control character */
+	{ "&AH8-", NULL },       /* DEL, which the encoder refuses too (fuzz find) */
 };
 
 static void check_utf7(const struct utf7_case *c)
