@@ -348,6 +348,12 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 			 strerror(-rc));
 		return rc;
 	}
+	if (cfg->ob_smart_host[0] && cfg->ob_smart_verify &&
+	    (rc = outbound_verify_smart_host(st->sv.outbound, cfg->ob_smart_ca))) {
+		snprintf(err, errlen, "smart_tls_ca %s: %s", cfg->ob_smart_ca,
+			 rc == -EINVAL ? "no CA certificate in it" : strerror(-rc));
+		return rc;
+	}
 	/* DKIM keys: messages for remote recipients are signed as they are
 	 * spooled, on whichever loop accepts them (read-only after this). */
 	struct dkim *dk = NULL;

@@ -82,6 +82,7 @@ void config_defaults(struct config *cfg)
 	cfg->imap_line_max = 64 * 1024; /* IMAP_LINE_MAX */
 	cfg->ticket_rotate_s = 3600;
 	cfg->ob_mx_port = 25;
+	snprintf(cfg->ob_smart_ca, sizeof(cfg->ob_smart_ca), "/etc/ssl/certs/ca-certificates.crt");
 	cfg->ob_retry_min_ms = 5 * 60000;
 	cfg->ob_retry_max_ms = 4 * 3600000;
 	cfg->ob_expire_ms = 5u * 24 * 3600000;
@@ -548,6 +549,14 @@ static int set_outbound(struct parse_ctx *ctx, const char *key, const char *valu
 			cfg->ob_smart_implicit = false;
 		else
 			return BAD(ctx, "smart_tls must be starttls or implicit");
+	} else if (!strcmp(key, "smart_tls_verify")) {
+		bool b;
+		if (parse_bool(value, &b))
+			return BAD(ctx, "smart_tls_verify must be yes or no");
+		cfg->ob_smart_verify = b;
+	} else if (!strcmp(key, "smart_tls_ca")) {
+		if (!*value || copy_str(cfg->ob_smart_ca, sizeof(cfg->ob_smart_ca), value))
+			return BAD(ctx, "smart_tls_ca must be a file name");
 	} else if (!strcmp(key, "smart_password")) {
 		if (copy_str(cfg->ob_smart_password, sizeof(cfg->ob_smart_password), value))
 			return BAD(ctx, "smart_password too long");
@@ -812,6 +821,8 @@ void config_print(const struct config *cfg, FILE *out)
 	if (cfg->ob_smart_host[0])
 		fprintf(out, "smart_host = %s\nsmart_tls = %s\n", cfg->ob_smart_host,
 			cfg->ob_smart_implicit ? "implicit" : "starttls");
+	if (cfg->ob_smart_host[0] && cfg->ob_smart_verify)
+		fprintf(out, "smart_tls_verify = yes\nsmart_tls_ca = %s\n", cfg->ob_smart_ca);
 	if (cfg->ob_smart_user[0])
 		fprintf(out, "smart_user = %s\nsmart_password = ********\n", cfg->ob_smart_user);
 	fprintf(out, "\n[tls]\nticket_rotate = %us\n", cfg->ticket_rotate_s);

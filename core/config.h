@@ -117,6 +117,8 @@ struct config {
 	char ob_smart_user[CONFIG_STR_MAX]; /* AUTH PLAIN to the smart host, when set */
 	char ob_smart_password[CONFIG_STR_MAX];
 	bool ob_smart_implicit;             /* smart_tls = implicit: TLS from connect */
+	bool ob_smart_verify;               /* smart_tls_verify: check its certificate */
+	char ob_smart_ca[CONFIG_STR_MAX];   /* the CAs it is checked against (PEM) */
 	char ob_dkim_selector[64];          /* DKIM selector of DATA/dkim/<domain>.key */
 	/* [listener *] */
 	struct listener_config listeners[CONFIG_MAX_LISTENERS];

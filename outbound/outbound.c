@@ -79,12 +79,18 @@ struct outbound {
 	char ctl_from[CONFIG_STR_MAX + 32], ctl_to[CONFIG_STR_MAX + 32];
 	bool flush;
 	struct job *jobs;
+	struct tls_verifier *verifier; /* smart_tls_verify: the smart host's CAs */
 };
 
 static const struct config *ob_cfg(struct outbound *ob)
 {
 	return server_config(loop_server(ob->loop));
 }
+
+/* The smart host gets our AUTH credentials or must prove who it is: then
+ * nothing goes to it without TLS (no plaintext fallback, no AUTH in the
+ * clear), as Postfix's smtp_tls_security_level = encrypt/secure. */
+static bool tls_required(const struct job *j);
 
 static int64_t wall_ms(void)
 {
@@ -165,6 +171,12 @@ static void load_bounced(struct outbound *ob)
 	}
 }
 
+int outbound_verify_smart_host(struct outbound *ob, const char *ca_file)
+{
+	tls_verifier_free(&ob->verifier);
+	return tls_verifier_new(ca_file, &ob->verifier);
+}
+
 int outbound_load(struct outbound *ob)
 {
 	int rc = queue_scan(ob->q, load_one, ob);
@@ -188,6 +200,7 @@ void outbound_free(struct outbound **ob_r)
 		n = d->next;
 		free(d);
 	}
+	tls_verifier_free(&ob->verifier);
 	free(ob);
 }
 
@@ -525,8 +538,16 @@ static void on_recv(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 			in = span_skip(in, used);
 			j->in_len += got;
 			if (st == TLS_ERROR || st == TLS_CLOSED) {
-				job_fail(j, st == TLS_ERROR ? "TLS handshake or record failed"
-							     : "TLS closed by the remote host");
+				if (st == TLS_CLOSED) {
+					job_fail(j, "TLS closed by the remote host");
+				} else if (!was_done) {
+					char why[96];
+					snprintf(why, sizeof(why), "TLS handshake failed: %s",
+						 tls_client_error(j->tls));
+					job_fail(j, why);
+				} else {
+					job_fail(j, "TLS record failed");
+				}
 				return;
 			}
 			flush_out(j);
@@ -570,7 +591,8 @@ static void on_connect(struct loop *loop, struct loop_cb *cb, int res, uint32_t 
 	if (j->smart && ob_cfg(j->ob)->ob_smart_implicit) {
 		/* smart_tls = implicit (port 465): TLS first, the greeting
 		 * comes over it (tls_ready()). */
-		if (tls_client_new(j->host, out_append, j, &j->tls) ||
+		if (tls_client_new(j->host, j->smart ? j->ob->verifier : NULL, out_append, j,
+				   &j->tls) ||
 		    tls_client_start(j->tls) == TLS_ERROR) {
 			job_fail(j, "TLS client failed to start");
 			return;
@@ -621,6 +643,12 @@ static void send_ehlo(struct job *j)
 	snprintf(buf, sizeof(buf), "EHLO %s\r\n", ob_cfg(j->ob)->hostname);
 	j->step = J_EHLO;
 	job_send_str(j, buf);
+}
+
+static bool tls_required(const struct job *j)
+{
+	const struct config *cfg = ob_cfg(j->ob);
+	return j->smart && (cfg->ob_smart_user[0] || j->ob->verifier);
 }
 
 static void tls_ready(struct job *j)
@@ -871,6 +899,12 @@ static void handle_reply(struct job *j, int code)
 			job_send_str(j, "STARTTLS\r\n");
 			return;
 		}
+		if (!j->tls && tls_required(j)) {
+			set_last(j, false, "%s offers no STARTTLS; smart host mail needs TLS", j->host);
+			send_quit(j);
+			job_close(j, after_fail_next_addr);
+			return;
+		}
 		if (j->smart && ob_cfg(j->ob)->ob_smart_user[0]) {
 			const struct config *cfg = ob_cfg(j->ob);
 			char plain[2 * CONFIG_STR_MAX + 2], b64[4 * CONFIG_STR_MAX], cmd[4 * CONFIG_STR_MAX + 32];
@@ -906,12 +940,20 @@ static void handle_reply(struct job *j, int code)
 		return;
 	case J_STARTTLS:
 		if (code != 220) {
+			if (tls_required(j)) {
+				set_last(j, false, "%s (STARTTLS at %s; smart host mail needs TLS)",
+					 line, j->host);
+				send_quit(j);
+				job_close(j, after_fail_next_addr);
+				return;
+			}
 			/* Opportunistic: go on in plaintext. */
 			send_transaction(j);
 			return;
 		}
 		j->drop_input = true; /* nothing may ride behind the 220 */
-		if (tls_client_new(j->host, out_append, j, &j->tls) ||
+		if (tls_client_new(j->host, j->smart ? j->ob->verifier : NULL, out_append, j,
+				   &j->tls) ||
 		    tls_client_start(j->tls) == TLS_ERROR) {
 			job_fail(j, "TLS client failed to start");
 			return;

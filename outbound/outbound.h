@@ -20,6 +20,10 @@ struct outbound;
 /* Creates the runner (no I/O). Returns 0 or -ENOMEM. */
 int outbound_new(struct queue *q, struct store *store, struct users *users,
 		 const char *data_dir, struct outbound **ob_r);
+/* smart_tls_verify: the smart host's certificate must chain to a CA of
+ * ca_file and name the smart host. Startup only (reads the file). 0 or a
+ * negative errno (tls_verifier_new()). */
+int outbound_verify_smart_host(struct outbound *ob, const char *ca_file);
 /* Loads the queue (blocking: startup, before the loops). Returns the
  * number of messages or a negative errno. */
 int outbound_load(struct outbound *ob);

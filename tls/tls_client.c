@@ -2,22 +2,30 @@
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfio.h>
+#include <wolfssl/error-ssl.h>
+#include <wolfssl/wolfcrypt/error-crypt.h>
 
 #include <errno.h>
 #include <limits.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tls/tls_client.h"
 
+struct tls_verifier {
+	WOLFSSL_CTX *ctx; /* shared by the clients of every loop; read-only */
+};
+
 struct tls_client {
-	WOLFSSL_CTX *ctx;
+	WOLFSSL_CTX *ctx; /* owned; NULL when a verifier's is used */
 	WOLFSSL *ssl;
 	tls_out_fn out;
 	void *out_arg;
 	const uint8_t *in_p;
 	size_t in_len, in_off;
 	bool done, failed, closed;
+	int err; /* wolfSSL's error code at the failure */
 };
 
 static const char client_ciphers[] =
@@ -51,7 +59,53 @@ static int cio_send(WOLFSSL *ssl, char *buf, int sz, void *arg)
 	return sz;
 }
 
-int tls_client_new(const char *sni, tls_out_fn out, void *out_arg, struct tls_client **c_r)
+static WOLFSSL_CTX *client_ctx(void)
+{
+	WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_client_method());
+	if (!ctx)
+		return NULL;
+	wolfSSL_CTX_SetMinVersion(ctx, WOLFSSL_TLSV1_2);
+	wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
+	if (wolfSSL_CTX_set_cipher_list(ctx, client_ciphers) != WOLFSSL_SUCCESS) {
+		wolfSSL_CTX_free(ctx);
+		return NULL;
+	}
+	wolfSSL_CTX_SetIORecv(ctx, cio_recv);
+	wolfSSL_CTX_SetIOSend(ctx, cio_send);
+	return ctx;
+}
+
+int tls_verifier_new(const char *ca_file, struct tls_verifier **v_r)
+{
+	*v_r = NULL;
+	if (access(ca_file, R_OK))
+		return -errno;
+	struct tls_verifier *v = calloc(1, sizeof(*v));
+	if (!v || !(v->ctx = client_ctx())) {
+		free(v);
+		return -ENOMEM;
+	}
+	if (wolfSSL_CTX_load_verify_locations(v->ctx, ca_file, NULL) != WOLFSSL_SUCCESS) {
+		tls_verifier_free(&v);
+		return -EINVAL;
+	}
+	wolfSSL_CTX_set_verify(v->ctx, WOLFSSL_VERIFY_PEER, NULL);
+	*v_r = v;
+	return 0;
+}
+
+void tls_verifier_free(struct tls_verifier **v_r)
+{
+	struct tls_verifier *v = *v_r;
+	*v_r = NULL;
+	if (!v)
+		return;
+	wolfSSL_CTX_free(v->ctx);
+	free(v);
+}
+
+int tls_client_new(const char *sni, const struct tls_verifier *v, tls_out_fn out, void *out_arg,
+		   struct tls_client **c_r)
 {
 	struct tls_client *c = calloc(1, sizeof(*c));
 	*c_r = NULL;
@@ -59,22 +113,18 @@ int tls_client_new(const char *sni, tls_out_fn out, void *out_arg, struct tls_cl
 		return -ENOMEM;
 	c->out = out;
 	c->out_arg = out_arg;
-	c->ctx = wolfSSL_CTX_new(wolfSSLv23_client_method());
-	if (!c->ctx)
+	if (!v && !(c->ctx = client_ctx()))
 		goto err;
-	wolfSSL_CTX_SetMinVersion(c->ctx, WOLFSSL_TLSV1_2);
-	wolfSSL_CTX_set_verify(c->ctx, WOLFSSL_VERIFY_NONE, NULL);
-	if (wolfSSL_CTX_set_cipher_list(c->ctx, client_ciphers) != WOLFSSL_SUCCESS)
-		goto err;
-	wolfSSL_CTX_SetIORecv(c->ctx, cio_recv);
-	wolfSSL_CTX_SetIOSend(c->ctx, cio_send);
-	c->ssl = wolfSSL_new(c->ctx);
+	c->ssl = wolfSSL_new(v ? v->ctx : c->ctx);
 	if (!c->ssl)
 		goto err;
 	wolfSSL_SetIOReadCtx(c->ssl, c);
 	wolfSSL_SetIOWriteCtx(c->ssl, c);
 	if (sni && *sni)
 		wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, sni, (unsigned short)strlen(sni));
+	/* the certificate must name the host we meant to reach */
+	if (v && (!sni || !*sni || wolfSSL_check_domain_name(c->ssl, sni) != WOLFSSL_SUCCESS))
+		goto err;
 	*c_r = c;
 	return 0;
 err:
@@ -108,6 +158,7 @@ static enum tls_status step(struct tls_client *c)
 	if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
 		return TLS_WANT_READ;
 	c->failed = true;
+	c->err = e;
 	return TLS_ERROR;
 }
 
@@ -202,4 +253,21 @@ const char *tls_client_version(const struct tls_client *c)
 const char *tls_client_cipher(const struct tls_client *c)
 {
 	return c->done ? wolfSSL_get_cipher_name(c->ssl) : "";
+}
+
+const char *tls_client_error(const struct tls_client *c)
+{
+	switch (c->err) {
+	case ASN_NO_SIGNER_E:
+	case ASN_SELF_SIGNED_E:
+		return "certificate not trusted";
+	case DOMAIN_NAME_MISMATCH:
+		return "certificate does not name the host";
+	case ASN_AFTER_DATE_E:
+		return "certificate expired";
+	case ASN_BEFORE_DATE_E:
+		return "certificate not yet valid";
+	default:
+		return c->failed ? "handshake failed" : "";
+	}
 }

@@ -764,3 +764,100 @@ def test_dsn_parameters_passed_to_a_next_hop_that_offers_dsn(tmp_path, dns):
             mx.close()
             sender.expect_exit = None
             sender.stop()
+
+
+def test_smart_host_without_starttls_gets_no_credentials(tmp_path, dns):
+    """With smart_user set, the credentials never travel in plaintext: a
+    smart host that offers AUTH but no STARTTLS gets EHLO and QUIT only; the
+    message is deferred and stays queued (Postfix's noplaintext default)."""
+    mx = BrokenMX(drop=False, ehlo=b"AUTH PLAIN LOGIN")
+    extra = ("smart_host = 127.0.0.1:%d\nsmart_user = relay@example.com\n"
+             "smart_password = relay-Secret-9\n" % mx.port)
+    sender = make_sender(tmp_path / "sender", dns, conftest.free_port_offset() + 25, extra)
+    sender.start()
+    try:
+        submit(sender, BOB, message(token(), frm=ALICE, to=BOB))
+        assert wait_for(lambda: "event=outbound-deferred" in sender.log(), 20), \
+            sender.log()[-3000:]
+        deferred = [l for l in sender.log().splitlines() if "event=outbound-deferred" in l]
+        assert "offers no STARTTLS" in deferred[0], deferred
+        verbs = {l.split()[0].upper() for l in mx.lines}
+        assert verbs <= {b"EHLO", b"QUIT"}, mx.lines
+        assert b"EHLO" in verbs
+        assert len(queue_files(sender)) == 1
+        assert "relay-Secret-9" not in sender.log()
+    finally:
+        mx.close()
+        sender.expect_exit = None
+        sender.stop()
+
+
+def self_signed(tmp_path, name):
+    """A throwaway self-signed certificate (a CA that signed nothing of ours)."""
+    key, crt = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True)
+    return str(crt)
+
+
+def test_smart_host_certificate_verified(tmp_path, dns):
+    """smart_tls_verify = yes: the smart host's certificate must chain to a
+    CA of smart_tls_ca and name the host the sender connects to. The remote
+    ringmail's self-signed certificate names mx.remote.example (and
+    localhost). With it as the CA and the host named so, mail goes through
+    with AUTH; with another CA, or reached as 127.0.0.1, the handshake fails
+    before any credential is sent and the message waits in the queue."""
+    relay_pw = "relay-Secret-9"
+    remote = make_remote(tmp_path / "remote", users={BOB: BOB_PW, ALICE: relay_pw})
+    remote.start()
+    other_ca = self_signed(tmp_path, "other-ca")
+    cases = [("mx.remote.example", remote.cafile, None),
+             ("mx.remote.example", other_ca, "certificate not trusted"),
+             ("127.0.0.1", remote.cafile, "certificate does not name the host")]
+    try:
+        for i, (host, ca, failure) in enumerate(cases):
+            mark = len(remote.log())
+            extra = (f"smart_host = {host}:{remote.port(587)}\nsmart_tls_verify = yes\n"
+                     f"smart_tls_ca = {ca}\nsmart_user = {ALICE}\nsmart_password = {relay_pw}\n")
+            sender = make_sender(tmp_path / f"sender{i}", dns,
+                                 conftest.free_port_offset() + 25, extra)
+            sender.start()
+            try:
+                tok = token()
+                submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+                if failure is None:
+                    got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+                    assert len(got) == 1, sender.log()[-3000:]
+                    assert f"event=smtp-auth result=ok user={ALICE}" in remote.log()[mark:]
+                    assert wait_for(lambda: not queue_files(sender), 10)
+                    continue
+                assert wait_for(lambda: "event=outbound-deferred" in sender.log(), 20), \
+                    sender.log()[-3000:]
+                deferred = [l for l in sender.log().splitlines()
+                            if "event=outbound-deferred" in l]
+                assert "TLS handshake failed: " + failure in deferred[0], deferred
+                assert "smtp-auth" not in remote.log()[mark:]
+                assert not find(remote.messages(BOB), tok.encode())
+                assert len(queue_files(sender)) == 1
+            finally:
+                sender.expect_exit = None
+                sender.stop()
+    finally:
+        remote.expect_exit = None
+        remote.stop()
+
+
+def test_smart_host_ca_file_checked_at_start(tmp_path, dns):
+    """A smart_tls_ca that does not exist, or holds no certificate, stops
+    the start with a message naming the file."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for ca, why in ((tmp_path / "missing.pem", "No such file"), (junk, "no CA certificate")):
+        extra = f"smart_host = 127.0.0.1:2\nsmart_tls_verify = yes\nsmart_tls_ca = {ca}\n"
+        sender = make_sender(tmp_path / f"s-{ca.name}", dns, 25, extra)
+        with pytest.raises(Exception):
+            sender.start(timeout=5)
+        sender.expect_exit = None
+        sender.stop()
+        assert f"smart_tls_ca {ca}: {why}" in sender.log(), sender.log()[-2000:]
