@@ -1652,7 +1652,26 @@ static int dsn_build(struct dsn *d)
 	return 0;
 }
 
-/* The original's first bytes are in: build and deliver the DSN. */
+/* A DSN comes From MAILER-DAEMON@hostname. Receivers that check DMARC want
+ * it signed by an aligned domain: the key of the hostname, or else of its
+ * nearest parent domain that has one (relaxed alignment: a From at
+ * mail.example.com aligns with d=example.com). NULL: no key, unsigned.
+ * Signing here, on the runner's loop, costs one signature per DSN. */
+static char *dsn_sign(struct outbound *ob, const char *text, size_t len)
+{
+	struct services *sv = services_of(ob->loop);
+	struct dkim *dk = sv ? atomic_load_explicit(&sv->dkim, memory_order_acquire) : NULL;
+	if (!dk)
+		return NULL;
+	for (const char *dom = ob_cfg(ob)->hostname; dom && strchr(dom, '.');) {
+		char *sig = dkim_sign(dk, dom, (const uint8_t *)text, len);
+		if (sig)
+			return sig;
+		dom = strchr(dom, '.') + 1;
+	}
+	return NULL;
+}
+
 /* The original's first bytes are in: build the DSN and queue it. A bounce
  * gets an id made of the original's and its first recipient's index, so a
  * restart that makes it again writes the same file; it is held back from
@@ -1671,14 +1690,16 @@ static void dsn_read(struct msg_read *rd)
 	}
 	struct queue_rcpt_in rin = { .addr = e->from };
 	struct queue_env env = { .from = "", .rcpts = &rin, .nrcpts = 1 };
+	char *sig = dsn_sign(ob, d->text, d->len);
 	if (d->delay) {
-		rc = queue_submit(ob->q, ob->loop, &env, d->text, d->len, dsn_queued, d);
+		rc = queue_submit(ob->q, ob->loop, &env, d->text, d->len, sig, dsn_queued, d);
 	} else {
 		char id[QUEUE_ID_MAX];
 		snprintf(id, sizeof(id), "%.*sd%zx", QUEUE_ID_MAX - 20, e->id, d->first);
 		env.id = id;
-		rc = queue_submit_held(ob->q, ob->loop, &env, d->text, d->len, dsn_held, d);
+		rc = queue_submit_held(ob->q, ob->loop, &env, d->text, d->len, sig, dsn_held, d);
 	}
+	free(sig);
 	if (rc)
 		dsn_end(d, rc);
 }

@@ -710,8 +710,8 @@ void queue_spool_abort(struct queue_spool **sp_r)
 }
 
 static int submit(struct queue *q, struct loop *loop, const struct queue_env *env,
-		  const void *data, size_t len, queue_submit_cb *cb, queue_held_cb *held,
-		  void *arg)
+		  const void *data, size_t len, const char *dkim, queue_submit_cb *cb,
+		  queue_held_cb *held, void *arg)
 {
 	struct queue_spool *sp;
 	int rc = queue_spool_begin(q, loop, env, NULL, NULL, &sp);
@@ -723,19 +723,20 @@ static int submit(struct queue *q, struct loop *loop, const struct queue_env *en
 		return rc;
 	}
 	sp->held = held;
-	return queue_spool_commit(sp, NULL, cb, arg);
+	return queue_spool_commit(sp, dkim, cb, arg);
 }
 
 int queue_submit(struct queue *q, struct loop *loop, const struct queue_env *env,
-		 const void *data, size_t len, queue_submit_cb *cb, void *arg)
+		 const void *data, size_t len, const char *dkim, queue_submit_cb *cb, void *arg)
 {
-	return submit(q, loop, env, data, len, cb, NULL, arg);
+	return submit(q, loop, env, data, len, dkim, cb, NULL, arg);
 }
 
 int queue_submit_held(struct queue *q, struct loop *loop, const struct queue_env *env,
-		      const void *data, size_t len, queue_held_cb *cb, void *arg)
+		      const void *data, size_t len, const char *dkim, queue_held_cb *cb,
+		      void *arg)
 {
-	return submit(q, loop, env, data, len, NULL, cb, arg);
+	return submit(q, loop, env, data, len, dkim, NULL, cb, arg);
 }
 
 size_t queue_state_format(const struct queue_entry *e, char *buf, size_t cap)

@@ -140,17 +140,19 @@ int queue_spool_commit(struct queue_spool *sp, const char *dkim, queue_submit_cb
  * Sets *sp_r to NULL; NULL is fine. */
 void queue_spool_abort(struct queue_spool **sp_r);
 
-/* Writes a whole message held in memory (a bounce): begin + write + commit.
- * cb may be NULL. Same returns as queue_spool_commit(). */
+/* Writes a whole message held in memory (a bounce): begin + write + commit,
+ * with dkim (a header field, or NULL) as in queue_spool_commit(). cb may be
+ * NULL. Same returns as queue_spool_commit(). */
 int queue_submit(struct queue *q, struct loop *loop, const struct queue_env *env,
-		 const void *data, size_t len, queue_submit_cb *cb, void *arg);
+		 const void *data, size_t len, const char *dkim, queue_submit_cb *cb, void *arg);
 
 /* As queue_submit(), but the new entry is not handed to the runner
  * (queue_new_fn): cb(arg, 0, e) gets it once durable and owns it; on
  * failure cb(arg, res, NULL). */
 typedef void queue_held_cb(void *arg, int res, struct queue_entry *e);
 int queue_submit_held(struct queue *q, struct loop *loop, const struct queue_env *env,
-		      const void *data, size_t len, queue_held_cb *cb, void *arg);
+		      const void *data, size_t len, const char *dkim, queue_held_cb *cb,
+		      void *arg);
 
 /* Replaces <id>.st with e's recipient states. cb(arg, res) (may be NULL). */
 typedef void queue_done_cb(void *arg, int res);

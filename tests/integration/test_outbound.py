@@ -861,3 +861,45 @@ def test_smart_host_ca_file_checked_at_start(tmp_path, dns):
         sender.expect_exit = None
         sender.stop()
         assert f"smart_tls_ca {ca}: {why}" in sender.log(), sender.log()[-2000:]
+
+
+def test_bounce_to_a_remote_sender_is_dkim_signed(tmp_path, dns):
+    """A DSN leaves From MAILER-DAEMON@mail.example.com; with a key for
+    example.com (the hostname's parent: DMARC relaxed alignment) it is
+    signed, and the signature verifies where it lands. Here a message from
+    bob@remote.example reaches our alias fwd@example.com on port 25, the
+    forward to nobody@remote.example gets 550, and the bounce goes back to
+    bob at the remote MX."""
+    remote = make_remote(tmp_path / "remote")
+    remote.start()
+    sender = make_sender(tmp_path / "sender", dns, remote.port(25))
+    sender.aliases = "fwd@example.com: nobody@remote.example\n"
+    r = conftest.run_cli("dkim", "keygen", "example.com", "--data", str(sender.data),
+                         "--type", "ed25519", timeout=60)
+    assert r.returncode == 0, r.stderr
+    records = dict([dkim_record(r.stdout)])
+    sender.start()
+    try:
+        tok = token()
+        with smtplib.SMTP("localhost", sender.port(25), timeout=30) as c:
+            c.ehlo("mx.remote.example")
+            refused = c.sendmail(BOB, ["fwd@example.com"], message(tok, frm=BOB, to="fwd@example.com"))
+            assert not refused, refused
+
+        def bounce():
+            return [m for m in remote.messages(BOB) if tok.encode() in m and
+                    b"Content-Type: multipart/report" in m]
+        got = wait_for(bounce, 30)
+        assert len(got) == 1, sender.log()[-3000:]
+        m = got[0]
+        assert b"From: Mail Delivery System <MAILER-DAEMON@mail.example.com>" in m
+        assert b"Final-Recipient: rfc822; nobody@remote.example" in m
+        t = tags(strip_all_received(m))
+        assert t["d"] == "example.com" and t["a"] == "ed25519-sha256"
+        assert verify(m, records), m[:1500]
+        assert not verify(m.replace(b"nobody@remote.example", b"n0body@remote.example"), records)
+    finally:
+        remote.expect_exit = None
+        remote.stop()
+        sender.expect_exit = None
+        sender.stop()
