@@ -28,6 +28,7 @@
 #include "store/queue.h"
 #include "store/store.h"
 #include "store/users.h"
+#include "proto/sasl.h"
 #include "tls/tls_client.h"
 
 #define OB_LOOP_MSG (LOOP_MSG_USER + 6) /* a new queue entry for the runner */
@@ -913,20 +914,9 @@ static void handle_reply(struct job *j, int code)
 			memcpy(plain + 1, cfg->ob_smart_user, ul);
 			plain[1 + ul] = '\0';
 			memcpy(plain + 2 + ul, cfg->ob_smart_password, pl);
-			static const char tbl[] =
-				"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-			size_t n = 2 + ul + pl, o = 0;
-			for (size_t i = 0; i < n; i += 3) {
-				uint32_t v = (uint32_t)(uint8_t)plain[i] << 16;
-				if (i + 1 < n)
-					v |= (uint32_t)(uint8_t)plain[i + 1] << 8;
-				if (i + 2 < n)
-					v |= (uint8_t)plain[i + 2];
-				b64[o++] = tbl[(v >> 18) & 63];
-				b64[o++] = tbl[(v >> 12) & 63];
-				b64[o++] = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
-				b64[o++] = i + 2 < n ? tbl[v & 63] : '=';
-			}
+			size_t o = 0;
+			/* fits: b64 holds SASL_BASE64_ENCODED_LEN(2 * CONFIG_STR_MAX) + 1 */
+			sasl_base64_encode(span_make(plain, 2 + ul + pl), (uint8_t *)b64, sizeof(b64) - 1, &o);
 			b64[o] = '\0';
 			explicit_bzero(plain, sizeof(plain));
 			snprintf(cmd, sizeof(cmd), "AUTH PLAIN %s\r\n", b64);
