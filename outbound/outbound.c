@@ -24,6 +24,7 @@
 #include "outbound/outbound.h"
 #include "proto/mime.h"
 #include "outbound/dkim.h"
+#include "outbound/dsn.h"
 #include "proto/services.h"
 #include "store/queue.h"
 #include "store/store.h"
@@ -1398,6 +1399,7 @@ struct dsn {
 	struct msg_read rd;     /* the first bytes of the original */
 	bool *report;           /* per recipient: in this DSN */
 	bool delay;             /* a delay DSN (Action: delayed), not a bounce */
+	bool success;           /* a success DSN (Action: relayed), not a bounce */
 	size_t first;           /* the first recipient reported */
 	char *text;
 	size_t len;
@@ -1508,158 +1510,79 @@ static void status_of(const char *text, int code, char cls, char *out, size_t ca
 }
 
 /* Builds the DSN (RFC 3464 multipart/report) from the original's first
- * bytes in d->orig. */
+ * bytes in d->rd. */
 static int dsn_build(struct dsn *d)
 {
 	struct outbound *ob = d->ob;
 	struct queue_entry *e = d->m->e;
 	const struct config *cfg = ob_cfg(ob);
-	/* The original's header section (text/rfc822-headers). */
-	size_t hlen = d->rd.len;
-	for (size_t i = 0; i + 3 < d->rd.len; i++)
-		if (!memcmp(d->rd.buf + i, "\r\n\r\n", 4)) {
-			hlen = i + 2;
-			break;
-		}
+	size_t hlen = dsn_header_len(d->rd.buf, d->rd.len);
 	if (hlen > OB_DSN_HDR_MAX)
 		hlen = OB_DSN_HDR_MAX;
 	/* RET=FULL: the whole message when it is small enough (RFC 3461 4.3
-	 * lets a large one be cut to its header). */
-	bool full = !d->delay && e->ret == QUEUE_RET_FULL && e->body_len <= OB_DSN_FULL_MAX &&
-		    d->rd.len == e->body_len;
+	 * lets a large one be cut to its header); never in a delay or success
+	 * notice. */
+	bool full = !d->delay && !d->success && e->ret == QUEUE_RET_FULL &&
+		    e->body_len <= OB_DSN_FULL_MAX && d->rd.len == e->body_len;
+	struct dsn_rcpt *rr = calloc(e->nrcpts, sizeof(*rr));
+	char(*status)[32] = calloc(e->nrcpts, sizeof(*status));
+	if (!rr || !status) {
+		free(rr);
+		free(status);
+		return -ENOMEM;
+	}
+	char until[64];
+	time_t ut = (time_t)((e->created_ms + (int64_t)cfg->ob_expire_ms) / 1000);
+	struct tm tm;
+	localtime_r(&ut, &tm);
+	strftime(until, sizeof(until), "%a, %d %b %Y %H:%M:%S %z", &tm);
 	size_t nrep = 0, first = e->nrcpts;
 	for (size_t i = 0; i < e->nrcpts; i++) {
-		nrep += d->report[i];
-		if (d->report[i] && first == e->nrcpts)
-			first = i; /* each recipient is in one DSN of a kind: a unique id */
-	}
-	size_t cap = 8192 + (full ? d->rd.len : hlen) + nrep * (3 * QUEUE_REPLY_MAX + 2 * QUEUE_XTEXT_MAX) +
-		     (e->envid ? strlen(e->envid) : 0);
-	char *t = malloc(cap);
-	if (!t)
-		return -ENOMEM;
-	char date[64], boundary[64];
-	time_t now = time(NULL);
-	struct tm tm;
-	localtime_r(&now, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	snprintf(boundary, sizeof(boundary), "=_%.40s.dsn", e->id);
-	size_t n = (size_t)snprintf(t, cap,
-		"Return-Path: <>\r\n"
-		"From: Mail Delivery System <MAILER-DAEMON@%s>\r\n"
-		"To: <%s>\r\n"
-		"Subject: %s\r\n"
-		"Date: %s\r\n"
-		"Message-ID: <%s.%zu.%s@%s>\r\n"
-		"Auto-Submitted: auto-replied\r\n"
-		"MIME-Version: 1.0\r\n"
-		"Content-Type: multipart/report; report-type=delivery-status;\r\n"
-		"\tboundary=\"%s\"\r\n"
-		"\r\n"
-		"This is a MIME-encapsulated message.\r\n"
-		"\r\n"
-		"--%s\r\n"
-		"Content-Type: text/plain; charset=us-ascii\r\n"
-		"\r\n"
-		"This is the mail system at host %s.\r\n"
-		"\r\n"
-		"%s\r\n"
-		"\r\n",
-		cfg->hostname, e->from,
-		d->delay ? "Delayed Mail (still being retried)" : "Undelivered Mail Returned to Sender",
-		date, e->id, first, d->delay ? "delay" : "dsn", cfg->hostname, boundary, boundary,
-		cfg->hostname,
-		d->delay ? "Your message has not been delivered yet to one or more recipients;\r\n"
-			   "delivery is still being attempted. No action is needed."
-			 : "Your message could not be delivered to one or more recipients.");
-	for (size_t i = 0; i < e->nrcpts && n < cap; i++)
-		if (d->report[i])
-			n += (size_t)snprintf(t + n, cap - n, "<%s>: %s\r\n", e->rcpts[i].addr,
-					      e->rcpts[i].last);
-	time_t arr = (time_t)(e->created_ms / 1000);
-	char adate[64];
-	localtime_r(&arr, &tm);
-	strftime(adate, sizeof(adate), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	n += (size_t)snprintf(t + n, cap - n,
-		"\r\n--%s\r\n"
-		"Content-Type: message/delivery-status\r\n"
-		"\r\n", boundary);
-	if (e->envid)
-		n += (size_t)snprintf(t + n, cap - n, "Original-Envelope-Id: %s\r\n", e->envid);
-	n += (size_t)snprintf(t + n, cap - n,
-		"Reporting-MTA: dns; %s\r\n"
-		"X-Ringmail-Queue-ID: %s\r\n"
-		"Arrival-Date: %s\r\n",
-		cfg->hostname, e->id, adate);
-	for (size_t i = 0; i < e->nrcpts && n < cap; i++) {
 		if (!d->report[i])
 			continue;
+		if (first == e->nrcpts)
+			first = i; /* each recipient is in one DSN of a kind: a unique id */
 		const struct queue_rcpt *r = &e->rcpts[i];
-		char status[32];
-		int code = atoi(r->last);
-		status_of(r->last, code, d->delay ? '4' : '5', status, sizeof(status));
-		n += (size_t)snprintf(t + n, cap - n, "\r\n");
-		if (r->orcpt) {
-			/* "addr-type;xtext" as the client gave it (RFC 3461 4.2). */
-			const char *semi = strchr(r->orcpt, ';');
-			if (semi)
-				n += (size_t)snprintf(t + n, cap - n, "Original-Recipient: %.*s; %s\r\n",
-						      (int)(semi - r->orcpt), r->orcpt, semi + 1);
+		struct dsn_rcpt *x = &rr[nrep];
+		*x = (struct dsn_rcpt){ .addr = r->addr, .orcpt = r->orcpt, .diag = r->last,
+					.note = r->last };
+		if (d->success) {
+			x->action = "relayed";
+			x->status = "2.0.0";
+		} else {
+			status_of(r->last, atoi(r->last), d->delay ? '4' : '5', status[nrep],
+				  sizeof(status[nrep]));
+			x->action = d->delay ? "delayed" : "failed";
+			x->status = status[nrep];
+			x->retry_until = d->delay ? until : NULL;
 		}
-		n += (size_t)snprintf(t + n, cap - n,
-			"Final-Recipient: rfc822; %s\r\n"
-			"Action: %s\r\n"
-			"Status: %s\r\n"
-			"Diagnostic-Code: smtp; %s\r\n",
-			r->addr, d->delay ? "delayed" : "failed", status, r->last);
-		if (d->delay) {
-			time_t until = (time_t)((e->created_ms + (int64_t)cfg->ob_expire_ms) / 1000);
-			char udate[64];
-			localtime_r(&until, &tm);
-			strftime(udate, sizeof(udate), "%a, %d %b %Y %H:%M:%S %z", &tm);
-			n += (size_t)snprintf(t + n, cap - n, "Will-Retry-Until: %s\r\n", udate);
-		}
+		nrep++;
 	}
-	if (full) {
-		n += (size_t)snprintf(t + n, cap - n,
-			"\r\n--%s\r\n"
-			"Content-Type: message/rfc822\r\n"
-			"\r\n", boundary);
-	} else {
-		n += (size_t)snprintf(t + n, cap - n,
-			"\r\n--%s\r\n"
-			"Content-Type: text/rfc822-headers\r\n"
-			"\r\n", boundary);
-	}
-	size_t olen = full ? d->rd.len : hlen;
-	if (n + olen + 256 < cap) {
-		memcpy(t + n, d->rd.buf, olen);
-		n += olen;
-	}
-	n += (size_t)snprintf(t + n, cap - n, "\r\n--%s--\r\n", boundary);
-	d->text = t;
-	d->len = n < cap ? n : cap;
-	return 0;
-}
-
-/* A DSN comes From MAILER-DAEMON@hostname. Receivers that check DMARC want
- * it signed by an aligned domain: the key of the hostname, or else of its
- * nearest parent domain that has one (relaxed alignment: a From at
- * mail.example.com aligns with d=example.com). NULL: no key, unsigned.
- * Signing here, on the runner's loop, costs one signature per DSN. */
-static char *dsn_sign(struct outbound *ob, const char *text, size_t len)
-{
-	struct services *sv = services_of(ob->loop);
-	struct dkim *dk = sv ? atomic_load_explicit(&sv->dkim, memory_order_acquire) : NULL;
-	if (!dk)
-		return NULL;
-	for (const char *dom = ob_cfg(ob)->hostname; dom && strchr(dom, '.');) {
-		char *sig = dkim_sign(dk, dom, (const uint8_t *)text, len);
-		if (sig)
-			return sig;
-		dom = strchr(dom, '.') + 1;
-	}
-	return NULL;
+	struct dsn_msg msg = {
+		.hostname = cfg->hostname,
+		.to = e->from,
+		.envid = e->envid,
+		.id = e->id,
+		.kind = d->success ? "relayed" : d->delay ? "delay" : "dsn",
+		.first = first,
+		.subject = d->success ? "Successful Mail Delivery Report"
+			   : d->delay ? "Delayed Mail (still being retried)"
+				      : "Undelivered Mail Returned to Sender",
+		.intro = d->success ? "Your message was relayed to the recipients below. The next\r\n"
+				      "system does not report delivery status: this is the last\r\n"
+				      "notice about them."
+			 : d->delay ? "Your message has not been delivered yet to one or more recipients;\r\n"
+				      "delivery is still being attempted. No action is needed."
+				    : "Your message could not be delivered to one or more recipients.",
+		.arrival_ms = e->created_ms,
+		.orig = d->rd.buf,
+		.orig_len = full ? d->rd.len : hlen,
+		.full = full,
+	};
+	d->text = dsn_format(&msg, rr, nrep, &d->len);
+	free(rr);
+	free(status);
+	return d->text ? 0 : -ENOMEM;
 }
 
 /* The original's first bytes are in: build the DSN and queue it. A bounce
@@ -1680,7 +1603,9 @@ static void dsn_read(struct msg_read *rd)
 	}
 	struct queue_rcpt_in rin = { .addr = e->from };
 	struct queue_env env = { .from = "", .rcpts = &rin, .nrcpts = 1 };
-	char *sig = dsn_sign(ob, d->text, d->len);
+	struct services *sv = services_of(ob->loop);
+	char *sig = dsn_sign(sv ? atomic_load_explicit(&sv->dkim, memory_order_acquire) : NULL,
+			     ob_cfg(ob)->hostname, d->text, d->len);
 	if (d->delay) {
 		rc = queue_submit(ob->q, ob->loop, &env, d->text, d->len, sig, dsn_queued, d);
 	} else {
