@@ -475,6 +475,7 @@ static int cmd_serve(int argc, char **argv)
 	st->lock_fd = -1;
 	if (services_open(st, cfg, err, sizeof(err))) {
 		fprintf(stderr, "ringmail: %s\n", err);
+		free(cfg); /* server_init() did not take it */
 		rc = 1;
 		goto out_services;
 	}

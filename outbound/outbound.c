@@ -48,6 +48,7 @@ struct ob_msg {
 	struct outbound *ob;
 	bool *inflight;       /* per recipient: in a job now */
 	bool *delay_due;      /* per recipient: a delay DSN is due (NOTIFY=DELAY) */
+	bool *success_due;    /* per recipient: a "relayed" DSN is due (NOTIFY=SUCCESS) */
 	unsigned jobs;        /* jobs and bounce steps holding m */
 	bool dsn_busy;        /* a bounce is being made */
 	int64_t dsn_retry_ms; /* a failed bounce is tried again then */
@@ -109,9 +110,11 @@ static void msg_add(struct outbound *ob, struct queue_entry *e)
 {
 	struct ob_msg *m = calloc(1, sizeof(*m));
 	if (!m || !(m->inflight = calloc(e->nrcpts, sizeof(bool))) ||
-	    !(m->delay_due = calloc(e->nrcpts, sizeof(bool)))) {
+	    !(m->delay_due = calloc(e->nrcpts, sizeof(bool))) ||
+	    !(m->success_due = calloc(e->nrcpts, sizeof(bool)))) {
 		/* It stays on disk and is picked up at the next start. */
 		if (m) {
+			free(m->delay_due);
 			free(m->inflight);
 			free(m);
 		}
@@ -129,6 +132,7 @@ static void msg_free(struct ob_msg *m)
 	queue_entry_free(m->e);
 	free(m->inflight);
 	free(m->delay_due);
+	free(m->success_due);
 	free(m);
 }
 
@@ -1419,19 +1423,23 @@ static void dsn_end(struct dsn *d, int res)
 		m->dsn_retry_ms = wall_ms() + 60000;
 	} else if (d->text) {
 		OBLOG(ob, LOG_INFO, "outbound-dsn", "id=%s to=%s kind=%s", e->id, e->from,
-		      d->delay ? "delay" : "failure");
+		      d->success ? "success" : d->delay ? "delay" : "failure");
 	}
 	for (size_t i = 0; i < e->nrcpts && res >= 0; i++) {
 		if (!d->report[i])
 			continue;
 		if (d->delay)
 			e->rcpts[i].delay_sent = true;
-		else if (e->rcpts[i].state == QUEUE_RCPT_FAILED)
+		else if (!d->success && e->rcpts[i].state == QUEUE_RCPT_FAILED)
 			e->rcpts[i].state = QUEUE_RCPT_BOUNCED;
 	}
-	if (d->delay) {
-		for (size_t i = 0; i < e->nrcpts; i++)
+	/* Delay and success notices are best effort: tried once, even when
+	 * that failed (a retry could spin on a lasting error). */
+	for (size_t i = 0; i < e->nrcpts && (d->delay || d->success); i++) {
+		if (d->delay)
 			m->delay_due[i] = false;
+		else
+			m->success_due[i] = false;
 	}
 	free(d->text);
 	free(d->rd.buf);
@@ -1606,7 +1614,7 @@ static void dsn_read(struct msg_read *rd)
 	struct services *sv = services_of(ob->loop);
 	char *sig = dsn_sign(sv ? atomic_load_explicit(&sv->dkim, memory_order_acquire) : NULL,
 			     ob_cfg(ob)->hostname, d->text, d->len);
-	if (d->delay) {
+	if (d->delay || d->success) {
 		rc = queue_submit(ob->q, ob->loop, &env, d->text, d->len, sig, dsn_queued, d);
 	} else {
 		char id[QUEUE_ID_MAX];
@@ -1619,10 +1627,13 @@ static void dsn_read(struct msg_read *rd)
 		dsn_end(d, rc);
 }
 
-/* Reports every FAILED recipient that asked for it (RFC 3461 NOTIFY) in
- * one DSN; recipients with NOTIFY=NEVER, or of a null sender, are marked
- * bounced without one. The failed states are already durable. */
-static void send_dsn(struct outbound *ob, struct ob_msg *m, bool delay)
+enum dsn_kind { DSN_FAILURE, DSN_DELAY, DSN_SUCCESS };
+
+/* DSN_FAILURE reports every FAILED recipient that asked for it (RFC 3461
+ * NOTIFY) in one DSN; recipients with NOTIFY=NEVER, or of a null sender,
+ * are marked bounced without one. The failed states are already durable.
+ * DSN_DELAY and DSN_SUCCESS report the recipients whose notice is due. */
+static void send_dsn(struct outbound *ob, struct ob_msg *m, enum dsn_kind kind)
 {
 	struct queue_entry *e = m->e;
 	bool *report = calloc(e->nrcpts, sizeof(bool));
@@ -1635,14 +1646,18 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m, bool delay)
 		m->jobs--;
 		return;
 	}
+	bool delay = kind == DSN_DELAY;
 	size_t nrep = 0;
-	for (size_t i = 0; i < e->nrcpts && delay; i++) {
-		if (m->delay_due[i] && e->rcpts[i].state == QUEUE_RCPT_PENDING && e->from[0]) {
+	for (size_t i = 0; i < e->nrcpts && kind != DSN_FAILURE; i++) {
+		if (!e->from[0])
+			break;
+		if (delay ? m->delay_due[i] && e->rcpts[i].state == QUEUE_RCPT_PENDING
+			  : m->success_due[i] && e->rcpts[i].state == QUEUE_RCPT_SENT) {
 			report[i] = true;
 			nrep++;
 		}
 	}
-	for (size_t i = 0; i < e->nrcpts && !delay; i++) {
+	for (size_t i = 0; i < e->nrcpts && kind == DSN_FAILURE; i++) {
 		struct queue_rcpt *r = &e->rcpts[i];
 		if (r->state != QUEUE_RCPT_FAILED)
 			continue;
@@ -1662,11 +1677,13 @@ static void send_dsn(struct outbound *ob, struct ob_msg *m, bool delay)
 	d->m = m;
 	d->report = report;
 	d->delay = delay;
+	d->success = kind == DSN_SUCCESS;
 	if (!nrep) {
 		dsn_end(d, 0);
 		return;
 	}
-	size_t want = e->ret == QUEUE_RET_FULL && !delay ? OB_DSN_FULL_MAX : OB_DSN_HDR_MAX;
+	size_t want = e->ret == QUEUE_RET_FULL && kind == DSN_FAILURE ? OB_DSN_FULL_MAX
+									: OB_DSN_HDR_MAX;
 	if (msg_read_start(&d->rd, ob, e, want, dsn_read))
 		dsn_end(d, -ENOMEM);
 }
@@ -1685,7 +1702,7 @@ static void dsn_state_written(void *arg, int res)
 			msg_settled(ob, m);
 		return;
 	}
-	send_dsn(ob, m, false);
+	send_dsn(ob, m, DSN_FAILURE);
 }
 
 /* ---- jobs: start and end ------------------------------------------------ */
@@ -1723,6 +1740,10 @@ static void job_settle(struct job *j)
 			snprintf(r->last, sizeof(r->last), "%s", j->rtext[i]);
 			OBLOG(ob, LOG_INFO, "outbound-sent", "id=%s to=%s host=%s reply=\"%s\"", e->id,
 			      r->addr, j->host, r->last);
+			/* RFC 3461 5.2.2: relayed to a host that does not take
+			 * the NOTIFY on, the success notice is ours to send. */
+			if ((r->notify & QUEUE_NOTIFY_SUCCESS) && !j->ext_dsn && e->from[0])
+				m->success_due[j->ri[i]] = true;
 			continue;
 		}
 		bool perm;
@@ -1892,7 +1913,20 @@ static void msg_settled(struct outbound *ob, struct ob_msg *m)
 		queue_state_write(ob->q, ob->loop, e, NULL, NULL);
 		m->dsn_busy = true;
 		m->jobs++;
-		send_dsn(ob, m, true); /* may settle m again (and so free it) */
+		send_dsn(ob, m, DSN_DELAY); /* may settle m again (and so free it) */
+		return;
+	}
+	bool success = false;
+	for (size_t i = 0; i < e->nrcpts; i++)
+		success |= m->success_due[i] && e->rcpts[i].state == QUEUE_RCPT_SENT;
+	if (success && !m->dsn_busy) {
+		/* Before the removal: the notice quotes the original's header.
+		 * The sent states first (a restart must not send again); a crash
+		 * before the notice is queued loses the notice, not the mail. */
+		queue_state_write(ob->q, ob->loop, e, NULL, NULL);
+		m->dsn_busy = true;
+		m->jobs++;
+		send_dsn(ob, m, DSN_SUCCESS); /* may settle m again (and so free it) */
 		return;
 	}
 	if (final && !failed) {

@@ -29,6 +29,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "outbound/dkim.h"
+#include "outbound/dsn.h"
 #include "proto/mime.h"
 #include "proto/sasl.h"
 #include "proto/services.h"
@@ -79,6 +80,10 @@ struct smtp_rcpt {
 	char *addr;     /* the mailbox as given */
 	unsigned notify;
 	char *orcpt;    /* DSN ORCPT, kept as sent */
+	/* NOTIFY=SUCCESS for a local address: the DSN Action we report once
+	 * the message is accepted ("delivered", "expanded", "relayed"); NULL
+	 * for none (a remote address: the queue carries its NOTIFY on). */
+	const char *notice;
 };
 
 /* What is being delivered: one store append to every target's INBOX. */
@@ -113,6 +118,10 @@ struct smtp_delivery {
 	bool hdr_done, hdr_line_start, hdr_match_ok;
 	uint8_t hdr_match;
 	uint64_t hdr_size;
+	/* NOTIFY=SUCCESS: the header section as stored, for the notice */
+	bool notice_want, notice_hdr_done;
+	uint8_t *notice_hdr;
+	size_t notice_len;
 };
 
 struct smtp_session {
@@ -760,6 +769,7 @@ static void cmd_rcpt(struct smtp_session *ss, const struct smtp_cmd *cmd)
 		error_reply(ss, "554 5.7.1 Error: relay access denied");
 		return;
 	}
+	const char *notice = NULL;
 	if (local) {
 	struct resolve_ctx rc = { .ss = ss };
 	size_t before = ss->d.ntargets;
@@ -776,6 +786,11 @@ static void cmd_rcpt(struct smtp_session *ss, const struct smtp_cmd *cmd)
 		reply(ss, "451 4.4.0 <%s>: forwarding to remote domains is not available yet", addr);
 		return;
 	}
+	/* RFC 3461 6.2.7: one mailbox here is "delivered"; an alias of several
+	 * targets "expanded"; a forward to another domain "relayed" (the
+	 * forward carries no NOTIFY on). */
+	if (notify & SMTP_NOTIFY_SUCCESS)
+		notice = n > 1 ? "expanded" : rc.queued ? "relayed" : "delivered";
 	}
 	if (ss->nrcpts == ss->rcpts_cap) {
 		size_t cap = ss->rcpts_cap ? ss->rcpts_cap * 2 : 8;
@@ -790,6 +805,7 @@ static void cmd_rcpt(struct smtp_session *ss, const struct smtp_cmd *cmd)
 	struct smtp_rcpt *r = &ss->rcpts[ss->nrcpts];
 	r->addr = strdup(addr);
 	r->notify = notify;
+	r->notice = notice;
 	r->orcpt = orcpt.len ? strndup((const char *)orcpt.p, orcpt.len) : NULL;
 	if (!r->addr) {
 		free(r->orcpt);
@@ -828,6 +844,7 @@ static void delivery_reset(struct smtp_session *ss)
 	free(d->folders);
 	free(d->overflow);
 	free(d->mime);
+	free(d->notice_hdr);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -927,6 +944,94 @@ static void delivery_open(struct smtp_session *ss)
 static void store_ready(void *arg);
 static size_t bdat_data(struct smtp_session *ss, struct span in);
 static void delivery_finish(struct smtp_session *ss);
+
+/* NOTIFY=SUCCESS: the notice quotes the header section as stored, bounded
+ * like a bounce's. */
+#define NOTICE_HDR_MAX (64u * 1024u)
+
+static void notice_feed(struct smtp_delivery *d, struct span c)
+{
+	if (!d->notice_want || d->notice_hdr_done || !c.len)
+		return;
+	if (!d->notice_hdr && !(d->notice_hdr = malloc(NOTICE_HDR_MAX))) {
+		d->notice_hdr_done = true; /* the notice goes without the header */
+		return;
+	}
+	size_t take = c.len < NOTICE_HDR_MAX - d->notice_len ? c.len : NOTICE_HDR_MAX - d->notice_len;
+	size_t from = d->notice_len > 3 ? d->notice_len - 3 : 0;
+	memcpy(d->notice_hdr + d->notice_len, c.p, take);
+	d->notice_len += take;
+	size_t h = dsn_header_len(d->notice_hdr + from, d->notice_len - from);
+	if (h < d->notice_len - from) {
+		d->notice_len = from + h;
+		d->notice_hdr_done = true;
+	} else if (d->notice_len == NOTICE_HDR_MAX) {
+		d->notice_hdr_done = true;
+	}
+}
+
+/* The message is accepted (250 sent): the success notice for the local
+ * recipients that asked for one (RFC 3461 5.2.2 and 6.2.7), queued to the
+ * envelope sender like a bounce. Best effort: a failure is logged. */
+static void send_success_notice(struct smtp_session *ss)
+{
+	struct smtp_delivery *d = &ss->d;
+	const struct config *cfg = cfg_of(ss);
+	struct dsn_rcpt *rr = calloc(ss->nrcpts, sizeof(*rr));
+	size_t n = 0, len = 0;
+	char *text = NULL;
+	int rc = -ENOMEM;
+	if (!ss->sv->queue) {
+		rc = -ENOSYS;
+		goto out;
+	}
+	if (!rr)
+		goto out;
+	for (size_t i = 0; i < ss->nrcpts; i++) {
+		const struct smtp_rcpt *r = &ss->rcpts[i];
+		if (!r->notice)
+			continue;
+		rr[n++] = (struct dsn_rcpt){
+			.addr = r->addr, .orcpt = r->orcpt, .action = r->notice, .status = "2.0.0",
+			.note = r->notice[0] == 'd'   ? "delivered to the mailbox"
+				: r->notice[0] == 'e' ? "delivered to the members of this list"
+						      : "forwarded to a system that sends no notices",
+		};
+	}
+	char id[64];
+	snprintf(id, sizeof(id), "%llx.%u", (unsigned long long)stream_sid(ss->s), ss->msgs);
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	struct dsn_msg m = {
+		.hostname = cfg->hostname,
+		.to = ss->from,
+		.envid = ss->envid[0] ? ss->envid : NULL,
+		.id = id,
+		.kind = "success",
+		.subject = "Successful Mail Delivery Report",
+		.intro = "Your message was delivered to the recipients below.",
+		.arrival_ms = (int64_t)now.tv_sec * 1000,
+		.orig = d->notice_hdr,
+		.orig_len = d->notice_hdr ? d->notice_len : 0,
+	};
+	if (!(text = dsn_format(&m, rr, n, &len)))
+		goto out;
+	char *sig = dsn_sign(atomic_load_explicit(&ss->sv->dkim, memory_order_acquire),
+			     cfg->hostname, text, len);
+	struct queue_rcpt_in rin = { .addr = ss->from };
+	struct queue_env env = { .from = "", .rcpts = &rin, .nrcpts = 1 };
+	rc = queue_submit(ss->sv->queue, stream_loop(ss->s), &env, text, len, sig, NULL, NULL);
+	free(sig);
+out:
+	if (rc)
+		LOG_AT(stream_log(ss->s), LOG_WARN, stream_sid(ss->s), "smtp-dsn-failed",
+		       "kind=success to=<%s> error=%s", ss->from, strerror(-rc));
+	else
+		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-dsn",
+		       "kind=success to=<%s> rcpts=%zu", ss->from, n);
+	free(text);
+	free(rr);
+}
 
 static void store_error_reply(struct smtp_session *ss, int rc)
 {
@@ -1036,6 +1141,7 @@ static int write_received(struct smtp_session *ss)
 	if ((size_t)n >= sizeof(buf))
 		return -ENAMETOOLONG;
 	mime_scan_feed(ss->d.mime, span_make(buf, (size_t)n));
+	notice_feed(&ss->d, span_make(buf, (size_t)n));
 	if (ss->d.spool) {
 		int rc = queue_put(ss, span_make(buf, (size_t)n));
 		if (rc)
@@ -1063,6 +1169,8 @@ static void delivery_opened(struct smtp_session *ss)
 		mime_scan_init(d->mime);
 		mime_scan_limits(d->mime, cfg_of(ss)->mime_depth_max, cfg_of(ss)->mime_parts_max);
 	}
+	for (size_t i = 0; i < ss->nrcpts && !ss->from_null; i++)
+		d->notice_want |= ss->rcpts[i].notice != NULL;
 	if (!rc && d->nremote)
 		rc = queue_begin(ss);
 	if (!rc && d->ntargets)
@@ -1099,6 +1207,7 @@ static void store_put(struct smtp_session *ss, struct span chunk)
 	if (d->write_rc || chunk.len == 0)
 		return;
 	mime_scan_feed(d->mime, chunk);
+	notice_feed(d, chunk);
 	if (d->spool) {
 		int rc = queue_put(ss, chunk);
 		if (rc) {
@@ -1201,6 +1310,8 @@ static void delivery_done(struct smtp_session *ss, int res)
 		LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-delivered",
 		       "from=<%s> rcpts=%zu size=%llu", ss->from, ss->nrcpts,
 		       (unsigned long long)(ss->d.bdat ? ss->d.size : ss->d.ds.size));
+		if (ss->d.notice_want)
+			send_success_notice(ss);
 	}
 	envelope_reset(ss);
 	ss->state = SMTP_S_READY;

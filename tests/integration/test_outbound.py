@@ -903,3 +903,100 @@ def test_bounce_to_a_remote_sender_is_dkim_signed(tmp_path, dns):
         remote.stop()
         sender.expect_exit = None
         sender.stop()
+
+
+def dsn_fields(m):
+    """The per-recipient field groups of a DSN's message/delivery-status
+    part, as {Final-Recipient address: {field: value}}."""
+    part = m.split(b"Content-Type: message/delivery-status\r\n\r\n", 1)[1].split(b"\r\n--", 1)[0]
+    out = {}
+    for group in part.split(b"\r\n\r\n")[1:]:
+        f = dict(l.split(b": ", 1) for l in group.split(b"\r\n") if b": " in l)
+        out[f[b"Final-Recipient"].split(b"; ", 1)[1].decode()] = f
+    return out
+
+
+def test_dsn_success_for_local_recipients(tmp_path):
+    """NOTIFY=SUCCESS on local recipients (RFC 3461 5.2.2): once the message
+    is accepted, one success notice goes to the sender: "delivered" for a
+    mailbox, "expanded" for an alias of several, with ORCPT and ENVID back
+    and only the header section quoted. A recipient without SUCCESS is not
+    in it; a message without SUCCESS gets no notice."""
+    carol = "carol@example.com"
+    s = Server(tmp_path / "s", users={ALICE: ALICE_PW, carol: "carol-Secret-3"},
+               aliases="team@example.com: alice@example.com, carol@example.com\n")
+    s.start()
+    try:
+        tok = token()
+        body_marker = b"body-" + tok.encode()[::-1]
+        with smtplib.SMTP_SSL("localhost", s.port(465), timeout=30,
+                              context=s.ssl_context()) as c:
+            c.ehlo("client.example")
+            c.login(ALICE, ALICE_PW)
+            c.mail(ALICE, ["ENVID=env-" + tok, "RET=FULL"])
+            assert c.rcpt(ALICE, ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;me@example.org"])[0] == 250
+            assert c.rcpt("team@example.com", ["NOTIFY=SUCCESS"])[0] == 250
+            assert c.rcpt(carol, ["NOTIFY=FAILURE"])[0] == 250
+            assert c.data(message(tok, body=body_marker + b"\r\n", frm=ALICE, to=carol))[0] == 250
+            tok2 = token()
+            c.sendmail(ALICE, [carol], message(tok2, frm=ALICE, to=carol),
+                       rcpt_options=["NOTIFY=FAILURE,DELAY"])
+
+        def notices():
+            return [m for m in s.messages(ALICE) if b"multipart/report" in m]
+        got = wait_for(notices, 20)
+        assert len(got) == 1, s.log()[-3000:]
+        m = got[0]
+        assert b"Subject: Successful Mail Delivery Report" in m
+        assert b"Original-Envelope-Id: env-" + tok.encode() + b"\r\n" in m
+        f = dsn_fields(m)
+        assert set(f) == {ALICE, "team@example.com"}, f
+        assert f[ALICE][b"Action"] == b"delivered" and f[ALICE][b"Status"] == b"2.0.0"
+        assert f[ALICE][b"Original-Recipient"] == b"rfc822; me@example.org"
+        assert f["team@example.com"][b"Action"] == b"expanded"
+        assert b"Content-Type: text/rfc822-headers" in m
+        assert tok.encode() in m.split(b"Content-Type: text/rfc822-headers")[1]
+        assert body_marker not in m  # headers only, even with RET=FULL
+        assert "event=smtp-dsn kind=success" in s.log()
+        # The second message (no SUCCESS) made none.
+        # carol: the first message once (direct and via team), the second
+        assert wait_for(lambda: len(s.messages(carol)) == 2, 10)
+        time.sleep(1)
+        assert len(notices()) == 1
+        assert not [n for n in notices() if tok2.encode() in n]
+    finally:
+        s.expect_exit = None
+        s.stop()
+
+
+def test_dsn_success_relayed_to_a_host_without_dsn(tmp_path, dns):
+    """NOTIFY=SUCCESS to a remote recipient: a next hop that offers DSN gets
+    the NOTIFY and the notice is its business; one that does not gets the
+    message, and we send the "relayed" notice (RFC 3461 5.2.2)."""
+    for ehlo, expect in ((b"8BITMIME", True), (b"DSN", False)):
+        mx = BrokenMX(drop=False, ehlo=ehlo)
+        sender = make_sender(tmp_path / f"sender-{expect}", dns, mx.port)
+        sender.start()
+        try:
+            tok = token()
+            submit_dsn(sender, BOB, message(tok, frm=ALICE, to=BOB),
+                       mail_options=["RET=HDRS"], rcpt_options=["NOTIFY=SUCCESS"])
+            assert wait_for(lambda: "event=outbound-done" in sender.log(), 20), \
+                sender.log()[-3000:]
+            if expect:
+                got = wait_for(lambda: bounces_of(sender, tok), 10)
+                assert len(got) == 1, sender.log()[-3000:]
+                f = dsn_fields(got[0])
+                assert f[BOB][b"Action"] == b"relayed" and f[BOB][b"Status"] == b"2.0.0"
+                assert f[BOB][b"Diagnostic-Code"].startswith(b"smtp; 250"), f
+                assert "kind=success" in sender.log()
+            else:
+                rcpt = [l for l in mx.lines if l.upper().startswith(b"RCPT TO:")]
+                assert b" NOTIFY=SUCCESS" in rcpt[0], rcpt
+                time.sleep(1)
+                assert not bounces_of(sender, tok)
+                assert "event=outbound-dsn " not in sender.log()
+        finally:
+            mx.close()
+            sender.expect_exit = None
+            sender.stop()
