@@ -44,25 +44,30 @@ def free_udp_port():
 @pytest.fixture(scope="module")
 def dns(tmp_path_factory):
     """dnsmasq serving remote.example (MX -> 127.0.0.1), nullmx.example
-    (RFC 7505 null MX) and nomx.example (only an A record)."""
-    port = free_udp_port()
+    (RFC 7505 null MX) and nomx.example (only an A record). A port taken
+    between free_udp_port() and dnsmasq's bind makes it exit: another port
+    is tried."""
     d = tmp_path_factory.mktemp("dns")
-    log = open(d / "dnsmasq.log", "w")
-    proc = subprocess.Popen(
-        ["dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1",
-         "--bind-interfaces", "--no-resolv", "--no-hosts", "--user=root",
-         f"--pid-file={d}/dnsmasq.pid",
-         "--mx-host=remote.example,mx.remote.example,10",
-         "--host-record=mx.remote.example,127.0.0.1",
-         "--mx-host=nullmx.example,.,0",
-         "--host-record=nullmx.example,127.0.0.1",
-         "--host-record=nomx.example,127.0.0.1",
-         "--local=/remote.example/", "--local=/nullmx.example/", "--local=/nomx.example/",
-         "--log-queries"],
-        stdout=log, stderr=subprocess.STDOUT)
-    time.sleep(0.5)
-    if proc.poll() is not None:
-        pytest.skip("dnsmasq did not start: " + (d / "dnsmasq.log").read_text())
+    for attempt in range(5):
+        port = free_udp_port()
+        log = open(d / f"dnsmasq-{attempt}.log", "w")
+        proc = subprocess.Popen(
+            ["dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1",
+             "--bind-interfaces", "--no-resolv", "--no-hosts", "--user=root",
+             f"--pid-file={d}/dnsmasq.pid",
+             "--mx-host=remote.example,mx.remote.example,10",
+             "--host-record=mx.remote.example,127.0.0.1",
+             "--mx-host=nullmx.example,.,0",
+             "--host-record=nullmx.example,127.0.0.1",
+             "--host-record=nomx.example,127.0.0.1",
+             "--local=/remote.example/", "--local=/nullmx.example/", "--local=/nomx.example/",
+             "--log-queries"],
+            stdout=log, stderr=subprocess.STDOUT)
+        time.sleep(0.5)
+        if proc.poll() is None:
+            break
+    else:
+        pytest.fail("dnsmasq did not start: " + (d / "dnsmasq-4.log").read_text())
     yield f"127.0.0.1:{port}"
     proc.terminate()
     proc.wait(5)
