@@ -754,6 +754,10 @@ size_t queue_state_format(const struct queue_entry *e, char *buf, size_t cap)
 		if (k < 0)
 			break;
 		n += (size_t)k;
+		/* "d <i>": its delay DSN went out (an older reader skips the
+		 * line: it does not parse as a state line). */
+		if (r->delay_sent && n < cap && (k = snprintf(buf + n, cap - n, "d %zu\n", i)) > 0)
+			n += (size_t)k;
 	}
 	return n < cap ? n : cap;
 }
@@ -776,6 +780,11 @@ int queue_state_parse(struct queue_entry *e, const char *text, size_t len)
 		int st, off = 0;
 		uint32_t att;
 		int64_t next;
+		if (line[0] == 'd') {
+			if (sscanf(line, "d %zu", &i) == 1 && i < e->nrcpts)
+				e->rcpts[i].delay_sent = true;
+			continue;
+		}
 		if (sscanf(line, "%zu %d %" SCNu32 " %" SCNd64 " %n", &i, &st, &att, &next, &off) < 4 ||
 		    i >= e->nrcpts || st < 0 || st > 3)
 			continue;

@@ -78,7 +78,7 @@ struct queue_rcpt {
 	enum queue_rcpt_state state;
 	uint32_t attempts;
 	int64_t next_ms;             /* wall clock (ms since the epoch) */
-	bool delay_sent;             /* a DELAY DSN went out (not persisted) */
+	bool delay_sent;             /* a DELAY DSN went out */
 	char last[QUEUE_REPLY_MAX];  /* last reply or error, one line */
 };
 

@@ -684,6 +684,13 @@ def test_dsn_notify_delay_warns_once(tmp_path, dns):
         assert wait_for(lambda: sender.log().count("event=outbound-deferred") >= mark + 2, 20)
         assert len(delays()) == 1
         assert len(queue_files(sender)) == 1
+        # The "sent" mark is in the state file: a restart does not warn again.
+        sender.stop()
+        conftest.Server.start(sender)  # same data dir, users already there
+        mark = sender.log().count("event=outbound-deferred")
+        assert wait_for(lambda: sender.log().count("event=outbound-deferred") >= mark + 2, 20), \
+            sender.log()[-2000:]
+        assert len(delays()) == 1
     finally:
         sender.expect_exit = None
         sender.stop()

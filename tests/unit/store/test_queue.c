@@ -210,7 +210,8 @@ Test(queue, state_text_round_trip)
 	struct queue_rcpt r[3] = {
 		{ .addr = "a@x", .state = QUEUE_RCPT_SENT, .attempts = 1, .next_ms = 5 },
 		{ .addr = "b@x", .state = QUEUE_RCPT_BOUNCED, .attempts = 3, .next_ms = 7 },
-		{ .addr = "c@x", .state = QUEUE_RCPT_PENDING, .attempts = 2, .next_ms = 1234567890123 },
+		{ .addr = "c@x", .state = QUEUE_RCPT_PENDING, .attempts = 2, .next_ms = 1234567890123,
+		  .delay_sent = true },
 	};
 	snprintf(r[1].last, sizeof(r[1].last), "550 5.1.1 no\r\nsuch user");
 	snprintf(r[2].last, sizeof(r[2].last), "451 4.4.1 later");
@@ -224,6 +225,7 @@ Test(queue, state_text_round_trip)
 		cr_assert_eq(back[i].state, r[i].state);
 		cr_assert_eq(back[i].attempts, r[i].attempts);
 		cr_assert_eq(back[i].next_ms, r[i].next_ms);
+		cr_assert_eq(back[i].delay_sent, r[i].delay_sent);
 	}
 	cr_assert_str_eq(back[1].last, "550 5.1.1 no  such user"); /* one line */
 	cr_assert_str_eq(back[2].last, "451 4.4.1 later");
