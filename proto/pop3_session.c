@@ -910,6 +910,7 @@ static void expunge_done(void *arg, int res, uint64_t modseq)
 		       ps->ndeleted);
 		reply(ps, "+OK Logging out, %zu messages deleted", ps->ndeleted);
 	}
+	pop3_lock_release(&ps->lock); /* before the reply can reach the client */
 	session_close(ps, true);
 	release(ps);
 }
@@ -921,6 +922,9 @@ static void cmd_quit(struct pop3_session *ps, const struct pop3_cmd *cmd)
 		if (ps->state == POP3_S_TRANSACTION)
 			LOG_AT(stream_log(ps->s), LOG_INFO, stream_sid(ps->s), "pop3-logout",
 			       "user=%s retrieved=%" PRIu64 " deleted=0", ps->user, ps->retrieved);
+		/* The maildrop is free once QUIT is answered: a client that
+		 * reconnects at once must not find it [IN-USE]. */
+		pop3_lock_release(&ps->lock);
 		reply(ps, "+OK ringmail signing off");
 		session_close(ps, true);
 		return;

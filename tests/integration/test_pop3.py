@@ -394,6 +394,23 @@ def test_snapshot_new_mail_not_seen_until_next_login(pop3srv):
     p.quit()
 
 
+def test_reconnect_right_after_quit_is_not_in_use(pop3srv):
+    """The lock goes before QUIT's +OK does: a client that reconnects the
+    moment it reads +OK (on either loop) finds the maildrop free, with or
+    without deletions to carry out."""
+    srv = pop3srv(threads=2)
+    for k in range(12):
+        deliver(srv, "alice@example.com", b"body %d\r\n" % k)
+    for i in range(24):
+        c = Raw(srv)
+        assert c.cmd("USER alice@example.com") == b"+OK\r\n"
+        r = c.cmd(f"PASS {USERS['alice@example.com']}")
+        assert r.startswith(b"+OK"), (i, r)
+        if i % 2:
+            assert c.cmd("DELE 1").startswith(b"+OK")
+        assert c.cmd("QUIT").startswith(b"+OK")
+
+
 def test_in_use_lock(pop3srv):
     srv = pop3srv(threads=2)
     first = pop(srv)
