@@ -76,6 +76,17 @@ void decode_qp_init(struct decode_qp *d)
 {
 	d->state = QP_TEXT;
 	d->hex = 0;
+	d->nws = 0;
+}
+
+/* Writes the whitespace held back: it did not end its line. */
+static size_t qp_ws_flush(struct decode_qp *d, uint8_t *out)
+{
+	size_t n = d->nws;
+	if (n)
+		memcpy(out, d->ws, n);
+	d->nws = 0;
+	return n;
 }
 
 size_t decode_qp_feed(struct decode_qp *d, struct span in, uint8_t *out)
@@ -85,6 +96,16 @@ size_t decode_qp_feed(struct decode_qp *d, struct span in, uint8_t *out)
 		uint8_t c = in.p[i];
 		switch (d->state) {
 		case QP_TEXT:
+			if (c == ' ' || c == '\t') {
+				if (d->nws == DECODE_QP_WS_MAX)
+					o += qp_ws_flush(d, out + o);
+				d->ws[d->nws++] = c;
+				break;
+			}
+			if (c == '\r' || c == '\n')
+				d->nws = 0; /* trailing: transport padding */
+			else
+				o += qp_ws_flush(d, out + o);
 			if (c == '=')
 				d->state = QP_EQ;
 			else
@@ -143,6 +164,7 @@ size_t decode_qp_feed(struct decode_qp *d, struct span in, uint8_t *out)
 size_t decode_qp_finish(struct decode_qp *d, uint8_t *out)
 {
 	size_t o = 0;
+	d->nws = 0; /* the last line's trailing whitespace */
 	if (d->state == QP_EQ) {
 		out[o++] = '=';
 	} else if (d->state == QP_HEX) {

@@ -16,9 +16,15 @@
 
 #include "core/span.h"
 
+/* Whitespace a QP decoder holds back to see whether it ends its line
+ * (trailing whitespace is removed, RFC 2045 6.7 rule 3). A longer run
+ * than this is passed on but for its last DECODE_QP_WS_MAX bytes (an
+ * encoded line is at most 76 characters). */
+#define DECODE_QP_WS_MAX 80
+
 /* Output bound of one *_feed call: out must have room for this many bytes
- * for an input of len bytes. */
-#define DECODE_OUT_MAX(len) ((len) + 4)
+ * for an input of len bytes (what an earlier call held back included). */
+#define DECODE_OUT_MAX(len) ((len) + 4 + DECODE_QP_WS_MAX)
 
 struct decode_b64 {
 	uint32_t acc;  /* bits not yet written */
@@ -28,6 +34,8 @@ struct decode_b64 {
 struct decode_qp {
 	uint8_t state; /* private */
 	uint8_t hex;   /* the first digit after '=' */
+	uint8_t nws;   /* whitespace held back in ws */
+	uint8_t ws[DECODE_QP_WS_MAX];
 };
 
 void decode_b64_init(struct decode_b64 *d);
@@ -42,12 +50,14 @@ void decode_qp_init(struct decode_qp *d);
 /* Decodes in into out (room for DECODE_OUT_MAX(in.len) bytes). "=XY" (hex,
  * either case) is the octet XY; "=" followed by optional spaces and a line
  * break is a soft line break (removed); any other "=" sequence is passed
- * through unchanged. Line breaks are kept as they were sent. Returns the
- * number of bytes written. */
+ * through unchanged. Spaces and tabs before a line break (CR or LF) are
+ * removed: transport padding (RFC 2045 6.7 rule 3). Line breaks are kept
+ * as they were sent. Returns the number of bytes written. */
 size_t decode_qp_feed(struct decode_qp *d, struct span in, uint8_t *out);
 /* The end of the input: writes what an unfinished escape held back
- * ("=" or "=X" at the very end) to out (room for 2 bytes). Returns the
- * number of bytes written. */
+ * ("=" or "=X" at the very end) to out (room for 2 bytes); whitespace
+ * held back ends the last line and is dropped. Returns the number of
+ * bytes written. */
 size_t decode_qp_finish(struct decode_qp *d, uint8_t *out);
 
 /* A Content-Transfer-Encoding value, as far as decoding goes. */

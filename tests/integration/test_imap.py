@@ -1858,7 +1858,8 @@ def b64_lines(data, width=76):
 
 
 BIN_BLOB = bytes(range(256)) * 40                       # 10240 bytes, NULs in it
-QP_TEXT = b"caf=C3=A9 soft=\r\nbreak =3D equals\r\nline two"
+# trailing whitespace on a QP line is transport padding: removed (RFC 2045 6.7)
+QP_TEXT = b"caf=C3=A9 soft=\r\nbreak =3D equals \t \r\nline two"
 QP_DECODED = b"caf\xc3\xa9 softbreak = equals\r\nline two"
 INNER = (b"Subject: inner\r\nContent-Type: text/plain\r\n"
          b"Content-Transfer-Encoding: base64\r\n\r\n" + b64_lines(b"inner text") + b"\r\n")
@@ -1974,6 +1975,32 @@ def test_binary_fetch_decodes_parts(binsrv):
     typ, data = c.uid("FETCH", "1:*", "(BINARY.PEEK[2.1])")
     assert typ == "OK" and data[0][1] == b"hello world", data
     c.logout()
+
+
+def test_binary_single_part_message(srv):
+    """A message that is not multipart: BINARY[1] is its body decoded with
+    the message's own Content-Transfer-Encoding; BINARY[] is the message."""
+    body = "Grüße, 世界\r\n".encode() * 50
+    msg = (b"Subject: one part\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + b64_lines(body) + b"\r\n")
+    plain = b"Subject: plain\r\n\r\nhello\r\n"
+    c = imap(srv)
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    assert c.append("INBOX", None, None, plain)[0] == "OK"
+    c.logout()
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    # the trailing CRLF of the encoded text is not part of the base64 (skipped)
+    assert one_lit(r, "FETCH 1 BINARY.PEEK[1]") == (False, body)
+    assert one_lit(r, "FETCH 1 BINARY.PEEK[]") == (False, msg)
+    assert one_lit(r, "FETCH 2 BINARY.PEEK[1]") == (False, b"hello\r\n")
+    lines, t = r.cmd("FETCH 1:2 (BINARY.SIZE[1])")
+    assert lines == [b"* 1 FETCH (BINARY.SIZE[1] %d)\r\n" % len(body),
+                     b"* 2 FETCH (BINARY.SIZE[1] 7)\r\n"], lines
+    # a search in the decoded text finds what BINARY shows
+    lines, _ = r.cmd("SEARCH CHARSET UTF-8 BODY \"{0}\"".format("世界").encode())
+    assert lines == [b"* SEARCH 1\r\n"], lines
 
 
 def test_binary_partial(binsrv):
