@@ -1,6 +1,7 @@
 /* imap_session.c - the IMAP session (RFC 3501, with LITERAL+, SASL-IR, ID,
  * ENABLE, IDLE, NAMESPACE, UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE,
- * CONDSTORE, QRESYNC and APPENDLIMIT; RFC 9051 IMAP4rev2 after ENABLE).
+ * CONDSTORE, QRESYNC, BINARY and APPENDLIMIT; RFC 9051 IMAP4rev2 after
+ * ENABLE).
  *
  * One struct imap_session per connection, driven by stream.c. Input is cut
  * into tokens by proto/imap_parse.c in place; a command's tokens are copied
@@ -25,7 +26,9 @@
  *
  * FETCH streams message bytes with store_read() in IMAP_READ_CHUNK pieces
  * as literals; the next read waits for the stream's drained callback when
- * the send queue is long, so a message is never held whole in memory. */
+ * the send queue is long, so a message is never held whole in memory.
+ * BINARY decodes a part the same way, one piece at a time, twice: once to
+ * learn the literal's size, once to send it. */
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
