@@ -307,6 +307,26 @@ int imap_parse_number(struct span s, bool nz, uint32_t *n_r)
 	return 0;
 }
 
+int imap_parse_section_part(struct span s)
+{
+	if (s.len == 0)
+		return 0;
+	size_t i = 0;
+	for (;;) {
+		size_t j = i;
+		while (j < s.len && s.p[j] != '.')
+			j++;
+		uint32_t n;
+		if (s.p[i] == '0' || imap_parse_number(span_make(s.p + i, j - i), true, &n))
+			return -EINVAL; /* also an empty piece: "1..2", ".1", "1." */
+		if (j == s.len)
+			return 0;
+		i = j + 1;
+		if (i == s.len)
+			return -EINVAL;
+	}
+}
+
 /* seq-number: nz-number or "*" (0 here). */
 static int seq_number(struct span s, uint32_t *n_r)
 {

@@ -120,6 +120,11 @@ size_t imap_unquote(struct span text, uint8_t *out);
  * refused too. Returns 0 or -EINVAL. */
 int imap_parse_number(struct span s, bool nz, uint32_t *n_r);
 
+/* A section-binary's inside (RFC 3516, RFC 9051): empty, or a
+ * section-part "1", "2.1", "3.1.4" (nz-numbers joined by dots, no leading
+ * zero). Returns 0 or -EINVAL. */
+int imap_parse_section_part(struct span s);
+
 /* One range of a sequence set; 0 stands for "*" (the largest number). */
 struct imap_range {
 	uint32_t lo, hi;

@@ -577,11 +577,14 @@ static uint8_t leaf_mode(const struct mime_blob *mb, const struct mime_part *p)
 	struct span cte;
 	if (!mime_blob_field(mb, p->index, MIME_FIELD_CONTENT_TRANSFER_ENCODING, &cte))
 		return SEG_RAW;
-	if (span_eq_nocase(cte, SPAN_LIT("quoted-printable")))
+	switch (decode_cte_parse(cte)) { /* as FETCH BINARY reads it */
+	case DECODE_CTE_QP:
 		return SEG_QP;
-	if (span_eq_nocase(cte, SPAN_LIT("base64")))
+	case DECODE_CTE_BASE64:
 		return p->kind == MIME_KIND_TEXT ? SEG_B64 : SEG_SKIP;
-	return SEG_RAW;
+	default:
+		return SEG_RAW;
+	}
 }
 
 /* Sets up the body segment that starts at pos: raw bytes up to the next

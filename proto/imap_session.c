@@ -1,6 +1,7 @@
 /* imap_session.c - the IMAP session (RFC 3501, with LITERAL+, SASL-IR, ID,
  * ENABLE, IDLE, NAMESPACE, UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE,
- * CONDSTORE, QRESYNC and APPENDLIMIT; RFC 9051 IMAP4rev2 after ENABLE).
+ * CONDSTORE, QRESYNC, BINARY and APPENDLIMIT; RFC 9051 IMAP4rev2 after
+ * ENABLE).
  *
  * One struct imap_session per connection, driven by stream.c. Input is cut
  * into tokens by proto/imap_parse.c in place; a command's tokens are copied
@@ -25,7 +26,9 @@
  *
  * FETCH streams message bytes with store_read() in IMAP_READ_CHUNK pieces
  * as literals; the next read waits for the stream's drained callback when
- * the send queue is long, so a message is never held whole in memory. */
+ * the send queue is long, so a message is never held whole in memory.
+ * BINARY decodes a part the same way, one piece at a time, twice: once to
+ * learn the literal's size, once to send it. */
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -40,6 +43,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "proto/decode.h"
 #include "proto/imap_parse.h"
 #include "proto/imap_search.h"
 #include "proto/mime.h"
@@ -127,6 +131,7 @@ struct imsg {
 enum fitem_kind {
 	FI_FLAGS, FI_UID, FI_INTERNALDATE, FI_SIZE, FI_ENVELOPE, FI_BODYSTRUCTURE,
 	FI_BODY, FI_SECTION, FI_MODSEQ,
+	FI_BINARY, FI_BINARY_SIZE, /* RFC 3516 / RFC 9051: decoded part, its size */
 };
 
 struct fitem {
@@ -158,7 +163,22 @@ struct fetch_job {
 	struct span hdr_fields;
 	uint8_t *hbuf;
 	size_t hlen, hcap;
+	/* BINARY / BINARY.SIZE of the current item (fetch_binary_*): a scan
+	 * pass decodes the part to learn the size (and whether the bytes to
+	 * send hold a NUL: literal8), then a send pass decodes it again and
+	 * sends the wanted range. Nothing but one read and its decoded form
+	 * is held. */
+	uint8_t bin;          /* BIN_NONE, BIN_SCAN, BIN_SEND */
+	bool bin_size_only;   /* BINARY.SIZE: the scan's count is the answer */
+	bool bin_nul;         /* a NUL in the wanted range */
+	struct decode dec;
+	uint64_t part_off, part_len; /* the part's encoded bytes */
+	uint64_t dec_pos;     /* decoded bytes this pass produced so far */
+	uint64_t want_off, want_end; /* the decoded range wanted */
+	uint8_t *dbuf;        /* DECODE_OUT_MAX(IMAP_READ_CHUNK) + 2 */
 };
+
+enum { BIN_NONE, BIN_SCAN, BIN_SEND };
 
 struct imap_session {
 	struct stream *s;
@@ -446,7 +466,7 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 		snprintf(buf, CAPS_MAX,
 			 "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
 			 "UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED "
-			 "LIST-STATUS STATUS=SIZE MULTIAPPEND QUOTA QUOTA=RES-STORAGE "
+			 "LIST-STATUS STATUS=SIZE MULTIAPPEND BINARY QUOTA QUOTA=RES-STORAGE "
 			 "QUOTA=RES-MESSAGE APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->message_size_max);
 	}
@@ -2733,6 +2753,7 @@ static void fetch_free(struct imap_session *is)
 	if (!is->fj)
 		return;
 	free(is->fj->hbuf);
+	free(is->fj->dbuf);
 	free(is->fj);
 	is->fj = NULL;
 }
@@ -2774,20 +2795,37 @@ static bool fetch_item(struct imap_session *is, struct span t, struct fetch_job 
 		return true;
 	}
 	struct span rest;
+	uint8_t kind = FI_SECTION;
 	if (span_prefix_nocase(t, SPAN_LIT("BODY.PEEK["))) {
 		it->peek = true;
 		rest = span_skip(t, 10);
 	} else if (span_prefix_nocase(t, SPAN_LIT("BODY["))) {
 		rest = span_skip(t, 5);
+	} else if (span_prefix_nocase(t, SPAN_LIT("BINARY.PEEK["))) {
+		kind = FI_BINARY;
+		it->peek = true;
+		rest = span_skip(t, 12);
+	} else if (span_prefix_nocase(t, SPAN_LIT("BINARY.SIZE["))) {
+		kind = FI_BINARY_SIZE;
+		it->peek = true; /* the size alone does not set \Seen */
+		rest = span_skip(t, 12);
+	} else if (span_prefix_nocase(t, SPAN_LIT("BINARY["))) {
+		kind = FI_BINARY;
+		rest = span_skip(t, 7);
 	} else {
 		return false;
 	}
 	const uint8_t *rb = memchr(rest.p, ']', rest.len);
 	if (!rb)
 		return false;
-	it->kind = FI_SECTION;
+	it->kind = kind;
 	it->spec = span_make(rest.p, (size_t)(rb - rest.p));
+	/* section-binary = "[" [section-part] "]": part numbers only */
+	if (kind != FI_SECTION && imap_parse_section_part(it->spec))
+		return false;
 	struct span after = span_skip(rest, it->spec.len + 1);
+	if (after.len && kind == FI_BINARY_SIZE)
+		return false; /* no partial */
 	if (after.len) {
 		/* <origin.count> */
 		if (after.p[0] != '<' || after.p[after.len - 1] != '>')
@@ -2913,6 +2951,7 @@ static size_t header_filter(uint8_t *h, size_t len, struct span list, bool not)
 }
 
 static void fetch_read_done(void *arg, ssize_t res);
+static bool fetch_binary_chunk(struct imap_session *is, size_t res);
 
 static void fetch_read(struct imap_session *is)
 {
@@ -2966,6 +3005,12 @@ static void fetch_read_done(void *arg, ssize_t res)
 			fj->item_open = false;
 			fj->rd_left = 0;
 			fj->ii++;
+		}
+	} else if (fj->bin) {
+		if (!fetch_binary_chunk(is, (size_t)res)) {
+			session_close(is, false);
+			release(is);
+			return;
 		}
 	} else {
 		out_flush(is);
@@ -3053,6 +3098,235 @@ static bool fetch_section(struct imap_session *is, struct fitem *it, const struc
 		return true;
 	fj->rd_off = off;
 	fj->rd_left = len;
+	fj->item_open = true;
+	return false;
+}
+
+/* ---- FETCH BINARY (RFC 3516, RFC 9051 6.4.5) ---- */
+
+/* What a BINARY section of a message refers to: 0 and the part's range
+ * and CTE, -ENOENT (no such part, or no usable blob: an empty string, as
+ * BODY[] answers), -EISDIR (a multipart or message part: BINARY is for
+ * leaf parts only) or -EPROTONOSUPPORT (a CTE it cannot decode). spec ""
+ * is the whole message as it is. */
+static int binary_part(const struct store_msg *m, struct span spec, uint64_t *off_r,
+		       uint64_t *len_r, enum decode_cte *cte_r)
+{
+	*off_r = 0;
+	*len_r = m->size;
+	*cte_r = DECODE_CTE_IDENTITY;
+	if (spec.len == 0)
+		return 0;
+	struct mime_blob mb;
+	struct mime_section sec;
+	struct mime_part p;
+	if (mime_blob_parse(m->blob, &mb) || mime_blob_section(&mb, spec, &sec) ||
+	    mime_blob_part(&mb, sec.part, &p))
+		return -ENOENT;
+	if (p.kind == MIME_KIND_MULTIPART || p.kind == MIME_KIND_MESSAGE)
+		return -EISDIR;
+	struct span v;
+	if (mime_blob_field(&mb, sec.part, MIME_FIELD_CONTENT_TRANSFER_ENCODING, &v))
+		*cte_r = decode_cte_parse(v);
+	if (*cte_r == DECODE_CTE_UNKNOWN)
+		return -EPROTONOSUPPORT;
+	*off_r = sec.off;
+	*len_r = sec.len;
+	return 0;
+}
+
+/* Before anything is sent (or \Seen set): every BINARY item of every
+ * message in the set must be one that can be answered, or the FETCH
+ * fails as a whole (RFC 3516 4.3: NO [UNKNOWN-CTE]). Returns 0,
+ * -EISDIR or -EPROTONOSUPPORT. No I/O: the blobs are in memory. */
+static int binary_check(struct imap_session *is, const struct fetch_job *fj)
+{
+	bool any = false;
+	for (size_t k = 0; k < fj->nitems; k++)
+		any |= (fj->items[k].kind == FI_BINARY || fj->items[k].kind == FI_BINARY_SIZE) &&
+		       fj->items[k].spec.len;
+	if (!any)
+		return 0;
+	for (size_t u = 0; u < is->nuids; u++) {
+		ssize_t j = msgs_find(is, is->uids[u]);
+		const struct store_msg *m = j < 0 ? NULL : msg_of(is, (size_t)j);
+		if (!m)
+			continue;
+		for (size_t k = 0; k < fj->nitems; k++) {
+			const struct fitem *it = &fj->items[k];
+			if ((it->kind != FI_BINARY && it->kind != FI_BINARY_SIZE) || !it->spec.len)
+				continue;
+			uint64_t off, len;
+			enum decode_cte cte;
+			int rc = binary_part(m, it->spec, &off, &len, &cte);
+			if (rc == -EISDIR || rc == -EPROTONOSUPPORT)
+				return rc;
+		}
+	}
+	return 0;
+}
+
+/* The literal header of a BINARY answer, once the scan knows its size. */
+static void binary_literal(struct imap_session *is, uint64_t len, bool nul)
+{
+	out_printf(is, "%s{%" PRIu64 "}\r\n", nul ? "~" : "", len);
+}
+
+/* Ends the scan pass: BINARY.SIZE writes the count; BINARY writes the
+ * literal header and starts the send pass. Returns true when the item is
+ * complete. */
+static bool fetch_binary_scanned(struct imap_session *is)
+{
+	struct fetch_job *fj = is->fj;
+	if (fj->bin_size_only) {
+		out_printf(is, "%" PRIu64, fj->dec_pos);
+		return true;
+	}
+	/* The scan stopped at want_end at the latest, or at the part's end. */
+	uint64_t end = fj->dec_pos < fj->want_end ? fj->dec_pos : fj->want_end;
+	uint64_t len = end > fj->want_off ? end - fj->want_off : 0;
+	binary_literal(is, len, fj->bin_nul);
+	if (len == 0)
+		return true;
+	fj->want_end = fj->want_off + len;
+	fj->bin = BIN_SEND;
+	fj->dec_pos = 0;
+	fj->lit_left = len;
+	if (fj->dec.cte == DECODE_CTE_IDENTITY) {
+		/* no decoding: read just the range */
+		fj->rd_off = fj->part_off + fj->want_off;
+		fj->rd_left = len;
+		fj->dec_pos = fj->want_off;
+	} else {
+		fj->rd_off = fj->part_off;
+		fj->rd_left = fj->part_len;
+		decode_init(&fj->dec, (enum decode_cte)fj->dec.cte);
+	}
+	return false;
+}
+
+/* One read of the part (res bytes in rbuf) for the scan or the send
+ * pass. Returns false when the promised literal cannot be completed (the
+ * bytes changed under us): the caller closes the connection. */
+static bool fetch_binary_chunk(struct imap_session *is, size_t res)
+{
+	struct fetch_job *fj = is->fj;
+	const uint8_t *d = is->rbuf;
+	size_t n = res;
+	if (fj->dec.cte != DECODE_CTE_IDENTITY) {
+		n = decode_feed(&fj->dec, span_make(is->rbuf, res), fj->dbuf);
+		if (fj->rd_left == 0)
+			n += decode_finish(&fj->dec, fj->dbuf + n);
+		d = fj->dbuf;
+	}
+	/* d[0..n) are the decoded bytes [dec_pos, dec_pos + n): the part
+	 * of them in [want_off, want_end) matters. */
+	uint64_t lo = fj->dec_pos > fj->want_off ? fj->dec_pos : fj->want_off;
+	uint64_t hi = fj->dec_pos + n < fj->want_end ? fj->dec_pos + n : fj->want_end;
+	bool done;
+	if (fj->bin == BIN_SCAN) {
+		if (!fj->bin_size_only && lo < hi && !fj->bin_nul &&
+		    memchr(d + (lo - fj->dec_pos), 0, (size_t)(hi - lo)))
+			fj->bin_nul = true;
+		fj->dec_pos += n;
+		/* Past want_end the count no longer matters (a partial);
+		 * an identity scan only looks for a NUL. */
+		done = fj->rd_left == 0 || fj->dec_pos >= fj->want_end ||
+		       (fj->dec.cte == DECODE_CTE_IDENTITY && fj->bin_nul);
+		if (done) {
+			if (fj->dec.cte == DECODE_CTE_IDENTITY && !fj->bin_size_only)
+				fj->dec_pos = fj->want_end; /* the range is all there */
+			if (!fetch_binary_scanned(is))
+				return true;
+		} else {
+			return true;
+		}
+	} else {
+		if (lo < hi) {
+			out_flush(is);
+			stream_send(is->s, d + (lo - fj->dec_pos), (size_t)(hi - lo));
+			fj->lit_left -= hi - lo;
+		}
+		fj->dec_pos += n;
+		if (fj->lit_left && fj->rd_left == 0) {
+			LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-binary-short",
+			       "uid=%" PRIu32 " missing=%" PRIu64, is->msgs[fj->cur].uid,
+			       fj->lit_left);
+			return false;
+		}
+		if (fj->lit_left)
+			return true;
+	}
+	fj->bin = BIN_NONE;
+	fj->item_open = false;
+	fj->ii++;
+	return true;
+}
+
+/* Starts BINARY[...] or BINARY.SIZE[...] of the current message. Returns
+ * true when it completed at once. */
+static bool fetch_binary(struct imap_session *is, struct fitem *it, const struct store_msg *m)
+{
+	struct fetch_job *fj = is->fj;
+	bool size_only = it->kind == FI_BINARY_SIZE;
+	out_str(is, size_only ? "BINARY.SIZE[" : "BINARY[");
+	out_put(is, it->spec.p, it->spec.len);
+	out_str(is, "]");
+	if (it->partial)
+		out_printf(is, "<%" PRIu64 ">", it->poff);
+	out_str(is, " ");
+	uint64_t off, len;
+	enum decode_cte cte;
+	int rc = binary_part(m, it->spec, &off, &len, &cte);
+	if (rc) {
+		/* no such part (the others were refused by binary_check; one
+		 * that appeared since is answered as missing too) */
+		out_str(is, size_only ? "0" : "\"\"");
+		return true;
+	}
+	if (size_only && cte == DECODE_CTE_IDENTITY) {
+		out_printf(is, "%" PRIu64, len);
+		return true;
+	}
+	if (cte != DECODE_CTE_IDENTITY && !fj->dbuf &&
+	    !(fj->dbuf = malloc(DECODE_OUT_MAX(IMAP_READ_CHUNK) + 2))) {
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-binary-nomem",
+		       "uid=%" PRIu32, m->uid);
+		session_close(is, false);
+		return true;
+	}
+	fj->bin = BIN_SCAN;
+	fj->bin_size_only = size_only;
+	fj->bin_nul = false;
+	decode_init(&fj->dec, cte);
+	fj->part_off = off;
+	fj->part_len = len;
+	fj->want_off = 0;
+	fj->want_end = UINT64_MAX;
+	if (it->partial) {
+		fj->want_off = it->poff;
+		fj->want_end = it->poff + it->plen; /* both 32-bit: no wrap */
+	}
+	fj->dec_pos = 0;
+	fj->rd_off = off;
+	fj->rd_left = len;
+	if (cte == DECODE_CTE_IDENTITY) {
+		/* The size is known: scan only the wanted range for a NUL. */
+		uint64_t lo = fj->want_off < len ? fj->want_off : len;
+		uint64_t hi = fj->want_end < len ? fj->want_end : len;
+		fj->want_off = lo;
+		fj->want_end = hi;
+		fj->dec_pos = lo;
+		fj->rd_off = off + lo;
+		fj->rd_left = hi - lo;
+	}
+	if (fj->rd_left == 0) {
+		fj->dec_pos = cte == DECODE_CTE_IDENTITY ? fj->want_end : 0;
+		if (fetch_binary_scanned(is)) {
+			fj->bin = BIN_NONE;
+			return true;
+		}
+	}
 	fj->item_open = true;
 	return false;
 }
@@ -3176,6 +3450,11 @@ static void fetch_pump(struct imap_session *is)
 			if (!fetch_section(is, it, m, &mb, mb_ok))
 				continue; /* streaming: item_open */
 			break;
+		case FI_BINARY:
+		case FI_BINARY_SIZE:
+			if (!fetch_binary(is, it, m))
+				continue; /* scanning or streaming: item_open */
+			break;
 		}
 		fj->ii++;
 	}
@@ -3279,6 +3558,16 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 	if (end != is->ntoks) {
 		free(fj);
 		syntax(is, "Syntax: FETCH set items");
+		return;
+	}
+	int brc = binary_check(is, fj);
+	if (brc) {
+		free(fj);
+		if (brc == -EPROTONOSUPPORT)
+			done(is, "NO", "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding");
+		else
+			done(is, "NO", "[CANNOT] BINARY is only for parts that are not multipart "
+				       "or message");
 		return;
 	}
 	/* UID FETCH always includes UID (RFC 3501 6.4.8). */
@@ -4239,8 +4528,8 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 	}
 	if (!err && i != is->ntoks)
 		err = "Syntax: APPEND mailbox [flags] [date] literal";
-	if (!err && t->binary)
-		err = "[CANNOT] Binary literals are not supported";
+	/* t->binary: a literal8 ~{n} (RFC 3516 4.4, BINARY is advertised
+	 * after login): the message may hold NULs; stored as it is. */
 	if (is->cmd_broken) /* too many tokens: this message's flags were lost */
 		err = is->broken_why ? is->broken_why : "Invalid command";
 	/* The tokens after this literal are the next message's. */
@@ -4568,7 +4857,7 @@ static void on_literal(struct imap_session *is, const struct imap_token *t)
 				session_close(is, true);
 				return;
 			}
-			broken(is, t->binary ? "[CANNOT] Binary literals are not supported"
+			broken(is, t->binary ? "Binary literals (~{n}) are for APPEND only"
 					     : "[TOOBIG] Literal too large");
 			is->mode = M_DISCARD;
 			return;
@@ -4576,7 +4865,7 @@ static void on_literal(struct imap_session *is, const struct imap_token *t)
 		imap_parser_init(&is->parser, is->state == IMAP_S_NOTAUTH ? IMAP_LINE_MAX_PRELOGIN
 									 : cfg_of(is)->imap_line_max);
 		if (t->binary)
-			bad(is, "[CANNOT] Binary literals are not supported");
+			bad(is, "Binary literals (~{n}) are for APPEND only");
 		else
 			bad(is, "[TOOBIG] Literal too large");
 		cmd_end(is);

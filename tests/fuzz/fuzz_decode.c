@@ -2,8 +2,10 @@
  *
  * The input is decoded as base64 and as quoted-printable, whole and split
  * at a point taken from its first two bytes: both outputs must be
- * identical and never longer than the input. The input is also encoded
- * as base64 here and must decode back to itself. */
+ * identical and never longer than the input; the one-for-any-CTE decoder
+ * (struct decode) must give the same. The input is also encoded as base64
+ * here and must decode back to itself, and read as a
+ * Content-Transfer-Encoding value its class must not depend on case. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,8 +44,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (na != nb || memcmp(a, b, na) != 0 || na > size)
 			abort();
 	}
+	for (int qp = 0; qp < 2; qp++) {
+		size_t na = run(data, size, size, qp, a);
+		struct decode d;
+		decode_init(&d, qp ? DECODE_CTE_QP : DECODE_CTE_BASE64);
+		size_t nb = decode_feed(&d, span_make(data, split), b);
+		nb += decode_feed(&d, span_make(data + split, size - split), b + nb);
+		nb += decode_finish(&d, b + nb);
+		if (na != nb || memcmp(a, b, na) != 0)
+			abort();
+	}
 	free(a);
 	free(b);
+
+	uint8_t *up = malloc(size + 1);
+	for (size_t i = 0; i < size; i++)
+		up[i] = data[i] >= 'a' && data[i] <= 'z' ? (uint8_t)(data[i] - 32) : data[i];
+	if (decode_cte_parse(span_make(data, size)) != decode_cte_parse(span_make(up, size)))
+		abort();
+	free(up);
 
 	static const char alpha[] =
 		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -4,8 +4,10 @@
  * two bytes: both token streams (literal data merged) must be identical,
  * every token must lie inside the input, and the parser must always make
  * progress or say AGAIN / INVALID / TOO_LONG. The input is also read as a
- * sequence set and as a mailbox name: a strict modified UTF-7 decode must
- * encode back to the same bytes, and UTF-8 that encodes must decode back. */
+ * sequence set, as a BINARY section part (only digits and single dots
+ * pass) and as a mailbox name: a strict modified UTF-7 decode must encode
+ * back to the same bytes, and UTF-8 that encodes must decode back. */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,6 +97,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (n == 0 || n > 16)
 			abort();
 		(void)imap_seqset_contains(r, n, 5, 10);
+	}
+
+	/* a section-binary's inside: empty, or nz-numbers joined by dots */
+	if (imap_parse_section_part(span_make(data, size)) == 0 && size) {
+		if (data[0] == '.' || data[size - 1] == '.')
+			abort();
+		for (size_t i = 0; i < size; i++) {
+			bool start = i == 0 || data[i - 1] == '.';
+			if (data[i] == '.' ? start : (data[i] < '0' || data[i] > '9' ||
+						       (start && data[i] == '0')))
+				abort();
+		}
 	}
 
 	size_t ocap = size * 4 + 8;

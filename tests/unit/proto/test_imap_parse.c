@@ -314,6 +314,51 @@ static void check_seq(const struct seq_case *c)
 
 TABLE_TEST(imap_parse, seqset, seq_cases, check_seq)
 
+/* section-binary insides (FETCH BINARY[...]): part numbers only. */
+struct part_case {
+	const char *in;
+	int rc;
+};
+
+static const struct part_case part_cases[] = {
+	{ "", 0 },
+	{ "1", 0 },
+	{ "2.1", 0 },
+	{ "3.1.4.1.5", 0 },
+	{ "10.20", 0 },
+	{ "4294967295", 0 },
+	{ "4294967296", -EINVAL },
+	{ "0", -EINVAL },
+	{ "01", -EINVAL },
+	{ "1.0", -EINVAL },
+	{ "1.02", -EINVAL },
+	{ ".", -EINVAL },
+	{ ".1", -EINVAL },
+	{ "1.", -EINVAL },
+	{ "1..2", -EINVAL },
+	{ "1.MIME", -EINVAL },
+	{ "HEADER", -EINVAL },
+	{ "TEXT", -EINVAL },
+	{ "1.TEXT", -EINVAL },
+	{ "1 ", -EINVAL },
+	{ " 1", -EINVAL },
+	{ "-1", -EINVAL },
+	{ "1,2", -EINVAL },
+};
+
+static void check_part(const struct part_case *c)
+{
+	cr_assert_eq(imap_parse_section_part(span_cstr(c->in)), c->rc, "\"%s\"", c->in);
+	/* a prefix of a valid one is valid up to a "." and invalid at it */
+	size_t len = strlen(c->in);
+	for (size_t k = 1; c->rc == 0 && k < len; k++)
+		if (c->in[k] == '.' || c->in[k - 1] == '.')
+			cr_assert_eq(imap_parse_section_part(span_make(c->in, k)),
+				     c->in[k - 1] == '.' ? -EINVAL : 0, "\"%.*s\"", (int)k, c->in);
+}
+
+TABLE_TEST(imap_parse, section_part, part_cases, check_part)
+
 Test(imap_parse, seqset_contains)
 {
 	struct imap_range r[4];
