@@ -1,6 +1,6 @@
 /* imap_session.c - the IMAP session (RFC 3501, with LITERAL+, SASL-IR, ID,
  * ENABLE, IDLE, NAMESPACE, UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE,
- * CONDSTORE, QRESYNC and APPENDLIMIT; RFC 9051 IMAP4rev2 after ENABLE).
+ * CONDSTORE, QRESYNC, SEARCHRES and APPENDLIMIT; RFC 9051 IMAP4rev2 after ENABLE).
  *
  * One struct imap_session per connection, driven by stream.c. Input is cut
  * into tokens by proto/imap_parse.c in place; a command's tokens are copied
@@ -208,6 +208,11 @@ struct imap_session {
 	uint32_t uidvalidity;
 	uint64_t synced_modseq;  /* the view's highestmodseq at the last sync */
 	uint32_t synced_count;
+	/* SEARCHRES (RFC 5182): the search result variable "$", UIDs as
+	 * ascending ranges; empty after SELECT, CLOSE, UNSELECT */
+	struct store_uid_range *saved;
+	size_t nsaved;
+	bool set_saved;          /* set_arg() took "$" (is->set is not used) */
 	/* SELECT ... (QRESYNC (uidvalidity modseq [known-uids ...])): known is
 	 * the token index of known-uids, 0 when absent */
 	bool qr_select;
@@ -447,7 +452,7 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 			 "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
 			 "UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED "
 			 "LIST-STATUS STATUS=SIZE MULTIAPPEND QUOTA QUOTA=RES-STORAGE "
-			 "QUOTA=RES-MESSAGE APPENDLIMIT=%" PRIu64,
+			 "QUOTA=RES-MESSAGE SEARCHRES APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->message_size_max);
 	}
 	return buf;
@@ -486,6 +491,61 @@ static void bad(struct imap_session *is, const char *text)
 
 /* ---- the selected mailbox ----------------------------------------------------------- */
 
+/* "$" becomes the empty set (RFC 5182 2.1). */
+static void saved_reset(struct imap_session *is)
+{
+	free(is->saved);
+	is->saved = NULL;
+	is->nsaved = 0;
+}
+
+/* Whether uid is in the saved result; *k walks the ranges and only grows,
+ * so a walk over ascending UIDs is linear. */
+static bool saved_has(struct imap_session *is, size_t *k, uint32_t uid)
+{
+	while (*k < is->nsaved && is->saved[*k].hi < uid)
+		(*k)++;
+	return *k < is->nsaved && is->saved[*k].lo <= uid;
+}
+
+/* Sets "$" to the UIDs uids[0..n) (ascending). Returns false when memory
+ * ran out; "$" is then empty (NOTSAVED, RFC 5182 2.5). */
+static bool saved_set(struct imap_session *is, const uint32_t *uids, size_t n)
+{
+	size_t nr = 0;
+	for (size_t i = 0; i < n; i++)
+		nr += !i || uids[i] != uids[i - 1] + 1;
+	saved_reset(is);
+	if (!nr)
+		return true;
+	if (!(is->saved = malloc(nr * sizeof(*is->saved))))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (i && uids[i] == uids[i - 1] + 1)
+			is->saved[is->nsaved - 1].hi = uids[i];
+		else
+			is->saved[is->nsaved++] = (struct store_uid_range){ uids[i], uids[i] };
+	}
+	return true;
+}
+
+/* Drops the messages no longer in msgs[] (their expunge was announced)
+ * from "$" (RFC 5182 2.1). The ranges only split where a UID went away. */
+static void saved_prune(struct imap_session *is)
+{
+	if (!is->nsaved)
+		return;
+	uint32_t *keep = malloc((is->nmsgs + 1) * sizeof(*keep));
+	if (!keep)
+		return; /* kept as is: uses intersect "$" with msgs[] anyway */
+	size_t n = 0, k = 0;
+	for (size_t i = 0; i < is->nmsgs; i++)
+		if (saved_has(is, &k, is->msgs[i].uid))
+			keep[n++] = is->msgs[i].uid;
+	saved_set(is, keep, n);
+	free(keep);
+}
+
 static void mailbox_close(struct imap_session *is)
 {
 	if (is->folder)
@@ -496,6 +556,7 @@ static void mailbox_close(struct imap_session *is)
 	is->msgs = NULL;
 	is->nmsgs = is->msgs_cap = 0;
 	is->folder_name[0] = '\0';
+	saved_reset(is);
 }
 
 static const struct store_msg *msg_of(struct imap_session *is, size_t i)
@@ -583,7 +644,10 @@ static void sync_mailbox(struct imap_session *is, bool expunge)
 			}
 			is->msgs[w++] = is->msgs[i];
 		}
-		is->nmsgs = w;
+		if (w != is->nmsgs) {
+			is->nmsgs = w;
+			saved_prune(is);
+		}
 		if (ngone) {
 			out_str(is, "* VANISHED ");
 			out_uidset(is, gone, ngone);
@@ -835,7 +899,8 @@ static bool set_arg(struct imap_session *is, size_t i, bool uid)
 {
 	if (i >= is->ntoks || is->toks[i].kind != T_ATOM)
 		return syntax(is, "Sequence set expected");
-	if (parse_set(is, tok_span(is, i)))
+	is->set_saved = span_eq(tok_span(is, i), SPAN_LIT("$"));
+	if (!is->set_saved && parse_set(is, tok_span(is, i)))
 		return syntax(is, "Invalid sequence set");
 	free(is->uids);
 	is->uids = malloc((is->nmsgs ? is->nmsgs : 1) * sizeof(uint32_t));
@@ -844,6 +909,15 @@ static bool set_arg(struct imap_session *is, size_t i, bool uid)
 		return false;
 	}
 	is->nuids = 0;
+	if (is->set_saved) {
+		/* "$" (RFC 5182): the saved messages the client still has, as
+		 * UIDs or sequence numbers alike; empty is valid */
+		size_t k = 0;
+		for (size_t m = 0; m < is->nmsgs; m++)
+			if (saved_has(is, &k, is->msgs[m].uid))
+				is->uids[is->nuids++] = is->msgs[m].uid;
+		return true;
+	}
 	uint32_t star = is->nmsgs ? (uid ? is->msgs[is->nmsgs - 1].uid : (uint32_t)is->nmsgs) : 0;
 	if (!uid) {
 		for (size_t k = 0; k < is->nset; k++) {
@@ -3299,8 +3373,9 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		fj->want_modseq = true;
 		fj->nitems++;
 	}
-	if (vanished) {
-		/* before any FETCH response (RFC 7162 3.2.6). "*" reaches the
+	if (vanished && !is->set_saved) {
+		/* "$" holds no expunged UID (RFC 5182 2.1): nothing vanished.
+		 * Otherwise before any FETCH response (RFC 7162 3.2.6). "*" reaches the
 		 * last UID given out, not only the last message's: "1:*" after
 		 * the last messages were expunged must name them too. */
 		struct uidranges want = { 0 };
@@ -3651,6 +3726,7 @@ struct search_job {
 	uint32_t *fail;
 	uint32_t *hits;
 	size_t nh, mi;
+	size_t si;                   /* saved_has() walk over "$" */
 	size_t read_len;
 	bool need_blob, scanning;
 	uint64_t maxmodseq;
@@ -3683,12 +3759,57 @@ static void search_hit(struct search_job *sj, bool yes)
 	sj->mi++;
 }
 
+/* RETURN (SAVE): "$" becomes the UIDs of the hits, or only of MIN and MAX
+ * when those are the only other options (RFC 5182 2.4). false: out of
+ * memory ("$" is empty then). */
+static bool search_save(struct imap_session *is)
+{
+	struct search_job *sj = is->sj;
+	unsigned ret = sj->prog.ret;
+	size_t nh = sj->nh, n = 0;
+	uint32_t pick[2];
+	const uint32_t *from = sj->hits;
+	if (!(ret & (IMAP_SEARCH_RET_ALL | IMAP_SEARCH_RET_COUNT)) &&
+	    (ret & (IMAP_SEARCH_RET_MIN | IMAP_SEARCH_RET_MAX)) && nh) {
+		if (ret & IMAP_SEARCH_RET_MIN)
+			pick[n++] = sj->hits[0];
+		if ((ret & IMAP_SEARCH_RET_MAX) && (!n || sj->hits[nh - 1] != pick[0]))
+			pick[n++] = sj->hits[nh - 1];
+		from = pick;
+		nh = n;
+	}
+	if (is->uid_cmd)
+		return saved_set(is, from, nh);
+	/* sequence numbers: msgs[] is unchanged during the search */
+	uint32_t *uids = malloc((nh + 1) * sizeof(*uids));
+	if (!uids) {
+		saved_reset(is);
+		return false;
+	}
+	for (size_t k = 0; k < nh; k++)
+		uids[k] = is->msgs[from[k] - 1].uid;
+	bool ok = saved_set(is, uids, nh);
+	free(uids);
+	return ok;
+}
+
 static void search_finish(struct imap_session *is)
 {
 	struct search_job *sj = is->sj;
 	const struct imap_search *p = &sj->prog;
 	const uint32_t *hits = sj->hits;
 	size_t nh = sj->nh;
+	if ((p->ret & IMAP_SEARCH_RET_SAVE) && !search_save(is)) {
+		search_free(is);
+		done(is, "NO", "[NOTSAVED] Out of memory, the result is not saved");
+		return;
+	}
+	if (p->esearch && !(p->ret & ~IMAP_SEARCH_RET_SAVE)) {
+		/* SAVE alone: no ESEARCH response (RFC 5182 1) */
+		search_free(is);
+		done(is, "OK", "%sSEARCH completed, result saved", is->uid_cmd ? "UID " : "");
+		return;
+	}
 	if (p->esearch) {
 		out_printf(is, "* ESEARCH (TAG \"%s\")%s", is->tag, is->uid_cmd ? " UID" : "");
 		if (nh && (p->ret & IMAP_SEARCH_RET_MIN))
@@ -3744,6 +3865,8 @@ static void search_read_done(void *arg, ssize_t res)
 	} else if (res < 0) {
 		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-read-error",
 		       "uid=%" PRIu32 " error=%s", sj->msg.uid, strerror((int)-res));
+		if (sj->prog.ret & IMAP_SEARCH_RET_SAVE)
+			saved_reset(is); /* a SAVE that fails empties "$" (RFC 5182 2.1) */
 		search_free(is);
 		done(is, "NO", "[UNAVAILABLE] Could not read a message; try again");
 		release(is);
@@ -3805,6 +3928,7 @@ static void search_step(struct imap_session *is)
 			.modseq = m->modseq,
 			.size = m->size,
 			.internal_date = m->internal_date,
+			.saved = sj->prog.uses_saved && saved_has(is, &sj->si, m->uid),
 		};
 		if (sj->need_blob && mime_blob_parse(m->blob, &sj->mb) == 0)
 			sj->msg.mb = &sj->mb;
@@ -3844,7 +3968,10 @@ static void cmd_search(struct imap_session *is, size_t a)
 	free(t);
 	if (rc != IMAP_SEARCH_OK) {
 		const char *err = sj->prog.err;
+		bool save = sj->prog.ret & IMAP_SEARCH_RET_SAVE;
 		free(sj);
+		if (rc == IMAP_SEARCH_BADCHARSET && save)
+			saved_reset(is); /* NO to a SAVE empties "$"; BAD keeps it */
 		if (rc == IMAP_SEARCH_BADCHARSET)
 			done(is, "NO", "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
 		else
@@ -3863,6 +3990,8 @@ static void cmd_search(struct imap_session *is, size_t a)
 	sj->hits = malloc((is->nmsgs + 1) * sizeof(uint32_t));
 	if ((p->fail_len && !sj->fail) || !sj->hits ||
 	    (!is->rbuf && !(is->rbuf = malloc(IMAP_READ_CHUNK)))) {
+		if (p->ret & IMAP_SEARCH_RET_SAVE)
+			saved_reset(is);
 		free(sj->fail);
 		free(sj->hits);
 		free(sj);
@@ -4820,6 +4949,7 @@ static void session_maybe_free(struct imap_session *is)
 	free(is->uids2);
 	free(is->rbuf);
 	free(is->obuf);
+	free(is->saved);
 	explicit_bzero(is->user, sizeof(is->user));
 	free(is);
 }

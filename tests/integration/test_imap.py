@@ -1844,3 +1844,161 @@ def test_list_extended_bad_syntax_is_bad_and_harmless(srv):
     # empty results are fine
     lines, t = r.cmd('LIST (SPECIAL-USE) "" "Nothing*"')
     assert lines == [] and b" OK " in t, (lines, t)
+
+
+# ---- SEARCHRES (RFC 5182, part of RFC 9051) ----------------------------------------
+
+
+def searchres_box(srv, n=6):
+    """A Raw session with INBOX selected holding n messages; even ones
+    \\Flagged, the subject says which."""
+    c = imap(srv)
+    for i in range(1, n + 1):
+        append(c, f"Subject: m{i} {'even' if i % 2 == 0 else 'odd'}\r\n\r\nbody {i}\r\n".encode(),
+               r"(\Flagged)" if i % 2 == 0 else None)
+    c.logout()
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    return r
+
+
+def fetch_seqs(lines):
+    return [int(l.split()[1]) for l in lines if re.match(rb"\* \d+ FETCH", l)]
+
+
+def test_searchres_capability_save_and_use(srv):
+    r = searchres_box(srv)
+    lines, _ = r.cmd("CAPABILITY")
+    assert b" SEARCHRES " in lines[0], lines
+    # before any SAVE "$" is the empty set: valid, matches nothing
+    lines, t = r.cmd("FETCH $ (FLAGS)")
+    assert lines == [] and b" OK " in t, (lines, t)
+    # SAVE alone: no ESEARCH response (RFC 5182 1)
+    lines, t = r.cmd("SEARCH RETURN (SAVE) FLAGGED")
+    assert lines == [] and b" OK " in t, (lines, t)
+    lines, t = r.cmd("FETCH $ (UID)")
+    assert fetch_seqs(lines) == [2, 4, 6] and b" OK " in t, lines
+    # for UID commands "$" is the same messages, as UIDs
+    lines, _ = r.cmd("UID FETCH $ (FLAGS)")
+    assert sorted(fetched(lines)) == [2, 4, 6], lines
+    lines, _ = r.cmd("UID SEARCH UID $ SUBJECT m4")
+    assert lines == [b"* SEARCH 4\r\n"], lines
+    lines, _ = r.cmd("SEARCH $ SUBJECT m4")
+    assert lines == [b"* SEARCH 4\r\n"], lines
+    lines, _ = r.cmd("SEARCH OR $ 1")
+    assert lines == [b"* SEARCH 1 2 4 6\r\n"], lines
+    lines, _ = r.cmd("SEARCH NOT $")
+    assert lines == [b"* SEARCH 1 3 5\r\n"], lines
+    # STORE, COPY, MOVE on "$"
+    lines, t = r.cmd("STORE $ +FLAGS (\\Seen)")
+    assert fetch_seqs(lines) == [2, 4, 6] and b" OK " in t, lines
+    r.cmd("CREATE Saved")
+    _, t = r.cmd("COPY $ Saved")
+    assert b"[COPYUID" in t and b" 2,4,6 " in t, t
+    # "$" as a whole set only; mixed with numbers it is a syntax error
+    _, t = r.cmd("FETCH 1,$ (FLAGS)")
+    assert b" BAD " in t, t
+    _, t = r.cmd("SEARCH UID 1,$")
+    assert b" BAD " in t, t
+    # SAVE with MIN/MAX only keeps those (RFC 5182 2.4)
+    lines, t = r.cmd("UID SEARCH RETURN (SAVE MIN MAX) FLAGGED")
+    assert lines == [b'* ESEARCH (TAG "%s") UID MIN 2 MAX 6\r\n' % t.split()[0]], lines
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH 2 6\r\n"], lines
+    lines, t = r.cmd("SEARCH RETURN (SAVE MAX) ALL")
+    assert lines == [b'* ESEARCH (TAG "%s") MAX 6\r\n' % t.split()[0]], lines
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH 6\r\n"], lines
+    # ... with COUNT or ALL the whole result
+    lines, t = r.cmd("SEARCH RETURN (MIN COUNT SAVE) NOT FLAGGED")
+    assert lines == [b'* ESEARCH (TAG "%s") MIN 1 COUNT 3\r\n' % t.split()[0]], lines
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH 1 3 5\r\n"], lines
+    # MOVE $: the moved messages leave "$" (expunged from INBOX)
+    lines, t = r.cmd("MOVE $ Saved")
+    assert b" OK " in t, (lines, t)
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH\r\n"], lines
+    lines, _ = r.cmd("SEARCH ALL")
+    assert lines == [b"* SEARCH 1 2 3\r\n"], lines
+
+
+def test_searchres_failures_and_resets(srv):
+    r = searchres_box(srv)
+    r.cmd("SEARCH RETURN (SAVE) FLAGGED")
+    # BAD leaves "$" alone
+    _, t = r.cmd("SEARCH RETURN (SAVE) FROBNICATE")
+    assert b" BAD " in t, t
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH 2 4 6\r\n"], lines
+    # NO without SAVE leaves it too
+    _, t = r.cmd("SEARCH CHARSET KOI8-R TEXT x")
+    assert b" NO [BADCHARSET" in t, t
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH 2 4 6\r\n"], lines
+    # a NO to a SAVE empties it (RFC 5182 Example 5)
+    _, t = r.cmd("SEARCH RETURN (SAVE) CHARSET KOI8-R TEXT x")
+    assert b" NO [BADCHARSET" in t, t
+    lines, t = r.cmd("COPY $ INBOX")
+    assert lines == [] and b" OK " in t and b"COPYUID" not in t, (lines, t)
+    # a SELECT or EXAMINE (of the same mailbox too) resets it; after CLOSE
+    # or UNSELECT "$" cannot be used before the next SELECT, which resets it
+    for cmd in ("SELECT INBOX", "EXAMINE INBOX"):
+        r.cmd("SEARCH RETURN (SAVE) ALL")
+        lines, _ = r.cmd("SEARCH $")
+        assert lines == [b"* SEARCH 1 2 3 4 5 6\r\n"], lines
+        _, t = r.cmd(cmd)
+        assert b" OK " in t, (cmd, t)
+        lines, _ = r.cmd("SEARCH $")
+        assert lines == [b"* SEARCH\r\n"], (cmd, lines)
+    _, t = r.cmd("FETCH $ FLAGS")
+    assert b" OK " in t, t
+    r.cmd("CLOSE")
+    _, t = r.cmd("FETCH $ FLAGS")
+    assert b" BAD " in t, t  # no mailbox selected
+
+
+def test_searchres_pipelined_after_save(srv):
+    """A command using "$" sent right behind SEARCH RETURN (SAVE) sees its
+    result: commands run in the order they came (RFC 5182 2.3)."""
+    r = searchres_box(srv)
+    r.send(b"p1 SEARCH RETURN (SAVE) FLAGGED\r\np2 FETCH $ (UID)\r\n"
+           b"p3 UID SEARCH RETURN (SAVE) NOT FLAGGED\r\np4 UID FETCH $ (FLAGS)\r\n"
+           b"p5 SEARCH RETURN (SAVE) SUBJECT m5\r\np6 STORE $ +FLAGS.SILENT (\\Deleted)\r\n"
+           b"p7 UID EXPUNGE $\r\np8 SEARCH $\r\np9 SEARCH ALL\r\n")
+    l1, t1 = r.until("p1")
+    l2, t2 = r.until("p2")
+    assert l1 == [] and fetch_seqs(l2) == [2, 4, 6], (l1, l2)
+    _, t3 = r.until("p3")
+    l4, _ = r.until("p4")
+    assert sorted(fetched(l4)) == [1, 3, 5], l4
+    r.until("p5")
+    r.until("p6")
+    l7, t7 = r.until("p7")
+    assert l7 == [b"* 5 EXPUNGE\r\n"] and b" OK " in t7, (l7, t7)
+    l8, _ = r.until("p8")
+    assert l8 == [b"* SEARCH\r\n"], l8  # the expunged message left "$"
+    l9, _ = r.until("p9")
+    assert l9 == [b"* SEARCH 1 2 3 4 5\r\n"], l9
+
+
+def test_searchres_expunge_by_other_session_leaves_saved(srv):
+    r = searchres_box(srv)
+    r.cmd("UID SEARCH RETURN (SAVE) FLAGGED")
+    other = imap(srv)
+    other.select("INBOX")
+    other.uid("STORE", "4", "+FLAGS.SILENT", r"(\Deleted)")
+    other.expunge()
+    lines, _ = r.cmd("NOOP")
+    assert b"* 4 EXPUNGE\r\n" in lines, lines
+    lines, _ = r.cmd("UID SEARCH $")
+    assert lines == [b"* SEARCH 2 6\r\n"], lines
+    lines, _ = r.cmd("FETCH $ (UID)")
+    assert sorted(fetched(lines)) == [2, 6] and fetch_seqs(lines) == [2, 5], lines
+    # imaplib, as a client would: search with SAVE, then fetch "$"
+    c = imap(srv)
+    c.select("INBOX")
+    typ, _ = c._simple_command("SEARCH", "RETURN", "(SAVE)", "NOT", "FLAGGED")
+    assert typ == "OK"
+    typ, data = c.fetch("$", "(UID)")
+    assert typ == "OK" and len([d for d in data if d]) == 3, data
