@@ -1,6 +1,7 @@
 /* imap_session.c - the IMAP session (RFC 3501, with LITERAL+, SASL-IR, ID,
  * ENABLE, IDLE, NAMESPACE, UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE,
- * CONDSTORE, QRESYNC, SEARCHRES and APPENDLIMIT; RFC 9051 IMAP4rev2 after ENABLE).
+ * CONDSTORE, QRESYNC, SEARCHRES, UNAUTHENTICATE and APPENDLIMIT; RFC 9051
+ * IMAP4rev2 after ENABLE).
  *
  * One struct imap_session per connection, driven by stream.c. Input is cut
  * into tokens by proto/imap_parse.c in place; a command's tokens are copied
@@ -452,7 +453,8 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 			 "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
 			 "UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED "
 			 "LIST-STATUS STATUS=SIZE MULTIAPPEND QUOTA QUOTA=RES-STORAGE "
-			 "QUOTA=RES-MESSAGE SEARCHRES APPENDLIMIT=%" PRIu64,
+			 "QUOTA=RES-MESSAGE SEARCHRES%s APPENDLIMIT=%" PRIu64,
+			 cfg_of(is)->imap_unauthenticate ? " UNAUTHENTICATE" : "",
 			 cfg_of(is)->message_size_max);
 	}
 	return buf;
@@ -1202,6 +1204,36 @@ static void cmd_logout(struct imap_session *is, size_t a)
 	out_str(is, "* BYE Logging out\r\n");
 	tagged(is, "OK", "LOGOUT completed");
 	session_close(is, true);
+}
+
+/* UNAUTHENTICATE (RFC 8437): back to not authenticated on the same
+ * connection (TLS stays). Everything of the user goes: the selected
+ * mailbox (no expunge), the store handle, the max_connections_per_user
+ * slot, what ENABLE turned on, the saved search result. Never NO (RFC
+ * 8437 3): nothing here can fail. The bad-command count stays (it guards
+ * the connection, not the user). */
+static void cmd_unauthenticate(struct imap_session *is, size_t a)
+{
+	if (a != is->ntoks) {
+		syntax(is, "Syntax: UNAUTHENTICATE");
+		return;
+	}
+	LOG_AT(stream_log(is->s), LOG_INFO, stream_sid(is->s), "imap-unauthenticate", "user=%s",
+	       is->user);
+	mailbox_close(is); /* also empties "$" */
+	store_user_close(&is->su);
+	if (is->user_counted) {
+		user_limit_leave(is->sv->user_limit, is->user_slot);
+		is->user_counted = false;
+	}
+	explicit_bzero(is->user, sizeof(is->user));
+	is->condstore = is->qresync = is->rev2 = false;
+	is->qr_select = false;
+	is->readonly = false;
+	is->state = IMAP_S_NOTAUTH;
+	/* the next command is a pre-login one: the pre-login line limit */
+	imap_parser_init(&is->parser, IMAP_LINE_MAX_PRELOGIN);
+	done(is, "OK", "UNAUTHENTICATE completed, now not authenticated");
 }
 
 static void cmd_id(struct imap_session *is, size_t a)
@@ -4476,6 +4508,7 @@ static const struct imap_command commands[] = {
 	{ "SETQUOTA", AUTHED, false, SYNC_FULL, cmd_setquota },
 	{ "APPEND", AUTHED, false, SYNC_FULL, NULL }, /* see append_literal() */
 	{ "IDLE", AUTHED, false, SYNC_NONE, cmd_idle },
+	{ "UNAUTHENTICATE", AUTHED, false, SYNC_NONE, cmd_unauthenticate },
 	{ "CHECK", ST(SELECTED), false, SYNC_FULL, cmd_check },
 	{ "CLOSE", ST(SELECTED), false, SYNC_NONE, cmd_close },
 	{ "UNSELECT", ST(SELECTED), false, SYNC_NONE, cmd_unselect },
@@ -4563,6 +4596,8 @@ static void dispatch(struct imap_session *is)
 		name = tok_span(is, a++);
 	}
 	const struct imap_command *c = find_command(name);
+	if (c && c->run == cmd_unauthenticate && !cfg_of(is)->imap_unauthenticate)
+		c = NULL; /* turned off: not advertised, not known */
 	if (!c || (is->uid_cmd && !c->uid) || !c->run) {
 		bad(is, c && !c->run ? "APPEND needs a message literal" : "Unknown command");
 		cmd_end(is);

@@ -2002,3 +2002,100 @@ def test_searchres_expunge_by_other_session_leaves_saved(srv):
     assert typ == "OK"
     typ, data = c.fetch("$", "(UID)")
     assert typ == "OK" and len([d for d in data if d]) == 3, data
+
+
+# ---- UNAUTHENTICATE (RFC 8437) ------------------------------------------------------
+
+
+def test_unauthenticate_resets_everything_but_tls(srv):
+    deliver(srv, "alice@example.com", subject="for alice")
+    r = Raw(srv)
+    assert b"UNAUTHENTICATE" not in r.greeting  # offered after login only
+    _, t = r.cmd("UNAUTHENTICATE")
+    assert b" BAD " in t, t  # not authenticated yet
+    r.login()
+    lines, _ = r.cmd("CAPABILITY")
+    assert b" UNAUTHENTICATE " in lines[0], lines
+    lines, _ = r.cmd("ENABLE QRESYNC IMAP4rev2")
+    assert lines == [b"* ENABLED QRESYNC IMAP4rev2\r\n"], lines
+    lines, _ = r.cmd("SELECT INBOX")
+    assert b"* 1 EXISTS\r\n" in lines and b"* 0 RECENT\r\n" not in lines, lines
+    _, t = r.cmd("UNAUTHENTICATE x")
+    assert b" BAD " in t, t
+    lines, t = r.cmd("UNAUTHENTICATE")
+    assert lines == [] and b" OK " in t, (lines, t)  # no EXPUNGE, no BYE
+    # not authenticated: mailbox commands are refused, the pre-login
+    # capabilities are back
+    _, t = r.cmd("FETCH 1 FLAGS")
+    assert b" BAD " in t and b"Log in first" in t, t
+    _, t = r.cmd("SELECT INBOX")
+    assert b" BAD " in t and b"Log in first" in t, t
+    lines, _ = r.cmd("CAPABILITY")
+    assert b"AUTH=PLAIN" in lines[0] and b"UNAUTHENTICATE" not in lines[0], lines
+    # pipelined with a new AUTHENTICATE (SASL-IR), as RFC 8437 3 allows,
+    # as another user
+    import base64
+    ir = base64.b64encode(b"\0bob@example.com\0" + USERS["bob@example.com"].encode())
+    r.send(b"u1 UNAUTHENTICATE\r\nu2 AUTHENTICATE PLAIN " + ir + b"\r\nu3 SELECT INBOX\r\n")
+    _, t = r.until("u1")
+    assert b" BAD " in t, t  # still not authenticated
+    _, t = r.until("u2")
+    assert b" OK " in t, t
+    lines, t = r.until("u3")
+    # bob's INBOX (empty), and ENABLE state gone: rev1 again (RECENT), no QRESYNC
+    assert b"* 0 EXISTS\r\n" in lines and b"* 0 RECENT\r\n" in lines, lines
+    r.send(b"u4 UNAUTHENTICATE\r\nu5 LOGIN alice@example.com \"" +
+           USERS["alice@example.com"].encode() + b"\"\r\nu6 SELECT INBOX (QRESYNC (1 1))\r\n")
+    _, t = r.until("u4")
+    assert b" OK " in t, t
+    _, t = r.until("u5")
+    assert b" OK " in t, t
+    _, t = r.until("u6")
+    assert b" BAD " in t and b"QRESYNC is not enabled" in t, t
+    lines, _ = r.cmd("SELECT INBOX")
+    assert b"* 1 EXISTS\r\n" in lines, lines
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH\r\n"], lines
+
+
+def test_unauthenticate_over_tls_and_imaplib(srv, monkeypatch):
+    # imaplib does not know the command: teach it the states
+    monkeypatch.setitem(imaplib.Commands, "UNAUTHENTICATE", ("AUTH", "SELECTED"))
+    c = imap(srv, tls="implicit")
+    typ, data = c.capability()
+    assert b"UNAUTHENTICATE" in data[0]
+    c.select("INBOX")
+    typ, data = c._simple_command("UNAUTHENTICATE")
+    assert typ == "OK", data
+    c.state = "NONAUTH"
+    typ, _ = c.login("bob@example.com", USERS["bob@example.com"])
+    assert typ == "OK"
+    typ, data = c.select("INBOX")
+    assert typ == "OK" and data == [b"0"], data
+    c.logout()
+
+
+def test_unauthenticate_releases_the_user_slot(imapsrv):
+    srv = imapsrv(config="[limits]\nmax_connections_per_user = 1\n")
+    a = Raw(srv).login()
+    b = Raw(srv)
+    _, t = b.cmd(f'LOGIN alice@example.com "{USERS["alice@example.com"]}"')
+    assert b"NO [LIMIT]" in t, t
+    _, t = a.cmd("UNAUTHENTICATE")
+    assert b" OK " in t, t
+    _, t = b.cmd(f'LOGIN alice@example.com "{USERS["alice@example.com"]}"')
+    assert b" OK " in t, t
+    _, t = a.cmd(f'LOGIN alice@example.com "{USERS["alice@example.com"]}"')
+    assert b"NO [LIMIT]" in t, t  # b holds the one slot now
+    a.login("bob@example.com")
+
+
+def test_unauthenticate_can_be_turned_off(imapsrv):
+    srv = imapsrv(config="[limits]\nimap_unauthenticate = no\n")
+    r = Raw(srv).login()
+    lines, _ = r.cmd("CAPABILITY")
+    assert b"UNAUTHENTICATE" not in lines[0], lines
+    _, t = r.cmd("UNAUTHENTICATE")
+    assert b" BAD " in t and b"Unknown command" in t, t
+    _, t = r.cmd("NOOP")
+    assert b" OK " in t, t  # still logged in
