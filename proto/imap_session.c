@@ -2688,7 +2688,10 @@ static void status_reply(struct imap_session *is, const struct store_folder_stat
 	done(is, "OK", "STATUS completed");
 }
 
-/* Whether the list at toks[list_at] holds only known STATUS items. */
+/* Whether the list at toks[list_at] holds only known STATUS items. After
+ * ENABLE IMAP4rev2, RECENT is not one: RFC 9051's status-att has no
+ * RECENT, and a server offering both revisions returns removed items
+ * only to an IMAP4rev1 client (RFC 9051 appendix A). */
 static bool status_items_ok(struct imap_session *is, size_t list_at)
 {
 	static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
@@ -2698,7 +2701,7 @@ static bool status_items_ok(struct imap_session *is, size_t list_at)
 		bool known = false;
 		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
 			known |= is_atom(is, i, ok[k]);
-		if (!known)
+		if (!known || (is->rev2 && is_atom(is, i, "RECENT")))
 			return false;
 	}
 	return true;
@@ -2732,7 +2735,8 @@ static void cmd_status(struct imap_session *is, size_t a)
 		return;
 	}
 	if (!status_items_ok(is, a + 1)) {
-		syntax(is, "Unknown STATUS item");
+		syntax(is, is->rev2 ? "Unknown STATUS item (IMAP4rev2 has no RECENT)"
+				    : "Unknown STATUS item");
 		return;
 	}
 	if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
@@ -4491,7 +4495,8 @@ static const struct imap_command commands[] = {
 	{ "STARTTLS", ST(NOTAUTH), false, SYNC_NONE, cmd_starttls },
 	{ "LOGIN", ST(NOTAUTH), false, SYNC_NONE, cmd_login },
 	{ "AUTHENTICATE", ST(NOTAUTH), false, SYNC_NONE, cmd_authenticate },
-	{ "ENABLE", AUTHED, false, SYNC_NONE, cmd_enable },
+	/* RFC 9051 6.3.1 / RFC 5161 3.1: before any mailbox is selected */
+	{ "ENABLE", ST(AUTH), false, SYNC_NONE, cmd_enable },
 	{ "NAMESPACE", AUTHED, false, SYNC_FULL, cmd_namespace },
 	{ "SELECT", AUTHED, false, SYNC_NONE, cmd_select },
 	{ "EXAMINE", AUTHED, false, SYNC_NONE, cmd_examine },
@@ -4604,7 +4609,9 @@ static void dispatch(struct imap_session *is)
 		return;
 	}
 	if (!(c->states & (1u << is->state))) {
-		bad(is, is->state == IMAP_S_NOTAUTH ? "Log in first" : "Command not valid in this state");
+		bad(is, is->state == IMAP_S_NOTAUTH	 ? "Log in first"
+			: c->run == cmd_enable ? "ENABLE is only valid before a mailbox is selected"
+					       : "Command not valid in this state");
 		cmd_end(is);
 		return;
 	}

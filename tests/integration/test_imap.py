@@ -1057,7 +1057,9 @@ def test_rev2_search_answers_esearch(srv):
     r.cmd("STORE 2 +FLAGS (\\Flagged)")
     lines, _ = r.cmd("SEARCH ALL")
     assert lines == [b"* SEARCH 1 2 3\r\n"], lines  # rev1: SEARCH
+    r.cmd("UNSELECT")  # ENABLE is for the authenticated state only
     r.cmd("ENABLE IMAP4rev2")
+    r.cmd("SELECT INBOX")
     lines, t = r.cmd("SEARCH ALL")
     assert lines == [b'* ESEARCH (TAG "%s") ALL 1:3\r\n' % t.split()[0]], lines
     lines, t = r.cmd("UID SEARCH FLAGGED")
@@ -1220,7 +1222,9 @@ def test_qresync_uid_fetch_changedsince_vanished(srv):
     m0 = code(lines, "HIGHESTMODSEQ")
     _, t = a.cmd(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
     assert b" BAD " in t, t  # QRESYNC not enabled
+    a.cmd("UNSELECT")  # ENABLE is for the authenticated state only
     a.cmd("ENABLE QRESYNC")
+    select_lines(a, "")
     b = Raw(srv).login()
     b.cmd("SELECT INBOX")
     expunge_uids(b, "2,5")
@@ -2099,3 +2103,51 @@ def test_unauthenticate_can_be_turned_off(imapsrv):
     assert b" BAD " in t and b"Unknown command" in t, t
     _, t = r.cmd("NOOP")
     assert b" OK " in t, t  # still logged in
+
+
+# ---- RFC 9051 details: STATUS RECENT, ENABLE's state ---------------------------------
+
+
+def test_rev2_status_has_no_recent(srv):
+    r = Raw(srv).login()
+    lines, t = r.cmd("STATUS INBOX (RECENT MESSAGES)")
+    assert lines == [b'* STATUS "INBOX" (RECENT 0 MESSAGES 0)\r\n'], lines  # rev1: still
+    r.cmd("ENABLE IMAP4rev2")
+    # RFC 9051 status-att has no RECENT; removed items only for rev1 clients
+    lines, t = r.cmd("STATUS INBOX (RECENT MESSAGES)")
+    assert lines == [] and b" BAD " in t and b"RECENT" in t, (lines, t)
+    lines, t = r.cmd("STATUS INBOX (recent)")
+    assert lines == [] and b" BAD " in t, (lines, t)
+    lines, t = r.cmd('LIST "" INBOX RETURN (STATUS (MESSAGES RECENT))')
+    assert lines == [] and b" BAD " in t, (lines, t)
+    lines, t = r.cmd("STATUS INBOX (MESSAGES DELETED SIZE)")
+    assert lines == [b'* STATUS "INBOX" (MESSAGES 0 DELETED 0 SIZE 0)\r\n'], lines
+    lines, t = r.cmd('LIST "" INBOX RETURN (STATUS (MESSAGES))')
+    assert b'* STATUS "INBOX" (MESSAGES 0)\r\n' in lines and b" OK " in t, lines
+
+
+def test_enable_only_before_a_mailbox_is_selected(srv):
+    deliver(srv, "alice@example.com")
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd("ENABLE CONDSTORE")
+    assert lines == [] and b" BAD " in t and b"before a mailbox is selected" in t, (lines, t)
+    lines, _ = r.cmd("STORE 1 +FLAGS (\\Seen)")
+    assert lines and b"MODSEQ" not in lines[0], lines  # nothing was enabled
+    _, t = r.cmd("ENABLE IMAP4rev2")
+    assert b" BAD " in t, t
+    lines, _ = r.cmd("SEARCH ALL")
+    assert lines == [b"* SEARCH 1\r\n"], lines  # still rev1
+    r.cmd("CLOSE")
+    lines, t = r.cmd("ENABLE CONDSTORE")
+    assert lines == [b"* ENABLED CONDSTORE\r\n"] and b" OK " in t, (lines, t)
+    r.cmd("SELECT INBOX")
+    lines, _ = r.cmd("STORE 1 -FLAGS (\\Seen)")
+    assert b"MODSEQ" in lines[0], lines
+    # imaplib (enable() checks the state itself; the raw command shows ours)
+    c = imap(srv)
+    typ, data = c.enable("IMAP4rev2")
+    assert typ == "OK" and c.untagged_responses.get("ENABLED") == [b"IMAP4rev2"], data
+    c.select("INBOX")
+    with pytest.raises(imaplib.IMAP4.error):
+        c._simple_command("ENABLE", "CONDSTORE")
