@@ -161,6 +161,24 @@ struct fetch_job {
 	size_t hlen, hcap;
 };
 
+struct imap_session;
+
+/* A long untagged reply in the making: numbers or UID ranges written a
+ * few bytes at a time, waiting for the drained callback whenever the
+ * send queue is long (out_list_pump), so that a reply of any size (SEARCH
+ * over a mailbox of hundreds of thousands of messages, a VANISHED
+ * (EARLIER) full of holes) never fills limits.send_queue_max and never
+ * sits whole in memory. then() writes the rest and goes on. */
+struct out_list {
+	bool active, wait_drain;
+	bool as_set;                     /* v as "1:3,5"; else " 1 2 3" */
+	const uint32_t *v;               /* ascending numbers, or */
+	const struct store_uid_range *r; /* ascending ranges ("1:3,5") */
+	size_t n, i;
+	void *own;                       /* freed when the list is done */
+	void (*then)(struct imap_session *is);
+};
+
 struct imap_session {
 	struct stream *s;
 	struct loop *loop;     /* stream_loop(s), kept: s is gone after close */
@@ -246,6 +264,14 @@ struct imap_session {
 	struct imap_range *set;      /* IMAP_SET_MAX entries, allocated on first use */
 	size_t nset;
 	struct fetch_job *fj;
+	struct out_list ol;
+	void (*vanished_then)(struct imap_session *is);
+	/* done() waits for the socket: the updates before its tagged reply
+	 * did not fit (sync_mailbox() stopped); status and text of the reply */
+	bool done_wait;
+	bool idle_wait;              /* IDLE: the same, no tagged reply */
+	char done_status[4];
+	char done_text[1024];
 	struct search_job *sj;
 	struct list_job *lj;
 	struct rename_job *rj;
@@ -270,10 +296,11 @@ enum { SYNC_NONE, SYNC_NOEXPUNGE, SYNC_FULL };
 static const struct config *cfg_of(struct imap_session *is) { return stream_config(is->s); }
 static void session_maybe_free(struct imap_session *is);
 static void update_input(struct imap_session *is);
-static void sync_mailbox(struct imap_session *is, bool expunge);
+static bool sync_mailbox(struct imap_session *is, bool expunge);
 static void watch_cb(void *arg);
 static void out_uidset(struct imap_session *is, const uint32_t *uids, size_t n);
 static void fetch_pump(struct imap_session *is);
+static void fetch_free(struct imap_session *is);
 static void select_done(struct imap_session *is);
 
 /* ---- output ------------------------------------------------------------------- */
@@ -615,28 +642,71 @@ static int view_refresh(struct imap_session *is)
 	return 0;
 }
 
+static unsigned digits(uint32_t v)
+{
+	unsigned n = 1;
+	while (v >= 10) {
+		v /= 10;
+		n++;
+	}
+	return n;
+}
+
+/* Whether the send queue (and what waits in the output buffer) is past
+ * the point where a long reply waits for the socket. */
+static bool out_full(struct imap_session *is)
+{
+	return stream_send_pending(is->s) + is->olen > send_high(is);
+}
+
 /* Tells the client what changed: EXPUNGE (when allowed), FETCH FLAGS,
- * EXISTS. */
-static void sync_mailbox(struct imap_session *is, bool expunge)
+ * EXISTS. The updates stop when the send queue is long (out_full(): a
+ * mailbox of hundreds of thousands of messages can change in one go):
+ * returns true then, and the rest is reported by the next call (done()
+ * and IDLE call again when the socket has drained). What was not
+ * reported stays as the client knew it (msgs[]), so nothing is lost. */
+static bool sync_mailbox(struct imap_session *is, bool expunge)
 {
 	if (is->state != IMAP_S_SELECTED || !is->folder || is->dead)
-		return;
+		return false;
 	struct store_folder_status st;
 	store_folder_status(is->folder, &st);
-	bool pending_expunge = false;
+	bool pending_expunge = false, stopped = false;
 	if (st.highestmodseq == is->synced_modseq && st.messages == is->synced_count &&
 	    store_view_count(is->view) == is->nmsgs)
-		return;
+		return false;
 	if (view_refresh(is))
-		return;
+		return false;
 	store_view_status(is->view, &st);
 	/* After ENABLE QRESYNC expunges are one "* VANISHED uid-set" (RFC 7162
 	 * 3.2.10); gone[] collects them (no memory: they stay pending). */
 	uint32_t *gone = expunge && is->qresync ? malloc((is->nmsgs + 1) * sizeof(*gone)) : NULL;
 	if (expunge && (gone || !is->qresync)) {
 		size_t w = 0, ngone = 0;
+		/* The VANISHED line is written whole: it must fit in the send
+		 * queue beside what may be queued (send_high()). Its length is
+		 * counted as UIDs join it ("a", "a:b" for a run). */
+		uint64_t qmax = cfg_of(is)->send_queue_max, high = send_high(is);
+		uint64_t room = qmax > high + 1024 ? qmax - high - 512 : 64, len = 0;
+		bool run = false;
 		for (size_t i = 0; i < is->nmsgs; i++) {
 			if (store_view_find(is->view, is->msgs[i].uid) < 0) {
+				uint32_t u = is->msgs[i].uid;
+				if (gone && !stopped) {
+					bool ext = ngone && u == gone[ngone - 1] + 1;
+					len += ext && run ? (uint64_t)(digits(u) - digits(u - 1))
+							  : (uint64_t)digits(u) + 1;
+					run = ext;
+					stopped = ngone && len > room;
+				} else if (!stopped) {
+					stopped = out_full(is);
+				}
+				if (stopped) {
+					/* announced later: keeps its number for now */
+					pending_expunge = true;
+					is->msgs[w++] = is->msgs[i];
+					continue;
+				}
 				/* Sequence numbers shift as each is reported. */
 				if (gone)
 					gone[ngone++] = is->msgs[i].uid;
@@ -666,6 +736,8 @@ static void sync_mailbox(struct imap_session *is, bool expunge)
 		if (m->modseq == is->msgs[i].modseq && m->flags == is->msgs[i].flags &&
 		    m->keywords == is->msgs[i].kw)
 			continue;
+		if (stopped || (stopped = out_full(is)))
+			continue; /* reported later */
 		out_printf(is, "* %zu FETCH (UID %" PRIu32 " FLAGS ", i + 1, m->uid);
 		out_flags(is, m->flags, m->keywords);
 		if (is->condstore)
@@ -683,18 +755,19 @@ static void sync_mailbox(struct imap_session *is, bool expunge)
 			continue;
 		is->msgs[is->nmsgs++] = (struct imsg){ m->uid, m->flags, m->keywords, m->modseq };
 	}
-	if (is->nmsgs != before || (expunge && before != n))
+	if (is->nmsgs != before || (expunge && before != n && !stopped))
 		out_printf(is, "* %zu EXISTS\r\n", is->nmsgs);
-	/* RFC 7162 3.2: MODSEQs above an expunge not reported yet were sent,
-	 * so the client must not resynchronise from them: a HIGHESTMODSEQ
-	 * from before that expunge. */
-	if (pending_expunge && is->condstore)
-		out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] Expunges pending\r\n",
-			   is->synced_modseq);
-	if (!pending_expunge) {
+	/* RFC 7162 3.2: MODSEQs above an expunge (or a flag change) not
+	 * reported yet were sent, so the client must not resynchronise from
+	 * them: a HIGHESTMODSEQ from before it. */
+	if ((pending_expunge || stopped) && is->condstore)
+		out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] %s pending\r\n",
+			   is->synced_modseq, stopped ? "Updates" : "Expunges");
+	if (!pending_expunge && !stopped) {
 		is->synced_modseq = st.highestmodseq;
 		is->synced_count = st.messages;
 	}
+	return stopped;
 }
 
 /* ---- finishing a command ------------------------------------------------------------ */
@@ -766,9 +839,30 @@ static void done(struct imap_session *is, const char *status, const char *fmt, .
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	if (is->cmd && is->cmd->sync != SYNC_NONE)
-		sync_mailbox(is, is->cmd->sync == SYNC_FULL);
+	if (is->cmd && is->cmd->sync != SYNC_NONE && sync_mailbox(is, is->cmd->sync == SYNC_FULL)) {
+		/* The updates fill the send queue: the rest once it drains
+		 * (imap_drained), then this reply. Input waits meanwhile. */
+		snprintf(is->done_status, sizeof(is->done_status), "%s", status);
+		snprintf(is->done_text, sizeof(is->done_text), "%s", buf);
+		is->done_wait = true;
+		set_busy(is, true);
+		out_flush(is);
+		return;
+	}
 	tagged(is, status, "%s", buf);
+	cmd_end(is);
+}
+
+/* The send queue drained while done() waited: more updates, and the
+ * tagged reply once they are all out. */
+static void done_resume(struct imap_session *is)
+{
+	if (sync_mailbox(is, is->cmd && is->cmd->sync == SYNC_FULL)) {
+		out_flush(is);
+		return;
+	}
+	is->done_wait = false;
+	tagged(is, is->done_status, "%s", is->done_text);
 	cmd_end(is);
 }
 
@@ -968,6 +1062,60 @@ static void out_uidset(struct imap_session *is, const uint32_t *uids, size_t n)
 			out_printf(is, "%s%" PRIu32, i ? "," : "", uids[i]);
 		i = j + 1;
 	}
+}
+
+/* Writes is->ol from where it stopped; returns when the send queue is
+ * long (imap_drained() calls again) or, once every item is written, after
+ * calling then(). */
+static void out_list_pump(struct imap_session *is)
+{
+	struct out_list *ol = &is->ol;
+	size_t high = send_high(is);
+	while (ol->i < ol->n) {
+		if (is->dead || is->state == IMAP_S_LOGOUT)
+			return;
+		if (stream_send_pending(is->s) + is->olen > high) {
+			out_flush(is);
+			ol->wait_drain = true;
+			return;
+		}
+		size_t i = ol->i;
+		const char *sep = i ? "," : "";
+		if (ol->r) {
+			if (ol->r[i].lo == ol->r[i].hi)
+				out_printf(is, "%s%" PRIu32, sep, ol->r[i].lo);
+			else
+				out_printf(is, "%s%" PRIu32 ":%" PRIu32, sep, ol->r[i].lo, ol->r[i].hi);
+			ol->i++;
+		} else if (ol->as_set) {
+			size_t j = i;
+			while (j + 1 < ol->n && ol->v[j + 1] == ol->v[j] + 1)
+				j++;
+			if (j > i)
+				out_printf(is, "%s%" PRIu32 ":%" PRIu32, sep, ol->v[i], ol->v[j]);
+			else
+				out_printf(is, "%s%" PRIu32, sep, ol->v[i]);
+			ol->i = j + 1;
+		} else {
+			out_printf(is, " %" PRIu32, ol->v[i]);
+			ol->i++;
+		}
+	}
+	void (*then)(struct imap_session *) = ol->then;
+	free(ol->own);
+	*ol = (struct out_list){ 0 };
+	then(is);
+}
+
+/* Starts writing v[0..n) (or r[0..n)) after what is in the output buffer;
+ * own (may be NULL) is freed at the end. */
+static void out_list_start(struct imap_session *is, const uint32_t *v, bool as_set,
+			   const struct store_uid_range *r, size_t n, void *own,
+			   void (*then)(struct imap_session *))
+{
+	is->ol = (struct out_list){ .active = true, .as_set = as_set, .v = v, .r = r, .n = n,
+				    .own = own, .then = then };
+	out_list_pump(is);
 }
 
 /* Flags in a list (or one flag): system flags into *flags_r, keywords
@@ -1411,8 +1559,10 @@ static void ur_subtract(struct imap_session *is, const struct uidranges *in,
  * still shows (msgs[], expunge not announced yet) or the view holds are
  * left out: the next sync reports those with VANISHED. Returns 0 or a
  * negative errno. */
+static void vanished_end(struct imap_session *is);
+
 static int out_vanished_earlier(struct imap_session *is, uint64_t modseq,
-				const struct uidranges *want)
+				const struct uidranges *want, void (*then)(struct imap_session *))
 {
 	struct store_uid_range *g = NULL;
 	size_t ng = 0;
@@ -1452,22 +1602,30 @@ static int out_vanished_earlier(struct imap_session *is, uint64_t modseq,
 	ur_subtract(is, &both, view_uid_at, store_view_count(is->view), &t);
 	ur_subtract(is, &t, msgs_uid_at, is->nmsgs, &res);
 	rc = base.oom || both.oom || t.oom || res.oom ? -ENOMEM : 0;
-	if (!rc && res.n) {
-		out_str(is, "* VANISHED (EARLIER) ");
-		for (size_t k = 0; k < res.n; k++) {
-			if (res.r[k].lo == res.r[k].hi)
-				out_printf(is, "%s%" PRIu32, k ? "," : "", res.r[k].lo);
-			else
-				out_printf(is, "%s%" PRIu32 ":%" PRIu32, k ? "," : "", res.r[k].lo,
-					   res.r[k].hi);
-		}
-		out_str(is, "\r\n");
-	}
 	free(base.r);
 	free(both.r);
 	free(t.r);
-	free(res.r);
-	return rc;
+	if (rc) {
+		free(res.r);
+		return rc;
+	}
+	if (!res.n) {
+		free(res.r);
+		then(is);
+		return 0;
+	}
+	/* one range per hole: written in pieces, waiting for the socket */
+	is->vanished_then = then;
+	out_str(is, "* VANISHED (EARLIER) ");
+	out_list_start(is, NULL, true, res.r, res.n, res.r, vanished_end);
+	return 0;
+}
+
+/* The VANISHED (EARLIER) line is out: its CRLF, and on. */
+static void vanished_end(struct imap_session *is)
+{
+	out_str(is, "\r\n");
+	is->vanished_then(is);
 }
 
 /* A mod-sequence-value (RFC 7162: 1*DIGIT, at most 2^63 - 1). */
@@ -1552,13 +1710,10 @@ static int qresync_select(struct imap_session *is)
 	struct fetch_job *fj = calloc(1, sizeof(*fj));
 	free(is->uids);
 	is->uids = malloc((is->nmsgs + 1) * sizeof(uint32_t));
-	int rc = fj && is->uids ? out_vanished_earlier(is, is->qr_modseq,
-						     is->qr_known ? &known : NULL)
-				: -ENOMEM;
-	if (rc) {
+	if (!fj || !is->uids) {
 		free(known.r);
 		free(fj);
-		return rc;
+		return -ENOMEM;
 	}
 	/* uids[]: the messages of known-uids, for fetch_matches() */
 	is->nuids = 0;
@@ -1572,7 +1727,6 @@ static int qresync_select(struct imap_session *is)
 		}
 		is->uids[is->nuids++] = uid;
 	}
-	free(known.r);
 	static const uint8_t items[] = { FI_UID, FI_FLAGS, FI_MODSEQ };
 	for (size_t k = 0; k < sizeof(items); k++)
 		fj->items[k].kind = items[k];
@@ -1581,8 +1735,13 @@ static int qresync_select(struct imap_session *is)
 	fj->changedsince = is->qr_modseq;
 	fj->select_reply = true;
 	is->fj = fj;
-	fetch_pump(is);
-	return 0;
+	/* VANISHED (EARLIER) first (it may wait for the socket), then the
+	 * FETCH job */
+	int rc = out_vanished_earlier(is, is->qr_modseq, is->qr_known ? &known : NULL, fetch_pump);
+	free(known.r);
+	if (rc)
+		fetch_free(is);
+	return rc;
 }
 
 /* RFC 9051 6.3.2: SELECT answers a LIST response for the mailbox too. */
@@ -3309,6 +3468,8 @@ static void fetch_seen_done(void *arg, int res, uint64_t modseq)
 	release(is);
 }
 
+static void fetch_start(struct imap_session *is);
+
 static void cmd_fetch(struct imap_session *is, size_t a)
 {
 	bool uid = is->uid_cmd;
@@ -3409,6 +3570,8 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		fj->want_modseq = true;
 		fj->nitems++;
 	}
+	is->fj = fj;
+	set_busy(is, true);
 	if (vanished && !is->set_saved) {
 		/* "$" holds no expunged UID (RFC 5182 2.1): nothing vanished.
 		 * Otherwise before any FETCH response (RFC 7162 3.2.6). "*" reaches the
@@ -3420,17 +3583,24 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		uint32_t star = st.uidnext - 1;
 		if (is->nmsgs && is->msgs[is->nmsgs - 1].uid > star)
 			star = is->msgs[is->nmsgs - 1].uid;
-		int rc = set_ranges(is, star, &want) ? out_vanished_earlier(is, fj->changedsince, &want)
-						     : -ENOMEM;
+		int rc = set_ranges(is, star, &want)
+			       ? out_vanished_earlier(is, fj->changedsince, &want, fetch_start)
+			       : -ENOMEM;
 		free(want.r);
 		if (rc) {
-			free(fj);
+			fetch_free(is);
 			store_error(is, rc);
-			return;
 		}
+		return;
 	}
-	is->fj = fj;
-	set_busy(is, true);
+	fetch_start(is);
+}
+
+/* FETCH after its VANISHED (EARLIER): the implicit \Seen first, then the
+ * responses. */
+static void fetch_start(struct imap_session *is)
+{
+	struct fetch_job *fj = is->fj;
 	if (fj->set_seen && !is->readonly) {
 		size_t n = 0;
 		free(is->uids2);
@@ -3474,6 +3644,8 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		const struct store_msg *m = msg_of(is, (size_t)i);
 		if (!m)
 			continue;
+		if (!is->store_silent && out_full(is))
+			break; /* done()'s sync reports the rest as the socket drains */
 		if (!is->store_silent) {
 			out_printf(is, "* %zd FETCH (", i + 1);
 			if (is->uid_cmd)
@@ -3654,9 +3826,8 @@ static void copy_done(void *arg, int res)
 		out_str(is, " ");
 		out_uidset(is, is->uids2, n);
 		out_str(is, "] Moved\r\n");
-		sync_mailbox(is, true);
-		tagged(is, "OK", "%sMOVE completed", is->uid_cmd ? "UID " : "");
-		cmd_end(is);
+		/* its EXPUNGEs (or VANISHED) wait for the socket if need be */
+		done(is, "OK", "%sMOVE completed", is->uid_cmd ? "UID " : "");
 		release(is);
 		return;
 	}
@@ -3795,6 +3966,19 @@ static void search_hit(struct search_job *sj, bool yes)
 	sj->mi++;
 }
 
+/* The end of the SEARCH/ESEARCH line (after the hits) and the tagged
+ * reply. */
+static void search_end(struct imap_session *is)
+{
+	struct search_job *sj = is->sj;
+	if (sj->nh && sj->prog.modseq)
+		out_printf(is, sj->prog.esearch ? " MODSEQ %" PRIu64 : " (MODSEQ %" PRIu64 ")",
+			   sj->maxmodseq);
+	out_str(is, "\r\n");
+	search_free(is);
+	done(is, "OK", "%sSEARCH completed", is->uid_cmd ? "UID " : "");
+}
+
 /* RETURN (SAVE): "$" becomes the UIDs of the hits, or only of MIN and MAX
  * when those are the only other options (RFC 5182 2.4). false: out of
  * memory ("$" is empty then). */
@@ -3846,6 +4030,8 @@ static void search_finish(struct imap_session *is)
 		done(is, "OK", "%sSEARCH completed, result saved", is->uid_cmd ? "UID " : "");
 		return;
 	}
+	/* The list of hits is written in pieces (out_list): it can be far
+	 * larger than limits.send_queue_max. */
 	if (p->esearch) {
 		out_printf(is, "* ESEARCH (TAG \"%s\")%s", is->tag, is->uid_cmd ? " UID" : "");
 		if (nh && (p->ret & IMAP_SEARCH_RET_MIN))
@@ -3856,21 +4042,15 @@ static void search_finish(struct imap_session *is)
 			out_printf(is, " COUNT %zu", nh);
 		if (nh && (p->ret & IMAP_SEARCH_RET_ALL)) {
 			out_str(is, " ALL ");
-			out_uidset(is, hits, nh);
+			out_list_start(is, hits, true, NULL, nh, NULL, search_end);
+			return;
 		}
-		if (nh && p->modseq)
-			out_printf(is, " MODSEQ %" PRIu64, sj->maxmodseq);
-		out_str(is, "\r\n");
 	} else {
 		out_str(is, "* SEARCH");
-		for (size_t k = 0; k < nh; k++)
-			out_printf(is, " %" PRIu32, hits[k]);
-		if (nh && p->modseq)
-			out_printf(is, " (MODSEQ %" PRIu64 ")", sj->maxmodseq);
-		out_str(is, "\r\n");
+		out_list_start(is, hits, false, NULL, nh, NULL, search_end);
+		return;
 	}
-	search_free(is);
-	done(is, "OK", "%sSEARCH completed", is->uid_cmd ? "UID " : "");
+	search_end(is);
 }
 
 static void search_yield_done(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
@@ -4450,12 +4630,13 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 static void watch_cb(void *arg)
 {
 	struct imap_session *is = arg;
-	if (is->dead || is->mode != M_IDLE)
-		return;
+	if (is->dead || is->mode != M_IDLE || is->idle_wait)
+		return; /* while waiting for the socket, its drain syncs */
 	hold(is);
-	sync_mailbox(is, true);
+	is->idle_wait = sync_mailbox(is, true);
 	out_flush(is);
-	release_idle(is);
+	if (!is->idle_wait)
+		release_idle(is);
 	release(is);
 }
 
@@ -4464,7 +4645,7 @@ static void cmd_idle(struct imap_session *is, size_t a)
 	(void)a;
 	out_str(is, "+ idling\r\n");
 	is->mode = M_IDLE;
-	sync_mailbox(is, true);
+	is->idle_wait = sync_mailbox(is, true);
 	out_flush(is);
 	/* Only the tag (is->tag) is needed until DONE. */
 	release_idle(is);
@@ -4474,6 +4655,7 @@ static void cmd_idle(struct imap_session *is, size_t a)
 static void idle_line(struct imap_session *is, struct span line)
 {
 	is->mode = M_CMD;
+	is->idle_wait = false; /* done() reports the rest */
 	if (!span_eq_nocase(line, SPAN_LIT("DONE"))) {
 		bad(is, "Expected DONE");
 		cmd_end(is);
@@ -4931,7 +5113,20 @@ static void imap_drained(struct stream *s)
 {
 	struct imap_session *is = stream_session(s);
 	hold(is);
-	if (is->fj && is->fj->wait_drain) {
+	if (is->done_wait && !is->dead) {
+		arm_timer(is);
+		done_resume(is);
+	}
+	if (is->idle_wait && !is->dead && is->mode == M_IDLE) {
+		is->idle_wait = sync_mailbox(is, true);
+		out_flush(is);
+	}
+	if (is->ol.active && is->ol.wait_drain) {
+		is->ol.wait_drain = false;
+		arm_timer(is);
+		out_list_pump(is);
+	}
+	if (is->fj && is->fj->wait_drain && !is->ol.active) {
 		is->fj->wait_drain = false;
 		arm_timer(is);
 		fetch_pump(is);
@@ -4948,7 +5143,8 @@ static void imap_timer(struct stream *s)
 	struct imap_session *is = stream_session(s);
 	LOG_AT(stream_log(s), LOG_INFO, stream_sid(s), "imap-timeout", "state=%s",
 	       imap_state_str(is->state));
-	if (is->fj) {
+	if (is->fj || is->ol.active) {
+		/* in the middle of a response: no BYE can follow */
 		session_close(is, false);
 		return;
 	}
@@ -4975,6 +5171,7 @@ static void session_maybe_free(struct imap_session *is)
 		return;
 	append_reset(is);
 	fetch_free(is);
+	free(is->ol.own);
 	search_free(is);
 	list_job_free(is);
 	rename_job_free(is);

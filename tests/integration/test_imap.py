@@ -2151,3 +2151,109 @@ def test_enable_only_before_a_mailbox_is_selected(srv):
     c.select("INBOX")
     with pytest.raises(imaplib.IMAP4.error):
         c._simple_command("ENABLE", "CONDSTORE")
+
+
+# ---- long untagged replies over a small send queue ----------------------------------
+
+
+def multiappend(r, n, flags_of):
+    """Appends n small messages to INBOX in one MULTIAPPEND with LITERAL+."""
+    parts = [b"ma APPEND INBOX"]
+    for i in range(1, n + 1):
+        msg = b"Subject: big %d\r\n\r\nx\r\n" % i
+        parts.append(b" %s {%d+}\r\n%s" % (flags_of(i), len(msg), msg))
+    r.send(b"".join(parts) + b"\r\n")
+    _, t = r.until("ma", timeout=60)
+    assert b" OK " in t, t
+
+
+def long_line(r, tag, timeout=30):
+    """The untagged lines of tag's command (no length limit)."""
+    lines, t = r.until(tag, timeout)
+    assert b" OK " in t, (lines, t)
+    return lines
+
+
+def test_long_untagged_replies_wait_for_the_socket(imapsrv):
+    """SEARCH, ESEARCH and VANISHED (EARLIER) replies far longer than
+    limits.send_queue_max arrive whole: they are written in pieces as the
+    socket drains, not queued at once (which closed the connection)."""
+    srv = imapsrv(config="[limits]\nsend_queue_max = 4k\n")
+    n = 3000
+    r = Raw(srv).login()
+    multiappend(r, n, lambda i: b"(\\Flagged)" if i % 2 else b"()")
+    lines = select_lines(r, "")
+    m0 = code(lines, "HIGHESTMODSEQ")
+    uidvalidity = code(lines, "UIDVALIDITY")
+    odd = list(range(1, n + 1, 2))
+    # rev1 SEARCH of every message: about 14 KB on one line
+    r.send(b"s1 SEARCH ALL\r\n")
+    lines = long_line(r, "s1")
+    assert lines == [b"* SEARCH " + b" ".join(b"%d" % i for i in range(1, n + 1)) + b"\r\n"]
+    r.send(b"s2 UID SEARCH FLAGGED\r\n")
+    lines = long_line(r, "s2")
+    assert lines == [b"* SEARCH " + b" ".join(b"%d" % i for i in odd) + b"\r\n"]
+    # ESEARCH: ALL as ranges (one for the whole mailbox), one per hit
+    # when every other message matches
+    r.send(b"s3 SEARCH RETURN (ALL) ALL\r\n")
+    assert long_line(r, "s3") == [b'* ESEARCH (TAG "s3") ALL 1:%d\r\n' % n]
+    r.send(b"s4 UID SEARCH RETURN (MIN COUNT ALL) FLAGGED\r\n")
+    lines = long_line(r, "s4")
+    assert lines == [b'* ESEARCH (TAG "s4") UID MIN 1 COUNT %d ALL %s\r\n'
+                     % (len(odd), b",".join(b"%d" % i for i in odd))]
+    # the flagged (odd) messages go, expunged by another session without
+    # EXPUNGE responses (CLOSE)
+    b = Raw(srv).login()
+    b.cmd("SELECT INBOX")
+    b.send(b"d1 SEARCH RETURN (SAVE) FLAGGED\r\nd2 STORE $ +FLAGS.SILENT (\\Deleted)\r\n"
+           b"d3 CLOSE\r\n")
+    for tag in ("d1", "d2", "d3"):
+        _, t = b.until(tag, 30)
+        assert b" OK " in t, t
+    # QRESYNC SELECT from before: VANISHED (EARLIER) with 1500 holes
+    c = Raw(srv).login()
+    c.cmd("ENABLE QRESYNC")
+    c.send(b"q1 SELECT INBOX (QRESYNC (%d %d))\r\n" % (uidvalidity, m0))
+    lines = long_line(c, "q1")
+    assert vanished(lines) == ",".join(str(i) for i in odd), lines[-3:]
+    assert b"* %d EXISTS\r\n" % (n // 2) in lines
+    c.send(b"q2 UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)\r\n" % m0)
+    lines = long_line(c, "q2")
+    assert vanished(lines) == ",".join(str(i) for i in odd)
+    assert not fetched(lines), lines[:3]  # the even ones did not change
+    # many updates at once: STORE on every message answers 1500 FETCH
+    # lines (those past the queue come from the sync as it drains)
+    b.cmd("SELECT INBOX")
+    b.send(b"f1 STORE 1:* +FLAGS (\\Seen)\r\n")
+    lines = long_line(b, "f1")
+    seqs = sorted(int(l.split()[1]) for l in lines if b" FETCH " in l and b"\\Seen" in l)
+    assert seqs == list(range(1, n // 2 + 1)), (len(seqs), lines[:3], lines[-3:])
+    # r had not heard of any of it: 1500 EXPUNGEs and 1500 flag changes on
+    # one NOOP, about 60 KB through a 4 KB queue
+    r.send(b"n1 NOOP\r\n")
+    lines = long_line(r, "n1")
+    assert lines[:n // 2] == [b"* %d EXPUNGE\r\n" % i for i in range(1, n // 2 + 1)]
+    assert len(lines) == n and all(b"\\Seen" in l for l in lines[n // 2:]), lines[n // 2:][:3]
+    # the same for a QRESYNC session: one VANISHED, FETCH with MODSEQ
+    c.send(b"n2 NOOP\r\n")
+    lines = long_line(c, "n2")
+    assert len([l for l in lines if b" FETCH " in l and b"MODSEQ (" in l]) == n // 2, lines[:3]
+    # while they trickle out the client is told not to resync from them
+    assert all(l.startswith(b"* OK [HIGHESTMODSEQ ") for l in lines if b" FETCH " not in l)
+    # IDLE: the updates go out as the socket drains, DONE ends it
+    d = Raw(srv).login()
+    d.cmd("SELECT INBOX")
+    d.send(b"i1 IDLE\r\n")
+    assert d.line().startswith(b"+ "), "no continuation"
+    b.send(b"f2 STORE 1:* -FLAGS.SILENT (\\Seen)\r\n")
+    b.until("f2", 30)
+    got = [d.line(30) for _ in range(n // 2)]
+    assert all(re.match(rb"\* \d+ FETCH \(UID \d+ FLAGS \(\)\)", l) for l in got), got[:3]
+    d.send(b"DONE\r\n")
+    lines = long_line(d, "i1")
+    assert lines == [], lines[:3]
+    # the connections are still there
+    for x in (r, b, c, d):
+        _, t = x.cmd("NOOP")
+        assert b" OK " in t, t
+    assert "send-queue-full" not in srv.log()
