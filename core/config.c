@@ -73,6 +73,7 @@ void config_defaults(struct config *cfg)
 	cfg->mime_parts_max = 1000;
 	cfg->send_queue_max = 4u << 20;
 	cfg->plaintext_auth = true;
+	cfg->imap_unauthenticate = true;
 	cfg->message_size_max = 50u << 20;
 	cfg->recipients_max = 1000;
 	cfg->smtp_timeout_ms = 5 * 60000;
@@ -413,6 +414,11 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 	if (!strcmp(key, "plaintext_auth")) {
 		if (parse_bool(value, &cfg->plaintext_auth))
 			return BAD(ctx, "plaintext_auth must be yes or no");
+		return 0;
+	}
+	if (!strcmp(key, "imap_unauthenticate")) {
+		if (parse_bool(value, &cfg->imap_unauthenticate))
+			return BAD(ctx, "imap_unauthenticate must be yes or no");
 		return 0;
 	}
 	return BAD(ctx, "unknown key '%s' in [limits]", key);
@@ -805,9 +811,10 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject",
 		(unsigned long long)cfg->quota_storage, (unsigned long long)cfg->quota_messages);
 	fprintf(out, "auth_delay = %ums\nauth_delay_max = %ums\nmime_depth_max = %u\n"
-		"mime_parts_max = %u\nsmtp_line_max = %u\nimap_line_max = %u\n",
+		"mime_parts_max = %u\nsmtp_line_max = %u\nimap_line_max = %u\n"
+		"imap_unauthenticate = %s\n",
 		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max,
-		cfg->smtp_line_max, cfg->imap_line_max);
+		cfg->smtp_line_max, cfg->imap_line_max, cfg->imap_unauthenticate ? "yes" : "no");
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
 		"expire = %ums\ntimeout = %ums\nconnection_idle = %ums\ndelay_warning = %ums\n"
 		"max_per_domain = %u\n"

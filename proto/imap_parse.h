@@ -132,7 +132,8 @@ struct imap_range {
 
 /* Parses a sequence set ("1:*,3,5:7") into ranges[0..*n_r) (at most cap;
  * ranges keep the order and the endpoints as written). "$" (RFC 5182) is
- * refused. Returns 0, -EINVAL (syntax) or -E2BIG (more than cap ranges). */
+ * refused here: callers take a lone "$" as the saved result before
+ * calling this, and "$" mixed with numbers is no sequence set. Returns 0, -EINVAL (syntax) or -E2BIG (more than cap ranges). */
 int imap_parse_seqset(struct span s, struct imap_range *ranges, size_t cap, size_t *n_r);
 
 /* Whether n is in the set, "*" meaning star (the largest number in use;

@@ -184,6 +184,13 @@ static int parse_key(struct pctx *c, int depth)
 			return -1;
 		return parse_key(c, depth + 1);
 	}
+	if (span_eq(a, SPAN_LIT("$"))) {
+		/* RFC 5182: the saved result, a whole sequence-set ("1,$" is
+		 * not one) */
+		k->kind = ISK_SAVED;
+		s->uses_saved = true;
+		return 0;
+	}
 	if (a.len && ((a.p[0] >= '0' && a.p[0] <= '9') || a.p[0] == '*'))
 		return set_key(c, k, a, ISK_SEQ);
 	/* keys with arguments */
@@ -191,8 +198,14 @@ static int parse_key(struct pctx *c, int depth)
 		return -1;
 	size_t v = c->i++;
 	struct span val = c->t[v].text;
-	if (span_eq_nocase(a, SPAN_LIT("UID")))
+	if (span_eq_nocase(a, SPAN_LIT("UID"))) {
+		if (c->t[v].kind == IMAP_STOK_ATOM && span_eq(val, SPAN_LIT("$"))) {
+			k->kind = ISK_SAVED; /* the same messages as "$" */
+			s->uses_saved = true;
+			return 0;
+		}
 		return c->t[v].kind == IMAP_STOK_ATOM ? set_key(c, k, val, ISK_UID) : -1;
+	}
 	if (span_eq_nocase(a, SPAN_LIT("KEYWORD")) || span_eq_nocase(a, SPAN_LIT("UNKEYWORD"))) {
 		k->kind = ISK_KEYWORD;
 		k->neg = a.len == 9;
@@ -285,6 +298,7 @@ int imap_search_parse(struct imap_search *s, const struct imap_search_tok *t, si
 	s->esearch = false;
 	s->ret = 0;
 	s->modseq = false;
+	s->uses_saved = false;
 	s->need = 0;
 	s->nbytekeys = 0;
 	s->fail_len = 0;
@@ -306,6 +320,8 @@ int imap_search_parse(struct imap_search *s, const struct imap_search_tok *t, si
 				s->ret |= IMAP_SEARCH_RET_COUNT;
 			else if (tok_is(&c, i, "ALL"))
 				s->ret |= IMAP_SEARCH_RET_ALL;
+			else if (tok_is(&c, i, "SAVE"))
+				s->ret |= IMAP_SEARCH_RET_SAVE;
 			else {
 				s->err = "Unknown RETURN option";
 				return IMAP_SEARCH_BAD;
@@ -449,6 +465,8 @@ static int ev(const struct imap_search *s, size_t *k, const struct imap_search_m
 		return imap_seqset_contains(s->set + key->set_off, key->set_n, m->seq, m->star_seq);
 	case ISK_UID:
 		return imap_seqset_contains(s->set + key->set_off, key->set_n, m->uid, m->star_uid);
+	case ISK_SAVED:
+		return m->saved;
 	case ISK_LARGER:
 		return m->size > key->num;
 	case ISK_SMALLER:

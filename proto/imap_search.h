@@ -60,6 +60,7 @@ enum imap_search_kind {
 	ISK_BEFORE, ISK_ON, ISK_SINCE, ISK_SENTBEFORE, ISK_SENTON, ISK_SENTSINCE, ISK_MODSEQ,
 	ISK_HEADER, /* HEADER, FROM, TO, CC, BCC, SUBJECT */
 	ISK_BODY, ISK_TEXT,
+	ISK_SAVED,  /* "$" or "UID $" (RFC 5182): the saved result */
 	ISK_NOT, ISK_OR, ISK_AND,
 };
 
@@ -83,6 +84,9 @@ struct imap_search_key {
 #define IMAP_SEARCH_RET_MAX 2u
 #define IMAP_SEARCH_RET_COUNT 4u
 #define IMAP_SEARCH_RET_ALL 8u
+/* SEARCHRES (RFC 5182): keep the result for "$". Alone it suppresses the
+ * ESEARCH response. */
+#define IMAP_SEARCH_RET_SAVE 16u
 
 /* What the byte keys need read. */
 #define IMAP_SEARCH_NEED_HEADER 1u
@@ -96,6 +100,7 @@ struct imap_search {
 	bool esearch;          /* RETURN (...) was given */
 	unsigned ret;          /* IMAP_SEARCH_RET_* (ALL when RETURN () is empty) */
 	bool modseq;           /* a MODSEQ key: the reply carries the highest */
+	bool uses_saved;       /* a "$" key: the caller sets imap_search_msg.saved */
 	unsigned need;         /* IMAP_SEARCH_NEED_* */
 	size_t nbytekeys;      /* HEADER, BODY and TEXT keys */
 	size_t fail_len;       /* uint32_t entries imap_search_prepare() needs */
@@ -134,6 +139,8 @@ struct imap_search_msg {
 	uint32_t flags;
 	uint64_t keywords, modseq, size;
 	int64_t internal_date;      /* seconds since the epoch */
+	bool saved;                 /* in the saved result ("$"); read only when
+				       the program uses_saved */
 	const struct mime_blob *mb; /* its structure; NULL when absent or corrupt */
 };
 

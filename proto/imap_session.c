@@ -1,7 +1,7 @@
 /* imap_session.c - the IMAP session (RFC 3501, with LITERAL+, SASL-IR, ID,
  * ENABLE, IDLE, NAMESPACE, UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE,
- * CONDSTORE, QRESYNC, BINARY and APPENDLIMIT; RFC 9051 IMAP4rev2 after
- * ENABLE).
+ * CONDSTORE, QRESYNC, BINARY, SEARCHRES, UNAUTHENTICATE and APPENDLIMIT;
+ * RFC 9051 IMAP4rev2 after ENABLE).
  *
  * One struct imap_session per connection, driven by stream.c. Input is cut
  * into tokens by proto/imap_parse.c in place; a command's tokens are copied
@@ -180,6 +180,24 @@ struct fetch_job {
 
 enum { BIN_NONE, BIN_SCAN, BIN_SEND };
 
+struct imap_session;
+
+/* A long untagged reply in the making: numbers or UID ranges written a
+ * few bytes at a time, waiting for the drained callback whenever the
+ * send queue is long (out_list_pump), so that a reply of any size (SEARCH
+ * over a mailbox of hundreds of thousands of messages, a VANISHED
+ * (EARLIER) full of holes) never fills limits.send_queue_max and never
+ * sits whole in memory. then() writes the rest and goes on. */
+struct out_list {
+	bool active, wait_drain;
+	bool as_set;                     /* v as "1:3,5"; else " 1 2 3" */
+	const uint32_t *v;               /* ascending numbers, or */
+	const struct store_uid_range *r; /* ascending ranges ("1:3,5") */
+	size_t n, i;
+	void *own;                       /* freed when the list is done */
+	void (*then)(struct imap_session *is);
+};
+
 struct imap_session {
 	struct stream *s;
 	struct loop *loop;     /* stream_loop(s), kept: s is gone after close */
@@ -228,6 +246,11 @@ struct imap_session {
 	uint32_t uidvalidity;
 	uint64_t synced_modseq;  /* the view's highestmodseq at the last sync */
 	uint32_t synced_count;
+	/* SEARCHRES (RFC 5182): the search result variable "$", UIDs as
+	 * ascending ranges; empty after SELECT, CLOSE, UNSELECT */
+	struct store_uid_range *saved;
+	size_t nsaved;
+	bool set_saved;          /* set_arg() took "$" (is->set is not used) */
 	/* SELECT ... (QRESYNC (uidvalidity modseq [known-uids ...])): known is
 	 * the token index of known-uids, 0 when absent */
 	bool qr_select;
@@ -260,6 +283,14 @@ struct imap_session {
 	struct imap_range *set;      /* IMAP_SET_MAX entries, allocated on first use */
 	size_t nset;
 	struct fetch_job *fj;
+	struct out_list ol;
+	void (*vanished_then)(struct imap_session *is);
+	/* done() waits for the socket: the updates before its tagged reply
+	 * did not fit (sync_mailbox() stopped); status and text of the reply */
+	bool done_wait;
+	bool idle_wait;              /* IDLE: the same, no tagged reply */
+	char done_status[4];
+	char done_text[1024];
 	struct search_job *sj;
 	struct list_job *lj;
 	struct rename_job *rj;
@@ -284,10 +315,11 @@ enum { SYNC_NONE, SYNC_NOEXPUNGE, SYNC_FULL };
 static const struct config *cfg_of(struct imap_session *is) { return stream_config(is->s); }
 static void session_maybe_free(struct imap_session *is);
 static void update_input(struct imap_session *is);
-static void sync_mailbox(struct imap_session *is, bool expunge);
+static bool sync_mailbox(struct imap_session *is, bool expunge);
 static void watch_cb(void *arg);
 static void out_uidset(struct imap_session *is, const uint32_t *uids, size_t n);
 static void fetch_pump(struct imap_session *is);
+static void fetch_free(struct imap_session *is);
 static void select_done(struct imap_session *is);
 
 /* ---- output ------------------------------------------------------------------- */
@@ -467,7 +499,8 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 			 "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
 			 "UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED "
 			 "LIST-STATUS STATUS=SIZE MULTIAPPEND BINARY QUOTA QUOTA=RES-STORAGE "
-			 "QUOTA=RES-MESSAGE APPENDLIMIT=%" PRIu64,
+			 "QUOTA=RES-MESSAGE SEARCHRES%s APPENDLIMIT=%" PRIu64,
+			 cfg_of(is)->imap_unauthenticate ? " UNAUTHENTICATE" : "",
 			 cfg_of(is)->message_size_max);
 	}
 	return buf;
@@ -506,6 +539,61 @@ static void bad(struct imap_session *is, const char *text)
 
 /* ---- the selected mailbox ----------------------------------------------------------- */
 
+/* "$" becomes the empty set (RFC 5182 2.1). */
+static void saved_reset(struct imap_session *is)
+{
+	free(is->saved);
+	is->saved = NULL;
+	is->nsaved = 0;
+}
+
+/* Whether uid is in the saved result; *k walks the ranges and only grows,
+ * so a walk over ascending UIDs is linear. */
+static bool saved_has(struct imap_session *is, size_t *k, uint32_t uid)
+{
+	while (*k < is->nsaved && is->saved[*k].hi < uid)
+		(*k)++;
+	return *k < is->nsaved && is->saved[*k].lo <= uid;
+}
+
+/* Sets "$" to the UIDs uids[0..n) (ascending). Returns false when memory
+ * ran out; "$" is then empty (NOTSAVED, RFC 5182 2.5). */
+static bool saved_set(struct imap_session *is, const uint32_t *uids, size_t n)
+{
+	size_t nr = 0;
+	for (size_t i = 0; i < n; i++)
+		nr += !i || uids[i] != uids[i - 1] + 1;
+	saved_reset(is);
+	if (!nr)
+		return true;
+	if (!(is->saved = malloc(nr * sizeof(*is->saved))))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (i && uids[i] == uids[i - 1] + 1)
+			is->saved[is->nsaved - 1].hi = uids[i];
+		else
+			is->saved[is->nsaved++] = (struct store_uid_range){ uids[i], uids[i] };
+	}
+	return true;
+}
+
+/* Drops the messages no longer in msgs[] (their expunge was announced)
+ * from "$" (RFC 5182 2.1). The ranges only split where a UID went away. */
+static void saved_prune(struct imap_session *is)
+{
+	if (!is->nsaved)
+		return;
+	uint32_t *keep = malloc((is->nmsgs + 1) * sizeof(*keep));
+	if (!keep)
+		return; /* kept as is: uses intersect "$" with msgs[] anyway */
+	size_t n = 0, k = 0;
+	for (size_t i = 0; i < is->nmsgs; i++)
+		if (saved_has(is, &k, is->msgs[i].uid))
+			keep[n++] = is->msgs[i].uid;
+	saved_set(is, keep, n);
+	free(keep);
+}
+
 static void mailbox_close(struct imap_session *is)
 {
 	if (is->folder)
@@ -516,6 +604,7 @@ static void mailbox_close(struct imap_session *is)
 	is->msgs = NULL;
 	is->nmsgs = is->msgs_cap = 0;
 	is->folder_name[0] = '\0';
+	saved_reset(is);
 }
 
 static const struct store_msg *msg_of(struct imap_session *is, size_t i)
@@ -572,28 +661,71 @@ static int view_refresh(struct imap_session *is)
 	return 0;
 }
 
+static unsigned digits(uint32_t v)
+{
+	unsigned n = 1;
+	while (v >= 10) {
+		v /= 10;
+		n++;
+	}
+	return n;
+}
+
+/* Whether the send queue (and what waits in the output buffer) is past
+ * the point where a long reply waits for the socket. */
+static bool out_full(struct imap_session *is)
+{
+	return stream_send_pending(is->s) + is->olen > send_high(is);
+}
+
 /* Tells the client what changed: EXPUNGE (when allowed), FETCH FLAGS,
- * EXISTS. */
-static void sync_mailbox(struct imap_session *is, bool expunge)
+ * EXISTS. The updates stop when the send queue is long (out_full(): a
+ * mailbox of hundreds of thousands of messages can change in one go):
+ * returns true then, and the rest is reported by the next call (done()
+ * and IDLE call again when the socket has drained). What was not
+ * reported stays as the client knew it (msgs[]), so nothing is lost. */
+static bool sync_mailbox(struct imap_session *is, bool expunge)
 {
 	if (is->state != IMAP_S_SELECTED || !is->folder || is->dead)
-		return;
+		return false;
 	struct store_folder_status st;
 	store_folder_status(is->folder, &st);
-	bool pending_expunge = false;
+	bool pending_expunge = false, stopped = false;
 	if (st.highestmodseq == is->synced_modseq && st.messages == is->synced_count &&
 	    store_view_count(is->view) == is->nmsgs)
-		return;
+		return false;
 	if (view_refresh(is))
-		return;
+		return false;
 	store_view_status(is->view, &st);
 	/* After ENABLE QRESYNC expunges are one "* VANISHED uid-set" (RFC 7162
 	 * 3.2.10); gone[] collects them (no memory: they stay pending). */
 	uint32_t *gone = expunge && is->qresync ? malloc((is->nmsgs + 1) * sizeof(*gone)) : NULL;
 	if (expunge && (gone || !is->qresync)) {
 		size_t w = 0, ngone = 0;
+		/* The VANISHED line is written whole: it must fit in the send
+		 * queue beside what may be queued (send_high()). Its length is
+		 * counted as UIDs join it ("a", "a:b" for a run). */
+		uint64_t qmax = cfg_of(is)->send_queue_max, high = send_high(is);
+		uint64_t room = qmax > high + 1024 ? qmax - high - 512 : 64, len = 0;
+		bool run = false;
 		for (size_t i = 0; i < is->nmsgs; i++) {
 			if (store_view_find(is->view, is->msgs[i].uid) < 0) {
+				uint32_t u = is->msgs[i].uid;
+				if (gone && !stopped) {
+					bool ext = ngone && u == gone[ngone - 1] + 1;
+					len += ext && run ? (uint64_t)(digits(u) - digits(u - 1))
+							  : (uint64_t)digits(u) + 1;
+					run = ext;
+					stopped = ngone && len > room;
+				} else if (!stopped) {
+					stopped = out_full(is);
+				}
+				if (stopped) {
+					/* announced later: keeps its number for now */
+					pending_expunge = true;
+					is->msgs[w++] = is->msgs[i];
+					continue;
+				}
 				/* Sequence numbers shift as each is reported. */
 				if (gone)
 					gone[ngone++] = is->msgs[i].uid;
@@ -603,7 +735,10 @@ static void sync_mailbox(struct imap_session *is, bool expunge)
 			}
 			is->msgs[w++] = is->msgs[i];
 		}
-		is->nmsgs = w;
+		if (w != is->nmsgs) {
+			is->nmsgs = w;
+			saved_prune(is);
+		}
 		if (ngone) {
 			out_str(is, "* VANISHED ");
 			out_uidset(is, gone, ngone);
@@ -620,6 +755,8 @@ static void sync_mailbox(struct imap_session *is, bool expunge)
 		if (m->modseq == is->msgs[i].modseq && m->flags == is->msgs[i].flags &&
 		    m->keywords == is->msgs[i].kw)
 			continue;
+		if (stopped || (stopped = out_full(is)))
+			continue; /* reported later */
 		out_printf(is, "* %zu FETCH (UID %" PRIu32 " FLAGS ", i + 1, m->uid);
 		out_flags(is, m->flags, m->keywords);
 		if (is->condstore)
@@ -637,18 +774,19 @@ static void sync_mailbox(struct imap_session *is, bool expunge)
 			continue;
 		is->msgs[is->nmsgs++] = (struct imsg){ m->uid, m->flags, m->keywords, m->modseq };
 	}
-	if (is->nmsgs != before || (expunge && before != n))
+	if (is->nmsgs != before || (expunge && before != n && !stopped))
 		out_printf(is, "* %zu EXISTS\r\n", is->nmsgs);
-	/* RFC 7162 3.2: MODSEQs above an expunge not reported yet were sent,
-	 * so the client must not resynchronise from them: a HIGHESTMODSEQ
-	 * from before that expunge. */
-	if (pending_expunge && is->condstore)
-		out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] Expunges pending\r\n",
-			   is->synced_modseq);
-	if (!pending_expunge) {
+	/* RFC 7162 3.2: MODSEQs above an expunge (or a flag change) not
+	 * reported yet were sent, so the client must not resynchronise from
+	 * them: a HIGHESTMODSEQ from before it. */
+	if ((pending_expunge || stopped) && is->condstore)
+		out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] %s pending\r\n",
+			   is->synced_modseq, stopped ? "Updates" : "Expunges");
+	if (!pending_expunge && !stopped) {
 		is->synced_modseq = st.highestmodseq;
 		is->synced_count = st.messages;
 	}
+	return stopped;
 }
 
 /* ---- finishing a command ------------------------------------------------------------ */
@@ -720,9 +858,30 @@ static void done(struct imap_session *is, const char *status, const char *fmt, .
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	if (is->cmd && is->cmd->sync != SYNC_NONE)
-		sync_mailbox(is, is->cmd->sync == SYNC_FULL);
+	if (is->cmd && is->cmd->sync != SYNC_NONE && sync_mailbox(is, is->cmd->sync == SYNC_FULL)) {
+		/* The updates fill the send queue: the rest once it drains
+		 * (imap_drained), then this reply. Input waits meanwhile. */
+		snprintf(is->done_status, sizeof(is->done_status), "%s", status);
+		snprintf(is->done_text, sizeof(is->done_text), "%s", buf);
+		is->done_wait = true;
+		set_busy(is, true);
+		out_flush(is);
+		return;
+	}
 	tagged(is, status, "%s", buf);
+	cmd_end(is);
+}
+
+/* The send queue drained while done() waited: more updates, and the
+ * tagged reply once they are all out. */
+static void done_resume(struct imap_session *is)
+{
+	if (sync_mailbox(is, is->cmd && is->cmd->sync == SYNC_FULL)) {
+		out_flush(is);
+		return;
+	}
+	is->done_wait = false;
+	tagged(is, is->done_status, "%s", is->done_text);
 	cmd_end(is);
 }
 
@@ -855,7 +1014,8 @@ static bool set_arg(struct imap_session *is, size_t i, bool uid)
 {
 	if (i >= is->ntoks || is->toks[i].kind != T_ATOM)
 		return syntax(is, "Sequence set expected");
-	if (parse_set(is, tok_span(is, i)))
+	is->set_saved = span_eq(tok_span(is, i), SPAN_LIT("$"));
+	if (!is->set_saved && parse_set(is, tok_span(is, i)))
 		return syntax(is, "Invalid sequence set");
 	free(is->uids);
 	is->uids = malloc((is->nmsgs ? is->nmsgs : 1) * sizeof(uint32_t));
@@ -864,6 +1024,15 @@ static bool set_arg(struct imap_session *is, size_t i, bool uid)
 		return false;
 	}
 	is->nuids = 0;
+	if (is->set_saved) {
+		/* "$" (RFC 5182): the saved messages the client still has, as
+		 * UIDs or sequence numbers alike; empty is valid */
+		size_t k = 0;
+		for (size_t m = 0; m < is->nmsgs; m++)
+			if (saved_has(is, &k, is->msgs[m].uid))
+				is->uids[is->nuids++] = is->msgs[m].uid;
+		return true;
+	}
 	uint32_t star = is->nmsgs ? (uid ? is->msgs[is->nmsgs - 1].uid : (uint32_t)is->nmsgs) : 0;
 	if (!uid) {
 		for (size_t k = 0; k < is->nset; k++) {
@@ -912,6 +1081,60 @@ static void out_uidset(struct imap_session *is, const uint32_t *uids, size_t n)
 			out_printf(is, "%s%" PRIu32, i ? "," : "", uids[i]);
 		i = j + 1;
 	}
+}
+
+/* Writes is->ol from where it stopped; returns when the send queue is
+ * long (imap_drained() calls again) or, once every item is written, after
+ * calling then(). */
+static void out_list_pump(struct imap_session *is)
+{
+	struct out_list *ol = &is->ol;
+	size_t high = send_high(is);
+	while (ol->i < ol->n) {
+		if (is->dead || is->state == IMAP_S_LOGOUT)
+			return;
+		if (stream_send_pending(is->s) + is->olen > high) {
+			out_flush(is);
+			ol->wait_drain = true;
+			return;
+		}
+		size_t i = ol->i;
+		const char *sep = i ? "," : "";
+		if (ol->r) {
+			if (ol->r[i].lo == ol->r[i].hi)
+				out_printf(is, "%s%" PRIu32, sep, ol->r[i].lo);
+			else
+				out_printf(is, "%s%" PRIu32 ":%" PRIu32, sep, ol->r[i].lo, ol->r[i].hi);
+			ol->i++;
+		} else if (ol->as_set) {
+			size_t j = i;
+			while (j + 1 < ol->n && ol->v[j + 1] == ol->v[j] + 1)
+				j++;
+			if (j > i)
+				out_printf(is, "%s%" PRIu32 ":%" PRIu32, sep, ol->v[i], ol->v[j]);
+			else
+				out_printf(is, "%s%" PRIu32, sep, ol->v[i]);
+			ol->i = j + 1;
+		} else {
+			out_printf(is, " %" PRIu32, ol->v[i]);
+			ol->i++;
+		}
+	}
+	void (*then)(struct imap_session *) = ol->then;
+	free(ol->own);
+	*ol = (struct out_list){ 0 };
+	then(is);
+}
+
+/* Starts writing v[0..n) (or r[0..n)) after what is in the output buffer;
+ * own (may be NULL) is freed at the end. */
+static void out_list_start(struct imap_session *is, const uint32_t *v, bool as_set,
+			   const struct store_uid_range *r, size_t n, void *own,
+			   void (*then)(struct imap_session *))
+{
+	is->ol = (struct out_list){ .active = true, .as_set = as_set, .v = v, .r = r, .n = n,
+				    .own = own, .then = then };
+	out_list_pump(is);
 }
 
 /* Flags in a list (or one flag): system flags into *flags_r, keywords
@@ -1150,6 +1373,36 @@ static void cmd_logout(struct imap_session *is, size_t a)
 	session_close(is, true);
 }
 
+/* UNAUTHENTICATE (RFC 8437): back to not authenticated on the same
+ * connection (TLS stays). Everything of the user goes: the selected
+ * mailbox (no expunge), the store handle, the max_connections_per_user
+ * slot, what ENABLE turned on, the saved search result. Never NO (RFC
+ * 8437 3): nothing here can fail. The bad-command count stays (it guards
+ * the connection, not the user). */
+static void cmd_unauthenticate(struct imap_session *is, size_t a)
+{
+	if (a != is->ntoks) {
+		syntax(is, "Syntax: UNAUTHENTICATE");
+		return;
+	}
+	LOG_AT(stream_log(is->s), LOG_INFO, stream_sid(is->s), "imap-unauthenticate", "user=%s",
+	       is->user);
+	mailbox_close(is); /* also empties "$" */
+	store_user_close(&is->su);
+	if (is->user_counted) {
+		user_limit_leave(is->sv->user_limit, is->user_slot);
+		is->user_counted = false;
+	}
+	explicit_bzero(is->user, sizeof(is->user));
+	is->condstore = is->qresync = is->rev2 = false;
+	is->qr_select = false;
+	is->readonly = false;
+	is->state = IMAP_S_NOTAUTH;
+	/* the next command is a pre-login one: the pre-login line limit */
+	imap_parser_init(&is->parser, IMAP_LINE_MAX_PRELOGIN);
+	done(is, "OK", "UNAUTHENTICATE completed, now not authenticated");
+}
+
 static void cmd_id(struct imap_session *is, size_t a)
 {
 	(void)a;
@@ -1325,8 +1578,10 @@ static void ur_subtract(struct imap_session *is, const struct uidranges *in,
  * still shows (msgs[], expunge not announced yet) or the view holds are
  * left out: the next sync reports those with VANISHED. Returns 0 or a
  * negative errno. */
+static void vanished_end(struct imap_session *is);
+
 static int out_vanished_earlier(struct imap_session *is, uint64_t modseq,
-				const struct uidranges *want)
+				const struct uidranges *want, void (*then)(struct imap_session *))
 {
 	struct store_uid_range *g = NULL;
 	size_t ng = 0;
@@ -1366,22 +1621,30 @@ static int out_vanished_earlier(struct imap_session *is, uint64_t modseq,
 	ur_subtract(is, &both, view_uid_at, store_view_count(is->view), &t);
 	ur_subtract(is, &t, msgs_uid_at, is->nmsgs, &res);
 	rc = base.oom || both.oom || t.oom || res.oom ? -ENOMEM : 0;
-	if (!rc && res.n) {
-		out_str(is, "* VANISHED (EARLIER) ");
-		for (size_t k = 0; k < res.n; k++) {
-			if (res.r[k].lo == res.r[k].hi)
-				out_printf(is, "%s%" PRIu32, k ? "," : "", res.r[k].lo);
-			else
-				out_printf(is, "%s%" PRIu32 ":%" PRIu32, k ? "," : "", res.r[k].lo,
-					   res.r[k].hi);
-		}
-		out_str(is, "\r\n");
-	}
 	free(base.r);
 	free(both.r);
 	free(t.r);
-	free(res.r);
-	return rc;
+	if (rc) {
+		free(res.r);
+		return rc;
+	}
+	if (!res.n) {
+		free(res.r);
+		then(is);
+		return 0;
+	}
+	/* one range per hole: written in pieces, waiting for the socket */
+	is->vanished_then = then;
+	out_str(is, "* VANISHED (EARLIER) ");
+	out_list_start(is, NULL, true, res.r, res.n, res.r, vanished_end);
+	return 0;
+}
+
+/* The VANISHED (EARLIER) line is out: its CRLF, and on. */
+static void vanished_end(struct imap_session *is)
+{
+	out_str(is, "\r\n");
+	is->vanished_then(is);
 }
 
 /* A mod-sequence-value (RFC 7162: 1*DIGIT, at most 2^63 - 1). */
@@ -1466,13 +1729,10 @@ static int qresync_select(struct imap_session *is)
 	struct fetch_job *fj = calloc(1, sizeof(*fj));
 	free(is->uids);
 	is->uids = malloc((is->nmsgs + 1) * sizeof(uint32_t));
-	int rc = fj && is->uids ? out_vanished_earlier(is, is->qr_modseq,
-						     is->qr_known ? &known : NULL)
-				: -ENOMEM;
-	if (rc) {
+	if (!fj || !is->uids) {
 		free(known.r);
 		free(fj);
-		return rc;
+		return -ENOMEM;
 	}
 	/* uids[]: the messages of known-uids, for fetch_matches() */
 	is->nuids = 0;
@@ -1486,7 +1746,6 @@ static int qresync_select(struct imap_session *is)
 		}
 		is->uids[is->nuids++] = uid;
 	}
-	free(known.r);
 	static const uint8_t items[] = { FI_UID, FI_FLAGS, FI_MODSEQ };
 	for (size_t k = 0; k < sizeof(items); k++)
 		fj->items[k].kind = items[k];
@@ -1495,8 +1754,13 @@ static int qresync_select(struct imap_session *is)
 	fj->changedsince = is->qr_modseq;
 	fj->select_reply = true;
 	is->fj = fj;
-	fetch_pump(is);
-	return 0;
+	/* VANISHED (EARLIER) first (it may wait for the socket), then the
+	 * FETCH job */
+	int rc = out_vanished_earlier(is, is->qr_modseq, is->qr_known ? &known : NULL, fetch_pump);
+	free(known.r);
+	if (rc)
+		fetch_free(is);
+	return rc;
 }
 
 /* RFC 9051 6.3.2: SELECT answers a LIST response for the mailbox too. */
@@ -2602,7 +2866,10 @@ static void status_reply(struct imap_session *is, const struct store_folder_stat
 	done(is, "OK", "STATUS completed");
 }
 
-/* Whether the list at toks[list_at] holds only known STATUS items. */
+/* Whether the list at toks[list_at] holds only known STATUS items. After
+ * ENABLE IMAP4rev2, RECENT is not one: RFC 9051's status-att has no
+ * RECENT, and a server offering both revisions returns removed items
+ * only to an IMAP4rev1 client (RFC 9051 appendix A). */
 static bool status_items_ok(struct imap_session *is, size_t list_at)
 {
 	static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
@@ -2612,7 +2879,7 @@ static bool status_items_ok(struct imap_session *is, size_t list_at)
 		bool known = false;
 		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
 			known |= is_atom(is, i, ok[k]);
-		if (!known)
+		if (!known || (is->rev2 && is_atom(is, i, "RECENT")))
 			return false;
 	}
 	return true;
@@ -2646,7 +2913,8 @@ static void cmd_status(struct imap_session *is, size_t a)
 		return;
 	}
 	if (!status_items_ok(is, a + 1)) {
-		syntax(is, "Unknown STATUS item");
+		syntax(is, is->rev2 ? "Unknown STATUS item (IMAP4rev2 has no RECENT)"
+				    : "Unknown STATUS item");
 		return;
 	}
 	if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
@@ -3478,6 +3746,8 @@ static void fetch_seen_done(void *arg, int res, uint64_t modseq)
 	release(is);
 }
 
+static void fetch_start(struct imap_session *is);
+
 static void cmd_fetch(struct imap_session *is, size_t a)
 {
 	bool uid = is->uid_cmd;
@@ -3588,8 +3858,11 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		fj->want_modseq = true;
 		fj->nitems++;
 	}
-	if (vanished) {
-		/* before any FETCH response (RFC 7162 3.2.6). "*" reaches the
+	is->fj = fj;
+	set_busy(is, true);
+	if (vanished && !is->set_saved) {
+		/* "$" holds no expunged UID (RFC 5182 2.1): nothing vanished.
+		 * Otherwise before any FETCH response (RFC 7162 3.2.6). "*" reaches the
 		 * last UID given out, not only the last message's: "1:*" after
 		 * the last messages were expunged must name them too. */
 		struct uidranges want = { 0 };
@@ -3598,17 +3871,24 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		uint32_t star = st.uidnext - 1;
 		if (is->nmsgs && is->msgs[is->nmsgs - 1].uid > star)
 			star = is->msgs[is->nmsgs - 1].uid;
-		int rc = set_ranges(is, star, &want) ? out_vanished_earlier(is, fj->changedsince, &want)
-						     : -ENOMEM;
+		int rc = set_ranges(is, star, &want)
+			       ? out_vanished_earlier(is, fj->changedsince, &want, fetch_start)
+			       : -ENOMEM;
 		free(want.r);
 		if (rc) {
-			free(fj);
+			fetch_free(is);
 			store_error(is, rc);
-			return;
 		}
+		return;
 	}
-	is->fj = fj;
-	set_busy(is, true);
+	fetch_start(is);
+}
+
+/* FETCH after its VANISHED (EARLIER): the implicit \Seen first, then the
+ * responses. */
+static void fetch_start(struct imap_session *is)
+{
+	struct fetch_job *fj = is->fj;
 	if (fj->set_seen && !is->readonly) {
 		size_t n = 0;
 		free(is->uids2);
@@ -3652,6 +3932,8 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		const struct store_msg *m = msg_of(is, (size_t)i);
 		if (!m)
 			continue;
+		if (!is->store_silent && out_full(is))
+			break; /* done()'s sync reports the rest as the socket drains */
 		if (!is->store_silent) {
 			out_printf(is, "* %zd FETCH (", i + 1);
 			if (is->uid_cmd)
@@ -3832,9 +4114,8 @@ static void copy_done(void *arg, int res)
 		out_str(is, " ");
 		out_uidset(is, is->uids2, n);
 		out_str(is, "] Moved\r\n");
-		sync_mailbox(is, true);
-		tagged(is, "OK", "%sMOVE completed", is->uid_cmd ? "UID " : "");
-		cmd_end(is);
+		/* its EXPUNGEs (or VANISHED) wait for the socket if need be */
+		done(is, "OK", "%sMOVE completed", is->uid_cmd ? "UID " : "");
 		release(is);
 		return;
 	}
@@ -3940,6 +4221,7 @@ struct search_job {
 	uint32_t *fail;
 	uint32_t *hits;
 	size_t nh, mi;
+	size_t si;                   /* saved_has() walk over "$" */
 	size_t read_len;
 	bool need_blob, scanning;
 	uint64_t maxmodseq;
@@ -3972,12 +4254,72 @@ static void search_hit(struct search_job *sj, bool yes)
 	sj->mi++;
 }
 
+/* The end of the SEARCH/ESEARCH line (after the hits) and the tagged
+ * reply. */
+static void search_end(struct imap_session *is)
+{
+	struct search_job *sj = is->sj;
+	if (sj->nh && sj->prog.modseq)
+		out_printf(is, sj->prog.esearch ? " MODSEQ %" PRIu64 : " (MODSEQ %" PRIu64 ")",
+			   sj->maxmodseq);
+	out_str(is, "\r\n");
+	search_free(is);
+	done(is, "OK", "%sSEARCH completed", is->uid_cmd ? "UID " : "");
+}
+
+/* RETURN (SAVE): "$" becomes the UIDs of the hits, or only of MIN and MAX
+ * when those are the only other options (RFC 5182 2.4). false: out of
+ * memory ("$" is empty then). */
+static bool search_save(struct imap_session *is)
+{
+	struct search_job *sj = is->sj;
+	unsigned ret = sj->prog.ret;
+	size_t nh = sj->nh, n = 0;
+	uint32_t pick[2];
+	const uint32_t *from = sj->hits;
+	if (!(ret & (IMAP_SEARCH_RET_ALL | IMAP_SEARCH_RET_COUNT)) &&
+	    (ret & (IMAP_SEARCH_RET_MIN | IMAP_SEARCH_RET_MAX)) && nh) {
+		if (ret & IMAP_SEARCH_RET_MIN)
+			pick[n++] = sj->hits[0];
+		if ((ret & IMAP_SEARCH_RET_MAX) && (!n || sj->hits[nh - 1] != pick[0]))
+			pick[n++] = sj->hits[nh - 1];
+		from = pick;
+		nh = n;
+	}
+	if (is->uid_cmd)
+		return saved_set(is, from, nh);
+	/* sequence numbers: msgs[] is unchanged during the search */
+	uint32_t *uids = malloc((nh + 1) * sizeof(*uids));
+	if (!uids) {
+		saved_reset(is);
+		return false;
+	}
+	for (size_t k = 0; k < nh; k++)
+		uids[k] = is->msgs[from[k] - 1].uid;
+	bool ok = saved_set(is, uids, nh);
+	free(uids);
+	return ok;
+}
+
 static void search_finish(struct imap_session *is)
 {
 	struct search_job *sj = is->sj;
 	const struct imap_search *p = &sj->prog;
 	const uint32_t *hits = sj->hits;
 	size_t nh = sj->nh;
+	if ((p->ret & IMAP_SEARCH_RET_SAVE) && !search_save(is)) {
+		search_free(is);
+		done(is, "NO", "[NOTSAVED] Out of memory, the result is not saved");
+		return;
+	}
+	if (p->esearch && !(p->ret & ~IMAP_SEARCH_RET_SAVE)) {
+		/* SAVE alone: no ESEARCH response (RFC 5182 1) */
+		search_free(is);
+		done(is, "OK", "%sSEARCH completed, result saved", is->uid_cmd ? "UID " : "");
+		return;
+	}
+	/* The list of hits is written in pieces (out_list): it can be far
+	 * larger than limits.send_queue_max. */
 	if (p->esearch) {
 		out_printf(is, "* ESEARCH (TAG \"%s\")%s", is->tag, is->uid_cmd ? " UID" : "");
 		if (nh && (p->ret & IMAP_SEARCH_RET_MIN))
@@ -3988,21 +4330,15 @@ static void search_finish(struct imap_session *is)
 			out_printf(is, " COUNT %zu", nh);
 		if (nh && (p->ret & IMAP_SEARCH_RET_ALL)) {
 			out_str(is, " ALL ");
-			out_uidset(is, hits, nh);
+			out_list_start(is, hits, true, NULL, nh, NULL, search_end);
+			return;
 		}
-		if (nh && p->modseq)
-			out_printf(is, " MODSEQ %" PRIu64, sj->maxmodseq);
-		out_str(is, "\r\n");
 	} else {
 		out_str(is, "* SEARCH");
-		for (size_t k = 0; k < nh; k++)
-			out_printf(is, " %" PRIu32, hits[k]);
-		if (nh && p->modseq)
-			out_printf(is, " (MODSEQ %" PRIu64 ")", sj->maxmodseq);
-		out_str(is, "\r\n");
+		out_list_start(is, hits, false, NULL, nh, NULL, search_end);
+		return;
 	}
-	search_free(is);
-	done(is, "OK", "%sSEARCH completed", is->uid_cmd ? "UID " : "");
+	search_end(is);
 }
 
 static void search_yield_done(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
@@ -4033,6 +4369,8 @@ static void search_read_done(void *arg, ssize_t res)
 	} else if (res < 0) {
 		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-read-error",
 		       "uid=%" PRIu32 " error=%s", sj->msg.uid, strerror((int)-res));
+		if (sj->prog.ret & IMAP_SEARCH_RET_SAVE)
+			saved_reset(is); /* a SAVE that fails empties "$" (RFC 5182 2.1) */
 		search_free(is);
 		done(is, "NO", "[UNAVAILABLE] Could not read a message; try again");
 		release(is);
@@ -4094,6 +4432,7 @@ static void search_step(struct imap_session *is)
 			.modseq = m->modseq,
 			.size = m->size,
 			.internal_date = m->internal_date,
+			.saved = sj->prog.uses_saved && saved_has(is, &sj->si, m->uid),
 		};
 		if (sj->need_blob && mime_blob_parse(m->blob, &sj->mb) == 0)
 			sj->msg.mb = &sj->mb;
@@ -4133,7 +4472,10 @@ static void cmd_search(struct imap_session *is, size_t a)
 	free(t);
 	if (rc != IMAP_SEARCH_OK) {
 		const char *err = sj->prog.err;
+		bool save = sj->prog.ret & IMAP_SEARCH_RET_SAVE;
 		free(sj);
+		if (rc == IMAP_SEARCH_BADCHARSET && save)
+			saved_reset(is); /* NO to a SAVE empties "$"; BAD keeps it */
 		if (rc == IMAP_SEARCH_BADCHARSET)
 			done(is, "NO", "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
 		else
@@ -4152,6 +4494,8 @@ static void cmd_search(struct imap_session *is, size_t a)
 	sj->hits = malloc((is->nmsgs + 1) * sizeof(uint32_t));
 	if ((p->fail_len && !sj->fail) || !sj->hits ||
 	    (!is->rbuf && !(is->rbuf = malloc(IMAP_READ_CHUNK)))) {
+		if (p->ret & IMAP_SEARCH_RET_SAVE)
+			saved_reset(is);
 		free(sj->fail);
 		free(sj->hits);
 		free(sj);
@@ -4574,12 +4918,13 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 static void watch_cb(void *arg)
 {
 	struct imap_session *is = arg;
-	if (is->dead || is->mode != M_IDLE)
-		return;
+	if (is->dead || is->mode != M_IDLE || is->idle_wait)
+		return; /* while waiting for the socket, its drain syncs */
 	hold(is);
-	sync_mailbox(is, true);
+	is->idle_wait = sync_mailbox(is, true);
 	out_flush(is);
-	release_idle(is);
+	if (!is->idle_wait)
+		release_idle(is);
 	release(is);
 }
 
@@ -4588,7 +4933,7 @@ static void cmd_idle(struct imap_session *is, size_t a)
 	(void)a;
 	out_str(is, "+ idling\r\n");
 	is->mode = M_IDLE;
-	sync_mailbox(is, true);
+	is->idle_wait = sync_mailbox(is, true);
 	out_flush(is);
 	/* Only the tag (is->tag) is needed until DONE. */
 	release_idle(is);
@@ -4598,6 +4943,7 @@ static void cmd_idle(struct imap_session *is, size_t a)
 static void idle_line(struct imap_session *is, struct span line)
 {
 	is->mode = M_CMD;
+	is->idle_wait = false; /* done() reports the rest */
 	if (!span_eq_nocase(line, SPAN_LIT("DONE"))) {
 		bad(is, "Expected DONE");
 		cmd_end(is);
@@ -4619,7 +4965,8 @@ static const struct imap_command commands[] = {
 	{ "STARTTLS", ST(NOTAUTH), false, SYNC_NONE, cmd_starttls },
 	{ "LOGIN", ST(NOTAUTH), false, SYNC_NONE, cmd_login },
 	{ "AUTHENTICATE", ST(NOTAUTH), false, SYNC_NONE, cmd_authenticate },
-	{ "ENABLE", AUTHED, false, SYNC_NONE, cmd_enable },
+	/* RFC 9051 6.3.1 / RFC 5161 3.1: before any mailbox is selected */
+	{ "ENABLE", ST(AUTH), false, SYNC_NONE, cmd_enable },
 	{ "NAMESPACE", AUTHED, false, SYNC_FULL, cmd_namespace },
 	{ "SELECT", AUTHED, false, SYNC_NONE, cmd_select },
 	{ "EXAMINE", AUTHED, false, SYNC_NONE, cmd_examine },
@@ -4636,6 +4983,7 @@ static const struct imap_command commands[] = {
 	{ "SETQUOTA", AUTHED, false, SYNC_FULL, cmd_setquota },
 	{ "APPEND", AUTHED, false, SYNC_FULL, NULL }, /* see append_literal() */
 	{ "IDLE", AUTHED, false, SYNC_NONE, cmd_idle },
+	{ "UNAUTHENTICATE", AUTHED, false, SYNC_NONE, cmd_unauthenticate },
 	{ "CHECK", ST(SELECTED), false, SYNC_FULL, cmd_check },
 	{ "CLOSE", ST(SELECTED), false, SYNC_NONE, cmd_close },
 	{ "UNSELECT", ST(SELECTED), false, SYNC_NONE, cmd_unselect },
@@ -4723,13 +5071,17 @@ static void dispatch(struct imap_session *is)
 		name = tok_span(is, a++);
 	}
 	const struct imap_command *c = find_command(name);
+	if (c && c->run == cmd_unauthenticate && !cfg_of(is)->imap_unauthenticate)
+		c = NULL; /* turned off: not advertised, not known */
 	if (!c || (is->uid_cmd && !c->uid) || !c->run) {
 		bad(is, c && !c->run ? "APPEND needs a message literal" : "Unknown command");
 		cmd_end(is);
 		return;
 	}
 	if (!(c->states & (1u << is->state))) {
-		bad(is, is->state == IMAP_S_NOTAUTH ? "Log in first" : "Command not valid in this state");
+		bad(is, is->state == IMAP_S_NOTAUTH	 ? "Log in first"
+			: c->run == cmd_enable ? "ENABLE is only valid before a mailbox is selected"
+					       : "Command not valid in this state");
 		cmd_end(is);
 		return;
 	}
@@ -5049,7 +5401,20 @@ static void imap_drained(struct stream *s)
 {
 	struct imap_session *is = stream_session(s);
 	hold(is);
-	if (is->fj && is->fj->wait_drain) {
+	if (is->done_wait && !is->dead) {
+		arm_timer(is);
+		done_resume(is);
+	}
+	if (is->idle_wait && !is->dead && is->mode == M_IDLE) {
+		is->idle_wait = sync_mailbox(is, true);
+		out_flush(is);
+	}
+	if (is->ol.active && is->ol.wait_drain) {
+		is->ol.wait_drain = false;
+		arm_timer(is);
+		out_list_pump(is);
+	}
+	if (is->fj && is->fj->wait_drain && !is->ol.active) {
 		is->fj->wait_drain = false;
 		arm_timer(is);
 		fetch_pump(is);
@@ -5066,7 +5431,8 @@ static void imap_timer(struct stream *s)
 	struct imap_session *is = stream_session(s);
 	LOG_AT(stream_log(s), LOG_INFO, stream_sid(s), "imap-timeout", "state=%s",
 	       imap_state_str(is->state));
-	if (is->fj) {
+	if (is->fj || is->ol.active) {
+		/* in the middle of a response: no BYE can follow */
 		session_close(is, false);
 		return;
 	}
@@ -5093,6 +5459,7 @@ static void session_maybe_free(struct imap_session *is)
 		return;
 	append_reset(is);
 	fetch_free(is);
+	free(is->ol.own);
 	search_free(is);
 	list_job_free(is);
 	rename_job_free(is);
@@ -5109,6 +5476,7 @@ static void session_maybe_free(struct imap_session *is)
 	free(is->uids2);
 	free(is->rbuf);
 	free(is->obuf);
+	free(is->saved);
 	explicit_bzero(is->user, sizeof(is->user));
 	free(is);
 }

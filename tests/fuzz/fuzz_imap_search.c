@@ -124,6 +124,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		struct imap_search_msg m = {
 			.seq = 2, .uid = 7, .star_seq = 3, .star_uid = 9, .flags = data[0] & 31,
 			.keywords = 1, .modseq = 5, .size = msize, .internal_date = 1057049557,
+			.saved = data[0] & 32, /* "$" */
 		};
 		size_t step = size >= 2 ? ((size_t)data[0] << 8 | data[1]) % 4096 + 1 : 1;
 		for (int with = 0; with < 2; with++) {

@@ -1057,7 +1057,9 @@ def test_rev2_search_answers_esearch(srv):
     r.cmd("STORE 2 +FLAGS (\\Flagged)")
     lines, _ = r.cmd("SEARCH ALL")
     assert lines == [b"* SEARCH 1 2 3\r\n"], lines  # rev1: SEARCH
+    r.cmd("UNSELECT")  # ENABLE is for the authenticated state only
     r.cmd("ENABLE IMAP4rev2")
+    r.cmd("SELECT INBOX")
     lines, t = r.cmd("SEARCH ALL")
     assert lines == [b'* ESEARCH (TAG "%s") ALL 1:3\r\n' % t.split()[0]], lines
     lines, t = r.cmd("UID SEARCH FLAGGED")
@@ -1220,7 +1222,9 @@ def test_qresync_uid_fetch_changedsince_vanished(srv):
     m0 = code(lines, "HIGHESTMODSEQ")
     _, t = a.cmd(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
     assert b" BAD " in t, t  # QRESYNC not enabled
+    a.cmd("UNSELECT")  # ENABLE is for the authenticated state only
     a.cmd("ENABLE QRESYNC")
+    select_lines(a, "")
     b = Raw(srv).login()
     b.cmd("SELECT INBOX")
     expunge_uids(b, "2,5")
@@ -2202,3 +2206,412 @@ def test_binary_client_disconnects_mid_decode(srv):
     r.cmd("SELECT INBOX")
     lines, t = r.cmd("FETCH 1 (BINARY.SIZE[1])", timeout=30)
     assert lines == [b"* 1 FETCH (BINARY.SIZE[1] %d)\r\n" % len(blob)], lines
+
+
+# ---- SEARCHRES (RFC 5182, part of RFC 9051) ----------------------------------------
+
+
+def searchres_box(srv, n=6):
+    """A Raw session with INBOX selected holding n messages; even ones
+    \\Flagged, the subject says which."""
+    c = imap(srv)
+    for i in range(1, n + 1):
+        append(c, f"Subject: m{i} {'even' if i % 2 == 0 else 'odd'}\r\n\r\nbody {i}\r\n".encode(),
+               r"(\Flagged)" if i % 2 == 0 else None)
+    c.logout()
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    return r
+
+
+def fetch_seqs(lines):
+    return [int(l.split()[1]) for l in lines if re.match(rb"\* \d+ FETCH", l)]
+
+
+def test_searchres_capability_save_and_use(srv):
+    r = searchres_box(srv)
+    lines, _ = r.cmd("CAPABILITY")
+    assert b" SEARCHRES " in lines[0], lines
+    # before any SAVE "$" is the empty set: valid, matches nothing
+    lines, t = r.cmd("FETCH $ (FLAGS)")
+    assert lines == [] and b" OK " in t, (lines, t)
+    # SAVE alone: no ESEARCH response (RFC 5182 1)
+    lines, t = r.cmd("SEARCH RETURN (SAVE) FLAGGED")
+    assert lines == [] and b" OK " in t, (lines, t)
+    lines, t = r.cmd("FETCH $ (UID)")
+    assert fetch_seqs(lines) == [2, 4, 6] and b" OK " in t, lines
+    # for UID commands "$" is the same messages, as UIDs
+    lines, _ = r.cmd("UID FETCH $ (FLAGS)")
+    assert sorted(fetched(lines)) == [2, 4, 6], lines
+    lines, _ = r.cmd("UID SEARCH UID $ SUBJECT m4")
+    assert lines == [b"* SEARCH 4\r\n"], lines
+    lines, _ = r.cmd("SEARCH $ SUBJECT m4")
+    assert lines == [b"* SEARCH 4\r\n"], lines
+    lines, _ = r.cmd("SEARCH OR $ 1")
+    assert lines == [b"* SEARCH 1 2 4 6\r\n"], lines
+    lines, _ = r.cmd("SEARCH NOT $")
+    assert lines == [b"* SEARCH 1 3 5\r\n"], lines
+    # STORE, COPY, MOVE on "$"
+    lines, t = r.cmd("STORE $ +FLAGS (\\Seen)")
+    assert fetch_seqs(lines) == [2, 4, 6] and b" OK " in t, lines
+    r.cmd("CREATE Saved")
+    _, t = r.cmd("COPY $ Saved")
+    assert b"[COPYUID" in t and b" 2,4,6 " in t, t
+    # "$" as a whole set only; mixed with numbers it is a syntax error
+    _, t = r.cmd("FETCH 1,$ (FLAGS)")
+    assert b" BAD " in t, t
+    _, t = r.cmd("SEARCH UID 1,$")
+    assert b" BAD " in t, t
+    # SAVE with MIN/MAX only keeps those (RFC 5182 2.4)
+    lines, t = r.cmd("UID SEARCH RETURN (SAVE MIN MAX) FLAGGED")
+    assert lines == [b'* ESEARCH (TAG "%s") UID MIN 2 MAX 6\r\n' % t.split()[0]], lines
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH 2 6\r\n"], lines
+    lines, t = r.cmd("SEARCH RETURN (SAVE MAX) ALL")
+    assert lines == [b'* ESEARCH (TAG "%s") MAX 6\r\n' % t.split()[0]], lines
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH 6\r\n"], lines
+    # ... with COUNT or ALL the whole result
+    lines, t = r.cmd("SEARCH RETURN (MIN COUNT SAVE) NOT FLAGGED")
+    assert lines == [b'* ESEARCH (TAG "%s") MIN 1 COUNT 3\r\n' % t.split()[0]], lines
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH 1 3 5\r\n"], lines
+    # MOVE $: the moved messages leave "$" (expunged from INBOX)
+    lines, t = r.cmd("MOVE $ Saved")
+    assert b" OK " in t, (lines, t)
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH\r\n"], lines
+    lines, _ = r.cmd("SEARCH ALL")
+    assert lines == [b"* SEARCH 1 2 3\r\n"], lines
+
+
+def test_searchres_failures_and_resets(srv):
+    r = searchres_box(srv)
+    r.cmd("SEARCH RETURN (SAVE) FLAGGED")
+    # BAD leaves "$" alone
+    _, t = r.cmd("SEARCH RETURN (SAVE) FROBNICATE")
+    assert b" BAD " in t, t
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH 2 4 6\r\n"], lines
+    # NO without SAVE leaves it too
+    _, t = r.cmd("SEARCH CHARSET KOI8-R TEXT x")
+    assert b" NO [BADCHARSET" in t, t
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH 2 4 6\r\n"], lines
+    # a NO to a SAVE empties it (RFC 5182 Example 5)
+    _, t = r.cmd("SEARCH RETURN (SAVE) CHARSET KOI8-R TEXT x")
+    assert b" NO [BADCHARSET" in t, t
+    lines, t = r.cmd("COPY $ INBOX")
+    assert lines == [] and b" OK " in t and b"COPYUID" not in t, (lines, t)
+    # a SELECT or EXAMINE (of the same mailbox too) resets it; after CLOSE
+    # or UNSELECT "$" cannot be used before the next SELECT, which resets it
+    for cmd in ("SELECT INBOX", "EXAMINE INBOX"):
+        r.cmd("SEARCH RETURN (SAVE) ALL")
+        lines, _ = r.cmd("SEARCH $")
+        assert lines == [b"* SEARCH 1 2 3 4 5 6\r\n"], lines
+        _, t = r.cmd(cmd)
+        assert b" OK " in t, (cmd, t)
+        lines, _ = r.cmd("SEARCH $")
+        assert lines == [b"* SEARCH\r\n"], (cmd, lines)
+    _, t = r.cmd("FETCH $ FLAGS")
+    assert b" OK " in t, t
+    r.cmd("CLOSE")
+    _, t = r.cmd("FETCH $ FLAGS")
+    assert b" BAD " in t, t  # no mailbox selected
+
+
+def test_searchres_pipelined_after_save(srv):
+    """A command using "$" sent right behind SEARCH RETURN (SAVE) sees its
+    result: commands run in the order they came (RFC 5182 2.3)."""
+    r = searchres_box(srv)
+    r.send(b"p1 SEARCH RETURN (SAVE) FLAGGED\r\np2 FETCH $ (UID)\r\n"
+           b"p3 UID SEARCH RETURN (SAVE) NOT FLAGGED\r\np4 UID FETCH $ (FLAGS)\r\n"
+           b"p5 SEARCH RETURN (SAVE) SUBJECT m5\r\np6 STORE $ +FLAGS.SILENT (\\Deleted)\r\n"
+           b"p7 UID EXPUNGE $\r\np8 SEARCH $\r\np9 SEARCH ALL\r\n")
+    l1, t1 = r.until("p1")
+    l2, t2 = r.until("p2")
+    assert l1 == [] and fetch_seqs(l2) == [2, 4, 6], (l1, l2)
+    _, t3 = r.until("p3")
+    l4, _ = r.until("p4")
+    assert sorted(fetched(l4)) == [1, 3, 5], l4
+    r.until("p5")
+    r.until("p6")
+    l7, t7 = r.until("p7")
+    assert l7 == [b"* 5 EXPUNGE\r\n"] and b" OK " in t7, (l7, t7)
+    l8, _ = r.until("p8")
+    assert l8 == [b"* SEARCH\r\n"], l8  # the expunged message left "$"
+    l9, _ = r.until("p9")
+    assert l9 == [b"* SEARCH 1 2 3 4 5\r\n"], l9
+
+
+def test_searchres_expunge_by_other_session_leaves_saved(srv):
+    r = searchres_box(srv)
+    r.cmd("UID SEARCH RETURN (SAVE) FLAGGED")
+    other = imap(srv)
+    other.select("INBOX")
+    other.uid("STORE", "4", "+FLAGS.SILENT", r"(\Deleted)")
+    other.expunge()
+    lines, _ = r.cmd("NOOP")
+    assert b"* 4 EXPUNGE\r\n" in lines, lines
+    lines, _ = r.cmd("UID SEARCH $")
+    assert lines == [b"* SEARCH 2 6\r\n"], lines
+    lines, _ = r.cmd("FETCH $ (UID)")
+    assert sorted(fetched(lines)) == [2, 6] and fetch_seqs(lines) == [2, 5], lines
+    # imaplib, as a client would: search with SAVE, then fetch "$"
+    c = imap(srv)
+    c.select("INBOX")
+    typ, _ = c._simple_command("SEARCH", "RETURN", "(SAVE)", "NOT", "FLAGGED")
+    assert typ == "OK"
+    typ, data = c.fetch("$", "(UID)")
+    assert typ == "OK" and len([d for d in data if d]) == 3, data
+
+
+# ---- UNAUTHENTICATE (RFC 8437) ------------------------------------------------------
+
+
+def test_unauthenticate_resets_everything_but_tls(srv):
+    deliver(srv, "alice@example.com", subject="for alice")
+    r = Raw(srv)
+    assert b"UNAUTHENTICATE" not in r.greeting  # offered after login only
+    _, t = r.cmd("UNAUTHENTICATE")
+    assert b" BAD " in t, t  # not authenticated yet
+    r.login()
+    lines, _ = r.cmd("CAPABILITY")
+    assert b" UNAUTHENTICATE " in lines[0], lines
+    lines, _ = r.cmd("ENABLE QRESYNC IMAP4rev2")
+    assert lines == [b"* ENABLED QRESYNC IMAP4rev2\r\n"], lines
+    lines, _ = r.cmd("SELECT INBOX")
+    assert b"* 1 EXISTS\r\n" in lines and b"* 0 RECENT\r\n" not in lines, lines
+    _, t = r.cmd("UNAUTHENTICATE x")
+    assert b" BAD " in t, t
+    lines, t = r.cmd("UNAUTHENTICATE")
+    assert lines == [] and b" OK " in t, (lines, t)  # no EXPUNGE, no BYE
+    # not authenticated: mailbox commands are refused, the pre-login
+    # capabilities are back
+    _, t = r.cmd("FETCH 1 FLAGS")
+    assert b" BAD " in t and b"Log in first" in t, t
+    _, t = r.cmd("SELECT INBOX")
+    assert b" BAD " in t and b"Log in first" in t, t
+    lines, _ = r.cmd("CAPABILITY")
+    assert b"AUTH=PLAIN" in lines[0] and b"UNAUTHENTICATE" not in lines[0], lines
+    # pipelined with a new AUTHENTICATE (SASL-IR), as RFC 8437 3 allows,
+    # as another user
+    import base64
+    ir = base64.b64encode(b"\0bob@example.com\0" + USERS["bob@example.com"].encode())
+    r.send(b"u1 UNAUTHENTICATE\r\nu2 AUTHENTICATE PLAIN " + ir + b"\r\nu3 SELECT INBOX\r\n")
+    _, t = r.until("u1")
+    assert b" BAD " in t, t  # still not authenticated
+    _, t = r.until("u2")
+    assert b" OK " in t, t
+    lines, t = r.until("u3")
+    # bob's INBOX (empty), and ENABLE state gone: rev1 again (RECENT), no QRESYNC
+    assert b"* 0 EXISTS\r\n" in lines and b"* 0 RECENT\r\n" in lines, lines
+    r.send(b"u4 UNAUTHENTICATE\r\nu5 LOGIN alice@example.com \"" +
+           USERS["alice@example.com"].encode() + b"\"\r\nu6 SELECT INBOX (QRESYNC (1 1))\r\n")
+    _, t = r.until("u4")
+    assert b" OK " in t, t
+    _, t = r.until("u5")
+    assert b" OK " in t, t
+    _, t = r.until("u6")
+    assert b" BAD " in t and b"QRESYNC is not enabled" in t, t
+    lines, _ = r.cmd("SELECT INBOX")
+    assert b"* 1 EXISTS\r\n" in lines, lines
+    lines, _ = r.cmd("SEARCH $")
+    assert lines == [b"* SEARCH\r\n"], lines
+
+
+def test_unauthenticate_over_tls_and_imaplib(srv, monkeypatch):
+    # imaplib does not know the command: teach it the states
+    monkeypatch.setitem(imaplib.Commands, "UNAUTHENTICATE", ("AUTH", "SELECTED"))
+    c = imap(srv, tls="implicit")
+    typ, data = c.capability()
+    assert b"UNAUTHENTICATE" in data[0]
+    c.select("INBOX")
+    typ, data = c._simple_command("UNAUTHENTICATE")
+    assert typ == "OK", data
+    c.state = "NONAUTH"
+    typ, _ = c.login("bob@example.com", USERS["bob@example.com"])
+    assert typ == "OK"
+    typ, data = c.select("INBOX")
+    assert typ == "OK" and data == [b"0"], data
+    c.logout()
+
+
+def test_unauthenticate_releases_the_user_slot(imapsrv):
+    srv = imapsrv(config="[limits]\nmax_connections_per_user = 1\n")
+    a = Raw(srv).login()
+    b = Raw(srv)
+    _, t = b.cmd(f'LOGIN alice@example.com "{USERS["alice@example.com"]}"')
+    assert b"NO [LIMIT]" in t, t
+    _, t = a.cmd("UNAUTHENTICATE")
+    assert b" OK " in t, t
+    _, t = b.cmd(f'LOGIN alice@example.com "{USERS["alice@example.com"]}"')
+    assert b" OK " in t, t
+    _, t = a.cmd(f'LOGIN alice@example.com "{USERS["alice@example.com"]}"')
+    assert b"NO [LIMIT]" in t, t  # b holds the one slot now
+    a.login("bob@example.com")
+
+
+def test_unauthenticate_can_be_turned_off(imapsrv):
+    srv = imapsrv(config="[limits]\nimap_unauthenticate = no\n")
+    r = Raw(srv).login()
+    lines, _ = r.cmd("CAPABILITY")
+    assert b"UNAUTHENTICATE" not in lines[0], lines
+    _, t = r.cmd("UNAUTHENTICATE")
+    assert b" BAD " in t and b"Unknown command" in t, t
+    _, t = r.cmd("NOOP")
+    assert b" OK " in t, t  # still logged in
+
+
+# ---- RFC 9051 details: STATUS RECENT, ENABLE's state ---------------------------------
+
+
+def test_rev2_status_has_no_recent(srv):
+    r = Raw(srv).login()
+    lines, t = r.cmd("STATUS INBOX (RECENT MESSAGES)")
+    assert lines == [b'* STATUS "INBOX" (RECENT 0 MESSAGES 0)\r\n'], lines  # rev1: still
+    r.cmd("ENABLE IMAP4rev2")
+    # RFC 9051 status-att has no RECENT; removed items only for rev1 clients
+    lines, t = r.cmd("STATUS INBOX (RECENT MESSAGES)")
+    assert lines == [] and b" BAD " in t and b"RECENT" in t, (lines, t)
+    lines, t = r.cmd("STATUS INBOX (recent)")
+    assert lines == [] and b" BAD " in t, (lines, t)
+    lines, t = r.cmd('LIST "" INBOX RETURN (STATUS (MESSAGES RECENT))')
+    assert lines == [] and b" BAD " in t, (lines, t)
+    lines, t = r.cmd("STATUS INBOX (MESSAGES DELETED SIZE)")
+    assert lines == [b'* STATUS "INBOX" (MESSAGES 0 DELETED 0 SIZE 0)\r\n'], lines
+    lines, t = r.cmd('LIST "" INBOX RETURN (STATUS (MESSAGES))')
+    assert b'* STATUS "INBOX" (MESSAGES 0)\r\n' in lines and b" OK " in t, lines
+
+
+def test_enable_only_before_a_mailbox_is_selected(srv):
+    deliver(srv, "alice@example.com")
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd("ENABLE CONDSTORE")
+    assert lines == [] and b" BAD " in t and b"before a mailbox is selected" in t, (lines, t)
+    lines, _ = r.cmd("STORE 1 +FLAGS (\\Seen)")
+    assert lines and b"MODSEQ" not in lines[0], lines  # nothing was enabled
+    _, t = r.cmd("ENABLE IMAP4rev2")
+    assert b" BAD " in t, t
+    lines, _ = r.cmd("SEARCH ALL")
+    assert lines == [b"* SEARCH 1\r\n"], lines  # still rev1
+    r.cmd("CLOSE")
+    lines, t = r.cmd("ENABLE CONDSTORE")
+    assert lines == [b"* ENABLED CONDSTORE\r\n"] and b" OK " in t, (lines, t)
+    r.cmd("SELECT INBOX")
+    lines, _ = r.cmd("STORE 1 -FLAGS (\\Seen)")
+    assert b"MODSEQ" in lines[0], lines
+    # imaplib (enable() checks the state itself; the raw command shows ours)
+    c = imap(srv)
+    typ, data = c.enable("IMAP4rev2")
+    assert typ == "OK" and c.untagged_responses.get("ENABLED") == [b"IMAP4rev2"], data
+    c.select("INBOX")
+    with pytest.raises(imaplib.IMAP4.error):
+        c._simple_command("ENABLE", "CONDSTORE")
+
+
+# ---- long untagged replies over a small send queue ----------------------------------
+
+
+def multiappend(r, n, flags_of):
+    """Appends n small messages to INBOX in one MULTIAPPEND with LITERAL+."""
+    parts = [b"ma APPEND INBOX"]
+    for i in range(1, n + 1):
+        msg = b"Subject: big %d\r\n\r\nx\r\n" % i
+        parts.append(b" %s {%d+}\r\n%s" % (flags_of(i), len(msg), msg))
+    r.send(b"".join(parts) + b"\r\n")
+    _, t = r.until("ma", timeout=60)
+    assert b" OK " in t, t
+
+
+def long_line(r, tag, timeout=30):
+    """The untagged lines of tag's command (no length limit)."""
+    lines, t = r.until(tag, timeout)
+    assert b" OK " in t, (lines, t)
+    return lines
+
+
+def test_long_untagged_replies_wait_for_the_socket(imapsrv):
+    """SEARCH, ESEARCH and VANISHED (EARLIER) replies far longer than
+    limits.send_queue_max arrive whole: they are written in pieces as the
+    socket drains, not queued at once (which closed the connection)."""
+    srv = imapsrv(config="[limits]\nsend_queue_max = 4k\n")
+    n = 3000
+    r = Raw(srv).login()
+    multiappend(r, n, lambda i: b"(\\Flagged)" if i % 2 else b"()")
+    lines = select_lines(r, "")
+    m0 = code(lines, "HIGHESTMODSEQ")
+    uidvalidity = code(lines, "UIDVALIDITY")
+    odd = list(range(1, n + 1, 2))
+    # rev1 SEARCH of every message: about 14 KB on one line
+    r.send(b"s1 SEARCH ALL\r\n")
+    lines = long_line(r, "s1")
+    assert lines == [b"* SEARCH " + b" ".join(b"%d" % i for i in range(1, n + 1)) + b"\r\n"]
+    r.send(b"s2 UID SEARCH FLAGGED\r\n")
+    lines = long_line(r, "s2")
+    assert lines == [b"* SEARCH " + b" ".join(b"%d" % i for i in odd) + b"\r\n"]
+    # ESEARCH: ALL as ranges (one for the whole mailbox), one per hit
+    # when every other message matches
+    r.send(b"s3 SEARCH RETURN (ALL) ALL\r\n")
+    assert long_line(r, "s3") == [b'* ESEARCH (TAG "s3") ALL 1:%d\r\n' % n]
+    r.send(b"s4 UID SEARCH RETURN (MIN COUNT ALL) FLAGGED\r\n")
+    lines = long_line(r, "s4")
+    assert lines == [b'* ESEARCH (TAG "s4") UID MIN 1 COUNT %d ALL %s\r\n'
+                     % (len(odd), b",".join(b"%d" % i for i in odd))]
+    # the flagged (odd) messages go, expunged by another session without
+    # EXPUNGE responses (CLOSE)
+    b = Raw(srv).login()
+    b.cmd("SELECT INBOX")
+    b.send(b"d1 SEARCH RETURN (SAVE) FLAGGED\r\nd2 STORE $ +FLAGS.SILENT (\\Deleted)\r\n"
+           b"d3 CLOSE\r\n")
+    for tag in ("d1", "d2", "d3"):
+        _, t = b.until(tag, 30)
+        assert b" OK " in t, t
+    # QRESYNC SELECT from before: VANISHED (EARLIER) with 1500 holes
+    c = Raw(srv).login()
+    c.cmd("ENABLE QRESYNC")
+    c.send(b"q1 SELECT INBOX (QRESYNC (%d %d))\r\n" % (uidvalidity, m0))
+    lines = long_line(c, "q1")
+    assert vanished(lines) == ",".join(str(i) for i in odd), lines[-3:]
+    assert b"* %d EXISTS\r\n" % (n // 2) in lines
+    c.send(b"q2 UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)\r\n" % m0)
+    lines = long_line(c, "q2")
+    assert vanished(lines) == ",".join(str(i) for i in odd)
+    assert not fetched(lines), lines[:3]  # the even ones did not change
+    # many updates at once: STORE on every message answers 1500 FETCH
+    # lines (those past the queue come from the sync as it drains)
+    b.cmd("SELECT INBOX")
+    b.send(b"f1 STORE 1:* +FLAGS (\\Seen)\r\n")
+    lines = long_line(b, "f1")
+    seqs = sorted(int(l.split()[1]) for l in lines if b" FETCH " in l and b"\\Seen" in l)
+    assert seqs == list(range(1, n // 2 + 1)), (len(seqs), lines[:3], lines[-3:])
+    # r had not heard of any of it: 1500 EXPUNGEs and 1500 flag changes on
+    # one NOOP, about 60 KB through a 4 KB queue
+    r.send(b"n1 NOOP\r\n")
+    lines = long_line(r, "n1")
+    assert lines[:n // 2] == [b"* %d EXPUNGE\r\n" % i for i in range(1, n // 2 + 1)]
+    assert len(lines) == n and all(b"\\Seen" in l for l in lines[n // 2:]), lines[n // 2:][:3]
+    # the same for a QRESYNC session: one VANISHED, FETCH with MODSEQ
+    c.send(b"n2 NOOP\r\n")
+    lines = long_line(c, "n2")
+    assert len([l for l in lines if b" FETCH " in l and b"MODSEQ (" in l]) == n // 2, lines[:3]
+    # while they trickle out the client is told not to resync from them
+    assert all(l.startswith(b"* OK [HIGHESTMODSEQ ") for l in lines if b" FETCH " not in l)
+    # IDLE: the updates go out as the socket drains, DONE ends it
+    d = Raw(srv).login()
+    d.cmd("SELECT INBOX")
+    d.send(b"i1 IDLE\r\n")
+    assert d.line().startswith(b"+ "), "no continuation"
+    b.send(b"f2 STORE 1:* -FLAGS.SILENT (\\Seen)\r\n")
+    b.until("f2", 30)
+    got = [d.line(30) for _ in range(n // 2)]
+    assert all(re.match(rb"\* \d+ FETCH \(UID \d+ FLAGS \(\)\)", l) for l in got), got[:3]
+    d.send(b"DONE\r\n")
+    lines = long_line(d, "i1")
+    assert lines == [], lines[:3]
+    # the connections are still there
+    for x in (r, b, c, d):
+        _, t = x.cmd("NOOP")
+        assert b" OK " in t, t
+    assert "send-queue-full" not in srv.log()

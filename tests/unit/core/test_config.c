@@ -248,6 +248,7 @@ static const struct bad_case bad_cases[] = {
 	{ "[listener a]\nrole = relay\n", 2, "role must be mx or submission" },
 	{ "[server]\nlog_level = loud\n", 2, "log_level must be debug, info, warn or error" },
 	{ "[limits]\nplaintext_auth = maybe\n", 2, "plaintext_auth must be yes or no" },
+	{ "[limits]\nimap_unauthenticate = maybe\n", 2, "imap_unauthenticate must be yes or no" },
 	/* names */
 	{ "[server]\nhostname = bad_host\n", 2, "'bad_host' is not a valid host name" },
 	{ "[server]\nhostname = a..b\n", 2, "'a..b' is not a valid host name" },
@@ -516,7 +517,8 @@ Test(config, values_reach_the_struct)
 		"[limits]\nprelogin_timeout = 1s\nidle_timeout = 1h\ndual_wait = 250ms\n"
 		"handshake_timeout = 7\nsend_queue_max = 8m\nmax_bad_commands = 3\n"
 		"plaintext_auth = no\nauth_delay = 250ms\nauth_delay_max = 4s\n"
-		"mime_depth_max = 8\nmime_parts_max = 100\nquota_storage = 2g\nquota_messages = 5000\n";
+		"mime_depth_max = 8\nmime_parts_max = 100\nquota_storage = 2g\nquota_messages = 5000\n"
+		"imap_unauthenticate = no\n";
 
 	cr_assert_eq(load_text(&cfg, text, strlen(text), &path, err, sizeof(err)), 0, "%s", err);
 	free(path);
@@ -530,6 +532,7 @@ Test(config, values_reach_the_struct)
 	cr_assert_eq(cfg.send_queue_max, 8u << 20);
 	cr_assert_eq(cfg.max_bad_commands, 3);
 	cr_assert_eq(cfg.plaintext_auth, false);
+	cr_assert_eq(cfg.imap_unauthenticate, false);
 	cr_assert_eq(cfg.auth_delay_ms, 250);
 	cr_assert_eq(cfg.auth_delay_max_ms, 4000);
 	cr_assert_eq(cfg.mime_depth_max, 8);
@@ -577,6 +580,7 @@ static void expect_same_config(const struct config *a, const struct config *b)
 	cr_assert_eq(a->max_bad_commands, b->max_bad_commands);
 	cr_assert_eq(a->send_queue_max, b->send_queue_max);
 	cr_assert_eq(a->plaintext_auth, b->plaintext_auth);
+	cr_assert_eq(a->imap_unauthenticate, b->imap_unauthenticate);
 	cr_assert_eq(a->auth_delay_ms, b->auth_delay_ms);
 	cr_assert_eq(a->auth_delay_max_ms, b->auth_delay_max_ms);
 	cr_assert_eq(a->mime_depth_max, b->mime_depth_max);
@@ -662,6 +666,7 @@ Test(config, print_round_trip_everything_set)
 		"max_bad_commands = 4\n"
 		"send_queue_max = 3m\n"
 		"plaintext_auth = no\n"
+		"imap_unauthenticate = no\n"
 		"quota_storage = 1m\n"
 		"quota_messages = 77\n"
 		"[tls]\n"

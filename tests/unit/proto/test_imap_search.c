@@ -108,7 +108,13 @@ static const struct pcase parse_cases[] = {
 	{ "RETURN (MIN MAX) CHARSET KOI8-R TEXT x", IMAP_SEARCH_BADCHARSET },
 	{ "RETURN () ALL", IMAP_SEARCH_OK },
 	{ "RETURN (COUNT ALL) UID 1:* NOT DELETED", IMAP_SEARCH_OK },
-	{ "RETURN (SAVE) ALL", IMAP_SEARCH_BAD },
+	{ "RETURN (SAVE) ALL", IMAP_SEARCH_OK },
+	{ "RETURN (MIN SAVE MAX) $", IMAP_SEARCH_OK },
+	{ "OR $ 1,3000:3021 UID $ NOT $", IMAP_SEARCH_OK },
+	{ "1,$", IMAP_SEARCH_BAD },
+	{ "UID 1,$", IMAP_SEARCH_BAD },
+	{ "$:3", IMAP_SEARCH_BAD },
+	{ "RETURN (SAVE FOO) ALL", IMAP_SEARCH_BAD },
 	{ "RETURN ALL", IMAP_SEARCH_BAD },
 	{ "OR (BODY a TEXT b) NOT (HEADER x y SEEN)", IMAP_SEARCH_OK },
 	{ "MODSEQ 5", IMAP_SEARCH_OK },
@@ -410,4 +416,31 @@ Test(imap_search, adversarial_needle, .timeout = 20)
 	free(store);
 	free(p);
 	free(text);
+}
+
+/* "$" (RFC 5182) is whatever the caller says the message's saved flag is;
+ * SAVE is a RETURN option of its own (alone, no ESEARCH data). */
+Test(imap_search, saved_result)
+{
+	struct prog *p = calloc(1, sizeof(*p));
+	struct imap_search_msg m;
+	msg_of("x", &m, NULL);
+	cr_assert_eq(compile(p, "RETURN (SAVE) ALL"), IMAP_SEARCH_OK);
+	cr_assert(p->s.esearch);
+	cr_assert_eq(p->s.ret, IMAP_SEARCH_RET_SAVE);
+	cr_assert(!p->s.uses_saved);
+	cr_assert_eq(compile(p, "RETURN (SAVE MIN) ALL"), IMAP_SEARCH_OK);
+	cr_assert_eq(p->s.ret, IMAP_SEARCH_RET_SAVE | IMAP_SEARCH_RET_MIN);
+	const char *progs[] = { "$", "UID $", "NOT NOT $", "OR $ DELETED" };
+	for (size_t i = 0; i < sizeof(progs) / sizeof(progs[0]); i++) {
+		cr_assert_eq(compile(p, progs[i]), IMAP_SEARCH_OK, "%s", progs[i]);
+		cr_assert(p->s.uses_saved, "%s", progs[i]);
+		m.saved = false;
+		cr_assert_eq(imap_search_eval(&p->s, &m, NULL), IMAP_SEARCH_NO, "%s", progs[i]);
+		m.saved = true;
+		cr_assert_eq(imap_search_eval(&p->s, &m, NULL), IMAP_SEARCH_YES, "%s", progs[i]);
+	}
+	cr_assert_eq(compile(p, "NOT $"), IMAP_SEARCH_OK);
+	cr_assert_eq(imap_search_eval(&p->s, &m, NULL), IMAP_SEARCH_NO);
+	free(p);
 }
