@@ -1025,7 +1025,7 @@ def test_tls13_suite_full_and_resumed(tlssrv, tmp_path, suite, groups):
     outs = []
     for flag in ("-sess_out", "-sess_in"):
         c = SClient(srv, 993, "-tls1_3", "-ciphersuites", suite, "-groups", groups,
-                    flag, sess, *verify_args(srv), brief=False)
+                    "-msg", flag, sess, *verify_args(srv), brief=False)
         while not c.readline().startswith(GREETING["imap"]):
             pass
         cmd, ok = QUIT["imap"]
@@ -1036,6 +1036,9 @@ def test_tls13_suite_full_and_resumed(tlssrv, tmp_path, suite, groups):
         outs.append(out + err)
     assert "New, TLSv1.3, Cipher is " + suite in outs[0], outs[0]
     assert "Verify return code: 0 (ok)" in outs[0], outs[0]
+    # A HelloRetryRequest means a second ClientHello.
+    hellos = outs[0].count(", ClientHello")
+    assert hellos == (2 if groups.startswith("P-384") else 1), outs[0]
     assert "Reused, TLSv1.3, Cipher is " + suite in outs[1], outs[1]
 
 
