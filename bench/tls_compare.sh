@@ -157,12 +157,13 @@ import json, re, statistics as st, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = lambda xs: st.median(xs) if xs else float("nan")
 cr = [r for r in rows if r.get("kind") == "crypto"]
-c = {k: med([r[k] for r in cr]) for k in cr[0] if k != "kind"}
+c = {k: med([r[k] for r in cr]) for k in cr[0] if isinstance(cr[0][k], (int, float))}
 print("Crypto bound (tls_bench --crypto, CPU time, median of 3):")
 print(f"  ECDSA P-256 sign {c['ecdsa_p256_sign_us']:.1f} us, X25519 keygen {c['x25519_keygen_us']:.1f} us, "
       f"agree {c['x25519_agree_us']:.1f} us -> full {c['bound_full_us']:.1f} us, "
       f"resumed (psk_dhe_ke) {c['bound_resume_dhe_us']:.1f} us; AES-128-GCM {c['aes128gcm_MBps']:.0f} MB/s; "
-      f"wc_InitRng {c['rng_init_us']:.1f} us")
+      f"wc_InitRng {c['rng_init_us']:.1f} us; SHA-256 1 KiB {c.get('sha256_1k_us', float('nan')):.2f} us "
+      f"({cr[0].get('sha256_impl', '?')}, not in the bound)")
 w = {}
 try:
     for l in open(sys.argv[2]):

@@ -24,6 +24,10 @@ set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 # ringmail's own code compiled into the archive (see below).
 RAND_DIR=$HERE/../tls/wolfssl
+TLS_DIR=$HERE/../tls
+# ringmail's source patch (handshake CPU), for this version only.
+WOLFSSL_PATCH=$HERE/wolfssl-5.5.4-ringmail.patch
+WOLFSSL_PATCH_VERSION=5.5.4
 LINK=${RINGMAIL_WOLFSSL_PREFIX:-/var/cache/ringmail/wolfssl}
 LINK=${LINK%/}
 CACHE=$(dirname "$LINK")
@@ -51,6 +55,17 @@ die() { printf 'build-wolfssl: error: %s\n' "$*" >&2; exit 1; }
 #     two files are part of the hash, so changing them rebuilds.
 #   - pkcallbacks: tls/ runs the TLS 1.3 key schedule's HKDF on its SHA-NI
 #     code through wolfSSL_CTX_SetHKDFExtractCb/SetHKDFExpandLabelCb.
+#   - wolfssl-5.5.4-ringmail.patch (its header says why): SHA-NI for all
+#     of wolfCrypt's SHA-256 (sha256.c's transform selection asks
+#     ringmail_sha256_ni_select() in tls/wolfssl/ringmail_sha256.c and
+#     compresses with tls/tls_sha256_ni.c, both compiled into the archive,
+#     the latter as ringmail_sha256_ni_blocks); and a TLS 1.3 server stops
+#     feeding the SHA-384/SHA-512 transcripts once its suite's hash is
+#     known. For 5.5.4 only: another version stops the build. Patch and
+#     sources are part of the hash.
+#   - ECC_CACHE_CURVE: the P-256 parameters are parsed from their hex
+#     strings once per process, not on every handshake (wc_ecc_sig_size
+#     in DecodePrivateKey loads them for each signature).
 FLAGS="--enable-static --disable-shared
 --enable-tls13 --enable-tlsv12 --disable-oldtls --disable-sslv3 --disable-dtls
 --disable-opensslextra --disable-opensslall
@@ -64,12 +79,16 @@ FLAGS="--enable-static --disable-shared
 FLAGS=$(printf '%s ' $FLAGS)
 FLAGS=${FLAGS% }
 # -fPIC: the archive is linked into PIE executables.
-CFLAGS_EXTRA="-O2 -fPIC -DWOLFSSL_ALT_NAMES -DCUSTOM_RAND_GENERATE_BLOCK=ringmail_rand_block"
-for f in ringmail_rand.c ringmail_rand.h; do
-	[ -f "$RAND_DIR/$f" ] || die "$RAND_DIR/$f missing"
+CFLAGS_EXTRA="-O2 -fPIC -DWOLFSSL_ALT_NAMES -DCUSTOM_RAND_GENERATE_BLOCK=ringmail_rand_block -DECC_CACHE_CURVE"
+OWN_FILES="$RAND_DIR/ringmail_rand.h $RAND_DIR/ringmail_rand.c
+$RAND_DIR/ringmail_sha256.h $RAND_DIR/ringmail_sha256.c
+$TLS_DIR/tls_sha256.h $TLS_DIR/tls_sha256_ni.c $WOLFSSL_PATCH"
+for f in $OWN_FILES; do
+	[ -f "$f" ] || die "$f missing"
 done
-RAND_SUM=$(cat "$RAND_DIR/ringmail_rand.h" "$RAND_DIR/ringmail_rand.c" | sha256sum | cut -c1-16)
-HASH=$(printf '%s|%s|%s' "$FLAGS" "$CFLAGS_EXTRA" "$RAND_SUM" | sha256sum | cut -c1-10)
+# shellcheck disable=SC2086
+OWN_SUM=$(cat $OWN_FILES | sha256sum | cut -c1-16)
+HASH=$(printf '%s|%s|%s' "$FLAGS" "$CFLAGS_EXTRA" "$OWN_SUM" | sha256sum | cut -c1-10)
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages with apt-get)"
 command -v apt-get >/dev/null || die "apt-get not found: this script is for Debian"
@@ -123,12 +142,15 @@ fi
 VERSION=$(apt-cache showsrc wolfssl 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n 1)
 [ -n "$VERSION" ] || die "apt-cache showsrc wolfssl found nothing (is deb-src configured and apt-get update done?)"
 UPSTREAM=$(printf '%s' "$VERSION" | sed 's/^[0-9]*://; s/-[^-]*$//')
+[ "$UPSTREAM" = "$WOLFSSL_PATCH_VERSION" ] ||
+	die "Debian ships wolfSSL $UPSTREAM; $(basename "$WOLFSSL_PATCH") (and tls/tls_x25519.c) are for $WOLFSSL_PATCH_VERSION: port them first"
 DEST=$CACHE/wolfssl-$UPSTREAM-$HASH
 
 complete() {
 	[ -f "$1/.ringmail-complete" ] && [ -f "$1/lib/libwolfssl.a" ] &&
 	[ -f "$1/include/wolfssl/ssl.h" ] && [ -x "$1/bin/wolfcrypt-benchmark" ] &&
-	[ -f "$1/include/wolfssl/ringmail_rand.h" ]
+	[ -f "$1/include/wolfssl/ringmail_rand.h" ] &&
+	[ -f "$1/include/wolfssl/ringmail_sha256.h" ]
 }
 
 point_link() {
@@ -177,28 +199,48 @@ if [ ! -x ./configure ]; then
 	./autogen.sh >../autogen.log 2>&1 || { tail -n 40 ../autogen.log >&2; die "autogen failed"; }
 fi
 
+say "patch $(basename "$WOLFSSL_PATCH")"
+patch -p1 --forward --no-backup-if-mismatch <"$WOLFSSL_PATCH" >../patch.log 2>&1 ||
+	{ cat ../patch.log >&2; die "$(basename "$WOLFSSL_PATCH") does not apply"; }
+
 rm -rf "$DEST"
-mkdir -p ../ringmail
-cp "$RAND_DIR/ringmail_rand.h" "$RAND_DIR/ringmail_rand.c" ../ringmail/
+mkdir -p ../ringmail/tls
+cp "$RAND_DIR/ringmail_rand.h" "$RAND_DIR/ringmail_rand.c" \
+	"$RAND_DIR/ringmail_sha256.h" "$RAND_DIR/ringmail_sha256.c" ../ringmail/
+cp "$TLS_DIR/tls_sha256.h" "$TLS_DIR/tls_sha256_ni.c" ../ringmail/tls/
 RM=$(cd ../ringmail && pwd)
 say "configure"
 # shellcheck disable=SC2086
 ./configure --prefix="$DEST" $FLAGS CFLAGS="$CFLAGS_EXTRA -include $RM/ringmail_rand.h" >../configure.log 2>&1 ||
 	{ tail -n 40 ../configure.log >&2; die "configure failed (log above)"; }
 say "make -j$JOBS"
-# The library first, then ringmail_rand.o into its archive, then the rest
-# (the benchmark and test programs link against the archive and need it).
+# The library first, then ringmail's objects into its archive, then the
+# rest (the benchmark and test programs link against the archive and need
+# them).
 make -j"$JOBS" src/libwolfssl.la >../make.log 2>&1 || { tail -n 60 ../make.log >&2; die "make failed (log above)"; }
 [ -f src/.libs/libwolfssl.a ] || die "src/.libs/libwolfssl.a was not built"
 # shellcheck disable=SC2086
 ${CC:-cc} $CFLAGS_EXTRA -I. -I"$RM" -Wall -Wextra -Werror -c "$RM/ringmail_rand.c" -o "$RM/ringmail_rand.o" >>../make.log 2>&1 ||
 	{ tail -n 30 ../make.log >&2; die "cannot compile ringmail_rand.c"; }
-ar rs src/.libs/libwolfssl.a "$RM/ringmail_rand.o" >>../make.log 2>&1 || die "ar failed"
+# shellcheck disable=SC2086
+${CC:-cc} $CFLAGS_EXTRA -I"$RM" -Wall -Wextra -Werror -c "$RM/ringmail_sha256.c" -o "$RM/ringmail_sha256.o" >>../make.log 2>&1 ||
+	{ tail -n 30 ../make.log >&2; die "cannot compile ringmail_sha256.c"; }
+# The same compression function tls/ uses, under the name the patch calls;
+# the only object built with -msha.
+# shellcheck disable=SC2086
+${CC:-cc} $CFLAGS_EXTRA -msha -mssse3 -msse4.1 -Dtls_sha256_ni_blocks=ringmail_sha256_ni_blocks \
+	-I"$RM" -Wall -Wextra -Werror -c "$RM/tls/tls_sha256_ni.c" -o "$RM/ringmail_sha256_ni.o" >>../make.log 2>&1 ||
+	{ tail -n 30 ../make.log >&2; die "cannot compile tls_sha256_ni.c"; }
+ar rs src/.libs/libwolfssl.a "$RM/ringmail_rand.o" "$RM/ringmail_sha256.o" "$RM/ringmail_sha256_ni.o" \
+	>>../make.log 2>&1 || die "ar failed"
 make -j"$JOBS" >>../make.log 2>&1 || { tail -n 60 ../make.log >&2; die "make failed (log above)"; }
 make install >../install.log 2>&1 || { tail -n 40 ../install.log >&2; die "make install failed"; }
-nm "$DEST/lib/libwolfssl.a" 2>/dev/null | grep -q ' T ringmail_rand_block$' ||
-	die "ringmail_rand_block is not in the installed archive"
+for sym in ringmail_rand_block ringmail_sha256_ni_select ringmail_sha256_ni_blocks; do
+	nm "$DEST/lib/libwolfssl.a" 2>/dev/null | grep -q " T $sym\$" ||
+		die "$sym is not in the installed archive"
+done
 install -m 0644 "$RM/ringmail_rand.h" "$DEST/include/wolfssl/ringmail_rand.h"
+install -m 0644 "$RM/ringmail_sha256.h" "$DEST/include/wolfssl/ringmail_sha256.h"
 
 # The benchmark binary: libtool may leave a wrapper script; with a static
 # build the real program is the file itself or .libs/benchmark.
@@ -213,7 +255,8 @@ install -D -m 0755 "$BENCH" "$DEST/bin/wolfcrypt-benchmark"
 	printf 'debian_version=%s\n' "$VERSION"
 	printf 'configure_flags=%s\n' "$FLAGS"
 	printf 'cflags=%s -include ringmail_rand.h\n' "$CFLAGS_EXTRA"
-	printf 'ringmail_rand_sha256=%s\n' "$RAND_SUM"
+	printf 'ringmail_sources_sha256=%s\n' "$OWN_SUM"
+	printf 'patches=%s\n' "$(basename "$WOLFSSL_PATCH")"
 	printf 'flags_hash=%s\n' "$HASH"
 } >"$DEST/ringmail-build.txt"
 cp ../configure.log "$DEST/configure.log"

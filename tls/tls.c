@@ -10,6 +10,11 @@
 #include <wolfssl/wolfcrypt/memory.h>
 #include <wolfssl/wolfcrypt/random.h>
 #include <wolfssl/wolfcrypt/sha256.h>
+#if __has_include(<wolfssl/ringmail_rand.h>)
+/* The bundled wolfSSL's generator (tls/wolfssl/ringmail_rand.c). */
+#include <wolfssl/ringmail_rand.h>
+#define TLS_HAVE_RINGMAIL_RAND 1
+#endif
 
 #include <errno.h>
 #include <fcntl.h>
@@ -148,6 +153,20 @@ static int fill_random(void *p, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+/* Random bytes for a ticket's AES-GCM nonce, once per handshake. With the
+ * bundled wolfSSL: its per-thread ChaCha20 generator, seeded from
+ * getrandom(2) (docs/tls.md, "Randomness"), the source of the
+ * handshake's own keys and nonces, without a system call per ticket.
+ * Otherwise getrandom(2). Returns 0 or a negative value. */
+static int ticket_random(uint8_t *p, size_t len)
+{
+#ifdef TLS_HAVE_RINGMAIL_RAND
+	return ringmail_rand_block(p, (unsigned int)len) == 0 ? 0 : -EIO;
+#else
+	return fill_random(p, len);
+#endif
 }
 
 /* Reads a whole file (at most TLS_PEM_MAX bytes) into a NUL-terminated
@@ -462,7 +481,7 @@ static int ticket_cb(WOLFSSL *ssl, unsigned char key_name[WOLFSSL_TICKET_NAME_SZ
 	if (enc) {
 		memcpy(key_name, k.name, WOLFSSL_TICKET_NAME_SZ);
 		memset(iv, 0, WOLFSSL_TICKET_IV_SZ);
-		if (fill_random(iv, GCM_NONCE_MID_SZ) != 0) {
+		if (ticket_random(iv, GCM_NONCE_MID_SZ) != 0) {
 			ret = WOLFSSL_TICKET_RET_REJECT;
 			goto out;
 		}
@@ -1251,6 +1270,8 @@ out:
 	*plain_len_r = n;
 	c->in_p = NULL;
 	c->in_len = c->in_off = 0;
+	/* The key schedule's cached HMAC states end with this call. */
+	tls_sha256_forget();
 	return st;
 }
 
@@ -1277,10 +1298,14 @@ enum tls_status tls_conn_write(struct tls_conn *c, const uint8_t *p, size_t len)
 		if (chunk > INT_MAX)
 			chunk = INT_MAX;
 		r = wolfSSL_write(c->ssl, p + off, (int)chunk);
-		if (r <= 0)
+		if (r <= 0) {
+			tls_sha256_forget();
 			return conn_fail(c, wolfSSL_get_error(c->ssl, r));
+		}
 		off += (size_t)r;
 	}
+	/* A KeyUpdate answer derives keys here. */
+	tls_sha256_forget();
 	return TLS_OK;
 }
 

@@ -120,9 +120,60 @@ struct hmac {
 	struct tls_sha256 in, out;
 };
 
+/* The key schedule expands each secret into several labels (a traffic
+ * secret into its key, IV and finished key; the master secret into four
+ * secrets), so the HMAC states after the key's ipad and opad blocks, two
+ * compressions of every HMAC, are kept for the last few 32-byte keys. Per
+ * thread, and only until tls_sha256_forget(), which tls/ calls at the end
+ * of every call into wolfSSL: they hold what the secret itself does, and
+ * wolfSSL still holds the secret during that call. */
+#define PAD_CACHE 4
+
+struct pad_entry {
+	uint8_t key[TLS_SHA256_LEN];
+	uint32_t in[8], out[8];
+	bool used;
+};
+
+static __thread struct pad_entry pad_cache[PAD_CACHE];
+static __thread unsigned pad_next;
+static __thread bool pad_dirty;
+
+static bool key_eq(const uint8_t *a, const uint8_t *b)
+{
+	uint8_t d = 0;
+
+	for (int i = 0; i < TLS_SHA256_LEN; i++)
+		d |= a[i] ^ b[i];
+	return d == 0;
+}
+
+void tls_sha256_forget(void)
+{
+	if (!pad_dirty)
+		return;
+	explicit_bzero(pad_cache, sizeof(pad_cache));
+	pad_next = 0;
+	pad_dirty = false;
+}
+
 static void hmac_init(struct hmac *m, const uint8_t *key, size_t key_len)
 {
 	uint8_t k[TLS_SHA256_BLOCK] = { 0 }, pad[TLS_SHA256_BLOCK];
+
+	if (key_len == TLS_SHA256_LEN) {
+		for (int i = 0; i < PAD_CACHE; i++) {
+			const struct pad_entry *e = &pad_cache[i];
+
+			if (e->used && key_eq(e->key, key)) {
+				memcpy(m->in.h, e->in, sizeof(m->in.h));
+				memcpy(m->out.h, e->out, sizeof(m->out.h));
+				m->in.buf_len = m->out.buf_len = 0;
+				m->in.total = m->out.total = TLS_SHA256_BLOCK;
+				return;
+			}
+		}
+	}
 
 	if (key_len > TLS_SHA256_BLOCK) {
 		tls_sha256_init(&m->in);
@@ -141,6 +192,15 @@ static void hmac_init(struct hmac *m, const uint8_t *key, size_t key_len)
 	tls_sha256_update(&m->out, pad, sizeof(pad));
 	explicit_bzero(k, sizeof(k));
 	explicit_bzero(pad, sizeof(pad));
+	if (key_len == TLS_SHA256_LEN) {
+		struct pad_entry *e = &pad_cache[pad_next++ % PAD_CACHE];
+
+		memcpy(e->key, key, TLS_SHA256_LEN);
+		memcpy(e->in, m->in.h, sizeof(e->in));
+		memcpy(e->out, m->out.h, sizeof(e->out));
+		e->used = true;
+		pad_dirty = true;
+	}
 }
 
 static void hmac_final(struct hmac *m, uint8_t out[TLS_SHA256_LEN])

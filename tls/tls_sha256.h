@@ -10,11 +10,15 @@
  * SSE4.1 (CPUID) and the wolfSSL build has the callbacks (the bundled one);
  * SHA-384 suites go back to wolfSSL.
  *
- * Not routed: the handshake transcript and the Finished/binder HMACs. The
- * crypto-callback route (WOLF_CRYPTO_CB, a devId on the context) does not
- * work for SHA-256 in 5.5.4's Intel-assembly build: its wc_InitSha256_ex
- * stores the devId and then calls InitSha256(), which resets it to
- * INVALID_DEVID, so the callback is never called (checked in gdb).
+ * The rest of wolfCrypt's SHA-256 (the handshake transcript, the
+ * Finished/binder HMACs, digests) runs on the same compression function in
+ * the bundled wolfSSL only: scripts/build-wolfssl.sh patches its sha256.c
+ * and compiles tls_sha256_ni.c into the archive as
+ * ringmail_sha256_ni_blocks (tls/wolfssl/ringmail_sha256.h). No runtime
+ * hook does it: the crypto-callback route (WOLF_CRYPTO_CB, a devId on the
+ * context) does not work for SHA-256 in 5.5.4's Intel-assembly build, whose
+ * wc_InitSha256_ex stores the devId and then calls InitSha256(), which
+ * resets it to INVALID_DEVID (checked in gdb).
  */
 #ifndef RINGMAIL_TLS_SHA256_H
 #define RINGMAIL_TLS_SHA256_H
@@ -47,9 +51,16 @@ void tls_sha256_update(struct tls_sha256 *s, const void *p, size_t len);
 /* Writes the digest and leaves s initialised again. */
 void tls_sha256_final(struct tls_sha256 *s, uint8_t out[TLS_SHA256_LEN]);
 
-/* HMAC-SHA256 (RFC 2104) of msg under key. */
+/* HMAC-SHA256 (RFC 2104) of msg under key. For 32-byte keys the states
+ * after the ipad and opad blocks are kept, per thread, for the next HMAC
+ * under the same key until tls_sha256_forget(). */
 void tls_sha256_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg,
 		     size_t msg_len, uint8_t out[TLS_SHA256_LEN]);
+
+/* Wipes the calling thread's cached HMAC key states (see tls_sha256_hmac).
+ * tls/ calls it at the end of every call into wolfSSL that can derive
+ * keys, so they never outlive the call. Cheap when there is nothing. */
+void tls_sha256_forget(void);
 
 /* wolfSSL's TLS 1.3 HKDF-Extract and HKDF-Expand-Label callbacks
  * (CallbackHKDFExtract, CallbackHKDFExpandLabel): digest is wolfCrypt's

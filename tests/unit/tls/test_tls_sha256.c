@@ -1,7 +1,12 @@
 /* test_tls_sha256.c - tls/tls_sha256: the SHA-NI compression, streaming,
  * HMAC and the HKDF callbacks against FIPS 180-2 vectors and against
  * wolfCrypt's own SHA-256, HMAC and TLS 1.3 HKDF. A full handshake through
- * the callbacks is in test_tls.c (every test there runs with them). */
+ * the callbacks is in test_tls.c (every test there runs with them).
+ *
+ * The bundled wolfSSL runs its own SHA-256 on the same compression
+ * function (scripts/wolfssl-5.5.4-sha256-ni.patch), so "matches wolfCrypt"
+ * checks our streaming and padding, not the compression: that is checked
+ * by the FIPS vectors and by wolfCrypt against a plain C reference below. */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/hmac.h>
@@ -16,6 +21,11 @@
 
 #include "tls/tls.h"
 #include "tls/tls_sha256.h"
+
+#if __has_include(<wolfssl/ringmail_sha256.h>)
+#include <wolfssl/ringmail_sha256.h>
+#define HAVE_RINGMAIL_SHA256 1
+#endif
 
 static void need_ni(void)
 {
@@ -64,6 +74,138 @@ static void wolf(const uint8_t *p, size_t n, uint8_t out[32])
 	cr_assert_eq(wc_Sha256Final(&s, out), 0);
 	wc_Sha256Free(&s);
 }
+
+/* A plain C SHA-256 (FIPS 180-4), independent of both SHA-NI users. */
+static uint32_t ror(uint32_t x, int n)
+{
+	return (x >> n) | (x << (32 - n));
+}
+
+static void ref_block(uint32_t h[8], const uint8_t b[64])
+{
+	static const uint32_t k[64] = {
+		0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+		0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+		0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+		0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+		0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+		0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+		0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+		0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+		0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+		0xc67178f2,
+	};
+	uint32_t w[64], v[8];
+
+	for (int t = 0; t < 16; t++)
+		w[t] = (uint32_t)b[4 * t] << 24 | (uint32_t)b[4 * t + 1] << 16 |
+		       (uint32_t)b[4 * t + 2] << 8 | b[4 * t + 3];
+	for (int t = 16; t < 64; t++)
+		w[t] = (ror(w[t - 2], 17) ^ ror(w[t - 2], 19) ^ (w[t - 2] >> 10)) + w[t - 7] +
+		       (ror(w[t - 15], 7) ^ ror(w[t - 15], 18) ^ (w[t - 15] >> 3)) + w[t - 16];
+	memcpy(v, h, sizeof(v));
+	for (int t = 0; t < 64; t++) {
+		uint32_t t1 = v[7] + (ror(v[4], 6) ^ ror(v[4], 11) ^ ror(v[4], 25)) +
+			      ((v[4] & v[5]) ^ (~v[4] & v[6])) + k[t] + w[t];
+		uint32_t t2 = (ror(v[0], 2) ^ ror(v[0], 13) ^ ror(v[0], 22)) +
+			      ((v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]));
+
+		memmove(v + 1, v, 7 * sizeof(v[0]));
+		v[4] += t1;
+		v[0] = t1 + t2;
+	}
+	for (int i = 0; i < 8; i++)
+		h[i] += v[i];
+}
+
+static void ref(const uint8_t *p, size_t n, uint8_t out[32])
+{
+	uint32_t h[8] = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+			  0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 };
+	uint8_t last[128] = { 0 };
+	size_t tail = n % 64, pad = tail < 56 ? 64 : 128;
+
+	for (size_t i = 0; i + 64 <= n; i += 64)
+		ref_block(h, p + i);
+	memcpy(last, p + n - tail, tail);
+	last[tail] = 0x80;
+	for (int i = 0; i < 8; i++)
+		last[pad - 1 - i] = (uint8_t)((uint64_t)n * 8 >> (8 * i));
+	ref_block(h, last);
+	if (pad == 128)
+		ref_block(h, last + 64);
+	for (int i = 0; i < 32; i++)
+		out[i] = (uint8_t)(h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+/* wolfCrypt's SHA-256 (on SHA-NI in the bundled build, see
+ * wolfcrypt_sha256_runs_on_sha_ni) on every length 0..1000, in one update
+ * and in random pieces, against the reference. */
+Test(tls_sha256, wolfcrypt_matches_reference)
+{
+	uint8_t buf[1000], want[32], got[32];
+
+	for (size_t n = 0; n <= sizeof(buf); n++) {
+		wc_Sha256 s;
+		uint8_t cut[8];
+		size_t off = 0;
+
+		fill(buf, n, n + 31337);
+		ref(buf, n, want);
+		wolf(buf, n, got);
+		cr_assert_arr_eq(got, want, 32, "length %zu", n);
+
+		fill(cut, sizeof(cut), n + 4242);
+		cr_assert_eq(wc_InitSha256_ex(&s, NULL, INVALID_DEVID), 0);
+		for (int k = 0; off < n; k++) {
+			size_t take = cut[k % 8] % 150;
+
+			if (take > n - off)
+				take = n - off;
+			cr_assert_eq(wc_Sha256Update(&s, buf + off, (word32)take), 0);
+			off += take;
+		}
+		cr_assert_eq(wc_Sha256Final(&s, got), 0);
+		wc_Sha256Free(&s);
+		cr_assert_arr_eq(got, want, 32, "length %zu in pieces", n);
+	}
+}
+
+/* The bundled wolfSSL runs its SHA-256 on the SHA extensions where the CPU
+ * has them, and RINGMAIL_NO_SHA_NI=1 keeps wolfCrypt's own transform (the
+ * choice is made once per process, at the first wc_InitSha256; each
+ * Criterion test runs in its own process). */
+#ifdef RINGMAIL_WOLFSSL_BUNDLED
+Test(tls_sha256, wolfcrypt_sha256_runs_on_sha_ni)
+{
+#ifdef HAVE_RINGMAIL_SHA256
+	uint8_t got[32];
+
+	need_ni();
+	unsetenv("RINGMAIL_NO_SHA_NI");
+	wolf((const uint8_t *)"abc", 3, got);
+	cr_assert_eq(ringmail_sha256_ni_in_use(), 1);
+#else
+	cr_fail("the bundled wolfSSL predates the SHA-NI patch: run scripts/build-wolfssl.sh");
+#endif
+}
+
+Test(tls_sha256, wolfcrypt_sha256_env_switch)
+{
+#ifdef HAVE_RINGMAIL_SHA256
+	uint8_t got[32], want[32];
+
+	setenv("RINGMAIL_NO_SHA_NI", "1", 1);
+	wolf((const uint8_t *)"abc", 3, got);
+	cr_assert_eq(ringmail_sha256_ni_in_use(), 0);
+	ref((const uint8_t *)"abc", 3, want);
+	cr_assert_arr_eq(got, want, 32);
+	unsetenv("RINGMAIL_NO_SHA_NI");
+#else
+	cr_fail("the bundled wolfSSL predates the SHA-NI patch: run scripts/build-wolfssl.sh");
+#endif
+}
+#endif
 
 /* FIPS 180-2, appendix B (and the empty message). */
 Test(tls_sha256, fips_180_2_vectors)
@@ -155,6 +297,37 @@ Test(tls_sha256, hmac_matches_wolfcrypt)
 			cr_assert_arr_eq(got, want, 32, "key %zu msg %zu", kl, ml);
 		}
 	}
+}
+
+/* The cached key states (tls_sha256_hmac on 32-byte keys): keys that
+ * differ in one byte, more keys than the cache holds, the same key again
+ * after eviction and after tls_sha256_forget(), all as wolfCrypt. */
+Test(tls_sha256, hmac_key_cache_matches_wolfcrypt)
+{
+	uint8_t keys[7][32], msg[100], want[32], got[32];
+
+	need_ni();
+	for (int i = 0; i < 7; i++) {
+		fill(keys[i], 32, 99);
+		keys[i][i % 2 ? 31 : 0] ^= (uint8_t)(i + 1);  /* one byte apart */
+	}
+	for (int round = 0; round < 200; round++) {
+		int k = (round * 5 + round / 7) % 7;
+		Hmac h;
+
+		if (round % 50 == 49)
+			tls_sha256_forget();
+		fill(msg, sizeof(msg), (uint64_t)round);
+		cr_assert_eq(wc_HmacInit(&h, NULL, INVALID_DEVID), 0);
+		cr_assert_eq(wc_HmacSetKey(&h, WC_SHA256, keys[k], 32), 0);
+		cr_assert_eq(wc_HmacUpdate(&h, msg, (word32)(round % 100)), 0);
+		cr_assert_eq(wc_HmacFinal(&h, want), 0);
+		wc_HmacFree(&h);
+		tls_sha256_hmac(keys[k], 32, msg, (size_t)(round % 100), got);
+		cr_assert_arr_eq(got, want, 32, "round %d key %d", round, k);
+	}
+	tls_sha256_forget();
+	tls_sha256_forget();
 }
 
 #if defined(HAVE_PK_CALLBACKS) && defined(HAVE_HKDF)
