@@ -574,6 +574,24 @@ static void deliver_pending(struct conn *c)
 	}
 }
 
+/* A multishot recv cannot be paused, only cancelled. Most pauses are a
+ * request waiting for the store while the client waits for the reply, and
+ * nothing arrives meanwhile: the recv stays armed, which saves a cancel and
+ * a re-arm (a poll removal and a poll arm in the kernel) per command. The
+ * first bytes that do arrive while paused cancel it, so a client that keeps
+ * sending is held back by TCP as before; bytes that race with the cancel
+ * are kept in c->in. */
+static void cancel_recv(struct conn *c)
+{
+	if (!c->recv_armed || c->recv_cancelled)
+		return;
+	struct io_uring_sqe *sqe = get_sqe(c->loop);
+	io_uring_prep_cancel64(sqe, udata_conn(UDATA_RECV, c->idx, c->gen), 0);
+	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_CANCEL, c->idx, c->gen));
+	c->recv_cancelled = true;
+	c->inflight++;
+}
+
 static void handle_input(struct conn *c, const uint8_t *p, size_t n)
 {
 	if (c->closing)
@@ -583,6 +601,8 @@ static void handle_input(struct conn *c, const uint8_t *p, size_t n)
 			conn_finish_close(c, CONN_CLOSE_LIMIT);
 			return;
 		}
+		if (c->paused)
+			cancel_recv(c);
 		deliver_pending(c);
 		return;
 	}
@@ -607,7 +627,7 @@ static void handle_input(struct conn *c, const uint8_t *p, size_t n)
 static void arm_recv(struct conn *c)
 {
 	struct loop *l = c->loop;
-	if (c->recv_armed || c->closing || c->paused)
+	if (c->recv_armed || c->closing || c->paused || c->eof_pending)
 		return;
 	struct io_uring_sqe *sqe = get_sqe(l);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -626,6 +646,7 @@ static void on_recv(struct conn *c, int res, uint32_t flags)
 
 	if (!(flags & IORING_CQE_F_MORE)) {
 		c->recv_armed = false;
+		c->recv_cancelled = false;
 		c->inflight--;
 	}
 	if (res > 0 && buf) {
@@ -639,6 +660,14 @@ static void on_recv(struct conn *c, int res, uint32_t flags)
 		return;
 	}
 	if (res == 0) {
+		/* A paused session still answers what it has received (the
+		 * recv is armed while paused, see cancel_recv()): the EOF
+		 * waits for the resume, as it waited in the socket when a
+		 * pause cancelled the recv. */
+		if (c->paused && !c->closing) {
+			c->eof_pending = true;
+			return;
+		}
 		conn_finish_close(c, CONN_CLOSE_PEER);
 		return;
 	}
@@ -647,24 +676,15 @@ static void on_recv(struct conn *c, int res, uint32_t flags)
 		conn_finish_close(c, CONN_CLOSE_ERROR);
 		return;
 	}
-	if (!c->recv_armed)
+	if (!c->recv_armed && !c->eof_pending)
 		arm_recv(c);
 }
 
 void conn_pause(struct conn *c)
 {
-	struct loop *l = c->loop;
 	if (c->paused || c->closing)
 		return;
 	c->paused = true;
-	if (c->recv_armed) {
-		/* A multishot recv cannot be paused, only cancelled; bytes that
-		 * race with the cancel are kept in c->in. */
-		struct io_uring_sqe *sqe = get_sqe(l);
-		io_uring_prep_cancel64(sqe, udata_conn(UDATA_RECV, c->idx, c->gen), 0);
-		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_CANCEL, c->idx, c->gen));
-		c->inflight++;
-	}
 }
 
 static void resume_deferred(struct loop *l, void *arg)
@@ -687,6 +707,12 @@ static void resume_deferred(struct loop *l, void *arg)
 			conn_finish_close(c, CONN_CLOSE_LOCAL);
 	}
 	deliver_pending(c);
+	if (c->eof_pending && !c->closing && !c->paused) {
+		/* The peer closed its side while we were busy: close once what
+		 * it asked for is answered. */
+		conn_close(c, true);
+		c->close_reason = CONN_CLOSE_PEER;
+	}
 	if (!c->closing && !c->paused)
 		arm_recv(c);
 	if (c->closed)

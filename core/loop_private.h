@@ -45,8 +45,10 @@ struct conn {
 	uint32_t ip_slot;
 	uint8_t inflight;        /* recv + send + close + cancel not yet completed */
 	bool recv_armed;
+	bool recv_cancelled;     /* the armed recv's cancel is submitted */
 	bool send_inflight;
 	bool paused;
+	bool eof_pending;        /* the peer's EOF arrived while paused */
 	bool closing;            /* no more callbacks but close() */
 	bool closed;             /* close() called, fd close submitted */
 	bool flush_close;        /* close once the send queue drains */
