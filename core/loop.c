@@ -638,6 +638,17 @@ static void arm_recv(struct conn *c)
 	c->inflight++;
 }
 
+/* The peer's EOF: close, after flushing the answers still queued. */
+static void conn_close_peer(struct conn *c)
+{
+	if (c->closing || !(c->out_bytes > 0 || c->send_inflight)) {
+		conn_finish_close(c, CONN_CLOSE_PEER);
+		return;
+	}
+	conn_close(c, true);
+	c->close_reason = CONN_CLOSE_PEER;
+}
+
 static void on_recv(struct conn *c, int res, uint32_t flags)
 {
 	struct loop *l = c->loop;
@@ -660,15 +671,18 @@ static void on_recv(struct conn *c, int res, uint32_t flags)
 		return;
 	}
 	if (res == 0) {
-		/* A paused session still answers what it has received (the
-		 * recv is armed while paused, see cancel_recv()): the EOF
-		 * waits for the resume, as it waited in the socket when a
-		 * pause cancelled the recv. */
-		if (c->paused && !c->closing) {
+		/* The peer may only have shut its sending side: answer what
+		 * it sent first. A paused session (the recv is armed while
+		 * paused, see cancel_recv()) or one about to resume still has
+		 * commands to answer: the EOF waits for the resume. Answers
+		 * still queued are flushed before the close. */
+		if (!c->closing && (c->paused || c->resume_pending)) {
 			c->eof_pending = true;
 			return;
 		}
-		conn_finish_close(c, CONN_CLOSE_PEER);
+		if (c->flush_close)
+			return;
+		conn_close_peer(c);
 		return;
 	}
 	if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR) {
@@ -707,12 +721,8 @@ static void resume_deferred(struct loop *l, void *arg)
 			conn_finish_close(c, CONN_CLOSE_LOCAL);
 	}
 	deliver_pending(c);
-	if (c->eof_pending && !c->closing && !c->paused) {
-		/* The peer closed its side while we were busy: close once what
-		 * it asked for is answered. */
-		conn_close(c, true);
-		c->close_reason = CONN_CLOSE_PEER;
-	}
+	if (c->eof_pending && !c->closing && !c->paused && !c->resume_pending)
+		conn_close_peer(c);
 	if (!c->closing && !c->paused)
 		arm_recv(c);
 	if (c->closed)
