@@ -857,8 +857,6 @@ static void on_accept(struct loop *l, uint32_t li, int res, uint32_t flags)
 	else if (per_ip > cfg->max_connections_per_ip)
 		c->limit = CONN_LIMIT_PER_IP;
 
-	int one = 1;
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	LOG_AT(&l->log, LOG_INFO, c->sid, "connect", "listener=%s peer=%s%s", lr->lc->name,
 	       c->peer_str, c->limit == CONN_LIMIT_TOTAL ? " over=max_connections" :
 	       c->limit == CONN_LIMIT_PER_IP ? " over=max_connections_per_ip" : "");
