@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/tcp.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -952,22 +953,39 @@ static void dispatch(struct loop *l, struct io_uring_cqe *cqe)
 	}
 }
 
-static void flush_log(struct loop *l)
+/* Writes the lines of this iteration through the ring. A write to a
+ * regular file cannot be done without blocking (ext4 has no non-blocking
+ * buffered append), so io_uring hands it to one of its worker threads: two
+ * context switches and an extra wakeup of the loop per write, several times
+ * the cost of the write itself, and with one write per iteration that was
+ * up to three per IMAP login. So to a file, writes are paced: the first
+ * line after a quiet LOOP_LOG_PACE_MS is written at once, later ones wait
+ * until LOOP_LOG_PACE_MS after the previous write or until
+ * LOOP_LOG_PACE_BYTES are pending (loop_iterate() wakes up for it). A pipe
+ * or socket (journald) takes the write inline: written every iteration. */
+static void flush_log_now(struct loop *l, bool force)
 {
 	const char *p;
 	size_t n;
 
-	if (l->log_inflight || l->log.direct)
+	if (l->log_inflight || l->log.direct || l->log.fill_len == 0)
+		return;
+	if (l->log_paced && !force && l->now_ms < l->log_last_ms + LOOP_LOG_PACE_MS &&
+	    l->log.fill_len < LOOP_LOG_PACE_BYTES)
 		return;
 	n = log_take(&l->log, &p);
-	if (n == 0)
-		return;
 	struct io_uring_sqe *sqe = get_sqe(l);
 	io_uring_prep_write(sqe, STDERR_FILENO, p, (unsigned)n, -1);
 	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_LOGWRITE, 0, 0));
 	l->log_inflight = true;
 	l->log_p = p;
 	l->log_left = n;
+	l->log_last_ms = l->now_ms;
+}
+
+static void flush_log(struct loop *l)
+{
+	flush_log_now(l, false);
 }
 
 /* One iteration: run deferred work, submit, wait, handle a batch. Returns
@@ -981,6 +999,13 @@ static unsigned loop_iterate(struct loop *l, uint32_t wait_ms)
 	run_deferred(l);
 	flush_conns(l);
 	flush_log(l);
+	if (l->log.fill_len && !l->log_inflight && !l->log.direct) {
+		/* Paced lines: wake up when they are due. */
+		uint64_t due = l->log_last_ms + LOOP_LOG_PACE_MS;
+		uint32_t ms = due > l->now_ms ? (uint32_t)(due - l->now_ms) : 1;
+		if (wait_ms == 0 || ms < wait_ms)
+			wait_ms = ms;
+	}
 	if (l->wheel.count || l->stopping || l->accept_backoff)
 		arm_tick(l);
 	if (l->ndeferred) {
@@ -1102,6 +1127,8 @@ int loop_setup(struct loop *l, int id, struct server *srv, const int *fds, size_
 		log_level_parse(l->cfg->log_level, &lv);
 	if ((rc = log_init(&l->log, lv, id, false)))
 		return rc;
+	struct stat st;
+	l->log_paced = fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode);
 	if ((rc = ring_init(l)))
 		return rc;
 	if ((rc = bufring_init(&l->br, &l->ring, 0, LOOP_BUF_COUNT, LOOP_BUF_SIZE)))
@@ -1133,10 +1160,10 @@ void loop_run(struct loop *l)
 	while (!l->exit)
 		loop_iterate(l, 0);
 	/* Let the last log lines out. */
-	flush_log(l);
+	flush_log_now(l, true);
 	for (int i = 0; i < 100 && (l->log_inflight || l->log.fill_len); i++) {
 		loop_iterate(l, 10);
-		flush_log(l);
+		flush_log_now(l, true);
 	}
 }
 

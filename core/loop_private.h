@@ -13,6 +13,9 @@
 #define LOOP_SQ_ENTRIES 4096u
 #define LOOP_CQ_ENTRIES 16384u
 #define LOOP_TICK_MS 100u
+/* When stderr is a regular file, log writes are paced: see flush_log(). */
+#define LOOP_LOG_PACE_MS 2u
+#define LOOP_LOG_PACE_BYTES (16u * 1024u)
 #define LOOP_BUF_COUNT 512u        /* receive buffers per loop */
 #define LOOP_BUF_SIZE (16u * 1024u) /* one TLS record fits */
 #define CONN_INPUT_MAX (256u * 1024u) /* unconsumed input kept per connection */
@@ -92,6 +95,8 @@ struct loop {
 	int start_rc;
 	struct log log;
 	bool log_inflight;
+	bool log_paced;          /* stderr is a regular file */
+	uint64_t log_last_ms;    /* when the last write was submitted */
 	const char *log_p;
 	size_t log_left;
 	struct bufring br;
