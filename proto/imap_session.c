@@ -512,13 +512,17 @@ static void out_flags(struct imap_session *is, uint32_t flags, uint64_t kw)
 	out_put(is, "(", 1);
 	for (unsigned b = 0; b < 5; b++)
 		if (flags & (1u << b)) {
-			out_printf(is, "%s%s", first ? "" : " ", names[b]);
+			if (!first)
+				out_put(is, " ", 1);
+			out_str(is, names[b]);
 			first = false;
 		}
 	for (unsigned b = 0; b < 64; b++) {
 		const char *k;
 		if ((kw & (1ull << b)) && (k = store_view_keyword(is->view, b))) {
-			out_printf(is, "%s%s", first ? "" : " ", k);
+			if (!first)
+				out_put(is, " ", 1);
+			out_str(is, k);
 			first = false;
 		}
 	}
@@ -3135,8 +3139,12 @@ static void fetch_pump(struct imap_session *is)
 		struct fitem *it = &fj->items[fj->ii];
 		if (fj->ii)
 			out_str(is, " ");
-		struct mime_blob mb;
-		bool mb_ok = mime_blob_parse(m->blob, &mb) == 0;
+		/* The items that do not read the MIME structure skip its
+		 * parse (a FLAGS-only FETCH parsed every message's blob). */
+		struct mime_blob mb = { 0 };
+		bool mb_ok = it->kind != FI_FLAGS && it->kind != FI_UID &&
+			     it->kind != FI_INTERNALDATE && it->kind != FI_SIZE &&
+			     it->kind != FI_MODSEQ && mime_blob_parse(m->blob, &mb) == 0;
 		char date[64];
 		switch (it->kind) {
 		case FI_FLAGS:
