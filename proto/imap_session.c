@@ -3112,7 +3112,17 @@ static void fetch_pump(struct imap_session *is)
 			fj->ii = 0;
 			fj->add_flags = fj->set_seen && !is->readonly &&
 					!(is->msgs[fj->cur].flags & STORE_F_SEEN) && !fj->want_flags;
-			out_printf(is, "* %zu FETCH (", fj->cur + 1);
+			/* "* N FETCH (" without printf: once per message. */
+			char head[40], *q = head + sizeof(head);
+			static const char tail[] = " FETCH (";
+			size_t v = fj->cur + 1;
+			do
+				*--q = (char)('0' + v % 10);
+			while ((v /= 10) != 0);
+			*--q = ' ';
+			*--q = '*';
+			out_put(is, q, (size_t)(head + sizeof(head) - q));
+			out_put(is, tail, sizeof(tail) - 1);
 		}
 		const struct store_msg *m = msg_of(is, fj->cur);
 		if (!m) {
