@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/tcp.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -574,6 +575,24 @@ static void deliver_pending(struct conn *c)
 	}
 }
 
+/* A multishot recv cannot be paused, only cancelled. Most pauses are a
+ * request waiting for the store while the client waits for the reply, and
+ * nothing arrives meanwhile: the recv stays armed, which saves a cancel and
+ * a re-arm (a poll removal and a poll arm in the kernel) per command. The
+ * first bytes that do arrive while paused cancel it, so a client that keeps
+ * sending is held back by TCP as before; bytes that race with the cancel
+ * are kept in c->in. */
+static void cancel_recv(struct conn *c)
+{
+	if (!c->recv_armed || c->recv_cancelled)
+		return;
+	struct io_uring_sqe *sqe = get_sqe(c->loop);
+	io_uring_prep_cancel64(sqe, udata_conn(UDATA_RECV, c->idx, c->gen), 0);
+	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_CANCEL, c->idx, c->gen));
+	c->recv_cancelled = true;
+	c->inflight++;
+}
+
 static void handle_input(struct conn *c, const uint8_t *p, size_t n)
 {
 	if (c->closing)
@@ -583,6 +602,8 @@ static void handle_input(struct conn *c, const uint8_t *p, size_t n)
 			conn_finish_close(c, CONN_CLOSE_LIMIT);
 			return;
 		}
+		if (c->paused)
+			cancel_recv(c);
 		deliver_pending(c);
 		return;
 	}
@@ -607,7 +628,7 @@ static void handle_input(struct conn *c, const uint8_t *p, size_t n)
 static void arm_recv(struct conn *c)
 {
 	struct loop *l = c->loop;
-	if (c->recv_armed || c->closing || c->paused)
+	if (c->recv_armed || c->closing || c->paused || c->eof_pending)
 		return;
 	struct io_uring_sqe *sqe = get_sqe(l);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -618,6 +639,17 @@ static void arm_recv(struct conn *c)
 	c->inflight++;
 }
 
+/* The peer's EOF: close, after flushing the answers still queued. */
+static void conn_close_peer(struct conn *c)
+{
+	if (c->closing || !(c->out_bytes > 0 || c->send_inflight)) {
+		conn_finish_close(c, CONN_CLOSE_PEER);
+		return;
+	}
+	conn_close(c, true);
+	c->close_reason = CONN_CLOSE_PEER;
+}
+
 static void on_recv(struct conn *c, int res, uint32_t flags)
 {
 	struct loop *l = c->loop;
@@ -626,6 +658,7 @@ static void on_recv(struct conn *c, int res, uint32_t flags)
 
 	if (!(flags & IORING_CQE_F_MORE)) {
 		c->recv_armed = false;
+		c->recv_cancelled = false;
 		c->inflight--;
 	}
 	if (res > 0 && buf) {
@@ -639,7 +672,18 @@ static void on_recv(struct conn *c, int res, uint32_t flags)
 		return;
 	}
 	if (res == 0) {
-		conn_finish_close(c, CONN_CLOSE_PEER);
+		/* The peer may only have shut its sending side: answer what
+		 * it sent first. A paused session (the recv is armed while
+		 * paused, see cancel_recv()) or one about to resume still has
+		 * commands to answer: the EOF waits for the resume. Answers
+		 * still queued are flushed before the close. */
+		if (!c->closing && (c->paused || c->resume_pending)) {
+			c->eof_pending = true;
+			return;
+		}
+		if (c->flush_close)
+			return;
+		conn_close_peer(c);
 		return;
 	}
 	if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR) {
@@ -647,24 +691,15 @@ static void on_recv(struct conn *c, int res, uint32_t flags)
 		conn_finish_close(c, CONN_CLOSE_ERROR);
 		return;
 	}
-	if (!c->recv_armed)
+	if (!c->recv_armed && !c->eof_pending)
 		arm_recv(c);
 }
 
 void conn_pause(struct conn *c)
 {
-	struct loop *l = c->loop;
 	if (c->paused || c->closing)
 		return;
 	c->paused = true;
-	if (c->recv_armed) {
-		/* A multishot recv cannot be paused, only cancelled; bytes that
-		 * race with the cancel are kept in c->in. */
-		struct io_uring_sqe *sqe = get_sqe(l);
-		io_uring_prep_cancel64(sqe, udata_conn(UDATA_RECV, c->idx, c->gen), 0);
-		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_CANCEL, c->idx, c->gen));
-		c->inflight++;
-	}
 }
 
 static void resume_deferred(struct loop *l, void *arg)
@@ -687,6 +722,8 @@ static void resume_deferred(struct loop *l, void *arg)
 			conn_finish_close(c, CONN_CLOSE_LOCAL);
 	}
 	deliver_pending(c);
+	if (c->eof_pending && !c->closing && !c->paused && !c->resume_pending)
+		conn_close_peer(c);
 	if (!c->closing && !c->paused)
 		arm_recv(c);
 	if (c->closed)
@@ -821,8 +858,6 @@ static void on_accept(struct loop *l, uint32_t li, int res, uint32_t flags)
 	else if (per_ip > cfg->max_connections_per_ip)
 		c->limit = CONN_LIMIT_PER_IP;
 
-	int one = 1;
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	LOG_AT(&l->log, LOG_INFO, c->sid, "connect", "listener=%s peer=%s%s", lr->lc->name,
 	       c->peer_str, c->limit == CONN_LIMIT_TOTAL ? " over=max_connections" :
 	       c->limit == CONN_LIMIT_PER_IP ? " over=max_connections_per_ip" : "");
@@ -918,22 +953,39 @@ static void dispatch(struct loop *l, struct io_uring_cqe *cqe)
 	}
 }
 
-static void flush_log(struct loop *l)
+/* Writes the lines of this iteration through the ring. A write to a
+ * regular file cannot be done without blocking (ext4 has no non-blocking
+ * buffered append), so io_uring hands it to one of its worker threads: two
+ * context switches and an extra wakeup of the loop per write, several times
+ * the cost of the write itself, and with one write per iteration that was
+ * up to three per IMAP login. So to a file, writes are paced: the first
+ * line after a quiet LOOP_LOG_PACE_MS is written at once, later ones wait
+ * until LOOP_LOG_PACE_MS after the previous write or until
+ * LOOP_LOG_PACE_BYTES are pending (loop_iterate() wakes up for it). A pipe
+ * or socket (journald) takes the write inline: written every iteration. */
+static void flush_log_now(struct loop *l, bool force)
 {
 	const char *p;
 	size_t n;
 
-	if (l->log_inflight || l->log.direct)
+	if (l->log_inflight || l->log.direct || l->log.fill_len == 0)
+		return;
+	if (l->log_paced && !force && l->now_ms < l->log_last_ms + LOOP_LOG_PACE_MS &&
+	    l->log.fill_len < LOOP_LOG_PACE_BYTES)
 		return;
 	n = log_take(&l->log, &p);
-	if (n == 0)
-		return;
 	struct io_uring_sqe *sqe = get_sqe(l);
 	io_uring_prep_write(sqe, STDERR_FILENO, p, (unsigned)n, -1);
 	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_LOGWRITE, 0, 0));
 	l->log_inflight = true;
 	l->log_p = p;
 	l->log_left = n;
+	l->log_last_ms = l->now_ms;
+}
+
+static void flush_log(struct loop *l)
+{
+	flush_log_now(l, false);
 }
 
 /* One iteration: run deferred work, submit, wait, handle a batch. Returns
@@ -947,6 +999,13 @@ static unsigned loop_iterate(struct loop *l, uint32_t wait_ms)
 	run_deferred(l);
 	flush_conns(l);
 	flush_log(l);
+	if (l->log.fill_len && !l->log_inflight && !l->log.direct) {
+		/* Paced lines: wake up when they are due. */
+		uint64_t due = l->log_last_ms + LOOP_LOG_PACE_MS;
+		uint32_t ms = due > l->now_ms ? (uint32_t)(due - l->now_ms) : 1;
+		if (wait_ms == 0 || ms < wait_ms)
+			wait_ms = ms;
+	}
 	if (l->wheel.count || l->stopping || l->accept_backoff)
 		arm_tick(l);
 	if (l->ndeferred) {
@@ -1068,6 +1127,8 @@ int loop_setup(struct loop *l, int id, struct server *srv, const int *fds, size_
 		log_level_parse(l->cfg->log_level, &lv);
 	if ((rc = log_init(&l->log, lv, id, false)))
 		return rc;
+	struct stat st;
+	l->log_paced = fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode);
 	if ((rc = ring_init(l)))
 		return rc;
 	if ((rc = bufring_init(&l->br, &l->ring, 0, LOOP_BUF_COUNT, LOOP_BUF_SIZE)))
@@ -1099,10 +1160,10 @@ void loop_run(struct loop *l)
 	while (!l->exit)
 		loop_iterate(l, 0);
 	/* Let the last log lines out. */
-	flush_log(l);
+	flush_log_now(l, true);
 	for (int i = 0; i < 100 && (l->log_inflight || l->log.fill_len); i++) {
 		loop_iterate(l, 10);
-		flush_log(l);
+		flush_log_now(l, true);
 	}
 }
 

@@ -13,6 +13,9 @@
 #define LOOP_SQ_ENTRIES 4096u
 #define LOOP_CQ_ENTRIES 16384u
 #define LOOP_TICK_MS 100u
+/* When stderr is a regular file, log writes are paced: see flush_log(). */
+#define LOOP_LOG_PACE_MS 2u
+#define LOOP_LOG_PACE_BYTES (16u * 1024u)
 #define LOOP_BUF_COUNT 512u        /* receive buffers per loop */
 #define LOOP_BUF_SIZE (16u * 1024u) /* one TLS record fits */
 #define CONN_INPUT_MAX (256u * 1024u) /* unconsumed input kept per connection */
@@ -45,8 +48,10 @@ struct conn {
 	uint32_t ip_slot;
 	uint8_t inflight;        /* recv + send + close + cancel not yet completed */
 	bool recv_armed;
+	bool recv_cancelled;     /* the armed recv's cancel is submitted */
 	bool send_inflight;
 	bool paused;
+	bool eof_pending;        /* the peer's EOF arrived while paused */
 	bool closing;            /* no more callbacks but close() */
 	bool closed;             /* close() called, fd close submitted */
 	bool flush_close;        /* close once the send queue drains */
@@ -90,6 +95,8 @@ struct loop {
 	int start_rc;
 	struct log log;
 	bool log_inflight;
+	bool log_paced;          /* stderr is a regular file */
+	uint64_t log_last_ms;    /* when the last write was submitted */
 	const char *log_p;
 	size_t log_left;
 	struct bufring br;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -173,6 +174,9 @@ static int make_socket(const struct sockaddr_storage *ss, socklen_t len, bool du
 		goto err;
 	if (dual)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+	/* Accepted sockets inherit TCP_NODELAY from the listener (Linux):
+	 * one setsockopt per listener instead of one per connection. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (bind(fd, (const struct sockaddr *)ss, len) < 0)
 		goto err;
 	if (do_listen && listen(fd, LISTEN_BACKLOG) < 0)

@@ -621,13 +621,17 @@ static void out_flags(struct imap_session *is, uint32_t flags, uint64_t kw)
 	out_put(is, "(", 1);
 	for (unsigned b = 0; b < 5; b++)
 		if (flags & (1u << b)) {
-			out_printf(is, "%s%s", first ? "" : " ", names[b]);
+			if (!first)
+				out_put(is, " ", 1);
+			out_str(is, names[b]);
 			first = false;
 		}
 	for (unsigned b = 0; b < 64; b++) {
 		const char *k;
 		if ((kw & (1ull << b)) && (k = store_view_keyword(is->view, b))) {
-			out_printf(is, "%s%s", first ? "" : " ", k);
+			if (!first)
+				out_put(is, " ", 1);
+			out_str(is, k);
 			first = false;
 		}
 	}
@@ -3650,7 +3654,17 @@ static void fetch_pump(struct imap_session *is)
 			fj->ii = 0;
 			fj->add_flags = fj->set_seen && !is->readonly &&
 					!(is->msgs[fj->cur].flags & STORE_F_SEEN) && !fj->want_flags;
-			out_printf(is, "* %zu FETCH (", fj->cur + 1);
+			/* "* N FETCH (" without printf: once per message. */
+			char head[40], *q = head + sizeof(head);
+			static const char tail[] = " FETCH (";
+			size_t v = fj->cur + 1;
+			do
+				*--q = (char)('0' + v % 10);
+			while ((v /= 10) != 0);
+			*--q = ' ';
+			*--q = '*';
+			out_put(is, q, (size_t)(head + sizeof(head) - q));
+			out_put(is, tail, sizeof(tail) - 1);
 		}
 		const struct store_msg *m = msg_of(is, fj->cur);
 		if (!m) {
@@ -3677,8 +3691,12 @@ static void fetch_pump(struct imap_session *is)
 		struct fitem *it = &fj->items[fj->ii];
 		if (fj->ii)
 			out_str(is, " ");
-		struct mime_blob mb;
-		bool mb_ok = mime_blob_parse(m->blob, &mb) == 0;
+		/* The items that do not read the MIME structure skip its
+		 * parse (a FLAGS-only FETCH parsed every message's blob). */
+		struct mime_blob mb = { 0 };
+		bool mb_ok = it->kind != FI_FLAGS && it->kind != FI_UID &&
+			     it->kind != FI_INTERNALDATE && it->kind != FI_SIZE &&
+			     it->kind != FI_MODSEQ && mime_blob_parse(m->blob, &mb) == 0;
 		char date[64];
 		switch (it->kind) {
 		case FI_FLAGS:

@@ -2615,3 +2615,25 @@ def test_long_untagged_replies_wait_for_the_socket(imapsrv):
         _, t = x.cmd("NOOP")
         assert b" OK " in t, t
     assert "send-queue-full" not in srv.log()
+
+
+def test_half_closed_client_gets_every_answer(srv):
+    """A client that pipelines its commands and shuts its sending side gets
+    every answer before the server closes: the EOF that arrives while a
+    command waits for the store (LOGIN, SELECT) waits for its answer."""
+    for rounds in range(20):
+        s = srv.connect(143)
+        assert recv_line(s).startswith(b"* OK")
+        s.sendall(b"a LOGIN alice@example.com alice-Secret-1\r\nb SELECT INBOX\r\n"
+                  b"c FETCH 1:* (FLAGS)\r\nd LOGOUT\r\n")
+        s.shutdown(socket.SHUT_WR)
+        got = []
+        while True:
+            line = recv_line(s, timeout=10)
+            if not line:
+                break
+            got.append(line)
+        s.close()
+        tagged = [l.split(b" ")[:2] for l in got if not l.startswith(b"*")]
+        assert tagged == [[b"a", b"OK"], [b"b", b"OK"], [b"c", b"OK"], [b"d", b"OK"]], got
+        assert any(l.startswith(b"* BYE") for l in got), got
