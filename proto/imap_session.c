@@ -3225,6 +3225,17 @@ static size_t header_filter(uint8_t *h, size_t len, struct span list, bool not)
 static void fetch_read_done(void *arg, ssize_t res);
 static bool fetch_binary_chunk(struct imap_session *is, size_t res);
 
+/* An IMAP literal is CHAR8: no NUL (RFC 3501 and RFC 9051, section 9). A
+ * message stored with NUL octets (a literal8 APPEND, SMTP BDAT) has them
+ * sent as 0x80 in BODY[], RFC822 and header items, as Dovecot does;
+ * BINARY[] sends them as they are, in a literal8. Same length: the
+ * literal's count and RFC822.SIZE hold. */
+static void nul_to_0x80(uint8_t *p, size_t n)
+{
+	for (uint8_t *z = memchr(p, 0, n); z; z = memchr(z + 1, 0, n - (size_t)(z + 1 - p)))
+		*z = 0x80;
+}
+
 static void fetch_read(struct imap_session *is)
 {
 	struct fetch_job *fj = is->fj;
@@ -3271,6 +3282,7 @@ static void fetch_read_done(void *arg, ssize_t res)
 		fj->hlen += (size_t)res;
 		if (fj->rd_left == 0 || fj->hlen == fj->hcap) {
 			size_t n = header_filter(fj->hbuf, fj->hlen, fj->hdr_fields, fj->hdr_not);
+			nul_to_0x80(fj->hbuf, n);
 			out_printf(is, "{%zu}\r\n", n);
 			out_put(is, fj->hbuf, n);
 			fj->hdr_filter = false;
@@ -3286,6 +3298,7 @@ static void fetch_read_done(void *arg, ssize_t res)
 		}
 	} else {
 		out_flush(is);
+		nul_to_0x80(is->rbuf, (size_t)res);
 		stream_send(is->s, is->rbuf, (size_t)res);
 		if (fj->rd_left == 0) {
 			fj->item_open = false;

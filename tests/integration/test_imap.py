@@ -2100,6 +2100,11 @@ def test_binary_append_literal8(imapsrv):
     lines, _ = r.cmd("FETCH 1:4 RFC822.SIZE")
     assert [int(re.search(rb"SIZE (\d+)", l).group(1)) for l in lines] == \
         [len(msg), len(msg2), len(plain), len(msg2)], lines
+    # BODY[] and the like are CHAR8 literals: NUL goes out as 0x80, same length
+    assert one_lit(r, "FETCH 1 BODY.PEEK[]") == (False, msg.replace(b"\x00", b"\x80"))
+    assert one_lit(r, "FETCH 1 BODY.PEEK[TEXT]") == (False, b"a\x80b\r\n\x80\xff")
+    assert one_lit(r, "FETCH 2 BODY.PEEK[]<14.3>") == (False, b"\r\n\x80")
+    assert one_lit(r, "FETCH 2 RFC822.TEXT") == (False, b"\x80\x80\x80")
     # APPENDLIMIT holds for literal8: synchronising refused without "+"
     r.send(b"d APPEND INBOX ~{5000}\r\n")
     ln = r.line()
