@@ -317,7 +317,8 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 		return st->lock_fd;
 	struct store_config sc = { .data_dir = cfg->data_dir,
 				   .quota_bytes = cfg->quota_storage,
-				   .quota_messages = cfg->quota_messages };
+				   .quota_messages = cfg->quota_messages,
+				   .folders_max = cfg->folders_max };
 	if ((rc = store_new(&sc, &st->sv.store))) {
 		snprintf(err, errlen, "cannot open the store in %s: %s", cfg->data_dir,
 			 strerror(-rc));

@@ -83,6 +83,7 @@ void config_defaults(struct config *cfg)
 	cfg->imap_line_max = 64 * 1024; /* IMAP_LINE_MAX */
 	cfg->ticket_rotate_s = 3600;
 	cfg->ob_mx_port = 25;
+	cfg->folders_max = 10000;
 	snprintf(cfg->ob_smart_ca, sizeof(cfg->ob_smart_ca), "/etc/ssl/certs/ca-certificates.crt");
 	cfg->ob_retry_min_ms = 5 * 60000;
 	cfg->ob_retry_max_ms = 4 * 3600000;
@@ -395,6 +396,12 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		if (parse_uint(value, UINT32_MAX, &v))
 			return BAD(ctx, "quota_messages must be a number (0: no limit)");
 		cfg->quota_messages = v;
+		return 0;
+	}
+	if (!strcmp(key, "folders_max")) {
+		if (parse_uint(value, 1000000, &v))
+			return BAD(ctx, "folders_max must be a number up to 1000000 (0: no limit)");
+		cfg->folders_max = (uint32_t)v;
 		return 0;
 	}
 	if (!strcmp(key, "header_size_max")) {
@@ -812,9 +819,10 @@ void config_print(const struct config *cfg, FILE *out)
 		(unsigned long long)cfg->quota_storage, (unsigned long long)cfg->quota_messages);
 	fprintf(out, "auth_delay = %ums\nauth_delay_max = %ums\nmime_depth_max = %u\n"
 		"mime_parts_max = %u\nsmtp_line_max = %u\nimap_line_max = %u\n"
-		"imap_unauthenticate = %s\n",
+		"imap_unauthenticate = %s\nfolders_max = %u\n",
 		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max,
-		cfg->smtp_line_max, cfg->imap_line_max, cfg->imap_unauthenticate ? "yes" : "no");
+		cfg->smtp_line_max, cfg->imap_line_max, cfg->imap_unauthenticate ? "yes" : "no",
+		cfg->folders_max);
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
 		"expire = %ums\ntimeout = %ums\nconnection_idle = %ums\ndelay_warning = %ums\n"
 		"max_per_domain = %u\n"

@@ -99,6 +99,7 @@ struct config {
 	 * 0: no limit. IMAP QUOTA reports them (RFC 9208). */
 	uint64_t quota_storage;       /* bytes */
 	uint64_t quota_messages;
+	uint32_t folders_max;               /* folders a user may create (0: no limit) */
 	/* [tls] */
 	struct tls_cert_entry certs[CONFIG_MAX_CERTS];
 	size_t ncerts;

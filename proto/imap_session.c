@@ -995,6 +995,9 @@ static void store_error(struct imap_session *is, int rc)
 	case -EDQUOT:
 		done(is, "NO", "[OVERQUOTA] Quota exceeded");
 		break;
+	case -EMLINK:
+		done(is, "NO", "[LIMIT] Too many mailboxes (limits.folders_max)");
+		break;
 	case -EINVAL:
 		done(is, "NO", "[CANNOT] Invalid name or argument");
 		break;

@@ -736,6 +736,7 @@ struct suser {
 	struct uwaiter *waiters;   /* under store->mu while loading */
 	struct ufolder *folders;   /* under mu */
 	size_t nfolders;
+	size_t creating;           /* under mu: store_folder_create()s in flight */
 	uint32_t next_id, last_uidvalidity;
 	char **subs;
 	size_t nsubs;
@@ -2716,18 +2717,34 @@ struct fcreate {
 	void *arg;
 };
 
+/* The create is durable (or failed): it no longer counts as in flight. */
+static void fcreate_done(void *arg, int res)
+{
+	struct fcreate *c = arg;
+	struct suser *u = c->uh->u;
+	store_done_cb *cb = c->cb;
+	void *cb_arg = c->arg;
+
+	pthread_mutex_lock(&u->mu);
+	u->creating--;
+	pthread_mutex_unlock(&u->mu);
+	free(c->name);
+	free(c);
+	cb(cb_arg, res);
+}
+
 static void fcreate_loaded(struct loop *loop, struct fload *fl, int res)
 {
 	struct fcreate *c = fl->arg;
 
 	if (res < 0) {
 		sfolder_free(loop, fl->f);
-		done_later(loop, c->cb, c->arg, res);
+		done_later(loop, fcreate_done, c, res);
 	} else {
-		user_log(c->uh, loop, REC_MBOX_CREATE, &c->m, fl->f, c->cb, c->arg);
+		/* m.name points into c->name: the record is built before this
+		 * returns, and c lives until fcreate_done() */
+		user_log(c->uh, loop, REC_MBOX_CREATE, &c->m, fl->f, fcreate_done, c);
 	}
-	free(c->name);
-	free(c);
 }
 
 void store_folder_create(struct store_user *uh, struct loop *loop, const char *name,
@@ -2764,6 +2781,15 @@ void store_folder_create(struct store_user *uh, struct loop *loop, const char *n
 		err = -EEXIST;
 		goto fail;
 	}
+	if (u->store->cfg.folders_max && special_of(name) == STORE_SPECIAL_NONE &&
+	    u->nfolders + u->creating >= u->store->cfg.folders_max) {
+		pthread_mutex_unlock(&u->mu);
+		free(c->name);
+		free(c);
+		err = -EMLINK;
+		goto fail;
+	}
+	u->creating++;
 	/* UIDVALIDITY: the clock, but strictly above any this user had, so a
 	 * folder deleted and created again never repeats one. */
 	c->m.id = u->next_id++;
@@ -2776,6 +2802,9 @@ void store_folder_create(struct store_user *uh, struct loop *loop, const char *n
 	f = sfolder_new(u, c->m.id);
 	if (!f || (err = fload_start(ctx, f, c->m.uidvalidity, fcreate_loaded, c))) {
 		sfolder_free(loop, f);
+		pthread_mutex_lock(&u->mu);
+		u->creating--;
+		pthread_mutex_unlock(&u->mu);
 		free(c->name);
 		free(c);
 		err = -ENOMEM;

@@ -47,6 +47,10 @@ struct store_config {
 	const char *data_dir;     /* created if missing */
 	uint64_t quota_bytes;     /* per user; 0: no limit */
 	uint64_t quota_messages;  /* per user; 0: no limit */
+	/* Folders a user may have: store_folder_create past it is -EMLINK.
+	 * INBOX is not counted, and the special-use names (made on first
+	 * use) are always allowed. 0: no limit. */
+	size_t folders_max;
 	/* Bytes an append buffers before it writes; a message up to this size
 	 * goes to the folder's shared segment, a larger one to a segment file
 	 * of its own. 0: STORE_APPEND_BUF_DEFAULT. */
@@ -144,6 +148,7 @@ int store_folder_list(struct store_user *user, struct store_folder_info **list_r
  * once durable, then its files in the background (handles still open on it
  * get -ENOENT for changes). */
 typedef void store_done_cb(void *arg, int res);
+/* create: -EMLINK past store_config.folders_max (creates in flight count). */
 void store_folder_create(struct store_user *user, struct loop *loop, const char *name,
 			 store_done_cb *cb, void *arg);
 void store_folder_delete(struct store_user *user, struct loop *loop, const char *name,

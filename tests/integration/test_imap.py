@@ -2642,3 +2642,37 @@ def test_half_closed_client_gets_every_answer(srv):
         tagged = [l.split(b" ")[:2] for l in got if not l.startswith(b"*")]
         assert tagged == [[b"a", b"OK"], [b"b", b"OK"], [b"c", b"OK"], [b"d", b"OK"]], got
         assert any(l.startswith(b"* BYE") for l in got), got
+
+
+def test_folders_max(imapsrv):
+    """limits.folders_max bounds the folders of a user: CREATE past it is
+    NO [LIMIT] (INBOX does not count; a special-use name is always
+    allowed); a DELETE makes room again. Two sessions creating at once
+    cannot together go past it (creates in flight count)."""
+    srv = imapsrv(config="[limits]\nfolders_max = 4\n")
+    a, b = Raw(srv).login(), Raw(srv).login()
+    # both sessions pipeline six CREATEs at the same moment
+    a.send(b"".join(b"a%d CREATE a%d\r\n" % (i, i) for i in range(6)))
+    b.send(b"".join(b"b%d CREATE b%d\r\n" % (i, i) for i in range(6)))
+    tagged = []
+    for r, p in ((a, "a"), (b, "b")):
+        for i in range(6):
+            _, t = r.until(f"{p}{i}")
+            tagged.append(t)
+    ok = [t for t in tagged if b" OK " in t]
+    limit = [t for t in tagged if b" NO [LIMIT] " in t]
+    assert len(ok) == 4 and len(limit) == 8, tagged
+    lines, _ = a.cmd('LIST "" "*"')
+    assert len(lines) == 5, lines  # INBOX and the four
+    _, t = a.cmd("CREATE one-more")
+    assert b" NO [LIMIT] " in t, t
+    name = ok[0].split(b" ")[0].decode()  # the tag is the folder's name
+    _, t = a.cmd(f"DELETE {name}")
+    assert b" OK " in t, t
+    _, t = a.cmd("CREATE one-more")
+    assert b" OK " in t, t
+    # at the limit, a special-use folder can still be made (clients expect Sent)
+    _, t = a.cmd("CREATE Sent")
+    assert b" OK " in t, t
+    _, t = a.cmd("CREATE two-more")
+    assert b" NO [LIMIT] " in t, t

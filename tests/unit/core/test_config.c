@@ -234,6 +234,7 @@ static const struct bad_case bad_cases[] = {
 	{ "[limits]\nsend_queue_max = 64kk\n", 2, "send_queue_max must be a size" },
 	{ "[limits]\nquota_storage = 10q\n", 2, "quota_storage must be a size" },
 	{ "[limits]\nquota_messages = -1\n", 2, "quota_messages must be a number" },
+	{ "[limits]\nfolders_max = 2000000\n", 2, "folders_max must be a number" },
 	/* duplicates */
 	{ "[listener a]\nport = 2000\n[listener a]\nport = 2001\n", 3,
 	  "listener 'a' is defined twice (first at line 1)" },
@@ -518,10 +519,11 @@ Test(config, values_reach_the_struct)
 		"handshake_timeout = 7\nsend_queue_max = 8m\nmax_bad_commands = 3\n"
 		"plaintext_auth = no\nauth_delay = 250ms\nauth_delay_max = 4s\n"
 		"mime_depth_max = 8\nmime_parts_max = 100\nquota_storage = 2g\nquota_messages = 5000\n"
-		"imap_unauthenticate = no\n";
+		"imap_unauthenticate = no\nfolders_max = 50\n";
 
 	cr_assert_eq(load_text(&cfg, text, strlen(text), &path, err, sizeof(err)), 0, "%s", err);
 	free(path);
+	cr_assert_eq(cfg.folders_max, 50);
 	cr_assert_eq(cfg.quota_storage, 2ull << 30);
 	cr_assert_eq(cfg.quota_messages, 5000);
 	cr_assert_eq(cfg.shutdown_grace_ms, 120000);
@@ -589,6 +591,7 @@ static void expect_same_config(const struct config *a, const struct config *b)
 	cr_assert_eq(a->imap_line_max, b->imap_line_max);
 	cr_assert_eq(a->quota_storage, b->quota_storage);
 	cr_assert_eq(a->quota_messages, b->quota_messages);
+	cr_assert_eq(a->folders_max, b->folders_max);
 	cr_assert_eq(a->ncerts, b->ncerts);
 	for (size_t i = 0; i < a->ncerts; i++) {
 		cr_assert_str_eq(a->certs[i].name, b->certs[i].name);
@@ -669,6 +672,7 @@ Test(config, print_round_trip_everything_set)
 		"imap_unauthenticate = no\n"
 		"quota_storage = 1m\n"
 		"quota_messages = 77\n"
+		"folders_max = 12\n"
 		"[tls]\n"
 		"cert = /etc/ringmail/a.pem,/etc/ringmail/a.key\n"
 		"sni.mail.example.org = /etc/ringmail/b.pem,/etc/ringmail/b.key\n"
