@@ -127,6 +127,25 @@ class Raw:
         return self
 
 
+def not_done_yet_then_read(sock, done, timeout):
+    """Asserts that what sock already holds does not contain done (a long
+    command still running while another session was served), then reads
+    until it does; returns everything read."""
+    sock.setblocking(False)
+    try:
+        buf = sock.recv(1 << 20)
+    except BlockingIOError:
+        buf = b""
+    sock.setblocking(True)
+    assert done not in buf, buf
+    while done not in buf:
+        sock.settimeout(timeout)
+        more = sock.recv(1 << 20)
+        assert more, buf
+        buf += more
+    return buf
+
+
 # ---- session core ----------------------------------------------------------------
 
 
@@ -884,19 +903,7 @@ def test_search_does_not_starve_other_sessions(imapsrv):
     lines, t = y.cmd("FETCH 2 (BODY.PEEK[HEADER])", timeout=30)
     assert b" OK " in t, t
     # y was served while x's search still ran (it has not answered yet)
-    x.sock.setblocking(False)
-    try:
-        early = x.sock.recv(65536)
-    except BlockingIOError:
-        early = b""
-    x.sock.setblocking(True)
-    assert b"s OK" not in early, early
-    buf = early
-    while b"s OK" not in buf:
-        x.sock.settimeout(60)
-        more = x.sock.recv(65536)
-        assert more, buf
-        buf += more
+    buf = not_done_yet_then_read(x.sock, b"s OK", 60)
     assert b"* SEARCH 1 4 7 10\r\n" in buf, buf
 
 
@@ -2172,19 +2179,7 @@ def test_binary_does_not_starve_other_sessions(imapsrv):
     for _ in range(3):
         _, t = y.cmd("NOOP", timeout=30)
         assert b" OK " in t, t
-    x.sock.setblocking(False)
-    try:
-        early = x.sock.recv(1 << 20)
-    except BlockingIOError:
-        early = b""
-    x.sock.setblocking(True)
-    assert b"s OK" not in early, early
-    buf = early
-    while b"s OK" not in buf:
-        x.sock.settimeout(120)
-        more = x.sock.recv(1 << 20)
-        assert more, buf
-        buf += more
+    buf = not_done_yet_then_read(x.sock, b"s OK", 120)
     assert buf.count(b"BINARY.SIZE[1] %d)" % len(blob)) == 32, buf[:300]
     print(f"BINARY.SIZE of 32 x 4 MiB base64 parts took {time.monotonic() - t0:.3f}s")
 

@@ -73,6 +73,14 @@ def dns(tmp_path_factory):
     proc.wait(5)
 
 
+def stop_any_exit(server):
+    """Stops a server whatever its exit status (kill -9 tests, a start
+    that failed on purpose); its log is still checked for sanitizer
+    reports."""
+    server.expect_exit = None
+    server.stop()
+
+
 def make_remote(base, offset=None, users=None):
     """A second ringmail: remote.example's MX (plain SMTP on 25 + offset)."""
     s = Server(base, users=users or {BOB: BOB_PW}, aliases="")
@@ -130,8 +138,7 @@ def pair(tmp_path_factory, dns):
     sender.start()
     yield sender, remote
     for s in (sender, remote):
-        s.expect_exit = None
-        s.stop()
+        stop_any_exit(s)
 
 
 def test_remote_rcpt_delivered_byte_exact(pair):
@@ -341,10 +348,8 @@ def test_down_mx_retried_across_restart(tmp_path, dns):
         assert strip_all_received(got[0]).endswith(msg)
         assert wait_for(lambda: not queue_files(sender), 10)
     finally:
-        remote.expect_exit = None
-        remote.stop()
-        sender.expect_exit = None
-        sender.stop()
+        stop_any_exit(remote)
+        stop_any_exit(sender)
 
 
 def test_kill9_during_delivery_loses_nothing(tmp_path, dns):
@@ -370,10 +375,8 @@ def test_kill9_during_delivery_loses_nothing(tmp_path, dns):
         assert wait_for(all_there, 60), sender.log()[-3000:]
         assert wait_for(lambda: not queue_files(sender), 20)
     finally:
-        remote.expect_exit = None
-        remote.stop()
-        sender.expect_exit = None
-        sender.stop()
+        stop_any_exit(remote)
+        stop_any_exit(sender)
 
 
 def test_large_message_streams_byte_exact(pair):
@@ -485,10 +488,8 @@ def test_smart_host_relays_with_auth(tmp_path, dns, port, tls, listener):
         assert relay_pw not in sender.log() and relay_pw not in rlog
         assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
     finally:
-        remote.expect_exit = None
-        remote.stop()
-        sender.expect_exit = None
-        sender.stop()
+        stop_any_exit(remote)
+        stop_any_exit(sender)
 
 
 def test_connection_reused_for_messages_to_one_destination(tmp_path, dns):
@@ -523,10 +524,8 @@ def test_connection_reused_for_messages_to_one_destination(tmp_path, dns):
         assert len(connects) == 1, connects
         assert sender.log().count("reuse=") == 4
     finally:
-        remote.expect_exit = None
-        remote.stop()
-        sender.expect_exit = None
-        sender.stop()
+        stop_any_exit(remote)
+        stop_any_exit(sender)
 
 
 def smtp_connects(log):
@@ -554,10 +553,8 @@ def test_idle_connection_reused_then_closed(tmp_path, dns):
         # Idle for connection_idle (4 s): QUIT, and the remote closes the session.
         assert wait_for(lambda: f"sid={sid} event=close" in remote.log(), 20), remote.log()[-2000:]
     finally:
-        remote.expect_exit = None
-        remote.stop()
-        sender.expect_exit = None
-        sender.stop()
+        stop_any_exit(remote)
+        stop_any_exit(sender)
 
 
 class BrokenMX:
@@ -651,10 +648,8 @@ def test_connection_lost_mid_data_is_not_sent(tmp_path, dns):
     finally:
         mx.close()
         if remote:
-            remote.expect_exit = None
-            remote.stop()
-        sender.expect_exit = None
-        sender.stop()
+            stop_any_exit(remote)
+        stop_any_exit(sender)
 
 
 def test_dsn_notify_delay_warns_once(tmp_path, dns):
@@ -692,8 +687,7 @@ def test_dsn_notify_delay_warns_once(tmp_path, dns):
             sender.log()[-2000:]
         assert len(delays()) == 1
     finally:
-        sender.expect_exit = None
-        sender.stop()
+        stop_any_exit(sender)
 
 
 def write_queued(qdir, qid, frm, rcpt, body, state=None):
@@ -744,8 +738,7 @@ def test_bounce_made_once_across_a_crash(tmp_path, dns):
         assert len(dsns(tok_b)) == 1, dsns(tok_b)
         assert b"Final-Recipient: rfc822; gone@remote.example" in dsns(tok_b)[0]
     finally:
-        sender.expect_exit = None
-        sender.stop()
+        stop_any_exit(sender)
 
 
 def test_dsn_parameters_passed_to_a_next_hop_that_offers_dsn(tmp_path, dns):
@@ -774,8 +767,7 @@ def test_dsn_parameters_passed_to_a_next_hop_that_offers_dsn(tmp_path, dns):
                 assert b"NOTIFY=" not in rcpt[0] and b"ORCPT=" not in rcpt[0], rcpt
         finally:
             mx.close()
-            sender.expect_exit = None
-            sender.stop()
+            stop_any_exit(sender)
 
 
 def test_smart_host_without_starttls_gets_no_credentials(tmp_path, dns):
@@ -800,8 +792,7 @@ def test_smart_host_without_starttls_gets_no_credentials(tmp_path, dns):
         assert "relay-Secret-9" not in sender.log()
     finally:
         mx.close()
-        sender.expect_exit = None
-        sender.stop()
+        stop_any_exit(sender)
 
 
 def self_signed(tmp_path, name):
@@ -853,11 +844,9 @@ def test_smart_host_certificate_verified(tmp_path, dns):
                 assert not find(remote.messages(BOB), tok.encode())
                 assert len(queue_files(sender)) == 1
             finally:
-                sender.expect_exit = None
-                sender.stop()
+                stop_any_exit(sender)
     finally:
-        remote.expect_exit = None
-        remote.stop()
+        stop_any_exit(remote)
 
 
 def test_smart_host_ca_file_checked_at_start(tmp_path, dns):
@@ -870,8 +859,7 @@ def test_smart_host_ca_file_checked_at_start(tmp_path, dns):
         sender = make_sender(tmp_path / f"s-{ca.name}", dns, 25, extra)
         with pytest.raises(Exception):
             sender.start(timeout=5)
-        sender.expect_exit = None
-        sender.stop()
+        stop_any_exit(sender)
         assert f"smart_tls_ca {ca}: {why}" in sender.log(), sender.log()[-2000:]
 
 
@@ -911,10 +899,8 @@ def test_bounce_to_a_remote_sender_is_dkim_signed(tmp_path, dns):
         assert verify(m, records), m[:1500]
         assert not verify(m.replace(b"nobody@remote.example", b"n0body@remote.example"), records)
     finally:
-        remote.expect_exit = None
-        remote.stop()
-        sender.expect_exit = None
-        sender.stop()
+        stop_any_exit(remote)
+        stop_any_exit(sender)
 
 
 def dsn_fields(m):
@@ -977,8 +963,7 @@ def test_dsn_success_for_local_recipients(tmp_path):
         assert len(notices()) == 1
         assert not [n for n in notices() if tok2.encode() in n]
     finally:
-        s.expect_exit = None
-        s.stop()
+        stop_any_exit(s)
 
 
 def test_dsn_success_relayed_to_a_host_without_dsn(tmp_path, dns):
@@ -1010,5 +995,4 @@ def test_dsn_success_relayed_to_a_host_without_dsn(tmp_path, dns):
                 assert "event=outbound-dsn " not in sender.log()
         finally:
             mx.close()
-            sender.expect_exit = None
-            sender.stop()
+            stop_any_exit(sender)
