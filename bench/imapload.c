@@ -28,10 +28,6 @@
  *
  * Exit status: 0 when the run completed (errors are counted, not fatal),
  * 1 on bad usage or setup failure, 77 when io_uring is unavailable. */
-#include <wolfssl/options.h>
-#include <wolfssl/ssl.h>
-#include <wolfssl/wolfio.h>
-
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -49,6 +45,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "tlsclient.h"
 
 enum {
 	RBUF = 32768,             /* receive buffer (ciphertext with TLS) */
@@ -115,12 +112,9 @@ struct client {
 	bool warmup;              /* idle: the connection made before the "before" sample */
 	unsigned user;
 	WOLFSSL *ssl;
-	/* ciphertext (TLS) or plaintext received, rbuf[in_off..in_len) unread */
-	uint8_t *rbuf;
-	uint32_t in_off, in_len;
-	/* bytes to send: out[out_off..out_len) */
-	uint8_t *out;
-	size_t out_len, out_off, out_cap;
+	/* ciphertext (TLS) or plaintext received, io.in[io.in_off..io.in_len)
+	 * unread; bytes to send, io.out[io.out_off..io.out_len) */
+	struct tlsclient_io io;
 	/* the response parser */
 	char line[LINE_MAX_KEPT];
 	uint32_t line_len;
@@ -157,49 +151,7 @@ static void set_err(struct load *l, enum err_kind k, const char *fmt, const char
 		 fmt, detail ? detail : "");
 }
 
-/* ---- the send buffer and wolfSSL's I/O callbacks ---- */
-
-static bool out_append(struct client *c, const void *p, size_t n)
-{
-	if (c->out_len + n > c->out_cap) {
-		size_t cap = c->out_cap ? c->out_cap : 1024;
-		while (cap < c->out_len + n)
-			cap *= 2;
-		uint8_t *o = realloc(c->out, cap);
-		if (!o)
-			return false;
-		c->out = o;
-		c->out_cap = cap;
-	}
-	memcpy(c->out + c->out_len, p, n);
-	c->out_len += n;
-	return true;
-}
-
-static int cio_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
-{
-	struct client *c = arg;
-	(void)ssl;
-	uint32_t n = c->in_len - c->in_off;
-	if (sz <= 0)
-		return 0;
-	if (n == 0)
-		return WOLFSSL_CBIO_ERR_WANT_READ;
-	if (n > (uint32_t)sz)
-		n = (uint32_t)sz;
-	memcpy(buf, c->rbuf + c->in_off, n);
-	c->in_off += n;
-	return (int)n;
-}
-
-static int cio_send(WOLFSSL *ssl, char *buf, int sz, void *arg)
-{
-	struct client *c = arg;
-	(void)ssl;
-	if (sz < 0 || !out_append(c, buf, (size_t)sz))
-		return WOLFSSL_CBIO_ERR_GENERAL;
-	return sz;
-}
+/* ---- sending ---- */
 
 /* Queues a command: plaintext into out, or through wolfSSL. */
 static bool client_cmd(struct load *l, struct client *c, const char *s)
@@ -209,8 +161,8 @@ static bool client_cmd(struct load *l, struct client *c, const char *s)
 	if (l->o->sc != SC_LOGIN) /* login: one deadline for the whole cycle */
 		c->deadline_ns = c->t_op_ns + (uint64_t)l->o->timeout_ms * 1000000u;
 	if (!c->ssl)
-		return out_append(c, s, n);
-	return wolfSSL_write(c->ssl, s, (int)n) == (int)n;
+		return tlsclient_out_append(&c->io, s, n);
+	return tlsclient_write(c->ssl, s, n);
 }
 
 /* ---- connections ---- */
@@ -291,8 +243,8 @@ static void client_start(struct load *l, struct client *c)
 		return;
 	}
 	c->timed_out = false;
-	c->in_off = c->in_len = 0;
-	c->out_len = c->out_off = 0;
+	c->io.in_off = c->io.in_len = 0;
+	c->io.out_len = c->io.out_off = 0;
 	c->line_len = 0;
 	c->lit_left = 0;
 	c->exists = c->fetched = 0;
@@ -307,15 +259,13 @@ static void client_start(struct load *l, struct client *c)
 		return; /* retried from the tick */
 	}
 	if (o->tls) {
-		c->ssl = wolfSSL_new(l->ctx);
+		c->ssl = tlsclient_new(l->ctx, &c->io);
 		if (!c->ssl) {
 			set_err(l, ERR_TLS, "wolfSSL_new", NULL);
 			close(c->fd);
 			c->fd = -1;
 			return;
 		}
-		wolfSSL_SetIOReadCtx(c->ssl, c);
-		wolfSSL_SetIOWriteCtx(c->ssl, c);
 	}
 	l->active++;
 	if (o->sc == SC_IDLE)
@@ -331,17 +281,17 @@ static void client_start(struct load *l, struct client *c)
 static void client_io(struct load *l, struct client *c)
 {
 	struct io_uring_sqe *sqe;
-	if (c->out_off < c->out_len) {
+	if (c->io.out_off < c->io.out_len) {
 		sqe = load_sqe(l);
-		io_uring_prep_send(sqe, c->fd, c->out + c->out_off, c->out_len - c->out_off,
-				   MSG_NOSIGNAL);
+		io_uring_prep_send(sqe, c->fd, c->io.out + c->io.out_off,
+				   c->io.out_len - c->io.out_off, MSG_NOSIGNAL);
 	} else if (c->step == ST_HOLD) {
 		return; /* idle: nothing in flight until the end */
 	} else {
-		c->out_off = c->out_len = 0;
-		c->in_off = c->in_len = 0;
+		c->io.out_off = c->io.out_len = 0;
+		c->io.in_off = c->io.in_len = 0;
 		sqe = load_sqe(l);
-		io_uring_prep_recv(sqe, c->fd, c->rbuf, RBUF, 0);
+		io_uring_prep_recv(sqe, c->fd, c->io.in, RBUF, 0);
 	}
 	io_uring_sqe_set_data64(sqe, ud_of(l, c, UD_IO));
 	c->op_pending = true;
@@ -567,51 +517,46 @@ static bool on_plain(struct load *l, struct client *c, const uint8_t *p, size_t 
 static void on_received(struct load *l, struct client *c)
 {
 	if (!c->ssl) {
-		uint32_t n = c->in_len;
-		c->in_len = 0;
-		if (!on_plain(l, c, c->rbuf, n))
+		uint32_t n = c->io.in_len;
+		c->io.in_len = 0;
+		if (!on_plain(l, c, c->io.in, n))
 			return;
 	} else {
+		char err[WOLFSSL_MAX_ERROR_SZ];
 		if (c->step == ST_HANDSHAKE) {
-			int r = wolfSSL_connect(c->ssl);
-			if (r != WOLFSSL_SUCCESS) {
-				int e = wolfSSL_get_error(c->ssl, r);
-				if (e != WOLFSSL_ERROR_WANT_READ && e != WOLFSSL_ERROR_WANT_WRITE) {
-					char b[WOLFSSL_MAX_ERROR_SZ];
-					client_fail(l, c, ERR_TLS, "handshake: ",
-						    wolfSSL_ERR_error_string((unsigned long)e, b));
-					return;
-				}
+			int r = tlsclient_handshake(c->ssl, err, sizeof(err));
+			if (r == TLSCLIENT_ERROR) {
+				client_fail(l, c, ERR_TLS, "handshake: ", err);
+				return;
+			}
+			if (r == TLSCLIENT_WANT) {
 				client_io(l, c);
 				return;
 			}
 			c->step = ST_GREETING;
 		}
 		for (;;) {
-			int r = wolfSSL_read(c->ssl, l->plain, sizeof(l->plain));
+			int r = tlsclient_read(c->ssl, l->plain, sizeof(l->plain), err, sizeof(err));
 			if (r > 0) {
 				if (!on_plain(l, c, l->plain, (size_t)r))
 					return;
 				continue;
 			}
-			int e = wolfSSL_get_error(c->ssl, r);
-			if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
+			if (r == TLSCLIENT_WANT)
 				break;
 			if (c->step == ST_CLOSING) {
 				client_done(l, c);
 				return;
 			}
-			if (e == WOLFSSL_ERROR_ZERO_RETURN) {
+			if (r == TLSCLIENT_CLOSED) {
 				client_fail(l, c, ERR_CLOSED, "close_notify", NULL);
 				return;
 			}
-			char b[WOLFSSL_MAX_ERROR_SZ];
-			client_fail(l, c, ERR_TLS, "read: ",
-				    wolfSSL_ERR_error_string((unsigned long)e, b));
+			client_fail(l, c, ERR_TLS, "read: ", err);
 			return;
 		}
 	}
-	if (c->step == ST_CLOSING && c->out_off >= c->out_len) {
+	if (c->step == ST_CLOSING && c->io.out_off >= c->io.out_len) {
 		client_done(l, c);
 		return;
 	}
@@ -639,10 +584,10 @@ static void client_complete(struct load *l, struct client *c, int res)
 	case ST_CONNECT:
 		if (c->ssl) {
 			c->step = ST_HANDSHAKE;
-			int r = wolfSSL_connect(c->ssl); /* the ClientHello into out */
-			int e = wolfSSL_get_error(c->ssl, r);
-			if (e != WOLFSSL_ERROR_WANT_READ && e != WOLFSSL_ERROR_WANT_WRITE) {
-				client_fail(l, c, ERR_TLS, "ClientHello", NULL);
+			char err[WOLFSSL_MAX_ERROR_SZ] = "";
+			/* the ClientHello into io.out */
+			if (tlsclient_handshake(c->ssl, err, sizeof(err)) != TLSCLIENT_WANT) {
+				client_fail(l, c, ERR_TLS, "ClientHello: ", err);
 				return;
 			}
 		} else {
@@ -653,14 +598,14 @@ static void client_complete(struct load *l, struct client *c, int res)
 	default:
 		break;
 	}
-	if (c->out_off < c->out_len) {
+	if (c->io.out_off < c->io.out_len) {
 		/* a send completed */
-		c->out_off += (size_t)res;
-		if (c->out_off < c->out_len) {
+		c->io.out_off += (size_t)res;
+		if (c->io.out_off < c->io.out_len) {
 			client_io(l, c);
 			return;
 		}
-		c->out_off = c->out_len = 0;
+		c->io.out_off = c->io.out_len = 0;
 		if (c->step == ST_CLOSING) {
 			client_done(l, c);
 			return;
@@ -678,8 +623,8 @@ static void client_complete(struct load *l, struct client *c, int res)
 		client_fail(l, c, ERR_CLOSED, "EOF", NULL);
 		return;
 	}
-	c->in_off = 0;
-	c->in_len = (uint32_t)res;
+	c->io.in_off = 0;
+	c->io.in_len = (uint32_t)res;
 	on_received(l, c);
 }
 
@@ -723,15 +668,9 @@ static int load_setup(struct load *l)
 	if (bench_resolve("imapload", o->host, o->port, o->src_addrs, &l->addr) < 0)
 		return -1;
 	if (o->tls) {
-		l->ctx = wolfSSL_CTX_new(wolfTLSv1_3_client_method());
+		l->ctx = tlsclient_ctx_new();
 		if (!l->ctx)
 			return -1;
-		wolfSSL_CTX_set_verify(l->ctx, WOLFSSL_VERIFY_NONE, NULL);
-		wolfSSL_CTX_UseSupportedCurve(l->ctx, WOLFSSL_ECC_X25519);
-		int groups[1] = { WOLFSSL_ECC_X25519 };
-		wolfSSL_CTX_set_groups(l->ctx, groups, 1);
-		wolfSSL_CTX_SetIORecv(l->ctx, cio_recv);
-		wolfSSL_CTX_SetIOSend(l->ctx, cio_send);
 	}
 	l->cl = calloc(l->ncl, sizeof(*l->cl));
 	if (!l->cl)
@@ -739,8 +678,8 @@ static int load_setup(struct load *l)
 	for (unsigned i = 0; i < l->ncl; i++) {
 		l->cl[i].fd = -1;
 		l->cl[i].user = i % o->users;
-		l->cl[i].rbuf = malloc(RBUF);
-		if (!l->cl[i].rbuf)
+		l->cl[i].io.in = malloc(RBUF);
+		if (!l->cl[i].io.in)
 			return -1;
 	}
 	if (bench_ring_init("imapload", &l->ring, l->ncl, &l->res->io_uring_unavailable) < 0)
@@ -898,13 +837,12 @@ out:
 	if (l.cl) {
 		for (unsigned i = 0; i < l.ncl; i++) {
 			client_free_conn(&l, &l.cl[i]);
-			free(l.cl[i].rbuf);
-			free(l.cl[i].out);
+			free(l.cl[i].io.in);
+			tlsclient_io_free(&l.cl[i].io);
 		}
 		free(l.cl);
 	}
-	if (l.ctx)
-		wolfSSL_CTX_free(l.ctx);
+	tlsclient_ctx_free(&l.ctx);
 }
 
 /* ---- report ---- */
@@ -1209,9 +1147,6 @@ int main(int argc, char **argv)
 			setrlimit(RLIMIT_NOFILE, &rl);
 		}
 	}
-	if (o.tls && wolfSSL_Init() != WOLFSSL_SUCCESS)
-		return 1;
-
 	struct cpu_meter m = { .s0 = server_cpu(&o), .busy0_us = machine_busy_us(),
 			       .wall0_ns = now_ns(), .self0 = cpu_self(false) };
 	if ((o.npids || o.ncgroups) && !m.s0.ok) {
@@ -1244,8 +1179,6 @@ int main(int argc, char **argv)
 	report(&o, r, &cpu, &self, other);
 	int rc = r->failed ? 1 : 0;
 	free(r);
-	if (o.tls)
-		wolfSSL_Cleanup();
 	return rc;
 bad:
 	fprintf(stderr, "imapload: bad value for -%c: %s\n", ch < 256 ? ch : '-',
