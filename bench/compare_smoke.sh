@@ -1,10 +1,11 @@
 #!/bin/bash
 # compare_smoke.sh RINGMAIL - bench/compare's own test (meson suite 'bench'):
-# `bench/compare --smoke` (ringmail only, the IMAP login/fetch and idle cases
-# and the crypto bound, half-second runs) into a temporary directory, then
-# checks that every case produced a measured run with no error, the idle
-# cases held every connection, and the report printed its tables. Exit 77
-# (skip) without root, a writable cgroup v2 or io_uring.
+# `bench/compare --smoke` (ringmail only, the IMAP login/fetch and idle cases,
+# the crypto bound and durable SMTP on 465 with TLS and AUTH, half-second
+# runs) into a temporary directory, then checks that every case produced a
+# measured run with no error, the idle cases held every connection, every
+# acknowledged SMTP message is in a mailbox, and the report printed its
+# tables. Exit 77 (skip) without root, a writable cgroup v2 or io_uring.
 set -u
 ringmail=$1
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,7 +32,8 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 meas = [r for r in rows if r["run"] > 0]
 want = {"imap-login-143", "imap-login-993", "imap-login-143-c2", "imap-fetch-993",
-        "idle-143-greet", "idle-143-idle", "idle-993-idle", "crypto"}
+        "idle-143-greet", "idle-143-idle", "idle-993-idle", "crypto",
+        "smtp-durable-465-auth-4k-x2"}
 got = {r["case"] for r in meas}
 bad = []
 if want - got:
@@ -46,6 +48,8 @@ for r in meas:
     if r["case"].startswith("idle") and (r.get("held") != r.get("clients")
                                          or "vmrss_b_per_conn" not in r):
         bad.append(f"{r['case']}: held {r.get('held')} of {r.get('clients')}")
+    if r["case"].startswith("smtp") and r.get("ops") != r.get("acked"):
+        bad.append(f"{r['case']}: {r.get('ops')} in the mailbox, {r.get('acked')} acknowledged")
     if r["case"].startswith("imap-login") and r.get("flags_per_cycle") != 5:
         bad.append(f"{r['case']}: {r.get('flags_per_cycle')} FLAGS per cycle, want 5")
 if bad:
