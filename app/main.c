@@ -318,7 +318,9 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 	struct store_config sc = { .data_dir = cfg->data_dir,
 				   .quota_bytes = cfg->quota_storage,
 				   .quota_messages = cfg->quota_messages,
-				   .folders_max = cfg->folders_max };
+				   .folders_max = cfg->folders_max,
+				   .segment_max = cfg->segment_max,
+				   .compact_after = cfg->compact_after };
 	if ((rc = store_new(&sc, &st->sv.store))) {
 		snprintf(err, errlen, "cannot open the store in %s: %s", cfg->data_dir,
 			 strerror(-rc));

@@ -709,6 +709,73 @@ Test(store, enospc_is_an_error_never_a_success)
 
 /* ---- compaction ------------------------------------------------------------ */
 
+/* Nobody calls store_compact(): once compact_after bytes were expunged,
+ * the folder compacts its sealed segments by itself, online. */
+Test(store, compaction_starts_on_its_own)
+{
+	store_free(&S);
+	{
+		struct store_config cfg = { .data_dir = D, .append_buf = 4096, .segment_max = 1000,
+					    .compact_after = 1500 };
+		cr_assert_eq(store_new(&cfg, &S), 0);
+	}
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	char msg[200], sp[700];
+	uint32_t gone[15];
+	struct waitres w = { 0 };
+	struct stat sb;
+
+	for (int i = 0; i < 20; i++) {
+		snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%0150d\r\n", i, i);
+		cr_assert_eq(t_append(L, f, msg, NULL), 0);
+		bool never = false;
+		loop_run_until(L, &never, 5); /* a roll's open completes */
+	}
+	snprintf(sp, sizeof(sp), "%s/mail/alice@example.com/f0/s1", D);
+	cr_assert_eq(stat(sp, &sb), 0, "s1 exists before");
+	/* 5 messages: below compact_after, nothing happens */
+	for (int i = 0; i < 5; i++)
+		gone[i] = (uint32_t)i + 1;
+	store_expunge(f, L, gone, 5, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	{
+		bool never = false;
+		loop_run_until(L, &never, 100);
+	}
+	cr_assert_eq(stat(sp, &sb), 0, "compacted below compact_after");
+	/* 10 more: past it */
+	for (int i = 0; i < 10; i++)
+		gone[i] = (uint32_t)i + 6;
+	memset(&w, 0, sizeof(w));
+	store_expunge(f, L, gone, 10, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	for (int i = 0; i < 100 && stat(sp, &sb) == 0; i++) {
+		bool never = false;
+		loop_run_until(L, &never, 20);
+	}
+	cr_expect_neq(stat(sp, &sb), 0, "s1 was not compacted away");
+	for (int pass = 0; pass < 2; pass++) {
+		for (int i = 15; i < 20; i++) {
+			snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%0150d\r\n", i, i);
+			check_msg(f, (uint32_t)i + 1, msg);
+		}
+		store_folder_close(&f);
+		store_user_close(&u);
+		store_free(&S);
+		open_store(0, 4096, 0);
+		u = t_user(S, L, "alice@example.com");
+		f = t_folder(u, L, "INBOX");
+	}
+	struct store_folder_status st;
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 5);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
 Test(store, compaction_reclaims_expunged_space_online)
 {
 	struct store_user *u = t_user(S, L, "alice@example.com");
