@@ -258,6 +258,7 @@ struct sbatch {
 	struct sbatch *next;
 	int forced;            /* fail without an fsync: the file's sticky error */
 	bool serial;           /* takes part in the file's one-at-a-time order */
+	const struct store_config *cfg;
 };
 
 static void sbatch_start(struct loop *loop, struct sbatch *b);
@@ -277,6 +278,8 @@ static void sbatch_done(struct loop *loop, struct loop_cb *cb, int res, uint32_t
 	(void)flags;
 	if (b->forced)
 		res = b->forced;
+	else if (b->cfg->test_sync_result)
+		res = b->cfg->test_sync_result(b->cfg->test_sync_arg, res);
 	if (b->serial) {
 		pthread_mutex_lock(&f->smu);
 		if (res < 0 && !f->sync_err)
@@ -398,6 +401,7 @@ static void sync_request(struct sctx *c, struct sfile *file, struct swait *w)
 	}
 	b->cb.fn = sbatch_done;
 	b->file = sfile_ref(file);
+	b->cfg = &c->store->cfg;
 	b->waiters = w;
 	/* the one-fsync-per-message baseline (bench only) stays concurrent */
 	b->serial = !c->store->cfg.no_group_commit;

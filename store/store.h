@@ -72,6 +72,10 @@ struct store_config {
 	/* Testing and benchmarks only: sync every change on its own, without
 	 * group commit (the one-fsync-per-message baseline). */
 	bool no_group_commit;
+	/* Testing only (fault injection): sees the result of every fsync of
+	 * a file or directory (0 or -errno) and returns the one to act on. */
+	int (*test_sync_result)(void *arg, int res);
+	void *test_sync_arg;
 };
 
 enum {
