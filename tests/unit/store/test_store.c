@@ -709,6 +709,43 @@ Test(store, enospc_is_an_error_never_a_success)
 	free(big);
 }
 
+/* Every special-use folder (RFC 6154) is there on first use, without a
+ * create, and keeps its role across a reopen. */
+Test(store, special_use_folders_created_on_first_use)
+{
+	static const struct {
+		const char *name;
+		enum store_special special;
+	} want[] = { { "Archive", STORE_SPECIAL_ARCHIVE }, { "Drafts", STORE_SPECIAL_DRAFTS },
+		     { "Junk", STORE_SPECIAL_JUNK },       { "Sent", STORE_SPECIAL_SENT },
+		     { "Trash", STORE_SPECIAL_TRASH } };
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder_info *list;
+	size_t n;
+
+	for (size_t i = 0; i < 5; i++) {
+		struct store_folder *f = t_folder(u, L, want[i].name);
+		cr_assert_eq(t_append(L, f, "Subject: x\r\n\r\nx\r\n", NULL), 0);
+		store_folder_close(&f);
+	}
+	for (int pass = 0; pass < 2; pass++) {
+		cr_assert_eq(store_folder_list(u, &list, &n), 0);
+		cr_assert_eq(n, 6, "INBOX and the five");
+		cr_expect_str_eq(list[0].name, "INBOX");
+		for (size_t i = 0; i < 5; i++) {
+			cr_expect_str_eq(list[i + 1].name, want[i].name);
+			cr_expect_eq(list[i + 1].special, want[i].special, "%s", want[i].name);
+			cr_expect(list[i + 1].exists);
+		}
+		free(list);
+		store_user_close(&u);
+		store_free(&S);
+		open_store(0, 4096, 0);
+		u = t_user(S, L, "alice@example.com");
+	}
+	store_user_close(&u);
+}
+
 /* An fsync that reports EIO: the append that waited for it fails (never a
  * success), and the folder's files refuse later changes instead of
  * syncing again as if the lost write-back had worked; a reopen reads back
