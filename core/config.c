@@ -84,6 +84,8 @@ void config_defaults(struct config *cfg)
 	cfg->ticket_rotate_s = 3600;
 	cfg->ob_mx_port = 25;
 	cfg->folders_max = 10000;
+	cfg->segment_max = 64u << 20;
+	cfg->compact_after = 0;
 	snprintf(cfg->ob_smart_ca, sizeof(cfg->ob_smart_ca), "/etc/ssl/certs/ca-certificates.crt");
 	cfg->ob_retry_min_ms = 5 * 60000;
 	cfg->ob_retry_max_ms = 4 * 3600000;
@@ -312,6 +314,12 @@ static int set_server(struct parse_ctx *ctx, const char *key, const char *value)
 	} else if (!strcmp(key, "shutdown_grace")) {
 		if (config_parse_duration_ms(value, &cfg->shutdown_grace_ms))
 			return BAD(ctx, "shutdown_grace must be a duration such as 10s");
+	} else if (!strcmp(key, "segment_max")) {
+		if (config_parse_size(value, &cfg->segment_max) || cfg->segment_max < 4096)
+			return BAD(ctx, "segment_max must be a size of at least 4k");
+	} else if (!strcmp(key, "compact_after")) {
+		if (config_parse_size(value, &cfg->compact_after))
+			return BAD(ctx, "compact_after must be a size (0: half of segment_max)");
 	} else if (!strcmp(key, "log_level")) {
 		if (strcmp(value, "debug") && strcmp(value, "info") && strcmp(value, "warn") &&
 		    strcmp(value, "error"))
@@ -794,9 +802,10 @@ void config_print(const struct config *cfg, FILE *out)
 	for (size_t i = 0; i < cfg->ndomains; i++)
 		fprintf(out, "%s%s", i ? ", " : "", cfg->domains[i]);
 	fprintf(out, "\ndata = %s\nthreads = %u\nport_offset = %u\nshutdown_grace = %ums\n"
-		"log_level = %s\n",
+		"log_level = %s\nsegment_max = %llu\ncompact_after = %llu\n",
 		cfg->data_dir, cfg->threads, cfg->port_offset, cfg->shutdown_grace_ms,
-		cfg->log_level);
+		cfg->log_level, (unsigned long long)cfg->segment_max,
+		(unsigned long long)cfg->compact_after);
 	if (cfg->user[0])
 		fprintf(out, "user = %s\n", cfg->user);
 	if (cfg->postmaster[0])

@@ -69,6 +69,8 @@ struct config {
 	unsigned threads;             /* 0: one per online CPU */
 	unsigned port_offset;
 	uint32_t shutdown_grace_ms;
+	uint64_t segment_max;   /* a shared segment file rolls over past this size */
+	uint64_t compact_after; /* expunged bytes that start a compaction (0: segment_max / 2) */
 	char log_level[16];
 	/* [limits] */
 	uint32_t max_connections;

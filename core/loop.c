@@ -1081,7 +1081,6 @@ static void on_shutdown_msg(struct loop *l, uint32_t kind, uint64_t payload)
 static void on_reload_msg(struct loop *l, uint32_t kind, uint64_t payload)
 {
 	(void)kind;
-	(void)payload;
 	const struct config *cfg = server_config(l->srv);
 	if (cfg->nlisteners == l->nlisteners) {
 		for (size_t i = 0; i < l->nlisteners; i++) {
@@ -1090,6 +1089,7 @@ static void on_reload_msg(struct loop *l, uint32_t kind, uint64_t payload)
 		}
 	}
 	l->cfg = cfg;
+	atomic_store_explicit(&l->reload_seen, payload, memory_order_release);
 	LOG_AT(&l->log, LOG_INFO, 0, "reloaded", "source=%s", cfg->source);
 }
 

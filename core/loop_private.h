@@ -91,6 +91,7 @@ struct loop {
 	int id;
 	int ring_fd;
 	struct server *srv;
+	_Atomic uint64_t reload_seen; /* the last reload generation handled */
 	pthread_t thread;
 	int start_rc;
 	struct log log;

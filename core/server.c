@@ -299,7 +299,7 @@ static void *loop_thread(void *arg)
 }
 
 /* Sends kind to every loop with MSG_RING from the main thread's ring. */
-static void broadcast(struct io_uring *ring, struct server *srv, uint32_t kind)
+static void broadcast(struct io_uring *ring, struct server *srv, uint32_t kind, uint64_t payload)
 {
 	for (unsigned i = 0; i < srv->nloops; i++) {
 		struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
@@ -307,7 +307,7 @@ static void broadcast(struct io_uring *ring, struct server *srv, uint32_t kind)
 			io_uring_submit(ring);
 			sqe = io_uring_get_sqe(ring);
 		}
-		io_uring_prep_msg_ring(sqe, srv->loops[i]->ring_fd, kind, udata_msg(0), 0);
+		io_uring_prep_msg_ring(sqe, srv->loops[i]->ring_fd, kind, udata_msg(payload), 0);
 		io_uring_sqe_set_data64(sqe, i);
 	}
 	io_uring_submit_and_wait(ring, srv->nloops);
@@ -361,7 +361,11 @@ static void reload(struct io_uring *ring, struct server *srv)
 		srv->old_cfgs[srv->nold++] = old;
 		atomic_store_explicit(&srv->cfg, cfg, memory_order_release);
 		log_emit(&srv->log, LOG_INFO, 0, "reload", "source=%s", cfg->source);
-		broadcast(ring, srv, LOOP_MSG_RELOAD);
+		/* Each loop records the generation when it handles the message:
+		 * from then on it holds no pointer it loaded before this swap
+		 * outside a reference (server_reloads_seen). */
+		uint64_t gen = atomic_fetch_add_explicit(&srv->reload_gen, 1, memory_order_acq_rel) + 1;
+		broadcast(ring, srv, LOOP_MSG_RELOAD, gen);
 	} else {
 		log_emit(&srv->log, LOG_ERROR, 0, "reload-failed", "error=\"%s\"", err);
 		free(cfg);
@@ -408,7 +412,7 @@ int server_run(struct server *srv)
 			 "loops=%u listeners=%zu port_offset=%u hostname=%s pid=%d", srv->nloops,
 			 srv->nlisteners, cfg->port_offset, cfg->hostname, (int)getpid());
 	else
-		broadcast(&ring, srv, LOOP_MSG_SHUTDOWN);
+		broadcast(&ring, srv, LOOP_MSG_SHUTDOWN, 0);
 
 	while (atomic_load(&srv->running) > 0) {
 		struct timespec ts = { 0, 200 * 1000000 };
@@ -421,7 +425,7 @@ int server_run(struct server *srv)
 				log_emit(&srv->log, LOG_INFO, 0, "stopping", "signal=%s grace_ms=%u",
 					 sig == SIGTERM ? "TERM" : "INT",
 					 server_config(srv)->shutdown_grace_ms);
-				broadcast(&ring, srv, LOOP_MSG_SHUTDOWN);
+				broadcast(&ring, srv, LOOP_MSG_SHUTDOWN, 0);
 			}
 		}
 	}
@@ -451,4 +455,15 @@ void server_free(struct server *srv)
 	free(srv->old_cfgs);
 	srv->loops = NULL;
 	srv->listen_fds = NULL;
+}
+
+uint64_t server_reloads_seen(struct server *srv)
+{
+	uint64_t min = UINT64_MAX;
+	for (unsigned i = 0; i < srv->nloops; i++) {
+		uint64_t g = atomic_load_explicit(&srv->loops[i]->reload_seen, memory_order_acquire);
+		if (g < min)
+			min = g;
+	}
+	return srv->nloops ? min : atomic_load(&srv->reload_gen);
 }

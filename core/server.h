@@ -52,6 +52,7 @@ struct server {
 	_Atomic bool stopping;
 	const struct config **old_cfgs;     /* kept until exit: conns may point in */
 	size_t nold;
+	_Atomic uint64_t reload_gen;        /* reloads done (each broadcast to the loops) */
 };
 
 /* Initialises srv for cfg (malloc'd; the server owns it from here and frees
@@ -72,6 +73,14 @@ int server_drop_privileges(struct server *srv, char *err, size_t errlen);
 /* Starts the loops and serves until SIGTERM/SIGINT; returns the exit code. */
 int server_run(struct server *srv);
 void server_free(struct server *srv);
+/* The oldest reload generation every loop has handled. Something a reload
+ * replaced (a TLS context, a key set: each loop loads the current one from
+ * an atomic pointer and takes a reference within one callback) can be
+ * released once this reaches the generation of its replacement: no loop
+ * can still be between loading the old pointer and referencing it. The
+ * reload callback of generation g runs before the loops are told, so what
+ * it replaces belongs to g = srv->reload_gen + 1. Main thread. */
+uint64_t server_reloads_seen(struct server *srv);
 
 static inline const struct config *server_config(struct server *srv)
 {

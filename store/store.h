@@ -61,6 +61,10 @@ struct store_config {
 	/* A shared segment file rolls over to a new one past this size; the
 	 * old one can then be compacted. 0: STORE_SEGMENT_MAX. */
 	uint64_t segment_max;
+	/* A folder compacts on its own (store_compact) once this many bytes
+	 * of its messages were expunged since its last compaction started.
+	 * 0: segment_max / 2. */
+	uint64_t compact_after;
 	/* Users nobody has open stay loaded (LRU) up to this many, so that
 	 * deliveries to them do not reload their folders each time.
 	 * 0: STORE_USER_CACHE_DEFAULT; SIZE_MAX: none are kept. */
@@ -68,6 +72,10 @@ struct store_config {
 	/* Testing and benchmarks only: sync every change on its own, without
 	 * group commit (the one-fsync-per-message baseline). */
 	bool no_group_commit;
+	/* Testing only (fault injection): sees the result of every fsync of
+	 * a file or directory (0 or -errno) and returns the one to act on. */
+	int (*test_sync_result)(void *arg, int res);
+	void *test_sync_arg;
 };
 
 enum {
