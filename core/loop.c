@@ -1090,6 +1090,9 @@ static void on_reload_msg(struct loop *l, uint32_t kind, uint64_t payload)
 		}
 	}
 	l->cfg = cfg;
+	enum log_level lv = l->log.level;
+	log_level_parse(cfg->log_level, &lv);
+	l->log.level = lv;
 	LOG_AT(&l->log, LOG_INFO, 0, "reloaded", "source=%s", cfg->source);
 }
 

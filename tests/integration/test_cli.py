@@ -5,8 +5,12 @@ import os
 import pwd
 import re
 import shutil
+import signal
+import socket
+import struct
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -200,3 +204,104 @@ def test_io_uring_unavailable_names_the_cause(tmp_path, errno_name, expect):
     assert r.returncode != 0
     assert "io_uring is unavailable" in err, err
     assert expect in err, err
+
+
+# ---- SIGHUP: the file again, with the command line on top ----------------
+
+def _wait_log(srv, pattern, count=1, timeout=10.0):
+    """Waits until the log holds `count` matches of regex pattern."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.findall(pattern, srv.log())
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {count} x {pattern!r} in the log:\n{srv.log()[-4000:]}")
+        time.sleep(0.02)
+
+
+def _reload(srv, nth):
+    """SIGHUP, then waits until every loop switched to the new snapshot
+    (the nth reload of this server)."""
+    srv.send_signal(signal.SIGHUP)
+    _wait_log(srv, r"loop=\d+ event=reloaded ", count=nth * srv.threads)
+
+
+def _smtp(srv, *lines):
+    """A new SMTP connection on 25: the greeting, then one reply line per
+    command (the last line of a multi-line reply)."""
+    s = srv.connect(25)
+    out = [recv_line(s)]
+    for line in lines:
+        s.sendall(line + b"\r\n")
+        r = recv_line(s)
+        while r[3:4] == b"-":
+            r = recv_line(s)
+        out.append(r)
+    s.sendall(b"QUIT\r\n")
+    assert recv_line(s).startswith(b"221 ")
+    s.close()
+    return out
+
+
+def _reset(srv):
+    """A connection closed with a RST after its greeting: the loop's recv
+    fails with ECONNRESET, logged as recv-error only at level debug."""
+    s = srv.connect(25)
+    assert recv_line(s).startswith(b"220 ")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def test_sighup_keeps_command_line_overrides(ringmail):
+    """The file says one thing, the command line another: the command line
+    wins at start and still wins after SIGHUP (hostname, domain, log level)."""
+    conf = ("[server]\nhostname = file.example\ndomains = file.example\n"
+            "log_level = warn\n")
+    srv = ringmail(config=conf, args=["--hostname", "mx.example.net", "--domain", "example.org",
+                                      "--log-level", "debug"])
+
+    def check(nth_reset):
+        greet, _, _, rcpt_local, rcpt_file = _smtp(srv, b"EHLO client.example",
+                                                   b"MAIL FROM:<a@remote.example>",
+                                                   b"RCPT TO:<nobody@example.org>",
+                                                   b"RCPT TO:<nobody@file.example>")
+        assert greet == b"220 mx.example.net ESMTP ringmail\r\n", greet
+        # example.org is local (unknown user); file.example is not (relay).
+        assert rcpt_local.startswith(b"550 5.1.1 "), rcpt_local
+        assert rcpt_file.startswith(b"554 5.7.1 "), rcpt_file
+        _reset(srv)
+        _wait_log(srv, r"debug loop=\d+ sid=[0-9a-f]+ event=recv-error error=", count=nth_reset)
+
+    check(1)
+    _reload(srv, 1)
+    check(2)
+    assert _wait_log(srv, r"event=reload source=\S+ hostname=mx.example.net log_level=debug")
+    # Still true after a second reload.
+    _reload(srv, 2)
+    check(3)
+
+
+def test_sighup_applies_file_changes_to_new_connections(ringmail):
+    """A hostname changed in the file takes effect at SIGHUP for new
+    connections; a connection opened before keeps its snapshot and works."""
+    srv = ringmail(config="[server]\nhostname = one.example\n")
+    old = srv.connect(25)
+    assert recv_line(old) == b"220 one.example ESMTP ringmail\r\n"
+    with open(srv.config_path, "w") as f:
+        f.write("[server]\nhostname = two.example\n")
+    _reload(srv, 1)
+    assert _smtp(srv)[0] == b"220 two.example ESMTP ringmail\r\n"
+    # The old connection goes on, with the name it was greeted with.
+    old.sendall(b"EHLO client.example\r\n")
+    assert recv_line(old).startswith(b"250-one.example ")
+    while recv_line(old)[3:4] == b"-":
+        pass
+    assert srv.command_reply(old, b"NOOP").startswith(b"250 ")
+    assert srv.command_reply(old, b"QUIT").startswith(b"221 ")
+    # A file that no longer parses keeps the current configuration.
+    with open(srv.config_path, "w") as f:
+        f.write("[server]\nhostname = three.example\nbogus = 1\n")
+    srv.send_signal(signal.SIGHUP)
+    _wait_log(srv, r"event=reload-failed error=\"\S+:3: unknown key 'bogus'")
+    assert _smtp(srv)[0] == b"220 two.example ESMTP ringmail\r\n"
