@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* The port table of DESIGN.md. Keep docs/config.md in step. */
 const char config_default_text[] =
@@ -793,10 +794,13 @@ void config_print(const struct config *cfg, FILE *out)
 	fprintf(out, "[server]\nhostname = %s\ndomains = ", cfg->hostname);
 	for (size_t i = 0; i < cfg->ndomains; i++)
 		fprintf(out, "%s%s", i ? ", " : "", cfg->domains[i]);
-	fprintf(out, "\ndata = %s\nthreads = %u\nport_offset = %u\nshutdown_grace = %ums\n"
-		"log_level = %s\n",
-		cfg->data_dir, cfg->threads, cfg->port_offset, cfg->shutdown_grace_ms,
-		cfg->log_level);
+	fprintf(out, "\ndata = %s\nthreads = %u", cfg->data_dir, cfg->threads);
+	if (cfg->threads == 0) {
+		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+		fprintf(out, "   # one loop per online CPU: %ld here", ncpu > 0 ? ncpu : 1);
+	}
+	fprintf(out, "\nport_offset = %u\nshutdown_grace = %ums\nlog_level = %s\n",
+		cfg->port_offset, cfg->shutdown_grace_ms, cfg->log_level);
 	if (cfg->user[0])
 		fprintf(out, "user = %s\n", cfg->user);
 	if (cfg->postmaster[0])
@@ -853,8 +857,10 @@ void config_print(const struct config *cfg, FILE *out)
 			cfg->data_dir);
 	for (size_t i = 0; i < cfg->nlisteners; i++) {
 		const struct listener_config *l = &cfg->listeners[i];
-		fprintf(out, "\n[listener %s]\naddress = %s\nport = %u", l->name,
-			l->address[0] ? l->address : "*", l->port);
+		bool any = !l->address[0] || !strcmp(l->address, "*");
+		fprintf(out, "\n[listener %s]\naddress = %s%s\nport = %u", l->name,
+			any ? "*" : l->address, any ? "   # every address, IPv6 and IPv4" : "",
+			l->port);
 		if (cfg->port_offset)
 			fprintf(out, "   # listening on %u", l->port + cfg->port_offset);
 		fprintf(out, "\nprotocol = %s\nsecurity = %s\n", config_proto_str(l->proto),
