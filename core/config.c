@@ -58,6 +58,7 @@ void config_defaults(struct config *cfg)
 	strcpy(cfg->domains[0], "example.com");
 	cfg->ndomains = 1;
 	strcpy(cfg->data_dir, "./ringmail-data");
+	cfg->recv_buffers = CONFIG_RECV_BUFFERS_DEFAULT;
 	cfg->shutdown_grace_ms = 10000;
 	strcpy(cfg->log_level, "info");
 	cfg->max_connections = 100000;
@@ -306,6 +307,11 @@ static int set_server(struct parse_ctx *ctx, const char *key, const char *value)
 		if (parse_uint(value, 1024, &v))
 			return BAD(ctx, "threads must be a number from 0 (one per CPU) to 1024");
 		cfg->threads = (unsigned)v;
+	} else if (!strcmp(key, "recv_buffers")) {
+		if (parse_uint(value, CONFIG_RECV_BUFFERS_MAX, &v) || v == 0 || (v & (v - 1)))
+			return BAD(ctx, "recv_buffers must be a power of two from 1 to %u",
+				   CONFIG_RECV_BUFFERS_MAX);
+		cfg->recv_buffers = (unsigned)v;
 	} else if (!strcmp(key, "port_offset")) {
 		if (parse_uint(value, 60000, &v))
 			return BAD(ctx, "port_offset must be a number from 0 to 60000");
@@ -799,8 +805,8 @@ void config_print(const struct config *cfg, FILE *out)
 		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 		fprintf(out, "   # one loop per online CPU: %ld here", ncpu > 0 ? ncpu : 1);
 	}
-	fprintf(out, "\nport_offset = %u\nshutdown_grace = %ums\nlog_level = %s\n",
-		cfg->port_offset, cfg->shutdown_grace_ms, cfg->log_level);
+	fprintf(out, "\nrecv_buffers = %u\nport_offset = %u\nshutdown_grace = %ums\nlog_level = %s\n",
+		cfg->recv_buffers, cfg->port_offset, cfg->shutdown_grace_ms, cfg->log_level);
 	if (cfg->user[0])
 		fprintf(out, "user = %s\n", cfg->user);
 	if (cfg->postmaster[0])

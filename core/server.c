@@ -323,7 +323,8 @@ static void broadcast(struct io_uring *ring, struct server *srv, uint32_t kind)
 }
 
 /* What only a restart can change: the loops, their listening sockets and
- * the data directory (its lock and store) were set up at start. The new
+ * buffer rings, and the data directory (its lock and store) were set up at
+ * start. The new
  * snapshot keeps the old values; a changed listener row is logged. */
 static void keep_restart_only(struct server *srv, struct config *cfg, const struct config *old)
 {
@@ -340,6 +341,7 @@ static void keep_restart_only(struct server *srv, struct config *cfg, const stru
 	}
 	cfg->port_offset = old->port_offset;
 	cfg->threads = old->threads;
+	cfg->recv_buffers = old->recv_buffers;
 	memcpy(cfg->data_dir, old->data_dir, sizeof(cfg->data_dir));
 }
 
