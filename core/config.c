@@ -805,7 +805,8 @@ void config_print(const struct config *cfg, FILE *out)
 		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 		fprintf(out, "   # one loop per online CPU: %ld here", ncpu > 0 ? ncpu : 1);
 	}
-	fprintf(out, "\nrecv_buffers = %u\nport_offset = %u\nshutdown_grace = %ums\nlog_level = %s\n",
+	fprintf(out, "\nrecv_buffers = %u\nport_offset = %u\nshutdown_grace = %ums\n"
+		"log_level = %s\n",
 		cfg->recv_buffers, cfg->port_offset, cfg->shutdown_grace_ms, cfg->log_level);
 	if (cfg->user[0])
 		fprintf(out, "user = %s\n", cfg->user);

@@ -324,8 +324,8 @@ static void broadcast(struct io_uring *ring, struct server *srv, uint32_t kind)
 
 /* What only a restart can change: the loops, their listening sockets and
  * buffer rings, and the data directory (its lock and store) were set up at
- * start. The new
- * snapshot keeps the old values; a changed listener row is logged. */
+ * start. The new snapshot keeps the old values; a changed listener row is
+ * logged. */
 static void keep_restart_only(struct server *srv, struct config *cfg, const struct config *old)
 {
 	bool same = cfg->nlisteners == old->nlisteners && cfg->port_offset == old->port_offset;
