@@ -130,15 +130,16 @@ static int parse_overrides(int argc, char **argv, struct overrides *o)
 }
 
 /* Loads the configuration and applies the command-line overrides through
- * the same parser as the file, so they are validated the same way. */
-static int load_config(const struct overrides *o, struct config *cfg)
+ * the same parser as the file, so they are validated the same way. serve
+ * calls it at start and again at every SIGHUP (app_load()), so an override
+ * stays in force across reloads. Returns 0, or a negative errno with the
+ * reason in err ("file:line: ..." for a bad file). */
+static int load_config(const struct overrides *o, struct config *cfg, char *err, size_t errlen)
 {
-	char err[1024], text[1024];
-	int rc = config_load(cfg, o->config, err, sizeof(err));
-	if (rc) {
-		fprintf(stderr, "ringmail: %s\n", err);
+	char text[1024];
+	int rc = config_load(cfg, o->config, err, errlen);
+	if (rc)
 		return rc;
-	}
 	int n = snprintf(text, sizeof(text), "[server]\n");
 	if (o->data)
 		n += snprintf(text + n, sizeof(text) - (size_t)n, "data = %s\n", o->data);
@@ -160,21 +161,27 @@ static int load_config(const struct overrides *o, struct config *cfg)
 	if (o->mx_port > 0)
 		n += snprintf(text + n, sizeof(text) - (size_t)n, "mx_port = %ld\n", o->mx_port);
 	if ((size_t)n >= sizeof(text)) {
-		fprintf(stderr, "ringmail: command-line values too long\n");
+		snprintf(err, errlen, "command-line values too long");
 		return -EINVAL;
 	}
 	/* Keep listeners: the override text has none, so nothing is replaced. */
 	char src[CONFIG_STR_MAX];
 	memcpy(src, cfg->source, sizeof(src));
-	rc = config_parse_text(cfg, "command line", text, (size_t)n, err, sizeof(err));
+	rc = config_parse_text(cfg, "command line", text, (size_t)n, err, errlen);
 	memcpy(cfg->source, src, sizeof(src));
 	if (rc == 0)
-		rc = config_validate(cfg, err, sizeof(err));
-	if (rc) {
+		rc = config_validate(cfg, err, errlen);
+	return rc;
+}
+
+/* load_config() for the commands: the reason goes to stderr. */
+static int load_config_cli(const struct overrides *o, struct config *cfg)
+{
+	char err[1024];
+	int rc = load_config(o, cfg, err, sizeof(err));
+	if (rc)
 		fprintf(stderr, "ringmail: %s\n", err);
-		return rc;
-	}
-	return 0;
+	return rc;
 }
 
 static int cmd_check_config(int argc, char **argv)
@@ -185,7 +192,7 @@ static int cmd_check_config(int argc, char **argv)
 		free(cfg);
 		return 2;
 	}
-	if (load_config(&o, cfg)) {
+	if (load_config_cli(&o, cfg)) {
 		free(cfg);
 		return 2;
 	}
@@ -206,7 +213,7 @@ static int cmd_dns(int argc, char **argv)
 	const char *domain = argv[1];
 	argv[1] = argv[0]; /* the overrides follow the domain */
 	struct config *cfg = malloc(sizeof(*cfg));
-	if (!cfg || parse_overrides(argc - 1, argv + 1, &o) || load_config(&o, cfg)) {
+	if (!cfg || parse_overrides(argc - 1, argv + 1, &o) || load_config_cli(&o, cfg)) {
 		free(cfg);
 		return 2;
 	}
@@ -242,7 +249,8 @@ static int tls_for(const struct config *cfg, const struct tls_server *prev,
 }
 
 struct app_state {
-	struct services sv;
+	struct services sv; /* first: services_of() casts the app context to it */
+	struct overrides o; /* the command line, applied again at every SIGHUP */
 	struct workpool *wp;
 	int lock_fd;
 	/* What SIGHUPs replaced, released once every loop has moved past the
@@ -306,6 +314,14 @@ static void reload_dkim(struct app_state *st, struct log *log, const struct conf
 	st->retired[st->nretired - 1].dkim =
 		atomic_exchange_explicit(&st->sv.dkim, next, memory_order_acq_rel);
 	log_emit(log, LOG_INFO, 0, "dkim-reloaded", "dkim_keys=%zu", dkim_nkeys(next));
+}
+
+/* SIGHUP, on the main thread: the configuration as at start, the file
+ * read again with the same command-line overrides on top. */
+static int app_load(struct server *srv, struct config *cfg, char *err, size_t errlen)
+{
+	struct app_state *st = srv->app.ctx;
+	return load_config(&st->o, cfg, err, errlen);
 }
 
 /* SIGHUP, on the main thread: new certificates for new connections, the
@@ -477,7 +493,7 @@ static int cmd_serve(int argc, char **argv)
 		free(cfg);
 		return 2;
 	}
-	if (load_config(&o, cfg)) {
+	if (load_config_cli(&o, cfg)) {
 		free(cfg);
 		return 2;
 	}
@@ -520,6 +536,7 @@ static int cmd_serve(int argc, char **argv)
 		return 1;
 	}
 	atomic_store(&st->sv.tls, tls);
+	st->o = o;
 	st->lock_fd = -1;
 	if (services_open(st, cfg, err, sizeof(err))) {
 		fprintf(stderr, "ringmail: %s\n", err);
@@ -527,8 +544,9 @@ static int cmd_serve(int argc, char **argv)
 		rc = 1;
 		goto out_services;
 	}
-	struct server_app app = { .ops_for = ops_for, .reload = app_reload, .ctx = st,
-				  .loop_start = app_loop_start, .loop_stop = app_loop_stop };
+	struct server_app app = { .ops_for = ops_for, .load = app_load, .reload = app_reload,
+				  .ctx = st, .loop_start = app_loop_start,
+				  .loop_stop = app_loop_stop };
 	if (server_init(&srv, cfg, o.config, &app, err, sizeof(err)) ||
 	    server_bind(&srv, err, sizeof(err)) || server_drop_privileges(&srv, err, sizeof(err))) {
 		fprintf(stderr, "ringmail: %s\n", err);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* The port table of DESIGN.md. Keep docs/config.md in step. */
 const char config_default_text[] =
@@ -57,6 +58,7 @@ void config_defaults(struct config *cfg)
 	strcpy(cfg->domains[0], "example.com");
 	cfg->ndomains = 1;
 	strcpy(cfg->data_dir, "./ringmail-data");
+	cfg->recv_buffers = CONFIG_RECV_BUFFERS_DEFAULT;
 	cfg->shutdown_grace_ms = 10000;
 	strcpy(cfg->log_level, "info");
 	cfg->max_connections = 100000;
@@ -307,6 +309,11 @@ static int set_server(struct parse_ctx *ctx, const char *key, const char *value)
 		if (parse_uint(value, 1024, &v))
 			return BAD(ctx, "threads must be a number from 0 (one per CPU) to 1024");
 		cfg->threads = (unsigned)v;
+	} else if (!strcmp(key, "recv_buffers")) {
+		if (parse_uint(value, CONFIG_RECV_BUFFERS_MAX, &v) || v == 0 || (v & (v - 1)))
+			return BAD(ctx, "recv_buffers must be a power of two from 1 to %u",
+				   CONFIG_RECV_BUFFERS_MAX);
+		cfg->recv_buffers = (unsigned)v;
 	} else if (!strcmp(key, "port_offset")) {
 		if (parse_uint(value, 60000, &v))
 			return BAD(ctx, "port_offset must be a number from 0 to 60000");
@@ -801,11 +808,15 @@ void config_print(const struct config *cfg, FILE *out)
 	fprintf(out, "[server]\nhostname = %s\ndomains = ", cfg->hostname);
 	for (size_t i = 0; i < cfg->ndomains; i++)
 		fprintf(out, "%s%s", i ? ", " : "", cfg->domains[i]);
-	fprintf(out, "\ndata = %s\nthreads = %u\nport_offset = %u\nshutdown_grace = %ums\n"
+	fprintf(out, "\ndata = %s\nthreads = %u", cfg->data_dir, cfg->threads);
+	if (cfg->threads == 0) {
+		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+		fprintf(out, "   # one loop per online CPU: %ld here", ncpu > 0 ? ncpu : 1);
+	}
+	fprintf(out, "\nrecv_buffers = %u\nport_offset = %u\nshutdown_grace = %ums\n"
 		"log_level = %s\nsegment_max = %llu\ncompact_after = %llu\n",
-		cfg->data_dir, cfg->threads, cfg->port_offset, cfg->shutdown_grace_ms,
-		cfg->log_level, (unsigned long long)cfg->segment_max,
-		(unsigned long long)cfg->compact_after);
+		cfg->recv_buffers, cfg->port_offset, cfg->shutdown_grace_ms, cfg->log_level,
+		(unsigned long long)cfg->segment_max, (unsigned long long)cfg->compact_after);
 	if (cfg->user[0])
 		fprintf(out, "user = %s\n", cfg->user);
 	if (cfg->postmaster[0])
@@ -862,8 +873,10 @@ void config_print(const struct config *cfg, FILE *out)
 			cfg->data_dir);
 	for (size_t i = 0; i < cfg->nlisteners; i++) {
 		const struct listener_config *l = &cfg->listeners[i];
-		fprintf(out, "\n[listener %s]\naddress = %s\nport = %u", l->name,
-			l->address[0] ? l->address : "*", l->port);
+		bool any = !l->address[0] || !strcmp(l->address, "*");
+		fprintf(out, "\n[listener %s]\naddress = %s%s\nport = %u", l->name,
+			any ? "*" : l->address, any ? "   # every address, IPv6 and IPv4" : "",
+			l->port);
 		if (cfg->port_offset)
 			fprintf(out, "   # listening on %u", l->port + cfg->port_offset);
 		fprintf(out, "\nprotocol = %s\nsecurity = %s\n", config_proto_str(l->proto),

@@ -24,6 +24,10 @@
 #define CONFIG_MAX_DOMAINS 64
 #define CONFIG_MAX_CERTS 32
 #define CONFIG_STR_MAX 256
+/* [server] recv_buffers: receive buffers of LOOP_BUF_SIZE (16 KiB) in each
+ * loop's provided-buffer ring; a power of two (the ring's size). */
+#define CONFIG_RECV_BUFFERS_DEFAULT 512u
+#define CONFIG_RECV_BUFFERS_MAX 32768u
 
 /* PROTO_HTTP: the auto-discovery listener (proto/http_session.c); security
  * plain or tls only. */
@@ -67,6 +71,7 @@ struct config {
 	char user[64];                /* drop privileges to this user */
 	char postmaster[CONFIG_STR_MAX]; /* postmaster@ of every domain; "" default */
 	unsigned threads;             /* 0: one per online CPU */
+	unsigned recv_buffers;        /* provided receive buffers per loop (power of 2) */
 	unsigned port_offset;
 	uint32_t shutdown_grace_ms;
 	uint64_t segment_max;   /* a shared segment file rolls over past this size */

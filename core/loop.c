@@ -520,7 +520,7 @@ static int in_append(struct conn *c, const uint8_t *p, size_t n)
 	 * kept: they are bounded by the loop's buffer ring. A session that
 	 * is not paused and consumes nothing of CONN_INPUT_MAX bytes is
 	 * closed by deliver_pending(). */
-	size_t max = CONN_INPUT_MAX + (size_t)LOOP_BUF_COUNT * LOOP_BUF_SIZE;
+	size_t max = CONN_INPUT_MAX + (size_t)c->loop->br.count * c->loop->br.size;
 	if ((size_t)c->in_len + n > max)
 		return -ENOBUFS;
 	if (c->in_off && c->in_off + c->in_len + n > c->in_cap) {
@@ -686,7 +686,12 @@ static void on_recv(struct conn *c, int res, uint32_t flags)
 		conn_close_peer(c);
 		return;
 	}
-	if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR) {
+	if (res == -ENOBUFS) {
+		/* Every buffer of the ring was out when data came: the
+		 * multishot recv ended and is armed again below; the bytes
+		 * wait in the socket meanwhile. */
+		LOG_AT(&l->log, LOG_DEBUG, c->sid, "recv-nobufs", "buffers=%u", l->br.count);
+	} else if (res < 0 && res != -ECANCELED && res != -EINTR) {
 		LOG_AT(&l->log, LOG_DEBUG, c->sid, "recv-error", "error=%s", strerror(-res));
 		conn_finish_close(c, CONN_CLOSE_ERROR);
 		return;
@@ -1089,6 +1094,9 @@ static void on_reload_msg(struct loop *l, uint32_t kind, uint64_t payload)
 		}
 	}
 	l->cfg = cfg;
+	enum log_level lv = l->log.level;
+	log_level_parse(cfg->log_level, &lv);
+	l->log.level = lv;
 	atomic_store_explicit(&l->reload_seen, payload, memory_order_release);
 	LOG_AT(&l->log, LOG_INFO, 0, "reloaded", "source=%s", cfg->source);
 }
@@ -1131,7 +1139,9 @@ int loop_setup(struct loop *l, int id, struct server *srv, const int *fds, size_
 	l->log_paced = fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode);
 	if ((rc = ring_init(l)))
 		return rc;
-	if ((rc = bufring_init(&l->br, &l->ring, 0, LOOP_BUF_COUNT, LOOP_BUF_SIZE)))
+	if ((rc = bufring_init(&l->br, &l->ring, 0,
+			       l->cfg ? l->cfg->recv_buffers : CONFIG_RECV_BUFFERS_DEFAULT,
+			       LOOP_BUF_SIZE)))
 		return rc;
 	l->msg_fns[LOOP_MSG_SHUTDOWN] = on_shutdown_msg;
 	l->msg_fns[LOOP_MSG_RELOAD] = on_reload_msg;

@@ -16,7 +16,6 @@
 /* When stderr is a regular file, log writes are paced: see flush_log(). */
 #define LOOP_LOG_PACE_MS 2u
 #define LOOP_LOG_PACE_BYTES (16u * 1024u)
-#define LOOP_BUF_COUNT 512u        /* receive buffers per loop */
 #define LOOP_BUF_SIZE (16u * 1024u) /* one TLS record fits */
 #define CONN_INPUT_MAX (256u * 1024u) /* unconsumed input kept per connection */
 #define CONN_OUT_CHUNK 4096u

@@ -27,6 +27,12 @@ struct server;
 struct server_app {
 	/* The protocol handler for a listener row. */
 	const struct conn_ops *(*ops_for)(struct server *srv, const struct listener_config *lc);
+	/* Builds the configuration at SIGHUP exactly as it was built at
+	 * start: the file (or the embedded default) with the command-line
+	 * overrides on top, so they stay in force. Main thread. Returns 0, or
+	 * a negative errno with the reason in err. NULL: the file alone
+	 * (config_load() of config_path). */
+	int (*load)(struct server *srv, struct config *cfg, char *err, size_t errlen);
 	/* Called on the main thread after a new configuration was loaded and
 	 * before the loops see it (certificates reload here). Returns 0, or a
 	 * negative errno to keep the old configuration (err says why). */
@@ -39,7 +45,7 @@ struct server_app {
 
 struct server {
 	_Atomic(const struct config *) cfg; /* current snapshot; old ones live until exit */
-	const char *config_path;            /* NULL: embedded default */
+	const char *config_path;            /* app.load NULL: reloaded; NULL: embedded default */
 	struct server_app app;
 	struct log log;                     /* main thread's, direct */
 	struct loop **loops;

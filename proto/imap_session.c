@@ -330,6 +330,20 @@ static size_t send_high(struct imap_session *is)
 	return q < IMAP_SEND_HIGH ? (size_t)q : IMAP_SEND_HIGH;
 }
 
+/* Bytes of a literal read from the store at once. A read starts only while
+ * at most send_high() is queued, and what it read is queued whole, so it
+ * must fit in the rest of limits.send_queue_max (less an eighth for TLS
+ * records): IMAP_READ_CHUNK unless the limit is small. */
+static size_t read_chunk(struct imap_session *is)
+{
+	uint64_t q = cfg_of(is)->send_queue_max, high = send_high(is);
+	uint64_t room = q > high ? q - high : 0;
+	room -= room / 8;
+	if (room < 512)
+		room = 512;
+	return room < IMAP_READ_CHUNK ? (size_t)room : IMAP_READ_CHUNK;
+}
+
 static void out_flush(struct imap_session *is)
 {
 	if (is->olen && !is->dead)
@@ -3254,7 +3268,8 @@ static void fetch_read(struct imap_session *is)
 			   fetch_read_done, is);
 		return;
 	}
-	size_t len = fj->rd_left < IMAP_READ_CHUNK ? (size_t)fj->rd_left : IMAP_READ_CHUNK;
+	size_t chunk = read_chunk(is);
+	size_t len = fj->rd_left < chunk ? (size_t)fj->rd_left : chunk;
 	is->rd_inflight++;
 	store_read(is->folder, stream_loop(is->s), uid, fj->rd_off, is->rbuf, len, fetch_read_done,
 		   is);

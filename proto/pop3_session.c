@@ -170,6 +170,20 @@ static size_t send_high(struct pop3_session *ps)
 	return q < POP3_SEND_HIGH ? (size_t)q : POP3_SEND_HIGH;
 }
 
+/* Bytes of output filled before the send queue is checked again. The
+ * queue is at most send_high() when a piece starts, so a piece must fit in
+ * the rest of limits.send_queue_max (less an eighth for TLS records):
+ * POP3_OUT_CHUNK unless the limit is small. */
+static size_t out_piece(struct pop3_session *ps)
+{
+	uint64_t q = cfg_of(ps)->send_queue_max, high = send_high(ps);
+	uint64_t room = q > high ? q - high : 0;
+	room -= room / 8;
+	if (room < 512)
+		room = 512;
+	return room < POP3_OUT_CHUNK ? (size_t)room : POP3_OUT_CHUNK;
+}
+
 /* Input flows only in the interactive states and while the send queue is
  * short. */
 static void update_input(struct pop3_session *ps)
@@ -754,13 +768,18 @@ static void msg_finish(struct pop3_session *ps)
  * reads on. Runs from the read callback and from the drained callback. */
 static void msg_pump(struct pop3_session *ps)
 {
-	size_t high = send_high(ps);
+	size_t high = send_high(ps), piece = out_piece(ps);
 	while (ps->rpos < ps->rlen && !ps->body.done) {
 		size_t olen;
+		if (ps->olen >= piece) {
+			out_flush(ps); /* only the status line can be there */
+			if (ps->dead)
+				return;
+		}
 		size_t used = pop3_body_filter(&ps->body,
 					       span_make(ps->rbuf + ps->rpos, ps->rlen - ps->rpos),
 					       ps->rbuf + POP3_READ_CHUNK + ps->olen,
-					       POP3_OUT_CHUNK - ps->olen, &olen);
+					       piece - ps->olen, &olen);
 		ps->olen += olen;
 		ps->rpos += used;
 		if (ps->rpos == ps->rlen || ps->body.done)

@@ -230,6 +230,28 @@ def test_dkim_key_taken_at_sighup(pair, dns, tmp_path):
         sender.stop()
 
 
+def test_command_line_dns_and_mx_port_survive_sighup(pair, dns, tmp_path):
+    """--dns and --mx-port on the command line, not in the file: after
+    SIGHUP they are still in force (mx_port is read per delivery), so mail
+    for remote.example still reaches its MX on the shifted port."""
+    _, remote = pair
+    sender = Server(tmp_path / "sender", users={ALICE: ALICE_PW}, aliases="",
+                    extra_config="[outbound]\nretry_min = 1s\nretry_max = 2s\ntimeout = 10s\n")
+    sender.args = ["--dns", dns, "--mx-port", str(remote.port(25))]
+    sender.start()
+    try:
+        mark = sender.log_mark()
+        sender.proc.send_signal(signal.SIGHUP)
+        assert sender.wait_log(r"loop=0 event=reloaded ", mark, timeout=10), sender.log()[mark:]
+        tok = token()
+        submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1, sender.log()[mark:][-3000:]
+        assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+    finally:
+        sender.stop()
+
+
 def test_local_and_remote_in_one_message(pair):
     sender, remote = pair
     tok = token()

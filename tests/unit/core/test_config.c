@@ -201,6 +201,10 @@ static const struct bad_case bad_cases[] = {
 	{ "[server]\nthreads = -1\n", 2, "threads must be a number" },
 	{ "[server]\nthreads = 4 cores\n", 2, "threads must be a number" },
 	{ "[server]\nport_offset = 60001\n", 2, "port_offset must be a number" },
+	{ "[server]\nrecv_buffers = 0\n", 2, "recv_buffers must be a power of two from 1 to 32768" },
+	{ "[server]\nrecv_buffers = 384\n", 2, "recv_buffers must be a power of two" },
+	{ "[server]\nrecv_buffers = 65536\n", 2, "recv_buffers must be a power of two" },
+	{ "[server]\nrecv_buffers = many\n", 2, "recv_buffers must be a power of two" },
 	{ "[limits]\nmax_connections = 0\n", 2, "max_connections must be a number from 1" },
 	{ "[limits]\nmax_connections_per_ip = 12x\n", 2, "max_connections_per_ip must be a number" },
 	{ "[limits]\nmax_bad_commands = 1001\n", 2, "max_bad_commands must be a number" },
@@ -570,6 +574,7 @@ static void expect_same_config(const struct config *a, const struct config *b)
 	cr_assert_str_eq(a->data_dir, b->data_dir);
 	cr_assert_str_eq(a->user, b->user);
 	cr_assert_eq(a->threads, b->threads);
+	cr_assert_eq(a->recv_buffers, b->recv_buffers);
 	cr_assert_eq(a->port_offset, b->port_offset);
 	cr_assert_eq(a->shutdown_grace_ms, b->shutdown_grace_ms);
 	cr_assert_str_eq(a->log_level, b->log_level);
@@ -656,6 +661,7 @@ Test(config, print_round_trip_everything_set)
 		"data = /var/lib/ringmail test\n"
 		"user = nobody\n"
 		"threads = 6\n"
+		"recv_buffers = 8\n"
 		"port_offset = 10000\n"
 		"shutdown_grace = 1500ms\n"
 		"log_level = debug\n"
@@ -692,5 +698,6 @@ Test(config, print_round_trip_everything_set)
 	cr_assert_str_eq(cfg.domains[1], "example.org", "domains are lowercased");
 	cr_assert_eq(cfg.ncerts, 2);
 	cr_assert_eq(cfg.nlisteners, 4);
+	cr_assert_eq(cfg.recv_buffers, 8);
 	round_trip(&cfg);
 }
