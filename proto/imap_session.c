@@ -175,7 +175,8 @@ struct fetch_job {
 	bool add_flags;      /* FLAGS added by the implicit \Seen */
 	bool expunged;       /* a message was gone: NO [EXPUNGEISSUED] */
 	bool reading, wait_drain;
-	bool splice;         /* the open section goes file -> pipe -> socket */
+	bool splice;         /* the open section may go file -> pipe -> socket */
+	bool rd_splice;      /* the read in flight is a splice */
 	uint64_t rd_off, rd_left, lit_left;
 	bool hdr_filter, hdr_not;
 	struct span hdr_fields;
@@ -3336,13 +3337,23 @@ static bool fetch_splice_ok(struct imap_session *is, const struct store_msg *m,
 	return true;
 }
 
+/* Whether the next piece of the open section is spliced: the tail of a
+ * spliced section shorter than IMAP_SPLICE_MIN is read and copied (a
+ * message of 1 MiB and a few bytes would otherwise pay a second pair of
+ * worker hand-offs for those bytes). */
+static bool fetch_splicing(const struct fetch_job *fj)
+{
+	return fj->splice && fj->rd_left >= IMAP_SPLICE_MIN;
+}
+
 static void fetch_read(struct imap_session *is)
 {
 	struct fetch_job *fj = is->fj;
 	uint32_t uid = is->msgs[fj->cur].uid;
 	fj->reading = true;
 	hold(is);
-	if (fj->splice) {
+	fj->rd_splice = fetch_splicing(fj);
+	if (fj->rd_splice) {
 		/* fetch_pump() saw the pipe empty: pipe_chunk fits */
 		size_t len = fj->rd_left < is->pipe_chunk ? (size_t)fj->rd_left : is->pipe_chunk;
 		is->rd_inflight++;
@@ -3404,7 +3415,7 @@ static void fetch_read_done(void *arg, ssize_t res)
 			release(is);
 			return;
 		}
-	} else if (fj->splice) {
+	} else if (fj->rd_splice) {
 		out_flush(is);
 		int rc = stream_send_splice(is->s, is->pipe_r, (size_t)res);
 		if (rc) {
@@ -3424,6 +3435,7 @@ static void fetch_read_done(void *arg, ssize_t res)
 		nul_to_0x80(is->rbuf, (size_t)res);
 		stream_send(is->s, is->rbuf, (size_t)res);
 		if (fj->rd_left == 0) {
+			fj->splice = false; /* a spliced section's tail */
 			fj->item_open = false;
 			fj->ii++;
 		}
@@ -3769,7 +3781,7 @@ static void fetch_pump(struct imap_session *is)
 			fj->wait_drain = true;
 			return;
 		}
-		if (fj->item_open && fj->splice && stream_splice_pending(is->s)) {
+		if (fj->item_open && fetch_splicing(fj) && stream_splice_pending(is->s)) {
 			/* The pipe still holds bytes for the socket: a splice
 			 * into it could not be sure to fit. */
 			out_flush(is);
