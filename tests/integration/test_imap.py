@@ -2939,3 +2939,25 @@ def test_fetch_splice_client_disconnects_mid_splice(imapsrv):
     r.cmd("LOGOUT")
     r.sock.close()
     wait_fds(srv, base)
+
+
+def test_fetch_splice_stalled_client_at_shutdown(imapsrv):
+    """SIGTERM while a client has stopped reading mid-splice: the session
+    cannot finish its FETCH, so shutdown_grace cuts it (the POLLOUT wait
+    or the splice is cancelled) and the process exits 0 in time."""
+    srv = imapsrv(config="[server]\nshutdown_grace = 1s\n", threads=1)
+    msg, _, _, _ = splice_msg(300 * 1024, 8 * 1024 * 1024)
+    c = imap(srv)
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    c.logout()
+    base = server_fds(srv).get("pipe", 0)
+    s = small_window_client(srv)
+    s.login()
+    s.cmd("SELECT INBOX")
+    s.send(b"s FETCH 1 BODY.PEEK[]\r\n")
+    time.sleep(0.5)
+    assert server_fds(srv).get("pipe", 0) == base + 2  # splicing
+    t0 = time.monotonic()
+    assert srv.stop(timeout=10) == 0, srv.log()[-3000:]
+    took = time.monotonic() - t0
+    assert 0.8 < took < 5.0, took
