@@ -3316,7 +3316,7 @@ static int splice_pipe_open(struct imap_session *is)
 	return 0;
 }
 
-/* Whether the byte range [off, off + len) of m goes to the client with
+/* Whether a byte range of len bytes of m goes to the client with
  * splice: a plaintext stream, a range long enough to pay for the kernel
  * worker hand-offs, and a message the MIME scanner saw no NUL in (a CHAR8
  * literal has NUL as 0x80, which needs the bytes read; a blob written
