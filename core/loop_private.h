@@ -29,9 +29,13 @@ struct listener_rt {
 	bool closed;
 };
 
+/* One piece of output: copied bytes (data[off..len), cap bytes room), or,
+ * when pipe_fd >= 0, len bytes waiting in that pipe, spliced to the socket
+ * (off of them already sent; no data). */
 struct outchunk {
 	struct outchunk *next;
 	uint32_t off, len, cap;
+	int pipe_fd;
 	uint8_t data[];
 };
 
@@ -49,6 +53,7 @@ struct conn {
 	bool recv_armed;
 	bool recv_cancelled;     /* the armed recv's cancel is submitted */
 	bool send_inflight;
+	bool send_poll;          /* the in-flight UDATA_SEND is a POLLOUT wait */
 	bool paused;
 	bool eof_pending;        /* the peer's EOF arrived while paused */
 	bool closing;            /* no more callbacks but close() */
@@ -64,7 +69,8 @@ struct conn {
 	uint8_t *in;             /* unconsumed input, NULL when empty */
 	uint32_t in_off, in_len, in_cap;
 	struct outchunk *out_head, *out_tail;
-	size_t out_bytes;
+	size_t out_bytes;        /* queued and not yet sent, spliced bytes too */
+	size_t splice_bytes;     /* of which in splice chunks */
 	union {
 		struct sockaddr sa;
 		struct sockaddr_in sin;

@@ -3139,6 +3139,7 @@ struct rdreq {
 	uint32_t seg;
 	uint64_t pos;
 	void *buf;
+	int pipe_fd;            /* store_splice(): the pipe's write end; else -1 */
 	size_t len;
 	char *path;
 	store_read_cb *fn;
@@ -3175,7 +3176,12 @@ static void rdreq_read_done(struct loop *loop, struct loop_cb *cb, int res, uint
 static void rdreq_read(struct loop *loop, struct rdreq *r)
 {
 	r->cb.fn = rdreq_read_done;
-	io_uring_prep_read(loop_sqe(loop, &r->cb), r->file->fd, r->buf, (unsigned)r->len, r->pos);
+	if (r->pipe_fd >= 0)
+		io_uring_prep_splice(loop_sqe(loop, &r->cb), r->file->fd, (int64_t)r->pos, r->pipe_fd,
+				     -1, (unsigned)r->len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	else
+		io_uring_prep_read(loop_sqe(loop, &r->cb), r->file->fd, r->buf, (unsigned)r->len,
+				   r->pos);
 }
 
 static void rdreq_opened(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
@@ -3220,8 +3226,8 @@ static void rdreq_opened(struct loop *loop, struct loop_cb *cb, int res, uint32_
 	rdreq_read(loop, r);
 }
 
-void store_read(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_t off,
-		void *buf, size_t len, store_read_cb *cb, void *arg)
+static void read_or_splice(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_t off,
+			   void *buf, int pipe_fd, size_t len, store_read_cb *cb, void *arg)
 {
 	struct sfolder *f = h->f;
 	struct rdreq *r = calloc(1, sizeof(*r));
@@ -3235,6 +3241,7 @@ void store_read(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_
 	r->f = f;
 	r->u = suser_ref(f->user);
 	r->buf = buf;
+	r->pipe_fd = pipe_fd;
 	r->fn = cb;
 	r->arg = arg;
 	pthread_mutex_lock(&f->mu);
@@ -3274,6 +3281,22 @@ void store_read(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_
 		r->cb.fn = rdreq_opened;
 		io_uring_prep_openat(loop_sqe(loop, &r->cb), AT_FDCWD, r->path, O_RDONLY | O_CLOEXEC, 0);
 	}
+}
+
+void store_read(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_t off,
+		void *buf, size_t len, store_read_cb *cb, void *arg)
+{
+	read_or_splice(h, loop, uid, off, buf, -1, len, cb, arg);
+}
+
+void store_splice(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_t off,
+		  size_t len, int pipe_wr_fd, store_read_cb *cb, void *arg)
+{
+	if (pipe_wr_fd < 0) {
+		cb(arg, -EBADF);
+		return;
+	}
+	read_or_splice(h, loop, uid, off, NULL, pipe_wr_fd, len, cb, arg);
 }
 
 /* ---- appends ---------------------------------------------------------------- */

@@ -245,6 +245,16 @@ void store_view_status(const struct store_view *view, struct store_folder_status
 typedef void store_read_cb(void *arg, ssize_t res);
 void store_read(struct store_folder *folder, struct loop *loop, uint32_t uid,
 		uint64_t off, void *buf, size_t len, store_read_cb *cb, void *arg);
+/* Like store_read(), but moves the bytes from the segment file into the
+ * pipe whose write end is pipe_wr_fd with splice(2) (IORING_OP_SPLICE,
+ * SPLICE_F_MOVE | SPLICE_F_NONBLOCK): page references, no copy through user
+ * space. cb's res is the number of bytes now in the pipe, which may be
+ * fewer than len (the pipe is full: -EAGAIN when nothing fit; keep what is
+ * queued in the pipe below its capacity), 0 at the end of the message, or a
+ * negative errno. pipe_wr_fd must stay open until cb. The bytes are the
+ * stored ones, NUL octets included. */
+void store_splice(struct store_folder *folder, struct loop *loop, uint32_t uid,
+		  uint64_t off, size_t len, int pipe_wr_fd, store_read_cb *cb, void *arg);
 
 /* Flags and keywords. op: STORE_FLAGS_SET replaces, ADD adds, REMOVE
  * removes. Keywords are names (atoms); new ones are added to the folder's

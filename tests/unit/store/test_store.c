@@ -121,6 +121,80 @@ Test(store, read_errors)
 	store_user_close(&u);
 }
 
+/* Reads what is in the pipe (non-blocking read end) into got + *n. */
+static void drain_pipe(int fd, char *got, size_t cap, size_t *n)
+{
+	ssize_t r;
+	while (*n < cap && (r = read(fd, got + *n, cap - *n)) > 0)
+		*n += (size_t)r;
+}
+
+Test(store, splice_into_a_pipe)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct waitres w = { 0 };
+	int p[2];
+	char got[256];
+	size_t n = 0;
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(t_append(L, f, msgs[i], NULL), 0);
+	/* message 2 from byte 5, in pieces of 7 bytes: exact bytes, then 0 */
+	size_t len = strlen(msgs[1]);
+	for (size_t off = 5; off < len; off += (size_t)w.res) {
+		w = (struct waitres){ 0 };
+		store_splice(f, L, 2, off, 7, p[1], wr_read, &w);
+		t_run(L, &w);
+		cr_assert_eq(w.res, (int)(len - off < 7 ? len - off : 7), "at %zu", off);
+		drain_pipe(p[0], got, sizeof(got), &n);
+	}
+	cr_assert_eq(n, len - 5);
+	cr_assert(memcmp(got, msgs[1] + 5, n) == 0);
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 2, len, 7, p[1], wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, 0, "the end");
+	/* a whole message, after a reopen (the segment file is opened first) */
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 3, 0, STORE_READ_MAX, p[1], wr_read, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, (int)strlen(msgs[2]));
+	n = 0;
+	drain_pipe(p[0], got, sizeof(got), &n);
+	cr_assert(n == strlen(msgs[2]) && memcmp(got, msgs[2], n) == 0);
+	/* errors: no such message, too long, no pipe; a full pipe is EAGAIN */
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 42, 0, 8, p[1], wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -ENOENT);
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 1, 0, STORE_READ_MAX + 1, p[1], wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -EINVAL);
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 1, 0, 8, -1, wr_read, &w);
+	cr_expect(w.done && w.res == -EBADF);
+	static char fill[65536];
+	while (write(p[1], fill, sizeof(fill)) > 0)
+		;
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 1, 0, 8, p[1], wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -EAGAIN, "a full pipe does not block: %d", w.res);
+	close(p[0]);
+	close(p[1]);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
 Test(store, flags_keywords_modseq)
 {
 	struct store_user *u = t_user(S, L, "alice@example.com");
