@@ -153,6 +153,13 @@ def test_remote_rcpt_delivered_byte_exact(pair):
     # Two Received: fields (the remote's, then ours), then the bytes as sent.
     assert m.count(b"Received: ") >= 2, m[:600]
     assert m.index(b"by mx.remote.example (ringmail)") < m.index(b"by mail.example.com (ringmail)")
+    # Opportunistic STARTTLS to the MX: the remote's Received field (the
+    # first one) says the message came in over TLS, unauthenticated.
+    theirs = RX_RECEIVED.match(m).group(0).split(b"\r\nReceived: ")[0]
+    assert b"by mx.remote.example (ringmail) with ESMTPS\r\n" in theirs, theirs
+    assert re.search(rb"\(version=TLSv1\.[23] cipher=\S+\)", theirs), theirs
+    assert re.search(r"event=outbound-tls host=mx\.remote\.example version=TLSv1\.[23] ",
+                     sender.log()), sender.log()[-3000:]
     body = strip_all_received(m)
     if body.startswith(b"DKIM-Signature:"):
         body = re.sub(rb"\ADKIM-Signature: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n", b"", body)
