@@ -609,7 +609,13 @@ static int cmd_queue(int argc, char **argv)
 		rc = rc ? 1 : 0;
 	} else if (sub && !strcmp(sub, "delete") && id) {
 		rc = queue_cli_delete(data, id);
-		if (rc)
+		if (rc == -ENOENT)
+			fprintf(stderr, "ringmail: queue delete: no queued message with id %s in %s/queue"
+					" (see ringmail queue list)\n", id, data);
+		else if (rc == -EINVAL)
+			fprintf(stderr, "ringmail: queue delete: '%s' is not a queue id (lowercase hex, "
+					"as ringmail queue list shows)\n", id);
+		else if (rc)
 			fprintf(stderr, "ringmail: queue delete %s: %s\n", id, strerror(-rc));
 		rc = rc ? 1 : 0;
 	} else {

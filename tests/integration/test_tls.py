@@ -511,7 +511,7 @@ SNI_CASES = [("other.example", "b"), ("a.example", "a"), (None, "a"),
 def test_sni_chooses_certificate(tlssrv, sni_certs, sni, want):
     srv = tlssrv(config=sni_config(sni_certs))
     wanted = der_of(sni_certs[want][0])
-    for port in (465, 993, 995):
+    for port in (465, 993, 995, 443):  # 443: HTTPS auto-discovery, same certificates
         assert served_der(srv, port, sni) == wanted, (port, sni, want)
     for proto, port in (("smtp", 25), ("imap", 143), ("pop3", 110)):
         assert served_der(srv, port, sni, proto) == wanted, (port, sni, want)

@@ -95,6 +95,54 @@ Test(config, embedded_default_parses_and_validates)
 	cr_assert_eq(config_validate(&cfg, err, sizeof(err)), 0, "%s", err);
 }
 
+/* The [outbound] defaults docs/queue.md promises: retries from 5 minutes,
+ * doubling up to 4 hours, for 5 days, then a bounce. */
+Test(config, outbound_defaults)
+{
+	static struct config cfg;
+	char err[512] = "";
+
+	cr_assert_eq(config_load(&cfg, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg.ob_retry_min_ms, 5u * 60 * 1000);
+	cr_assert_eq(cfg.ob_retry_max_ms, 4u * 3600 * 1000);
+	cr_assert_eq(cfg.ob_expire_ms, 5u * 24 * 3600 * 1000, "expire %u ms",
+		     (unsigned)cfg.ob_expire_ms);
+	cr_assert_eq(cfg.ob_timeout_ms, 5u * 60 * 1000);
+	cr_assert_eq(cfg.ob_idle_ms, 30u * 1000);
+	cr_assert_eq(cfg.ob_delay_ms, 4u * 3600 * 1000);
+	cr_assert_eq(cfg.ob_mx_port, 25);
+	cr_assert_eq(cfg.ob_max_per_domain, 8);
+	cr_assert_eq(cfg.ob_max_per_connection, 100);
+	cr_assert_str_eq(cfg.ob_dns, "", "no dns: /etc/resolv.conf");
+	cr_assert_str_eq(cfg.ob_smart_host, "");
+	cr_assert_not(cfg.ob_smart_verify);
+	cr_assert_str_eq(cfg.ob_dkim_selector, "ringmail");
+}
+
+/* [outbound] values in a file reach the struct (durations in ms too). */
+Test(config, outbound_values_reach_the_struct)
+{
+	static struct config cfg;
+	char err[512], *path;
+	static const char text[] =
+		"[outbound]\ndns = 127.0.0.1:5353\nmx_port = 2525\nretry_min = 250ms\n"
+		"retry_max = 2s\nexpire = 120h\ntimeout = 10s\nmax_per_domain = 2\n"
+		"max_per_connection = 7\nconnection_idle = 4s\ndelay_warning = 1m\n";
+
+	cr_assert_eq(load_text(&cfg, text, strlen(text), &path, err, sizeof(err)), 0, "%s", err);
+	free(path);
+	cr_assert_str_eq(cfg.ob_dns, "127.0.0.1:5353");
+	cr_assert_eq(cfg.ob_mx_port, 2525);
+	cr_assert_eq(cfg.ob_retry_min_ms, 250);
+	cr_assert_eq(cfg.ob_retry_max_ms, 2000);
+	cr_assert_eq(cfg.ob_expire_ms, 120u * 3600 * 1000);
+	cr_assert_eq(cfg.ob_timeout_ms, 10000);
+	cr_assert_eq(cfg.ob_max_per_domain, 2);
+	cr_assert_eq(cfg.ob_max_per_connection, 7);
+	cr_assert_eq(cfg.ob_idle_ms, 4000);
+	cr_assert_eq(cfg.ob_delay_ms, 60000);
+}
+
 Test(config, embedded_default_text_alone)
 {
 	static struct config cfg;
