@@ -198,16 +198,18 @@ static void error_reply(struct smtp_session *ss, const char *text)
 	}
 }
 
+/* The timeout on the client's silence, re-armed by every byte it sends
+ * (commands and message text alike). RFC 5321 4.5.3.2.7: a server waits
+ * at least 5 minutes for the next command, and the MX rows do so from the
+ * greeting on (a sending MTA is not a client to hurry). A submission row
+ * offers nothing before AUTH but AUTH itself: there, as for IMAP and POP3,
+ * the shorter pre-login timeout applies until the client has logged in. */
 static void arm_timer(struct smtp_session *ss)
 {
 	const struct config *cfg = cfg_of(ss);
-	/* Until the client has authenticated or started a transaction, the
-	 * shorter pre-login timeout applies. */
-	uint32_t ms = (ss->user[0] || ss->msgs || ss->state >= SMTP_S_MAIL)
-			      ? cfg->smtp_timeout_ms
-			      : (cfg->prelogin_timeout_ms < cfg->smtp_timeout_ms
-					 ? cfg->prelogin_timeout_ms
-					 : cfg->smtp_timeout_ms);
+	uint32_t ms = cfg->smtp_timeout_ms;
+	if (is_submission(ss) && !ss->user[0] && cfg->prelogin_timeout_ms < ms)
+		ms = cfg->prelogin_timeout_ms;
 	stream_set_timer(ss->s, ms);
 }
 
@@ -1051,8 +1053,10 @@ static void queue_ready(void *arg)
 {
 	struct smtp_session *ss = arg;
 	ss->d.qwait = false;
-	if (!ss->dead && !ss->d.overflow_len && !ss->d.finish_pending && ss->state != SMTP_S_BUSY)
+	if (!ss->dead && !ss->d.overflow_len && !ss->d.finish_pending && ss->state != SMTP_S_BUSY) {
+		arm_timer(ss);
 		stream_resume(ss->s);
+	}
 }
 
 /* Starts writing the message to the outbound queue, and the DKIM signer
@@ -1110,6 +1114,7 @@ static int queue_put(struct smtp_session *ss, struct span chunk)
 	if (rc == 1) {
 		d->qwait = true;
 		stream_pause(ss->s);
+		stream_set_timer(ss->s, 0); /* we hold the client back, not it us */
 	}
 	return 0;
 }
@@ -1236,6 +1241,7 @@ static void store_put(struct smtp_session *ss, struct span chunk)
 	d->overflow = o;
 	d->overflow_len += chunk.len;
 	stream_pause(ss->s);
+	stream_set_timer(ss->s, 0); /* until store_ready(): the store is slow, not the client */
 }
 
 static void store_ready(void *arg)
@@ -1261,8 +1267,10 @@ static void store_ready(void *arg)
 		delivery_finish(ss);
 		return;
 	}
-	if (!d->qwait)
+	if (!d->qwait) {
+		arm_timer(ss);
 		stream_resume(ss->s);
+	}
 }
 
 static void delivery_done(struct smtp_session *ss, int res);
@@ -1744,6 +1752,13 @@ static ssize_t smtp_data(struct stream *s, struct span in)
 		case SMTP_S_BUSY:
 			return (ssize_t)pos;
 		case SMTP_S_DATA: {
+			/* Silence times out, not a slow upload (RFC 5321
+			 * 4.5.3.2): every chunk re-arms the timer. Before
+			 * data_data(), which disarms it when the message ends
+			 * and the store takes over; not while the queue spool
+			 * holds us back (queue_ready() re-arms it). */
+			if (!ss->d.qwait)
+				arm_timer(ss);
 			size_t used = data_data(ss, rest);
 			pos += used;
 			if (ss->d.overflow_len)
@@ -1751,6 +1766,8 @@ static ssize_t smtp_data(struct stream *s, struct span in)
 			continue;
 		}
 		case SMTP_S_BDAT:
+			if (!ss->d.qwait)
+				arm_timer(ss);
 			pos += bdat_data(ss, rest);
 			if (ss->d.overflow_len)
 				return (ssize_t)pos;
