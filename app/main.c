@@ -2,8 +2,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jemalloc/jemalloc.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -476,18 +474,6 @@ static int cmd_serve(int argc, char **argv)
 	}
 	atomic_store(&st->sv.tls, tls);
 	st->lock_fd = -1;
-	/* The signals server_run() waits for are blocked before any thread
-	 * exists (the users watcher and the hashing workers start in
-	 * services_open()): threads inherit the mask, so a SIGTERM that comes
-	 * while the main thread is not inside sigtimedwait() stays pending for
-	 * it instead of killing the process through a thread that does not
-	 * block it. */
-	sigset_t sigs;
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	if (services_open(st, cfg, err, sizeof(err))) {
 		fprintf(stderr, "ringmail: %s\n", err);
 		free(cfg); /* server_init() did not take it */
