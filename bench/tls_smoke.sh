@@ -30,10 +30,13 @@ CONF
 start_ringmail tls_smoke --config "$tmp/ringmail.conf"
 
 # One small message for RETR (port 25: local delivery without AUTH).
+# Wait for the greeting: a client that talks first is an early talker (554).
 exec 3<>"/dev/tcp/127.0.0.1/$((25 + off))"
+read -r -t 10 greeting <&3
+printf '%s\n' "$greeting" >"$tmp/smtp.out"
 printf 'EHLO smoke\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<smoke@example.com>\r\nDATA\r\n' >&3
 printf 'Subject: smoke\r\n\r\nhello\r\n.\r\nQUIT\r\n' >&3
-timeout 10 cat <&3 >"$tmp/smtp.out"
+timeout 10 cat <&3 >>"$tmp/smtp.out"
 exec 3<&-
 grep -q '^250 2.0.0' "$tmp/smtp.out" || { echo "tls_smoke: delivery failed:" >&2; cat "$tmp/smtp.out" >&2; exit 1; }
 

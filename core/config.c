@@ -82,6 +82,7 @@ void config_defaults(struct config *cfg)
 	cfg->header_size_max = 1u << 20;
 	cfg->max_hops = 50;
 	cfg->smtp_line_max = 1000;
+	cfg->smtp_command_line_max = 512; /* SMTP_COMMAND_LINE_MAX */
 	cfg->imap_line_max = 64 * 1024; /* IMAP_LINE_MAX */
 	cfg->ticket_rotate_s = 3600;
 	cfg->ob_mx_port = 25;
@@ -367,6 +368,9 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "max_hops", offsetof(struct config, max_hops), 1, 1000 },
 		/* RFC 5321 4.5.3.1.6: at least 1000 octets must be accepted */
 		{ "smtp_line_max", offsetof(struct config, smtp_line_max), 1000, 1000000 },
+		/* RFC 5321 4.5.3.1.4: at least 512; at most what a session's
+		 * input buffer holds comfortably (CONN_INPUT_MAX is 256 KiB) */
+		{ "smtp_command_line_max", offsetof(struct config, smtp_command_line_max), 512, 65536 },
 		/* at least the pre-login limit (IMAP_LINE_MAX_PRELOGIN, 8 KiB) */
 		{ "imap_line_max", offsetof(struct config, imap_line_max), 8192, 16777216 },
 		/* the hard maxima are proto/mime.h's MIME_DEPTH_MAX and
@@ -390,6 +394,13 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 			return BAD(ctx, "%s must be a number from %lu to %lu", key, counts[i].min,
 				   counts[i].max);
 		*(uint32_t *)((char *)cfg + counts[i].off) = (uint32_t)v;
+		return 0;
+	}
+	if (!strcmp(key, "smtp_greet_pause")) {
+		/* 0 turns it off; a long pause only delays every client */
+		if (config_parse_duration_ms(value, &cfg->smtp_greet_pause_ms) ||
+		    cfg->smtp_greet_pause_ms > 60000)
+			return BAD(ctx, "smtp_greet_pause must be a duration from 0 to 60s");
 		return 0;
 	}
 	if (!strcmp(key, "send_queue_max")) {
@@ -838,11 +849,12 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject",
 		(unsigned long long)cfg->quota_storage, (unsigned long long)cfg->quota_messages);
 	fprintf(out, "auth_delay = %ums\nauth_delay_max = %ums\nmime_depth_max = %u\n"
-		"mime_parts_max = %u\nsmtp_line_max = %u\nimap_line_max = %u\n"
+		"mime_parts_max = %u\nsmtp_line_max = %u\nsmtp_command_line_max = %u\n"
+		"smtp_greet_pause = %ums\nimap_line_max = %u\n"
 		"imap_unauthenticate = %s\nfolders_max = %u\n",
 		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max,
-		cfg->smtp_line_max, cfg->imap_line_max, cfg->imap_unauthenticate ? "yes" : "no",
-		cfg->folders_max);
+		cfg->smtp_line_max, cfg->smtp_command_line_max, cfg->smtp_greet_pause_ms,
+		cfg->imap_line_max, cfg->imap_unauthenticate ? "yes" : "no", cfg->folders_max);
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
 		"expire = %ums\ntimeout = %ums\nconnection_idle = %ums\ndelay_warning = %ums\n"
 		"max_per_domain = %u\n"

@@ -277,6 +277,12 @@ static const struct bad_case bad_cases[] = {
 	{ "[limits]\nmime_depth_max = 33\n", 2, "mime_depth_max must be a number from 1 to 32" },
 	{ "[limits]\nmime_parts_max = 0\n", 2, "mime_parts_max must be a number from 1 to 1000" },
 	{ "[limits]\nsmtp_line_max = 999\n", 2, "smtp_line_max must be a number from 1000 to 1000000" },
+	{ "[limits]\nsmtp_command_line_max = 511\n", 2,
+	  "smtp_command_line_max must be a number from 512 to 65536" },
+	{ "[limits]\nsmtp_command_line_max = 65537\n", 2,
+	  "smtp_command_line_max must be a number from 512 to 65536" },
+	{ "[limits]\nsmtp_greet_pause = 61s\n", 2, "smtp_greet_pause must be a duration from 0 to 60s" },
+	{ "[limits]\nsmtp_greet_pause = soon\n", 2, "smtp_greet_pause must be a duration from 0 to 60s" },
 	{ "[limits]\nimap_line_max = 4096\n", 2, "imap_line_max must be a number from 8192 to 16777216" },
 	{ "[server]\nshutdown_grace = 1d\n", 2, "shutdown_grace must be a duration" },
 	{ "[tls]\nticket_rotate = 30s\n", 2, "ticket_rotate must be a duration of at least 1m" },
@@ -641,6 +647,11 @@ static void expect_same_config(const struct config *a, const struct config *b)
 	cr_assert_eq(a->mime_depth_max, b->mime_depth_max);
 	cr_assert_eq(a->mime_parts_max, b->mime_parts_max);
 	cr_assert_eq(a->smtp_line_max, b->smtp_line_max);
+	cr_assert_eq(a->smtp_command_line_max, b->smtp_command_line_max);
+	cr_assert_eq(a->smtp_greet_pause_ms, b->smtp_greet_pause_ms);
+	cr_assert_eq(a->smtp_timeout_ms, b->smtp_timeout_ms);
+	cr_assert_eq(a->message_size_max, b->message_size_max);
+	cr_assert_eq(a->recipients_max, b->recipients_max);
 	cr_assert_eq(a->imap_line_max, b->imap_line_max);
 	cr_assert_eq(a->quota_storage, b->quota_storage);
 	cr_assert_eq(a->quota_messages, b->quota_messages);
@@ -727,6 +738,9 @@ Test(config, print_round_trip_everything_set)
 		"quota_storage = 1m\n"
 		"quota_messages = 77\n"
 		"folders_max = 12\n"
+		"smtp_command_line_max = 2048\n"
+		"smtp_greet_pause = 1500ms\n"
+		"smtp_timeout = 7m\n"
 		"[tls]\n"
 		"cert = /etc/ringmail/a.pem,/etc/ringmail/a.key\n"
 		"sni.mail.example.org = /etc/ringmail/b.pem,/etc/ringmail/b.key\n"
@@ -747,5 +761,7 @@ Test(config, print_round_trip_everything_set)
 	cr_assert_eq(cfg.ncerts, 2);
 	cr_assert_eq(cfg.nlisteners, 4);
 	cr_assert_eq(cfg.recv_buffers, 8);
+	cr_assert_eq(cfg.smtp_command_line_max, 2048);
+	cr_assert_eq(cfg.smtp_greet_pause_ms, 1500);
 	round_trip(&cfg);
 }
