@@ -492,6 +492,57 @@ def test_dot_stuffing(pop3srv):
     assert top.endswith(b"\r\n\r\n..starts with a dot\r\n...two dots\r\n"), top
 
 
+def imap_append_raw(srv, msg, user="alice@example.com"):
+    """APPENDs msg to INBOX over a raw IMAP connection, as it is (imaplib
+    would turn bare LFs into CRLF)."""
+    s = srv.connect(143, timeout=10)
+    assert recv_line(s).startswith(b"* OK")
+    s.sendall(f'a LOGIN "{user}" "{USERS[user]}"\r\n'.encode())
+    while not (ln := recv_line(s)).startswith(b"a "):
+        pass
+    assert ln.startswith(b"a OK"), ln
+    s.sendall(b"b APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
+    while not (ln := recv_line(s)).startswith(b"b "):
+        pass
+    assert ln.startswith(b"b OK"), ln
+    s.sendall(b"c LOGOUT\r\n")
+
+
+def test_bare_lf_message_goes_out_with_crlf(pop3srv):
+    """A message appended over IMAP with bare LF line ends (and a bare CR)
+    is sent by RETR and TOP with CRLF line ends, dot-stuffed after a bare
+    LF too, and terminated by CRLF "." CRLF: curl and poplib read it."""
+    srv = pop3srv()
+    msg = b"Subject: lf\n\nline1\n.\nline3\rstill3\nlast"
+    imap_append_raw(srv, msg)
+    c = Raw(srv)
+    c.login()
+    assert c.cmd("RETR 1").startswith(b"+OK")
+    raw = c.multi()
+    assert raw == b"Subject: lf\r\n\r\nline1\r\n..\r\nline3\rstill3\r\nlast\r\n", raw
+    assert c.cmd("TOP 1 1").startswith(b"+OK")
+    assert c.multi() == b"Subject: lf\r\n\r\nline1\r\n"
+    assert c.cmd("QUIT").startswith(b"+OK")
+    p = pop(srv)
+    assert p.retr(1)[1] == [b"Subject: lf", b"", b"line1", b".", b"line3\rstill3", b"last"]
+    p.quit()
+    if shutil.which("curl"):
+        url = f"pop3://127.0.0.1:{srv.port(110)}/1"
+        r = subprocess.run(["curl", "-sS", "-m", "20", "-u",
+                            f"alice@example.com:{USERS['alice@example.com']}", url],
+                           capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b"Subject: lf\r\n\r\nline1\r\n.\r\nline3\rstill3\r\nlast\r\n"
+    # IMAP still returns the bytes as they were appended
+    import imaplib
+    m = imaplib.IMAP4(HOST, srv.port(143), timeout=10)
+    m.login("alice@example.com", USERS["alice@example.com"])
+    m.select("INBOX")
+    typ, data = m.fetch("1", "(BODY.PEEK[])")
+    assert data[0][1] == msg
+    m.logout()
+
+
 def test_message_without_final_crlf_gets_one(pop3srv):
     """TOP of a message cut in its last line ends the line before ".". """
     srv = pop3srv()
