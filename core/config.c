@@ -79,6 +79,7 @@ void config_defaults(struct config *cfg)
 	cfg->message_size_max = 50u << 20;
 	cfg->recipients_max = 1000;
 	cfg->smtp_timeout_ms = 5 * 60000;
+	cfg->pop3_autologout_ms = 10 * 60000; /* RFC 1939 3: at least 10 minutes */
 	cfg->header_size_max = 1u << 20;
 	cfg->max_hops = 50;
 	cfg->smtp_line_max = 1000;
@@ -352,6 +353,7 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "dual_wait", offsetof(struct config, dual_wait_ms) },
 		{ "handshake_timeout", offsetof(struct config, handshake_timeout_ms) },
 		{ "smtp_timeout", offsetof(struct config, smtp_timeout_ms) },
+		{ "pop3_autologout", offsetof(struct config, pop3_autologout_ms) },
 		{ "auth_delay", offsetof(struct config, auth_delay_ms) },
 		{ "auth_delay_max", offsetof(struct config, auth_delay_max_ms) },
 	};
@@ -838,7 +840,7 @@ void config_print(const struct config *cfg, FILE *out)
 		"handshake_timeout = %ums\nmax_bad_commands = %u\nsend_queue_max = %llu\n"
 		"plaintext_auth = %s\nmessage_size_max = %llu\nrecipients_max = %u\n"
 		"smtp_timeout = %ums\nheader_size_max = %llu\nmax_hops = %u\nsmtp_bare_lf = %s\n"
-		"quota_storage = %llu\nquota_messages = %llu\n",
+		"quota_storage = %llu\nquota_messages = %llu\npop3_autologout = %ums\n",
 		cfg->max_connections, cfg->max_connections_per_ip, cfg->max_connections_per_user,
 		cfg->prelogin_timeout_ms,
 		cfg->idle_timeout_ms, cfg->dual_wait_ms, cfg->handshake_timeout_ms,
@@ -847,7 +849,8 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->recipients_max, cfg->smtp_timeout_ms,
 		(unsigned long long)cfg->header_size_max, cfg->max_hops,
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject",
-		(unsigned long long)cfg->quota_storage, (unsigned long long)cfg->quota_messages);
+		(unsigned long long)cfg->quota_storage, (unsigned long long)cfg->quota_messages,
+		cfg->pop3_autologout_ms);
 	fprintf(out, "auth_delay = %ums\nauth_delay_max = %ums\nmime_depth_max = %u\n"
 		"mime_parts_max = %u\nsmtp_line_max = %u\nsmtp_command_line_max = %u\n"
 		"smtp_greet_pause = %ums\nimap_line_max = %u\n"

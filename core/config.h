@@ -97,6 +97,7 @@ struct config {
 	uint64_t message_size_max;    /* SIZE; 552 past it */
 	uint32_t recipients_max;      /* 452 past it */
 	uint32_t smtp_timeout_ms;     /* server timeout, RFC 5321 4.5.3.2.7 */
+	uint32_t pop3_autologout_ms;  /* POP3 idle time after login (RFC 1939 3) */
 	uint32_t smtp_greet_pause_ms; /* "220-" then this pause then "220 "; 0: off */
 	uint32_t smtp_command_line_max; /* SMTP command line, CRLF included (RFC: 512) */
 	uint64_t header_size_max;     /* header section of a message */

@@ -69,7 +69,8 @@ int pop3_parse_number(struct span s, uint32_t *n_r);
 /* ---- the body filter ---------------------------------------------------
  *
  * Turns message bytes into a RETR/TOP response body: byte-stuffs every line
- * that starts with '.' (RFC 1939 3), and for TOP stops after the header
+ * that starts with '.' (RFC 1939 3), sends a bare LF as CRLF (a line
+ * ends at LF; the stored message keeps its bytes), and for TOP stops after the header
  * section, the blank line and the requested number of body lines. The
  * message is fed in any pieces; the state is a small zero-fillable struct
  * set up by pop3_body_init(). The caller adds the final ".\r\n" (and a CRLF

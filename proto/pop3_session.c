@@ -42,8 +42,6 @@
 #include "store/auth.h"
 #include "store/store.h"
 
-/* RFC 1939 3: the autologout timer is at least 10 minutes. */
-#define POP3_AUTOLOGOUT_MS (10u * 60u * 1000u)
 /* Bytes of a message read from the store at once. */
 #define POP3_READ_CHUNK (64u * 1024u)
 /* Bytes handed to the stream at once: one full TLS record. */
@@ -210,7 +208,7 @@ static void arm_timer(struct pop3_session *ps)
 		break;
 	case POP3_S_TRANSACTION:
 	case POP3_S_SENDING:
-		stream_set_timer(ps->s, POP3_AUTOLOGOUT_MS);
+		stream_set_timer(ps->s, cfg_of(ps)->pop3_autologout_ms);
 		break;
 	default:
 		stream_set_timer(ps->s, 0);
