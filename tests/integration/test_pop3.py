@@ -792,15 +792,17 @@ def test_fetchmail_downloads_and_deletes(pop3srv, tmp_path):
     srv = pop3srv()
     bodies = [b"plain text\r\n", b".leading dot\r\n..two\r\n.\r\nlast\r\n",
               (b"y" * 998 + b"\r\n") * 300]
-    for b in bodies:
-        deliver(srv, "alice@example.com", b)
+    sent = [deliver(srv, "alice@example.com", b, subject=f"fm{i}") for i, b in enumerate(bodies)]
     p = pop(srv)
     want = [retr_bytes(p, i + 1) for i in range(len(bodies))]
     p.quit()
-    out = tmp_path / "out"
-    out.mkdir()
+    # One local file: the MDA appends each message after a separator line
+    # that cannot occur in them.
+    box = tmp_path / "mailbox"
+    sep = b"=== fetchmail message ===\n"
     mda = tmp_path / "mda.sh"
-    mda.write_text(f'#!/bin/sh\nn=$(ls {out} | wc -l)\ncat > {out}/msg.$n\n')
+    mda.write_text(f"#!/bin/sh\nprintf '%s\\n' '{sep.decode().strip()}' >> {box}\n"
+                   f"cat >> {box}\n")
     mda.chmod(0o755)
     rc = tmp_path / "fetchmailrc"
     rc.write_text(
@@ -815,10 +817,20 @@ def test_fetchmail_downloads_and_deletes(pop3srv, tmp_path):
     r = subprocess.run(["fetchmail", "-f", str(rc), "--nodetach", "--invisible", "-v"],
                        capture_output=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
-    got = [(out / f"msg.{i}").read_bytes() for i in range(len(bodies))]
-    # fetchmail hands the MDA LF line ends (stripcr): byte for byte otherwise
-    for g, w in zip(got, want):
+    data = box.read_bytes()
+    assert data.startswith(sep)
+    got = data[len(sep):].split(sep)
+    assert len(got) == len(bodies)
+    # fetchmail hands the MDA LF line ends (stripcr); otherwise each message
+    # is, byte for byte, the server's Received: field followed by exactly
+    # what the SMTP client sent.
+    for g, w, orig in zip(got, want, sent):
         assert g == w.replace(b"\r\n", b"\n")
+        lf = orig.replace(b"\r\n", b"\n")
+        assert g.endswith(lf), (g[:200], lf[:200])
+        head = g[:len(g) - len(lf)]
+        assert head.startswith(b"Received: "), head
+        assert all(l.startswith((b"Received: ", b" ", b"\t")) for l in head.splitlines()), head
     # and they are gone from the server
     p = pop(srv)
     assert p.stat() == (0, 0)
