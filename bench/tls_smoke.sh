@@ -3,7 +3,8 @@
 # 'bench'): a ringmail on free ports, then tls_bench's full, resumed,
 # resumed-psk and plaintext modes on 465/993/995 for a few connections each
 # (no errors, every measured resumed connection reused), a RETR over 995,
-# and the crypto bound. Exit 77 (skip) when ringmail cannot start io_uring.
+# and the crypto bound; every result with latency percentiles and errors by
+# kind. Exit 77 (skip) when ringmail cannot start io_uring.
 set -u
 ringmail=$1
 bench=$2
@@ -46,6 +47,13 @@ run() { # expected-reused-min args...
 	local out
 	out=$("$bench" --json --server-pid "$pid" "$@") || { echo "tls_smoke: FAILED: $* -> $out" >&2; fail=1; return; }
 	echo "$out"
+	# every result: latency percentiles and errors by kind, none of them
+	if ! grep -q '"p50_us":[0-9]*,"p99_us":[0-9]*,"p999_us":[0-9]*' <<<"$out" ||
+	   ! grep -q '"errors":{"refused":0,"reset":0,"timeout":0,"closed":0,"bad_reply":0,' <<<"$out" ||
+	   ! grep -q '"errors_total":0,' <<<"$out"; then
+		echo "tls_smoke: FAILED: $* (no percentiles, or errors)" >&2
+		fail=1
+	fi
 	local conns reused
 	conns=$(sed -n 's/.*"conns":\([0-9]*\).*/\1/p' <<<"$out")
 	reused=$(sed -n 's/.*"reused":\([0-9]*\).*/\1/p' <<<"$out")
