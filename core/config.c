@@ -85,6 +85,8 @@ void config_defaults(struct config *cfg)
 	cfg->smtp_line_max = 1000;
 	cfg->smtp_command_line_max = 512; /* SMTP_COMMAND_LINE_MAX */
 	cfg->imap_line_max = 64 * 1024; /* IMAP_LINE_MAX */
+	cfg->imap_literal_max = 64 * 1024;
+	cfg->pop3_line_max = 255; /* POP3_LINE_MAX */
 	cfg->ticket_rotate_s = 3600;
 	cfg->ob_mx_port = 25;
 	cfg->folders_max = 10000;
@@ -375,6 +377,11 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "smtp_command_line_max", offsetof(struct config, smtp_command_line_max), 512, 65536 },
 		/* at least the pre-login limit (IMAP_LINE_MAX_PRELOGIN, 8 KiB) */
 		{ "imap_line_max", offsetof(struct config, imap_line_max), 8192, 16777216 },
+		/* room for a LOGIN password or a mailbox name (RECORD_NAME_MAX) */
+		{ "imap_literal_max", offsetof(struct config, imap_literal_max), 1024, 16777216 },
+		/* "USER " and a 120-octet name; at most POP3_AUTH_LINE_MAX, the
+		 * length every line is read up to */
+		{ "pop3_line_max", offsetof(struct config, pop3_line_max), 128, 2100 },
 		/* the hard maxima are proto/mime.h's MIME_DEPTH_MAX and
 		 * MIME_PARTS_MAX (the scanner's arrays) */
 		{ "mime_depth_max", offsetof(struct config, mime_depth_max), 1, 32 },
@@ -854,10 +861,12 @@ void config_print(const struct config *cfg, FILE *out)
 	fprintf(out, "auth_delay = %ums\nauth_delay_max = %ums\nmime_depth_max = %u\n"
 		"mime_parts_max = %u\nsmtp_line_max = %u\nsmtp_command_line_max = %u\n"
 		"smtp_greet_pause = %ums\nimap_line_max = %u\n"
+		"imap_literal_max = %u\npop3_line_max = %u\n"
 		"imap_unauthenticate = %s\nfolders_max = %u\n",
 		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max,
 		cfg->smtp_line_max, cfg->smtp_command_line_max, cfg->smtp_greet_pause_ms,
-		cfg->imap_line_max, cfg->imap_unauthenticate ? "yes" : "no", cfg->folders_max);
+		cfg->imap_line_max, cfg->imap_literal_max, cfg->pop3_line_max,
+		cfg->imap_unauthenticate ? "yes" : "no", cfg->folders_max);
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
 		"expire = %ums\ntimeout = %ums\nconnection_idle = %ums\ndelay_warning = %ums\n"
 		"max_per_domain = %u\n"

@@ -103,6 +103,9 @@ struct config {
 	uint64_t header_size_max;     /* header section of a message */
 	uint32_t smtp_line_max;       /* DATA text line, CRLF included (RFC: 1000) */
 	uint32_t imap_line_max;       /* IMAP command text after login (literals aside) */
+	uint32_t imap_literal_max;    /* IMAP literal bytes per command outside APPEND */
+	uint32_t pop3_line_max;       /* POP3 command line, CRLF included (RFC 2449: 255);
+				       * AUTH and PASS lines are exempt */
 	uint32_t max_hops;            /* Received: fields before "mail loop" */
 	bool smtp_bare_lf_normalize;  /* bare CR/LF in DATA: normalise, or reject */
 	/* Mailbox quota per user (store/store.h quota_bytes/_messages);

@@ -6,7 +6,7 @@
  * One struct imap_session per connection, driven by stream.c. Input is cut
  * into tokens by proto/imap_parse.c in place; a command's tokens are copied
  * into the session's argument arena (bounded by the line limit plus
- * IMAP_GATHER_MAX of small literals), because a command that waits for a
+ * limits.imap_literal_max of small literals), because a command that waits for a
  * literal ("+ ") spans several data() calls. APPEND's message literal is
  * never gathered: it streams into store_append with the MIME scanner
  * computing the structure blob on the way.
@@ -63,9 +63,6 @@
 
 /* Tokens in one command. */
 #define IMAP_TOKENS_MAX 8192
-/* Literal bytes gathered per command (LOGIN passwords, SEARCH strings,
- * mailbox names); larger literals outside APPEND are refused. */
-#define IMAP_GATHER_MAX (64u * 1024u)
 /* Ranges in one sequence set. */
 #define IMAP_SET_MAX 1024
 /* Items in one FETCH. */
@@ -5390,7 +5387,9 @@ static void on_literal(struct imap_session *is, const struct imap_token *t)
 		append_literal(is, t);
 		return;
 	}
-	size_t limit = IMAP_GATHER_MAX;
+	/* Literal bytes gathered per command (LOGIN passwords, SEARCH
+	 * strings, mailbox names): limits.imap_literal_max; more is refused. */
+	uint64_t limit = cfg_of(is)->imap_literal_max;
 	if (t->binary || is->gathered + t->size > limit || is->cmd_broken) {
 		if (t->nonsync) {
 			if (t->size > IMAP_DISCARD_MAX) {

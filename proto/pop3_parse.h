@@ -13,7 +13,9 @@
 
 #include "core/span.h"
 
-/* RFC 2449 4: a command line is at most 255 octets, CRLF included. */
+/* RFC 2449 4: a command line is at most 255 octets, CRLF included. The
+ * default of the [limits] setting pop3_line_max, which may lower it (to
+ * 128) or raise it (to POP3_AUTH_LINE_MAX). */
 #define POP3_LINE_MAX 255
 /* RFC 1939 3: each argument up to 40 characters. */
 #define POP3_ARG_MAX 40

@@ -53,6 +53,9 @@
 #define POP3_USER_MAX 320
 /* A SASL PLAIN message, decoded. */
 #define POP3_SASL_MAX SASL_BASE64_DECODED_MAX(POP3_AUTH_LINE_MAX)
+/* limits.pop3_line_max goes up to 2100 (core/config.c, which cannot see
+ * this header): every line must be read that far. */
+_Static_assert(POP3_AUTH_LINE_MAX >= 2100, "raise POP3_AUTH_LINE_MAX or pop3_line_max's maximum");
 
 enum pop3_state {
 	POP3_S_AUTHORIZATION, /* before login (USER may have been given) */
@@ -1014,7 +1017,7 @@ static int pop3_open(struct stream *s)
 	ps->s = s;
 	ps->sv = services_of(stream_loop(s));
 	/* Every line is read up to the AUTH limit; lines of other commands
-	 * over POP3_LINE_MAX are refused after the verb is known. */
+	 * over limits.pop3_line_max are refused after the verb is known. */
 	ps->lr.max = POP3_AUTH_LINE_MAX;
 	ps->state = POP3_S_AUTHORIZATION;
 	stream_set_session(s, ps);
@@ -1079,9 +1082,9 @@ static ssize_t pop3_data(struct stream *s, struct span in)
 			error_reply(ps, "Unknown command");
 			continue;
 		}
-		/* RFC 2449 4: 255 octets; AUTH (RFC 5034 4) and PASS (pass
-		 * phrases) may be longer. */
-		if (line.len + 2 > POP3_LINE_MAX && cmd.verb != POP3_CMD_AUTH &&
+		/* RFC 2449 4: 255 octets (limits.pop3_line_max); AUTH (RFC
+		 * 5034 4) and PASS (pass phrases) may be longer. */
+		if (line.len + 2 > cfg_of(ps)->pop3_line_max && cmd.verb != POP3_CMD_AUTH &&
 		    cmd.verb != POP3_CMD_PASS) {
 			error_reply(ps, "Line too long");
 			continue;

@@ -92,6 +92,9 @@ Test(config, embedded_default_parses_and_validates)
 	cr_assert_eq(cfg.ndomains, 1);
 	cr_assert_str_eq(cfg.domains[0], "example.com");
 	cr_assert_eq(cfg.port_offset, 0);
+	/* the limits that were constants keep their values */
+	cr_assert_eq(cfg.imap_literal_max, 64 * 1024);
+	cr_assert_eq(cfg.pop3_line_max, 255);
 	cr_assert_eq(config_validate(&cfg, err, sizeof(err)), 0, "%s", err);
 }
 
@@ -284,6 +287,10 @@ static const struct bad_case bad_cases[] = {
 	{ "[limits]\nsmtp_greet_pause = 61s\n", 2, "smtp_greet_pause must be a duration from 0 to 60s" },
 	{ "[limits]\nsmtp_greet_pause = soon\n", 2, "smtp_greet_pause must be a duration from 0 to 60s" },
 	{ "[limits]\nimap_line_max = 4096\n", 2, "imap_line_max must be a number from 8192 to 16777216" },
+	{ "[limits]\nimap_literal_max = 1023\n", 2, "imap_literal_max must be a number from 1024 to 16777216" },
+	{ "[limits]\nimap_literal_max = 16777217\n", 2, "imap_literal_max must be a number from 1024" },
+	{ "[limits]\npop3_line_max = 127\n", 2, "pop3_line_max must be a number from 128 to 2100" },
+	{ "[limits]\npop3_line_max = 2101\n", 2, "pop3_line_max must be a number from 128 to 2100" },
 	{ "[server]\nshutdown_grace = 1d\n", 2, "shutdown_grace must be a duration" },
 	{ "[tls]\nticket_rotate = 30s\n", 2, "ticket_rotate must be a duration of at least 1m" },
 	/* sizes */
@@ -577,11 +584,14 @@ Test(config, values_reach_the_struct)
 		"handshake_timeout = 7\nsend_queue_max = 8m\nmax_bad_commands = 3\n"
 		"plaintext_auth = no\nauth_delay = 250ms\nauth_delay_max = 4s\n"
 		"mime_depth_max = 8\nmime_parts_max = 100\nquota_storage = 2g\nquota_messages = 5000\n"
-		"imap_unauthenticate = no\nfolders_max = 50\n";
+		"imap_unauthenticate = no\nfolders_max = 50\nimap_literal_max = 4096\n"
+		"pop3_line_max = 128\n";
 
 	cr_assert_eq(load_text(&cfg, text, strlen(text), &path, err, sizeof(err)), 0, "%s", err);
 	free(path);
 	cr_assert_eq(cfg.folders_max, 50);
+	cr_assert_eq(cfg.imap_literal_max, 4096);
+	cr_assert_eq(cfg.pop3_line_max, 128);
 	cr_assert_eq(cfg.quota_storage, 2ull << 30);
 	cr_assert_eq(cfg.quota_messages, 5000);
 	cr_assert_eq(cfg.shutdown_grace_ms, 120000);
@@ -653,6 +663,8 @@ static void expect_same_config(const struct config *a, const struct config *b)
 	cr_assert_eq(a->message_size_max, b->message_size_max);
 	cr_assert_eq(a->recipients_max, b->recipients_max);
 	cr_assert_eq(a->imap_line_max, b->imap_line_max);
+	cr_assert_eq(a->imap_literal_max, b->imap_literal_max);
+	cr_assert_eq(a->pop3_line_max, b->pop3_line_max);
 	cr_assert_eq(a->quota_storage, b->quota_storage);
 	cr_assert_eq(a->quota_messages, b->quota_messages);
 	cr_assert_eq(a->folders_max, b->folders_max);
@@ -741,6 +753,8 @@ Test(config, print_round_trip_everything_set)
 		"smtp_command_line_max = 2048\n"
 		"smtp_greet_pause = 1500ms\n"
 		"smtp_timeout = 7m\n"
+		"imap_literal_max = 100000\n"
+		"pop3_line_max = 2100\n"
 		"[tls]\n"
 		"cert = /etc/ringmail/a.pem,/etc/ringmail/a.key\n"
 		"sni.mail.example.org = /etc/ringmail/b.pem,/etc/ringmail/b.key\n"
