@@ -140,6 +140,7 @@ def _run_on_pty(args, answers, timeout=30.0):
         os.execv(args[0], args)
     shown = b""
     pending = list(answers)
+    answered = 0
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -152,8 +153,11 @@ def _run_on_pty(args, answers, timeout=30.0):
                 if not chunk:
                     break
                 shown += chunk
-                if pending and shown.rstrip().endswith(b":"):
+                # answer each prompt once: a prompt shown after the last
+                # answer (the echoed newline of an answer must not count)
+                if pending and shown[answered:].rstrip().endswith(b":"):
                     os.write(fd, pending.pop(0).encode() + b"\n")
+                    answered = len(shown)
             else:
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
