@@ -173,11 +173,16 @@ static void report(const struct opts *o, const struct loadgen *l, const struct p
 	       "\"mb_per_s\":%.2f",
 	       o->host, o->port, o->tls ? "true" : "false", o->clients, l->ops, l->ops, secs,
 	       secs > 0 ? (double)l->ops / secs : 0, mbps);
+	printf(",\"bytes_per_s\":%.0f", secs > 0 ? (double)pop->body_bytes / secs : 0);
 	loadgen_json_lat_errors(l, stdout);
-	if (cpu->ok)
+	if (cpu->ok) {
 		printf(",\"server_cpu_us_per_op\":%.3f,\"server_user_us_per_op\":%.3f,"
 		       "\"server_sys_us_per_op\":%.3f", (double)cpu->total_us / ops,
 		       (double)cpu->user_us / ops, (double)cpu->sys_us / ops);
+		if (pop->body_bytes >= 1048576)
+			printf(",\"server_cpu_us_per_mib\":%.1f",
+			       (double)cpu->total_us / ((double)pop->body_bytes / 1048576.0));
+	}
 	if (other >= 0)
 		printf(",\"other_cpu_pct\":%.1f", other);
 	printf(",\"client_cpu_us_per_op\":%.2f}\n", (double)self->total_us / ops);

@@ -517,6 +517,9 @@ def test_bare_lf_message_goes_out_with_crlf(pop3srv):
     imap_append_raw(srv, msg)
     c = Raw(srv)
     c.login()
+    # LIST gives the stored size (the exception README documents): RETR
+    # then sends one more octet per bare LF
+    assert c.cmd("LIST 1") == b"+OK 1 %d\r\n" % len(msg)
     assert c.cmd("RETR 1").startswith(b"+OK")
     raw = c.multi()
     assert raw == b"Subject: lf\r\n\r\nline1\r\n..\r\nline3\rstill3\r\nlast\r\n", raw
