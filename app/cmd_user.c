@@ -56,18 +56,20 @@ static char *read_secret(FILE *in, const char *prompt, bool tty, size_t *len_r)
 	ssize_t n;
 
 	if (tty) {
-		fputs(prompt, stderr);
-		fflush(stderr);
+		/* Echo off before the prompt: what is typed (or pasted) as soon
+		 * as the prompt shows must neither be echoed nor flushed away. */
 		if (tcgetattr(fileno(in), &old) == 0) {
 			noecho = old;
 			noecho.c_lflag &= ~(tcflag_t)ECHO;
 			noecho.c_lflag |= ECHONL;
-			tcsetattr(fileno(in), TCSAFLUSH, &noecho);
+			tcsetattr(fileno(in), TCSANOW, &noecho);
 		}
+		fputs(prompt, stderr);
+		fflush(stderr);
 	}
 	n = getline(&line, &cap, in);
 	if (tty)
-		tcsetattr(fileno(in), TCSAFLUSH, &old);
+		tcsetattr(fileno(in), TCSANOW, &old);
 	if (n < 0) {
 		if (line != NULL)
 			explicit_bzero(line, cap);

@@ -1,5 +1,7 @@
 /* main.c - the ringmail command line. */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <getopt.h>
 #include <jemalloc/jemalloc.h>
 #include <stdio.h>
@@ -128,15 +130,16 @@ static int parse_overrides(int argc, char **argv, struct overrides *o)
 }
 
 /* Loads the configuration and applies the command-line overrides through
- * the same parser as the file, so they are validated the same way. */
-static int load_config(const struct overrides *o, struct config *cfg)
+ * the same parser as the file, so they are validated the same way. serve
+ * calls it at start and again at every SIGHUP (app_load()), so an override
+ * stays in force across reloads. Returns 0, or a negative errno with the
+ * reason in err ("file:line: ..." for a bad file). */
+static int load_config(const struct overrides *o, struct config *cfg, char *err, size_t errlen)
 {
-	char err[1024], text[1024];
-	int rc = config_load(cfg, o->config, err, sizeof(err));
-	if (rc) {
-		fprintf(stderr, "ringmail: %s\n", err);
+	char text[1024];
+	int rc = config_load(cfg, o->config, err, errlen);
+	if (rc)
 		return rc;
-	}
 	int n = snprintf(text, sizeof(text), "[server]\n");
 	if (o->data)
 		n += snprintf(text + n, sizeof(text) - (size_t)n, "data = %s\n", o->data);
@@ -158,21 +161,27 @@ static int load_config(const struct overrides *o, struct config *cfg)
 	if (o->mx_port > 0)
 		n += snprintf(text + n, sizeof(text) - (size_t)n, "mx_port = %ld\n", o->mx_port);
 	if ((size_t)n >= sizeof(text)) {
-		fprintf(stderr, "ringmail: command-line values too long\n");
+		snprintf(err, errlen, "command-line values too long");
 		return -EINVAL;
 	}
 	/* Keep listeners: the override text has none, so nothing is replaced. */
 	char src[CONFIG_STR_MAX];
 	memcpy(src, cfg->source, sizeof(src));
-	rc = config_parse_text(cfg, "command line", text, (size_t)n, err, sizeof(err));
+	rc = config_parse_text(cfg, "command line", text, (size_t)n, err, errlen);
 	memcpy(cfg->source, src, sizeof(src));
 	if (rc == 0)
-		rc = config_validate(cfg, err, sizeof(err));
-	if (rc) {
+		rc = config_validate(cfg, err, errlen);
+	return rc;
+}
+
+/* load_config() for the commands: the reason goes to stderr. */
+static int load_config_cli(const struct overrides *o, struct config *cfg)
+{
+	char err[1024];
+	int rc = load_config(o, cfg, err, sizeof(err));
+	if (rc)
 		fprintf(stderr, "ringmail: %s\n", err);
-		return rc;
-	}
-	return 0;
+	return rc;
 }
 
 static int cmd_check_config(int argc, char **argv)
@@ -183,7 +192,7 @@ static int cmd_check_config(int argc, char **argv)
 		free(cfg);
 		return 2;
 	}
-	if (load_config(&o, cfg)) {
+	if (load_config_cli(&o, cfg)) {
 		free(cfg);
 		return 2;
 	}
@@ -204,7 +213,7 @@ static int cmd_dns(int argc, char **argv)
 	const char *domain = argv[1];
 	argv[1] = argv[0]; /* the overrides follow the domain */
 	struct config *cfg = malloc(sizeof(*cfg));
-	if (!cfg || parse_overrides(argc - 1, argv + 1, &o) || load_config(&o, cfg)) {
+	if (!cfg || parse_overrides(argc - 1, argv + 1, &o) || load_config_cli(&o, cfg)) {
 		free(cfg);
 		return 2;
 	}
@@ -240,14 +249,46 @@ static int tls_for(const struct config *cfg, const struct tls_server *prev,
 }
 
 struct app_state {
-	struct services sv;
+	struct services sv; /* first: services_of() casts the app context to it */
+	struct overrides o; /* the command line, applied again at every SIGHUP */
 	struct workpool *wp;
 	int lock_fd;
-	struct tls_server *old_tls[64]; /* replaced by SIGHUP, freed at exit */
-	size_t nold;
-	struct dkim *old_dkim[64];      /* the same for DKIM key sets */
-	size_t nold_dkim;
+	/* What SIGHUPs replaced, released once every loop has moved past the
+	 * reload that replaced it (server_reloads_seen). */
+	struct retired {
+		struct tls_server *tls;
+		struct dkim *dkim;
+		uint64_t gen;
+	} *retired;
+	size_t nretired;
 };
+
+/* Releases what no loop can still be about to reference (all of it at
+ * exit). Connections and signers hold references of their own. */
+static void retired_sweep(struct app_state *st, uint64_t seen)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < st->nretired; i++) {
+		struct retired *r = &st->retired[i];
+		if (r->gen <= seen) {
+			tls_server_unref(&r->tls);
+			dkim_free(&r->dkim);
+		} else {
+			st->retired[k++] = *r;
+		}
+	}
+	st->nretired = k;
+}
+
+static int retire(struct app_state *st, struct tls_server *tls, struct dkim *dk, uint64_t gen)
+{
+	struct retired *v = realloc(st->retired, (st->nretired + 1) * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	st->retired = v;
+	v[st->nretired++] = (struct retired){ .tls = tls, .dkim = dk, .gen = gen };
+	return 0;
+}
 
 /* Logs the key files that did not load (they are skipped). */
 static void log_dkim_problems(struct log *log, const struct dkim *dk)
@@ -257,21 +298,30 @@ static void log_dkim_problems(struct log *log, const struct dkim *dk)
 }
 
 /* SIGHUP: the DKIM keys again. The new set is used by signers started
- * from now on; the old one stays until exit (a signer of a message being
- * received may still point into it). */
-static void reload_dkim(struct app_state *st, struct log *log, const struct config *cfg)
+ * from now on; signers of messages being received hold a reference to the
+ * old one, which is retired (gen: this reload's generation). */
+static void reload_dkim(struct app_state *st, struct log *log, const struct config *cfg,
+			uint64_t gen)
 {
 	struct dkim *next = NULL;
-	if (st->nold_dkim == sizeof(st->old_dkim) / sizeof(st->old_dkim[0]) ||
-	    dkim_new(cfg->data_dir, cfg->ob_dkim_selector, &next)) {
+	if (dkim_new(cfg->data_dir, cfg->ob_dkim_selector, &next) ||
+	    retire(st, NULL, NULL, gen) < 0) {
+		dkim_free(&next);
 		log_emit(log, LOG_WARN, 0, "dkim-reload-failed", NULL);
 		return;
 	}
 	log_dkim_problems(log, next);
-	struct dkim *old = atomic_exchange_explicit(&st->sv.dkim, next, memory_order_acq_rel);
-	if (old)
-		st->old_dkim[st->nold_dkim++] = old;
+	st->retired[st->nretired - 1].dkim =
+		atomic_exchange_explicit(&st->sv.dkim, next, memory_order_acq_rel);
 	log_emit(log, LOG_INFO, 0, "dkim-reloaded", "dkim_keys=%zu", dkim_nkeys(next));
+}
+
+/* SIGHUP, on the main thread: the configuration as at start, the file
+ * read again with the same command-line overrides on top. */
+static int app_load(struct server *srv, struct config *cfg, char *err, size_t errlen)
+{
+	struct app_state *st = srv->app.ctx;
+	return load_config(&st->o, cfg, err, errlen);
 }
 
 /* SIGHUP, on the main thread: new certificates for new connections, the
@@ -280,20 +330,22 @@ static int app_reload(struct server *srv, const struct config *cfg, char *err, s
 {
 	struct app_state *st = srv->app.ctx;
 	struct tls_server *cur = atomic_load(&st->sv.tls), *next = NULL;
-	if (st->nold == sizeof(st->old_tls) / sizeof(st->old_tls[0])) {
-		snprintf(err, errlen, "too many reloads without a restart");
-		return -ENOSPC;
-	}
+	uint64_t gen = atomic_load(&srv->reload_gen) + 1;
+	retired_sweep(st, server_reloads_seen(srv));
 	int rc = tls_for(cfg, cur, &next, err, errlen);
 	if (rc)
 		return rc;
+	if (retire(st, cur, NULL, gen) < 0) {
+		tls_server_unref(&next);
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
 	if (st->sv.users && users_reload(st->sv.users) < 0)
 		log_emit(&srv->log, LOG_WARN, 0, "users-reload-failed", NULL);
-	reload_dkim(st, &srv->log, cfg);
-	st->old_tls[st->nold++] = cur;
+	reload_dkim(st, &srv->log, cfg, gen);
 	atomic_store_explicit(&st->sv.tls, next, memory_order_release);
-	log_emit(&srv->log, LOG_INFO, 0, "tls-reloaded", "fingerprint=%s",
-		 tls_server_fingerprint(next));
+	log_emit(&srv->log, LOG_INFO, 0, "tls-reloaded", "fingerprint=%s retired=%zu",
+		 tls_server_fingerprint(next), st->nretired);
 	return 0;
 }
 
@@ -318,7 +370,9 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 	struct store_config sc = { .data_dir = cfg->data_dir,
 				   .quota_bytes = cfg->quota_storage,
 				   .quota_messages = cfg->quota_messages,
-				   .folders_max = cfg->folders_max };
+				   .folders_max = cfg->folders_max,
+				   .segment_max = cfg->segment_max,
+				   .compact_after = cfg->compact_after };
 	if ((rc = store_new(&sc, &st->sv.store))) {
 		snprintf(err, errlen, "cannot open the store in %s: %s", cfg->data_dir,
 			 strerror(-rc));
@@ -388,9 +442,6 @@ static void services_close(struct app_state *st)
 	queue_free(&st->sv.queue);
 	struct dkim *dk = atomic_exchange(&st->sv.dkim, NULL);
 	dkim_free(&dk);
-	for (size_t i = 0; i < st->nold_dkim; i++)
-		dkim_free(&st->old_dkim[i]);
-	st->nold_dkim = 0;
 	users_free(&st->sv.users);
 	store_free(&st->sv.store);
 	free(st->sv.user_limit);
@@ -442,7 +493,7 @@ static int cmd_serve(int argc, char **argv)
 		free(cfg);
 		return 2;
 	}
-	if (load_config(&o, cfg)) {
+	if (load_config_cli(&o, cfg)) {
 		free(cfg);
 		return 2;
 	}
@@ -457,6 +508,18 @@ static int cmd_serve(int argc, char **argv)
 		free(cfg);
 		return 1;
 	}
+	/* The signals server_run() waits for are blocked before any thread
+	 * exists (the worker pool starts in services_open): otherwise the
+	 * kernel may hand a SIGHUP or SIGTERM that arrives while the main
+	 * thread is busy (a reload) to a thread that leaves it unblocked,
+	 * whose default action ends the process. One arriving before the
+	 * loops run stays pending and is handled then. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	struct app_state *st = calloc(1, sizeof(*st));
 	struct tls_server *tls = NULL;
 	if (!st || tls_global_init() || dns_global_init()) {
@@ -473,6 +536,7 @@ static int cmd_serve(int argc, char **argv)
 		return 1;
 	}
 	atomic_store(&st->sv.tls, tls);
+	st->o = o;
 	st->lock_fd = -1;
 	if (services_open(st, cfg, err, sizeof(err))) {
 		fprintf(stderr, "ringmail: %s\n", err);
@@ -480,8 +544,9 @@ static int cmd_serve(int argc, char **argv)
 		rc = 1;
 		goto out_services;
 	}
-	struct server_app app = { .ops_for = ops_for, .reload = app_reload, .ctx = st,
-				  .loop_start = app_loop_start, .loop_stop = app_loop_stop };
+	struct server_app app = { .ops_for = ops_for, .load = app_load, .reload = app_reload,
+				  .ctx = st, .loop_start = app_loop_start,
+				  .loop_stop = app_loop_stop };
 	if (server_init(&srv, cfg, o.config, &app, err, sizeof(err)) ||
 	    server_bind(&srv, err, sizeof(err)) || server_drop_privileges(&srv, err, sizeof(err))) {
 		fprintf(stderr, "ringmail: %s\n", err);
@@ -495,8 +560,8 @@ out:
 	server_free(&srv);
 out_services:
 	services_close(st);
-	for (size_t i = 0; i < st->nold; i++)
-		tls_server_unref(&st->old_tls[i]);
+	retired_sweep(st, UINT64_MAX);
+	free(st->retired);
 	tls = atomic_load(&st->sv.tls);
 	tls_server_unref(&tls);
 	free(st);
@@ -544,7 +609,13 @@ static int cmd_queue(int argc, char **argv)
 		rc = rc ? 1 : 0;
 	} else if (sub && !strcmp(sub, "delete") && id) {
 		rc = queue_cli_delete(data, id);
-		if (rc)
+		if (rc == -ENOENT)
+			fprintf(stderr, "ringmail: queue delete: no queued message with id %s in %s/queue"
+					" (see ringmail queue list)\n", id, data);
+		else if (rc == -EINVAL)
+			fprintf(stderr, "ringmail: queue delete: '%s' is not a queue id (lowercase hex, "
+					"as ringmail queue list shows)\n", id);
+		else if (rc)
 			fprintf(stderr, "ringmail: queue delete %s: %s\n", id, strerror(-rc));
 		rc = rc ? 1 : 0;
 	} else {

@@ -383,3 +383,86 @@ int bench_ring_init(const char *prog, struct io_uring *ring, unsigned nclients, 
 		fprintf(stderr, "%s: io_uring_queue_init: %s\n", prog, strerror(-rc));
 	return rc;
 }
+
+/* ---- the server(s) measured ---- */
+
+bool bench_servers_add_pid(struct bench_servers *s, const char *arg)
+{
+	uint64_t v;
+	if (s->npids == BENCH_MAX_SERVERS || !parse_u64(arg, 1, INT32_MAX, &v))
+		return false;
+	s->pids[s->npids++] = (long)v;
+	return true;
+}
+
+bool bench_servers_add_cgroup(struct bench_servers *s, const char *dir)
+{
+	if (s->ncgroups == BENCH_MAX_SERVERS)
+		return false;
+	s->cgroups[s->ncgroups++] = dir;
+	return true;
+}
+
+struct cpu_sample bench_servers_cpu(const struct bench_servers *s)
+{
+	struct cpu_sample sum = { 0 };
+	bool ok = s->npids + s->ncgroups > 0;
+	for (unsigned i = 0; i < s->npids; i++) {
+		struct cpu_sample c = cpu_from_pid(s->pids[i], true);
+		ok = ok && c.ok;
+		sum.user_us += c.user_us, sum.sys_us += c.sys_us, sum.total_us += c.total_us;
+	}
+	for (unsigned i = 0; i < s->ncgroups; i++) {
+		struct cpu_sample c = cpu_from_cgroup(s->cgroups[i]);
+		ok = ok && c.ok;
+		sum.user_us += c.user_us, sum.sys_us += c.sys_us, sum.total_us += c.total_us;
+	}
+	sum.ok = ok;
+	return sum;
+}
+
+struct mem_sample bench_servers_mem(const struct bench_servers *s)
+{
+	struct mem_sample sum = { 0 };
+	for (unsigned i = 0; i < s->npids; i++) {
+		struct mem_sample m = mem_from_pid(s->pids[i]);
+		mem_add(&sum, &m);
+	}
+	for (unsigned i = 0; i < s->ncgroups; i++) {
+		struct mem_sample m = mem_from_cgroup(s->cgroups[i]);
+		mem_add(&sum, &m);
+	}
+	return sum;
+}
+
+void bench_meter_start(struct bench_meter *m, const struct bench_servers *s)
+{
+	m->s0 = bench_servers_cpu(s);
+	m->busy0_us = machine_busy_us();
+	m->wall0_ns = now_ns();
+	m->self0 = cpu_self(false);
+}
+
+void bench_meter_stop(const struct bench_meter *m, const struct bench_servers *s,
+		      struct cpu_sample *cpu_r, struct cpu_sample *self_r, double *other_pct_r)
+{
+	struct cpu_sample s1 = bench_servers_cpu(s), self1 = cpu_self(false);
+	struct cpu_sample cpu = { .ok = m->s0.ok && s1.ok };
+	if (cpu.ok) {
+		cpu.user_us = s1.user_us - m->s0.user_us;
+		cpu.sys_us = s1.sys_us - m->s0.sys_us;
+		cpu.total_us = s1.total_us - m->s0.total_us;
+	}
+	struct cpu_sample self = { .ok = true, .user_us = self1.user_us - m->self0.user_us,
+				   .sys_us = self1.sys_us - m->self0.sys_us };
+	self.total_us = self.user_us + self.sys_us;
+	double other = -1;
+	uint64_t busy1 = machine_busy_us(), wall_us = (now_ns() - m->wall0_ns) / 1000;
+	if (cpu.ok && m->busy0_us && busy1 && wall_us) {
+		double x = (double)(busy1 - m->busy0_us) - (double)cpu.total_us - (double)self.total_us;
+		other = 100.0 * (x < 0 ? 0 : x) / (double)wall_us;
+	}
+	*cpu_r = cpu;
+	*self_r = self;
+	*other_pct_r = other;
+}

@@ -94,4 +94,38 @@ bool parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *v_r);
 /* The same with an optional k/K (x1024) or m/M (x1048576) suffix. */
 bool parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *v_r);
 
+/* ---- the server(s) measured: --server-pid and --server-cgroup, repeatable ---- */
+
+enum { BENCH_MAX_SERVERS = 16 };
+
+struct bench_servers {
+	long pids[BENCH_MAX_SERVERS];
+	unsigned npids;
+	const char *cgroups[BENCH_MAX_SERVERS];
+	unsigned ncgroups;
+};
+
+/* Adds a --server-pid (a decimal pid) or a --server-cgroup (a directory,
+ * kept by pointer). false when full or not a pid. */
+bool bench_servers_add_pid(struct bench_servers *s, const char *arg);
+bool bench_servers_add_cgroup(struct bench_servers *s, const char *dir);
+/* CPU summed: utime+stime plus reaped children of each pid, usage_usec of
+ * each cgroup; ok only when there is at least one and each was read. */
+struct cpu_sample bench_servers_cpu(const struct bench_servers *s);
+/* Memory summed over every pid and every process of every cgroup. */
+struct mem_sample bench_servers_mem(const struct bench_servers *s);
+
+/* The server's CPU, ours and the machine's over a measured interval. */
+struct bench_meter {
+	struct cpu_sample s0, self0;
+	uint64_t busy0_us, wall0_ns;
+};
+
+void bench_meter_start(struct bench_meter *m, const struct bench_servers *s);
+/* Since bench_meter_start: the servers' CPU (ok false when not read), this
+ * process's, and the CPU of everything else on the machine in % of one
+ * core (-1 when unknown). */
+void bench_meter_stop(const struct bench_meter *m, const struct bench_servers *s,
+		      struct cpu_sample *cpu_r, struct cpu_sample *self_r, double *other_pct_r);
+
 #endif

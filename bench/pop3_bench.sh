@@ -4,7 +4,8 @@
 #
 # C users (user0..userC-1@example.com, {PLAIN} passwords) each get one
 # ~4 kB message. bench/pop3_bench.c (built here) runs C client threads,
-# one per user, each looping connect, USER, PASS, STAT, RETR 1, QUIT.
+# one per user, each looping connect, USER, PASS, STAT, RETR 1, QUIT
+# (io_uring, one process: build it with meson, --build DIR).
 # ringmail gets its message over SMTP; Dovecot gets the same bytes in a
 # Maildir. Both listen on loopback high ports, pinned to --server-cpu with
 # one worker (ringmail --threads 1; Dovecot's processes inherit the pin),
@@ -17,12 +18,13 @@
 # Needs root (Dovecot drops to the rmbench user it creates) and
 # dovecot-pop3d installed for --dovecot.
 #
-# usage: bench/pop3_bench.sh [--ringmail PATH] [--dovecot] [--runs N]
+# usage: bench/pop3_bench.sh [--build DIR] [--ringmail PATH] [--dovecot] [--runs N]
 #                            [-c CLIENTS] [-d SECS] [--server-cpu N] [--load-cpu N]
 set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
-ringmail=$here/../build/app/ringmail
+build=$here/../build
+ringmail=
 dovecot=0
 runs=5
 clients=16
@@ -35,6 +37,7 @@ pass=bench-Secret-1
 
 while [ $# -gt 0 ]; do
 	case $1 in
+	--build) build=$2; shift ;;
 	--ringmail) ringmail=$2; shift ;;
 	--dovecot) dovecot=1 ;;
 	--runs) runs=$2; shift ;;
@@ -42,7 +45,7 @@ while [ $# -gt 0 ]; do
 	-d) duration=$2; shift ;;
 	--server-cpu) server_cpu=$2; shift ;;
 	--load-cpu) load_cpu=$2; shift ;;
-	*) echo "usage: $0 [--ringmail PATH] [--dovecot] [--runs N] [-c N] [-d SECS]" >&2; exit 2 ;;
+	*) echo "usage: $0 [--build DIR] [--ringmail PATH] [--dovecot] [--runs N] [-c N] [-d SECS]" >&2; exit 2 ;;
 	esac
 	shift
 done
@@ -60,7 +63,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cc -O2 -pthread -o "$work/pop3_bench" "$here/pop3_bench.c" || exit 1
+ringmail=${ringmail:-$build/app/ringmail}
+pop3_bench=$build/bench/pop3_bench
+for b in "$ringmail" "$pop3_bench"; do
+	[ -x "$b" ] || { echo "pop3_bench.sh: $b missing (meson setup $build && ninja -C $build)" >&2; exit 1; }
+done
 
 wait_port() {
 	for _ in $(seq 100); do
@@ -169,7 +176,8 @@ fi
 
 # ---- runs ------------------------------------------------------------------
 run() { # name port
-	taskset -c "$load_cpu" "$work/pop3_bench" 127.0.0.1 "$2" "$clients" "$duration" "$pass" |
+	taskset -c "$load_cpu" "$pop3_bench" -p "$2" -c "$clients" --users "$clients" \
+		-u 'user%d@example.com' --first 0 -d "$duration" -P "$pass" --json 2>/dev/null |
 		sed "s/^{/{\"server\":\"$1\",/"
 }
 # warm-up (auth caches, page cache, Dovecot's index files)
@@ -189,11 +197,14 @@ for srv in ("ringmail", "dovecot"):
     if not r:
         continue
     med[srv] = {k: statistics.median(x[k] for x in r)
-                for k in ("sessions_per_s", "p50_us", "p99_us", "errors")}
+                for k in ("ops_per_s", "p50_us", "p99_us", "p999_us", "errors_total")}
     m = med[srv]
-    print(f"{srv:9} median of {len(r)}: {m['sessions_per_s']:.0f} sessions/s "
-          f"p50 {m['p50_us']/1000:.2f} ms p99 {m['p99_us']/1000:.2f} ms errors {m['errors']:.0f}")
+    kinds = {k: sum(x["errors"][k] for x in r) for k in r[0]["errors"]}
+    print(f"{srv:9} median of {len(r)}: {m['ops_per_s']:.0f} sessions/s "
+          f"p50 {m['p50_us']/1000:.2f} ms p99 {m['p99_us']/1000:.2f} ms "
+          f"p999 {m['p999_us']/1000:.2f} ms errors {m['errors_total']:.0f} "
+          + " ".join(f"{k} {v}" for k, v in kinds.items() if v))
 if len(med) == 2:
     print(f"ratio ringmail/dovecot sessions/s: "
-          f"{med['ringmail']['sessions_per_s'] / med['dovecot']['sessions_per_s']:.2f}")
+          f"{med['ringmail']['ops_per_s'] / med['dovecot']['ops_per_s']:.2f}")
 EOF

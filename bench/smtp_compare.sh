@@ -44,6 +44,7 @@
 #   -d SECS              seconds of load per run (10)
 #   --warmup SECS        the unrecorded warm-up run per server and case (3)
 #   --runs N             runs per server and case (3)
+#   --warmup SECS        the unrecorded warm-up run per server and case (3)
 #   --drain-timeout SECS longest wait for a queue to empty (120)
 #   --server-cpu N       core for the servers (1)
 #   --load-cpu N         core for smtpload (0)
@@ -65,6 +66,7 @@ rcpts_list=1
 msgs=20
 duration=10
 runs=3
+warmup=3
 drain_timeout=120
 server_cpu=1
 load_cpu=0
@@ -89,6 +91,7 @@ while [ $# -gt 0 ]; do
 	-m) msgs=$2; shift ;;
 	-d) duration=$2; shift ;;
 	--runs) runs=$2; shift ;;
+	--warmup) warmup=$2; shift ;;
 	--drain-timeout) drain_timeout=$2; shift ;;
 	--server-cpu) server_cpu=$2; shift ;;
 	--load-cpu) load_cpu=$2; shift ;;

@@ -8,7 +8,7 @@
  * --no-pipelining.
  *
  * With --tls the session runs over implicit TLS (465: TLS 1.3, X25519, the
- * handshake right after connect; bench/tlsclient.c, wolfSSL over memory).
+ * handshake right after connect; bench/loadgen.c's TLS over memory).
  * With --user and --pass it authenticates after EHLO (AUTH PLAIN with an
  * initial response, 235 awaited) and sends MAIL FROM the authenticated
  * user, as a submission server requires.
@@ -52,12 +52,11 @@
 #include <unistd.h>
 
 #include "common.h"
-#include "tlsclient.h"
+#include "loadgen.h"
 
 
 enum {
 	RECV_BUF = 4096,          /* one session's receive buffer (plaintext) */
-	TLS_RBUF = 32768,         /* one session's ciphertext receive buffer (--tls) */
 	CMD_BUF = 1024,           /* MAIL+RCPT+DATA, EHLO, AUTH PLAIN, QUIT */
 	ADDR_MAX = 254,           /* --from, --rcpt, --user */
 	PASS_MAX = 255,           /* --pass: AUTH PLAIN of both fits in CMD_BUF */
@@ -160,9 +159,9 @@ struct client {
 	char rcpt[ADDR_MAX + 1];
 	char user[ADDR_MAX + 1];  /* --user with its %d replaced */
 	const char *from;         /* MAIL FROM: --from, else the user, else the default */
-	WOLFSSL *ssl;             /* --tls: this session's connection */
-	struct tlsclient_io io;   /* --tls: ciphertext in (io.in = rbuf) and out */
-	uint8_t *rbuf;
+	/* --tls: its ssl, the ciphertext in (tls.rbuf, LOADGEN_RBUF bytes) and
+	 * out; only loadgen.c's TLS functions use it, not its engine */
+	struct loadgen_conn tls;
 	char cmd[CMD_BUF];
 	size_t cmd_len;
 	char *msg;            /* this session's copy of the message + ".\r\n" */
@@ -231,9 +230,9 @@ static enum err_kind err_from_errno(int e)
 
 static void client_close(struct client *c)
 {
-	if (c->ssl) {
-		wolfSSL_free(c->ssl);
-		c->ssl = NULL;
+	if (c->tls.ssl) {
+		wolfSSL_free(c->tls.ssl);
+		c->tls.ssl = NULL;
 	}
 	if (c->fd >= 0)
 		close(c->fd);
@@ -264,15 +263,15 @@ static void client_arm(struct load *l, struct client *c)
 static void client_recv(struct load *l, struct client *c)
 {
 	struct io_uring_sqe *sqe = load_sqe(l);
-	if (c->ssl) {
+	if (c->tls.ssl) {
 		/* ciphertext behind what wolfSSL consumed; keep any unread */
-		struct tlsclient_io *io = &c->io;
-		if (io->in_off > 0) {
-			memmove(io->in, io->in + io->in_off, io->in_len - io->in_off);
-			io->in_len -= io->in_off;
-			io->in_off = 0;
+		struct loadgen_conn *t = &c->tls;
+		if (t->in_off > 0) {
+			memmove(t->rbuf, t->rbuf + t->in_off, t->in_len - t->in_off);
+			t->in_len -= t->in_off;
+			t->in_off = 0;
 		}
-		io_uring_prep_recv(sqe, c->fd, io->in + io->in_len, TLS_RBUF - io->in_len, 0);
+		io_uring_prep_recv(sqe, c->fd, t->rbuf + t->in_len, LOADGEN_RBUF - t->in_len, 0);
 	} else {
 		io_uring_prep_recv(sqe, c->fd, c->buf + c->len, RECV_BUF - 1 - c->len, 0);
 	}
@@ -288,11 +287,11 @@ static void client_send_more(struct load *l, struct client *c)
 	c->sending = true;
 }
 
-/* Sends what the handshake or tlsclient_write put in c->io.out. */
+/* Sends what the handshake or loadgen_write put in c->tls.out. */
 static void client_send_tls(struct load *l, struct client *c)
 {
-	c->out = (const char *)c->io.out;
-	c->out_len = c->io.out_len;
+	c->out = (const char *)c->tls.out;
+	c->out_len = c->tls.out_len;
 	c->out_off = 0;
 	client_arm(l, c);
 	client_send_more(l, c);
@@ -302,9 +301,9 @@ static void client_send_tls(struct load *l, struct client *c)
  * c->expect. */
 static void client_send(struct load *l, struct client *c, const char *p, size_t n)
 {
-	if (c->ssl) {
-		c->io.out_len = c->io.out_off = 0; /* the last send completed */
-		if (!tlsclient_write(c->ssl, p, n)) {
+	if (c->tls.ssl) {
+		c->tls.out_len = c->tls.out_off = 0; /* the last send completed */
+		if (!loadgen_write(&c->tls, p, n)) {
 			client_fail(l, c, ERR_TLS, 0);
 			return;
 		}
@@ -572,11 +571,9 @@ static void client_start(struct load *l, struct client *c)
 		return;
 	}
 	if (l->ctx) {
-		c->io.in = c->rbuf;
-		c->io.in_off = c->io.in_len = 0;
-		c->io.out_len = c->io.out_off = 0;
-		c->ssl = tlsclient_new(l->ctx, &c->io);
-		if (!c->ssl) {
+		c->tls.in_off = c->tls.in_len = 0;
+		c->tls.out_len = c->tls.out_off = 0;
+		if (!loadgen_tls_new(l->ctx, &c->tls)) {
 			l->res->errors[ERR_TLS]++;
 			client_close(c);
 			return;
@@ -599,14 +596,14 @@ static int client_tls_lines(struct load *l, struct client *c)
 	for (;;) {
 		/* client_lines() fails a session whose buffer filled up without
 		 * a line end, so there is room here */
-		int r = tlsclient_read(c->ssl, c->buf + c->len, RECV_BUF - 1 - c->len, err,
-				       sizeof(err));
-		if (r == TLSCLIENT_WANT)
+		int r = loadgen_tls_read(&c->tls, c->buf + c->len, RECV_BUF - 1 - c->len, err,
+					 sizeof(err));
+		if (r == LOADGEN_TLS_WANT)
 			return 1;
 		if (r < 0) {
-			if (r == TLSCLIENT_ERROR)
+			if (r == LOADGEN_TLS_ERROR)
 				note_reply(l, err, strlen(err));
-			client_fail(l, c, r == TLSCLIENT_CLOSED ? ERR_CLOSED : ERR_TLS, 0);
+			client_fail(l, c, r == LOADGEN_TLS_CLOSED ? ERR_CLOSED : ERR_TLS, 0);
 			return -1;
 		}
 		c->len += (uint32_t)r;
@@ -621,23 +618,23 @@ static int client_tls_lines(struct load *l, struct client *c)
 static void client_handshake(struct load *l, struct client *c)
 {
 	char err[WOLFSSL_MAX_ERROR_SZ] = "";
-	c->io.out_len = c->io.out_off = 0; /* the last send completed */
-	int r = tlsclient_handshake(c->ssl, err, sizeof(err));
-	if (r == TLSCLIENT_ERROR) {
+	c->tls.out_len = c->tls.out_off = 0; /* the last send completed */
+	int r = loadgen_tls_handshake(&c->tls, err, sizeof(err));
+	if (r == LOADGEN_TLS_ERROR) {
 		note_reply(l, err, strlen(err));
 		client_fail(l, c, ERR_TLS, 0);
 		return;
 	}
-	if (r == TLSCLIENT_DONE) {
+	if (r == LOADGEN_TLS_DONE) {
 		l->res->handshakes++;
 		c->phase = PH_GREETING;
 		expect1(c, 220);
 	}
-	if (c->io.out_len > 0) {
+	if (c->tls.out_len > 0) {
 		client_send_tls(l, c); /* ClientHello, or the client's Finished */
 		return;
 	}
-	if (r == TLSCLIENT_DONE && client_tls_lines(l, c) != 1)
+	if (r == LOADGEN_TLS_DONE && client_tls_lines(l, c) != 1)
 		return;
 	client_recv(l, c);
 }
@@ -655,7 +652,7 @@ static void client_complete(struct load *l, struct client *c, int res)
 		return;
 	}
 	if (c->phase == PH_CONNECT) {
-		if (c->ssl) {
+		if (c->tls.ssl) {
 			c->phase = PH_HANDSHAKE;
 			client_handshake(l, c);
 			return;
@@ -674,7 +671,7 @@ static void client_complete(struct load *l, struct client *c, int res)
 		if (c->phase == PH_MESSAGE)
 			c->t_dot_ns = now_ns();
 		/* TLS: records that arrived with the last ones may hold more */
-		if (c->ssl && c->phase != PH_HANDSHAKE && client_tls_lines(l, c) != 1)
+		if (c->tls.ssl && c->phase != PH_HANDSHAKE && client_tls_lines(l, c) != 1)
 			return;
 		client_recv(l, c);
 		return;
@@ -683,8 +680,8 @@ static void client_complete(struct load *l, struct client *c, int res)
 		client_fail(l, c, ERR_CLOSED, 0);
 		return;
 	}
-	if (c->ssl) {
-		c->io.in_len += (uint32_t)res;
+	if (c->tls.ssl) {
+		c->tls.in_len += (uint32_t)res;
 		if (c->phase == PH_HANDSHAKE)
 			client_handshake(l, c);
 		else if (client_tls_lines(l, c) == 1)
@@ -796,6 +793,7 @@ static void rcpt_format(char *dst, size_t cap, const char *fmt, unsigned n)
 static void load_run(const struct opts *o, uint64_t end_ns, struct result *res)
 {
 	struct load l = { .o = o, .res = res };
+	bool tls_inited = false;  /* wolfSSL_Init() to balance */
 	memset(res, 0, sizeof(*res));
 	l.end_ns = end_ns;
 	l.hard_end_ns = end_ns + (uint64_t)o->timeout_ms * 1000000u + 1000000000u;
@@ -816,9 +814,15 @@ static void load_run(const struct opts *o, uint64_t end_ns, struct result *res)
 		return;
 	}
 	if (o->tls) {
-		l.ctx = tlsclient_ctx_new();
+		/* TLS 1.3, X25519, as imapload and tls_bench by default */
+		if (wolfSSL_Init() != WOLFSSL_SUCCESS) {
+			fprintf(stderr, "smtpload: wolfSSL_Init failed\n");
+			res->failed = true;
+			goto out;
+		}
+		tls_inited = true;
+		l.ctx = loadgen_tls_ctx("smtpload", false, 0);
 		if (!l.ctx) {
-			fprintf(stderr, "smtpload: cannot make the TLS client context\n");
 			res->failed = true;
 			goto out;
 		}
@@ -827,8 +831,9 @@ static void load_run(const struct opts *o, uint64_t end_ns, struct result *res)
 		struct client *c = &l.clients[i];
 		c->fd = -1;
 		c->msg = malloc(l.tmpl_len);
-		c->rbuf = o->tls ? malloc(TLS_RBUF) : NULL;
-		if (!c->msg || (o->tls && !c->rbuf)) {
+		c->tls.fd = -1;
+		c->tls.rbuf = o->tls ? malloc(LOADGEN_RBUF) : NULL;
+		if (!c->msg || (o->tls && !c->tls.rbuf)) {
 			res->failed = true;
 			goto out;
 		}
@@ -894,12 +899,15 @@ out:
 	for (unsigned i = 0; i < o->clients; i++) {
 		client_close(&l.clients[i]);
 		free(l.clients[i].msg);
-		free(l.clients[i].rbuf);
-		tlsclient_io_free(&l.clients[i].io);
+		free(l.clients[i].tls.rbuf);
+		free(l.clients[i].tls.out);
 	}
 	free(l.clients);
 	free(l.tmpl);
-	tlsclient_ctx_free(&l.ctx);
+	if (l.ctx)
+		wolfSSL_CTX_free(l.ctx);
+	if (tls_inited)
+		wolfSSL_Cleanup();
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	res->cpu_user_us = (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec;

@@ -2,9 +2,13 @@
  * server's CPU per operation, and the crypto bound of one handshake.
  *
  * The client is the bundled wolfSSL (the same static build as the server),
- * on plain threads with blocking sockets: the client is not what is
+ * as a filter over memory on io_uring (bench/loadgen.c, as imapload): one
+ * process, one ring, -c connections in flight. The client is not what is
  * measured; the server's CPU time is (from /proc/PID/stat or a cgroup's
- * cpu.stat, read before and after the measured interval).
+ * cpu.stat, read after every connection's warm-up cycle and at the end).
+ * Each mode prints the rate, the latency of a cycle (of a RETR) as
+ * p50/p99/p999, errors by kind and the server's CPU per connection (per
+ * MB); --json one line.
  *
  * Modes (--mode):
  *   plain    connect, read the greeting line, close (no TLS): the baseline
@@ -15,8 +19,8 @@
  *            with the ticket of its previous connection (psk_dhe_ke: an
  *            X25519 exchange, what OpenSSL, NSS and wolfSSL clients offer)
  *   resume-psk  the same with psk_ke only (no (EC)DHE; wolfSSL_no_dhe_psk)
- *   retr     one TLS connection to a POP3 port: USER/PASS, then RETR 1 in a
- *            loop; MB/s and the server's CPU per MB
+ *   retr     one TLS connection to a POP3 port: USER/PASS, one warm-up
+ *            RETR 1, then RETR 1 in a loop; MB/s and the server's CPU per MB
  * --crypto: the crypto bound of one handshake, timed on CPU time
  *   (CLOCK_THREAD_CPUTIME_ID, so other tenants do not inflate it) with the
  *   same wolfCrypt build: ECDSA P-256 sign, X25519 key generation (with
@@ -28,8 +32,11 @@
  *   schedule or record encryption, which the server pays on top.
  *
  * usage: tls_bench --port P [--mode M] [-c N] [-d SECS] [-n CONNS]
- *                  [--server-pid PID | --server-cgroup DIR] [--json]
+ *                  [--server-pid PID] [--server-cgroup DIR] [--json]
  *                  [--tls12] [--group x25519|p256] [--user U --pass P]
+ *                  [--timeout-ms MS]
+ * Exit status: 0, or 1 after an error or on bad usage; 77 when io_uring is
+ * unavailable.
  *        tls_bench --crypto [--secs S] [--json]
  */
 
@@ -46,41 +53,30 @@
 #define HAVE_RINGMAIL_SHA256 1
 #endif
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
-#include <stdarg.h>
-#include <stdatomic.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "common.h"
-
-#ifndef IP_BIND_ADDRESS_NO_PORT
-#define IP_BIND_ADDRESS_NO_PORT 24
-#endif
+#include "loadgen.h"
 
 enum mode { M_PLAIN, M_FULL, M_RESUME, M_RESUME_PSK, M_RETR };
 
 struct opts {
 	const char *host;
-	int port;
+	const char *port;
 	enum mode mode;
 	int clients;
 	double duration;
 	long max_conns;
-	long server_pid;
-	const char *server_cgroup;
+	unsigned timeout_ms;
+	struct bench_servers srv;
 	bool json;
 	bool tls12;
 	int group; /* WOLFSSL_ECC_X25519 or WOLFSSL_ECC_SECP256R1 */
@@ -90,8 +86,8 @@ struct opts {
 };
 
 static struct opts o = {
-	.host = "127.0.0.1", .port = 0, .mode = M_FULL, .clients = 4, .duration = 5,
-	.group = WOLFSSL_ECC_X25519, .src_addrs = 16, .secs = 1,
+	.host = "127.0.0.1", .port = NULL, .mode = M_FULL, .clients = 0, .duration = 5,
+	.timeout_ms = 10000, .group = WOLFSSL_ECC_X25519, .src_addrs = -1, .secs = 1,
 };
 
 static uint64_t cpu_ns(clockid_t id)
@@ -101,271 +97,280 @@ static uint64_t cpu_ns(clockid_t id)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* ---- the server's CPU time (bench/common.c) --------------------------- */
+/* ---- the load modes on io_uring (bench/loadgen.c) ----------------------- */
 
-static struct cpu_sample server_cpu(const char **src)
+static const char *const mode_name[] = { "plain", "full", "resume", "resume-psk", "retr" };
+
+enum tstep { T_GREETING, T_USER, T_PASS, T_RETR_WARM, T_RETR, T_QUIT };
+
+struct tclient {
+	struct loadgen_conn lc;   /* first: loadgen's */
+	enum tstep step;
+	bool warm;                /* the warm-up cycle, before the measurement */
+	WOLFSSL_SESSION *sess;    /* resume: the ticket of the previous connection */
+	struct loadgen_reply rep;
+	uint64_t t_op_ns;         /* retr: when the RETR went out */
+};
+
+struct tb {
+	bool measuring;
+	bool retr_ready;          /* retr: the warm-up RETR came back */
+	uint64_t reused;          /* measured connections that resumed */
+	uint64_t retr_bytes;      /* retr: bytes of measured RETR replies */
+	uint64_t warm_errors;
+};
+
+static struct tb *tb_of(struct loadgen *l)
 {
-	if (o.server_cgroup) {
-		*src = "cgroup";
-		return cpu_from_cgroup(o.server_cgroup);
-	}
-	if (o.server_pid) {
-		*src = "pid";
-		return cpu_from_pid(o.server_pid, false);
-	}
-	*src = "none";
-	return (struct cpu_sample){ 0 };
+	return l->user;
 }
 
-static uint64_t self_cpu_us(void)
+static struct tclient *tc_of(struct loadgen_conn *c)
 {
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec +
-	       (uint64_t)ru.ru_stime.tv_sec * 1000000u + (uint64_t)ru.ru_stime.tv_usec;
+	return (struct tclient *)c;
 }
 
-/* ---- connections -------------------------------------------------------- */
-
-static WOLFSSL_CTX *ctx;
-static atomic_long launched, done_ok, errors, reused, bytes_total;
-static atomic_int ready_threads;
-static atomic_bool measuring, stop;
-static char last_err[256];
-/* retr: the meters, sampled after login and a warm-up RETR */
-static struct cpu_sample retr_s0;
-static uint64_t retr_busy0, retr_c0;
-static struct cpu_sample server_cpu(const char **src);
-static uint64_t self_cpu_us(void);
-
-static void note_err(const char *fmt, ...)
+static bool resuming(void)
 {
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(last_err, sizeof(last_err), fmt, ap);
-	va_end(ap);
-	atomic_fetch_add(&errors, 1);
+	return o.mode == M_RESUME || o.mode == M_RESUME_PSK;
 }
 
-static int dial(unsigned k)
+static void cb_start(struct loadgen *l, struct loadgen_conn *lc)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)o.port) };
-	if (inet_pton(AF_INET, o.host, &sa.sin_addr) != 1)
-		return -EINVAL;
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	struct timeval tv = { .tv_sec = 10 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	if (o.src_addrs > 0 && (ntohl(sa.sin_addr.s_addr) >> 24) == 127) {
-		struct sockaddr_in src = { .sin_family = AF_INET };
-		src.sin_addr.s_addr = htonl(0x7f000001u + k % (unsigned)o.src_addrs);
-		setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
-		if (bind(fd, (struct sockaddr *)&src, sizeof(src)) < 0) {
-			int e = -errno;
-			close(fd);
-			return e;
-		}
-	}
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = -errno;
-		close(fd);
-		return e;
-	}
-	return fd;
+	struct tclient *c = tc_of(lc);
+	c->step = T_GREETING;
+	c->warm = !tb_of(l)->measuring;
+	loadgen_reply_reset(&c->rep, false);
 }
 
-/* Reads through the first LF (plain or TLS). Returns 0 or -1. */
-static int read_line(int fd, WOLFSSL *ssl, char *buf, size_t cap)
+static void cb_tls_new(struct loadgen *l, struct loadgen_conn *lc)
 {
-	size_t n = 0;
-	while (n + 1 < cap) {
-		int r = ssl ? wolfSSL_read(ssl, buf + n, 1) : (int)recv(fd, buf + n, 1, 0);
-		if (r <= 0)
-			return -1;
-		if (buf[n++] == '\n') {
-			buf[n] = '\0';
-			return 0;
-		}
-	}
-	return -1;
-}
-
-static WOLFSSL *tls_new(int fd, WOLFSSL_SESSION *sess)
-{
-	WOLFSSL *ssl = wolfSSL_new(ctx);
-	if (!ssl)
-		return NULL;
-	wolfSSL_set_fd(ssl, fd);
+	struct tclient *c = tc_of(lc);
+	(void)l;
 	if (!o.tls12)
-		wolfSSL_UseKeyShare(ssl, (word16)o.group);
-	if (sess)
-		wolfSSL_set_session(ssl, sess);
+		wolfSSL_UseKeyShare(lc->ssl, (word16)o.group);
+	if (c->sess && resuming())
+		wolfSSL_set_session(lc->ssl, c->sess);
 	if (o.mode == M_RESUME_PSK)
-		wolfSSL_no_dhe_psk(ssl);
-	return ssl;
+		wolfSSL_no_dhe_psk(lc->ssl);
 }
 
-/* One greet cycle; *sess is replaced by the new ticket in resume modes. */
-static int cycle(unsigned k, WOLFSSL_SESSION **sess)
+static void cb_done(struct loadgen *l, struct loadgen_conn *lc)
 {
-	char line[1024];
-	int fd = dial(k);
-	if (fd < 0) {
-		note_err("connect: %s", strerror(-fd));
-		return -1;
+	if (o.mode != M_RETR && !tc_of(lc)->warm)
+		loadgen_record(l, lc->t_start_ns);
+}
+
+static void cmd(struct loadgen *l, struct tclient *c, enum tstep st, const char *s, bool multi)
+{
+	c->step = st;
+	c->t_op_ns = now_ns();
+	loadgen_deadline(l, &c->lc);
+	loadgen_reply_reset(&c->rep, multi);
+	if (!loadgen_send(l, &c->lc, s, strlen(s)))
+		loadgen_fail(l, &c->lc, LG_ERR_OTHER, "queueing a command failed", NULL);
+}
+
+/* retr: after a whole +OK reply. */
+static void retr_step(struct loadgen *l, struct tclient *c)
+{
+	struct tb *tb = tb_of(l);
+	char line[600];
+	switch (c->step) {
+	case T_GREETING:
+		snprintf(line, sizeof(line), "USER %s\r\n", o.user);
+		cmd(l, c, T_USER, line, false);
+		return;
+	case T_USER:
+		snprintf(line, sizeof(line), "PASS %s\r\n", o.pass);
+		cmd(l, c, T_PASS, line, false);
+		return;
+	case T_PASS:
+		/* one warm-up RETR (page cache, buffers) */
+		cmd(l, c, T_RETR_WARM, "RETR 1\r\n", true);
+		return;
+	case T_RETR_WARM:
+		/* loadgen_pump returns to start the meter before this goes out */
+		tb->retr_ready = true;
+		cmd(l, c, T_RETR, "RETR 1\r\n", true);
+		return;
+	case T_RETR:
+		loadgen_record(l, c->t_op_ns);
+		tb->retr_bytes += c->rep.body_bytes;
+		if (o.max_conns && l->ops >= (uint64_t)o.max_conns)
+			l->stopping = true;
+		if (l->stopping)
+			cmd(l, c, T_QUIT, "QUIT\r\n", false);
+		else
+			cmd(l, c, T_RETR, "RETR 1\r\n", true);
+		return;
+	case T_QUIT:
+		loadgen_close(l, &c->lc);
+		return;
 	}
-	if (o.mode == M_PLAIN) {
-		int r = read_line(fd, NULL, line, sizeof(line));
-		close(fd);
-		if (r < 0)
-			note_err("plain greeting: %s", strerror(errno));
-		return r;
-	}
-	WOLFSSL *ssl = tls_new(fd, *sess);
-	if (!ssl) {
-		close(fd);
-		note_err("wolfSSL_new");
-		return -1;
-	}
-	int rc = -1;
-	if (wolfSSL_connect(ssl) != WOLFSSL_SUCCESS) {
-		char e[80];
-		int err = wolfSSL_get_error(ssl, 0);
-		note_err("handshake: %d %s", err,
-			 wolfSSL_ERR_error_string((unsigned long)err, e));
-		goto out;
-	}
-	if (read_line(fd, ssl, line, sizeof(line)) < 0) {
-		note_err("TLS greeting");
-		goto out;
-	}
-	if (wolfSSL_session_reused(ssl) && atomic_load(&measuring))
-		atomic_fetch_add(&reused, 1);
-	if (o.mode == M_RESUME || o.mode == M_RESUME_PSK) {
-		WOLFSSL_SESSION *s = wolfSSL_get1_session(ssl);
-		if (s) {
-			if (*sess)
-				wolfSSL_SESSION_free(*sess);
-			*sess = s;
+}
+
+static void cb_data(struct loadgen *l, struct loadgen_conn *lc, const uint8_t *p, size_t n)
+{
+	struct tclient *c = tc_of(lc);
+	struct tb *tb = tb_of(l);
+	while (n > 0 && lc->phase == LG_OPEN) {
+		size_t k = loadgen_reply_feed(&c->rep, p, n);
+		p += k;
+		n -= k;
+		if (!c->rep.done)
+			return;
+		const char *s = c->rep.line;
+		if (o.mode == M_RETR) {
+			if (s[0] != '+') {
+				loadgen_fail(l, lc, s[0] == '-' ? LG_ERR_NO : LG_ERR_BAD_REPLY, "", s);
+				return;
+			}
+			retr_step(l, c);
+			continue;
 		}
+		/* a greeting: SMTP's 220, IMAP's * OK, POP3's +OK */
+		if (strncmp(s, "220", 3) != 0 && strncmp(s, "* OK", 4) != 0 && strncmp(s, "+OK", 3) != 0) {
+			loadgen_fail(l, lc, LG_ERR_BAD_REPLY, "greeting: ", s);
+			return;
+		}
+		if (lc->ssl) {
+			if (!c->warm && wolfSSL_session_reused(lc->ssl))
+				tb->reused++;
+			if (resuming()) {
+				WOLFSSL_SESSION *sess = wolfSSL_get1_session(lc->ssl);
+				if (sess) {
+					if (c->sess)
+						wolfSSL_SESSION_free(c->sess);
+					c->sess = sess;
+				}
+			}
+		}
+		loadgen_close(l, lc);
+		return;
 	}
-	wolfSSL_shutdown(ssl);
-	rc = 0;
-out:
-	wolfSSL_free(ssl);
-	close(fd);
-	return rc;
 }
 
-static void *worker(void *arg)
+static const struct loadgen_ops tb_ops = {
+	.start = cb_start,
+	.tls_new = cb_tls_new,
+	.data = cb_data,
+	.done = cb_done,
+};
+
+static bool retr_ready(struct loadgen *l)
 {
-	unsigned k = (unsigned)(uintptr_t)arg;
-	WOLFSSL_SESSION *sess = NULL;
-	/* Warm-up outside the measurement: the first ticket. */
-	if (cycle(k, &sess) < 0)
-		fprintf(stderr, "tls_bench: warm-up failed: %s\n", last_err);
-	atomic_fetch_add(&ready_threads, 1);
-	while (!atomic_load(&measuring) && !atomic_load(&stop))
-		usleep(1000);
-	while (!atomic_load(&stop)) {
-		long n = atomic_fetch_add(&launched, 1);
-		if (o.max_conns && n >= o.max_conns)
-			break;
-		if (cycle(k++, &sess) == 0)
-			atomic_fetch_add(&done_ok, 1);
-	}
-	if (sess)
-		wolfSSL_SESSION_free(sess);
-	return NULL;
+	return tb_of(l)->retr_ready || l->active == 0;
 }
 
-/* ---- POP3 RETR over TLS ------------------------------------------------- */
-
-static int pop_cmd(WOLFSSL *ssl, int fd, const char *cmd, char *line, size_t cap)
+/* Warm-up, then the measured run between two readings of the meter. */
+static int run_load(struct loadgen *l, struct tb *tb, struct bench_meter *m)
 {
-	if (wolfSSL_write(ssl, cmd, (int)strlen(cmd)) <= 0)
-		return -1;
-	if (read_line(fd, ssl, line, cap) < 0 || strncmp(line, "+OK", 3) != 0)
-		return -1;
-	return 0;
-}
-
-/* Reads a multi-line reply through "\r\n.\r\n"; returns its bytes or -1. */
-static long read_dot(WOLFSSL *ssl)
-{
-	static char buf[64 * 1024];
-	char tail[5] = { 0 };
-	long total = 0;
-	for (;;) {
-		int r = wolfSSL_read(ssl, buf, sizeof(buf));
-		if (r <= 0)
+	uint64_t t0;
+	loadgen_arm_tick(l);
+	if (o.mode == M_RETR) {
+		l->restart = false;
+		loadgen_start(l, loadgen_conn(l, 0));
+		l->hard_end_ns = now_ns() + (uint64_t)o.timeout_ms * 4000000u;
+		if (!loadgen_pump(l, retr_ready) || !tb->retr_ready) {
+			fprintf(stderr, "tls_bench: POP3 over TLS to %s failed (%s)\n", o.port,
+				l->last_err);
 			return -1;
-		total += r;
-		/* the last 5 bytes seen, across reads */
-		if (r >= 5) {
-			memcpy(tail, buf + r - 5, 5);
-		} else {
-			memmove(tail, tail + r, (size_t)(5 - r));
-			memcpy(tail + 5 - r, buf, (size_t)r);
 		}
-		if (!memcmp(tail, "\r\n.\r\n", 5))
-			return total;
+		tb->measuring = true;
+		bench_meter_start(m, &o.srv);
+		t0 = l->t_start_ns = now_ns();
+		l->end_ns = t0 + (uint64_t)(o.duration * 1e9);
+		l->hard_end_ns = l->end_ns + (uint64_t)o.timeout_ms * 1000000u + 1000000000u;
+		loadgen_pump(l, loadgen_none_active);
+		return 0;
 	}
+	/* every client's first cycle: its first ticket, the server's warm-up */
+	l->restart = false;
+	l->hard_end_ns = now_ns() + (uint64_t)o.timeout_ms * 4000000u;
+	for (unsigned i = 0; i < l->nconns; i++)
+		loadgen_start(l, loadgen_conn(l, i));
+	loadgen_pump(l, loadgen_none_active);
+	tb->warm_errors = loadgen_errors_total(l);
+	if (tb->warm_errors)
+		fprintf(stderr, "tls_bench: %" PRIu64 " warm-up cycles failed (%s)\n", tb->warm_errors,
+			l->last_err);
+	memset(l->errors, 0, sizeof(l->errors));
+	tb->measuring = true;
+	l->restart = true;
+	l->launched = 0;
+	l->max_launch = (uint64_t)o.max_conns;
+	bench_meter_start(m, &o.srv);
+	t0 = l->t_start_ns = now_ns();
+	l->end_ns = t0 + (uint64_t)(o.duration * 1e9);
+	l->hard_end_ns = l->end_ns + (uint64_t)o.timeout_ms * 1000000u + 1000000000u;
+	for (unsigned i = 0; i < l->nconns; i++)
+		loadgen_start(l, loadgen_conn(l, i));
+	loadgen_pump(l, loadgen_all_done);
+	return 0;
 }
 
-static int run_retr(double *secs_r)
+static const char *cpu_source(void)
 {
-	char line[1024], cmd[512];
-	int fd = dial(0);
-	if (fd < 0) {
-		fprintf(stderr, "tls_bench: connect: %s\n", strerror(-fd));
-		return -1;
+	return o.srv.ncgroups ? "cgroup" : o.srv.npids ? "pid" : "none";
+}
+
+static void report(const struct loadgen *l, const struct tb *tb, const struct cpu_sample *cpu,
+		   const struct cpu_sample *self, double other)
+{
+	FILE *out = o.json ? stderr : stdout;
+	double secs = loadgen_seconds(l);
+	uint64_t n = l->ops;
+	double dn = n ? (double)n : 1;
+	double srv = cpu->ok ? (double)cpu->total_us : -1, srv_user = cpu->ok ? (double)cpu->user_us : -1;
+	if (o.mode == M_RETR) {
+		double mb = (double)tb->retr_bytes / 1e6;
+		double dmb = mb > 0 ? mb : 1;
+		fprintf(out, "retr on %s: %" PRIu64 " x RETR, %.1f MB in %.2f s = %.1f MB/s\n", o.port, n,
+			mb, secs, secs > 0 ? mb / secs : 0);
+		loadgen_print_lat_errors(l, out);
+		if (cpu->ok)
+			fprintf(out, "  server cpu  %.1f us/MB (%.0f MB per server CPU second)\n",
+				srv / dmb, srv > 0 ? mb / (srv / 1e6) : 0);
+		fprintf(out, "  client cpu  %.1f us/MB; other load %.1f%%\n",
+			(double)self->total_us / dmb, other);
+		if (o.json) {
+			printf("{\"mode\":\"retr\",\"port\":%s,\"retrs\":%" PRIu64 ",\"ops\":%" PRIu64
+			       ",\"MB\":%.1f,\"seconds\":%.3f,\"MBps\":%.1f,\"ops_per_s\":%.1f",
+			       o.port, n, n, mb, secs, secs > 0 ? mb / secs : 0, secs > 0 ? dn / secs : 0);
+			loadgen_json_lat_errors(l, stdout);
+			printf(",\"server_cpu_us_per_MB\":%.1f,\"server_user_us_per_MB\":%.1f,"
+			       "\"server_cpu_us_per_op\":%.1f,\"server_cpu_source\":\"%s\","
+			       "\"client_cpu_us_per_MB\":%.1f,\"other_cpu_pct\":%.1f}\n",
+			       srv / dmb, srv_user / dmb, srv / dn, cpu_source(),
+			       (double)self->total_us / dmb, other);
+		}
+		return;
 	}
-	WOLFSSL *ssl = tls_new(fd, NULL);
-	if (!ssl || wolfSSL_connect(ssl) != WOLFSSL_SUCCESS ||
-	    read_line(fd, ssl, line, sizeof(line)) < 0 || strncmp(line, "+OK", 3)) {
-		fprintf(stderr, "tls_bench: TLS to %d failed\n", o.port);
-		return -1;
-	}
-	snprintf(cmd, sizeof(cmd), "USER %s\r\n", o.user);
-	if (pop_cmd(ssl, fd, cmd, line, sizeof(line)) < 0)
-		goto bad;
-	snprintf(cmd, sizeof(cmd), "PASS %s\r\n", o.pass);
-	if (pop_cmd(ssl, fd, cmd, line, sizeof(line)) < 0)
-		goto bad;
-	/* one warm-up RETR (page cache, buffers) */
-	if (pop_cmd(ssl, fd, "RETR 1\r\n", line, sizeof(line)) < 0 || read_dot(ssl) < 0)
-		goto bad;
-	atomic_store(&measuring, true);
-	const char *src;
-	retr_s0 = server_cpu(&src);
-	retr_busy0 = machine_busy_us();
-	retr_c0 = self_cpu_us();
-	uint64_t t0 = now_ns();
-	*secs_r = 0;
-	for (long n = 0; (!o.max_conns || n < o.max_conns); n++) {
-		if ((now_ns() - t0) / 1e9 >= o.duration && n > 0)
-			break;
-		if (pop_cmd(ssl, fd, "RETR 1\r\n", line, sizeof(line)) < 0)
-			goto bad;
-		long b = read_dot(ssl);
-		if (b < 0)
-			goto bad;
-		atomic_fetch_add(&bytes_total, b);
-		atomic_fetch_add(&done_ok, 1);
-	}
-	*secs_r = (double)(now_ns() - t0) / 1e9;
-	wolfSSL_write(ssl, "QUIT\r\n", 6);
-	wolfSSL_free(ssl);
-	close(fd);
-	return 0;
-bad:
-	fprintf(stderr, "tls_bench: POP3 failed at: %s", line);
-	return -1;
+	const char *tls = o.mode == M_PLAIN ? "none" : o.tls12 ? "1.2" : "1.3";
+	const char *group = o.group == WOLFSSL_ECC_X25519 ? "x25519" : "p256";
+	fprintf(out, "%s on %s (TLS %s, %s): %" PRIu64 " conns in %.2f s = %.0f/s, reused %" PRIu64
+		", clients %d\n", mode_name[o.mode], o.port, tls, group, n, secs,
+		secs > 0 ? dn / secs : 0, tb->reused, o.clients);
+	loadgen_print_lat_errors(l, out);
+	if (cpu->ok)
+		fprintf(out, "  server cpu  %.2f us/conn (user %.2f, from %s)\n", srv / dn,
+			srv_user / dn, cpu_source());
+	fprintf(out, "  client cpu  %.2f us/conn; other load %.1f%%\n",
+		(double)self->total_us / dn, other);
+	if (!o.json)
+		return;
+	printf("{\"mode\":\"%s\",\"port\":%s,\"tls\":\"%s\",\"group\":\"%s\",\"clients\":%d,"
+	       "\"conns\":%" PRIu64 ",\"ops\":%" PRIu64 ",\"seconds\":%.3f,\"conns_per_s\":%.1f,"
+	       "\"reused\":%" PRIu64, mode_name[o.mode], o.port, tls, group, o.clients, n, n, secs,
+	       secs > 0 ? dn / secs : 0, tb->reused);
+	loadgen_json_lat_errors(l, stdout);
+	printf(",\"warmup_errors\":%" PRIu64, tb->warm_errors);
+	if (cpu->ok)
+		printf(",\"server_cpu_us_per_conn\":%.2f,\"server_user_us_per_conn\":%.2f",
+		       srv / dn, srv_user / dn);
+	printf(",\"server_cpu_source\":\"%s\",\"client_cpu_us_per_conn\":%.2f,"
+	       "\"other_cpu_pct\":%.1f}\n", cpu_source(), (double)self->total_us / dn, other);
 }
 
 /* ---- --crypto: the bound of one handshake --------------------------------- */
@@ -491,16 +496,16 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: tls_bench --port P [--mode plain|full|resume|resume-psk|retr] [-c N]\n"
-		"                 [-d SECS] [-n CONNS] [--server-pid PID | --server-cgroup DIR]\n"
+		"                 [-d SECS] [-n CONNS] [--server-pid PID] [--server-cgroup DIR]\n"
 		"                 [--host ADDR] [--tls12] [--group x25519|p256] [--src-addrs N]\n"
-		"                 [--user U --pass P] [--json]\n"
+		"                 [--user U --pass P] [--timeout-ms MS] [--json]\n"
 		"       tls_bench --crypto [--secs S] [--json]\n");
 }
 
 int main(int argc, char **argv)
 {
 	enum { O_CGROUP = 256, O_PID, O_JSON, O_TLS12, O_GROUP, O_USER, O_PASS, O_CRYPTO, O_SECS,
-	       O_SRC, O_MODE, O_HOST };
+	       O_SRC, O_MODE, O_HOST, O_TIMEOUT };
 	static const struct option lo[] = {
 		{ "port", required_argument, NULL, 'p' },
 		{ "host", required_argument, NULL, O_HOST },
@@ -518,20 +523,40 @@ int main(int argc, char **argv)
 		{ "crypto", no_argument, NULL, O_CRYPTO },
 		{ "secs", required_argument, NULL, O_SECS },
 		{ "src-addrs", required_argument, NULL, O_SRC },
+		{ "timeout-ms", required_argument, NULL, O_TIMEOUT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	bool crypto = false;
+	uint64_t v;
 	int ch;
 	while ((ch = getopt_long(argc, argv, "p:c:d:n:h", lo, NULL)) != -1) {
 		switch (ch) {
-		case 'p': o.port = atoi(optarg); break;
+		case 'p':
+			if (!parse_u64(optarg, 1, 65535, &v))
+				goto bad;
+			o.port = optarg;
+			break;
 		case O_HOST: o.host = optarg; break;
-		case 'c': o.clients = atoi(optarg); break;
+		case 'c':
+			if (!parse_u64(optarg, 1, 100000, &v))
+				goto bad;
+			o.clients = (int)v;
+			break;
 		case 'd': o.duration = atof(optarg); break;
-		case 'n': o.max_conns = atol(optarg); break;
-		case O_PID: o.server_pid = atol(optarg); break;
-		case O_CGROUP: o.server_cgroup = optarg; break;
+		case 'n':
+			if (!parse_u64(optarg, 1, INT64_MAX, &v))
+				goto bad;
+			o.max_conns = (long)v;
+			break;
+		case O_PID:
+			if (!bench_servers_add_pid(&o.srv, optarg))
+				goto bad;
+			break;
+		case O_CGROUP:
+			if (!bench_servers_add_cgroup(&o.srv, optarg))
+				goto bad;
+			break;
 		case O_JSON: o.json = true; break;
 		case O_TLS12: o.tls12 = true; break;
 		case O_GROUP:
@@ -539,26 +564,30 @@ int main(int argc, char **argv)
 				o.group = WOLFSSL_ECC_X25519;
 			else if (!strcmp(optarg, "p256"))
 				o.group = WOLFSSL_ECC_SECP256R1;
-			else {
-				usage(stderr);
-				return 1;
-			}
+			else
+				goto bad;
 			break;
 		case O_USER: o.user = optarg; break;
 		case O_PASS: o.pass = optarg; break;
 		case O_CRYPTO: crypto = true; break;
 		case O_SECS: o.secs = atof(optarg); break;
-		case O_SRC: o.src_addrs = atoi(optarg); break;
+		case O_SRC:
+			if (!parse_u64(optarg, 0, BENCH_MAX_SRC_ADDRS, &v))
+				goto bad;
+			o.src_addrs = (int)v;
+			break;
+		case O_TIMEOUT:
+			if (!parse_u64(optarg, 1, 3600000, &v))
+				goto bad;
+			o.timeout_ms = (unsigned)v;
+			break;
 		case O_MODE:
 			if (!strcmp(optarg, "plain")) o.mode = M_PLAIN;
 			else if (!strcmp(optarg, "full")) o.mode = M_FULL;
 			else if (!strcmp(optarg, "resume")) o.mode = M_RESUME;
 			else if (!strcmp(optarg, "resume-psk")) o.mode = M_RESUME_PSK;
 			else if (!strcmp(optarg, "retr")) o.mode = M_RETR;
-			else {
-				usage(stderr);
-				return 1;
-			}
+			else goto bad;
 			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 1;
@@ -568,101 +597,63 @@ int main(int argc, char **argv)
 		return 1;
 	if (crypto)
 		return run_crypto();
-	if (o.port <= 0 || o.clients <= 0 || (o.mode == M_RETR && (!o.user || !o.pass))) {
+	/* retr: one connection, as the MB/s of one client is what it reports */
+	if (!o.clients || o.mode == M_RETR)
+		o.clients = o.mode == M_RETR ? 1 : 4;
+	if (!o.port || !(o.duration > 0) || (o.mode == M_RETR && (!o.user || !o.pass))) {
 		usage(stderr);
 		return 1;
 	}
-	ctx = wolfSSL_CTX_new(o.tls12 ? wolfTLSv1_2_client_method() : wolfTLSv1_3_client_method());
-	if (!ctx)
+	struct bench_meter m;
+	bench_meter_start(&m, &o.srv);
+	if ((o.srv.npids || o.srv.ncgroups) && !m.s0.ok) {
+		fprintf(stderr, "tls_bench: cannot read the server's CPU time\n");
 		return 1;
-	/* The client is not what is measured: it does not verify the
-	 * certificate (saves an ECDSA verify per full handshake on its core). */
-	wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
-	wolfSSL_CTX_UseSupportedCurve(ctx, (word16)o.group);
-	if (!o.tls12) {
-		int groups[1] = { o.group };
-		wolfSSL_CTX_set_groups(ctx, groups, 1);
 	}
-	/* TLS 1.2: ask for a ticket (RFC 5077); 1.3 gets one regardless. */
-	wolfSSL_CTX_UseSessionTicket(ctx);
-	const char *src;
-	struct cpu_sample s0, s1;
-	uint64_t busy0, c0, t0;
-	(void)t0;
-	double secs = 0;
-	if (o.mode == M_RETR) {
-		if (run_retr(&secs) < 0)
-			return 1;
-		s1 = server_cpu(&src);
-		s0 = retr_s0;
-		busy0 = retr_busy0;
-		c0 = retr_c0;
-	} else {
-		pthread_t th[1024];
-		if (o.clients > 1024)
-			o.clients = 1024;
-		for (int i = 0; i < o.clients; i++)
-			pthread_create(&th[i], NULL, worker, (void *)(uintptr_t)(i * 7919u));
-		while (atomic_load(&ready_threads) < o.clients)
-			usleep(1000);
-		s0 = server_cpu(&src);
-		busy0 = machine_busy_us();
-		c0 = self_cpu_us();
-		t0 = now_ns();
-		atomic_store(&measuring, true);
-		while ((now_ns() - t0) / 1e9 < o.duration &&
-		       !(o.max_conns && atomic_load(&launched) >= o.max_conns))
-			usleep(10000);
-		atomic_store(&stop, true);
-		for (int i = 0; i < o.clients; i++)
-			pthread_join(th[i], NULL);
-		secs = (double)(now_ns() - t0) / 1e9;
-		s1 = server_cpu(&src);
+	struct tb tb = { 0 };
+	struct loadgen_cfg cfg = {
+		.prog = "tls_bench", .host = o.host, .port = o.port, .src_addrs = o.src_addrs,
+		.tls = o.mode != M_PLAIN, .tls12 = o.tls12, .group = o.group,
+		.nconns = (unsigned)o.clients, .conn_size = sizeof(struct tclient),
+		.timeout_ms = o.timeout_ms, .ops = &tb_ops, .user = &tb,
+	};
+	struct loadgen *l = calloc(1, sizeof(*l));
+	if (!l)
+		return 1;
+	int rc = 1;
+	if (loadgen_init(l, &cfg) < 0) {
+		if (l->io_uring_unavailable) {
+			fprintf(stderr, "tls_bench: io_uring unavailable: skipped\n");
+			rc = 77;
+		}
+		goto out;
 	}
-	uint64_t client_us = self_cpu_us() - c0;
-	uint64_t busy = machine_busy_us() - busy0;
-	long n = atomic_load(&done_ok), errs = atomic_load(&errors);
-	double srv_us = s0.ok && s1.ok ? (double)(s1.total_us - s0.total_us) : -1;
-	double srv_user = s0.ok && s1.ok ? (double)(s1.user_us - s0.user_us) : -1;
-	double other = srv_us >= 0 ? ((double)busy - srv_us - (double)client_us) / (secs * 1e4) : -1;
-	if (other < 0 && srv_us >= 0)
-		other = 0;
-	static const char *names[] = { "plain", "full", "resume", "resume-psk", "retr" };
-	if (o.mode == M_RETR) {
-		double mb = (double)atomic_load(&bytes_total) / 1e6;
-		if (o.json)
-			printf("{\"mode\":\"retr\",\"port\":%d,\"retrs\":%ld,\"MB\":%.1f,\"seconds\":%.3f,"
-			       "\"MBps\":%.1f,\"server_cpu_us_per_MB\":%.1f,\"server_user_us_per_MB\":%.1f,"
-			       "\"server_cpu_source\":\"%s\",\"client_cpu_us_per_MB\":%.1f,"
-			       "\"other_cpu_pct\":%.1f,\"errors\":%ld}\n",
-			       o.port, n, mb, secs, mb / secs, srv_us / mb, srv_user / mb, src,
-			       (double)client_us / mb, other, errs);
-		else
-			printf("retr: %ld x RETR, %.1f MB in %.2f s = %.1f MB/s; server CPU %.1f us/MB "
-			       "(%.0f MB per server CPU second), client %.1f us/MB, other load %.1f%%\n",
-			       n, mb, secs, mb / secs, srv_us / mb, mb / (srv_us / 1e6),
-			       (double)client_us / mb, other);
-		return errs ? 1 : 0;
-	}
-	long r = atomic_load(&reused);
-	if (o.json)
-		printf("{\"mode\":\"%s\",\"port\":%d,\"tls\":\"%s\",\"group\":\"%s\",\"clients\":%d,"
-		       "\"conns\":%ld,\"seconds\":%.3f,\"conns_per_s\":%.1f,\"reused\":%ld,"
-		       "\"server_cpu_us_per_conn\":%.2f,\"server_user_us_per_conn\":%.2f,"
-		       "\"server_cpu_source\":\"%s\",\"client_cpu_us_per_conn\":%.2f,"
-		       "\"other_cpu_pct\":%.1f,\"errors\":%ld}\n",
-		       names[o.mode], o.port, o.mode == M_PLAIN ? "none" : o.tls12 ? "1.2" : "1.3",
-		       o.group == WOLFSSL_ECC_X25519 ? "x25519" : "p256", o.clients, n, secs,
-		       n / secs, r, n ? srv_us / n : -1, n ? srv_user / n : -1, src,
-		       n ? (double)client_us / n : -1, other, errs);
+	if (o.mode == M_RETR)
+		l->err_names[LG_ERR_NO] = "err", l->err_names[LG_ERR_BAD] = NULL;
 	else
-		printf("%s on %d: %ld conns in %.2f s = %.0f/s, reused %ld, errors %ld; server CPU "
-		       "%.2f us/conn (user %.2f, from %s), client %.2f us/conn, other load %.1f%%\n",
-		       names[o.mode], o.port, n, secs, n / secs, r, errs, n ? srv_us / n : -1,
-		       n ? srv_user / n : -1, src, n ? (double)client_us / n : -1, other);
+		l->err_names[LG_ERR_NO] = l->err_names[LG_ERR_BAD] = NULL;
+	if (run_load(l, &tb, &m) < 0)
+		goto out;
+	struct cpu_sample cpu, self;
+	double other;
+	bench_meter_stop(&m, &o.srv, &cpu, &self, &other);
+	report(l, &tb, &cpu, &self, other);
+	uint64_t errs = loadgen_errors_total(l);
 	if (errs)
-		fprintf(stderr, "tls_bench: %ld errors, last: %s\n", errs, last_err);
-	wolfSSL_CTX_free(ctx);
+		fprintf(stderr, "tls_bench: %" PRIu64 " errors, last: %s\n", errs, l->last_err);
+	rc = errs || l->failed ? 1 : 0;
+out:
+	for (unsigned i = 0; l->conns && i < l->nconns; i++) {
+		struct tclient *c = tc_of(loadgen_conn(l, i));
+		if (c->sess)
+			wolfSSL_SESSION_free(c->sess);
+	}
+	loadgen_destroy(l);
+	free(l);
 	wolfSSL_Cleanup();
-	return errs ? 1 : 0;
+	return rc;
+bad:
+	fprintf(stderr, "tls_bench: bad value for -%c: %s\n", ch < 256 ? ch : '-', optarg ? optarg : "");
+	usage(stderr);
+	return 1;
 }

@@ -180,13 +180,13 @@ hs = [r for r in rows if "label" in r and r["mode"] != "retr"]
 labels = list(dict.fromkeys(r["label"] for r in hs))
 def m(label, key):
     return med([r[key] for r in hs if r["label"] == label])
-print("| port | mode | conns/s | server CPU us/conn | user us/conn | minus plain greet | bound us | bound / handshake | reused | client us/conn | other load % | errors |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| port | mode | conns/s | server CPU us/conn | user us/conn | minus plain greet | bound us | bound / handshake | reused | p50 / p99 / p999 us | client us/conn | other load % | errors |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
 for lb in labels:
     port, mode = lb.split(" ", 1)
     base = next((x for x in labels if x.startswith(port + " plain")), None)
     cpu = m(lb, "server_cpu_us_per_conn")
-    errs = sum(r["errors"] for r in hs if r["label"] == lb)
+    errs = sum(r["errors_total"] for r in hs if r["label"] == lb)
     reused = sum(r["reused"] for r in hs if r["label"] == lb); conns = sum(r["conns"] for r in hs if r["label"] == lb)
     if mode.startswith("plain"):
         extra, bound, ratio = "", "", ""
@@ -201,7 +201,8 @@ for lb in labels:
         bound = f"{b:.1f}" if b else "-"
         ratio = f"{b / hcpu:.2f}" if b else "-"
     print(f"| {port} | {mode} | {m(lb, 'conns_per_s'):.0f} | {cpu:.1f} | {m(lb, 'server_user_us_per_conn'):.1f} | {extra} | {bound} | {ratio} | "
-          f"{reused}/{conns} | {m(lb, 'client_cpu_us_per_conn'):.1f} | {m(lb, 'other_cpu_pct'):.1f} | {errs} |")
+          f"{reused}/{conns} | {m(lb, 'p50_us'):.0f} / {m(lb, 'p99_us'):.0f} / {m(lb, 'p999_us'):.0f} | "
+          f"{m(lb, 'client_cpu_us_per_conn'):.1f} | {m(lb, 'other_cpu_pct'):.1f} | {errs} |")
 rr = [r for r in rows if r.get("mode") == "retr"]
 if rr:
     print()

@@ -3,7 +3,8 @@
 # 'bench'): a ringmail on free ports, then tls_bench's full, resumed,
 # resumed-psk and plaintext modes on 465/993/995 for a few connections each
 # (no errors, every measured resumed connection reused), a RETR over 995,
-# and the crypto bound. Exit 77 (skip) when ringmail cannot start io_uring.
+# and the crypto bound; every result with latency percentiles and errors by
+# kind. Exit 77 (skip) when ringmail cannot start io_uring.
 set -u
 ringmail=$1
 bench=$2
@@ -30,10 +31,13 @@ CONF
 start_ringmail tls_smoke --config "$tmp/ringmail.conf"
 
 # One small message for RETR (port 25: local delivery without AUTH).
+# Wait for the greeting: a client that talks first is an early talker (554).
 exec 3<>"/dev/tcp/127.0.0.1/$((25 + off))"
+read -r -t 10 greeting <&3
+printf '%s\n' "$greeting" >"$tmp/smtp.out"
 printf 'EHLO smoke\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<smoke@example.com>\r\nDATA\r\n' >&3
 printf 'Subject: smoke\r\n\r\nhello\r\n.\r\nQUIT\r\n' >&3
-timeout 10 cat <&3 >"$tmp/smtp.out"
+timeout 10 cat <&3 >>"$tmp/smtp.out"
 exec 3<&-
 grep -q '^250 2.0.0' "$tmp/smtp.out" || { echo "tls_smoke: delivery failed:" >&2; cat "$tmp/smtp.out" >&2; exit 1; }
 
@@ -43,6 +47,13 @@ run() { # expected-reused-min args...
 	local out
 	out=$("$bench" --json --server-pid "$pid" "$@") || { echo "tls_smoke: FAILED: $* -> $out" >&2; fail=1; return; }
 	echo "$out"
+	# every result: latency percentiles and errors by kind, none of them
+	if ! grep -q '"p50_us":[0-9]*,"p99_us":[0-9]*,"p999_us":[0-9]*' <<<"$out" ||
+	   ! grep -q '"errors":{"refused":0,"reset":0,"timeout":0,"closed":0,"bad_reply":0,' <<<"$out" ||
+	   ! grep -q '"errors_total":0,' <<<"$out"; then
+		echo "tls_smoke: FAILED: $* (no percentiles, or errors)" >&2
+		fail=1
+	fi
 	local conns reused
 	conns=$(sed -n 's/.*"conns":\([0-9]*\).*/\1/p' <<<"$out")
 	reused=$(sed -n 's/.*"reused":\([0-9]*\).*/\1/p' <<<"$out")

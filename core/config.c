@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* The port table of DESIGN.md. Keep docs/config.md in step. */
 const char config_default_text[] =
@@ -57,6 +58,7 @@ void config_defaults(struct config *cfg)
 	strcpy(cfg->domains[0], "example.com");
 	cfg->ndomains = 1;
 	strcpy(cfg->data_dir, "./ringmail-data");
+	cfg->recv_buffers = CONFIG_RECV_BUFFERS_DEFAULT;
 	cfg->shutdown_grace_ms = 10000;
 	strcpy(cfg->log_level, "info");
 	cfg->max_connections = 100000;
@@ -77,13 +79,19 @@ void config_defaults(struct config *cfg)
 	cfg->message_size_max = 50u << 20;
 	cfg->recipients_max = 1000;
 	cfg->smtp_timeout_ms = 5 * 60000;
+	cfg->pop3_autologout_ms = 10 * 60000; /* RFC 1939 3: at least 10 minutes */
 	cfg->header_size_max = 1u << 20;
 	cfg->max_hops = 50;
 	cfg->smtp_line_max = 1000;
+	cfg->smtp_command_line_max = 512; /* SMTP_COMMAND_LINE_MAX */
 	cfg->imap_line_max = 64 * 1024; /* IMAP_LINE_MAX */
+	cfg->imap_literal_max = 64 * 1024;
+	cfg->pop3_line_max = 255; /* POP3_LINE_MAX */
 	cfg->ticket_rotate_s = 3600;
 	cfg->ob_mx_port = 25;
 	cfg->folders_max = 10000;
+	cfg->segment_max = 64u << 20;
+	cfg->compact_after = 0;
 	snprintf(cfg->ob_smart_ca, sizeof(cfg->ob_smart_ca), "/etc/ssl/certs/ca-certificates.crt");
 	cfg->ob_retry_min_ms = 5 * 60000;
 	cfg->ob_retry_max_ms = 4 * 3600000;
@@ -305,6 +313,11 @@ static int set_server(struct parse_ctx *ctx, const char *key, const char *value)
 		if (parse_uint(value, 1024, &v))
 			return BAD(ctx, "threads must be a number from 0 (one per CPU) to 1024");
 		cfg->threads = (unsigned)v;
+	} else if (!strcmp(key, "recv_buffers")) {
+		if (parse_uint(value, CONFIG_RECV_BUFFERS_MAX, &v) || v == 0 || (v & (v - 1)))
+			return BAD(ctx, "recv_buffers must be a power of two from 1 to %u",
+				   CONFIG_RECV_BUFFERS_MAX);
+		cfg->recv_buffers = (unsigned)v;
 	} else if (!strcmp(key, "port_offset")) {
 		if (parse_uint(value, 60000, &v))
 			return BAD(ctx, "port_offset must be a number from 0 to 60000");
@@ -312,6 +325,12 @@ static int set_server(struct parse_ctx *ctx, const char *key, const char *value)
 	} else if (!strcmp(key, "shutdown_grace")) {
 		if (config_parse_duration_ms(value, &cfg->shutdown_grace_ms))
 			return BAD(ctx, "shutdown_grace must be a duration such as 10s");
+	} else if (!strcmp(key, "segment_max")) {
+		if (config_parse_size(value, &cfg->segment_max) || cfg->segment_max < 4096)
+			return BAD(ctx, "segment_max must be a size of at least 4k");
+	} else if (!strcmp(key, "compact_after")) {
+		if (config_parse_size(value, &cfg->compact_after))
+			return BAD(ctx, "compact_after must be a size (0: half of segment_max)");
 	} else if (!strcmp(key, "log_level")) {
 		if (strcmp(value, "debug") && strcmp(value, "info") && strcmp(value, "warn") &&
 		    strcmp(value, "error"))
@@ -336,6 +355,7 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "dual_wait", offsetof(struct config, dual_wait_ms) },
 		{ "handshake_timeout", offsetof(struct config, handshake_timeout_ms) },
 		{ "smtp_timeout", offsetof(struct config, smtp_timeout_ms) },
+		{ "pop3_autologout", offsetof(struct config, pop3_autologout_ms) },
 		{ "auth_delay", offsetof(struct config, auth_delay_ms) },
 		{ "auth_delay_max", offsetof(struct config, auth_delay_max_ms) },
 	};
@@ -352,8 +372,16 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "max_hops", offsetof(struct config, max_hops), 1, 1000 },
 		/* RFC 5321 4.5.3.1.6: at least 1000 octets must be accepted */
 		{ "smtp_line_max", offsetof(struct config, smtp_line_max), 1000, 1000000 },
+		/* RFC 5321 4.5.3.1.4: at least 512; at most what a session's
+		 * input buffer holds comfortably (CONN_INPUT_MAX is 256 KiB) */
+		{ "smtp_command_line_max", offsetof(struct config, smtp_command_line_max), 512, 65536 },
 		/* at least the pre-login limit (IMAP_LINE_MAX_PRELOGIN, 8 KiB) */
 		{ "imap_line_max", offsetof(struct config, imap_line_max), 8192, 16777216 },
+		/* room for a LOGIN password or a mailbox name (RECORD_NAME_MAX) */
+		{ "imap_literal_max", offsetof(struct config, imap_literal_max), 1024, 16777216 },
+		/* "USER " and a 120-octet name; at most POP3_AUTH_LINE_MAX, the
+		 * length every line is read up to */
+		{ "pop3_line_max", offsetof(struct config, pop3_line_max), 128, 2100 },
 		/* the hard maxima are proto/mime.h's MIME_DEPTH_MAX and
 		 * MIME_PARTS_MAX (the scanner's arrays) */
 		{ "mime_depth_max", offsetof(struct config, mime_depth_max), 1, 32 },
@@ -375,6 +403,13 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 			return BAD(ctx, "%s must be a number from %lu to %lu", key, counts[i].min,
 				   counts[i].max);
 		*(uint32_t *)((char *)cfg + counts[i].off) = (uint32_t)v;
+		return 0;
+	}
+	if (!strcmp(key, "smtp_greet_pause")) {
+		/* 0 turns it off; a long pause only delays every client */
+		if (config_parse_duration_ms(value, &cfg->smtp_greet_pause_ms) ||
+		    cfg->smtp_greet_pause_ms > 60000)
+			return BAD(ctx, "smtp_greet_pause must be a duration from 0 to 60s");
 		return 0;
 	}
 	if (!strcmp(key, "send_queue_max")) {
@@ -793,10 +828,15 @@ void config_print(const struct config *cfg, FILE *out)
 	fprintf(out, "[server]\nhostname = %s\ndomains = ", cfg->hostname);
 	for (size_t i = 0; i < cfg->ndomains; i++)
 		fprintf(out, "%s%s", i ? ", " : "", cfg->domains[i]);
-	fprintf(out, "\ndata = %s\nthreads = %u\nport_offset = %u\nshutdown_grace = %ums\n"
-		"log_level = %s\n",
-		cfg->data_dir, cfg->threads, cfg->port_offset, cfg->shutdown_grace_ms,
-		cfg->log_level);
+	fprintf(out, "\ndata = %s\nthreads = %u", cfg->data_dir, cfg->threads);
+	if (cfg->threads == 0) {
+		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+		fprintf(out, "   # one loop per online CPU: %ld here", ncpu > 0 ? ncpu : 1);
+	}
+	fprintf(out, "\nrecv_buffers = %u\nport_offset = %u\nshutdown_grace = %ums\n"
+		"log_level = %s\nsegment_max = %llu\ncompact_after = %llu\n",
+		cfg->recv_buffers, cfg->port_offset, cfg->shutdown_grace_ms, cfg->log_level,
+		(unsigned long long)cfg->segment_max, (unsigned long long)cfg->compact_after);
 	if (cfg->user[0])
 		fprintf(out, "user = %s\n", cfg->user);
 	if (cfg->postmaster[0])
@@ -807,7 +847,7 @@ void config_print(const struct config *cfg, FILE *out)
 		"handshake_timeout = %ums\nmax_bad_commands = %u\nsend_queue_max = %llu\n"
 		"plaintext_auth = %s\nmessage_size_max = %llu\nrecipients_max = %u\n"
 		"smtp_timeout = %ums\nheader_size_max = %llu\nmax_hops = %u\nsmtp_bare_lf = %s\n"
-		"quota_storage = %llu\nquota_messages = %llu\n",
+		"quota_storage = %llu\nquota_messages = %llu\npop3_autologout = %ums\n",
 		cfg->max_connections, cfg->max_connections_per_ip, cfg->max_connections_per_user,
 		cfg->prelogin_timeout_ms,
 		cfg->idle_timeout_ms, cfg->dual_wait_ms, cfg->handshake_timeout_ms,
@@ -816,13 +856,17 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->recipients_max, cfg->smtp_timeout_ms,
 		(unsigned long long)cfg->header_size_max, cfg->max_hops,
 		cfg->smtp_bare_lf_normalize ? "normalize" : "reject",
-		(unsigned long long)cfg->quota_storage, (unsigned long long)cfg->quota_messages);
+		(unsigned long long)cfg->quota_storage, (unsigned long long)cfg->quota_messages,
+		cfg->pop3_autologout_ms);
 	fprintf(out, "auth_delay = %ums\nauth_delay_max = %ums\nmime_depth_max = %u\n"
-		"mime_parts_max = %u\nsmtp_line_max = %u\nimap_line_max = %u\n"
+		"mime_parts_max = %u\nsmtp_line_max = %u\nsmtp_command_line_max = %u\n"
+		"smtp_greet_pause = %ums\nimap_line_max = %u\n"
+		"imap_literal_max = %u\npop3_line_max = %u\n"
 		"imap_unauthenticate = %s\nfolders_max = %u\n",
 		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max,
-		cfg->smtp_line_max, cfg->imap_line_max, cfg->imap_unauthenticate ? "yes" : "no",
-		cfg->folders_max);
+		cfg->smtp_line_max, cfg->smtp_command_line_max, cfg->smtp_greet_pause_ms,
+		cfg->imap_line_max, cfg->imap_literal_max, cfg->pop3_line_max,
+		cfg->imap_unauthenticate ? "yes" : "no", cfg->folders_max);
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
 		"expire = %ums\ntimeout = %ums\nconnection_idle = %ums\ndelay_warning = %ums\n"
 		"max_per_domain = %u\n"
@@ -853,8 +897,10 @@ void config_print(const struct config *cfg, FILE *out)
 			cfg->data_dir);
 	for (size_t i = 0; i < cfg->nlisteners; i++) {
 		const struct listener_config *l = &cfg->listeners[i];
-		fprintf(out, "\n[listener %s]\naddress = %s\nport = %u", l->name,
-			l->address[0] ? l->address : "*", l->port);
+		bool any = !l->address[0] || !strcmp(l->address, "*");
+		fprintf(out, "\n[listener %s]\naddress = %s%s\nport = %u", l->name,
+			any ? "*" : l->address, any ? "   # every address, IPv6 and IPv4" : "",
+			l->port);
 		if (cfg->port_offset)
 			fprintf(out, "   # listening on %u", l->port + cfg->port_offset);
 		fprintf(out, "\nprotocol = %s\nsecurity = %s\n", config_proto_str(l->proto),

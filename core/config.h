@@ -24,6 +24,10 @@
 #define CONFIG_MAX_DOMAINS 64
 #define CONFIG_MAX_CERTS 32
 #define CONFIG_STR_MAX 256
+/* [server] recv_buffers: receive buffers of LOOP_BUF_SIZE (16 KiB) in each
+ * loop's provided-buffer ring; a power of two (the ring's size). */
+#define CONFIG_RECV_BUFFERS_DEFAULT 512u
+#define CONFIG_RECV_BUFFERS_MAX 32768u
 
 /* PROTO_HTTP: the auto-discovery listener (proto/http_session.c); security
  * plain or tls only. */
@@ -67,8 +71,11 @@ struct config {
 	char user[64];                /* drop privileges to this user */
 	char postmaster[CONFIG_STR_MAX]; /* postmaster@ of every domain; "" default */
 	unsigned threads;             /* 0: one per online CPU */
+	unsigned recv_buffers;        /* provided receive buffers per loop (power of 2) */
 	unsigned port_offset;
 	uint32_t shutdown_grace_ms;
+	uint64_t segment_max;   /* a shared segment file rolls over past this size */
+	uint64_t compact_after; /* expunged bytes that start a compaction (0: segment_max / 2) */
 	char log_level[16];
 	/* [limits] */
 	uint32_t max_connections;
@@ -90,9 +97,15 @@ struct config {
 	uint64_t message_size_max;    /* SIZE; 552 past it */
 	uint32_t recipients_max;      /* 452 past it */
 	uint32_t smtp_timeout_ms;     /* server timeout, RFC 5321 4.5.3.2.7 */
+	uint32_t pop3_autologout_ms;  /* POP3 idle time after login (RFC 1939 3) */
+	uint32_t smtp_greet_pause_ms; /* "220-" then this pause then "220 "; 0: off */
+	uint32_t smtp_command_line_max; /* SMTP command line, CRLF included (RFC: 512) */
 	uint64_t header_size_max;     /* header section of a message */
 	uint32_t smtp_line_max;       /* DATA text line, CRLF included (RFC: 1000) */
 	uint32_t imap_line_max;       /* IMAP command text after login (literals aside) */
+	uint32_t imap_literal_max;    /* IMAP literal bytes per command outside APPEND */
+	uint32_t pop3_line_max;       /* POP3 command line, CRLF included (RFC 2449: 255);
+				       * AUTH and PASS lines are exempt */
 	uint32_t max_hops;            /* Received: fields before "mail loop" */
 	bool smtp_bare_lf_normalize;  /* bare CR/LF in DATA: normalise, or reject */
 	/* Mailbox quota per user (store/store.h quota_bytes/_messages);

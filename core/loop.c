@@ -8,12 +8,17 @@
  *   handle_input(), which gives it back before returning. Unconsumed bytes
  *   are copied to conn->in, which exists only while non-empty.
  * - Output is copied into the connection's chunk list; one send is in
- *   flight at a time and its chunk is not freed before its completion. */
+ *   flight at a time and its chunk is not freed before its completion.
+ *   A splice chunk (conn_send_splice) stands for bytes a session put in a
+ *   pipe: the send of such a chunk is a pipe -> socket splice, or, while
+ *   the socket is full, a POLLOUT wait before the next splice. */
 #include "core/loop_private.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -238,6 +243,7 @@ const char *conn_peer(const struct conn *c) { return c->peer_str; }
 const struct sockaddr *conn_peer_addr(const struct conn *c) { return &c->peer.sa; }
 int conn_fd(const struct conn *c) { return c->fd; }
 size_t conn_send_pending(const struct conn *c) { return c->out_bytes; }
+size_t conn_splice_pending(const struct conn *c) { return c->splice_bytes; }
 enum conn_limit conn_limit_hit(const struct conn *c) { return (enum conn_limit)c->limit; }
 struct log *conn_log(const struct conn *c) { return &c->loop->log; }
 
@@ -291,7 +297,8 @@ int conn_send(struct conn *c, const void *p, size_t len)
 		/* Never append to the chunk a send is reading from mid-flight:
 		 * the kernel copies at submit time for sends, but keeping the
 		 * in-flight chunk immutable makes partial sends trivial. */
-		if (!t || t->len == t->cap || (c->send_inflight && t == c->out_head)) {
+		if (!t || t->pipe_fd >= 0 || t->len == t->cap ||
+		    (c->send_inflight && t == c->out_head)) {
 			uint32_t cap = len > CONN_OUT_CHUNK ? (uint32_t)len : CONN_OUT_CHUNK;
 			t = malloc(sizeof(*t) + cap);
 			if (!t) {
@@ -301,6 +308,7 @@ int conn_send(struct conn *c, const void *p, size_t len)
 			t->next = NULL;
 			t->off = t->len = 0;
 			t->cap = cap;
+			t->pipe_fd = -1;
 			if (c->out_tail)
 				c->out_tail->next = t;
 			else
@@ -316,6 +324,43 @@ int conn_send(struct conn *c, const void *p, size_t len)
 		src += n;
 		len -= n;
 	}
+	schedule_flush(c);
+	return 0;
+}
+
+int conn_send_splice(struct conn *c, int pipe_fd, size_t len)
+{
+	const struct config *cfg = c->loop->cfg;
+
+	if (c->closed || (c->closing && !c->flush_close))
+		return -EPIPE;
+	if (len == 0)
+		return 0;
+	if (pipe_fd < 0 || len > UINT32_MAX)
+		return -EINVAL;
+	if (cfg && c->out_bytes + len > cfg->send_queue_max) {
+		LOG_AT(&c->loop->log, LOG_WARN, c->sid, "send-queue-full", "queued=%zu",
+		       c->out_bytes);
+		conn_close_later(c, CONN_CLOSE_LIMIT);
+		return -ENOBUFS;
+	}
+	struct outchunk *t = malloc(sizeof(*t));
+	if (!t) {
+		conn_close_later(c, CONN_CLOSE_ERROR);
+		return -ENOMEM;
+	}
+	t->next = NULL;
+	t->off = 0;
+	t->len = (uint32_t)len;
+	t->cap = 0;
+	t->pipe_fd = pipe_fd;
+	if (c->out_tail)
+		c->out_tail->next = t;
+	else
+		c->out_head = t;
+	c->out_tail = t;
+	c->out_bytes += len;
+	c->splice_bytes += len;
 	schedule_flush(c);
 	return 0;
 }
@@ -343,11 +388,24 @@ int conn_printf(struct conn *c, const char *fmt, ...)
 	return conn_send(c, buf, (size_t)n);
 }
 
+/* The head chunk's next step: a send of copied bytes; a splice from its
+ * pipe; or (c->send_poll) a wait for room in the socket. io_uring runs a
+ * splice in a kernel worker thread; the socket is non-blocking (accepted
+ * with SOCK_NONBLOCK), so a full socket ends the splice with -EAGAIN
+ * instead of holding that thread until the client reads, and the POLLOUT
+ * wait takes its place. All three carry the same UDATA_SEND user_data, so
+ * conn_finish_close() cancels whichever is in flight. */
 static void submit_send(struct conn *c)
 {
 	struct outchunk *h = c->out_head;
 	struct io_uring_sqe *sqe = get_sqe(c->loop);
-	io_uring_prep_send(sqe, c->fd, h->data + h->off, h->len - h->off, MSG_NOSIGNAL);
+	if (c->send_poll)
+		io_uring_prep_poll_add(sqe, c->fd, POLLOUT);
+	else if (h->pipe_fd >= 0)
+		io_uring_prep_splice(sqe, h->pipe_fd, -1, c->fd, -1, h->len - h->off,
+				     SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	else
+		io_uring_prep_send(sqe, c->fd, h->data + h->off, h->len - h->off, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_SEND, c->idx, c->gen));
 	c->send_inflight = true;
 	c->inflight++;
@@ -380,15 +438,40 @@ static void free_output(struct conn *c)
 	}
 	c->out_head = c->out_tail = NULL;
 	c->out_bytes = 0;
+	c->splice_bytes = 0;
 }
 
 static void on_send(struct conn *c, int res)
 {
+	struct outchunk *h = c->out_head;
+	bool was_poll = c->send_poll;
+
 	c->send_inflight = false;
+	c->send_poll = false;
 	c->inflight--;
 	if (c->closed) {
 		conn_maybe_free(c);
 		return;
+	}
+	if (was_poll) {
+		/* POLLOUT (or POLLERR/POLLHUP: the splice reports the error) */
+		if (res >= 0 || res == -EINTR || res == -EAGAIN) {
+			submit_send(c);
+			return;
+		}
+	} else if (res == -EAGAIN && h->pipe_fd >= 0) {
+		/* The socket is full: wait for room rather than retry. An
+		 * empty pipe says -EAGAIN too; that is a session's bug, and
+		 * waiting for POLLOUT would then spin. */
+		int inpipe = 0;
+		if (ioctl(h->pipe_fd, FIONREAD, &inpipe) == 0 && inpipe > 0) {
+			c->send_poll = true;
+			submit_send(c);
+			return;
+		}
+		res = -EIO;
+	} else if (res == 0 && h->pipe_fd >= 0) {
+		res = -EIO; /* the pipe was empty: the bytes promised are not there */
 	}
 	if (res < 0) {
 		if (res == -EAGAIN || res == -EINTR) {
@@ -399,9 +482,10 @@ static void on_send(struct conn *c, int res)
 		conn_finish_close(c, CONN_CLOSE_ERROR);
 		return;
 	}
-	struct outchunk *h = c->out_head;
 	h->off += (uint32_t)res;
 	c->out_bytes -= (size_t)res;
+	if (h->pipe_fd >= 0)
+		c->splice_bytes -= (size_t)res;
 	if (h->off == h->len) {
 		c->out_head = h->next;
 		if (!c->out_head)
@@ -520,7 +604,7 @@ static int in_append(struct conn *c, const uint8_t *p, size_t n)
 	 * kept: they are bounded by the loop's buffer ring. A session that
 	 * is not paused and consumes nothing of CONN_INPUT_MAX bytes is
 	 * closed by deliver_pending(). */
-	size_t max = CONN_INPUT_MAX + (size_t)LOOP_BUF_COUNT * LOOP_BUF_SIZE;
+	size_t max = CONN_INPUT_MAX + (size_t)c->loop->br.count * c->loop->br.size;
 	if ((size_t)c->in_len + n > max)
 		return -ENOBUFS;
 	if (c->in_off && c->in_off + c->in_len + n > c->in_cap) {
@@ -686,7 +770,12 @@ static void on_recv(struct conn *c, int res, uint32_t flags)
 		conn_close_peer(c);
 		return;
 	}
-	if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR) {
+	if (res == -ENOBUFS) {
+		/* Every buffer of the ring was out when data came: the
+		 * multishot recv ended and is armed again below; the bytes
+		 * wait in the socket meanwhile. */
+		LOG_AT(&l->log, LOG_DEBUG, c->sid, "recv-nobufs", "buffers=%u", l->br.count);
+	} else if (res < 0 && res != -ECANCELED && res != -EINTR) {
 		LOG_AT(&l->log, LOG_DEBUG, c->sid, "recv-error", "error=%s", strerror(-res));
 		conn_finish_close(c, CONN_CLOSE_ERROR);
 		return;
@@ -1081,7 +1170,6 @@ static void on_shutdown_msg(struct loop *l, uint32_t kind, uint64_t payload)
 static void on_reload_msg(struct loop *l, uint32_t kind, uint64_t payload)
 {
 	(void)kind;
-	(void)payload;
 	const struct config *cfg = server_config(l->srv);
 	if (cfg->nlisteners == l->nlisteners) {
 		for (size_t i = 0; i < l->nlisteners; i++) {
@@ -1090,6 +1178,10 @@ static void on_reload_msg(struct loop *l, uint32_t kind, uint64_t payload)
 		}
 	}
 	l->cfg = cfg;
+	enum log_level lv = l->log.level;
+	log_level_parse(cfg->log_level, &lv);
+	l->log.level = lv;
+	atomic_store_explicit(&l->reload_seen, payload, memory_order_release);
 	LOG_AT(&l->log, LOG_INFO, 0, "reloaded", "source=%s", cfg->source);
 }
 
@@ -1131,7 +1223,9 @@ int loop_setup(struct loop *l, int id, struct server *srv, const int *fds, size_
 	l->log_paced = fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode);
 	if ((rc = ring_init(l)))
 		return rc;
-	if ((rc = bufring_init(&l->br, &l->ring, 0, LOOP_BUF_COUNT, LOOP_BUF_SIZE)))
+	if ((rc = bufring_init(&l->br, &l->ring, 0,
+			       l->cfg ? l->cfg->recv_buffers : CONFIG_RECV_BUFFERS_DEFAULT,
+			       LOOP_BUF_SIZE)))
 		return rc;
 	l->msg_fns[LOOP_MSG_SHUTDOWN] = on_shutdown_msg;
 	l->msg_fns[LOOP_MSG_RELOAD] = on_reload_msg;

@@ -124,6 +124,20 @@ struct conn_ops {
 /* Queues bytes for sending (copied). Returns 0, or -ENOBUFS when the send
  * queue is over its limit (the connection is then closed). */
 int conn_send(struct conn *c, const void *p, size_t len);
+/* Queues len bytes that are in the pipe pipe_fd (its read end) for sending
+ * with splice(2) through the ring, in order with conn_send()'s bytes: no
+ * copy through user space. The caller puts the bytes in the pipe first (all
+ * len of them must be there) and keeps pipe_fd open until
+ * conn_splice_pending() is 0 or the connection's close() callback ran; the
+ * connection never closes it. A socket that is full makes the splice wait
+ * for POLLOUT (the socket is non-blocking: no kernel worker is held by a
+ * client that does not read). The bytes count in conn_send_pending() and
+ * against send_queue_max. Returns 0, -EPIPE when closing, -ENOBUFS over
+ * the limit (the connection is then closed) or -ENOMEM. */
+int conn_send_splice(struct conn *c, int pipe_fd, size_t len);
+/* Bytes queued with conn_send_splice() and not yet sent: 0 means no pipe
+ * bytes are left to the connection. */
+size_t conn_splice_pending(const struct conn *c);
 /* printf into the send queue. Same returns as conn_send(). */
 int conn_printf(struct conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

@@ -16,7 +16,6 @@
 /* When stderr is a regular file, log writes are paced: see flush_log(). */
 #define LOOP_LOG_PACE_MS 2u
 #define LOOP_LOG_PACE_BYTES (16u * 1024u)
-#define LOOP_BUF_COUNT 512u        /* receive buffers per loop */
 #define LOOP_BUF_SIZE (16u * 1024u) /* one TLS record fits */
 #define CONN_INPUT_MAX (256u * 1024u) /* unconsumed input kept per connection */
 #define CONN_OUT_CHUNK 4096u
@@ -30,9 +29,13 @@ struct listener_rt {
 	bool closed;
 };
 
+/* One piece of output: copied bytes (data[off..len), cap bytes room), or,
+ * when pipe_fd >= 0, len bytes waiting in that pipe, spliced to the socket
+ * (off of them already sent; no data). */
 struct outchunk {
 	struct outchunk *next;
 	uint32_t off, len, cap;
+	int pipe_fd;
 	uint8_t data[];
 };
 
@@ -50,6 +53,7 @@ struct conn {
 	bool recv_armed;
 	bool recv_cancelled;     /* the armed recv's cancel is submitted */
 	bool send_inflight;
+	bool send_poll;          /* the in-flight UDATA_SEND is a POLLOUT wait */
 	bool paused;
 	bool eof_pending;        /* the peer's EOF arrived while paused */
 	bool closing;            /* no more callbacks but close() */
@@ -65,7 +69,8 @@ struct conn {
 	uint8_t *in;             /* unconsumed input, NULL when empty */
 	uint32_t in_off, in_len, in_cap;
 	struct outchunk *out_head, *out_tail;
-	size_t out_bytes;
+	size_t out_bytes;        /* queued and not yet sent, spliced bytes too */
+	size_t splice_bytes;     /* of which in splice chunks */
 	union {
 		struct sockaddr sa;
 		struct sockaddr_in sin;
@@ -91,6 +96,7 @@ struct loop {
 	int id;
 	int ring_fd;
 	struct server *srv;
+	_Atomic uint64_t reload_seen; /* the last reload generation handled */
 	pthread_t thread;
 	int start_rc;
 	struct log log;

@@ -299,7 +299,7 @@ static void *loop_thread(void *arg)
 }
 
 /* Sends kind to every loop with MSG_RING from the main thread's ring. */
-static void broadcast(struct io_uring *ring, struct server *srv, uint32_t kind)
+static void broadcast(struct io_uring *ring, struct server *srv, uint32_t kind, uint64_t payload)
 {
 	for (unsigned i = 0; i < srv->nloops; i++) {
 		struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
@@ -307,7 +307,7 @@ static void broadcast(struct io_uring *ring, struct server *srv, uint32_t kind)
 			io_uring_submit(ring);
 			sqe = io_uring_get_sqe(ring);
 		}
-		io_uring_prep_msg_ring(sqe, srv->loops[i]->ring_fd, kind, udata_msg(0), 0);
+		io_uring_prep_msg_ring(sqe, srv->loops[i]->ring_fd, kind, udata_msg(payload), 0);
 		io_uring_sqe_set_data64(sqe, i);
 	}
 	io_uring_submit_and_wait(ring, srv->nloops);
@@ -322,50 +322,73 @@ static void broadcast(struct io_uring *ring, struct server *srv, uint32_t kind)
 	io_uring_cq_advance(ring, n);
 }
 
+/* What only a restart can change: the loops, their listening sockets and
+ * buffer rings, and the data directory (its lock and store) were set up at
+ * start. The new snapshot keeps the old values; a changed listener row is
+ * logged. */
+static void keep_restart_only(struct server *srv, struct config *cfg, const struct config *old)
+{
+	bool same = cfg->nlisteners == old->nlisteners && cfg->port_offset == old->port_offset;
+	for (size_t i = 0; same && i < cfg->nlisteners; i++)
+		same = cfg->listeners[i].port == old->listeners[i].port &&
+		       !strcmp(cfg->listeners[i].address, old->listeners[i].address);
+	if (!same) {
+		log_emit(&srv->log, LOG_WARN, 0, "reload",
+			 "listeners changed: ports take effect at the next restart; "
+			 "keeping the old listener rows");
+		cfg->nlisteners = old->nlisteners;
+		memcpy(cfg->listeners, old->listeners, sizeof(cfg->listeners));
+	}
+	cfg->port_offset = old->port_offset;
+	cfg->threads = old->threads;
+	cfg->recv_buffers = old->recv_buffers;
+	memcpy(cfg->data_dir, old->data_dir, sizeof(cfg->data_dir));
+}
+
 static void reload(struct io_uring *ring, struct server *srv)
 {
-	char err[512];
+	char err[1024];
 	struct config *cfg = malloc(sizeof(*cfg));
 	const struct config *old = server_config(srv);
+	int rc;
 
 	if (!cfg)
 		return;
-	if (config_load(cfg, srv->config_path, err, sizeof(err)) == 0) {
-		/* Command-line overrides stay in force across reloads. */
-		cfg->port_offset = old->port_offset;
-		if (old->threads != cfg->threads)
-			cfg->threads = old->threads;
-		bool same = cfg->nlisteners == old->nlisteners;
-		for (size_t i = 0; same && i < cfg->nlisteners; i++)
-			same = cfg->listeners[i].port == old->listeners[i].port &&
-			       !strcmp(cfg->listeners[i].address, old->listeners[i].address);
-		if (!same) {
-			log_emit(&srv->log, LOG_WARN, 0, "reload",
-				 "listeners changed: ports take effect at the next restart; "
-				 "keeping the old listener rows");
-			cfg->nlisteners = old->nlisteners;
-			memcpy(cfg->listeners, old->listeners, sizeof(cfg->listeners));
-		}
-		memcpy(cfg->data_dir, old->data_dir, sizeof(cfg->data_dir));
-		if (srv->app.reload && srv->app.reload(srv, cfg, err, sizeof(err)) != 0) {
-			log_emit(&srv->log, LOG_ERROR, 0, "reload-failed", "error=\"%s\"", err);
-			free(cfg);
-			return;
-		}
-		const struct config **o = realloc(srv->old_cfgs, (srv->nold + 1) * sizeof(*o));
-		if (!o) {
-			free(cfg);
-			return;
-		}
-		srv->old_cfgs = o;
-		srv->old_cfgs[srv->nold++] = old;
-		atomic_store_explicit(&srv->cfg, cfg, memory_order_release);
-		log_emit(&srv->log, LOG_INFO, 0, "reload", "source=%s", cfg->source);
-		broadcast(ring, srv, LOOP_MSG_RELOAD);
-	} else {
+	/* The same path as at start: the command-line overrides stay in
+	 * force (app.load applies them again). */
+	if (srv->app.load)
+		rc = srv->app.load(srv, cfg, err, sizeof(err));
+	else
+		rc = config_load(cfg, srv->config_path, err, sizeof(err));
+	if (rc) {
 		log_emit(&srv->log, LOG_ERROR, 0, "reload-failed", "error=\"%s\"", err);
 		free(cfg);
+		return;
 	}
+	keep_restart_only(srv, cfg, old);
+	if (srv->app.reload && srv->app.reload(srv, cfg, err, sizeof(err)) != 0) {
+		log_emit(&srv->log, LOG_ERROR, 0, "reload-failed", "error=\"%s\"", err);
+		free(cfg);
+		return;
+	}
+	const struct config **o = realloc(srv->old_cfgs, (srv->nold + 1) * sizeof(*o));
+	if (!o) {
+		free(cfg);
+		return;
+	}
+	srv->old_cfgs = o;
+	srv->old_cfgs[srv->nold++] = old;
+	enum log_level lv = srv->log.level;
+	log_level_parse(cfg->log_level, &lv);
+	srv->log.level = lv;
+	atomic_store_explicit(&srv->cfg, cfg, memory_order_release);
+	log_emit(&srv->log, LOG_INFO, 0, "reload", "source=%s hostname=%s log_level=%s",
+		 cfg->source, cfg->hostname, cfg->log_level);
+	/* Each loop records the generation when it handles the message: from
+	 * then on it holds no pointer it loaded before this swap outside a
+	 * reference (server_reloads_seen). */
+	uint64_t gen = atomic_fetch_add_explicit(&srv->reload_gen, 1, memory_order_acq_rel) + 1;
+	broadcast(ring, srv, LOOP_MSG_RELOAD, gen);
 }
 
 int server_run(struct server *srv)
@@ -408,7 +431,7 @@ int server_run(struct server *srv)
 			 "loops=%u listeners=%zu port_offset=%u hostname=%s pid=%d", srv->nloops,
 			 srv->nlisteners, cfg->port_offset, cfg->hostname, (int)getpid());
 	else
-		broadcast(&ring, srv, LOOP_MSG_SHUTDOWN);
+		broadcast(&ring, srv, LOOP_MSG_SHUTDOWN, 0);
 
 	while (atomic_load(&srv->running) > 0) {
 		struct timespec ts = { 0, 200 * 1000000 };
@@ -421,7 +444,7 @@ int server_run(struct server *srv)
 				log_emit(&srv->log, LOG_INFO, 0, "stopping", "signal=%s grace_ms=%u",
 					 sig == SIGTERM ? "TERM" : "INT",
 					 server_config(srv)->shutdown_grace_ms);
-				broadcast(&ring, srv, LOOP_MSG_SHUTDOWN);
+				broadcast(&ring, srv, LOOP_MSG_SHUTDOWN, 0);
 			}
 		}
 	}
@@ -451,4 +474,15 @@ void server_free(struct server *srv)
 	free(srv->old_cfgs);
 	srv->loops = NULL;
 	srv->listen_fds = NULL;
+}
+
+uint64_t server_reloads_seen(struct server *srv)
+{
+	uint64_t min = UINT64_MAX;
+	for (unsigned i = 0; i < srv->nloops; i++) {
+		uint64_t g = atomic_load_explicit(&srv->loops[i]->reload_seen, memory_order_acquire);
+		if (g < min)
+			min = g;
+	}
+	return srv->nloops ? min : atomic_load(&srv->reload_gen);
 }

@@ -27,6 +27,12 @@ struct server;
 struct server_app {
 	/* The protocol handler for a listener row. */
 	const struct conn_ops *(*ops_for)(struct server *srv, const struct listener_config *lc);
+	/* Builds the configuration at SIGHUP exactly as it was built at
+	 * start: the file (or the embedded default) with the command-line
+	 * overrides on top, so they stay in force. Main thread. Returns 0, or
+	 * a negative errno with the reason in err. NULL: the file alone
+	 * (config_load() of config_path). */
+	int (*load)(struct server *srv, struct config *cfg, char *err, size_t errlen);
 	/* Called on the main thread after a new configuration was loaded and
 	 * before the loops see it (certificates reload here). Returns 0, or a
 	 * negative errno to keep the old configuration (err says why). */
@@ -39,7 +45,7 @@ struct server_app {
 
 struct server {
 	_Atomic(const struct config *) cfg; /* current snapshot; old ones live until exit */
-	const char *config_path;            /* NULL: embedded default */
+	const char *config_path;            /* app.load NULL: reloaded; NULL: embedded default */
 	struct server_app app;
 	struct log log;                     /* main thread's, direct */
 	struct loop **loops;
@@ -52,6 +58,7 @@ struct server {
 	_Atomic bool stopping;
 	const struct config **old_cfgs;     /* kept until exit: conns may point in */
 	size_t nold;
+	_Atomic uint64_t reload_gen;        /* reloads done (each broadcast to the loops) */
 };
 
 /* Initialises srv for cfg (malloc'd; the server owns it from here and frees
@@ -72,6 +79,14 @@ int server_drop_privileges(struct server *srv, char *err, size_t errlen);
 /* Starts the loops and serves until SIGTERM/SIGINT; returns the exit code. */
 int server_run(struct server *srv);
 void server_free(struct server *srv);
+/* The oldest reload generation every loop has handled. Something a reload
+ * replaced (a TLS context, a key set: each loop loads the current one from
+ * an atomic pointer and takes a reference within one callback) can be
+ * released once this reaches the generation of its replacement: no loop
+ * can still be between loading the old pointer and referencing it. The
+ * reload callback of generation g runs before the loops are told, so what
+ * it replaces belongs to g = srv->reload_gen + 1. Main thread. */
+uint64_t server_reloads_seen(struct server *srv);
 
 static inline const struct config *server_config(struct server *srv)
 {

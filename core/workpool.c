@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <liburing.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,7 +128,14 @@ int workpool_new(unsigned nthreads, unsigned queue_max, struct workpool **wp_r)
 		if (r < 0)
 			goto err;
 		w->ring_ok = true;
+		/* Workers take no signals: a process-directed SIGHUP or SIGTERM
+		 * must reach the thread that waits for it, never kill the
+		 * process through a worker that leaves it unblocked. */
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
 		r = -pthread_create(&w->thread, NULL, worker_main, w);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		if (r < 0)
 			goto err;
 		w->thread_ok = true;

@@ -10,7 +10,9 @@
 
 #include <ctype.h>
 #include <dirent.h>
+#include <stdatomic.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +47,7 @@ struct dkim_key {
 };
 
 struct dkim {
+	atomic_uint refs;       /* the owner's, and one per signer */
 	struct dkim_key *keys;
 	size_t nkeys;
 	char problems[DKIM_PROBLEMS_MAX][DKIM_PROBLEM_LEN];
@@ -237,6 +240,7 @@ int dkim_new(const char *data_dir, const char *selector, struct dkim **dkim_r)
 		closedir(dir);
 		return -ENOMEM;
 	}
+	atomic_init(&d->refs, 1);
 	struct dirent *de;
 	size_t cap = 0;
 	while ((de = readdir(dir))) {
@@ -293,13 +297,13 @@ int dkim_new(const char *data_dir, const char *selector, struct dkim **dkim_r)
 void dkim_free(struct dkim **dkim_r)
 {
 	struct dkim *d = *dkim_r;
-	if (!d)
+	*dkim_r = NULL;
+	if (!d || atomic_fetch_sub_explicit(&d->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	for (size_t i = 0; i < d->nkeys; i++)
 		key_clear(&d->keys[i]);
 	free(d->keys);
 	free(d);
-	*dkim_r = NULL;
 }
 
 size_t dkim_nkeys(const struct dkim *dkim)
@@ -399,6 +403,7 @@ static void sb_tag(struct sbuf *b, const char *name, const char *v, bool b64, bo
 /* ---- the signer ---------------------------------------------------------- */
 
 struct dkim_signer {
+	struct dkim *set;       /* referenced: a reload may retire it meanwhile */
 	const struct dkim_key *key;
 	uint8_t *hdr;           /* the header section, up to the empty line */
 	size_t hlen, hcap;
@@ -443,6 +448,8 @@ struct dkim_signer *dkim_signer_begin(struct dkim *dkim, const char *domain)
 		return NULL;
 	}
 	s->key = k;
+	s->set = dkim;
+	atomic_fetch_add_explicit(&dkim->refs, 1, memory_order_relaxed);
 	return s;
 }
 
@@ -518,6 +525,7 @@ void dkim_signer_abort(struct dkim_signer *s)
 		return;
 	wc_Sha256Free(&s->body_sha);
 	free(s->hdr);
+	dkim_free(&s->set);
 	free(s);
 }
 

@@ -40,6 +40,9 @@ struct dkim;
  * The loaded set is immutable: signers on several threads may share it
  * while it lives. */
 int dkim_new(const char *data_dir, const char *selector, struct dkim **dkim_r);
+/* Drops the caller's reference; the set goes with the last one (each
+ * signer holds one from dkim_signer_begin to its finish or abort).
+ * Sets *dkim_r to NULL. */
 void dkim_free(struct dkim **dkim_r);
 /* The number of keys loaded. */
 size_t dkim_nkeys(const struct dkim *dkim);

@@ -265,6 +265,7 @@ struct job {
 	uint8_t *out_retired;  /* the buffer a send in flight still reads */
 	size_t out_len, out_off, out_cap;
 	size_t sending;
+	bool cork;             /* commands are being queued: flush_out() waits */
 	uint8_t inbuf[OB_INBUF_MAX];
 	size_t in_len;
 	char reply[OB_REPLY_MAX];
@@ -357,8 +358,27 @@ static void job_close(struct job *j, void (*then)(struct job *))
 	job_closed_maybe(j);
 }
 
+/* The address j->addrs[j->iaddr] as text ("" when there is none). */
+static void addr_text(const struct job *j, char *out, size_t cap)
+{
+	out[0] = '\0';
+	if (j->iaddr >= j->naddr)
+		return;
+	const struct sockaddr_storage *a = &j->addrs[j->iaddr];
+	if (a->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)a)->sin6_addr, out, (socklen_t)cap);
+	else
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)a)->sin_addr, out, (socklen_t)cap);
+}
+
+/* One address of one MX host failed before any recipient was answered:
+ * logged (which hosts were tried, in which order), then the next one. */
 static void after_fail_next_addr(struct job *j)
 {
+	char addr[INET6_ADDRSTRLEN];
+	addr_text(j, addr, sizeof(addr));
+	OBLOG(j->ob, LOG_INFO, "outbound-host-failed", "domain=%s host=%s addr=%s reason=\"%s\"",
+	      j->domain, j->host, addr, j->last);
 	j->iaddr++;
 	try_connect(j);
 }
@@ -381,7 +401,7 @@ static void job_fail(struct job *j, const char *why)
 
 static void flush_out(struct job *j)
 {
-	if (j->sending || j->closing || j->out_off == j->out_len || j->fd < 0)
+	if (j->sending || j->cork || j->closing || j->out_off == j->out_len || j->fd < 0)
 		return;
 	j->sending = j->out_len - j->out_off;
 	j->inflight++;
@@ -517,6 +537,7 @@ static void parse_replies(struct job *j)
 }
 
 static void tls_ready(struct job *j);
+static void recv_process(struct job *j, size_t res);
 
 static void on_recv(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
 {
@@ -533,8 +554,25 @@ static void on_recv(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 		return;
 	}
 	arm_deadline(j);
+	/* Held while the bytes are processed: a reply may close the job
+	 * (QUIT's 221, a failure), and with nothing else in flight
+	 * job_closed_maybe() would free it under our feet. */
+	j->inflight++;
+	recv_process(j, (size_t)res);
+	j->inflight--;
+	if (j->closing)
+		job_closed_maybe(j);
+	else if (j->step != J_DONE)
+		arm_recv(j);
+}
+
+/* The res bytes in j->rbuf: through TLS when it is on, then split into
+ * replies. j stays allocated (on_recv() holds it); it may be closing
+ * afterwards. */
+static void recv_process(struct job *j, size_t res)
+{
 	if (j->tls) {
-		struct span in = span_make(j->rbuf, (size_t)res);
+		struct span in = span_make(j->rbuf, res);
 		while (in.len || tls_client_handshake_done(j->tls)) {
 			size_t used = 0, got = 0;
 			bool was_done = tls_client_handshake_done(j->tls);
@@ -565,17 +603,14 @@ static void on_recv(struct loop *loop, struct loop_cb *cb, int res, uint32_t fla
 				break;
 		}
 	} else {
-		size_t n = (size_t)res;
-		if (n > sizeof(j->inbuf) - j->in_len) {
+		if (res > sizeof(j->inbuf) - j->in_len) {
 			job_fail(j, "reply too long");
 			return;
 		}
-		memcpy(j->inbuf + j->in_len, j->rbuf, n);
-		j->in_len += n;
+		memcpy(j->inbuf + j->in_len, j->rbuf, res);
+		j->in_len += res;
 	}
 	parse_replies(j);
-	if (!j->closing && j->step != J_DONE)
-		arm_recv(j);
 }
 
 static void on_connect(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
@@ -736,13 +771,20 @@ static void send_transaction(struct job *j)
 	j->expect = 0;
 	j->naccepted = 0;
 	j->data_acked = false;
-	job_send_str(j, buf);
-	if (j->ext_pipelining) {
-		/* RFC 2920: MAIL, every RCPT and DATA in one go. */
-		for (size_t i = 0; i < j->n; i++)
-			send_rcpt(j, i);
-		job_send_str(j, "DATA\r\n");
+	if (!j->ext_pipelining) {
+		job_send_str(j, buf);
+		return;
 	}
+	/* RFC 2920 3.1: MAIL, every RCPT and DATA (the last command of the
+	 * group) in one send: corked so that the first command does not
+	 * leave alone while the rest queue behind it. */
+	j->cork = true;
+	job_send_str(j, buf);
+	for (size_t i = 0; i < j->n; i++)
+		send_rcpt(j, i);
+	job_send_str(j, "DATA\r\n");
+	j->cork = false;
+	flush_out(j);
 }
 
 static void send_quit(struct job *j)
@@ -1046,6 +1088,8 @@ static void addrs_done(void *arg, enum dns_status st, const struct sockaddr_stor
 		set_last(j, false, "cannot resolve %s (%s)", j->host,
 			 st == DNS_NXDOMAIN ? "no such host" : st == DNS_NODATA ? "no address"
 											     : "DNS failure");
+		OBLOG(j->ob, LOG_INFO, "outbound-host-failed", "domain=%s host=%s addr= reason=\"%s\"",
+		      j->domain, j->host, j->last);
 		j->imx++;
 		next_host(j);
 		return;
@@ -1216,6 +1260,19 @@ static void first_target(void *arg, const char *target)
 		snprintf(out, QUEUE_REPLY_MAX, "%s", target);
 }
 
+/* A recipient still failing temporarily when the message is older than
+ * `expire`: its last reply is kept behind this prefix, which the bounce
+ * reports as 4.4.7 (RFC 3463: delivery time expired). */
+#define OB_EXPIRED "expired after "
+
+static void rcpt_expired(struct queue_rcpt *r)
+{
+	char tmp[QUEUE_REPLY_MAX];
+	snprintf(tmp, sizeof(tmp), "%s", r->last);
+	snprintf(r->last, sizeof(r->last), OB_EXPIRED "%u attempts; last: %.400s", r->attempts,
+		 tmp);
+}
+
 /* Retry of a recipient after a temporary failure: exponential backoff. */
 static void rcpt_defer(struct outbound *ob, struct ob_msg *m, struct queue_rcpt *r, int64_t now)
 {
@@ -1233,20 +1290,14 @@ static void rcpt_defer(struct outbound *ob, struct ob_msg *m, struct queue_rcpt 
 	      m->e->id, r->addr, r->attempts, (unsigned long long)wait, r->last);
 }
 
-static void local_end(struct local_dlv *l, int res)
+/* The outcome of a local delivery of recipient l->ri (res 0 or -errno). */
+static void local_record(struct local_dlv *l, int res)
 {
 	struct outbound *ob = l->ob;
 	struct ob_msg *m = l->m;
 	struct queue_entry *e = m->e;
 	struct queue_rcpt *r = &e->rcpts[l->ri];
 	int64_t now = wall_ms();
-	if (l->append)
-		store_append_abort(&l->append);
-	if (l->folder)
-		store_folder_close(&l->folder);
-	if (l->user)
-		store_user_close(&l->user);
-	m->inflight[l->ri] = false;
 	r->attempts++;
 	if (res == 0) {
 		r->state = QUEUE_RCPT_SENT;
@@ -1265,10 +1316,28 @@ static void local_end(struct local_dlv *l, int res)
 			 strerror(-res));
 		if (now - e->created_ms >= (int64_t)ob_cfg(ob)->ob_expire_ms) {
 			r->state = QUEUE_RCPT_FAILED;
+			rcpt_expired(r);
+			OBLOG(ob, LOG_INFO, "outbound-failed", "id=%s to=%s reply=\"%s\"", e->id,
+			      r->addr, r->last);
 		} else {
 			rcpt_defer(ob, m, r, now);
 		}
 	}
+}
+
+static void local_end(struct local_dlv *l, int res)
+{
+	struct outbound *ob = l->ob;
+	struct ob_msg *m = l->m;
+	if (l->append)
+		store_append_abort(&l->append);
+	if (l->folder)
+		store_folder_close(&l->folder);
+	if (l->user)
+		store_user_close(&l->user);
+	m->inflight[l->ri] = false;
+	if (!m->removed) /* `queue delete` meanwhile: no outcome to record */
+		local_record(l, res);
 	free(l->rd.buf);
 	free(l);
 	if (--m->jobs == 0)
@@ -1557,6 +1626,11 @@ static int dsn_build(struct dsn *d)
 		if (d->success) {
 			x->action = "relayed";
 			x->status = "2.0.0";
+		} else if (!d->delay && !strncmp(r->last, OB_EXPIRED, strlen(OB_EXPIRED))) {
+			/* Never refused, only too long in the queue: a persistent
+			 * transient failure (RFC 3463 3.5, X.4.7). */
+			x->action = "failed";
+			x->status = "4.4.7";
 		} else {
 			status_of(r->last, atoi(r->last), d->delay ? '4' : '5', status[nrep],
 				  sizeof(status[nrep]));
@@ -1734,6 +1808,8 @@ static void job_settle(struct job *j)
 	for (size_t i = 0; i < j->n; i++) {
 		struct queue_rcpt *r = &e->rcpts[j->ri[i]];
 		m->inflight[j->ri[i]] = false;
+		if (m->removed)
+			continue; /* `queue delete` while it was on the wire: no outcome */
 		r->attempts++;
 		if (j->accepted[i] && j->data_acked) {
 			r->state = QUEUE_RCPT_SENT;
@@ -1756,10 +1832,7 @@ static void job_settle(struct job *j)
 		}
 		if (!perm && now - e->created_ms >= (int64_t)cfg->ob_expire_ms) {
 			perm = true;
-			char tmp[QUEUE_REPLY_MAX];
-			snprintf(tmp, sizeof(tmp), "%s", r->last);
-			snprintf(r->last, sizeof(r->last), "expired after %u attempts; last: %.400s",
-				 r->attempts, tmp);
+			rcpt_expired(r);
 		}
 		if (perm) {
 			r->state = QUEUE_RCPT_FAILED;

@@ -6,7 +6,7 @@
  * One struct imap_session per connection, driven by stream.c. Input is cut
  * into tokens by proto/imap_parse.c in place; a command's tokens are copied
  * into the session's argument arena (bounded by the line limit plus
- * IMAP_GATHER_MAX of small literals), because a command that waits for a
+ * limits.imap_literal_max of small literals), because a command that waits for a
  * literal ("+ ") spans several data() calls. APPEND's message literal is
  * never gathered: it streams into store_append with the MIME scanner
  * computing the structure blob on the way.
@@ -26,11 +26,16 @@
  *
  * FETCH streams message bytes with store_read() in IMAP_READ_CHUNK pieces
  * as literals; the next read waits for the stream's drained callback when
- * the send queue is long, so a message is never held whole in memory.
+ * the send queue is long, so a message is never held whole in memory. On
+ * a plaintext stream a long byte range of a message known to hold no NUL
+ * (MIME_BLOB_NUL_FREE) is not read at all: store_splice() moves it from the
+ * segment file into a per-session pipe and stream_send_splice() from there
+ * to the socket (zero-copy; see fetch_splice_ok()).
  * BINARY decodes a part the same way, one piece at a time, twice: once to
  * learn the literal's size, once to send it. */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <liburing.h>
 #include <stdarg.h>
@@ -40,6 +45,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/config.h"
 #include "core/log.h"
@@ -57,15 +63,23 @@
 
 /* Tokens in one command. */
 #define IMAP_TOKENS_MAX 8192
-/* Literal bytes gathered per command (LOGIN passwords, SEARCH strings,
- * mailbox names); larger literals outside APPEND are refused. */
-#define IMAP_GATHER_MAX (64u * 1024u)
 /* Ranges in one sequence set. */
 #define IMAP_SET_MAX 1024
 /* Items in one FETCH. */
 #define IMAP_FETCH_ITEMS_MAX 64
 /* Bytes of a message read from the store at once. */
 #define IMAP_READ_CHUNK (64u * 1024u)
+/* FETCH splices (zero-copy, plaintext only) a byte range of at least this
+ * size: below it one read and copy costs less than the two kernel worker
+ * hand-offs of a splice (bench/RESULTS.md, "zero-copy plaintext FETCH"). */
+#define IMAP_SPLICE_MIN (256u * 1024u)
+/* The splice pipe's size, asked for with F_SETPIPE_SZ (fs.pipe-max-size
+ * caps it, 1 MiB by default); bytes per splice are this minus a page. A
+ * pipe that cannot grow to IMAP_SPLICE_PIPE_MIN (the user's pipe pages
+ * are over fs.pipe-user-pages-soft) is not used: many small splices cost
+ * more than copying. */
+#define IMAP_SPLICE_PIPE (1024u * 1024u)
+#define IMAP_SPLICE_PIPE_MIN (256u * 1024u)
 /* Output is handed to the stream in pieces of this size (one TLS record). */
 #define IMAP_OUT_CHUNK (16u * 1024u)
 /* An arena up to this size is kept between commands (0: none is). */
@@ -158,6 +172,8 @@ struct fetch_job {
 	bool add_flags;      /* FLAGS added by the implicit \Seen */
 	bool expunged;       /* a message was gone: NO [EXPUNGEISSUED] */
 	bool reading, wait_drain;
+	bool splice;         /* the open section may go file -> pipe -> socket */
+	bool rd_splice;      /* the read in flight is a splice */
 	uint64_t rd_off, rd_left, lit_left;
 	bool hdr_filter, hdr_not;
 	struct span hdr_fields;
@@ -297,6 +313,10 @@ struct imap_session {
 	struct store_folder *other2; /* RENAME INBOX: the new mailbox */
 	uint8_t *rbuf;
 	unsigned rd_inflight;        /* store_read()s of FETCH/SEARCH in flight */
+	/* FETCH's splice pipe (-1: none): made by the first spliced section,
+	 * closed once the FETCH ended and the connection sent what it holds */
+	int pipe_r, pipe_w;
+	size_t pipe_chunk;           /* bytes one splice may put in it */
 	/* output */
 	uint8_t *obuf;
 	size_t olen, ocap;
@@ -328,6 +348,20 @@ static size_t send_high(struct imap_session *is)
 {
 	uint64_t q = cfg_of(is)->send_queue_max / 4;
 	return q < IMAP_SEND_HIGH ? (size_t)q : IMAP_SEND_HIGH;
+}
+
+/* Bytes of a literal read from the store at once. A read starts only while
+ * at most send_high() is queued, and what it read is queued whole, so it
+ * must fit in the rest of limits.send_queue_max (less an eighth for TLS
+ * records): IMAP_READ_CHUNK unless the limit is small. */
+static size_t read_chunk(struct imap_session *is)
+{
+	uint64_t q = cfg_of(is)->send_queue_max, high = send_high(is);
+	uint64_t room = q > high ? q - high : 0;
+	room -= room / 8;
+	if (room < 512)
+		room = 512;
+	return room < IMAP_READ_CHUNK ? (size_t)room : IMAP_READ_CHUNK;
 }
 
 static void out_flush(struct imap_session *is)
@@ -3121,10 +3155,13 @@ static bool fetch_item(struct imap_session *is, struct span t, struct fetch_job 
 	return true;
 }
 
+static void splice_pipe_idle(struct imap_session *is);
+
 static void fetch_finish(struct imap_session *is)
 {
 	bool expunged = is->fj->expunged, sel = is->fj->select_reply;
 	fetch_free(is);
+	splice_pipe_idle(is);
 	if (sel)
 		select_done(is);
 	else if (expunged)
@@ -3239,12 +3276,102 @@ static void nul_to_0x80(uint8_t *p, size_t n)
 		*z = 0x80;
 }
 
+/* ---- zero-copy sections (plaintext) ---- */
+
+static void splice_pipe_close(struct imap_session *is)
+{
+	if (is->pipe_r < 0)
+		return;
+	close(is->pipe_r);
+	close(is->pipe_w);
+	is->pipe_r = is->pipe_w = -1;
+}
+
+/* Closes the pipe once no FETCH uses it and the connection has sent all it
+ * held (the connection reads from pipe_r until then): an idle session
+ * keeps neither its two descriptors nor its pipe buffers. */
+static void splice_pipe_idle(struct imap_session *is)
+{
+	if (is->pipe_r >= 0 && !is->fj && !is->dead && stream_splice_pending(is->s) == 0)
+		splice_pipe_close(is);
+}
+
+/* Makes the pipe, as large as allowed. Returns 0, -errno of pipe2()
+ * (EMFILE...) or -ENOBUFS (it cannot hold enough to be worth it). */
+static int splice_pipe_open(struct imap_session *is)
+{
+	int p[2], sz = -1;
+	if (is->pipe_r >= 0)
+		return 0;
+	if (pipe2(p, O_CLOEXEC | O_NONBLOCK))
+		return -errno;
+	for (unsigned want = IMAP_SPLICE_PIPE; want >= IMAP_SPLICE_PIPE_MIN && sz < 0; want /= 2)
+		sz = fcntl(p[1], F_SETPIPE_SZ, (int)want);
+	/* A range that starts inside a page spans one page more than its
+	 * length: leave that page free, so a splice always fits whole. */
+	long page = sysconf(_SC_PAGESIZE);
+	size_t chunk = sz > page ? (size_t)(sz - page) : 0;
+	uint64_t half = cfg_of(is)->send_queue_max / 2;
+	if (chunk > half)
+		chunk = (size_t)half;
+	if (chunk > STORE_READ_MAX)
+		chunk = STORE_READ_MAX;
+	if (chunk < IMAP_SPLICE_PIPE_MIN / 2) {
+		close(p[0]);
+		close(p[1]);
+		return -ENOBUFS;
+	}
+	is->pipe_r = p[0];
+	is->pipe_w = p[1];
+	is->pipe_chunk = chunk;
+	return 0;
+}
+
+/* Whether a byte range of len bytes of m goes to the client with
+ * splice: a plaintext stream, a range long enough to pay for the kernel
+ * worker hand-offs, and a message the MIME scanner saw no NUL in (a CHAR8
+ * literal has NUL as 0x80, which needs the bytes read; a blob written
+ * before MIME_BLOB_NUL_FREE, or one that disagrees on the size, says
+ * nothing). Makes the pipe; false when it cannot be had (copy instead). */
+static bool fetch_splice_ok(struct imap_session *is, const struct store_msg *m,
+			    const struct mime_blob *mb, bool mb_ok, uint64_t len)
+{
+	if (len < IMAP_SPLICE_MIN || !stream_is_plain(is->s) || !mb_ok ||
+	    !(mb->flags & MIME_BLOB_NUL_FREE) || mb->size != m->size)
+		return false;
+	int rc = splice_pipe_open(is);
+	if (rc) {
+		LOG_AT(stream_log(is->s), LOG_DEBUG, stream_sid(is->s), "imap-splice-unavailable",
+		       "error=%s", strerror(-rc));
+		return false;
+	}
+	return true;
+}
+
+/* Whether the next piece of the open section is spliced: the tail of a
+ * spliced section shorter than IMAP_SPLICE_MIN is read and copied (a
+ * message of 1 MiB and a few bytes would otherwise pay a second pair of
+ * worker hand-offs for those bytes). */
+static bool fetch_splicing(const struct fetch_job *fj)
+{
+	return fj->splice && fj->rd_left >= IMAP_SPLICE_MIN;
+}
+
 static void fetch_read(struct imap_session *is)
 {
 	struct fetch_job *fj = is->fj;
 	uint32_t uid = is->msgs[fj->cur].uid;
 	fj->reading = true;
 	hold(is);
+	fj->rd_splice = fetch_splicing(fj);
+	if (fj->rd_splice) {
+		/* fetch_pump() saw the pipe empty: pipe_chunk fits */
+		size_t len = fj->rd_left < is->pipe_chunk ? (size_t)fj->rd_left : is->pipe_chunk;
+		is->rd_inflight++;
+		store_splice(is->folder, is->loop, uid, fj->rd_off, len, is->pipe_w,
+			     fetch_read_done, is);
+		return;
+	}
 	if (fj->hdr_filter) {
 		size_t len = fj->rd_left < fj->hcap - fj->hlen ? (size_t)fj->rd_left : fj->hcap - fj->hlen;
 		if (len > IMAP_READ_CHUNK)
@@ -3254,7 +3381,8 @@ static void fetch_read(struct imap_session *is)
 			   fetch_read_done, is);
 		return;
 	}
-	size_t len = fj->rd_left < IMAP_READ_CHUNK ? (size_t)fj->rd_left : IMAP_READ_CHUNK;
+	size_t chunk = read_chunk(is);
+	size_t len = fj->rd_left < chunk ? (size_t)fj->rd_left : chunk;
 	is->rd_inflight++;
 	store_read(is->folder, stream_loop(is->s), uid, fj->rd_off, is->rbuf, len, fetch_read_done,
 		   is);
@@ -3299,11 +3427,27 @@ static void fetch_read_done(void *arg, ssize_t res)
 			release(is);
 			return;
 		}
+	} else if (fj->rd_splice) {
+		out_flush(is);
+		int rc = stream_send_splice(is->s, is->pipe_r, (size_t)res);
+		if (rc) {
+			LOG_AT(stream_log(is->s), LOG_INFO, stream_sid(is->s), "imap-splice-error",
+			       "uid=%" PRIu32 " error=%s", is->msgs[fj->cur].uid, strerror(-rc));
+			session_close(is, false);
+			release(is);
+			return;
+		}
+		if (fj->rd_left == 0) {
+			fj->splice = false;
+			fj->item_open = false;
+			fj->ii++;
+		}
 	} else {
 		out_flush(is);
 		nul_to_0x80(is->rbuf, (size_t)res);
 		stream_send(is->s, is->rbuf, (size_t)res);
 		if (fj->rd_left == 0) {
+			fj->splice = false; /* a spliced section's tail */
 			fj->item_open = false;
 			fj->ii++;
 		}
@@ -3387,6 +3531,7 @@ static bool fetch_section(struct imap_session *is, struct fitem *it, const struc
 	fj->rd_off = off;
 	fj->rd_left = len;
 	fj->item_open = true;
+	fj->splice = fetch_splice_ok(is, m, mb, mb_ok, len);
 	return false;
 }
 
@@ -3644,6 +3789,13 @@ static void fetch_pump(struct imap_session *is)
 		if (fj->reading)
 			return;
 		if (stream_send_pending(is->s) + is->olen > high) {
+			out_flush(is);
+			fj->wait_drain = true;
+			return;
+		}
+		if (fj->item_open && fetch_splicing(fj) && stream_splice_pending(is->s)) {
+			/* The pipe still holds bytes for the socket: a splice
+			 * into it could not be sure to fit. */
 			out_flush(is);
 			fj->wait_drain = true;
 			return;
@@ -5235,7 +5387,9 @@ static void on_literal(struct imap_session *is, const struct imap_token *t)
 		append_literal(is, t);
 		return;
 	}
-	size_t limit = IMAP_GATHER_MAX;
+	/* Literal bytes gathered per command (LOGIN passwords, SEARCH
+	 * strings, mailbox names): limits.imap_literal_max; more is refused. */
+	uint64_t limit = cfg_of(is)->imap_literal_max;
 	if (t->binary || is->gathered + t->size > limit || is->cmd_broken) {
 		if (t->nonsync) {
 			if (t->size > IMAP_DISCARD_MAX) {
@@ -5415,6 +5569,7 @@ static int imap_open(struct stream *s)
 	is->s = s;
 	is->loop = stream_loop(s);
 	is->sv = services_of(stream_loop(s));
+	is->pipe_r = is->pipe_w = -1;
 	is->state = IMAP_S_NOTAUTH;
 	imap_parser_init(&is->parser, IMAP_LINE_MAX_PRELOGIN);
 	stream_set_session(s, is);
@@ -5457,6 +5612,7 @@ static void imap_drained(struct stream *s)
 		is->out_blocked = false;
 		update_input(is);
 	}
+	splice_pipe_idle(is);
 	release(is);
 }
 
@@ -5511,6 +5667,7 @@ static void session_maybe_free(struct imap_session *is)
 	free(is->rbuf);
 	free(is->obuf);
 	free(is->saved);
+	splice_pipe_close(is);
 	explicit_bzero(is->user, sizeof(is->user));
 	free(is);
 }

@@ -975,6 +975,10 @@ void mime_scan_feed(struct mime_scanner *sc, struct span chunk)
 
 	if (sc->finished || chunk.len == 0)
 		return;
+	/* One memchr per chunk (gigabytes a second) buys FETCH the right to
+	 * send the message without reading it (MIME_BLOB_NUL_FREE). */
+	if (!sc->nul_seen && memchr(chunk.p, 0, chunk.len))
+		sc->nul_seen = 1;
 	while (p < end) {
 		if (!sc->line_started)
 			line_begin(sc, *p);
@@ -1024,7 +1028,7 @@ int mime_scan_finish(struct mime_scanner *sc, uint8_t *blob, size_t cap, size_t 
 		return -ENOBUFS;
 	memcpy(blob, blob_magic, 4);
 	blob[4] = MIME_BLOB_VERSION;
-	blob[5] = sc->flags;
+	blob[5] = (uint8_t)(sc->flags | (sc->nul_seen ? 0 : MIME_BLOB_NUL_FREE));
 	put16(blob + 6, REC_SIZE);
 	put32(blob + 8, sc->nparts);
 	put32(blob + 12, sc->arena_len);

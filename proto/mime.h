@@ -89,7 +89,11 @@ enum mime_field {
 #define MIME_BLOB_PARTS_LIMIT	0x01u /* MIME_PARTS_MAX was hit */
 #define MIME_BLOB_DEPTH_LIMIT	0x02u /* MIME_DEPTH_MAX was hit */
 #define MIME_BLOB_FIELDS_LOST	0x04u /* fields dropped: MIME_BLOB_MAX was hit */
-#define MIME_BLOB_FLAGS_ALL	0x07u
+/* The message holds no NUL octet: IMAP may send its bytes as they are in a
+ * CHAR8 literal (BODY[], RFC822), without looking at them. Absent from blobs
+ * written before it existed: those count as possibly holding NULs. */
+#define MIME_BLOB_NUL_FREE	0x08u
+#define MIME_BLOB_FLAGS_ALL	0x0fu
 
 /* ---- the scanner ------------------------------------------------------- */
 
@@ -117,6 +121,7 @@ struct mime_scanner {
 	uint32_t field_len, seen;	/* header state of part cur */
 	uint32_t depth_max, parts_max;	/* mime_scan_limits(), at most the MAXes */
 	uint8_t mode, flags, finished;
+	uint8_t nul_seen;		/* a NUL octet was fed */
 	uint8_t line_started, last_cr, has_prev_eol;
 	uint8_t hline, field_active, field_trunc;
 	uint8_t peek_on, peek_tail_ws, peek_len;

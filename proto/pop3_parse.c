@@ -120,10 +120,16 @@ size_t pop3_body_filter(struct pop3_body *b, struct span in, uint8_t *out, size_
 		}
 		uint8_t c = in.p[i];
 		bool stuff = b->line_start && c == '.';
-		if (cap - o < (stuff ? 2u : 1u))
+		/* A bare LF (a message appended over IMAP may hold them) goes
+		 * out as CRLF: POP3 lines end in CRLF, and the terminating
+		 * "." must follow one (RFC 1939 3). */
+		bool cr = c == '\n' && b->last != '\r';
+		if (cap - o < 1u + stuff + cr)
 			break;
 		if (stuff)
 			out[o++] = '.';
+		if (cr)
+			out[o++] = '\r';
 		out[o++] = c;
 		i++;
 		b->last = c;

@@ -13,7 +13,9 @@
 
 #include "core/span.h"
 
-/* RFC 2449 4: a command line is at most 255 octets, CRLF included. */
+/* RFC 2449 4: a command line is at most 255 octets, CRLF included. The
+ * default of the [limits] setting pop3_line_max, which may lower it (to
+ * 128) or raise it (to POP3_AUTH_LINE_MAX). */
 #define POP3_LINE_MAX 255
 /* RFC 1939 3: each argument up to 40 characters. */
 #define POP3_ARG_MAX 40
@@ -69,7 +71,8 @@ int pop3_parse_number(struct span s, uint32_t *n_r);
 /* ---- the body filter ---------------------------------------------------
  *
  * Turns message bytes into a RETR/TOP response body: byte-stuffs every line
- * that starts with '.' (RFC 1939 3), and for TOP stops after the header
+ * that starts with '.' (RFC 1939 3), sends a bare LF as CRLF (a line
+ * ends at LF; the stored message keeps its bytes), and for TOP stops after the header
  * section, the blank line and the requested number of body lines. The
  * message is fed in any pieces; the state is a small zero-fillable struct
  * set up by pop3_body_init(). The caller adds the final ".\r\n" (and a CRLF

@@ -42,8 +42,6 @@
 #include "store/auth.h"
 #include "store/store.h"
 
-/* RFC 1939 3: the autologout timer is at least 10 minutes. */
-#define POP3_AUTOLOGOUT_MS (10u * 60u * 1000u)
 /* Bytes of a message read from the store at once. */
 #define POP3_READ_CHUNK (64u * 1024u)
 /* Bytes handed to the stream at once: one full TLS record. */
@@ -55,6 +53,9 @@
 #define POP3_USER_MAX 320
 /* A SASL PLAIN message, decoded. */
 #define POP3_SASL_MAX SASL_BASE64_DECODED_MAX(POP3_AUTH_LINE_MAX)
+/* limits.pop3_line_max goes up to 2100 (core/config.c, which cannot see
+ * this header): every line must be read that far. */
+_Static_assert(POP3_AUTH_LINE_MAX >= 2100, "raise POP3_AUTH_LINE_MAX or pop3_line_max's maximum");
 
 enum pop3_state {
 	POP3_S_AUTHORIZATION, /* before login (USER may have been given) */
@@ -170,6 +171,20 @@ static size_t send_high(struct pop3_session *ps)
 	return q < POP3_SEND_HIGH ? (size_t)q : POP3_SEND_HIGH;
 }
 
+/* Bytes of output filled before the send queue is checked again. The
+ * queue is at most send_high() when a piece starts, so a piece must fit in
+ * the rest of limits.send_queue_max (less an eighth for TLS records):
+ * POP3_OUT_CHUNK unless the limit is small. */
+static size_t out_piece(struct pop3_session *ps)
+{
+	uint64_t q = cfg_of(ps)->send_queue_max, high = send_high(ps);
+	uint64_t room = q > high ? q - high : 0;
+	room -= room / 8;
+	if (room < 512)
+		room = 512;
+	return room < POP3_OUT_CHUNK ? (size_t)room : POP3_OUT_CHUNK;
+}
+
 /* Input flows only in the interactive states and while the send queue is
  * short. */
 static void update_input(struct pop3_session *ps)
@@ -196,7 +211,7 @@ static void arm_timer(struct pop3_session *ps)
 		break;
 	case POP3_S_TRANSACTION:
 	case POP3_S_SENDING:
-		stream_set_timer(ps->s, POP3_AUTOLOGOUT_MS);
+		stream_set_timer(ps->s, cfg_of(ps)->pop3_autologout_ms);
 		break;
 	default:
 		stream_set_timer(ps->s, 0);
@@ -754,13 +769,18 @@ static void msg_finish(struct pop3_session *ps)
  * reads on. Runs from the read callback and from the drained callback. */
 static void msg_pump(struct pop3_session *ps)
 {
-	size_t high = send_high(ps);
+	size_t high = send_high(ps), piece = out_piece(ps);
 	while (ps->rpos < ps->rlen && !ps->body.done) {
 		size_t olen;
+		if (ps->olen >= piece) {
+			out_flush(ps); /* only the status line can be there */
+			if (ps->dead)
+				return;
+		}
 		size_t used = pop3_body_filter(&ps->body,
 					       span_make(ps->rbuf + ps->rpos, ps->rlen - ps->rpos),
 					       ps->rbuf + POP3_READ_CHUNK + ps->olen,
-					       POP3_OUT_CHUNK - ps->olen, &olen);
+					       piece - ps->olen, &olen);
 		ps->olen += olen;
 		ps->rpos += used;
 		if (ps->rpos == ps->rlen || ps->body.done)
@@ -997,7 +1017,7 @@ static int pop3_open(struct stream *s)
 	ps->s = s;
 	ps->sv = services_of(stream_loop(s));
 	/* Every line is read up to the AUTH limit; lines of other commands
-	 * over POP3_LINE_MAX are refused after the verb is known. */
+	 * over limits.pop3_line_max are refused after the verb is known. */
 	ps->lr.max = POP3_AUTH_LINE_MAX;
 	ps->state = POP3_S_AUTHORIZATION;
 	stream_set_session(s, ps);
@@ -1062,9 +1082,9 @@ static ssize_t pop3_data(struct stream *s, struct span in)
 			error_reply(ps, "Unknown command");
 			continue;
 		}
-		/* RFC 2449 4: 255 octets; AUTH (RFC 5034 4) and PASS (pass
-		 * phrases) may be longer. */
-		if (line.len + 2 > POP3_LINE_MAX && cmd.verb != POP3_CMD_AUTH &&
+		/* RFC 2449 4: 255 octets (limits.pop3_line_max); AUTH (RFC
+		 * 5034 4) and PASS (pass phrases) may be longer. */
+		if (line.len + 2 > cfg_of(ps)->pop3_line_max && cmd.verb != POP3_CMD_AUTH &&
 		    cmd.verb != POP3_CMD_PASS) {
 			error_reply(ps, "Line too long");
 			continue;

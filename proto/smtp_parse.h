@@ -19,7 +19,9 @@
 
 #include "core/span.h"
 
-/* RFC 5321 §4.5.3.1.4: a command line, CRLF included. */
+/* RFC 5321 §4.5.3.1.4: a command line, CRLF included. The session uses
+ * limits.smtp_command_line_max (at least this) through
+ * smtp_parse_command_max(). */
 #define SMTP_COMMAND_LINE_MAX 512
 /* A limit for AUTH lines and SASL responses carrying long base64 data (the
  * session passes it to smtp_parse_command_max()/smtp_parse_line()). */

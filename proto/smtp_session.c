@@ -151,6 +151,12 @@ struct smtp_session {
 	size_t nrcpts, rcpts_cap;
 	unsigned msgs;                   /* messages delivered in this session */
 	bool tls_pending;                /* STARTTLS accepted: parse nothing more */
+	/* The greeting (RFC 5321 3.1 and 4.3.1): greet_final once its last
+	 * line ("220 ") is queued, greeted once that is written to the socket
+	 * (the stream drained). Input before that is early talk. */
+	bool greet_pausing;              /* "220-" sent, limits.smtp_greet_pause runs */
+	bool greet_final;
+	bool greeted;
 	bool shutting;                   /* the server stops: 421 after this message */
 	struct smtp_delivery d;
 };
@@ -198,16 +204,18 @@ static void error_reply(struct smtp_session *ss, const char *text)
 	}
 }
 
+/* The timeout on the client's silence, re-armed by every byte it sends
+ * (commands and message text alike). RFC 5321 4.5.3.2.7: a server waits
+ * at least 5 minutes for the next command, and the MX rows do so from the
+ * greeting on (a sending MTA is not a client to hurry). A submission row
+ * offers nothing before AUTH but AUTH itself: there, as for IMAP and POP3,
+ * the shorter pre-login timeout applies until the client has logged in. */
 static void arm_timer(struct smtp_session *ss)
 {
 	const struct config *cfg = cfg_of(ss);
-	/* Until the client has authenticated or started a transaction, the
-	 * shorter pre-login timeout applies. */
-	uint32_t ms = (ss->user[0] || ss->msgs || ss->state >= SMTP_S_MAIL)
-			      ? cfg->smtp_timeout_ms
-			      : (cfg->prelogin_timeout_ms < cfg->smtp_timeout_ms
-					 ? cfg->prelogin_timeout_ms
-					 : cfg->smtp_timeout_ms);
+	uint32_t ms = cfg->smtp_timeout_ms;
+	if (is_submission(ss) && !ss->user[0] && cfg->prelogin_timeout_ms < ms)
+		ms = cfg->prelogin_timeout_ms;
 	stream_set_timer(ss->s, ms);
 }
 
@@ -1051,8 +1059,10 @@ static void queue_ready(void *arg)
 {
 	struct smtp_session *ss = arg;
 	ss->d.qwait = false;
-	if (!ss->dead && !ss->d.overflow_len && !ss->d.finish_pending && ss->state != SMTP_S_BUSY)
+	if (!ss->dead && !ss->d.overflow_len && !ss->d.finish_pending && ss->state != SMTP_S_BUSY) {
+		arm_timer(ss);
 		stream_resume(ss->s);
+	}
 }
 
 /* Starts writing the message to the outbound queue, and the DKIM signer
@@ -1110,6 +1120,7 @@ static int queue_put(struct smtp_session *ss, struct span chunk)
 	if (rc == 1) {
 		d->qwait = true;
 		stream_pause(ss->s);
+		stream_set_timer(ss->s, 0); /* we hold the client back, not it us */
 	}
 	return 0;
 }
@@ -1236,6 +1247,7 @@ static void store_put(struct smtp_session *ss, struct span chunk)
 	d->overflow = o;
 	d->overflow_len += chunk.len;
 	stream_pause(ss->s);
+	stream_set_timer(ss->s, 0); /* until store_ready(): the store is slow, not the client */
 }
 
 static void store_ready(void *arg)
@@ -1261,8 +1273,10 @@ static void store_ready(void *arg)
 		delivery_finish(ss);
 		return;
 	}
-	if (!d->qwait)
+	if (!d->qwait) {
+		arm_timer(ss);
 		stream_resume(ss->s);
+	}
 }
 
 static void delivery_done(struct smtp_session *ss, int res);
@@ -1712,6 +1726,42 @@ static void dispatch(struct smtp_session *ss, const struct smtp_cmd *cmd)
 
 /* ---- the stream side --------------------------------------------------- */
 
+/* The greeting's last line; the session starts once it is on the wire
+ * (smtp_drained). */
+static void greet_final(struct smtp_session *ss)
+{
+	reply(ss, "220 %s ESMTP ringmail", hostname(ss));
+	ss->greet_final = true;
+	arm_timer(ss);
+}
+
+static void smtp_drained(struct stream *s)
+{
+	struct smtp_session *ss = stream_session(s);
+	if (ss && ss->greet_final)
+		ss->greeted = true;
+}
+
+/* Input before the greeting was written (issue 5; Postfix postscreen's
+ * PREGREET): whatever it says is not a reply to us. An HTTP request line
+ * is closed silently as always (nothing for a browser to reflect);
+ * anything else gets 554 and the close. */
+static ssize_t early_talker(struct smtp_session *ss, struct span in)
+{
+	struct smtp_cmd cmd;
+	size_t used;
+	if (smtp_parse_command(in, &cmd, &used) != SMTP_PARSE_AGAIN && cmd.verb == SMTP_CMD_HTTP) {
+		dispatch(ss, &cmd);
+		return (ssize_t)in.len;
+	}
+	LOG_AT(stream_log(ss->s), LOG_INFO, stream_sid(ss->s), "smtp-early-talker",
+	       "peer=%s when=%s bytes=%zu", stream_peer(ss->s),
+	       ss->greet_pausing ? "greet-pause" : "pregreet", in.len);
+	reply(ss, "554 5.5.1 %s Error: protocol error: talked before the greeting", hostname(ss));
+	session_close(ss);
+	return (ssize_t)in.len;
+}
+
 static int smtp_open(struct stream *s)
 {
 	struct smtp_session *ss = calloc(1, sizeof(*ss));
@@ -1725,9 +1775,17 @@ static int smtp_open(struct stream *s)
 		session_close(ss);
 		return 0;
 	}
-	reply(ss, "220 %s ESMTP ringmail", hostname(ss));
 	ss->state = SMTP_S_GREETED;
-	arm_timer(ss);
+	if (cfg_of(ss)->smtp_greet_pause_ms) {
+		/* A multi-line greeting with a pause inside (Postfix postscreen's
+		 * greet test): a real client waits for the last line (RFC 5321
+		 * 4.2.1); a spam engine that talks first gives itself away. */
+		reply(ss, "220-%s ESMTP ringmail", hostname(ss));
+		ss->greet_pausing = true;
+		stream_set_timer(s, cfg_of(ss)->smtp_greet_pause_ms);
+		return 0;
+	}
+	greet_final(ss);
 	return 0;
 }
 
@@ -1736,6 +1794,8 @@ static ssize_t smtp_data(struct stream *s, struct span in)
 	struct smtp_session *ss = stream_session(s);
 	size_t pos = 0;
 
+	if (!ss->greeted && in.len && ss->state != SMTP_S_CLOSED)
+		return early_talker(ss, in);
 	while (pos < in.len) {
 		struct span rest = span_skip(in, pos);
 		switch (ss->state) {
@@ -1744,6 +1804,13 @@ static ssize_t smtp_data(struct stream *s, struct span in)
 		case SMTP_S_BUSY:
 			return (ssize_t)pos;
 		case SMTP_S_DATA: {
+			/* Silence times out, not a slow upload (RFC 5321
+			 * 4.5.3.2): every chunk re-arms the timer. Before
+			 * data_data(), which disarms it when the message ends
+			 * and the store takes over; not while the queue spool
+			 * holds us back (queue_ready() re-arms it). */
+			if (!ss->d.qwait)
+				arm_timer(ss);
 			size_t used = data_data(ss, rest);
 			pos += used;
 			if (ss->d.overflow_len)
@@ -1751,6 +1818,8 @@ static ssize_t smtp_data(struct stream *s, struct span in)
 			continue;
 		}
 		case SMTP_S_BDAT:
+			if (!ss->d.qwait)
+				arm_timer(ss);
 			pos += bdat_data(ss, rest);
 			if (ss->d.overflow_len)
 				return (ssize_t)pos;
@@ -1785,8 +1854,10 @@ static ssize_t smtp_data(struct stream *s, struct span in)
 			}
 			continue;
 		}
-		enum smtp_parse_result r = smtp_parse_command(rest, &cmd, &used);
-		if (r == SMTP_PARSE_TOO_LONG && cmd.verb == SMTP_CMD_AUTH)
+		enum smtp_parse_result r =
+			smtp_parse_command_max(rest, cfg_of(ss)->smtp_command_line_max, &cmd, &used);
+		if (r == SMTP_PARSE_TOO_LONG && cmd.verb == SMTP_CMD_AUTH &&
+		    cfg_of(ss)->smtp_command_line_max < SMTP_AUTH_LINE_MAX)
 			r = smtp_parse_command_max(rest, SMTP_AUTH_LINE_MAX, &cmd, &used);
 		if (r == SMTP_PARSE_AGAIN)
 			break;
@@ -1830,6 +1901,11 @@ static ssize_t smtp_data(struct stream *s, struct span in)
 static void smtp_timer(struct stream *s)
 {
 	struct smtp_session *ss = stream_session(s);
+	if (ss->greet_pausing) {
+		ss->greet_pausing = false;
+		greet_final(ss);
+		return;
+	}
 	reply(ss, "421 4.4.2 %s Error: timeout exceeded", hostname(ss));
 	session_close(ss);
 }
@@ -1873,6 +1949,7 @@ const struct stream_ops smtp_session_ops = {
 	.open = smtp_open,
 	.data = smtp_data,
 	.timer = smtp_timer,
+	.drained = smtp_drained,
 	.shutdown = smtp_shutdown,
 	.tls_ready = smtp_tls_ready,
 	.close = smtp_close,

@@ -79,6 +79,23 @@ int stream_send(struct stream *s, const void *p, size_t len)
 	return conn_send(s->conn, p, len);
 }
 
+int stream_send_splice(struct stream *s, int pipe_fd, size_t len)
+{
+	if (s->state != ST_PLAIN)
+		return -ENOTSUP;
+	return conn_send_splice(s->conn, pipe_fd, len);
+}
+
+size_t stream_splice_pending(const struct stream *s)
+{
+	return conn_splice_pending(s->conn);
+}
+
+bool stream_is_plain(const struct stream *s)
+{
+	return s->state == ST_PLAIN;
+}
+
 int stream_printf(struct stream *s, const char *fmt, ...)
 {
 	char buf[2048];

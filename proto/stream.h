@@ -57,6 +57,19 @@ const struct conn_ops *stream_conn_ops(enum listener_proto proto);
 int stream_send(struct stream *s, const void *p, size_t len);
 /* Bytes queued for the socket and not yet written (ciphertext under TLS). */
 size_t stream_send_pending(const struct stream *s);
+/* Zero-copy output of a plaintext stream: len bytes the caller put in the
+ * pipe pipe_fd (read end) go to the socket with splice, in order with
+ * stream_send()'s bytes (conn_send_splice() says how long pipe_fd must stay
+ * open). Returns 0, -ENOTSUP when the stream is not plaintext (TLS, or a
+ * STARTTLS under way: the bytes must be encrypted) or conn_send_splice()'s
+ * errors. */
+int stream_send_splice(struct stream *s, int pipe_fd, size_t len);
+/* Bytes of stream_send_splice() not yet written: 0 when the pipe holds
+ * nothing the connection still has to send. */
+size_t stream_splice_pending(const struct stream *s);
+/* True when bytes go to the socket as they are (no TLS, none starting):
+ * stream_send_splice() can be used. */
+bool stream_is_plain(const struct stream *s);
 int stream_printf(struct stream *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Sends a reply and closes once it is written. */
 void stream_close(struct stream *s, bool flush);

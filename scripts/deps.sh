@@ -6,7 +6,7 @@
 #
 #   scripts/deps.sh          what building and running need
 #   scripts/deps.sh test     plus what the test suite talks to the server with
-#   scripts/deps.sh bench    plus the peers the benchmarks compare against
+#   scripts/deps.sh bench    the same as test (bench/peers/setup.sh installs the peers)
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,10 +17,12 @@ libcrypt-dev libcriterion-dev libwolfssl-dev libc-ares-dev"
 # (python3), pytest, curl, openssl s_client, swaks, fetchmail (POP3), mbsync
 # (isync, IMAP), xmllint (auto-discovery
 # documents); clang for the fuzzers; dkimpy (python3-dkim, with python3-nacl
-# for ed25519-sha256) as the independent DKIM verifier.
+# for ed25519-sha256) as the independent DKIM verifier; gnuplot for the plots
+# that bench/compare's smoke test (compare-smoke) checks it makes.
 TEST="python3 dnsmasq-base python3-pytest curl openssl swaks clang libclang-rt-14-dev util-linux
-procps iproute2 libxml2-utils fetchmail isync python3-dkim python3-nacl"
-BENCH="gnuplot-nox"
+procps iproute2 libxml2-utils fetchmail isync python3-dkim python3-nacl gnuplot-nox"
+# The peers (Postfix, Dovecot) come with bench/peers/setup.sh.
+BENCH=""
 
 want="$BUILD"
 case "${1:-}" in

@@ -56,6 +56,7 @@ struct auth_req {
 	struct workpool_job job;
 	struct loop_cb cb;
 	struct __kernel_timespec ts;
+	struct timespec start; /* CLOCK_MONOTONIC at auth_verify() */
 	const struct users_snap *snap;
 	const struct users_entry *entry; /* NULL: unknown or disabled */
 	enum users_scheme scheme;        /* what the worker checks against */
@@ -345,13 +346,20 @@ static void req_checked(struct loop *loop, struct loop_cb *cb, int res, uint32_t
 		return;
 	}
 	/* Wrong password, unknown user, disabled login, unusable hash: all
-	 * look the same from outside. */
+	 * look the same from outside. The delay counts from the request's
+	 * start, not from the end of the check: an unknown user is checked
+	 * against another user's hash, whose scheme may cost more or less
+	 * than the real one, and the queue wait varies too; an absolute
+	 * deadline hides both. */
 	uint32_t ms = delay_fail(a, r->has_addr ? r->addr_h : addr_hash(a, ""));
 	r->result = AUTH_FAIL;
-	r->ts.tv_sec = ms / 1000;
-	r->ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+	uint64_t ns = (uint64_t)r->start.tv_nsec + (uint64_t)(ms % 1000) * 1000000u;
+	r->ts.tv_sec = r->start.tv_sec + ms / 1000 + (long long)(ns / 1000000000u);
+	r->ts.tv_nsec = (long long)(ns % 1000000000u);
 	r->cb.fn = req_finish;
-	io_uring_prep_timeout(loop_sqe(loop, &r->cb), &r->ts, 0, 0);
+	/* IORING_TIMEOUT_ABS is on CLOCK_MONOTONIC, as r->start. A deadline
+	 * already past fires at once. */
+	io_uring_prep_timeout(loop_sqe(loop, &r->cb), &r->ts, 0, IORING_TIMEOUT_ABS);
 }
 
 int auth_verify(struct auth *a, struct loop *loop, struct span user, struct span pass,
@@ -364,6 +372,7 @@ int auth_verify(struct auth *a, struct loop *loop, struct span user, struct span
 
 	if (r == NULL)
 		return -ENOMEM;
+	clock_gettime(CLOCK_MONOTONIC, &r->start);
 	r->auth = a;
 	r->loop = loop;
 	r->done = done;

@@ -1141,6 +1141,8 @@ static int ctl_append(int fd, const char *line)
 
 int queue_cli_delete(const char *data_dir, const char *id)
 {
+	if (!*id || strlen(id) >= QUEUE_ID_MAX)
+		return -EINVAL;
 	for (const char *p = id; *p; p++)
 		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
 			return -EINVAL;

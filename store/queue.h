@@ -167,7 +167,8 @@ int queue_remove(struct queue *q, struct loop *loop, const char *id, queue_done_
 int queue_scan(struct queue *q, void (*fn)(void *arg, struct queue_entry *e), void *arg);
 
 /* Command-line helpers on DATA (blocking). list: one line per recipient.
- * delete: removes the message (0, or -ENOENT). flush: asks the running
+ * delete: removes the message (0; -EINVAL: id is not a queue id, lowercase
+ * hex; -ENOENT: no such message in the queue). flush: asks the running
  * server to retry every pending recipient now (a flag file it polls). */
 int queue_cli_list(const char *data_dir, FILE *out);
 int queue_cli_delete(const char *data_dir, const char *id);

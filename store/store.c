@@ -258,6 +258,7 @@ struct sbatch {
 	struct sbatch *next;
 	int forced;            /* fail without an fsync: the file's sticky error */
 	bool serial;           /* takes part in the file's one-at-a-time order */
+	const struct store_config *cfg;
 };
 
 static void sbatch_start(struct loop *loop, struct sbatch *b);
@@ -277,6 +278,8 @@ static void sbatch_done(struct loop *loop, struct loop_cb *cb, int res, uint32_t
 	(void)flags;
 	if (b->forced)
 		res = b->forced;
+	else if (b->cfg->test_sync_result)
+		res = b->cfg->test_sync_result(b->cfg->test_sync_arg, res);
 	if (b->serial) {
 		pthread_mutex_lock(&f->smu);
 		if (res < 0 && !f->sync_err)
@@ -398,6 +401,7 @@ static void sync_request(struct sctx *c, struct sfile *file, struct swait *w)
 	}
 	b->cb.fn = sbatch_done;
 	b->file = sfile_ref(file);
+	b->cfg = &c->store->cfg;
 	b->waiters = w;
 	/* the one-fsync-per-message baseline (bench only) stays concurrent */
 	b->serial = !c->store->cfg.no_group_commit;
@@ -708,6 +712,7 @@ struct sfolder {
 	struct sfile **segs;       /* open segments for reading */
 	size_t nsegs;
 	uint64_t ck_off;           /* log offset the checkpoint covers */
+	uint64_t dead;             /* bytes expunged since the last compaction started */
 	bool ck_running, compacting, deleted;
 	struct watch *watches;
 };
@@ -2074,6 +2079,7 @@ static void folder_apply(void *owner, const struct record *r, struct pend *p)
 			p->uid = r->u.append.uid;
 	} else if (r->type == REC_EXPUNGE) {
 		quota_sub(u, freed, before - f->ix.n);
+		f->dead += freed;
 	}
 }
 
@@ -2206,6 +2212,24 @@ static int ckw_start_locked(struct sctx *ctx, struct sfolder *f, struct ckw **c_
 	return 0;
 }
 
+static void compact_start(struct sfolder *f, struct loop *loop, store_done_cb *cb, void *arg);
+
+/* Expunged bytes after which a folder compacts on its own. */
+static uint64_t compact_after(const struct store *st)
+{
+	if (st->cfg.compact_after)
+		return st->cfg.compact_after;
+	return (st->cfg.segment_max ? st->cfg.segment_max : STORE_SEGMENT_MAX) / 2;
+}
+
+/* The end of an automatic compaction: nobody waits for it (compact_end
+ * logs what it did). */
+static void compacted_auto(void *arg, int res)
+{
+	(void)arg;
+	(void)res;
+}
+
 static void folder_after(struct loop *loop, void *owner)
 {
 	struct sfolder *f = owner;
@@ -2224,11 +2248,16 @@ static void folder_after(struct loop *loop, void *owner)
 		if (!ctx || ckw_start_locked(ctx, f, &c))
 			f->ck_running = false;
 	}
+	bool compact = !f->compacting && !f->deleted && f->dead >= compact_after(st);
+	if (compact)
+		f->dead = 0;
 	pthread_mutex_unlock(&f->mu);
 	if (c) {
 		c->u = suser_ref(f->user);
 		ckw_run(loop, c, 0);
 	}
+	if (compact)
+		compact_start(f, loop, compacted_auto, NULL);
 }
 
 /* ---- deferred callbacks to the caller ---------------------------------- */
@@ -3110,6 +3139,7 @@ struct rdreq {
 	uint32_t seg;
 	uint64_t pos;
 	void *buf;
+	int pipe_fd;            /* store_splice(): the pipe's write end; else -1 */
 	size_t len;
 	char *path;
 	store_read_cb *fn;
@@ -3146,7 +3176,12 @@ static void rdreq_read_done(struct loop *loop, struct loop_cb *cb, int res, uint
 static void rdreq_read(struct loop *loop, struct rdreq *r)
 {
 	r->cb.fn = rdreq_read_done;
-	io_uring_prep_read(loop_sqe(loop, &r->cb), r->file->fd, r->buf, (unsigned)r->len, r->pos);
+	if (r->pipe_fd >= 0)
+		io_uring_prep_splice(loop_sqe(loop, &r->cb), r->file->fd, (int64_t)r->pos, r->pipe_fd,
+				     -1, (unsigned)r->len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	else
+		io_uring_prep_read(loop_sqe(loop, &r->cb), r->file->fd, r->buf, (unsigned)r->len,
+				   r->pos);
 }
 
 static void rdreq_opened(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
@@ -3191,8 +3226,8 @@ static void rdreq_opened(struct loop *loop, struct loop_cb *cb, int res, uint32_
 	rdreq_read(loop, r);
 }
 
-void store_read(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_t off,
-		void *buf, size_t len, store_read_cb *cb, void *arg)
+static void read_or_splice(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_t off,
+			   void *buf, int pipe_fd, size_t len, store_read_cb *cb, void *arg)
 {
 	struct sfolder *f = h->f;
 	struct rdreq *r = calloc(1, sizeof(*r));
@@ -3206,6 +3241,7 @@ void store_read(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_
 	r->f = f;
 	r->u = suser_ref(f->user);
 	r->buf = buf;
+	r->pipe_fd = pipe_fd;
 	r->fn = cb;
 	r->arg = arg;
 	pthread_mutex_lock(&f->mu);
@@ -3245,6 +3281,22 @@ void store_read(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_
 		r->cb.fn = rdreq_opened;
 		io_uring_prep_openat(loop_sqe(loop, &r->cb), AT_FDCWD, r->path, O_RDONLY | O_CLOEXEC, 0);
 	}
+}
+
+void store_read(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_t off,
+		void *buf, size_t len, store_read_cb *cb, void *arg)
+{
+	read_or_splice(h, loop, uid, off, buf, -1, len, cb, arg);
+}
+
+void store_splice(struct store_folder *h, struct loop *loop, uint32_t uid, uint64_t off,
+		  size_t len, int pipe_wr_fd, store_read_cb *cb, void *arg)
+{
+	if (pipe_wr_fd < 0) {
+		cb(arg, -EBADF);
+		return;
+	}
+	read_or_splice(h, loop, uid, off, NULL, pipe_wr_fd, len, cb, arg);
 }
 
 /* ---- appends ---------------------------------------------------------------- */
@@ -4377,6 +4429,12 @@ static void compact_end(struct loop *loop, struct compact *c, int res)
 	pthread_mutex_lock(&f->mu);
 	f->compacting = false;
 	pthread_mutex_unlock(&f->mu);
+	if (res < 0)
+		LOG_AT(loop_log(loop), LOG_WARN, 0, "store-compact", "dir=%s error=%s", f->dir,
+		       strerror(-res));
+	else if (c->reclaimed)
+		LOG_AT(loop_log(loop), LOG_INFO, 0, "store-compacted", "dir=%s reclaimed=%llu", f->dir,
+		       (unsigned long long)c->reclaimed);
 	c->cb_fn(c->arg, res < 0 ? res : (int)(c->reclaimed > INT32_MAX ? INT32_MAX : c->reclaimed));
 	suser_unref(loop, &c->u);
 	free(c->segs);
@@ -4610,7 +4668,11 @@ static void compact_run(struct loop *loop, struct compact *c, int res)
 
 void store_compact(struct store_folder *h, struct loop *loop, store_done_cb *cb, void *arg)
 {
-	struct sfolder *f = h->f;
+	compact_start(h->f, loop, cb, arg);
+}
+
+static void compact_start(struct sfolder *f, struct loop *loop, store_done_cb *cb, void *arg)
+{
 	struct compact *c = calloc(1, sizeof(*c));
 	int err = 0;
 

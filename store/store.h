@@ -61,6 +61,10 @@ struct store_config {
 	/* A shared segment file rolls over to a new one past this size; the
 	 * old one can then be compacted. 0: STORE_SEGMENT_MAX. */
 	uint64_t segment_max;
+	/* A folder compacts on its own (store_compact) once this many bytes
+	 * of its messages were expunged since its last compaction started.
+	 * 0: segment_max / 2. */
+	uint64_t compact_after;
 	/* Users nobody has open stay loaded (LRU) up to this many, so that
 	 * deliveries to them do not reload their folders each time.
 	 * 0: STORE_USER_CACHE_DEFAULT; SIZE_MAX: none are kept. */
@@ -68,6 +72,10 @@ struct store_config {
 	/* Testing and benchmarks only: sync every change on its own, without
 	 * group commit (the one-fsync-per-message baseline). */
 	bool no_group_commit;
+	/* Testing only (fault injection): sees the result of every fsync of
+	 * a file or directory (0 or -errno) and returns the one to act on. */
+	int (*test_sync_result)(void *arg, int res);
+	void *test_sync_arg;
 };
 
 enum {
@@ -237,6 +245,16 @@ void store_view_status(const struct store_view *view, struct store_folder_status
 typedef void store_read_cb(void *arg, ssize_t res);
 void store_read(struct store_folder *folder, struct loop *loop, uint32_t uid,
 		uint64_t off, void *buf, size_t len, store_read_cb *cb, void *arg);
+/* Like store_read(), but moves the bytes from the segment file into the
+ * pipe whose write end is pipe_wr_fd with splice(2) (IORING_OP_SPLICE,
+ * SPLICE_F_MOVE | SPLICE_F_NONBLOCK): page references, no copy through user
+ * space. cb's res is the number of bytes now in the pipe, which may be
+ * fewer than len (the pipe is full: -EAGAIN when nothing fit; keep what is
+ * queued in the pipe below its capacity), 0 at the end of the message, or a
+ * negative errno. pipe_wr_fd must stay open until cb. The bytes are the
+ * stored ones, NUL octets included. */
+void store_splice(struct store_folder *folder, struct loop *loop, uint32_t uid,
+		  uint64_t off, size_t len, int pipe_wr_fd, store_read_cb *cb, void *arg);
 
 /* Flags and keywords. op: STORE_FLAGS_SET replaces, ADD adds, REMOVE
  * removes. Keywords are names (atoms); new ones are added to the folder's

@@ -305,6 +305,101 @@ def test_http_plaintext_on_tls_ports(adv, port):
     assert b"HTTP/1.1 200" not in got
 
 
+# The answer to an HTTP request that arrives inside an established TLS
+# session (ALPACA with a client that offers no ALPN): the protocol's one
+# fixed line (SMTP: none) and a close, and the log line that says why.
+HTTP_IN_TLS = {
+    465: (b"220", b"", "smtp-http-request"),
+    993: (b"* OK", b"* BYE This is an IMAP server\r\n", "imap-http-request closing=yes"),
+    995: (b"+OK", b"-ERR This is a POP3 server\r\n", "pop3-http-request closing=yes"),
+}
+
+
+def tls_connect(srv, port, alpn=None):
+    ctx = ssl.create_default_context(cafile=os.path.join(srv.data_dir, "tls", "cert.pem"))
+    ctx.check_hostname = False
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    raw = srv.connect(port, timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="mail.example.com")
+
+
+def tls_read_until_eof(sock, limit, timeout=8.0):
+    """read_until_eof over TLS: a close_notify, a TCP FIN or a reset all
+    count as closed."""
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+            return bytes(got), True
+        if not chunk:
+            return bytes(got), True
+        got += chunk
+        assert len(got) <= limit, f"unbounded answer: {len(got)} bytes, {bytes(got[:200])!r}"
+    return bytes(got), False
+
+
+def tls_session_works(srv, port, s):
+    """One command on an already greeted TLS session gets its answer."""
+    if port == 465:
+        s.sendall(b"NOOP\r\n")
+        assert recv_line(s, timeout=10).startswith(b"250")
+    elif port == 993:
+        s.sendall(b"n NOOP\r\n")
+        assert recv_line(s, timeout=10).startswith(b"n OK")
+    else:
+        s.sendall(b"CAPA\r\n")
+        assert recv_line(s, timeout=10).startswith(b"+OK")
+        while recv_line(s, timeout=10) != b".\r\n":
+            pass
+
+
+@pytest.mark.parametrize("port", sorted(HTTP_IN_TLS))
+def test_http_inside_tls_on_implicit_tls_ports(adv, port):
+    """ALPACA inside TLS (docs/tls.md): a client offering no ALPN completes
+    the handshake (most mail clients send none), so an HTTP request reaches
+    the mail protocol inside the session: it gets the protocol's one fixed
+    line and a close, never an answer per header line, while a session
+    greeted earlier on the same port goes on. A client offering ALPN
+    "http/1.1" never gets a session: the handshake fails with a fatal
+    no_application_protocol alert (RFC 7301 3.2), so nothing of the
+    request is read."""
+    greet, answer, event = HTTP_IN_TLS[port]
+    srv = adv()
+    other = tls_connect(srv, port)
+    assert recv_line(other, timeout=10).startswith(greet)
+
+    s = tls_connect(srv, port)
+    assert s.selected_alpn_protocol() is None
+    assert recv_line(s, timeout=10).startswith(greet)
+    s.sendall(HTTP_GET)
+    got, closed = tls_read_until_eof(s, limit=4096)
+    assert closed, got
+    assert got == answer, got
+    deadline = time.monotonic() + 10
+    while event not in srv.log():
+        assert time.monotonic() < deadline, srv.log()[-2000:]
+        time.sleep(0.05)
+
+    with pytest.raises(ssl.SSLError, match="NO_APPLICATION_PROTOCOL|no application protocol"):
+        tls_connect(srv, port, alpn=["http/1.1"])
+    # Offered beside the mail protocol's id, the server picks its own.
+    mine = {465: "smtp", 993: "imap", 995: "pop3"}[port]
+    s2 = tls_connect(srv, port, alpn=["http/1.1", mine])
+    assert s2.selected_alpn_protocol() == mine
+    assert recv_line(s2, timeout=10).startswith(greet)
+    s2.sendall(HTTP_GET)
+    got, closed = tls_read_until_eof(s2, limit=4096)
+    assert closed and got == answer, got
+
+    tls_session_works(srv, port, other)
+
+
 # ---- half-open TLS ----------------------------------------------------------------------
 
 
@@ -514,6 +609,94 @@ def test_sasl_control_chars_smtp_pop3(adv, ident):
     assert ln.startswith(b"-ERR"), ln
     p.sendall(b"STAT\r\n")
     assert recv_line(p).startswith(b"-ERR")  # still not logged in
+    no_injected_lines(srv)
+
+
+# ---- IMAP LOGIN and POP3 USER with control characters -------------------------------
+# (SASL identities are above; SMTP addresses are in tests/integration.)
+
+FAST_AUTH = "[limits]\nauth_delay = 10ms\nauth_delay_max = 20ms\n"
+# IMAP LOGIN user names as they go on the wire. RFC 3501 9: a quoted string
+# holds no CR, LF or NUL (BAD), but may hold a TAB (a well-formed name of no
+# user: NO). A literal's octets are taken as they are: CR, LF, TAB, and a
+# NUL too (which CHAR8 excludes; the name is compared with its length,
+# never cut at the NUL), make a name of no user: NO.
+IMAP_LOGIN_NAMES = [
+    (b'"alice@example.com\rFAKE"', b"BAD"),
+    (b'"al\rice@example.com"', b"BAD"),
+    (b'"alice\t@example.com"', b"NO"),
+    (b'"\t"', b"NO"),
+    (b'"alice@example.com\x00"', b"BAD"),
+    (b"{44}\r\nalice@example.com\r\nFAKE event=login user=bob", b"NO"),
+    (b"{18}\r\nalice@example.com\r", b"NO"),
+    (b"{18}\r\nalice\t@example.com", b"NO"),
+    (b"{18}\r\nalice@example.com\x00", b"NO"),
+    (b"{1}\r\n\x00", b"NO"),
+]
+
+
+@pytest.mark.parametrize("name,verdict", IMAP_LOGIN_NAMES)
+def test_imap_login_control_chars(adv, name, verdict):
+    """LOGIN with CR, TAB or NUL in the user name (quoted or a literal, the
+    right password): a tagged NO or BAD as RFC 3501's grammar says, never a
+    login and never an injected log line; the session goes on and logs in
+    properly afterwards."""
+    srv = adv(config=FAST_AUTH)
+    r = Imap(srv)
+    if name.startswith(b"{"):
+        head, body = name.split(b"\r\n", 1)
+        r.send(b"a LOGIN " + head + b"\r\n")
+        assert r.line().startswith(b"+"), "no continuation for the literal"
+        r.send(body + b' "alice-Secret-1"\r\n')
+    else:
+        r.send(b"a LOGIN " + name + b' "alice-Secret-1"\r\n')
+    _, t = r.until(b"a")
+    assert t.startswith(b"a " + verdict + b" "), t
+    r.send(b"b SELECT INBOX\r\n")
+    assert r.until(b"b")[1].startswith(b"b BAD"), "logged in"
+    r.login()
+    r.send(b"c SELECT INBOX\r\n")
+    assert r.until(b"c")[1].startswith(b"c OK")
+    no_injected_lines(srv)
+
+
+# POP3 USER names: a bare CR or a NUL makes the line no command (-ERR at
+# once); a TAB is a name of no user (USER +OK, as for every name, then PASS
+# -ERR).
+POP3_USER_NAMES = [
+    (b"alice@example.com\rFAKE event=login user=bob", False),
+    (b"al\rice@example.com", False),
+    (b"alice@example.com\x00", False),
+    (b"\x00", False),
+    (b"alice\t@example.com", True),
+    (b"\t", True),
+]
+
+
+@pytest.mark.parametrize("name,user_ok", POP3_USER_NAMES)
+def test_pop3_user_control_chars(adv, name, user_ok):
+    """USER with CR, TAB or NUL in the name, then the right password:
+    -ERR (for the line, or for PASS), never a login and never an injected
+    log line; the session goes on and logs in properly afterwards."""
+    srv = adv(config=FAST_AUTH)
+    p = srv.connect(110, timeout=30)
+    assert recv_line(p).startswith(b"+OK")
+    p.sendall(b"USER " + name + b"\r\n")
+    ln = recv_line(p)
+    assert ln.startswith(b"+OK" if user_ok else b"-ERR"), ln
+    p.sendall(b"PASS alice-Secret-1\r\n")
+    ln = recv_line(p, timeout=30)
+    assert ln.startswith(b"-ERR"), ln
+    p.sendall(b"STAT\r\n")
+    assert recv_line(p).startswith(b"-ERR")  # still not logged in
+    p.sendall(b"USER alice@example.com\r\n")
+    assert recv_line(p).startswith(b"+OK")
+    p.sendall(b"PASS alice-Secret-1\r\n")
+    assert recv_line(p, timeout=30).startswith(b"+OK")
+    p.sendall(b"STAT\r\n")
+    assert recv_line(p).startswith(b"+OK 1 ")
+    p.sendall(b"QUIT\r\n")
+    assert recv_line(p).startswith(b"+OK")
     no_injected_lines(srv)
 
 

@@ -4,8 +4,9 @@
  * read each as a number), and as message bytes through the body filter
  * (RETR and TOP, output buffers of several sizes, split at a point taken
  * from the input). Invariants checked: the filter makes progress, writes
- * only within its buffer, and its output with the stuffing undone is
- * exactly the input (RETR) or a prefix of it (TOP). */
+ * only within its buffer, every LF it writes follows a CR, and its output
+ * with the stuffing and the CRs added before bare LFs undone is exactly
+ * the input (RETR) or a prefix of it (TOP). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,7 @@
 static void body(const uint8_t *data, size_t size, bool top, uint64_t lines, size_t cap,
 		 size_t cut)
 {
-	uint8_t *out = malloc(size * 2 + 1), *ob = malloc(cap);
+	uint8_t *out = malloc(size * 2 + 2), *ob = malloc(cap);
 	size_t olen = 0;
 	struct pop3_body b;
 	pop3_body_init(&b, top, lines);
@@ -43,7 +44,15 @@ static void body(const uint8_t *data, size_t size, bool top, uint64_t lines, siz
 				abort();
 			i++;
 		}
+		if (k < size && data[k] == '\n' && (k == 0 || data[k - 1] != '\r')) {
+			/* a bare LF: a CR was added before it */
+			if (out[i] != '\r' || i + 1 >= olen)
+				abort();
+			i++;
+		}
 		if (k >= size || out[i] != data[k])
+			abort();
+		if (out[i] == '\n' && (i == 0 || out[i - 1] != '\r'))
 			abort();
 		ls = out[i] == '\n';
 		i++;

@@ -1,14 +1,65 @@
 /* libFuzzer target: the store's on-disk parsers (record framing, log
  * replay, checkpoint load) on arbitrary bytes, as a damaged disk would
- * hand them over. Invariants: no crash or leak; replay's good prefix is a
- * whole number of records that replays again to the same state; a loaded
- * checkpoint re-serializes to the same bytes. */
+ * hand them over. Invariants: no crash or leak; the recovery scan never
+ * accepts a record whose CRC fails: every record record_next() accepts,
+ * and every record of replay's good prefix (walked by its length fields),
+ * has a CRC32C that recomputes over its own bytes, computed here apart
+ * from record.c; the good prefix is a whole number of records that
+ * replays again to the same state; a loaded checkpoint's trailing CRC
+ * recomputes, and it re-serializes to the same bytes. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/crc32c.h"
 #include "store/index.h"
 #include "store/record.h"
+
+/* Aborts unless rec[0..avail) starts with a whole record (the framing in
+ * record.h) whose stored CRC32C is that of len, then of bytes [8, len).
+ * Returns its length. Both implementations must agree, so a wrong SSE4.2
+ * path cannot hide a bad CRC either. */
+static size_t crc_checked(const uint8_t *rec, size_t avail)
+{
+	uint32_t len, stored, sw;
+
+	if (avail < RECORD_HDR_LEN)
+		abort();
+	memcpy(&len, rec, 4);
+	memcpy(&stored, rec + 4, 4);
+	if (len < RECORD_HDR_LEN || len > RECORD_MAX_LEN || len > avail)
+		abort();
+	sw = crc32c_sw(crc32c_sw(0, rec, 4), rec + 8, len - 8);
+	if (stored != sw || crc32c(crc32c(0, rec, 4), rec + 8, len - 8) != sw)
+		abort();
+	return len;
+}
+
+/* The raw scan every log reader starts with (the user folder list is read
+ * with record_next alone): each accepted record must check out. */
+static void scan_records(const uint8_t *data, size_t size)
+{
+	size_t off = 0, used;
+	struct record r;
+
+	while (record_next((struct span){ data + off, size - off }, &r, &used) == RECORD_OK) {
+		if (used != r.len || crc_checked(data + off, size - off) != used)
+			abort();
+		off += used;
+	}
+}
+
+/* Replay's good prefix, walked by the records' own length fields: each
+ * record checks out and they end exactly at good. */
+static void good_prefix_checked(const uint8_t *data, size_t good)
+{
+	size_t off = 0;
+
+	while (off < good)
+		off += crc_checked(data + off, good - off);
+	if (off != good)
+		abort();
+}
 
 static void replay_twice(const uint8_t *data, size_t size)
 {
@@ -20,6 +71,7 @@ static void replay_twice(const uint8_t *data, size_t size)
 	st = index_replay(&a, (struct span){ data, size }, &good);
 	if (good > size)
 		abort();
+	good_prefix_checked(data, good);
 	if (st >= 0) {
 		index_init(&b);
 		if (index_replay(&b, (struct span){ data, good }, &good2) != RECORD_END || good2 != good)
@@ -42,7 +94,11 @@ static void checkpoint_round_trip(const uint8_t *data, size_t size)
 		size_t n = index_checkpoint_size(&ix);
 		uint8_t *out = malloc(n);
 		uint32_t ver;
+		uint32_t crc;
 		memcpy(&ver, data + 4, 4);
+		memcpy(&crc, data + size - 4, 4);
+		if (crc != crc32c_sw(0, data, size - 4))
+			abort();
 		/* keyword order and names are canonical, so the bytes match (a
 		 * version 1 checkpoint is written back as the current version) */
 		if (!out || index_checkpoint_put(&ix, off, out, n) != n ||
@@ -55,6 +111,7 @@ static void checkpoint_round_trip(const uint8_t *data, size_t size)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	scan_records(data, size);
 	replay_twice(data, size);
 	checkpoint_round_trip(data, size);
 	return 0;

@@ -1,16 +1,24 @@
 """The command line: version, check-config, configuration errors, a second
-instance on the same ports, privileged ports, dropping privileges."""
+instance on the same ports, privileged ports, dropping privileges, SIGHUP
+with command-line overrides, and what the log never holds (a password)."""
 
+import base64
+import imaplib
 import os
 import pwd
 import re
 import shutil
+import signal
+import smtplib
+import socket
+import struct
 import subprocess
 import tempfile
+import time
 
 import pytest
 
-from conftest import DEFAULT_PORTS, recv_line, ringmail_bin, run_cli
+from conftest import DEFAULT_PORTS, Server, recv_line, ringmail_bin, run_cli
 
 SRC_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -25,7 +33,14 @@ def project_version():
 def test_version():
     r = run_cli("version")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"ringmail {project_version()}"), r.stdout
+    assert r.stdout.startswith(f"ringmail {project_version()} "), r.stdout
+    # The allocator is named with its version, and it is the one linked in.
+    assert re.fullmatch(rf"ringmail {re.escape(project_version())} \(jemalloc \d+\.\d+\.\d+\S*\)\n",
+                        r.stdout), r.stdout
+    ldd = subprocess.run(["ldd", ringmail_bin()], capture_output=True, text=True)
+    # A sanitizer build's allocator is ASan's (it intercepts malloc).
+    if ldd.returncode == 0 and "libasan" not in ldd.stdout:
+        assert "libjemalloc" in ldd.stdout, ldd.stdout
 
 
 def test_unknown_command_exits_2():
@@ -42,7 +57,17 @@ def test_check_config_prints_effective_default():
     assert "port = 465" in out
     ports = [int(p) for p in re.findall(r"^port = (\d+)", out, re.M)]
     assert sorted(ports) == sorted(DEFAULT_PORTS)
-    assert "hostname = mail.example.com" in out
+    assert "\nhostname = mail.example.com\n" in out
+    assert "\ndomains = example.com\n" in out
+    assert "\ndata = ./ringmail-data\n" in out
+    assert "\nport_offset = 0\n" in out
+    ncpu = os.sysconf("SC_NPROCESSORS_ONLN")
+    assert f"\nthreads = 0   # one loop per online CPU: {ncpu} here\n" in out, out
+    # Every listener row on every address.
+    rows = out.split("\n[listener ")[1:]
+    assert len(rows) == len(DEFAULT_PORTS)
+    for row in rows:
+        assert "\naddress = *   # every address, IPv6 and IPv4\n" in row, row
 
 
 def test_check_config_applies_overrides(tmp_path):
@@ -53,6 +78,34 @@ def test_check_config_applies_overrides(tmp_path):
     assert "# listening on 10465" in r.stdout
     assert "hostname = mx.example.net" in r.stdout
     assert "threads = 3" in r.stdout
+
+
+def test_data_option(tmp_path):
+    """--data names the data directory: check-config prints it, serve
+    creates it and keeps its lock, certificate and mailboxes there."""
+    data = tmp_path / "some" / "where"
+    r = run_cli("check-config", "--data", str(data))
+    assert r.returncode == 0, r.stderr
+    assert f"\ndata = {data}\n" in r.stdout
+    assert f"self-signed one is generated in {data}/tls/" in r.stdout
+    # A file's data line loses to the option.
+    conf = tmp_path / "d.conf"
+    conf.write_text("[server]\ndata = /nonexistent/from-the-file\n")
+    r = run_cli("check-config", "--config", str(conf), "--data", str(data))
+    assert r.returncode == 0, r.stderr
+    assert f"\ndata = {data}\n" in r.stdout and "from-the-file" not in r.stdout
+    srv = Server(str(tmp_path), data_dir=str(data), threads=1)
+    srv.start()
+    try:
+        s = srv.connect(25)
+        assert recv_line(s).startswith(b"220 ")
+        s.close()
+        assert os.path.isdir(data)
+        assert os.path.isfile(data / "lock")
+        assert os.path.isfile(data / "tls" / "cert.pem")
+    finally:
+        assert srv.stop() == 0, srv.log()
+        srv.close()
 
 
 def test_check_config_output_is_a_valid_config(tmp_path):
@@ -186,10 +239,12 @@ def test_drops_privileges_to_configured_user(ringmail):
 @pytest.mark.parametrize("errno_name,expect", [
     ("ENOSYS", "seccomp"),
     ("EPERM", "permission denied"),
+    ("EINVAL", "the kernel lacks SINGLE_ISSUER/DEFER_TASKRUN (ringmail needs Linux 6.1 or later)"),
 ])
 def test_io_uring_unavailable_names_the_cause(tmp_path, errno_name, expect):
     """A seccomp filter (as a container runtime may install) blocks
-    io_uring_setup: serve exits non-zero with a message naming the cause."""
+    io_uring_setup, or the kernel is too old for the setup flags (EINVAL):
+    serve exits non-zero with a message naming the cause."""
     tool = os.environ.get("RINGMAIL_NO_IO_URING")
     if not tool or not os.path.exists(tool):
         pytest.skip("tests/tools/no_io_uring not built")
@@ -200,3 +255,209 @@ def test_io_uring_unavailable_names_the_cause(tmp_path, errno_name, expect):
     assert r.returncode != 0
     assert "io_uring is unavailable" in err, err
     assert expect in err, err
+
+
+# ---- SIGHUP: the file again, with the command line on top ----------------
+
+def _wait_log(srv, pattern, count=1, timeout=10.0):
+    """Waits until the log holds `count` matches of regex pattern."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.findall(pattern, srv.log())
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {count} x {pattern!r} in the log:\n{srv.log()[-4000:]}")
+        time.sleep(0.02)
+
+
+def _reload(srv, nth):
+    """SIGHUP, then waits until every loop switched to the new snapshot
+    (the nth reload of this server)."""
+    srv.send_signal(signal.SIGHUP)
+    _wait_log(srv, r"loop=\d+ event=reloaded ", count=nth * srv.threads)
+
+
+def _smtp(srv, *lines):
+    """A new SMTP connection on 25: the greeting, then one reply line per
+    command (the last line of a multi-line reply)."""
+    s = srv.connect(25)
+    out = [recv_line(s)]
+    for line in lines:
+        s.sendall(line + b"\r\n")
+        r = recv_line(s)
+        while r[3:4] == b"-":
+            r = recv_line(s)
+        out.append(r)
+    s.sendall(b"QUIT\r\n")
+    assert recv_line(s).startswith(b"221 ")
+    s.close()
+    return out
+
+
+def _reset(srv):
+    """A connection closed with a RST after its greeting: the loop's recv
+    fails with ECONNRESET, logged as recv-error only at level debug."""
+    s = srv.connect(25)
+    assert recv_line(s).startswith(b"220 ")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def test_sighup_keeps_command_line_overrides(ringmail):
+    """The file says one thing, the command line another: the command line
+    wins at start and still wins after SIGHUP (hostname, domain, log level)."""
+    conf = ("[server]\nhostname = file.example\ndomains = file.example\n"
+            "log_level = warn\n")
+    srv = ringmail(config=conf, args=["--hostname", "mx.example.net", "--domain", "example.org",
+                                      "--log-level", "debug"])
+
+    def check(nth_reset):
+        greet, _, _, rcpt_local, rcpt_file = _smtp(srv, b"EHLO client.example",
+                                                   b"MAIL FROM:<a@remote.example>",
+                                                   b"RCPT TO:<nobody@example.org>",
+                                                   b"RCPT TO:<nobody@file.example>")
+        assert greet == b"220 mx.example.net ESMTP ringmail\r\n", greet
+        # example.org is local (unknown user); file.example is not (relay).
+        assert rcpt_local.startswith(b"550 5.1.1 "), rcpt_local
+        assert rcpt_file.startswith(b"554 5.7.1 "), rcpt_file
+        _reset(srv)
+        _wait_log(srv, r"debug loop=\d+ sid=[0-9a-f]+ event=recv-error error=", count=nth_reset)
+
+    check(1)
+    _reload(srv, 1)
+    check(2)
+    assert _wait_log(srv, r"event=reload source=\S+ hostname=mx.example.net log_level=debug")
+    # Still true after a second reload.
+    _reload(srv, 2)
+    check(3)
+
+
+def test_sighup_applies_file_changes_to_new_connections(ringmail):
+    """A hostname changed in the file takes effect at SIGHUP for new
+    connections; a connection opened before keeps its snapshot and works."""
+    srv = ringmail(config="[server]\nhostname = one.example\n")
+    old = srv.connect(25)
+    assert recv_line(old) == b"220 one.example ESMTP ringmail\r\n"
+    with open(srv.config_path, "w") as f:
+        f.write("[server]\nhostname = two.example\n")
+    _reload(srv, 1)
+    assert _smtp(srv)[0] == b"220 two.example ESMTP ringmail\r\n"
+    # The old connection goes on, with the name it was greeted with.
+    old.sendall(b"EHLO client.example\r\n")
+    assert recv_line(old).startswith(b"250-one.example ")
+    while recv_line(old)[3:4] == b"-":
+        pass
+    assert srv.command_reply(old, b"NOOP").startswith(b"250 ")
+    assert srv.command_reply(old, b"QUIT").startswith(b"221 ")
+    # A file that no longer parses keeps the current configuration.
+    with open(srv.config_path, "w") as f:
+        f.write("[server]\nhostname = three.example\nbogus = 1\n")
+    srv.send_signal(signal.SIGHUP)
+    _wait_log(srv, r"event=reload-failed error=\"\S+:3: unknown key 'bogus'")
+    assert _smtp(srv)[0] == b"220 two.example ESMTP ringmail\r\n"
+
+
+# ---- the log never holds a password -----------------------------------------
+
+LOG_USERS = {"alice@example.com": "Alice-Pw-7f3a9c", "bob@example.com": "Bob-Pw-2e81d0"}
+WRONG_PW = "Wrong-Pw-b61c4e"
+
+
+def _secrets():
+    """Every form a password takes on the wire: as typed, base64 (AUTH
+    LOGIN), and inside the base64 of an AUTH PLAIN / AUTHENTICATE blob."""
+    out = []
+    for user, pw in list(LOG_USERS.items()) + [("alice@example.com", WRONG_PW)]:
+        out += [pw, base64.b64encode(pw.encode()).decode(),
+                base64.b64encode(f"\0{user}\0{pw}".encode()).decode()]
+    return out
+
+
+@pytest.fixture
+def debug_srv(ringmail, tmp_path):
+    """A server at log level debug with LOG_USERS in its passwd file and
+    short failure delays."""
+    data = tmp_path / "logdata"
+    data.mkdir()
+    (data / "passwd").write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in LOG_USERS.items()))
+    return ringmail(config="[limits]\nauth_delay = 100ms\nauth_delay_max = 100ms\n",
+                    data_dir=str(data), args=["--log-level", "debug"])
+
+
+def _assert_no_password_logged(srv):
+    # The level really is debug: a reset connection logs recv-error.
+    _reset(srv)
+    _wait_log(srv, r"debug loop=\d+ sid=[0-9a-f]+ event=recv-error ")
+    srv.quiesce()
+    log = srv.log()
+    for secret in _secrets():
+        assert secret not in log, f"{secret!r} in the log"
+
+
+def test_imap_login_never_logged(debug_srv):
+    srv = debug_srv
+    # LOGIN with quoted strings, as a literal, wrong and right.
+    for user, pw in (("alice@example.com", WRONG_PW), *LOG_USERS.items()):
+        c = imaplib.IMAP4("127.0.0.1", srv.port(143), timeout=10)
+        if pw == WRONG_PW:
+            with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+                c.login(user, pw)
+        else:
+            assert c.login(user, pw)[0] == "OK"
+        c.logout()
+    s = srv.connect(143)
+    assert recv_line(s).startswith(b"* OK ")
+    pw = LOG_USERS["bob@example.com"].encode()
+    s.sendall(b"a LOGIN bob@example.com {%d}\r\n" % len(pw))
+    assert recv_line(s).startswith(b"+ ")
+    s.sendall(pw + b"\r\n")
+    assert recv_line(s).startswith(b"a OK ")
+    # AUTHENTICATE PLAIN, with an initial response and after a continuation.
+    blob = base64.b64encode(b"\0alice@example.com\0" + LOG_USERS["alice@example.com"].encode())
+    s2 = srv.connect(143)
+    assert recv_line(s2).startswith(b"* OK ")
+    s2.sendall(b"b AUTHENTICATE PLAIN " + blob + b"\r\n")
+    assert recv_line(s2).startswith(b"b OK ")
+    s3 = srv.connect(143)
+    assert recv_line(s3).startswith(b"* OK ")
+    s3.sendall(b"c AUTHENTICATE PLAIN\r\n")
+    assert recv_line(s3).startswith(b"+")
+    s3.sendall(base64.b64encode(b"\0alice@example.com\0" + WRONG_PW.encode()) + b"\r\n")
+    assert b"AUTHENTICATIONFAILED" in recv_line(s3)
+    for sock in (s, s2, s3):
+        sock.close()
+    _assert_no_password_logged(srv)
+
+
+def test_smtp_auth_never_logged(debug_srv):
+    srv = debug_srv
+    for mech in ("PLAIN", "LOGIN"):
+        for user, pw in (("alice@example.com", WRONG_PW), *LOG_USERS.items()):
+            c = smtplib.SMTP("127.0.0.1", srv.port(25), timeout=10)
+            c.ehlo("client.example")
+            assert mech in c.esmtp_features.get("auth", "").split(), c.esmtp_features
+            c.user, c.password = user, pw
+            # PLAIN with an initial response; LOGIN as username, password.
+            auth = lambda: c.auth(mech, getattr(c, "auth_" + mech.lower()),
+                                  initial_response_ok=(mech == "PLAIN"))
+            if pw == WRONG_PW:
+                with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+                    auth()
+                assert e.value.smtp_code == 535
+            else:
+                assert auth()[0] == 235
+            c.quit()
+    # AUTH PLAIN without an initial response: the blob on its own line.
+    s = srv.connect(25)
+    assert recv_line(s).startswith(b"220 ")
+    s.sendall(b"EHLO client.example\r\n")
+    while recv_line(s)[3:4] == b"-":
+        pass
+    s.sendall(b"AUTH PLAIN\r\n")
+    assert recv_line(s) == b"334 \r\n"
+    s.sendall(base64.b64encode(b"\0bob@example.com\0" + LOG_USERS["bob@example.com"].encode())
+              + b"\r\n")
+    assert recv_line(s).startswith(b"235 ")
+    s.close()
+    _assert_no_password_logged(srv)

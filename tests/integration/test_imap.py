@@ -2671,3 +2671,293 @@ def test_folders_max(imapsrv):
     assert b" OK " in t, t
     _, t = a.cmd("CREATE two-more")
     assert b" NO [LIMIT] " in t, t
+
+
+# ---- zero-copy FETCH on plaintext (splice) ----------------------------------------
+
+
+def no_nul_bytes(n, seed):
+    """n bytes of every value but NUL, CR and LF, with CRLF every 998."""
+    import random
+    table = bytes(b if b not in (0, 10, 13) else 0x78 for b in range(256))
+    raw = random.Random(seed).randbytes(n).translate(table)
+    return b"\r\n".join(raw[i:i + 998] for i in range(0, n, 998))
+
+
+def splice_msg(p1_len=300 * 1024, p2_len=5 * 1024 * 1024, seed=11):
+    """A two-part message with 8-bit bytes and no NUL: (msg, header, part1, part2)."""
+    p1, p2 = no_nul_bytes(p1_len, seed), no_nul_bytes(p2_len, seed + 1)
+    hdr = (b"From: a@example.com\r\nSubject: splice\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=zc\r\n\r\n")
+    msg = (hdr + b"--zc\r\nContent-Type: text/plain; charset=x-unknown\r\n\r\n" + p1 +
+           b"\r\n--zc\r\nContent-Type: application/octet-stream\r\n"
+           b"Content-Transfer-Encoding: 8bit\r\n\r\n" + p2 + b"\r\n--zc--\r\n")
+    assert b"--zc" not in p1 and b"--zc" not in p2
+    return msg, hdr, p1, p2
+
+
+def server_fds(srv):
+    """The server's open descriptors by kind ("pipe", "socket", ...): a count each."""
+    kinds = {}
+    d = f"/proc/{srv.proc.pid}/fd"
+    for f in os.listdir(d):
+        try:
+            k = os.readlink(os.path.join(d, f)).split(":")[0]
+        except FileNotFoundError:
+            continue
+        kinds[k] = kinds.get(k, 0) + 1
+    return kinds
+
+
+def wait_fds(srv, want, timeout=10.0, kinds=("pipe", "socket")):
+    """Waits until the server's pipe and socket counts are those of want."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = server_fds(srv)
+        if all(got.get(k, 0) == want.get(k, 0) for k in kinds):
+            return
+        assert time.monotonic() < deadline, (got, want)
+        time.sleep(0.05)
+
+
+def workers_waiting_on_a_full_socket(srv):
+    """Threads of the server (io_uring's kernel workers among them) asleep
+    until a socket has room; None when their stacks cannot be read."""
+    out = []
+    d = f"/proc/{srv.proc.pid}/task"
+    for t in os.listdir(d):
+        try:
+            with open(os.path.join(d, t, "stack")) as f:
+                stack = f.read()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        if "sk_stream_wait_memory" in stack:
+            out.append(t)
+    return out
+
+
+def small_window_client(srv, rcvbuf=4096):
+    """A Raw client whose socket takes little before the server must wait."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect((HOST, srv.port(143)))
+    srv._socks.append(s)
+    r = Raw.__new__(Raw)
+    r.sock, r.n = s, 0
+    r.greeting = recv_line(s)
+    return r
+
+
+def fetch_literals(r, tag, timeout=30.0):
+    """Reads the answer to a FETCH sent as tag: every literal, in order."""
+    lits = []
+    while True:
+        ln = r.line(timeout)
+        assert ln, f"EOF before {tag} completed"
+        if ln.startswith(tag + b" "):
+            assert b" OK " in ln, ln
+            return lits
+        while True:
+            m = re.search(rb"\{(\d+)\}\r\n$", ln)
+            if not m:
+                break
+            lits.append(recv_exact(r.sock, int(m.group(1)), timeout))
+            ln = r.line(timeout)
+
+
+def test_fetch_splice_bodies_are_exact(srv):
+    """On 143 a long byte range of a message without NUL goes file -> pipe
+    -> socket: BODY[], TEXT, parts, RFC822 and partials (across the 1 MiB
+    splice pieces, past the end) come out byte-exact, in order with the
+    copied bytes around them (several messages and items in one FETCH);
+    over STARTTLS the same bytes come through the copy path."""
+    msg, hdr, p1, p2 = splice_msg()
+    small = b"Subject: small\r\n\r\nsmall body\r\n"
+    msg3, _, _, _ = splice_msg(280 * 1024, 2 * 1024 * 1024 + 5, seed=21)
+    c = imap(srv)
+    for m in (msg, small, msg3):
+        assert c.append("INBOX", None, None, m)[0] == "OK"
+    c.logout()
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    text = msg[len(hdr):]
+    n = len(msg)
+    cases = [
+        ("BODY.PEEK[]", msg),
+        ("BODY.PEEK[TEXT]", text),
+        ("BODY.PEEK[1]", p1),
+        ("BODY.PEEK[2]", p2),
+        ("BODY.PEEK[]<1048000.2100000>", msg[1048000:3148000]),
+        ("BODY.PEEK[]<0.262144>", msg[:262144]),
+        ("BODY.PEEK[]<%d.1000000>" % (n - 300000), msg[n - 300000:]),
+        ("BODY.PEEK[]<%d.10>" % (n + 5), b""),
+        ("BODY.PEEK[2]<1044479.1044482>", p2[1044479:2088961]),
+        ("RFC822.TEXT", text),
+        ("RFC822", msg),
+    ]
+    for item, want in cases:
+        got = one_lit(r, f"FETCH 1 ({item})")
+        assert got[0] is False and len(got[1]) == len(want), (item, len(got[1]), len(want))
+        assert got[1] == want, item
+    out, t = lit_cmd(r, "FETCH 1:3 (BODY.PEEK[1] BODY.PEEK[] BODY.PEEK[HEADER])", timeout=60)
+    assert b" OK " in t, t
+    lits = [l for _, ls in out for _, l in ls]
+    h3 = msg3[:msg3.index(b"\r\n\r\n") + 4]
+    p31 = msg3[msg3.index(b"charset=x-unknown\r\n\r\n") + 21:]
+    p31 = p31[:p31.index(b"\r\n--zc")]
+    assert lits == [p1, msg, hdr, b"small body\r\n", small, small[:18], p31, msg3, h3]
+    # the same over STARTTLS on 143 (encrypted: copied, never spliced)
+    c = imap(srv, tls="starttls")
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(BODY.PEEK[])")
+    assert typ == "OK" and data[0][1] == msg
+    c.logout()
+
+
+def test_fetch_splice_respects_a_small_send_queue(imapsrv):
+    """limits.send_queue_max below the pipe's size: the spliced pieces are
+    smaller (half of it), the connection is never over its limit."""
+    srv = imapsrv(config="[limits]\nsend_queue_max = 300k\n")
+    msg, _, _, _ = splice_msg(300 * 1024, 3 * 1024 * 1024)
+    c = imap(srv)
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(BODY.PEEK[])")
+    assert typ == "OK" and data[0][1] == msg
+    c.logout()
+    assert not srv.log_lines(event="send-queue-full")
+
+
+def test_fetch_splice_message_with_nul_is_copied(imapsrv):
+    """A message holding a NUL (literal8 APPEND), even far from the range
+    fetched, takes the copy path on 143: NUL goes out as 0x80 (CHAR8), the
+    same length; BINARY[] keeps it. A message without NUL next to it is
+    spliced (its bytes untouched, 0x80 and 0xff included)."""
+    srv = imapsrv()
+    body = no_nul_bytes(3 * 1024 * 1024, 5)
+    nul_at = 2 * 1024 * 1024 + 17
+    with_nul = b"Subject: nul\r\n\r\n" + body[:nul_at] + b"\x00" + body[nul_at + 1:]
+    without = b"Subject: clean\r\n\r\n" + body
+    r = Raw(srv).login()
+    for m in (with_nul, without):
+        r.send(b"a APPEND INBOX ~{%d}\r\n" % len(m))
+        assert r.line().startswith(b"+ ")
+        r.send(m + b"\r\n")
+        _, t = r.until("a", timeout=30)
+        assert t.startswith(b"a OK [APPENDUID"), t
+    r.cmd("SELECT INBOX")
+    assert one_lit(r, "FETCH 1 BODY.PEEK[]") == (False, with_nul.replace(b"\x00", b"\x80"))
+    assert one_lit(r, "FETCH 1 BODY.PEEK[]<0.1048576>") == (False, with_nul[:1048576])
+    assert one_lit(r, "FETCH 1 BODY.PEEK[TEXT]<%d.300000>" % (nul_at - 1000)) == \
+        (False, with_nul[16 + nul_at - 1000:16 + nul_at + 299000].replace(b"\x00", b"\x80"))
+    assert one_lit(r, "FETCH 1 BINARY.PEEK[]") == (True, with_nul)
+    assert one_lit(r, "FETCH 2 BODY.PEEK[]") == (False, without)
+
+
+def test_fetch_splice_stalled_clients_hold_no_worker(imapsrv):
+    """One loop. Clients that stop reading mid-literal (a small receive
+    window) park their splice on a POLLOUT wait: no kernel worker sleeps
+    on their full sockets, another client is served at once, and when they
+    read again they get every byte. Each holds its pipe meanwhile (the
+    splice path is the one in use); the pipes close when they are done."""
+    srv = imapsrv(threads=1)
+    msg, _, _, _ = splice_msg(300 * 1024, 12 * 1024 * 1024)
+    c = imap(srv)
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    c.logout()
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    assert one_lit(r, "FETCH 1 BODY.PEEK[]") == (False, msg)
+    r.cmd("LOGOUT")
+    r.sock.close()
+    srv.quiesce(1)
+    base = server_fds(srv)
+    stalled = []
+    for i in range(4):
+        s = small_window_client(srv)
+        s.login()
+        s.cmd("SELECT INBOX")
+        s.send(b"s FETCH 1 BODY.PEEK[]\r\n")
+        stalled.append(s)
+    time.sleep(1.0)
+    fds = server_fds(srv)
+    assert fds.get("pipe", 0) == base.get("pipe", 0) + 2 * len(stalled), (fds, base)
+    blocked = workers_waiting_on_a_full_socket(srv)
+    if blocked is not None:
+        assert blocked == [], blocked
+    t0 = time.monotonic()
+    y = Raw(srv).login()
+    y.cmd("SELECT INBOX")
+    assert one_lit(y, "FETCH 1 BODY.PEEK[]") == (False, msg)
+    _, t = y.cmd("NOOP")
+    assert b" OK " in t
+    took = time.monotonic() - t0
+    assert took < 5.0, took
+    for s in stalled:
+        assert fetch_literals(s, b"s", timeout=60) == [msg]
+    # still logged in, but done: no session keeps its pipe
+    wait_fds(srv, base, kinds=("pipe",))
+    for s in stalled:
+        s.cmd("LOGOUT")
+        s.sock.close()
+    y.cmd("LOGOUT")
+    y.sock.close()
+    wait_fds(srv, base)
+
+
+def test_fetch_splice_client_disconnects_mid_splice(imapsrv):
+    """Clients that go away while their body is being spliced (at once,
+    after some bytes, with a reset, while stalled): the server goes on,
+    and every pipe and socket of theirs is closed (an ASan build checks
+    the freeing and leaks at exit)."""
+    import struct
+    srv = imapsrv(threads=1)
+    msg, _, _, _ = splice_msg(300 * 1024, 8 * 1024 * 1024)
+    c = imap(srv)
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    c.logout()
+    srv.quiesce(1)
+    base = server_fds(srv)
+    for how in ("at-once", "some-bytes", "reset", "stalled", "stalled-reset") * 2:
+        r = small_window_client(srv) if how.startswith("stalled") else Raw(srv)
+        r.login()
+        r.cmd("SELECT INBOX")
+        r.send(b"s FETCH 1 (BODY.PEEK[] BODY.PEEK[2])\r\n")
+        if how == "some-bytes":
+            recv_exact(r.sock, 1500000)
+        elif how.startswith("stalled"):
+            time.sleep(0.3)
+        if how.endswith("reset"):
+            r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        r.sock.close()
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    assert one_lit(r, "FETCH 1 BODY.PEEK[]") == (False, msg)
+    r.cmd("LOGOUT")
+    r.sock.close()
+    wait_fds(srv, base)
+
+
+def test_fetch_splice_stalled_client_at_shutdown(imapsrv):
+    """SIGTERM while a client has stopped reading mid-splice: the session
+    cannot finish its FETCH, so shutdown_grace cuts it (the POLLOUT wait
+    or the splice is cancelled) and the process exits 0 in time."""
+    srv = imapsrv(config="[server]\nshutdown_grace = 1s\n", threads=1)
+    msg, _, _, _ = splice_msg(300 * 1024, 8 * 1024 * 1024)
+    c = imap(srv)
+    assert c.append("INBOX", None, None, msg)[0] == "OK"
+    c.logout()
+    base = server_fds(srv).get("pipe", 0)
+    s = small_window_client(srv)
+    s.login()
+    s.cmd("SELECT INBOX")
+    s.send(b"s FETCH 1 BODY.PEEK[]\r\n")
+    time.sleep(0.5)
+    assert server_fds(srv).get("pipe", 0) == base + 2  # splicing
+    t0 = time.monotonic()
+    assert srv.stop(timeout=10) == 0, srv.log()[-3000:]
+    took = time.monotonic() - t0
+    assert 0.8 < took < 5.0, took

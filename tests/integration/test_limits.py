@@ -277,3 +277,80 @@ def test_imap_line_max_setting(ringmail, tmp_path):
         c.search(None, "SUBJECT", '"' + "x" * 12000 + '"')
     assert c.noop()[0] == "OK"
     c.logout()
+
+
+def _imap_until(s, tag):
+    lines = []
+    while True:
+        ln = recv_line(s, timeout=10)
+        assert ln, f"EOF before {tag!r}: {lines[-3:]}"
+        if ln.startswith(tag + b" "):
+            return lines, ln
+        lines.append(ln)
+
+
+def test_imap_literal_max_setting(ringmail, tmp_path):
+    """[limits] imap_literal_max: literal bytes per command outside APPEND
+    (64 KiB by default). At the limit a literal is taken (`+`), one byte
+    more gets BAD [TOOBIG] without `+` (a non-synchronising one: its data
+    dropped, then BAD), counted over all of a command's literals, before
+    and after login; the session goes on."""
+    srv = _server_with_alice(ringmail, tmp_path, "[limits]\nimap_literal_max = 2000\n")
+    s = srv.connect(143, timeout=30)
+    assert recv_line(s).startswith(b"* OK")
+    s.sendall(b"a LOGIN alice@example.com {2001}\r\n")
+    assert recv_line(s) == b"a BAD [TOOBIG] Literal too large\r\n"
+    s.sendall(b"b LOGIN alice@example.com {14}\r\n")
+    assert recv_line(s).startswith(b"+ ")
+    s.sendall(b"alice-Secret-1\r\n")
+    assert _imap_until(s, b"b")[1].startswith(b"b OK")
+    s.sendall(b"c SELECT INBOX\r\n")
+    assert _imap_until(s, b"c")[1].startswith(b"c OK")
+
+    s.sendall(b"d SEARCH TEXT {2000}\r\n")
+    assert recv_line(s).startswith(b"+ ")
+    s.sendall(b"x" * 2000 + b"\r\n")
+    lines, t = _imap_until(s, b"d")
+    assert t.startswith(b"d OK"), t
+    assert lines == [b"* SEARCH\r\n"], lines
+
+    s.sendall(b"e SEARCH TEXT {2001}\r\n")
+    assert recv_line(s) == b"e BAD [TOOBIG] Literal too large\r\n"
+    # 1000 + 1001 bytes in one command: the second literal is refused
+    s.sendall(b"f SEARCH TEXT {1000}\r\n")
+    assert recv_line(s).startswith(b"+ ")
+    s.sendall(b"y" * 1000 + b" TEXT {1001}\r\n")
+    assert recv_line(s) == b"f BAD [TOOBIG] Literal too large\r\n"
+    s.sendall(b"g SEARCH TEXT {2001+}\r\n" + b"z" * 2001 + b"\r\n")
+    assert recv_line(s) == b"g BAD [TOOBIG] Literal too large\r\n"
+    s.sendall(b"h NOOP\r\n")
+    assert _imap_until(s, b"h")[1].startswith(b"h OK")
+
+
+def test_pop3_line_max_setting(ringmail, tmp_path):
+    """[limits] pop3_line_max: the command line, CRLF included (255 by
+    default, RFC 2449). Lowered to 128: 128 octets are taken, 129 get
+    -ERR Line too long, before and after login; PASS (pass phrases) and
+    AUTH stay exempt; the session goes on."""
+    srv = _server_with_alice(ringmail, tmp_path,
+                             "[limits]\npop3_line_max = 128\nauth_delay = 10ms\n"
+                             "auth_delay_max = 20ms\n")
+    s = srv.connect(110, timeout=30)
+    assert recv_line(s).startswith(b"+OK")
+    s.sendall(b"USER " + b"u" * 122 + b"\r\n")  # 129 octets
+    assert recv_line(s) == b"-ERR Line too long\r\n"
+    s.sendall(b"USER " + b"u" * 121 + b"\r\n")  # 128
+    assert recv_line(s) == b"+OK\r\n"
+    s.sendall(b"PASS " + b"p" * 300 + b"\r\n")
+    assert recv_line(s, timeout=30) == b"-ERR [AUTH] Authentication failed\r\n"
+    s.sendall(b"USER alice@example.com\r\nPASS alice-Secret-1\r\n")
+    assert recv_line(s) == b"+OK\r\n"
+    assert recv_line(s, timeout=30).startswith(b"+OK")
+    s.sendall(b"NOOP" + b" " * 122 + b"\r\n")  # 128
+    assert recv_line(s) == b"+OK\r\n"
+    s.sendall(b"NOOP" + b" " * 123 + b"\r\n")  # 129
+    assert recv_line(s) == b"-ERR Line too long\r\n"
+    s.sendall(b"STAT\r\n")
+    assert recv_line(s).startswith(b"+OK 0 ")
+    s.sendall(b"QUIT\r\n")
+    assert recv_line(s).startswith(b"+OK")

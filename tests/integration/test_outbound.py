@@ -41,16 +41,33 @@ def free_udp_port():
     raise RuntimeError("no free UDP port")
 
 
+class DNS(str):
+    """The resolver's "127.0.0.1:PORT" (what --dns and [outbound] dns take),
+    with the path of dnsmasq's log (--log-queries: one line per query, in
+    the order they came)."""
+
+    def queries(self, since=0):
+        """[(type, name)] of the queries logged after offset since."""
+        text = Path(self.log).read_text(errors="replace")[since:]
+        return re.findall(r"query\[(\w+)\] (\S+) from", text)
+
+    def mark(self):
+        return len(Path(self.log).read_text(errors="replace"))
+
+
 @pytest.fixture(scope="module")
 def dns(tmp_path_factory):
     """dnsmasq serving remote.example (MX -> 127.0.0.1), nullmx.example
-    (RFC 7505 null MX) and nomx.example (only an A record). A port taken
-    between free_udp_port() and dnsmasq's bind makes it exit: another port
-    is tried."""
+    (RFC 7505 null MX), nomx.example (only an A record), pref.example (MX 3
+    -> a host without address, MX 5 -> 127.0.0.2 where nothing listens,
+    MX 10 -> 127.0.0.1; listed out of order) and v6.example (MX -> a host
+    with only an AAAA record, ::1). A port taken between free_udp_port()
+    and dnsmasq's bind makes it exit: another port is tried."""
     d = tmp_path_factory.mktemp("dns")
     for attempt in range(5):
         port = free_udp_port()
-        log = open(d / f"dnsmasq-{attempt}.log", "w")
+        log_path = d / f"dnsmasq-{attempt}.log"
+        log = open(log_path, "w")
         proc = subprocess.Popen(
             ["dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1",
              "--bind-interfaces", "--no-resolv", "--no-hosts", "--user=root",
@@ -60,7 +77,15 @@ def dns(tmp_path_factory):
              "--mx-host=nullmx.example,.,0",
              "--host-record=nullmx.example,127.0.0.1",
              "--host-record=nomx.example,127.0.0.1",
+             "--mx-host=pref.example,mx10.pref.example,10",
+             "--mx-host=pref.example,mx3.pref.example,3",
+             "--mx-host=pref.example,mx5.pref.example,5",
+             "--host-record=mx10.pref.example,127.0.0.1",
+             "--host-record=mx5.pref.example,127.0.0.2",
+             "--mx-host=v6.example,mx6.v6.example,10",
+             "--host-record=mx6.v6.example,::1",
              "--local=/remote.example/", "--local=/nullmx.example/", "--local=/nomx.example/",
+             "--local=/pref.example/", "--local=/v6.example/",
              "--log-queries"],
             stdout=log, stderr=subprocess.STDOUT)
         time.sleep(0.5)
@@ -68,7 +93,9 @@ def dns(tmp_path_factory):
             break
     else:
         pytest.fail("dnsmasq did not start: " + (d / "dnsmasq-4.log").read_text())
-    yield f"127.0.0.1:{port}"
+    server = DNS(f"127.0.0.1:{port}")
+    server.log = str(log_path)
+    yield server
     proc.terminate()
     proc.wait(5)
 
@@ -153,6 +180,13 @@ def test_remote_rcpt_delivered_byte_exact(pair):
     # Two Received: fields (the remote's, then ours), then the bytes as sent.
     assert m.count(b"Received: ") >= 2, m[:600]
     assert m.index(b"by mx.remote.example (ringmail)") < m.index(b"by mail.example.com (ringmail)")
+    # Opportunistic STARTTLS to the MX: the remote's Received field (the
+    # first one) says the message came in over TLS, unauthenticated.
+    theirs = RX_RECEIVED.match(m).group(0).split(b"\r\nReceived: ")[0]
+    assert b"by mx.remote.example (ringmail) with ESMTPS\r\n" in theirs, theirs
+    assert re.search(rb"\(version=TLSv1\.[23] cipher=\S+\)", theirs), theirs
+    assert re.search(r"event=outbound-tls host=mx\.remote\.example version=TLSv1\.[23] ",
+                     sender.log()), sender.log()[-3000:]
     body = strip_all_received(m)
     if body.startswith(b"DKIM-Signature:"):
         body = re.sub(rb"\ADKIM-Signature: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n", b"", body)
@@ -226,6 +260,28 @@ def test_dkim_key_taken_at_sighup(pair, dns, tmp_path):
         got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
         assert len(got) == 1
         assert verify(got[0], records), got[0][:1200]
+    finally:
+        sender.stop()
+
+
+def test_command_line_dns_and_mx_port_survive_sighup(pair, dns, tmp_path):
+    """--dns and --mx-port on the command line, not in the file: after
+    SIGHUP they are still in force (mx_port is read per delivery), so mail
+    for remote.example still reaches its MX on the shifted port."""
+    _, remote = pair
+    sender = Server(tmp_path / "sender", users={ALICE: ALICE_PW}, aliases="",
+                    extra_config="[outbound]\nretry_min = 1s\nretry_max = 2s\ntimeout = 10s\n")
+    sender.args = ["--dns", dns, "--mx-port", str(remote.port(25))]
+    sender.start()
+    try:
+        mark = sender.log_mark()
+        sender.proc.send_signal(signal.SIGHUP)
+        assert sender.wait_log(r"loop=0 event=reloaded ", mark, timeout=10), sender.log()[mark:]
+        tok = token()
+        submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
+        assert len(got) == 1, sender.log()[mark:][-3000:]
+        assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
     finally:
         sender.stop()
 
@@ -353,27 +409,67 @@ def test_down_mx_retried_across_restart(tmp_path, dns):
 
 
 def test_kill9_during_delivery_loses_nothing(tmp_path, dns):
-    """Messages submitted, the sender killed with SIGKILL while it
-    delivers, restarted: every message arrives at least once."""
+    """Ten messages of 256 KB are delivered; the remote MX is then frozen
+    (SIGSTOP: its kernel still takes connections and bytes, it answers
+    nothing) and ten more are submitted: the sender's deliveries of those
+    are on the wire, unanswered, when it is killed with SIGKILL. Their
+    queue files are all there, and only theirs. The remote thaws, the
+    sender restarts: every message arrives at least once, counted by
+    Message-ID (at-least-once: the remote may still take a copy sent
+    before the kill), and each of the first ten exactly once."""
     remote = make_remote(tmp_path / "remote")
     remote.start()
     sender = make_sender(tmp_path / "sender", dns, remote.port(25))
     sender.start()
-    toks = []
-    try:
-        for i in range(20):
-            tok = token()
-            toks.append(tok)
-            submit(sender, BOB, message(tok, body=(b"x" * 70 + b"\r\n") * 300, frm=ALICE, to=BOB))
-        sender.proc.kill()
-        sender.proc.wait()
-        conftest.Server.start(sender)
+    first, second = [token() for _ in range(10)], [token() for _ in range(10)]
+    body = (b"x" * 70 + b"\r\n") * 3600
 
-        def all_there():
-            msgs = remote.messages(BOB, strict=False)
-            return all(find(msgs, t.encode()) for t in toks)
-        assert wait_for(all_there, 60), sender.log()[-3000:]
+    def copies():
+        msgs = remote.messages(BOB, strict=False)
+        ids = [re.search(rb"^Message-ID: <(tok[0-9a-f]+)@test\.example>\r$", m, re.M)
+               for m in msgs]
+        return [i.group(1).decode() for i in ids if i]
+
+    def submit_all(toks):
+        with smtplib.SMTP_SSL("localhost", sender.port(465), timeout=30,
+                              context=sender.ssl_context()) as c:
+            c.login(ALICE, ALICE_PW)
+            for tok in toks:
+                assert not c.sendmail(ALICE, [BOB], message(tok, body=body, frm=ALICE, to=BOB))
+    try:
+        submit_all(first)
+        assert wait_for(lambda: set(first) <= set(copies()), 30), sender.log()[-3000:]
+        assert wait_for(lambda: not queue_files(sender), 10)
+        mark = sender.log_mark()
+        remote.proc.send_signal(signal.SIGSTOP)
+        try:
+            submit_all(second)
+            # Deliveries started (MX lookup, connect or data sent), none done.
+            assert wait_for(lambda: len(re.findall(r"event=outbound-attempt ",
+                                                   sender.log()[mark:])) >= 3, 15), \
+                sender.log()[mark:]
+            time.sleep(0.5)
+            sender.proc.kill()
+            sender.proc.wait()
+        finally:
+            remote.proc.send_signal(signal.SIGCONT)
+        log = sender.log()[mark:]
+        qdir = Path(sender.data_dir) / "queue"
+        left = {t for f in qdir.glob("*.msg") for t in first + second if t.encode() in f.read_bytes()}
+        left_ids = {f.name[:-4] for f in qdir.glob("*.msg")}
+        on_the_wire = set(re.findall(r"event=outbound-attempt id=(\w+) ", log))
+        assert "event=outbound-done" not in log and "event=outbound-sent" not in log, log
+        assert left == set(second), (len(left), log)
+        assert len(on_the_wire) >= 3 and on_the_wire <= left_ids, (on_the_wire, left_ids)
+        conftest.Server.start(sender)
+        assert wait_for(lambda: set(first + second) <= set(copies()), 60), sender.log()[-3000:]
         assert wait_for(lambda: not queue_files(sender), 20)
+        time.sleep(1)  # a late copy would be in by now
+        got = copies()
+        for t in first:
+            assert got.count(t) == 1, (t, got.count(t))  # done before the kill: never again
+        for t in second:
+            assert 1 <= got.count(t) <= 2, (t, got.count(t))
     finally:
         stop_any_exit(remote)
         stop_any_exit(sender)
@@ -613,6 +709,11 @@ class BrokenMX:
                     pass
 
     def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept(): see FakeMX.close
+        except OSError:
+            pass
+        self.thread.join(5)
         self.sock.close()
 
 
@@ -996,3 +1097,555 @@ def test_dsn_success_relayed_to_a_host_without_dsn(tmp_path, dns):
         finally:
             mx.close()
             stop_any_exit(sender)
+
+
+# ---- flags, queue commands, backoff and expiry ------------------------------
+
+def outbound_log(sender, event, qid=None):
+    """The sender's log lines of event (for queue id qid)."""
+    return [l for l in sender.log().splitlines() if f"event={event} " in l + " " and
+            (qid is None or f" id={qid} " in l + " ")]
+
+
+def log_time(line):
+    """Seconds since the epoch of a log line (2026-11-27T00:46:20.101Z ...)."""
+    import datetime
+    t = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def queued_id(sender, timeout=15):
+    """The queue id of the one message the sender attempted."""
+    got = wait_for(lambda: outbound_log(sender, "outbound-attempt"), timeout)
+    assert got, sender.log()[-3000:]
+    return re.search(r" id=(\w+) ", got[0]).group(1)
+
+
+def test_serve_dns_and_mx_port_flags(tmp_path, dns):
+    """`serve --dns HOST:PORT --mx-port N` and no dns/mx_port in [outbound]:
+    the lookups go to dnsmasq and the connection to port N (the defaults,
+    resolv.conf and 25, would reach neither)."""
+    remote = make_remote(tmp_path / "remote")
+    remote.start()
+    conf = "[outbound]\nretry_min = 1s\nretry_max = 2s\ntimeout = 10s\n"
+    sender = Server(tmp_path / "sender", users={ALICE: ALICE_PW}, aliases="", extra_config=conf)
+    assert "dns =" not in Path(sender.config_path).read_text()
+    assert "mx_port" not in Path(sender.config_path).read_text()
+    sender.args = ["--dns", str(dns), "--mx-port", str(remote.port(25))]
+    mark = dns.mark()
+    sender.start()
+    try:
+        assert sender.wait_log(rf'outbound-ready .*dns="{re.escape(str(dns))}" '
+                               rf"mx_port={remote.port(25)} ", timeout=10), sender.log()[-2000:]
+        tok = token()
+        msg = message(tok, frm=ALICE, to=BOB)
+        submit(sender, BOB, msg)
+        got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 20)
+        assert len(got) == 1, sender.log()[-3000:]
+        assert strip_all_received(got[0]) == msg
+        assert ("MX", "remote.example") in dns.queries(mark)
+        assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+    finally:
+        stop_any_exit(remote)
+        stop_any_exit(sender)
+
+
+QUEUE_LINE = re.compile(r"^(?P<id>[0-9a-f]+) <(?P<from>[^>]*)> -> <(?P<to>[^>]*)> size=(?P<size>\d+) "
+                        r"state=(?P<state>\w+) attempts=(?P<attempts>\d+) "
+                        r"next=(?P<next>\S+) last=\"(?P<last>[^\"]*)\"$")
+
+
+def queue_list(sender):
+    r = conftest.run_cli("queue", "list", "--data", sender.data_dir)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    return [QUEUE_LINE.match(l).groupdict() for l in lines[:-1]], lines[-1]
+
+
+def test_queue_list_cli(tmp_path, dns):
+    """One line per recipient: the id the log names, the sender, the
+    recipient, the size of the queued message, its state, the attempts so
+    far, the next attempt and the last reply; then the count."""
+    dead = conftest.free_port_offset() + 25  # nothing listens there
+    conf = (f"[outbound]\ndns = {dns}\nmx_port = {dead}\nretry_min = 1h\nretry_max = 2h\n"
+            f"timeout = 10s\n")
+    sender = Server(tmp_path / "sender", users={ALICE: ALICE_PW}, aliases="", extra_config=conf)
+    sender.start()
+    try:
+        carol = "carol@remote.example"
+        tok = token()
+        msg = message(tok, frm=ALICE, to=BOB)
+        submit(sender, [BOB, carol], msg)
+        qid = queued_id(sender)
+        assert wait_for(lambda: len(outbound_log(sender, "outbound-deferred", qid)) == 2, 15), \
+            sender.log()[-3000:]
+        rows, total = queue_list(sender)
+        assert total == "1 message queued", total
+        assert [r["to"] for r in rows] == [BOB, carol], rows
+        size = (Path(sender.data_dir) / "queue" / f"{qid}.msg").stat().st_size
+        for r in rows:
+            assert r["id"] == qid and r["from"] == ALICE, r
+            assert r["state"] == "pending" and r["attempts"] == "1", r
+            # our Received field, then the message: the queued size
+            assert len(msg) < int(r["size"]) < size, (r, len(msg), size)
+            assert "cannot connect to mx.remote.example: Connection refused" in r["last"], r
+            nxt = time.mktime(time.strptime(r["next"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+            assert 3500 < nxt - time.time() <= 3600, r  # retry_min = 1h
+    finally:
+        stop_any_exit(sender)
+
+
+def test_queue_delete(tmp_path, dns):
+    """`ringmail queue delete ID` with a down MX: the message's files go,
+    the server logs outbound-deleted and retries it no more; an id that is
+    not queued, or not an id, exits non-zero and says so."""
+    dead = conftest.free_port_offset() + 25
+    sender = make_sender(tmp_path / "sender", dns, dead)  # retries every 1-2 s
+    sender.start()
+    try:
+        tok_keep, tok_del = token(), token()
+        submit(sender, BOB, message(tok_del, frm=ALICE, to=BOB))
+        qid = queued_id(sender)
+        submit(sender, BOB, message(tok_keep, frm=ALICE, to=BOB))
+        assert wait_for(lambda: len(outbound_log(sender, "outbound-deferred", qid)) >= 2, 15), \
+            sender.log()[-3000:]
+        assert len(queue_files(sender)) == 2
+        r = conftest.run_cli("queue", "delete", qid, "--data", sender.data_dir)
+        assert r.returncode == 0, r.stderr
+        assert f"{qid}.msg" not in queue_files(sender)
+        assert not list((Path(sender.data_dir) / "queue").glob(f"{qid}.*"))
+        assert sender.wait_log(rf"event=outbound-deleted id={qid}\n", timeout=5), \
+            sender.log()[-2000:]
+        deleted_at = sender.log_mark()
+        n_other = len(outbound_log(sender, "outbound-deferred"))
+        # Retries go on for the other message (retry_max 2 s), never for it.
+        assert wait_for(lambda: len(outbound_log(sender, "outbound-deferred")) >= n_other + 2, 15)
+        after = sender.log()[deleted_at:]
+        assert f"id={qid} " not in after, after
+        assert not list((Path(sender.data_dir) / "queue").glob(f"{qid}.*"))
+        rows, total = queue_list(sender)
+        assert total == "1 message queued" and qid not in {r["id"] for r in rows}, rows
+        # Errors: not queued (any more), not an id.
+        r = conftest.run_cli("queue", "delete", qid, "--data", sender.data_dir)
+        assert r.returncode == 1, r
+        assert r.stderr == (f"ringmail: queue delete: no queued message with id {qid} in "
+                            f"{sender.data_dir}/queue (see ringmail queue list)\n"), r.stderr
+        for bad in ("../passwd", "ABC", ""):
+            r = conftest.run_cli("queue", "delete", bad, "--data", sender.data_dir)
+            assert r.returncode != 0, (bad, r)
+            assert "not a queue id" in r.stderr or "usage:" in r.stderr, (bad, r.stderr)
+        assert (Path(sender.data_dir) / "passwd").exists()
+    finally:
+        stop_any_exit(sender)
+
+
+def test_queue_delete_while_on_the_wire(tmp_path, dns):
+    """`queue delete` while a delivery of the message is in progress (an MX
+    that accepts and says nothing): when that connection then fails, the
+    outcome is dropped: no outbound-deferred, no state file written back."""
+    mx = FakeMX(hold=True)
+    sender = make_sender(tmp_path / "sender", dns, mx.port)
+    sender.start()
+    try:
+        submit(sender, BOB, message(token(), frm=ALICE, to=BOB))
+        qid = queued_id(sender)
+        assert wait_for(lambda: mx.accepted >= 1, 10)
+        r = conftest.run_cli("queue", "delete", qid, "--data", sender.data_dir)
+        assert r.returncode == 0, r.stderr
+        assert sender.wait_log(rf"event=outbound-deleted id={qid}\n", timeout=5)
+        mark = sender.log_mark()
+        mx.release.set()  # the MX closes without a greeting
+        assert wait_for(lambda: mx.closed >= 1, 10)
+        time.sleep(2.5)  # retry_min 1 s: a retry would have happened
+        after = sender.log()[mark:]
+        assert f"id={qid} " not in after, after
+        assert mx.accepted == 1
+        assert not list((Path(sender.data_dir) / "queue").glob(f"{qid}.*"))
+    finally:
+        mx.close()
+        stop_any_exit(sender)
+
+
+def test_backoff_doubles_up_to_retry_max(tmp_path, dns):
+    """A down MX: the waits logged are retry_min, then doubled each attempt
+    up to retry_max, and the attempts really are that far apart."""
+    dead = conftest.free_port_offset() + 25
+    conf = (f"[outbound]\ndns = {dns}\nmx_port = {dead}\nretry_min = 500ms\nretry_max = 2s\n"
+            f"timeout = 10s\n")
+    sender = Server(tmp_path / "sender", users={ALICE: ALICE_PW}, aliases="", extra_config=conf)
+    sender.start()
+    try:
+        submit(sender, BOB, message(token(), frm=ALICE, to=BOB))
+        qid = queued_id(sender)
+        assert wait_for(lambda: len(outbound_log(sender, "outbound-deferred", qid)) >= 5, 20), \
+            sender.log()[-3000:]
+        deferred = outbound_log(sender, "outbound-deferred", qid)[:5]
+        waits = [int(re.search(r" retry_in=(\d+)ms ", l).group(1)) for l in deferred]
+        assert waits == [500, 1000, 2000, 2000, 2000], deferred
+        assert [re.search(r" attempts=(\d+) ", l).group(1) for l in deferred] == \
+            ["1", "2", "3", "4", "5"], deferred
+        attempts = outbound_log(sender, "outbound-attempt", qid)
+        for k in range(4):
+            gap = log_time(attempts[k + 1]) - log_time(deferred[k])
+            # the runner's tick is 250 ms: never early, at most a tick or so late
+            assert waits[k] / 1000 <= gap + 0.002 < waits[k] / 1000 + 0.6, (k, gap, waits)
+    finally:
+        stop_any_exit(sender)
+
+
+def test_expired_message_bounces_once(tmp_path, dns):
+    """expire = 3s and a down MX: after the attempt that finds the message
+    older than that, the recipient fails with "expired after N attempts"
+    (N as logged), exactly one DSN reaches the sender's INBOX, and the
+    queue is empty."""
+    dead = conftest.free_port_offset() + 25
+    sender = make_sender(tmp_path / "sender", dns, dead, "expire = 3s\n")
+    sender.start()
+    try:
+        tok = token()
+        submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+        qid = queued_id(sender)
+        got = wait_for(lambda: bounces_of(sender, tok), 20)
+        assert len(got) == 1, sender.log()[-3000:]
+        n = len(outbound_log(sender, "outbound-attempt", qid))
+        assert n >= 2 and len(outbound_log(sender, "outbound-deferred", qid)) == n - 1
+        failed = outbound_log(sender, "outbound-failed", qid)
+        assert len(failed) == 1 and f'reply="expired after {n} attempts; last: cannot connect' \
+            in failed[0], failed
+        b = got[0]
+        assert f"expired after {n} attempts".encode() in b, b
+        f = dsn_fields(b)[BOB]
+        assert f[b"Action"] == b"failed", f
+        assert f[b"Status"] == b"4.4.7", f  # RFC 3463: delivery time expired
+        assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+        time.sleep(2)
+        assert len(bounces_of(sender, tok)) == 1
+        assert len(outbound_log(sender, "outbound-attempt", qid)) == n
+    finally:
+        stop_any_exit(sender)
+
+
+# ---- a scriptable fake MX ----------------------------------------------------
+
+class FakeMX:
+    """An MX on 127.0.0.1 that serves each connection in its own thread
+    and records what it got and when.
+
+    ehlo: the EHLO keywords it offers. greet_delay: seconds before the
+    220 (a slow MX holding connections). mail_delay: seconds before the
+    reply to MAIL; what the client sent meanwhile is recorded in
+    conn["before_mail_reply"] (read without blocking once the delay is
+    over). hold: accept, say nothing, and close once `release` is set.
+    Counters: accepted, closed, active and max_active (simultaneous
+    connections); messages: the data of every transaction answered 250."""
+
+    def __init__(self, ehlo=(b"8BITMIME",), greet_delay=0.0, mail_delay=0.0, hold=False):
+        import threading
+        self.ehlo, self.greet_delay, self.mail_delay, self.hold = \
+            list(ehlo), greet_delay, mail_delay, hold
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.accepted = self.closed = self.active = self.max_active = 0
+        self.conns, self.messages = [], []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        conn = {"events": [], "before_mail_reply": None}
+        self.conns.append(conn)
+        buf = bytearray()
+
+        def readline():
+            while b"\n" not in buf:
+                chunk = c.recv(65536)
+                if not chunk:
+                    return b""
+                conn["events"].append((time.monotonic(), "recv", chunk))
+                buf.extend(chunk)
+            i = buf.index(b"\n") + 1
+            line = bytes(buf[:i])
+            del buf[:i]
+            return line
+
+        def reply(b):
+            conn["events"].append((time.monotonic(), "send", b))
+            c.sendall(b)
+        try:
+            c.settimeout(30)
+            if self.hold:
+                self.release.wait(30)
+                return
+            time.sleep(self.greet_delay)
+            reply(b"220 fake.example ESMTP\r\n")
+            while True:
+                line = readline()
+                if not line:
+                    return
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    ext = b"".join(b"250-" + e + b"\r\n" for e in self.ehlo)
+                    reply(b"250-fake.example\r\n" + ext + b"250 HELP\r\n")
+                elif verb == b"MAIL":
+                    if self.mail_delay:
+                        time.sleep(self.mail_delay)
+                        c.setblocking(False)
+                        try:
+                            while True:
+                                chunk = c.recv(65536)
+                                if not chunk:
+                                    break
+                                conn["events"].append((time.monotonic(), "recv", chunk))
+                                buf.extend(chunk)
+                        except BlockingIOError:
+                            pass
+                        c.settimeout(30)
+                        conn["before_mail_reply"] = bytes(buf)
+                    reply(b"250 2.1.0 ok\r\n")
+                elif verb == b"RCPT":
+                    reply(b"250 2.1.5 ok\r\n")
+                elif verb == b"DATA":
+                    reply(b"354 go on\r\n")
+                    data = bytearray()
+                    while True:
+                        l = readline()
+                        if l in (b".\r\n", b""):
+                            break
+                        data.extend(l[1:] if l.startswith(b".") else l)
+                    self.messages.append(bytes(data))
+                    reply(b"250 2.0.0 taken\r\n")
+                elif verb == b"QUIT":
+                    reply(b"221 bye\r\n")
+                    return
+                elif verb == b"RSET" or verb == b"NOOP":
+                    reply(b"250 ok\r\n")
+                else:
+                    reply(b"502 5.5.2 no\r\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+            with self.lock:
+                self.active -= 1
+                self.closed += 1
+
+    def close(self):
+        """Stops listening. A close() alone would not: the thread blocked
+        in accept() keeps the socket listening (Linux), and the next
+        FakeMX could get the same port and share its connections."""
+        self.release.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        except OSError:
+            pass
+        self.acceptor.join(5)
+        self.sock.close()
+
+
+def first_recv_time(conn, needle):
+    """When the first chunk holding needle arrived on conn (monotonic)."""
+    seen = b""
+    for t, kind, data in conn["events"]:
+        if kind == "recv":
+            seen += data
+            if needle in seen:
+                return t
+    return None
+
+
+def reply_time(conn, prefix):
+    return next(t for t, kind, data in conn["events"] if kind == "send" and data.startswith(prefix))
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_pipelining(tmp_path, dns, pipelining):
+    """An MX that takes a second to answer MAIL. With PIPELINING offered,
+    both RCPTs and DATA were already there before that reply (RFC 2920: the
+    client does not wait); without it, nothing came before the reply, and
+    each RCPT came only after the reply to the command before it."""
+    ehlo = (b"8BITMIME", b"PIPELINING") if pipelining else (b"8BITMIME",)
+    mx = FakeMX(ehlo=ehlo, mail_delay=1.0)
+    sender = make_sender(tmp_path / "sender", dns, mx.port)
+    sender.start()
+    try:
+        carol = "carol@remote.example"
+        tok = token()
+        submit(sender, [BOB, carol], message(tok, frm=ALICE, to=BOB))
+        assert wait_for(lambda: len(outbound_log(sender, "outbound-sent")) == 2, 20), \
+            sender.log()[-3000:]
+        assert len(mx.messages) == 1 and tok.encode() in mx.messages[0]
+        conn = mx.conns[0]
+        early = conn["before_mail_reply"]
+        if pipelining:
+            assert early == (f"RCPT TO:<{BOB}>\r\nRCPT TO:<{carol}>\r\nDATA\r\n").encode(), early
+            # MAIL, the RCPTs and DATA in one send: one chunk on loopback
+            chunk = next(d for _, k, d in conn["events"] if k == "recv" and b"MAIL FROM" in d)
+            assert chunk.startswith(b"MAIL FROM:") and chunk.endswith(b"DATA\r\n"), chunk
+        else:
+            assert early == b"", early
+            mail_ok = reply_time(conn, b"250 2.1.0")
+            rcpt1 = first_recv_time(conn, f"RCPT TO:<{BOB}>".encode())
+            rcpt2 = first_recv_time(conn, f"RCPT TO:<{carol}>".encode())
+            data = first_recv_time(conn, b"DATA\r\n")
+            rcpt1_ok = [t for t, k, d in conn["events"] if k == "send" and
+                        d.startswith(b"250 2.1.5")][0]
+            assert mail_ok < rcpt1 < rcpt1_ok < rcpt2 < data, conn["events"]
+    finally:
+        mx.close()
+        stop_any_exit(sender)
+
+
+def test_max_per_domain_limits_simultaneous_connections(tmp_path, dns):
+    """max_per_domain = 2 and an MX that takes 1.5 s to greet: five
+    messages submitted at once never have more than two connections open
+    at the MX at the same time (and do use two), and all five arrive."""
+    mx = FakeMX(greet_delay=1.5)
+    sender = make_sender(tmp_path / "sender", dns, mx.port, "max_per_domain = 2\n")
+    sender.start()
+    try:
+        toks = [token() for _ in range(5)]
+        for tok in toks:
+            submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+
+        def all_there():
+            return all(any(t.encode() in m for m in mx.messages) for t in toks)
+        assert wait_for(all_there, 40), (mx.messages, sender.log()[-3000:])
+        assert mx.max_active == 2, mx.max_active
+        assert all(sum(t.encode() in m for m in mx.messages) == 1 for t in toks)
+        assert wait_for(lambda: not queue_files(sender), 10), queue_files(sender)
+    finally:
+        mx.close()
+        stop_any_exit(sender)
+
+
+def test_plaintext_mx_quit_after_idle(tmp_path, dns):
+    """A plaintext MX (no STARTTLS): after the transaction the connection
+    idles for connection_idle, then QUIT, 221 and the close are handled (a
+    221 used to free the job while its reply was still being parsed)."""
+    mx = FakeMX()
+    sender = make_sender(tmp_path / "sender", dns, mx.port, "connection_idle = 1s\n")
+    sender.start()
+    try:
+        tok = token()
+        submit(sender, BOB, message(tok, frm=ALICE, to=BOB))
+        assert wait_for(lambda: mx.closed == 1, 15), sender.log()[-3000:]
+        conn = mx.conns[0]
+        assert conn["events"][-1][2] == b"221 bye\r\n", conn["events"][-3:]
+        assert len(mx.messages) == 1 and tok.encode() in mx.messages[0]
+        assert sender.alive()
+        # The runner still works: the next message opens a new connection.
+        tok2 = token()
+        submit(sender, BOB, message(tok2, frm=ALICE, to=BOB))
+        assert wait_for(lambda: len(mx.messages) == 2, 15), sender.log()[-3000:]
+        assert mx.accepted == 2
+    finally:
+        mx.close()
+        stop_any_exit(sender)
+
+
+# ---- MX preference and IPv6 ---------------------------------------------------
+
+def has_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def make_remote_on_loopback(base, domains, users, v6):
+    """A ringmail MX for domains listening on 127.0.0.1 (and ::1 when v6)
+    only: 127.0.0.2 at the same port refuses."""
+    s = Server(base, users=users, aliases="")
+    rows = "[listener smtp4]\naddress = 127.0.0.1\nport = 25\nprotocol = smtp\n" \
+           "security = plain\nrole = mx\n"
+    if v6:
+        rows += "[listener smtp6]\naddress = ::1\nport = 25\nprotocol = smtp\n" \
+                "security = plain\nrole = mx\n"
+    cfg = Path(s.config_path).read_text()
+    cfg = cfg.replace("domains = example.com", "domains = " + ", ".join(domains))
+    cfg = cfg.replace("hostname = mail.example.com", "hostname = mx.elsewhere.example")
+    Path(s.config_path).write_text(cfg + "\n" + rows)
+    s.ports = s._configured_ports()
+    assert s.ports == ((25, 25) if v6 else (25,)), s.ports
+    return s
+
+
+def test_mx_preference_order(tmp_path, dns):
+    """pref.example has MX 3 (no address), MX 5 (127.0.0.2: refused) and
+    MX 10 (127.0.0.1: the live MX), listed out of order: they are tried
+    3, 5, 10, and the message arrives through MX 10."""
+    rcpt = "bob@pref.example"
+    remote = make_remote_on_loopback(tmp_path / "remote", ["pref.example"], {rcpt: BOB_PW},
+                                     v6=False)
+    remote.start()
+    sender = make_sender(tmp_path / "sender", dns, remote.port(25))
+    sender.start()
+    try:
+        mark = dns.mark()
+        tok = token()
+        submit(sender, rcpt, message(tok, frm=ALICE, to=rcpt))
+        got = wait_for(lambda: find(remote.messages(rcpt), tok.encode()), 20)
+        assert len(got) == 1, sender.log()[-3000:]
+        failed = outbound_log(sender, "outbound-host-failed")
+        assert len(failed) == 2, failed
+        assert "host=mx3.pref.example addr= " in failed[0] and "no such host" in failed[0]
+        assert "host=mx5.pref.example addr=127.0.0.2 " in failed[1], failed
+        assert "Connection refused" in failed[1], failed
+        sent = outbound_log(sender, "outbound-sent")
+        assert len(sent) == 1 and "host=mx10.pref.example " in sent[0], sent
+        # The resolver saw the same order: the MX, then each host's address.
+        order = []
+        for typ, name in dns.queries(mark):
+            if name not in order:
+                order.append(name)
+        assert order == ["pref.example", "mx3.pref.example", "mx5.pref.example",
+                         "mx10.pref.example"], dns.queries(mark)
+    finally:
+        stop_any_exit(remote)
+        stop_any_exit(sender)
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1)")
+def test_aaaa_only_mx_over_ipv6(tmp_path, dns):
+    """v6.example's MX host has only an AAAA record (::1): the message goes
+    over IPv6; the remote, listening on ::1 too, logs the peer ::1."""
+    rcpt = "bob@v6.example"
+    remote = make_remote_on_loopback(tmp_path / "remote", ["v6.example"], {rcpt: BOB_PW},
+                                     v6=True)
+    remote.start()
+    sender = make_sender(tmp_path / "sender", dns, remote.port(25))
+    sender.start()
+    try:
+        mark = remote.log_mark()
+        tok = token()
+        msg = message(tok, frm=ALICE, to=rcpt)
+        submit(sender, rcpt, msg)
+        got = wait_for(lambda: find(remote.messages(rcpt), tok.encode()), 20)
+        assert len(got) == 1, sender.log()[-3000:]
+        assert strip_all_received(got[0]) == msg
+        conns = [l for l in remote.log()[mark:].splitlines() if "event=connect " in l]
+        assert len(conns) == 1 and conns[0].endswith("listener=smtp6 peer=::1"), conns
+        assert b"from mail.example.com ([::1])" in got[0], got[0][:400]
+        assert not outbound_log(sender, "outbound-host-failed")
+    finally:
+        stop_any_exit(remote)
+        stop_any_exit(sender)

@@ -382,6 +382,40 @@ def test_uidl_stable_across_sessions_and_new_mail(pop3srv):
     p.quit()
 
 
+def test_uidl_stable_across_compaction(pop3srv):
+    """Expunged space is reclaimed by the server on its own (small segments
+    and threshold here); the messages that stay keep their UIDL and bytes,
+    also after a restart."""
+    srv = pop3srv(config="[server]\nsegment_max = 8k\ncompact_after = 16k\n")
+    bodies = [(f"message {i}\r\n".encode() + (b"x" * 78 + b"\r\n") * 25) for i in range(30)]
+    sent = [deliver(srv, "alice@example.com", b) for b in bodies]
+    inbox = os.path.join(srv.data_dir, "mail", "alice@example.com", "f0")
+    segs_before = sorted(f for f in os.listdir(inbox) if f.startswith("s"))
+    assert len(segs_before) >= 4, segs_before  # the bytes rolled over several files
+    p = pop(srv)
+    uidl = [l.split()[1] for l in p.uidl()[1]]
+    assert len(uidl) == 30
+    for n in range(1, 25):
+        p.dele(n)
+    p.quit()
+    deadline = time.monotonic() + 10
+    while "event=store-compacted" not in srv.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "event=store-compacted" in srv.log(), srv.log()[-3000:]
+    segs_after = sorted(f for f in os.listdir(inbox) if f.startswith("s"))
+    assert "s1" not in segs_after and len(segs_after) < len(segs_before), (segs_before,
+                                                                           segs_after)
+    for restart in (False, True):
+        if restart:
+            srv.stop()
+            srv.start()
+        p = pop(srv)
+        assert [l.split()[1] for l in p.uidl()[1]] == uidl[24:]
+        for n in range(1, 7):
+            assert retr_bytes(p, n).endswith(sent[23 + n]), n
+        p.quit()
+
+
 def test_snapshot_new_mail_not_seen_until_next_login(pop3srv):
     srv = pop3srv()
     deliver(srv, "alice@example.com", b"one\r\n")
@@ -456,6 +490,168 @@ def test_dot_stuffing(pop3srv):
     assert c.cmd("TOP 1 2").startswith(b"+OK")
     top = c.multi()
     assert top.endswith(b"\r\n\r\n..starts with a dot\r\n...two dots\r\n"), top
+
+
+def imap_append_raw(srv, msg, user="alice@example.com"):
+    """APPENDs msg to INBOX over a raw IMAP connection, as it is (imaplib
+    would turn bare LFs into CRLF)."""
+    s = srv.connect(143, timeout=10)
+    assert recv_line(s).startswith(b"* OK")
+    s.sendall(f'a LOGIN "{user}" "{USERS[user]}"\r\n'.encode())
+    while not (ln := recv_line(s)).startswith(b"a "):
+        pass
+    assert ln.startswith(b"a OK"), ln
+    s.sendall(b"b APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
+    while not (ln := recv_line(s)).startswith(b"b "):
+        pass
+    assert ln.startswith(b"b OK"), ln
+    s.sendall(b"c LOGOUT\r\n")
+
+
+def test_bare_lf_message_goes_out_with_crlf(pop3srv):
+    """A message appended over IMAP with bare LF line ends (and a bare CR)
+    is sent by RETR and TOP with CRLF line ends, dot-stuffed after a bare
+    LF too, and terminated by CRLF "." CRLF: curl and poplib read it."""
+    srv = pop3srv()
+    msg = b"Subject: lf\n\nline1\n.\nline3\rstill3\nlast"
+    imap_append_raw(srv, msg)
+    c = Raw(srv)
+    c.login()
+    # LIST gives the stored size (the exception README documents): RETR
+    # then sends one more octet per bare LF
+    assert c.cmd("LIST 1") == b"+OK 1 %d\r\n" % len(msg)
+    assert c.cmd("RETR 1").startswith(b"+OK")
+    raw = c.multi()
+    assert raw == b"Subject: lf\r\n\r\nline1\r\n..\r\nline3\rstill3\r\nlast\r\n", raw
+    assert c.cmd("TOP 1 1").startswith(b"+OK")
+    assert c.multi() == b"Subject: lf\r\n\r\nline1\r\n"
+    assert c.cmd("QUIT").startswith(b"+OK")
+    p = pop(srv)
+    assert p.retr(1)[1] == [b"Subject: lf", b"", b"line1", b".", b"line3\rstill3", b"last"]
+    p.quit()
+    if shutil.which("curl"):
+        url = f"pop3://127.0.0.1:{srv.port(110)}/1"
+        r = subprocess.run(["curl", "-sS", "-m", "20", "-u",
+                            f"alice@example.com:{USERS['alice@example.com']}", url],
+                           capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b"Subject: lf\r\n\r\nline1\r\n.\r\nline3\rstill3\r\nlast\r\n"
+    # IMAP still returns the bytes as they were appended
+    import imaplib
+    m = imaplib.IMAP4(HOST, srv.port(143), timeout=10)
+    m.login("alice@example.com", USERS["alice@example.com"])
+    m.select("INBOX")
+    typ, data = m.fetch("1", "(BODY.PEEK[])")
+    assert data[0][1] == msg
+    m.logout()
+
+
+def test_autologout_after_login(pop3srv):
+    """pop3_autologout disconnects a logged-in client that says nothing
+    (and deletes nothing it marked); one that keeps talking stays."""
+    srv = pop3srv(config="[limits]\npop3_autologout = 2s\n")
+    deliver(srv, "alice@example.com", b"keep me\r\n")
+    idle = Raw(srv)
+    idle.login()
+    assert idle.cmd("DELE 1").startswith(b"+OK")
+    busy = Raw(srv, source="127.0.0.2")
+    busy.login("bob@example.com")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3.5:
+        assert busy.cmd("NOOP").startswith(b"+OK")
+        time.sleep(0.5)
+    assert idle.line(timeout=3).startswith(b"-ERR"), "a goodbye line"
+    assert 1.5 < time.monotonic() - t0 < 6
+    expect_eof(idle.sock, timeout=3)
+    assert busy.cmd("STAT").startswith(b"+OK")
+    assert busy.cmd("QUIT").startswith(b"+OK")
+    p = pop(srv)
+    assert p.stat()[0] == 1, "an autologout must not run the UPDATE state"
+    p.quit()
+
+
+def test_imap_and_pop3_see_each_others_changes(pop3srv):
+    """What POP3 deleted is gone for IMAP (a selected session hears
+    EXPUNGE); what IMAP expunged is gone for the next POP3 session; while
+    POP3 holds the maildrop, IMAP logs in, appends and expunges, and SMTP
+    delivers; a RETR of a message IMAP expunged meanwhile is a clean -ERR."""
+    import imaplib
+    srv = pop3srv()
+    for i in range(5):
+        deliver(srv, "alice@example.com", f"msg {i}\r\n".encode(), subject=f"m{i}")
+    m = imaplib.IMAP4(HOST, srv.port(143), timeout=10)
+    m.login("alice@example.com", USERS["alice@example.com"])
+    assert m.select("INBOX")[1] == [b"5"]
+
+    # POP3 deletes 1 and 2: gone for IMAP, the selected session is told
+    p = pop(srv)
+    p.dele(1)
+    p.dele(2)
+    p.quit()
+    typ, _ = m.noop()
+    untagged = m.untagged_responses
+    assert untagged.get("EXPUNGE"), untagged
+    typ, data = m.search(None, "ALL")
+    assert data == [b"1 2 3"], data
+    typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = [d[1].strip() for d in data if isinstance(d, tuple)]
+    assert subjects == [b"Subject: m2", b"Subject: m3", b"Subject: m4"], subjects
+
+    # IMAP expunges m2: gone for the next POP3 session
+    m.store("1", "+FLAGS", "\\Deleted")
+    m.expunge()
+    p = pop(srv)
+    assert p.stat()[0] == 2
+    assert retr_bytes(p, 1).endswith(b"msg 3\r\n")
+
+    # POP3 holds the lock: IMAP and SMTP go on
+    m2 = imaplib.IMAP4(HOST, srv.port(143), timeout=10)
+    m2.login("alice@example.com", USERS["alice@example.com"])
+    m2.select("INBOX")
+    assert m2.append("INBOX", None, None, b"Subject: appended\r\n\r\nx\r\n")[0] == "OK"
+    deliver(srv, "alice@example.com", b"delivered during pop3\r\n", subject="m5")
+    # IMAP expunges what POP3 still lists as 2 (msg 4)
+    typ, data = m2.search(None, "HEADER", "SUBJECT", "m4")
+    m2.store(data[0].decode(), "+FLAGS", "\\Deleted")
+    m2.expunge()
+    c_resp = None
+    try:
+        p.retr(2)
+    except poplib.error_proto as e:
+        c_resp = e.args[0]
+    assert c_resp is not None and c_resp.startswith(b"-ERR"), c_resp
+    assert p.noop().startswith(b"+OK")  # the session goes on
+    assert p.stat()[0] == 2  # its maildrop is the one it logged in to
+    p.quit()
+    p = pop(srv)
+    assert p.stat()[0] == 3  # msg 3, appended, delivered
+    p.quit()
+    m2.logout()
+    m.logout()
+
+
+def test_quit_is_durable_before_its_ok(pop3srv):
+    """+OK to QUIT after DELE means the deletions are on disk: a SIGKILL
+    right after it loses nothing and brings nothing back."""
+    srv = pop3srv()
+    sent = [deliver(srv, "alice@example.com", f"body {i}\r\n".encode()) for i in range(6)]
+    c = Raw(srv)
+    c.login()
+    for n in (1, 3, 5):
+        assert c.cmd(f"DELE {n}").startswith(b"+OK")
+    r = c.cmd("QUIT")
+    assert r.startswith(b"+OK"), r
+    srv.proc.kill()
+    srv.proc.wait()
+    srv.expect_exit = None
+    srv.start()
+    srv.expect_exit = 0
+    p = pop(srv)
+    assert p.stat()[0] == 3
+    got = [retr_bytes(p, n) for n in (1, 2, 3)]
+    for g, want in zip(got, (sent[1], sent[3], sent[5])):
+        assert g.endswith(want), (g, want)
+    p.quit()
 
 
 def test_message_without_final_crlf_gets_one(pop3srv):
@@ -599,15 +795,17 @@ def test_fetchmail_downloads_and_deletes(pop3srv, tmp_path):
     srv = pop3srv()
     bodies = [b"plain text\r\n", b".leading dot\r\n..two\r\n.\r\nlast\r\n",
               (b"y" * 998 + b"\r\n") * 300]
-    for b in bodies:
-        deliver(srv, "alice@example.com", b)
+    sent = [deliver(srv, "alice@example.com", b, subject=f"fm{i}") for i, b in enumerate(bodies)]
     p = pop(srv)
     want = [retr_bytes(p, i + 1) for i in range(len(bodies))]
     p.quit()
-    out = tmp_path / "out"
-    out.mkdir()
+    # One local file: the MDA appends each message after a separator line
+    # that cannot occur in them.
+    box = tmp_path / "mailbox"
+    sep = b"=== fetchmail message ===\n"
     mda = tmp_path / "mda.sh"
-    mda.write_text(f'#!/bin/sh\nn=$(ls {out} | wc -l)\ncat > {out}/msg.$n\n')
+    mda.write_text(f"#!/bin/sh\nprintf '%s\\n' '{sep.decode().strip()}' >> {box}\n"
+                   f"cat >> {box}\n")
     mda.chmod(0o755)
     rc = tmp_path / "fetchmailrc"
     rc.write_text(
@@ -622,10 +820,20 @@ def test_fetchmail_downloads_and_deletes(pop3srv, tmp_path):
     r = subprocess.run(["fetchmail", "-f", str(rc), "--nodetach", "--invisible", "-v"],
                        capture_output=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
-    got = [(out / f"msg.{i}").read_bytes() for i in range(len(bodies))]
-    # fetchmail hands the MDA LF line ends (stripcr): byte for byte otherwise
-    for g, w in zip(got, want):
+    data = box.read_bytes()
+    assert data.startswith(sep)
+    got = data[len(sep):].split(sep)
+    assert len(got) == len(bodies)
+    # fetchmail hands the MDA LF line ends (stripcr); otherwise each message
+    # is, byte for byte, the server's Received: field followed by exactly
+    # what the SMTP client sent.
+    for g, w, orig in zip(got, want, sent):
         assert g == w.replace(b"\r\n", b"\n")
+        lf = orig.replace(b"\r\n", b"\n")
+        assert g.endswith(lf), (g[:200], lf[:200])
+        head = g[:len(g) - len(lf)]
+        assert head.startswith(b"Received: "), head
+        assert all(l.startswith((b"Received: ", b" ", b"\t")) for l in head.splitlines()), head
     # and they are gone from the server
     p = pop(srv)
     assert p.stat() == (0, 0)

@@ -72,8 +72,10 @@ def _stuck_client(srv, flood_bytes=3_000_000):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     s.connect(("127.0.0.1", srv.port(25)))
     srv._socks.append(s)
-    # EHLO first: it grants PIPELINING, without which a flood of commands
-    # is an early talker and is cut at once.
+    # The greeting, then EHLO: it grants PIPELINING. A client that talks
+    # before the greeting, or floods commands without PIPELINING, is an
+    # early talker and is cut at once.
+    assert recv_line(s).startswith(b"220 ")
     s.sendall(b"EHLO stuck.example\r\n")
     time.sleep(0.2)
     s.setblocking(False)

@@ -8,12 +8,14 @@ Run one: meson test -C build smtp --test-args '-k test_bdat'  (or pytest
 directly: RINGMAIL_BIN=build/app/ringmail pytest tests/integration/test_smtp.py -k bdat).
 """
 import base64
+import re
 import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +88,48 @@ def smtp(srv, port, **kw):
 
 def smtps(srv):
     return smtplib.SMTP_SSL("localhost", srv.port(465), timeout=30, context=srv.ssl_context())
+
+
+# ---- the defaults ------------------------------------------------------------
+
+# Issue 5's limits and RFC 5321 4.5.3's values: what `check-config` prints
+# for the embedded default, and what docs/config.md promises.
+SMTP_DEFAULTS = {
+    "message_size_max": ("52428800", "50m"),       # 50 MiB
+    "recipients_max": ("1000", "1000"),            # 4.5.3.1.8 asks for at least 100
+    "smtp_timeout": ("300000ms", "5m"),            # 4.5.3.2.7
+    "prelogin_timeout": ("60000ms", "60s"),
+    "handshake_timeout": ("10000ms", "10s"),
+    "smtp_command_line_max": ("512", "512"),       # 4.5.3.1.4
+    "smtp_line_max": ("1000", "1000"),             # 4.5.3.1.6
+    "smtp_greet_pause": ("0ms", "0"),
+    "header_size_max": ("1048576", "1m"),
+    "max_hops": ("50", "50"),
+    "max_bad_commands": ("10", "10"),
+    "max_connections_per_ip": ("200", "200"),
+    "smtp_bare_lf": ("reject", "reject"),
+}
+
+
+def test_smtp_defaults_in_check_config_and_docs(tmp_path):
+    from conftest import run_cli
+    r = run_cli("check-config")
+    assert r.returncode == 0, r.stderr
+    limits = r.stdout.split("[limits]\n", 1)[1].split("\n\n", 1)[0]
+    got = dict(line.split(" = ", 1) for line in limits.splitlines())
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
+    for key, (printed, documented) in SMTP_DEFAULTS.items():
+        assert got.get(key) == printed, (key, got.get(key))
+        m = re.search(rf"^\| `{key}` \| `([^`]*)` \|", doc, re.M)
+        assert m and m.group(1) == documented, (key, m and m.group(1))
+    # and the server says so: SIZE in EHLO is the default message_size_max
+    srv = Server(tmp_path / "defaults", limits={})
+    srv.start()
+    try:
+        with Raw(srv, 25) as r:
+            assert "SIZE 52428800" in r.ehlo().split("\n")
+    finally:
+        assert srv.stop() == 0
 
 
 # ---- EHLO and STARTTLS on the MX ports -----------------------------------
@@ -780,6 +824,113 @@ def test_rset_and_noop_and_vrfy(srv):
         assert code == 252
         assert r.cmd("QUIT")[0] == 221
         assert r.closed()
+
+
+def test_help_214(srv):
+    with Raw(srv, 25) as r:
+        r.ehlo()
+        for line in ("HELP", "HELP MAIL"):
+            code, text = r.cmd(line)
+            assert code == 214 and text.startswith("2.0.0 Commands: HELO EHLO MAIL RCPT DATA"), \
+                (line, code, text)
+        assert r.cmd("NOOP")[0] == 250
+
+
+def test_expn_502(srv):
+    """No EXPN (issue 5): 502 for a list, a user and an unknown address
+    alike, naming nobody; the session goes on."""
+    with Raw(srv, 25) as r:
+        r.ehlo()
+        for arg in ("team@example.com", ALICE, "nobody@example.com", "team"):
+            code, text = r.cmd(f"EXPN {arg}")
+            assert (code, text) == (502, "5.5.1 Error: EXPN not available"), (arg, code, text)
+        assert r.cmd("NOOP")[0] == 250
+
+
+def test_vrfy_discloses_nothing(srv):
+    """VRFY (RFC 5321 3.5.3, issue 5: 252, no address disclosure): the
+    same reply for a user, an alias, an unknown local address and a remote
+    one, on an MX port and after AUTH on submission."""
+    want = (252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+    args = (ALICE, "team@example.com", "nobody@example.com", "alice", "x@remote.example")
+    with Raw(srv, 25) as r:
+        r.ehlo()
+        for arg in args:
+            assert r.cmd(f"VRFY {arg}") == want, arg
+    s = smtps(srv)
+    try:
+        s.login(ALICE, PASSWORDS[ALICE])
+        for arg in args:
+            code, text = s.verify(arg)
+            assert (code, text.decode()) == want, arg
+    finally:
+        s.quit()
+
+
+def test_25_after_auth_sender_must_be_owned(srv):
+    """Port 25 after AUTH is submission as on 587 (issue 5): a MAIL FROM
+    that is neither the user nor one of its aliases gets 553 5.7.1."""
+    tok = token()
+    s = smtp(srv, 25)
+    try:
+        s.ehlo("client.example")
+        s.login(ALICE, PASSWORDS[ALICE])
+        for frm in (BOB, "someone@remote.example", "team@remote.example"):
+            code, text = s.docmd("MAIL", f"FROM:<{frm}>")
+            assert (code, text) == (553, b"5.7.1 Error: sender address not owned by the "
+                                         b"authenticated user"), (frm, code, text)
+        code, _ = s.docmd("MAIL", "FROM:<sales@example.com>")  # alias of alice
+        assert code == 250
+        assert s.rset()[0] == 250
+        msg = message(tok, frm=ALICE, to=CAROL)
+        assert s.sendmail(ALICE, [CAROL], msg) == {}
+    finally:
+        s.quit()
+    hdr, _ = delivered_once(srv, CAROL, tok, msg)
+    assert b"with ESMTPA" in hdr and b"(authenticated as alice@example.com)" in hdr, hdr
+    # without AUTH port 25 takes any sender (server-to-server)
+    with Raw(srv, 25) as r:
+        r.ehlo()
+        assert r.cmd(f"MAIL FROM:<{BOB}>")[0] == 250
+
+
+def _cipher_key(name):
+    """wolfSSL ("TLS13-AES128-GCM-SHA256") and OpenSSL ("TLS_AES_128_GCM_SHA256",
+    "ECDHE-ECDSA-AES128-GCM-SHA256") names of one suite, made comparable."""
+    for p in ("TLS13-", "TLS_"):
+        if name.startswith(p):
+            name = name[len(p):]
+    return name.replace("_", "").replace("-", "").upper()
+
+
+@pytest.mark.parametrize("version", ["TLSv1.3", "TLSv1.2"])
+def test_received_names_helo_and_tls(srv, version):
+    """The Received: field of a STARTTLS delivery names the HELO name given
+    after the upgrade, the peer, ESMTPS, and the TLS version and cipher the
+    client negotiated (RFC 8314 7.4)."""
+    tok = token()
+    msg = message(tok, to=BOB)
+    ctx = srv.ssl_context()
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version.replace(".", "_"))
+    s = smtp(srv, 2525)
+    try:
+        s.ehlo("before-tls.example")
+        s.starttls(context=ctx)
+        s.ehlo("mta.sender.example")
+        got_version, got_cipher = s.sock.version(), s.sock.cipher()[0]
+        assert s.sendmail("x@remote.example", [BOB], msg) == {}
+    finally:
+        s.quit()
+    assert got_version == version
+    hdr, _ = delivered_once(srv, BOB, tok, msg)
+    text = hdr.decode()
+    assert text.startswith("Received: from mta.sender.example ([127.0.0.1])\r\n"
+                           "\tby mail.example.com (ringmail) with ESMTPS\r\n"), text
+    assert "before-tls.example" not in text
+    m = re.search(r"\(version=(\S+) cipher=(\S+)\)", text)
+    assert m, text
+    assert m.group(1) == version, text
+    assert _cipher_key(m.group(2)) == _cipher_key(got_cipher), (m.group(2), got_cipher)
 
 
 def test_parallel_deliveries_to_the_same_mailboxes(srv):

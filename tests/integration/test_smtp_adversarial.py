@@ -1,21 +1,28 @@
 """SMTP under hostile input, against the real binary over real sockets
 (issue 5): SMTP smuggling with every bare CR/LF end-of-data variant under
 both smtp_bare_lf policies, the limits of [limits] (line length, message and
-header size, hops, bad commands, timeouts, connections per IP), HTTP and
-early talkers, STARTTLS command injection, and a store that fails.
+header size, hops, command line length, bad commands, timeouts on silence
+and a slow but steady upload, connections per IP), HTTP, early talkers
+(before the greeting, and during smtp_greet_pause), control characters in
+arguments, STARTTLS command injection, a store that fails, a SIGKILL in the
+middle of deliveries, and the memory a 20 MiB DATA takes.
 
 Each limit is checked on both sides where it matters: the reply, and that
 nothing reached any mailbox.
 """
+import base64
 import os
+import signal
+import smtplib
 import socket
 import ssl
+import threading
 import time
 
 import pytest
 
-from smtp_helpers import (Closed, Raw, Server, dot_stuff, find, message, mount_tmpfs,
-                          strip_received, token, umount)
+from smtp_helpers import (PASSWORDS, Closed, Raw, Server, dot_stuff, find, message,
+                          mount_tmpfs, pop3_read_all, strip_received, token, umount)
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
@@ -209,9 +216,17 @@ def test_rejected_messages_do_not_break_the_mailbox(lim):
 
 # ---- line and size limits ----------------------------------------------------------
 
+# A RCPT over 512 octets: a DSN ORCPT near RFC 3461's 500 characters.
+LONG_RCPT = f"RCPT TO:<{ALICE}> NOTIFY=NEVER ORCPT=rfc822;" + "a" * 470 + "@example.com"
+
+
 def test_long_command_line(lim):
     r = ready(lim)
     with r:
+        assert r.cmd("MAIL FROM:<x@remote.example>")[0] == 250
+        code, text = r.cmd(LONG_RCPT)  # smtp_command_line_max is 512 by default
+        assert code == 500 and text.startswith("5.5.6"), (code, text)
+        assert r.cmd("RSET")[0] == 250
         code, text = r.cmd("NOOP " + "x" * 595)  # 600 bytes + CRLF
         assert code == 500 and text.startswith("5.5.6"), (code, text)
         in_sync(r)
@@ -222,6 +237,34 @@ def test_long_command_line(lim):
         line = "NOOP " + "y" * (512 - 2 - 5)
         assert len(line) + 2 == 512
         assert r.cmd(line)[0] == 250
+
+
+def test_smtp_command_line_max_setting(tmp_path):
+    """[limits] smtp_command_line_max raises the command line limit (RFC
+    5321's 512 octets is the minimum): a line of exactly the limit, CRLF
+    included, is a command; one octet more gets 500 5.5.6 and the session
+    goes on. A real use: a RCPT whose DSN ORCPT makes it longer than 512."""
+    srv = Server(tmp_path / "cmdmax", limits=dict(LIMITS, smtp_command_line_max=2048))
+    srv.start()
+    try:
+        tok = token()
+        r = ready(srv)
+        with r:
+            line = "NOOP " + "y" * (2048 - 2 - 5)
+            assert r.cmd(line) == (250, "2.0.0 Ok")
+            code, text = r.cmd(line + "y")
+            assert code == 500 and text.startswith("5.5.6"), (code, text)
+            in_sync(r)
+            assert r.cmd("MAIL FROM:<x@remote.example>")[0] == 250
+            assert 512 < len(LONG_RCPT) + 2 < 2048
+            code, text = r.cmd(LONG_RCPT)
+            assert code == 250, (code, text)
+            assert r.cmd("DATA")[0] == 354
+            r.send(dot_stuff(message(tok)))
+            assert r.reply(timeout=30)[0] == 250
+        assert len(find(srv.messages(ALICE), tok.encode())) == 1
+    finally:
+        assert srv.stop() == 0, srv.log()[-3000:]
 
 
 def test_very_long_command_line_in_pieces(lim):
@@ -407,7 +450,9 @@ def test_max_bad_commands(fresh):
     b"GET / HTTP/1.1\r\nHost: mail.example.com\r\n\r\n",   # more lines behind it
     b"GET / HTTP/1.1\r\n",                                   # the request line alone
     b"GET /" + b"a" * 700 + b" HTTP/1.1\r\n",                  # an over-long one
-], ids=["with-headers", "line-only", "long-line"])
+    b"CONNECT mail.example.com:25 HTTP/1.1\r\nHost: mail.example.com:25\r\n\r\n",  # a proxy
+    b"HEAD / HTTP/1.0\r\n\r\n",
+], ids=["with-headers", "line-only", "long-line", "connect", "head"])
 def test_http_request_closes_at_once(fresh, request_bytes):
     lim = fresh
     r = Raw(lim, 25)
@@ -449,21 +494,266 @@ def test_pipelining_before_ehlo(fresh):
         assert 250 not in codes[1:], replies  # the MAIL was not executed
 
 
-def test_early_talker_before_greeting(lim):
-    """A client that talks before the greeting: the first line it sends
-    with a second behind it is an early talker too."""
-    s = socket.create_connection(("127.0.0.1", lim.port(25)), timeout=5)
+class frozen:
+    """Stops every thread of the server (SIGSTOP, waited for until the
+    kernel reports each one stopped) for the duration of the block: a
+    client connecting and writing meanwhile is accepted by the kernel
+    alone, so its bytes are in the socket before the server has written
+    anything to it."""
+
+    def __init__(self, srv):
+        self.pid = srv.proc.pid
+
+    def _all_stopped(self):
+        for t in os.listdir(f"/proc/{self.pid}/task"):
+            with open(f"/proc/{self.pid}/task/{t}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if state not in ("T", "t"):
+                return False
+        return True
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not self._all_stopped():
+            assert time.monotonic() < deadline, "the server did not stop"
+            time.sleep(0.005)
+        return self
+
+    def __exit__(self, *a):
+        os.kill(self.pid, signal.SIGCONT)
+
+
+def _read_all(sock, timeout=3):
+    """Everything the server sends until it closes (or timeout)."""
+    data = b""
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     try:
-        s.sendall(b"EHLO x\r\n")  # may arrive before or after the greeting: allowed
-        data = b""
-        s.settimeout(3)
-        while b"250 " not in data:
-            chunk = s.recv(4096)
-            assert chunk, data
+        while time.monotonic() < deadline:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return data, True
             data += chunk
-        assert data.startswith(b"220 "), data
+    except (ConnectionResetError, BrokenPipeError):
+        return data, True
+    except socket.timeout:
+        pass
+    return data, False
+
+
+@pytest.mark.parametrize("port", [25, 587])
+def test_early_talker_before_greeting(fresh, port):
+    """Issue 5: a client that talks before the greeting was written is an
+    early talker (a spam engine that does not wait for the server): 554
+    and the close, even for a whole transaction sent at once, and nothing
+    is delivered."""
+    tok = token()
+    before = fresh.total()
+    mark = fresh.log_mark()
+    with frozen(fresh):
+        s = socket.create_connection(("127.0.0.1", fresh.port(port)), timeout=5)
+        s.sendall(f"EHLO early.example\r\nMAIL FROM:<x@remote.example>\r\n"
+                  f"RCPT TO:<{ALICE}>\r\nDATA\r\n".encode()
+                  + dot_stuff(message(tok)))
+        time.sleep(0.1)  # the bytes reach the server's socket
+    try:
+        data, closed = _read_all(s)
     finally:
         s.close()
+    assert data == (b"220 mail.example.com ESMTP ringmail\r\n"
+                    b"554 5.5.1 mail.example.com Error: protocol error: talked before the "
+                    b"greeting\r\n"), data
+    assert closed, "still open after the 554"
+    m = fresh.wait_log(r"event=smtp-early-talker peer=127\.0\.0\.1 when=pregreet bytes=\d+",
+                       mark)
+    assert m, fresh.log()[mark:]
+    assert fresh.total() == before
+    # the server serves the next (patient) client
+    with ready(fresh) as r:
+        assert r.cmd("NOOP")[0] == 250
+
+
+def test_http_before_greeting_closes_silently(fresh):
+    """An HTTP request that beats the greeting is closed as HTTP always is:
+    no SMTP reply past the greeting (nothing for a browser to reflect)."""
+    with frozen(fresh):
+        s = socket.create_connection(("127.0.0.1", fresh.port(25)), timeout=5)
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nQUIT\n")
+        time.sleep(0.1)
+    try:
+        data, closed = _read_all(s)
+    finally:
+        s.close()
+    assert data == b"220 mail.example.com ESMTP ringmail\r\n", data
+    assert closed
+
+
+def test_clients_that_wait_are_never_early_talkers(fresh):
+    """Without smtp_greet_pause, a client that answers the greeting the
+    moment it arrives (plain and implicit TLS, 8 at a time) is served:
+    the greeting counts as written once its send completed, before any
+    answer to it can be read."""
+    from concurrent.futures import ThreadPoolExecutor
+    ctx = fresh.ssl_context()
+
+    def one(i):
+        codes = []
+        for _ in range(25):
+            port = 465 if i % 4 == 0 else 25
+            s = socket.create_connection(("127.0.0.1", fresh.port(port)), timeout=10)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if port == 465:
+                s = ctx.wrap_socket(s, server_hostname="localhost")
+            buf = b""
+            try:
+                while b"\r\n" not in buf:
+                    chunk = s.recv(4096)
+                    assert chunk, buf
+                    buf += chunk
+                s.sendall(b"EHLO fast.example\r\n")
+                while b"\r\n250 " not in buf:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+            finally:
+                s.close()
+            codes.append(buf.split(b"\r\n")[1][:3])
+        return codes
+
+    with ThreadPoolExecutor(8) as ex:
+        codes = [c for cs in ex.map(one, range(8)) for c in cs]
+    assert codes == [b"250"] * 200, codes
+    assert "smtp-early-talker" not in fresh.log()
+
+
+@pytest.fixture(scope="module")
+def pause(tmp_path_factory):
+    s = _server(tmp_path_factory, "pause", limits={"smtp_greet_pause": "500ms"})
+    yield s
+    assert s.stop() == 0, s.log()[-3000:]
+
+
+def test_greet_pause_early_talker(pause):
+    """smtp_greet_pause: "220-", the pause, "220 ". A command before the
+    last line is early talk: 554, the close, logged."""
+    mark = pause.log_mark()
+    r = Raw(pause, 25, greet=False)
+    with r:
+        assert r.line() == b"220-mail.example.com ESMTP ringmail"
+        r.send(b"EHLO hasty.example\r\n")
+        code, text = r.reply(timeout=3)
+        assert (code, text) == (554, "5.5.1 mail.example.com Error: protocol error: talked "
+                                     "before the greeting"), (code, text)
+        assert r.closed()
+    assert pause.wait_log(r"event=smtp-early-talker peer=127\.0\.0\.1 when=greet-pause bytes=20",
+                          mark)
+
+
+def test_greet_pause_partial_line_is_early_talk(pause):
+    """Not even half a command may come before the last greeting line."""
+    r = Raw(pause, 2525, greet=False)
+    with r:
+        assert r.line() == b"220-mail.example.com ESMTP ringmail"
+        r.send(b"EH")
+        code, _ = r.reply(timeout=3)
+        assert code == 554
+        assert r.closed()
+
+
+@pytest.mark.parametrize("port", [25, 587, 465])
+def test_greet_pause_real_clients_wait(pause, port):
+    """smtplib waits for the last line of the greeting (RFC 5321 4.2.1):
+    with the pause on it is served normally on every kind of port (plain,
+    STARTTLS + AUTH, implicit TLS + AUTH), after the pause."""
+    tok = token()
+    msg = message(tok, frm=ALICE)
+    t0 = time.monotonic()
+    if port == 465:
+        s = smtplib.SMTP_SSL("localhost", pause.port(465), timeout=10,
+                             context=pause.ssl_context())
+    else:
+        s = smtplib.SMTP("localhost", pause.port(port), timeout=10)
+    waited = time.monotonic() - t0
+    try:
+        code, text = s.ehlo("patient.example")
+        assert code == 250, (code, text)
+        if port == 587:
+            s.starttls(context=pause.ssl_context())
+            s.ehlo("patient.example")
+        if port != 25:
+            s.login(ALICE, PASSWORDS[ALICE])
+        assert s.sendmail(ALICE, [BOB], msg) == {}
+    finally:
+        s.quit()
+    assert waited >= 0.45, f"greeted after {waited:.3f}s, before the 500 ms pause"
+    assert len(find(pause.messages(BOB), tok.encode())) == 1
+
+
+def test_greet_pause_greeting_lines(pause):
+    """The greeting is one RFC 5321 multi-line 220 reply."""
+    r = Raw(pause, 25, greet=False)
+    with r:
+        t0 = time.monotonic()
+        assert r.line() == b"220-mail.example.com ESMTP ringmail"
+        first = time.monotonic() - t0
+        assert r.line(timeout=3) == b"220 mail.example.com ESMTP ringmail"
+        second = time.monotonic() - t0
+        assert first < 0.3 and second >= 0.45, (first, second)
+        r.ehlo()
+        assert r.cmd("QUIT")[0] == 221
+
+
+# A control character inside an argument: a 5xx for the command, and the
+# session goes on (the next good command is served). NUL and CR are refused
+# as a line (500 5.5.2, smuggling hygiene); TAB by the argument's grammar
+# (501: RFC 5321 4.1.2 has no TAB in a Domain or a Mailbox).
+CTRL_CASES = [
+    (b"HELO a\tb.example", 501, "5.5.4"),
+    (b"HELO a\rb.example", 500, "5.5.2"),
+    (b"HELO a\x00b.example", 500, "5.5.2"),
+    (b"EHLO a\tb.example", 501, "5.5.4"),
+    (b"EHLO a\rb.example", 500, "5.5.2"),
+    (b"EHLO a\x00b.example", 500, "5.5.2"),
+    (b"MAIL FROM:<a\tb@remote.example>", 501, "5.1.7"),
+    (b"MAIL FROM:<ab@remote\t.example>", 501, "5.1.7"),
+    (b"MAIL FROM:<a\rb@remote.example>", 500, "5.5.2"),
+    (b"MAIL FROM:<a\x00b@remote.example>", 500, "5.5.2"),
+    (b"RCPT TO:<al\tice@example.com>", 501, "5.1.3"),
+    (b"RCPT TO:<alice@exam\tple.com>", 501, "5.1.3"),
+    (b"RCPT TO:<al\rice@example.com>", 500, "5.5.2"),
+    (b"RCPT TO:<al\x00ice@example.com>", 500, "5.5.2"),
+]
+
+
+@pytest.mark.parametrize("line,want,enh", CTRL_CASES,
+                         ids=[c[0].split(b" ")[0].decode() + "-" + ("TAB" if b"\t" in c[0] else
+                              "CR" if b"\r" in c[0] else "NUL") + str(i)
+                              for i, c in enumerate(CTRL_CASES)])
+def test_control_characters_in_arguments(lim, line, want, enh):
+    tok = token()
+    r = ready(lim)
+    with r:
+        verb = line.split(b" ")[0]
+        if verb == b"RCPT":
+            assert r.cmd("MAIL FROM:<x@remote.example>")[0] == 250
+        code, text = r.cmd(line)
+        assert (code, text.split(" ")[0]) == (want, enh), (line, code, text)
+        assert r.nothing_within(0.3), f"a second reply: {r.buf!r}"
+        # the session goes on, in the state it was in
+        if verb in (b"HELO", b"EHLO"):
+            code, text = r.cmd(verb + b" good.example")
+            assert code == 250, (code, text)
+        if verb in (b"HELO", b"EHLO", b"MAIL"):
+            assert r.cmd("MAIL FROM:<x@remote.example>")[0] == 250
+        code, text = r.cmd(f"RCPT TO:<{ALICE}>")
+        assert code == 250, (code, text)
+        assert r.cmd("DATA")[0] == 354
+        r.send(dot_stuff(message(tok)))
+        code, text = r.reply(timeout=30)
+        assert code == 250, (code, text)
+    assert len(find(lim.messages(ALICE), tok.encode())) == 1
 
 
 def test_nul_in_command(lim):
@@ -646,7 +936,7 @@ def test_starttls_injection_in_a_separate_packet(lim):
 
 # ---- timeouts and connection limits -----------------------------------------------------
 
-def test_prelogin_timeout_after_greeting(tmo):
+def test_timeout_after_greeting(tmo):
     r = Raw(tmo, 25)
     with r:
         assert r.greeting[0] == 220, r.greeting
@@ -687,6 +977,129 @@ def test_activity_keeps_session(tmo):
         for _ in range(6):
             time.sleep(0.5)
             assert r.cmd("NOOP")[0] == 250
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory):
+    """smtp_timeout 2 s, prelogin_timeout 1 s: which one applies where."""
+    s = _server(tmp_path_factory, "slow", limits={"smtp_timeout": "2s",
+                                                   "prelogin_timeout": "1s"})
+    yield s
+    assert s.stop() == 0, s.log()[-3000:]
+
+
+def _trickle(r, data, pieces=10, gap=0.5):
+    """Sends data in `pieces` parts `gap` seconds apart; nothing may come
+    back meanwhile (no timeout, no early reply)."""
+    step = -(-len(data) // pieces)
+    for i in range(0, len(data), step):
+        r.send(data[i:i + step])
+        assert r.nothing_within(gap), f"a reply while the client was sending: {r.buf!r}"
+
+
+def test_slow_steady_data_is_not_cut(slow):
+    """RFC 5321 4.5.3.2: the server times out on silence. A message whose
+    text takes 5 s to arrive, a piece every 0.5 s, with smtp_timeout 2 s:
+    250, and the message is in the mailbox byte-exact."""
+    tok = token()
+    msg = message(tok, body=b"".join(b"slow line %02d\r\n" % i for i in range(20)))
+    r = ready(slow)
+    with r:
+        open_data(r)
+        t0 = time.monotonic()
+        _trickle(r, dot_stuff(msg)[:-3])  # all but ".\r\n"
+        assert time.monotonic() - t0 >= 5.0
+        r.send(b".\r\n")
+        code, text = r.reply(timeout=10)
+        assert code == 250, (code, text)
+    assert strip_received(find(slow.messages(ALICE), tok.encode())[0])[1] == msg
+
+
+def test_slow_steady_bdat_is_not_cut(slow):
+    """The same for a BDAT chunk whose bytes trickle in."""
+    tok = token()
+    msg = message(tok, body=b"".join(b"slow chunk line %02d\r\n" % i for i in range(20)))
+    r = ready(slow)
+    with r:
+        assert r.cmd("MAIL FROM:<x@remote.example>")[0] == 250
+        assert r.cmd(f"RCPT TO:<{ALICE}>")[0] == 250
+        r.send(f"BDAT {len(msg)} LAST\r\n".encode())
+        t0 = time.monotonic()
+        _trickle(r, msg[:-1])
+        assert time.monotonic() - t0 >= 5.0
+        r.send(msg[-1:])  # the chunk's last octet
+        code, text = r.reply(timeout=10)
+        assert code == 250, (code, text)
+    assert strip_received(find(slow.messages(ALICE), tok.encode())[0])[1] == msg
+
+
+def test_silence_inside_data_still_times_out(slow):
+    """Re-arming on every byte does not switch the timer off: once the
+    client stops, 421 comes smtp_timeout after its last byte, and nothing
+    is delivered."""
+    tok = token()
+    before = slow.total()
+    r = ready(slow)
+    with r:
+        open_data(r)
+        _trickle(r, message(tok, body=b"never ends\r\n" * 50), pieces=6)  # 3 s
+        t0 = time.monotonic()
+        code, text = r.reply(timeout=10)
+        took = time.monotonic() - t0
+        assert code == 421 and "4.4.2" in text, (code, text)
+        assert 1.0 <= took <= 3.5, took  # 2 s after the last piece (sent 0.5 s before t0)
+        assert r.closed()
+    assert slow.total() == before
+
+
+@pytest.mark.parametrize("port", [25, 2525])
+def test_mx_waits_smtp_timeout_between_commands(slow, port):
+    """RFC 5321 4.5.3.2.7: an MX row waits smtp_timeout (not the 1 s
+    prelogin_timeout) for a command, from the greeting on."""
+    r = Raw(slow, port)
+    with r:
+        t0 = time.monotonic()
+        assert r.nothing_within(1.5), f"cut before smtp_timeout: {r.buf!r}"
+        code, text = r.reply(timeout=5)
+        took = time.monotonic() - t0
+        assert code == 421 and "4.4.2" in text, (code, text)
+        assert 1.9 <= took <= 3.5, took
+        assert r.closed()
+
+
+@pytest.mark.parametrize("port", [587, 465])
+def test_submission_prelogin_timeout_before_auth(slow, port):
+    """A submission row before AUTH keeps prelogin_timeout (docs/config.md):
+    1 s here, after the greeting and after EHLO alike."""
+    r = Raw(slow, port, tls=(port == 465))
+    with r:
+        t0 = time.monotonic()
+        code, text = r.reply(timeout=5)
+        took = time.monotonic() - t0
+        assert code == 421 and "4.4.2" in text, (code, text)
+        assert 0.9 <= took <= 1.8, took
+    r = Raw(slow, port, tls=(port == 465))
+    with r:
+        r.ehlo()
+        t0 = time.monotonic()
+        code, text = r.reply(timeout=5)
+        assert code == 421, (code, text)
+        assert 0.9 <= time.monotonic() - t0 <= 1.8
+
+
+def test_submission_after_auth_waits_smtp_timeout(slow):
+    """After AUTH a submission client has smtp_timeout between commands."""
+    r = Raw(slow, 465, tls=True)
+    with r:
+        r.ehlo()
+        plain = base64.b64encode(f"\0{ALICE}\0{PASSWORDS[ALICE]}".encode()).decode()
+        assert r.cmd(f"AUTH PLAIN {plain}")[0] == 235
+        assert r.nothing_within(1.5)
+        assert r.cmd("NOOP")[0] == 250
+        t0 = time.monotonic()
+        code, _ = r.reply(timeout=5)
+        assert code == 421
+        assert 1.9 <= time.monotonic() - t0 <= 3.5
 
 
 def _wait_for_220(srv, port=25, timeout=5):
@@ -760,7 +1173,10 @@ def test_store_failure_user_dir_unusable(tmp_path_factory):
             if code == 354:
                 r.send(dot_stuff(message(tok, to="dave@example.com")))
                 code, text = r.reply(timeout=30)
-            assert 400 <= code < 500, (code, text)
+            # what store_error_reply() says for a store error that is not a
+            # quota (issue 5: "Store errors give 451 4.3.0, never 250")
+            assert (code, text) == (451, "4.3.0 Error: local delivery failed, try again later"), \
+                (code, text)
             in_sync(r)
             # another user on the same session works
             msg = message(tok + "b")
@@ -791,7 +1207,9 @@ def test_store_full_disk(tmp_path_factory):
             open_data(r)
             r.send(dot_stuff(msg))
             code, text = r.reply(timeout=60)
-            assert code in (451, 452), (code, text)
+            # ENOSPC is a store error like any other (only a quota is 452 4.2.2)
+            assert (code, text) == (451, "4.3.0 Error: local delivery failed, try again later"), \
+                (code, text)
             in_sync(r)
         assert find(s.all_messages(), tok.encode()) == []
         # new connections are served
@@ -803,3 +1221,147 @@ def test_store_full_disk(tmp_path_factory):
         if s.alive():
             s.stop()
         umount(mail)
+
+
+# ---- durability and memory at the SMTP level ----------------------------------------------
+
+def test_sigkill_mid_stream_loses_no_acknowledged_message(tmp_path):
+    """Issue 5 and DESIGN.md: 250 only once the message is durable. Two
+    clients send back to back (messages of varied sizes, up to 300 kB)
+    while a third sits inside DATA with half a message; the server is
+    SIGKILLed, restarted on the same data dir, and POP3 must return every
+    acknowledged message once, byte-exact, and nothing of the half-sent
+    one. A message sent whose reply was lost may be there or not, but if
+    it is, it is whole."""
+    srv = Server(tmp_path / "kill")
+    srv.start()
+    acked, pending, lock = {}, {}, threading.Lock()
+    stop = threading.Event()
+
+    def sender(port, n):
+        try:
+            r = ready(srv, port)
+        except (Closed, OSError):
+            return
+        with r:
+            i = 0
+            while not stop.is_set():
+                tok = token()
+                size = (i * 7919 + n * 104729) % 300_000
+                body = b"".join(b"%s line %06d\r\n" % (tok.encode(), k)
+                                for k in range(size // 30 + 1))
+                msg = message(tok, body=body, to=BOB)
+                i += 1
+                try:
+                    open_data(r, rcpts=(BOB,))
+                    with lock:
+                        pending[tok] = msg
+                    r.send(dot_stuff(msg))
+                    code, text = r.reply(timeout=30)
+                except (Closed, OSError, AssertionError):
+                    return
+                assert code == 250, (code, text)
+                with lock:
+                    acked[tok] = pending.pop(tok)
+
+    threads = [threading.Thread(target=sender, args=(port, n), daemon=True)
+               for n, port in enumerate((25, 2525))]
+    half_tok = token()
+    half = ready(srv, 26)
+    open_data(half, rcpts=(BOB,))
+    half_msg = message(half_tok, to=BOB, body=b"half of a message\r\n" * 5000)
+    half.send(half_msg[: len(half_msg) // 2])
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(acked) >= 40, f"only {len(acked)} messages acknowledged in 30 s"
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    half.close()
+    srv.close()
+    n_acked = len(acked)
+
+    again = Server(tmp_path / "kill2", data_dir=srv.data, users={}, aliases=None)
+    again.start()
+    try:
+        msgs = pop3_read_all(again, BOB, PASSWORDS[BOB])
+        by_tok = {}
+        for m in msgs:
+            tok = m.split(b"Subject: test ", 1)[1][:19].decode() if b"Subject: test " in m \
+                else None
+            by_tok.setdefault(tok, []).append(m)
+        lost = [t for t in acked if len(by_tok.get(t, [])) != 1]
+        assert not lost, f"{len(lost)} of {n_acked} acknowledged messages lost or doubled"
+        for tok, msg in acked.items():
+            assert strip_received(by_tok[tok][0])[1] == msg, f"{tok} differs"
+        for tok, msg in pending.items():  # sent, reply not seen
+            got = by_tok.get(tok, [])
+            assert len(got) <= 1 and all(strip_received(g)[1] == msg for g in got), tok
+        assert half_tok not in by_tok and not any(half_tok.encode() in m for m in msgs)
+        assert len(msgs) <= n_acked + len(pending)
+        # and the store agrees, every record's CRC checked
+        assert len(again.messages(BOB, strict=True)) == len(msgs)
+    finally:
+        assert again.stop() == 0, again.log()[-3000:]
+
+
+def _status_kb(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def test_20mib_data_streams_without_buffering(tmp_path):
+    """Issue 5: the message streams from the receive buffer into the store,
+    it is not copied whole into memory. During a 20 MiB DATA the server's
+    resident set (its peak, VmHWM, reset just before) grows by far less
+    than the message: under 4 MiB."""
+    srv = Server(tmp_path / "mem", limits={"message_size_max": "30m"}, threads=1)
+    srv.start()
+    try:
+        pid = srv.proc.pid
+        with open(f"/proc/{pid}/maps") as f:
+            if "libasan" in f.read():
+                pytest.skip("AddressSanitizer keeps freed memory in quarantine: VmRSS "
+                            "measures that, not the server")
+        line = b"M" * 998 + b"\r\n"
+        # Warm up with a 10 MiB message: the loop's receive buffer ring
+        # (LOOP_BUF_COUNT x LOOP_BUF_SIZE, 8 MiB, handed out in turn) becomes
+        # resident on first heavy use, as do the allocator's arenas and the
+        # store's append buffer. That is a fixed cost per loop, not per message.
+        r = ready(srv)
+        with r:
+            open_data(r, rcpts=("dave@example.com",))
+            r.send(dot_stuff(message(token(), to="dave@example.com", body=line * 10500)))
+            assert r.reply(timeout=60)[0] == 250
+        tok = token()
+        msg = message(tok, to="dave@example.com", body=line * (20 * 1024 * 1024 // 1000 + 1))
+        r = ready(srv)
+        with r:
+            open_data(r, rcpts=("dave@example.com",))
+            base = _status_kb(pid, "VmRSS")
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")  # VmHWM := VmRSS
+            peak = 0
+            data = dot_stuff(msg)
+            for i in range(0, len(data), 1 << 20):
+                r.send(data[i:i + (1 << 20)])
+                peak = max(peak, _status_kb(pid, "VmRSS"))
+            code, text = r.reply(timeout=120)
+            assert code == 250, (code, text)
+            hwm = _status_kb(pid, "VmHWM")
+        grew = max(peak, hwm) - base
+        # measured: under 100 KiB; the bound leaves room and still catches a
+        # message (or a large part of it) held in memory
+        assert grew < 4 * 1024, f"VmRSS grew by {grew} KiB during a 20 MiB DATA (base {base} KiB)"
+        got = find(srv.messages("dave@example.com"), tok.encode())
+        assert len(got) == 1 and strip_received(got[0])[1] == msg
+    finally:
+        assert srv.stop() == 0, srv.log()[-3000:]

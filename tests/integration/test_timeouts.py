@@ -1,5 +1,9 @@
 """limits.prelogin_timeout: a client that says nothing is disconnected on
-time (never early), while another client on the same server is served."""
+time (never early), while another client on the same server is served.
+
+SMTP's pre-login timeout applies on the submission rows (587 here) before
+AUTH; the MX rows wait smtp_timeout between commands (RFC 5321 4.5.3.2.7,
+see test_smtp_adversarial.py)."""
 
 import time
 
@@ -9,7 +13,7 @@ CONFIG = "[limits]\nprelogin_timeout = 1s\n"
 
 # port, greeting prefix, the timeout line's prefix
 SILENT = (
-    (25, b"220 ", b"421 4.4.2 "),
+    (587, b"220 ", b"421 4.4.2 "),
     (143, b"* OK ", b"* BYE "),
     (110, b"+OK ", b"-ERR "),
 )
@@ -50,7 +54,7 @@ def test_silent_clients_are_disconnected_while_others_are_served(ringmail):
 def test_timeout_is_on_time(ringmail):
     srv = ringmail(config=CONFIG)
     t0 = time.monotonic()
-    s = srv.connect(25)
+    s = srv.connect(587)
     assert recv_line(s).startswith(b"220 mail.example.com")
     line = recv_line(s, timeout=5.0)
     waited = time.monotonic() - t0
@@ -63,7 +67,7 @@ def test_timeout_is_on_time(ringmail):
 
 def test_activity_restarts_the_timeout(ringmail):
     srv = ringmail(config=CONFIG)
-    s = srv.connect(25)
+    s = srv.connect(587)
     assert recv_line(s).startswith(b"220 ")
     # 0.7 s of silence, a command, 0.7 s more: still connected (1.4 s > 1 s).
     time.sleep(0.7)

@@ -511,7 +511,7 @@ SNI_CASES = [("other.example", "b"), ("a.example", "a"), (None, "a"),
 def test_sni_chooses_certificate(tlssrv, sni_certs, sni, want):
     srv = tlssrv(config=sni_config(sni_certs))
     wanted = der_of(sni_certs[want][0])
-    for port in (465, 993, 995):
+    for port in (465, 993, 995, 443):  # 443: HTTPS auto-discovery, same certificates
         assert served_der(srv, port, sni) == wanted, (port, sni, want)
     for proto, port in (("smtp", 25), ("imap", 143), ("pop3", 110)):
         assert served_der(srv, port, sni, proto) == wanted, (port, sni, want)
@@ -905,6 +905,50 @@ def test_sighup_generated_certificate_kept(tlssrv):
     s = tls_open(srv, 465)
     assert s.getpeercert(binary_form=True) == der
     tls_quit(s, "smtp")
+
+
+def test_many_sighups_keep_reloading_and_release_what_they_replace(tlssrv):
+    """A server reloaded every day (certificate renewals) must not stop
+    reloading after some count, nor keep every replaced TLS context and
+    DKIM key set: 150 reloads, each waited for; then TLS still works, a
+    connection opened before the first reload still works, and what the
+    reloads replaced has been released (the log's retired= count: what
+    still waits for the loops to move on)."""
+    srv = tlssrv()
+    der = der_of(cafile(srv))
+    old = tls_open(srv, 993)
+    assert srv.command_reply(old, b"a NOOP").startswith(b"a OK")
+    for i in range(150):
+        srv.send_signal(signal.SIGHUP)
+        # every loop has handled the reload (srv.threads loops)
+        wait_log(srv, r"loop=\d+ event=reloaded", count=(i + 1) * srv.threads)
+    assert "reload-failed" not in srv.log(), srv.log()[-2000:]
+    retired = [int(n) for n in re.findall(r"event=tls-reloaded .*retired=(\d+)", srv.log())]
+    assert len(retired) == 150
+    # this reload's TLS context and key set; the earlier ones are gone
+    assert max(retired) <= 2, retired
+    s = tls_open(srv, 465)
+    assert s.getpeercert(binary_form=True) == der
+    tls_quit(s, "smtp")
+    assert srv.command_reply(old, b"b NOOP").startswith(b"b OK")
+    tls_quit(old, "imap")
+
+
+def test_sighup_burst_does_not_kill(tlssrv):
+    """Signals that arrive while the main thread is busy reloading stay
+    pending for it; before, one could land on a worker thread that left
+    them unblocked and end the process (SIGHUP's default action)."""
+    srv = tlssrv()
+    for _ in range(5):
+        for _ in range(20):
+            srv.send_signal(signal.SIGHUP)
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert srv.proc.poll() is None, f"died: {srv.proc.returncode}\n{srv.log()[-2000:]}"
+    assert len(re.findall(r"event=tls-reloaded", srv.log())) >= 5
+    s = tls_open(srv, 993)
+    assert srv.command_reply(s, b"a NOOP").startswith(b"a OK")
+    tls_quit(s, "imap")
 
 
 # ============================================================================

@@ -1,8 +1,10 @@
 /* no_io_uring - run a command with io_uring blocked by a seccomp filter, as
  * a container runtime that forbids it would (io_uring_setup fails with
- * ENOSYS, or with EPERM given "-e EPERM").
+ * ENOSYS, or with EPERM given "-e EPERM"), or as a kernel older than 6.1
+ * answers (EINVAL given "-e EINVAL": it does not know the setup flags
+ * IORING_SETUP_SINGLE_ISSUER/DEFER_TASKRUN).
  *
- *   no_io_uring [-e EPERM] COMMAND [ARGS...] */
+ *   no_io_uring [-e ENOSYS|EPERM|EINVAL] COMMAND [ARGS...] */
 #include <errno.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -18,11 +20,16 @@ int main(int argc, char **argv)
 {
 	int err = ENOSYS, first = 1;
 	if (argc > 2 && !strcmp(argv[1], "-e")) {
-		err = !strcmp(argv[2], "EPERM") ? EPERM : ENOSYS;
+		if (!strcmp(argv[2], "EPERM"))
+			err = EPERM;
+		else if (!strcmp(argv[2], "EINVAL"))
+			err = EINVAL;
+		else if (strcmp(argv[2], "ENOSYS"))
+			err = 0;
 		first = 3;
 	}
-	if (first >= argc) {
-		fprintf(stderr, "usage: no_io_uring [-e EPERM|ENOSYS] COMMAND [ARGS...]\n");
+	if (first >= argc || err == 0) {
+		fprintf(stderr, "usage: no_io_uring [-e ENOSYS|EPERM|EINVAL] COMMAND [ARGS...]\n");
 		return 2;
 	}
 	struct sock_filter filter[] = {

@@ -92,7 +92,58 @@ Test(config, embedded_default_parses_and_validates)
 	cr_assert_eq(cfg.ndomains, 1);
 	cr_assert_str_eq(cfg.domains[0], "example.com");
 	cr_assert_eq(cfg.port_offset, 0);
+	/* the limits that were constants keep their values */
+	cr_assert_eq(cfg.imap_literal_max, 64 * 1024);
+	cr_assert_eq(cfg.pop3_line_max, 255);
 	cr_assert_eq(config_validate(&cfg, err, sizeof(err)), 0, "%s", err);
+}
+
+/* The [outbound] defaults docs/queue.md promises: retries from 5 minutes,
+ * doubling up to 4 hours, for 5 days, then a bounce. */
+Test(config, outbound_defaults)
+{
+	static struct config cfg;
+	char err[512] = "";
+
+	cr_assert_eq(config_load(&cfg, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg.ob_retry_min_ms, 5u * 60 * 1000);
+	cr_assert_eq(cfg.ob_retry_max_ms, 4u * 3600 * 1000);
+	cr_assert_eq(cfg.ob_expire_ms, 5u * 24 * 3600 * 1000, "expire %u ms",
+		     (unsigned)cfg.ob_expire_ms);
+	cr_assert_eq(cfg.ob_timeout_ms, 5u * 60 * 1000);
+	cr_assert_eq(cfg.ob_idle_ms, 30u * 1000);
+	cr_assert_eq(cfg.ob_delay_ms, 4u * 3600 * 1000);
+	cr_assert_eq(cfg.ob_mx_port, 25);
+	cr_assert_eq(cfg.ob_max_per_domain, 8);
+	cr_assert_eq(cfg.ob_max_per_connection, 100);
+	cr_assert_str_eq(cfg.ob_dns, "", "no dns: /etc/resolv.conf");
+	cr_assert_str_eq(cfg.ob_smart_host, "");
+	cr_assert_not(cfg.ob_smart_verify);
+	cr_assert_str_eq(cfg.ob_dkim_selector, "ringmail");
+}
+
+/* [outbound] values in a file reach the struct (durations in ms too). */
+Test(config, outbound_values_reach_the_struct)
+{
+	static struct config cfg;
+	char err[512], *path;
+	static const char text[] =
+		"[outbound]\ndns = 127.0.0.1:5353\nmx_port = 2525\nretry_min = 250ms\n"
+		"retry_max = 2s\nexpire = 120h\ntimeout = 10s\nmax_per_domain = 2\n"
+		"max_per_connection = 7\nconnection_idle = 4s\ndelay_warning = 1m\n";
+
+	cr_assert_eq(load_text(&cfg, text, strlen(text), &path, err, sizeof(err)), 0, "%s", err);
+	free(path);
+	cr_assert_str_eq(cfg.ob_dns, "127.0.0.1:5353");
+	cr_assert_eq(cfg.ob_mx_port, 2525);
+	cr_assert_eq(cfg.ob_retry_min_ms, 250);
+	cr_assert_eq(cfg.ob_retry_max_ms, 2000);
+	cr_assert_eq(cfg.ob_expire_ms, 120u * 3600 * 1000);
+	cr_assert_eq(cfg.ob_timeout_ms, 10000);
+	cr_assert_eq(cfg.ob_max_per_domain, 2);
+	cr_assert_eq(cfg.ob_max_per_connection, 7);
+	cr_assert_eq(cfg.ob_idle_ms, 4000);
+	cr_assert_eq(cfg.ob_delay_ms, 60000);
 }
 
 Test(config, embedded_default_text_alone)
@@ -201,6 +252,10 @@ static const struct bad_case bad_cases[] = {
 	{ "[server]\nthreads = -1\n", 2, "threads must be a number" },
 	{ "[server]\nthreads = 4 cores\n", 2, "threads must be a number" },
 	{ "[server]\nport_offset = 60001\n", 2, "port_offset must be a number" },
+	{ "[server]\nrecv_buffers = 0\n", 2, "recv_buffers must be a power of two from 1 to 32768" },
+	{ "[server]\nrecv_buffers = 384\n", 2, "recv_buffers must be a power of two" },
+	{ "[server]\nrecv_buffers = 65536\n", 2, "recv_buffers must be a power of two" },
+	{ "[server]\nrecv_buffers = many\n", 2, "recv_buffers must be a power of two" },
 	{ "[limits]\nmax_connections = 0\n", 2, "max_connections must be a number from 1" },
 	{ "[limits]\nmax_connections_per_ip = 12x\n", 2, "max_connections_per_ip must be a number" },
 	{ "[limits]\nmax_bad_commands = 1001\n", 2, "max_bad_commands must be a number" },
@@ -225,7 +280,17 @@ static const struct bad_case bad_cases[] = {
 	{ "[limits]\nmime_depth_max = 33\n", 2, "mime_depth_max must be a number from 1 to 32" },
 	{ "[limits]\nmime_parts_max = 0\n", 2, "mime_parts_max must be a number from 1 to 1000" },
 	{ "[limits]\nsmtp_line_max = 999\n", 2, "smtp_line_max must be a number from 1000 to 1000000" },
+	{ "[limits]\nsmtp_command_line_max = 511\n", 2,
+	  "smtp_command_line_max must be a number from 512 to 65536" },
+	{ "[limits]\nsmtp_command_line_max = 65537\n", 2,
+	  "smtp_command_line_max must be a number from 512 to 65536" },
+	{ "[limits]\nsmtp_greet_pause = 61s\n", 2, "smtp_greet_pause must be a duration from 0 to 60s" },
+	{ "[limits]\nsmtp_greet_pause = soon\n", 2, "smtp_greet_pause must be a duration from 0 to 60s" },
 	{ "[limits]\nimap_line_max = 4096\n", 2, "imap_line_max must be a number from 8192 to 16777216" },
+	{ "[limits]\nimap_literal_max = 1023\n", 2, "imap_literal_max must be a number from 1024 to 16777216" },
+	{ "[limits]\nimap_literal_max = 16777217\n", 2, "imap_literal_max must be a number from 1024" },
+	{ "[limits]\npop3_line_max = 127\n", 2, "pop3_line_max must be a number from 128 to 2100" },
+	{ "[limits]\npop3_line_max = 2101\n", 2, "pop3_line_max must be a number from 128 to 2100" },
 	{ "[server]\nshutdown_grace = 1d\n", 2, "shutdown_grace must be a duration" },
 	{ "[tls]\nticket_rotate = 30s\n", 2, "ticket_rotate must be a duration of at least 1m" },
 	/* sizes */
@@ -519,11 +584,14 @@ Test(config, values_reach_the_struct)
 		"handshake_timeout = 7\nsend_queue_max = 8m\nmax_bad_commands = 3\n"
 		"plaintext_auth = no\nauth_delay = 250ms\nauth_delay_max = 4s\n"
 		"mime_depth_max = 8\nmime_parts_max = 100\nquota_storage = 2g\nquota_messages = 5000\n"
-		"imap_unauthenticate = no\nfolders_max = 50\n";
+		"imap_unauthenticate = no\nfolders_max = 50\nimap_literal_max = 4096\n"
+		"pop3_line_max = 128\n";
 
 	cr_assert_eq(load_text(&cfg, text, strlen(text), &path, err, sizeof(err)), 0, "%s", err);
 	free(path);
 	cr_assert_eq(cfg.folders_max, 50);
+	cr_assert_eq(cfg.imap_literal_max, 4096);
+	cr_assert_eq(cfg.pop3_line_max, 128);
 	cr_assert_eq(cfg.quota_storage, 2ull << 30);
 	cr_assert_eq(cfg.quota_messages, 5000);
 	cr_assert_eq(cfg.shutdown_grace_ms, 120000);
@@ -570,6 +638,7 @@ static void expect_same_config(const struct config *a, const struct config *b)
 	cr_assert_str_eq(a->data_dir, b->data_dir);
 	cr_assert_str_eq(a->user, b->user);
 	cr_assert_eq(a->threads, b->threads);
+	cr_assert_eq(a->recv_buffers, b->recv_buffers);
 	cr_assert_eq(a->port_offset, b->port_offset);
 	cr_assert_eq(a->shutdown_grace_ms, b->shutdown_grace_ms);
 	cr_assert_str_eq(a->log_level, b->log_level);
@@ -588,7 +657,14 @@ static void expect_same_config(const struct config *a, const struct config *b)
 	cr_assert_eq(a->mime_depth_max, b->mime_depth_max);
 	cr_assert_eq(a->mime_parts_max, b->mime_parts_max);
 	cr_assert_eq(a->smtp_line_max, b->smtp_line_max);
+	cr_assert_eq(a->smtp_command_line_max, b->smtp_command_line_max);
+	cr_assert_eq(a->smtp_greet_pause_ms, b->smtp_greet_pause_ms);
+	cr_assert_eq(a->smtp_timeout_ms, b->smtp_timeout_ms);
+	cr_assert_eq(a->message_size_max, b->message_size_max);
+	cr_assert_eq(a->recipients_max, b->recipients_max);
 	cr_assert_eq(a->imap_line_max, b->imap_line_max);
+	cr_assert_eq(a->imap_literal_max, b->imap_literal_max);
+	cr_assert_eq(a->pop3_line_max, b->pop3_line_max);
 	cr_assert_eq(a->quota_storage, b->quota_storage);
 	cr_assert_eq(a->quota_messages, b->quota_messages);
 	cr_assert_eq(a->folders_max, b->folders_max);
@@ -656,6 +732,7 @@ Test(config, print_round_trip_everything_set)
 		"data = /var/lib/ringmail test\n"
 		"user = nobody\n"
 		"threads = 6\n"
+		"recv_buffers = 8\n"
 		"port_offset = 10000\n"
 		"shutdown_grace = 1500ms\n"
 		"log_level = debug\n"
@@ -673,6 +750,11 @@ Test(config, print_round_trip_everything_set)
 		"quota_storage = 1m\n"
 		"quota_messages = 77\n"
 		"folders_max = 12\n"
+		"smtp_command_line_max = 2048\n"
+		"smtp_greet_pause = 1500ms\n"
+		"smtp_timeout = 7m\n"
+		"imap_literal_max = 100000\n"
+		"pop3_line_max = 2100\n"
 		"[tls]\n"
 		"cert = /etc/ringmail/a.pem,/etc/ringmail/a.key\n"
 		"sni.mail.example.org = /etc/ringmail/b.pem,/etc/ringmail/b.key\n"
@@ -692,5 +774,8 @@ Test(config, print_round_trip_everything_set)
 	cr_assert_str_eq(cfg.domains[1], "example.org", "domains are lowercased");
 	cr_assert_eq(cfg.ncerts, 2);
 	cr_assert_eq(cfg.nlisteners, 4);
+	cr_assert_eq(cfg.recv_buffers, 8);
+	cr_assert_eq(cfg.smtp_command_line_max, 2048);
+	cr_assert_eq(cfg.smtp_greet_pause_ms, 1500);
 	round_trip(&cfg);
 }

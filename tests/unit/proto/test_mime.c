@@ -591,6 +591,58 @@ Test(mime, finish_needs_room)
 	free(blob);
 }
 
+/* MIME_BLOB_NUL_FREE: set only when no NUL octet was fed, wherever the NUL
+ * is (header, body, part boundary, first or last byte) and however the
+ * message is split; nothing else in the blob changes with it. */
+Test(mime, nul_free_flag)
+{
+	static const char msg[] = "Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+				  "--b\r\n\r\none\r\n--b\r\n\r\ntwo\r\n--b--\r\n";
+	size_t len = sizeof(msg) - 1, blen, olen;
+	uint8_t *blob = malloc(MIME_BLOB_MAX), *other = malloc(MIME_BLOB_MAX);
+	uint8_t *m = malloc(len);
+	struct mime_blob mb;
+
+	blen = scan((const uint8_t *)msg, len, 0, 0, blob);
+	cr_assert_eq(mime_blob_parse(span_make(blob, blen), &mb), 0);
+	cr_assert(mb.flags & MIME_BLOB_NUL_FREE);
+	cr_assert_eq(mb.flags & ~MIME_BLOB_NUL_FREE, 0);
+	for (size_t step = 1; step <= len; step++) {
+		olen = scan((const uint8_t *)msg, len, 0, step, other);
+		cr_assert(olen == blen && memcmp(blob, other, blen) == 0, "step %zu", step);
+	}
+	for (size_t z = 0; z < len; z++) {
+		memcpy(m, msg, len);
+		m[z] = 0;
+		for (size_t step = 0; step <= 7; step += 7) {
+			olen = scan(m, len, step ? 0 : z, step, other);
+			cr_assert_eq(mime_blob_parse(span_make(other, olen), &mb), 0, "NUL at %zu", z);
+			cr_assert_not(mb.flags & MIME_BLOB_NUL_FREE, "NUL at %zu", z);
+		}
+	}
+	/* 0x80 or 0xff are not NUL */
+	memcpy(m, msg, len);
+	m[len - 3] = 0x80;
+	m[3] = 0xff;
+	olen = scan(m, len, 0, 0, other);
+	cr_assert_eq(mime_blob_parse(span_make(other, olen), &mb), 0);
+	cr_assert(mb.flags & MIME_BLOB_NUL_FREE);
+	/* the empty message holds no NUL */
+	olen = scan(m, 0, 0, 0, other);
+	cr_assert_eq(mime_blob_parse(span_make(other, olen), &mb), 0);
+	cr_assert(mb.flags & MIME_BLOB_NUL_FREE);
+	/* a blob with the flag cleared (written before it existed) is valid;
+	 * an unknown flag is not */
+	blob[5] &= (uint8_t)~MIME_BLOB_NUL_FREE;
+	cr_assert_eq(mime_blob_parse(span_make(blob, blen), &mb), 0);
+	cr_assert_not(mb.flags & MIME_BLOB_NUL_FREE);
+	blob[5] |= 0x10;
+	cr_assert_eq(mime_blob_parse(span_make(blob, blen), &mb), -EINVAL);
+	free(m);
+	free(blob);
+	free(other);
+}
+
 Test(mime, quoting)
 {
 	static const char msg[] = "Subject: a \"q\" \\ b\r\nMessage-ID: \r\n"

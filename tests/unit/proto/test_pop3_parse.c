@@ -152,7 +152,13 @@ static const struct body_case body_cases[] = {
 	{ ".\r\n", 0, 0, "..\r\n", 0 },
 	{ ".x\r\n..y\r\nz.\r\n", 0, 0, "..x\r\n...y\r\nz.\r\n", 0 },
 	{ "S: x\r\n\r\n.body\r\n.", 0, 0, "S: x\r\n\r\n..body\r\n..", 1 },
-	{ "a\n.b\n", 0, 0, "a\n..b\n", 0 },
+	/* bare LF (an IMAP APPEND may store it) goes out as CRLF */
+	{ "a\n.b\n", 0, 0, "a\r\n..b\r\n", 0 },
+	{ "x\n", 0, 0, "x\r\n", 0 },
+	{ "\n\n.\n", 0, 0, "\r\n\r\n..\r\n", 0 },
+	{ "a\rb\n", 0, 0, "a\rb\r\n", 0 },
+	{ "a\r\r\n", 0, 0, "a\r\r\n", 0 },
+	{ "mixed\r\nlf\n.\ncr\r", 0, 0, "mixed\r\nlf\r\n..\r\ncr\r", 1 },
 	{ "a\r\nb\r", 0, 0, "a\r\nb\r", 1 },
 	/* TOP */
 	{ "H: 1\r\nH: 2\r\n\r\nl1\r\nl2\r\nl3\r\n", 1, 0, "H: 1\r\nH: 2\r\n\r\n", 0 },
@@ -165,7 +171,7 @@ static const struct body_case body_cases[] = {
 	{ "H: 1\r\n\r\nno end", 1, 5, "H: 1\r\n\r\nno end", 1 },
 	{ "H: only headers", 1, 0, "H: only headers", 1 },
 	{ "\r\nbody\r\nmore\r\n", 1, 1, "\r\nbody\r\n", 0 },
-	{ "H: 1\n\nl1\nl2\n", 1, 1, "H: 1\n\nl1\n", 0 },
+	{ "H: 1\n\nl1\nl2\n", 1, 1, "H: 1\r\n\r\nl1\r\n", 0 },
 	{ "H: a\r\n \r\nstill header\r\n\r\nb\r\n", 1, 0,
 	  "H: a\r\n \r\nstill header\r\n\r\n", 0 },
 	{ "H: a\r\n\r\n.\r\n", 1, 1, "H: a\r\n\r\n..\r\n", 0 },

@@ -360,3 +360,26 @@ Test(auth, overlong_inputs_fail_quietly, .fini = stop)
 	cr_assert_eq(verify("", "", NULL).res, AUTH_FAIL);
 	free(big);
 }
+
+/* The failure delay counts from the request's start: a check that took
+ * longer (another scheme, a busy pool) does not show in the answer's time,
+ * so an unknown user and a wrong password end at the same moment. */
+Test(auth, failure_delay_hides_the_cost_of_the_check, .fini = stop, .timeout = 30)
+{
+	start(500, 16);
+	uint64_t t0 = now_ms();
+	struct answer slow = verify("alice@example.com", "slow", "192.0.2.10");
+	uint64_t t1 = now_ms();
+	struct answer unknown = verify("nobody@example.com", "wrong", "192.0.2.11");
+
+	cr_assert_eq(slow.res, AUTH_FAIL);
+	cr_assert_eq(unknown.res, AUTH_FAIL);
+	uint64_t d_slow = slow.at_ms - t0, d_unknown = unknown.at_ms - t1;
+	/* The check itself sleeps 300 ms: counted from its end, the answer
+	 * would come at 800 ms. */
+	cr_assert_geq(d_slow, 500, "answered after %llu ms", (unsigned long long)d_slow);
+	cr_assert_lt(d_slow, 700, "answered after %llu ms: the check's time showed",
+		     (unsigned long long)d_slow);
+	cr_assert_geq(d_unknown, 500, "answered after %llu ms", (unsigned long long)d_unknown);
+	cr_assert_lt(d_unknown, 700, "answered after %llu ms", (unsigned long long)d_unknown);
+}

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "app/cmd_fsck.h"
+#include "store/record.h"
 
 static struct loop *L;
 static char *D;
@@ -105,6 +106,52 @@ Test(fsck, torn_log_tail_reported_then_repaired)
 	cr_expect_eq(run_fsck(false, &out), 0, "%s", out);
 	free(out);
 	free(lp);
+}
+
+/* The log cut at every byte offset inside its last record (the expunge
+ * fill() ends with): fsck reports a torn record, --repair cuts it, and the
+ * folder is clean again with the expunged message back (its expunge was
+ * never complete). */
+Test(fsck, torn_tail_at_every_offset_of_the_last_record)
+{
+	char *out, *lp = path("mail/alice@example.com/f0/log");
+	char *fdir = path("mail/alice@example.com/f0"), cmd[512];
+	uint8_t *log;
+	struct stat sb;
+	size_t off = 0, last = 0, used;
+	struct record r;
+	int fd;
+
+	fill();
+	cr_assert_eq(stat(lp, &sb), 0);
+	log = malloc((size_t)sb.st_size);
+	fd = open(lp, O_RDONLY);
+	cr_assert_eq(pread(fd, log, (size_t)sb.st_size, 0), sb.st_size);
+	close(fd);
+	while (record_next(span_make(log + off, (size_t)sb.st_size - off), &r, &used) == RECORD_OK) {
+		last = off;
+		off += used;
+	}
+	cr_assert_eq(off, (size_t)sb.st_size, "the filled log must parse to its end");
+	cr_assert_gt(off - last, RECORD_HDR_LEN);
+	snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s.orig'", fdir, fdir);
+	cr_assert_eq(system(cmd), 0);
+	for (size_t cut = last + 1; cut < off; cut++) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s.orig' '%s'", fdir, fdir, fdir);
+		cr_assert_eq(system(cmd), 0);
+		cr_assert_eq(truncate(lp, (off_t)cut), 0);
+		cr_expect_eq(run_fsck(false, &out), 1, "cut at %zu: %s", cut, out);
+		cr_expect(strstr(out, "torn record"), "cut at %zu: %s", cut, out);
+		free(out);
+		cr_expect_eq(run_fsck(true, &out), 1, "cut at %zu: %s", cut, out);
+		free(out);
+		cr_expect_eq(run_fsck(false, &out), 0, "cut at %zu: %s", cut, out);
+		cr_expect(strstr(out, "INBOX: 11 messages"), "cut at %zu: %s", cut, out);
+		free(out);
+	}
+	free(log);
+	free(lp);
+	free(fdir);
 }
 
 Test(fsck, flipped_bit_in_log_and_in_message_bytes)

@@ -1,7 +1,8 @@
 /* Several loops (threads, each with its own ring) append to and read from
  * the same folder at once: UIDs stay unique and dense, every message is
  * readable from every loop, acknowledgements cross loops via MSG_RING, and
- * a watch on one loop hears of appends made on the others. */
+ * a watch on a loop that never appends hears of the appends made on the
+ * others (MSG_RING). */
 #include "store_test_util.h"
 
 #include <pthread.h>
@@ -11,7 +12,10 @@ enum { NLOOPS = 4, PER_LOOP = 200, INFLIGHT = 8 };
 
 static struct store *S;
 static atomic_int finished;      /* threads done appending */
-static atomic_int watch_hits;
+static atomic_int watch_hits;    /* on loop 0, which also appends */
+static atomic_int remote_hits;   /* on the watcher loop, which never appends */
+static atomic_int watcher_messages;
+static atomic_bool watcher_ready; /* appends start once the watch is set */
 
 struct worker {
 	int id;
@@ -58,8 +62,46 @@ static void w_done(void *arg, int res, uint32_t uid)
 
 static void on_change(void *arg)
 {
+	atomic_fetch_add((atomic_int *)arg, 1);
+}
+
+/* A loop that only watches: whatever it hears came from another loop. */
+static void *watcher_main(void *arg)
+{
+	struct loop *l;
+	struct waitres r = { 0 };
+	struct store_user *u;
+	struct store_folder *f;
+	struct store_folder_status st;
+
 	(void)arg;
-	atomic_fetch_add(&watch_hits, 1);
+	cr_assert_eq(loop_new_standalone(&l), 0);
+	store_user_open(S, l, "multi@example.com", wr_user, &r);
+	t_run(l, &r);
+	cr_assert_eq(r.res, 0);
+	u = r.ptr;
+	f = t_folder(u, l, "INBOX");
+	cr_assert_eq(store_watch(f, l, on_change, &remote_hits), 0);
+	atomic_store(&watcher_ready, true);
+	while (atomic_load(&finished) < NLOOPS) {
+		bool never = false;
+		loop_run_until(l, &never, 20);
+	}
+	/* the last announcements may still be on their way */
+	for (int i = 0; i < 10; i++) {
+		bool never = false;
+		loop_run_until(l, &never, 20);
+	}
+	store_folder_status(f, &st);
+	atomic_store(&watcher_messages, (int)st.messages);
+	while (atomic_load(&finished) < 2 * NLOOPS) {
+		bool never = false;
+		loop_run_until(l, &never, 20);
+	}
+	store_folder_close(&f);
+	store_user_close(&u);
+	loop_free(&l);
+	return NULL;
 }
 
 static void *w_main(void *arg)
@@ -75,7 +117,11 @@ static void *w_main(void *arg)
 	w->u = r.ptr;
 	w->f = t_folder(w->u, w->l, "INBOX");
 	if (w->id == 0)
-		cr_assert_eq(store_watch(w->f, w->l, on_change, NULL), 0);
+		cr_assert_eq(store_watch(w->f, w->l, on_change, &watch_hits), 0);
+	while (!atomic_load(&watcher_ready)) {
+		bool never = false;
+		loop_run_until(w->l, &never, 5);
+	}
 	for (int i = 0; i < INFLIGHT; i++)
 		w_start(w, i);
 	/* keep the ring turning until every loop is done: acknowledgements
@@ -130,11 +176,14 @@ Test(store_multiloop, concurrent_appends_share_one_folder, .timeout = 60)
 		w[i].others = all;
 		all[i] = &w[i];
 	}
+	pthread_t watcher;
+	cr_assert_eq(pthread_create(&watcher, NULL, watcher_main, NULL), 0);
 	for (int i = 0; i < NLOOPS; i++) {
 		cr_assert_eq(pthread_create(&w[i].th, NULL, w_main, &w[i]), 0);
 	}
 	for (int i = 0; i < NLOOPS; i++)
 		pthread_join(w[i].th, NULL);
+	pthread_join(watcher, NULL);
 
 	seen = calloc(NLOOPS * PER_LOOP + 2, 1);
 	for (int i = 0; i < NLOOPS; i++) {
@@ -148,6 +197,8 @@ Test(store_multiloop, concurrent_appends_share_one_folder, .timeout = 60)
 		}
 	}
 	cr_expect_gt(atomic_load(&watch_hits), 0);
+	cr_expect_gt(atomic_load(&remote_hits), 0, "the watching loop heard nothing");
+	cr_expect_eq(atomic_load(&watcher_messages), NLOOPS * PER_LOOP);
 
 	for (int i = 0; i < NLOOPS; i++) {
 		cr_expect_eq(w[i].messages, NLOOPS * PER_LOOP);

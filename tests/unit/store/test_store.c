@@ -3,6 +3,8 @@
  * checkpoints, recovery of torn and corrupt log tails, ENOSPC. */
 #include "store_test_util.h"
 
+#include <stdatomic.h>
+
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -115,6 +117,80 @@ Test(store, read_errors)
 	store_read(f, L, 1, 1000, buf, sizeof(buf), wr_read, &w);
 	t_run(L, &w);
 	cr_expect_eq(w.res, 0, "past the end is the end");
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+/* Reads what is in the pipe (non-blocking read end) into got + *n. */
+static void drain_pipe(int fd, char *got, size_t cap, size_t *n)
+{
+	ssize_t r;
+	while (*n < cap && (r = read(fd, got + *n, cap - *n)) > 0)
+		*n += (size_t)r;
+}
+
+Test(store, splice_into_a_pipe)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct waitres w = { 0 };
+	int p[2];
+	char got[256];
+	size_t n = 0;
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(t_append(L, f, msgs[i], NULL), 0);
+	/* message 2 from byte 5, in pieces of 7 bytes: exact bytes, then 0 */
+	size_t len = strlen(msgs[1]);
+	for (size_t off = 5; off < len; off += (size_t)w.res) {
+		w = (struct waitres){ 0 };
+		store_splice(f, L, 2, off, 7, p[1], wr_read, &w);
+		t_run(L, &w);
+		cr_assert_eq(w.res, (int)(len - off < 7 ? len - off : 7), "at %zu", off);
+		drain_pipe(p[0], got, sizeof(got), &n);
+	}
+	cr_assert_eq(n, len - 5);
+	cr_assert(memcmp(got, msgs[1] + 5, n) == 0);
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 2, len, 7, p[1], wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, 0, "the end");
+	/* a whole message, after a reopen (the segment file is opened first) */
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 3, 0, STORE_READ_MAX, p[1], wr_read, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, (int)strlen(msgs[2]));
+	n = 0;
+	drain_pipe(p[0], got, sizeof(got), &n);
+	cr_assert(n == strlen(msgs[2]) && memcmp(got, msgs[2], n) == 0);
+	/* errors: no such message, too long, no pipe; a full pipe is EAGAIN */
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 42, 0, 8, p[1], wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -ENOENT);
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 1, 0, STORE_READ_MAX + 1, p[1], wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -EINVAL);
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 1, 0, 8, -1, wr_read, &w);
+	cr_expect(w.done && w.res == -EBADF);
+	static char fill[65536];
+	while (write(p[1], fill, sizeof(fill)) > 0)
+		;
+	w = (struct waitres){ 0 };
+	store_splice(f, L, 1, 0, 8, p[1], wr_read, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -EAGAIN, "a full pipe does not block: %d", w.res);
+	close(p[0]);
+	close(p[1]);
 	store_folder_close(&f);
 	store_user_close(&u);
 }
@@ -707,7 +783,178 @@ Test(store, enospc_is_an_error_never_a_success)
 	free(big);
 }
 
+/* Every special-use folder (RFC 6154) is there on first use, without a
+ * create, and keeps its role across a reopen. */
+Test(store, special_use_folders_created_on_first_use)
+{
+	static const struct {
+		const char *name;
+		enum store_special special;
+	} want[] = { { "Archive", STORE_SPECIAL_ARCHIVE }, { "Drafts", STORE_SPECIAL_DRAFTS },
+		     { "Junk", STORE_SPECIAL_JUNK },       { "Sent", STORE_SPECIAL_SENT },
+		     { "Trash", STORE_SPECIAL_TRASH } };
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder_info *list;
+	size_t n;
+
+	for (size_t i = 0; i < 5; i++) {
+		struct store_folder *f = t_folder(u, L, want[i].name);
+		cr_assert_eq(t_append(L, f, "Subject: x\r\n\r\nx\r\n", NULL), 0);
+		store_folder_close(&f);
+	}
+	for (int pass = 0; pass < 2; pass++) {
+		cr_assert_eq(store_folder_list(u, &list, &n), 0);
+		cr_assert_eq(n, 6, "INBOX and the five");
+		cr_expect_str_eq(list[0].name, "INBOX");
+		for (size_t i = 0; i < 5; i++) {
+			cr_expect_str_eq(list[i + 1].name, want[i].name);
+			cr_expect_eq(list[i + 1].special, want[i].special, "%s", want[i].name);
+			cr_expect(list[i + 1].exists);
+		}
+		free(list);
+		store_user_close(&u);
+		store_free(&S);
+		open_store(0, 4096, 0);
+		u = t_user(S, L, "alice@example.com");
+	}
+	store_user_close(&u);
+}
+
+/* An fsync that reports EIO: the append that waited for it fails (never a
+ * success), and the folder's files refuse later changes instead of
+ * syncing again as if the lost write-back had worked; a reopen reads back
+ * only what was acknowledged, and appends work again. */
+static atomic_int eio_fail_next;
+
+static int eio_hook(void *arg, int res)
+{
+	(void)arg;
+	if (atomic_exchange(&eio_fail_next, 0))
+		return -EIO;
+	return res;
+}
+
+Test(store, failed_fsync_is_an_error_and_is_not_retried_as_success)
+{
+	store_free(&S);
+	struct store_config cfg = { .data_dir = D, .append_buf = 4096,
+				    .test_sync_result = eio_hook };
+	cr_assert_eq(store_new(&cfg, &S), 0);
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	uint32_t uid_a = 0, uid_x = 0;
+
+	cr_assert_eq(t_append(L, f, "Subject: a\r\n\r\nkept\r\n", &uid_a), 0);
+	atomic_store(&eio_fail_next, 1);
+	int rc = t_append(L, f, "Subject: b\r\n\r\nlost\r\n", NULL);
+	cr_expect_eq(rc, -EIO, "the append whose fsync failed: %d", rc);
+	/* later changes are refused, not synced again and acknowledged */
+	for (int i = 0; i < 3; i++) {
+		rc = t_append(L, f, "Subject: c\r\n\r\nafter\r\n", &uid_x);
+		cr_expect_lt(rc, 0, "an append after the failed fsync succeeded (uid %u)", uid_x);
+	}
+	struct store_view *v;
+	cr_assert_eq(store_view_open(f, &v), 0);
+	cr_expect_eq(store_view_count(v), 1, "only the acknowledged message is seen");
+	store_view_free(&v);
+	check_msg(f, uid_a, "Subject: a\r\n\r\nkept\r\n");
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+
+	/* reopened: what was acknowledged, whole; the refused appends never
+	 * show; appending works again */
+	cr_assert_eq(store_new(&cfg, &S), 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	cr_assert_eq(store_view_open(f, &v), 0);
+	for (size_t i = 0; i < store_view_count(v); i++) {
+		const struct store_msg *m = store_view_msg(v, i);
+		size_t len;
+		char *got = t_read_all(L, f, m->uid, &len, 64);
+		cr_assert(got);
+		/* "lost" may come back (its bytes may have reached the disk
+		 * although the fsync said EIO: a duplicate, never a loss);
+		 * "after" never does */
+		cr_expect(strstr(got, "after") == NULL, "a refused append came back: %s", got);
+		free(got);
+	}
+	cr_expect_geq(store_view_count(v), 1);
+	store_view_free(&v);
+	check_msg(f, uid_a, "Subject: a\r\n\r\nkept\r\n");
+	cr_expect_eq(t_append(L, f, "Subject: d\r\n\r\nagain\r\n", NULL), 0);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
 /* ---- compaction ------------------------------------------------------------ */
+
+/* Nobody calls store_compact(): once compact_after bytes were expunged,
+ * the folder compacts its sealed segments by itself, online. */
+Test(store, compaction_starts_on_its_own)
+{
+	store_free(&S);
+	{
+		struct store_config cfg = { .data_dir = D, .append_buf = 4096, .segment_max = 1000,
+					    .compact_after = 1500 };
+		cr_assert_eq(store_new(&cfg, &S), 0);
+	}
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	char msg[200], sp[700];
+	uint32_t gone[15];
+	struct waitres w = { 0 };
+	struct stat sb;
+
+	for (int i = 0; i < 20; i++) {
+		snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%0150d\r\n", i, i);
+		cr_assert_eq(t_append(L, f, msg, NULL), 0);
+		bool never = false;
+		loop_run_until(L, &never, 5); /* a roll's open completes */
+	}
+	snprintf(sp, sizeof(sp), "%s/mail/alice@example.com/f0/s1", D);
+	cr_assert_eq(stat(sp, &sb), 0, "s1 exists before");
+	/* 5 messages: below compact_after, nothing happens */
+	for (int i = 0; i < 5; i++)
+		gone[i] = (uint32_t)i + 1;
+	store_expunge(f, L, gone, 5, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	{
+		bool never = false;
+		loop_run_until(L, &never, 100);
+	}
+	cr_assert_eq(stat(sp, &sb), 0, "compacted below compact_after");
+	/* 10 more: past it */
+	for (int i = 0; i < 10; i++)
+		gone[i] = (uint32_t)i + 6;
+	memset(&w, 0, sizeof(w));
+	store_expunge(f, L, gone, 10, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	for (int i = 0; i < 100 && stat(sp, &sb) == 0; i++) {
+		bool never = false;
+		loop_run_until(L, &never, 20);
+	}
+	cr_expect_neq(stat(sp, &sb), 0, "s1 was not compacted away");
+	for (int pass = 0; pass < 2; pass++) {
+		for (int i = 15; i < 20; i++) {
+			snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%0150d\r\n", i, i);
+			check_msg(f, (uint32_t)i + 1, msg);
+		}
+		store_folder_close(&f);
+		store_user_close(&u);
+		store_free(&S);
+		open_store(0, 4096, 0);
+		u = t_user(S, L, "alice@example.com");
+		f = t_folder(u, L, "INBOX");
+	}
+	struct store_folder_status st;
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 5);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
 
 Test(store, compaction_reclaims_expunged_space_online)
 {
