@@ -45,6 +45,7 @@ def norm(r):
         "p50": r.get("p50_us"), "p99": r.get("p99_us"), "p999": r.get("p999_us"),
         "errors": errors_of(r), "other": r.get("other_cpu_pct"),
         "ops": r.get("ops", r.get("conns", r.get("sessions"))),
+        "acked": r.get("acked"),
     }
     if "bytes_per_s" in r:
         n["mibps"] = r["bytes_per_s"] / 1048576
@@ -157,6 +158,14 @@ def main():
         if failed:
             p(f"| {c} | {fmt(rc)} | {fmt(pc)} | - | - | no ratio: {' and '.join(failed)} "
               f"failed (errors in more than 1 % of operations) |")
+            continue
+        # durable SMTP: every message that got a 250 must be in a mailbox
+        lost = [peer_name(c) if s == "peers" else s for s in ("ringmail", "peers")
+                if any(x.get("acked") is not None and (x.get("ops") or 0) < x["acked"]
+                       for x in runs.get((c, s), []))]
+        if lost:
+            p(f"| {c} | {fmt(rc)} | {fmt(pc)} | - | - | no ratio: {' and '.join(lost)} "
+              f"acknowledged messages that are not in the mailboxes |")
             continue
         cratio = pc / rc if rc else None
         mark = ""

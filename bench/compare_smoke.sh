@@ -1,12 +1,14 @@
 #!/bin/bash
 # compare_smoke.sh RINGMAIL - bench/compare's own test (meson suite 'bench'):
 # `bench/compare --smoke` (ringmail and the limits, no peers: every kind of
-# case once, half-second runs) into a temporary directory holding a copy of
+# case once, durable SMTP on 25 and on 465 with TLS and AUTH included,
+# half-second runs) into a temporary directory holding a copy of
 # bench/RESULTS.md, rewritten there with --results-md. Then it checks that
 # every case produced a measured run with no error, latency percentiles
 # (p50/p99/p999), errors by kind and the server's CPU per operation; that
-# every resumed TLS connection resumed, the idle cases held every connection
-# and each login cycle saw the mailbox's FLAGS; that the copy of RESULTS.md
+# every resumed TLS connection resumed, the idle cases held every connection,
+# each login cycle saw the mailbox's FLAGS and every acknowledged SMTP
+# message (on 25 and on 465) is in a mailbox; that the copy of RESULTS.md
 # has one block between the bench/compare markers, with the tables, the
 # hand-written text around it kept, and the two PNG plots made beside it
 # (gnuplot: scripts/deps.sh test). Exit 77 (skip) without root, a writable
@@ -46,6 +48,7 @@ want = {("floor", "greet-smtp"), ("loopfloor", "greet-smtp"), ("ringmail", "gree
         ("ringmail", "imap-login-143"), ("ringmail", "imap-login-993"),
         ("ringmail", "imap-login-143-c2"), ("ringmail", "imap-fetch-993"),
         ("ringmail", "pop3-retr-110"), ("ringmail", "smtp-durable-4k-x4"),
+        ("ringmail", "smtp-durable-465-auth-4k-x2"),
         ("ringmail", "idle-143-greet"), ("ringmail", "idle-143-idle"),
         ("ringmail", "idle-993-idle"), ("bound", "crypto")}
 got = {(r["server"], r["case"]) for r in meas}

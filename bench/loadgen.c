@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -87,9 +88,84 @@ static int cio_send(WOLFSSL *ssl, char *buf, int sz, void *arg)
 bool loadgen_send(struct loadgen *l, struct loadgen_conn *c, const void *p, size_t n)
 {
 	(void)l;
+	return loadgen_write(c, p, n);
+}
+
+bool loadgen_write(struct loadgen_conn *c, const void *p, size_t n)
+{
 	if (!c->ssl)
 		return out_append(c, p, n);
-	return wolfSSL_write(c->ssl, p, (int)n) == (int)n;
+	return n <= INT_MAX && wolfSSL_write(c->ssl, p, (int)n) == (int)n;
+}
+
+/* ---- TLS over a connection's buffers ---- */
+
+WOLFSSL_CTX *loadgen_tls_ctx(const char *prog, bool tls12, int group)
+{
+	if (!group)
+		group = WOLFSSL_ECC_X25519;
+	WOLFSSL_CTX *ctx = wolfSSL_CTX_new(tls12 ? wolfTLSv1_2_client_method()
+						 : wolfTLSv1_3_client_method());
+	if (!ctx) {
+		fprintf(stderr, "%s: wolfSSL_CTX_new failed\n", prog);
+		return NULL;
+	}
+	/* The client is not what is measured: no certificate verification
+	 * (an ECDSA verify per full handshake on its own core). */
+	wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
+	wolfSSL_CTX_UseSupportedCurve(ctx, (word16)group);
+	if (tls12) {
+		wolfSSL_CTX_UseSessionTicket(ctx); /* RFC 5077; 1.3 has its own */
+	} else {
+		int groups[1] = { group };
+		wolfSSL_CTX_set_groups(ctx, groups, 1);
+	}
+	wolfSSL_CTX_SetIORecv(ctx, cio_recv);
+	wolfSSL_CTX_SetIOSend(ctx, cio_send);
+	return ctx;
+}
+
+bool loadgen_tls_new(WOLFSSL_CTX *ctx, struct loadgen_conn *c)
+{
+	c->ssl = wolfSSL_new(ctx);
+	if (!c->ssl)
+		return false;
+	wolfSSL_SetIOReadCtx(c->ssl, c);
+	wolfSSL_SetIOWriteCtx(c->ssl, c);
+	return true;
+}
+
+static void tls_err_text(int e, char *err, size_t errcap)
+{
+	char b[WOLFSSL_MAX_ERROR_SZ];
+	if (errcap)
+		snprintf(err, errcap, "%s", wolfSSL_ERR_error_string((unsigned long)e, b));
+}
+
+int loadgen_tls_handshake(struct loadgen_conn *c, char *err, size_t errcap)
+{
+	int r = wolfSSL_connect(c->ssl);
+	if (r == WOLFSSL_SUCCESS)
+		return LOADGEN_TLS_DONE;
+	int e = wolfSSL_get_error(c->ssl, r);
+	if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
+		return LOADGEN_TLS_WANT;
+	tls_err_text(e, err, errcap);
+	return LOADGEN_TLS_ERROR;
+}
+
+int loadgen_tls_read(struct loadgen_conn *c, void *buf, size_t cap, char *err, size_t errcap)
+{
+	int r = wolfSSL_read(c->ssl, buf, cap > INT_MAX ? INT_MAX : (int)cap);
+	if (r > 0)
+		return r;
+	int e = wolfSSL_get_error(c->ssl, r);
+	if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
+		return LOADGEN_TLS_WANT;
+	if (e == WOLFSSL_ERROR_ZERO_RETURN)
+		return LOADGEN_TLS_CLOSED;
+	tls_err_text(e, err, errcap);
+	return LOADGEN_TLS_ERROR;
 }
 
 void loadgen_deadline(struct loadgen *l, struct loadgen_conn *c)
@@ -177,15 +253,12 @@ void loadgen_start(struct loadgen *l, struct loadgen_conn *c)
 		return; /* retried from the tick */
 	}
 	if (l->ctx) {
-		c->ssl = wolfSSL_new(l->ctx);
-		if (!c->ssl) {
+		if (!loadgen_tls_new(l->ctx, c)) {
 			loadgen_error(l, LG_ERR_TLS, "wolfSSL_new", NULL);
 			close(c->fd);
 			c->fd = -1;
 			return;
 		}
-		wolfSSL_SetIOReadCtx(c->ssl, c);
-		wolfSSL_SetIOWriteCtx(c->ssl, c);
 	}
 	l->active++;
 	c->phase = LG_CONNECT;
@@ -270,15 +343,13 @@ static void on_received(struct loadgen *l, struct loadgen_conn *c)
 			return;
 	} else {
 		if (c->phase == LG_HANDSHAKE) {
-			int r = wolfSSL_connect(c->ssl);
-			if (r != WOLFSSL_SUCCESS) {
-				int e = wolfSSL_get_error(c->ssl, r);
-				if (e != WOLFSSL_ERROR_WANT_READ && e != WOLFSSL_ERROR_WANT_WRITE) {
-					char b[WOLFSSL_MAX_ERROR_SZ];
-					loadgen_fail(l, c, LG_ERR_TLS, "handshake: ",
-						     wolfSSL_ERR_error_string((unsigned long)e, b));
-					return;
-				}
+			char err[WOLFSSL_MAX_ERROR_SZ] = "";
+			int r = loadgen_tls_handshake(c, err, sizeof(err));
+			if (r == LOADGEN_TLS_ERROR) {
+				loadgen_fail(l, c, LG_ERR_TLS, "handshake: ", err);
+				return;
+			}
+			if (r == LOADGEN_TLS_WANT) {
 				conn_io(l, c);
 				return;
 			}
@@ -286,26 +357,24 @@ static void on_received(struct loadgen *l, struct loadgen_conn *c)
 				return;
 		}
 		for (;;) {
-			int r = wolfSSL_read(c->ssl, l->plain, sizeof(l->plain));
+			char err[WOLFSSL_MAX_ERROR_SZ] = "";
+			int r = loadgen_tls_read(c, l->plain, sizeof(l->plain), err, sizeof(err));
 			if (r > 0) {
 				if (!feed(l, c, l->plain, (size_t)r))
 					return;
 				continue;
 			}
-			int e = wolfSSL_get_error(c->ssl, r);
-			if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
+			if (r == LOADGEN_TLS_WANT)
 				break;
 			if (c->phase == LG_CLOSING) {
 				conn_done(l, c);
 				return;
 			}
-			if (e == WOLFSSL_ERROR_ZERO_RETURN) {
+			if (r == LOADGEN_TLS_CLOSED) {
 				loadgen_fail(l, c, LG_ERR_CLOSED, "close_notify", NULL);
 				return;
 			}
-			char b[WOLFSSL_MAX_ERROR_SZ];
-			loadgen_fail(l, c, LG_ERR_TLS, "read: ",
-				     wolfSSL_ERR_error_string((unsigned long)e, b));
+			loadgen_fail(l, c, LG_ERR_TLS, "read: ", err);
 			return;
 		}
 	}
@@ -336,9 +405,8 @@ static void conn_complete(struct loadgen *l, struct loadgen_conn *c, int res)
 	if (c->phase == LG_CONNECT) {
 		if (c->ssl) {
 			c->phase = LG_HANDSHAKE;
-			int r = wolfSSL_connect(c->ssl); /* the ClientHello into out */
-			int e = wolfSSL_get_error(c->ssl, r);
-			if (e != WOLFSSL_ERROR_WANT_READ && e != WOLFSSL_ERROR_WANT_WRITE) {
+			/* the ClientHello into out */
+			if (loadgen_tls_handshake(c, NULL, 0) != LOADGEN_TLS_WANT) {
 				loadgen_fail(l, c, LG_ERR_TLS, "ClientHello", NULL);
 				return;
 			}
@@ -430,25 +498,9 @@ int loadgen_init(struct loadgen *l, const struct loadgen_cfg *cfg)
 	if (bench_resolve(cfg->prog, cfg->host, cfg->port, cfg->src_addrs, &l->addr) < 0)
 		return -1;
 	if (cfg->tls) {
-		int group = cfg->group ? cfg->group : WOLFSSL_ECC_X25519;
-		l->ctx = wolfSSL_CTX_new(cfg->tls12 ? wolfTLSv1_2_client_method()
-						    : wolfTLSv1_3_client_method());
-		if (!l->ctx) {
-			fprintf(stderr, "%s: wolfSSL_CTX_new failed\n", cfg->prog);
+		l->ctx = loadgen_tls_ctx(cfg->prog, cfg->tls12, cfg->group);
+		if (!l->ctx)
 			return -1;
-		}
-		/* The client is not what is measured: no certificate verification
-		 * (an ECDSA verify per full handshake on its own core). */
-		wolfSSL_CTX_set_verify(l->ctx, WOLFSSL_VERIFY_NONE, NULL);
-		wolfSSL_CTX_UseSupportedCurve(l->ctx, (word16)group);
-		if (cfg->tls12) {
-			wolfSSL_CTX_UseSessionTicket(l->ctx); /* RFC 5077; 1.3 has its own */
-		} else {
-			int groups[1] = { group };
-			wolfSSL_CTX_set_groups(l->ctx, groups, 1);
-		}
-		wolfSSL_CTX_SetIORecv(l->ctx, cio_recv);
-		wolfSSL_CTX_SetIOSend(l->ctx, cio_send);
 	}
 	l->conns = calloc(cfg->nconns, cfg->conn_size);
 	if (!l->conns) {

@@ -1,5 +1,6 @@
 /* loadgen.h - the load generators' client connections on io_uring
- * (imapload, tls_bench, pop3_bench; docs/bench.md).
+ * (imapload, tls_bench, pop3_bench; its TLS over memory also smtpload;
+ * docs/bench.md).
  *
  * One process, one ring, no threads. Each connection has at most one
  * operation in flight (a connect, a send or a recv) and one deadline,
@@ -160,6 +161,9 @@ void loadgen_start(struct loadgen *l, struct loadgen_conn *c);
 /* Queues bytes to send (through wolfSSL with TLS); sent once the callback
  * returns. Returns false when they could not be queued. */
 bool loadgen_send(struct loadgen *l, struct loadgen_conn *c, const void *p, size_t n);
+/* loadgen_send without the engine: appends to c->out (through wolfSSL when
+ * c->ssl). Returns false when the bytes could not be queued. */
+bool loadgen_write(struct loadgen_conn *c, const void *p, size_t n);
 /* The deadline of the next operations: now + timeout_ms. */
 void loadgen_deadline(struct loadgen *l, struct loadgen_conn *c);
 /* Ends the connection well: close_notify with TLS, then done. */
@@ -200,6 +204,37 @@ void loadgen_print_lat_errors(const struct loadgen *l, FILE *out);
 /* JSON members, each after a comma: "p50_us":..,"p99_us":..,"p999_us":..,
  * "max_us":..,"errors":{kind:n,...},"errors_total":N. */
 void loadgen_json_lat_errors(const struct loadgen *l, FILE *out);
+
+/* ---- TLS over a connection's buffers, for a tool with its own loop ----
+ * (smtpload): it keeps a struct loadgen_conn per session for rbuf (of
+ * LOADGEN_RBUF bytes, its own), in_off/in_len, out and ssl, receives the
+ * ciphertext into rbuf[in_len..) and sends out[out_off..out_len). The
+ * engine above drives the same functions. */
+
+/* The client context of loadgen_init: TLS 1.3 (1.2 with tls12, with session
+ * tickets), one key share (group, 0 for X25519), no certificate
+ * verification, I/O callbacks over a loadgen_conn's buffers. NULL after
+ * printing why (prog first). Free with wolfSSL_CTX_free. */
+WOLFSSL_CTX *loadgen_tls_ctx(const char *prog, bool tls12, int group);
+/* c->ssl = a connection of ctx over c's buffers (c must outlive it; free it
+ * with wolfSSL_free). false on failure. */
+bool loadgen_tls_new(WOLFSSL_CTX *ctx, struct loadgen_conn *c);
+
+enum {
+	LOADGEN_TLS_WANT = 0,    /* needs more ciphertext (anything to send is in out) */
+	LOADGEN_TLS_DONE = 1,    /* handshake: complete */
+	LOADGEN_TLS_CLOSED = -1, /* the server sent close_notify */
+	LOADGEN_TLS_ERROR = -2,  /* a TLS error; err holds wolfSSL's text */
+};
+
+/* Drives the handshake over rbuf[in_off..in_len) (the first call writes
+ * the ClientHello into out): LOADGEN_TLS_DONE, _WANT, or _ERROR with the
+ * reason in err[0..errcap) (err may be NULL when errcap is 0). */
+int loadgen_tls_handshake(struct loadgen_conn *c, char *err, size_t errcap);
+/* Decrypts into buf[0..cap): the number of plaintext bytes (> 0),
+ * LOADGEN_TLS_WANT when the ciphertext is used up, _CLOSED, or _ERROR with
+ * the reason in err. */
+int loadgen_tls_read(struct loadgen_conn *c, void *buf, size_t cap, char *err, size_t errcap);
 
 /* ---- a line reader for line-based protocols (POP3, greetings) ---- */
 

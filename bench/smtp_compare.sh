@@ -10,6 +10,11 @@
 # mailbox from the one before: one mailbox for all sessions (--rcpts 1), or
 # R mailboxes with session i delivering to the (i mod R)-th.
 #
+# --submission loads the submission row instead of the MX one: implicit TLS
+# on 465 (TLS 1.3), AUTH PLAIN as the session's own user (the recipient:
+# rN@example.com sends to itself) and MAIL FROM that user, on ringmail's
+# 465 and Postfix's (SASL through Dovecot's auth: bench/peers/README.md).
+#
 # A run: read the server's CPU (its cgroup's cpu.stat), start the clock, run
 # smtpload for -d seconds (C sessions of M messages of S bytes, each message
 # acknowledged by a 250 after its dot), then wait until the server has put
@@ -34,8 +39,10 @@
 #   --sizes LIST         message sizes (4k,64k)
 #   --sessions LIST      concurrent sessions (1,50)
 #   --rcpts LIST         distinct recipient mailboxes per run (1)
+#   --submission         port 465, implicit TLS, AUTH PLAIN (else port 25, plaintext)
 #   -m N                 messages per session (20)
 #   -d SECS              seconds of load per run (10)
+#   --warmup SECS        the unrecorded warm-up run per server and case (3)
 #   --runs N             runs per server and case (3)
 #   --warmup SECS        the unrecorded warm-up run per server and case (3)
 #   --drain-timeout SECS longest wait for a queue to empty (120)
@@ -64,6 +71,8 @@ drain_timeout=120
 server_cpu=1
 load_cpu=0
 ringmail_args=
+submission=0
+warmup=3
 max_other=25
 retries=2
 raw=
@@ -77,6 +86,8 @@ while [ $# -gt 0 ]; do
 	--sizes) sizes=$2; shift ;;
 	--sessions) sessions_list=$2; shift ;;
 	--rcpts) rcpts_list=$2; shift ;;
+	--submission) submission=1 ;;
+	--warmup) warmup=$2; shift ;;
 	-m) msgs=$2; shift ;;
 	-d) duration=$2; shift ;;
 	--runs) runs=$2; shift ;;
@@ -185,15 +196,17 @@ ports_free() {
 	done
 	return 0
 }
-offset=26000
+# From 27000: the peers' table at 24000 reaches 26525 (2525 + 24000).
+offset=27000
 while ! ports_free $offset; do
 	offset=$((offset + 7))
-	[ $offset -lt 40000 ] || { echo "smtp_compare.sh: no free port offset in 26000..40000" >&2; exit 1; }
+	[ $offset -lt 40000 ] || { echo "smtp_compare.sh: no free port offset in 27000..40000" >&2; exit 1; }
 done
 pass=bench-Secret-1
 # The first user through "ringmail user add"; the others as {PLAIN} lines of
-# the same passwd-file (one yescrypt hash each would take minutes; an MX
-# delivery never checks a password).
+# the same passwd-file, as Dovecot's passwd-file has them (one yescrypt hash
+# each would take minutes; an MX delivery never checks a password, a
+# submission login compares the plain password, as Dovecot's does).
 echo "$pass" | "$ringmail" user add r1@example.com --data "$tmp/rm" >/dev/null 2>&1 ||
 	{ echo "smtp_compare.sh: ringmail user add failed" >&2; exit 1; }
 for i in $(seq 2 "$nusers"); do
@@ -213,7 +226,14 @@ if [ -n "${cgpath[ringmail]}" ]; then
 	cgroups+=("${cgpath[ringmail]}")
 	echo "$rm_pid" >"${cgpath[ringmail]}/cgroup.procs"
 fi
-port[ringmail]=$((offset + 25))
+# the row of the ports table loaded: MX (25) or submission (465, TLS, AUTH)
+row_port=25
+load_args=()
+if [ $submission = 1 ]; then
+	row_port=465
+	load_args=(--tls --user "r%d@example.com" --pass "$pass")
+fi
+port[ringmail]=$((offset + row_port))
 servers=(ringmail)
 
 # ---- Postfix -> Dovecot ----------------------------------------------------
@@ -228,7 +248,7 @@ if [ $peers = 1 ]; then
 	"$here/peers/start.sh" --dir "$peers_dir" --cpu "$server_cpu" --cgroup "${cgpath[peers]}" >/dev/null ||
 		exit 1
 	. "$peers_dir/env"
-	port[peers]=$PORT
+	port[peers]=$((PORT - 25 + row_port))
 	servers+=(peers)
 	# Create every INBOX before the runs (doveadm opens it): concurrent first
 	# deliveries into a new mdbox mailbox race in Dovecot 2.3.19 ("Mailbox
@@ -287,7 +307,8 @@ alive() {
 }
 
 # run NAME SIZE SESSIONS SECS BASE R -> one result line on stdout:
-# name size sessions rcpts acked inbox secs rate cpu_us_per_msg p50 p99 errors other queued json
+# name size sessions rcpts acked inbox secs rate cpu_us_per_msg p50 p99 errors other queued
+# p999 json
 run() {
 	local name=$1 size=$2 sess=$3 secs=$4 base=$5 nr=$6 line t0 t1 c0 c1 q n waited acked
 	c0=$(cpu_us "$name")
@@ -296,7 +317,7 @@ run() {
 	[ -n "${cgpath[$name]:-}" ] && cpuopt=(--server-cgroup "${cgpath[$name]}")
 	line=$("${pin_load[@]}" "$smtpload" --port "${port[$name]}" -c "$sess" -m "$msgs" -S "$size" \
 		-d "$secs" --rcpt "r%d@example.com" --rcpt-base "$base" --rcpt-count "$nr" \
-		"${cpuopt[@]}" --json 2>"$tmp/smtpload.err")
+		"${load_args[@]}" "${cpuopt[@]}" --json 2>"$tmp/smtpload.err")
 	local rc=$?
 	if [ $rc -ne 0 ] || [ -z "$line" ]; then
 		echo "smtp_compare.sh: smtpload failed ($rc) against $name:" >&2
@@ -304,7 +325,7 @@ run() {
 		return 1
 	fi
 	# Errors are counted, not fatal; show what they were.
-	if ! grep -q '"errors":{"refused":0,"reset":0,"timeout":0,"closed":0,"bad_reply":0,"tempfail":0,"permfail":0,"other":0}' <<<"$line"; then
+	if ! grep -q '"errors_total":0,' <<<"$line"; then
 		grep -E '^  (errors|last unexpected)' "$tmp/smtpload.err" | sed "s/^ */  $name: /" >&2
 	fi
 	# Wait until everything accepted has left the queue for the mailbox.
@@ -327,18 +348,18 @@ run() {
 	if [ "$dq" -eq 0 ] && [ "${n:-0}" -lt "${acked:-0}" ]; then
 		echo "smtp_compare.sh: $name: $acked messages got a 250 but only ${n:-0} are in the mailboxes" >&2
 	fi
-	local errs other p50 p99
-	errs=$(sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p' <<<"$line" | tr ',' '\n' |
-		awk -F: '{ s += $2 } END { print s + 0 }')
+	local errs other p50 p99 p999
+	errs=$(sed -n 's/.*"errors_total":\([0-9]*\).*/\1/p' <<<"$line")
 	other=$(sed -n 's/.*"other_cpu_pct":\([0-9.]*\).*/\1/p' <<<"$line")
 	p50=$(sed -n 's/.*"p50_us":\([0-9]*\).*/\1/p' <<<"$line")
 	p99=$(sed -n 's/.*"p99_us":\([0-9]*\).*/\1/p' <<<"$line")
+	p999=$(sed -n 's/.*"p999_us":\([0-9]*\).*/\1/p' <<<"$line")
 	awk -v nm="$name" -v sz="$size" -v ss="$sess" -v nr="$nr" -v a="$acked" -v n="${n:-0}" \
 	    -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v p50="$p50" -v p99="$p99" \
-	    -v e="$errs" -v o="${other:-0}" -v q="$q" -v j="$line" 'BEGIN {
+	    -v p999="$p999" -v e="${errs:-0}" -v o="${other:-0}" -v q="$q" -v j="$line" 'BEGIN {
 		s = (t1 - t0) / 1e9
-		printf "%s %s %s %s %d %d %.3f %.1f %.1f %s %s %d %s %d %s\n", nm, sz, ss, nr, a, n, s,
-			n / s, (n > 0 ? (c1 - c0) / n : 0), p50, p99, e, o, q, j }'
+		printf "%s %s %s %s %d %d %.3f %.1f %.1f %s %s %d %s %d %s %s\n", nm, sz, ss, nr, a, n, s,
+			n / s, (n > 0 ? (c1 - c0) / n : 0), p50, p99, e, o, q, p999, j }'
 }
 
 is_disturbed() { # OTHER_PCT
@@ -389,12 +410,17 @@ col() { # SERVER SIZE SESSIONS RCPTS FIELD#
 }
 
 echo
-echo "Durable SMTP delivery: $msgs messages per session, ${duration} s per run, medians of $runs runs"
+if [ $submission = 1 ]; then
+	what="port 465: implicit TLS 1.3, AUTH PLAIN as the recipient's user, MAIL FROM the user"
+else
+	what="port 25: plaintext, no AUTH"
+fi
+echo "Durable SMTP delivery, $what: $msgs messages per session, ${duration} s per run, medians of $runs runs"
 if [ -n "$cgroot" ]; then src="cgroup v2 cpu.stat under $cgroot"; else src="/proc/PID/stat (ringmail only)"; fi
 echo "(servers on core $server_cpu, smtpload on core $load_cpu; server CPU from $src)"
 echo
-echo "| size | sessions | mailboxes | server | delivered msgs/s | server CPU us/msg | p50 ms | p99 ms | in mailbox / acked | errors | other load % |"
-echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| size | sessions | mailboxes | server | delivered msgs/s | server CPU us/msg | p50 ms | p99 ms | p999 ms | in mailbox / acked | errors | other load % |"
+echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for size in ${sizes//,/ }; do
 	for sess in ${sessions_list//,/ }; do
 	for nr in ${rcpts_list//,/ }; do
@@ -405,13 +431,15 @@ for size in ${sizes//,/ }; do
 			cpu=$(col "$name" "$size" "$sess" "$nr" 9)
 			p50=$(col "$name" "$size" "$sess" "$nr" 10)
 			p99=$(col "$name" "$size" "$sess" "$nr" 11)
+			p999=$(col "$name" "$size" "$sess" "$nr" 15)
 			other=$(col "$name" "$size" "$sess" "$nr" 13)
 			sel='$1 == n && $2 == s && $3 == c && $4 == r'
 			inbox=$(awk -v n="$name" -v s="$size" -v c="$sess" -v r="$nr" "$sel"' { i += $6; a += $5 } END { printf "%d / %d", i, a }' "$tmp/results")
 			errs=$(awk -v n="$name" -v s="$size" -v c="$sess" -v r="$nr" "$sel"' { e += $12 } END { print e + 0 }' "$tmp/results")
-			printf '| %s | %s | %s | %s | %.0f | %.0f | %.2f | %.2f | %s | %s | %s |\n' "$size" "$sess" "$nr" "$label" \
+			printf '| %s | %s | %s | %s | %.0f | %.0f | %.2f | %.2f | %.2f | %s | %s | %s |\n' "$size" "$sess" "$nr" "$label" \
 				"$rate" "$cpu" "$(awk -v v="$p50" 'BEGIN { print v / 1000 }')" \
-				"$(awk -v v="$p99" 'BEGIN { print v / 1000 }')" "$inbox" "$errs" "$other"
+				"$(awk -v v="$p99" 'BEGIN { print v / 1000 }')" \
+				"$(awk -v v="$p999" 'BEGIN { print v / 1000 }')" "$inbox" "$errs" "$other"
 			echo "$name $size $sess/$nr $rate $cpu" >>"$tmp/medians"
 		done
 	done

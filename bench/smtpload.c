@@ -7,6 +7,12 @@
  * the server advertises PIPELINING (RFC 2920), as MTAs send them, unless
  * --no-pipelining.
  *
+ * With --tls the session runs over implicit TLS (465: TLS 1.3, X25519, the
+ * handshake right after connect; bench/loadgen.c's TLS over memory).
+ * With --user and --pass it authenticates after EHLO (AUTH PLAIN with an
+ * initial response, 235 awaited) and sends MAIL FROM the authenticated
+ * user, as a submission server requires.
+ *
  * It reports messages accepted per second (a 250 after the dot), the
  * latency of each message from the end of its data (the completion of the
  * send that carried the final ".\r\n") to its 250, errors by kind, and the
@@ -46,11 +52,14 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "loadgen.h"
 
 
 enum {
-	RECV_BUF = 4096,          /* one session's receive buffer */
-	CMD_BUF = 1024,           /* MAIL+RCPT+DATA, EHLO, QUIT */
+	RECV_BUF = 4096,          /* one session's receive buffer (plaintext) */
+	CMD_BUF = 1024,           /* MAIL+RCPT+DATA, EHLO, AUTH PLAIN, QUIT */
+	ADDR_MAX = 254,           /* --from, --rcpt, --user */
+	PASS_MAX = 255,           /* --pass: AUTH PLAIN of both fits in CMD_BUF */
 	TICK_MS = 20,
 	DEFAULT_CLIENTS = 1,
 	DEFAULT_MSGS = 20,
@@ -63,10 +72,12 @@ enum {
 	EXIT_SKIP = 77,
 };
 
+/* tls: the handshake or a record failed; auth: AUTH got anything but 235. */
 enum err_kind { ERR_REFUSED, ERR_RESET, ERR_TIMEOUT, ERR_CLOSED, ERR_BAD_REPLY,
-		ERR_TEMPFAIL, ERR_PERMFAIL, ERR_OTHER, ERR_MAX };
+		ERR_TEMPFAIL, ERR_PERMFAIL, ERR_TLS, ERR_AUTH, ERR_OTHER, ERR_MAX };
 static const char *const err_name[ERR_MAX] = {
-	"refused", "reset", "timeout", "closed", "bad_reply", "tempfail", "permfail", "other",
+	"refused", "reset", "timeout", "closed", "bad_reply", "tempfail", "permfail", "tls",
+	"auth", "other",
 };
 
 struct opts {
@@ -79,6 +90,9 @@ struct opts {
 	unsigned timeout_ms;
 	int src_addrs;            /* -1: automatic */
 	const char *from, *rcpt;  /* rcpt may hold one %d */
+	bool from_set;            /* --from given: used even with --user */
+	bool tls;                 /* implicit TLS (465) */
+	const char *user, *pass;  /* AUTH PLAIN; user may hold one %d (as rcpt) */
 	unsigned rcpt_count;      /* %d runs over base+1..base+rcpt_count by session */
 	unsigned rcpt_base;
 	const char *ehlo;
@@ -104,6 +118,8 @@ struct result {
 	bool io_uring_unavailable, failed;
 	struct hist lat_us;       /* end of data -> 250 */
 	struct hist env_us;       /* MAIL sent -> 354 to DATA */
+	struct hist auth_us;      /* AUTH sent -> 235 */
+	uint64_t handshakes;      /* TLS handshakes completed */
 };
 
 /* ---- sessions ------------------------------------------------------------- */
@@ -111,8 +127,10 @@ struct result {
 enum phase {
 	PH_IDLE,       /* not connected; (re)started by the tick or a finished session */
 	PH_CONNECT,
+	PH_HANDSHAKE,  /* --tls: the TLS handshake */
 	PH_GREETING,   /* waiting for 220 */
 	PH_EHLO,       /* 250 to EHLO */
+	PH_AUTH,       /* 235 to AUTH PLAIN */
 	PH_ENVELOPE,   /* 250 MAIL, 250 RCPT, 354 DATA (one write when pipelining) */
 	PH_MAIL,       /* without pipelining: one command at a time */
 	PH_RCPT,
@@ -137,7 +155,13 @@ struct client {
 	uint64_t deadline_ns;
 	uint64_t t_dot_ns;
 	uint64_t t_mail_ns;
-	char rcpt[320];
+	uint64_t t_auth_ns;
+	char rcpt[ADDR_MAX + 1];
+	char user[ADDR_MAX + 1];  /* --user with its %d replaced */
+	const char *from;         /* MAIL FROM: --from, else the user, else the default */
+	/* --tls: its ssl, the ciphertext in (tls.rbuf, LOADGEN_RBUF bytes) and
+	 * out; only loadgen.c's TLS functions use it, not its engine */
+	struct loadgen_conn tls;
 	char cmd[CMD_BUF];
 	size_t cmd_len;
 	char *msg;            /* this session's copy of the message + ".\r\n" */
@@ -159,6 +183,7 @@ struct load {
 	struct io_uring ring;
 	struct bench_addrs addr;
 	struct client *clients;
+	WOLFSSL_CTX *ctx;         /* --tls */
 	unsigned active;
 	uint64_t end_ns, hard_end_ns;
 	bool stopping;
@@ -205,6 +230,10 @@ static enum err_kind err_from_errno(int e)
 
 static void client_close(struct client *c)
 {
+	if (c->tls.ssl) {
+		wolfSSL_free(c->tls.ssl);
+		c->tls.ssl = NULL;
+	}
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
@@ -234,7 +263,18 @@ static void client_arm(struct load *l, struct client *c)
 static void client_recv(struct load *l, struct client *c)
 {
 	struct io_uring_sqe *sqe = load_sqe(l);
-	io_uring_prep_recv(sqe, c->fd, c->buf + c->len, RECV_BUF - 1 - c->len, 0);
+	if (c->tls.ssl) {
+		/* ciphertext behind what wolfSSL consumed; keep any unread */
+		struct loadgen_conn *t = &c->tls;
+		if (t->in_off > 0) {
+			memmove(t->rbuf, t->rbuf + t->in_off, t->in_len - t->in_off);
+			t->in_len -= t->in_off;
+			t->in_off = 0;
+		}
+		io_uring_prep_recv(sqe, c->fd, t->rbuf + t->in_len, LOADGEN_RBUF - t->in_len, 0);
+	} else {
+		io_uring_prep_recv(sqe, c->fd, c->buf + c->len, RECV_BUF - 1 - c->len, 0);
+	}
 	io_uring_sqe_set_data64(sqe, ud_make(UD_CLIENT, cidx(l, c)));
 	c->sending = false;
 }
@@ -247,9 +287,29 @@ static void client_send_more(struct load *l, struct client *c)
 	c->sending = true;
 }
 
-/* Sends p[0..n) then awaits the replies in c->expect. */
+/* Sends what the handshake or loadgen_write put in c->tls.out. */
+static void client_send_tls(struct load *l, struct client *c)
+{
+	c->out = (const char *)c->tls.out;
+	c->out_len = c->tls.out_len;
+	c->out_off = 0;
+	client_arm(l, c);
+	client_send_more(l, c);
+}
+
+/* Sends p[0..n) (encrypted with --tls) then awaits the replies in
+ * c->expect. */
 static void client_send(struct load *l, struct client *c, const char *p, size_t n)
 {
+	if (c->tls.ssl) {
+		c->tls.out_len = c->tls.out_off = 0; /* the last send completed */
+		if (!loadgen_write(&c->tls, p, n)) {
+			client_fail(l, c, ERR_TLS, 0);
+			return;
+		}
+		client_send_tls(l, c);
+		return;
+	}
 	c->out = p;
 	c->out_len = n;
 	c->out_off = 0;
@@ -294,7 +354,7 @@ static void client_next(struct load *l, struct client *c)
 		c->phase = PH_ENVELOPE;
 		c->cmd_len = (size_t)snprintf(c->cmd, sizeof(c->cmd),
 					      "MAIL FROM:<%s> SIZE=%zu\r\nRCPT TO:<%s>\r\nDATA\r\n",
-					      o->from, o->size, c->rcpt);
+					      c->from, o->size, c->rcpt);
 		c->expect[0] = 250;
 		c->expect[1] = 250;
 		c->expect[2] = 354;
@@ -303,10 +363,48 @@ static void client_next(struct load *l, struct client *c)
 	} else {
 		expect1(c, 250);
 		c->cmd_len = (size_t)snprintf(c->cmd, sizeof(c->cmd), "MAIL FROM:<%s> SIZE=%zu\r\n",
-					      o->from, o->size);
+					      c->from, o->size);
 		c->phase = PH_MAIL;
 		client_send(l, c, c->cmd, c->cmd_len);
 	}
+}
+
+/* RFC 4648 base64 of p[0..n) into dst (4 * ceil(n / 3) + 1 bytes). */
+static size_t base64(char *dst, const uint8_t *p, size_t n)
+{
+	static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t o = 0;
+	for (size_t i = 0; i < n; i += 3) {
+		uint32_t v = (uint32_t)p[i] << 16;
+		if (i + 1 < n)
+			v |= (uint32_t)p[i + 1] << 8;
+		if (i + 2 < n)
+			v |= p[i + 2];
+		dst[o++] = a[v >> 18];
+		dst[o++] = a[(v >> 12) & 63];
+		dst[o++] = i + 1 < n ? a[(v >> 6) & 63] : '=';
+		dst[o++] = i + 2 < n ? a[v & 63] : '=';
+	}
+	dst[o] = '\0';
+	return o;
+}
+
+/* AUTH PLAIN with the initial response (RFC 4616: "\0user\0pass"). */
+static void send_auth(struct load *l, struct client *c)
+{
+	uint8_t raw[2 + ADDR_MAX + PASS_MAX];
+	size_t ul = strlen(c->user), pl = strlen(l->o->pass);
+	raw[0] = 0;
+	memcpy(raw + 1, c->user, ul);
+	raw[1 + ul] = 0;
+	memcpy(raw + 2 + ul, l->o->pass, pl);
+	char b64[4 * ((sizeof(raw) + 2) / 3) + 1];
+	base64(b64, raw, 2 + ul + pl);
+	explicit_bzero(raw, sizeof(raw));
+	expect1(c, 235);
+	c->t_auth_ns = now_ns();
+	send_cmd(l, c, PH_AUTH, "AUTH PLAIN %s\r\n", b64);
+	explicit_bzero(b64, sizeof(b64));
 }
 
 static void client_send_message(struct load *l, struct client *c)
@@ -340,6 +438,14 @@ static bool client_reply(struct load *l, struct client *c, int code)
 	case PH_EHLO:
 		if (c->pipelining)
 			l->res->pipelined = true;
+		if (l->o->user) {
+			send_auth(l, c);
+			break;
+		}
+		client_next(l, c);
+		break;
+	case PH_AUTH:
+		hist_add(&l->res->auth_us, (now_ns() - c->t_auth_ns) / 1000);
 		client_next(l, c);
 		break;
 	case PH_MAIL:
@@ -420,8 +526,8 @@ static int client_lines(struct load *l, struct client *c)
 		int code = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
 		if (code != c->expect[0]) {
 			note_reply(l, s, n);
-			client_fail(l, c, code >= 500 ? ERR_PERMFAIL : code >= 400 ? ERR_TEMPFAIL
-										  : ERR_BAD_REPLY, 0);
+			client_fail(l, c, c->phase == PH_AUTH ? ERR_AUTH : code >= 500 ? ERR_PERMFAIL
+					  : code >= 400 ? ERR_TEMPFAIL : ERR_BAD_REPLY, 0);
 			return -1;
 		}
 		bool more = c->nexpect > 1;
@@ -464,6 +570,15 @@ static void client_start(struct load *l, struct client *c)
 		c->phase = PH_IDLE;
 		return;
 	}
+	if (l->ctx) {
+		c->tls.in_off = c->tls.in_len = 0;
+		c->tls.out_len = c->tls.out_off = 0;
+		if (!loadgen_tls_new(l->ctx, &c->tls)) {
+			l->res->errors[ERR_TLS]++;
+			client_close(c);
+			return;
+		}
+	}
 	struct io_uring_sqe *sqe = load_sqe(l);
 	io_uring_prep_connect(sqe, c->fd, (const struct sockaddr *)&l->addr.dst, l->addr.dst_len);
 	io_uring_sqe_set_data64(sqe, ud_make(UD_CLIENT, cidx(l, c)));
@@ -471,6 +586,57 @@ static void client_start(struct load *l, struct client *c)
 	c->sending = false;
 	client_arm(l, c);
 	l->active++;
+}
+
+/* --tls: decrypts what arrived into c->buf and handles its lines.
+ * Returns as client_lines(). */
+static int client_tls_lines(struct load *l, struct client *c)
+{
+	char err[WOLFSSL_MAX_ERROR_SZ] = "";
+	for (;;) {
+		/* client_lines() fails a session whose buffer filled up without
+		 * a line end, so there is room here */
+		int r = loadgen_tls_read(&c->tls, c->buf + c->len, RECV_BUF - 1 - c->len, err,
+					 sizeof(err));
+		if (r == LOADGEN_TLS_WANT)
+			return 1;
+		if (r < 0) {
+			if (r == LOADGEN_TLS_ERROR)
+				note_reply(l, err, strlen(err));
+			client_fail(l, c, r == LOADGEN_TLS_CLOSED ? ERR_CLOSED : ERR_TLS, 0);
+			return -1;
+		}
+		c->len += (uint32_t)r;
+		int rc = client_lines(l, c);
+		if (rc != 1)
+			return rc;
+	}
+}
+
+/* --tls: the handshake goes on with what arrived (nothing, right after
+ * connect: the ClientHello goes out). */
+static void client_handshake(struct load *l, struct client *c)
+{
+	char err[WOLFSSL_MAX_ERROR_SZ] = "";
+	c->tls.out_len = c->tls.out_off = 0; /* the last send completed */
+	int r = loadgen_tls_handshake(&c->tls, err, sizeof(err));
+	if (r == LOADGEN_TLS_ERROR) {
+		note_reply(l, err, strlen(err));
+		client_fail(l, c, ERR_TLS, 0);
+		return;
+	}
+	if (r == LOADGEN_TLS_DONE) {
+		l->res->handshakes++;
+		c->phase = PH_GREETING;
+		expect1(c, 220);
+	}
+	if (c->tls.out_len > 0) {
+		client_send_tls(l, c); /* ClientHello, or the client's Finished */
+		return;
+	}
+	if (r == LOADGEN_TLS_DONE && client_tls_lines(l, c) != 1)
+		return;
+	client_recv(l, c);
 }
 
 static void client_complete(struct load *l, struct client *c, int res)
@@ -486,6 +652,11 @@ static void client_complete(struct load *l, struct client *c, int res)
 		return;
 	}
 	if (c->phase == PH_CONNECT) {
+		if (c->tls.ssl) {
+			c->phase = PH_HANDSHAKE;
+			client_handshake(l, c);
+			return;
+		}
 		c->phase = PH_GREETING;
 		expect1(c, 220);
 		client_recv(l, c);
@@ -499,11 +670,22 @@ static void client_complete(struct load *l, struct client *c, int res)
 		}
 		if (c->phase == PH_MESSAGE)
 			c->t_dot_ns = now_ns();
+		/* TLS: records that arrived with the last ones may hold more */
+		if (c->tls.ssl && c->phase != PH_HANDSHAKE && client_tls_lines(l, c) != 1)
+			return;
 		client_recv(l, c);
 		return;
 	}
 	if (res == 0) {
 		client_fail(l, c, ERR_CLOSED, 0);
+		return;
+	}
+	if (c->tls.ssl) {
+		c->tls.in_len += (uint32_t)res;
+		if (c->phase == PH_HANDSHAKE)
+			client_handshake(l, c);
+		else if (client_tls_lines(l, c) == 1)
+			client_recv(l, c);
 		return;
 	}
 	c->len += (uint32_t)res;
@@ -611,6 +793,7 @@ static void rcpt_format(char *dst, size_t cap, const char *fmt, unsigned n)
 static void load_run(const struct opts *o, uint64_t end_ns, struct result *res)
 {
 	struct load l = { .o = o, .res = res };
+	bool tls_inited = false;  /* wolfSSL_Init() to balance */
 	memset(res, 0, sizeof(*res));
 	l.end_ns = end_ns;
 	l.hard_end_ns = end_ns + (uint64_t)o->timeout_ms * 1000000u + 1000000000u;
@@ -630,16 +813,40 @@ static void load_run(const struct opts *o, uint64_t end_ns, struct result *res)
 		free(l.tmpl);
 		return;
 	}
+	if (o->tls) {
+		/* TLS 1.3, X25519, as imapload and tls_bench by default */
+		if (wolfSSL_Init() != WOLFSSL_SUCCESS) {
+			fprintf(stderr, "smtpload: wolfSSL_Init failed\n");
+			res->failed = true;
+			goto out;
+		}
+		tls_inited = true;
+		l.ctx = loadgen_tls_ctx("smtpload", false, 0);
+		if (!l.ctx) {
+			res->failed = true;
+			goto out;
+		}
+	}
 	for (unsigned i = 0; i < o->clients; i++) {
 		struct client *c = &l.clients[i];
 		c->fd = -1;
 		c->msg = malloc(l.tmpl_len);
-		if (!c->msg) {
+		c->tls.fd = -1;
+		c->tls.rbuf = o->tls ? malloc(LOADGEN_RBUF) : NULL;
+		if (!c->msg || (o->tls && !c->tls.rbuf)) {
 			res->failed = true;
 			goto out;
 		}
 		memcpy(c->msg, l.tmpl, l.tmpl_len);
-		rcpt_format(c->rcpt, sizeof(c->rcpt), o->rcpt, o->rcpt_base + i % o->rcpt_count + 1);
+		/* session i: recipient and user number base + i mod count + 1 */
+		unsigned n = o->rcpt_base + i % o->rcpt_count + 1;
+		rcpt_format(c->rcpt, sizeof(c->rcpt), o->rcpt, n);
+		c->from = o->from;
+		if (o->user) {
+			rcpt_format(c->user, sizeof(c->user), o->user, n);
+			if (!o->from_set)
+				c->from = c->user; /* submission: the sender is the user */
+		}
 	}
 
 	int rc = bench_ring_init("smtpload", &l.ring, o->clients, &res->io_uring_unavailable);
@@ -692,9 +899,15 @@ out:
 	for (unsigned i = 0; i < o->clients; i++) {
 		client_close(&l.clients[i]);
 		free(l.clients[i].msg);
+		free(l.clients[i].tls.rbuf);
+		free(l.clients[i].tls.out);
 	}
 	free(l.clients);
 	free(l.tmpl);
+	if (l.ctx)
+		wolfSSL_CTX_free(l.ctx);
+	if (tls_inited)
+		wolfSSL_Cleanup();
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	res->cpu_user_us = (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec;
@@ -737,15 +950,24 @@ static void report(FILE *out, const struct opts *o, const struct result *r,
 	uint64_t nerr = 0;
 	for (int k = 0; k < ERR_MAX; k++)
 		nerr += r->errors[k];
-	fprintf(out, "smtp %s:%s sessions %u x %u msgs of %zu bytes%s\n", o->host, o->port,
-		o->clients, o->msgs_per_session, o->size, r->pipelined ? ", pipelined" : "");
+	fprintf(out, "smtp %s:%s%s%s sessions %u x %u msgs of %zu bytes%s\n", o->host, o->port,
+		o->tls ? " TLS" : "", o->user ? " AUTH" : "", o->clients, o->msgs_per_session,
+		o->size, r->pipelined ? ", pipelined" : "");
 	fprintf(out, "  accepted     %" PRIu64 " msgs (%" PRIu64 " sessions) in %.2f s = %.1f msgs/s\n",
 		r->msgs, r->sessions, secs, secs > 0 ? (double)r->msgs / secs : 0);
 	fprintf(out, "  latency us   dot->250 p50 %" PRIu64 "  p99 %" PRIu64 "  p999 %" PRIu64
 		"  max %" PRIu64 "\n", hist_quantile(&r->lat_us, 0.5),
 		hist_quantile(&r->lat_us, 0.99), hist_quantile(&r->lat_us, 0.999), r->lat_us.max);
-	fprintf(out, "  envelope us  MAIL->354 p50 %" PRIu64 "  p99 %" PRIu64 "\n",
-		hist_quantile(&r->env_us, 0.5), hist_quantile(&r->env_us, 0.99));
+	fprintf(out, "  envelope us  MAIL->354 p50 %" PRIu64 "  p99 %" PRIu64 "  p999 %" PRIu64 "\n",
+		hist_quantile(&r->env_us, 0.5), hist_quantile(&r->env_us, 0.99),
+		hist_quantile(&r->env_us, 0.999));
+	if (o->user)
+		fprintf(out, "  auth us      AUTH->235 p50 %" PRIu64 "  p99 %" PRIu64 "  p999 %" PRIu64
+			" (%" PRIu64 " logins)\n", hist_quantile(&r->auth_us, 0.5),
+			hist_quantile(&r->auth_us, 0.99), hist_quantile(&r->auth_us, 0.999),
+			r->auth_us.n);
+	if (o->tls)
+		fprintf(out, "  tls          %" PRIu64 " handshakes\n", r->handshakes);
 	fprintf(out, "  errors       %" PRIu64, nerr);
 	for (int k = 0; k < ERR_MAX; k++)
 		fprintf(out, " %s %" PRIu64, err_name[k], r->errors[k]);
@@ -753,7 +975,7 @@ static void report(FILE *out, const struct opts *o, const struct result *r,
 		fprintf(out, " (last other: %s)", strerror(r->last_errno));
 	fprintf(out, "\n");
 	if (r->last_reply[0])
-		fprintf(out, "  last unexpected reply: %s\n", r->last_reply);
+		fprintf(out, "  last unexpected reply (or TLS error): %s\n", r->last_reply);
 	if (cpu->ok)
 		fprintf(out, "  server cpu   %.1f us/msg (user %.1f sys %.1f) [%s]\n",
 			(double)cpu->total_us / msgs, (double)cpu->user_us / msgs,
@@ -769,20 +991,31 @@ static void report_json(FILE *out, const struct opts *o, const struct result *r,
 {
 	double secs = r->t_end_ns > r->t_start_ns ? (double)(r->t_end_ns - r->t_start_ns) / 1e9 : 0;
 	double msgs = r->msgs ? (double)r->msgs : 1;
-	fprintf(out, "{\"scenario\":\"smtp\",\"host\":\"%s\",\"port\":%s,\"sessions\":%u,"
+	fprintf(out, "{\"scenario\":\"smtp\",\"host\":\"%s\",\"port\":%s,\"tls\":%s,\"auth\":%s,"
+		"\"sessions\":%u,"
 		"\"rcpts\":%u,\"msgs_per_session\":%u,\"size\":%zu,\"pipelined\":%s,\"msgs\":%" PRIu64
 		",\"sessions_done\":%" PRIu64 ",\"seconds\":%.3f,\"msgs_per_s\":%.1f,"
 		"\"p50_us\":%" PRIu64 ",\"p99_us\":%" PRIu64 ",\"p999_us\":%" PRIu64
 		",\"max_us\":%" PRIu64 ",\"env_p50_us\":%" PRIu64 ",\"env_p99_us\":%" PRIu64
-		",\"errors\":{",
-		o->host, o->port, o->clients, o->rcpt_count, o->msgs_per_session, o->size,
+		",\"env_p999_us\":%" PRIu64 ",\"errors\":{",
+		o->host, o->port, o->tls ? "true" : "false", o->user ? "true" : "false", o->clients, o->rcpt_count, o->msgs_per_session, o->size,
 		r->pipelined ? "true" : "false", r->msgs, r->sessions, secs,
 		secs > 0 ? (double)r->msgs / secs : 0, hist_quantile(&r->lat_us, 0.5),
 		hist_quantile(&r->lat_us, 0.99), hist_quantile(&r->lat_us, 0.999), r->lat_us.max,
-		hist_quantile(&r->env_us, 0.5), hist_quantile(&r->env_us, 0.99));
-	for (int k = 0; k < ERR_MAX; k++)
+		hist_quantile(&r->env_us, 0.5), hist_quantile(&r->env_us, 0.99),
+		hist_quantile(&r->env_us, 0.999));
+	uint64_t nerr = 0;
+	for (int k = 0; k < ERR_MAX; k++) {
 		fprintf(out, "%s\"%s\":%" PRIu64, k ? "," : "", err_name[k], r->errors[k]);
-	fprintf(out, "},");
+		nerr += r->errors[k];
+	}
+	fprintf(out, "},\"errors_total\":%" PRIu64 ",", nerr);
+	if (o->user)
+		fprintf(out, "\"logins\":%" PRIu64 ",\"auth_p50_us\":%" PRIu64 ",\"auth_p99_us\":%" PRIu64
+			",\"auth_p999_us\":%" PRIu64 ",", r->auth_us.n, hist_quantile(&r->auth_us, 0.5),
+			hist_quantile(&r->auth_us, 0.99), hist_quantile(&r->auth_us, 0.999));
+	if (o->tls)
+		fprintf(out, "\"handshakes\":%" PRIu64 ",", r->handshakes);
 	if (cpu->ok)
 		fprintf(out, "\"server_cpu_us_per_msg\":%.2f,\"server_user_us_per_msg\":%.2f,"
 			"\"server_sys_us_per_msg\":%.2f,\"server_cpu_source\":\"%s\",",
@@ -810,7 +1043,12 @@ static void usage(FILE *out)
 		"  -d, --duration SECS      no message starts after SECS (5)\n"
 		"  -n, --max-msgs N         no message starts after N (smoke tests)\n"
 		"      --timeout-ms MS      deadline of each step: connect, each reply (%d)\n"
-		"      --from ADDR          envelope sender (load@load.example)\n"
+		"      --tls                implicit TLS (465): TLS 1.3 right after connect\n"
+		"      --user ADDR          AUTH PLAIN as ADDR after EHLO; one %%d as in --rcpt\n"
+		"                           (same number); MAIL FROM is the user\n"
+		"      --pass PASS          the password for --user\n"
+		"      --from ADDR          envelope sender (load@load.example; with --user,\n"
+		"                           the user)\n"
 		"      --rcpt ADDR          recipient; one %%d is replaced by 1..--rcpt-count\n"
 		"                           by session (user@example.com)\n"
 		"      --rcpt-count N       recipients %%d runs over (1)\n"
@@ -835,7 +1073,7 @@ int main(int argc, char **argv)
 		.pipelining = true,
 	};
 	enum { OPT_TIMEOUT = 256, OPT_SRC, OPT_PID, OPT_CGROUP, OPT_JSON, OPT_FROM, OPT_RCPT,
-	       OPT_RCPT_COUNT, OPT_RCPT_BASE, OPT_EHLO, OPT_NOPIPE };
+	       OPT_RCPT_COUNT, OPT_RCPT_BASE, OPT_EHLO, OPT_NOPIPE, OPT_TLS, OPT_USER, OPT_PASS };
 	static const struct option longopts[] = {
 		{ "host", required_argument, NULL, 'H' },
 		{ "port", required_argument, NULL, 'p' },
@@ -854,6 +1092,9 @@ int main(int argc, char **argv)
 		{ "rcpt-base", required_argument, NULL, OPT_RCPT_BASE },
 		{ "ehlo", required_argument, NULL, OPT_EHLO },
 		{ "no-pipelining", no_argument, NULL, OPT_NOPIPE },
+		{ "tls", no_argument, NULL, OPT_TLS },
+		{ "user", required_argument, NULL, OPT_USER },
+		{ "pass", required_argument, NULL, OPT_PASS },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -918,14 +1159,28 @@ int main(int argc, char **argv)
 			o.server_cgroup[o.ncgroups++] = optarg;
 			break;
 		case OPT_FROM:
-			if (strlen(optarg) > 254)
+			if (strlen(optarg) > ADDR_MAX)
 				goto bad;
 			o.from = optarg;
+			o.from_set = true;
 			break;
 		case OPT_RCPT:
-			if (strlen(optarg) > 254)
+			if (strlen(optarg) > ADDR_MAX)
 				goto bad;
 			o.rcpt = optarg;
+			break;
+		case OPT_TLS:
+			o.tls = true;
+			break;
+		case OPT_USER:
+			if (strlen(optarg) > ADDR_MAX - 8 || !*optarg)
+				goto bad;
+			o.user = optarg;
+			break;
+		case OPT_PASS:
+			if (strlen(optarg) > PASS_MAX)
+				goto bad;
+			o.pass = optarg;
 			break;
 		case OPT_RCPT_COUNT:
 			if (!parse_size(optarg, 1, 1000000, &v))
@@ -959,6 +1214,17 @@ int main(int argc, char **argv)
 	if (optind != argc) {
 		usage(stderr);
 		return 1;
+	}
+	if (!o.user != !o.pass) {
+		fprintf(stderr, "smtpload: --user and --pass go together\n");
+		return 1;
+	}
+	for (const char *const *f = (const char *const[]){ o.rcpt, o.user, NULL }; *f; f++) {
+		const char *pct = strchr(*f, '%');
+		if (pct && (pct[1] != 'd' || strchr(pct + 1, '%'))) {
+			fprintf(stderr, "smtpload: --rcpt and --user take at most one %%d\n");
+			return 1;
+		}
 	}
 
 	const char *src;

@@ -9,8 +9,9 @@
 #                        [--no-install]
 #
 # DIR (/var/lib/ringmail-peers) gets:
-#   postfix/        config_directory (main.cf, master.cf, vmailbox)
-#   postfix-spool/  queue_directory;   postfix-data/ data_directory
+#   postfix/        config_directory (main.cf, master.cf, vmailbox, senders)
+#   postfix-spool/  queue_directory (private/auth: Dovecot's SASL socket for
+#                   Postfix's smtpd);   postfix-data/ data_directory
 #   dovecot/        dovecot.conf, passwd, run/ (base_dir: the lmtp socket)
 #   tls/            cert.pem, key.pem: a self-signed ECDSA P-256 certificate
 #                   (ringmail's own type) for Dovecot's 993/995 and Postfix's 465
@@ -18,8 +19,12 @@
 #   postfix.log, dovecot.log
 #   env             PORT, FORMAT, USERS for start.sh, stop.sh, count.sh
 # The ports follow ringmail's table shifted by PORT - 25 (24000 by default):
-# Postfix 24025 (plain) and 24465 (implicit TLS); Dovecot IMAP 24143 and
-# 24993, POP3 24110 and 24995, for the greet, TLS, IMAP and POP3 benches.
+# Postfix 24025, 24026, 26025, 26525 (MX: mail for example.com from
+# anyone), 24465 (implicit TLS) and 24587 (STARTTLS required), the last two
+# submission ports with AUTH required (SASL through Dovecot's auth service)
+# and the sender bound to the login; Dovecot IMAP 24143 and 24993, POP3
+# 24110 and 24995, for the greet, TLS, IMAP, POP3 and SMTP benches. (The
+# benches start ringmail at offsets from 27000, above all of these.)
 # Users r1@example.com .. rN@example.com (N = --users, 64) exist in both
 # Postfix's virtual mailbox map and Dovecot's passwd-file, so every bench run
 # can deliver into mailboxes of its own.
@@ -152,6 +157,14 @@ service auth {
   unix_listener auth-userdb {
     mode = 0600
   }
+  # Postfix's SMTP AUTH on 465/587 asks Dovecot (Dovecot's "Postfix SASL"
+  # howto: a listener in Postfix's queue directory, smtpd_sasl_type =
+  # dovecot); the same passdb and auth cache as IMAP and POP3 logins.
+  unix_listener $dir/postfix-spool/private/auth {
+    mode = 0660
+    user = postfix
+    group = postfix
+  }
 }
 # Logins in "high-performance mode" (doc: Login processes): each login
 # process serves many clients (service_count = 0), one per CPU core
@@ -218,6 +231,14 @@ EOF
 for i in $(seq 1 "$users"); do
 	echo "r$i@example.com OK"
 done >"$dir/postfix/vmailbox"
+# Who may send as whom after AUTH: each user as itself (ringmail's rule).
+for i in $(seq 1 "$users"); do
+	echo "r$i@example.com r$i@example.com"
+done >"$dir/postfix/senders"
+# Dovecot (started first) puts its SASL socket for Postfix here.
+mkdir -p "$dir/postfix-spool/private"
+chown postfix "$dir/postfix-spool/private"
+chmod 700 "$dir/postfix-spool/private"
 cat >"$dir/postfix/main.cf" <<EOF
 # ringmail bench peer (bench/peers/README.md): an MX for example.com on
 # 127.0.0.1:$port, delivering every message over LMTP to Dovecot.
@@ -271,10 +292,21 @@ lmtp_connection_cache_on_demand = yes
 # No header/body checks, no milters, no STARTTLS, no postscreen (master.cf).
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
-# Implicit TLS on $((off + 465)) only (master.cf), with the peer certificate;
-# session tickets on (smtpd_tls_session_cache_timeout > 0, the default).
+# TLS on the submission ports only (master.cf: $((off + 465)) implicit,
+# $((off + 587)) STARTTLS), with the peer certificate; session tickets on
+# (smtpd_tls_session_cache_timeout > 0, the default).
 smtpd_tls_chain_files = $dir/tls/key.pem, $dir/tls/cert.pem
 smtputf8_enable = no
+
+# ---- SMTP AUTH on the submission ports (SASL_README "Dovecot SASL") ----
+# Dovecot's auth service over private/auth (a socket Dovecot's master puts
+# in this queue directory); enabled per listener in master.cf, off on the
+# MX ports as they were measured before.
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = private/auth
+smtpd_sasl_auth_enable = no
+# reject_sender_login_mismatch (master.cf): MAIL FROM must be the login.
+smtpd_sender_login_maps = texthash:$dir/postfix/senders
 EOF
 # Debian's master.cf, chroot off (our paths are outside a chroot), the
 # public smtp listener replaced by 127.0.0.1:$port; no postscreen.
@@ -284,10 +316,28 @@ awk -v port="$port" '
 	NF >= 8 { $5 = "n"; print; next }
 	{ print }
 ' /etc/postfix/master.cf >"$dir/postfix/master.cf"
+# The rest of the ports table: 26, 2025, 2525 as 25 (MX); 465 (implicit
+# TLS, "submissions") and 587 (STARTTLS required, "submission") as Debian's
+# master.cf templates have them: AUTH required (smtpd_tls_auth_only: only
+# over TLS), the sender bound to the login, nothing relayed without AUTH.
+submission_opts='
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_tls_auth_only=yes
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_sender_restrictions=reject_sender_login_mismatch
+  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject'
 cat >>"$dir/postfix/master.cf" <<EOF
+127.0.0.1:$((off + 26)) inet n - n - - smtpd
+127.0.0.1:$((off + 2025)) inet n - n - - smtpd
+127.0.0.1:$((off + 2525)) inet n - n - - smtpd
 127.0.0.1:$((off + 465)) inet n - n - - smtpd
+  -o syslog_name=postfix/submissions
   -o smtpd_tls_wrappermode=yes
-  -o smtpd_tls_security_level=encrypt
+  -o smtpd_tls_security_level=encrypt$submission_opts
+127.0.0.1:$((off + 587)) inet n - n - - smtpd
+  -o syslog_name=postfix/submission
+  -o smtpd_tls_security_level=encrypt$submission_opts
 EOF
 postfix -c "$dir/postfix" set-permissions >/dev/null 2>&1 || true
 postfix -c "$dir/postfix" check
@@ -297,4 +347,4 @@ PORT=$port
 FORMAT=$format
 USERS=$users
 EOF
-echo "peers set up in $dir: Postfix on 127.0.0.1:$port (TLS $((off + 465))) -> LMTP -> Dovecot ($format), IMAP $((off + 143))/$((off + 993)), POP3 $((off + 110))/$((off + 995)), users r1..r$users@example.com"
+echo "peers set up in $dir: Postfix on 127.0.0.1:$port, $((off + 26)), $((off + 2025)), $((off + 2525)) (MX), $((off + 465)) (TLS) and $((off + 587)) (STARTTLS) with AUTH -> LMTP -> Dovecot ($format), IMAP $((off + 143))/$((off + 993)), POP3 $((off + 110))/$((off + 995)), users r1..r$users@example.com"
