@@ -17,7 +17,7 @@
  * wall and CPU, with the checkpoint as the store left it and with the
  * checkpoint removed (the whole log replayed). Before each open the page
  * cache is dropped when we may (root), else the figure is warm-cache and
- * says so. Next to it: read(2) of the same checkpoint+log bytes (or log
+ * says so ("cache"); a second open right after is the warm figure. Next to it: read(2) of the same checkpoint+log bytes (or log
  * bytes) from the page cache, the I/O an open cannot avoid. One JSON line
  * per N, medians of the runs.
  *
@@ -411,7 +411,7 @@ static int open_bench(const char *base, const char *list, int runs, const char *
 	for (const char *s = list; *s; ) {
 		long n = strtol(s, (char **)&s, 10);
 		char dir[512], cmd[600], ck[1200], save[1200], logp[1200];
-		double w[2][100], c[2][100], rd[2][100];
+		double w[2][100], c[2][100], ww[2][100], wcpu[2][100], rd[2][100];
 		uint32_t msgs = 0;
 		char *fdir;
 		bool forced;
@@ -439,8 +439,11 @@ static int open_bench(const char *base, const char *list, int runs, const char *
 			/* interleaved, as the append rows */
 			copy_file(save, ck);
 			time_open(dir, cold, &w[0][r], &c[0][r], &msgs);
+			time_open(dir, false, &ww[0][r], &wcpu[0][r], &m);
 			unlink(ck);
 			time_open(dir, cold, &w[1][r], &c[1][r], &m);
+			unlink(ck); /* in case that open wrote one */
+			time_open(dir, false, &ww[1][r], &wcpu[1][r], &m);
 			if (m != msgs) {
 				fprintf(stderr, "open without checkpoint: %u messages, with: %u\n", m, msgs);
 				return 1;
@@ -455,10 +458,13 @@ static int open_bench(const char *base, const char *list, int runs, const char *
 		       "\"checkpoint_bytes\":%ld,\"checkpoint\":\"%s\",\"cache\":\"%s\",\"runs\":%d,"
 		       "\"ckpt_wall_ms\":%.2f,\"ckpt_cpu_ms\":%.2f,\"replay_wall_ms\":%.2f,"
 		       "\"replay_cpu_ms\":%.2f,\"replay_over_ckpt\":%.2f,"
+		       "\"warm_ckpt_wall_ms\":%.2f,\"warm_ckpt_cpu_ms\":%.2f,"
+		       "\"warm_replay_wall_ms\":%.2f,\"warm_replay_cpu_ms\":%.2f,"
 		       "\"read_ckpt_log_ms\":%.3f,\"read_log_ms\":%.3f}\n",
 		       n, msgs, logb, ckb, forced ? "forced" : "store's own", cold ? "cold" : "warm", runs, wc * 1e3,
 		       median(c[0], runs) * 1e3, wn * 1e3, median(c[1], runs) * 1e3,
-		       wc > 0 ? wn / wc : 0, median(rd[0], runs) * 1e3, median(rd[1], runs) * 1e3);
+		       wc > 0 ? wn / wc : 0, median(ww[0], runs) * 1e3, median(wcpu[0], runs) * 1e3,
+		       median(ww[1], runs) * 1e3, median(wcpu[1], runs) * 1e3, median(rd[0], runs) * 1e3, median(rd[1], runs) * 1e3);
 		fflush(stdout);
 		free(fdir);
 		if (system(cmd) != 0)
