@@ -17,8 +17,7 @@
  * wall and CPU, with the checkpoint as the store left it and with the
  * checkpoint removed (the whole log replayed). Before each open the page
  * cache is dropped when we may (root), else the figure is warm-cache and
- * says so ("cache"); a second open right after is the warm figure. Next to it: read(2) of the same checkpoint+log bytes (or log
- * bytes) from the page cache, the I/O an open cannot avoid. One JSON line
+X One JSON line
  * per N, medians of the runs.
  *
  * DIR must be on the file system being measured (default: /var/tmp). */
@@ -449,7 +448,7 @@ static int open_bench(const char *base, const char *list, int runs, const char *
 				return 1;
 			}
 			const char *p2[] = { save, logp };
-			rd[0][r] = time_read(p2, 2);
+			rd[0][r] = time_read(p2, 1);
 			rd[1][r] = time_read(p2 + 1, 1);
 		}
 		copy_file(save, ck);
@@ -460,7 +459,7 @@ static int open_bench(const char *base, const char *list, int runs, const char *
 		       "\"replay_cpu_ms\":%.2f,\"replay_over_ckpt\":%.2f,"
 		       "\"warm_ckpt_wall_ms\":%.2f,\"warm_ckpt_cpu_ms\":%.2f,"
 		       "\"warm_replay_wall_ms\":%.2f,\"warm_replay_cpu_ms\":%.2f,"
-		       "\"read_ckpt_log_ms\":%.3f,\"read_log_ms\":%.3f}\n",
+		       "\"read_ckpt_ms\":%.3f,\"read_log_ms\":%.3f}\n",
 		       n, msgs, logb, ckb, forced ? "forced" : "store's own", cold ? "cold" : "warm", runs, wc * 1e3,
 		       median(c[0], runs) * 1e3, wn * 1e3, median(c[1], runs) * 1e3,
 		       wc > 0 ? wn / wc : 0, median(ww[0], runs) * 1e3, median(wcpu[0], runs) * 1e3,
