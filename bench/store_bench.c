@@ -17,7 +17,11 @@
  * wall and CPU, with the checkpoint as the store left it and with the
  * checkpoint removed (the whole log replayed). Before each open the page
  * cache is dropped when we may (root), else the figure is warm-cache and
-X One JSON line
+ * says so ("cache"); a second open right after is the warm figure. Next
+ * to it: read(2) from the page cache of the bytes an open cannot avoid:
+ * the checkpoint (an open with it also reads the log after the
+ * checkpoint's offset, less than checkpoint_bytes), or the whole log.
+ * One JSON line
  * per N, medians of the runs.
  *
  * DIR must be on the file system being measured (default: /var/tmp). */
