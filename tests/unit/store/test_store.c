@@ -889,6 +889,60 @@ Test(store, failed_fsync_is_an_error_and_is_not_retried_as_success)
 
 /* ---- compaction ------------------------------------------------------------ */
 
+/* The compaction tests' folder: 20 messages "Subject: i" with a 150-digit
+ * body (UIDs 1..20), waiting after each for a segment roll's open. */
+static void compaction_msg(char *msg, size_t cap, int i)
+{
+	snprintf(msg, cap, "Subject: %d\r\n\r\n%0150d\r\n", i, i);
+}
+
+static void compaction_fill(struct store_folder *f)
+{
+	char msg[200];
+	for (int i = 0; i < 20; i++) {
+		compaction_msg(msg, sizeof(msg), i);
+		cr_assert_eq(t_append(L, f, msg, NULL), 0);
+		bool never = false;
+		loop_run_until(L, &never, 5); /* a roll's open completes */
+	}
+}
+
+/* Expunges UIDs first..first+n-1 of f. */
+static void expunge_range(struct store_folder *f, uint32_t first, uint32_t n)
+{
+	uint32_t gone[32];
+	struct waitres w = { 0 };
+	cr_assert_leq(n, 32);
+	for (uint32_t i = 0; i < n; i++)
+		gone[i] = first + i;
+	store_expunge(f, L, gone, n, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+}
+
+/* Checks that UIDs 16..20 (and `more` extra messages from UID 21 on) read
+ * back whole, then again after closing and reopening the store; leaves *f
+ * and *u open on the reopened store. */
+static void compaction_check(struct store_folder **f, struct store_user **u,
+			     const char *const *more, size_t nmore)
+{
+	char msg[200];
+	for (int pass = 0; pass < 2; pass++) {
+		for (int i = 15; i < 20; i++) {
+			compaction_msg(msg, sizeof(msg), i);
+			check_msg(*f, (uint32_t)i + 1, msg);
+		}
+		for (size_t k = 0; k < nmore; k++)
+			check_msg(*f, (uint32_t)(21 + k), more[k]);
+		store_folder_close(f);
+		store_user_close(u);
+		store_free(&S);
+		open_store(0, 4096, 0);
+		*u = t_user(S, L, "alice@example.com");
+		*f = t_folder(*u, L, "INBOX");
+	}
+}
+
 /* Nobody calls store_compact(): once compact_after bytes were expunged,
  * the folder compacts its sealed segments by itself, online. */
 Test(store, compaction_starts_on_its_own)
@@ -901,54 +955,27 @@ Test(store, compaction_starts_on_its_own)
 	}
 	struct store_user *u = t_user(S, L, "alice@example.com");
 	struct store_folder *f = t_folder(u, L, "INBOX");
-	char msg[200], sp[700];
-	uint32_t gone[15];
-	struct waitres w = { 0 };
+	char sp[700];
 	struct stat sb;
 
-	for (int i = 0; i < 20; i++) {
-		snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%0150d\r\n", i, i);
-		cr_assert_eq(t_append(L, f, msg, NULL), 0);
-		bool never = false;
-		loop_run_until(L, &never, 5); /* a roll's open completes */
-	}
+	compaction_fill(f);
 	snprintf(sp, sizeof(sp), "%s/mail/alice@example.com/f0/s1", D);
 	cr_assert_eq(stat(sp, &sb), 0, "s1 exists before");
 	/* 5 messages: below compact_after, nothing happens */
-	for (int i = 0; i < 5; i++)
-		gone[i] = (uint32_t)i + 1;
-	store_expunge(f, L, gone, 5, wr_modseq, &w);
-	t_run(L, &w);
-	cr_assert_eq(w.res, 0);
+	expunge_range(f, 1, 5);
 	{
 		bool never = false;
 		loop_run_until(L, &never, 100);
 	}
 	cr_assert_eq(stat(sp, &sb), 0, "compacted below compact_after");
 	/* 10 more: past it */
-	for (int i = 0; i < 10; i++)
-		gone[i] = (uint32_t)i + 6;
-	memset(&w, 0, sizeof(w));
-	store_expunge(f, L, gone, 10, wr_modseq, &w);
-	t_run(L, &w);
-	cr_assert_eq(w.res, 0);
+	expunge_range(f, 6, 10);
 	for (int i = 0; i < 100 && stat(sp, &sb) == 0; i++) {
 		bool never = false;
 		loop_run_until(L, &never, 20);
 	}
 	cr_expect_neq(stat(sp, &sb), 0, "s1 was not compacted away");
-	for (int pass = 0; pass < 2; pass++) {
-		for (int i = 15; i < 20; i++) {
-			snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%0150d\r\n", i, i);
-			check_msg(f, (uint32_t)i + 1, msg);
-		}
-		store_folder_close(&f);
-		store_user_close(&u);
-		store_free(&S);
-		open_store(0, 4096, 0);
-		u = t_user(S, L, "alice@example.com");
-		f = t_folder(u, L, "INBOX");
-	}
+	compaction_check(&f, &u, NULL, 0);
 	struct store_folder_status st;
 	store_folder_status(f, &st);
 	cr_expect_eq(st.messages, 5);
@@ -960,20 +987,11 @@ Test(store, compaction_reclaims_expunged_space_online)
 {
 	struct store_user *u = t_user(S, L, "alice@example.com");
 	struct store_folder *f = t_folder(u, L, "INBOX");
-	char msg[200], sp[700];
-	uint32_t gone[15];
-	struct waitres w = { 0 };
+	char sp[700];
 	struct stat sb;
 
-	for (int i = 0; i < 20; i++) {
-		snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%0150d\r\n", i, i);
-		cr_assert_eq(t_append(L, f, msg, NULL), 0);
-	}
-	for (int i = 0; i < 15; i++)
-		gone[i] = (uint32_t)i + 1;
-	store_expunge(f, L, gone, 15, wr_modseq, &w);
-	t_run(L, &w);
-	cr_assert_eq(w.res, 0);
+	compaction_fill(f);
+	expunge_range(f, 1, 15);
 	store_folder_close(&f);
 	store_user_close(&u);
 	store_free(&S);
@@ -1006,20 +1024,8 @@ Test(store, compaction_reclaims_expunged_space_online)
 	cr_expect_gt(cw.res, 15 * 150, "reclaimed %d bytes", cw.res);
 	cr_expect_neq(stat(sp, &sb), 0, "the old segment is gone");
 
-	for (int pass = 0; pass < 2; pass++) {
-		for (int i = 15; i < 20; i++) {
-			snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%0150d\r\n", i, i);
-			check_msg(f, (uint32_t)i + 1, msg);
-		}
-		check_msg(f, 21, "roll\r\n");
-		check_msg(f, 22, "during\r\n");
-		store_folder_close(&f);
-		store_user_close(&u);
-		store_free(&S);
-		open_store(0, 4096, 0);
-		u = t_user(S, L, "alice@example.com");
-		f = t_folder(u, L, "INBOX");
-	}
+	static const char *const later[] = { "roll\r\n", "during\r\n" };
+	compaction_check(&f, &u, later, 2);
 	store_folder_close(&f);
 	store_user_close(&u);
 	{
