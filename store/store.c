@@ -3806,6 +3806,17 @@ static void seg_roll_locked(struct loop *loop, struct sfolder *f)
 			     O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 }
 
+/* A destination refused before anything was written (deleted folder,
+ * broken log) fails from the loop, after store_append_commit() returned:
+ * no callback runs inside the call that started the request, and the last
+ * destination to complete frees the append. */
+static void target_fail_later(struct loop *loop, void *arg)
+{
+	struct atarget *t = arg;
+
+	target_fail(loop, t, t->err);
+}
+
 static void append_commit_small(struct loop *loop, struct store_append *a)
 {
 	for (size_t i = 0; i < a->n; i++) {
@@ -3828,7 +3839,8 @@ static void append_commit_small(struct loop *loop, struct store_append *a)
 		}
 		pthread_mutex_unlock(&f->mu);
 		if (err) {
-			target_fail(loop, t, err);
+			t->err = err;
+			xcall(loop, loop, target_fail_later, t);
 			continue;
 		}
 		swrite_start(loop, &t->w, t->segf, a->buf, a->total, t->off, target_written);
