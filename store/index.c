@@ -294,6 +294,42 @@ int index_vanished(const struct index *ix, uint64_t since, struct index_gone **o
 	return since >= ix->gone_floor;
 }
 
+/* A rewritten log's state record: it raises the counters to what the log
+ * had before its expunged records were dropped, and brings back the
+ * memory of expunges. It never lowers a counter, and the runs must be what
+ * gone_add() would have built (ascending MODSEQs, none above the folder's). */
+static int apply_state(struct index *ix, const struct rec_state *st)
+{
+	struct index_gone *g = NULL;
+	uint64_t prev = 0;
+
+	if (st->uidnext < ix->uidnext || st->highestmodseq < ix->highestmodseq ||
+	    st->max_seg < ix->max_seg || st->gone_floor > st->highestmodseq || st->uidnext == 0)
+		return -EINVAL;
+	if (st->n > INDEX_GONE_MAX)
+		return -EINVAL;
+	for (uint32_t i = 0; i < st->n; i++) {
+		uint32_t lo, hi;
+		uint64_t ms;
+		record_run_at(st->runs, i, &lo, &hi, &ms);
+		if (lo == 0 || lo > hi || hi >= st->uidnext || ms > st->highestmodseq || ms < prev)
+			return -EINVAL;
+		prev = ms;
+	}
+	if (st->n && !(g = malloc(st->n * sizeof(*g))))
+		return -ENOMEM;
+	for (uint32_t i = 0; i < st->n; i++)
+		record_run_at(st->runs, i, &g[i].lo, &g[i].hi, &g[i].modseq);
+	free(ix->gone);
+	ix->gone = g;
+	ix->ngone = ix->gone_cap = st->n;
+	ix->gone_floor = st->gone_floor;
+	ix->uidnext = st->uidnext;
+	ix->highestmodseq = st->highestmodseq;
+	ix->max_seg = st->max_seg;
+	return 0;
+}
+
 int index_apply(struct index *ix, const struct record *r, uint64_t *freed_r)
 {
 	uint64_t freed = 0;
@@ -329,6 +365,12 @@ int index_apply(struct index *ix, const struct record *r, uint64_t *freed_r)
 			return -ENOMEM;
 		free(ix->keywords[r->u.keyword.idx]);
 		ix->keywords[r->u.keyword.idx] = name;
+		break;
+	}
+	case REC_STATE: {
+		int err = apply_state(ix, &r->u.state);
+		if (err)
+			return err;
 		break;
 	}
 	case REC_RELOC: {
@@ -373,6 +415,90 @@ int index_replay(struct index *ix, struct span log, size_t *good_r)
 			return RECORD_BAD;
 		}
 		off += used;
+	}
+}
+
+/* ---- a rewritten log ---------------------------------------------------- */
+
+static size_t kw_record_size(const char *name)
+{
+	return RECORD_HDR_LEN + 4 + 4 + strlen(name);
+}
+
+size_t index_base_size(const struct index *ix)
+{
+	size_t n = RECORD_HDR_LEN + 16 + record_size_state((uint32_t)ix->ngone);
+
+	for (unsigned i = 0; i < 64; i++)
+		if (ix->keywords[i])
+			n += kw_record_size(ix->keywords[i]);
+	for (size_t i = 0; i < ix->n; i++)
+		n += record_size_append(ix->msgs[i].blob->len);
+	return n;
+}
+
+_Static_assert(sizeof(struct index_gone) == 16, "a state record's run is an index_gone");
+
+size_t index_base_next(const struct index *ix, struct index_base_cursor *c, uint8_t *out,
+		       size_t cap)
+{
+	size_t len = 0, n;
+
+	for (;;) {
+		switch (c->stage) {
+		case 0: {
+			struct rec_folder_hdr h = { .uidvalidity = ix->uidvalidity,
+						    .folder_id = ix->folder_id };
+			if (!(n = record_put_folder_hdr(out + len, cap - len, &h)))
+				return len;
+			len += n;
+			c->stage = 1;
+			c->i = 0;
+			continue;
+		}
+		case 1:
+			for (; c->i < 64; c->i++) {
+				const char *k = ix->keywords[c->i];
+				if (!k)
+					continue;
+				if (!(n = record_put_keyword(out + len, cap - len, (uint32_t)c->i,
+							     span_cstr(k))))
+					return len;
+				len += n;
+			}
+			c->stage = 2;
+			c->i = 0;
+			continue;
+		case 2:
+			for (; c->i < ix->n; c->i++) {
+				const struct index_msg *m = &ix->msgs[c->i];
+				struct rec_append a = {
+					.uid = m->uid, .seg = m->seg, .off = m->off, .len = m->size,
+					.date = m->date, .modseq = m->modseq, .flags = m->flags,
+					.data_crc = m->data_crc, .keywords = m->keywords,
+					.blob = span_make(m->blob->data, m->blob->len),
+				};
+				if (!(n = record_put_append(out + len, cap - len, &a)))
+					return len;
+				len += n;
+			}
+			c->stage = 3;
+			continue;
+		case 3: {
+			struct rec_state st = {
+				.uidnext = ix->uidnext, .max_seg = ix->max_seg,
+				.highestmodseq = ix->highestmodseq, .gone_floor = ix->gone_floor,
+				.n = (uint32_t)ix->ngone, .runs = (const uint8_t *)ix->gone,
+			};
+			if (!(n = record_put_state(out + len, cap - len, &st)))
+				return len;
+			len += n;
+			c->stage = 4;
+			continue;
+		}
+		default:
+			return len;
+		}
 	}
 }
 

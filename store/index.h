@@ -91,6 +91,27 @@ int index_keyword(const struct index *ix, struct span name);
 int index_vanished(const struct index *ix, uint64_t since, struct index_gone **out_r,
 		   size_t *n_r);
 
+/* ---- a rewritten log ---------------------------------------------------- */
+
+/* The records of a log that says exactly what ix holds, without its
+ * history: FOLDER_HDR, a KEYWORD per table entry, an APPEND per message
+ * (with its current flags, keywords and MODSEQ), and a STATE record with
+ * UIDNEXT, HIGHESTMODSEQ, the highest segment and the expunge memory.
+ * Replaying them gives back ix. */
+struct index_base_cursor {
+	unsigned stage;
+	size_t i;
+};
+enum { INDEX_BASE_DONE = 4 };
+
+/* Bytes of the whole rewritten log. */
+size_t index_base_size(const struct index *ix);
+/* Writes the next whole records that fit into out (cap bytes, at least
+ * RECORD_MAX_LEN to be sure of progress); returns their length, 0 once
+ * the cursor (zeroed to start) is at the end. ix must not change in between. */
+size_t index_base_next(const struct index *ix, struct index_base_cursor *c, uint8_t *out,
+		       size_t cap);
+
 /* ---- checkpoints ------------------------------------------------------ */
 
 #define CHECKPOINT_MAGIC 0x6b636d72u /* "rmck" */

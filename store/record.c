@@ -162,6 +162,18 @@ enum record_status record_next(struct span in, struct record *r, size_t *used_r)
 		r->u.reloc.seg = rd32(&d);
 		r->u.reloc.off = rd64(&d);
 		break;
+	case REC_STATE: {
+		struct rec_state *st = &r->u.state;
+		st->uidnext = rd32(&d);
+		st->max_seg = rd32(&d);
+		st->highestmodseq = rd64(&d);
+		st->gone_floor = rd64(&d);
+		st->n = rd32(&d);
+		if (rd32(&d) != 0 || st->n > RECORD_STATE_RUNS_MAX)
+			return RECORD_BAD;
+		st->runs = rd_bytes(&d, 16 * (size_t)st->n);
+		break;
+	}
 	case REC_MBOX_CREATE:
 		r->u.mbox.id = rd32(&d);
 		r->u.mbox.uidvalidity = rd32(&d);
@@ -325,6 +337,27 @@ size_t record_put_reloc(uint8_t *out, size_t cap, const struct rec_reloc *r)
 	wr32(&w, r->seg);
 	wr64(&w, r->off);
 	return wr_end(&w, out, REC_RELOC);
+}
+
+size_t record_size_state(uint32_t nruns)
+{
+	return RECORD_HDR_LEN + 4 + 4 + 8 + 8 + 4 + 4 + 16 * (size_t)nruns;
+}
+
+size_t record_put_state(uint8_t *out, size_t cap, const struct rec_state *st)
+{
+	struct wr w = wr_begin(out, cap);
+
+	if (st->n > RECORD_STATE_RUNS_MAX)
+		return 0;
+	wr32(&w, st->uidnext);
+	wr32(&w, st->max_seg);
+	wr64(&w, st->highestmodseq);
+	wr64(&w, st->gone_floor);
+	wr32(&w, st->n);
+	wr32(&w, 0);
+	wr_put(&w, st->runs, 16 * (size_t)st->n);
+	return wr_end(&w, out, REC_STATE);
 }
 
 size_t record_put_mbox(uint8_t *out, size_t cap, uint32_t type, const struct rec_mbox *m)

@@ -39,6 +39,7 @@ enum record_type {
 	REC_EXPUNGE = 4,
 	REC_KEYWORD = 5,
 	REC_RELOC = 6,      /* compaction moved a message */
+	REC_STATE = 7,      /* a rewritten log's counters and expunge memory */
 	/* user folder list */
 	REC_MBOX_CREATE = 10,
 	REC_MBOX_RENAME = 11,
@@ -97,6 +98,17 @@ struct rec_reloc {
 	uint64_t off;
 };
 
+/* The end of a rewritten (rotated) log's base: what its APPEND records
+ * cannot say once expunged messages are gone from it. */
+enum { RECORD_STATE_RUNS_MAX = 1024 };
+
+struct rec_state {
+	uint32_t uidnext, max_seg;
+	uint64_t highestmodseq, gone_floor;
+	uint32_t n;          /* expunge runs */
+	const uint8_t *runs; /* n x (lo u32, hi u32, modseq u64), in the record */
+};
+
 struct rec_mbox {
 	uint32_t id;          /* CREATE, RENAME, DELETE */
 	uint32_t uidvalidity; /* CREATE */
@@ -114,6 +126,7 @@ struct record {
 		struct rec_expunge expunge;
 		struct rec_keyword keyword;
 		struct rec_reloc reloc;
+		struct rec_state state;
 		struct rec_mbox mbox;
 	} u;
 };
@@ -141,6 +154,9 @@ size_t record_put_expunge(uint8_t *out, size_t cap, uint64_t modseq,
 			  const uint32_t *uids, uint32_t n);
 size_t record_put_keyword(uint8_t *out, size_t cap, uint32_t idx, struct span name);
 size_t record_put_reloc(uint8_t *out, size_t cap, const struct rec_reloc *r);
+size_t record_size_state(uint32_t nruns);
+/* st->runs: st->n runs of 16 bytes each, (lo u32, hi u32, modseq u64) */
+size_t record_put_state(uint8_t *out, size_t cap, const struct rec_state *st);
 size_t record_put_mbox(uint8_t *out, size_t cap, uint32_t type, const struct rec_mbox *m);
 
 /* The i-th UID of a flags or expunge record. */
@@ -149,6 +165,15 @@ static inline uint32_t record_uid_at(const uint8_t *uids, uint32_t i)
 	uint32_t v;
 	memcpy(&v, uids + 4 * (size_t)i, 4);
 	return v;
+}
+
+/* The i-th expunge run of a state record. */
+static inline void record_run_at(const uint8_t *runs, uint32_t i, uint32_t *lo, uint32_t *hi,
+				 uint64_t *modseq)
+{
+	memcpy(lo, runs + 16 * (size_t)i, 4);
+	memcpy(hi, runs + 16 * (size_t)i + 4, 4);
+	memcpy(modseq, runs + 16 * (size_t)i + 8, 8);
 }
 
 /* Finishes a record whose payload was written after a RECORD_HDR_LEN gap:

@@ -504,6 +504,12 @@ struct slog {
 	void (*after)(struct loop *loop, void *owner);
 	void *owner;
 	atomic_bool *poisoned;  /* the user's: not kept idle once broken */
+	/* Rewriting the log (folder logs only, docs/store.md "Rewriting the
+	 * log"): while rotating, reservations queue on parked in order, and
+	 * once the FIFO has drained rotate(loop, owner) runs, once. */
+	bool rotating, rot_started;
+	struct pend *parked, *parked_tail;
+	void (*rotate)(struct loop *loop, void *owner);
 };
 
 struct pend {
@@ -561,12 +567,23 @@ static void pend_free(struct loop *loop, struct pend *p)
 	free(p);
 }
 
-/* Reserves p's bytes at the end of the log; *mu held. -EIO when broken. */
+/* Reserves p's bytes at the end of the log; *mu held. Returns 0 (the
+ * caller submits p), 1 when p is parked while the log is rewritten (the
+ * rewrite submits it), or -EIO when the log is broken. */
 static int slog_reserve(struct slog *log, struct pend *p)
 {
 	if (log->broken)
 		return -EIO;
 	p->log = log;
+	p->next = NULL;
+	if (log->rotating) {
+		if (log->parked_tail)
+			log->parked_tail->next = p;
+		else
+			log->parked = p;
+		log->parked_tail = p;
+		return 1;
+	}
 	p->off = log->end;
 	log->end += p->len;
 	p->next = NULL;
@@ -615,9 +632,14 @@ static void slog_ack(struct loop *loop, struct slog *log)
 		*tail = p;
 		tail = &p->next;
 	}
+	bool rotate = log->rotating && !log->rot_started && !log->head;
+	if (rotate)
+		log->rot_started = true;
 	pthread_mutex_unlock(log->mu);
 	if (applied && log->after)
 		log->after(loop, log->owner);
+	if (rotate)
+		log->rotate(loop, log->owner);
 	while (done) {
 		struct pend *next = done->next;
 		xcall(loop, done->loop, pend_complete_run, done);
@@ -713,6 +735,9 @@ struct sfolder {
 	size_t nsegs;
 	uint64_t ck_off;           /* log offset the checkpoint covers */
 	uint64_t dead;             /* bytes expunged since the last compaction started */
+	uint64_t rot_retry;        /* after a failed rewrite: not again before this log end */
+	store_done_cb *rot_cb;     /* store_rewrite_log()'s, for the rewrite to call */
+	void *rot_arg;
 	bool ck_running, compacting, deleted;
 	struct watch *watches;
 };
@@ -1372,6 +1397,7 @@ fail:
 
 static void folder_apply(void *owner, const struct record *r, struct pend *p);
 static void folder_after(struct loop *loop, void *owner);
+static void folder_rotate(struct loop *loop, void *owner);
 
 static struct sfolder *sfolder_new(struct suser *u, uint32_t id)
 {
@@ -1393,6 +1419,7 @@ static struct sfolder *sfolder_new(struct suser *u, uint32_t id)
 	f->log.mu = &f->mu;
 	f->log.apply = folder_apply;
 	f->log.after = folder_after;
+	f->log.rotate = folder_rotate;
 	f->log.owner = f;
 	f->log.poisoned = &u->poisoned;
 	return f;
@@ -2212,6 +2239,298 @@ static int ckw_start_locked(struct sctx *ctx, struct sfolder *f, struct ckw **c_
 	return 0;
 }
 
+/* ---- rewriting the log ------------------------------------------------ */
+
+/* A folder's log keeps every record it ever got: expunged messages'
+ * APPENDs, flag changes superseded since. A rewrite replaces it by the
+ * records of what the index holds now (index_base_next()):
+ *
+ *   1. reservations park (slog_reserve) and the FIFO drains, so that the
+ *      acknowledged index is exactly the log and stays so (nothing else
+ *      changes it);
+ *   2. log.new is written from the index, fdatasync'ed;
+ *   3. the checkpoint is unlinked and the directory fsync'ed: it describes
+ *      offsets of the old log, and must be gone before the new one has
+ *      the name;
+ *   4. log.new is renamed over log, the directory fsync'ed;
+ *   5. the log's file is switched, and the parked records are reserved in
+ *      it, in the order they came, and submitted on their own loops.
+ *
+ * A crash leaves either the old log (and perhaps no checkpoint: a full
+ * replay) or the new one, and both say the same. A failure before step 4
+ * leaves the old log in use; the parked records go to it. */
+enum { ROT_CHUNK = 4 << 20 };
+
+static void unlink_later(struct loop *loop, char *path);
+static void done_later(struct loop *loop, store_done_cb *cb, void *arg, int res);
+
+struct rot {
+	struct loop_cb cb;
+	struct swrite w;
+	struct swait sw;
+	int step;
+	struct sctx *ctx;
+	struct sfolder *f;
+	struct suser *u;        /* reference */
+	struct sfile *file;     /* log.new */
+	uint8_t *buf;
+	uint64_t off;
+	struct index_base_cursor cur;
+	char *newp, *logp, *ckp;
+	bool renamed;
+	store_done_cb *cb_done;
+	void *arg;
+};
+
+enum { ROT_OPEN, ROT_OPENED, ROT_FILLED, ROT_SYNCED, ROT_CK_GONE, ROT_CK_GONE_SYNCED,
+       ROT_RENAMED, ROT_RENAME_SYNCED };
+
+static void pend_submit_x(struct loop *loop, void *arg)
+{
+	(void)loop;
+	pend_submit(arg);
+}
+
+static void rot_run(struct loop *loop, struct rot *r, int res);
+static void rot_cqe(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	(void)flags;
+	rot_run(loop, container_of(cb, struct rot, cb), res);
+}
+static void rot_written(struct loop *loop, struct swrite *w, int res)
+{
+	rot_run(loop, container_of(w, struct rot, w), res);
+}
+static void rot_synced(struct loop *loop, struct swait *w, int res)
+{
+	rot_run(loop, container_of(w, struct rot, sw), res);
+}
+
+/* Ends the rotating state of f's log; f->mu held. The parked records are
+ * reserved in the log in use, in the order they came (the FIFO is empty:
+ * step 1), and submitted on their own loops, or failed when the log is
+ * broken. (xcall() only queues: it is safe under the mutex, and the links
+ * are read before any of them can run.) */
+static void rot_unpark_locked(struct loop *loop, struct sfolder *f)
+{
+	struct pend *p = f->log.parked;
+
+	f->log.rotating = f->log.rot_started = false;
+	f->log.parked = f->log.parked_tail = NULL;
+	while (p) {
+		struct pend *next = p->next;
+		p->next = NULL;
+		if (f->log.broken) {
+			p->res = f->log.broken;
+			xcall(loop, p->loop, pend_complete_run, p);
+		} else {
+			p->off = f->log.end;
+			f->log.end += p->len;
+			if (f->log.tail)
+				f->log.tail->next = p;
+			else
+				f->log.head = p;
+			f->log.tail = p;
+			xcall(loop, p->loop, pend_submit_x, p);
+		}
+		p = next;
+	}
+}
+
+/* Step 5, or the end of a failed rewrite. */
+static void rot_end(struct loop *loop, struct rot *r, int res)
+{
+	struct sfolder *f = r->f;
+	struct sfile *old = NULL;
+
+	pthread_mutex_lock(&f->mu);
+	if (r->renamed) {
+		/* the name is the new file's now: the old one must not get
+		 * another record, whatever the directory's fsync said */
+		old = f->log.file;
+		f->log.file = r->file;
+		r->file = NULL;
+		f->log.end = f->log.applied_end = r->off;
+		f->ck_off = 0;
+		if (res < 0 && !f->log.broken) {
+			f->log.broken = res;
+			f->log.broken_off = r->off;
+			atomic_store(&f->user->poisoned, true);
+		}
+	} else if (res < 0) {
+		uint64_t every = f->user->store->cfg.checkpoint_bytes;
+		f->rot_retry = f->log.applied_end + (every ? every : STORE_CHECKPOINT_DEFAULT);
+	}
+	rot_unpark_locked(loop, f);
+	pthread_mutex_unlock(&f->mu);
+	if (res < 0)
+		LOG_AT(loop_log(loop), LOG_WARN, 0, "store-log-rewrite", "dir=%s error=%s", f->dir,
+		       strerror(-res));
+	else
+		LOG_AT(loop_log(loop), LOG_INFO, 0, "store-log-rewrite", "dir=%s bytes=%llu", f->dir,
+		       (unsigned long long)r->off);
+	if (r->file) {
+		/* not renamed: the half-written rewrite goes (best effort;
+		 * the next rewrite truncates it anyway, fsck removes it) */
+		unlink_later(loop, r->newp);
+		r->newp = NULL;
+	}
+	sfile_unref(loop, &r->file);
+	sfile_unref(loop, &old);
+	if (r->cb_done)
+		r->cb_done(r->arg, res < 0 ? res : (int)(r->off > INT32_MAX ? INT32_MAX : r->off));
+	suser_unref(loop, &r->u);
+	free(r->buf);
+	free(r->newp);
+	free(r->logp);
+	free(r->ckp);
+	free(r);
+}
+
+static void rot_run(struct loop *loop, struct rot *r, int res)
+{
+	struct sfolder *f = r->f;
+	size_t n;
+
+	if (res < 0 && !(r->step == ROT_CK_GONE && res == -ENOENT))
+		goto fail;
+	if (f->deleted && !r->renamed) {
+		res = -ENOENT;
+		goto fail;
+	}
+	switch (r->step) {
+	case ROT_OPEN:
+		r->step = ROT_OPENED;
+		io_uring_prep_openat(loop_sqe(loop, &r->cb), AT_FDCWD, r->newp,
+				     O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		return;
+	case ROT_OPENED:
+		if (!(r->file = sfile_new(res, 0, false))) {
+			close(res);
+			res = -ENOMEM;
+			goto fail;
+		}
+		r->step = ROT_FILLED;
+		res = 0;
+		/* fall through */
+	case ROT_FILLED:
+		if (r->w.len)
+			r->off += r->w.len;
+		/* the index cannot change while the log is rotating */
+		pthread_mutex_lock(&f->mu);
+		n = index_base_next(&f->ix, &r->cur, r->buf, ROT_CHUNK);
+		pthread_mutex_unlock(&f->mu);
+		if (n) {
+			swrite_start(loop, &r->w, r->file, r->buf, n, r->off, rot_written);
+			return;
+		}
+		if (r->cur.stage != INDEX_BASE_DONE) {
+			res = -EINVAL;
+			goto fail;
+		}
+		r->step = ROT_SYNCED;
+		r->sw.fn = rot_synced;
+		sync_request(r->ctx, r->file, &r->sw);
+		return;
+	case ROT_SYNCED:
+		r->step = ROT_CK_GONE;
+		io_uring_prep_unlinkat(loop_sqe(loop, &r->cb), AT_FDCWD, r->ckp, 0);
+		return;
+	case ROT_CK_GONE:
+		r->step = ROT_CK_GONE_SYNCED;
+		sync_request(r->ctx, f->dirf, &r->sw);
+		return;
+	case ROT_CK_GONE_SYNCED:
+		r->step = ROT_RENAMED;
+		io_uring_prep_renameat(loop_sqe(loop, &r->cb), AT_FDCWD, r->newp, AT_FDCWD, r->logp, 0);
+		return;
+	case ROT_RENAMED:
+		r->renamed = true;
+		r->step = ROT_RENAME_SYNCED;
+		sync_request(r->ctx, f->dirf, &r->sw);
+		return;
+	case ROT_RENAME_SYNCED:
+		rot_end(loop, r, 0);
+		return;
+	}
+	res = -EINVAL;
+fail:
+	rot_end(loop, r, res);
+}
+
+/* Runs once the log is rotating and its FIFO has drained (on the loop that
+ * saw it drain). */
+static void folder_rotate(struct loop *loop, void *owner)
+{
+	struct sfolder *f = owner;
+	struct rot *r = calloc(1, sizeof(*r));
+
+	if (r) {
+		r->cb.fn = rot_cqe;
+		r->f = f;
+		r->ctx = store_ctx(f->user->store, loop);
+		r->buf = malloc(ROT_CHUNK);
+		r->newp = folder_path(f, STORE_LOG_NEW);
+		r->logp = folder_path(f, STORE_LOG);
+		r->ckp = folder_path(f, STORE_CHECKPOINT);
+		r->u = suser_ref(f->user);
+		pthread_mutex_lock(&f->mu);
+		r->cb_done = f->rot_cb;
+		r->arg = f->rot_arg;
+		f->rot_cb = NULL;
+		f->rot_arg = NULL;
+		pthread_mutex_unlock(&f->mu);
+	}
+	if (!r) {
+		/* out of memory: no rewrite, the parked records go on */
+		store_done_cb *cb;
+		void *arg;
+		pthread_mutex_lock(&f->mu);
+		f->rot_retry = f->log.applied_end + 1;
+		rot_unpark_locked(loop, f);
+		cb = f->rot_cb;
+		arg = f->rot_arg;
+		f->rot_cb = NULL;
+		pthread_mutex_unlock(&f->mu);
+		if (cb)
+			done_later(loop, cb, arg, -ENOMEM);
+		return;
+	}
+	if (!r->ctx || !r->buf || !r->newp || !r->logp || !r->ckp) {
+		rot_end(loop, r, -ENOMEM);
+		return;
+	}
+	rot_run(loop, r, 0);
+}
+
+void store_rewrite_log(struct store_folder *h, struct loop *loop, store_done_cb *cb, void *arg)
+{
+	struct sfolder *f = h->f;
+	bool now = false;
+	int err = 0;
+
+	pthread_mutex_lock(&f->mu);
+	if (f->ck_running || f->log.rotating)
+		err = -EBUSY;
+	else if (f->deleted)
+		err = -ENOENT;
+	else if (f->log.broken)
+		err = -EIO;
+	else {
+		f->log.rotating = true;
+		f->rot_cb = cb;
+		f->rot_arg = arg;
+		now = !f->log.head && (f->log.rot_started = true);
+	}
+	pthread_mutex_unlock(&f->mu);
+	if (err) {
+		done_later(loop, cb, arg, err);
+		return;
+	}
+	if (now)
+		folder_rotate(loop, f);
+}
+
 static void compact_start(struct sfolder *f, struct loop *loop, store_done_cb *cb, void *arg);
 
 /* Expunged bytes after which a folder compacts on its own. */
@@ -2235,6 +2554,7 @@ static void folder_after(struct loop *loop, void *owner)
 	struct sfolder *f = owner;
 	struct store *st = f->user->store;
 	struct ckw *c = NULL;
+	bool rotate = false;
 	uint64_t every = st->cfg.checkpoint_bytes ? st->cfg.checkpoint_bytes
 						  : STORE_CHECKPOINT_DEFAULT;
 
@@ -2242,11 +2562,20 @@ static void folder_after(struct loop *loop, void *owner)
 	for (struct watch *w = f->watches; w; w = w->next)
 		if (!(atomic_fetch_or(&w->state, WATCH_PENDING) & WATCH_PENDING))
 			xcall(loop, w->loop, watch_fire, w);
-	if (!f->ck_running && !f->deleted && f->log.applied_end - f->ck_off >= every) {
+	if (!f->ck_running && !f->log.rotating && !f->deleted && !f->log.broken &&
+	    f->log.applied_end - f->ck_off >= every) {
 		struct sctx *ctx = store_ctx(st, loop);
-		f->ck_running = true;
-		if (!ctx || ckw_start_locked(ctx, f, &c))
-			f->ck_running = false;
+		if (f->log.applied_end >= f->rot_retry &&
+		    f->log.applied_end >= 2 * (uint64_t)index_base_size(&f->ix)) {
+			/* at least half of the log is history nothing needs any
+			 * more: rewrite it rather than snapshot it */
+			f->log.rotating = true;
+			rotate = !f->log.head && (f->log.rot_started = true);
+		} else {
+			f->ck_running = true;
+			if (!ctx || ckw_start_locked(ctx, f, &c))
+				f->ck_running = false;
+		}
 	}
 	bool compact = !f->compacting && !f->deleted && f->dead >= compact_after(st);
 	if (compact)
@@ -2258,6 +2587,8 @@ static void folder_after(struct loop *loop, void *owner)
 	}
 	if (compact)
 		compact_start(f, loop, compacted_auto, NULL);
+	if (rotate)
+		folder_rotate(loop, f);
 }
 
 /* ---- deferred callbacks to the caller ---------------------------------- */
@@ -2653,13 +2984,14 @@ static void folder_remove_files(struct loop *loop, struct sfolder *f)
 	if (!o)
 		return;
 	pthread_mutex_lock(&f->mu);
-	cap = f->ix.n + f->nsegs + 4;
+	cap = f->ix.n + f->nsegs + 5;
 	o->paths = calloc(cap, sizeof(char *));
 	if (o->paths) {
 		char name[16];
 		o->paths[o->n++] = folder_path(f, STORE_LOG);
 		o->paths[o->n++] = folder_path(f, STORE_CHECKPOINT);
 		o->paths[o->n++] = folder_path(f, STORE_CHECKPOINT_TMP);
+		o->paths[o->n++] = folder_path(f, STORE_LOG_NEW);
 		if (f->seg) {
 			store_seg_name(f->seg->seg, name);
 			o->paths[o->n++] = folder_path(f, name);
@@ -2729,7 +3061,7 @@ static void user_log(struct store_user *uh, struct loop *loop, uint32_t type,
 	pthread_mutex_lock(&u->mu);
 	err = p->len ? slog_reserve(&u->log, p) : -EINVAL;
 	pthread_mutex_unlock(&u->mu);
-	if (err) {
+	if (err) { /* a user's folder list is never rewritten: never 1 */
 		p->res = err;
 		xcall(loop, loop, pend_complete_run, p);
 		return;
@@ -3104,12 +3436,13 @@ static void folder_mod(struct store_folder *h, struct loop *loop, const uint32_t
 	if (!err)
 		err = slog_reserve(&f->log, p);
 	pthread_mutex_unlock(&f->mu);
-	if (err) {
+	if (err < 0) {
 		p->res = err;
 		xcall(loop, loop, pend_complete_run, p);
 		return;
 	}
-	pend_submit(p);
+	if (err == 0)
+		pend_submit(p);
 }
 
 void store_flags(struct store_folder *h, struct loop *loop, const uint32_t *uids, size_t n,
@@ -3654,12 +3987,13 @@ static void target_log(struct loop *loop, struct atarget *t)
 	if (!err)
 		err = slog_reserve(&f->log, p);
 	pthread_mutex_unlock(&f->mu);
-	if (err) {
+	if (err < 0) {
 		pend_free(loop, p);
 		target_fail(loop, t, err);
 		return;
 	}
-	pend_submit(p);
+	if (err == 0)
+		pend_submit(p);
 }
 
 static void target_synced(struct loop *loop, struct atarget *t, int res)
@@ -4202,7 +4536,7 @@ void store_checkpoint(struct store_folder *h, struct loop *loop, store_done_cb *
 	int err = 0;
 
 	pthread_mutex_lock(&f->mu);
-	if (f->ck_running)
+	if (f->ck_running || f->log.rotating)
 		err = -EBUSY;
 	else if (!ctx)
 		err = -ENOMEM;
@@ -4649,12 +4983,13 @@ static void compact_run(struct loop *loop, struct compact *c, int res)
 			pthread_mutex_lock(&f->mu);
 			err = slog_reserve(&f->log, p);
 			pthread_mutex_unlock(&f->mu);
-			if (err) {
+			if (err < 0) {
 				pend_free(loop, p);
 				compact_end(loop, c, err);
 				return;
 			}
-			pend_submit(p);
+			if (err == 0)
+				pend_submit(p);
 		}
 		return;
 	case CP_LOGGED: {

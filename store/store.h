@@ -339,6 +339,15 @@ void store_compact(struct store_folder *folder, struct loop *loop,
 void store_checkpoint(struct store_folder *folder, struct loop *loop,
 		      store_done_cb *cb, void *arg);
 
+/* Rewrites the folder's index log without its history (expunged messages,
+ * superseded flag changes): the same state in fewer bytes (it is also done
+ * automatically, when at least half the log is history). Changes made
+ * meanwhile wait and are written to the new log. cb(arg, res) with res the
+ * new log's length, or a negative errno (-EBUSY while a checkpoint or
+ * another rewrite runs). */
+void store_rewrite_log(struct store_folder *folder, struct loop *loop,
+		       store_done_cb *cb, void *arg);
+
 /* Checks every folder of every user under data_dir with plain blocking I/O
  * (a tool: run it on a data dir no server owns). Writes one line per folder
  * and per problem to report. With repair, truncates torn or corrupt log

@@ -316,7 +316,9 @@ bad_msg:
 					if (!orphan)
 						continue;
 				}
-			} else if (!strcmp(n, STORE_CHECKPOINT_TMP)) {
+			} else if (!strcmp(n, STORE_CHECKPOINT_TMP) || !strcmp(n, STORE_LOG_NEW)) {
+				/* an unfinished checkpoint, or a log rewrite a
+				 * crash cut before its rename */
 				orphan = true;
 			}
 			if (!orphan) {

@@ -11,6 +11,7 @@
 /* DATA/mail/<user>/folders.log             the user's folder list
  * DATA/mail/<user>/f<id>/log               the folder's index log
  * DATA/mail/<user>/f<id>/checkpoint        its latest snapshot
+ * DATA/mail/<user>/f<id>/log.new           a rewrite of the log, until renamed
  * DATA/mail/<user>/f<id>/s<n>              a shared segment
  * DATA/mail/<user>/f<id>/m<n>              a one-message segment
  * Segment numbers share one space per folder; a record's seg field has
@@ -20,6 +21,7 @@
 #define STORE_LOG "log"
 #define STORE_CHECKPOINT "checkpoint"
 #define STORE_CHECKPOINT_TMP "checkpoint.tmp"
+#define STORE_LOG_NEW "log.new"
 #define SEG_SINGLE RECORD_SEG_SINGLE
 #define SEG_NUM(s) RECORD_SEG_NUM(s)
 /* INBOX is folder 0 and exists without a record. */

@@ -1,15 +1,24 @@
 /* Crash safety: a child appends (several appends in flight, so group commit
  * batches them) and reports every acknowledged UID with the seed its bytes
- * were generated from; the parent SIGKILLs it at random moments, reopens
- * the store and checks that every acknowledged message is there and
- * byte-identical, and that every visible message is whole. Repeated for
- * ROUNDS rounds on the same data dir. Exit 77 (skip) without io_uring. */
+ * were generated from; it expunges three of every four messages it got and
+ * reports those expunges once acknowledged (a message whose expunge was
+ * asked for may be gone without that), so that the folder's log is
+ * mostly history and keeps being rewritten (store_rewrite_log, started on
+ * its own). The parent SIGKILLs it at random moments, reopens the store and
+ * checks that every acknowledged message not acknowledged as expunged is
+ * there and byte-identical, that no acknowledged expunge came back, and
+ * that every visible message is whole. Repeated for ROUNDS rounds on the
+ * same data dir; the log must have been rewritten in some of them. Exit 77
+ * (skip) without io_uring. */
 #include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,8 +30,10 @@ enum { ROUNDS = 30, INFLIGHT = 8, APPEND_BUF = 16384 };
 
 struct report {
 	uint32_t uid;
-	uint32_t seed;
+	uint32_t seed;  /* EXPUNGED: the expunge of uid was acknowledged */
 };
+
+#define EXPUNGED 0xffffffffu
 
 /* Message bytes from a seed: a header naming the seed, then a body whose
  * length (up to ~80 KiB: some beyond APPEND_BUF, in their own segment
@@ -73,6 +84,17 @@ static struct loop *cl;
 
 static void slot_start(struct slot *s);
 
+static void expunged(void *arg, int res, uint64_t modseq)
+{
+	struct report r = { (uint32_t)(uintptr_t)arg, EXPUNGED };
+
+	(void)modseq;
+	if (res == 0 && write(report_fd, &r, sizeof(r)) != sizeof(r))
+		_exit(3);
+	if (res != 0)
+		fprintf(stderr, "child: expunge failed: %s\n", strerror(-res));
+}
+
 static void slot_done(void *arg, int res, uint32_t uid)
 {
 	struct slot *s = arg;
@@ -82,6 +104,8 @@ static void slot_done(void *arg, int res, uint32_t uid)
 		_exit(3);
 	if (res != 0)
 		fprintf(stderr, "child: append failed: %s\n", strerror(-res));
+	if (res == 0 && uid % 4)
+		store_expunge(s->f, cl, &uid, 1, expunged, (void *)(uintptr_t)uid);
 	free(s->msg);
 	s->busy = false;
 	s->a = NULL;
@@ -260,11 +284,35 @@ static int verify(const char *dir, const struct report *acked, size_t nacked, si
 		free(want);
 		free(got);
 	}
-	/* every acknowledged message is there, with its own bytes */
+	uint32_t maxuid = 0;
+	for (size_t i = 0; i < nacked; i++)
+		if (acked[i].uid > maxuid)
+			maxuid = acked[i].uid;
+	bool *gone = calloc((size_t)maxuid + 1, sizeof(*gone));
+	if (!gone)
+		return 1;
+	for (size_t i = 0; i < nacked; i++)
+		if (acked[i].seed == EXPUNGED)
+			gone[acked[i].uid] = true;
+	/* every acknowledged message is there, with its own bytes, unless its
+	 * expunge was acknowledged too: then it is gone */
 	for (size_t i = 0; i < nacked; i++) {
 		ssize_t k = store_view_find(v, acked[i].uid);
 		char *want;
-		size_t wl = gen(acked[i].seed, &want);
+		size_t wl;
+		if (acked[i].seed == EXPUNGED)
+			continue;
+		if (gone[acked[i].uid]) {
+			if (k >= 0) {
+				fprintf(stderr, "uid %u came back after its expunge was acknowledged\n",
+					acked[i].uid);
+				bad++;
+			}
+			continue;
+		}
+		if (k < 0 && acked[i].uid % 4)
+			continue; /* its expunge was asked for, and may have landed */
+		wl = gen(acked[i].seed, &want);
 		if (k < 0) {
 			fprintf(stderr, "acknowledged uid %u (seed %u) is missing\n", acked[i].uid,
 				acked[i].seed);
@@ -280,6 +328,7 @@ static int verify(const char *dir, const struct report *acked, size_t nacked, si
 		}
 		free(want);
 	}
+	free(gone);
 	*seen_r = store_view_count(v);
 	store_view_free(&v);
 	store_folder_close(&f);
@@ -300,7 +349,9 @@ int main(void)
 	struct report *acked = NULL;
 	size_t nacked = 0, cap = 0, seen = 0;
 	uint32_t seed = 1;
-	int bad = 0, rounds_with_acks = 0;
+	int bad = 0, rounds_with_acks = 0, rewrites = 0;
+	off_t log_before = 0;
+	char logp[128];
 	struct loop *probe;
 
 	if (loop_new_standalone(&probe) != 0) {
@@ -311,6 +362,7 @@ int main(void)
 	if (!mkdtemp(dir))
 		return 1;
 	srand((unsigned)time(NULL) ^ (unsigned)getpid());
+	snprintf(logp, sizeof(logp), "%s/mail/crash@example.com/f0/log", dir);
 	for (int round = 0; round < ROUNDS && !bad; round++) {
 		int p[2];
 		pid_t pid;
@@ -338,10 +390,19 @@ int main(void)
 		close(p[0]);
 		if (nacked > before)
 			rounds_with_acks++;
+		{
+			/* only a rewrite makes the log shorter */
+			struct stat sb;
+			if (stat(logp, &sb) == 0) {
+				if (sb.st_size < log_before)
+					rewrites++;
+				log_before = sb.st_size;
+			}
+		}
 		seed += 100000; /* seeds of one round never repeat in another */
 		bad += verify(dir, acked, nacked, &seen);
-		printf("round %2d: %zu acknowledged (+%zu), %zu visible, %d problems\n", round, nacked,
-		       nacked - before, seen, bad);
+		printf("round %2d: %zu acknowledged (+%zu), %zu visible, log %lld bytes, %d problems\n",
+		       round, nacked, nacked - before, seen, (long long)log_before, bad);
 		fflush(stdout);
 	}
 	/* A run in which no kill landed after an acknowledgement proves
@@ -349,6 +410,11 @@ int main(void)
 	if (!bad && rounds_with_acks < ROUNDS / 2) {
 		fprintf(stderr, "only %d of %d rounds acknowledged anything: the test saw no crash "
 				"after an acknowledgement\n", rounds_with_acks, ROUNDS);
+		bad = 1;
+	}
+	if (!bad && rewrites < 2) {
+		fprintf(stderr, "the log was rewritten in %d rounds: the test saw no rewrite\n",
+			rewrites);
 		bad = 1;
 	}
 	if (!bad) {

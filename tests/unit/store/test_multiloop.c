@@ -2,7 +2,8 @@
  * the same folder at once: UIDs stay unique and dense, every message is
  * readable from every loop, acknowledgements cross loops via MSG_RING, and
  * a watch on a loop that never appends hears of the appends made on the
- * others (MSG_RING). */
+ * others (MSG_RING). Loop 0 also rewrites the log now and then, so that
+ * appends of every loop park and are sent back to their own loops. */
 #include "store_test_util.h"
 
 #include <pthread.h>
@@ -16,6 +17,7 @@ static atomic_int watch_hits;    /* on loop 0, which also appends */
 static atomic_int remote_hits;   /* on the watcher loop, which never appends */
 static atomic_int watcher_messages;
 static atomic_bool watcher_ready; /* appends start once the watch is set */
+static int rewrites, rewrites_busy; /* on loop 0 */
 
 struct worker {
 	int id;
@@ -33,6 +35,17 @@ struct worker {
 };
 
 static void w_done(void *arg, int res, uint32_t uid);
+
+static void rewritten(void *arg, int res)
+{
+	(void)arg;
+	if (res > 0)
+		rewrites++;
+	else if (res == -EBUSY)
+		rewrites_busy++;
+	else
+		cr_expect_fail("rewrite: %s", strerror(-res));
+}
 
 static void w_start(struct worker *w, int slot)
 {
@@ -54,6 +67,8 @@ static void w_done(void *arg, int res, uint32_t uid)
 		w->failed++;
 	else
 		w->uids[w->acked++] = uid;
+	if (w->id == 0 && !res && w->acked % 40 == 0)
+		store_rewrite_log(w->f, w->l, rewritten, NULL);
 	if (w->started < PER_LOOP)
 		w_start(w, slot);
 	else if (w->acked + w->failed == PER_LOOP)
@@ -196,6 +211,7 @@ Test(store_multiloop, concurrent_appends_share_one_folder, .timeout = 60)
 			seen[uid] = 1;
 		}
 	}
+	cr_expect_gt(rewrites, 0, "rewrites: %d, busy: %d", rewrites, rewrites_busy);
 	cr_expect_gt(atomic_load(&watch_hits), 0);
 	cr_expect_gt(atomic_load(&remote_hits), 0, "the watching loop heard nothing");
 	cr_expect_eq(atomic_load(&watcher_messages), NLOOPS * PER_LOOP);

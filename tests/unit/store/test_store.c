@@ -1211,3 +1211,307 @@ Test(store, vanished_since_modseq_survives_reopen)
 	store_folder_close(&f);
 	store_user_close(&u);
 }
+
+/* ---- rewriting the log ------------------------------------------------------ */
+
+static void t_expunge_one(struct store_folder *f, uint32_t uid)
+{
+	struct waitres w = { 0 };
+	store_expunge(f, L, &uid, 1, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0, "expunge %u: %s", uid, strerror(-w.res));
+}
+
+static int t_rewrite(struct store_folder *f)
+{
+	struct waitres w = { 0 };
+	store_rewrite_log(f, L, wr_done, &w);
+	t_run(L, &w);
+	return w.res;
+}
+
+/* What a folder holds, as compared across a rewrite and a reopen. */
+struct fstate {
+	struct store_folder_status st;
+	size_t n;
+	uint32_t uid[64], flags[64];
+	uint64_t modseq[64];
+	char kw0[64][16];
+	struct store_uid_range vanished[64];
+	size_t nvanished;
+	int vanished_whole;
+};
+
+static void fstate_take(struct store_folder *f, struct fstate *s)
+{
+	struct store_view *v;
+	struct store_uid_range *r;
+
+	memset(s, 0, sizeof(*s));
+	store_folder_status(f, &s->st);
+	cr_assert_eq(store_view_open(f, &v), 0);
+	s->n = store_view_count(v);
+	cr_assert_leq(s->n, 64);
+	for (size_t i = 0; i < s->n; i++) {
+		const struct store_msg *m = store_view_msg(v, i);
+		s->uid[i] = m->uid;
+		s->flags[i] = m->flags;
+		s->modseq[i] = m->modseq;
+		for (unsigned k = 0; k < 64; k++)
+			if (m->keywords & (1ull << k)) {
+				snprintf(s->kw0[i], sizeof(s->kw0[i]), "%s", store_view_keyword(v, k));
+				break;
+			}
+	}
+	store_view_free(&v);
+	s->vanished_whole = store_folder_vanished(f, 0, &r, &s->nvanished);
+	cr_assert_leq(s->nvanished, 64);
+	if (s->nvanished)
+		memcpy(s->vanished, r, s->nvanished * sizeof(*r));
+	free(r);
+}
+
+static void fstate_expect_eq(const struct fstate *a, const struct fstate *b, const char *when)
+{
+	cr_expect_eq(a->st.messages, b->st.messages, "%s: messages", when);
+	cr_expect_eq(a->st.uidnext, b->st.uidnext, "%s: uidnext", when);
+	cr_expect_eq(a->st.uidvalidity, b->st.uidvalidity, "%s: uidvalidity", when);
+	cr_expect_eq(a->st.highestmodseq, b->st.highestmodseq, "%s: highestmodseq", when);
+	cr_expect_eq(a->st.unseen, b->st.unseen, "%s: unseen", when);
+	cr_expect_eq(a->st.bytes, b->st.bytes, "%s: bytes", when);
+	cr_assert_eq(a->n, b->n, "%s: view count", when);
+	for (size_t i = 0; i < a->n; i++) {
+		cr_expect_eq(a->uid[i], b->uid[i], "%s: uid #%zu", when, i);
+		cr_expect_eq(a->flags[i], b->flags[i], "%s: flags of uid %u", when, a->uid[i]);
+		cr_expect_eq(a->modseq[i], b->modseq[i], "%s: modseq of uid %u", when, a->uid[i]);
+		cr_expect_str_eq(a->kw0[i], b->kw0[i], "%s: keyword of uid %u", when, a->uid[i]);
+	}
+	cr_expect_eq(a->vanished_whole, b->vanished_whole, "%s: vanished complete", when);
+	cr_assert_eq(a->nvanished, b->nvanished, "%s: vanished runs", when);
+	for (size_t i = 0; i < a->nvanished; i++)
+		cr_expect(a->vanished[i].lo == b->vanished[i].lo &&
+			  a->vanished[i].hi == b->vanished[i].hi, "%s: vanished run %zu", when, i);
+}
+
+static void reopen_inbox(struct store_user **u, struct store_folder **f)
+{
+	store_folder_close(f);
+	store_user_close(u);
+	store_free(&S);
+	open_store(0, 4096, 0);
+	*u = t_user(S, L, "alice@example.com");
+	*f = t_folder(*u, L, "INBOX");
+}
+
+Test(store, rewrite_log_drops_history_and_keeps_the_state)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct fstate before, after;
+	char lp[600], ckp[600];
+	struct stat sb;
+	uint32_t uid;
+	off_t old_size;
+	int res;
+
+	for (int i = 0; i < 60; i++)
+		cr_assert_eq(t_append(L, f, msgs[i % 3], NULL), 0);
+	/* flags and a keyword on survivors, superseded more than once */
+	for (uint32_t i = 41; i <= 50; i++) {
+		struct waitres w = { 0 };
+		const char *kw[] = { "$Label1" };
+		store_flags(f, L, &i, 1, STORE_FLAGS_ADD, STORE_F_FLAGGED, kw, 1, wr_modseq, &w);
+		t_run(L, &w);
+		cr_assert_eq(w.res, 0);
+		w = (struct waitres){ 0 };
+		store_flags(f, L, &i, 1, STORE_FLAGS_ADD, STORE_F_SEEN, NULL, 0, wr_modseq, &w);
+		t_run(L, &w);
+		cr_assert_eq(w.res, 0);
+	}
+	/* most of the folder goes, including its newest message: UIDNEXT must
+	 * not fall back to what the survivors say */
+	for (uint32_t i = 1; i <= 40; i++)
+		t_expunge_one(f, i);
+	t_expunge_one(f, 60);
+	{
+		struct waitres w = { 0 };
+		store_checkpoint(f, L, wr_done, &w);
+		t_run(L, &w);
+		cr_assert_eq(w.res, 0);
+	}
+	snprintf(ckp, sizeof(ckp), "%s/mail/alice@example.com/f0/checkpoint", D);
+	cr_assert_eq(stat(ckp, &sb), 0);
+	log_path(lp, sizeof(lp));
+	old_size = file_size(lp);
+	fstate_take(f, &before);
+	cr_assert_eq(before.st.messages, 19);
+	cr_assert_eq(before.st.uidnext, 61);
+
+	res = t_rewrite(f);
+	cr_assert_gt(res, 0, "rewrite: %s", strerror(-res));
+	cr_expect_eq(file_size(lp), res, "the log is what the rewrite wrote");
+	cr_expect_lt(file_size(lp) * 3, old_size, "%lld bytes from %lld", (long long)res,
+		     (long long)old_size);
+	cr_expect_neq(stat(ckp, &sb), 0, "the old log's checkpoint is gone");
+	fstate_take(f, &after);
+	fstate_expect_eq(&before, &after, "after the rewrite");
+
+	/* the folder goes on in the new log, and all of it survives a reopen */
+	cr_assert_eq(t_append(L, f, "after the rewrite\r\n", &uid), 0);
+	cr_expect_eq(uid, 61);
+	t_expunge_one(f, 45);
+	fstate_take(f, &before);
+	reopen_inbox(&u, &f);
+	fstate_take(f, &after);
+	fstate_expect_eq(&before, &after, "after a reopen");
+	check_msg(f, 41, msgs[40 % 3]);
+	check_msg(f, 59, msgs[58 % 3]);
+	check_msg(f, 61, "after the rewrite\r\n");
+
+	/* a second rewrite of a rewritten log says the same again */
+	cr_assert_gt(t_rewrite(f), 0);
+	reopen_inbox(&u, &f);
+	fstate_take(f, &after);
+	fstate_expect_eq(&before, &after, "after a second rewrite and reopen");
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	cr_expect_eq(store_fsck(D, false, stderr), 0, "fsck finds the rewritten log clean");
+}
+
+struct pending {
+	struct waitres w;
+	struct t_app ta;
+};
+
+Test(store, changes_made_during_a_rewrite_wait_and_are_kept)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct pending app[8] = { 0 };
+	struct waitres rw = { 0 }, fw = { 0 };
+	struct fstate before, after;
+	uint32_t one = 1;
+
+	for (int i = 0; i < 30; i++)
+		cr_assert_eq(t_append(L, f, msgs[i % 3], NULL), 0);
+	for (uint32_t i = 2; i <= 20; i++)
+		t_expunge_one(f, i);
+	/* the rewrite starts at once (nothing in flight); appends and a flag
+	 * change issued now park until it is done */
+	store_rewrite_log(f, L, wr_done, &rw);
+	for (int i = 0; i < 8; i++) {
+		struct store_folder *dst = f;
+		char body[64];
+		int n = snprintf(body, sizeof(body), "Subject: during %d\r\n\r\nx\r\n", i);
+		cr_assert_eq(store_append_begin(L, &dst, 1, 1700000000, 0, NULL, 0, t_ready,
+						&app[i].ta, &app[i].ta.a), 0);
+		cr_assert_eq(store_append_write(app[i].ta.a, span_make(body, (size_t)n)), n);
+		store_append_commit(app[i].ta.a, SPAN_LIT("blob"), wr_uid, &app[i].w);
+	}
+	store_flags(f, L, &one, 1, STORE_FLAGS_ADD, STORE_F_ANSWERED, NULL, 0, wr_modseq, &fw);
+	t_run(L, &rw);
+	cr_assert_gt(rw.res, 0, "rewrite: %s", strerror(-rw.res));
+	for (int i = 0; i < 8; i++) {
+		t_run(L, &app[i].w);
+		cr_expect_eq(app[i].w.res, 0, "append %d: %s", i, strerror(-app[i].w.res));
+		cr_expect(app[i].w.uid >= 31 && app[i].w.uid <= 38, "uid %u", app[i].w.uid);
+		for (int k = 0; k < i; k++)
+			cr_expect_neq(app[i].w.uid, app[k].w.uid);
+	}
+	t_run(L, &fw);
+	cr_expect_eq(fw.res, 0);
+	fstate_take(f, &before);
+	cr_expect_eq(before.st.messages, 19);
+	cr_expect_eq(before.flags[0] & STORE_F_ANSWERED, STORE_F_ANSWERED);
+	reopen_inbox(&u, &f);
+	fstate_take(f, &after);
+	fstate_expect_eq(&before, &after, "reopened");
+	for (int i = 0; i < 8; i++) {
+		char body[64];
+		snprintf(body, sizeof(body), "Subject: during %d\r\n\r\nx\r\n", i);
+		check_msg(f, app[i].w.uid, body);
+	}
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+Test(store, a_rewrite_starts_on_its_own_when_half_the_log_is_history)
+{
+	struct store_user *u;
+	struct store_folder *f;
+	struct fstate before, after;
+	char lp[600];
+	off_t peak = 0;
+
+	store_free(&S);
+	open_store(0, 4096, 2048); /* the automatic decision every 2 KiB of log */
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	log_path(lp, sizeof(lp));
+	for (uint32_t i = 1; i <= 120; i++) {
+		cr_assert_eq(t_append(L, f, msgs[i % 3], NULL), 0);
+		if (i % 4)
+			t_expunge_one(f, i);
+		if (file_size(lp) > peak)
+			peak = file_size(lp);
+	}
+	{
+		bool never = false;
+		loop_run_until(L, &never, 50); /* one in flight ends */
+	}
+	/* 120 appends and 90 expunges were ~20 KiB of log; 30 messages ~3 KiB */
+	cr_expect_lt(file_size(lp), 6000, "log of %lld bytes, peak %lld", (long long)file_size(lp),
+		     (long long)peak);
+	fstate_take(f, &before);
+	cr_expect_eq(before.st.messages, 30);
+	cr_expect_eq(before.st.uidnext, 121);
+	reopen_inbox(&u, &f);
+	fstate_take(f, &after);
+	fstate_expect_eq(&before, &after, "reopened");
+	check_msg(f, 120, msgs[0]);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
+Test(store, a_rewrite_a_crash_left_behind_is_ignored_and_fsck_removes_it)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct store_folder_status st;
+	char lp[600], np[600];
+	FILE *out;
+	char *rep = NULL;
+	size_t replen = 0;
+	struct stat sb;
+
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(t_append(L, f, msgs[i], NULL), 0);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	/* half a rewrite: a copy of the log's start, cut in its middle */
+	log_path(lp, sizeof(lp));
+	snprintf(np, sizeof(np), "%s/mail/alice@example.com/f0/log.new", D);
+	{
+		char cmd[1300];
+		snprintf(cmd, sizeof(cmd), "head -c 100 '%s' > '%s'", lp, np);
+		cr_assert_eq(system(cmd), 0);
+	}
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 3);
+	check_msg(f, 3, msgs[2]);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	out = open_memstream(&rep, &replen);
+	cr_expect_eq(store_fsck(D, true, out), 1, "fsck reports the leftover");
+	fclose(out);
+	cr_expect(strstr(rep, "log.new"), "report: %s", rep);
+	free(rep);
+	cr_expect_neq(stat(np, &sb), 0, "fsck --repair removed it");
+	cr_expect_eq(store_fsck(D, false, stderr), 0, "and then all is clean");
+}
