@@ -98,7 +98,8 @@ static int apply_append(struct index *ix, const struct rec_append *a)
 {
 	struct index_msg *m;
 
-	if (a->uid < ix->uidnext)
+	/* the store hands out UIDs up to UINT32_MAX - 1: UIDNEXT never wraps */
+	if (a->uid < ix->uidnext || a->uid == UINT32_MAX)
 		return -EINVAL;
 	if (ix->n == ix->cap) {
 		size_t cap = ix->cap ? ix->cap * 2 : 64;
@@ -296,12 +297,13 @@ int index_vanished(const struct index *ix, uint64_t since, struct index_gone **o
 
 /* A rewritten log's state record: it raises the counters to what the log
  * had before its expunged records were dropped, and brings back the
- * memory of expunges. It never lowers a counter, and the runs must be what
- * gone_add() would have built (ascending MODSEQs, none above the folder's). */
+ * memory of expunges. It never lowers a counter, and the runs must be ones
+ * replay could have built (none above UIDNEXT or HIGHESTMODSEQ). Their
+ * order is not checked: a rewrite writes the runs replay gave it, and must
+ * replay whatever they are, or the records after it would be cut. */
 static int apply_state(struct index *ix, const struct rec_state *st)
 {
 	struct index_gone *g = NULL;
-	uint64_t prev = 0;
 
 	if (st->uidnext < ix->uidnext || st->highestmodseq < ix->highestmodseq ||
 	    st->max_seg < ix->max_seg || st->gone_floor > st->highestmodseq || st->uidnext == 0)
@@ -312,9 +314,8 @@ static int apply_state(struct index *ix, const struct rec_state *st)
 		uint32_t lo, hi;
 		uint64_t ms;
 		record_run_at(st->runs, i, &lo, &hi, &ms);
-		if (lo == 0 || lo > hi || hi >= st->uidnext || ms > st->highestmodseq || ms < prev)
+		if (lo == 0 || lo > hi || hi >= st->uidnext || ms > st->highestmodseq)
 			return -EINVAL;
-		prev = ms;
 	}
 	if (st->n && !(g = malloc(st->n * sizeof(*g))))
 		return -ENOMEM;

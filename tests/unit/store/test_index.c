@@ -464,3 +464,77 @@ Test(index, deleted_count_follows_flags_expunge_and_checkpoint)
 	free(buf);
 	free(lb.p);
 }
+
+/* The log a rewrite writes (index_base_next) replays to the same index:
+ * here one whose newest message (uid 5) and uid 3 were expunged, so only
+ * the STATE record can say UIDNEXT 6, HIGHESTMODSEQ 8 and the expunges. */
+Test(index, rewritten_log_replays_to_the_same_state)
+{
+	struct logbuf lb;
+	struct index ix, b;
+	struct index_base_cursor c = { 0 };
+	uint32_t u5[] = { 5 };
+	size_t good, len = 0, n, size;
+	uint8_t *out;
+	struct index_gone *g;
+	size_t ng;
+
+	build(&lb);
+	lb_expunge(&lb, 8, u5, 1);
+	index_init(&ix);
+	cr_assert_eq(index_replay(&ix, span_make(lb.p, lb.len), &good), RECORD_END);
+	cr_assert_eq(ix.n, 2);
+	size = index_base_size(&ix);
+	cr_expect_lt(size, lb.len);
+	out = malloc(size + RECORD_MAX_LEN);
+	/* in small pieces: a record never straddles two calls */
+	while ((n = index_base_next(&ix, &c, out + len, len + 200 <= size ? 200 : size - len)))
+		len += n;
+	cr_assert_eq(c.stage, INDEX_BASE_DONE);
+	cr_assert_eq(len, size);
+	index_init(&b);
+	cr_assert_eq(index_replay(&b, span_make(out, len), &good), RECORD_END);
+	cr_assert_eq(good, len);
+	cr_expect_eq(b.uidvalidity, 777);
+	cr_expect_eq(b.uidnext, 6);
+	cr_expect_eq(b.highestmodseq, 8);
+	cr_assert_eq(b.n, 2);
+	cr_expect_eq(b.msgs[0].flags, STORE_F_SEEN);
+	cr_expect_eq(b.msgs[0].keywords, 1);
+	cr_expect_eq(b.msgs[0].modseq, 5);
+	cr_expect_eq(b.msgs[1].modseq, 4);
+	cr_expect_str_eq(b.keywords[0], "$Label1");
+	cr_expect_eq(b.bytes, 300);
+	cr_assert_eq(index_vanished(&b, 0, &g, &ng), 1);
+	cr_assert_eq(ng, 2);
+	cr_expect(g[0].lo == 3 && g[0].hi == 3 && g[1].lo == 5 && g[1].hi == 5);
+	free(g);
+	/* and the folder goes on after it: UID 6 next, not 3 */
+	lb.len = 0;
+	lb_append(&lb, 6, 9, 600);
+	cr_expect_eq(index_replay(&b, span_make(lb.p, lb.len), &good), RECORD_END);
+	cr_expect_eq(b.n, 3);
+	index_clear(&b);
+	/* a state record never lowers a counter: a log that has moved past it
+	 * cannot take it */
+	{
+		struct rec_state st = { .uidnext = 4, .highestmodseq = 8 };
+		uint8_t rec[128];
+		size_t k = record_put_state(rec, sizeof(rec), &st);
+		cr_assert_gt(k, 0);
+		cr_expect_eq(index_replay(&ix, span_make(rec, k), &good), RECORD_BAD);
+		cr_expect_eq(good, 0);
+		cr_expect_eq(ix.uidnext, 6);
+		/* nor name an expunged UID at or above its UIDNEXT */
+		uint8_t run[16] = { 0 };
+		uint32_t lo = 2, hi = 7;
+		memcpy(run, &lo, 4);
+		memcpy(run + 4, &hi, 4);
+		st = (struct rec_state){ .uidnext = 7, .highestmodseq = 9, .n = 1, .runs = run };
+		k = record_put_state(rec, sizeof(rec), &st);
+		cr_expect_eq(index_replay(&ix, span_make(rec, k), &good), RECORD_BAD);
+	}
+	index_clear(&ix);
+	free(out);
+	free(lb.p);
+}
