@@ -372,7 +372,8 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 				   .quota_messages = cfg->quota_messages,
 				   .folders_max = cfg->folders_max,
 				   .segment_max = cfg->segment_max,
-				   .compact_after = cfg->compact_after };
+				   .compact_after = cfg->compact_after,
+				   .checkpoint_bytes = cfg->checkpoint_after };
 	if ((rc = store_new(&sc, &st->sv.store))) {
 		snprintf(err, errlen, "cannot open the store in %s: %s", cfg->data_dir,
 			 strerror(-rc));

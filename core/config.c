@@ -92,6 +92,7 @@ void config_defaults(struct config *cfg)
 	cfg->folders_max = 10000;
 	cfg->segment_max = 64u << 20;
 	cfg->compact_after = 0;
+	cfg->checkpoint_after = 4u << 20; /* STORE_CHECKPOINT_DEFAULT */
 	snprintf(cfg->ob_smart_ca, sizeof(cfg->ob_smart_ca), "/etc/ssl/certs/ca-certificates.crt");
 	cfg->ob_retry_min_ms = 5 * 60000;
 	cfg->ob_retry_max_ms = 4 * 3600000;
@@ -331,6 +332,10 @@ static int set_server(struct parse_ctx *ctx, const char *key, const char *value)
 	} else if (!strcmp(key, "compact_after")) {
 		if (config_parse_size(value, &cfg->compact_after))
 			return BAD(ctx, "compact_after must be a size (0: half of segment_max)");
+	} else if (!strcmp(key, "checkpoint_after")) {
+		if (config_parse_size(value, &cfg->checkpoint_after) ||
+		    cfg->checkpoint_after < 4096)
+			return BAD(ctx, "checkpoint_after must be a size of at least 4k");
 	} else if (!strcmp(key, "log_level")) {
 		if (strcmp(value, "debug") && strcmp(value, "info") && strcmp(value, "warn") &&
 		    strcmp(value, "error"))
@@ -834,9 +839,10 @@ void config_print(const struct config *cfg, FILE *out)
 		fprintf(out, "   # one loop per online CPU: %ld here", ncpu > 0 ? ncpu : 1);
 	}
 	fprintf(out, "\nrecv_buffers = %u\nport_offset = %u\nshutdown_grace = %ums\n"
-		"log_level = %s\nsegment_max = %llu\ncompact_after = %llu\n",
+		"log_level = %s\nsegment_max = %llu\ncompact_after = %llu\ncheckpoint_after = %llu\n",
 		cfg->recv_buffers, cfg->port_offset, cfg->shutdown_grace_ms, cfg->log_level,
-		(unsigned long long)cfg->segment_max, (unsigned long long)cfg->compact_after);
+		(unsigned long long)cfg->segment_max, (unsigned long long)cfg->compact_after,
+		(unsigned long long)cfg->checkpoint_after);
 	if (cfg->user[0])
 		fprintf(out, "user = %s\n", cfg->user);
 	if (cfg->postmaster[0])

@@ -76,6 +76,7 @@ struct config {
 	uint32_t shutdown_grace_ms;
 	uint64_t segment_max;   /* a shared segment file rolls over past this size */
 	uint64_t compact_after; /* expunged bytes that start a compaction (0: segment_max / 2) */
+	uint64_t checkpoint_after; /* log bytes after which a folder checkpoints or rewrites its log */
 	char log_level[16];
 	/* [limits] */
 	uint32_t max_connections;

@@ -323,8 +323,8 @@ static void broadcast(struct io_uring *ring, struct server *srv, uint32_t kind, 
 }
 
 /* What only a restart can change: the loops, their listening sockets and
- * buffer rings, and the data directory (its lock and store) were set up at
- * start. The new snapshot keeps the old values; a changed listener row is
+ * buffer rings, and the data directory (its lock and store, with the
+ * store's segment, compaction and checkpoint sizes) were set up at start. The new snapshot keeps the old values; a changed listener row is
  * logged. */
 static void keep_restart_only(struct server *srv, struct config *cfg, const struct config *old)
 {
@@ -343,6 +343,10 @@ static void keep_restart_only(struct server *srv, struct config *cfg, const stru
 	cfg->threads = old->threads;
 	cfg->recv_buffers = old->recv_buffers;
 	memcpy(cfg->data_dir, old->data_dir, sizeof(cfg->data_dir));
+	/* the store took these when it was made */
+	cfg->segment_max = old->segment_max;
+	cfg->compact_after = old->compact_after;
+	cfg->checkpoint_after = old->checkpoint_after;
 }
 
 static void reload(struct io_uring *ring, struct server *srv)

@@ -1289,6 +1289,64 @@ def test_qresync_expunge_memory_survives_restart(imapsrv):
     assert vanished(lines) == "4:5" and set(fetched(lines)) == {2}, lines
 
 
+def test_log_rewrite_keeps_what_clients_see_across_a_restart(imapsrv):
+    """A folder whose index log is mostly history (expunged messages,
+    superseded flag changes) rewrites it (docs/store.md "Rewriting the
+    log"): the log shrinks on disk, and what an IMAP client sees stays the
+    same, in the running server and after a restart: UIDNEXT above the
+    expunged newest message, UIDVALIDITY, HIGHESTMODSEQ, every UID's flags
+    and MODSEQ, QRESYNC's VANISHED, the bytes."""
+    srv = imapsrv(config="[server]\ncheckpoint_after = 16k\n")
+    for i in range(8):
+        deliver(srv, "alice@example.com", subject=f"w{i}")
+    log = os.path.join(srv.data_dir, "mail", "alice@example.com", "f0", "log")
+    a = Raw(srv).login()
+    a.cmd("ENABLE QRESYNC")
+    select_lines(a, "")
+    for _ in range(4):  # 128 messages
+        _, t = a.cmd("COPY 1:* INBOX", timeout=30)
+        assert b" OK " in t, t
+    full = os.path.getsize(log)
+    lines, _ = a.cmd("STATUS INBOX (HIGHESTMODSEQ)")
+    m0 = int(re.search(rb"HIGHESTMODSEQ (\d+)", lines[0]).group(1))
+    a.cmd("UID STORE 11:40 +FLAGS.SILENT (\\Flagged $Work)")
+    expunge_uids(a, "1:10")
+    expunge_uids(a, "41:128")
+    # flag churn until the automatic rewrite has run
+    deadline = time.time() + 20
+    n = 0
+    while os.path.getsize(log) * 2 > full and time.time() < deadline:
+        a.cmd("UID STORE 11:40 %sFLAGS.SILENT (\\Seen)" % ("+" if n % 2 == 0 else "-"))
+        n += 1
+    assert os.path.getsize(log) * 2 <= full, (os.path.getsize(log), full, n)
+    assert srv.log_lines(event="store-log-rewrite"), srv.log()[-3000:]
+    if n % 2:
+        a.cmd("UID STORE 11:40 -FLAGS.SILENT (\\Seen)")
+
+    def state(r):
+        st, _ = r.cmd("STATUS INBOX (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)")
+        fl, _ = r.cmd("UID FETCH 1:* (FLAGS MODSEQ)")
+        va, _ = r.cmd(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
+        body, _ = r.cmd("UID FETCH 40 (BODY.PEEK[])")
+        return st, sorted(fl), vanished(va), body
+
+    before = state(a)
+    assert b"MESSAGES 30 UIDNEXT 129" in before[0][0], before[0]
+    assert before[2] == "1:10,41:128", before[2]
+    assert len(before[1]) == 30 and all(b"\\Flagged $Work" in l for l in before[1]), before[1]
+    a.cmd("LOGOUT")
+    assert srv.stop() == 0
+    srv.start()
+    b = Raw(srv).login()
+    b.cmd("ENABLE QRESYNC")
+    select_lines(b, "")
+    after = state(b)
+    assert after == before
+    # and the folder goes on from UIDNEXT 129
+    _, t = b.cmd("COPY 11 INBOX")
+    assert b"COPYUID" in t and b" 129]" in t, t
+
+
 def test_qresync_past_the_expunge_memory_names_every_missing_uid(imapsrv):
     """The store remembers 1024 expunge runs; older than that, VANISHED
     (EARLIER) names every UID of the client's set that is not a message

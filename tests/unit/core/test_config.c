@@ -95,6 +95,7 @@ Test(config, embedded_default_parses_and_validates)
 	/* the limits that were constants keep their values */
 	cr_assert_eq(cfg.imap_literal_max, 64 * 1024);
 	cr_assert_eq(cfg.pop3_line_max, 255);
+	cr_assert_eq(cfg.checkpoint_after, 4u << 20);
 	cr_assert_eq(config_validate(&cfg, err, sizeof(err)), 0, "%s", err);
 }
 
@@ -289,6 +290,7 @@ static const struct bad_case bad_cases[] = {
 	{ "[limits]\nimap_line_max = 4096\n", 2, "imap_line_max must be a number from 8192 to 16777216" },
 	{ "[limits]\nimap_literal_max = 1023\n", 2, "imap_literal_max must be a number from 1024 to 16777216" },
 	{ "[limits]\nimap_literal_max = 16777217\n", 2, "imap_literal_max must be a number from 1024" },
+	{ "[server]\ncheckpoint_after = 4000\n", 2, "checkpoint_after must be a size of at least 4k" },
 	{ "[limits]\npop3_line_max = 127\n", 2, "pop3_line_max must be a number from 128 to 2100" },
 	{ "[limits]\npop3_line_max = 2101\n", 2, "pop3_line_max must be a number from 128 to 2100" },
 	{ "[server]\nshutdown_grace = 1d\n", 2, "shutdown_grace must be a duration" },
@@ -579,7 +581,7 @@ Test(config, values_reach_the_struct)
 	static struct config cfg;
 	char err[512], *path;
 	static const char text[] =
-		"[server]\nshutdown_grace = 2m\n"
+		"[server]\nshutdown_grace = 2m\ncheckpoint_after = 64k\n"
 		"[limits]\nprelogin_timeout = 1s\nidle_timeout = 1h\ndual_wait = 250ms\n"
 		"handshake_timeout = 7\nsend_queue_max = 8m\nmax_bad_commands = 3\n"
 		"plaintext_auth = no\nauth_delay = 250ms\nauth_delay_max = 4s\n"
@@ -590,6 +592,7 @@ Test(config, values_reach_the_struct)
 	cr_assert_eq(load_text(&cfg, text, strlen(text), &path, err, sizeof(err)), 0, "%s", err);
 	free(path);
 	cr_assert_eq(cfg.folders_max, 50);
+	cr_assert_eq(cfg.checkpoint_after, 64 * 1024);
 	cr_assert_eq(cfg.imap_literal_max, 4096);
 	cr_assert_eq(cfg.pop3_line_max, 128);
 	cr_assert_eq(cfg.quota_storage, 2ull << 30);
