@@ -2394,9 +2394,19 @@ static void rot_run(struct loop *loop, struct rot *r, int res)
 
 	if (res < 0 && !(r->step == ROT_CK_GONE && res == -ENOENT))
 		goto fail;
-	if (f->deleted && !r->renamed) {
-		res = -ENOENT;
-		goto fail;
+	if (!r->renamed) {
+		/* a folder deleted meanwhile goes with its files; a log broken
+		 * before the rewrite began stays broken until reopened */
+		int gone;
+		pthread_mutex_lock(&f->mu);
+		gone = f->deleted ? -ENOENT : f->log.broken;
+		pthread_mutex_unlock(&f->mu);
+		if (gone < 0) {
+			if (r->step == ROT_OPENED && res >= 0)
+				close(res); /* the new file's descriptor, not ours yet */
+			res = gone;
+			goto fail;
+		}
 	}
 	switch (r->step) {
 	case ROT_OPEN:

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 static struct loop *L;
 static char *D;
@@ -1514,4 +1515,91 @@ Test(store, a_rewrite_a_crash_left_behind_is_ignored_and_fsck_removes_it)
 	free(rep);
 	cr_expect_neq(stat(np, &sb), 0, "fsck --repair removed it");
 	cr_expect_eq(store_fsck(D, false, stderr), 0, "and then all is clean");
+}
+
+/* A rewrite the disk has no room for fails with ENOSPC and changes nothing:
+ * the old log stays in use, a change made meanwhile goes to it, and a
+ * reopen sees the same folder. */
+Test(store, a_rewrite_without_room_fails_and_the_old_log_goes_on)
+{
+	char mnt[600], filler[700];
+	struct store_config cfg = { .append_buf = 65536 };
+	struct store *st2;
+	struct store_user *u;
+	struct store_folder *f;
+	struct statvfs vs;
+	char *blob = malloc(200001);
+	struct waitres rw = { 0 }, fw = { 0 };
+	struct fstate before, after;
+	uint32_t uid, two = 2;
+	int fd;
+
+	memset(blob, 'b', 200000);
+	blob[200000] = 0;
+	snprintf(mnt, sizeof(mnt), "%s/tmpfs", D);
+	cr_assert_eq(mkdir(mnt, 0700), 0);
+	if (mount("tmpfs", mnt, "tmpfs", 0, "size=2m") != 0)
+		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
+	cfg.data_dir = mnt;
+	cr_assert_eq(store_new(&cfg, &st2), 0);
+	u = t_user(st2, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	/* ~200 KiB structure blobs: the survivors' records need ~400 KiB */
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(t_append_n(L, &f, 1, msgs[0], strlen(msgs[0]), 64, blob, 0, &uid), 0);
+	{
+		uint32_t x[] = { 1, 4 };
+		store_expunge(f, L, x, 2, wr_modseq, &fw);
+		t_run(L, &fw);
+		cr_assert_eq(fw.res, 0);
+	}
+	/* leave ~100 KiB free */
+	cr_assert_eq(statvfs(mnt, &vs), 0);
+	snprintf(filler, sizeof(filler), "%s/filler", mnt);
+	fd = open(filler, O_WRONLY | O_CREAT, 0600);
+	cr_assert(fd >= 0);
+	cr_assert_eq(posix_fallocate(fd, 0, (off_t)(vs.f_bavail * vs.f_frsize) - 100 * 1024), 0);
+	close(fd);
+
+	store_rewrite_log(f, L, wr_done, &rw);
+	fw = (struct waitres){ 0 };
+	store_flags(f, L, &two, 1, STORE_FLAGS_ADD, STORE_F_SEEN, NULL, 0, wr_modseq, &fw);
+	t_run(L, &rw);
+	cr_expect_eq(rw.res, -ENOSPC, "rewrite: %d", rw.res);
+	t_run(L, &fw);
+	cr_expect_eq(fw.res, 0, "the change made during the rewrite: %s", strerror(-fw.res));
+	{
+		bool never = false;
+		loop_run_until(L, &never, 20); /* the unlink of log.new */
+	}
+	{
+		char np[700];
+		struct stat sb;
+		snprintf(np, sizeof(np), "%s/mail/alice@example.com/f0/log.new", mnt);
+		cr_expect_neq(stat(np, &sb), 0, "the half-written rewrite is removed");
+	}
+	fstate_take(f, &before);
+	cr_expect_eq(before.st.messages, 2);
+	cr_expect_eq(before.flags[0] & STORE_F_SEEN, STORE_F_SEEN);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&st2);
+	cr_assert_eq(store_new(&cfg, &st2), 0);
+	u = t_user(st2, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	fstate_take(f, &after);
+	fstate_expect_eq(&before, &after, "reopened after the failed rewrite");
+	/* with room again, the rewrite goes through */
+	unlink(filler);
+	rw = (struct waitres){ 0 };
+	store_rewrite_log(f, L, wr_done, &rw);
+	t_run(L, &rw);
+	cr_expect_gt(rw.res, 0, "rewrite: %d", rw.res);
+	fstate_take(f, &after);
+	fstate_expect_eq(&before, &after, "rewritten");
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&st2);
+	umount2(mnt, MNT_DETACH);
+	free(blob);
 }
