@@ -2377,8 +2377,9 @@ static void rot_end(struct loop *loop, struct rot *r, int res)
 	}
 	sfile_unref(loop, &r->file);
 	sfile_unref(loop, &old);
-	if (r->cb_done)
-		r->cb_done(r->arg, res < 0 ? res : (int)(r->off > INT32_MAX ? INT32_MAX : r->off));
+	if (r->cb_done) /* never inline: the rewrite may end inside store_rewrite_log() */
+		done_later(loop, r->cb_done, r->arg,
+			   res < 0 ? res : (int)(r->off > INT32_MAX ? INT32_MAX : r->off));
 	suser_unref(loop, &r->u);
 	free(r->buf);
 	free(r->newp);
