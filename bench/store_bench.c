@@ -9,6 +9,7 @@
  *
  *     store_bench [--dir DIR] [--runs N] [--secs S] [--only SIZE,WRITERS]
  *     store_bench --open N[,N...] [--dir DIR] [--runs N]
+ *     store_bench --rewrite N[,N...] [--dir DIR] [--runs N]
  *
  * --open: builds a folder of N small messages once (64 writers, group
  * commit, with a structure blob like delivery stores; every 10th message
@@ -23,6 +24,14 @@
  * checkpoint's offset, less than checkpoint_bytes), or the whole log.
  * One JSON line
  * per N, medians of the runs.
+ *
+ * --rewrite: builds the same folder, then expunges three of every four
+ * messages, so that most of the log is history; per run, from a copy of
+ * that log (no checkpoint): a warm open (the whole log replayed), then on
+ * an open folder one 2 KiB append alone and one made right after
+ * store_rewrite_log() started (it waits for the rewrite), the rewrite's
+ * wall time and process CPU, and a warm open of the rewritten log, next to
+ * read(2) of it. One JSON line per N, medians of the runs.
  *
  * DIR must be on the file system being measured (default: /var/tmp). */
 #include <errno.h>
@@ -476,6 +485,152 @@ static int open_bench(const char *base, const char *list, int runs, const char *
 	return 0;
 }
 
+/* ---- --rewrite: rewriting a log that is mostly history ------------------ */
+
+static double append_at;   /* when the timed append was committed */
+static double append_lat;  /* its latency, once acknowledged */
+static void on_timed(void *arg, int res, uint32_t uid)
+{
+	(void)arg; (void)uid;
+	if (res)
+		res_ = res;
+	append_lat = now() - append_at;
+}
+
+/* One 2 KiB append, committed now; on_timed sets append_lat when durable. */
+static void timed_append(struct loop *loop, struct store_folder *f, const char *msg)
+{
+	struct store_append *a;
+
+	append_lat = -1;
+	if (store_append_begin(loop, &f, 1, time(NULL), 0, NULL, 0, NULL, NULL, &a) ||
+	    store_append_write(a, span_make(msg, 2048)) != 2048) {
+		fprintf(stderr, "timed append failed\n");
+		exit(1);
+	}
+	append_at = now();
+	store_append_commit(a, SPAN_LIT("structure"), on_timed, NULL);
+}
+
+static int rewrite_bench(const char *base, const char *list, int runs, const char *msg)
+{
+	for (const char *s = list; *s; ) {
+		long n = strtol(s, (char **)&s, 10);
+		char dir[512], cmd[600], hist[1200], logp[1200], ck[1200];
+		double rw[100], rc[100], alone[100], during[100], ob[100], oa[100], rd[100];
+		long logb = 0, loga = 0;
+		uint32_t msgs = 0, m;
+		char *fdir;
+		bool forced;
+
+		if (*s == ',')
+			s++;
+		if (n <= 0)
+			continue;
+		snprintf(dir, sizeof(dir), "%s/ringmail-store-rewrite-%ld-%d", base, n, (int)getpid());
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+		if (system(cmd) != 0)
+			return 1;
+		fdir = build(dir, n, msg, 2048, &forced);
+		snprintf(hist, sizeof(hist), "%s/log.bench", dir);
+		snprintf(logp, sizeof(logp), "%s/log", fdir);
+		snprintf(ck, sizeof(ck), "%s/checkpoint", fdir);
+		{
+			/* three of every four messages go, in batches of 1000; no
+			 * automatic checkpoint or rewrite meanwhile */
+			struct store_config cfg = { .data_dir = dir, .checkpoint_bytes = 1ull << 50 };
+			struct loop *loop;
+			struct store *st;
+			struct store_user *u;
+			struct store_folder *f;
+			uint32_t *uids = malloc(sizeof(*uids) * 1000);
+			size_t k = 0;
+			if (loop_new_standalone(&loop) || store_new(&cfg, &st))
+				exit(77);
+			open_uf(st, loop, &u, &f);
+			for (long uid = 1; uid <= n + 1; uid++) {
+				if (uid <= n && uid % 4 == 0)
+					continue;
+				if (uid <= n)
+					uids[k++] = (uint32_t)uid;
+				if (k == 1000 || (uid == n + 1 && k)) {
+					bool all = false;
+					ops_left = 1;
+					store_expunge(f, loop, uids, k, on_op, NULL);
+					while (ops_left > 0)
+						loop_run_until(loop, &all, 50);
+					k = 0;
+				}
+			}
+			free(uids);
+			close_all(&loop, &st, &u, &f);
+		}
+		unlink(ck);
+		copy_file(logp, hist);
+		logb = fsize(hist);
+		for (int r = 0; r < runs; r++) {
+			struct store_config cfg = { .data_dir = dir, .checkpoint_bytes = 1ull << 50 };
+			struct loop *loop;
+			struct store *st;
+			struct store_user *u;
+			struct store_folder *f;
+			double t0, c0;
+			bool all = false;
+
+			copy_file(hist, logp);
+			unlink(ck);
+			time_open(dir, false, &ob[r], &c0, &msgs); /* warm the cache */
+			time_open(dir, false, &ob[r], &c0, &msgs);
+			if (loop_new_standalone(&loop) || store_new(&cfg, &st))
+				exit(77);
+			open_uf(st, loop, &u, &f);
+			/* an append on its own, then one made while the rewrite runs */
+			timed_append(loop, f, msg);
+			while (append_lat < 0)
+				loop_run_until(loop, &all, 50);
+			alone[r] = append_lat;
+			flag = false;
+			t0 = now();
+			c0 = cpu_now();
+			store_rewrite_log(f, loop, on_done, NULL);
+			timed_append(loop, f, msg);
+			while (!flag || append_lat < 0)
+				loop_run_until(loop, &all, 50);
+			rw[r] = now() - t0;
+			rc[r] = cpu_now() - c0;
+			during[r] = append_lat;
+			if (res_ < 0) {
+				fprintf(stderr, "rewrite: %s\n", strerror(-res_));
+				return 1;
+			}
+			close_all(&loop, &st, &u, &f);
+			loga = fsize(logp);
+			unlink(ck);
+			time_open(dir, false, &oa[r], &c0, &m); /* warm */
+			time_open(dir, false, &oa[r], &c0, &m);
+			if (m != msgs + 2) {
+				fprintf(stderr, "after the rewrite: %u messages, before %u\n", m, msgs);
+				return 1;
+			}
+			const char *p1[] = { logp };
+			rd[r] = time_read(p1, 1);
+		}
+		printf("{\"bench\":\"store-rewrite\",\"n\":%ld,\"messages\":%u,\"runs\":%d,"
+		       "\"log_bytes_before\":%ld,\"log_bytes_after\":%ld,"
+		       "\"rewrite_wall_ms\":%.2f,\"rewrite_cpu_ms\":%.2f,"
+		       "\"append_alone_ms\":%.2f,\"append_during_rewrite_ms\":%.2f,"
+		       "\"open_before_ms\":%.2f,\"open_after_ms\":%.2f,\"read_log_after_ms\":%.3f}\n",
+		       n, msgs, runs, logb, loga, median(rw, runs) * 1e3, median(rc, runs) * 1e3,
+		       median(alone, runs) * 1e3, median(during, runs) * 1e3, median(ob, runs) * 1e3,
+		       median(oa, runs) * 1e3, median(rd, runs) * 1e3);
+		fflush(stdout);
+		free(fdir);
+		if (system(cmd) != 0)
+			return 1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *dir = "/var/tmp";
@@ -483,6 +638,7 @@ int main(int argc, char **argv)
 	double secs = 1.0;
 	const char *only = NULL; /* "SIZE,WRITERS": one row */
 	const char *open_n = NULL; /* --open N,N...: the open mode */
+	const char *rewrite_n = NULL; /* --rewrite N,N...: the rewrite mode */
 	static const size_t sizes[] = { 4096, 65536, 1 << 20 };
 	static const int writers[] = { 1, 64 };
 	char *msg;
@@ -498,9 +654,12 @@ int main(int argc, char **argv)
 			only = argv[++i];
 		else if (!strcmp(argv[i], "--open") && i + 1 < argc)
 			open_n = argv[++i];
+		else if (!strcmp(argv[i], "--rewrite") && i + 1 < argc)
+			rewrite_n = argv[++i];
 		else {
 			fprintf(stderr, "usage: store_bench [--dir DIR] [--runs N] [--secs S] [--only SIZE,WRITERS]\n"
-				"       store_bench --open N[,N...] [--dir DIR] [--runs N]\n");
+				"       store_bench --open N[,N...] [--dir DIR] [--runs N]\n"
+				"       store_bench --rewrite N[,N...] [--dir DIR] [--runs N]\n");
 			return 2;
 		}
 	}
@@ -510,8 +669,9 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < (1 << 20); i++)
 		msg[i] = (i % 78 == 77) ? '\n' : (char)('a' + i % 26);
 	memcpy(msg, "Subject: bench\r\n\r\n", 18);
-	if (open_n) {
-		int rc = open_bench(dir, open_n, runs, msg);
+	if (open_n || rewrite_n) {
+		int rc = open_n ? open_bench(dir, open_n, runs, msg)
+				: rewrite_bench(dir, rewrite_n, runs, msg);
 		free(msg);
 		return rc;
 	}
