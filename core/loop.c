@@ -299,7 +299,9 @@ int conn_send(struct conn *c, const void *p, size_t len)
 		 * in-flight chunk immutable makes partial sends trivial. */
 		if (!t || t->pipe_fd >= 0 || t->len == t->cap ||
 		    (c->send_inflight && t == c->out_head)) {
-			uint32_t cap = len > CONN_OUT_CHUNK ? (uint32_t)len : CONN_OUT_CHUNK;
+			uint32_t cap = CONN_OUT_CHUNK;
+			if (len > CONN_OUT_CHUNK)
+				cap = len > CONN_OUT_BULK ? (uint32_t)len : CONN_OUT_BULK;
 			t = malloc(sizeof(*t) + cap);
 			if (!t) {
 				conn_close_later(c, CONN_CLOSE_ERROR);

@@ -19,6 +19,10 @@
 #define LOOP_BUF_SIZE (16u * 1024u) /* one TLS record fits */
 #define CONN_INPUT_MAX (256u * 1024u) /* unconsumed input kept per connection */
 #define CONN_OUT_CHUNK 4096u
+/* A write bigger than CONN_OUT_CHUNK is bulk (a body, TLS records of
+ * one): its chunk gets room for more like it, so a FETCH's 64 KiB read,
+ * four records over TLS, leaves in one send instead of four. */
+#define CONN_OUT_BULK (128u * 1024u)
 
 struct listener_rt {
 	int fd;

@@ -27,7 +27,8 @@
 #include "tls/tls.h"
 
 #define STREAM_PLAIN_MAX (256u * 1024u) /* decrypted bytes kept for the session */
-#define STREAM_DECRYPT_CHUNK (16u * 1024u)
+#define STREAM_PLAIN_FIRST 4096u   /* first buffer: a command or a few */
+#define STREAM_DECRYPT_MIN 1024u   /* room below this: the buffer doubles */
 
 enum stream_state { ST_PLAIN, ST_DUAL_WAIT, ST_FLUSH, ST_HANDSHAKE, ST_TLS };
 
@@ -244,13 +245,18 @@ static int deliver_plain(struct stream *s)
 	return 0;
 }
 
-static int plain_reserve(struct stream *s, size_t more)
+/* Room for the next decrypted bytes. A command is a few dozen bytes and
+ * the buffer is freed once the session has taken all of it, so it starts
+ * small and doubles while the session leaves bytes in it (a literal being
+ * uploaded): wolfSSL keeps what does not fit of a record and hands it out
+ * on the next read. Asking for a record's worth of room every time cost a
+ * 16 KiB allocation per command and a realloc copying it whenever a read
+ * had already decrypted something (the second turn of tls_data's loop). */
+static int plain_reserve(struct stream *s)
 {
-	if (s->plain_len + more <= s->plain_cap)
+	if (s->plain_cap - s->plain_len >= STREAM_DECRYPT_MIN)
 		return 0;
-	size_t cap = s->plain_cap ? s->plain_cap : STREAM_DECRYPT_CHUNK;
-	while (cap < s->plain_len + more)
-		cap *= 2;
+	size_t cap = s->plain_cap ? (size_t)s->plain_cap * 2 : STREAM_PLAIN_FIRST;
 	uint8_t *p = realloc(s->plain, cap);
 	if (!p)
 		return -ENOMEM;
@@ -280,7 +286,7 @@ static ssize_t tls_data(struct stream *s, struct span in)
 	for (;;) {
 		if (s->plain_len >= STREAM_PLAIN_MAX)
 			break;
-		if ((rc = plain_reserve(s, STREAM_DECRYPT_CHUNK)))
+		if ((rc = plain_reserve(s)))
 			return rc;
 		size_t used = 0, plen = 0;
 		enum tls_status st = tls_conn_read(s->tls, span_skip(in, off), &used,

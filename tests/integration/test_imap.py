@@ -92,8 +92,10 @@ def imap(srv, user="alice@example.com", tls=None, port=None):
 class Raw:
     """A line-level IMAP client over a socket."""
 
-    def __init__(self, srv, port=143):
+    def __init__(self, srv, port=143, tls=False):
         self.sock = srv.connect(port)
+        if tls:
+            self.sock = tls_context(srv).wrap_socket(self.sock)
         self.greeting = recv_line(self.sock)
         self.n = 0
 
@@ -365,6 +367,31 @@ def test_fetch_large_message_streams(srv):
     c.select("INBOX")
     typ, data = c.fetch("1", "(BODY.PEEK[TEXT])")
     assert data[0][1] == body
+
+
+def test_tls_records_carry_literal_and_pipelined_commands(srv):
+    """Over TLS the session sees the same bytes in the same order however
+    the records cut them: a 600 kB literal in 16 kB records with two
+    commands riding in its last record, then a command in one-byte
+    records; the message reads back byte for byte."""
+    line = b"0123456789abcdefghijklmnopqrstuvwxyz" * 2 + b"\r\n"
+    msg = b"Subject: big\r\n\r\n" + b"".join(b"%06d " % i + line for i in range(8000))
+    r = Raw(srv, 993, tls=True).login()
+    r.send(b"a APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\nb NOOP\r\nc SELECT INBOX\r\n")
+    _, t = r.until("a", 30)
+    assert t.startswith(b"a OK [APPENDUID"), t
+    _, t = r.until("b")
+    assert t.startswith(b"b OK"), t
+    _, t = r.until("c")
+    assert t.startswith(b"c OK [READ-WRITE]"), t
+    for ch in b"d FETCH 1 (RFC822.SIZE)\r\n":
+        r.sock.sendall(bytes([ch]))
+    lines, t = r.until("d")
+    assert t.startswith(b"d OK") and lines == [b"* 1 FETCH (RFC822.SIZE %d)\r\n" % len(msg)], lines
+    r.send(b"e FETCH 1 BODY.PEEK[]\r\n")
+    lines, t = r.until("e", 30)
+    assert t.startswith(b"e OK"), t
+    assert b"".join(lines) == b"* 1 FETCH (BODY[] {%d}\r\n" % len(msg) + msg + b")\r\n"
 
 
 # ---- STORE, COPY, MOVE, EXPUNGE, APPEND, SEARCH ------------------------------------------
