@@ -21,6 +21,17 @@ struct iblob *iblob_new(struct span b)
 	return x;
 }
 
+struct iblob *iblob_alloc(size_t len)
+{
+	struct iblob *x;
+
+	if (len > SIZE_MAX - sizeof(*x) || !(x = malloc(sizeof(*x) + len)))
+		return NULL;
+	atomic_init(&x->refs, 1);
+	x->len = len <= UINT32_MAX ? (uint32_t)len : 0;
+	return x;
+}
+
 struct iblob *iblob_ref(struct iblob *b)
 {
 	atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
@@ -117,6 +128,7 @@ static int apply_append(struct index *ix, const struct rec_append *a)
 	m->blob = iblob_new(a->blob);
 	if (!m->blob)
 		return -ENOMEM;
+	m->blen = m->blob->len;
 	ix->n++;
 	ix->uidnext = a->uid + 1;
 	if (a->modseq > ix->highestmodseq)
@@ -378,19 +390,35 @@ int index_replay(struct index *ix, struct span log, size_t *good_r)
 
 /* ---- checkpoints ------------------------------------------------------ */
 
-enum { CK_HDR = 4 + 4 + 8 + 4 + 4 + 8 + 4 + 4 + 8 + 4, CK_MSG = 4 + 4 + 8 + 8 + 8 + 8 + 4 + 4 + 8 + 4 };
-/* version 2, after the messages: gone_floor u64, n u64, n runs (lo, hi, modseq) */
+/* Versions 1 and 2: the header, keywords, then per message its fields and
+ * blob inline. Version 3: the header adds log_gen u32 and the blob area's
+ * length u64; then keywords, the blob area (every blob, in message order),
+ * and a table of fixed-size message records (the blob's length last). */
+enum {
+	CK_HDR = 4 + 4 + 8 + 4 + 4 + 8 + 4 + 4 + 8 + 4,
+	CK_HDR3 = CK_HDR + 4 + 8,
+	CK_MSG = 4 + 4 + 8 + 8 + 8 + 8 + 4 + 4 + 8 + 4,
+};
+/* version 2 and 3, after the messages: gone_floor u64, n u64, n runs (lo, hi, modseq) */
 enum { CK_GONE_HDR = 8 + 8, CK_GONE = 4 + 4 + 8 };
+
+static uint64_t blob_bytes(const struct index *ix)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < ix->n; i++)
+		n += ix->msgs[i].blen;
+	return n;
+}
 
 size_t index_checkpoint_size(const struct index *ix)
 {
-	size_t n = CK_HDR + 4;
+	size_t n = CK_HDR3 + 4;
 
 	for (unsigned i = 0; i < 64; i++)
 		if (ix->keywords[i])
 			n += 8 + strlen(ix->keywords[i]);
-	for (size_t i = 0; i < ix->n; i++)
-		n += CK_MSG + ix->msgs[i].blob->len;
+	n += ix->n * CK_MSG + blob_bytes(ix);
 	return n + CK_GONE_HDR + ix->ngone * CK_GONE;
 }
 
@@ -405,7 +433,7 @@ size_t index_checkpoint_put(const struct index *ix, uint64_t log_off, uint8_t *o
 {
 	size_t need = index_checkpoint_size(ix);
 	uint32_t magic = CHECKPOINT_MAGIC, ver = CHECKPOINT_VERSION, nkw = 0, crc;
-	uint64_t nmsg = ix->n;
+	uint64_t nmsg = ix->n, nblob = blob_bytes(ix);
 	uint8_t *p = out;
 
 	if (cap < need)
@@ -422,6 +450,8 @@ size_t index_checkpoint_put(const struct index *ix, uint64_t log_off, uint8_t *o
 	p = PUT(p, ix->max_seg);
 	p = PUT(p, nmsg);
 	p = PUT(p, nkw);
+	p = PUT(p, ix->log_gen);
+	p = PUT(p, nblob);
 	for (uint32_t i = 0; i < 64; i++) {
 		uint32_t len;
 		if (!ix->keywords[i])
@@ -430,6 +460,11 @@ size_t index_checkpoint_put(const struct index *ix, uint64_t log_off, uint8_t *o
 		p = PUT(p, i);
 		p = PUT(p, len);
 		p = put(p, ix->keywords[i], len);
+	}
+	for (size_t i = 0; i < ix->n; i++) {
+		struct span b = index_msg_blob(&ix->msgs[i]);
+		if (b.len)
+			p = put(p, b.p, b.len);
 	}
 	for (size_t i = 0; i < ix->n; i++) {
 		const struct index_msg *m = &ix->msgs[i];
@@ -442,8 +477,7 @@ size_t index_checkpoint_put(const struct index *ix, uint64_t log_off, uint8_t *o
 		p = PUT(p, m->seg);
 		p = PUT(p, m->data_crc);
 		p = PUT(p, m->off);
-		p = PUT(p, m->blob->len);
-		p = put(p, m->blob->data, m->blob->len);
+		p = PUT(p, m->blen);
 	}
 	uint64_t ngone = ix->ngone;
 	p = PUT(p, ix->gone_floor);
@@ -477,20 +511,144 @@ static void get(struct ck_rd *r, void *v, size_t n)
 }
 #define GET(r, v) get((r), &(v), sizeof(v))
 
+static void skip(struct ck_rd *r, size_t n)
+{
+	if (r->bad || r->left < n) {
+		r->bad = true;
+		return;
+	}
+	r->p += n;
+	r->left -= n;
+}
+
+/* A message record's fields, then its checks against what came before. */
+static bool ck_msg_ok(const struct index *ix, const struct index_msg *m)
+{
+	return m->uid != 0 && m->uid < ix->uidnext &&
+	       (!ix->n || m->uid > ix->msgs[ix->n - 1].uid) &&
+	       RECORD_SEG_NUM(m->seg) <= ix->max_seg && !(m->flags & ~(uint32_t)STORE_F_ALL);
+}
+
+static void ck_msg_count(struct index *ix, const struct index_msg *m)
+{
+	ix->bytes += m->size;
+	ix->unseen += !(m->flags & STORE_F_SEEN);
+	ix->deleted += !!(m->flags & STORE_F_DELETED);
+}
+
+/* Versions 1 and 2: fields and blob inline; blobs copied. */
+static int ck_msgs_v2(struct index *ix, struct ck_rd *r, uint64_t nmsg)
+{
+	for (uint64_t k = 0; k < nmsg; k++) {
+		struct index_msg m = { 0 };
+		uint32_t bl;
+		GET(r, m.uid);
+		GET(r, m.flags);
+		GET(r, m.keywords);
+		GET(r, m.modseq);
+		GET(r, m.size);
+		GET(r, m.date);
+		GET(r, m.seg);
+		GET(r, m.data_crc);
+		GET(r, m.off);
+		GET(r, bl);
+		if (r->bad || bl > r->left || !ck_msg_ok(ix, &m))
+			return -EINVAL;
+		m.blob = iblob_new(span_make(r->p, bl));
+		if (!m.blob)
+			return -ENOMEM;
+		m.blen = bl;
+		r->p += bl;
+		r->left -= bl;
+		ix->msgs[ix->n++] = m;
+		ck_msg_count(ix, &m);
+	}
+	return 0;
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return v;
+}
+
+static uint64_t rd64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
+}
+
+/* Version 3: the table at r, blobs at blobs[0..nblob) inside the arena.
+ * The messages point into the arena (one reference each, taken by the
+ * caller), or get copies when offsets would not fit in 32 bits. */
+static int ck_msgs_v3(struct index *ix, struct ck_rd *r, uint64_t nmsg, struct iblob *arena,
+		      const uint8_t *blobs, uint64_t nblob)
+{
+	uint64_t base = (uint64_t)(blobs - arena->data), boff = 0;
+	bool copy = base + nblob > UINT32_MAX;
+	const uint8_t *t = r->p;
+
+	if (nmsg > r->left / CK_MSG)
+		return -EINVAL;
+	for (uint64_t k = 0; k < nmsg; k++, t += CK_MSG) {
+		struct index_msg m = {
+			.uid = rd32(t), .flags = rd32(t + 4), .keywords = rd64(t + 8),
+			.modseq = rd64(t + 16), .size = rd64(t + 24), .date = (int64_t)rd64(t + 32),
+			.seg = rd32(t + 40), .data_crc = rd32(t + 44), .off = rd64(t + 48),
+			.blen = rd32(t + 56),
+		};
+		if (m.blen > nblob - boff || !ck_msg_ok(ix, &m))
+			return -EINVAL;
+		if (copy) {
+			if (!(m.blob = iblob_new(span_make(blobs + boff, m.blen))))
+				return -ENOMEM;
+		} else {
+			m.blob = arena;
+			m.boff = (uint32_t)(base + boff);
+		}
+		boff += m.blen;
+		ix->msgs[ix->n++] = m;
+		ck_msg_count(ix, &m);
+	}
+	/* canonical: the blob area holds the blobs and nothing else */
+	if (boff != nblob)
+		return -EINVAL;
+	skip(r, (size_t)nmsg * CK_MSG);
+	return 0;
+}
+
 int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 {
+	struct iblob *arena = iblob_alloc(in.len);
+
+	if (!arena)
+		return -ENOMEM;
+	if (in.len)
+		memcpy(arena->data, in.p, in.len);
+	return index_checkpoint_load_arena(ix, &arena, in.len, log_off_r);
+}
+
+int index_checkpoint_load_arena(struct index *ix, struct iblob **arena_r, size_t len,
+				uint64_t *log_off_r)
+{
+	struct iblob *arena = *arena_r;
 	struct ck_rd r;
 	uint32_t magic, ver, nkw, crc;
-	uint64_t nmsg, log_off;
+	uint64_t nmsg, log_off, nblob = 0;
+	const uint8_t *blobs = NULL;
 	uint32_t prev_kw = 0;
+	size_t in_arena = 0;
 	int err = -EINVAL;
 
-	if (in.len < CK_HDR + 4)
-		return -EINVAL;
-	memcpy(&crc, in.p + in.len - 4, 4);
-	if (crc != crc32c(0, in.p, in.len - 4))
-		return -EINVAL;
-	r = (struct ck_rd){ in.p, in.len - 4, false };
+	*arena_r = NULL;
+	if (len < CK_HDR + 4)
+		goto err;
+	memcpy(&crc, arena->data + len - 4, 4);
+	if (crc != crc32c(0, arena->data, len - 4))
+		goto err;
+	r = (struct ck_rd){ arena->data, len - 4, false };
 	GET(&r, magic);
 	GET(&r, ver);
 	GET(&r, log_off);
@@ -501,66 +659,61 @@ int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 	GET(&r, ix->max_seg);
 	GET(&r, nmsg);
 	GET(&r, nkw);
-	if (r.bad || magic != CHECKPOINT_MAGIC || (ver != 1 && ver != CHECKPOINT_VERSION) || nkw > 64 ||
+	if (ver == 3) {
+		GET(&r, ix->log_gen);
+		GET(&r, nblob);
+	}
+	if (r.bad || magic != CHECKPOINT_MAGIC || ver < 1 || ver > 3 || nkw > 64 ||
 	    nmsg > r.left / CK_MSG)
 		goto err;
 	ix->have_hdr = true;
 	for (uint32_t k = 0; k < nkw; k++) {
-		uint32_t i, len;
+		uint32_t i, kl;
 		GET(&r, i);
-		GET(&r, len);
+		GET(&r, kl);
 		/* canonical: in increasing slot order, as index_checkpoint_put()
 		 * writes them */
-		if (r.bad || i >= 64 || len > r.left || len > RECORD_NAME_MAX ||
+		if (r.bad || i >= 64 || kl > r.left || kl > RECORD_NAME_MAX ||
 		    (k && i <= prev_kw))
 			goto err;
 		prev_kw = i;
-		ix->keywords[i] = strndup((const char *)r.p, len);
+		ix->keywords[i] = strndup((const char *)r.p, kl);
 		if (!ix->keywords[i]) {
 			err = -ENOMEM;
 			goto err;
 		}
-		r.p += len;
-		r.left -= len;
+		r.p += kl;
+		r.left -= kl;
 	}
 	if (nmsg) {
-		ix->msgs = calloc(nmsg, sizeof(*ix->msgs));
+		ix->msgs = malloc(nmsg * sizeof(*ix->msgs));
 		if (!ix->msgs) {
 			err = -ENOMEM;
 			goto err;
 		}
 		ix->cap = nmsg;
 	}
-	for (uint64_t k = 0; k < nmsg; k++) {
-		struct index_msg m;
-		uint32_t bl;
-		GET(&r, m.uid);
-		GET(&r, m.flags);
-		GET(&r, m.keywords);
-		GET(&r, m.modseq);
-		GET(&r, m.size);
-		GET(&r, m.date);
-		GET(&r, m.seg);
-		GET(&r, m.data_crc);
-		GET(&r, m.off);
-		GET(&r, bl);
-		if (r.bad || bl > r.left || m.uid == 0 || m.uid >= ix->uidnext ||
-		    (ix->n && m.uid <= ix->msgs[ix->n - 1].uid) || RECORD_SEG_NUM(m.seg) > ix->max_seg ||
-		    (m.flags & ~(uint32_t)STORE_F_ALL))
+	if (ver == 3) {
+		blobs = r.p;
+		if (nblob > r.left)
 			goto err;
-		m.blob = iblob_new(span_make(r.p, bl));
-		if (!m.blob) {
-			err = -ENOMEM;
+		skip(&r, (size_t)nblob);
+		err = ck_msgs_v3(ix, &r, nmsg, arena, blobs, nblob);
+		if (err) {
+			/* messages loaded so far point into the arena: forget
+			 * them, it is freed below */
+			for (size_t i = 0; i < ix->n; i++)
+				if (ix->msgs[i].blob == arena)
+					ix->msgs[i].blob = NULL;
 			goto err;
 		}
-		r.p += bl;
-		r.left -= bl;
-		ix->msgs[ix->n++] = m;
-		ix->bytes += m.size;
-		if (!(m.flags & STORE_F_SEEN))
-			ix->unseen++;
-		if (m.flags & STORE_F_DELETED)
-			ix->deleted++;
+		err = -EINVAL;
+		for (size_t i = 0; i < ix->n; i++)
+			in_arena += ix->msgs[i].blob == arena;
+	} else if ((err = ck_msgs_v2(ix, &r, nmsg))) {
+		goto err;
+	} else {
+		err = -EINVAL;
 	}
 	if (ver == 1) {
 		/* no expunge memory: what the checkpoint covers is forgotten */
@@ -571,10 +724,10 @@ int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 		GET(&r, ngone);
 		if (r.bad || ngone > INDEX_GONE_MAX || ngone > r.left / CK_GONE ||
 		    ix->gone_floor > ix->highestmodseq)
-			goto err;
+			goto err_arena;
 		if (ngone && gone_reserve(ix, (size_t)ngone)) {
 			err = -ENOMEM;
-			goto err;
+			goto err_arena;
 		}
 		for (uint64_t k = 0; k < ngone; k++) {
 			struct index_gone g;
@@ -585,15 +738,39 @@ int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r)
 			if (r.bad || g.lo == 0 || g.lo > g.hi || g.hi >= ix->uidnext ||
 			    g.modseq > ix->highestmodseq ||
 			    (ix->ngone && g.modseq < ix->gone[ix->ngone - 1].modseq))
-				goto err;
+				goto err_arena;
 			ix->gone[ix->ngone++] = g;
 		}
 	}
 	if (r.left != 0)
-		goto err;
+		goto err_arena;
+	if (in_arena) {
+		/* Keep the arena up to the end of the blob area: the table
+		 * and the runs after it are copied out. The shrink is in
+		 * place with glibc (mremap or a split chunk), but realloc may
+		 * move it (ASan's always does): the messages follow it. */
+		size_t keep = (size_t)(blobs + nblob - arena->data);
+		if (len - keep >= 4096) {
+			struct iblob *a = realloc(arena, sizeof(*arena) + keep);
+			if (a) {
+				arena = a;
+				for (size_t i = 0; i < ix->n; i++)
+					ix->msgs[i].blob = a;
+			}
+		}
+		/* one reference per message, and ours, dropped below; no one
+		 * else has seen the arena yet */
+		atomic_store_explicit(&arena->refs, (unsigned)in_arena + 1, memory_order_relaxed);
+	}
+	iblob_unref(&arena);
 	*log_off_r = log_off;
 	return 0;
+err_arena:
+	for (size_t i = 0; i < ix->n; i++)
+		if (ix->msgs[i].blob == arena)
+			ix->msgs[i].blob = NULL;
 err:
 	index_clear(ix);
+	iblob_unref(&arena);
 	return err;
 }
