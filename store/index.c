@@ -8,6 +8,13 @@
 #include "store/crc32c.h"
 #include "store/store.h"
 
+/* An expunged message's mark, outside STORE_F_ALL: its slot stays, with
+ * its UID (so the binary search stays right) and no blob, until
+ * index_squeeze(). index_apply() squeezes before it returns; index_replay()
+ * once at its end, so that a log of many EXPUNGE records does not move the
+ * whole table once per record. */
+#define INDEX_F_EXPUNGED 0x80000000u
+
 struct iblob *iblob_new(struct span b)
 {
 	struct iblob *x = malloc(sizeof(*x) + b.len);
@@ -81,7 +88,7 @@ static ssize_t index_pos(const struct index *ix, uint32_t uid)
 struct index_msg *index_find(const struct index *ix, uint32_t uid)
 {
 	ssize_t i = index_pos(ix, uid);
-	return i < 0 ? NULL : &ix->msgs[i];
+	return i < 0 || (ix->msgs[i].flags & INDEX_F_EXPUNGED) ? NULL : &ix->msgs[i];
 }
 
 int index_keyword(const struct index *ix, struct span name)
@@ -216,51 +223,75 @@ static void gone_add(struct index *ix, uint32_t uid, uint64_t modseq)
 	ix->gone[ix->ngone++] = (struct index_gone){ uid, uid, modseq };
 }
 
-/* apply_expunge()'s mark, outside STORE_F_ALL; never left set. */
-#define INDEX_F_EXPUNGED 0x80000000u
+
+static int uid_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
 
 static int apply_expunge(struct index *ix, const struct rec_expunge *e, uint64_t *freed_r)
 {
 	uint64_t freed = 0;
-	size_t w = 0;
-	bool any = false;
+	uint32_t *sorted = NULL;
+	bool in_order = true;
 
 	/* every UID could start a run of its own */
 	if (gone_reserve(ix, e->n))
 		return -ENOMEM;
-	/* Mark, then squeeze once: O(n log N + N). The mark is a flag bit, not
-	 * the UID (0 as before), so that the binary search stays right whatever
-	 * the order of the record's UIDs: store_expunge() takes any order, and
-	 * a zeroed UID in the middle misled the search for a smaller one. */
+	/* Runs are remembered in UID order within a record, whatever the
+	 * order of its UIDs (store_expunge() takes any): sort a copy when
+	 * they are not already ascending. */
+	for (uint32_t i = 1; i < e->n && in_order; i++)
+		in_order = record_uid_at(e->uids, i - 1) <= record_uid_at(e->uids, i);
+	if (!in_order) {
+		if (!(sorted = malloc((size_t)e->n * sizeof(*sorted))))
+			return -ENOMEM;
+		for (uint32_t i = 0; i < e->n; i++)
+			sorted[i] = record_uid_at(e->uids, i);
+		qsort(sorted, e->n, sizeof(*sorted), uid_cmp);
+	}
 	for (uint32_t i = 0; i < e->n; i++) {
-		ssize_t p = index_pos(ix, record_uid_at(e->uids, i));
-		if (p >= 0) {
-			ix->msgs[p].flags |= INDEX_F_EXPUNGED;
-			any = true;
-		}
+		uint32_t uid = sorted ? sorted[i] : record_uid_at(e->uids, i);
+		ssize_t p = index_pos(ix, uid);
+		struct index_msg *m;
+
+		if (p < 0 || (ix->msgs[p].flags & INDEX_F_EXPUNGED))
+			continue; /* unknown, or repeated */
+		m = &ix->msgs[p];
+		m->flags |= INDEX_F_EXPUNGED;
+		if (!ix->marked || (size_t)p < ix->marked_from)
+			ix->marked_from = (size_t)p;
+		ix->marked++;
+		gone_add(ix, m->uid, e->modseq);
+		freed += m->size;
+		ix->bytes -= m->size;
+		if (!(m->flags & STORE_F_SEEN))
+			ix->unseen--;
+		if (m->flags & STORE_F_DELETED)
+			ix->deleted--;
+		iblob_unref(&m->blob);
 	}
-	if (any) {
-		for (size_t r = 0; r < ix->n; r++) {
-			struct index_msg *m = &ix->msgs[r];
-			if (m->flags & INDEX_F_EXPUNGED) {
-				gone_add(ix, m->uid, e->modseq);
-				freed += m->size;
-				ix->bytes -= m->size;
-				if (!(m->flags & STORE_F_SEEN))
-					ix->unseen--;
-				if (m->flags & STORE_F_DELETED)
-					ix->deleted--;
-				iblob_unref(&m->blob);
-				continue;
-			}
-			ix->msgs[w++] = *m;
-		}
-		ix->n = w;
-	}
+	free(sorted);
 	if (e->modseq > ix->highestmodseq)
 		ix->highestmodseq = e->modseq;
 	*freed_r = freed;
 	return 0;
+}
+
+/* Drops the slots apply_expunge() marked, in one pass. */
+static void index_squeeze(struct index *ix)
+{
+	size_t w = ix->marked_from;
+
+	if (!ix->marked)
+		return;
+	for (size_t r = ix->marked_from; r < ix->n; r++)
+		if (!(ix->msgs[r].flags & INDEX_F_EXPUNGED))
+			ix->msgs[w++] = ix->msgs[r];
+	ix->n = w;
+	ix->marked = 0;
+	ix->marked_from = 0;
 }
 
 static int gone_cmp(const void *a, const void *b)
@@ -306,7 +337,10 @@ int index_vanished(const struct index *ix, uint64_t since, struct index_gone **o
 	return since >= ix->gone_floor;
 }
 
-int index_apply(struct index *ix, const struct record *r, uint64_t *freed_r)
+static int index_replay_marked(struct index *ix, struct span log, size_t *good_r);
+
+/* index_apply() without the squeeze. */
+static int apply(struct index *ix, const struct record *r, uint64_t *freed_r)
 {
 	uint64_t freed = 0;
 
@@ -361,7 +395,24 @@ int index_apply(struct index *ix, const struct record *r, uint64_t *freed_r)
 	return 0;
 }
 
+int index_apply(struct index *ix, const struct record *r, uint64_t *freed_r)
+{
+	int err = apply(ix, r, freed_r);
+
+	index_squeeze(ix);
+	return err;
+}
+
 int index_replay(struct index *ix, struct span log, size_t *good_r)
+{
+	int st = index_replay_marked(ix, log, good_r);
+
+	index_squeeze(ix);
+	return st;
+}
+
+/* index_replay() leaving the expunged slots marked. */
+static int index_replay_marked(struct index *ix, struct span log, size_t *good_r)
 {
 	size_t off = 0;
 
@@ -375,7 +426,7 @@ int index_replay(struct index *ix, struct span log, size_t *good_r)
 			*good_r = off;
 			return (int)st;
 		}
-		err = index_apply(ix, &r, NULL);
+		err = apply(ix, &r, NULL);
 		if (err == -ENOMEM) {
 			*good_r = off;
 			return err;

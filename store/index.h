@@ -82,6 +82,9 @@ struct index {
 	/* generation of the log the index reflects (0: unknown or the first);
 	 * kept in version 3 checkpoints */
 	uint32_t log_gen;
+	/* inside index_apply()/index_replay() only: expunged slots not yet
+	 * squeezed out, and the first of them; 0 outside */
+	size_t marked, marked_from;
 };
 
 void index_init(struct index *ix);

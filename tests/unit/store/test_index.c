@@ -746,3 +746,95 @@ Test(index, checkpoint_v3_damage_is_refused)
 	free(buf);
 	free(lb.p);
 }
+
+/* A checkpoint whose table is large enough to be cut off the arena (the
+ * realloc may move it: under ASan it always does, and the messages must
+ * follow). */
+Test(index, checkpoint_v3_arena_shrunk_to_its_blobs)
+{
+	struct logbuf lb = { 0 };
+	struct index ix, ck;
+	size_t good, n;
+	uint8_t *buf;
+	uint64_t off;
+	uint32_t odd[150];
+
+	lb_hdr(&lb, 1);
+	for (uint32_t u = 1; u <= 300; u++)
+		lb_append(&lb, u, u, 10);
+	for (uint32_t k = 0; k < 150; k++)
+		odd[k] = 2 * k + 1;
+	lb_expunge(&lb, 301, odd, 150);
+	index_init(&ix);
+	cr_assert_eq(index_replay(&ix, span_make(lb.p, lb.len), &good), RECORD_END);
+	buf = put_current(&ix, lb.len, &n);
+	index_init(&ck);
+	cr_assert_eq(index_checkpoint_load(&ck, span_make(buf, n), &off), 0);
+	cr_assert_eq(ck.n, 150);
+	check_blobs(&ck);
+	for (size_t i = 1; i < ck.n; i++)
+		cr_assert_eq(ck.msgs[i].blob, ck.msgs[0].blob);
+	cr_expect_eq(atomic_load(&ck.msgs[0].blob->refs), 150);
+	cr_expect_eq(ck.ngone, 150);
+	index_clear(&ck);
+	index_clear(&ix);
+	free(buf);
+	free(lb.p);
+}
+
+/* Replay leaves expunged slots marked until its end; applying the same
+ * records one at a time squeezes after each. Both reach the same state,
+ * with flags, re-expunges and appends after an expunge in between. */
+Test(index, replay_equals_records_applied_one_by_one)
+{
+	struct logbuf lb = { 0 };
+	struct index a, b;
+	size_t good, off = 0;
+	uint32_t x1[] = { 40, 3, 17, 3, 999 }, f1[] = { 3, 4, 40 }, x2[] = { 4, 40, 5 },
+		 x3[] = { 60, 61, 62, 1 };
+
+	lb_hdr(&lb, 1);
+	for (uint32_t u = 1; u <= 50; u++)
+		lb_append(&lb, u, u, u);
+	lb_expunge(&lb, 51, x1, 5);
+	lb_flags(&lb, 52, REC_FLAGS_ADD, STORE_F_SEEN | STORE_F_DELETED, 0, f1, 3);
+	lb_expunge(&lb, 53, x2, 3);
+	for (uint32_t u = 60; u <= 70; u++)
+		lb_append(&lb, u, 54, 100);
+	lb_expunge(&lb, 55, x3, 4);
+	index_init(&a);
+	cr_assert_eq(index_replay(&a, span_make(lb.p, lb.len), &good), RECORD_END);
+	index_init(&b);
+	while (off < lb.len) {
+		struct record r;
+		size_t used;
+		cr_assert_eq(record_next(span_make(lb.p + off, lb.len - off), &r, &used), RECORD_OK);
+		cr_assert_eq(index_apply(&b, &r, NULL), 0);
+		off += used;
+	}
+	cr_assert_eq(a.n, 50 - 3 - 2 - 1 + 11 - 3);
+	cr_assert_eq(a.n, b.n);
+	for (size_t i = 0; i < a.n; i++) {
+		cr_expect_eq(a.msgs[i].uid, b.msgs[i].uid);
+		cr_expect_eq(a.msgs[i].flags, b.msgs[i].flags);
+		cr_expect(span_eq(index_msg_blob(&a.msgs[i]), index_msg_blob(&b.msgs[i])));
+	}
+	cr_expect_null(index_find(&a, 3));
+	cr_expect_null(index_find(&a, 40));
+	cr_expect_not_null(index_find(&a, 2));
+	cr_expect_eq(a.bytes, b.bytes);
+	cr_expect_eq(a.unseen, b.unseen);
+	cr_expect_eq(a.deleted, b.deleted);
+	cr_expect_eq(a.deleted, 0, "the \\Deleted ones were expunged");
+	cr_expect_eq(a.marked, 0);
+	cr_assert_eq(a.ngone, b.ngone);
+	for (size_t i = 0; i < a.ngone; i++) {
+		cr_expect_eq(a.gone[i].lo, b.gone[i].lo);
+		cr_expect_eq(a.gone[i].hi, b.gone[i].hi);
+		cr_expect_eq(a.gone[i].modseq, b.gone[i].modseq);
+	}
+	expect_ranges(&a, 50, 1, (uint32_t[]){ 1, 1, 3, 5, 17, 17, 40, 40, 60, 62 }, 10);
+	index_clear(&a);
+	index_clear(&b);
+	free(lb.p);
+}
