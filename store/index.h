@@ -26,9 +26,10 @@ struct iblob {
 
 /* Returns a new blob holding a copy of b (refs 1), or NULL. */
 struct iblob *iblob_new(struct span b);
-/* Returns a new blob of len uninitialised bytes (refs 1; len field set
- * when it fits in 32 bits, else 0), or NULL: the buffer a checkpoint is
- * read into, then handed to index_checkpoint_load_arena(). */
+/* Returns a new arena of len uninitialised bytes at data (refs 1), or
+ * NULL: the buffer a checkpoint is read into, then handed to
+ * index_checkpoint_load_arena(). A large one (8 MiB or more) is its own
+ * mapping, faulted in huge pages where the system allows. */
 struct iblob *iblob_alloc(size_t len);
 struct iblob *iblob_ref(struct iblob *b);
 void iblob_unref(struct iblob **b_r);

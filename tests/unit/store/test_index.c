@@ -838,3 +838,69 @@ Test(index, replay_equals_records_applied_one_by_one)
 	index_clear(&b);
 	free(lb.p);
 }
+
+/* A checkpoint of 8 MiB or more is read into its own mapping, cut to its
+ * blob area in place: its blobs survive expunges and the index. */
+Test(index, checkpoint_v3_large_arena_is_mapped)
+{
+	struct logbuf lb = { 0 };
+	struct index ix, ck;
+	size_t good, n, mid;
+	uint8_t *buf;
+	uint64_t off;
+	enum { N = 2000, BL = 5000 };
+	static char blob[BL];
+	uint32_t *even = malloc(N / 2 * sizeof(*even));
+
+	cr_assert(even);
+	lb_hdr(&lb, 1);
+	for (uint32_t u = 1; u <= N; u++) {
+		memset(blob, 'a' + (int)(u % 26), BL);
+		snprintf(blob, 16, "%u", u);
+		struct rec_append a = { .uid = u, .seg = 1, .off = u * 1000ull, .len = 10,
+					.date = u, .modseq = u, .blob = span_make(blob, BL) };
+		size_t rn = record_size_append(BL);
+		lb_room(&lb, rn);
+		cr_assert_eq(record_put_append(lb.p + lb.len, rn, &a), rn);
+		lb.len += rn;
+	}
+	index_init(&ix);
+	cr_assert_eq(index_replay(&ix, span_make(lb.p, lb.len), &good), RECORD_END);
+	buf = put_current(&ix, lb.len, &n);
+	cr_assert_geq(n, 8u << 20);
+	struct iblob *a = iblob_alloc(n);
+	cr_assert(a);
+	memcpy(a->data, buf, n);
+	index_init(&ck);
+	cr_assert_eq(index_checkpoint_load_arena(&ck, &a, n, &off), 0);
+	cr_assert_eq(ck.n, N);
+	cr_expect_eq(ck.msgs[0].blob->len, UINT32_MAX, "a mapped arena");
+	cr_expect_eq(atomic_load(&ck.msgs[0].blob->refs), N);
+	for (size_t i = 0; i < ck.n; i++) {
+		struct span b = index_msg_blob(&ck.msgs[i]);
+		char want[24];
+		snprintf(want, sizeof(want), "%u", (unsigned)(i + 1));
+		cr_assert_eq(ck.msgs[i].blob, ck.msgs[0].blob);
+		cr_assert_eq(b.len, BL);
+		cr_assert_str_eq((const char *)b.p, want);
+		cr_assert_eq(b.p[BL - 1], 'a' + (int)((i + 1) % 26));
+	}
+	/* the last blob is at the very end of what was kept */
+	struct iblob *held = iblob_ref(ck.msgs[N - 1].blob);
+	struct span last = index_msg_blob(&ck.msgs[N - 1]);
+	for (uint32_t k = 0; k < N / 2; k++)
+		even[k] = 2 * k + 2;
+	mid = lb.len;
+	lb_expunge(&lb, N + 1, even, N / 2);
+	cr_assert_eq(index_replay(&ck, span_make(lb.p + mid, lb.len - mid), &good), RECORD_END);
+	cr_expect_eq(ck.n, N / 2);
+	cr_expect_eq(atomic_load(&held->refs), N / 2 + 1);
+	index_clear(&ck);
+	cr_expect_eq(last.p[BL - 1], 'a' + N % 26);
+	cr_expect_eq(atomic_load(&held->refs), 1);
+	iblob_unref(&held);
+	index_clear(&ix);
+	free(buf);
+	free(even);
+	free(lb.p);
+}
