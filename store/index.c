@@ -831,12 +831,16 @@ int index_checkpoint_load_arena(struct index *ix, struct iblob **arena_r, size_t
 		r.left -= kl;
 	}
 	if (nmsg) {
-		ix->msgs = malloc(nmsg * sizeof(*ix->msgs));
+		/* headroom for the appends of the log after the checkpoint (a
+		 * quarter: untouched address space until used), so that its
+		 * replay does not copy the table to grow it */
+		size_t cap = (size_t)nmsg + (size_t)nmsg / 4 + 1024;
+		ix->msgs = malloc(cap * sizeof(*ix->msgs));
 		if (!ix->msgs) {
 			err = -ENOMEM;
 			goto err;
 		}
-		ix->cap = nmsg;
+		ix->cap = cap;
 	}
 	if (ver == 3) {
 		blobs = r.p;
