@@ -100,7 +100,9 @@ static void checkpoint_round_trip(const uint8_t *data, size_t size)
 		if (crc != crc32c_sw(0, data, size - 4))
 			abort();
 		/* keyword order and names are canonical, so the bytes match (a
-		 * version 1 checkpoint is written back as the current version) */
+		 * version 1 or 2 checkpoint is written back as the current
+		 * version, whose blobs the loaded index reads from the arena
+		 * the input was copied into) */
 		if (!out || index_checkpoint_put(&ix, off, out, n) != n ||
 		    (ver == CHECKPOINT_VERSION && (n != size || memcmp(out, data, n) != 0)))
 			abort();
