@@ -73,6 +73,18 @@ static struct iblob *iblob_map(size_t len)
 	return &m->b;
 }
 
+/* Asks for huge pages on the 2 MiB-aligned part of a large table (the
+ * index's, from malloc: its own mapping at that size), which is filled
+ * at once by a load or replay; advice only. */
+static void table_advise_huge(void *p, size_t len)
+{
+	uintptr_t lo = ((uintptr_t)p + MAP_ALIGN - 1) & ~(uintptr_t)(MAP_ALIGN - 1);
+	uintptr_t hi = ((uintptr_t)p + len) & ~(uintptr_t)(MAP_ALIGN - 1);
+
+	if (len >= IBLOB_MAP_MIN && hi > lo)
+		(void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+}
+
 struct iblob *iblob_alloc(size_t len)
 {
 	struct iblob *x;
@@ -507,6 +519,7 @@ static int index_replay_marked(struct index *ix, struct span log, size_t *good_r
 		if (p) {
 			ix->msgs = p;
 			ix->cap = ix->n + most;
+			table_advise_huge(p, ix->cap * sizeof(*p));
 		}
 	}
 
@@ -841,6 +854,7 @@ int index_checkpoint_load_arena(struct index *ix, struct iblob **arena_r, size_t
 			goto err;
 		}
 		ix->cap = cap;
+		table_advise_huge(ix->msgs, cap * sizeof(*ix->msgs));
 	}
 	if (ver == 3) {
 		blobs = r.p;
