@@ -422,6 +422,10 @@ int index_vanished(const struct index *ix, uint64_t since, struct index_gone **o
 
 static int index_replay_marked(struct index *ix, struct span log, size_t *good_r);
 
+/* At most this many messages' room reserved at once by a replay (288 MiB
+ * of address space); a longer log grows the table by doubling past it. */
+#define INDEX_RESERVE_MAX ((size_t)4 << 20)
+
 /* index_apply() without the squeeze. */
 static int apply(struct index *ix, const struct record *r, uint64_t *freed_r)
 {
@@ -508,6 +512,9 @@ int index_replay(struct index *ix, struct span log, size_t *good_r)
 static int index_replay_marked(struct index *ix, struct span log, size_t *good_r)
 {
 	size_t off = 0, most = log.len / record_size_append(0);
+
+	if (most > INDEX_RESERVE_MAX)
+		most = INDEX_RESERVE_MAX;
 
 	/* Room for every append the log could hold, at once: doubling copies
 	 * the table into fresh memory each time (7 MB for 98k messages, on a
