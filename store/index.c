@@ -343,6 +343,14 @@ static int apply_expunge(struct index *ix, const struct rec_expunge *e, uint64_t
 			continue; /* unknown, or repeated */
 		m = &ix->msgs[p];
 		m->flags |= INDEX_F_EXPUNGED;
+		if (ix->arena && m->blob == ix->arena) {
+			ix->arena_live -= m->blen;
+			if (--ix->arena_msgs == 0) {
+				/* freed below, unless a view has it */
+				ix->arena = NULL;
+				ix->arena_bytes = ix->arena_live = 0;
+			}
+		}
 		if (!ix->marked || (size_t)p < ix->marked_from)
 			ix->marked_from = (size_t)p;
 		ix->marked++;
@@ -362,6 +370,36 @@ static int apply_expunge(struct index *ix, const struct rec_expunge *e, uint64_t
 	return 0;
 }
 
+/* Gives the messages still in the arena blobs of their own once less
+ * than half of it is live, so that expunged blobs are not kept forever;
+ * on a failed allocation the rest stay (tried again after the next
+ * expunge). The arena goes with its last reference. */
+static void arena_trim(struct index *ix)
+{
+	struct iblob *a = ix->arena;
+
+	if (!a || ix->arena_live * 2 >= ix->arena_bytes)
+		return;
+	for (size_t i = 0; i < ix->n; i++) {
+		struct index_msg *m = &ix->msgs[i];
+		struct iblob *own;
+
+		if (m->blob != a)
+			continue;
+		if (!(own = iblob_new(index_msg_blob(m))))
+			return;
+		ix->arena_live -= m->blen;
+		iblob_unref(&m->blob);
+		m->blob = own;
+		m->boff = 0;
+		if (--ix->arena_msgs == 0) {
+			ix->arena = NULL;
+			ix->arena_bytes = ix->arena_live = 0;
+			return; /* no other message points into a */
+		}
+	}
+}
+
 /* Drops the slots apply_expunge() marked, in one pass. */
 static void index_squeeze(struct index *ix)
 {
@@ -375,6 +413,7 @@ static void index_squeeze(struct index *ix)
 	ix->n = w;
 	ix->marked = 0;
 	ix->marked_from = 0;
+	arena_trim(ix);
 }
 
 static int gone_cmp(const void *a, const void *b)
@@ -931,6 +970,9 @@ int index_checkpoint_load_arena(struct index *ix, struct iblob **arena_r, size_t
 		/* one reference per message, and ours, dropped below; no one
 		 * else has seen the arena yet */
 		atomic_store_explicit(&arena->refs, (unsigned)in_arena + 1, memory_order_relaxed);
+		ix->arena = arena;
+		ix->arena_msgs = in_arena;
+		ix->arena_bytes = ix->arena_live = nblob;
 	}
 	iblob_unref(&arena);
 	*log_off_r = log_off;

@@ -15,9 +15,9 @@
 /* Immutable, refcounted bytes shared by the index and views: either one
  * message's structure blob (len bytes), or an arena holding the blobs of
  * every message loaded from a version 3 checkpoint (the checkpoint's own
- * buffer, kept; len is then unused). The index and each view hold a
- * reference per message, so an arena lives as long as any message or view
- * that points into it. */
+ * buffer, kept; len is then not a length). The index holds a reference per
+ * message, a view one per run of messages sharing an owner, so an arena
+ * lives as long as any message or view that points into it. */
 struct iblob {
 	atomic_uint refs;
 	uint32_t len;
@@ -86,6 +86,13 @@ struct index {
 	/* inside index_apply()/index_replay() only: expunged slots not yet
 	 * squeezed out, and the first of them; 0 outside */
 	size_t marked, marked_from;
+	/* the arena of the checkpoint loaded, while messages point into it
+	 * (arena_msgs of them, with arena_live of its arena_bytes blob
+	 * bytes); once expunges leave less than half of it live, the rest
+	 * get blobs of their own and it goes when its last view does */
+	struct iblob *arena;
+	size_t arena_msgs;
+	uint64_t arena_bytes, arena_live;
 };
 
 void index_init(struct index *ix);

@@ -904,3 +904,72 @@ Test(index, checkpoint_v3_large_arena_is_mapped)
 	free(even);
 	free(lb.p);
 }
+
+/* Once expunges leave less than half of the arena live, the messages left
+ * get blobs of their own: the arena then lives only as long as a view
+ * (here: a held reference) that has it. */
+Test(index, arena_is_let_go_when_mostly_expunged)
+{
+	struct logbuf lb = { 0 };
+	struct index ix, ck;
+	size_t good, n;
+	uint8_t *buf;
+	uint64_t off, freed;
+	uint32_t first[40], more[40];
+
+	lb_hdr(&lb, 1);
+	for (uint32_t u = 1; u <= 100; u++)
+		lb_append(&lb, u, u, 10);
+	index_init(&ix);
+	cr_assert_eq(index_replay(&ix, span_make(lb.p, lb.len), &good), RECORD_END);
+	buf = put_current(&ix, lb.len, &n);
+	index_init(&ck);
+	cr_assert_eq(index_checkpoint_load(&ck, span_make(buf, n), &off), 0);
+	struct iblob *arena = ck.msgs[0].blob, *held = iblob_ref(arena);
+	cr_expect_eq(ck.arena, arena);
+	cr_expect_eq(ck.arena_msgs, 100);
+
+	/* 40 of 100 gone: most still live, all still in the arena */
+	for (uint32_t k = 0; k < 40; k++)
+		first[k] = k + 1;
+	struct record r = { .type = REC_EXPUNGE };
+	r.u.expunge = (struct rec_expunge){ .modseq = 101, .n = 40 };
+	uint8_t ubuf[160];
+	memcpy(ubuf, first, sizeof(first));
+	r.u.expunge.uids = ubuf;
+	cr_assert_eq(index_apply(&ck, &r, &freed), 0);
+	cr_expect_eq(ck.n, 60);
+	cr_expect_eq(ck.arena_msgs, 60);
+	for (size_t i = 0; i < ck.n; i++)
+		cr_expect_eq(ck.msgs[i].blob, arena);
+	cr_expect_eq(atomic_load(&arena->refs), 61);
+
+	/* 20 more: 40 of 100 left, under half: they move out */
+	for (uint32_t k = 0; k < 20; k++)
+		more[k] = 41 + k;
+	r.u.expunge = (struct rec_expunge){ .modseq = 102, .n = 20 };
+	memcpy(ubuf, more, 20 * 4);
+	r.u.expunge.uids = ubuf;
+	cr_assert_eq(index_apply(&ck, &r, &freed), 0);
+	cr_assert_eq(ck.n, 40);
+	cr_expect_null(ck.arena);
+	for (size_t i = 0; i < ck.n; i++) {
+		cr_expect_neq(ck.msgs[i].blob, arena);
+		cr_expect_eq(ck.msgs[i].boff, 0);
+	}
+	check_blobs(&ck);
+	cr_expect_eq(atomic_load(&arena->refs), 1, "only the view's reference is left");
+	iblob_unref(&held);
+	/* and the index goes on with its own blobs */
+	free(buf);
+	buf = put_current(&ck, off, &n);
+	index_clear(&ck);
+	index_init(&ck);
+	cr_assert_eq(index_checkpoint_load(&ck, span_make(buf, n), &off), 0);
+	cr_expect_eq(ck.n, 40);
+	check_blobs(&ck);
+	index_clear(&ck);
+	index_clear(&ix);
+	free(buf);
+	free(lb.p);
+}
