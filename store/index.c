@@ -168,6 +168,31 @@ static ssize_t index_pos(const struct index *ix, uint32_t uid)
 	return lo < ix->n && ix->msgs[lo].uid == uid ? (ssize_t)lo : -1;
 }
 
+/* index_pos(), searching up from hint first: the UIDs of a record usually
+ * ascend, so the next one is a few steps on (galloping), not a whole
+ * binary search over a table that does not fit the cache. */
+static ssize_t index_pos_near(const struct index *ix, uint32_t uid, size_t hint)
+{
+	size_t lo = hint, hi, step = 1;
+
+	if (hint >= ix->n || ix->msgs[hint].uid > uid)
+		return index_pos(ix, uid);
+	/* msgs[lo].uid <= uid < msgs[hi].uid (or hi == n) */
+	while (lo + step < ix->n && ix->msgs[lo + step].uid <= uid) {
+		lo += step;
+		step *= 2;
+	}
+	hi = lo + step < ix->n ? lo + step : ix->n;
+	while (lo + 1 < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (ix->msgs[mid].uid <= uid)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return ix->msgs[lo].uid == uid ? (ssize_t)lo : -1;
+}
+
 struct index_msg *index_find(const struct index *ix, uint32_t uid)
 {
 	ssize_t i = index_pos(ix, uid);
@@ -235,12 +260,19 @@ static int apply_append(struct index *ix, const struct rec_append *a)
 
 static void apply_flags(struct index *ix, const struct rec_flags *f)
 {
+	size_t hint = 0;
+
 	for (uint32_t i = 0; i < f->n; i++) {
-		struct index_msg *m = index_find(ix, record_uid_at(f->uids, i));
+		ssize_t p = index_pos_near(ix, record_uid_at(f->uids, i), hint);
+		struct index_msg *m;
 		uint32_t fl;
 		uint64_t kw;
 
-		if (!m)
+		if (p < 0)
+			continue;
+		hint = (size_t)p;
+		m = &ix->msgs[p];
+		if (m->flags & INDEX_F_EXPUNGED)
 			continue;
 		switch (f->op) {
 		case REC_FLAGS_SET:
@@ -318,6 +350,7 @@ static int apply_expunge(struct index *ix, const struct rec_expunge *e, uint64_t
 	uint64_t freed = 0;
 	uint32_t *sorted = NULL;
 	bool in_order = true;
+	size_t hint = 0;
 
 	/* every UID could start a run of its own */
 	if (gone_reserve(ix, e->n))
@@ -336,11 +369,12 @@ static int apply_expunge(struct index *ix, const struct rec_expunge *e, uint64_t
 	}
 	for (uint32_t i = 0; i < e->n; i++) {
 		uint32_t uid = sorted ? sorted[i] : record_uid_at(e->uids, i);
-		ssize_t p = index_pos(ix, uid);
+		ssize_t p = index_pos_near(ix, uid, hint);
 		struct index_msg *m;
 
 		if (p < 0 || (ix->msgs[p].flags & INDEX_F_EXPUNGED))
 			continue; /* unknown, or repeated */
+		hint = (size_t)p;
 		m = &ix->msgs[p];
 		m->flags |= INDEX_F_EXPUNGED;
 		if (ix->arena && m->blob == ix->arena) {

@@ -802,6 +802,10 @@ Test(index, replay_equals_records_applied_one_by_one)
 	for (uint32_t u = 60; u <= 70; u++)
 		lb_append(&lb, u, 54, 100);
 	lb_expunge(&lb, 55, x3, 4);
+	/* UIDs out of order, repeated, unknown, expunged: the search from the
+	 * previous position falls back to a whole one */
+	uint32_t f2[] = { 50, 2, 49, 2, 1000, 3, 70, 0, 60, 6 };
+	lb_flags(&lb, 56, REC_FLAGS_ADD, STORE_F_ANSWERED, 0, f2, 10);
 	index_init(&a);
 	cr_assert_eq(index_replay(&a, span_make(lb.p, lb.len), &good), RECORD_END);
 	index_init(&b);
@@ -813,6 +817,12 @@ Test(index, replay_equals_records_applied_one_by_one)
 		off += used;
 	}
 	cr_assert_eq(a.n, 50 - 3 - 2 - 1 + 11 - 3);
+	for (size_t i = 0; i < a.n; i++) {
+		uint32_t u = a.msgs[i].uid;
+		bool want = u == 50 || u == 2 || u == 49 || u == 70 || u == 6;
+		cr_expect_eq(!!(a.msgs[i].flags & STORE_F_ANSWERED), want, "uid %u", u);
+		cr_expect_eq(a.msgs[i].modseq, want ? 56 : (u >= 60 ? 54 : u), "uid %u", u);
+	}
 	cr_assert_eq(a.n, b.n);
 	for (size_t i = 0; i < a.n; i++) {
 		cr_expect_eq(a.msgs[i].uid, b.msgs[i].uid);
@@ -971,5 +981,40 @@ Test(index, arena_is_let_go_when_mostly_expunged)
 	index_clear(&ck);
 	index_clear(&ix);
 	free(buf);
+	free(lb.p);
+}
+
+/* Ascending UIDs found by galloping from the previous one, with gaps of
+ * every size and UIDs that are absent (expunged or never there). */
+Test(index, flags_on_ascending_uids_with_gaps)
+{
+	struct logbuf lb = { 0 };
+	struct index ix;
+	size_t good;
+	uint32_t gone[100], pick[400];
+	uint32_t ng = 0, np = 0;
+
+	lb_hdr(&lb, 1);
+	for (uint32_t u = 1; u <= 3000; u++)
+		if (u % 3 != 0) /* every third UID never appended */
+			lb_append(&lb, u, 1, 1);
+	for (uint32_t u = 5; u <= 3000 && ng < 100; u += 29)
+		gone[ng++] = u;
+	lb_expunge(&lb, 2, gone, ng);
+	/* gaps growing 1, 2, 3, ... then a jump to the end */
+	for (uint32_t u = 1, d = 1; u <= 3000 && np < 399; u += d++)
+		pick[np++] = u;
+	pick[np++] = 2999;
+	lb_flags(&lb, 3, REC_FLAGS_ADD, STORE_F_FLAGGED, 0, pick, np);
+	index_init(&ix);
+	cr_assert_eq(index_replay(&ix, span_make(lb.p, lb.len), &good), RECORD_END);
+	for (size_t i = 0; i < ix.n; i++) {
+		uint32_t u = ix.msgs[i].uid;
+		bool want = false;
+		for (uint32_t k = 0; k < np; k++)
+			want |= pick[k] == u;
+		cr_expect_eq(!!(ix.msgs[i].flags & STORE_F_FLAGGED), want, "uid %u", u);
+	}
+	index_clear(&ix);
 	free(lb.p);
 }
