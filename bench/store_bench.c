@@ -21,7 +21,9 @@
  * says so ("cache"); a second open right after is the warm figure. Next
  * to it: read(2) from the page cache of the bytes an open cannot avoid:
  * the checkpoint (an open with it also reads the log after the
- * checkpoint's offset, less than checkpoint_bytes), or the whole log.
+ * checkpoint's offset, less than checkpoint_bytes), or the whole log;
+ * and the floor of an open that keeps the checkpoint's bytes in memory and
+ * checks them: read(2) into a fresh buffer of its size, then CRC32C.
  * One JSON line
  * per N, medians of the runs.
  *
@@ -35,13 +37,17 @@
  *
  * DIR must be on the file system being measured (default: /var/tmp). */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/loop.h"
+#include "store/crc32c.h"
 #include "store/store.h"
 
 enum { MAX_WRITERS = 64, CHUNK = 16384 };
@@ -398,6 +404,50 @@ static double time_read(const char *const *paths, size_t n)
 	return now() - t0;
 }
 
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(double), cmp_d);
+	return v[n / 2];
+}
+
+/* The floor of an open that keeps the checkpoint's bytes (as the store
+ * keeps its blob area) and checks them: read(2) of the whole file, warm,
+ * into a fresh buffer of its size (faulted in huge pages where granted,
+ * as the store's arena), then its CRC32C. Median of 3. */
+static double time_read_fresh_crc(const char *path)
+{
+	double t[3];
+
+	for (int k = 0; k < 3; k++) {
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		struct stat sb;
+		uint8_t *p;
+		size_t got = 0;
+		volatile uint32_t crc;
+
+		if (fd < 0 || fstat(fd, &sb))
+			exit(1);
+		double t0 = now();
+		p = mmap(NULL, (size_t)sb.st_size + 1, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			exit(1);
+		(void)madvise(p, (size_t)sb.st_size + 1, MADV_HUGEPAGE);
+		while (got < (size_t)sb.st_size) {
+			ssize_t n = read(fd, p + got, (size_t)sb.st_size - got);
+			if (n <= 0)
+				exit(1);
+			got += (size_t)n;
+		}
+		crc = crc32c(0, p, got);
+		(void)crc;
+		t[k] = now() - t0;
+		munmap(p, (size_t)sb.st_size + 1);
+		close(fd);
+	}
+	return median(t, 3);
+}
+
 static long fsize(const char *path)
 {
 	FILE *f = fopen(path, "r");
@@ -410,12 +460,6 @@ static long fsize(const char *path)
 	return n;
 }
 
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(double), cmp_d);
-	return v[n / 2];
-}
-
 static int open_bench(const char *base, const char *list, int runs, const char *msg)
 {
 	bool cold = drop_caches();
@@ -423,7 +467,7 @@ static int open_bench(const char *base, const char *list, int runs, const char *
 	for (const char *s = list; *s; ) {
 		long n = strtol(s, (char **)&s, 10);
 		char dir[512], cmd[600], ck[1200], save[1200], logp[1200];
-		double w[2][100], c[2][100], ww[2][100], wcpu[2][100], rd[2][100];
+		double w[2][100], c[2][100], ww[2][100], wcpu[2][100], rd[2][100], rf[100];
 		uint32_t msgs = 0;
 		char *fdir;
 		bool forced;
@@ -463,6 +507,7 @@ static int open_bench(const char *base, const char *list, int runs, const char *
 			const char *p2[] = { save, logp };
 			rd[0][r] = time_read(p2, 1);
 			rd[1][r] = time_read(p2 + 1, 1);
+			rf[r] = time_read_fresh_crc(save);
 		}
 		copy_file(save, ck);
 		double wc = median(w[0], runs), wn = median(w[1], runs);
@@ -472,11 +517,12 @@ static int open_bench(const char *base, const char *list, int runs, const char *
 		       "\"replay_cpu_ms\":%.2f,\"replay_over_ckpt\":%.2f,"
 		       "\"warm_ckpt_wall_ms\":%.2f,\"warm_ckpt_cpu_ms\":%.2f,"
 		       "\"warm_replay_wall_ms\":%.2f,\"warm_replay_cpu_ms\":%.2f,"
-		       "\"read_ckpt_ms\":%.3f,\"read_log_ms\":%.3f}\n",
+		       "\"read_ckpt_ms\":%.3f,\"read_log_ms\":%.3f,\"read_fresh_crc_ckpt_ms\":%.3f}\n",
 		       n, msgs, logb, ckb, forced ? "forced" : "store's own", cold ? "cold" : "warm", runs, wc * 1e3,
 		       median(c[0], runs) * 1e3, wn * 1e3, median(c[1], runs) * 1e3,
 		       wc > 0 ? wn / wc : 0, median(ww[0], runs) * 1e3, median(wcpu[0], runs) * 1e3,
-		       median(ww[1], runs) * 1e3, median(wcpu[1], runs) * 1e3, median(rd[0], runs) * 1e3, median(rd[1], runs) * 1e3);
+		       median(ww[1], runs) * 1e3, median(wcpu[1], runs) * 1e3, median(rd[0], runs) * 1e3, median(rd[1], runs) * 1e3,
+		       median(rf, runs) * 1e3);
 		fflush(stdout);
 		free(fdir);
 		if (system(cmd) != 0)

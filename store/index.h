@@ -12,7 +12,12 @@
 #include "core/span.h"
 #include "store/record.h"
 
-/* An immutable structure blob shared by the index and views. */
+/* Immutable, refcounted bytes shared by the index and views: either one
+ * message's structure blob (len bytes), or an arena holding the blobs of
+ * every message loaded from a version 3 checkpoint (the checkpoint's own
+ * buffer, kept; len is then not a length). The index holds a reference per
+ * message, a view one per run of messages sharing an owner, so an arena
+ * lives as long as any message or view that points into it. */
 struct iblob {
 	atomic_uint refs;
 	uint32_t len;
@@ -21,6 +26,11 @@ struct iblob {
 
 /* Returns a new blob holding a copy of b (refs 1), or NULL. */
 struct iblob *iblob_new(struct span b);
+/* Returns a new arena of len uninitialised bytes at data (refs 1), or
+ * NULL: the buffer a checkpoint is read into, then handed to
+ * index_checkpoint_load_arena(). A large one (8 MiB or more) is its own
+ * mapping, faulted in huge pages where the system allows. */
+struct iblob *iblob_alloc(size_t len);
 struct iblob *iblob_ref(struct iblob *b);
 void iblob_unref(struct iblob **b_r);
 
@@ -30,8 +40,17 @@ struct index_msg {
 	int64_t date;
 	uint32_t seg, data_crc;
 	uint64_t off;
+	/* the structure blob is blob->data[boff .. boff + blen): blob is the
+	 * message's own (boff 0) or a checkpoint's arena; one reference */
 	struct iblob *blob;
+	uint32_t boff, blen;
 };
+
+/* m's structure blob; valid while a reference to m->blob is held. */
+static inline struct span index_msg_blob(const struct index_msg *m)
+{
+	return span_make(m->blob->data + m->boff, m->blen);
+}
 
 /* A run of consecutive UIDs that one EXPUNGE record removed, with its MODSEQ:
  * the memory of expunges QRESYNC needs (which UIDs vanished since a MODSEQ).
@@ -61,6 +80,19 @@ struct index {
 	struct index_gone *gone;
 	size_t ngone, gone_cap;
 	uint64_t gone_floor;
+	/* generation of the log the index reflects (0: unknown or the first);
+	 * kept in version 3 checkpoints */
+	uint32_t log_gen;
+	/* inside index_apply()/index_replay() only: expunged slots not yet
+	 * squeezed out, and the first of them; 0 outside */
+	size_t marked, marked_from;
+	/* the arena of the checkpoint loaded, while messages point into it
+	 * (arena_msgs of them, with arena_live of its arena_bytes blob
+	 * bytes); once expunges leave less than half of it live, the rest
+	 * get blobs of their own and it goes when its last view does */
+	struct iblob *arena;
+	size_t arena_msgs;
+	uint64_t arena_bytes, arena_live;
 };
 
 void index_init(struct index *ix);
@@ -116,8 +148,12 @@ size_t index_base_next(const struct index *ix, struct index_base_cursor *c, uint
 
 #define CHECKPOINT_MAGIC 0x6b636d72u /* "rmck" */
 /* Version 2 adds the expunge runs; a version 1 checkpoint still loads, with
- * gone_floor at its HIGHESTMODSEQ (the expunges it covers are forgotten). */
-#define CHECKPOINT_VERSION 2u
+ * gone_floor at its HIGHESTMODSEQ (the expunges it covers are forgotten).
+ * Version 3 (written now) adds log_gen and puts every structure blob in one
+ * area before a table of fixed-size message records, so that a load keeps
+ * the checkpoint's buffer as the blobs' arena instead of copying them;
+ * versions 1 and 2 still load (their blobs copied). Format: docs/store.md. */
+#define CHECKPOINT_VERSION 3u
 
 /* Bytes needed by index_checkpoint_put(). */
 size_t index_checkpoint_size(const struct index *ix);
@@ -126,7 +162,13 @@ size_t index_checkpoint_size(const struct index *ix);
 size_t index_checkpoint_put(const struct index *ix, uint64_t log_off, uint8_t *out, size_t cap);
 /* Loads a checkpoint into an empty ix. Returns 0 and the log offset it
  * covers in *log_off_r, -EINVAL when it is damaged (ix is then cleared), or
- * -ENOMEM. */
+ * -ENOMEM. in is copied (into an arena: index_checkpoint_load_arena()). */
 int index_checkpoint_load(struct index *ix, struct span in, uint64_t *log_off_r);
+/* The same, on a checkpoint read into *arena_r (from iblob_alloc(), len
+ * bytes), whose reference it takes over (*arena_r is set to NULL, success
+ * or not): a version 3 checkpoint's blobs stay in it, shrunk to the end of
+ * its blob area, and the messages reference it; otherwise it is freed. */
+int index_checkpoint_load_arena(struct index *ix, struct iblob **arena_r, size_t len,
+				uint64_t *log_off_r);
 
 #endif

@@ -799,8 +799,8 @@ struct store_folder {
 struct store_view {
 	struct store_folder_status st;
 	struct store_msg *msgs;
-	struct iblob **blobs;
-	size_t n;
+	struct iblob **blobs;      /* owners of the blobs, one per run of messages sharing one */
+	size_t n, nblobs;
 	char *keywords[64];
 };
 
@@ -1036,6 +1036,7 @@ struct fload {
 	struct statx stx;
 	char *path;
 	uint8_t *buf;
+	struct iblob *ck;          /* the checkpoint read, kept as its blobs' arena */
 	uint64_t log_size, ck_size, good_end, wipe_off;
 	uint32_t seg;
 	void (*done)(struct loop *loop, struct fload *fl, int res);
@@ -1077,6 +1078,7 @@ static void fload_finish(struct loop *loop, struct fload *fl, int res)
 		io_uring_prep_close(loop_sqe(loop, &ignore_cb), fl->ckfd);
 	free(fl->path);
 	free(fl->buf);
+	iblob_unref(&fl->ck);
 	if (res == 0) {
 		f->log.end = f->log.applied_end = fl->good_end;
 		f->uid_res = f->ix.uidnext;
@@ -1189,12 +1191,13 @@ static void fload_run(struct loop *loop, struct fload *fl, int res)
 			goto fail;
 		}
 		fl->ck_size = fl->stx.stx_size;
-		if (fl->ck_size > SIZE_MAX / 2 || !(fl->buf = malloc(fl->ck_size ? fl->ck_size : 1))) {
+		/* exactly the file's size: the load keeps this buffer */
+		if (fl->ck_size > SIZE_MAX / 2 || !(fl->ck = iblob_alloc(fl->ck_size))) {
 			err = -ENOMEM;
 			goto fail;
 		}
 		fl->step = FL_CK_READ_DONE;
-		sread_start(loop, &fl->r, fl->ckfd, fl->buf, fl->ck_size, 0, fload_read);
+		sread_start(loop, &fl->r, fl->ckfd, fl->ck->data, fl->ck_size, 0, fload_read);
 		return;
 	case FL_CK_READ_DONE: {
 		uint64_t off = 0;
@@ -1202,7 +1205,7 @@ static void fload_run(struct loop *loop, struct fload *fl, int res)
 			err = res;
 			goto fail;
 		}
-		err = index_checkpoint_load(&f->ix, span_make(fl->buf, fl->ck_size), &off);
+		err = index_checkpoint_load_arena(&f->ix, &fl->ck, fl->ck_size, &off);
 		if (err == -ENOMEM)
 			goto fail;
 		if (err || off > fl->log_size || f->ix.folder_id != f->id) {
@@ -1213,8 +1216,6 @@ static void fload_run(struct loop *loop, struct fload *fl, int res)
 			off = 0;
 		}
 		f->ck_off = off;
-		free(fl->buf);
-		fl->buf = NULL;
 	}
 	read_log:
 		if (fl->log_size - f->ck_off > SIZE_MAX / 2 ||
@@ -2881,11 +2882,14 @@ int store_view_open(struct store_folder *h, struct store_view **view_r)
 		goto err;
 	for (size_t i = 0; i < v->n; i++) {
 		const struct index_msg *m = &f->ix.msgs[i];
-		v->blobs[i] = iblob_ref(m->blob);
+		/* messages loaded from one checkpoint share its arena: one
+		 * reference per run of them, not per message */
+		if (!v->nblobs || v->blobs[v->nblobs - 1] != m->blob)
+			v->blobs[v->nblobs++] = iblob_ref(m->blob);
 		v->msgs[i] = (struct store_msg){
 			.uid = m->uid, .flags = m->flags, .keywords = m->keywords,
 			.modseq = m->modseq, .size = m->size, .internal_date = m->date,
-			.blob = span_make(m->blob->data, m->blob->len),
+			.blob = index_msg_blob(m),
 		};
 	}
 	for (int i = 0; i < 64; i++)
@@ -2907,7 +2911,7 @@ void store_view_free(struct store_view **view_r)
 	*view_r = NULL;
 	if (!v)
 		return;
-	for (size_t i = 0; v->blobs && i < v->n; i++)
+	for (size_t i = 0; v->blobs && i < v->nblobs; i++)
 		iblob_unref(&v->blobs[i]);
 	for (int i = 0; i < 64; i++)
 		free(v->keywords[i]);
@@ -4378,7 +4382,8 @@ struct copyop {
 	uint8_t *buf;
 	size_t buflen, bufoff;
 	uint64_t off, size;
-	struct iblob *blob;
+	struct iblob *blob;        /* owner of bspan */
+	struct span bspan;
 	struct suser *u;
 	int err;
 };
@@ -4441,7 +4446,7 @@ static void copy_push(void *arg)
 		store_read(c->src, c->loop, c->uids[c->i], c->off, c->buf, want, copy_read, c);
 		return;
 	}
-	store_append_commit(c->ap, span_make(c->blob->data, c->blob->len), copy_committed, c);
+	store_append_commit(c->ap, c->bspan, copy_committed, c);
 }
 
 static void copy_read(void *arg, ssize_t res)
@@ -4475,6 +4480,7 @@ static void copy_next(struct loop *loop, struct copyop *c)
 		if (m) {
 			c->size = m->size;
 			c->blob = iblob_ref(m->blob);
+			c->bspan = index_msg_blob(m);
 			date = m->date;
 			flags = m->flags;
 			for (int k = 0; k < 64; k++)

@@ -69,7 +69,8 @@ static bool same_msg(const struct index_msg *x, const struct index_msg *y)
 	return x->uid == y->uid && x->flags == y->flags && x->keywords == y->keywords &&
 	       x->modseq == y->modseq && x->size == y->size && x->date == y->date &&
 	       x->seg == y->seg && x->data_crc == y->data_crc && x->off == y->off &&
-	       x->blob->len == y->blob->len && !memcmp(x->blob->data, y->blob->data, x->blob->len);
+	       x->blen == y->blen &&
+	       !memcmp(index_msg_blob(x).p, index_msg_blob(y).p, x->blen);
 }
 
 /* A log rewritten from ix (without its history) must say exactly ix. */
@@ -149,7 +150,9 @@ static void checkpoint_round_trip(const uint8_t *data, size_t size)
 		if (crc != crc32c_sw(0, data, size - 4))
 			abort();
 		/* keyword order and names are canonical, so the bytes match (a
-		 * version 1 checkpoint is written back as the current version) */
+		 * version 1 or 2 checkpoint is written back as the current
+		 * version, whose blobs the loaded index reads from the arena
+		 * the input was copied into) */
 		if (!out || index_checkpoint_put(&ix, off, out, n) != n ||
 		    (ver == CHECKPOINT_VERSION && (n != size || memcmp(out, data, n) != 0)))
 			abort();

@@ -1,6 +1,7 @@
 /* CRC32C: the RFC 3720 B.4 vectors, both implementations, any split. */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "store/crc32c.h"
@@ -87,4 +88,40 @@ Test(crc32c, hw_matches_sw_unaligned)
 		for (size_t len = 0; len < 300; len += 7)
 			cr_expect_eq(crc32c_hw(0x1234, buf + off, len),
 				     crc32c_sw(0x1234, buf + off, len));
+}
+
+/* The three-stream path (blocks of 128 and 4096 bytes per stream) joins
+ * its streams with constants: every length around a block boundary, at
+ * every alignment, with the sum of both paths and a continued CRC. */
+Test(crc32c, hw_three_streams_match_sw_around_blocks)
+{
+	enum { MAX = 3 * 4096 * 2 + 3 * 128 * 2 + 64 };
+	static uint8_t buf[MAX + 8];
+	static const size_t base[] = { 3 * 128, 3 * 128 * 2, 3 * 4096, 3 * 4096 + 3 * 128,
+				       3 * 4096 * 2, 3 * 4096 * 2 + 3 * 128 * 2 };
+
+	if (!crc32c_hw_available())
+		cr_skip_test("no SSE4.2");
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (uint8_t)(i * 2654435761u >> 13);
+	for (size_t b = 0; b < sizeof(base) / sizeof(base[0]); b++)
+		for (size_t len = base[b] - 9; len <= base[b] + 9 && len <= MAX; len++)
+			for (size_t off = 0; off < 8; off++) {
+				cr_expect_eq(crc32c_hw(0, buf + off, len), crc32c_sw(0, buf + off, len),
+					     "len %zu off %zu", len, off);
+				cr_expect_eq(crc32c_hw(0xdeadbeef, buf + off, len),
+					     crc32c_sw(0xdeadbeef, buf + off, len), "len %zu off %zu", len, off);
+			}
+	/* a large buffer, whole and continued at an odd split */
+	{
+		size_t n = 1 << 20;
+		uint8_t *big = malloc(n);
+		cr_assert(big);
+		for (size_t i = 0; i < n; i++)
+			big[i] = (uint8_t)(i * 40503u >> 7);
+		uint32_t want = crc32c_sw(0, big, n);
+		cr_expect_eq(crc32c_hw(0, big, n), want);
+		cr_expect_eq(crc32c_hw(crc32c_hw(0, big, 12345), big + 12345, n - 12345), want);
+		free(big);
+	}
 }

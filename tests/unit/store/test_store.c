@@ -577,6 +577,73 @@ Test(store, checkpoint_then_log_tail)
 	store_user_close(&u);
 }
 
+/* Blobs loaded from a checkpoint live in its buffer (one arena): a view
+ * taken after such an open still reads them after the messages are
+ * expunged, the folder closed and the store freed; copies get them too. */
+Test(store, checkpoint_blobs_outlive_expunge_and_close)
+{
+	struct store_user *u;
+	struct store_folder *f, *g;
+	struct store_view *v;
+	struct waitres w = { 0 };
+	uint32_t all[20], out[2], two[] = { 3, 17 };
+	char blob[32];
+
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	for (int i = 0; i < 20; i++) {
+		snprintf(blob, sizeof(blob), "structure-%d", i + 1);
+		cr_assert_eq(t_append_n(L, &f, 1, msgs[i % 3], strlen(msgs[i % 3]), 7, blob, 0, &all[i]), 0);
+	}
+	store_checkpoint(f, L, wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	g = t_folder(u, L, "Archive");
+	cr_assert_eq(store_view_open(f, &v), 0);
+	cr_assert_eq(store_view_count(v), 20);
+	/* a copy takes the blob of a message loaded from the checkpoint */
+	w = (struct waitres){ 0 };
+	store_copy(f, L, two, 2, g, false, out, wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	w = (struct waitres){ 0 };
+	store_expunge(f, L, all, 20, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	store_folder_close(&f);
+	store_folder_close(&g);
+	store_user_close(&u);
+	store_free(&S);
+	for (size_t i = 0; i < 20; i++) {
+		snprintf(blob, sizeof(blob), "structure-%zu", i + 1);
+		cr_expect(span_eq(store_view_msg(v, i)->blob, span_cstr(blob)), "message %zu", i);
+	}
+	store_view_free(&v);
+
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	g = t_folder(u, L, "Archive");
+	cr_assert_eq(store_view_open(g, &v), 0);
+	cr_assert_eq(store_view_count(v), 2);
+	cr_expect(span_eq(store_view_msg(v, 0)->blob, SPAN_LIT("structure-3")));
+	cr_expect(span_eq(store_view_msg(v, 1)->blob, SPAN_LIT("structure-17")));
+	store_view_free(&v);
+	f = t_folder(u, L, "INBOX");
+	cr_assert_eq(store_view_open(f, &v), 0);
+	cr_expect_eq(store_view_count(v), 0);
+	store_view_free(&v);
+	store_folder_close(&f);
+	store_folder_close(&g);
+	store_user_close(&u);
+}
+
 /* ---- recovery ------------------------------------------------------------- */
 
 static void log_path(char *out, size_t cap)
