@@ -545,11 +545,15 @@ static int apply(struct index *ix, const struct record *r, uint64_t *freed_r)
 		return -EINVAL;
 	switch (r->type) {
 	case REC_FOLDER_HDR:
-		if (ix->have_hdr || r->u.hdr.version != FOLDER_LOG_VERSION)
+		/* a generation is written only by a rewrite, as version 2 */
+		if (ix->have_hdr ||
+		    (r->u.hdr.version == FOLDER_LOG_VERSION ? r->u.hdr.gen != 0
+		     : r->u.hdr.version != FOLDER_LOG_VERSION_GEN || r->u.hdr.gen == 0))
 			return -EINVAL;
 		ix->have_hdr = true;
 		ix->uidvalidity = r->u.hdr.uidvalidity;
 		ix->folder_id = r->u.hdr.folder_id;
+		ix->log_gen = r->u.hdr.gen;
 		break;
 	case REC_APPEND: {
 		int err = apply_append(ix, &r->u.append);
@@ -678,7 +682,7 @@ static size_t kw_record_size(const char *name)
 
 size_t index_base_size(const struct index *ix)
 {
-	size_t n = RECORD_HDR_LEN + 16 + record_size_state((uint32_t)ix->ngone);
+	size_t n = RECORD_HDR_LEN + 24 + record_size_state((uint32_t)ix->ngone);
 
 	for (unsigned i = 0; i < 64; i++)
 		if (ix->keywords[i])
@@ -698,8 +702,11 @@ size_t index_base_next(const struct index *ix, struct index_base_cursor *c, uint
 	for (;;) {
 		switch (c->stage) {
 		case 0: {
+			/* the next generation: a checkpoint of the old log
+			 * cannot be taken for one of this */
 			struct rec_folder_hdr h = { .uidvalidity = ix->uidvalidity,
-						    .folder_id = ix->folder_id };
+						    .folder_id = ix->folder_id,
+						    .gen = index_next_gen(ix) };
 			if (!(n = record_put_folder_hdr(out + len, cap - len, &h)))
 				return len;
 			len += n;

@@ -80,8 +80,10 @@ struct index {
 	struct index_gone *gone;
 	size_t ngone, gone_cap;
 	uint64_t gone_floor;
-	/* generation of the log the index reflects (0: unknown or the first);
-	 * kept in version 3 checkpoints */
+	/* generation of the log the index reflects: how many rewrites are
+	 * behind it (its FOLDER_HDR says; 0 for a log never rewritten); kept
+	 * in version 3 checkpoints, so that a checkpoint of another log is
+	 * never taken for this one */
 	uint32_t log_gen;
 	/* inside index_apply()/index_replay() only: expunged slots not yet
 	 * squeezed out, and the first of them; 0 outside */
@@ -135,6 +137,12 @@ struct index_base_cursor {
 	size_t i;
 };
 enum { INDEX_BASE_DONE = 4 };
+
+/* The generation a rewrite of ix's log gets (1 after UINT32_MAX). */
+static inline uint32_t index_next_gen(const struct index *ix)
+{
+	return ix->log_gen == UINT32_MAX ? 1 : ix->log_gen + 1;
+}
 
 /* Bytes of the whole rewritten log. */
 size_t index_base_size(const struct index *ix);

@@ -106,6 +106,11 @@ enum record_status record_next(struct span in, struct record *r, size_t *used_r)
 		r->u.hdr.version = rd32(&d);
 		r->u.hdr.uidvalidity = rd32(&d);
 		r->u.hdr.folder_id = rd32(&d);
+		if (r->u.hdr.version >= FOLDER_LOG_VERSION_GEN) {
+			r->u.hdr.gen = rd32(&d);
+			if (rd32(&d) != 0)
+				return RECORD_BAD;
+		}
 		if (r->u.hdr.magic != FOLDER_LOG_MAGIC)
 			return RECORD_BAD;
 		break;
@@ -257,9 +262,13 @@ size_t record_put_folder_hdr(uint8_t *out, size_t cap, const struct rec_folder_h
 {
 	struct wr w = wr_begin(out, cap);
 	wr32(&w, FOLDER_LOG_MAGIC);
-	wr32(&w, FOLDER_LOG_VERSION);
+	wr32(&w, h->gen ? FOLDER_LOG_VERSION_GEN : FOLDER_LOG_VERSION);
 	wr32(&w, h->uidvalidity);
 	wr32(&w, h->folder_id);
+	if (h->gen) {
+		wr32(&w, h->gen);
+		wr32(&w, 0);
+	}
 	return wr_end(&w, out, REC_FOLDER_HDR);
 }
 

@@ -56,10 +56,14 @@ enum record_flag_op { REC_FLAGS_SET = 0, REC_FLAGS_ADD = 1, REC_FLAGS_REMOVE = 2
 
 #define FOLDER_LOG_MAGIC 0x676d6972u /* "rimg" */
 #define FOLDER_LOG_VERSION 1u
+/* Version 2 adds the log's generation (gen u32, zero u32): the number of
+ * rewrites behind it. A log that was never rewritten keeps version 1. */
+#define FOLDER_LOG_VERSION_GEN 2u
 
 struct rec_folder_hdr {
 	uint32_t magic, version, uidvalidity;
 	uint32_t folder_id;
+	uint32_t gen;       /* version 2; 0 in version 1 */
 };
 
 struct rec_append {

@@ -1017,7 +1017,7 @@ static void sread_cqe(struct loop *loop, struct loop_cb *cb, int res, uint32_t f
 
 enum fload_step {
 	FL_MKDIR, FL_MKDIR_DONE, FL_DIRSYNC_DONE, FL_OPENDIR_DONE, FL_OPENLOG_DONE,
-	FL_STATLOG_DONE, FL_CK_OPEN_DONE, FL_CK_STAT_DONE, FL_CK_READ_DONE,
+	FL_STATLOG_DONE, FL_HDR_READ_DONE, FL_CK_OPEN_DONE, FL_CK_STAT_DONE, FL_CK_READ_DONE,
 	FL_LOG_READ_DONE, FL_WIPE, FL_WIPE_SYNCED, FL_NEWLOG_WRITTEN, FL_NEWLOG_SYNCED,
 	FL_NEWLOG_DIRSYNCED, FL_SEG_OPEN_DONE, FL_SEG_STAT_DONE,
 };
@@ -1037,6 +1037,9 @@ struct fload {
 	char *path;
 	uint8_t *buf;
 	struct iblob *ck;          /* the checkpoint read, kept as its blobs' arena */
+	uint8_t hdr[64];           /* the log's first bytes: its FOLDER_HDR */
+	bool hdr_ok;               /* and hdr_gen is its generation */
+	uint32_t hdr_gen;
 	uint64_t log_size, ck_size, good_end, wipe_off;
 	uint32_t seg;
 	void (*done)(struct loop *loop, struct fload *fl, int res);
@@ -1167,8 +1170,26 @@ static void fload_run(struct loop *loop, struct fload *fl, int res)
 		fl->log_size = fl->stx.stx_size;
 		if (fl->log_size == 0)
 			goto new_log;
+		/* the header's generation says which log a checkpoint must be of */
+		fl->step = FL_HDR_READ_DONE;
+		sread_start(loop, &fl->r, f->log.file->fd, fl->hdr,
+			    fl->log_size < sizeof(fl->hdr) ? fl->log_size : sizeof(fl->hdr), 0,
+			    fload_read);
+		return;
+	case FL_HDR_READ_DONE: {
+		struct record r;
+		size_t used;
+		if (res < 0) {
+			err = res;
+			goto fail;
+		}
+		fl->hdr_ok = record_next(span_make(fl->hdr, fl->log_size < sizeof(fl->hdr)
+						   ? fl->log_size : sizeof(fl->hdr)), &r, &used) ==
+				     RECORD_OK && r.type == REC_FOLDER_HDR;
+		fl->hdr_gen = fl->hdr_ok ? r.u.hdr.gen : 0;
 		if ((err = fload_setpath(fl, STORE_CHECKPOINT)))
 			goto fail;
+	}
 		fl->step = FL_CK_OPEN_DONE;
 		io_uring_prep_openat(loop_sqe(loop, &fl->cb), AT_FDCWD, fl->path,
 				     O_RDONLY | O_CLOEXEC, 0);
@@ -1208,9 +1229,11 @@ static void fload_run(struct loop *loop, struct fload *fl, int res)
 		err = index_checkpoint_load_arena(&f->ix, &fl->ck, fl->ck_size, &off);
 		if (err == -ENOMEM)
 			goto fail;
-		if (err || off > fl->log_size || f->ix.folder_id != f->id) {
-			/* A damaged or foreign checkpoint is only an optimisation
-			 * lost: replay the whole log instead. */
+		if (err || off > fl->log_size || f->ix.folder_id != f->id || !fl->hdr_ok ||
+		    f->ix.log_gen != fl->hdr_gen) {
+			/* A damaged or foreign checkpoint, or one of the log
+			 * before a rewrite, is only an optimisation lost: replay
+			 * the whole log instead. */
 			LOG_AT(loop_log(loop), LOG_WARN, 0, "store-checkpoint-ignored", "dir=%s", f->dir);
 			index_clear(&f->ix);
 			off = 0;
@@ -2353,6 +2376,7 @@ static void rot_end(struct loop *loop, struct rot *r, int res)
 		r->file = NULL;
 		f->log.end = f->log.applied_end = r->off;
 		f->ck_off = 0;
+		f->ix.log_gen = index_next_gen(&f->ix); /* what its FOLDER_HDR says */
 		if (res < 0 && !f->log.broken) {
 			f->log.broken = res;
 			f->log.broken_off = r->off;

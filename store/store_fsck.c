@@ -212,6 +212,8 @@ static void fsck_folder(struct fsck *k, const char *user, const char *name, cons
 		const char *why = NULL;
 		if (e)
 			why = "damaged";
+		else if (cix.log_gen != ix.log_gen)
+			why = "is of the log before a rewrite";
 		else if (off > good)
 			why = "covers more log than there is";
 		else if (index_replay(&cix, span_make(log + off, good - off), &g2) < 0 || g2 != good - off)

@@ -539,6 +539,8 @@ Test(index, rewritten_log_replays_to_the_same_state)
 	cr_assert_eq(index_replay(&b, span_make(out, len), &good), RECORD_END);
 	cr_assert_eq(good, len);
 	cr_expect_eq(b.uidvalidity, 777);
+	cr_expect_eq(ix.log_gen, 0, "a log never rewritten is generation 0");
+	cr_expect_eq(b.log_gen, 1, "its rewrite is the next");
 	cr_expect_eq(b.uidnext, 6);
 	cr_expect_eq(b.highestmodseq, 8);
 	cr_assert_eq(b.n, 2);
@@ -552,6 +554,26 @@ Test(index, rewritten_log_replays_to_the_same_state)
 	cr_assert_eq(ng, 2);
 	cr_expect(g[0].lo == 3 && g[0].hi == 3 && g[1].lo == 5 && g[1].hi == 5);
 	free(g);
+	{
+		/* a generation is a version 2 header's, never 0; version 1 has none */
+		uint8_t rec[64];
+		struct record r;
+		struct index t;
+		size_t used;
+		struct rec_folder_hdr h = { .uidvalidity = 1, .folder_id = 1, .gen = 5 };
+		size_t k = record_put_folder_hdr(rec, sizeof(rec), &h);
+		cr_assert_eq(record_next(span_make(rec, k), &r, &used), RECORD_OK);
+		cr_expect_eq(r.u.hdr.version, FOLDER_LOG_VERSION_GEN);
+		cr_expect_eq(r.u.hdr.gen, 5);
+		uint32_t zero = 0;
+		memcpy(rec + RECORD_HDR_LEN + 16, &zero, 4);
+		record_seal(rec, k, REC_FOLDER_HDR);
+		index_init(&t);
+		cr_expect_eq(index_replay(&t, span_make(rec, k), &good), RECORD_BAD);
+		index_clear(&t);
+		h.gen = 0;
+		cr_expect_eq(record_put_folder_hdr(rec, sizeof(rec), &h), RECORD_HDR_LEN + 16);
+	}
 	/* and the folder goes on after it: UID 6 next, not 3 */
 	lb.len = 0;
 	lb_append(&lb, 6, 9, 600);

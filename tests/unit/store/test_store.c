@@ -1670,3 +1670,71 @@ Test(store, a_rewrite_without_room_fails_and_the_old_log_goes_on)
 	umount2(mnt, MNT_DETACH);
 	free(blob);
 }
+
+/* The rewrite removes the checkpoint before the new log takes the name; if
+ * a crash brought an old one back (or anything else left one of the old
+ * log), the log's generation says it is not of this log: it is ignored,
+ * never used to skip into the middle of the new log (whose tail replay
+ * would then cut), and fsck reports it. */
+Test(store, a_checkpoint_of_the_log_before_a_rewrite_is_never_used)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct fstate before, after;
+	char ckp[600], lp[600], cmd[1400];
+	struct waitres w = { 0 };
+	FILE *out;
+	char *rep = NULL;
+	size_t replen = 0;
+
+	for (int i = 0; i < 20; i++)
+		cr_assert_eq(t_append(L, f, msgs[i % 3], NULL), 0);
+	for (uint32_t i = 1; i <= 15; i++)
+		t_expunge_one(f, i);
+	store_checkpoint(f, L, wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	snprintf(ckp, sizeof(ckp), "%s/mail/alice@example.com/f0/checkpoint", D);
+	snprintf(cmd, sizeof(cmd), "cp '%s' '%s.old'", ckp, ckp);
+	cr_assert_eq(system(cmd), 0);
+	cr_assert_gt(t_rewrite(f), 0);
+	/* more records after the rewrite: the old checkpoint's offset lands in
+	 * the middle of them */
+	for (int i = 0; i < 50; i++)
+		cr_assert_eq(t_append(L, f, msgs[i % 3], NULL), 0);
+	fstate_take(f, &before);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	snprintf(cmd, sizeof(cmd), "cp '%s.old' '%s'", ckp, ckp);
+	cr_assert_eq(system(cmd), 0);
+	log_path(lp, sizeof(lp));
+	off_t size = file_size(lp);
+	{
+		/* the old checkpoint's offset is inside the new log */
+		uint64_t ck_off;
+		FILE *ck = fopen(ckp, "rb");
+		cr_assert(ck);
+		cr_assert_eq(fseek(ck, 8, SEEK_SET), 0);
+		cr_assert_eq(fread(&ck_off, 8, 1, ck), 1);
+		fclose(ck);
+		cr_assert_lt(ck_off, (uint64_t)size, "offset %llu, log %lld",
+			     (unsigned long long)ck_off, (long long)size);
+	}
+
+	out = open_memstream(&rep, &replen);
+	cr_expect_eq(store_fsck(D, false, out), 1);
+	fclose(out);
+	cr_expect(strstr(rep, "checkpoint is of the log before a rewrite"), "report: %s", rep);
+	free(rep);
+
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	fstate_take(f, &after);
+	fstate_expect_eq(&before, &after, "reopened with the old checkpoint back");
+	cr_expect_eq(file_size(lp), size, "nothing of the log was cut");
+	check_msg(f, 70, msgs[49 % 3]);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
