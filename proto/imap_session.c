@@ -176,9 +176,10 @@ struct fetch_job {
 	bool rd_splice;      /* the read in flight is a splice */
 	uint64_t rd_off, rd_left, lit_left;
 	bool hdr_filter, hdr_not;
+	bool hdr_out;        /* the filtered header is being sent from hbuf */
 	struct span hdr_fields;
 	uint8_t *hbuf;
-	size_t hlen, hcap;
+	size_t hlen, hcap, hout;
 	/* BINARY / BINARY.SIZE of the current item (fetch_binary_*): a scan
 	 * pass decodes the part to learn the size (and whether the bytes to
 	 * send hold a NUL: literal8), then a send pass decodes it again and
@@ -3415,11 +3416,13 @@ static void fetch_read_done(void *arg, ssize_t res)
 			size_t n = header_filter(fj->hbuf, fj->hlen, fj->hdr_fields, fj->hdr_not);
 			nul_to_0x80(fj->hbuf, n);
 			out_printf(is, "{%zu}\r\n", n);
-			out_put(is, fj->hbuf, n);
+			/* up to IMAP_HEADER_READ_MAX: fetch_pump() sends it in
+			 * pieces, waiting for the socket like a body */
 			fj->hdr_filter = false;
-			fj->item_open = false;
+			fj->hdr_out = true;
+			fj->hlen = n;
+			fj->hout = 0;
 			fj->rd_left = 0;
-			fj->ii++;
 		}
 	} else if (fj->bin) {
 		if (!fetch_binary_chunk(is, (size_t)res)) {
@@ -3799,6 +3802,21 @@ static void fetch_pump(struct imap_session *is)
 			out_flush(is);
 			fj->wait_drain = true;
 			return;
+		}
+		if (fj->item_open && fj->hdr_out) {
+			/* as a body's read: what fits beside send_high() */
+			size_t k = fj->hlen - fj->hout, chunk = read_chunk(is);
+			if (k > chunk)
+				k = chunk;
+			out_flush(is);
+			stream_send(is->s, fj->hbuf + fj->hout, k);
+			fj->hout += k;
+			if (fj->hout == fj->hlen) {
+				fj->hdr_out = false;
+				fj->item_open = false;
+				fj->ii++;
+			}
+			continue;
 		}
 		if (fj->item_open) {
 			fetch_read(is);

@@ -2617,6 +2617,32 @@ def long_line(r, tag, timeout=30):
     return lines
 
 
+def test_header_fields_of_a_big_header_waits_for_the_socket(imapsrv):
+    """HEADER.FIELDS(.NOT) filters the header in memory (up to 1 MiB), then
+    sends it in pieces as the socket drains, like a body: a filtered header
+    far longer than limits.send_queue_max arrives whole (it was queued at
+    once, which closed the connection)."""
+    srv = imapsrv(config="[limits]\nsend_queue_max = 16k\nimap_literal_max = 1048576\n")
+    fill = b"".join(b"X-Fill-%04d: %s\r\n" % (i, b"%c" % (97 + i % 26) * 700)
+                    for i in range(500))
+    msg = fill + b"Subject: big\r\n\r\nbody\r\n"
+    c = imap(srv)
+    typ, _ = c.append("INBOX", None, None, msg)
+    assert typ == "OK"
+    c.logout()
+    for tls in (None, "implicit"):
+        c = imap(srv, tls=tls)
+        c.select("INBOX")
+        typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS.NOT (Subject)])")
+        assert typ == "OK", data
+        assert data[0][1] == fill + b"\r\n"
+        typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (X-Fill-0001 X-Fill-0499)] UID)")
+        lines = fill.splitlines(True)
+        assert typ == "OK" and data[0][1] == lines[1] + lines[499] + b"\r\n"
+        assert c.noop()[0] == "OK"
+        c.logout()
+
+
 def test_long_untagged_replies_wait_for_the_socket(imapsrv):
     """SEARCH, ESEARCH and VANISHED (EARLIER) replies far longer than
     limits.send_queue_max arrive whole: they are written in pieces as the
