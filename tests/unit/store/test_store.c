@@ -1298,6 +1298,29 @@ static int t_rewrite(struct store_folder *f)
 	return w.res;
 }
 
+/* Appends n messages (UIDs from the folder's UIDNEXT on), then expunges
+ * UIDs lo..hi one by one. */
+static void fill_then_expunge(struct store_folder *f, int n, uint32_t lo, uint32_t hi)
+{
+	for (int i = 0; i < n; i++)
+		cr_assert_eq(t_append(L, f, msgs[i % 3], NULL), 0);
+	for (uint32_t i = lo; i <= hi; i++)
+		t_expunge_one(f, i);
+}
+
+/* Runs fsck on D; returns its report (free it), *rc_r its result. */
+static char *fsck_report(bool repair, int *rc_r)
+{
+	char *rep = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&rep, &len);
+
+	cr_assert(out);
+	*rc_r = store_fsck(D, repair, out);
+	fclose(out);
+	return rep;
+}
+
 /* What a folder holds, as compared across a rewrite and a reopen. */
 struct fstate {
 	struct store_folder_status st;
@@ -1461,10 +1484,7 @@ Test(store, changes_made_during_a_rewrite_wait_and_are_kept)
 	struct fstate before, after;
 	uint32_t one = 1;
 
-	for (int i = 0; i < 30; i++)
-		cr_assert_eq(t_append(L, f, msgs[i % 3], NULL), 0);
-	for (uint32_t i = 2; i <= 20; i++)
-		t_expunge_one(f, i);
+	fill_then_expunge(f, 30, 2, 20);
 	/* the rewrite starts at once (nothing in flight); appends and a flag
 	 * change issued now park until it is done */
 	store_rewrite_log(f, L, wr_done, &rw);
@@ -1548,9 +1568,8 @@ Test(store, a_rewrite_a_crash_left_behind_is_ignored_and_fsck_removes_it)
 	struct store_folder *f = t_folder(u, L, "INBOX");
 	struct store_folder_status st;
 	char lp[600], np[600];
-	FILE *out;
-	char *rep = NULL;
-	size_t replen = 0;
+	char *rep;
+	int rc;
 	struct stat sb;
 
 	for (int i = 0; i < 3; i++)
@@ -1575,9 +1594,8 @@ Test(store, a_rewrite_a_crash_left_behind_is_ignored_and_fsck_removes_it)
 	store_folder_close(&f);
 	store_user_close(&u);
 	store_free(&S);
-	out = open_memstream(&rep, &replen);
-	cr_expect_eq(store_fsck(D, true, out), 1, "fsck reports the leftover");
-	fclose(out);
+	rep = fsck_report(true, &rc);
+	cr_expect_eq(rc, 1, "fsck reports the leftover");
 	cr_expect(strstr(rep, "log.new"), "report: %s", rep);
 	free(rep);
 	cr_expect_neq(stat(np, &sb), 0, "fsck --repair removed it");
@@ -1683,14 +1701,10 @@ Test(store, a_checkpoint_of_the_log_before_a_rewrite_is_never_used)
 	struct fstate before, after;
 	char ckp[600], lp[600], cmd[1400];
 	struct waitres w = { 0 };
-	FILE *out;
-	char *rep = NULL;
-	size_t replen = 0;
+	char *rep;
+	int rc;
 
-	for (int i = 0; i < 20; i++)
-		cr_assert_eq(t_append(L, f, msgs[i % 3], NULL), 0);
-	for (uint32_t i = 1; i <= 15; i++)
-		t_expunge_one(f, i);
+	fill_then_expunge(f, 20, 1, 15);
 	store_checkpoint(f, L, wr_done, &w);
 	t_run(L, &w);
 	cr_assert_eq(w.res, 0);
@@ -1722,9 +1736,8 @@ Test(store, a_checkpoint_of_the_log_before_a_rewrite_is_never_used)
 			     (unsigned long long)ck_off, (long long)size);
 	}
 
-	out = open_memstream(&rep, &replen);
-	cr_expect_eq(store_fsck(D, false, out), 1);
-	fclose(out);
+	rep = fsck_report(false, &rc);
+	cr_expect_eq(rc, 1);
 	cr_expect(strstr(rep, "checkpoint is of the log before a rewrite"), "report: %s", rep);
 	free(rep);
 
