@@ -791,6 +791,21 @@ Test(store, lock_datadir_names_the_owner)
 
 /* ---- ENOSPC ------------------------------------------------------------------- */
 
+/* A store on a small tmpfs under D (mounted at mnt, opts e.g. "size=1m"),
+ * with alice's INBOX open; skips the test when no tmpfs can be mounted. */
+static void tmpfs_store(char *mnt, size_t cap, const char *opts, struct store_config *cfg,
+			struct store **st_r, struct store_user **u_r, struct store_folder **f_r)
+{
+	snprintf(mnt, cap, "%s/tmpfs", D);
+	cr_assert_eq(mkdir(mnt, 0700), 0);
+	if (mount("tmpfs", mnt, "tmpfs", 0, opts) != 0)
+		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
+	cfg->data_dir = mnt;
+	cr_assert_eq(store_new(cfg, st_r), 0);
+	*u_r = t_user(*st_r, L, "alice@example.com");
+	*f_r = t_folder(*u_r, L, "INBOX");
+}
+
 Test(store, enospc_is_an_error_never_a_success)
 {
 	char mnt[600];
@@ -802,14 +817,7 @@ Test(store, enospc_is_an_error_never_a_success)
 	int ok = 0, fails = 0;
 	uint32_t last_ok = 0;
 
-	snprintf(mnt, sizeof(mnt), "%s/tmpfs", D);
-	cr_assert_eq(mkdir(mnt, 0700), 0);
-	if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0)
-		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
-	cfg.data_dir = mnt;
-	cr_assert_eq(store_new(&cfg, &st2), 0);
-	u = t_user(st2, L, "alice@example.com");
-	f = t_folder(u, L, "INBOX");
+	tmpfs_store(mnt, sizeof(mnt), "size=1m", &cfg, &st2, &u, &f);
 	for (int i = 0; i < 12; i++) {
 		uint32_t uid;
 		int rc = t_append_n(L, &f, 1, big, (size_t)(20000 + i * 13000), 4096, "b", 0, &uid);
@@ -1621,14 +1629,7 @@ Test(store, a_rewrite_without_room_fails_and_the_old_log_goes_on)
 
 	memset(blob, 'b', 200000);
 	blob[200000] = 0;
-	snprintf(mnt, sizeof(mnt), "%s/tmpfs", D);
-	cr_assert_eq(mkdir(mnt, 0700), 0);
-	if (mount("tmpfs", mnt, "tmpfs", 0, "size=2m") != 0)
-		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
-	cfg.data_dir = mnt;
-	cr_assert_eq(store_new(&cfg, &st2), 0);
-	u = t_user(st2, L, "alice@example.com");
-	f = t_folder(u, L, "INBOX");
+	tmpfs_store(mnt, sizeof(mnt), "size=2m", &cfg, &st2, &u, &f);
 	/* ~200 KiB structure blobs: the survivors' records need ~400 KiB */
 	for (int i = 0; i < 4; i++)
 		cr_assert_eq(t_append_n(L, &f, 1, msgs[0], strlen(msgs[0]), 64, blob, 0, &uid), 0);
