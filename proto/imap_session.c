@@ -52,6 +52,7 @@
 #include "proto/decode.h"
 #include "proto/imap_parse.h"
 #include "proto/imap_search.h"
+#include "proto/imap_sort.h"
 #include "proto/mime.h"
 #include "proto/sasl.h"
 #include "proto/services.h"
@@ -209,7 +210,8 @@ struct out_list {
 	bool active, wait_drain;
 	bool as_set;                     /* v as "1:3,5"; else " 1 2 3" */
 	const uint32_t *v;               /* ascending numbers, or */
-	const struct store_uid_range *r; /* ascending ranges ("1:3,5") */
+	const struct store_uid_range *r; /* ascending ranges ("1:3,5"), or */
+	const char *txt;                 /* n bytes of text (THREAD) */
 	size_t n, i;
 	void *own;                       /* freed when the list is done */
 	void (*then)(struct imap_session *is);
@@ -534,7 +536,8 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 			 "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
 			 "UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED "
 			 "LIST-STATUS STATUS=SIZE MULTIAPPEND BINARY QUOTA QUOTA=RES-STORAGE "
-			 "QUOTA=RES-MESSAGE SEARCHRES%s APPENDLIMIT=%" PRIu64,
+			 "QUOTA=RES-MESSAGE SEARCHRES SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT%s "
+			 "APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->imap_unauthenticate ? " UNAUTHENTICATE" : "",
 			 cfg_of(is)->message_size_max);
 	}
@@ -1142,7 +1145,11 @@ static void out_list_pump(struct imap_session *is)
 		}
 		size_t i = ol->i;
 		const char *sep = i ? "," : "";
-		if (ol->r) {
+		if (ol->txt) {
+			size_t k = ol->n - i < 4096 ? ol->n - i : 4096;
+			out_put(is, ol->txt + i, k);
+			ol->i += k;
+		} else if (ol->r) {
 			if (ol->r[i].lo == ol->r[i].hi)
 				out_printf(is, "%s%" PRIu32, sep, ol->r[i].lo);
 			else
@@ -4429,9 +4436,22 @@ struct search_job {
 	size_t read_len;
 	bool need_blob, scanning;
 	uint64_t maxmodseq;
+	/* SORT and THREAD: hits[] holds sequence numbers; once the search is
+	 * over, each hit's keys (ncrit per hit: numbers, or a string's offset
+	 * << 16 | length in the arena) are made, a few hundred per turn. */
+	uint8_t mode;                /* SJ_SEARCH, SJ_SORT, SJ_THREAD */
+	bool keying;
+	struct imap_sort_crit crit[IMAP_SORT_CRIT_MAX];
+	size_t ncrit, ki;
+	uint64_t *keys;
+	uint8_t *arena;
+	size_t alen, acap;
 };
 
+enum { SJ_SEARCH, SJ_SORT, SJ_THREAD };
+
 static void search_step(struct imap_session *is);
+static void sort_step(struct imap_session *is);
 
 /* A date-only argument (APPEND's date-time uses it too). */
 static int64_t parse_day(struct span s) { return imap_search_parse_day(s); }
@@ -4442,6 +4462,8 @@ static void search_free(struct imap_session *is)
 		return;
 	free(is->sj->fail);
 	free(is->sj->hits);
+	free(is->sj->keys);
+	free(is->sj->arena);
 	free(is->sj);
 	is->sj = NULL;
 }
@@ -4450,7 +4472,7 @@ static void search_hit(struct search_job *sj, bool yes)
 {
 	struct imap_session *is = sj->is;
 	if (yes) {
-		sj->hits[sj->nh++] = is->uid_cmd ? sj->msg.uid : sj->msg.seq;
+		sj->hits[sj->nh++] = is->uid_cmd && sj->mode == SJ_SEARCH ? sj->msg.uid : sj->msg.seq;
 		if (sj->msg.modseq > sj->maxmodseq)
 			sj->maxmodseq = sj->msg.modseq;
 	}
@@ -4596,6 +4618,10 @@ static void search_step(struct imap_session *is)
 {
 	struct search_job *sj = is->sj;
 	unsigned budget = IMAP_SEARCH_STEP_MSGS;
+	if (sj->keying) {
+		sort_step(is);
+		return;
+	}
 	while (!is->dead && is->state != IMAP_S_LOGOUT) {
 		if (sj->scanning) {
 			uint64_t off, len;
@@ -4613,7 +4639,12 @@ static void search_step(struct imap_session *is)
 			return;
 		}
 		if (sj->mi >= is->nmsgs) {
-			search_finish(is);
+			if (sj->mode == SJ_SEARCH) {
+				search_finish(is);
+			} else {
+				sj->keying = true;
+				sort_step(is);
+			}
 			return;
 		}
 		if (budget-- == 0) {
@@ -4650,27 +4681,24 @@ static void search_step(struct imap_session *is)
 	}
 }
 
-static void cmd_search(struct imap_session *is, size_t a)
+/* The command's tokens from i on as the search program's. */
+static void search_tokens(struct imap_session *is, size_t i, struct imap_search_tok *t)
 {
-	struct search_job *sj = calloc(1, sizeof(*sj));
-	struct imap_search_tok *t = malloc((is->ntoks - a + 1) * sizeof(*t));
-	if (!sj || !t) {
-		free(sj);
-		free(t);
-		done(is, "NO", "[SERVERBUG] Out of memory");
-		return;
+	static const uint8_t kinds[] = { [T_ATOM] = IMAP_STOK_ATOM, [T_NIL] = IMAP_STOK_NIL,
+					 [T_STRING] = IMAP_STOK_STRING,
+					 [T_LBEGIN] = IMAP_STOK_LBEGIN, [T_LEND] = IMAP_STOK_LEND };
+	for (; i < is->ntoks; i++, t++) {
+		t->kind = kinds[is->toks[i].kind];
+		t->text = is->toks[i].kind == T_NIL ? SPAN_LIT("NIL") : tok_span(is, i);
 	}
+}
+
+/* Parses the program t[0..n) (t is freed) and runs the job sj. */
+static void search_run(struct imap_session *is, struct search_job *sj, struct imap_search_tok *t,
+		       size_t n)
+{
 	sj->is = is;
 	sj->yield_cb.fn = search_yield_done;
-	size_t n = 0;
-	for (size_t i = a; i < is->ntoks; i++, n++) {
-		static const uint8_t kinds[] = { [T_ATOM] = IMAP_STOK_ATOM, [T_NIL] = IMAP_STOK_NIL,
-						 [T_STRING] = IMAP_STOK_STRING,
-						 [T_LBEGIN] = IMAP_STOK_LBEGIN,
-						 [T_LEND] = IMAP_STOK_LEND };
-		t[n].kind = kinds[is->toks[i].kind];
-		t[n].text = is->toks[i].kind == T_NIL ? SPAN_LIT("NIL") : tok_span(is, i);
-	}
 	/* The program's strings point into the arena (valid until done()). */
 	int rc = imap_search_parse(&sj->prog, t, n);
 	free(t);
@@ -4687,7 +4715,7 @@ static void cmd_search(struct imap_session *is, size_t a)
 		return;
 	}
 	struct imap_search *p = &sj->prog;
-	if (!p->esearch && is->rev2) {
+	if (!p->esearch && is->rev2 && sj->mode == SJ_SEARCH) {
 		/* RFC 9051 6.4.4: no SEARCH response; RETURN () means ALL */
 		p->esearch = true;
 		p->ret = IMAP_SEARCH_RET_ALL;
@@ -4727,6 +4755,269 @@ static void cmd_search(struct imap_session *is, size_t a)
 	search_step(is);
 }
 
+static void cmd_search(struct imap_session *is, size_t a)
+{
+	struct search_job *sj = calloc(1, sizeof(*sj));
+	struct imap_search_tok *t = malloc((is->ntoks - a + 1) * sizeof(*t));
+	if (!sj || !t) {
+		free(sj);
+		free(t);
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		return;
+	}
+	search_tokens(is, a, t);
+	search_run(is, sj, t, is->ntoks - a);
+}
+
+/* ---- SORT and THREAD (RFC 5256, RFC 5957) ------------------------------------------------ */
+
+/* The search runs as SEARCH's does (hits[] are sequence numbers); then
+ * sort_step() makes every hit's keys from the structure blob, a few
+ * hundred messages per turn of the loop, and sorts them. The keys of
+ * proto/imap_sort.c. */
+
+#define IMAP_SORT_STEP_MSGS 256
+
+static int sort_cmp(const void *x, const void *y, void *arg)
+{
+	const struct search_job *sj = arg;
+	uint32_t i = *(const uint32_t *)x, j = *(const uint32_t *)y;
+	const uint64_t *a = sj->keys + (size_t)i * sj->ncrit, *b = sj->keys + (size_t)j * sj->ncrit;
+	for (size_t c = 0; c < sj->ncrit; c++) {
+		int r;
+		if (imap_sort_key_is_string(sj->crit[c].key)) {
+			size_t la = a[c] & 0xffff, lb = b[c] & 0xffff;
+			r = memcmp(sj->arena + (a[c] >> 16), sj->arena + (b[c] >> 16),
+				   la < lb ? la : lb);
+			if (r == 0)
+				r = (la > lb) - (la < lb);
+		} else {
+			r = (a[c] > b[c]) - (a[c] < b[c]);
+		}
+		if (r)
+			return sj->crit[c].reverse ? -r : r;
+	}
+	/* equal keys: the order in the mailbox (RFC 5256 3) */
+	return (sj->hits[i] > sj->hits[j]) - (sj->hits[i] < sj->hits[j]);
+}
+
+/* Whether hits i and j have the same base subject (THREAD: key 0). */
+static bool sort_same_subject(const struct search_job *sj, uint32_t i, uint32_t j)
+{
+	uint64_t a = sj->keys[(size_t)i * sj->ncrit], b = sj->keys[(size_t)j * sj->ncrit];
+	return (a & 0xffff) == (b & 0xffff) &&
+	       memcmp(sj->arena + (a >> 16), sj->arena + (b >> 16), a & 0xffff) == 0;
+}
+
+static uint32_t sort_number(const struct imap_session *is, uint32_t seq)
+{
+	return is->uid_cmd ? is->msgs[seq - 1].uid : seq;
+}
+
+static void sort_end(struct imap_session *is)
+{
+	struct search_job *sj = is->sj;
+	if (sj->mode == SJ_SORT && sj->nh && sj->prog.modseq)
+		out_printf(is, " (MODSEQ %" PRIu64 ")", sj->maxmodseq);
+	out_str(is, "\r\n");
+	const char *verb = sj->mode == SJ_SORT ? "SORT" : "THREAD";
+	search_free(is);
+	done(is, "OK", "%s%s completed", is->uid_cmd ? "UID " : "", verb);
+}
+
+/* THREAD=ORDEREDSUBJECT (RFC 5256 3): the hits sorted by base subject and
+ * sent date; each run of one subject is a thread whose first message is
+ * the parent of all the others; threads in the order of their first
+ * message's sent date. Writes "(1 (2)(3))(4 5)(6)" as text. */
+struct thread_run {
+	uint32_t pos, len;  /* order[pos..pos+len): one base subject */
+	uint32_t root;      /* order[pos]: the hit that is the parent */
+};
+
+static int thread_cmp(const void *x, const void *y, void *arg)
+{
+	const struct search_job *sj = arg;
+	uint32_t i = ((const struct thread_run *)x)->root, j = ((const struct thread_run *)y)->root;
+	/* key 1 is the sent date */
+	uint64_t a = sj->keys[(size_t)i * sj->ncrit + 1], b = sj->keys[(size_t)j * sj->ncrit + 1];
+	if (a != b)
+		return (a > b) - (a < b);
+	return (sj->hits[i] > sj->hits[j]) - (sj->hits[i] < sj->hits[j]);
+}
+
+/* THREAD=ORDEREDSUBJECT (RFC 5256 3): order[] is the hits sorted by base
+ * subject and sent date; each run of one subject is a thread whose first
+ * message is the parent of all the others, and the threads go in the
+ * order of their first message's sent date. Returns the text
+ * "(1 (2)(3))(4 5)(6)" (malloc'd, *len_r bytes), NULL when out of
+ * memory. */
+static char *thread_text(struct imap_session *is, const uint32_t *order, size_t *len_r)
+{
+	struct search_job *sj = is->sj;
+	struct thread_run *runs = malloc((sj->nh + 1) * sizeof(*runs));
+	size_t cap = sj->nh * 16 + 1, w = 0;
+	char *txt = malloc(cap);
+	if (!runs || !txt) {
+		free(runs);
+		free(txt);
+		return NULL;
+	}
+	size_t nr = 0;
+	for (size_t i = 0; i < sj->nh; i++) {
+		if (i == 0 || !sort_same_subject(sj, order[i - 1], order[i]))
+			runs[nr++] = (struct thread_run){ .pos = (uint32_t)i, .root = order[i] };
+		runs[nr - 1].len++;
+	}
+	qsort_r(runs, nr, sizeof(*runs), thread_cmp, sj);
+	/* at most 10 digits and 3 more bytes per message: cap is enough */
+	for (size_t r = 0; r < nr; r++) {
+		const uint32_t *m = order + runs[r].pos;
+		size_t n = runs[r].len;
+		w += (size_t)snprintf(txt + w, cap - w, "(%" PRIu32, sort_number(is, sj->hits[m[0]]));
+		if (n == 2)
+			w += (size_t)snprintf(txt + w, cap - w, " %" PRIu32,
+					      sort_number(is, sj->hits[m[1]]));
+		for (size_t k = 1; n > 2 && k < n; k++)
+			w += (size_t)snprintf(txt + w, cap - w, "%s(%" PRIu32 ")", k == 1 ? " " : "",
+					      sort_number(is, sj->hits[m[k]]));
+		txt[w++] = ')';
+	}
+	free(runs);
+	*len_r = w;
+	return txt;
+}
+
+/* Makes the keys of IMAP_SORT_STEP_MSGS hits per turn; then sorts and
+ * answers. */
+static void sort_step(struct imap_session *is)
+{
+	struct search_job *sj = is->sj;
+	unsigned budget = IMAP_SORT_STEP_MSGS;
+	if (!sj->keys && !(sj->keys = malloc((sj->nh + 1) * sj->ncrit * sizeof(uint64_t))))
+		goto oom;
+	while (sj->ki < sj->nh) {
+		if (budget-- == 0) {
+			hold(is);
+			io_uring_prep_nop(loop_sqe(is->loop, &sj->yield_cb));
+			return;
+		}
+		/* expunged by another session, not announced yet: msgs[] still
+		 * has its number; it sorts with empty keys */
+		const struct store_msg *m = msg_of(is, sj->hits[sj->ki] - 1);
+		struct mime_blob mb;
+		const struct mime_blob *mbp = m && mime_blob_parse(m->blob, &mb) == 0 ? &mb : NULL;
+		uint64_t *k = sj->keys + sj->ki * sj->ncrit;
+		for (size_t c = 0; c < sj->ncrit; c++) {
+			uint8_t key = sj->crit[c].key;
+			if (!imap_sort_key_is_string(key)) {
+				k[c] = imap_sort_key_number(mbp, key, m ? m->size : 0,
+							    m ? m->internal_date : 0);
+				continue;
+			}
+			if (sj->acap - sj->alen < IMAP_SORT_STRING_MAX) {
+				size_t ncap = sj->acap ? sj->acap * 2 : 64 * 1024;
+				uint8_t *na = realloc(sj->arena, ncap);
+				if (!na)
+					goto oom;
+				sj->arena = na;
+				sj->acap = ncap;
+			}
+			size_t n = imap_sort_key_string(mbp, key, sj->arena + sj->alen);
+			k[c] = (uint64_t)sj->alen << 16 | n;
+			sj->alen += n;
+		}
+		sj->ki++;
+	}
+	uint32_t *order = malloc((sj->nh + 1) * sizeof(*order));
+	if (!order)
+		goto oom;
+	for (size_t i = 0; i < sj->nh; i++)
+		order[i] = (uint32_t)i;
+	qsort_r(order, sj->nh, sizeof(*order), sort_cmp, sj);
+	if (sj->mode == SJ_THREAD) {
+		size_t len;
+		char *txt = thread_text(is, order, &len);
+		free(order);
+		if (!txt)
+			goto oom;
+		out_str(is, "* THREAD ");
+		is->ol = (struct out_list){ .active = true, .txt = txt, .n = len, .own = txt,
+					    .then = sort_end };
+		out_list_pump(is);
+		return;
+	}
+	for (size_t i = 0; i < sj->nh; i++)
+		order[i] = sort_number(is, sj->hits[order[i]]);
+	out_str(is, "* SORT");
+	out_list_start(is, order, false, NULL, sj->nh, order, sort_end);
+	return;
+oom:
+	search_free(is);
+	done(is, "NO", "[SERVERBUG] Out of memory");
+}
+
+/* SORT (criteria) charset search-key...; THREAD algorithm charset
+ * search-key... */
+static void sort_common(struct imap_session *is, size_t a, uint8_t mode)
+{
+	struct search_job *sj = calloc(1, sizeof(*sj));
+	struct imap_search_tok *t = malloc((is->ntoks - a + 2) * sizeof(*t));
+	if (!sj || !t) {
+		free(sj);
+		free(t);
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		return;
+	}
+	sj->mode = mode;
+	size_t cs; /* the charset's token */
+	if (mode == SJ_SORT) {
+		struct span atoms[IMAP_SORT_CRIT_MAX * 2];
+		size_t end = a < is->ntoks && is->toks[a].kind == T_LBEGIN ? list_end(is, a) : a;
+		size_t na = 0;
+		bool ok = end > a + 1 && is->toks[end - 1].kind == T_LEND &&
+			  end - a - 2 <= sizeof(atoms) / sizeof(atoms[0]);
+		for (size_t i = a + 1; ok && i + 1 < end; i++) {
+			ok = is->toks[i].kind == T_ATOM;
+			atoms[na++] = tok_span(is, i);
+		}
+		int nc = ok ? imap_sort_parse(atoms, na, sj->crit, IMAP_SORT_CRIT_MAX) : -1;
+		if (nc < 0) {
+			free(sj);
+			free(t);
+			syntax(is, "Syntax: SORT (criteria) charset search-criteria");
+			return;
+		}
+		sj->ncrit = (size_t)nc;
+		cs = end;
+	} else {
+		if (a >= is->ntoks || is->toks[a].kind != T_ATOM ||
+		    !span_eq_nocase(tok_span(is, a), SPAN_LIT("ORDEREDSUBJECT"))) {
+			free(sj);
+			free(t);
+			syntax(is, "Syntax: THREAD ORDEREDSUBJECT charset search-criteria");
+			return;
+		}
+		sj->crit[0] = (struct imap_sort_crit){ .key = IMAP_SORT_SUBJECT };
+		sj->crit[1] = (struct imap_sort_crit){ .key = IMAP_SORT_DATE };
+		sj->ncrit = 2;
+		cs = a + 1;
+	}
+	if (cs + 1 >= is->ntoks ||
+	    (is->toks[cs].kind != T_ATOM && is->toks[cs].kind != T_STRING)) {
+		free(sj);
+		free(t);
+		syntax(is, mode == SJ_SORT ? "Syntax: SORT (criteria) charset search-criteria"
+					   : "Syntax: THREAD ORDEREDSUBJECT charset search-criteria");
+		return;
+	}
+	/* "CHARSET name key..." for the search program */
+	t[0] = (struct imap_search_tok){ .kind = IMAP_STOK_ATOM, .text = SPAN_LIT("CHARSET") };
+	search_tokens(is, cs, t + 1);
+	search_run(is, sj, t, is->ntoks - cs + 1);
+}
+
+static void cmd_sort(struct imap_session *is, size_t a) { sort_common(is, a, SJ_SORT); }
+static void cmd_thread(struct imap_session *is, size_t a) { sort_common(is, a, SJ_THREAD); }
 /* ---- APPEND ----------------------------------------------------------------------------------- */
 
 /* APPEND with MULTIAPPEND (RFC 3502): each message streams into its own
@@ -5193,6 +5484,8 @@ static const struct imap_command commands[] = {
 	{ "UNSELECT", ST(SELECTED), false, SYNC_NONE, cmd_unselect },
 	{ "EXPUNGE", ST(SELECTED), true, SYNC_FULL, cmd_expunge },
 	{ "SEARCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_search },
+	{ "SORT", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_sort },
+	{ "THREAD", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_thread },
 	{ "FETCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_fetch },
 	{ "STORE", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_store },
 	{ "COPY", ST(SELECTED), true, SYNC_FULL, cmd_copy },

@@ -406,7 +406,8 @@ bool imap_sort_parse_date(struct span v, int64_t *t_r)
 		year += year < 50 ? 2000 : 1900;
 	else if (ny == 3)
 		year += 1900;
-	if (day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60 || year > 9999)
+	if (day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60 || year < 1900 ||
+	    year > 9999)
 		return false;
 	/* zone: ("+" / "-") 4DIGIT, or an obsolete name; none counts as UTC */
 	while (i < n && b[i] == ' ')

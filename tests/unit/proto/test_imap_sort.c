@@ -96,6 +96,7 @@ static const struct date_case date_cases[] = {
 	{ "1 Jan 2003", false, 0 },
 	{ "1 Jan 2003 24:00 +0000", false, 0 },
 	{ "1 Jan 2003 10:00 +0099", false, 0 },
+	{ "1 Jan 0001 10:00 +0000", false, 0 },
 };
 
 static void check_date(const struct date_case *c)
