@@ -76,6 +76,7 @@ void config_defaults(struct config *cfg)
 	cfg->send_queue_max = 4u << 20;
 	cfg->plaintext_auth = true;
 	cfg->imap_unauthenticate = true;
+	cfg->imap_compress_level = 1;
 	cfg->message_size_max = 50u << 20;
 	cfg->recipients_max = 1000;
 	cfg->smtp_timeout_ms = 5 * 60000;
@@ -373,6 +374,7 @@ static int set_limits(struct parse_ctx *ctx, const char *key, const char *value)
 		{ "max_connections_per_ip", offsetof(struct config, max_connections_per_ip), 1, 10000000 },
 		{ "max_connections_per_user", offsetof(struct config, max_connections_per_user), 1, 10000000 },
 		{ "max_bad_commands", offsetof(struct config, max_bad_commands), 1, 1000 },
+		{ "imap_compress_level", offsetof(struct config, imap_compress_level), 0, 9 },
 		{ "recipients_max", offsetof(struct config, recipients_max), 1, 100000 },
 		{ "max_hops", offsetof(struct config, max_hops), 1, 1000 },
 		/* RFC 5321 4.5.3.1.6: at least 1000 octets must be accepted */
@@ -868,11 +870,11 @@ void config_print(const struct config *cfg, FILE *out)
 		"mime_parts_max = %u\nsmtp_line_max = %u\nsmtp_command_line_max = %u\n"
 		"smtp_greet_pause = %ums\nimap_line_max = %u\n"
 		"imap_literal_max = %u\npop3_line_max = %u\n"
-		"imap_unauthenticate = %s\nfolders_max = %u\n",
+		"imap_unauthenticate = %s\nimap_compress_level = %u\nfolders_max = %u\n",
 		cfg->auth_delay_ms, cfg->auth_delay_max_ms, cfg->mime_depth_max, cfg->mime_parts_max,
 		cfg->smtp_line_max, cfg->smtp_command_line_max, cfg->smtp_greet_pause_ms,
 		cfg->imap_line_max, cfg->imap_literal_max, cfg->pop3_line_max,
-		cfg->imap_unauthenticate ? "yes" : "no", cfg->folders_max);
+		cfg->imap_unauthenticate ? "yes" : "no", cfg->imap_compress_level, cfg->folders_max);
 	fprintf(out, "\n[outbound]\n%s%s\nmx_port = %u\nretry_min = %ums\nretry_max = %ums\n"
 		"expire = %ums\ntimeout = %ums\nconnection_idle = %ums\ndelay_warning = %ums\n"
 		"max_per_domain = %u\n"

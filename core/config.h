@@ -90,6 +90,7 @@ struct config {
 	uint64_t send_queue_max;
 	bool plaintext_auth;          /* login allowed on SEC_PLAIN rows */
 	bool imap_unauthenticate;     /* IMAP UNAUTHENTICATE offered (RFC 8437 8) */
+	uint32_t imap_compress_level; /* IMAP COMPRESS=DEFLATE zlib level; 0: not offered */
 	uint32_t auth_delay_ms;       /* first failed login's delay, per address */
 	uint32_t auth_delay_max_ms;   /* the delay doubles up to this */
 	uint32_t mime_depth_max;      /* MIME nesting split (<= MIME_DEPTH_MAX) */

@@ -231,6 +231,7 @@ struct imap_session {
 	bool busy;             /* a command waits for the store/auth */
 	bool out_blocked;
 	bool tls_pending;
+	bool compress_started; /* COMPRESS accepted: stop parsing this input */
 	bool shutting_down;
 	bool condstore;        /* ENABLE CONDSTORE or a CONDSTORE command */
 	bool qresync;          /* ENABLE QRESYNC: VANISHED instead of EXPUNGE */
@@ -536,9 +537,11 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 			 "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
 			 "UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED "
 			 "LIST-STATUS STATUS=SIZE MULTIAPPEND BINARY QUOTA QUOTA=RES-STORAGE "
-			 "QUOTA=RES-MESSAGE SEARCHRES SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT%s "
+			 "QUOTA=RES-MESSAGE SEARCHRES SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT%s%s "
 			 "APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->imap_unauthenticate ? " UNAUTHENTICATE" : "",
+			 cfg_of(is)->imap_compress_level && !stream_is_compressed(is->s)
+				 ? " COMPRESS=DEFLATE" : "",
 			 cfg_of(is)->message_size_max);
 	}
 	return buf;
@@ -1512,6 +1515,38 @@ static void cmd_starttls(struct imap_session *is, size_t a)
 	cmd_end(is);
 	if (stream_starttls(is->s) == 0)
 		is->tls_pending = true;
+}
+
+/* COMPRESS DEFLATE (RFC 4978): the OK leaves uncompressed, everything
+ * after it is compressed both ways (proto/stream.c). The client sends no
+ * command before the reply; bytes it sent anyway right behind COMPRESS are
+ * taken as compressed. */
+static void cmd_compress(struct imap_session *is, size_t a)
+{
+	if (a + 1 != is->ntoks || is->toks[a].kind != T_ATOM) {
+		syntax(is, "Syntax: COMPRESS DEFLATE");
+		return;
+	}
+	if (stream_is_compressed(is->s)) {
+		done(is, "NO", "[COMPRESSIONACTIVE] DEFLATE active via COMPRESS");
+		return;
+	}
+	unsigned level = cfg_of(is)->imap_compress_level;
+	if (!span_eq_nocase(tok_span(is, a), SPAN_LIT("DEFLATE")) || level == 0) {
+		done(is, "NO", "Unknown compression mechanism");
+		return;
+	}
+	tagged(is, "OK", "DEFLATE active");
+	cmd_end(is);
+	int rc = stream_compress(is->s, (int)level);
+	if (rc) {
+		/* the client compresses now: nothing it sends can be read */
+		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "compress-error",
+		       "error=%s", strerror(-rc));
+		session_close(is, false);
+		return;
+	}
+	is->compress_started = true;
 }
 
 static void imap_tls_ready(struct stream *s)
@@ -5478,6 +5513,7 @@ static const struct imap_command commands[] = {
 	{ "SETQUOTA", AUTHED, false, SYNC_FULL, cmd_setquota },
 	{ "APPEND", AUTHED, false, SYNC_FULL, NULL }, /* see append_literal() */
 	{ "IDLE", AUTHED, false, SYNC_NONE, cmd_idle },
+	{ "COMPRESS", AUTHED, false, SYNC_NONE, cmd_compress },
 	{ "UNAUTHENTICATE", AUTHED, false, SYNC_NONE, cmd_unauthenticate },
 	{ "CHECK", ST(SELECTED), false, SYNC_FULL, cmd_check },
 	{ "CLOSE", ST(SELECTED), false, SYNC_NONE, cmd_close },
@@ -5862,6 +5898,12 @@ static ssize_t imap_data(struct stream *s, struct span in)
 			/* Whatever came behind an accepted STARTTLS is injected
 			 * plaintext (CVE-2011-0411): never parsed here; stream.c
 			 * discards and logs it. */
+			break;
+		}
+		if (is->compress_started) {
+			/* what follows is compressed: stream.c inflates it and
+			 * calls again */
+			is->compress_started = false;
 			break;
 		}
 	}

@@ -13,6 +13,12 @@
  *   HANDSHAKE  TLS handshake under the handshake timeout
  *   TLS        ciphertext in, decrypted into s->plain, offered to the
  *              session; the session's replies are encrypted on the way out
+ *
+ * Over PLAIN or TLS, a session may turn on DEFLATE compression (IMAP
+ * COMPRESS, RFC 4978): from then on what arrives (from the connection, or
+ * decrypted into s->plain) is inflated into s->infl and offered to the
+ * session from there, and what the session sends is deflated, flushed
+ * (Z_SYNC_FLUSH) at the end of every stream_send(), and written as before.
  */
 #include "proto/stream.h"
 
@@ -21,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <zlib.h>
 
 #include "core/log.h"
 #include "proto/services.h"
@@ -39,6 +47,9 @@ struct stream {
 	struct tls_conn *tls;
 	uint8_t *plain;  /* decrypted, not yet consumed; NULL when empty */
 	uint32_t plain_len, plain_cap;
+	z_stream *zin, *zout; /* DEFLATE (stream_compress); NULL when off */
+	uint8_t *infl;   /* inflated, not yet consumed; NULL when empty */
+	uint32_t infl_len, infl_cap;
 	enum stream_state state;
 	bool opened;     /* ops->open ran */
 	bool implicit;   /* TLS from the first byte: greet after the handshake */
@@ -68,7 +79,55 @@ static struct tls_server *tls_server_of(const struct stream *s)
 	return sv ? atomic_load_explicit(&sv->tls, memory_order_acquire) : NULL;
 }
 
+static int send_raw(struct stream *s, const void *p, size_t len);
+
+/* Deflated output is written in pieces of this size. */
+#define STREAM_DEFLATE_CHUNK (16u * 1024u)
+
+/* Deflates p[0..len) and flushes (Z_SYNC_FLUSH: the peer can inflate all
+ * of it now), writing the output in pieces. */
+static int send_deflated(struct stream *s, const void *p, size_t len)
+{
+	uint8_t out[STREAM_DEFLATE_CHUNK];
+	z_stream *z = s->zout;
+	z->next_in = (Bytef *)(uintptr_t)p;
+	z->avail_in = (uInt)len;
+	do {
+		z->next_out = out;
+		z->avail_out = sizeof(out);
+		int zr = deflate(z, Z_SYNC_FLUSH);
+		if (zr != Z_OK && zr != Z_BUF_ERROR)
+			return -EIO;
+		size_t n = sizeof(out) - z->avail_out;
+		if (n) {
+			int rc = send_raw(s, out, n);
+			if (rc)
+				return rc;
+		}
+	} while (z->avail_out == 0 || z->avail_in);
+	return 0;
+}
+
 int stream_send(struct stream *s, const void *p, size_t len)
+{
+	if (s->zout && (s->state == ST_PLAIN || s->state == ST_TLS)) {
+		/* one call at a time: larger sends are cut so that the length
+		 * fits zlib's uInt */
+		const uint8_t *b = p;
+		while (len) {
+			size_t k = len < (1u << 30) ? len : (1u << 30);
+			int rc = send_deflated(s, b, k);
+			if (rc)
+				return rc;
+			b += k;
+			len -= k;
+		}
+		return 0;
+	}
+	return send_raw(s, p, len);
+}
+
+static int send_raw(struct stream *s, const void *p, size_t len)
 {
 	if (s->state == ST_TLS) {
 		if (tls_conn_write(s->tls, p, len) != TLS_OK)
@@ -82,7 +141,7 @@ int stream_send(struct stream *s, const void *p, size_t len)
 
 int stream_send_splice(struct stream *s, int pipe_fd, size_t len)
 {
-	if (s->state != ST_PLAIN)
+	if (s->state != ST_PLAIN || s->zout)
 		return -ENOTSUP;
 	return conn_send_splice(s->conn, pipe_fd, len);
 }
@@ -94,7 +153,75 @@ size_t stream_splice_pending(const struct stream *s)
 
 bool stream_is_plain(const struct stream *s)
 {
-	return s->state == ST_PLAIN;
+	return s->state == ST_PLAIN && !s->zout;
+}
+
+bool stream_is_compressed(const struct stream *s)
+{
+	return s->zout != NULL;
+}
+
+/* zlib's memory through the process's allocator (jemalloc) */
+static voidpf z_alloc(voidpf opaque, uInt items, uInt size)
+{
+	(void)opaque;
+	return calloc(items, size);
+}
+
+static void z_free(voidpf opaque, voidpf p)
+{
+	(void)opaque;
+	free(p);
+}
+
+static void compress_end(struct stream *s)
+{
+	if (s->zin) {
+		inflateEnd(s->zin);
+		free(s->zin);
+		s->zin = NULL;
+	}
+	if (s->zout) {
+		deflateEnd(s->zout);
+		free(s->zout);
+		s->zout = NULL;
+	}
+	free(s->infl);
+	s->infl = NULL;
+	s->infl_len = s->infl_cap = 0;
+}
+
+int stream_compress(struct stream *s, int level)
+{
+	if (s->zout || (s->state != ST_PLAIN && s->state != ST_TLS))
+		return -EALREADY;
+	s->zin = calloc(1, sizeof(*s->zin));
+	s->zout = calloc(1, sizeof(*s->zout));
+	if (!s->zin || !s->zout) {
+		free(s->zin);
+		free(s->zout);
+		s->zin = s->zout = NULL;
+		return -ENOMEM;
+	}
+	s->zin->zalloc = s->zout->zalloc = z_alloc;
+	s->zin->zfree = s->zout->zfree = z_free;
+	/* Raw DEFLATE (RFC 1951) both ways. The peer may use any window, so
+	 * inflate takes the largest; our own output uses a 4 KiB window and a
+	 * small hash (about 32 KiB of state instead of 256 KiB). */
+	if (inflateInit2(s->zin, -15) != Z_OK) {
+		free(s->zin);
+		free(s->zout);
+		s->zin = s->zout = NULL;
+		return -ENOMEM;
+	}
+	if (deflateInit2(s->zout, level, Z_DEFLATED, -12, 5, Z_DEFAULT_STRATEGY) != Z_OK) {
+		inflateEnd(s->zin);
+		free(s->zin);
+		free(s->zout);
+		s->zin = s->zout = NULL;
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 int stream_printf(struct stream *s, const char *fmt, ...)
@@ -144,7 +271,7 @@ static int tls_begin(struct stream *s)
 
 int stream_starttls(struct stream *s)
 {
-	if (s->state != ST_PLAIN || !tls_server_of(s))
+	if (s->state != ST_PLAIN || s->zout || !tls_server_of(s))
 		return -ENOTSUP;
 	/* The handshake starts once the reply is on the wire (drained). */
 	s->state = ST_FLUSH;
@@ -159,7 +286,7 @@ bool stream_is_tls(const struct stream *s)
 
 bool stream_can_starttls(const struct stream *s)
 {
-	return s->state == ST_PLAIN && tls_server_of(s) != NULL;
+	return s->state == ST_PLAIN && !s->zout && tls_server_of(s) != NULL;
 }
 
 bool stream_tls_required(const struct stream *s)
@@ -219,11 +346,72 @@ static int on_open(struct conn *c)
 	return session_open(s);
 }
 
-/* Offers the decrypted bytes to the session. Returns 0 or -errno. */
+/* Compressed bytes in (from the connection, or decrypted): inflated into
+ * s->infl and offered to the session, until all of in is inflated or the
+ * session leaves STREAM_PLAIN_MAX bytes untaken. Returns the bytes of in
+ * consumed, or -errno. Bytes that do not inflate close the connection. */
+static ssize_t inflate_feed(struct stream *s, struct span in)
+{
+	size_t off = 0;
+	for (;;) {
+		while (s->infl_len && !s->closing) {
+			ssize_t used = s->ops->data(s, span_make(s->infl, s->infl_len));
+			if (used < 0)
+				return used;
+			if (used == 0)
+				break;
+			memmove(s->infl, s->infl + used, s->infl_len - (size_t)used);
+			s->infl_len -= (uint32_t)used;
+		}
+		if (s->closing || !s->zin)
+			return (ssize_t)in.len;
+		if (off >= in.len || s->infl_len >= STREAM_PLAIN_MAX)
+			break;
+		if (s->infl_cap - s->infl_len < STREAM_DECRYPT_MIN) {
+			size_t cap = s->infl_cap ? (size_t)s->infl_cap * 2 : STREAM_PLAIN_FIRST;
+			uint8_t *p = realloc(s->infl, cap);
+			if (!p)
+				return -ENOMEM;
+			s->infl = p;
+			s->infl_cap = (uint32_t)cap;
+		}
+		z_stream *z = s->zin;
+		z->next_in = (Bytef *)(uintptr_t)(in.p + off);
+		z->avail_in = (uInt)(in.len - off < (1u << 30) ? in.len - off : (1u << 30));
+		z->next_out = s->infl + s->infl_len;
+		z->avail_out = s->infl_cap - s->infl_len;
+		uInt had_in = z->avail_in, had_out = z->avail_out;
+		int zr = inflate(z, Z_SYNC_FLUSH);
+		off += had_in - z->avail_in;
+		s->infl_len += had_out - z->avail_out;
+		if (zr == Z_STREAM_END || (zr != Z_OK && zr != Z_BUF_ERROR)) {
+			LOG_AT(conn_log(s->conn), LOG_INFO, conn_sid(s->conn), "compress-error",
+			       "reason=\"%s\"",
+			       zr == Z_STREAM_END ? "end of the compressed stream"
+						  : z->msg ? z->msg : "bad data");
+			s->closing = true;
+			conn_close(s->conn, false);
+			return (ssize_t)in.len;
+		}
+		if (had_in == z->avail_in && had_out == z->avail_out)
+			break;
+	}
+	if (s->infl_len == 0 && s->infl) {
+		free(s->infl);
+		s->infl = NULL;
+		s->infl_cap = 0;
+	}
+	return (ssize_t)off;
+}
+
+/* Offers the decrypted bytes to the session (through inflate_feed once
+ * compression is on). Returns 0 or -errno. */
 static int deliver_plain(struct stream *s)
 {
-	while (s->plain_len && !s->closing) {
-		ssize_t used = s->ops->data(s, span_make(s->plain, s->plain_len));
+	while ((s->plain_len || s->infl_len) && !s->closing) {
+		bool was_z = s->zin != NULL;
+		ssize_t used = was_z ? inflate_feed(s, span_make(s->plain, s->plain_len))
+				     : s->ops->data(s, span_make(s->plain, s->plain_len));
 		if (used < 0)
 			return (int)used;
 		if (s->closing || s->state == ST_FLUSH) {
@@ -232,10 +420,12 @@ static int deliver_plain(struct stream *s)
 			s->plain_len = 0;
 			break;
 		}
-		if (used == 0)
-			break;
+		if (used == 0 && (was_z || !s->zin))
+			break; /* (a COMPRESS turned on: the rest is inflated) */
 		memmove(s->plain, s->plain + used, s->plain_len - (size_t)used);
 		s->plain_len -= (uint32_t)used;
+		if (was_z && (s->infl_len || s->plain_len))
+			break; /* the session is not taking more */
 	}
 	if (s->plain_len == 0 && s->plain) {
 		free(s->plain);
@@ -357,9 +547,16 @@ static ssize_t on_data(struct conn *c, struct span in)
 	case ST_PLAIN:
 		break;
 	}
+	if (s->zin)
+		return inflate_feed(s, in);
 	if (in.len == 0)
 		return 0;
 	ssize_t used = s->ops->data(s, in);
+	if (s->zin && used >= 0 && (size_t)used < in.len) {
+		/* COMPRESS accepted: what came behind it is compressed */
+		ssize_t more = inflate_feed(s, span_skip(in, (size_t)used));
+		return more < 0 ? more : used + more;
+	}
 	if (s->state == ST_FLUSH) {
 		/* STARTTLS accepted: what came behind the command is injected
 		 * plaintext, never parsed (CVE-2011-0411). */
@@ -434,6 +631,7 @@ static void on_close(struct conn *c, enum conn_close_reason reason)
 	if (s->opened && s->ops->close)
 		s->ops->close(s);
 	tls_conn_free(&s->tls);
+	compress_end(s);
 	free(s->plain);
 	free(s);
 	conn_set_session(c, NULL);

@@ -67,9 +67,16 @@ int stream_send_splice(struct stream *s, int pipe_fd, size_t len);
 /* Bytes of stream_send_splice() not yet written: 0 when the pipe holds
  * nothing the connection still has to send. */
 size_t stream_splice_pending(const struct stream *s);
-/* True when bytes go to the socket as they are (no TLS, none starting):
- * stream_send_splice() can be used. */
+/* True when bytes go to the socket as they are (no TLS, none starting, no
+ * compression): stream_send_splice() can be used. */
 bool stream_is_plain(const struct stream *s);
+/* Turns on DEFLATE both ways (IMAP COMPRESS, RFC 4978) at zlib level
+ * 1-9: what the session sends from now on is compressed, and what arrives
+ * after the bytes the current data callback consumes is inflated before
+ * the session sees it. -EALREADY when it is on (or the stream is not
+ * plaintext or TLS), -ENOMEM. */
+int stream_compress(struct stream *s, int level);
+bool stream_is_compressed(const struct stream *s);
 int stream_printf(struct stream *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Sends a reply and closes once it is written. */
 void stream_close(struct stream *s, bool flush);

@@ -12,7 +12,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 
 BUILD="build-essential meson ninja-build pkg-config liburing-dev libjemalloc-dev
-libcrypt-dev libcriterion-dev libwolfssl-dev libc-ares-dev"
+libcrypt-dev libcriterion-dev libwolfssl-dev libc-ares-dev zlib1g-dev"
 # Real clients for the integration tests: Python's smtplib/imaplib/poplib
 # (python3), pytest, curl, openssl s_client, swaks, fetchmail (POP3), mbsync
 # (isync, IMAP), xmllint (auto-discovery
