@@ -260,6 +260,7 @@ static const struct bad_case bad_cases[] = {
 	{ "[limits]\nmax_connections = 0\n", 2, "max_connections must be a number from 1" },
 	{ "[limits]\nmax_connections_per_ip = 12x\n", 2, "max_connections_per_ip must be a number" },
 	{ "[limits]\nmax_bad_commands = 1001\n", 2, "max_bad_commands must be a number" },
+	{ "[limits]\nimap_compress_level = 10\n", 2, "imap_compress_level must be a number" },
 	{ "[limits]\nmax_connections = 99999999999999999999999\n", 2,
 	  "max_connections must be a number" },
 	/* ports */
@@ -587,11 +588,12 @@ Test(config, values_reach_the_struct)
 		"plaintext_auth = no\nauth_delay = 250ms\nauth_delay_max = 4s\n"
 		"mime_depth_max = 8\nmime_parts_max = 100\nquota_storage = 2g\nquota_messages = 5000\n"
 		"imap_unauthenticate = no\nfolders_max = 50\nimap_literal_max = 4096\n"
-		"pop3_line_max = 128\n";
+		"pop3_line_max = 128\nimap_compress_level = 0\n";
 
 	cr_assert_eq(load_text(&cfg, text, strlen(text), &path, err, sizeof(err)), 0, "%s", err);
 	free(path);
 	cr_assert_eq(cfg.folders_max, 50);
+	cr_assert_eq(cfg.imap_compress_level, 0);
 	cr_assert_eq(cfg.checkpoint_after, 64 * 1024);
 	cr_assert_eq(cfg.imap_literal_max, 4096);
 	cr_assert_eq(cfg.pop3_line_max, 128);
@@ -750,6 +752,7 @@ Test(config, print_round_trip_everything_set)
 		"send_queue_max = 3m\n"
 		"plaintext_auth = no\n"
 		"imap_unauthenticate = no\n"
+		"imap_compress_level = 9\n"
 		"quota_storage = 1m\n"
 		"quota_messages = 77\n"
 		"folders_max = 12\n"
