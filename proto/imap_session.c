@@ -53,6 +53,7 @@
 #include "proto/imap_parse.h"
 #include "proto/imap_search.h"
 #include "proto/imap_sort.h"
+#include "proto/imap_thread.h"
 #include "proto/mime.h"
 #include "proto/sasl.h"
 #include "proto/services.h"
@@ -537,7 +538,8 @@ static const char *capabilities(struct imap_session *is, char buf[CAPS_MAX])
 			 "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
 			 "UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED "
 			 "LIST-STATUS STATUS=SIZE MULTIAPPEND BINARY QUOTA QUOTA=RES-STORAGE "
-			 "QUOTA=RES-MESSAGE SEARCHRES SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT%s%s "
+			 "QUOTA=RES-MESSAGE SEARCHRES SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT "
+			 "THREAD=REFERENCES%s%s "
 			 "APPENDLIMIT=%" PRIu64,
 			 cfg_of(is)->imap_unauthenticate ? " UNAUTHENTICATE" : "",
 			 cfg_of(is)->imap_compress_level && !stream_is_compressed(is->s)
@@ -4474,16 +4476,22 @@ struct search_job {
 	/* SORT and THREAD: hits[] holds sequence numbers; once the search is
 	 * over, each hit's keys (ncrit per hit: numbers, or a string's offset
 	 * << 16 | length in the arena) are made, a few hundred per turn. */
-	uint8_t mode;                /* SJ_SEARCH, SJ_SORT, SJ_THREAD */
+	uint8_t mode;                /* SJ_SEARCH, SJ_SORT, SJ_THREAD, SJ_THREAD_REFS */
 	bool keying;
 	struct imap_sort_crit crit[IMAP_SORT_CRIT_MAX];
 	size_t ncrit, ki;
 	uint64_t *keys;
 	uint8_t *arena;
 	size_t alen, acap;
+	/* THREAD=REFERENCES: per hit its IDs and subject; refs[] holds the
+	 * References of every hit (read from its header), in turn */
+	struct imap_thread_msg *tm;
+	uint64_t *refs;
+	size_t nrefs, refs_cap;
+	uint64_t irt;                /* the hit's In-Reply-To, while its header is read */
 };
 
-enum { SJ_SEARCH, SJ_SORT, SJ_THREAD };
+enum { SJ_SEARCH, SJ_SORT, SJ_THREAD, SJ_THREAD_REFS };
 
 static void search_step(struct imap_session *is);
 static void sort_step(struct imap_session *is);
@@ -4499,6 +4507,8 @@ static void search_free(struct imap_session *is)
 	free(is->sj->hits);
 	free(is->sj->keys);
 	free(is->sj->arena);
+	free(is->sj->tm);
+	free(is->sj->refs);
 	free(is->sj);
 	is->sj = NULL;
 }
@@ -4922,6 +4932,188 @@ static char *thread_text(struct imap_session *is, const uint32_t *order, size_t 
 	return txt;
 }
 
+/* References kept per message: the last ones (nearest the message)
+ * when there are more. */
+#define IMAP_THREAD_REFS_MAX 64
+
+static void id_count(void *arg, struct span id)
+{
+	(void)id;
+	++*(size_t *)arg;
+}
+
+struct refs_add {
+	struct search_job *sj;
+	size_t skip;
+};
+
+static void id_add(void *arg, struct span id)
+{
+	struct refs_add *ra = arg;
+	if (ra->skip) {
+		ra->skip--;
+		return;
+	}
+	ra->sj->refs[ra->sj->nrefs++] = imap_thread_id(id);
+}
+
+/* Adds the message IDs of v to refs[] as the current hit's references
+ * (the last IMAP_THREAD_REFS_MAX). false: out of memory. */
+static bool thread_add_refs(struct search_job *sj, struct span v)
+{
+	size_t n = 0;
+	imap_thread_ids(v, SIZE_MAX, id_count, &n);
+	if (sj->refs_cap - sj->nrefs < IMAP_THREAD_REFS_MAX) {
+		size_t cap = sj->refs_cap ? sj->refs_cap * 2 : 1024;
+		uint64_t *r = realloc(sj->refs, cap * sizeof(*r));
+		if (!r)
+			return false;
+		sj->refs = r;
+		sj->refs_cap = cap;
+	}
+	struct imap_thread_msg *t = &sj->tm[sj->ki];
+	struct refs_add ra = { .sj = sj, .skip = n > IMAP_THREAD_REFS_MAX ? n - IMAP_THREAD_REFS_MAX : 0 };
+	t->ref_off = (uint32_t)sj->nrefs;
+	imap_thread_ids(v, SIZE_MAX, id_add, &ra);
+	t->ref_n = (uint32_t)(sj->nrefs - t->ref_off);
+	return true;
+}
+
+/* The References field's value in a header (folded lines and all), or
+ * an empty span. */
+static struct span header_references(struct span h)
+{
+	for (size_t i = 0; i < h.len;) {
+		const uint8_t *lf = memchr(h.p + i, '\n', h.len - i);
+		size_t end = lf ? (size_t)(lf - h.p) + 1 : h.len;
+		if (end - i > 11 && span_eq_nocase(span_make(h.p + i, 11), SPAN_LIT("References:"))) {
+			size_t e = end;
+			while (e < h.len && (h.p[e] == ' ' || h.p[e] == '\t')) {
+				lf = memchr(h.p + e, '\n', h.len - e);
+				e = lf ? (size_t)(lf - h.p) + 1 : h.len;
+			}
+			return span_make(h.p + i + 11, e - i - 11);
+		}
+		if (end - i <= 2 && (h.p[i] == '\r' || h.p[i] == '\n'))
+			break; /* the empty line: end of the header */
+		i = end;
+	}
+	return span_make(NULL, 0);
+}
+
+static void thread_first_id(void *arg, struct span id)
+{
+	*(uint64_t *)arg = imap_thread_id(id);
+}
+
+static void thread_read_done(void *arg, ssize_t res)
+{
+	struct imap_session *is = arg;
+	struct search_job *sj = is->sj;
+	is->rd_inflight--;
+	if (is->dead || !sj) {
+		release(is);
+		return;
+	}
+	/* a read error or an expunge meanwhile: no References, as if absent */
+	struct span v = res > 0 ? header_references(span_make(is->rbuf, (size_t)res))
+				: span_make(NULL, 0);
+	bool ok = true;
+	if (v.len) {
+		ok = thread_add_refs(sj, v);
+		if (ok && sj->tm[sj->ki].ref_n == 0)
+			v.len = 0;
+	}
+	if (ok && !v.len && sj->irt) {
+		sj->tm[sj->ki].ref_off = (uint32_t)sj->nrefs;
+		sj->tm[sj->ki].ref_n = 1;
+		sj->refs[sj->nrefs++] = sj->irt;
+	}
+	if (!ok) {
+		search_free(is);
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		release(is);
+		return;
+	}
+	sj->ki++;
+	sort_step(is);
+	release(is);
+}
+
+/* THREAD=REFERENCES: the hit's Message-ID, subject flag and In-Reply-To
+ * from the blob, then a read of its header for References. Returns 1
+ * when the read is in flight (thread_read_done() goes on), 0 when the
+ * hit is done, -1 when memory ran out. */
+static int thread_fields(struct imap_session *is, const struct store_msg *m,
+			 const struct mime_blob *mb, bool refwd)
+{
+	struct search_job *sj = is->sj;
+	if (!sj->tm && !(sj->tm = calloc(sj->nh + 1, sizeof(*sj->tm))))
+		return -1;
+	if (sj->refs_cap - sj->nrefs < IMAP_THREAD_REFS_MAX) {
+		size_t cap = sj->refs_cap ? sj->refs_cap * 2 : 1024;
+		uint64_t *r = realloc(sj->refs, cap * sizeof(*r));
+		if (!r)
+			return -1;
+		sj->refs = r;
+		sj->refs_cap = cap;
+	}
+	struct imap_thread_msg *t = &sj->tm[sj->ki];
+	t->refwd = refwd;
+	t->ref_off = (uint32_t)sj->nrefs;
+	struct span v;
+	t->id = 0;
+	sj->irt = 0;
+	if (mb && mime_blob_field(mb, 0, MIME_FIELD_MESSAGE_ID, &v))
+		imap_thread_ids(v, 1, thread_first_id, &t->id);
+	if (mb && mime_blob_field(mb, 0, MIME_FIELD_IN_REPLY_TO, &v))
+		imap_thread_ids(v, 1, thread_first_id, &sj->irt);
+	struct mime_part p0;
+	if (!m || !mb || mime_blob_part(mb, 0, &p0) || p0.body_off == 0) {
+		if (sj->irt) {
+			t->ref_n = 1;
+			sj->refs[sj->nrefs++] = sj->irt;
+		}
+		return 0;
+	}
+	size_t len = p0.body_off < IMAP_READ_CHUNK ? (size_t)p0.body_off : IMAP_READ_CHUNK;
+	hold(is);
+	is->rd_inflight++;
+	store_read(is->folder, is->loop, m->uid, 0, is->rbuf, len, thread_read_done, is);
+	return 1;
+}
+
+/* Builds the THREAD=REFERENCES reply once every hit has its fields. */
+static void thread_refs_answer(struct imap_session *is)
+{
+	struct search_job *sj = is->sj;
+	for (size_t i = 0; i < sj->nh; i++) {
+		struct imap_thread_msg *t = &sj->tm[i];
+		const uint64_t *k = sj->keys + i * sj->ncrit;
+		t->subj_off = (uint32_t)(k[0] >> 16);
+		t->subj_len = (uint32_t)(k[0] & 0xffff);
+		t->date = k[1];
+		t->order = sj->hits[i];
+		t->num = sort_number(is, sj->hits[i]);
+	}
+	size_t len;
+	char *txt = sj->nh ? imap_thread_references(sj->tm, sj->nh, sj->refs, sj->arena, &len)
+			   : NULL;
+	if (sj->nh && !txt) {
+		search_free(is);
+		done(is, "NO", "[SERVERBUG] Out of memory");
+		return;
+	}
+	out_str(is, txt ? "* THREAD " : "* THREAD");
+	if (!txt) {
+		sort_end(is);
+		return;
+	}
+	is->ol = (struct out_list){ .active = true, .txt = txt, .n = len, .own = txt,
+				    .then = sort_end };
+	out_list_pump(is);
+}
+
 /* Makes the keys of IMAP_SORT_STEP_MSGS hits per turn; then sorts and
  * answers. */
 static void sort_step(struct imap_session *is)
@@ -4942,6 +5134,7 @@ static void sort_step(struct imap_session *is)
 		struct mime_blob mb;
 		const struct mime_blob *mbp = m && mime_blob_parse(m->blob, &mb) == 0 ? &mb : NULL;
 		uint64_t *k = sj->keys + sj->ki * sj->ncrit;
+		bool refwd = false;
 		for (size_t c = 0; c < sj->ncrit; c++) {
 			uint8_t key = sj->crit[c].key;
 			if (!imap_sort_key_is_string(key)) {
@@ -4957,11 +5150,28 @@ static void sort_step(struct imap_session *is)
 				sj->arena = na;
 				sj->acap = ncap;
 			}
-			size_t n = imap_sort_key_string(mbp, key, sj->arena + sj->alen);
+			struct span v;
+			size_t n = sj->mode != SJ_THREAD_REFS ? imap_sort_key_string(mbp, key,
+										  sj->arena + sj->alen)
+				 : mbp && mime_blob_field(mbp, 0, MIME_FIELD_SUBJECT, &v)
+				 ? imap_sort_base_subject_refwd(v, sj->arena + sj->alen,
+								IMAP_SORT_STRING_MAX, &refwd)
+				 : 0;
 			k[c] = (uint64_t)sj->alen << 16 | n;
 			sj->alen += n;
 		}
+		if (sj->mode == SJ_THREAD_REFS) {
+			int rc = thread_fields(is, m, mbp, refwd);
+			if (rc < 0)
+				goto oom;
+			if (rc > 0)
+				return; /* its header is being read */
+		}
 		sj->ki++;
+	}
+	if (sj->mode == SJ_THREAD_REFS) {
+		thread_refs_answer(is);
+		return;
 	}
 	uint32_t *order = malloc((sj->nh + 1) * sizeof(*order));
 	if (!order)
@@ -4975,7 +5185,7 @@ static void sort_step(struct imap_session *is)
 		free(order);
 		if (!txt)
 			goto oom;
-		out_str(is, "* THREAD ");
+		out_str(is, len ? "* THREAD " : "* THREAD");
 		is->ol = (struct out_list){ .active = true, .txt = txt, .n = len, .own = txt,
 					    .then = sort_end };
 		out_list_pump(is);
@@ -5025,13 +5235,17 @@ static void sort_common(struct imap_session *is, size_t a, uint8_t mode)
 		sj->ncrit = (size_t)nc;
 		cs = end;
 	} else {
-		if (a >= is->ntoks || is->toks[a].kind != T_ATOM ||
-		    !span_eq_nocase(tok_span(is, a), SPAN_LIT("ORDEREDSUBJECT"))) {
+		bool refs = a < is->ntoks && is->toks[a].kind == T_ATOM &&
+			    span_eq_nocase(tok_span(is, a), SPAN_LIT("REFERENCES"));
+		if (!refs && (a >= is->ntoks || is->toks[a].kind != T_ATOM ||
+			      !span_eq_nocase(tok_span(is, a), SPAN_LIT("ORDEREDSUBJECT")))) {
 			free(sj);
 			free(t);
-			syntax(is, "Syntax: THREAD ORDEREDSUBJECT charset search-criteria");
+			syntax(is, "Syntax: THREAD ORDEREDSUBJECT|REFERENCES charset search-criteria");
 			return;
 		}
+		if (refs)
+			sj->mode = mode = SJ_THREAD_REFS;
 		sj->crit[0] = (struct imap_sort_crit){ .key = IMAP_SORT_SUBJECT };
 		sj->crit[1] = (struct imap_sort_crit){ .key = IMAP_SORT_DATE };
 		sj->ncrit = 2;
@@ -5041,8 +5255,9 @@ static void sort_common(struct imap_session *is, size_t a, uint8_t mode)
 	    (is->toks[cs].kind != T_ATOM && is->toks[cs].kind != T_STRING)) {
 		free(sj);
 		free(t);
-		syntax(is, mode == SJ_SORT ? "Syntax: SORT (criteria) charset search-criteria"
-					   : "Syntax: THREAD ORDEREDSUBJECT charset search-criteria");
+		syntax(is, mode == SJ_SORT
+				   ? "Syntax: SORT (criteria) charset search-criteria"
+				   : "Syntax: THREAD ORDEREDSUBJECT|REFERENCES charset search-criteria");
 		return;
 	}
 	/* "CHARSET name key..." for the search program */

@@ -269,6 +269,13 @@ static size_t refwd_end(const uint8_t *p, size_t s, size_t e)
 
 size_t imap_sort_base_subject(struct span raw, uint8_t *out, size_t cap)
 {
+	bool refwd;
+	return imap_sort_base_subject_refwd(raw, out, cap, &refwd);
+}
+
+size_t imap_sort_base_subject_refwd(struct span raw, uint8_t *out, size_t cap, bool *refwd_r)
+{
+	*refwd_r = false;
 	size_t n = imap_sort_decode_words(raw, out, cap);
 	fold(out, n);
 	size_t s = 0, e = n;
@@ -278,7 +285,7 @@ size_t imap_sort_base_subject(struct span raw, uint8_t *out, size_t cap)
 			if (e > s && out[e - 1] == ' ')
 				e--;
 			else if (e - s >= 5 && memcmp(out + e - 5, "(FWD)", 5) == 0)
-				e -= 5;
+				e -= 5, *refwd_r = true;
 			else
 				break;
 		}
@@ -291,7 +298,7 @@ size_t imap_sort_base_subject(struct span raw, uint8_t *out, size_t cap)
 				if (s < e && out[s] == ' ')
 					s++;
 				else if ((q = refwd_end(out, s, e)) != NOMATCH)
-					s = q;
+					s = q, *refwd_r = true;
 				else
 					break;
 				changed = true;
@@ -306,6 +313,7 @@ size_t imap_sort_base_subject(struct span raw, uint8_t *out, size_t cap)
 		if (e - s >= 6 && memcmp(out + s, "[FWD:", 5) == 0 && out[e - 1] == ']') {
 			s += 5;
 			e--;
+			*refwd_r = true;
 			continue;
 		}
 		break;

@@ -70,6 +70,10 @@ uint64_t imap_sort_key_number(const struct mime_blob *mb, uint8_t key, uint64_t 
 /* The base subject of a raw Subject value (RFC 5256 2.1), folded, into
  * out[0..cap). Returns its length (at most cap). */
 size_t imap_sort_base_subject(struct span raw, uint8_t *out, size_t cap);
+/* The same, and whether the subject marks a reply or forward: a "Re:",
+ * "Fw:" or "Fwd:" leader, a "(fwd)" trailer or a "[fwd: ...]" wrapper
+ * was removed (THREAD=REFERENCES, RFC 5256 2.1). */
+size_t imap_sort_base_subject_refwd(struct span raw, uint8_t *out, size_t cap, bool *refwd_r);
 
 /* An RFC 5322 date-time ("Tue, 1 Jul 2003 10:52:37 +0200", with the
  * obsolete forms: two- and three-digit years, no seconds, named zones,

@@ -1,16 +1,74 @@
-/* fuzz_imap_sort.c - libFuzzer target for proto/imap_sort.c.
+/* fuzz_imap_sort.c - libFuzzer target for proto/imap_sort.c and
+ * proto/imap_thread.c.
  *
  * The input is read as a Subject value (base subject into buffers of
  * every size from 0 to 64 bytes and the full one: never longer than the
  * buffer, and a shorter buffer gives no more bytes than a longer one), as
  * a Date value (a parsed date lies in years 1900-9999 give or take a
  * day), as SORT criteria (words split at spaces), and as a whole message
- * through the MIME scanner, whose blob gives every key. */
+ * through the MIME scanner, whose blob gives every key. Read as a small
+ * mailbox (IDs, references, subjects and dates from a few values, so that
+ * duplicates, loops and merges are common), its THREAD=REFERENCES text
+ * must have balanced parentheses and name every message exactly once. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "proto/imap_sort.h"
+#include "proto/imap_thread.h"
+
+static void check_threads(const uint8_t *data, size_t size)
+{
+	struct imap_thread_msg m[64];
+	uint64_t refs[64 * 4];
+	static const uint8_t subj[] = "ABCD";
+	size_t n = 0, nr = 0, i = 0;
+	while (i + 3 <= size && n < 64) {
+		uint8_t a = data[i], b = data[i + 1], c = data[i + 2];
+		i += 3;
+		m[n] = (struct imap_thread_msg){
+			.id = (a & 15) ? (uint64_t)(a & 15) : 0, /* 0: no Message-ID */
+			.date = b >> 4, .num = (uint32_t)(n + 1), .order = (uint32_t)(n + 1),
+			.ref_off = (uint32_t)nr, .subj_off = c & 3, .subj_len = (c >> 2) & 1,
+			.refwd = (c >> 3) & 1,
+		};
+		for (unsigned k = 0; k < ((a >> 4) & 3) && i < size; k++)
+			refs[nr++] = (data[i++] & 15) + 1;
+		m[n].ref_n = (uint32_t)(nr - m[n].ref_off);
+		n++;
+	}
+	if (!n)
+		return;
+	size_t len;
+	char *t = imap_thread_references(m, n, refs, subj, &len);
+	if (!t)
+		abort();
+	int depth = 0;
+	unsigned seen[65] = { 0 };
+	for (size_t k = 0; k < len; k++) {
+		if (t[k] == '(') {
+			depth++;
+		} else if (t[k] == ')') {
+			if (--depth < 0)
+				abort();
+		} else if (t[k] >= '1' && t[k] <= '9') {
+			unsigned v = 0;
+			while (k < len && t[k] >= '0' && t[k] <= '9')
+				v = v * 10 + (unsigned)(t[k++] - '0');
+			k--;
+			if (v == 0 || v > n || seen[v]++)
+				abort();
+		} else if (t[k] != ' ') {
+			abort();
+		}
+	}
+	for (size_t v = 1; v <= n; v++)
+		if (seen[v] != 1)
+			abort();
+	if (depth != 0)
+		abort();
+	free(t);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -63,5 +121,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(ms);
 	free(blob);
 	free(full);
+	check_threads(data, size);
 	return 0;
 }

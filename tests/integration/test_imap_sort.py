@@ -1,8 +1,9 @@
-"""SORT and THREAD=ORDEREDSUBJECT (RFC 5256, SORT=DISPLAY of RFC 5957)
-against the real binary: every criterion on a corpus whose expected order
-is worked out by hand from the RFC's rules, UID SORT after an expunge,
-the threads' shape, errors, a mailbox larger than one step of the job,
-and a SORT that runs while another session expunges.
+"""SORT, THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256, SORT=DISPLAY
+of RFC 5957) against the real binary: every criterion on a corpus whose
+expected order is worked out by hand from the RFC's rules, UID SORT after
+an expunge, the threads' shape, errors, a mailbox larger than one step of
+the job, a SORT that runs while another session expunges, threads by
+References and In-Reply-To, and a 600-message reply chain.
 """
 import re
 
@@ -120,7 +121,7 @@ def test_sort_errors(srv):
     for i, bad in enumerate(("SORT SUBJECT UTF-8 ALL", "SORT (FOO) UTF-8 ALL", "SORT () UTF-8 ALL",
                 "SORT (SUBJECT REVERSE) UTF-8 ALL", "SORT (REVERSE REVERSE DATE) UTF-8 ALL",
                 "SORT (SUBJECT) UTF-8", "SORT (SUBJECT)", "SORT (SUBJECT) UTF-8 NOSUCHKEY",
-                "SORT ((SUBJECT)) UTF-8 ALL", "THREAD REFERENCES UTF-8 ALL",
+                "SORT ((SUBJECT)) UTF-8 ALL", "THREAD REFS UTF-8 ALL",
                 "THREAD ORDEREDSUBJECT UTF-8", "THREAD")):
         if i % 4 == 0:  # a new session before the bad-command limit
             r = Raw(srv).login()
@@ -198,3 +199,79 @@ def test_sort_many_messages_and_a_concurrent_expunge(imapsrv):
     lines, _ = r.cmd("NOOP")
     assert sum(1 for l in lines if l.endswith(b" EXPUNGE\r\n")) == 100
     assert sort(r, "(SIZE) UTF-8 ALL") == " ".join(str(i) for i in range(n - 100, 0, -1))
+
+
+def refs_message(mid, subject, date, irt=None, refs=None, pad=0):
+    h = f"From: x@y.org\r\nSubject: {subject}\r\nDate: {date}\r\n"
+    if mid:
+        h += f"Message-ID: {mid}\r\n"
+    if irt:
+        h += f"In-Reply-To: {irt}\r\n"
+    h += "X-Pad: " + "p" * pad + "\r\n" if pad else ""
+    if refs:
+        h += f"References: {refs}\r\n"
+    return (h + "\r\nbody\r\n").encode()
+
+
+def test_thread_references(srv):
+    """THREAD=REFERENCES (RFC 5256 4): References read from the header
+    (folded), In-Reply-To when there are none, a missing parent, subject
+    merging of a reply without references."""
+    c = imap(srv)
+    assert b"THREAD=REFERENCES" in c.capability()[1][0].split()
+    day = "Mon, 3 Jan 2022 {}:00:00 +0000"
+    for m in [
+        refs_message("<a@x>", "hello", day.format(10)),
+        refs_message("<b@x>", "Re: hello", day.format(11), irt="<a@x>"),
+        # References folded over two lines
+        refs_message("<c@x>", "Re: hello", day.format(12), refs="<a@x>\r\n <b@x>"),
+        refs_message("<d@x>", "other", "Sun, 2 Jan 2022 12:00:00 +0000", irt="<zz@x>"),
+        refs_message("<e@x>", "Re: other", "Tue, 4 Jan 2022 12:00:00 +0000"),
+        refs_message("<f@x>", "Re: hello", day.format(13), irt="<a@x>"),
+        refs_message(None, "lonely", day.format(14), refs="<nobody@x>"),
+    ]:
+        typ, data = c.append("INBOX", None, None, m)
+        assert typ == "OK", data
+    c.logout()
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    # a: b (In-Reply-To), c (References a b: under b), f; d under a missing
+    # parent takes its place, e joins d by subject; 7 is alone
+    assert sort(r, "REFERENCES UTF-8 ALL", verb="THREAD") == "(4 5)(1 (2 3)(6))(7)"
+    assert sort(r, "REFERENCES UTF-8 NOT SUBJECT other", verb="UID THREAD") == \
+        "(1 (2 3)(6))(7)"
+    assert sort(r, "REFERENCES UTF-8 SUBJECT nothing", verb="THREAD") == ""
+    lines, t = r.cmd("THREAD REFERENCES UTF-8 SUBJECT nothing")
+    assert lines == [b"* THREAD\r\n"], lines
+
+
+def test_thread_references_long_header_and_many(imapsrv):
+    srv = imapsrv(threads=1)
+    c = imap(srv)
+    day = "Mon, 3 Jan 2022 10:{:02d}:00 +0000"
+    # References beyond the first 64 KiB of the header are not read: the
+    # reply falls back to its In-Reply-To
+    c.append("INBOX", None, None, refs_message("<r@x>", "root", day.format(0)))
+    c.append("INBOX", None, None, refs_message("<s@x>", "side", day.format(1)))
+    c.append("INBOX", None, None, refs_message("<t@x>", "Re: side", day.format(2),
+                                               irt="<r@x>", refs="<s@x>", pad=70000))
+    c.logout()
+    r = Raw(srv).login()
+    r.cmd("SELECT INBOX")
+    assert sort(r, "REFERENCES UTF-8 ALL", verb="THREAD") == "(1 3)(2)"
+    # 600 messages, each a reply to the one before: one chain, read one
+    # header per message across many turns of the loop
+    r2 = Raw(srv).login()
+    r2.cmd("CREATE Chain")
+    out = []
+    for i in range(600):
+        m = refs_message(f"<{i}@chain>", "Re: chain" if i else "chain", day.format(i % 60),
+                         refs=" ".join(f"<{j}@chain>" for j in range(max(0, i - 3), i)) or None)
+        out.append(f"a{i} APPEND Chain {{{len(m)}+}}\r\n".encode() + m + b"\r\n")
+    r2.send(b"".join(out))
+    for i in range(600):
+        _, t = r2.until(f"a{i}", timeout=60)
+        assert b" OK " in t, t
+    r2.cmd("SELECT Chain")
+    got = sort(r2, "REFERENCES UTF-8 ALL", verb="THREAD")
+    assert got == "(" + " ".join(str(i) for i in range(1, 601)) + ")", got[:200]
