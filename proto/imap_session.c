@@ -3358,6 +3358,17 @@ static bool fetch_splicing(const struct fetch_job *fj)
 	return fj->splice && fj->rd_left >= IMAP_SPLICE_MIN;
 }
 
+/* The bytes [*from_r, return value) of n that the item's partial <o.n>
+ * sends (all of them without one). */
+static size_t partial_cut(const struct fitem *it, size_t n, size_t *from_r)
+{
+	*from_r = 0;
+	if (!it->partial)
+		return n;
+	*from_r = it->poff < n ? (size_t)it->poff : n;
+	return n - *from_r > it->plen ? *from_r + (size_t)it->plen : n;
+}
+
 static void fetch_read(struct imap_session *is)
 {
 	struct fetch_job *fj = is->fj;
@@ -3415,13 +3426,17 @@ static void fetch_read_done(void *arg, ssize_t res)
 		if (fj->rd_left == 0 || fj->hlen == fj->hcap) {
 			size_t n = header_filter(fj->hbuf, fj->hlen, fj->hdr_fields, fj->hdr_not);
 			nul_to_0x80(fj->hbuf, n);
-			out_printf(is, "{%zu}\r\n", n);
+			/* <o.n> counts bytes of the filtered header (RFC 9051
+			 * 6.4.5): the range of it that is sent */
+			size_t from;
+			n = partial_cut(&fj->items[fj->ii], n, &from);
+			out_printf(is, "{%zu}\r\n", n - from);
 			/* up to IMAP_HEADER_READ_MAX: fetch_pump() sends it in
 			 * pieces, waiting for the socket like a body */
 			fj->hdr_filter = false;
 			fj->hdr_out = true;
 			fj->hlen = n;
-			fj->hout = 0;
+			fj->hout = from;
 			fj->rd_left = 0;
 		}
 	} else if (fj->bin) {
@@ -3511,7 +3526,10 @@ static bool fetch_section(struct imap_session *is, struct fitem *it, const struc
 		fj->rd_left = len;
 		fj->item_open = true;
 		if (len == 0) {
-			out_str(is, "{2}\r\n\r\n");
+			/* the filtered empty header is its CRLF */
+			size_t from, to = partial_cut(it, 2, &from);
+			out_printf(is, "{%zu}\r\n", to - from);
+			out_put(is, &"\r\n"[from], to - from);
 			fj->hdr_filter = false;
 			fj->item_open = false;
 			return true;

@@ -3072,3 +3072,37 @@ def test_fetch_splice_stalled_client_at_shutdown(imapsrv):
     assert srv.stop(timeout=10) == 0, srv.log()[-3000:]
     took = time.monotonic() - t0
     assert 0.8 < took < 5.0, took
+
+
+# ---- RFC corners found by differential testing against Dovecot -------------------
+
+
+def append_raw(r, msg, box="INBOX"):
+    """APPENDs msg with a non-synchronising literal; returns the tagged line."""
+    r.n += 1
+    tag = f"t{r.n}"
+    r.send(f"{tag} APPEND {box} {{{len(msg)}+}}\r\n".encode() + msg + b"\r\n")
+    _, t = r.until(tag)
+    assert b" OK " in t, t
+    return t
+
+
+def test_header_fields_partial_counts_filtered_bytes(srv):
+    """BODY[HEADER.FIELDS (...)]<o.n> sends n bytes of the filtered header
+    from o (RFC 9051 6.4.5); it used to send the whole filtered header
+    under the "<o>" origin, so a client asking for a range got more bytes
+    than asked and from the wrong place."""
+    r = Raw(srv).login()
+    append_raw(r, b"Subject: odd\r\nX-A: 1\r\nx-a: 2\r\nX-B-C: 3\r\n\r\nbody\r\n")
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd('FETCH 1 BODY.PEEK[HEADER.FIELDS ("X-A" X-B-C)]<2.10>')
+    assert t.startswith(b"t4 OK"), t
+    assert b"".join(lines) == (b'* 1 FETCH (BODY[HEADER.FIELDS ("X-A" X-B-C)]<2> {10}\r\n'
+                               b"A: 1\r\nx-a:)\r\n"), lines
+    lines, _ = r.cmd("FETCH 1 BODY.PEEK[HEADER.FIELDS (X-A)]<100.10>")
+    assert b"".join(lines) == b"* 1 FETCH (BODY[HEADER.FIELDS (X-A)]<100> {0}\r\n)\r\n", lines
+    lines, _ = r.cmd("FETCH 1 BODY.PEEK[HEADER.FIELDS.NOT (X-A X-B-C)]<0.100>")
+    assert b"".join(lines) == (b"* 1 FETCH (BODY[HEADER.FIELDS.NOT (X-A X-B-C)]<0> {16}\r\n"
+                               b"Subject: odd\r\n\r\n)\r\n"), lines
+    lines, _ = r.cmd("FETCH 1 BODY.PEEK[HEADER.FIELDS (Subject)]<14.1>")
+    assert b"".join(lines) == b"* 1 FETCH (BODY[HEADER.FIELDS (Subject)]<14> {1}\r\n\r)\r\n", lines
