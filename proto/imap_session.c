@@ -4147,6 +4147,11 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		return;
 	}
 	view_refresh(is);
+	/* .SILENT leaves FLAGS out, but a CONDSTORE client still gets each
+	 * changed message's new MODSEQ (RFC 7162 3.1.3: "An untagged FETCH
+	 * response MUST be sent, even if the .SILENT suffix is specified"),
+	 * or its cache would keep an old one and resync it for nothing. */
+	bool report = !is->store_silent || is->condstore;
 	for (size_t k = 0; k < is->nuids; k++) {
 		ssize_t i = msgs_find(is, is->uids[k]);
 		if (i < 0)
@@ -4154,16 +4159,19 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		const struct store_msg *m = msg_of(is, (size_t)i);
 		if (!m)
 			continue;
-		if (!is->store_silent && out_full(is))
+		if (report && out_full(is))
 			break; /* done()'s sync reports the rest as the socket drains */
-		if (!is->store_silent) {
+		if (report && (!is->store_silent || m->modseq != is->msgs[i].modseq)) {
 			out_printf(is, "* %zd FETCH (", i + 1);
 			if (is->uid_cmd)
 				out_printf(is, "UID %" PRIu32 " ", m->uid);
-			out_str(is, "FLAGS ");
-			out_flags(is, m->flags, m->keywords);
+			if (!is->store_silent) {
+				out_str(is, "FLAGS ");
+				out_flags(is, m->flags, m->keywords);
+			}
 			if (is->condstore)
-				out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
+				out_printf(is, "%sMODSEQ (%" PRIu64 ")",
+					   is->store_silent ? "" : " ", m->modseq);
 			out_str(is, ")\r\n");
 		}
 		is->msgs[i].flags = m->flags;

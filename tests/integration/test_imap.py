@@ -3106,3 +3106,32 @@ def test_header_fields_partial_counts_filtered_bytes(srv):
                                b"Subject: odd\r\n\r\n)\r\n"), lines
     lines, _ = r.cmd("FETCH 1 BODY.PEEK[HEADER.FIELDS (Subject)]<14.1>")
     assert b"".join(lines) == b"* 1 FETCH (BODY[HEADER.FIELDS (Subject)]<14> {1}\r\n\r)\r\n", lines
+
+
+def test_store_silent_reports_modseq_to_condstore_clients(srv):
+    """STORE ... FLAGS.SILENT sends no FLAGS, but once CONDSTORE is on each
+    changed message still gets "* n FETCH (MODSEQ (m))" (RFC 7162 3.1.3:
+    "An untagged FETCH response MUST be sent, even if the .SILENT suffix
+    is specified"); it used to send nothing, leaving the client's cached
+    MODSEQ behind its own change."""
+    r = Raw(srv).login()
+    for i in range(3):
+        append_raw(r, f"Subject: m{i}\r\n\r\nx\r\n".encode())
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd("STORE 1 +FLAGS.SILENT (\\Seen)")
+    assert lines == [] and b" OK " in t, (lines, t)  # CONDSTORE not on yet
+    # UNCHANGEDSINCE is a CONDSTORE enabling command (RFC 7162 3.1)
+    lines, t = r.cmd("STORE 1:2 (UNCHANGEDSINCE 1000) +FLAGS.SILENT (\\Flagged)")
+    assert t.startswith(b"t7 OK STORE"), t
+    now, _ = r.cmd("FETCH 1:3 (MODSEQ)")
+    ms = [re.search(rb"MODSEQ \((\d+)\)", ln).group(1) for ln in now]
+    assert lines == [b"* 1 FETCH (MODSEQ (%s))\r\n" % ms[0],
+                     b"* 2 FETCH (MODSEQ (%s))\r\n" % ms[1]], lines
+    lines, t = r.cmd("UID STORE 2:3 -FLAGS.SILENT (\\Flagged)")
+    now, _ = r.cmd("FETCH 2:3 (MODSEQ)")
+    ms = [re.search(rb"MODSEQ \((\d+)\)", ln).group(1) for ln in now]
+    assert lines == [b"* 2 FETCH (UID 2 MODSEQ (%s))\r\n" % ms[0],
+                     b"* 3 FETCH (UID 3 MODSEQ (%s))\r\n" % ms[1]], lines
+    lines, _ = r.cmd("FETCH 1:3 (FLAGS)")
+    assert lines == [b"* 1 FETCH (FLAGS (\\Seen \\Flagged))\r\n", b"* 2 FETCH (FLAGS ())\r\n",
+                     b"* 3 FETCH (FLAGS ())\r\n"], lines
