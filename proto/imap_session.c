@@ -4024,10 +4024,9 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 	}
 	/* RFC 7162 3.1.4, 3.2.6: FETCH modifiers (CHANGEDSINCE n) and, for
 	 * UID FETCH after ENABLE QRESYNC, VANISHED (with CHANGEDSINCE). */
-	bool vanished = false;
+	bool vanished = false, since = false;
 	if (end < is->ntoks && is->toks[end].kind == T_LBEGIN) {
 		size_t e2 = list_end(is, end);
-		bool since = false;
 		for (size_t k = end + 1; k + 1 < e2; k++) {
 			if (is_atom(is, k, "CHANGEDSINCE") && modseq_arg(is, k + 1, &fj->changedsince)) {
 				since = true;
@@ -4075,7 +4074,10 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		fj->items[0].kind = FI_UID;
 		fj->nitems++;
 	}
-	if (fj->changedsince && !fj->want_modseq && fj->nitems < IMAP_FETCH_ITEMS_MAX) {
+	/* CHANGEDSINCE adds MODSEQ (RFC 7162 3.1.4.1), also CHANGEDSINCE 0
+	 * (every message; what a client that saw HIGHESTMODSEQ 0 on an
+	 * empty mailbox asks) */
+	if (since && !fj->want_modseq && fj->nitems < IMAP_FETCH_ITEMS_MAX) {
 		fj->items[fj->nitems].kind = FI_MODSEQ;
 		fj->want_modseq = true;
 		fj->nitems++;

@@ -3135,3 +3135,26 @@ def test_store_silent_reports_modseq_to_condstore_clients(srv):
     lines, _ = r.cmd("FETCH 1:3 (FLAGS)")
     assert lines == [b"* 1 FETCH (FLAGS (\\Seen \\Flagged))\r\n", b"* 2 FETCH (FLAGS ())\r\n",
                      b"* 3 FETCH (FLAGS ())\r\n"], lines
+
+
+def test_changedsince_zero_returns_modseq(srv):
+    """FETCH ... (CHANGEDSINCE 0) answers every message with its MODSEQ
+    (RFC 7162 3.1.4.1: CHANGEDSINCE adds the MODSEQ item). 0 is what a
+    client that selected the mailbox while empty was told
+    ([HIGHESTMODSEQ 0]); the FETCH used to answer without MODSEQ, as if
+    no modifier had been given, so the client could not record any."""
+    r = Raw(srv).login()
+    r.cmd("CREATE Box")
+    lines, _ = r.cmd("SELECT Box (CONDSTORE)")
+    assert b"* OK [HIGHESTMODSEQ 0] Highest\r\n" in lines, lines
+    r.cmd("UNSELECT")
+    append_raw(r, b"Subject: a\r\n\r\nx\r\n", "Box")
+    append_raw(r, b"Subject: b\r\n\r\nx\r\n", "Box")
+    r.cmd("SELECT Box")
+    now, _ = r.cmd("FETCH 1:2 (MODSEQ)")
+    ms = [re.search(rb"MODSEQ \((\d+)\)", ln).group(1) for ln in now]
+    lines, t = r.cmd("FETCH 1:2 (FLAGS) (CHANGEDSINCE 0)")
+    assert lines == [b"* 1 FETCH (FLAGS () MODSEQ (%s))\r\n" % ms[0],
+                     b"* 2 FETCH (FLAGS () MODSEQ (%s))\r\n" % ms[1]], lines
+    lines, t = r.cmd("UID FETCH 2:* (FLAGS) (CHANGEDSINCE 0)")
+    assert lines == [b"* 2 FETCH (UID 2 FLAGS () MODSEQ (%s))\r\n" % ms[1]], lines
