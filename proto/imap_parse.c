@@ -327,6 +327,66 @@ int imap_parse_section_part(struct span s)
 	}
 }
 
+/* header-list = "(" header-fld-name *(SP header-fld-name) ")", the
+ * names atoms or quoted strings, and nothing after it. */
+static int header_list(struct span s)
+{
+	if (s.len < 3 || s.p[0] != '(' || s.p[s.len - 1] != ')')
+		return -EINVAL;
+	size_t i = 1, end = s.len - 1;
+	for (;;) {
+		size_t start = i;
+		if (i < end && s.p[i] == '"') {
+			for (i++; i < end && s.p[i] != '"'; i++)
+				if (s.p[i] == '\\' && (++i == end || (s.p[i] != '"' && s.p[i] != '\\')))
+					return -EINVAL;
+			if (i++ == end)
+				return -EINVAL;
+		} else {
+			while (i < end && atom_char(s.p[i]) && s.p[i] != '[' && s.p[i] != ']')
+				i++;
+			if (i == start)
+				return -EINVAL;
+		}
+		if (i == end)
+			return 0;
+		if (s.p[i] != ' ')
+			return -EINVAL;
+		i++;
+	}
+}
+
+int imap_parse_section(struct span s)
+{
+	/* the section-part: nz-numbers joined by dots, up to the first
+	 * piece that is not a number */
+	size_t i = 0;
+	while (i < s.len && s.p[i] >= '0' && s.p[i] <= '9') {
+		while (i < s.len && s.p[i] >= '0' && s.p[i] <= '9')
+			i++;
+		if (i == s.len)
+			return imap_parse_section_part(s);
+		if (s.p[i] != '.')
+			return -EINVAL;
+		i++;
+	}
+	bool part = i > 0;
+	if (part && imap_parse_section_part(span_make(s.p, i - 1)))
+		return -EINVAL;
+	struct span t = span_skip(s, i);
+	if (t.len == 0)
+		return part ? -EINVAL : 0; /* "1." */
+	if (span_eq_nocase(t, SPAN_LIT("MIME")))
+		return part ? 0 : -EINVAL;
+	if (span_eq_nocase(t, SPAN_LIT("HEADER")) || span_eq_nocase(t, SPAN_LIT("TEXT")))
+		return 0;
+	if (span_prefix_nocase(t, SPAN_LIT("HEADER.FIELDS.NOT ")))
+		return header_list(span_skip(t, 18));
+	if (span_prefix_nocase(t, SPAN_LIT("HEADER.FIELDS ")))
+		return header_list(span_skip(t, 14));
+	return -EINVAL;
+}
+
 /* seq-number: nz-number or "*" (0 here). */
 static int seq_number(struct span s, uint32_t *n_r)
 {

@@ -125,6 +125,14 @@ int imap_parse_number(struct span s, bool nz, uint32_t *n_r);
  * zero). Returns 0 or -EINVAL. */
 int imap_parse_section_part(struct span s);
 
+/* A BODY[section]'s inside (RFC 3501 / RFC 9051 "section-spec"): empty,
+ * HEADER, TEXT, HEADER.FIELDS[.NOT] (names...), each optionally after a
+ * section-part and a dot, a section-part alone, or a section-part then
+ * .MIME. The field names are atoms or quoted strings (a literal cannot be
+ * inside the one token an IMAP atom with "[" makes). Returns 0 or
+ * -EINVAL. */
+int imap_parse_section(struct span s);
+
 /* One range of a sequence set; 0 stands for "*" (the largest number). */
 struct imap_range {
 	uint32_t lo, hi;

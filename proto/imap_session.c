@@ -2917,6 +2917,8 @@ static bool status_items_ok(struct imap_session *is, size_t list_at)
 	static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
 					  "RECENT", "SIZE", "HIGHESTMODSEQ", "DELETED" };
 	size_t end = list_end(is, list_at) - 1;
+	if (end == list_at + 1)
+		return false; /* "(" status-att *(SP status-att) ")" */
 	for (size_t i = list_at + 1; i < end; i++) {
 		bool known = false;
 		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
@@ -3130,8 +3132,11 @@ static bool fetch_item(struct imap_session *is, struct span t, struct fetch_job 
 		return false;
 	it->kind = kind;
 	it->spec = span_make(rest.p, (size_t)(rb - rest.p));
-	/* section-binary = "[" [section-part] "]": part numbers only */
-	if (kind != FI_SECTION && imap_parse_section_part(it->spec))
+	/* section-binary = "[" [section-part] "]": part numbers only; a
+	 * BODY section is checked whole (BODY[MIME], HEADER.FIELDS without
+	 * or with an empty list: BAD, not an empty string) */
+	if (kind != FI_SECTION ? imap_parse_section_part(it->spec) != 0
+			       : imap_parse_section(it->spec) != 0)
 		return false;
 	struct span after = span_skip(rest, it->spec.len + 1);
 	if (after.len && kind == FI_BINARY_SIZE)
@@ -3990,6 +3995,13 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 	}
 	if (is->toks[i].kind == T_LBEGIN) {
 		end = list_end(is, i);
+		if (end == i + 2) {
+			/* "(" fetch-att *(SP fetch-att) ")": "* 1 FETCH ()" is
+			 * no valid response either */
+			free(fj);
+			syntax(is, "Empty FETCH item list");
+			return;
+		}
 		for (size_t k = i + 1; k + 1 < end; k++)
 			if (is->toks[k].kind != T_ATOM || !fetch_item(is, tok_span(is, k), fj)) {
 				free(fj);

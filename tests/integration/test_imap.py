@@ -3158,3 +3158,31 @@ def test_changedsince_zero_returns_modseq(srv):
                      b"* 2 FETCH (FLAGS () MODSEQ (%s))\r\n" % ms[1]], lines
     lines, t = r.cmd("UID FETCH 2:* (FLAGS) (CHANGEDSINCE 0)")
     assert lines == [b"* 2 FETCH (UID 2 FLAGS () MODSEQ (%s))\r\n" % ms[1]], lines
+
+
+def test_empty_lists_and_bad_sections_are_bad(imapsrv):
+    """Syntax the grammar does not allow is BAD, not an empty success:
+    "FETCH 1 ()" used to answer "* 1 FETCH ()" (no msg-att: a response
+    clients fail to parse), STATUS m () "* STATUS m ()", and BODY[MIME],
+    BODY[TEXT.MIME], BODY[HEADER.FIELDS] without or with an empty list
+    and BODY[0] an empty string, as if the request were valid (RFC 9051
+    section-spec, header-list, fetch-att and status-att lists)."""
+    srv = imapsrv(config="[limits]\nmax_bad_commands = 100\n")
+    r = Raw(srv).login()
+    append_raw(r, b"Subject: s\r\n\r\nbody\r\n")
+    r.cmd("SELECT INBOX")
+    for cmd in ("FETCH 1 ()", "FETCH 1 BODY.PEEK[MIME]", "FETCH 1 BODY.PEEK[TEXT.MIME]",
+                "FETCH 1 BODY[HEADER.FIELDS]", "FETCH 1 BODY.PEEK[HEADER.FIELDS ()]",
+                "FETCH 1 BODY.PEEK[HEADER.FIELDS (A  B)]", "FETCH 1 BODY.PEEK[0]",
+                "FETCH 1 BODY.PEEK[1.]", "STATUS INBOX ()",
+                'LIST "" "*" RETURN (STATUS ())'):
+        lines, t = r.cmd(cmd)
+        assert lines == [] and re.match(rb"t\d+ BAD ", t), (cmd, lines, t)
+    # the valid neighbours still answer
+    lines, _ = r.cmd('FETCH 1 (BODY.PEEK[1.MIME] BODY.PEEK[HEADER.FIELDS (Subject "X")])')
+    assert b"".join(lines) == (b'* 1 FETCH (BODY[1.MIME] {14}\r\nSubject: s\r\n\r\n'
+                               b' BODY[HEADER.FIELDS (Subject "X")] {14}\r\nSubject: s\r\n\r\n)\r\n'), lines
+    lines, _ = r.cmd("FETCH 1 BODY.PEEK[2]")
+    assert lines == [b'* 1 FETCH (BODY[2] "")\r\n'], lines
+    lines, t = r.cmd("STATUS INBOX (MESSAGES)")
+    assert lines == [b'* STATUS "INBOX" (MESSAGES 1)\r\n'], lines

@@ -359,6 +359,52 @@ static void check_part(const struct part_case *c)
 
 TABLE_TEST(imap_parse, section_part, part_cases, check_part)
 
+static const struct part_case section_cases[] = {
+	{ "", 0 },
+	{ "HEADER", 0 },
+	{ "text", 0 },
+	{ "1", 0 },
+	{ "1.2.3", 0 },
+	{ "1.2.MIME", 0 },
+	{ "2.mime", 0 },
+	{ "3.HEADER", 0 },
+	{ "3.1.TEXT", 0 },
+	{ "HEADER.FIELDS (From)", 0 },
+	{ "header.fields.not (From To \"X-A\")", 0 },
+	{ "1.HEADER.FIELDS (\"a\\\"b\")", 0 },
+	{ "MIME", -EINVAL },
+	{ "TEXT.MIME", -EINVAL },
+	{ "HEADER.MIME", -EINVAL },
+	{ "HEADER.FIELDS", -EINVAL },
+	{ "HEADER.FIELDS ()", -EINVAL },
+	{ "HEADER.FIELDS (", -EINVAL },
+	{ "HEADER.FIELDS (A", -EINVAL },
+	{ "HEADER.FIELDS (A) ", -EINVAL },
+	{ "HEADER.FIELDS (A  B)", -EINVAL },
+	{ "HEADER.FIELDS (A )", -EINVAL },
+	{ "HEADER.FIELDS ( A)", -EINVAL },
+	{ "HEADER.FIELDS (\"A)", -EINVAL },
+	{ "HEADER.FIELDS (\"A\"B)", -EINVAL },
+	{ "HEADER.FIELDS (\"A\\x\")", -EINVAL },
+	{ "HEADER.FIELDS(A)", -EINVAL },
+	{ "HEADERS", -EINVAL },
+	{ "0", -EINVAL },
+	{ "1.0", -EINVAL },
+	{ "01.TEXT", -EINVAL },
+	{ "1.", -EINVAL },
+	{ "1..TEXT", -EINVAL },
+	{ ".TEXT", -EINVAL },
+	{ "1.FOO", -EINVAL },
+	{ "1 ", -EINVAL },
+};
+
+static void check_section(const struct part_case *c)
+{
+	cr_assert_eq(imap_parse_section(span_cstr(c->in)), c->rc, "\"%s\"", c->in);
+}
+
+TABLE_TEST(imap_parse, section, section_cases, check_section)
+
 Test(imap_parse, seqset_contains)
 {
 	struct imap_range r[4];
