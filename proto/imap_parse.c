@@ -5,7 +5,10 @@
 #include <errno.h>
 #include <string.h>
 
-enum { MODE_TOKENS = 0, MODE_LITERAL = 1, MODE_SKIP = 2 };
+enum { MODE_TOKENS = 0, MODE_LITERAL = 1, MODE_SKIP = 2, MODE_SKIP_LITERAL = 3 };
+
+/* skip_st: where a skipped line's tail is in "{n+}" CRLF ("~{n+}" too) */
+enum { SKIP_NONE = 0, SKIP_DIGITS, SKIP_PLUS, SKIP_BRACE, SKIP_CR };
 
 void imap_parser_init(struct imap_parser *p, size_t line_max)
 {
@@ -151,7 +154,7 @@ enum imap_parse_result imap_parse_next(struct imap_parser *p, struct span in, si
 {
 	*used_r = 0;
 	memset(tok, 0, sizeof(*tok));
-	if (p->mode == MODE_SKIP)
+	if (p->mode == MODE_SKIP || p->mode == MODE_SKIP_LITERAL)
 		return IMAP_PARSE_INVALID;
 	if (p->mode == MODE_LITERAL) {
 		if (in.len == 0 && p->literal_left)
@@ -258,15 +261,70 @@ enum imap_parse_result imap_parse_next(struct imap_parser *p, struct span in, si
 enum imap_parse_result imap_parse_skip_line(struct imap_parser *p, struct span in,
 					    size_t *used_r)
 {
-	const uint8_t *lf = in.len ? memchr(in.p, '\n', in.len) : NULL;
-	if (!lf) {
+	if (p->mode != MODE_SKIP && p->mode != MODE_SKIP_LITERAL) {
 		p->mode = MODE_SKIP;
-		*used_r = in.len;
-		return IMAP_PARSE_AGAIN;
+		p->skip_st = SKIP_NONE;
 	}
-	*used_r = (size_t)(lf - in.p) + 1;
-	reset_command(p);
-	return IMAP_PARSE_OK;
+	size_t i = 0;
+	while (i < in.len) {
+		if (p->mode == MODE_SKIP_LITERAL) {
+			/* the data of a non-synchronising literal the client sent
+			 * on the dead line: never taken for commands */
+			size_t n = in.len - i < p->literal_left ? in.len - i : (size_t)p->literal_left;
+			i += n;
+			p->literal_left -= n;
+			if (p->literal_left == 0) {
+				p->mode = MODE_SKIP;
+				p->skip_st = SKIP_NONE;
+			}
+			continue;
+		}
+		uint8_t c = in.p[i++];
+		if (c == '{') {
+			p->skip_st = SKIP_DIGITS;
+			p->skip_digits = 0;
+			p->literal_left = 0;
+			continue;
+		}
+		switch (p->skip_st) {
+		case SKIP_DIGITS:
+			if (c >= '0' && c <= '9' && p->skip_digits < 10) {
+				p->literal_left = p->literal_left * 10 + (uint64_t)(c - '0');
+				p->skip_digits++;
+				continue;
+			}
+			p->skip_st = c == '+' && p->skip_digits ? SKIP_PLUS : SKIP_NONE;
+			continue;
+		case SKIP_PLUS:
+			p->skip_st = c == '}' ? SKIP_BRACE : SKIP_NONE;
+			continue;
+		case SKIP_BRACE:
+		case SKIP_CR:
+			if (c == '\r' && p->skip_st == SKIP_BRACE) {
+				p->skip_st = SKIP_CR;
+				continue;
+			}
+			if (c == '\n') {
+				/* the command goes on after the literal ({0+}: at
+				 * once, on the next line) */
+				p->skip_st = SKIP_NONE;
+				if (p->literal_left)
+					p->mode = MODE_SKIP_LITERAL;
+				continue;
+			}
+			break;
+		default:
+			break;
+		}
+		p->skip_st = SKIP_NONE;
+		if (c == '\n') {
+			*used_r = i;
+			reset_command(p);
+			return IMAP_PARSE_OK;
+		}
+	}
+	*used_r = in.len;
+	return IMAP_PARSE_AGAIN;
 }
 
 void imap_parse_literal_skip(struct imap_parser *p)

@@ -3186,3 +3186,23 @@ def test_empty_lists_and_bad_sections_are_bad(imapsrv):
     assert lines == [b'* 1 FETCH (BODY[2] "")\r\n'], lines
     lines, t = r.cmd("STATUS INBOX (MESSAGES)")
     assert lines == [b'* STATUS "INBOX" (MESSAGES 1)\r\n'], lines
+
+
+def test_bad_line_drops_its_nonsync_literal(srv):
+    """A command line the tokenizer cannot parse gets BAD and is skipped;
+    when it ends with a non-synchronising literal "{n+}" the client sends
+    the n bytes anyway, and they (and the rest of the command) are
+    skipped too. They used to be read as commands: an APPEND that failed
+    to parse ran the lines of the message it carried."""
+    r = Raw(srv).login()
+    evil = b"x1 CREATE Pwned\r\nx2 LOGOUT\r\n"
+    r.send(b"a1 APPEND INBOX (foo[x) {%d+}\r\n" % len(evil) + evil + b"\r\n")
+    lines, t = r.until("a1")
+    assert lines == [] and t.startswith(b"a1 BAD "), (lines, t)
+    r.send(b'a2 APPEND INBOX "\\q" {%d+}\r\n' % len(evil) + evil + b" (\\Seen) {3+}\r\nx3 \r\n")
+    lines, t = r.until("a2")
+    assert lines == [] and t.startswith(b"a2 BAD "), (lines, t)
+    lines, t = r.cmd('LIST "" "*"')
+    assert lines == [b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'], lines
+    lines, t = r.cmd("STATUS INBOX (MESSAGES)")
+    assert lines == [b'* STATUS "INBOX" (MESSAGES 0)\r\n'], lines

@@ -232,6 +232,46 @@ Test(imap_parse, skip_line)
 	cr_assert(imap_parse_in_command(&p));
 }
 
+/* A dead line that ends with "{n+}" goes on after the literal: its data
+ * and the rest of the command are skipped, split anywhere. */
+static const char *const skip_lit_cases[] = {
+	"(foo[x) {5+}\r\nab\r\nc more {3+}\r\nxyz\r\nb2 NOOP\r\n",
+	"x ~{3+}\r\nabc\r\nb2 NOOP\r\n",
+	"x {0+}\r\n\r\nb2 NOOP\r\n",
+	"x {5+}\nab{1+\nb2 NOOP\r\n",
+	"x {5}\r\nb2 NOOP\r\n",              /* synchronising: the client waits */
+	"x {12345678901+}\r\nb2 NOOP\r\n",   /* not a literal header */
+	"x {5+}y\r\nb2 NOOP\r\n",
+	"x {+}\r\nb2 NOOP\r\n",
+	"x {{2+}\r\n{}\r\nb2 NOOP\r\n",
+};
+
+Test(imap_parse, skip_line_drops_nonsync_literals)
+{
+	for (size_t c = 0; c < sizeof(skip_lit_cases) / sizeof(skip_lit_cases[0]); c++) {
+		const char *in = skip_lit_cases[c];
+		size_t len = strlen(in), end = (size_t)(strstr(in, "b2 NOOP") - in);
+		for (size_t k = 0; k <= end; k++) {
+			struct imap_parser p;
+			imap_parser_init(&p, IMAP_LINE_MAX);
+			size_t used, pos = 0;
+			enum imap_parse_result r = IMAP_PARSE_AGAIN;
+			if (k) {
+				r = imap_parse_skip_line(&p, span_make(in, k), &used);
+				pos = used;
+			}
+			if (r == IMAP_PARSE_AGAIN) {
+				cr_assert_eq(pos, k);
+				r = imap_parse_skip_line(&p, span_make(in + pos, len - pos), &used);
+				pos += used;
+			}
+			cr_assert_eq(r, IMAP_PARSE_OK, "case %zu split %zu", c, k);
+			cr_assert_eq(pos, end, "case %zu split %zu: %zu", c, k, pos);
+			cr_assert(!imap_parse_in_command(&p));
+		}
+	}
+}
+
 Test(imap_parse, literal_skip)
 {
 	struct imap_parser p;
