@@ -1873,9 +1873,12 @@ static void select_opened(void *arg, int res, struct store_folder *folder)
 		release(is);
 		return;
 	}
+	size_t unseen = 0; /* the first message without \Seen, 1-based */
 	for (size_t i = 0; i < n; i++) {
 		const struct store_msg *m = store_view_msg(is->view, i);
 		is->msgs[i] = (struct imsg){ m->uid, m->flags, m->keywords, m->modseq };
+		if (!unseen && !(m->flags & STORE_F_SEEN))
+			unseen = i + 1;
 	}
 	is->nmsgs = n;
 	struct store_folder_status st;
@@ -1896,6 +1899,8 @@ static void select_opened(void *arg, int res, struct store_folder *folder)
 	out_printf(is, "* %zu EXISTS\r\n", n);
 	if (!is->rev2) /* RFC 9051 has no RECENT */
 		out_str(is, "* 0 RECENT\r\n");
+	if (!is->rev2 && unseen) /* RFC 3501 6.3.1 requires it; RFC 9051 dropped it */
+		out_printf(is, "* OK [UNSEEN %zu] First unseen\r\n", unseen);
 	out_printf(is, "* OK [UIDVALIDITY %" PRIu32 "] UIDs valid\r\n", st.uidvalidity);
 	out_printf(is, "* OK [UIDNEXT %" PRIu32 "] Predicted next UID\r\n", st.uidnext);
 	out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] Highest\r\n", st.highestmodseq);

@@ -3206,3 +3206,29 @@ def test_bad_line_drops_its_nonsync_literal(srv):
     assert lines == [b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'], lines
     lines, t = r.cmd("STATUS INBOX (MESSAGES)")
     assert lines == [b'* STATUS "INBOX" (MESSAGES 0)\r\n'], lines
+
+
+def test_select_sends_unseen_to_imap4rev1_sessions(srv):
+    """SELECT/EXAMINE in an IMAP4rev1 session send "* OK [UNSEEN n]" with
+    the first message without \\Seen (RFC 3501 6.3.1 lists it among the
+    REQUIRED OK responses; clients use it to open the mailbox at the first
+    unread message), and none when every message is seen. IMAP4rev2
+    dropped it (RFC 9051 6.3.2): none after ENABLE IMAP4rev2."""
+    r = Raw(srv).login()
+    for i in range(3):
+        append_raw(r, f"Subject: m{i}\r\n\r\nx\r\n".encode())
+    r.cmd("SELECT INBOX")
+    r.cmd("STORE 1 +FLAGS.SILENT (\\Seen)")
+    lines, _ = r.cmd("EXAMINE INBOX")
+    assert [ln for ln in lines if b"UNSEEN" in ln] == [b"* OK [UNSEEN 2] First unseen\r\n"], lines
+    i = lines.index(b"* OK [UNSEEN 2] First unseen\r\n")
+    assert lines[i - 1] == b"* 0 RECENT\r\n", lines
+    r.cmd("SELECT INBOX")
+    r.cmd("STORE 2:3 +FLAGS.SILENT (\\Seen)")
+    lines, _ = r.cmd("SELECT INBOX")
+    assert not [ln for ln in lines if b"UNSEEN" in ln], lines
+    r.cmd("STORE 3 -FLAGS.SILENT (\\Seen)")
+    r.cmd("UNSELECT")
+    r.cmd("ENABLE IMAP4rev2")
+    lines, _ = r.cmd("SELECT INBOX")
+    assert not [ln for ln in lines if b"UNSEEN" in ln], lines
