@@ -365,6 +365,22 @@ int imap_parse_number(struct span s, bool nz, uint32_t *n_r)
 	return 0;
 }
 
+int imap_parse_number64(struct span s, bool nz, uint64_t *n_r)
+{
+	uint64_t n = 0;
+	if (s.len == 0 || s.len > 19)
+		return -EINVAL;
+	for (size_t i = 0; i < s.len; i++) {
+		if (s.p[i] < '0' || s.p[i] > '9')
+			return -EINVAL;
+		n = n * 10 + (uint64_t)(s.p[i] - '0'); /* 19 digits fit in 64 bits */
+	}
+	if (n > INT64_MAX || (nz && n == 0))
+		return -EINVAL;
+	*n_r = n;
+	return 0;
+}
+
 int imap_parse_section_part(struct span s)
 {
 	if (s.len == 0)

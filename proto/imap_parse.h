@@ -127,6 +127,10 @@ size_t imap_unquote(struct span text, uint8_t *out);
  * refused too. Returns 0 or -EINVAL. */
 int imap_parse_number(struct span s, bool nz, uint32_t *n_r);
 
+/* number64 / nz-number64 of RFC 9051: as imap_parse_number() up to
+ * 2^63 - 1. Returns 0 or -EINVAL. */
+int imap_parse_number64(struct span s, bool nz, uint64_t *n_r);
+
 /* A section-binary's inside (RFC 3516, RFC 9051): empty, or a
  * section-part "1", "2.1", "3.1.4" (nz-numbers joined by dots, no leading
  * zero). Returns 0 or -EINVAL. */

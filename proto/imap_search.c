@@ -213,8 +213,8 @@ static int parse_key(struct pctx *c, int depth)
 		return c->t[v].kind == IMAP_STOK_ATOM && val.len ? 0 : -1;
 	}
 	if (span_eq_nocase(a, SPAN_LIT("LARGER")) || span_eq_nocase(a, SPAN_LIT("SMALLER"))) {
-		uint32_t n;
-		if (c->t[v].kind != IMAP_STOK_ATOM || imap_parse_number(val, false, &n))
+		uint64_t n; /* number64 (RFC 9051) */
+		if (c->t[v].kind != IMAP_STOK_ATOM || imap_parse_number64(val, false, &n))
 			return -1;
 		k->kind = a.len == 6 ? ISK_LARGER : ISK_SMALLER;
 		k->num = n;

@@ -3152,9 +3152,9 @@ static bool fetch_item(struct imap_session *is, struct span t, struct fetch_job 
 			return false;
 		struct span in = span_make(after.p + 1, after.len - 2);
 		const uint8_t *dot = memchr(in.p, '.', in.len);
-		uint32_t o, n;
-		if (!dot || imap_parse_number(span_make(in.p, (size_t)(dot - in.p)), false, &o) ||
-		    imap_parse_number(span_skip(in, (size_t)(dot - in.p) + 1), true, &n))
+		uint64_t o, n; /* number64 "." nz-number64 (RFC 9051) */
+		if (!dot || imap_parse_number64(span_make(in.p, (size_t)(dot - in.p)), false, &o) ||
+		    imap_parse_number64(span_skip(in, (size_t)(dot - in.p) + 1), true, &n))
 			return false;
 		it->partial = true;
 		it->poff = o;
@@ -3769,7 +3769,7 @@ static bool fetch_binary(struct imap_session *is, struct fitem *it, const struct
 	fj->want_end = UINT64_MAX;
 	if (it->partial) {
 		fj->want_off = it->poff;
-		fj->want_end = it->poff + it->plen; /* both 32-bit: no wrap */
+		fj->want_end = it->poff + it->plen; /* both below 2^63: no wrap */
 	}
 	fj->dec_pos = 0;
 	fj->rd_off = off;

@@ -3232,3 +3232,25 @@ def test_select_sends_unseen_to_imap4rev1_sessions(srv):
     r.cmd("ENABLE IMAP4rev2")
     lines, _ = r.cmd("SELECT INBOX")
     assert not [ln for ln in lines if b"UNSEEN" in ln], lines
+
+
+def test_number64_in_larger_smaller_and_partials(srv):
+    """RFC 9051 made LARGER/SMALLER and the FETCH partial's numbers
+    number64: values past 2^32 are valid (nothing is that large, so
+    LARGER matches nothing, SMALLER everything, and a partial reaches the
+    end). They used to be BAD, which a client sending "up to the end" as
+    a large count could not tell from a real error."""
+    r = Raw(srv).login()
+    append_raw(r, b"Subject: s\r\n\r\nbody\r\n")
+    r.cmd("ENABLE IMAP4rev2")
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd("SEARCH LARGER 4294967296")
+    assert lines == [b'* ESEARCH (TAG "t5")\r\n'] and b"t5 OK" in t, (lines, t)
+    lines, t = r.cmd("SEARCH SMALLER 9223372036854775807")
+    assert lines == [b'* ESEARCH (TAG "t6") ALL 1\r\n'], lines
+    lines, t = r.cmd("FETCH 1 BODY.PEEK[TEXT]<2.9223372036854775807>")
+    assert b"".join(lines) == b"* 1 FETCH (BODY[TEXT]<2> {4}\r\ndy\r\n)\r\n", lines
+    lines, t = r.cmd("FETCH 1 BINARY.PEEK[1]<4294967296.10>")
+    assert b"".join(lines) == b"* 1 FETCH (BINARY[1]<4294967296> {0}\r\n)\r\n", lines
+    lines, t = r.cmd("SEARCH LARGER 9223372036854775808")
+    assert lines == [] and b"t9 BAD" in t, (lines, t)

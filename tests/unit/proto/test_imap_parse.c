@@ -305,6 +305,17 @@ Test(imap_parse, numbers)
 	cr_assert_eq(imap_parse_number(SPAN_LIT(""), false, &n), -EINVAL);
 	cr_assert_eq(imap_parse_number(SPAN_LIT("-1"), false, &n), -EINVAL);
 	cr_assert_eq(imap_parse_number(SPAN_LIT("1a"), false, &n), -EINVAL);
+	uint64_t w;
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("9223372036854775807"), true, &w), 0);
+	cr_assert_eq(w, (uint64_t)INT64_MAX);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("4294967296"), true, &w), 0);
+	cr_assert_eq(w, 4294967296u);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("9223372036854775808"), false, &w), -EINVAL);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("18446744073709551616"), false, &w), -EINVAL);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("0"), true, &w), -EINVAL);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("0"), false, &w), 0);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT(""), false, &w), -EINVAL);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("1 "), false, &w), -EINVAL);
 }
 
 struct seq_case {
