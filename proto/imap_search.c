@@ -36,7 +36,10 @@ int64_t imap_search_parse_day(struct span s)
 	if (mi < 0 || d < 1 || d > 31 || y < 1900)
 		return -1;
 	struct tm tm = { .tm_mday = d, .tm_mon = mi, .tm_year = y - 1900 };
-	return (int64_t)(timegm(&tm) / 86400);
+	time_t t = timegm(&tm);
+	if (tm.tm_mday != d || tm.tm_mon != mi)
+		return -1; /* 31-Feb, 31-Apr: timegm() moved it to the next month */
+	return (int64_t)(t / 86400);
 }
 
 /* The day of a Date: header value ("Tue, 1 Jul 2003 10:52:37 +0200"). */

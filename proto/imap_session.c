@@ -4989,6 +4989,8 @@ static int64_t parse_datetime(struct span s)
 		return -1;
 	int zs = z < 0 ? -1 : 1;
 	z = z < 0 ? -z : z;
+	if (z > 9959 || z % 100 > 59)
+		return -1; /* zone is +hhmm */
 	int64_t off = zs * ((z / 100) * 3600 + (z % 100) * 60);
 	return days * 86400 + h * 3600 + mi * 60 + se - off;
 }

@@ -3254,3 +3254,28 @@ def test_number64_in_larger_smaller_and_partials(srv):
     assert b"".join(lines) == b"* 1 FETCH (BINARY[1]<4294967296> {0}\r\n)\r\n", lines
     lines, t = r.cmd("SEARCH LARGER 9223372036854775808")
     assert lines == [] and b"t9 BAD" in t, (lines, t)
+
+
+def test_impossible_dates_are_bad(srv):
+    """A date that does not exist (31-Feb, 29-Feb of a common year, a zone
+    with 99 minutes) is BAD in APPEND and SEARCH. timegm() used to roll
+    it over: APPEND "31-Feb-2020 ..." stored an INTERNALDATE of 2 March,
+    a date the client never sent, and SEARCH SINCE 31-Feb-2020 searched
+    from 2 March."""
+    r = Raw(srv).login()
+    for date in ("31-Feb-2020 10:00:00 +0100", "29-Feb-2021 10:00:00 +0000",
+                 "01-Jan-2020 10:00:00 +0199"):
+        r.send(b'a APPEND INBOX "%s" {3+}\r\nabc\r\n' % date.encode())
+        lines, t = r.until("a")
+        assert lines == [] and t.startswith(b"a BAD "), (date, lines, t)
+    r.send(b'a APPEND INBOX "29-Feb-2020 10:00:00 +0100" {3+}\r\nabc\r\n')
+    _, t = r.until("a")
+    assert t.startswith(b"a OK "), t
+    r.cmd("SELECT INBOX")
+    lines, _ = r.cmd("FETCH 1 INTERNALDATE")
+    assert lines == [b'* 1 FETCH (INTERNALDATE "29-Feb-2020 09:00:00 +0000")\r\n'], lines
+    for key in ("SINCE 31-Feb-2020", "BEFORE 31-Apr-2020", "SENTON 29-Feb-2019"):
+        lines, t = r.cmd("SEARCH " + key)
+        assert lines == [] and b" BAD " in t, (key, lines, t)
+    lines, _ = r.cmd("SEARCH ON 29-Feb-2020")
+    assert lines == [b"* SEARCH 1\r\n"], lines
