@@ -2891,6 +2891,8 @@ static void out_status_items(struct imap_session *is, const struct store_folder_
 			v = st->deleted;
 		else if (!strcasecmp(it, "HIGHESTMODSEQ"))
 			v = st->highestmodseq;
+		else if (!strcasecmp(it, "APPENDLIMIT"))
+			v = cfg_of(is)->message_size_max; /* RFC 7889 3: every mailbox's */
 		else
 			continue;
 		char up[32];
@@ -2920,7 +2922,8 @@ static void status_reply(struct imap_session *is, const struct store_folder_stat
 static bool status_items_ok(struct imap_session *is, size_t list_at)
 {
 	static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
-					  "RECENT", "SIZE", "HIGHESTMODSEQ", "DELETED" };
+					  "RECENT", "SIZE", "HIGHESTMODSEQ", "DELETED",
+					  "APPENDLIMIT" };
 	size_t end = list_end(is, list_at) - 1;
 	if (end == list_at + 1)
 		return false; /* "(" status-att *(SP status-att) ")" */

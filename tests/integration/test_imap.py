@@ -3279,3 +3279,18 @@ def test_impossible_dates_are_bad(srv):
         assert lines == [] and b" BAD " in t, (key, lines, t)
     lines, _ = r.cmd("SEARCH ON 29-Feb-2020")
     assert lines == [b"* SEARCH 1\r\n"], lines
+
+
+def test_status_appendlimit(imapsrv):
+    """STATUS m (APPENDLIMIT) and LIST ... RETURN (STATUS (APPENDLIMIT))
+    answer the limit that CAPABILITY's APPENDLIMIT=n names (RFC 7889 3:
+    the extension's STATUS item); they used to be BAD."""
+    srv = imapsrv(config="[limits]\nmessage_size_max = 1m\n")
+    r = Raw(srv).login()
+    lines, _ = r.cmd("CAPABILITY")
+    assert b" APPENDLIMIT=1048576" in lines[0], lines
+    lines, t = r.cmd("STATUS INBOX (MESSAGES APPENDLIMIT)")
+    assert lines == [b'* STATUS "INBOX" (MESSAGES 0 APPENDLIMIT 1048576)\r\n'], (lines, t)
+    lines, t = r.cmd('LIST "" "INBOX" RETURN (STATUS (APPENDLIMIT))')
+    assert lines == [b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n',
+                     b'* STATUS "INBOX" (APPENDLIMIT 1048576)\r\n'], (lines, t)
