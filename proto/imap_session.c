@@ -2472,6 +2472,7 @@ struct list_job {
 static void out_status_items(struct imap_session *is, const struct store_folder_status *st,
 			     size_t list_at);
 static bool status_items_ok(struct imap_session *is, size_t list_at);
+static void status_condstore(struct imap_session *is, size_t list_at);
 
 static int lentry_cmp(const void *a, const void *b)
 {
@@ -2840,6 +2841,8 @@ static void cmd_list(struct imap_session *is, size_t a)
 			syntax(is, "Invalid LIST return options");
 			return;
 		}
+		if (lj->ret & LRET_STATUS)
+			status_condstore(is, lj->status_at);
 	}
 	if (n1 < 0) {
 		free(lj);
@@ -2937,6 +2940,16 @@ static bool status_items_ok(struct imap_session *is, size_t list_at)
 	return true;
 }
 
+/* STATUS (HIGHESTMODSEQ) is a CONDSTORE enabling command (RFC 7162 3.1):
+ * from then on unsolicited FETCH responses carry MODSEQ. */
+static void status_condstore(struct imap_session *is, size_t list_at)
+{
+	size_t end = list_end(is, list_at) - 1;
+	for (size_t i = list_at + 1; i < end; i++)
+		if (is_atom(is, i, "HIGHESTMODSEQ"))
+			is->condstore = true;
+}
+
 static void status_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
@@ -2969,6 +2982,7 @@ static void cmd_status(struct imap_session *is, size_t a)
 				    : "Unknown STATUS item");
 		return;
 	}
+	status_condstore(is, a + 1);
 	if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
 		struct store_folder_status st;
 		store_folder_status(is->folder, &st);

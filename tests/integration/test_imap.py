@@ -3294,3 +3294,26 @@ def test_status_appendlimit(imapsrv):
     lines, t = r.cmd('LIST "" "INBOX" RETURN (STATUS (APPENDLIMIT))')
     assert lines == [b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n',
                      b'* STATUS "INBOX" (APPENDLIMIT 1048576)\r\n'], (lines, t)
+
+
+def test_status_highestmodseq_enables_condstore(srv):
+    """STATUS (HIGHESTMODSEQ) is a CONDSTORE enabling command (RFC 7162
+    3.1), as LIST ... RETURN (STATUS (HIGHESTMODSEQ)) is: afterwards the
+    flag changes another session makes reach this one with MODSEQ. It used
+    to leave CONDSTORE off, so the client, now CONDSTORE-aware, got
+    FETCH responses without the MODSEQ it must track."""
+    b = Raw(srv).login()
+    append_raw(b, b"Subject: s\r\n\r\nbody\r\n")
+    b.cmd("SELECT INBOX")
+    for kw, cmd in (("k1", "STATUS INBOX (HIGHESTMODSEQ)"),
+                    ("k2", 'LIST "" "INBOX" RETURN (STATUS (HIGHESTMODSEQ))')):
+        a = Raw(srv).login()
+        a.cmd("SELECT INBOX")
+        a.cmd(cmd)
+        b.cmd(f"STORE 1 FLAGS.SILENT ({kw})")
+        now, _ = b.cmd("FETCH 1 MODSEQ")
+        m = re.search(rb"MODSEQ \((\d+)\)", now[0]).group(1)
+        lines, _ = a.cmd("NOOP")
+        assert lines == [b"* 1 FETCH (UID 1 FLAGS (%s) MODSEQ (%s))\r\n" % (kw.encode(), m)], \
+            (cmd, lines)
+        a.cmd("LOGOUT")
