@@ -329,6 +329,7 @@ struct imap_command {
 	bool uid;          /* also as "UID name" */
 	uint8_t sync;      /* SYNC_* before the tagged reply */
 	void (*run)(struct imap_session *is, size_t a);
+	int8_t nargs;      /* tokens after the name, each one argument; -1: run() checks */
 };
 
 enum { SYNC_NONE, SYNC_NOEXPUNGE, SYNC_FULL };
@@ -5226,41 +5227,43 @@ static void idle_line(struct imap_session *is, struct span line)
 #define AUTHED (ST(AUTH) | ST(SELECTED))
 
 static const struct imap_command commands[] = {
-	{ "CAPABILITY", ANY, false, SYNC_NONE, cmd_capability },
-	{ "NOOP", ANY, false, SYNC_FULL, cmd_noop },
-	{ "LOGOUT", ANY, false, SYNC_NONE, cmd_logout },
-	{ "ID", ANY, false, SYNC_NONE, cmd_id },
-	{ "STARTTLS", ST(NOTAUTH), false, SYNC_NONE, cmd_starttls },
-	{ "LOGIN", ST(NOTAUTH), false, SYNC_NONE, cmd_login },
-	{ "AUTHENTICATE", ST(NOTAUTH), false, SYNC_NONE, cmd_authenticate },
+	{ "CAPABILITY", ANY, false, SYNC_NONE, cmd_capability, 0 },
+	/* NOOP ignores arguments, as it always did (harmless; a long NOOP is
+	 * how the line limit is probed) */
+	{ "NOOP", ANY, false, SYNC_FULL, cmd_noop, -1 },
+	{ "LOGOUT", ANY, false, SYNC_NONE, cmd_logout, 0 },
+	{ "ID", ANY, false, SYNC_NONE, cmd_id, -1 },
+	{ "STARTTLS", ST(NOTAUTH), false, SYNC_NONE, cmd_starttls, 0 },
+	{ "LOGIN", ST(NOTAUTH), false, SYNC_NONE, cmd_login, -1 },
+	{ "AUTHENTICATE", ST(NOTAUTH), false, SYNC_NONE, cmd_authenticate, -1 },
 	/* RFC 9051 6.3.1 / RFC 5161 3.1: before any mailbox is selected */
-	{ "ENABLE", ST(AUTH), false, SYNC_NONE, cmd_enable },
-	{ "NAMESPACE", AUTHED, false, SYNC_FULL, cmd_namespace },
-	{ "SELECT", AUTHED, false, SYNC_NONE, cmd_select },
-	{ "EXAMINE", AUTHED, false, SYNC_NONE, cmd_examine },
-	{ "CREATE", AUTHED, false, SYNC_FULL, cmd_create },
-	{ "DELETE", AUTHED, false, SYNC_FULL, cmd_delete },
-	{ "RENAME", AUTHED, false, SYNC_FULL, cmd_rename },
-	{ "SUBSCRIBE", AUTHED, false, SYNC_FULL, cmd_subscribe },
-	{ "UNSUBSCRIBE", AUTHED, false, SYNC_FULL, cmd_unsubscribe },
-	{ "LIST", AUTHED, false, SYNC_FULL, cmd_list },
-	{ "LSUB", AUTHED, false, SYNC_FULL, cmd_lsub },
-	{ "STATUS", AUTHED, false, SYNC_FULL, cmd_status },
-	{ "GETQUOTAROOT", AUTHED, false, SYNC_FULL, cmd_getquotaroot },
-	{ "GETQUOTA", AUTHED, false, SYNC_FULL, cmd_getquota },
-	{ "SETQUOTA", AUTHED, false, SYNC_FULL, cmd_setquota },
-	{ "APPEND", AUTHED, false, SYNC_FULL, NULL }, /* see append_literal() */
-	{ "IDLE", AUTHED, false, SYNC_NONE, cmd_idle },
-	{ "UNAUTHENTICATE", AUTHED, false, SYNC_NONE, cmd_unauthenticate },
-	{ "CHECK", ST(SELECTED), false, SYNC_FULL, cmd_check },
-	{ "CLOSE", ST(SELECTED), false, SYNC_NONE, cmd_close },
-	{ "UNSELECT", ST(SELECTED), false, SYNC_NONE, cmd_unselect },
-	{ "EXPUNGE", ST(SELECTED), true, SYNC_FULL, cmd_expunge },
-	{ "SEARCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_search },
-	{ "FETCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_fetch },
-	{ "STORE", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_store },
-	{ "COPY", ST(SELECTED), true, SYNC_FULL, cmd_copy },
-	{ "MOVE", ST(SELECTED), true, SYNC_FULL, cmd_copy },
+	{ "ENABLE", ST(AUTH), false, SYNC_NONE, cmd_enable, -1 },
+	{ "NAMESPACE", AUTHED, false, SYNC_FULL, cmd_namespace, 0 },
+	{ "SELECT", AUTHED, false, SYNC_NONE, cmd_select, -1 },
+	{ "EXAMINE", AUTHED, false, SYNC_NONE, cmd_examine, -1 },
+	{ "CREATE", AUTHED, false, SYNC_FULL, cmd_create, 1 },
+	{ "DELETE", AUTHED, false, SYNC_FULL, cmd_delete, 1 },
+	{ "RENAME", AUTHED, false, SYNC_FULL, cmd_rename, 2 },
+	{ "SUBSCRIBE", AUTHED, false, SYNC_FULL, cmd_subscribe, 1 },
+	{ "UNSUBSCRIBE", AUTHED, false, SYNC_FULL, cmd_unsubscribe, 1 },
+	{ "LIST", AUTHED, false, SYNC_FULL, cmd_list, -1 },
+	{ "LSUB", AUTHED, false, SYNC_FULL, cmd_lsub, -1 },
+	{ "STATUS", AUTHED, false, SYNC_FULL, cmd_status, -1 },
+	{ "GETQUOTAROOT", AUTHED, false, SYNC_FULL, cmd_getquotaroot, 1 },
+	{ "GETQUOTA", AUTHED, false, SYNC_FULL, cmd_getquota, 1 },
+	{ "SETQUOTA", AUTHED, false, SYNC_FULL, cmd_setquota, -1 },
+	{ "APPEND", AUTHED, false, SYNC_FULL, NULL, -1 }, /* see append_literal() */
+	{ "IDLE", AUTHED, false, SYNC_NONE, cmd_idle, 0 },
+	{ "UNAUTHENTICATE", AUTHED, false, SYNC_NONE, cmd_unauthenticate, 0 },
+	{ "CHECK", ST(SELECTED), false, SYNC_FULL, cmd_check, 0 },
+	{ "CLOSE", ST(SELECTED), false, SYNC_NONE, cmd_close, 0 },
+	{ "UNSELECT", ST(SELECTED), false, SYNC_NONE, cmd_unselect, 0 },
+	{ "EXPUNGE", ST(SELECTED), true, SYNC_FULL, cmd_expunge, -1 },
+	{ "SEARCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_search, -1 },
+	{ "FETCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_fetch, -1 },
+	{ "STORE", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_store, -1 },
+	{ "COPY", ST(SELECTED), true, SYNC_FULL, cmd_copy, -1 },
+	{ "MOVE", ST(SELECTED), true, SYNC_FULL, cmd_copy, -1 },
 };
 
 static const struct imap_command *find_command(struct span name)
@@ -5350,6 +5353,13 @@ static void dispatch(struct imap_session *is)
 		bad(is, is->state == IMAP_S_NOTAUTH	 ? "Log in first"
 			: c->run == cmd_enable ? "ENABLE is only valid before a mailbox is selected"
 					       : "Command not valid in this state");
+		cmd_end(is);
+		return;
+	}
+	if (c->nargs >= 0 && is->ntoks - a != (size_t)c->nargs) {
+		/* "DELETE a b" (an unquoted "a b") must not delete "a" */
+		bad(is, c->nargs == 0 ? "This command takes no arguments"
+				      : "Wrong number of arguments");
 		cmd_end(is);
 		return;
 	}

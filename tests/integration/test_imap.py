@@ -3317,3 +3317,31 @@ def test_status_highestmodseq_enables_condstore(srv):
         assert lines == [b"* 1 FETCH (UID 1 FLAGS (%s) MODSEQ (%s))\r\n" % (kw.encode(), m)], \
             (cmd, lines)
         a.cmd("LOGOUT")
+
+
+def test_extra_arguments_are_bad(imapsrv):
+    """A command given more arguments than its syntax has is BAD and does
+    nothing. "DELETE a b" (a client that forgot to quote "a b") used to
+    delete the mailbox "a" with its messages, "CREATE a b" created "a",
+    "RENAME a b c" renamed a to b, and "IDLE x" entered IDLE."""
+    srv = imapsrv(config="[limits]\nmax_bad_commands = 100\n")
+    r = Raw(srv).login()
+    for box in ("a", "a b", "c"):
+        r.cmd(f'CREATE "{box}"')
+    append_raw(r, b"Subject: keep\r\n\r\nx\r\n", "a")
+    for cmd in ("DELETE a b", "CREATE d e", "RENAME a b c", "SUBSCRIBE a b", "UNSUBSCRIBE a b",
+                "GETQUOTAROOT a b", "CAPABILITY x", "NAMESPACE x", "IDLE x", "LOGOUT x",
+                "DELETE", "RENAME a"):
+        lines, t = r.cmd(cmd)
+        assert lines == [] and re.match(rb"t\d+ BAD ", t), (cmd, lines, t)
+    lines, _ = r.cmd('LIST "" "*"')
+    assert sorted(lines) == sorted([b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n',
+                                    b'* LIST (\\HasNoChildren) "/" "a"\r\n',
+                                    b'* LIST (\\HasNoChildren) "/" "a b"\r\n',
+                                    b'* LIST (\\HasNoChildren) "/" "c"\r\n']), lines
+    lines, _ = r.cmd('LSUB "" "*"')
+    assert lines == [], lines
+    lines, _ = r.cmd("STATUS a (MESSAGES)")
+    assert lines == [b'* STATUS "a" (MESSAGES 1)\r\n'], lines
+    lines, t = r.cmd('DELETE "a b"')
+    assert b" OK " in t, t
