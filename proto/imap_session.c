@@ -170,6 +170,7 @@ struct fetch_job {
 	size_t ii;           /* next item */
 	bool item_open;      /* a section is streaming */
 	bool add_flags;      /* FLAGS added by the implicit \Seen */
+	bool has_uid;        /* UID is one of the items */
 	bool expunged;       /* a message was gone: NO [EXPUNGEISSUED] */
 	bool reading, wait_drain;
 	bool splice;         /* the open section may go file -> pipe -> socket */
@@ -3908,6 +3909,12 @@ static void fetch_pump(struct imap_session *is)
 			if (m && fj->add_flags) {
 				out_str(is, " FLAGS ");
 				out_flags(is, m->flags, m->keywords);
+				/* RFC 7162 3.1: a FETCH that set \Seen reports UID
+				 * and MODSEQ to a CONDSTORE-aware client */
+				if (is->condstore && !fj->has_uid)
+					out_printf(is, " UID %" PRIu32, m->uid);
+				if (is->condstore && !fj->want_modseq)
+					out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
 			}
 			if (m && fj->changedsince && !fj->want_modseq)
 				out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
@@ -4109,6 +4116,7 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		fj->items[0].kind = FI_UID;
 		fj->nitems++;
 	}
+	fj->has_uid = has_uid || uid;
 	/* CHANGEDSINCE adds MODSEQ (RFC 7162 3.1.4.1), also CHANGEDSINCE 0
 	 * (every message; what a client that saw HIGHESTMODSEQ 0 on an
 	 * empty mailbox asks) */
@@ -4200,7 +4208,9 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 			break; /* done()'s sync reports the rest as the socket drains */
 		if (report && (!is->store_silent || m->modseq != is->msgs[i].modseq)) {
 			out_printf(is, "* %zd FETCH (", i + 1);
-			if (is->uid_cmd)
+			/* UID for UID STORE, and for any STORE once CONDSTORE is
+			 * on (RFC 7162 3.1: "both UID and mod-sequence data") */
+			if (is->uid_cmd || is->condstore)
 				out_printf(is, "UID %" PRIu32 " ", m->uid);
 			if (!is->store_silent) {
 				out_str(is, "FLAGS ");

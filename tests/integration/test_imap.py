@@ -3110,7 +3110,7 @@ def test_header_fields_partial_counts_filtered_bytes(srv):
 
 def test_store_silent_reports_modseq_to_condstore_clients(srv):
     """STORE ... FLAGS.SILENT sends no FLAGS, but once CONDSTORE is on each
-    changed message still gets "* n FETCH (MODSEQ (m))" (RFC 7162 3.1.3:
+    changed message still gets "* n FETCH (UID u MODSEQ (m))" (RFC 7162 3.1.3:
     "An untagged FETCH response MUST be sent, even if the .SILENT suffix
     is specified"); it used to send nothing, leaving the client's cached
     MODSEQ behind its own change."""
@@ -3125,8 +3125,8 @@ def test_store_silent_reports_modseq_to_condstore_clients(srv):
     assert t.startswith(b"t7 OK STORE"), t
     now, _ = r.cmd("FETCH 1:3 (MODSEQ)")
     ms = [re.search(rb"MODSEQ \((\d+)\)", ln).group(1) for ln in now]
-    assert lines == [b"* 1 FETCH (MODSEQ (%s))\r\n" % ms[0],
-                     b"* 2 FETCH (MODSEQ (%s))\r\n" % ms[1]], lines
+    assert lines == [b"* 1 FETCH (UID 1 MODSEQ (%s))\r\n" % ms[0],
+                     b"* 2 FETCH (UID 2 MODSEQ (%s))\r\n" % ms[1]], lines
     lines, t = r.cmd("UID STORE 2:3 -FLAGS.SILENT (\\Flagged)")
     now, _ = r.cmd("FETCH 2:3 (MODSEQ)")
     ms = [re.search(rb"MODSEQ \((\d+)\)", ln).group(1) for ln in now]
@@ -3345,3 +3345,27 @@ def test_extra_arguments_are_bad(imapsrv):
     assert lines == [b'* STATUS "a" (MESSAGES 1)\r\n'], lines
     lines, t = r.cmd('DELETE "a b"')
     assert b" OK " in t, t
+
+
+def test_condstore_fetch_responses_carry_uid(srv):
+    """Once CONDSTORE is on, the FETCH responses a STORE causes, and those
+    of a FETCH that set \\Seen, carry UID and MODSEQ (RFC 7162 3.1: "both
+    UID and mod-sequence data"). STORE (not UID STORE) answered without
+    UID, and a BODY[] fetch that set \\Seen without UID or MODSEQ, so a
+    client could not file the new MODSEQ under the message's UID."""
+    r = Raw(srv).login()
+    for i in range(2):
+        append_raw(r, f"Subject: m{i}\r\n\r\nx\r\n".encode())
+    r.cmd("SELECT INBOX")
+    lines, _ = r.cmd("STORE 2 +FLAGS (\\Flagged)")
+    assert lines == [b"* 2 FETCH (FLAGS (\\Flagged))\r\n"], lines  # CONDSTORE off
+    r.cmd("FETCH 1 (MODSEQ)")  # a CONDSTORE enabling command
+    lines, _ = r.cmd("STORE 2 -FLAGS (\\Flagged)")
+    m = re.search(rb"MODSEQ \((\d+)\)", r.cmd("FETCH 2 MODSEQ")[0][0]).group(1)
+    assert lines == [b"* 2 FETCH (UID 2 FLAGS () MODSEQ (%s))\r\n" % m], lines
+    lines, _ = r.cmd("FETCH 1 BODY[TEXT]")
+    m = re.search(rb"MODSEQ \((\d+)\)", r.cmd("FETCH 1 MODSEQ")[0][0]).group(1)
+    assert b"".join(lines) == (b"* 1 FETCH (BODY[TEXT] {3}\r\nx\r\n FLAGS (\\Seen) UID 1 "
+                               b"MODSEQ (%s))\r\n" % m), lines
+    lines, _ = r.cmd("FETCH 1 BODY[TEXT]")  # \Seen already set: nothing added
+    assert b"".join(lines) == b"* 1 FETCH (BODY[TEXT] {3}\r\nx\r\n)\r\n", lines
