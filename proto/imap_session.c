@@ -1210,9 +1210,10 @@ static bool flags_arg(struct imap_session *is, size_t *i, uint32_t *flags_r, con
 		if (sys)
 			continue;
 		if (f[0] == '\\') {
-			if (strcasecmp(f, "\\Recent") == 0)
-				continue;
-			return syntax(is, "Invalid system flag");
+			/* \Recent "can not be altered by the client" (RFC 3501
+			 * 2.3.2; RFC 9051 has no such flag): refused, not ignored */
+			return syntax(is, strcasecmp(f, "\\Recent") == 0 ? "\\Recent cannot be changed"
+									 : "Invalid system flag");
 		}
 		for (const char *c = f; *c; c++)
 			if (strchr("%*]", *c))

@@ -3369,3 +3369,20 @@ def test_condstore_fetch_responses_carry_uid(srv):
                                b"MODSEQ (%s))\r\n" % m), lines
     lines, _ = r.cmd("FETCH 1 BODY[TEXT]")  # \Seen already set: nothing added
     assert b"".join(lines) == b"* 1 FETCH (BODY[TEXT] {3}\r\nx\r\n)\r\n", lines
+
+
+def test_store_recent_is_refused(srv):
+    """STORE of \\Recent is BAD, as APPEND's already was: "\\Recent ... can
+    not be altered by the client" (RFC 3501 2.3.2; IMAP4rev2 has no such
+    flag). It used to be dropped silently from the list, so STORE 1
+    FLAGS (\\Recent) answered OK and cleared every other flag."""
+    r = Raw(srv).login()
+    append_raw(r, b"Subject: s\r\n\r\nx\r\n")
+    r.cmd("SELECT INBOX")
+    r.cmd("STORE 1 +FLAGS (\\Seen)")
+    for cmd in ("STORE 1 FLAGS (\\Recent)", "STORE 1 +FLAGS (\\Flagged \\RECENT)",
+                "STORE 1 -FLAGS (\\Recent)", "UID STORE 1 FLAGS.SILENT (\\recent)"):
+        lines, t = r.cmd(cmd)
+        assert lines == [] and re.match(rb"t\d+ BAD \\Recent cannot be changed", t), (cmd, lines, t)
+    lines, _ = r.cmd("FETCH 1 FLAGS")
+    assert lines == [b"* 1 FETCH (FLAGS (\\Seen))\r\n"], lines
