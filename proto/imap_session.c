@@ -1183,6 +1183,14 @@ static void out_list_start(struct imap_session *is, const uint32_t *v, bool as_s
 
 /* Flags in a list (or one flag): system flags into *flags_r, keywords
  * into kw_r (arena strings). false: replied. */
+/* A flag-keyword is an atom: the tokenizer's atoms may also hold the
+ * list-wildcards and "]" (fine in an astring, not in a flag, and a "]"
+ * in a FLAGS list would end a PERMANENTFLAGS response code early). */
+static bool keyword_ok(const char *f)
+{
+	return f[0] && !strpbrk(f, "%*]");
+}
+
 static bool flags_arg(struct imap_session *is, size_t *i, uint32_t *flags_r, const char **kw_r,
 		      size_t *nkw_r)
 {
@@ -1215,9 +1223,8 @@ static bool flags_arg(struct imap_session *is, size_t *i, uint32_t *flags_r, con
 			return syntax(is, strcasecmp(f, "\\Recent") == 0 ? "\\Recent cannot be changed"
 									 : "Invalid system flag");
 		}
-		for (const char *c = f; *c; c++)
-			if (strchr("%*]", *c))
-				return syntax(is, "Invalid keyword");
+		if (!keyword_ok(f))
+			return syntax(is, "Invalid keyword");
 		if (*nkw_r == STORE_KEYWORDS_MAX) {
 			done(is, "NO", "[LIMIT] Too many keywords");
 			return false;
@@ -5135,7 +5142,7 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 				}
 			if (sys)
 				continue;
-			if (f[0] == '\\' || is->toks[k].kind != T_ATOM)
+			if (f[0] == '\\' || is->toks[k].kind != T_ATOM || !keyword_ok(f))
 				err = "Invalid flag";
 			else if (is->append_nkw < STORE_KEYWORDS_MAX)
 				is->append_kw[is->append_nkw++] = f;

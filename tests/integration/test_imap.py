@@ -3386,3 +3386,19 @@ def test_store_recent_is_refused(srv):
         assert lines == [] and re.match(rb"t\d+ BAD \\Recent cannot be changed", t), (cmd, lines, t)
     lines, _ = r.cmd("FETCH 1 FLAGS")
     assert lines == [b"* 1 FETCH (FLAGS (\\Seen))\r\n"], lines
+
+
+def test_append_refuses_keywords_that_are_not_atoms(srv):
+    """APPEND checks keywords as STORE does: "%", "*" and "]" make no atom
+    (RFC 3501 flag-keyword), so APPEND (a%b) is BAD. They used to be
+    stored, and the server then sent "* FLAGS (... a]b)" and "FETCH (FLAGS
+    (a%b))", responses a client parser rejects."""
+    r = Raw(srv).login()
+    for kw in (b"a%b", b"a*b", b"a]b"):
+        r.send(b"a APPEND INBOX (\\Seen " + kw + b") {3+}\r\nabc\r\n")
+        lines, t = r.until("a")
+        assert lines == [] and t.startswith(b"a BAD "), (kw, lines, t)
+    append_raw(r, b"Subject: s\r\n\r\nx\r\n")
+    lines, _ = r.cmd("SELECT INBOX")
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n", lines
+    assert b"* 1 EXISTS\r\n" in lines, lines
