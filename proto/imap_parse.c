@@ -411,9 +411,12 @@ static int header_list(struct span s)
 	for (;;) {
 		size_t start = i;
 		if (i < end && s.p[i] == '"') {
-			for (i++; i < end && s.p[i] != '"'; i++)
+			for (i++; i < end && s.p[i] != '"'; i++) {
+				if (s.p[i] == '\0' || s.p[i] == '\r' || s.p[i] == '\n')
+					return -EINVAL; /* not a TEXT-CHAR */
 				if (s.p[i] == '\\' && (++i == end || (s.p[i] != '"' && s.p[i] != '\\')))
 					return -EINVAL;
+			}
 			if (i++ == end)
 				return -EINVAL;
 		} else {

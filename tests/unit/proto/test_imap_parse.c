@@ -437,6 +437,8 @@ static const struct part_case section_cases[] = {
 	{ "HEADER.FIELDS (\"A)", -EINVAL },
 	{ "HEADER.FIELDS (\"A\"B)", -EINVAL },
 	{ "HEADER.FIELDS (\"A\\x\")", -EINVAL },
+	{ "HEADER.FIELDS (\"A\nB\")", -EINVAL },
+	{ "HEADER.FIELDS (\"A\rB\")", -EINVAL },
 	{ "HEADER.FIELDS(A)", -EINVAL },
 	{ "HEADERS", -EINVAL },
 	{ "0", -EINVAL },
