@@ -108,7 +108,23 @@ static enum imap_parse_result scan_quoted(struct span in, size_t i, size_t *end_
 	return IMAP_PARSE_AGAIN;
 }
 
-/* Scans an atom at in[i]; "[...]" inside it is taken whole. */
+/* Whether an atom that starts with pre goes on with a "[...]" section
+ * that may hold spaces and parentheses: the FETCH items BODY[...],
+ * BODY.PEEK[...], BINARY[...], BINARY.PEEK[...], BINARY.SIZE[...]. Any
+ * other "[" is an ATOM-CHAR like the rest ("foo[bar" is a valid keyword
+ * or mailbox name). */
+static bool section_prefix(struct span pre)
+{
+	static const char *const names[] = { "BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK",
+					     "BINARY.SIZE" };
+	for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
+		if (span_eq_nocase(pre, span_cstr(names[k])))
+			return true;
+	return false;
+}
+
+/* Scans an atom at in[i]; "[...]" after a FETCH section item's name is
+ * taken whole. */
 static enum imap_parse_result scan_atom(struct span in, size_t i, size_t *end_r,
 					struct imap_token *tok)
 {
@@ -125,7 +141,7 @@ static enum imap_parse_result scan_atom(struct span in, size_t i, size_t *end_r,
 		}
 		if (c == ' ' || c == ')' || c == '\r' || c == '\n')
 			break;
-		if (c == '[') {
+		if (c == '[' && section_prefix(span_make(in.p + start, i - start))) {
 			bracket = true;
 			continue;
 		}

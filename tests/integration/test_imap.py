@@ -3196,7 +3196,7 @@ def test_bad_line_drops_its_nonsync_literal(srv):
     to parse ran the lines of the message it carried."""
     r = Raw(srv).login()
     evil = b"x1 CREATE Pwned\r\nx2 LOGOUT\r\n"
-    r.send(b"a1 APPEND INBOX (foo[x) {%d+}\r\n" % len(evil) + evil + b"\r\n")
+    r.send(b"a1 APPEND INBOX (f\xe9o) {%d+}\r\n" % len(evil) + evil + b"\r\n")
     lines, t = r.until("a1")
     assert lines == [] and t.startswith(b"a1 BAD "), (lines, t)
     r.send(b'a2 APPEND INBOX "\\q" {%d+}\r\n' % len(evil) + evil + b" (\\Seen) {3+}\r\nx3 \r\n")
@@ -3402,3 +3402,27 @@ def test_append_refuses_keywords_that_are_not_atoms(srv):
     lines, _ = r.cmd("SELECT INBOX")
     assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n", lines
     assert b"* 1 EXISTS\r\n" in lines, lines
+
+
+def test_open_bracket_is_an_atom_char(srv):
+    """"[" is an ATOM-CHAR (RFC 3501/9051 atom-specials do not include
+    it): a keyword foo[bar or a mailbox a[b sent as an atom is taken. The
+    tokenizer used to start a bracketed section at any "[", so such a
+    command was BAD (and its LITERAL+ data, before the skip fix, was read
+    as commands). Only BODY[, BODY.PEEK[, BINARY[, BINARY.PEEK[ and
+    BINARY.SIZE[ open a section that may hold spaces."""
+    r = Raw(srv).login()
+    _, t = r.cmd("CREATE a[b")
+    assert b" OK " in t, t
+    r.send(b"a APPEND a[b (foo[bar \\Seen) {3+}\r\nabc\r\n")
+    _, t = r.until("a")
+    assert t.startswith(b"a OK "), t
+    r.cmd("SELECT a[b")
+    lines, _ = r.cmd("STORE 1 +FLAGS (x[1)")
+    assert lines == [b"* 1 FETCH (FLAGS (\\Seen foo[bar x[1))\r\n"], lines
+    lines, _ = r.cmd("SEARCH KEYWORD foo[bar")
+    assert lines == [b"* SEARCH 1\r\n"], lines
+    lines, _ = r.cmd('LIST "" a[*')
+    assert lines == [b'* LIST (\\HasNoChildren) "/" "a[b"\r\n'], lines
+    lines, _ = r.cmd("FETCH 1 (FLAGS BODY.PEEK[HEADER.FIELDS (X Y)])")
+    assert lines[0].startswith(b"* 1 FETCH (FLAGS (\\Seen foo[bar x[1) BODY[HEADER.FIELDS (X Y)]"), lines

@@ -143,7 +143,12 @@ static const struct tok_case tok_cases[] = {
 	{ "a1 X {00000000000000000001}\r\n", "a:a1 a:X !INVALID" },
 	{ "a1 X {3}\r\nab", "a:a1 a:X L3 d:ab!AGAIN" },
 	{ "a1 X BODY[HEADER\r\n", "a:a1 a:X !INVALID" },
-	{ "a1 X [a[b]]\r\n", "a:a1 a:X !INVALID" },
+	{ "a1 X [a[b]]\r\n", "a:a1 a:X a:[a[b]] $ " }, /* "[" is an ATOM-CHAR */
+	{ "a1 X foo[bar (a[b c]d) [Gmail]/%\r\n",
+	  "a:a1 a:X a:foo[bar ( a:a[b a:c]d ) a:[Gmail]/% $ " },
+	{ "a1 X (body[1 2]<0.1> BINARY.size[1 (] BODYX[1 2])\r\n",
+	  "a:a1 a:X ( a:body[1 2]<0.1> a:BINARY.size[1 (] a:BODYX[1 a:2] ) $ " },
+	{ "a1 X BODY.PEEK[a[b]]\r\n", "a:a1 a:X !INVALID" },
 	{ "a1 NOOP", "a:a1 !AGAIN" },
 	{ "\r\n", "$ " },
 	{ "a1 X )\r\n", "a:a1 a:X !INVALID" },
