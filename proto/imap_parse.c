@@ -5,7 +5,10 @@
 #include <errno.h>
 #include <string.h>
 
-enum { MODE_TOKENS = 0, MODE_LITERAL = 1, MODE_SKIP = 2 };
+enum { MODE_TOKENS = 0, MODE_LITERAL = 1, MODE_SKIP = 2, MODE_SKIP_LITERAL = 3 };
+
+/* skip_st: where a skipped line's tail is in "{n+}" CRLF ("~{n+}" too) */
+enum { SKIP_NONE = 0, SKIP_DIGITS, SKIP_PLUS, SKIP_BRACE, SKIP_CR };
 
 void imap_parser_init(struct imap_parser *p, size_t line_max)
 {
@@ -105,7 +108,23 @@ static enum imap_parse_result scan_quoted(struct span in, size_t i, size_t *end_
 	return IMAP_PARSE_AGAIN;
 }
 
-/* Scans an atom at in[i]; "[...]" inside it is taken whole. */
+/* Whether an atom that starts with pre goes on with a "[...]" section
+ * that may hold spaces and parentheses: the FETCH items BODY[...],
+ * BODY.PEEK[...], BINARY[...], BINARY.PEEK[...], BINARY.SIZE[...]. Any
+ * other "[" is an ATOM-CHAR like the rest ("foo[bar" is a valid keyword
+ * or mailbox name). */
+static bool section_prefix(struct span pre)
+{
+	static const char *const names[] = { "BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK",
+					     "BINARY.SIZE" };
+	for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
+		if (span_eq_nocase(pre, span_cstr(names[k])))
+			return true;
+	return false;
+}
+
+/* Scans an atom at in[i]; "[...]" after a FETCH section item's name is
+ * taken whole. */
 static enum imap_parse_result scan_atom(struct span in, size_t i, size_t *end_r,
 					struct imap_token *tok)
 {
@@ -122,7 +141,7 @@ static enum imap_parse_result scan_atom(struct span in, size_t i, size_t *end_r,
 		}
 		if (c == ' ' || c == ')' || c == '\r' || c == '\n')
 			break;
-		if (c == '[') {
+		if (c == '[' && section_prefix(span_make(in.p + start, i - start))) {
 			bracket = true;
 			continue;
 		}
@@ -151,7 +170,7 @@ enum imap_parse_result imap_parse_next(struct imap_parser *p, struct span in, si
 {
 	*used_r = 0;
 	memset(tok, 0, sizeof(*tok));
-	if (p->mode == MODE_SKIP)
+	if (p->mode == MODE_SKIP || p->mode == MODE_SKIP_LITERAL)
 		return IMAP_PARSE_INVALID;
 	if (p->mode == MODE_LITERAL) {
 		if (in.len == 0 && p->literal_left)
@@ -258,15 +277,70 @@ enum imap_parse_result imap_parse_next(struct imap_parser *p, struct span in, si
 enum imap_parse_result imap_parse_skip_line(struct imap_parser *p, struct span in,
 					    size_t *used_r)
 {
-	const uint8_t *lf = in.len ? memchr(in.p, '\n', in.len) : NULL;
-	if (!lf) {
+	if (p->mode != MODE_SKIP && p->mode != MODE_SKIP_LITERAL) {
 		p->mode = MODE_SKIP;
-		*used_r = in.len;
-		return IMAP_PARSE_AGAIN;
+		p->skip_st = SKIP_NONE;
 	}
-	*used_r = (size_t)(lf - in.p) + 1;
-	reset_command(p);
-	return IMAP_PARSE_OK;
+	size_t i = 0;
+	while (i < in.len) {
+		if (p->mode == MODE_SKIP_LITERAL) {
+			/* the data of a non-synchronising literal the client sent
+			 * on the dead line: never taken for commands */
+			size_t n = in.len - i < p->literal_left ? in.len - i : (size_t)p->literal_left;
+			i += n;
+			p->literal_left -= n;
+			if (p->literal_left == 0) {
+				p->mode = MODE_SKIP;
+				p->skip_st = SKIP_NONE;
+			}
+			continue;
+		}
+		uint8_t c = in.p[i++];
+		if (c == '{') {
+			p->skip_st = SKIP_DIGITS;
+			p->skip_digits = 0;
+			p->literal_left = 0;
+			continue;
+		}
+		switch (p->skip_st) {
+		case SKIP_DIGITS:
+			if (c >= '0' && c <= '9' && p->skip_digits < 10) {
+				p->literal_left = p->literal_left * 10 + (uint64_t)(c - '0');
+				p->skip_digits++;
+				continue;
+			}
+			p->skip_st = c == '+' && p->skip_digits ? SKIP_PLUS : SKIP_NONE;
+			continue;
+		case SKIP_PLUS:
+			p->skip_st = c == '}' ? SKIP_BRACE : SKIP_NONE;
+			continue;
+		case SKIP_BRACE:
+		case SKIP_CR:
+			if (c == '\r' && p->skip_st == SKIP_BRACE) {
+				p->skip_st = SKIP_CR;
+				continue;
+			}
+			if (c == '\n') {
+				/* the command goes on after the literal ({0+}: at
+				 * once, on the next line) */
+				p->skip_st = SKIP_NONE;
+				if (p->literal_left)
+					p->mode = MODE_SKIP_LITERAL;
+				continue;
+			}
+			break;
+		default:
+			break;
+		}
+		p->skip_st = SKIP_NONE;
+		if (c == '\n') {
+			*used_r = i;
+			reset_command(p);
+			return IMAP_PARSE_OK;
+		}
+	}
+	*used_r = in.len;
+	return IMAP_PARSE_AGAIN;
 }
 
 void imap_parse_literal_skip(struct imap_parser *p)
@@ -307,6 +381,22 @@ int imap_parse_number(struct span s, bool nz, uint32_t *n_r)
 	return 0;
 }
 
+int imap_parse_number64(struct span s, bool nz, uint64_t *n_r)
+{
+	uint64_t n = 0;
+	if (s.len == 0 || s.len > 19)
+		return -EINVAL;
+	for (size_t i = 0; i < s.len; i++) {
+		if (s.p[i] < '0' || s.p[i] > '9')
+			return -EINVAL;
+		n = n * 10 + (uint64_t)(s.p[i] - '0'); /* 19 digits fit in 64 bits */
+	}
+	if (n > INT64_MAX || (nz && n == 0))
+		return -EINVAL;
+	*n_r = n;
+	return 0;
+}
+
 int imap_parse_section_part(struct span s)
 {
 	if (s.len == 0)
@@ -325,6 +415,69 @@ int imap_parse_section_part(struct span s)
 		if (i == s.len)
 			return -EINVAL;
 	}
+}
+
+/* header-list = "(" header-fld-name *(SP header-fld-name) ")", the
+ * names atoms or quoted strings, and nothing after it. */
+static int header_list(struct span s)
+{
+	if (s.len < 3 || s.p[0] != '(' || s.p[s.len - 1] != ')')
+		return -EINVAL;
+	size_t i = 1, end = s.len - 1;
+	for (;;) {
+		size_t start = i;
+		if (i < end && s.p[i] == '"') {
+			for (i++; i < end && s.p[i] != '"'; i++) {
+				if (s.p[i] == '\0' || s.p[i] == '\r' || s.p[i] == '\n')
+					return -EINVAL; /* not a TEXT-CHAR */
+				if (s.p[i] == '\\' && (++i == end || (s.p[i] != '"' && s.p[i] != '\\')))
+					return -EINVAL;
+			}
+			if (i++ == end)
+				return -EINVAL;
+		} else {
+			while (i < end && atom_char(s.p[i]) && s.p[i] != '[' && s.p[i] != ']')
+				i++;
+			if (i == start)
+				return -EINVAL;
+		}
+		if (i == end)
+			return 0;
+		if (s.p[i] != ' ')
+			return -EINVAL;
+		i++;
+	}
+}
+
+int imap_parse_section(struct span s)
+{
+	/* the section-part: nz-numbers joined by dots, up to the first
+	 * piece that is not a number */
+	size_t i = 0;
+	while (i < s.len && s.p[i] >= '0' && s.p[i] <= '9') {
+		while (i < s.len && s.p[i] >= '0' && s.p[i] <= '9')
+			i++;
+		if (i == s.len)
+			return imap_parse_section_part(s);
+		if (s.p[i] != '.')
+			return -EINVAL;
+		i++;
+	}
+	bool part = i > 0;
+	if (part && imap_parse_section_part(span_make(s.p, i - 1)))
+		return -EINVAL;
+	struct span t = span_skip(s, i);
+	if (t.len == 0)
+		return part ? -EINVAL : 0; /* "1." */
+	if (span_eq_nocase(t, SPAN_LIT("MIME")))
+		return part ? 0 : -EINVAL;
+	if (span_eq_nocase(t, SPAN_LIT("HEADER")) || span_eq_nocase(t, SPAN_LIT("TEXT")))
+		return 0;
+	if (span_prefix_nocase(t, SPAN_LIT("HEADER.FIELDS.NOT ")))
+		return header_list(span_skip(t, 18));
+	if (span_prefix_nocase(t, SPAN_LIT("HEADER.FIELDS ")))
+		return header_list(span_skip(t, 14));
+	return -EINVAL;
 }
 
 /* seq-number: nz-number or "*" (0 here). */

@@ -80,7 +80,10 @@ struct imap_parser {
 	size_t line_len;     /* command bytes taken so far */
 	uint64_t literal_left;
 	uint16_t depth;
-	uint8_t mode;        /* 0 tokens, 1 literal data, 2 skipping a line */
+	uint8_t mode;        /* 0 tokens, 1 literal data, 2 skipping a line,
+			      * 3 skipping a non-synchronising literal's data */
+	uint8_t skip_st;     /* skipping: how much of "{n+}" CRLF ends the line */
+	uint8_t skip_digits;
 	uint8_t need_sep;    /* the last token needs SP, ")" or CRLF next */
 	uint8_t lit_started; /* a LITERAL_DATA piece was returned */
 };
@@ -96,9 +99,13 @@ void imap_parser_init(struct imap_parser *p, size_t line_max);
 enum imap_parse_result imap_parse_next(struct imap_parser *p, struct span in, size_t *used_r,
 				       struct imap_token *tok_r);
 
-/* Drops input up to and including the next LF. Returns OK with *used_r
- * bytes consumed and the parser reset for a new command, or AGAIN with
- * every byte of in consumed (*used_r = in.len) and more to skip. */
+/* Drops input up to and including the next LF; a line that ends with a
+ * non-synchronising literal header "{n+}" / "~{n+}" goes on after the
+ * literal, so its n bytes and the rest of the command are dropped too
+ * (the client sends them whatever the server answered: taken as
+ * commands, a message's lines would run). Returns OK with *used_r bytes
+ * consumed and the parser reset for a new command, or AGAIN with every
+ * byte of in consumed (*used_r = in.len) and more to skip. */
 enum imap_parse_result imap_parse_skip_line(struct imap_parser *p, struct span in,
 					    size_t *used_r);
 
@@ -120,10 +127,22 @@ size_t imap_unquote(struct span text, uint8_t *out);
  * refused too. Returns 0 or -EINVAL. */
 int imap_parse_number(struct span s, bool nz, uint32_t *n_r);
 
+/* number64 / nz-number64 of RFC 9051: as imap_parse_number() up to
+ * 2^63 - 1. Returns 0 or -EINVAL. */
+int imap_parse_number64(struct span s, bool nz, uint64_t *n_r);
+
 /* A section-binary's inside (RFC 3516, RFC 9051): empty, or a
  * section-part "1", "2.1", "3.1.4" (nz-numbers joined by dots, no leading
  * zero). Returns 0 or -EINVAL. */
 int imap_parse_section_part(struct span s);
+
+/* A BODY[section]'s inside (RFC 3501 / RFC 9051 "section-spec"): empty,
+ * HEADER, TEXT, HEADER.FIELDS[.NOT] (names...), each optionally after a
+ * section-part and a dot, a section-part alone, or a section-part then
+ * .MIME. The field names are atoms or quoted strings (a literal cannot be
+ * inside the one token an IMAP atom with "[" makes). Returns 0 or
+ * -EINVAL. */
+int imap_parse_section(struct span s);
 
 /* One range of a sequence set; 0 stands for "*" (the largest number). */
 struct imap_range {

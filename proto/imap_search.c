@@ -36,7 +36,10 @@ int64_t imap_search_parse_day(struct span s)
 	if (mi < 0 || d < 1 || d > 31 || y < 1900)
 		return -1;
 	struct tm tm = { .tm_mday = d, .tm_mon = mi, .tm_year = y - 1900 };
-	return (int64_t)(timegm(&tm) / 86400);
+	time_t t = timegm(&tm);
+	if (tm.tm_mday != d || tm.tm_mon != mi)
+		return -1; /* 31-Feb, 31-Apr: timegm() moved it to the next month */
+	return (int64_t)(t / 86400);
 }
 
 /* The day of a Date: header value ("Tue, 1 Jul 2003 10:52:37 +0200"). */
@@ -213,8 +216,8 @@ static int parse_key(struct pctx *c, int depth)
 		return c->t[v].kind == IMAP_STOK_ATOM && val.len ? 0 : -1;
 	}
 	if (span_eq_nocase(a, SPAN_LIT("LARGER")) || span_eq_nocase(a, SPAN_LIT("SMALLER"))) {
-		uint32_t n;
-		if (c->t[v].kind != IMAP_STOK_ATOM || imap_parse_number(val, false, &n))
+		uint64_t n; /* number64 (RFC 9051) */
+		if (c->t[v].kind != IMAP_STOK_ATOM || imap_parse_number64(val, false, &n))
 			return -1;
 		k->kind = a.len == 6 ? ISK_LARGER : ISK_SMALLER;
 		k->num = n;

@@ -172,6 +172,7 @@ struct fetch_job {
 	size_t ii;           /* next item */
 	bool item_open;      /* a section is streaming */
 	bool add_flags;      /* FLAGS added by the implicit \Seen */
+	bool has_uid;        /* UID is one of the items */
 	bool expunged;       /* a message was gone: NO [EXPUNGEISSUED] */
 	bool reading, wait_drain;
 	bool splice;         /* the open section may go file -> pipe -> socket */
@@ -333,6 +334,7 @@ struct imap_command {
 	bool uid;          /* also as "UID name" */
 	uint8_t sync;      /* SYNC_* before the tagged reply */
 	void (*run)(struct imap_session *is, size_t a);
+	int8_t nargs;      /* tokens after the name, each one argument; -1: run() checks */
 };
 
 enum { SYNC_NONE, SYNC_NOEXPUNGE, SYNC_FULL };
@@ -1193,6 +1195,14 @@ static void out_list_start(struct imap_session *is, const uint32_t *v, bool as_s
 
 /* Flags in a list (or one flag): system flags into *flags_r, keywords
  * into kw_r (arena strings). false: replied. */
+/* A flag-keyword is an atom: the tokenizer's atoms may also hold the
+ * list-wildcards and "]" (fine in an astring, not in a flag, and a "]"
+ * in a FLAGS list would end a PERMANENTFLAGS response code early). */
+static bool keyword_ok(const char *f)
+{
+	return f[0] && !strpbrk(f, "%*]");
+}
+
 static bool flags_arg(struct imap_session *is, size_t *i, uint32_t *flags_r, const char **kw_r,
 		      size_t *nkw_r)
 {
@@ -1220,13 +1230,13 @@ static bool flags_arg(struct imap_session *is, size_t *i, uint32_t *flags_r, con
 		if (sys)
 			continue;
 		if (f[0] == '\\') {
-			if (strcasecmp(f, "\\Recent") == 0)
-				continue;
-			return syntax(is, "Invalid system flag");
+			/* \Recent "can not be altered by the client" (RFC 3501
+			 * 2.3.2; RFC 9051 has no such flag): refused, not ignored */
+			return syntax(is, strcasecmp(f, "\\Recent") == 0 ? "\\Recent cannot be changed"
+									 : "Invalid system flag");
 		}
-		for (const char *c = f; *c; c++)
-			if (strchr("%*]", *c))
-				return syntax(is, "Invalid keyword");
+		if (!keyword_ok(f))
+			return syntax(is, "Invalid keyword");
 		if (*nkw_r == STORE_KEYWORDS_MAX) {
 			done(is, "NO", "[LIMIT] Too many keywords");
 			return false;
@@ -1917,9 +1927,12 @@ static void select_opened(void *arg, int res, struct store_folder *folder)
 		release(is);
 		return;
 	}
+	size_t unseen = 0; /* the first message without \Seen, 1-based */
 	for (size_t i = 0; i < n; i++) {
 		const struct store_msg *m = store_view_msg(is->view, i);
 		is->msgs[i] = (struct imsg){ m->uid, m->flags, m->keywords, m->modseq };
+		if (!unseen && !(m->flags & STORE_F_SEEN))
+			unseen = i + 1;
 	}
 	is->nmsgs = n;
 	struct store_folder_status st;
@@ -1940,6 +1953,8 @@ static void select_opened(void *arg, int res, struct store_folder *folder)
 	out_printf(is, "* %zu EXISTS\r\n", n);
 	if (!is->rev2) /* RFC 9051 has no RECENT */
 		out_str(is, "* 0 RECENT\r\n");
+	if (!is->rev2 && unseen) /* RFC 3501 6.3.1 requires it; RFC 9051 dropped it */
+		out_printf(is, "* OK [UNSEEN %zu] First unseen\r\n", unseen);
 	out_printf(is, "* OK [UIDVALIDITY %" PRIu32 "] UIDs valid\r\n", st.uidvalidity);
 	out_printf(is, "* OK [UIDNEXT %" PRIu32 "] Predicted next UID\r\n", st.uidnext);
 	out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] Highest\r\n", st.highestmodseq);
@@ -2511,6 +2526,7 @@ struct list_job {
 static void out_status_items(struct imap_session *is, const struct store_folder_status *st,
 			     size_t list_at);
 static bool status_items_ok(struct imap_session *is, size_t list_at);
+static void status_condstore(struct imap_session *is, size_t list_at);
 
 static int lentry_cmp(const void *a, const void *b)
 {
@@ -2879,6 +2895,8 @@ static void cmd_list(struct imap_session *is, size_t a)
 			syntax(is, "Invalid LIST return options");
 			return;
 		}
+		if (lj->ret & LRET_STATUS)
+			status_condstore(is, lj->status_at);
 	}
 	if (n1 < 0) {
 		free(lj);
@@ -2930,6 +2948,8 @@ static void out_status_items(struct imap_session *is, const struct store_folder_
 			v = st->deleted;
 		else if (!strcasecmp(it, "HIGHESTMODSEQ"))
 			v = st->highestmodseq;
+		else if (!strcasecmp(it, "APPENDLIMIT"))
+			v = cfg_of(is)->message_size_max; /* RFC 7889 3: every mailbox's */
 		else
 			continue;
 		char up[32];
@@ -2959,8 +2979,11 @@ static void status_reply(struct imap_session *is, const struct store_folder_stat
 static bool status_items_ok(struct imap_session *is, size_t list_at)
 {
 	static const char *const ok[] = { "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
-					  "RECENT", "SIZE", "HIGHESTMODSEQ", "DELETED" };
+					  "RECENT", "SIZE", "HIGHESTMODSEQ", "DELETED",
+					  "APPENDLIMIT" };
 	size_t end = list_end(is, list_at) - 1;
+	if (end == list_at + 1)
+		return false; /* "(" status-att *(SP status-att) ")" */
 	for (size_t i = list_at + 1; i < end; i++) {
 		bool known = false;
 		for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++)
@@ -2969,6 +2992,16 @@ static bool status_items_ok(struct imap_session *is, size_t list_at)
 			return false;
 	}
 	return true;
+}
+
+/* STATUS (HIGHESTMODSEQ) is a CONDSTORE enabling command (RFC 7162 3.1):
+ * from then on unsolicited FETCH responses carry MODSEQ. */
+static void status_condstore(struct imap_session *is, size_t list_at)
+{
+	size_t end = list_end(is, list_at) - 1;
+	for (size_t i = list_at + 1; i < end; i++)
+		if (is_atom(is, i, "HIGHESTMODSEQ"))
+			is->condstore = true;
 }
 
 static void status_opened(void *arg, int res, struct store_folder *folder)
@@ -3003,6 +3036,7 @@ static void cmd_status(struct imap_session *is, size_t a)
 				    : "Unknown STATUS item");
 		return;
 	}
+	status_condstore(is, a + 1);
 	if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
 		struct store_folder_status st;
 		store_folder_status(is->folder, &st);
@@ -3174,8 +3208,11 @@ static bool fetch_item(struct imap_session *is, struct span t, struct fetch_job 
 		return false;
 	it->kind = kind;
 	it->spec = span_make(rest.p, (size_t)(rb - rest.p));
-	/* section-binary = "[" [section-part] "]": part numbers only */
-	if (kind != FI_SECTION && imap_parse_section_part(it->spec))
+	/* section-binary = "[" [section-part] "]": part numbers only; a
+	 * BODY section is checked whole (BODY[MIME], HEADER.FIELDS without
+	 * or with an empty list: BAD, not an empty string) */
+	if (kind != FI_SECTION ? imap_parse_section_part(it->spec) != 0
+			       : imap_parse_section(it->spec) != 0)
 		return false;
 	struct span after = span_skip(rest, it->spec.len + 1);
 	if (after.len && kind == FI_BINARY_SIZE)
@@ -3186,9 +3223,9 @@ static bool fetch_item(struct imap_session *is, struct span t, struct fetch_job 
 			return false;
 		struct span in = span_make(after.p + 1, after.len - 2);
 		const uint8_t *dot = memchr(in.p, '.', in.len);
-		uint32_t o, n;
-		if (!dot || imap_parse_number(span_make(in.p, (size_t)(dot - in.p)), false, &o) ||
-		    imap_parse_number(span_skip(in, (size_t)(dot - in.p) + 1), true, &n))
+		uint64_t o, n; /* number64 "." nz-number64 (RFC 9051) */
+		if (!dot || imap_parse_number64(span_make(in.p, (size_t)(dot - in.p)), false, &o) ||
+		    imap_parse_number64(span_skip(in, (size_t)(dot - in.p) + 1), true, &n))
 			return false;
 		it->partial = true;
 		it->poff = o;
@@ -3402,6 +3439,17 @@ static bool fetch_splicing(const struct fetch_job *fj)
 	return fj->splice && fj->rd_left >= IMAP_SPLICE_MIN;
 }
 
+/* The bytes [*from_r, return value) of n that the item's partial <o.n>
+ * sends (all of them without one). */
+static size_t partial_cut(const struct fitem *it, size_t n, size_t *from_r)
+{
+	*from_r = 0;
+	if (!it->partial)
+		return n;
+	*from_r = it->poff < n ? (size_t)it->poff : n;
+	return n - *from_r > it->plen ? *from_r + (size_t)it->plen : n;
+}
+
 static void fetch_read(struct imap_session *is)
 {
 	struct fetch_job *fj = is->fj;
@@ -3459,13 +3507,17 @@ static void fetch_read_done(void *arg, ssize_t res)
 		if (fj->rd_left == 0 || fj->hlen == fj->hcap) {
 			size_t n = header_filter(fj->hbuf, fj->hlen, fj->hdr_fields, fj->hdr_not);
 			nul_to_0x80(fj->hbuf, n);
-			out_printf(is, "{%zu}\r\n", n);
+			/* <o.n> counts bytes of the filtered header (RFC 9051
+			 * 6.4.5): the range of it that is sent */
+			size_t from;
+			n = partial_cut(&fj->items[fj->ii], n, &from);
+			out_printf(is, "{%zu}\r\n", n - from);
 			/* up to IMAP_HEADER_READ_MAX: fetch_pump() sends it in
 			 * pieces, waiting for the socket like a body */
 			fj->hdr_filter = false;
 			fj->hdr_out = true;
 			fj->hlen = n;
-			fj->hout = 0;
+			fj->hout = from;
 			fj->rd_left = 0;
 		}
 	} else if (fj->bin) {
@@ -3555,7 +3607,10 @@ static bool fetch_section(struct imap_session *is, struct fitem *it, const struc
 		fj->rd_left = len;
 		fj->item_open = true;
 		if (len == 0) {
-			out_str(is, "{2}\r\n\r\n");
+			/* the filtered empty header is its CRLF */
+			size_t from, to = partial_cut(it, 2, &from);
+			out_printf(is, "{%zu}\r\n", to - from);
+			out_put(is, &"\r\n"[from], to - from);
 			fj->hdr_filter = false;
 			fj->item_open = false;
 			return true;
@@ -3785,7 +3840,7 @@ static bool fetch_binary(struct imap_session *is, struct fitem *it, const struct
 	fj->want_end = UINT64_MAX;
 	if (it->partial) {
 		fj->want_off = it->poff;
-		fj->want_end = it->poff + it->plen; /* both 32-bit: no wrap */
+		fj->want_end = it->poff + it->plen; /* both below 2^63: no wrap */
 	}
 	fj->dec_pos = 0;
 	fj->rd_off = off;
@@ -3906,6 +3961,12 @@ static void fetch_pump(struct imap_session *is)
 			if (m && fj->add_flags) {
 				out_str(is, " FLAGS ");
 				out_flags(is, m->flags, m->keywords);
+				/* RFC 7162 3.1: a FETCH that set \Seen reports UID
+				 * and MODSEQ to a CONDSTORE-aware client */
+				if (is->condstore && !fj->has_uid)
+					out_printf(is, " UID %" PRIu32, m->uid);
+				if (is->condstore && !fj->want_modseq)
+					out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
 			}
 			if (m && fj->changedsince && !fj->want_modseq)
 				out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
@@ -4016,6 +4077,13 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 	}
 	if (is->toks[i].kind == T_LBEGIN) {
 		end = list_end(is, i);
+		if (end == i + 2) {
+			/* "(" fetch-att *(SP fetch-att) ")": "* 1 FETCH ()" is
+			 * no valid response either */
+			free(fj);
+			syntax(is, "Empty FETCH item list");
+			return;
+		}
 		for (size_t k = i + 1; k + 1 < end; k++)
 			if (is->toks[k].kind != T_ATOM || !fetch_item(is, tok_span(is, k), fj)) {
 				free(fj);
@@ -4050,10 +4118,9 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 	}
 	/* RFC 7162 3.1.4, 3.2.6: FETCH modifiers (CHANGEDSINCE n) and, for
 	 * UID FETCH after ENABLE QRESYNC, VANISHED (with CHANGEDSINCE). */
-	bool vanished = false;
+	bool vanished = false, since = false;
 	if (end < is->ntoks && is->toks[end].kind == T_LBEGIN) {
 		size_t e2 = list_end(is, end);
-		bool since = false;
 		for (size_t k = end + 1; k + 1 < e2; k++) {
 			if (is_atom(is, k, "CHANGEDSINCE") && modseq_arg(is, k + 1, &fj->changedsince)) {
 				since = true;
@@ -4101,7 +4168,11 @@ static void cmd_fetch(struct imap_session *is, size_t a)
 		fj->items[0].kind = FI_UID;
 		fj->nitems++;
 	}
-	if (fj->changedsince && !fj->want_modseq && fj->nitems < IMAP_FETCH_ITEMS_MAX) {
+	fj->has_uid = has_uid || uid;
+	/* CHANGEDSINCE adds MODSEQ (RFC 7162 3.1.4.1), also CHANGEDSINCE 0
+	 * (every message; what a client that saw HIGHESTMODSEQ 0 on an
+	 * empty mailbox asks) */
+	if (since && !fj->want_modseq && fj->nitems < IMAP_FETCH_ITEMS_MAX) {
 		fj->items[fj->nitems].kind = FI_MODSEQ;
 		fj->want_modseq = true;
 		fj->nitems++;
@@ -4173,6 +4244,11 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		return;
 	}
 	view_refresh(is);
+	/* .SILENT leaves FLAGS out, but a CONDSTORE client still gets each
+	 * changed message's new MODSEQ (RFC 7162 3.1.3: "An untagged FETCH
+	 * response MUST be sent, even if the .SILENT suffix is specified"),
+	 * or its cache would keep an old one and resync it for nothing. */
+	bool report = !is->store_silent || is->condstore;
 	for (size_t k = 0; k < is->nuids; k++) {
 		ssize_t i = msgs_find(is, is->uids[k]);
 		if (i < 0)
@@ -4180,16 +4256,21 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		const struct store_msg *m = msg_of(is, (size_t)i);
 		if (!m)
 			continue;
-		if (!is->store_silent && out_full(is))
+		if (report && out_full(is))
 			break; /* done()'s sync reports the rest as the socket drains */
-		if (!is->store_silent) {
+		if (report && (!is->store_silent || m->modseq != is->msgs[i].modseq)) {
 			out_printf(is, "* %zd FETCH (", i + 1);
-			if (is->uid_cmd)
+			/* UID for UID STORE, and for any STORE once CONDSTORE is
+			 * on (RFC 7162 3.1: "both UID and mod-sequence data") */
+			if (is->uid_cmd || is->condstore)
 				out_printf(is, "UID %" PRIu32 " ", m->uid);
-			out_str(is, "FLAGS ");
-			out_flags(is, m->flags, m->keywords);
+			if (!is->store_silent) {
+				out_str(is, "FLAGS ");
+				out_flags(is, m->flags, m->keywords);
+			}
 			if (is->condstore)
-				out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
+				out_printf(is, "%sMODSEQ (%" PRIu64 ")",
+					   is->store_silent ? "" : " ", m->modseq);
 			out_str(is, ")\r\n");
 		}
 		is->msgs[i].flags = m->flags;
@@ -5485,6 +5566,8 @@ static int64_t parse_datetime(struct span s)
 		return -1;
 	int zs = z < 0 ? -1 : 1;
 	z = z < 0 ? -z : z;
+	if (z > 9959 || z % 100 > 59)
+		return -1; /* zone is +hhmm */
 	int64_t off = zs * ((z / 100) * 3600 + (z % 100) * 60);
 	return days * 86400 + h * 3600 + mi * 60 + se - off;
 }
@@ -5600,7 +5683,7 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 				}
 			if (sys)
 				continue;
-			if (f[0] == '\\' || is->toks[k].kind != T_ATOM)
+			if (f[0] == '\\' || is->toks[k].kind != T_ATOM || !keyword_ok(f))
 				err = "Invalid flag";
 			else if (is->append_nkw < STORE_KEYWORDS_MAX)
 				is->append_kw[is->append_nkw++] = f;
@@ -5703,44 +5786,46 @@ static void idle_line(struct imap_session *is, struct span line)
 #define AUTHED (ST(AUTH) | ST(SELECTED))
 
 static const struct imap_command commands[] = {
-	{ "CAPABILITY", ANY, false, SYNC_NONE, cmd_capability },
-	{ "NOOP", ANY, false, SYNC_FULL, cmd_noop },
-	{ "LOGOUT", ANY, false, SYNC_NONE, cmd_logout },
-	{ "ID", ANY, false, SYNC_NONE, cmd_id },
-	{ "STARTTLS", ST(NOTAUTH), false, SYNC_NONE, cmd_starttls },
-	{ "LOGIN", ST(NOTAUTH), false, SYNC_NONE, cmd_login },
-	{ "AUTHENTICATE", ST(NOTAUTH), false, SYNC_NONE, cmd_authenticate },
+	{ "CAPABILITY", ANY, false, SYNC_NONE, cmd_capability, 0 },
+	/* NOOP ignores arguments, as it always did (harmless; a long NOOP is
+	 * how the line limit is probed) */
+	{ "NOOP", ANY, false, SYNC_FULL, cmd_noop, -1 },
+	{ "LOGOUT", ANY, false, SYNC_NONE, cmd_logout, 0 },
+	{ "ID", ANY, false, SYNC_NONE, cmd_id, -1 },
+	{ "STARTTLS", ST(NOTAUTH), false, SYNC_NONE, cmd_starttls, 0 },
+	{ "LOGIN", ST(NOTAUTH), false, SYNC_NONE, cmd_login, -1 },
+	{ "AUTHENTICATE", ST(NOTAUTH), false, SYNC_NONE, cmd_authenticate, -1 },
 	/* RFC 9051 6.3.1 / RFC 5161 3.1: before any mailbox is selected */
-	{ "ENABLE", ST(AUTH), false, SYNC_NONE, cmd_enable },
-	{ "NAMESPACE", AUTHED, false, SYNC_FULL, cmd_namespace },
-	{ "SELECT", AUTHED, false, SYNC_NONE, cmd_select },
-	{ "EXAMINE", AUTHED, false, SYNC_NONE, cmd_examine },
-	{ "CREATE", AUTHED, false, SYNC_FULL, cmd_create },
-	{ "DELETE", AUTHED, false, SYNC_FULL, cmd_delete },
-	{ "RENAME", AUTHED, false, SYNC_FULL, cmd_rename },
-	{ "SUBSCRIBE", AUTHED, false, SYNC_FULL, cmd_subscribe },
-	{ "UNSUBSCRIBE", AUTHED, false, SYNC_FULL, cmd_unsubscribe },
-	{ "LIST", AUTHED, false, SYNC_FULL, cmd_list },
-	{ "LSUB", AUTHED, false, SYNC_FULL, cmd_lsub },
-	{ "STATUS", AUTHED, false, SYNC_FULL, cmd_status },
-	{ "GETQUOTAROOT", AUTHED, false, SYNC_FULL, cmd_getquotaroot },
-	{ "GETQUOTA", AUTHED, false, SYNC_FULL, cmd_getquota },
-	{ "SETQUOTA", AUTHED, false, SYNC_FULL, cmd_setquota },
-	{ "APPEND", AUTHED, false, SYNC_FULL, NULL }, /* see append_literal() */
-	{ "IDLE", AUTHED, false, SYNC_NONE, cmd_idle },
-	{ "COMPRESS", AUTHED, false, SYNC_NONE, cmd_compress },
-	{ "UNAUTHENTICATE", AUTHED, false, SYNC_NONE, cmd_unauthenticate },
-	{ "CHECK", ST(SELECTED), false, SYNC_FULL, cmd_check },
-	{ "CLOSE", ST(SELECTED), false, SYNC_NONE, cmd_close },
-	{ "UNSELECT", ST(SELECTED), false, SYNC_NONE, cmd_unselect },
-	{ "EXPUNGE", ST(SELECTED), true, SYNC_FULL, cmd_expunge },
-	{ "SEARCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_search },
-	{ "SORT", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_sort },
-	{ "THREAD", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_thread },
-	{ "FETCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_fetch },
-	{ "STORE", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_store },
-	{ "COPY", ST(SELECTED), true, SYNC_FULL, cmd_copy },
-	{ "MOVE", ST(SELECTED), true, SYNC_FULL, cmd_copy },
+	{ "ENABLE", ST(AUTH), false, SYNC_NONE, cmd_enable, -1 },
+	{ "NAMESPACE", AUTHED, false, SYNC_FULL, cmd_namespace, 0 },
+	{ "SELECT", AUTHED, false, SYNC_NONE, cmd_select, -1 },
+	{ "EXAMINE", AUTHED, false, SYNC_NONE, cmd_examine, -1 },
+	{ "CREATE", AUTHED, false, SYNC_FULL, cmd_create, 1 },
+	{ "DELETE", AUTHED, false, SYNC_FULL, cmd_delete, 1 },
+	{ "RENAME", AUTHED, false, SYNC_FULL, cmd_rename, 2 },
+	{ "SUBSCRIBE", AUTHED, false, SYNC_FULL, cmd_subscribe, 1 },
+	{ "UNSUBSCRIBE", AUTHED, false, SYNC_FULL, cmd_unsubscribe, 1 },
+	{ "LIST", AUTHED, false, SYNC_FULL, cmd_list, -1 },
+	{ "LSUB", AUTHED, false, SYNC_FULL, cmd_lsub, -1 },
+	{ "STATUS", AUTHED, false, SYNC_FULL, cmd_status, -1 },
+	{ "GETQUOTAROOT", AUTHED, false, SYNC_FULL, cmd_getquotaroot, 1 },
+	{ "GETQUOTA", AUTHED, false, SYNC_FULL, cmd_getquota, 1 },
+	{ "SETQUOTA", AUTHED, false, SYNC_FULL, cmd_setquota, -1 },
+	{ "APPEND", AUTHED, false, SYNC_FULL, NULL, -1 }, /* see append_literal() */
+	{ "IDLE", AUTHED, false, SYNC_NONE, cmd_idle, 0 },
+	{ "COMPRESS", AUTHED, false, SYNC_NONE, cmd_compress, 1 },
+	{ "UNAUTHENTICATE", AUTHED, false, SYNC_NONE, cmd_unauthenticate, 0 },
+	{ "CHECK", ST(SELECTED), false, SYNC_FULL, cmd_check, 0 },
+	{ "CLOSE", ST(SELECTED), false, SYNC_NONE, cmd_close, 0 },
+	{ "UNSELECT", ST(SELECTED), false, SYNC_NONE, cmd_unselect, 0 },
+	{ "EXPUNGE", ST(SELECTED), true, SYNC_FULL, cmd_expunge, -1 },
+	{ "SEARCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_search, -1 },
+	{ "SORT", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_sort, -1 },
+	{ "THREAD", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_thread, -1 },
+	{ "FETCH", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_fetch, -1 },
+	{ "STORE", ST(SELECTED), true, SYNC_NOEXPUNGE, cmd_store, -1 },
+	{ "COPY", ST(SELECTED), true, SYNC_FULL, cmd_copy, -1 },
+	{ "MOVE", ST(SELECTED), true, SYNC_FULL, cmd_copy, -1 },
 };
 
 static const struct imap_command *find_command(struct span name)
@@ -5830,6 +5915,13 @@ static void dispatch(struct imap_session *is)
 		bad(is, is->state == IMAP_S_NOTAUTH	 ? "Log in first"
 			: c->run == cmd_enable ? "ENABLE is only valid before a mailbox is selected"
 					       : "Command not valid in this state");
+		cmd_end(is);
+		return;
+	}
+	if (c->nargs >= 0 && is->ntoks - a != (size_t)c->nargs) {
+		/* "DELETE a b" (an unquoted "a b") must not delete "a" */
+		bad(is, c->nargs == 0 ? "This command takes no arguments"
+				      : "Wrong number of arguments");
 		cmd_end(is);
 		return;
 	}

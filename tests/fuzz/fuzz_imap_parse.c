@@ -5,8 +5,9 @@
  * every token must lie inside the input, and the parser must always make
  * progress or say AGAIN / INVALID / TOO_LONG. The input is also read as a
  * sequence set, as a BINARY section part (only digits and single dots
- * pass) and as a mailbox name: a strict modified UTF-7 decode must encode
- * back to the same bytes, and UTF-8 that encodes must decode back. */
+ * pass), as a BODY section (a superset of those) and as a mailbox name:
+ * a strict modified UTF-7 decode must encode back to the same bytes, and
+ * UTF-8 that encodes must decode back. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -109,6 +110,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 						       (start && data[i] == '0')))
 				abort();
 		}
+	}
+
+	/* a BODY section's inside: every section-part is one, and nothing
+	 * accepted holds "]", CR or LF (it must fit in one atom token) */
+	if (imap_parse_section(span_make(data, size)) == 0) {
+		if (memchr(data, ']', size) || memchr(data, '\r', size) || memchr(data, '\n', size))
+			abort();
+	} else if (imap_parse_section_part(span_make(data, size)) == 0) {
+		abort();
 	}
 
 	size_t ocap = size * 4 + 8;

@@ -3072,3 +3072,357 @@ def test_fetch_splice_stalled_client_at_shutdown(imapsrv):
     assert srv.stop(timeout=10) == 0, srv.log()[-3000:]
     took = time.monotonic() - t0
     assert 0.8 < took < 5.0, took
+
+
+# ---- RFC corners found by differential testing against Dovecot -------------------
+
+
+def append_raw(r, msg, box="INBOX"):
+    """APPENDs msg with a non-synchronising literal; returns the tagged line."""
+    r.n += 1
+    tag = f"t{r.n}"
+    r.send(f"{tag} APPEND {box} {{{len(msg)}+}}\r\n".encode() + msg + b"\r\n")
+    _, t = r.until(tag)
+    assert b" OK " in t, t
+    return t
+
+
+def test_header_fields_partial_counts_filtered_bytes(srv):
+    """BODY[HEADER.FIELDS (...)]<o.n> sends n bytes of the filtered header
+    from o (RFC 9051 6.4.5); it used to send the whole filtered header
+    under the "<o>" origin, so a client asking for a range got more bytes
+    than asked and from the wrong place."""
+    r = Raw(srv).login()
+    append_raw(r, b"Subject: odd\r\nX-A: 1\r\nx-a: 2\r\nX-B-C: 3\r\n\r\nbody\r\n")
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd('FETCH 1 BODY.PEEK[HEADER.FIELDS ("X-A" X-B-C)]<2.10>')
+    assert t.startswith(b"t4 OK"), t
+    assert b"".join(lines) == (b'* 1 FETCH (BODY[HEADER.FIELDS ("X-A" X-B-C)]<2> {10}\r\n'
+                               b"A: 1\r\nx-a:)\r\n"), lines
+    lines, _ = r.cmd("FETCH 1 BODY.PEEK[HEADER.FIELDS (X-A)]<100.10>")
+    assert b"".join(lines) == b"* 1 FETCH (BODY[HEADER.FIELDS (X-A)]<100> {0}\r\n)\r\n", lines
+    lines, _ = r.cmd("FETCH 1 BODY.PEEK[HEADER.FIELDS.NOT (X-A X-B-C)]<0.100>")
+    assert b"".join(lines) == (b"* 1 FETCH (BODY[HEADER.FIELDS.NOT (X-A X-B-C)]<0> {16}\r\n"
+                               b"Subject: odd\r\n\r\n)\r\n"), lines
+    lines, _ = r.cmd("FETCH 1 BODY.PEEK[HEADER.FIELDS (Subject)]<14.1>")
+    assert b"".join(lines) == b"* 1 FETCH (BODY[HEADER.FIELDS (Subject)]<14> {1}\r\n\r)\r\n", lines
+
+
+def test_store_silent_reports_modseq_to_condstore_clients(srv):
+    """STORE ... FLAGS.SILENT sends no FLAGS, but once CONDSTORE is on each
+    changed message still gets "* n FETCH (UID u MODSEQ (m))" (RFC 7162 3.1.3:
+    "An untagged FETCH response MUST be sent, even if the .SILENT suffix
+    is specified"); it used to send nothing, leaving the client's cached
+    MODSEQ behind its own change."""
+    r = Raw(srv).login()
+    for i in range(3):
+        append_raw(r, f"Subject: m{i}\r\n\r\nx\r\n".encode())
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd("STORE 1 +FLAGS.SILENT (\\Seen)")
+    assert lines == [] and b" OK " in t, (lines, t)  # CONDSTORE not on yet
+    # UNCHANGEDSINCE is a CONDSTORE enabling command (RFC 7162 3.1)
+    lines, t = r.cmd("STORE 1:2 (UNCHANGEDSINCE 1000) +FLAGS.SILENT (\\Flagged)")
+    assert t.startswith(b"t7 OK STORE"), t
+    now, _ = r.cmd("FETCH 1:3 (MODSEQ)")
+    ms = [re.search(rb"MODSEQ \((\d+)\)", ln).group(1) for ln in now]
+    assert lines == [b"* 1 FETCH (UID 1 MODSEQ (%s))\r\n" % ms[0],
+                     b"* 2 FETCH (UID 2 MODSEQ (%s))\r\n" % ms[1]], lines
+    lines, t = r.cmd("UID STORE 2:3 -FLAGS.SILENT (\\Flagged)")
+    now, _ = r.cmd("FETCH 2:3 (MODSEQ)")
+    ms = [re.search(rb"MODSEQ \((\d+)\)", ln).group(1) for ln in now]
+    assert lines == [b"* 2 FETCH (UID 2 MODSEQ (%s))\r\n" % ms[0],
+                     b"* 3 FETCH (UID 3 MODSEQ (%s))\r\n" % ms[1]], lines
+    lines, _ = r.cmd("FETCH 1:3 (FLAGS)")
+    assert lines == [b"* 1 FETCH (FLAGS (\\Seen \\Flagged))\r\n", b"* 2 FETCH (FLAGS ())\r\n",
+                     b"* 3 FETCH (FLAGS ())\r\n"], lines
+
+
+def test_changedsince_zero_returns_modseq(srv):
+    """FETCH ... (CHANGEDSINCE 0) answers every message with its MODSEQ
+    (RFC 7162 3.1.4.1: CHANGEDSINCE adds the MODSEQ item). 0 is what a
+    client that selected the mailbox while empty was told
+    ([HIGHESTMODSEQ 0]); the FETCH used to answer without MODSEQ, as if
+    no modifier had been given, so the client could not record any."""
+    r = Raw(srv).login()
+    r.cmd("CREATE Box")
+    lines, _ = r.cmd("SELECT Box (CONDSTORE)")
+    assert b"* OK [HIGHESTMODSEQ 0] Highest\r\n" in lines, lines
+    r.cmd("UNSELECT")
+    append_raw(r, b"Subject: a\r\n\r\nx\r\n", "Box")
+    append_raw(r, b"Subject: b\r\n\r\nx\r\n", "Box")
+    r.cmd("SELECT Box")
+    now, _ = r.cmd("FETCH 1:2 (MODSEQ)")
+    ms = [re.search(rb"MODSEQ \((\d+)\)", ln).group(1) for ln in now]
+    lines, t = r.cmd("FETCH 1:2 (FLAGS) (CHANGEDSINCE 0)")
+    assert lines == [b"* 1 FETCH (FLAGS () MODSEQ (%s))\r\n" % ms[0],
+                     b"* 2 FETCH (FLAGS () MODSEQ (%s))\r\n" % ms[1]], lines
+    lines, t = r.cmd("UID FETCH 2:* (FLAGS) (CHANGEDSINCE 0)")
+    assert lines == [b"* 2 FETCH (UID 2 FLAGS () MODSEQ (%s))\r\n" % ms[1]], lines
+
+
+def test_empty_lists_and_bad_sections_are_bad(imapsrv):
+    """Syntax the grammar does not allow is BAD, not an empty success:
+    "FETCH 1 ()" used to answer "* 1 FETCH ()" (no msg-att: a response
+    clients fail to parse), STATUS m () "* STATUS m ()", and BODY[MIME],
+    BODY[TEXT.MIME], BODY[HEADER.FIELDS] without or with an empty list
+    and BODY[0] an empty string, as if the request were valid (RFC 9051
+    section-spec, header-list, fetch-att and status-att lists)."""
+    srv = imapsrv(config="[limits]\nmax_bad_commands = 100\n")
+    r = Raw(srv).login()
+    append_raw(r, b"Subject: s\r\n\r\nbody\r\n")
+    r.cmd("SELECT INBOX")
+    for cmd in ("FETCH 1 ()", "FETCH 1 BODY.PEEK[MIME]", "FETCH 1 BODY.PEEK[TEXT.MIME]",
+                "FETCH 1 BODY[HEADER.FIELDS]", "FETCH 1 BODY.PEEK[HEADER.FIELDS ()]",
+                "FETCH 1 BODY.PEEK[HEADER.FIELDS (A  B)]", "FETCH 1 BODY.PEEK[0]",
+                "FETCH 1 BODY.PEEK[1.]", "STATUS INBOX ()",
+                'LIST "" "*" RETURN (STATUS ())'):
+        lines, t = r.cmd(cmd)
+        assert lines == [] and re.match(rb"t\d+ BAD ", t), (cmd, lines, t)
+    # the valid neighbours still answer
+    lines, _ = r.cmd('FETCH 1 (BODY.PEEK[1.MIME] BODY.PEEK[HEADER.FIELDS (Subject "X")])')
+    assert b"".join(lines) == (b'* 1 FETCH (BODY[1.MIME] {14}\r\nSubject: s\r\n\r\n'
+                               b' BODY[HEADER.FIELDS (Subject "X")] {14}\r\nSubject: s\r\n\r\n)\r\n'), lines
+    lines, _ = r.cmd("FETCH 1 BODY.PEEK[2]")
+    assert lines == [b'* 1 FETCH (BODY[2] "")\r\n'], lines
+    lines, t = r.cmd("STATUS INBOX (MESSAGES)")
+    assert lines == [b'* STATUS "INBOX" (MESSAGES 1)\r\n'], lines
+
+
+def test_bad_line_drops_its_nonsync_literal(srv):
+    """A command line the tokenizer cannot parse gets BAD and is skipped;
+    when it ends with a non-synchronising literal "{n+}" the client sends
+    the n bytes anyway, and they (and the rest of the command) are
+    skipped too. They used to be read as commands: an APPEND that failed
+    to parse ran the lines of the message it carried."""
+    r = Raw(srv).login()
+    evil = b"x1 CREATE Pwned\r\nx2 LOGOUT\r\n"
+    r.send(b"a1 APPEND INBOX (f\xe9o) {%d+}\r\n" % len(evil) + evil + b"\r\n")
+    lines, t = r.until("a1")
+    assert lines == [] and t.startswith(b"a1 BAD "), (lines, t)
+    r.send(b'a2 APPEND INBOX "\\q" {%d+}\r\n' % len(evil) + evil + b" (\\Seen) {3+}\r\nx3 \r\n")
+    lines, t = r.until("a2")
+    assert lines == [] and t.startswith(b"a2 BAD "), (lines, t)
+    lines, t = r.cmd('LIST "" "*"')
+    assert lines == [b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'], lines
+    lines, t = r.cmd("STATUS INBOX (MESSAGES)")
+    assert lines == [b'* STATUS "INBOX" (MESSAGES 0)\r\n'], lines
+
+
+def test_select_sends_unseen_to_imap4rev1_sessions(srv):
+    """SELECT/EXAMINE in an IMAP4rev1 session send "* OK [UNSEEN n]" with
+    the first message without \\Seen (RFC 3501 6.3.1 lists it among the
+    REQUIRED OK responses; clients use it to open the mailbox at the first
+    unread message), and none when every message is seen. IMAP4rev2
+    dropped it (RFC 9051 6.3.2): none after ENABLE IMAP4rev2."""
+    r = Raw(srv).login()
+    for i in range(3):
+        append_raw(r, f"Subject: m{i}\r\n\r\nx\r\n".encode())
+    r.cmd("SELECT INBOX")
+    r.cmd("STORE 1 +FLAGS.SILENT (\\Seen)")
+    lines, _ = r.cmd("EXAMINE INBOX")
+    assert [ln for ln in lines if b"UNSEEN" in ln] == [b"* OK [UNSEEN 2] First unseen\r\n"], lines
+    i = lines.index(b"* OK [UNSEEN 2] First unseen\r\n")
+    assert lines[i - 1] == b"* 0 RECENT\r\n", lines
+    r.cmd("SELECT INBOX")
+    r.cmd("STORE 2:3 +FLAGS.SILENT (\\Seen)")
+    lines, _ = r.cmd("SELECT INBOX")
+    assert not [ln for ln in lines if b"UNSEEN" in ln], lines
+    r.cmd("STORE 3 -FLAGS.SILENT (\\Seen)")
+    r.cmd("UNSELECT")
+    r.cmd("ENABLE IMAP4rev2")
+    lines, _ = r.cmd("SELECT INBOX")
+    assert not [ln for ln in lines if b"UNSEEN" in ln], lines
+
+
+def test_number64_in_larger_smaller_and_partials(srv):
+    """RFC 9051 made LARGER/SMALLER and the FETCH partial's numbers
+    number64: values past 2^32 are valid (nothing is that large, so
+    LARGER matches nothing, SMALLER everything, and a partial reaches the
+    end). They used to be BAD, which a client sending "up to the end" as
+    a large count could not tell from a real error."""
+    r = Raw(srv).login()
+    append_raw(r, b"Subject: s\r\n\r\nbody\r\n")
+    r.cmd("ENABLE IMAP4rev2")
+    r.cmd("SELECT INBOX")
+    lines, t = r.cmd("SEARCH LARGER 4294967296")
+    assert lines == [b'* ESEARCH (TAG "t5")\r\n'] and b"t5 OK" in t, (lines, t)
+    lines, t = r.cmd("SEARCH SMALLER 9223372036854775807")
+    assert lines == [b'* ESEARCH (TAG "t6") ALL 1\r\n'], lines
+    lines, t = r.cmd("FETCH 1 BODY.PEEK[TEXT]<2.9223372036854775807>")
+    assert b"".join(lines) == b"* 1 FETCH (BODY[TEXT]<2> {4}\r\ndy\r\n)\r\n", lines
+    lines, t = r.cmd("FETCH 1 BINARY.PEEK[1]<4294967296.10>")
+    assert b"".join(lines) == b"* 1 FETCH (BINARY[1]<4294967296> {0}\r\n)\r\n", lines
+    lines, t = r.cmd("SEARCH LARGER 9223372036854775808")
+    assert lines == [] and b"t9 BAD" in t, (lines, t)
+
+
+def test_impossible_dates_are_bad(srv):
+    """A date that does not exist (31-Feb, 29-Feb of a common year, a zone
+    with 99 minutes) is BAD in APPEND and SEARCH. timegm() used to roll
+    it over: APPEND "31-Feb-2020 ..." stored an INTERNALDATE of 2 March,
+    a date the client never sent, and SEARCH SINCE 31-Feb-2020 searched
+    from 2 March."""
+    r = Raw(srv).login()
+    for date in ("31-Feb-2020 10:00:00 +0100", "29-Feb-2021 10:00:00 +0000",
+                 "01-Jan-2020 10:00:00 +0199"):
+        r.send(b'a APPEND INBOX "%s" {3+}\r\nabc\r\n' % date.encode())
+        lines, t = r.until("a")
+        assert lines == [] and t.startswith(b"a BAD "), (date, lines, t)
+    r.send(b'a APPEND INBOX "29-Feb-2020 10:00:00 +0100" {3+}\r\nabc\r\n')
+    _, t = r.until("a")
+    assert t.startswith(b"a OK "), t
+    r.cmd("SELECT INBOX")
+    lines, _ = r.cmd("FETCH 1 INTERNALDATE")
+    assert lines == [b'* 1 FETCH (INTERNALDATE "29-Feb-2020 09:00:00 +0000")\r\n'], lines
+    for key in ("SINCE 31-Feb-2020", "BEFORE 31-Apr-2020", "SENTON 29-Feb-2019"):
+        lines, t = r.cmd("SEARCH " + key)
+        assert lines == [] and b" BAD " in t, (key, lines, t)
+    lines, _ = r.cmd("SEARCH ON 29-Feb-2020")
+    assert lines == [b"* SEARCH 1\r\n"], lines
+
+
+def test_status_appendlimit(imapsrv):
+    """STATUS m (APPENDLIMIT) and LIST ... RETURN (STATUS (APPENDLIMIT))
+    answer the limit that CAPABILITY's APPENDLIMIT=n names (RFC 7889 3:
+    the extension's STATUS item); they used to be BAD."""
+    srv = imapsrv(config="[limits]\nmessage_size_max = 1m\n")
+    r = Raw(srv).login()
+    lines, _ = r.cmd("CAPABILITY")
+    assert b" APPENDLIMIT=1048576" in lines[0], lines
+    lines, t = r.cmd("STATUS INBOX (MESSAGES APPENDLIMIT)")
+    assert lines == [b'* STATUS "INBOX" (MESSAGES 0 APPENDLIMIT 1048576)\r\n'], (lines, t)
+    lines, t = r.cmd('LIST "" "INBOX" RETURN (STATUS (APPENDLIMIT))')
+    assert lines == [b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n',
+                     b'* STATUS "INBOX" (APPENDLIMIT 1048576)\r\n'], (lines, t)
+
+
+def test_status_highestmodseq_enables_condstore(srv):
+    """STATUS (HIGHESTMODSEQ) is a CONDSTORE enabling command (RFC 7162
+    3.1), as LIST ... RETURN (STATUS (HIGHESTMODSEQ)) is: afterwards the
+    flag changes another session makes reach this one with MODSEQ. It used
+    to leave CONDSTORE off, so the client, now CONDSTORE-aware, got
+    FETCH responses without the MODSEQ it must track."""
+    b = Raw(srv).login()
+    append_raw(b, b"Subject: s\r\n\r\nbody\r\n")
+    b.cmd("SELECT INBOX")
+    for kw, cmd in (("k1", "STATUS INBOX (HIGHESTMODSEQ)"),
+                    ("k2", 'LIST "" "INBOX" RETURN (STATUS (HIGHESTMODSEQ))')):
+        a = Raw(srv).login()
+        a.cmd("SELECT INBOX")
+        a.cmd(cmd)
+        b.cmd(f"STORE 1 FLAGS.SILENT ({kw})")
+        now, _ = b.cmd("FETCH 1 MODSEQ")
+        m = re.search(rb"MODSEQ \((\d+)\)", now[0]).group(1)
+        lines, _ = a.cmd("NOOP")
+        assert lines == [b"* 1 FETCH (UID 1 FLAGS (%s) MODSEQ (%s))\r\n" % (kw.encode(), m)], \
+            (cmd, lines)
+        a.cmd("LOGOUT")
+
+
+def test_extra_arguments_are_bad(imapsrv):
+    """A command given more arguments than its syntax has is BAD and does
+    nothing. "DELETE a b" (a client that forgot to quote "a b") used to
+    delete the mailbox "a" with its messages, "CREATE a b" created "a",
+    "RENAME a b c" renamed a to b, and "IDLE x" entered IDLE."""
+    srv = imapsrv(config="[limits]\nmax_bad_commands = 100\n")
+    r = Raw(srv).login()
+    for box in ("a", "a b", "c"):
+        r.cmd(f'CREATE "{box}"')
+    append_raw(r, b"Subject: keep\r\n\r\nx\r\n", "a")
+    for cmd in ("DELETE a b", "CREATE d e", "RENAME a b c", "SUBSCRIBE a b", "UNSUBSCRIBE a b",
+                "GETQUOTAROOT a b", "CAPABILITY x", "NAMESPACE x", "IDLE x", "LOGOUT x",
+                "DELETE", "RENAME a"):
+        lines, t = r.cmd(cmd)
+        assert lines == [] and re.match(rb"t\d+ BAD ", t), (cmd, lines, t)
+    lines, _ = r.cmd('LIST "" "*"')
+    assert sorted(lines) == sorted([b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n',
+                                    b'* LIST (\\HasNoChildren) "/" "a"\r\n',
+                                    b'* LIST (\\HasNoChildren) "/" "a b"\r\n',
+                                    b'* LIST (\\HasNoChildren) "/" "c"\r\n']), lines
+    lines, _ = r.cmd('LSUB "" "*"')
+    assert lines == [], lines
+    lines, _ = r.cmd("STATUS a (MESSAGES)")
+    assert lines == [b'* STATUS "a" (MESSAGES 1)\r\n'], lines
+    lines, t = r.cmd('DELETE "a b"')
+    assert b" OK " in t, t
+
+
+def test_condstore_fetch_responses_carry_uid(srv):
+    """Once CONDSTORE is on, the FETCH responses a STORE causes, and those
+    of a FETCH that set \\Seen, carry UID and MODSEQ (RFC 7162 3.1: "both
+    UID and mod-sequence data"). STORE (not UID STORE) answered without
+    UID, and a BODY[] fetch that set \\Seen without UID or MODSEQ, so a
+    client could not file the new MODSEQ under the message's UID."""
+    r = Raw(srv).login()
+    for i in range(2):
+        append_raw(r, f"Subject: m{i}\r\n\r\nx\r\n".encode())
+    r.cmd("SELECT INBOX")
+    lines, _ = r.cmd("STORE 2 +FLAGS (\\Flagged)")
+    assert lines == [b"* 2 FETCH (FLAGS (\\Flagged))\r\n"], lines  # CONDSTORE off
+    r.cmd("FETCH 1 (MODSEQ)")  # a CONDSTORE enabling command
+    lines, _ = r.cmd("STORE 2 -FLAGS (\\Flagged)")
+    m = re.search(rb"MODSEQ \((\d+)\)", r.cmd("FETCH 2 MODSEQ")[0][0]).group(1)
+    assert lines == [b"* 2 FETCH (UID 2 FLAGS () MODSEQ (%s))\r\n" % m], lines
+    lines, _ = r.cmd("FETCH 1 BODY[TEXT]")
+    m = re.search(rb"MODSEQ \((\d+)\)", r.cmd("FETCH 1 MODSEQ")[0][0]).group(1)
+    assert b"".join(lines) == (b"* 1 FETCH (BODY[TEXT] {3}\r\nx\r\n FLAGS (\\Seen) UID 1 "
+                               b"MODSEQ (%s))\r\n" % m), lines
+    lines, _ = r.cmd("FETCH 1 BODY[TEXT]")  # \Seen already set: nothing added
+    assert b"".join(lines) == b"* 1 FETCH (BODY[TEXT] {3}\r\nx\r\n)\r\n", lines
+
+
+def test_store_recent_is_refused(srv):
+    """STORE of \\Recent is BAD, as APPEND's already was: "\\Recent ... can
+    not be altered by the client" (RFC 3501 2.3.2; IMAP4rev2 has no such
+    flag). It used to be dropped silently from the list, so STORE 1
+    FLAGS (\\Recent) answered OK and cleared every other flag."""
+    r = Raw(srv).login()
+    append_raw(r, b"Subject: s\r\n\r\nx\r\n")
+    r.cmd("SELECT INBOX")
+    r.cmd("STORE 1 +FLAGS (\\Seen)")
+    for cmd in ("STORE 1 FLAGS (\\Recent)", "STORE 1 +FLAGS (\\Flagged \\RECENT)",
+                "STORE 1 -FLAGS (\\Recent)", "UID STORE 1 FLAGS.SILENT (\\recent)"):
+        lines, t = r.cmd(cmd)
+        assert lines == [] and re.match(rb"t\d+ BAD \\Recent cannot be changed", t), (cmd, lines, t)
+    lines, _ = r.cmd("FETCH 1 FLAGS")
+    assert lines == [b"* 1 FETCH (FLAGS (\\Seen))\r\n"], lines
+
+
+def test_append_refuses_keywords_that_are_not_atoms(srv):
+    """APPEND checks keywords as STORE does: "%", "*" and "]" make no atom
+    (RFC 3501 flag-keyword), so APPEND (a%b) is BAD. They used to be
+    stored, and the server then sent "* FLAGS (... a]b)" and "FETCH (FLAGS
+    (a%b))", responses a client parser rejects."""
+    r = Raw(srv).login()
+    for kw in (b"a%b", b"a*b", b"a]b"):
+        r.send(b"a APPEND INBOX (\\Seen " + kw + b") {3+}\r\nabc\r\n")
+        lines, t = r.until("a")
+        assert lines == [] and t.startswith(b"a BAD "), (kw, lines, t)
+    append_raw(r, b"Subject: s\r\n\r\nx\r\n")
+    lines, _ = r.cmd("SELECT INBOX")
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n", lines
+    assert b"* 1 EXISTS\r\n" in lines, lines
+
+
+def test_open_bracket_is_an_atom_char(srv):
+    """"[" is an ATOM-CHAR (RFC 3501/9051 atom-specials do not include
+    it): a keyword foo[bar or a mailbox a[b sent as an atom is taken. The
+    tokenizer used to start a bracketed section at any "[", so such a
+    command was BAD (and its LITERAL+ data, before the skip fix, was read
+    as commands). Only BODY[, BODY.PEEK[, BINARY[, BINARY.PEEK[ and
+    BINARY.SIZE[ open a section that may hold spaces."""
+    r = Raw(srv).login()
+    _, t = r.cmd("CREATE a[b")
+    assert b" OK " in t, t
+    r.send(b"a APPEND a[b (foo[bar \\Seen) {3+}\r\nabc\r\n")
+    _, t = r.until("a")
+    assert t.startswith(b"a OK "), t
+    r.cmd("SELECT a[b")
+    lines, _ = r.cmd("STORE 1 +FLAGS (x[1)")
+    assert lines == [b"* 1 FETCH (FLAGS (\\Seen foo[bar x[1))\r\n"], lines
+    lines, _ = r.cmd("SEARCH KEYWORD foo[bar")
+    assert lines == [b"* SEARCH 1\r\n"], lines
+    lines, _ = r.cmd('LIST "" a[*')
+    assert lines == [b'* LIST (\\HasNoChildren) "/" "a[b"\r\n'], lines
+    lines, _ = r.cmd("FETCH 1 (FLAGS BODY.PEEK[HEADER.FIELDS (X Y)])")
+    assert lines[0].startswith(b"* 1 FETCH (FLAGS (\\Seen foo[bar x[1) BODY[HEADER.FIELDS (X Y)]"), lines

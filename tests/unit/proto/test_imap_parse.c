@@ -143,7 +143,12 @@ static const struct tok_case tok_cases[] = {
 	{ "a1 X {00000000000000000001}\r\n", "a:a1 a:X !INVALID" },
 	{ "a1 X {3}\r\nab", "a:a1 a:X L3 d:ab!AGAIN" },
 	{ "a1 X BODY[HEADER\r\n", "a:a1 a:X !INVALID" },
-	{ "a1 X [a[b]]\r\n", "a:a1 a:X !INVALID" },
+	{ "a1 X [a[b]]\r\n", "a:a1 a:X a:[a[b]] $ " }, /* "[" is an ATOM-CHAR */
+	{ "a1 X foo[bar (a[b c]d) [Gmail]/%\r\n",
+	  "a:a1 a:X a:foo[bar ( a:a[b a:c]d ) a:[Gmail]/% $ " },
+	{ "a1 X (body[1 2]<0.1> BINARY.size[1 (] BODYX[1 2])\r\n",
+	  "a:a1 a:X ( a:body[1 2]<0.1> a:BINARY.size[1 (] a:BODYX[1 a:2] ) $ " },
+	{ "a1 X BODY.PEEK[a[b]]\r\n", "a:a1 a:X !INVALID" },
 	{ "a1 NOOP", "a:a1 !AGAIN" },
 	{ "\r\n", "$ " },
 	{ "a1 X )\r\n", "a:a1 a:X !INVALID" },
@@ -232,6 +237,46 @@ Test(imap_parse, skip_line)
 	cr_assert(imap_parse_in_command(&p));
 }
 
+/* A dead line that ends with "{n+}" goes on after the literal: its data
+ * and the rest of the command are skipped, split anywhere. */
+static const char *const skip_lit_cases[] = {
+	"(foo[x) {5+}\r\nab\r\nc more {3+}\r\nxyz\r\nb2 NOOP\r\n",
+	"x ~{3+}\r\nabc\r\nb2 NOOP\r\n",
+	"x {0+}\r\n\r\nb2 NOOP\r\n",
+	"x {5+}\nab{1+\nb2 NOOP\r\n",
+	"x {5}\r\nb2 NOOP\r\n",              /* synchronising: the client waits */
+	"x {12345678901+}\r\nb2 NOOP\r\n",   /* not a literal header */
+	"x {5+}y\r\nb2 NOOP\r\n",
+	"x {+}\r\nb2 NOOP\r\n",
+	"x {{2+}\r\n{}\r\nb2 NOOP\r\n",
+};
+
+Test(imap_parse, skip_line_drops_nonsync_literals)
+{
+	for (size_t c = 0; c < sizeof(skip_lit_cases) / sizeof(skip_lit_cases[0]); c++) {
+		const char *in = skip_lit_cases[c];
+		size_t len = strlen(in), end = (size_t)(strstr(in, "b2 NOOP") - in);
+		for (size_t k = 0; k <= end; k++) {
+			struct imap_parser p;
+			imap_parser_init(&p, IMAP_LINE_MAX);
+			size_t used, pos = 0;
+			enum imap_parse_result r = IMAP_PARSE_AGAIN;
+			if (k) {
+				r = imap_parse_skip_line(&p, span_make(in, k), &used);
+				pos = used;
+			}
+			if (r == IMAP_PARSE_AGAIN) {
+				cr_assert_eq(pos, k);
+				r = imap_parse_skip_line(&p, span_make(in + pos, len - pos), &used);
+				pos += used;
+			}
+			cr_assert_eq(r, IMAP_PARSE_OK, "case %zu split %zu", c, k);
+			cr_assert_eq(pos, end, "case %zu split %zu: %zu", c, k, pos);
+			cr_assert(!imap_parse_in_command(&p));
+		}
+	}
+}
+
 Test(imap_parse, literal_skip)
 {
 	struct imap_parser p;
@@ -265,6 +310,17 @@ Test(imap_parse, numbers)
 	cr_assert_eq(imap_parse_number(SPAN_LIT(""), false, &n), -EINVAL);
 	cr_assert_eq(imap_parse_number(SPAN_LIT("-1"), false, &n), -EINVAL);
 	cr_assert_eq(imap_parse_number(SPAN_LIT("1a"), false, &n), -EINVAL);
+	uint64_t w;
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("9223372036854775807"), true, &w), 0);
+	cr_assert_eq(w, (uint64_t)INT64_MAX);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("4294967296"), true, &w), 0);
+	cr_assert_eq(w, 4294967296u);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("9223372036854775808"), false, &w), -EINVAL);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("18446744073709551616"), false, &w), -EINVAL);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("0"), true, &w), -EINVAL);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("0"), false, &w), 0);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT(""), false, &w), -EINVAL);
+	cr_assert_eq(imap_parse_number64(SPAN_LIT("1 "), false, &w), -EINVAL);
 }
 
 struct seq_case {
@@ -358,6 +414,54 @@ static void check_part(const struct part_case *c)
 }
 
 TABLE_TEST(imap_parse, section_part, part_cases, check_part)
+
+static const struct part_case section_cases[] = {
+	{ "", 0 },
+	{ "HEADER", 0 },
+	{ "text", 0 },
+	{ "1", 0 },
+	{ "1.2.3", 0 },
+	{ "1.2.MIME", 0 },
+	{ "2.mime", 0 },
+	{ "3.HEADER", 0 },
+	{ "3.1.TEXT", 0 },
+	{ "HEADER.FIELDS (From)", 0 },
+	{ "header.fields.not (From To \"X-A\")", 0 },
+	{ "1.HEADER.FIELDS (\"a\\\"b\")", 0 },
+	{ "MIME", -EINVAL },
+	{ "TEXT.MIME", -EINVAL },
+	{ "HEADER.MIME", -EINVAL },
+	{ "HEADER.FIELDS", -EINVAL },
+	{ "HEADER.FIELDS ()", -EINVAL },
+	{ "HEADER.FIELDS (", -EINVAL },
+	{ "HEADER.FIELDS (A", -EINVAL },
+	{ "HEADER.FIELDS (A) ", -EINVAL },
+	{ "HEADER.FIELDS (A  B)", -EINVAL },
+	{ "HEADER.FIELDS (A )", -EINVAL },
+	{ "HEADER.FIELDS ( A)", -EINVAL },
+	{ "HEADER.FIELDS (\"A)", -EINVAL },
+	{ "HEADER.FIELDS (\"A\"B)", -EINVAL },
+	{ "HEADER.FIELDS (\"A\\x\")", -EINVAL },
+	{ "HEADER.FIELDS (\"A\nB\")", -EINVAL },
+	{ "HEADER.FIELDS (\"A\rB\")", -EINVAL },
+	{ "HEADER.FIELDS(A)", -EINVAL },
+	{ "HEADERS", -EINVAL },
+	{ "0", -EINVAL },
+	{ "1.0", -EINVAL },
+	{ "01.TEXT", -EINVAL },
+	{ "1.", -EINVAL },
+	{ "1..TEXT", -EINVAL },
+	{ ".TEXT", -EINVAL },
+	{ "1.FOO", -EINVAL },
+	{ "1 ", -EINVAL },
+};
+
+static void check_section(const struct part_case *c)
+{
+	cr_assert_eq(imap_parse_section(span_cstr(c->in)), c->rc, "\"%s\"", c->in);
+}
+
+TABLE_TEST(imap_parse, section, section_cases, check_section)
 
 Test(imap_parse, seqset_contains)
 {

@@ -123,6 +123,10 @@ static const struct pcase parse_cases[] = {
 	{ "SENTSINCE 1-Feb-1994 BEFORE \"2-Mar-2020\"", IMAP_SEARCH_OK },
 	{ "SINCE 1-Feb-94", IMAP_SEARCH_BAD },
 	{ "SINCE 32-Feb-1994", IMAP_SEARCH_BAD },
+	{ "SINCE 31-Feb-2020", IMAP_SEARCH_BAD }, /* not 2-Mar-2020 */
+	{ "BEFORE 29-Feb-2021", IMAP_SEARCH_BAD },
+	{ "ON 31-Apr-2020", IMAP_SEARCH_BAD },
+	{ "SENTON 29-Feb-2020 SINCE 31-Dec-2020", IMAP_SEARCH_OK },
 	{ "KEYWORD $Forwarded UNKEYWORD foo", IMAP_SEARCH_OK },
 	{ "KEYWORD \"x\"", IMAP_SEARCH_BAD },
 	{ "", IMAP_SEARCH_BAD },
@@ -135,6 +139,8 @@ static const struct pcase parse_cases[] = {
 	{ "NOT", IMAP_SEARCH_BAD },
 	{ "FOO", IMAP_SEARCH_BAD },
 	{ "LARGER -1", IMAP_SEARCH_BAD },
+	{ "LARGER 4294967296 SMALLER 9223372036854775807", IMAP_SEARCH_OK }, /* number64 */
+	{ "LARGER 9223372036854775808", IMAP_SEARCH_BAD },
 	{ "UID (1)", IMAP_SEARCH_BAD },
 	{ "1:3,5 UID 2:*", IMAP_SEARCH_OK },
 	{ "1:x", IMAP_SEARCH_BAD },
