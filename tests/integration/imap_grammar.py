@@ -321,7 +321,7 @@ class P:
     def date_time(self):
         s = self.quoted().decode()
         m = re.fullmatch(r"([ \d]\d)-([A-Z][a-z]{2})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-]\d{4})", s)
-        if not m or m.group(2) not in MONTHS or m.group(1)[0] == "0" and False:
+        if not m or m.group(2) not in MONTHS:
             self.fail(f"bad date-time {s!r}")
         return s
 
@@ -504,7 +504,11 @@ class P:
             self.fail(f"bad section text {w!r}")
 
     def msg_att(self, seen):
-        name = self.word().upper()
+        m = re.compile(rb"[A-Za-z0-9.]+").match(self.d, self.i)
+        if not m:
+            self.fail("expected a FETCH item name")
+        name = m.group().upper()
+        self.i = m.end()
         if name in (b"BODY", b"BINARY") and self.peek() == b"[":
             self.section(binary=name == b"BINARY")
             key = name + b"[]"

@@ -569,3 +569,439 @@ set debug_file = "{debug}"
     assert subjects(st, "INBOX") == collections.Counter({"keep-me", "flag-me"}), (st, logs[-4000:])
     assert flags_of(st, "INBOX", "flag-me") == {"\\Flagged"}
     assert subjects(st, "Archive") == collections.Counter({"archive-me"})
+
+
+# ---- the GUI clients' command sequences, replayed raw ------------------------------------
+
+import socket  # noqa: E402
+import ssl  # noqa: E402
+
+
+class Session:
+    """A raw IMAP connection that checks every response against RFC 9051's
+    grammar. tls: None (143 plaintext), "starttls" (143), "implicit" (993)."""
+
+    def __init__(self, srv, tls=None):
+        self.srv = srv
+        port = 993 if tls == "implicit" else 143
+        self.sock = socket.create_connection((HOST, srv.port(port)), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls == "implicit":
+            self.sock = tls_context(srv).wrap_socket(self.sock, server_hostname="localhost")
+        self.r = Responses(self.sock)
+        self.greeting = self.r.next()
+        check(self.greeting)
+        if tls == "starttls":
+            got = self.exchange([("s0", "STARTTLS")])
+            assert got["s0"][-1][1][2] == b"OK", got
+            self.sock = tls_context(srv).wrap_socket(self.sock, server_hostname="localhost")
+            self.r = Responses(self.sock)
+
+    def send(self, data, bytewise=False):
+        if not bytewise:
+            self.sock.sendall(data)
+            return
+        for i in range(len(data)):
+            self.sock.sendall(data[i:i + 1])
+            if i % 8 == 0:
+                time.sleep(0.0005)  # let the server read pieces, not one coalesced run
+
+    def exchange(self, cmds, mode="each"):
+        """cmds: [(tag, command bytes or str)]. mode: "each" (one write per
+        command, then its responses), "pipelined" (every command in one
+        write), "bytewise" (every command in one-byte writes). Returns
+        {tag: [(raw, parsed), ...]} with the tagged response last."""
+        out = {}
+        wire = [(t, (c.encode() if isinstance(c, str) else c)) for t, c in cmds]
+        if mode == "each":
+            for tag, c in wire:
+                self.send(tag.encode() + b" " + c + b"\r\n")
+                out[tag] = self.read(tag)
+            return out
+        data = b"".join(tag.encode() + b" " + c + b"\r\n" for tag, c in wire)
+        self.send(data, bytewise=mode == "bytewise")
+        for tag, _ in wire:
+            out[tag] = self.read(tag)
+        return out
+
+    def read(self, tag):
+        got = []
+        while True:
+            raw = self.r.next()
+            assert raw, f"EOF before {tag}: {got}"
+            parsed = check(raw)
+            got.append((raw, parsed))
+            if parsed[0] == "tagged":
+                assert parsed[1] == tag.encode(), (tag, raw)
+                return got
+
+
+def tagged_ok(resps):
+    raw, p = resps[-1]
+    assert p[0] == "tagged" and p[2] == b"OK", raw
+    return raw
+
+
+def untagged(resps, kw):
+    return [(raw, p[3]) for raw, p in resps if p[0] == "untagged" and p[2] == kw]
+
+
+def fetch_items(raw):
+    """The FETCH response's items as {NAME: value bytes} (literal values
+    whole), for the checks after the grammar passed."""
+    out = {}
+    body = raw[raw.index(b"(") + 1:]
+    i = 0
+    while i < len(body) and body[i:i + 3] != b")\r\n":
+        j = i
+        depth = 0
+        while body[j:j + 1] != b" " or depth:
+            if body[j:j + 1] == b"[":
+                depth += 1
+            elif body[j:j + 1] == b"]":
+                depth -= 1
+            j += 1
+        name = body[i:j].upper()
+        j += 1
+        if body[j:j + 1] == b"{":
+            k = body.index(b"}\r\n", j)
+            n = int(body[j + 1:k])
+            val = body[k + 3:k + 3 + n]
+            i = k + 3 + n
+        elif body[j:j + 1] == b"(":
+            depth, k = 0, j
+            while True:
+                c = body[k:k + 1]
+                if c == b'"':
+                    k = body.index(b'"', k + 1)
+                    while body[k - 1:k] == b"\\":
+                        k = body.index(b'"', k + 1)
+                elif c == b"(":
+                    depth += 1
+                elif c == b")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                k += 1
+            val = body[j:k + 1]
+            i = k + 1
+        else:
+            k = j
+            if body[k:k + 1] == b'"':
+                k = body.index(b'"', k + 1) + 1
+            else:
+                while body[k:k + 1] not in (b" ", b")"):
+                    k += 1
+            val = body[j:k]
+            i = k
+        out[name] = val
+        if body[i:i + 1] == b" ":
+            i += 1
+    return out
+
+
+BIG_TEXT = b"".join(b"line %04d of a long letter, long enough to be cut at 2048\r\n" % i
+                    for i in range(120))
+MULTIPART = (b"From: Carol <carol@remote.example>\r\nTo: alice@example.com\r\n"
+             b"Cc: Dave <dave@remote.example>, eve@remote.example\r\n"
+             b"Subject: =?UTF-8?Q?R=C3=A9sum=C3=A9?= attached\r\n"
+             b"Date: Wed, 2 Jul 2003 09:00:00 +0200\r\nMessage-ID: <mp@remote.example>\r\n"
+             b"In-Reply-To: <earlier@remote.example>\r\nReferences: <earlier@remote.example>\r\n"
+             b"X-Priority: 1 (Highest)\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+             b"preamble\r\n--b1\r\nContent-Type: multipart/alternative; boundary=\"b2\"\r\n\r\n"
+             b"--b2\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+             b"Hello, caf=C3=A9.\r\n" + BIG_TEXT +
+             b"--b2\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Hello</p>\r\n"
+             b"--b2--\r\n--b1\r\nContent-Type: application/pdf; name=\"cv.pdf\"\r\n"
+             b"Content-Disposition: attachment; filename=\"cv.pdf\"\r\n"
+             b"Content-Transfer-Encoding: base64\r\n\r\n"
+             b"JVBERi0xLjQKJcTl8uXr\r\n--b1\r\nContent-Type: message/rfc822\r\n\r\n"
+             b"From: inner@remote.example\r\nSubject: inner\r\n\r\ninner body\r\n"
+             b"--b1--\r\n")
+
+
+def seed_inbox(srv):
+    """Three messages in INBOX (UIDs 1-3): a short one, a multipart with an
+    attachment and an embedded message, a long plain one."""
+    deliver(srv, ALICE, subject="short")
+    deliver(srv, ALICE, raw=MULTIPART)
+    deliver(srv, ALICE, subject="long", body=BIG_TEXT)
+    return [MULTIPART]
+
+
+def stored(srv, folder, uid):
+    """The message bytes as the server stores them (with its Received line)."""
+    c = adm(srv)
+    c.select(f'"{folder}"', readonly=True)
+    typ, data = c.uid("FETCH", str(uid), "(BODY.PEEK[])")
+    c.logout()
+    assert typ == "OK", data
+    return data[0][1]
+
+
+SEND_MODES = ["each", "pipelined", "bytewise"]
+TB_HEADERS = (b"From To Cc Bcc Subject Date Message-ID Priority X-Priority References "
+              b"Newsgroups In-Reply-To Content-Type Reply-To")
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+@pytest.mark.parametrize("mode", SEND_MODES)
+def test_thunderbird_startup_sequence(imapsrv, tls, mode):
+    srv = start(imapsrv, "starttls" if tls == "starttls" else "implicit")
+    seed_inbox(srv)
+    s = Session(srv, tls)
+    cred = base64.b64encode(b"\0" + ALICE.encode() + b"\0" + USERS[ALICE].encode())
+    got = s.exchange([
+        ("1", "capability"),
+        ("2", 'ID ("name" "Thunderbird" "version" "115.12.2")'),
+        ("3", b"authenticate PLAIN " + cred),
+        ("4", "namespace"),
+        ("5", "enable CONDSTORE"),
+        ("6", 'list (subscribed) "" "*" return (special-use)'),
+        ("7", 'list "" "*" return (special-use)'),
+        ("8", 'select "INBOX" (CONDSTORE)'),
+        ("9", "UID fetch 1:* (FLAGS)"),
+        ("10", b"UID fetch 2:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (" + TB_HEADERS
+         + b")])"),
+        ("11", "UID fetch 4:* (FLAGS)"),  # past the last UID: * is 3, so 3:4
+        ("12", 'getquotaroot "INBOX"'),
+    ], mode)
+    for tag, resps in got.items():
+        tagged_ok(resps)
+    caps = untagged(got["1"], b"CAPABILITY")[0][1]
+    assert b"XLIST" not in caps and b"AUTH=PLAIN" in caps
+    assert untagged(got["5"], b"ENABLED")[0][1] == [b"CONDSTORE"]
+    assert b"HIGHESTMODSEQ" in b"".join(r for r, _ in got["8"])
+    assert b"[READ-WRITE]" in tagged_ok(got["8"])
+    flags = untagged(got["9"], b"FETCH")
+    assert [p[0] for _, p in flags] == [1, 2, 3]
+    hdrs = untagged(got["10"], b"FETCH")
+    assert [p[0] for _, p in hdrs] == [2, 3], hdrs
+    mp = fetch_items(hdrs[0][0])
+    want = b"".join(l + b"\r\n" for l in MULTIPART.split(b"\r\n\r\n")[0].split(b"\r\n")
+                    if l.split(b":")[0].lower() in TB_HEADERS.lower().split()) + b"\r\n"
+    key = [k for k in mp if k.startswith(b"BODY[HEADER.FIELDS")][0]
+    assert mp[key] == want, mp[key]
+    assert int(mp[b"RFC822.SIZE"]) == len(stored(srv, "INBOX", 2))
+    last = untagged(got["11"], b"FETCH")
+    assert [p[0] for _, p in last] == [3], last
+    # IDLE, then mail arrives
+    s.send(b"13 IDLE\r\n")
+    check(s.r.next())
+    deliver(srv, ALICE, subject="while idling")
+    raw = s.r.next()
+    assert check(raw)[2:] == (b"EXISTS", 4), raw
+    s.send(b"DONE\r\n", bytewise=mode == "bytewise")
+    tagged_ok(s.read("13"))
+    # read, move to Trash, file a copy in Sent
+    sent = b"From: alice@example.com\r\nTo: bob@example.com\r\nSubject: reply\r\n\r\nthanks\r\n"
+    got = s.exchange([
+        ("14", "uid store 1 +Flags (\\Seen)"),
+        ("15", 'UID MOVE 2 "Trash"'),
+        ("16", b'APPEND "Sent" (\\Seen) {%d+}\r\n' % len(sent) + sent),
+        ("17", "UID fetch 1:* (FLAGS) (CHANGEDSINCE 1)"),
+        ("18", "logout"),
+    ], mode)
+    for resps in got.values():
+        tagged_ok(resps)
+    st = untagged(got["14"], b"FETCH")
+    assert b"\\Seen" in st[0][0] and b"MODSEQ" in st[0][0], st
+    assert b"[COPYUID " in b"".join(r for r, _ in got["15"])
+    assert [p for _, p in untagged(got["15"], b"EXPUNGE")] == [2]
+    assert b"[APPENDUID " in tagged_ok(got["16"])
+    assert untagged(got["18"], b"BYE")
+    state = server_state(srv, ["INBOX", "Trash", "Sent"])
+    assert state["INBOX"] == [("long", ()), ("short", ("\\Seen",)), ("while idling", ())]
+    assert [f for _, f in state["Trash"]] == [()] and [s_ for s_, _ in state["Sent"]] == ["reply"]
+    assert flags_of(state, "Sent", "reply") == {"\\Seen"}
+
+
+def test_grammar_checker_accepts_and_rejects():
+    """The checker the replays rely on: well-formed responses pass, each
+    malformed one is refused (else a replay could pass on garbage)."""
+    good = [
+        b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n",
+        b"* 3 FETCH (UID 7 FLAGS (\\Seen $Forwarded) RFC822.SIZE 12 "
+        b"INTERNALDATE \" 1-Jul-2003 10:52:37 +0200\" BODY[HEADER.FIELDS (From \"To\")]<0> {4}\r\n"
+        b"a\r\n\r MODSEQ (5))\r\n",
+        b"* 1 FETCH (BODYSTRUCTURE ((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"7bit\" 3 1 NIL"
+        b" NIL NIL NIL)(\"text\" \"html\" NIL NIL NIL \"7bit\" 3 1) \"alternative\" (\"boundary\" \"x\")"
+        b" NIL NIL NIL))\r\n",
+        b"* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent\"\r\n",
+        b"* STATUS \"INBOX\" (MESSAGES 1 UNSEEN 0 RECENT 0)\r\n",
+        b"a1 OK [COPYUID 17 1:3 4,6:7] done\r\n",
+        b"+ idling\r\n",
+    ]
+    bad = [
+        b"* 3 FETCH (UID 7  FLAGS ())\r\n",                    # two spaces
+        b"* 3 FETCH (UID 0)\r\n",                              # UID is nz-number
+        b"* 3 FETCH (FLAGS (\\Seen)\r\n",                      # unbalanced
+        b"* 3 FETCH (BODY[] {5}\r\nabc)\r\n",                  # short literal
+        b"* 3 FETCH (BODY[] {3}\r\na\0b)\r\n",                 # NUL in a literal
+        b"* 3 FETCH (INTERNALDATE \"1-Jul-2003 10:52:37 +0200\")\r\n",  # day not 2 wide
+        b"* 3 FETCH (ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL))\r\n",  # 9 fields
+        b"* 3 FETCH (BODY (\"text\" \"plain\" NIL NIL NIL \"7bit\" 3 1 NIL))\r\n",  # ext in BODY
+        b"* 3 FETCH (BODYSTRUCTURE ((\"text\" \"plain\" NIL NIL NIL \"7bit\" 3 1) "
+        b"(\"text\" \"html\" NIL NIL NIL \"7bit\" 3 1) \"alternative\"))\r\n",  # SP between parts
+        b"* 3 FETCH (FLAGS (\\Seen) FLAGS (\\Seen))\r\n",     # item twice
+        b"* LIST (\\Noselect) \"//\" foo\r\n",                 # delimiter of two
+        b"* STATUS INBOX (MESSAGES)\r\n",
+        b"* 3 FETCH (X-UNKNOWN 1)\r\n",
+        b"* FLAGS (\\Seen \"x\")\r\n",
+        b"a+1 OK done\r\n",
+        b"* OK [UIDVALIDITY 0] zero\r\n",
+        b"* SEARCH 1 2 \r\n",
+        b"* 1 FETCH (UID 1)",                                  # no CRLF
+        b"* CAPABILITY IDLE\r\n",                              # no IMAP4rev1/rev2
+        b"* LIST () \"/\" \"caf\xc3\xa9\"\r\n",                # 8-bit in a rev1 session
+    ]
+    for r in good:
+        check(r)
+    for r in bad:
+        with pytest.raises(GrammarError):
+            check(r)
+            print(r)
+
+
+@pytest.mark.parametrize("mode", SEND_MODES)
+def test_apple_mail_sequence(imapsrv, mode):
+    """Apple Mail / iOS: ID before anything, LIST "" "" and LIST "" "*" (no
+    XLIST: not advertised, so not sent; sent anyway it is BAD), STATUS for
+    every folder in one burst, UID FETCH with BODYSTRUCTURE and the first
+    2048 bytes of body and part, pipelined. Over 143 with STARTTLS."""
+    srv = start(imapsrv, "starttls")
+    seed_inbox(srv)
+    make_folders(srv, {"Archive": ["a0"], "Lists/Debian": ["d0", "d1"], "Notes": []})
+    s = Session(srv, "starttls")
+    got = s.exchange([
+        ("1.1", 'ID ("name" "iPhone Mail" "version" "21E236" "os" "iOS" "os-version" "17.4.1 (21E236)")'),
+        ("1.2", "CAPABILITY"),
+        ("2.1", f'LOGIN "{ALICE}" "{USERS[ALICE]}"'),
+        ("2.2", "CAPABILITY"),
+        ("3.1", 'LIST "" ""'),
+        ("3.2", 'LIST "" "*"'),
+        ("3.3", 'XLIST "" "*"'),
+    ], mode)
+    for tag in ("1.1", "1.2", "2.1", "2.2", "3.1", "3.2"):
+        tagged_ok(got[tag])
+    assert got["3.3"][-1][1][2] == b"BAD"
+    for tag in ("1.2", "2.2"):
+        assert b"XLIST" not in untagged(got[tag], b"CAPABILITY")[0][1]
+    assert untagged(got["3.1"], b"LIST")[0][1] == ([b"\\Noselect"], b"")
+    names = [v[1] for _, v in untagged(got["3.2"], b"LIST")]
+    assert names == [b"Archive", b"INBOX", b"Lists", b"Lists/Debian", b"Notes"], names
+    selectable = [n for (_, (f, n)) in untagged(got["3.2"], b"LIST") if b"\\Noselect" not in f]
+    got = s.exchange([(f"4.{i}", f'STATUS "{n.decode()}" (MESSAGES UIDNEXT UIDVALIDITY UNSEEN)')
+                      for i, n in enumerate(selectable, 1)], mode)
+    counts = {}
+    for resps in got.values():
+        tagged_ok(resps)
+        (name, atts), = [v for _, v in untagged(resps, b"STATUS")]
+        counts[name] = (atts[b"MESSAGES"], atts[b"UNSEEN"], atts[b"UIDNEXT"])
+    assert counts == {b"Archive": (1, 1, 2), b"INBOX": (3, 3, 4), b"Lists/Debian": (2, 2, 3),
+                      b"Notes": (0, 0, 1)}, counts
+    got = s.exchange([
+        ("5.1", "SELECT INBOX"),
+        ("5.2", "UID FETCH 1:* (FLAGS UID)"),
+        ("5.3", "UID SEARCH 1:* NOT DELETED"),
+        ("5.4", "UID FETCH 2:3 (UID BODYSTRUCTURE BODY.PEEK[HEADER] RFC822.SIZE INTERNALDATE FLAGS)"),
+        ("5.5", "UID FETCH 3 (BODY.PEEK[]<0.2048>)"),
+        ("5.6", "UID FETCH 2 (BODY.PEEK[1.1]<0.2048> BODY.PEEK[2.MIME] BODY.PEEK[3.HEADER])"),
+        ("5.7", "UID FETCH 1:* (FLAGS) (CHANGEDSINCE 0)"),
+        ("5.8", "NOOP"),
+    ], mode)
+    for resps in got.values():
+        tagged_ok(resps)
+    assert untagged(got["5.3"], b"SEARCH")[0][1] == [1, 2, 3]
+    items = [fetch_items(r) for r, _ in untagged(got["5.4"], b"FETCH")]
+    assert len(items) == 2
+    bs = items[0][b"BODYSTRUCTURE"]
+    assert bs.startswith(b"(((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"quoted-printable\"")
+    assert b"(\"attachment\" (\"filename\" \"cv.pdf\"))" in bs
+    assert b"\"message\" \"rfc822\"" in bs and bs.endswith(b"\"mixed\" (\"boundary\" \"b1\") NIL NIL NIL)")
+    full3 = stored(srv, "INBOX", 3)
+    assert items[1][b"BODY[HEADER]"] == full3.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    assert int(items[1][b"RFC822.SIZE"]) == len(full3)
+    first = fetch_items(untagged(got["5.5"], b"FETCH")[0][0])
+    assert first[b"BODY[]<0>"] == full3[:2048]
+    parts = fetch_items(untagged(got["5.6"], b"FETCH")[0][0])
+    qp = MULTIPART.split(b"quoted-printable\r\n\r\n")[1]
+    assert parts[b"BODY[1.1]<0>"] == qp[:2048]
+    assert parts[b"BODY[2.MIME]"] == (b"Content-Type: application/pdf; name=\"cv.pdf\"\r\n"
+                                      b"Content-Disposition: attachment; filename=\"cv.pdf\"\r\n"
+                                      b"Content-Transfer-Encoding: base64\r\n\r\n")
+    assert parts[b"BODY[3.HEADER]"] == b"From: inner@remote.example\r\nSubject: inner\r\n\r\n"
+    # the PEEKs left every message unseen
+    assert [fetch_items(r)[b"FLAGS"] for r, _ in untagged(got["5.7"], b"FETCH")] == [b"()"] * 3
+    s.send(b"6.1 IDLE\r\n")
+    check(s.r.next())
+    s.send(b"DONE\r\n7.1 LOGOUT\r\n", bytewise=mode == "bytewise")
+    tagged_ok(s.read("6.1"))
+    tagged_ok(s.read("7.1"))
+
+
+@pytest.mark.parametrize("mode", SEND_MODES)
+def test_outlook_sequence(imapsrv, mode):
+    """Outlook: LSUB for the folder list, STATUS (MESSAGES UNSEEN RECENT
+    UIDNEXT UIDVALIDITY) for each, FETCH with RFC822.HEADER, all pipelined;
+    mark read, delete and expunge. Over 993."""
+    srv = start(imapsrv, "implicit")
+    seed_inbox(srv)
+    make_folders(srv, {"Drafts": [], "Work": ["w0", "w1"]})
+    full = {uid: stored(srv, "INBOX", uid) for uid in (1, 2, 3)}
+    s = Session(srv, "implicit")
+    hello = b"From: alice@example.com\r\nSubject: draft\r\n\r\nunfinished\r\n"
+    got = s.exchange([
+        ("A1", "CAPABILITY"),
+        ("A2", f"LOGIN {ALICE} {USERS[ALICE]}"),
+        ("A3", "SUBSCRIBE INBOX"),
+        ("A4", "SUBSCRIBE Work"),
+        ("A5", "SUBSCRIBE Drafts"),
+        ("A6", 'LSUB "" "*"'),
+        ("A7", 'LIST "" "*"'),
+        ("A8", 'STATUS "INBOX" (MESSAGES UNSEEN RECENT UIDNEXT UIDVALIDITY)'),
+        ("A9", 'STATUS "Work" (MESSAGES UNSEEN RECENT UIDNEXT UIDVALIDITY)'),
+        ("A10", 'STATUS "Drafts" (MESSAGES UNSEEN RECENT UIDNEXT UIDVALIDITY)'),
+        ("A11", b'APPEND "Drafts" (\\Draft) {%d+}\r\n' % len(hello) + hello),
+        ("A12", 'SELECT "INBOX"'),
+        ("A13", "UID FETCH 1:* (UID FLAGS)"),
+        ("A14", "FETCH 1:3 (UID RFC822.SIZE FLAGS INTERNALDATE)"),
+        ("A15", "FETCH 1:3 (UID RFC822.HEADER)"),
+        ("A16", "UID FETCH 1 (UID RFC822.SIZE BODY.PEEK[])"),
+        ("A17", "UID STORE 1 +FLAGS.SILENT (\\Seen)"),
+        ("A18", "UID FETCH 1:* (UID FLAGS)"),
+        ("A19", "UID STORE 3 +FLAGS (\\Deleted)"),
+        ("A20", "EXPUNGE"),
+        ("A21", 'STATUS "Drafts" (MESSAGES UNSEEN RECENT UIDNEXT UIDVALIDITY)'),
+        ("A22", "NOOP"),
+        ("A23", "LOGOUT"),
+    ], mode)
+    for resps in got.values():
+        tagged_ok(resps)
+    lsub = sorted(v[1] for _, v in untagged(got["A6"], b"LSUB"))
+    assert lsub == [b"Drafts", b"INBOX", b"Work"], lsub
+    stats = {v[0]: v[1] for tag in ("A8", "A9", "A10", "A21")
+             for _, v in untagged(got[tag], b"STATUS")}
+    assert stats[b"INBOX"] == {b"MESSAGES": 3, b"UNSEEN": 3, b"RECENT": 0, b"UIDNEXT": 4,
+                               b"UIDVALIDITY": stats[b"INBOX"][b"UIDVALIDITY"]}
+    assert stats[b"Work"][b"MESSAGES"] == 2 and stats[b"Drafts"][b"MESSAGES"] == 1  # after A11
+    assert [p[0] for _, p in untagged(got["A14"], b"FETCH")] == [1, 2, 3]
+    for raw, p in untagged(got["A15"], b"FETCH"):
+        it = fetch_items(raw)
+        msg = full[int(it[b"UID"])]
+        assert it[b"RFC822.HEADER"] == msg.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+        assert b"FLAGS" not in it  # RFC822.HEADER is a peek
+    body = fetch_items(untagged(got["A16"], b"FETCH")[0][0])
+    assert body[b"BODY[]"] == full[1]
+    assert untagged(got["A17"], b"FETCH") == []  # .SILENT
+    flags = [fetch_items(r)[b"FLAGS"] for r, _ in untagged(got["A18"], b"FETCH")]
+    assert flags == [b"(\\Seen)", b"()", b"()"], flags
+    assert [p for _, p in untagged(got["A20"], b"EXPUNGE")] == [3]
+    assert untagged(got["A23"], b"BYE")
+    st = server_state(srv, ["INBOX", "Drafts"])
+    assert subjects(st, "INBOX") == collections.Counter(
+        {"short", "=?UTF-8?Q?R=C3=A9sum=C3=A9?= attached"}), st
+    assert flags_of(st, "Drafts", "draft") == {"\\Draft"}
+
