@@ -3358,6 +3358,22 @@ static bool fetch_splicing(const struct fetch_job *fj)
 	return fj->splice && fj->rd_left >= IMAP_SPLICE_MIN;
 }
 
+/* The bytes a partial <o.n> takes of a section of len bytes computed
+ * here (a filtered header): from *start_r, *cnt_r of them (RFC 9051
+ * 6.4.5: an origin past the end gives the empty string). The whole
+ * section without a partial. */
+static void partial_range(const struct fitem *it, size_t len, size_t *start_r, size_t *cnt_r)
+{
+	*start_r = 0;
+	*cnt_r = len;
+	if (!it->partial)
+		return;
+	*start_r = it->poff < len ? (size_t)it->poff : len;
+	*cnt_r = len - *start_r;
+	if (*cnt_r > it->plen)
+		*cnt_r = (size_t)it->plen;
+}
+
 static void fetch_read(struct imap_session *is)
 {
 	struct fetch_job *fj = is->fj;
@@ -3414,15 +3430,21 @@ static void fetch_read_done(void *arg, ssize_t res)
 		fj->hlen += (size_t)res;
 		if (fj->rd_left == 0 || fj->hlen == fj->hcap) {
 			size_t n = header_filter(fj->hbuf, fj->hlen, fj->hdr_fields, fj->hdr_not);
+			size_t start, cnt;
 			nul_to_0x80(fj->hbuf, n);
-			out_printf(is, "{%zu}\r\n", n);
+			partial_range(&fj->items[fj->ii], n, &start, &cnt);
+			out_printf(is, "{%zu}\r\n", cnt);
 			/* up to IMAP_HEADER_READ_MAX: fetch_pump() sends it in
 			 * pieces, waiting for the socket like a body */
 			fj->hdr_filter = false;
-			fj->hdr_out = true;
-			fj->hlen = n;
-			fj->hout = 0;
+			fj->hdr_out = cnt > 0;
+			fj->hlen = start + cnt;
+			fj->hout = start;
 			fj->rd_left = 0;
+			if (!cnt) {
+				fj->item_open = false;
+				fj->ii++;
+			}
 		}
 	} else if (fj->bin) {
 		if (!fetch_binary_chunk(is, (size_t)res)) {
@@ -3511,7 +3533,9 @@ static bool fetch_section(struct imap_session *is, struct fitem *it, const struc
 		fj->rd_left = len;
 		fj->item_open = true;
 		if (len == 0) {
-			out_str(is, "{2}\r\n\r\n");
+			size_t start, cnt;
+			partial_range(it, 2, &start, &cnt);
+			out_printf(is, "{%zu}\r\n%.*s", cnt, (int)cnt, "\r\n" + start);
 			fj->hdr_filter = false;
 			fj->item_open = false;
 			return true;

@@ -1005,3 +1005,46 @@ def test_outlook_sequence(imapsrv, mode):
         {"short", "=?UTF-8?Q?R=C3=A9sum=C3=A9?= attached"}), st
     assert flags_of(st, "Drafts", "draft") == {"\\Draft"}
 
+
+# ---- what the replays found --------------------------------------------------------------
+
+
+def test_header_fields_partial_is_cut(imapsrv):
+    """BODY[HEADER.FIELDS (...)]<o.n> (and .NOT) sent the whole filtered
+    header whatever the partial asked, labelled <o>: a client fetching a
+    filtered header in pieces got it whole at every offset."""
+    srv = imapsrv()
+    deliver(srv, ALICE, subject="cut me")
+    c = adm(srv)
+    assert c.append("INBOX", None, None, b"\r\nno header at all\r\n")[0] == "OK"
+    c.logout()
+    s = Session(srv)
+    want_not = stored(srv, "INBOX", 1).split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    want_not = b"".join(l + b"\r\n" for l in want_not[:-4].split(b"\r\n")
+                        if not l.startswith(b"Subject:")) + b"\r\n"
+    cases = [
+        ("BODY.PEEK[HEADER.FIELDS (SUBJECT)]<0.5>", b"BODY[HEADER.FIELDS (SUBJECT)]<0>", b"Subje"),
+        ("BODY.PEEK[HEADER.FIELDS (SUBJECT)]<3.4>", b"BODY[HEADER.FIELDS (SUBJECT)]<3>", b"ject"),
+        ("BODY.PEEK[HEADER.FIELDS (SUBJECT)]<9.100>", b"BODY[HEADER.FIELDS (SUBJECT)]<9>",
+         b"cut me\r\n\r\n"),
+        ("BODY.PEEK[HEADER.FIELDS (SUBJECT)]<100.10>", b"BODY[HEADER.FIELDS (SUBJECT)]<100>", b""),
+        ("BODY.PEEK[HEADER.FIELDS (X-NONE)]<1.9>", b"BODY[HEADER.FIELDS (X-NONE)]<1>", b"\n"),
+        ("BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT)]<2.10>", b"BODY[HEADER.FIELDS.NOT (SUBJECT)]<2>",
+         want_not[2:12]),
+        ("BODY.PEEK[HEADER.FIELDS (SUBJECT)]", b"BODY[HEADER.FIELDS (SUBJECT)]",
+         b"Subject: cut me\r\n\r\n"),
+    ]
+    got = s.exchange([("l", f"LOGIN {ALICE} {USERS[ALICE]}"), ("s", "SELECT INBOX")] +
+                     [(f"f{i}", f"FETCH 1 ({item})") for i, (item, _, _) in enumerate(cases)] +
+                     [("e1", "FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT)]<1.1>)"),
+                      ("e2", "FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT)]<0.1>)")],
+                     "pipelined")
+    for i, (_, key, want) in enumerate(cases):
+        tagged_ok(got[f"f{i}"])
+        (raw, _), = untagged(got[f"f{i}"], b"FETCH")
+        assert fetch_items(raw)[key] == want, (key, raw)
+    # a message without a header: its filtered header is the empty line
+    assert fetch_items(untagged(got["e1"], b"FETCH")[0][0])[
+        b"BODY[HEADER.FIELDS (SUBJECT)]<1>"] == b"\n"
+    assert fetch_items(untagged(got["e2"], b"FETCH")[0][0])[
+        b"BODY[HEADER.FIELDS (SUBJECT)]<0>"] == b"\r"
