@@ -278,7 +278,9 @@ class P:
         if code in (b"UIDVALIDITY", b"UIDNEXT", b"UNSEEN"):
             sub.number(nz=True)
         elif code in (b"HIGHESTMODSEQ",):
-            sub.number(bits=63)
+            # RFC 7162 7: mod-sequence-value, 1 <= n < 2^63 (STATUS's
+            # mod-sequence-valzer may be 0: "no persistent MODSEQs")
+            sub.number(nz=True, bits=63)
         elif code == b"PERMANENTFLAGS":
             sub.list_of(lambda: sub.flag(perm=True))
         elif code == b"CAPABILITY":
@@ -551,7 +553,7 @@ class P:
             self.nstring()
         elif name == b"MODSEQ":
             self.eat(b"(")
-            self.number(bits=63)
+            self.number(nz=True, bits=63)
             self.eat(b")")
         else:
             self.fail(f"unknown FETCH item {name!r}")

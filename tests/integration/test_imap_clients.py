@@ -19,6 +19,7 @@ import email
 import glob
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -853,6 +854,7 @@ def test_grammar_checker_accepts_and_rejects():
         b"a+1 OK done\r\n",
         b"* OK [UIDVALIDITY 0] zero\r\n",
         b"* SEARCH 1 2 \r\n",
+        b"* OK [HIGHESTMODSEQ 0] Highest\r\n",               # mod-sequence-value >= 1
         b"* 1 FETCH (UID 1)",                                  # no CRLF
         b"* CAPABILITY IDLE\r\n",                              # no IMAP4rev1/rev2
         b"* LIST () \"/\" \"caf\xc3\xa9\"\r\n",                # 8-bit in a rev1 session
@@ -1048,3 +1050,39 @@ def test_header_fields_partial_is_cut(imapsrv):
         b"BODY[HEADER.FIELDS (SUBJECT)]<1>"] == b"\n"
     assert fetch_items(untagged(got["e2"], b"FETCH")[0][0])[
         b"BODY[HEADER.FIELDS (SUBJECT)]<0>"] == b"\r"
+
+
+def test_empty_mailbox_highestmodseq_is_positive(imapsrv):
+    """Thunderbird's first SELECT "Trash" (CONDSTORE) on a new account: an
+    empty mailbox that never changed answered [HIGHESTMODSEQ 0], which RFC
+    7162's grammar does not allow (mod-sequence-value is 1 or more; in
+    STATUS, 0 means "no persistent MODSEQs", so a client turns CONDSTORE
+    off for that mailbox). Its first message must then be seen as a change
+    since the value the client was given, by CHANGEDSINCE and QRESYNC."""
+    srv = imapsrv()
+    s = Session(srv, "implicit")
+    got = s.exchange([("l", f"LOGIN {ALICE} {USERS[ALICE]}"), ("e", "ENABLE QRESYNC"),
+                      ("c", "CREATE Empty"), ("st", "STATUS Empty (HIGHESTMODSEQ UIDVALIDITY)"),
+                      ("s", 'SELECT "Trash" (CONDSTORE)'), ("u", "UNSELECT")])
+    for r in got.values():
+        tagged_ok(r)
+    (name, st), = [v for _, v in untagged(got["st"], b"STATUS")]
+    assert st[b"HIGHESTMODSEQ"] >= 1, st
+    sel = b"".join(r for r, _ in got["s"])
+    m0 = int(re.search(rb"\[HIGHESTMODSEQ (\d+)\]", sel).group(1))
+    uv = int(re.search(rb"\[UIDVALIDITY (\d+)\]", sel).group(1))
+    assert m0 >= 1
+    msg = b"From: a@remote.example\r\nSubject: first\r\n\r\nx\r\n"
+    got = s.exchange([("a", b"APPEND Trash {%d+}\r\n" % len(msg) + msg),
+                      ("a2", b"APPEND Empty {%d+}\r\n" % len(msg) + msg),
+                      ("st", "STATUS Empty (HIGHESTMODSEQ)"),
+                      ("q", f"SELECT Trash (QRESYNC ({uv} {m0}))"),
+                      ("f", f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m0})")])
+    for r in got.values():
+        tagged_ok(r)
+    (name, st2), = [v for _, v in untagged(got["st"], b"STATUS")]
+    assert st2[b"HIGHESTMODSEQ"] > st[b"HIGHESTMODSEQ"], (st, st2)
+    sel = b"".join(r for r, _ in got["q"])
+    assert int(re.search(rb"\[HIGHESTMODSEQ (\d+)\]", sel).group(1)) > m0
+    assert [p[0] for _, p in untagged(got["q"], b"FETCH")] == [1], got["q"]
+    assert [p[0] for _, p in untagged(got["f"], b"FETCH")] == [1], got["f"]
