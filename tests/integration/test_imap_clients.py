@@ -266,6 +266,57 @@ remotepass = {USERS[ALICE]}
         assert maildir_file(local, "Remote", "remote-folder").endswith(":2,S")
 
 
+def test_mbsync_starttls(imapsrv, tmp_path):
+    """mbsync (isync, OpenSSL) on 143 with SSLType STARTTLS, both ways;
+    test_imap.py runs it on 993."""
+    need("mbsync")
+    srv = imapsrv(config=NO_PLAIN)
+    for i in range(2):
+        deliver(srv, ALICE, subject=f"mb{i}")
+    make_folders(srv, {"Work": ["w0"]})
+    local = tmp_path / "Maildir"
+    local.mkdir()
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(f"""IMAPAccount a
+Host localhost
+Port {srv.port(143)}
+User {ALICE}
+Pass "{USERS[ALICE]}"
+SSLType STARTTLS
+CertificateFile {cert(srv)}
+
+IMAPStore remote
+Account a
+
+MaildirStore local
+Path {local}/
+Inbox {local}/INBOX
+SubFolders Verbatim
+
+Channel c
+Far :remote:
+Near :local:
+Patterns *
+Create Both
+Expunge Both
+SyncState *
+""")
+
+    def sync():
+        run(["mbsync", "-c", str(rc), "-a"], env=tool_env(tmp_path))
+
+    sync()
+    assert maildir_subjects(local, "INBOX") == collections.Counter({"mb0", "mb1"})
+    assert maildir_subjects(local, "Work") == collections.Counter({"w0"})
+    write_maildir_msg(local, "Work", "1.local.host", "from-mbsync", info="S")
+    os.remove(maildir_file(local, "INBOX", "mb0"))
+    sync()
+    st = server_state(srv, ["INBOX", "Work"])
+    assert subjects(st, "INBOX") == collections.Counter({"mb1"})
+    assert subjects(st, "Work") == collections.Counter({"w0", "from-mbsync"})
+    assert flags_of(st, "Work", "from-mbsync") == {"\\Seen"}
+
+
 # ---- fetchmail (IMAP) ------------------------------------------------------------------
 
 
@@ -473,10 +524,16 @@ local read_small = acc.INBOX:is_seen() * acc.INBOX:is_smaller(1000)
 read_small:move_messages(acc['Archive'])
 local big = acc.INBOX:is_larger(4000) + acc.INBOX:contain_body('never there')
 big:add_flags({{'$Big', '\\\\Answered'}})
+local exist, recent, unseen, uidnext = acc.INBOX:check_status()
 print('counts', #urgent, #lists, #read_small, #big)
+print('status', exist, unseen, uidnext)
 """)
     r = run(["imapfilter", "-c", str(cfg), "-t", cert(srv)], env=tool_env(tmp_path))
     assert b"counts\t1\t2\t1\t1" in r.stdout, (r.stdout, r.stderr)
+    # STATUS (MESSAGES RECENT UNSEEN UIDNEXT) after the moves: the two
+    # left are unseen, UIDs 1-5 were given out. (The first COPY to a
+    # missing folder gets NO [TRYCREATE]; imapfilter creates it, retries.)
+    assert b"status\t2\t2\t6" in r.stdout, r.stdout
     st = server_state(srv, ["INBOX", "Lists/Debian", "Archive"])
     assert subjects(st, "INBOX") == collections.Counter({"URGENT: call me", "plain"})
     assert flags_of(st, "INBOX", "URGENT: call me") == {"\\Flagged"}
