@@ -1464,7 +1464,8 @@ int64_t mime_write_envelope(const struct mime_blob *mb, uint32_t i, uint8_t *buf
 }
 
 /* Parameters from v at pos as an IMAP list; text parts get the default
- * charset when they name none. */
+ * charset when they name none (charset*=utf-8''... and its continuations
+ * charset*0 / charset*0* name one too: RFC 2231). */
 static void w_params(struct em *e, struct span v, size_t pos, int have, int text)
 {
 	struct span n, val;
@@ -1475,7 +1476,8 @@ static void w_params(struct em *e, struct span v, size_t pos, int have, int text
 		w_string(e, r_raw, n, NULL);
 		put(e, " ", 1);
 		w_string(e, r_value, val, NULL);
-		if (eq_nocase(n, "charset"))
+		if (eq_nocase(n, "charset") ||
+		    (n.len >= 8 && eq_nocase(span_make(n.p, 8), "charset*")))
 			charset = 1;
 	}
 	if (text && !charset) {

@@ -14,13 +14,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 BUILD="build-essential meson ninja-build pkg-config liburing-dev libjemalloc-dev
 libcrypt-dev libcriterion-dev libwolfssl-dev libc-ares-dev zlib1g-dev"
 # Real clients for the integration tests: Python's smtplib/imaplib/poplib
-# (python3), pytest, curl, openssl s_client, swaks, fetchmail (POP3), mbsync
-# (isync, IMAP), xmllint (auto-discovery
+# (python3), pytest, curl, openssl s_client, swaks, fetchmail (POP3 and IMAP),
+# the IMAP clients users run (mbsync from isync, offlineimap3, getmail6,
+# imapfilter, neomutt; tests/integration/test_imap_clients.py), xmllint (auto-discovery
 # documents); clang for the fuzzers; dkimpy (python3-dkim, with python3-nacl
 # for ed25519-sha256) as the independent DKIM verifier; gnuplot for the plots
 # that bench/compare's smoke test (compare-smoke) checks it makes.
 TEST="python3 dnsmasq-base python3-pytest curl openssl swaks clang libclang-rt-14-dev util-linux
-procps iproute2 libxml2-utils fetchmail isync python3-dkim python3-nacl gnuplot-nox"
+procps iproute2 libxml2-utils fetchmail isync offlineimap3 getmail6 imapfilter neomutt
+python3-dkim python3-nacl gnuplot-nox"
 # The peers (Postfix, Dovecot) come with bench/peers/setup.sh.
 BENCH=""
 

@@ -724,7 +724,7 @@ struct sfolder {
 	struct index ix;           /* acknowledged state */
 	struct slog log;
 	uint32_t uid_res;          /* next UID to hand out */
-	uint64_t modseq_res;       /* last MODSEQ handed out */
+	uint64_t modseq_res;       /* last MODSEQ handed out (see next_modseq) */
 	char *kw_res[64];          /* keyword names, including unacknowledged */
 	struct sfile *dirf;
 	struct sfile *seg;         /* the active shared segment */
@@ -2838,11 +2838,22 @@ int store_watch(struct store_folder *h, struct loop *loop, store_watch_cb *cb, v
 	return 0;
 }
 
+/* The next MODSEQ of f (f->mu held). A folder that never changed has
+ * HIGHESTMODSEQ 0 in its index but is reported as 1 (status_locked), so
+ * its first change gets 2: RFC 7162's mod-sequence-value is 1 or more,
+ * and a client given 1 must see that change as one made since. */
+static uint64_t next_modseq(struct sfolder *f)
+{
+	if (f->modseq_res == 0)
+		f->modseq_res = 1;
+	return ++f->modseq_res;
+}
+
 static void status_locked(const struct sfolder *f, struct store_folder_status *st)
 {
 	st->uidvalidity = f->ix.uidvalidity;
 	st->uidnext = f->ix.uidnext;
-	st->highestmodseq = f->ix.highestmodseq;
+	st->highestmodseq = f->ix.highestmodseq ? f->ix.highestmodseq : 1;
 	st->messages = (uint32_t)f->ix.n;
 	st->unseen = f->ix.unseen;
 	st->deleted = f->ix.deleted;
@@ -3458,7 +3469,7 @@ static void folder_mod(struct store_folder *h, struct loop *loop, const uint32_t
 	else if (!expunge)
 		err = kw_resolve(f, p, kw, nkw, &mask);
 	if (!err) {
-		p->modseq = ++f->modseq_res;
+		p->modseq = next_modseq(f);
 		for (size_t i = 0; i < n || (i == 0 && n == 0); i += RECORD_MAX_UIDS) {
 			uint32_t k = (uint32_t)(n - i < RECORD_MAX_UIDS ? n - i : RECORD_MAX_UIDS);
 			size_t sz = record_size_uids(k);
@@ -4016,7 +4027,7 @@ static void target_log(struct loop *loop, struct atarget *t)
 		/* UIDs and MODSEQs are handed out in log order: replay sees
 		 * them increase exactly as the live index did. */
 		ra.uid = f->uid_res++;
-		ra.modseq = ++f->modseq_res;
+		ra.modseq = next_modseq(f);
 		out = pend_room(p, record_size_append(a->bloblen));
 		if (!out)
 			err = -ENOMEM;

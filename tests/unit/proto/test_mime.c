@@ -662,6 +662,32 @@ Test(mime, quoting)
 	free(blob);
 }
 
+/* A text part naming its charset the RFC 2231 way gets no "us-ascii"
+ * beside it (a client taking the plain "charset" would show the UTF-8
+ * text as ASCII); one that names none still does. */
+Test(mime, rfc2231_charset_is_a_charset)
+{
+	static const char *const cases[][2] = {
+		{ "Content-Type: text/plain; charset*=utf-8''%E2%82%AC\r\n\r\n",
+		  "(\"text\" \"plain\" (\"charset*\" \"utf-8''%E2%82%AC\") NIL NIL \"7bit\" 0 0)" },
+		{ "Content-Type: text/plain; CHARSET*0*=utf-8''a; charset*1=b\r\n\r\n",
+		  "(\"text\" \"plain\" (\"CHARSET*0*\" \"utf-8''a\" \"charset*1\" \"b\") NIL NIL \"7bit\" 0 0)" },
+		{ "Content-Type: text/plain; format=flowed; charsetx=1\r\n\r\n",
+		  "(\"text\" \"plain\" (\"format\" \"flowed\" \"charsetx\" \"1\" \"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)" },
+	};
+	uint8_t *blob = malloc(MIME_BLOB_MAX);
+	struct mime_blob mb;
+	size_t n;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		scan_ok(cases[i][0], strlen(cases[i][0]), blob, &mb);
+		char *s = write_bs(&mb, 0, false, &n);
+		cr_expect_str_eq(s, cases[i][1], "case %zu: %s", i, s);
+		free(s);
+	}
+	free(blob);
+}
+
 Test(mime, random_blobs_are_safe)
 {
 	uint8_t *b = malloc(4096);

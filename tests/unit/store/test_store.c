@@ -70,7 +70,7 @@ Test(store, append_read_reopen)
 	store_folder_status(f, &st);
 	cr_expect_eq(st.messages, 3);
 	cr_expect_eq(st.uidnext, 4);
-	cr_expect_eq(st.highestmodseq, 3);
+	cr_expect_eq(st.highestmodseq, 4);
 	cr_expect_eq(st.unseen, 3);
 	cr_expect_neq(st.uidvalidity, 0);
 	for (int i = 0; i < 3; i++)
@@ -196,6 +196,36 @@ Test(store, splice_into_a_pipe)
 	store_user_close(&u);
 }
 
+/* RFC 7162: HIGHESTMODSEQ is 1 or more. A folder that never changed
+ * reports 1, before and after a reopen, and its first change is 2, so a
+ * client given 1 sees that change as one made since. */
+Test(store, empty_folder_highestmodseq_is_one)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct store_folder_status st;
+	struct store_view *v;
+
+	store_folder_status(f, &st);
+	cr_expect_eq(st.highestmodseq, 1);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	open_store(0, 4096, 0);
+	u = t_user(S, L, "alice@example.com");
+	f = t_folder(u, L, "INBOX");
+	store_folder_status(f, &st);
+	cr_expect_eq(st.highestmodseq, 1);
+	cr_assert_eq(t_append(L, f, "first\r\n", NULL), 0);
+	store_folder_status(f, &st);
+	cr_expect_eq(st.highestmodseq, 2);
+	cr_assert_eq(store_view_open(f, &v), 0);
+	cr_expect_eq(store_view_msg(v, 0)->modseq, 2);
+	store_view_free(&v);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
 Test(store, flags_keywords_modseq)
 {
 	struct store_user *u = t_user(S, L, "alice@example.com");
@@ -211,29 +241,29 @@ Test(store, flags_keywords_modseq)
 		    wr_modseq, &w);
 	t_run(L, &w);
 	cr_assert_eq(w.res, 0);
-	cr_expect_eq(w.modseq, 4);
+	cr_expect_eq(w.modseq, 5);
 	w = (struct waitres){ 0 };
 	store_flags(f, L, u2, 1, STORE_FLAGS_REMOVE, STORE_F_FLAGGED, kw + 1, 1, wr_modseq, &w);
 	t_run(L, &w);
-	cr_expect_eq(w.modseq, 5);
+	cr_expect_eq(w.modseq, 6);
 
 	for (int pass = 0; pass < 2; pass++) {
 		cr_assert_eq(store_view_open(f, &v), 0);
 		const struct store_msg *m1 = store_view_msg(v, 0), *m2 = store_view_msg(v, 1),
 				       *m3 = store_view_msg(v, 2);
 		cr_expect_eq(m1->flags, STORE_F_SEEN | STORE_F_FLAGGED);
-		cr_expect_eq(m1->modseq, 4);
+		cr_expect_eq(m1->modseq, 5);
 		cr_expect_eq(m1->keywords, 3);
 		cr_expect_eq(m2->flags, STORE_F_SEEN);
 		cr_expect_eq(m2->keywords, 1);
-		cr_expect_eq(m2->modseq, 5);
+		cr_expect_eq(m2->modseq, 6);
 		cr_expect_eq(m3->flags, 0);
-		cr_expect_eq(m3->modseq, 3);
+		cr_expect_eq(m3->modseq, 4);
 		cr_expect_str_eq(store_view_keyword(v, 0), "$Forwarded");
 		cr_expect_str_eq(store_view_keyword(v, 1), "project-x");
 		struct store_folder_status st;
 		store_view_status(v, &st);
-		cr_expect_eq(st.highestmodseq, 5);
+		cr_expect_eq(st.highestmodseq, 6);
 		cr_expect_eq(st.unseen, 1);
 		store_view_free(&v);
 		/* the same after replay */
@@ -270,7 +300,7 @@ Test(store, expunge_and_quota)
 	cr_expect_eq(m, 2);
 	store_folder_status(f, &st);
 	cr_expect_eq(st.messages, 2);
-	cr_expect_eq(st.highestmodseq, 4);
+	cr_expect_eq(st.highestmodseq, 5);
 	w = (struct waitres){ 0 };
 	char buf[8];
 	store_read(f, L, 2, 0, buf, sizeof(buf), wr_read, &w);
