@@ -5,6 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "proto/decode.h"
+
 /* ---- criteria ---------------------------------------------------------- */
 
 int imap_sort_parse(const struct span *atoms, size_t n, struct imap_sort_crit *c, size_t cap)
@@ -78,17 +80,6 @@ static int hexval(uint8_t c)
 	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-static int b64val(uint8_t c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	return c == '+' ? 62 : c == '/' ? 63 : -1;
-}
-
 enum { CS_UTF8, CS_LATIN1 };
 
 /* An encoded word "=?charset[*lang]?B|Q?text?=" at raw[i]: its end, the
@@ -159,18 +150,14 @@ static void decode_word(struct wout *o, struct span t, uint8_t enc, int cs)
 		}
 		return;
 	}
-	uint32_t acc = 0;
-	unsigned bits = 0;
-	for (size_t k = 0; k < t.len; k++) {
-		int v = b64val(t.p[k]);
-		if (v < 0)
-			continue;
-		acc = acc << 6 | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			put_cs(o, (uint8_t)(acc >> bits), cs);
-		}
+	struct decode_b64 d;
+	uint8_t buf[DECODE_OUT_MAX(256)];
+	decode_b64_init(&d);
+	for (size_t k = 0; k < t.len; k += 256) {
+		size_t n = decode_b64_feed(&d, span_make(t.p + k, t.len - k < 256 ? t.len - k : 256),
+					   buf);
+		for (size_t j = 0; j < n; j++)
+			put_cs(o, buf[j], cs);
 	}
 }
 
