@@ -3139,14 +3139,15 @@ def test_store_silent_reports_modseq_to_condstore_clients(srv):
 
 def test_changedsince_zero_returns_modseq(srv):
     """FETCH ... (CHANGEDSINCE 0) answers every message with its MODSEQ
-    (RFC 7162 3.1.4.1: CHANGEDSINCE adds the MODSEQ item). 0 is what a
-    client that selected the mailbox while empty was told
-    ([HIGHESTMODSEQ 0]); the FETCH used to answer without MODSEQ, as if
-    no modifier had been given, so the client could not record any."""
+    (RFC 7162 3.1.4.1: CHANGEDSINCE adds the MODSEQ item); the FETCH
+    used to answer without MODSEQ, as if no modifier had been given, so
+    the client could not record any. An empty mailbox that never changed
+    announces [HIGHESTMODSEQ 1] (mod-sequence values are positive), and
+    CHANGEDSINCE 1 then sees every later message too."""
     r = Raw(srv).login()
     r.cmd("CREATE Box")
     lines, _ = r.cmd("SELECT Box (CONDSTORE)")
-    assert b"* OK [HIGHESTMODSEQ 0] Highest\r\n" in lines, lines
+    assert b"* OK [HIGHESTMODSEQ 1] Highest\r\n" in lines, lines
     r.cmd("UNSELECT")
     append_raw(r, b"Subject: a\r\n\r\nx\r\n", "Box")
     append_raw(r, b"Subject: b\r\n\r\nx\r\n", "Box")
@@ -3158,6 +3159,8 @@ def test_changedsince_zero_returns_modseq(srv):
                      b"* 2 FETCH (FLAGS () MODSEQ (%s))\r\n" % ms[1]], lines
     lines, t = r.cmd("UID FETCH 2:* (FLAGS) (CHANGEDSINCE 0)")
     assert lines == [b"* 2 FETCH (UID 2 FLAGS () MODSEQ (%s))\r\n" % ms[1]], lines
+    lines, t = r.cmd("FETCH 1:2 (FLAGS) (CHANGEDSINCE 1)")
+    assert len(lines) == 2 and all(b"MODSEQ" in ln for ln in lines), lines
 
 
 def test_empty_lists_and_bad_sections_are_bad(imapsrv):
