@@ -177,6 +177,7 @@ struct fetch_job {
 	bool reading, wait_drain;
 	bool splice;         /* the open section may go file -> pipe -> socket */
 	bool rd_splice;      /* the read in flight is a splice */
+	bool nul_free;       /* the open section's message holds no NUL: sent as read */
 	uint64_t rd_off, rd_left, lit_left;
 	bool hdr_filter, hdr_not;
 	bool hdr_out;        /* the filtered header is being sent from hbuf */
@@ -3543,7 +3544,8 @@ static void fetch_read_done(void *arg, ssize_t res)
 		}
 	} else {
 		out_flush(is);
-		nul_to_0x80(is->rbuf, (size_t)res);
+		if (!fj->nul_free) /* (the scanner saw no NUL: nothing to find) */
+			nul_to_0x80(is->rbuf, (size_t)res);
 		stream_send(is->s, is->rbuf, (size_t)res);
 		if (fj->rd_left == 0) {
 			fj->splice = false; /* a spliced section's tail */
@@ -3634,6 +3636,7 @@ static bool fetch_section(struct imap_session *is, struct fitem *it, const struc
 	fj->rd_left = len;
 	fj->item_open = true;
 	fj->splice = fetch_splice_ok(is, m, mb, mb_ok, len);
+	fj->nul_free = mb_ok && (mb->flags & MIME_BLOB_NUL_FREE) && mb->size == m->size;
 	return false;
 }
 
