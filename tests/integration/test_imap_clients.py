@@ -346,6 +346,13 @@ def fetched(out):
     return got
 
 
+def fetchmail_cmd(tmp_path, rc, *args):
+    """--pidfile in tmp_path: as root, fetchmail's lock is
+    /var/run/fetchmail.pid whatever FETCHMAILHOME says, so two runs at once
+    (test files run in parallel) would refuse each other."""
+    return ["fetchmail", "--pidfile", str(tmp_path / "fetchmail.pid"), "-f", str(rc), *args]
+
+
 def fetchmail_env(tmp_path):
     env = tool_env(tmp_path)
     env["FETCHMAILHOME"] = str(tmp_path)
@@ -361,17 +368,17 @@ def test_fetchmail_imap_keep_then_flush(imapsrv, tmp_path, mode):
     env = fetchmail_env(tmp_path)
     rc, out = fetchmailrc(srv, tmp_path, mode)
     # fetch all, keep: everything comes, the server keeps it, marked \Seen
-    r = run(["fetchmail", "-f", str(rc), "-v", "--all", "--keep"], env=env)
+    r = run(fetchmail_cmd(tmp_path, rc, "-v", "--all", "--keep"), env=env)
     assert fetched(out) == collections.Counter({"fm0", "fm1", "fm2"}), r.stdout
     st = server_state(srv, ["INBOX"])
     assert subjects(st, "INBOX") == collections.Counter({"fm0", "fm1", "fm2"})
     assert all(set(f) == {"\\Seen"} for _, f in st["INBOX"]), st
     # a plain run fetches only unseen mail: none (exit 1 is "no mail")
-    run(["fetchmail", "-f", str(rc), "--keep"], env=env, ok=(1,))
+    run(fetchmail_cmd(tmp_path, rc, "--keep"), env=env, ok=(1,))
     assert sum(fetched(out).values()) == 3
     deliver(srv, ALICE, subject="fm3")
     # no keep: the new one comes, and fetch-all flushes everything from the server
-    run(["fetchmail", "-f", str(rc), "--all", "--nokeep"], env=env)
+    run(fetchmail_cmd(tmp_path, rc, "--all", "--nokeep"), env=env)
     assert fetched(out) == collections.Counter({"fm0": 2, "fm1": 2, "fm2": 2, "fm3": 1})
     assert server_state(srv, ["INBOX"]) == {"INBOX": []}
 
@@ -384,7 +391,7 @@ def test_fetchmail_idle_sees_later_delivery(imapsrv, tmp_path, mode):
     env = fetchmail_env(tmp_path)
     rc, out = fetchmailrc(srv, tmp_path, mode)
     log = open(tmp_path / "fetchmail.log", "wb")
-    p = subprocess.Popen(["fetchmail", "-f", str(rc), "-v", "--idle", "--nokeep"],
+    p = subprocess.Popen(fetchmail_cmd(tmp_path, rc, "-v", "--idle", "--nokeep"),
                          stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         def wait_for(pred, what, timeout=20):

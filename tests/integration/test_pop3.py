@@ -817,7 +817,10 @@ def test_fetchmail_downloads_and_deletes(pop3srv, tmp_path):
         f"  nokeep stripcr mda '{mda}'\n")
     rc.chmod(stat.S_IRUSR | stat.S_IWUSR)
     env = dict(os.environ, HOME=str(tmp_path), FETCHMAILHOME=str(tmp_path))
-    r = subprocess.run(["fetchmail", "-f", str(rc), "--nodetach", "--invisible", "-v"],
+    # --pidfile: as root the lock is /var/run/fetchmail.pid otherwise,
+    # shared with the IMAP clients suite running beside this file
+    r = subprocess.run(["fetchmail", "--pidfile", str(tmp_path / "fetchmail.pid"), "-f", str(rc),
+                        "--nodetach", "--invisible", "-v"],
                        capture_output=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
     data = box.read_bytes()
