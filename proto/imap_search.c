@@ -27,19 +27,21 @@ int64_t imap_search_parse_day(struct span s)
 	buf[s.len] = '\0';
 	int d, y, used = 0;
 	char m[4];
-	if (sscanf(buf, "%2d-%3[A-Za-z]-%4d%n", &d, m, &y, &used) != 3 || (size_t)used != s.len)
-		return -1;
+	if (sscanf(buf, "%2d-%3[A-Za-z]-%4d%n", &d, m, &y, &used) != 3 || (size_t)used != s.len ||
+	    strlen(strrchr(buf, '-') + 1) != 4)
+		return IMAP_SEARCH_DAY_INVALID; /* date-year is 4DIGIT */
 	int mi = -1;
 	for (int k = 0; k < 12; k++)
 		if (strcasecmp(m, mon[k]) == 0)
 			mi = k;
-	if (mi < 0 || d < 1 || d > 31 || y < 1900)
-		return -1;
+	if (mi < 0 || d < 1 || d > 31 || y < 1)
+		return IMAP_SEARCH_DAY_INVALID;
 	struct tm tm = { .tm_mday = d, .tm_mon = mi, .tm_year = y - 1900 };
 	time_t t = timegm(&tm);
 	if (tm.tm_mday != d || tm.tm_mon != mi)
-		return -1; /* 31-Feb, 31-Apr: timegm() moved it to the next month */
-	return (int64_t)(t / 86400);
+		return IMAP_SEARCH_DAY_INVALID; /* 31-Feb, 31-Apr: timegm() rolled it over */
+	/* midnight UTC: a whole number of days, also before 1970 */
+	return (int64_t)t / 86400;
 }
 
 /* The day of a Date: header value ("Tue, 1 Jul 2003 10:52:37 +0200"). */
@@ -54,7 +56,7 @@ static int64_t header_day(struct span v)
 	int d, y;
 	char m[4];
 	if (sscanf(p, "%d %3s %d", &d, m, &y) != 3 || d < 1 || d > 31 || y < 0 || y > 9999)
-		return -1;
+		return IMAP_SEARCH_DAY_INVALID;
 	char spec[32];
 	snprintf(spec, sizeof(spec), "%d-%s-%d", d, m, y < 50 ? y + 2000 : y < 100 ? y + 1900 : y);
 	return imap_search_parse_day(span_cstr(spec));
@@ -256,8 +258,8 @@ static int parse_key(struct pctx *c, int depth)
 	for (size_t d = 0; d < sizeof(dates) / sizeof(dates[0]); d++)
 		if (span_eq_nocase(a, span_cstr(dates[d].name))) {
 			int64_t day = c->t[v].kind == IMAP_STOK_LBEGIN || c->t[v].kind ==
-				IMAP_STOK_LEND ? -1 : imap_search_parse_day(val);
-			if (day < 0)
+				IMAP_STOK_LEND ? IMAP_SEARCH_DAY_INVALID : imap_search_parse_day(val);
+			if (day == IMAP_SEARCH_DAY_INVALID)
 				return -1;
 			k->kind = dates[d].kind;
 			k->num = (uint64_t)day;
@@ -482,12 +484,12 @@ static int ev(const struct imap_search *s, size_t *k, const struct imap_search_m
 	case ISK_SENTBEFORE:
 	case ISK_SENTON:
 	case ISK_SENTSINCE: {
-		int64_t day = -1;
+		int64_t day = IMAP_SEARCH_DAY_INVALID;
 		struct span v;
 		if (key->kind >= ISK_SENTBEFORE && m->mb &&
 		    mime_blob_field(m->mb, 0, MIME_FIELD_DATE, &v))
 			day = header_day(v);
-		if (day < 0) /* no usable Date: the internal date */
+		if (day == IMAP_SEARCH_DAY_INVALID) /* no usable Date: the internal date */
 			day = m->internal_date >= 0 ? m->internal_date / 86400
 						    : (m->internal_date - 86399) / 86400;
 		int64_t want = (int64_t)key->num;

@@ -120,7 +120,9 @@ enum imap_search_parse_result {
 int imap_search_parse(struct imap_search *s, const struct imap_search_tok *t, size_t n);
 
 /* An RFC 3501 date ("1-Feb-1994", day of one or two digits, month in any
- * case) as days since the epoch; -1 when invalid. */
+ * case, year 0001 to 9999) as days since the epoch, negative before
+ * 1970; IMAP_SEARCH_DAY_INVALID when invalid (no such day either). */
+#define IMAP_SEARCH_DAY_INVALID INT64_MIN
 int64_t imap_search_parse_day(struct span s);
 
 /* Builds the substring tables into fail[0..s->fail_len) (the caller's

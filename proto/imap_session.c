@@ -5550,29 +5550,32 @@ static void append_msg_end(struct imap_session *is)
 	free(blob);
 }
 
-static int64_t parse_datetime(struct span s)
+/* An APPEND date-time "dd-Mon-yyyy hh:mm:ss +zzzz" as seconds since the
+ * epoch in *t_r (negative before 1970). false: not a valid one. */
+static bool parse_datetime(struct span s, int64_t *t_r)
 {
-	/* "dd-Mon-yyyy hh:mm:ss +zzzz" */
 	char buf[40];
 	if (s.len >= sizeof(buf))
-		return -1;
+		return false;
 	memcpy(buf, s.p, s.len);
 	buf[s.len] = '\0';
 	int d, y, h, mi, se, z;
 	char mon[4];
 	if (sscanf(buf, " %d-%3s-%d %d:%d:%d %d", &d, mon, &y, &h, &mi, &se, &z) != 7)
-		return -1;
+		return false;
 	char day[24];
 	snprintf(day, sizeof(day), "%d-%s-%d", d, mon, y);
 	int64_t days = parse_day(span_cstr(day));
-	if (days < 0 || h > 23 || mi > 59 || se > 60)
-		return -1;
+	if (days == IMAP_SEARCH_DAY_INVALID || h < 0 || h > 23 || mi < 0 || mi > 59 || se < 0 ||
+	    se > 60)
+		return false;
 	int zs = z < 0 ? -1 : 1;
 	z = z < 0 ? -z : z;
 	if (z > 9959 || z % 100 > 59)
-		return -1; /* zone is +hhmm */
+		return false; /* zone is +hhmm */
 	int64_t off = zs * ((z / 100) * 3600 + (z % 100) * 60);
-	return days * 86400 + h * 3600 + mi * 60 + se - off;
+	*t_r = days * 86400 + h * 3600 + mi * 60 + se - off;
+	return true;
 }
 
 /* Refuses the message literal just announced: a synchronising one gets
@@ -5694,8 +5697,8 @@ static void append_literal(struct imap_session *is, const struct imap_token *t)
 		i = end;
 	}
 	if (!err && i < is->ntoks && is->toks[i].kind == T_STRING) {
-		int64_t d = parse_datetime(tok_span(is, i));
-		if (d < 0)
+		int64_t d;
+		if (!parse_datetime(tok_span(is, i), &d))
 			err = "Invalid date-time";
 		else
 			is->append_date = d;

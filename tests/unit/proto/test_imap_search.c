@@ -127,6 +127,9 @@ static const struct pcase parse_cases[] = {
 	{ "BEFORE 29-Feb-2021", IMAP_SEARCH_BAD },
 	{ "ON 31-Apr-2020", IMAP_SEARCH_BAD },
 	{ "SENTON 29-Feb-2020 SINCE 31-Dec-2020", IMAP_SEARCH_OK },
+	{ "SINCE 31-Dec-1969 BEFORE 1-Jan-1899 ON 1-Jan-0001", IMAP_SEARCH_OK }, /* before 1970 */
+	{ "SINCE 1-Jan-0000", IMAP_SEARCH_BAD },
+	{ "SINCE 1-Jan-194", IMAP_SEARCH_BAD },
 	{ "KEYWORD $Forwarded UNKEYWORD foo", IMAP_SEARCH_OK },
 	{ "KEYWORD \"x\"", IMAP_SEARCH_BAD },
 	{ "", IMAP_SEARCH_BAD },
