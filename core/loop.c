@@ -216,6 +216,25 @@ static int slot_alloc(struct loop *l, uint32_t *idx_r)
 	return 0;
 }
 
+/* Shutdown: the loop exits once no connection and no hold is left (or
+ * the grace is over for the holds). */
+static void maybe_exit(struct loop *l)
+{
+	if (l->stopping && l->nconns == 0 && (l->holds == 0 || l->grace_over))
+		l->exit = true;
+}
+
+void loop_hold(struct loop *l)
+{
+	l->holds++;
+}
+
+void loop_release(struct loop *l)
+{
+	l->holds--;
+	maybe_exit(l);
+}
+
 static void slot_free(struct loop *l, uint32_t idx)
 {
 	l->slots[idx].c = NULL;
@@ -522,8 +541,7 @@ static void conn_free(struct conn *c)
 	slot_free(l, c->idx);
 	l->nconns--;
 	free(c);
-	if (l->stopping && l->nconns == 0)
-		l->exit = true;
+	maybe_exit(l);
 }
 
 static void conn_maybe_free(struct conn *c)
@@ -1125,7 +1143,10 @@ static void stop_timer_fired(struct timer *t, void *arg)
 {
 	struct loop *l = arg;
 	(void)t;
-	LOG_AT(&l->log, LOG_INFO, 0, "shutdown-grace-over", "closing=%u", l->nconns);
+	LOG_AT(&l->log, LOG_INFO, 0, "shutdown-grace-over", "closing=%u holds=%u", l->nconns,
+	       l->holds);
+	l->grace_over = true;
+	maybe_exit(l);
 	for (uint32_t i = 0; i < l->nslots; i++) {
 		struct conn *c = l->slots[i].c;
 		if (c && !c->closed)
@@ -1165,8 +1186,7 @@ static void on_shutdown_msg(struct loop *l, uint32_t kind, uint64_t payload)
 	}
 	timer_init(&l->stop_timer, stop_timer_fired, l);
 	timer_arm(&l->wheel, &l->stop_timer, l->now_ms, cfg ? cfg->shutdown_grace_ms : 10000);
-	if (l->nconns == 0)
-		l->exit = true;
+	maybe_exit(l);
 }
 
 static void on_reload_msg(struct loop *l, uint32_t kind, uint64_t payload)

@@ -51,6 +51,12 @@ int loop_id(const struct loop *loop);
  * -ENOMEM. */
 int loop_defer(struct loop *loop, void (*fn)(struct loop *, void *), void *arg);
 
+/* Background work that outlives the connection that started it (a
+ * deleted folder's files being unlinked): at shutdown the loop exits only
+ * once every hold is released, or when the shutdown grace is over. */
+void loop_hold(struct loop *loop);
+void loop_release(struct loop *loop);
+
 /* Milliseconds of a monotonic clock, cached once per tick. */
 uint64_t loop_now_ms(const struct loop *loop);
 

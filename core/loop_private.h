@@ -126,6 +126,8 @@ struct loop {
 	loop_msg_fn msg_fns[LOOP_MSG_KINDS];
 	bool stopping;
 	bool exit;
+	bool grace_over;              /* shutdown: holds no longer wait */
+	uint32_t holds;               /* loop_hold() not yet released */
 	bool accept_backoff;
 	struct timer stop_timer;
 	const struct config *cfg;     /* the snapshot new connections use */

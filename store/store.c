@@ -3009,6 +3009,7 @@ static void rmdir_step(struct loop *loop, struct loop_cb *cb, int res, uint32_t 
 		free(o->paths);
 		free(o->dir);
 		free(o);
+		loop_release(loop);
 		return;
 	}
 	if (o->left < o->n) {
@@ -3073,6 +3074,9 @@ static void folder_remove_files(struct loop *loop, struct sfolder *f)
 		return;
 	}
 	o->cb.fn = rmdir_step;
+	/* a shutdown waits for the last unlink (the session that deleted the
+	 * folder may be gone already) */
+	loop_hold(loop);
 	rmdir_step(loop, &o->cb, 0, 0);
 }
 

@@ -9,6 +9,7 @@ import imaplib
 import os
 import re
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -3452,3 +3453,33 @@ def test_dates_before_1970(srv):
                       ("BEFORE 1-Jan-1899", b"")):
         lines, t = r.cmd("SEARCH " + key)
         assert lines == [b"* SEARCH" + want + b"\r\n"], (key, lines, t)
+
+
+def test_shutdown_right_after_delete_finishes_the_removal(imapsrv):
+    """DELETE answers once the folder list is durable; the folder's files
+    are unlinked afterwards, one io_uring op at a time. A shutdown right
+    after the reply used to exit with that chain in flight: files left
+    behind for fsck and, under LeakSanitizer, a leak report. The loop now
+    holds its exit until the chain ends (loop_hold). 60 messages over the
+    append buffer (256 KiB) make 60 segment files: a chain of 60 unlinks
+    that SIGTERM, sent right after the reply, lands in the middle of."""
+    for _ in range(2):
+        srv = imapsrv()
+        r = Raw(srv).login()
+        r.cmd("CREATE Doomed")
+        big = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 300
+        r.send(b"".join(b"a%d APPEND Doomed {%d+}\r\n" % (i, len(big)) + big + b"\r\n"
+                        for i in range(60)))
+        for i in range(60):
+            _, t = r.until(f"a{i}", timeout=60)
+            assert b" OK " in t, t
+        user_dir = os.path.join(srv.data_dir, "mail", "alice@example.com")
+        before = set(os.listdir(user_dir))
+        _, t = r.cmd("DELETE Doomed")
+        assert b" OK " in t, t
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.wait_exit(30) == 0, srv.log()[-3000:]
+        after = set(os.listdir(user_dir))
+        # the folder's directory (fN) is gone, not left to fsck
+        gone = {d for d in before - after if re.fullmatch(r"f\d+", d)}
+        assert len(gone) == 1 and not after - before, (before, after)
