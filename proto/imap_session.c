@@ -908,6 +908,11 @@ static void done(struct imap_session *is, const char *status, const char *fmt, .
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
+	/* max_bad_commands counts BADs in a row: a command that works ends
+	 * the run (a long-lived session of a client with one quirk is not
+	 * closed at its tenth in a day) */
+	if (!strcmp(status, "OK"))
+		is->bad = 0;
 	if (is->cmd && is->cmd->sync != SYNC_NONE && sync_mailbox(is, is->cmd->sync == SYNC_FULL)) {
 		/* The updates fill the send queue: the rest once it drains
 		 * (imap_drained), then this reply. Input waits meanwhile. */

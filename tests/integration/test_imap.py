@@ -584,7 +584,14 @@ def test_literal_size_limits(srv):
 
 def test_bad_commands_limit(imapsrv):
     srv = imapsrv(config="[limits]\nmax_bad_commands = 3\n")
+    # BADs in a row count; a command answered OK starts the count again
     r = Raw(srv)
+    for _ in range(4):
+        for bad in ("FOO", "BAR"):
+            _, t = r.cmd(bad)
+            assert b" BAD " in t, t
+        _, t = r.cmd("NOOP")
+        assert b" OK " in t, t
     for i in range(3):
         r.send(b"a FOO\r\n")
     lines = [r.line() for _ in range(4)]
