@@ -93,9 +93,15 @@ def test_ten_bad_commands_close(server, port, cmd, reply, final):
     for i in range(9):
         s.sendall(cmd + b"\r\n")
         assert recv_line(s).startswith(reply), i
-    # A good command in between does not reset the count.
+    # A good command in between does not reset the count, but in IMAP,
+    # where it counts BAD answers in a row (as Dovecot does): a long-lived
+    # session is not closed for ten harmless quirks spread over a day.
     s.sendall({25: b"NOOP\r\n", 143: b"t NOOP\r\n", 110: b"USER x@example.com\r\n"}[port])
     assert recv_line(s) != b""
+    if port == 143:
+        for i in range(9):
+            s.sendall(cmd + b"\r\n")
+            assert recv_line(s).startswith(reply), i
     s.sendall(cmd + b"\r\n")
     assert recv_line(s).startswith(reply)
     last = recv_line(s)
