@@ -1143,3 +1143,44 @@ def test_empty_mailbox_highestmodseq_is_positive(imapsrv):
     assert int(re.search(rb"\[HIGHESTMODSEQ (\d+)\]", sel).group(1)) > m0
     assert [p[0] for _, p in untagged(got["q"], b"FETCH")] == [1], got["q"]
     assert [p[0] for _, p in untagged(got["f"], b"FETCH")] == [1], got["f"]
+
+
+def test_change_in_mailbox_deleted_by_other_session(imapsrv):
+    """A phone has a folder open while the desktop client deletes it; the
+    phone then marks a message read (or expunges). The STORE reached the
+    store for a deleted folder, whose refusal completed without a log, and
+    the completion dereferenced it: the whole server died (SIGSEGV), every
+    user's sessions with it. Now each change is NO [NONEXISTENT]."""
+    srv = imapsrv()
+    phone, desk = Session(srv, "implicit"), Session(srv, "implicit")
+    msg = b"From: a@remote.example\r\nSubject: doomed\r\n\r\nx\r\n"
+    for s in (phone, desk):
+        tagged_ok(s.exchange([("l", f"LOGIN {ALICE} {USERS[ALICE]}")])["l"])
+    got = desk.exchange([("c", "CREATE Projects"),
+                         ("a", b"APPEND Projects {%d+}\r\n" % len(msg) + msg),
+                         ("a2", b"APPEND Projects {%d+}\r\n" % len(msg) + msg)])
+    for r in got.values():
+        tagged_ok(r)
+    tagged_ok(phone.exchange([("s", "SELECT Projects")])["s"])
+    phone.send(b"i IDLE\r\n")
+    check(phone.r.next())
+    tagged_ok(desk.exchange([("d", "DELETE Projects")])["d"])
+    phone.send(b"DONE\r\n")
+    tagged_ok(phone.read("i"))
+    got = phone.exchange([("f1", "STORE 1 +FLAGS (\\Seen)"),
+                          ("f2", "UID STORE 2 +FLAGS.SILENT (\\Deleted)"),
+                          ("f3", "EXPUNGE"),
+                          ("f4", "UID EXPUNGE 2"),
+                          ("n", "NOOP")], "pipelined")
+    for tag in ("f1", "f2", "f3", "f4"):
+        raw, p = got[tag][-1]
+        assert p[2] == b"NO" and b"[NONEXISTENT]" in raw, raw
+    tagged_ok(got["n"])
+    # the server is alive for everyone
+    got = desk.exchange([("s", "SELECT INBOX"), ("o", "LOGOUT")])
+    tagged_ok(got["s"])
+    c = adm(srv)
+    typ, data = c.list()
+    assert typ == "OK" and not any(b'"Projects"' in l for l in data), data
+    c.logout()
+    assert srv.proc.poll() is None
