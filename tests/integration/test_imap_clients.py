@@ -23,6 +23,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -631,9 +632,6 @@ set debug_file = "{debug}"
 
 # ---- the GUI clients' command sequences, replayed raw ------------------------------------
 
-import socket  # noqa: E402
-import ssl  # noqa: E402
-
 
 class Session:
     """A raw IMAP connection that checks every response against RFC 9051's
@@ -786,7 +784,6 @@ def seed_inbox(srv):
     deliver(srv, ALICE, subject="short")
     deliver(srv, ALICE, raw=MULTIPART)
     deliver(srv, ALICE, subject="long", body=BIG_TEXT)
-    return [MULTIPART]
 
 
 def stored(srv, folder, uid):
