@@ -46,9 +46,17 @@ def cert(srv):
     return os.path.join(srv.data_dir, "tls", "cert.pem")
 
 
-def run(args, env=None, timeout=60, ok=(0,), **kw):
+def run(args, env=None, timeout=60, ok=(0,), python=False, **kw):
+    """Runs a client to completion. python: the client is a Python program;
+    one that hangs gets SIGSEGV at timeout with PYTHONFAULTHANDLER set, so
+    the failure shows every thread's stack (how the offlineimap STARTTLS
+    hang was found to be the client's)."""
+    if python:
+        env = dict(env or os.environ, PYTHONFAULTHANDLER="1")
+        args = ["timeout", "-s", "SEGV", str(timeout)] + list(args)
+        timeout += 10
     out = subprocess.run(args, capture_output=True, timeout=timeout, env=env, **kw)
-    assert out.returncode in ok, (out.returncode, out.stdout[-4000:], out.stderr[-4000:])
+    assert out.returncode in ok, (out.returncode, out.stdout[-4000:], out.stderr[-6000:])
     return out
 
 
@@ -210,7 +218,8 @@ remotepass = {USERS[ALICE]}
         env["OPENSSL_CONF"] = str(conf)
 
     def sync():
-        out = run(["offlineimap", "-c", str(rc), "-o", "-u", "basic"], env=env, timeout=120)
+        out = run(["offlineimap", "-c", str(rc), "-o", "-u", "basic"], env=env, timeout=120,
+                  python=True)
         text = (out.stdout + out.stderr).decode(errors="replace")
         assert "ERROR" not in text and "Traceback" not in text, text[-4000:]
         return text
@@ -460,7 +469,7 @@ delete = {"true" if delete else "false"}
 
     def getmail(delete=False, move=""):
         r = run(["getmail", "--getmaildir", str(gmdir), "-r", str(rc(delete, move))],
-                env=tool_env(tmp_path))
+                env=tool_env(tmp_path), python=True)
         return r.stdout.decode(errors="replace")
 
     getmail()
