@@ -3437,9 +3437,11 @@ static void seg_forget(struct loop *loop, struct sfolder *f, uint32_t seg)
 
 static void mod_complete(struct loop *loop, struct pend *p, int res)
 {
-	struct sfolder *f = p->log->owner;
-
+	/* p->log is set only once the change was reserved: a change refused
+	 * before (the folder deleted by another session, a broken log, no
+	 * memory) completes with res < 0 and no log. */
 	for (size_t i = 0; res == 0 && i < p->nunlink; i++) {
+		struct sfolder *f = p->log->owner;
 		char name[16];
 		seg_forget(loop, f, p->unlink[i]);
 		store_seg_name(p->unlink[i], name);

@@ -23,6 +23,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -45,9 +46,17 @@ def cert(srv):
     return os.path.join(srv.data_dir, "tls", "cert.pem")
 
 
-def run(args, env=None, timeout=60, ok=(0,), **kw):
+def run(args, env=None, timeout=60, ok=(0,), python=False, **kw):
+    """Runs a client to completion. python: the client is a Python program;
+    one that hangs gets SIGSEGV at timeout with PYTHONFAULTHANDLER set, so
+    the failure shows every thread's stack (how the offlineimap STARTTLS
+    hang was found to be the client's)."""
+    if python:
+        env = dict(env or os.environ, PYTHONFAULTHANDLER="1")
+        args = ["timeout", "-s", "SEGV", str(timeout)] + list(args)
+        timeout += 10
     out = subprocess.run(args, capture_output=True, timeout=timeout, env=env, **kw)
-    assert out.returncode in ok, (out.returncode, out.stdout[-4000:], out.stderr[-4000:])
+    assert out.returncode in ok, (out.returncode, out.stdout[-4000:], out.stderr[-6000:])
     return out
 
 
@@ -209,7 +218,8 @@ remotepass = {USERS[ALICE]}
         env["OPENSSL_CONF"] = str(conf)
 
     def sync():
-        out = run(["offlineimap", "-c", str(rc), "-o", "-u", "basic"], env=env, timeout=120)
+        out = run(["offlineimap", "-c", str(rc), "-o", "-u", "basic"], env=env, timeout=120,
+                  python=True)
         text = (out.stdout + out.stderr).decode(errors="replace")
         assert "ERROR" not in text and "Traceback" not in text, text[-4000:]
         return text
@@ -466,7 +476,7 @@ delete = {"true" if delete else "false"}
 
     def getmail(delete=False, move=""):
         r = run(["getmail", "--getmaildir", str(gmdir), "-r", str(rc(delete, move))],
-                env=tool_env(tmp_path))
+                env=tool_env(tmp_path), python=True)
         return r.stdout.decode(errors="replace")
 
     getmail()
@@ -638,9 +648,6 @@ set debug_file = "{debug}"
 
 # ---- the GUI clients' command sequences, replayed raw ------------------------------------
 
-import socket  # noqa: E402
-import ssl  # noqa: E402
-
 
 class Session:
     """A raw IMAP connection that checks every response against RFC 9051's
@@ -793,7 +800,6 @@ def seed_inbox(srv):
     deliver(srv, ALICE, subject="short")
     deliver(srv, ALICE, raw=MULTIPART)
     deliver(srv, ALICE, subject="long", body=BIG_TEXT)
-    return [MULTIPART]
 
 
 def stored(srv, folder, uid):
@@ -1150,3 +1156,44 @@ def test_empty_mailbox_highestmodseq_is_positive(imapsrv):
     assert int(re.search(rb"\[HIGHESTMODSEQ (\d+)\]", sel).group(1)) > m0
     assert [p[0] for _, p in untagged(got["q"], b"FETCH")] == [1], got["q"]
     assert [p[0] for _, p in untagged(got["f"], b"FETCH")] == [1], got["f"]
+
+
+def test_change_in_mailbox_deleted_by_other_session(imapsrv):
+    """A phone has a folder open while the desktop client deletes it; the
+    phone then marks a message read (or expunges). The STORE reached the
+    store for a deleted folder, whose refusal completed without a log, and
+    the completion dereferenced it: the whole server died (SIGSEGV), every
+    user's sessions with it. Now each change is NO [NONEXISTENT]."""
+    srv = imapsrv()
+    phone, desk = Session(srv, "implicit"), Session(srv, "implicit")
+    msg = b"From: a@remote.example\r\nSubject: doomed\r\n\r\nx\r\n"
+    for s in (phone, desk):
+        tagged_ok(s.exchange([("l", f"LOGIN {ALICE} {USERS[ALICE]}")])["l"])
+    got = desk.exchange([("c", "CREATE Projects"),
+                         ("a", b"APPEND Projects {%d+}\r\n" % len(msg) + msg),
+                         ("a2", b"APPEND Projects {%d+}\r\n" % len(msg) + msg)])
+    for r in got.values():
+        tagged_ok(r)
+    tagged_ok(phone.exchange([("s", "SELECT Projects")])["s"])
+    phone.send(b"i IDLE\r\n")
+    check(phone.r.next())
+    tagged_ok(desk.exchange([("d", "DELETE Projects")])["d"])
+    phone.send(b"DONE\r\n")
+    tagged_ok(phone.read("i"))
+    got = phone.exchange([("f1", "STORE 1 +FLAGS (\\Seen)"),
+                          ("f2", "UID STORE 2 +FLAGS.SILENT (\\Deleted)"),
+                          ("f3", "EXPUNGE"),
+                          ("f4", "UID EXPUNGE 2"),
+                          ("n", "NOOP")], "pipelined")
+    for tag in ("f1", "f2", "f3", "f4"):
+        raw, p = got[tag][-1]
+        assert p[2] == b"NO" and b"[NONEXISTENT]" in raw, raw
+    tagged_ok(got["n"])
+    # the server is alive for everyone
+    got = desk.exchange([("s", "SELECT INBOX"), ("o", "LOGOUT")])
+    tagged_ok(got["s"])
+    c = adm(srv)
+    typ, data = c.list()
+    assert typ == "OK" and not any(b'"Projects"' in l for l in data), data
+    c.logout()
+    assert srv.proc.poll() is None

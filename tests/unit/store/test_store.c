@@ -226,6 +226,32 @@ Test(store, empty_folder_highestmodseq_is_one)
 	store_user_close(&u);
 }
 
+/* A handle kept open on a folder another session deleted: a flag change
+ * or an expunge through it is refused with -ENOENT (it used to crash in
+ * the completion, which read the log a refused change never had). */
+Test(store, change_through_handle_of_deleted_folder)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "Sent"); /* made on open */
+	struct waitres w = { 0 };
+	uint32_t one = 1;
+
+	cr_assert_eq(t_append(L, f, "x\r\n", NULL), 0);
+	store_folder_delete(u, L, "Sent", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	w = (struct waitres){ 0 };
+	store_flags(f, L, &one, 1, STORE_FLAGS_ADD, STORE_F_SEEN, NULL, 0, wr_modseq, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -ENOENT);
+	w = (struct waitres){ 0 };
+	store_expunge(f, L, &one, 1, wr_modseq, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -ENOENT);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
 Test(store, flags_keywords_modseq)
 {
 	struct store_user *u = t_user(S, L, "alice@example.com");
