@@ -632,12 +632,9 @@ def test_curl_imaps_list_and_fetch(srv):
     assert b"Subject: curlme" in out.stdout
 
 
-def test_mbsync_two_way(srv, tmp_path):
-    if not shutil.which("mbsync"):
-        pytest.skip("mbsync (isync) not installed")
-    for i in range(3):
-        deliver(srv, "alice@example.com", subject=f"sync{i}")
-    local = tmp_path / "Maildir"
+def mbsync_rc(srv, tmp_path, local):
+    """An mbsyncrc syncing alice's INBOX on 993 both ways with the Maildir
+    local (made here)."""
     local.mkdir()
     rc = tmp_path / "mbsyncrc"
     rc.write_text(f"""IMAPAccount a
@@ -663,6 +660,16 @@ Create Both
 Expunge Both
 SyncState *
 """)
+    return rc
+
+
+def test_mbsync_two_way(srv, tmp_path):
+    if not shutil.which("mbsync"):
+        pytest.skip("mbsync (isync) not installed")
+    for i in range(3):
+        deliver(srv, "alice@example.com", subject=f"sync{i}")
+    local = tmp_path / "Maildir"
+    rc = mbsync_rc(srv, tmp_path, local)
     def run():
         out = subprocess.run(["mbsync", "-c", str(rc), "-a"], capture_output=True, timeout=60)
         assert out.returncode == 0, out

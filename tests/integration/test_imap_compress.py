@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 from conftest import HOST
-from test_imap import USERS, deliver, imapsrv, srv, tls_context  # noqa: F401 (fixtures)
+from test_imap import USERS, deliver, imapsrv, mbsync_rc, srv, tls_context  # noqa: F401 (fixtures)
 
 
 class ZRaw:
@@ -197,31 +197,7 @@ def test_mbsync_syncs_over_compress(srv, tmp_path):
     for i in range(3):
         deliver(srv, "alice@example.com", subject=f"z{i}", body=b"text\r\n" * 2000)
     local = tmp_path / "Maildir"
-    local.mkdir()
-    rc = tmp_path / "mbsyncrc"
-    rc.write_text(f"""IMAPAccount a
-Host localhost
-Port {srv.port(993)}
-User alice@example.com
-Pass "{USERS['alice@example.com']}"
-SSLType IMAPS
-CertificateFile {os.path.join(srv.data_dir, 'tls', 'cert.pem')}
-
-IMAPStore remote
-Account a
-
-MaildirStore local
-Path {local}/
-Inbox {local}/INBOX
-
-Channel c
-Far :remote:
-Near :local:
-Patterns INBOX
-Create Both
-Expunge Both
-SyncState *
-""")
+    rc = mbsync_rc(srv, tmp_path, local)
     out = subprocess.run(["mbsync", "-Dn", "-c", str(rc), "-a"], capture_output=True,
                          timeout=60)
     assert out.returncode == 0, out
