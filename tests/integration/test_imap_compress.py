@@ -4,7 +4,6 @@ behind COMPRESS in the same write; a large APPEND and FETCH through the
 compressed stream; IDLE seeing an SMTP delivery; refusals; bytes that do
 not inflate; and mbsync, which turns compression on by itself.
 """
-import os
 import re
 import shutil
 import socket
