@@ -430,6 +430,8 @@ static int header_list(struct span s)
 			for (i++; i < end && s.p[i] != '"'; i++) {
 				if (s.p[i] == '\0' || s.p[i] == '\r' || s.p[i] == '\n')
 					return -EINVAL; /* not a TEXT-CHAR */
+				if (s.p[i] == ']')
+					return -EINVAL; /* the section is one atom up to "]" */
 				if (s.p[i] == '\\' && (++i == end || (s.p[i] != '"' && s.p[i] != '\\')))
 					return -EINVAL;
 			}
