@@ -392,12 +392,18 @@ def test_down_mx_retried_across_restart(tmp_path, dns):
     assert len(queue_files(sender)) == 1
     r = conftest.run_cli("queue", "list", "--data", sender.data_dir)
     assert BOB in r.stdout and "pending" in r.stdout, r.stdout
-    # Restart the sender (SIGKILL: no goodbye), then bring the MX up.
+    # Kill the sender (SIGKILL: no goodbye), bring the MX up, restart the
+    # sender. The MX may have had to take other ports (another test took
+    # one of remote_offset's meanwhile): the restarted sender is pointed at
+    # where it really listens.
     sender.proc.kill()
     sender.proc.wait()
-    conftest.Server.start(sender)  # same data dir, users already there
     remote = make_remote(tmp_path / "remote", offset=remote_offset)
     remote.start()
+    cfg = Path(sender.config_path).read_text()
+    Path(sender.config_path).write_text(
+        cfg.replace(f"mx_port = {25 + remote_offset}\n", f"mx_port = {remote.port(25)}\n"))
+    conftest.Server.start(sender)  # same data dir, users already there
     try:
         got = wait_for(lambda: find(remote.messages(BOB), tok.encode()), 30)
         assert len(got) == 1, sender.log()[-3000:]
