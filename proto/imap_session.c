@@ -5036,6 +5036,21 @@ struct refs_add {
 	size_t skip;
 };
 
+/* Room in refs[] for one more message's references. false: out of
+ * memory. */
+static bool refs_reserve(struct search_job *sj)
+{
+	if (sj->refs_cap - sj->nrefs >= IMAP_THREAD_REFS_MAX)
+		return true;
+	size_t cap = sj->refs_cap ? sj->refs_cap * 2 : 1024;
+	uint64_t *r = realloc(sj->refs, cap * sizeof(*r));
+	if (!r)
+		return false;
+	sj->refs = r;
+	sj->refs_cap = cap;
+	return true;
+}
+
 static void id_add(void *arg, struct span id)
 {
 	struct refs_add *ra = arg;
@@ -5052,14 +5067,8 @@ static bool thread_add_refs(struct search_job *sj, struct span v)
 {
 	size_t n = 0;
 	imap_thread_ids(v, SIZE_MAX, id_count, &n);
-	if (sj->refs_cap - sj->nrefs < IMAP_THREAD_REFS_MAX) {
-		size_t cap = sj->refs_cap ? sj->refs_cap * 2 : 1024;
-		uint64_t *r = realloc(sj->refs, cap * sizeof(*r));
-		if (!r)
-			return false;
-		sj->refs = r;
-		sj->refs_cap = cap;
-	}
+	if (!refs_reserve(sj))
+		return false;
 	struct imap_thread_msg *t = &sj->tm[sj->ki];
 	struct refs_add ra = { .sj = sj, .skip = n > IMAP_THREAD_REFS_MAX ? n - IMAP_THREAD_REFS_MAX : 0 };
 	t->ref_off = (uint32_t)sj->nrefs;
@@ -5139,14 +5148,8 @@ static int thread_fields(struct imap_session *is, const struct store_msg *m,
 	struct search_job *sj = is->sj;
 	if (!sj->tm && !(sj->tm = calloc(sj->nh + 1, sizeof(*sj->tm))))
 		return -1;
-	if (sj->refs_cap - sj->nrefs < IMAP_THREAD_REFS_MAX) {
-		size_t cap = sj->refs_cap ? sj->refs_cap * 2 : 1024;
-		uint64_t *r = realloc(sj->refs, cap * sizeof(*r));
-		if (!r)
-			return -1;
-		sj->refs = r;
-		sj->refs_cap = cap;
-	}
+	if (!refs_reserve(sj))
+		return -1;
 	struct imap_thread_msg *t = &sj->tm[sj->ki];
 	t->refwd = refwd;
 	t->ref_off = (uint32_t)sj->nrefs;

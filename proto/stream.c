@@ -346,6 +346,22 @@ static int on_open(struct conn *c)
 	return session_open(s);
 }
 
+/* Makes room for STREAM_DECRYPT_MIN more bytes behind len in *buf
+ * (s->plain or s->infl): doubles *cap from STREAM_PLAIN_FIRST. Returns 0
+ * or -ENOMEM. */
+static int room_reserve(uint8_t **buf, uint32_t len, uint32_t *cap)
+{
+	if (*cap - len >= STREAM_DECRYPT_MIN)
+		return 0;
+	size_t want = *cap ? (size_t)*cap * 2 : STREAM_PLAIN_FIRST;
+	uint8_t *p = realloc(*buf, want);
+	if (!p)
+		return -ENOMEM;
+	*buf = p;
+	*cap = (uint32_t)want;
+	return 0;
+}
+
 /* Compressed bytes in (from the connection, or decrypted): inflated into
  * s->infl and offered to the session, until all of in is inflated or the
  * session leaves STREAM_PLAIN_MAX bytes untaken. Returns the bytes of in
@@ -367,14 +383,9 @@ static ssize_t inflate_feed(struct stream *s, struct span in)
 			return (ssize_t)in.len;
 		if (off >= in.len || s->infl_len >= STREAM_PLAIN_MAX)
 			break;
-		if (s->infl_cap - s->infl_len < STREAM_DECRYPT_MIN) {
-			size_t cap = s->infl_cap ? (size_t)s->infl_cap * 2 : STREAM_PLAIN_FIRST;
-			uint8_t *p = realloc(s->infl, cap);
-			if (!p)
-				return -ENOMEM;
-			s->infl = p;
-			s->infl_cap = (uint32_t)cap;
-		}
+		int rc = room_reserve(&s->infl, s->infl_len, &s->infl_cap);
+		if (rc)
+			return rc;
 		z_stream *z = s->zin;
 		z->next_in = (Bytef *)(uintptr_t)(in.p + off);
 		z->avail_in = (uInt)(in.len - off < (1u << 30) ? in.len - off : (1u << 30));
@@ -442,19 +453,6 @@ static int deliver_plain(struct stream *s)
  * on the next read. Asking for a record's worth of room every time cost a
  * 16 KiB allocation per command and a realloc copying it whenever a read
  * had already decrypted something (the second turn of tls_data's loop). */
-static int plain_reserve(struct stream *s)
-{
-	if (s->plain_cap - s->plain_len >= STREAM_DECRYPT_MIN)
-		return 0;
-	size_t cap = s->plain_cap ? (size_t)s->plain_cap * 2 : STREAM_PLAIN_FIRST;
-	uint8_t *p = realloc(s->plain, cap);
-	if (!p)
-		return -ENOMEM;
-	s->plain = p;
-	s->plain_cap = (uint32_t)cap;
-	return 0;
-}
-
 static void handshake_done(struct stream *s)
 {
 	s->state = ST_TLS;
@@ -476,7 +474,7 @@ static ssize_t tls_data(struct stream *s, struct span in)
 	for (;;) {
 		if (s->plain_len >= STREAM_PLAIN_MAX)
 			break;
-		if ((rc = plain_reserve(s)))
+		if ((rc = room_reserve(&s->plain, s->plain_len, &s->plain_cap)))
 			return rc;
 		size_t used = 0, plen = 0;
 		enum tls_status st = tls_conn_read(s->tls, span_skip(in, off), &used,
