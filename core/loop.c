@@ -913,6 +913,23 @@ static void conn_timer_dispatch(struct timer *t, void *arg)
 	conn_timer_fired(t, arg);
 }
 
+/* Out of descriptors, the accept fails again at every tick (100 ms) until
+ * connections leave: one line per listener every ACCEPT_ERR_LOG_MS, with
+ * the count of the failures in between, keeps the log readable. */
+#define ACCEPT_ERR_LOG_MS 10000
+
+static void accept_error_log(struct loop *l, struct listener_rt *lr, int res)
+{
+	if (lr->err_logged_ms && l->now_ms - lr->err_logged_ms < ACCEPT_ERR_LOG_MS) {
+		lr->err_unlogged++;
+		return;
+	}
+	LOG_AT(&l->log, LOG_WARN, 0, "accept-error", "listener=%s error=%s unlogged=%u",
+	       lr->lc->name, strerror(-res), lr->err_unlogged);
+	lr->err_logged_ms = l->now_ms ? l->now_ms : 1;
+	lr->err_unlogged = 0;
+}
+
 static void on_accept(struct loop *l, uint32_t li, int res, uint32_t flags)
 {
 	struct listener_rt *lr;
@@ -926,8 +943,7 @@ static void on_accept(struct loop *l, uint32_t li, int res, uint32_t flags)
 		lr->armed = false;
 	if (res < 0) {
 		if (res != -ECANCELED && res != -EINTR && res != -EAGAIN)
-			LOG_AT(&l->log, LOG_WARN, 0, "accept-error", "listener=%s error=%s",
-			       lr->lc->name, strerror(-res));
+			accept_error_log(l, lr, res);
 		/* EMFILE and friends: try again on the next tick, not in a spin. */
 		if (!lr->armed && !lr->closed && !l->stopping)
 			l->accept_backoff = true;

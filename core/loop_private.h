@@ -31,6 +31,8 @@ struct listener_rt {
 	const struct conn_ops *ops;
 	bool armed;
 	bool closed;
+	uint64_t err_logged_ms;         /* when accept-error was last logged */
+	uint32_t err_unlogged;          /* accept errors since then, not logged */
 };
 
 /* One piece of output: copied bytes (data[off..len), cap bytes room), or,
