@@ -62,7 +62,6 @@ char *dsn_format(const struct dsn_msg *m, const struct dsn_rcpt *r, size_t n, si
 	snprintf(boundary, sizeof(boundary), "=_%.40s.%s", m->id, m->kind);
 	size_t o = 0;
 	put(t, cap, &o,
-		"Return-Path: <>\r\n"
 		"From: Mail Delivery System <MAILER-DAEMON@%s>\r\n"
 		"To: <%s>\r\n"
 		"Subject: %s\r\n"

@@ -1245,6 +1245,8 @@ struct local_dlv {
 	size_t ri;
 	struct msg_read rd;
 	size_t put;             /* bytes given to the append */
+	char rp[512];           /* the Return-Path: field written first */
+	size_t rp_len, rp_put;
 	char target[QUEUE_REPLY_MAX];
 	struct store_user *user;
 	struct store_folder *folder;
@@ -1358,7 +1360,16 @@ static void local_put(void *arg)
 	struct local_dlv *l = arg;
 	if (!l->append)
 		return;
-	ssize_t w = store_append_write(l->append, span_make(l->rd.buf + l->put, l->rd.len - l->put));
+	ssize_t w = 0;
+	if (l->rp_put < l->rp_len) {
+		w = store_append_write(l->append, span_make(l->rp + l->rp_put, l->rp_len - l->rp_put));
+		if (w >= 0)
+			l->rp_put += (size_t)w;
+		if (w >= 0 && l->rp_put < l->rp_len)
+			return;
+	}
+	if (w >= 0)
+		w = store_append_write(l->append, span_make(l->rd.buf + l->put, l->rd.len - l->put));
 	if (w < 0) {
 		local_end(l, (int)w);
 		return;
@@ -1376,6 +1387,7 @@ static void local_put(void *arg)
 		return;
 	}
 	mime_scan_init(sc);
+	mime_scan_feed(sc, span_make(l->rp, l->rp_len));
 	mime_scan_feed(sc, span_make(l->rd.buf, l->rd.len));
 	mime_scan_finish(sc, blob, MIME_BLOB_MAX, &blob_len);
 	struct store_append *a = l->append;
@@ -1392,6 +1404,14 @@ static void local_folder(void *arg, int res, struct store_folder *folder)
 		return;
 	}
 	l->folder = folder;
+	/* This is the final delivery: the envelope sender goes first (RFC 5321
+	 * 4.4), as the SMTP session does for its local copies. */
+	int n = snprintf(l->rp, sizeof(l->rp), "Return-Path: <%s>\r\n", l->m->e->from);
+	if (n < 0 || (size_t)n >= sizeof(l->rp)) {
+		local_end(l, -ENAMETOOLONG);
+		return;
+	}
+	l->rp_len = (size_t)n;
 	int rc = store_append_begin(l->ob->loop, &l->folder, 1, time(NULL), 0, NULL, 0, local_put, l,
 				    &l->append);
 	if (rc) {

@@ -1125,8 +1125,25 @@ static int queue_put(struct smtp_session *ss, struct span chunk)
 	return 0;
 }
 
+/* The Return-Path: field a final delivery puts first (RFC 5321 4.4: the
+ * envelope sender, "<>" for a bounce). Only the local copy gets it: mail
+ * relayed on is not at its final delivery, and its DKIM signature does not
+ * cover the field. */
+static int write_return_path(struct smtp_session *ss)
+{
+	char buf[SMTP_ADDR_MAX + 32];
+	int n = snprintf(buf, sizeof(buf), "Return-Path: <%s>\r\n", ss->from_null ? "" : ss->from);
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		return -ENAMETOOLONG;
+	mime_scan_feed(ss->d.mime, span_make(buf, (size_t)n));
+	ssize_t w = store_append_write(ss->d.append, span_make(buf, (size_t)n));
+	if (w < 0)
+		return (int)w;
+	return (size_t)w < (size_t)n ? -ENOBUFS : 0; /* the buffer is far larger */
+}
+
 /* Writes the Received: header (RFC 5321 4.4, with the TLS and AUTH
- * details RFC 8314 7.4 suggests). */
+ * details RFC 8314 7.4 suggests), behind the local copy's Return-Path. */
 static int write_received(struct smtp_session *ss)
 {
 	char buf[1024], date[64];
@@ -1151,6 +1168,11 @@ static int write_received(struct smtp_session *ss)
 	n += snprintf(buf + n, sizeof(buf) - (size_t)n, "; %s\r\n", date);
 	if ((size_t)n >= sizeof(buf))
 		return -ENAMETOOLONG;
+	if (ss->d.append) {
+		int rc = write_return_path(ss);
+		if (rc)
+			return rc;
+	}
 	mime_scan_feed(ss->d.mime, span_make(buf, (size_t)n));
 	notice_feed(&ss->d, span_make(buf, (size_t)n));
 	if (ss->d.spool) {

@@ -438,14 +438,26 @@ def dot_stuff(data):
     return data + b".\r\n"
 
 
-RECEIVED_RX = re.compile(rb"\AReceived: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n")
+RETURN_PATH_RX = re.compile(rb"\AReturn-Path: <([^\r\n<>]*)>\r\n")
+# match() anchors it: at the start, or where the Return-Path field ends
+RECEIVED_RX = re.compile(rb"Received: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n")
+
+
+def return_path(stored):
+    """The envelope sender of a locally delivered message: its first field
+    must be Return-Path (RFC 5321 4.4)."""
+    m = RETURN_PATH_RX.match(stored)
+    assert m, f"stored message does not start with a Return-Path: field: {stored[:200]!r}"
+    return m.group(1).decode()
 
 
 def strip_received(stored):
-    """Splits a stored message into (our Received: header, the rest). Fails
-    when the message does not start with our Received: field."""
-    m = RECEIVED_RX.match(stored)
-    assert m, f"stored message does not start with a Received: header: {stored[:200]!r}"
+    """Splits a stored message into (our Received: header, the rest): our
+    Return-Path and Received fields come first. Fails otherwise."""
+    rp = RETURN_PATH_RX.match(stored)
+    assert rp, f"stored message does not start with a Return-Path: field: {stored[:200]!r}"
+    m = RECEIVED_RX.match(stored, rp.end())
+    assert m, f"Return-Path is not followed by a Received: field: {stored[:300]!r}"
     hdr = m.group(0)
     assert b"by mail.example.com (ringmail)" in hdr, hdr
     return hdr, stored[m.end():]

@@ -23,7 +23,10 @@ from smtp_helpers import Server, find, message, token
 
 ALICE, ALICE_PW = "alice@example.com", "alice-Secret-1"
 BOB, BOB_PW = "bob@remote.example", "bob-Remote-2"
-RX_RECEIVED = re.compile(rb"\A(?:Received: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n)+")
+# What a final delivery puts first: Return-Path (the envelope sender, RFC
+# 5321 4.4), then the Received fields (group 2) of every hop.
+RX_RECEIVED = re.compile(rb"\AReturn-Path: <([^\r\n<>]*)>\r\n"
+                         rb"((?:Received: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n)+)")
 
 pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq not installed")
 
@@ -136,8 +139,13 @@ def submit(sender, to, msg, frm=ALICE):
         assert not refused, refused
 
 
-def strip_all_received(m):
-    r = RX_RECEIVED.match(m)
+RX_RECEIVED_ONLY = re.compile(rb"\A(?:Received: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n)+")
+
+
+def strip_all_received(m, final=True):
+    """m without its trace fields: with final (a message as the MX stored
+    it), the Return-Path then the Received fields; else Received only."""
+    r = (RX_RECEIVED if final else RX_RECEIVED_ONLY).match(m)
     return m[r.end():] if r else m
 
 
@@ -182,7 +190,10 @@ def test_remote_rcpt_delivered_byte_exact(pair):
     assert m.index(b"by mx.remote.example (ringmail)") < m.index(b"by mail.example.com (ringmail)")
     # Opportunistic STARTTLS to the MX: the remote's Received field (the
     # first one) says the message came in over TLS, unauthenticated.
-    theirs = RX_RECEIVED.match(m).group(0).split(b"\r\nReceived: ")[0]
+    head = RX_RECEIVED.match(m)
+    assert head, m[:600]
+    assert head.group(1) == ALICE.encode(), head.group(0)  # the envelope sender
+    theirs = head.group(2).split(b"\r\nReceived: ")[0]
     assert b"by mx.remote.example (ringmail) with ESMTPS\r\n" in theirs, theirs
     assert re.search(rb"\(version=TLSv1\.[23] cipher=\S+\)", theirs), theirs
     assert re.search(r"event=outbound-tls host=mx\.remote\.example version=TLSv1\.[23] ",
@@ -227,7 +238,7 @@ def test_dkim_signed_delivery_verifies(pair, dns, tmp_path, kind):
         assert t["a"] == ("rsa-sha256" if kind == "rsa" else "ed25519-sha256")
         assert t["h"].lower().split(":")[:1] == ["from"]
         assert rest.startswith(b"DKIM-Signature: ")
-        assert strip_all_received(strip_sig(rest)) == msg
+        assert strip_all_received(strip_sig(rest), final=False) == msg
         # A changed byte in the body no longer verifies.
         assert not verify(m.replace(b"Signed  body", b"Signed body!"), records)
     finally:
@@ -323,6 +334,10 @@ def test_550_unknown_user_bounces_once(pair):
     got = wait_for(bounces, 20)
     assert len(got) == 1, sender.log()[-3000:]
     b = got[0]
+    # delivered to the local sender: the null sender's Return-Path, once,
+    # first, then the bounce's own header
+    assert b.startswith(b"Return-Path: <>\r\nFrom: Mail Delivery System <MAILER-DAEMON@"), b[:300]
+    assert b.count(b"Return-Path:") == 1, b[:300]
     assert b"report-type=delivery-status" in b
     assert b"Final-Recipient: rfc822; " + nobody.encode() in b
     assert b"Action: failed" in b

@@ -828,15 +828,16 @@ def test_fetchmail_downloads_and_deletes(pop3srv, tmp_path):
     got = data[len(sep):].split(sep)
     assert len(got) == len(bodies)
     # fetchmail hands the MDA LF line ends (stripcr); otherwise each message
-    # is, byte for byte, the server's Received: field followed by exactly
-    # what the SMTP client sent.
+    # is, byte for byte, the server's Return-Path: and Received: fields
+    # followed by exactly what the SMTP client sent.
     for g, w, orig in zip(got, want, sent):
         assert g == w.replace(b"\r\n", b"\n")
         lf = orig.replace(b"\r\n", b"\n")
         assert g.endswith(lf), (g[:200], lf[:200])
         head = g[:len(g) - len(lf)]
-        assert head.startswith(b"Received: "), head
-        assert all(l.startswith((b"Received: ", b" ", b"\t")) for l in head.splitlines()), head
+        assert head.startswith(b"Return-Path: <sender@remote.example>\nReceived: "), head
+        assert all(l.startswith((b"Received: ", b" ", b"\t"))
+                   for l in head.splitlines()[1:]), head
     # and they are gone from the server
     p = pop(srv)
     assert p.stat() == (0, 0)

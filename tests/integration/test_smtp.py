@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from smtp_helpers import (MX_PORTS, PASSWORDS, Raw, Server, dot_stuff, find, message,
-                          strip_received, token)
+                          return_path, strip_received, token)
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 DAVE = "dave@example.com"  # the 10 MB messages: a mailbox of their own
@@ -901,6 +901,25 @@ def _cipher_key(name):
         if name.startswith(p):
             name = name[len(p):]
     return name.replace("_", "").replace("-", "").upper()
+
+
+@pytest.mark.parametrize("sender", ["sender@remote.example", "", '"two words"@remote.example'])
+def test_return_path_is_the_envelope_sender(srv, sender):
+    """Final delivery puts the envelope sender first as Return-Path (RFC
+    5321 4.4): "<>" for a bounce, a quoted local part as given; every
+    local recipient's copy gets it once, ahead of our Received field."""
+    tok = token()
+    msg = message(tok, frm="someone-else@remote.example", to=ALICE)
+    with Raw(srv, MX_PORTS[0]) as r:
+        assert r.greeting[0] == 220
+        assert r.cmd("EHLO mta.remote.example")[0] == 250
+        assert raw_send(r, sender, [ALICE, BOB], msg)[0] == 250
+    for user in (ALICE, BOB):
+        m = find(srv.messages(user, strict=False), tok.encode())
+        assert len(m) == 1, user
+        assert return_path(m[0]) == sender, m[0][:200]
+        assert m[0].count(b"\r\nReturn-Path:") == 0, m[0][:400]
+        delivered_once(srv, user, tok, msg)  # then Received, then the bytes sent
 
 
 @pytest.mark.parametrize("version", ["TLSv1.3", "TLSv1.2"])
