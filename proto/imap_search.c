@@ -248,6 +248,22 @@ static int parse_key(struct pctx *c, int depth)
 		s->modseq = true;
 		return 0;
 	}
+	if (span_eq_nocase(a, SPAN_LIT("OLDER")) || span_eq_nocase(a, SPAN_LIT("YOUNGER"))) {
+		/* RFC 5032: an nz-number of seconds */
+		uint64_t n = 0;
+		if (c->t[v].kind != IMAP_STOK_ATOM || !val.len || val.len > 10)
+			return -1;
+		for (size_t d = 0; d < val.len; d++) {
+			if (val.p[d] < '0' || val.p[d] > '9')
+				return -1;
+			n = n * 10 + (uint64_t)(val.p[d] - '0');
+		}
+		if (n == 0 || n > UINT32_MAX)
+			return -1;
+		k->kind = fold(a.p[0]) == 'o' ? ISK_OLDER : ISK_YOUNGER;
+		k->num = n;
+		return 0;
+	}
 	static const struct {
 		const char *name;
 		uint8_t kind;
@@ -308,6 +324,7 @@ int imap_search_parse(struct imap_search *s, const struct imap_search_tok *t, si
 	s->nbytekeys = 0;
 	s->fail_len = 0;
 	s->err = "Invalid search criteria";
+	s->now = (int64_t)time(NULL);
 	struct pctx c = { s, t, n, 0 };
 	if (tok_is(&c, 0, "RETURN")) {
 		s->esearch = true;
@@ -478,6 +495,10 @@ static int ev(const struct imap_search *s, size_t *k, const struct imap_search_m
 		return m->size < key->num;
 	case ISK_MODSEQ:
 		return m->modseq >= key->num;
+	case ISK_OLDER: /* more than num seconds before now */
+		return m->internal_date < s->now - (int64_t)key->num;
+	case ISK_YOUNGER: /* within num seconds of now: NOT OLDER */
+		return m->internal_date >= s->now - (int64_t)key->num;
 	case ISK_BEFORE:
 	case ISK_ON:
 	case ISK_SINCE:

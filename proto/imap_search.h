@@ -58,6 +58,7 @@ struct imap_search_tok {
 enum imap_search_kind {
 	ISK_ALL, ISK_NONE, ISK_FLAG, ISK_KEYWORD, ISK_SEQ, ISK_UID, ISK_LARGER, ISK_SMALLER,
 	ISK_BEFORE, ISK_ON, ISK_SINCE, ISK_SENTBEFORE, ISK_SENTON, ISK_SENTSINCE, ISK_MODSEQ,
+	ISK_OLDER, ISK_YOUNGER, /* WITHIN (RFC 5032): num is the interval in seconds */
 	ISK_HEADER, /* HEADER, FROM, TO, CC, BCC, SUBJECT */
 	ISK_BODY, ISK_TEXT,
 	ISK_SAVED,  /* "$" or "UID $" (RFC 5182): the saved result */
@@ -106,6 +107,8 @@ struct imap_search {
 	size_t fail_len;       /* uint32_t entries imap_search_prepare() needs */
 	const uint32_t *fail;  /* the tables (imap_search_prepare()) */
 	const char *err;       /* after IMAP_SEARCH_BAD: why (a static string) */
+	int64_t now;           /* OLDER/YOUNGER count back from it: the parse's
+				* wall clock, seconds since the epoch */
 };
 
 enum imap_search_parse_result {

@@ -766,6 +766,38 @@ def searcher(c):
     return s
 
 
+def test_search_within_older_younger(srv):
+    """WITHIN (RFC 5032): OLDER/YOUNGER count seconds back from now on the
+    internal date (APPEND's date), not the Date: field; 0 is BAD."""
+    c = imap(srv)
+    caps = c.capability()[1][0].split()
+    assert b"WITHIN" in caps, caps
+    assert c.create("within")[0] == "OK"
+    now = time.time()
+    dates = [now - 7200, now - 30, now - 400 * 86400]  # 2 h, 30 s, 400 days old
+    for t in dates:
+        assert c.append("within", None, imaplib.Time2Internaldate(t), PLAIN)[0] == "OK"
+    c.select("within")
+    s = searcher(c)
+    assert s("OLDER", "3600") == [b"1", b"3"]
+    assert s("YOUNGER", "3600") == [b"2"]
+    assert s("YOUNGER", "10000000") == [b"1", b"2"]
+    assert s("OLDER", "3600", "YOUNGER", "86400") == [b"1"]
+    assert s("NOT", "YOUNGER", "86400") == [b"3"]
+    uids = s("ALL", uid=True)
+    assert s("OLDER", "86400", uid=True) == [uids[2]]
+    r = Raw(srv).login()
+    r.cmd("SELECT within")
+    for bad in ("OLDER 0", "YOUNGER -1", "OLDER 4294967296", "YOUNGER"):
+        lines, t = r.cmd("SEARCH " + bad)
+        assert t.split()[1] == b"BAD" and not lines, (bad, lines, t)
+    lines, t = r.cmd("SEARCH RETURN (COUNT) OLDER 60")
+    assert lines == [b'* ESEARCH (TAG "%s") COUNT 2\r\n' % t.split()[0]], lines
+    c.close()
+    assert c.delete("within")[0] == "OK"
+    c.logout()
+
+
 def test_search_body_text_header(srv):
     c = imap(srv)
     for m in (PLAIN, MIXED, OTHER):

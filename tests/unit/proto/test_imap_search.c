@@ -148,6 +148,12 @@ static const struct pcase parse_cases[] = {
 	{ "1:3,5 UID 2:*", IMAP_SEARCH_OK },
 	{ "1:x", IMAP_SEARCH_BAD },
 	{ "NEW OLD RECENT ANSWERED UNANSWERED DRAFT UNDRAFT FLAGGED UNFLAGGED", IMAP_SEARCH_OK },
+	{ "OLDER 3600 YOUNGER 4294967295", IMAP_SEARCH_OK }, /* WITHIN: nz-number */
+	{ "OLDER 0", IMAP_SEARCH_BAD },
+	{ "YOUNGER 4294967296", IMAP_SEARCH_BAD },
+	{ "YOUNGER -5", IMAP_SEARCH_BAD },
+	{ "OLDER \"60\"", IMAP_SEARCH_BAD },
+	{ "OLDER", IMAP_SEARCH_BAD },
 };
 
 static void check_parse(const struct pcase *c)
@@ -378,6 +384,36 @@ Test(imap_search, straddle)
 	free(blob);
 	free(p);
 	free(text);
+}
+
+/* WITHIN (RFC 5032): OLDER n is an internal date more than n seconds
+ * before the search's clock, YOUNGER n the rest; the sent date does not
+ * count. */
+Test(imap_search, within)
+{
+	struct prog *p = calloc(1, sizeof(*p));
+	struct imap_search_msg m;
+	msg_of(msg_plain, &m, NULL); /* Date: 1 Jul 2003 */
+	static const struct {
+		int64_t age; /* now - internal date, seconds */
+		const char *prog;
+		int want;
+	} cases[] = {
+		{ 3601, "OLDER 3600", IMAP_SEARCH_YES },  { 3600, "OLDER 3600", IMAP_SEARCH_NO },
+		{ 3600, "YOUNGER 3600", IMAP_SEARCH_YES }, { 3601, "YOUNGER 3600", IMAP_SEARCH_NO },
+		{ 0, "YOUNGER 1", IMAP_SEARCH_YES },       { -60, "OLDER 1", IMAP_SEARCH_NO },
+		{ 90000, "NOT YOUNGER 86400", IMAP_SEARCH_YES },
+		{ 90000, "OLDER 3600 YOUNGER 100000", IMAP_SEARCH_YES },
+		{ 90000, "OR OLDER 100000 YOUNGER 3600", IMAP_SEARCH_NO },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cr_assert_eq(compile(p, cases[i].prog), IMAP_SEARCH_OK, "%s", cases[i].prog);
+		cr_assert_geq(p->s.now, 1700000000, "the parse sets the clock");
+		m.internal_date = p->s.now - cases[i].age;
+		cr_assert_eq(imap_search_eval(&p->s, &m, NULL), cases[i].want, "%s at age %lld",
+			     cases[i].prog, (long long)cases[i].age);
+	}
+	free(p);
 }
 
 /* Cheap keys decide without reading; byte keys make it MAYBE. */
