@@ -3043,12 +3043,10 @@ static void cmd_status(struct imap_session *is, size_t a)
 		return;
 	}
 	status_condstore(is, a + 1);
-	if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
-		struct store_folder_status st;
-		store_folder_status(is->folder, &st);
-		status_reply(is, &st);
-		return;
-	}
+	/* Also for the selected mailbox: STATUS names a mailbox, and the one
+	 * this session holds may have been deleted (or renamed away) by
+	 * another session, which the name lookup sees (NO [NONEXISTENT])
+	 * while the session's handle still reads the old counts. */
 	set_busy(is, true);
 	hold(is);
 	store_folder_open(is->su, stream_loop(is->s), name, status_opened, is);

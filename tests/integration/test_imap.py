@@ -283,6 +283,38 @@ def test_mailbox_management_list_status(srv):
     c.logout()
 
 
+def test_status_of_selected_mailbox_deleted_by_other_session(srv):
+    """A phone has "Gone" selected while the desktop deletes it. STATUS
+    names a mailbox: it answered the old counts from the phone's handle, so
+    the client went on believing the folder existed. Now it is NO
+    [NONEXISTENT], as for any session (Dovecot answers the old counts, then
+    ends the session with BYE at its next command). The phone's session goes
+    on: NOOP, FETCH from its handle, CLOSE, LOGOUT."""
+    desk, phone = imap(srv), imap(srv)
+    msg = b"From: a@remote.example\r\nSubject: doomed\r\n\r\nx\r\n"
+    assert desk.create("Gone")[0] == "OK"
+    for _ in range(2):
+        assert desk.append("Gone", None, None, msg)[0] == "OK"
+    assert phone.select("Gone") == ("OK", [b"2"])
+    typ, data = phone.status("Gone", "(MESSAGES UIDNEXT)")
+    assert typ == "OK" and data == [b'"Gone" (MESSAGES 2 UIDNEXT 3)'], data
+    assert desk.delete("Gone")[0] == "OK"
+    typ, data = phone.status("Gone", "(MESSAGES UIDNEXT)")
+    assert typ == "NO" and data[0].startswith(b"[NONEXISTENT]"), data
+    assert phone.noop()[0] == "OK"
+    typ, data = phone.fetch("1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK" and [d[0].split()[:4] for d in data if isinstance(d, tuple)] == [
+        [b"1", b"(UID", b"1", b"BODY[HEADER.FIELDS"], [b"2", b"(UID", b"2", b"BODY[HEADER.FIELDS"]], data
+    # a new mailbox of that name is the one STATUS reports
+    assert desk.create("Gone")[0] == "OK"
+    typ, data = phone.status("Gone", "(MESSAGES UIDNEXT)")
+    assert typ == "OK" and data == [b'"Gone" (MESSAGES 0 UIDNEXT 1)'], data
+    assert phone.close()[0] == "OK"
+    assert phone.logout()[0] == "BYE"
+    assert desk.status("INBOX", "(MESSAGES)")[0] == "OK"
+    desk.logout()
+
+
 def test_special_use_list(srv):
     c = imap(srv)
     c.select("Sent")  # created on first use
