@@ -4407,7 +4407,7 @@ static void copy_undone(void *arg, int res, uint64_t modseq)
 static void copy_done(void *arg, int res)
 {
 	struct imap_session *is = arg;
-	if (is->dead) {
+	if (is->dead && res == 0) {
 		store_folder_close(&is->other);
 		release(is);
 		return;
@@ -4415,19 +4415,22 @@ static void copy_done(void *arg, int res)
 	bool move = is->cmd && strcasecmp(is->cmd->name, "MOVE") == 0;
 	if (res < 0) {
 		/* RFC 3501 6.4.7: a failed COPY leaves the destination as it
-		 * was. The copies made before the error (over quota half way)
-		 * are expunged before the reply. */
+		 * was. The copies made before the error (over quota half way,
+		 * or a MOVE whose source another session deleted meanwhile)
+		 * are expunged before the reply, also when the client has
+		 * gone: it will never learn about them. */
 		size_t n = 0;
 		for (size_t k = 0; k < is->nuids; k++)
 			if (is->uids2[k])
 				is->uids2[n++] = is->uids2[k];
 		if (n) {
 			is->undo_err = res;
-			store_expunge(is->other, stream_loop(is->s), is->uids2, n, copy_undone, is);
+			store_expunge(is->other, is->loop, is->uids2, n, copy_undone, is);
 			return; /* the hold is passed on */
 		}
 		store_folder_close(&is->other);
-		store_error(is, res);
+		if (!is->dead)
+			store_error(is, res);
 		release(is);
 		return;
 	}

@@ -277,7 +277,10 @@ void store_expunge(struct store_folder *folder, struct loop *loop, const uint32_
  * is durable. new_uids_r (n entries, the caller's until cb) receives the UID
  * of each copy in dst, 0 for a UID not in src (for COPYUID). cb(arg, res)
  * once all are durable (res 0) or on the first error (copies already made
- * stay; with move nothing is expunged). */
+ * stay; with move nothing is expunged). A move out of a folder that was
+ * deleted (through another handle) is -ENOENT, checked before each copy:
+ * nothing is copied when it was deleted before the call. A copy (not a
+ * move) still reads a deleted folder's messages. */
 void store_copy(struct store_folder *src, struct loop *loop, const uint32_t *uids,
 		size_t n, struct store_folder *dst, bool move, uint32_t *new_uids_r,
 		store_done_cb *cb, void *arg);

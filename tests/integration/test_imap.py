@@ -315,6 +315,40 @@ def test_status_of_selected_mailbox_deleted_by_other_session(srv):
     desk.logout()
 
 
+def test_move_out_of_mailbox_deleted_by_other_session(srv):
+    """MOVE and UID MOVE from a mailbox another session deleted answer NO
+    [NONEXISTENT] and leave the destination as it was: nothing is copied
+    (Dovecot's answer too). The copies used to be made, then the expunge of
+    the originals failed and the copies were expunged again: the
+    destination's UIDNEXT and HIGHESTMODSEQ moved, and a session that had
+    it selected saw each copy come and go. COPY still reads the deleted
+    mailbox's messages through the session's handle (Dovecot: NO)."""
+    desk, phone, watch = imap(srv), imap(srv), imap(srv)
+    msg = b"From: a@remote.example\r\nSubject: doomed\r\n\r\nx\r\n"
+    assert desk.create("Gone")[0] == "OK" and desk.create("Dst")[0] == "OK"
+    for _ in range(3):
+        assert desk.append("Gone", None, None, msg)[0] == "OK"
+    assert phone.select("Gone") == ("OK", [b"3"])
+    assert watch.select("Dst") == ("OK", [b"0"])
+    assert desk.delete("Gone")[0] == "OK"
+    for cmd, args in (("MOVE", ("1", "Dst")), ("MOVE", ("1:3", "Dst")), ("UID", ("MOVE", "2", "Dst"))):
+        typ, data = phone._simple_command(cmd, *args)
+        assert typ == "NO" and data[-1].startswith(b"[NONEXISTENT]"), (cmd, args, typ, data)
+    typ, data = desk.status("Dst", "(MESSAGES UIDNEXT HIGHESTMODSEQ)")
+    assert typ == "OK" and data == [b'"Dst" (MESSAGES 0 UIDNEXT 1 HIGHESTMODSEQ 1)'], data
+    watch.untagged_responses.clear()
+    assert watch.noop()[0] == "OK"
+    assert not {"EXISTS", "EXPUNGE"} & set(watch.untagged_responses), watch.untagged_responses
+    assert phone.noop()[0] == "OK"
+    typ, data = phone.copy("2", "Dst")
+    assert typ == "OK", data
+    typ, data = desk.status("Dst", "(MESSAGES UIDNEXT)")
+    assert typ == "OK" and data == [b'"Dst" (MESSAGES 1 UIDNEXT 2)'], data
+    assert phone.close()[0] == "OK"
+    for c in (desk, phone, watch):
+        c.logout()
+
+
 def test_special_use_list(srv):
     c = imap(srv)
     c.select("Sent")  # created on first use

@@ -560,6 +560,48 @@ Test(store, copy_and_move)
 	store_user_close(&u);
 }
 
+/* A move out of a folder another session deleted cannot expunge its
+ * originals, so it must not copy either: it used to copy every message,
+ * then fail at the expunge, leaving the caller to remove the copies (and
+ * the destination's UIDNEXT moved). A copy (not a move) still reads the
+ * deleted folder's messages through the handle. */
+Test(store, move_out_of_deleted_folder_copies_nothing)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct waitres w = { 0 };
+	uint32_t uids[] = { 1, 2 }, out[2] = { 7, 7 };
+	struct store_folder_status st;
+
+	store_folder_create(u, L, "Box", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	struct store_folder *box = t_folder(u, L, "Box"), *in = t_folder(u, L, "INBOX");
+	cr_assert_eq(t_append(L, box, msgs[0], NULL), 0);
+	cr_assert_eq(t_append(L, box, msgs[1], NULL), 0);
+	w = (struct waitres){ 0 };
+	store_folder_delete(u, L, "Box", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	w = (struct waitres){ 0 };
+	store_copy(box, L, uids, 2, in, true, out, wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -ENOENT);
+	store_folder_status(in, &st);
+	cr_expect_eq(st.messages, 0);
+	cr_expect_eq(st.uidnext, 1, "nothing was copied, not even for a moment");
+	cr_expect_eq(st.highestmodseq, 1);
+	w = (struct waitres){ 0 };
+	store_copy(box, L, uids, 2, in, false, out, wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, 0);
+	cr_expect_eq(out[0], 1);
+	cr_expect_eq(out[1], 2);
+	check_msg(in, 2, msgs[1]);
+	store_folder_close(&box);
+	store_folder_close(&in);
+	store_user_close(&u);
+}
+
 static int watched;
 static void on_watch(void *arg)
 {
