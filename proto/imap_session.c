@@ -1012,6 +1012,15 @@ static ssize_t name_decode(struct imap_session *is, struct span s, char *out, si
 	return n;
 }
 
+/* "INBOX" (and an "INBOX/" prefix) in any case is INBOX. */
+static void inbox_fold(char *name)
+{
+	if (strcasecmp(name, "INBOX") == 0)
+		memcpy(name, "INBOX", 6);
+	else if (strncasecmp(name, "INBOX/", 6) == 0)
+		memcpy(name, "INBOX", 5);
+}
+
 /* A mailbox argument in UTF-8 (see name_decode()), "INBOX" in any case is
  * INBOX. false: replied. */
 static bool mailbox_arg(struct imap_session *is, size_t i, char *out, size_t cap)
@@ -1027,10 +1036,36 @@ static bool mailbox_arg(struct imap_session *is, size_t i, char *out, size_t cap
 	out[n] = '\0';
 	while (n > 1 && out[n - 1] == '/')
 		out[--n] = '\0';
-	if (strcasecmp(out, "INBOX") == 0)
-		memcpy(out, "INBOX", 6);
-	else if (strncasecmp(out, "INBOX/", 6) == 0)
-		memcpy(out, "INBOX", 5);
+	inbox_fold(out);
+	return true;
+}
+
+/* The name of a mailbox to make: CREATE's (create true: one trailing '/'
+ * dropped) or RENAME's destination, in UTF-8 as mailbox_arg() decodes it.
+ * Names with empty levels ("a//b", "/a", "a/" for RENAME) are refused
+ * with NO [CANNOT] and Dovecot's reason (imap_new_name_check()). Lookups
+ * (SELECT, DELETE, RENAME's source...) stay lenient, so a mailbox made
+ * with such a name before can still be renamed or deleted. false:
+ * replied. */
+static bool new_mailbox_arg(struct imap_session *is, size_t i, char *out, size_t cap,
+			    bool create)
+{
+	if (!is_astring(is, i))
+		return syntax(is, "Mailbox name expected");
+	ssize_t n = name_decode(is, tok_span(is, i), out, cap - 1);
+	if (n < 0) {
+		done(is, "NO", "Invalid mailbox name");
+		return false;
+	}
+	size_t len;
+	const char *why = imap_new_name_check(span_make((const uint8_t *)out, (size_t)n),
+					      create, &len);
+	if (why) {
+		done(is, "NO", "[CANNOT] Invalid mailbox name: %s", why);
+		return false;
+	}
+	out[len] = '\0';
+	inbox_fold(out);
 	return true;
 }
 
@@ -2171,7 +2206,7 @@ static void folder_change_cb(void *arg, int res)
 static void cmd_create(struct imap_session *is, size_t a)
 {
 	char name[STORE_NAME_MAX + 1];
-	if (!mailbox_arg(is, a, name, sizeof(name)))
+	if (!new_mailbox_arg(is, a, name, sizeof(name), true))
 		return;
 	if (strcmp(name, "INBOX") == 0) {
 		done(is, "NO", "[ALREADYEXISTS] INBOX always exists");
@@ -2445,7 +2480,8 @@ static void rename_inbox(struct imap_session *is, const char *to)
 static void cmd_rename(struct imap_session *is, size_t a)
 {
 	char from[STORE_NAME_MAX + 1], to[STORE_NAME_MAX + 1];
-	if (!mailbox_arg(is, a, from, sizeof(from)) || !mailbox_arg(is, a + 1, to, sizeof(to)))
+	if (!mailbox_arg(is, a, from, sizeof(from)) ||
+	    !new_mailbox_arg(is, a + 1, to, sizeof(to), false))
 		return;
 	if (strcmp(to, "INBOX") == 0) {
 		done(is, "NO", "[ALREADYEXISTS] INBOX always exists");

@@ -349,6 +349,53 @@ def test_move_out_of_mailbox_deleted_by_other_session(srv):
         c.logout()
 
 
+def test_create_and_rename_refuse_empty_levels(srv):
+    """CREATE took names with empty hierarchy levels ("a//b", "/a", "/"),
+    which LIST then showed with \\Noselect parents named "a/" or "". Now
+    CREATE and RENAME's new name are checked as Dovecot checks them, with
+    its words: NO [CANNOT]. A trailing "/" on CREATE means the client
+    wants a hierarchy (RFC 3501 6.3.3): the name is made without it (one
+    delimiter only: "n//" is refused); RENAME takes the name as given, so
+    "x/" is refused there. "*", "%" and INBOX/x are valid names, as in
+    Dovecot. Lookups stay lenient (SELECT/DELETE of a name with a trailing
+    "/" find the mailbox)."""
+    r = Raw(srv).login()
+    cannot = "NO [CANNOT] Invalid mailbox name: "
+    for cmd, want in (
+            ("CREATE a//b", cannot + "Has adjacent hierarchy separators"),
+            ("CREATE /lead", cannot + "Begins with hierarchy separator"),
+            ("CREATE /", cannot + "Name is empty"),
+            ('CREATE ""', cannot + "Name is empty"),
+            ("CREATE //", cannot + "Begins with hierarchy separator"),
+            ("CREATE n//", cannot + "Ends with hierarchy separator"),
+            ("CREATE trail/", "OK CREATE completed"),
+            ("CREATE trail", "NO [ALREADYEXISTS] Mailbox already exists"),
+            ("CREATE n/m/", "OK CREATE completed"),
+            ("CREATE INBOX/x", "OK CREATE completed"),
+            ("CREATE inbox/y", "OK CREATE completed"),
+            ("CREATE INBOX/", "NO [ALREADYEXISTS] INBOX always exists"),
+            ('CREATE "st*ar"', "OK CREATE completed"),
+            ('CREATE "pe%rc"', "OK CREATE completed"),
+            ("CREATE x", "OK CREATE completed"),
+            ("RENAME x a//c", cannot + "Has adjacent hierarchy separators"),
+            ("RENAME x /lead2", cannot + "Begins with hierarchy separator"),
+            ("RENAME x trail2/", cannot + "Ends with hierarchy separator"),
+            ("RENAME x /", cannot + "Begins with hierarchy separator"),
+            ('RENAME x ""', cannot + "Name is empty"),
+            ("RENAME x INBOX/z", "OK RENAME completed"),
+            ('RENAME INBOX/z "x*%"', "OK RENAME completed"),
+            ("SELECT trail/", "OK [READ-WRITE] SELECT completed"),
+            ("CLOSE", "OK CLOSE completed"),
+            ("DELETE trail/", "OK DELETE completed")):
+        _, t = r.cmd(cmd)
+        assert t == f"t{r.n} {want}\r\n".encode(), (cmd, t)
+    u, t = r.cmd('LIST "" "*"')
+    assert t.endswith(b"OK LIST completed\r\n"), t
+    names = sorted(l.rstrip(b"\r\n").rsplit(b' "/" ', 1)[1] for l in u)
+    assert names == [b'"INBOX"', b'"INBOX/x"', b'"INBOX/y"', b'"n"', b'"n/m"', b'"pe%rc"',
+                     b'"st*ar"', b'"x*%"'], u
+
+
 def test_special_use_list(srv):
     c = imap(srv)
     c.select("Sent")  # created on first use
