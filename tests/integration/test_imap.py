@@ -3258,11 +3258,88 @@ def test_store_silent_reports_modseq_to_condstore_clients(srv):
     lines, t = r.cmd("UID STORE 2:3 -FLAGS.SILENT (\\Flagged)")
     now, _ = r.cmd("FETCH 2:3 (MODSEQ)")
     ms = [re.search(rb"MODSEQ \((\d+)\)", ln).group(1) for ln in now]
-    assert lines == [b"* 2 FETCH (UID 2 MODSEQ (%s))\r\n" % ms[0],
-                     b"* 3 FETCH (UID 3 MODSEQ (%s))\r\n" % ms[1]], lines
+    # 3 was not \Flagged: unchanged, it keeps its MODSEQ and gets no response
+    assert lines == [b"* 2 FETCH (UID 2 MODSEQ (%s))\r\n" % ms[0]], lines
     lines, _ = r.cmd("FETCH 1:3 (FLAGS)")
     assert lines == [b"* 1 FETCH (FLAGS (\\Seen \\Flagged))\r\n", b"* 2 FETCH (FLAGS ())\r\n",
                      b"* 3 FETCH (FLAGS ())\r\n"], lines
+
+
+def modseqs(r, fetch_set="1:*"):
+    """{seq: (flags bytes, modseq)} from FETCH set (FLAGS MODSEQ), after a
+    NOOP (which takes the other sessions' changes in)."""
+    r.cmd("NOOP")
+    lines, t = r.cmd(f"FETCH {fetch_set} (FLAGS MODSEQ)")
+    assert b" OK " in t, t
+    out = {}
+    for ln in lines:
+        m = re.match(rb"\* (\d+) FETCH \(FLAGS \(([^)]*)\) MODSEQ \((\d+)\)\)\r\n$", ln)
+        if m:
+            out[int(m.group(1))] = (m.group(2), int(m.group(3)))
+    return out
+
+
+def test_store_that_changes_nothing_keeps_modseq(srv):
+    """A STORE that changes no flag of a message (+FLAGS \\Seen on a \\Seen
+    one) gave it a new MODSEQ anyway, so a CONDSTORE client fetched it again
+    (FETCH CHANGEDSINCE, QRESYNC) for nothing. Now an unchanged message keeps
+    its MODSEQ and HIGHESTMODSEQ moves only when a message changed, as in
+    Dovecot. The store decides it as it applies records in log order, so
+    it holds while two sessions' changes are in flight together: here one
+    session toggles \\Flagged on message 1 and the other $Work on message 2,
+    each between no-op STOREs over all 20 messages, pipelined at once."""
+    a, b, w = (Raw(srv).login() for _ in range(3))
+    for i in range(20):
+        append_raw(a, f"Subject: m{i}\r\n\r\nx\r\n".encode())
+    for r in (a, b, w):
+        _, t = r.cmd("SELECT INBOX (CONDSTORE)")
+        assert b" OK " in t, t
+    a.cmd("STORE 1:20 +FLAGS.SILENT (\\Seen)")
+    m0 = modseqs(w)
+    assert len(m0) == 20 and all(f == b"\\Seen" for f, _ in m0.values()), m0
+    h0 = max(ms for _, ms in m0.values())
+    # one session: the reply shows the MODSEQ the message keeps
+    lines, t = a.cmd("STORE 1 +FLAGS (\\Seen)")
+    assert lines == [b"* 1 FETCH (UID 1 FLAGS (\\Seen) MODSEQ (%d))\r\n" % m0[1][1]], lines
+    for cmd in ("STORE 1:20 +FLAGS.SILENT (\\Seen)", "UID STORE 1:20 -FLAGS.SILENT (\\Draft)",
+                "STORE 1:20 FLAGS.SILENT (\\Seen)", "STORE 1:20 -FLAGS.SILENT ($Work)"):
+        lines, t = a.cmd(cmd)
+        assert lines == [] and b" OK " in t, (cmd, lines, t)
+    assert modseqs(w) == m0
+    lines, t = w.cmd("STATUS INBOX (HIGHESTMODSEQ)")
+    assert lines == [b'* STATUS "INBOX" (HIGHESTMODSEQ %d)\r\n' % h0], lines
+    # two sessions at once (both up to date first)
+    for r in (a, b):
+        r.cmd("NOOP")
+    rounds = 30
+    batches = {}
+    for r, toggle in ((a, "STORE 1 {}FLAGS.SILENT (\\Flagged)"), (b, "UID STORE 2 {}FLAGS.SILENT ($Work)")):
+        out, tags = b"", []
+        for k in range(rounds):
+            for cmd in ("STORE 1:20 +FLAGS.SILENT (\\Seen)", toggle.format("+-"[k % 2])):
+                r.n += 1
+                tags.append(f"t{r.n}")
+                out += f"t{r.n} {cmd}\r\n".encode()
+        batches[r] = (out, tags)
+    for r in (a, b):
+        r.send(batches[r][0])
+    untagged = []
+    for r in (a, b):
+        for tag in batches[r][1]:
+            lines, t = r.until(tag, timeout=30)
+            assert b" OK " in t, t
+            untagged += lines
+    # only messages 1 and 2 ever changed: nothing else is reported
+    assert untagged and [ln for ln in untagged
+                         if not re.match(rb"\* [12] FETCH \(UID [12] ", ln)] == [], untagged
+    m1 = modseqs(w, "1:20")
+    assert m1[1][0] == b"\\Seen" and m1[2][0] == b"\\Seen", m1  # the last toggles removed them
+    assert {k: v for k, v in m1.items() if k > 2} == {k: v for k, v in m0.items() if k > 2}
+    assert m1[1][1] > h0 and m1[2][1] > h0 and m1[1][1] != m1[2][1], m1
+    lines, t = w.cmd("STATUS INBOX (HIGHESTMODSEQ)")
+    assert lines == [b'* STATUS "INBOX" (HIGHESTMODSEQ %d)\r\n' % max(m1[1][1], m1[2][1])], lines
+    lines, t = w.cmd(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {h0})")
+    assert sorted(int(re.match(rb"\* (\d+) FETCH", ln).group(1)) for ln in lines) == [1, 2], lines
 
 
 def test_changedsince_zero_returns_modseq(srv):
