@@ -786,3 +786,21 @@ ssize_t imap_utf8_name(struct span in, uint8_t *out, size_t cap)
 	memcpy(out, in.p, in.len);
 	return (ssize_t)in.len;
 }
+
+const char *imap_new_name_check(struct span name, bool create, size_t *len_r)
+{
+	size_t n = name.len;
+	if (create && n > 0 && name.p[n - 1] == '/')
+		n--;
+	*len_r = n;
+	if (n == 0)
+		return "Name is empty";
+	if (name.p[0] == '/')
+		return "Begins with hierarchy separator";
+	for (size_t i = 1; i < n; i++)
+		if (name.p[i] == '/' && name.p[i - 1] == '/')
+			return "Has adjacent hierarchy separators";
+	if (name.p[n - 1] == '/')
+		return "Ends with hierarchy separator";
+	return NULL;
+}

@@ -184,4 +184,17 @@ bool imap_utf8_valid(struct span s);
  * -ENOSPC. No NUL is written. */
 ssize_t imap_utf8_name(struct span in, uint8_t *out, size_t cap);
 
+/* ---- names of new mailboxes ------------------------------------------------ */
+
+/* Checks a decoded mailbox name a client wants made (CREATE, or RENAME's
+ * new name) against the hierarchy delimiter '/'. With create, one
+ * trailing delimiter is dropped first (RFC 3501 6.3.3: it only says that
+ * the client means to make a hierarchy); *len_r is the length of the name
+ * to use. Returns NULL when the name is valid, else why it is not, as a
+ * static string in Dovecot's words: "Name is empty", "Begins with
+ * hierarchy separator", "Has adjacent hierarchy separators", "Ends with
+ * hierarchy separator" (checked in that order). Any other byte is the
+ * caller's to check ("*" and "%" are valid, as in Dovecot). */
+const char *imap_new_name_check(struct span name, bool create, size_t *len_r);
+
 #endif

@@ -1012,6 +1012,15 @@ static ssize_t name_decode(struct imap_session *is, struct span s, char *out, si
 	return n;
 }
 
+/* "INBOX" (and an "INBOX/" prefix) in any case is INBOX. */
+static void inbox_fold(char *name)
+{
+	if (strcasecmp(name, "INBOX") == 0)
+		memcpy(name, "INBOX", 6);
+	else if (strncasecmp(name, "INBOX/", 6) == 0)
+		memcpy(name, "INBOX", 5);
+}
+
 /* A mailbox argument in UTF-8 (see name_decode()), "INBOX" in any case is
  * INBOX. false: replied. */
 static bool mailbox_arg(struct imap_session *is, size_t i, char *out, size_t cap)
@@ -1027,10 +1036,36 @@ static bool mailbox_arg(struct imap_session *is, size_t i, char *out, size_t cap
 	out[n] = '\0';
 	while (n > 1 && out[n - 1] == '/')
 		out[--n] = '\0';
-	if (strcasecmp(out, "INBOX") == 0)
-		memcpy(out, "INBOX", 6);
-	else if (strncasecmp(out, "INBOX/", 6) == 0)
-		memcpy(out, "INBOX", 5);
+	inbox_fold(out);
+	return true;
+}
+
+/* The name of a mailbox to make: CREATE's (create true: one trailing '/'
+ * dropped) or RENAME's destination, in UTF-8 as mailbox_arg() decodes it.
+ * Names with empty levels ("a//b", "/a", "a/" for RENAME) are refused
+ * with NO [CANNOT] and Dovecot's reason (imap_new_name_check()). Lookups
+ * (SELECT, DELETE, RENAME's source...) stay lenient, so a mailbox made
+ * with such a name before can still be renamed or deleted. false:
+ * replied. */
+static bool new_mailbox_arg(struct imap_session *is, size_t i, char *out, size_t cap,
+			    bool create)
+{
+	if (!is_astring(is, i))
+		return syntax(is, "Mailbox name expected");
+	ssize_t n = name_decode(is, tok_span(is, i), out, cap - 1);
+	if (n < 0) {
+		done(is, "NO", "Invalid mailbox name");
+		return false;
+	}
+	size_t len;
+	const char *why = imap_new_name_check(span_make((const uint8_t *)out, (size_t)n),
+					      create, &len);
+	if (why) {
+		done(is, "NO", "[CANNOT] Invalid mailbox name: %s", why);
+		return false;
+	}
+	out[len] = '\0';
+	inbox_fold(out);
 	return true;
 }
 
@@ -2171,7 +2206,7 @@ static void folder_change_cb(void *arg, int res)
 static void cmd_create(struct imap_session *is, size_t a)
 {
 	char name[STORE_NAME_MAX + 1];
-	if (!mailbox_arg(is, a, name, sizeof(name)))
+	if (!new_mailbox_arg(is, a, name, sizeof(name), true))
 		return;
 	if (strcmp(name, "INBOX") == 0) {
 		done(is, "NO", "[ALREADYEXISTS] INBOX always exists");
@@ -2445,7 +2480,8 @@ static void rename_inbox(struct imap_session *is, const char *to)
 static void cmd_rename(struct imap_session *is, size_t a)
 {
 	char from[STORE_NAME_MAX + 1], to[STORE_NAME_MAX + 1];
-	if (!mailbox_arg(is, a, from, sizeof(from)) || !mailbox_arg(is, a + 1, to, sizeof(to)))
+	if (!mailbox_arg(is, a, from, sizeof(from)) ||
+	    !new_mailbox_arg(is, a + 1, to, sizeof(to), false))
 		return;
 	if (strcmp(to, "INBOX") == 0) {
 		done(is, "NO", "[ALREADYEXISTS] INBOX always exists");
@@ -3043,12 +3079,10 @@ static void cmd_status(struct imap_session *is, size_t a)
 		return;
 	}
 	status_condstore(is, a + 1);
-	if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
-		struct store_folder_status st;
-		store_folder_status(is->folder, &st);
-		status_reply(is, &st);
-		return;
-	}
+	/* Also for the selected mailbox: STATUS names a mailbox, and the one
+	 * this session holds may have been deleted (or renamed away) by
+	 * another session, which the name lookup sees (NO [NONEXISTENT])
+	 * while the session's handle still reads the old counts. */
 	set_busy(is, true);
 	hold(is);
 	store_folder_open(is->su, stream_loop(is->s), name, status_opened, is);
@@ -4409,7 +4443,7 @@ static void copy_undone(void *arg, int res, uint64_t modseq)
 static void copy_done(void *arg, int res)
 {
 	struct imap_session *is = arg;
-	if (is->dead) {
+	if (is->dead && res == 0) {
 		store_folder_close(&is->other);
 		release(is);
 		return;
@@ -4417,19 +4451,22 @@ static void copy_done(void *arg, int res)
 	bool move = is->cmd && strcasecmp(is->cmd->name, "MOVE") == 0;
 	if (res < 0) {
 		/* RFC 3501 6.4.7: a failed COPY leaves the destination as it
-		 * was. The copies made before the error (over quota half way)
-		 * are expunged before the reply. */
+		 * was. The copies made before the error (over quota half way,
+		 * or a MOVE whose source another session deleted meanwhile)
+		 * are expunged before the reply, also when the client has
+		 * gone: it will never learn about them. */
 		size_t n = 0;
 		for (size_t k = 0; k < is->nuids; k++)
 			if (is->uids2[k])
 				is->uids2[n++] = is->uids2[k];
 		if (n) {
 			is->undo_err = res;
-			store_expunge(is->other, stream_loop(is->s), is->uids2, n, copy_undone, is);
+			store_expunge(is->other, is->loop, is->uids2, n, copy_undone, is);
 			return; /* the hold is passed on */
 		}
 		store_folder_close(&is->other);
-		store_error(is, res);
+		if (!is->dead)
+			store_error(is, res);
 		release(is);
 		return;
 	}

@@ -86,7 +86,7 @@ struct pop3_session {
 	struct services *sv;
 	enum pop3_state state;
 	struct line_reader lr;
-	unsigned bad;              /* errors, for max_bad_commands */
+	unsigned bad;              /* errors in a row, for max_bad_commands */
 	unsigned pending;          /* store callbacks in flight (and holds) */
 	bool dead;                 /* connection gone: free when pending is 0 */
 	bool paused;               /* input paused (stream_pause) */
@@ -136,6 +136,11 @@ static void reply(struct pop3_session *ps, const char *fmt, ...)
 	va_end(ap);
 	if (n < 0)
 		return;
+	/* max_bad_commands counts errors in a row: a command answered +OK
+	 * ends the run (as in Dovecot's pop3 and our IMAP), so a long-lived
+	 * client with one quirk is not closed at its tenth in a day */
+	if (strncmp(buf, "+OK", 3) == 0)
+		ps->bad = 0;
 	if ((size_t)n > sizeof(buf) - 3)
 		n = sizeof(buf) - 3;
 	buf[n++] = '\r';
@@ -229,7 +234,7 @@ static void enter_state(struct pop3_session *ps, enum pop3_state st)
 }
 
 /* A protocol error: the reply, and the session goes on unless there were
- * too many. */
+ * too many in a row. */
 static void error_reply(struct pop3_session *ps, const char *text)
 {
 	reply(ps, "-ERR %s", text);

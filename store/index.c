@@ -259,9 +259,18 @@ static int apply_append(struct index *ix, const struct rec_append *a)
 	return 0;
 }
 
+/* A message whose flags and keywords the record leaves as they were keeps
+ * its MODSEQ (RFC 7162 3.1: "each time ... metadata is changed"), so a
+ * CONDSTORE client has nothing to fetch again after a STORE that changed
+ * nothing; HIGHESTMODSEQ moves only when some message changed. Decided
+ * here, as records are applied in log (= MODSEQ) order, not when the
+ * change is reserved: then changes of other sessions still in flight
+ * (reserved, not yet applied) would decide it wrongly. Replay applies the
+ * same records in the same order: the same result. */
 static void apply_flags(struct index *ix, const struct rec_flags *f)
 {
 	size_t hint = 0;
+	bool changed = false;
 
 	for (uint32_t i = 0; i < f->n; i++) {
 		ssize_t p = index_pos_near(ix, record_uid_at(f->uids, i), hint);
@@ -289,11 +298,15 @@ static void apply_flags(struct index *ix, const struct rec_flags *f)
 			kw = m->keywords & ~f->keywords;
 			break;
 		}
-		index_set_flags(ix, m, fl & STORE_F_ALL);
+		fl &= STORE_F_ALL;
+		if (fl == (m->flags & STORE_F_ALL) && kw == m->keywords)
+			continue;
+		index_set_flags(ix, m, fl);
 		m->keywords = kw;
 		m->modseq = f->modseq;
+		changed = true;
 	}
-	if (f->modseq > ix->highestmodseq)
+	if (changed && f->modseq > ix->highestmodseq)
 		ix->highestmodseq = f->modseq;
 }
 

@@ -4517,6 +4517,14 @@ static void copy_next(struct loop *loop, struct copyop *c)
 		int err;
 
 		pthread_mutex_lock(&f->mu);
+		if (c->move && f->deleted) {
+			/* the originals cannot be expunged any more: a move
+			 * stops before its (next) copy, and the caller removes
+			 * the copies already made */
+			pthread_mutex_unlock(&f->mu);
+			copy_end(loop, c, -ENOENT);
+			return;
+		}
 		m = index_find(&f->ix, c->uids[c->i]);
 		if (m) {
 			c->size = m->size;

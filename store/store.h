@@ -259,7 +259,12 @@ void store_splice(struct store_folder *folder, struct loop *loop, uint32_t uid,
 /* Flags and keywords. op: STORE_FLAGS_SET replaces, ADD adds, REMOVE
  * removes. Keywords are names (atoms); new ones are added to the folder's
  * table (-ENOSPC beyond STORE_KEYWORDS_MAX). UIDs not in the folder are
- * ignored. Each changed message gets the new MODSEQ passed to cb. */
+ * ignored. Each changed message gets the new MODSEQ passed to cb; a
+ * message the change leaves as it was (+\Seen on a \Seen one) keeps its
+ * MODSEQ, and HIGHESTMODSEQ moves only when some message changed. That is
+ * decided as changes are applied, in MODSEQ order, so changes of other
+ * handles in flight at the same time count. A MODSEQ that changed no
+ * message is never visible and may be handed out again after a reopen. */
 enum store_flags_op { STORE_FLAGS_SET = 0, STORE_FLAGS_ADD = 1, STORE_FLAGS_REMOVE = 2 };
 typedef void store_modseq_cb(void *arg, int res, uint64_t modseq);
 void store_flags(struct store_folder *folder, struct loop *loop, const uint32_t *uids,
@@ -277,7 +282,10 @@ void store_expunge(struct store_folder *folder, struct loop *loop, const uint32_
  * is durable. new_uids_r (n entries, the caller's until cb) receives the UID
  * of each copy in dst, 0 for a UID not in src (for COPYUID). cb(arg, res)
  * once all are durable (res 0) or on the first error (copies already made
- * stay; with move nothing is expunged). */
+ * stay; with move nothing is expunged). A move out of a folder that was
+ * deleted (through another handle) is -ENOENT, checked before each copy:
+ * nothing is copied when it was deleted before the call. A copy (not a
+ * move) still reads a deleted folder's messages. */
 void store_copy(struct store_folder *src, struct loop *loop, const uint32_t *uids,
 		size_t n, struct store_folder *dst, bool move, uint32_t *new_uids_r,
 		store_done_cb *cb, void *arg);

@@ -283,6 +283,119 @@ def test_mailbox_management_list_status(srv):
     c.logout()
 
 
+def test_status_of_selected_mailbox_deleted_by_other_session(srv):
+    """A phone has "Gone" selected while the desktop deletes it. STATUS
+    names a mailbox: it answered the old counts from the phone's handle, so
+    the client went on believing the folder existed. Now it is NO
+    [NONEXISTENT], as for any session (Dovecot answers the old counts, then
+    ends the session with BYE at its next command). The phone's session goes
+    on: NOOP, FETCH from its handle, CLOSE, LOGOUT."""
+    desk, phone = imap(srv), imap(srv)
+    msg = b"From: a@remote.example\r\nSubject: doomed\r\n\r\nx\r\n"
+    assert desk.create("Gone")[0] == "OK"
+    for _ in range(2):
+        assert desk.append("Gone", None, None, msg)[0] == "OK"
+    assert phone.select("Gone") == ("OK", [b"2"])
+    typ, data = phone.status("Gone", "(MESSAGES UIDNEXT)")
+    assert typ == "OK" and data == [b'"Gone" (MESSAGES 2 UIDNEXT 3)'], data
+    assert desk.delete("Gone")[0] == "OK"
+    typ, data = phone.status("Gone", "(MESSAGES UIDNEXT)")
+    assert typ == "NO" and data[0].startswith(b"[NONEXISTENT]"), data
+    assert phone.noop()[0] == "OK"
+    typ, data = phone.fetch("1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK" and [d[0].split()[:4] for d in data if isinstance(d, tuple)] == [
+        [b"1", b"(UID", b"1", b"BODY[HEADER.FIELDS"], [b"2", b"(UID", b"2", b"BODY[HEADER.FIELDS"]], data
+    # a new mailbox of that name is the one STATUS reports
+    assert desk.create("Gone")[0] == "OK"
+    typ, data = phone.status("Gone", "(MESSAGES UIDNEXT)")
+    assert typ == "OK" and data == [b'"Gone" (MESSAGES 0 UIDNEXT 1)'], data
+    assert phone.close()[0] == "OK"
+    assert phone.logout()[0] == "BYE"
+    assert desk.status("INBOX", "(MESSAGES)")[0] == "OK"
+    desk.logout()
+
+
+def test_move_out_of_mailbox_deleted_by_other_session(srv):
+    """MOVE and UID MOVE from a mailbox another session deleted answer NO
+    [NONEXISTENT] and leave the destination as it was: nothing is copied
+    (Dovecot's answer too). The copies used to be made, then the expunge of
+    the originals failed and the copies were expunged again: the
+    destination's UIDNEXT and HIGHESTMODSEQ moved, and a session that had
+    it selected saw each copy come and go. COPY still reads the deleted
+    mailbox's messages through the session's handle (Dovecot: NO)."""
+    desk, phone, watch = imap(srv), imap(srv), imap(srv)
+    msg = b"From: a@remote.example\r\nSubject: doomed\r\n\r\nx\r\n"
+    assert desk.create("Gone")[0] == "OK" and desk.create("Dst")[0] == "OK"
+    for _ in range(3):
+        assert desk.append("Gone", None, None, msg)[0] == "OK"
+    assert phone.select("Gone") == ("OK", [b"3"])
+    assert watch.select("Dst") == ("OK", [b"0"])
+    assert desk.delete("Gone")[0] == "OK"
+    for cmd, args in (("MOVE", ("1", "Dst")), ("MOVE", ("1:3", "Dst")), ("UID", ("MOVE", "2", "Dst"))):
+        typ, data = phone._simple_command(cmd, *args)
+        assert typ == "NO" and data[-1].startswith(b"[NONEXISTENT]"), (cmd, args, typ, data)
+    typ, data = desk.status("Dst", "(MESSAGES UIDNEXT HIGHESTMODSEQ)")
+    assert typ == "OK" and data == [b'"Dst" (MESSAGES 0 UIDNEXT 1 HIGHESTMODSEQ 1)'], data
+    watch.untagged_responses.clear()
+    assert watch.noop()[0] == "OK"
+    assert not {"EXISTS", "EXPUNGE"} & set(watch.untagged_responses), watch.untagged_responses
+    assert phone.noop()[0] == "OK"
+    typ, data = phone.copy("2", "Dst")
+    assert typ == "OK", data
+    typ, data = desk.status("Dst", "(MESSAGES UIDNEXT)")
+    assert typ == "OK" and data == [b'"Dst" (MESSAGES 1 UIDNEXT 2)'], data
+    assert phone.close()[0] == "OK"
+    for c in (desk, phone, watch):
+        c.logout()
+
+
+def test_create_and_rename_refuse_empty_levels(srv):
+    """CREATE took names with empty hierarchy levels ("a//b", "/a", "/"),
+    which LIST then showed with \\Noselect parents named "a/" or "". Now
+    CREATE and RENAME's new name are checked as Dovecot checks them, with
+    its words: NO [CANNOT]. A trailing "/" on CREATE means the client
+    wants a hierarchy (RFC 3501 6.3.3): the name is made without it (one
+    delimiter only: "n//" is refused); RENAME takes the name as given, so
+    "x/" is refused there. "*", "%" and INBOX/x are valid names, as in
+    Dovecot. Lookups stay lenient (SELECT/DELETE of a name with a trailing
+    "/" find the mailbox)."""
+    r = Raw(srv).login()
+    cannot = "NO [CANNOT] Invalid mailbox name: "
+    for cmd, want in (
+            ("CREATE a//b", cannot + "Has adjacent hierarchy separators"),
+            ("CREATE /lead", cannot + "Begins with hierarchy separator"),
+            ("CREATE /", cannot + "Name is empty"),
+            ('CREATE ""', cannot + "Name is empty"),
+            ("CREATE //", cannot + "Begins with hierarchy separator"),
+            ("CREATE n//", cannot + "Ends with hierarchy separator"),
+            ("CREATE trail/", "OK CREATE completed"),
+            ("CREATE trail", "NO [ALREADYEXISTS] Mailbox already exists"),
+            ("CREATE n/m/", "OK CREATE completed"),
+            ("CREATE INBOX/x", "OK CREATE completed"),
+            ("CREATE inbox/y", "OK CREATE completed"),
+            ("CREATE INBOX/", "NO [ALREADYEXISTS] INBOX always exists"),
+            ('CREATE "st*ar"', "OK CREATE completed"),
+            ('CREATE "pe%rc"', "OK CREATE completed"),
+            ("CREATE x", "OK CREATE completed"),
+            ("RENAME x a//c", cannot + "Has adjacent hierarchy separators"),
+            ("RENAME x /lead2", cannot + "Begins with hierarchy separator"),
+            ("RENAME x trail2/", cannot + "Ends with hierarchy separator"),
+            ("RENAME x /", cannot + "Begins with hierarchy separator"),
+            ('RENAME x ""', cannot + "Name is empty"),
+            ("RENAME x INBOX/z", "OK RENAME completed"),
+            ('RENAME INBOX/z "x*%"', "OK RENAME completed"),
+            ("SELECT trail/", "OK [READ-WRITE] SELECT completed"),
+            ("CLOSE", "OK CLOSE completed"),
+            ("DELETE trail/", "OK DELETE completed")):
+        _, t = r.cmd(cmd)
+        assert t == f"t{r.n} {want}\r\n".encode(), (cmd, t)
+    u, t = r.cmd('LIST "" "*"')
+    assert t.endswith(b"OK LIST completed\r\n"), t
+    names = sorted(l.rstrip(b"\r\n").rsplit(b' "/" ', 1)[1] for l in u)
+    assert names == [b'"INBOX"', b'"INBOX/x"', b'"INBOX/y"', b'"n"', b'"n/m"', b'"pe%rc"',
+                     b'"st*ar"', b'"x*%"'], u
+
+
 def test_special_use_list(srv):
     c = imap(srv)
     c.select("Sent")  # created on first use
@@ -3177,11 +3290,88 @@ def test_store_silent_reports_modseq_to_condstore_clients(srv):
     lines, t = r.cmd("UID STORE 2:3 -FLAGS.SILENT (\\Flagged)")
     now, _ = r.cmd("FETCH 2:3 (MODSEQ)")
     ms = [re.search(rb"MODSEQ \((\d+)\)", ln).group(1) for ln in now]
-    assert lines == [b"* 2 FETCH (UID 2 MODSEQ (%s))\r\n" % ms[0],
-                     b"* 3 FETCH (UID 3 MODSEQ (%s))\r\n" % ms[1]], lines
+    # 3 was not \Flagged: unchanged, it keeps its MODSEQ and gets no response
+    assert lines == [b"* 2 FETCH (UID 2 MODSEQ (%s))\r\n" % ms[0]], lines
     lines, _ = r.cmd("FETCH 1:3 (FLAGS)")
     assert lines == [b"* 1 FETCH (FLAGS (\\Seen \\Flagged))\r\n", b"* 2 FETCH (FLAGS ())\r\n",
                      b"* 3 FETCH (FLAGS ())\r\n"], lines
+
+
+def modseqs(r, fetch_set="1:*"):
+    """{seq: (flags bytes, modseq)} from FETCH set (FLAGS MODSEQ), after a
+    NOOP (which takes the other sessions' changes in)."""
+    r.cmd("NOOP")
+    lines, t = r.cmd(f"FETCH {fetch_set} (FLAGS MODSEQ)")
+    assert b" OK " in t, t
+    out = {}
+    for ln in lines:
+        m = re.match(rb"\* (\d+) FETCH \(FLAGS \(([^)]*)\) MODSEQ \((\d+)\)\)\r\n$", ln)
+        if m:
+            out[int(m.group(1))] = (m.group(2), int(m.group(3)))
+    return out
+
+
+def test_store_that_changes_nothing_keeps_modseq(srv):
+    """A STORE that changes no flag of a message (+FLAGS \\Seen on a \\Seen
+    one) gave it a new MODSEQ anyway, so a CONDSTORE client fetched it again
+    (FETCH CHANGEDSINCE, QRESYNC) for nothing. Now an unchanged message keeps
+    its MODSEQ and HIGHESTMODSEQ moves only when a message changed, as in
+    Dovecot. The store decides it as it applies records in log order, so
+    it holds while two sessions' changes are in flight together: here one
+    session toggles \\Flagged on message 1 and the other $Work on message 2,
+    each between no-op STOREs over all 20 messages, pipelined at once."""
+    a, b, w = (Raw(srv).login() for _ in range(3))
+    for i in range(20):
+        append_raw(a, f"Subject: m{i}\r\n\r\nx\r\n".encode())
+    for r in (a, b, w):
+        _, t = r.cmd("SELECT INBOX (CONDSTORE)")
+        assert b" OK " in t, t
+    a.cmd("STORE 1:20 +FLAGS.SILENT (\\Seen)")
+    m0 = modseqs(w)
+    assert len(m0) == 20 and all(f == b"\\Seen" for f, _ in m0.values()), m0
+    h0 = max(ms for _, ms in m0.values())
+    # one session: the reply shows the MODSEQ the message keeps
+    lines, t = a.cmd("STORE 1 +FLAGS (\\Seen)")
+    assert lines == [b"* 1 FETCH (UID 1 FLAGS (\\Seen) MODSEQ (%d))\r\n" % m0[1][1]], lines
+    for cmd in ("STORE 1:20 +FLAGS.SILENT (\\Seen)", "UID STORE 1:20 -FLAGS.SILENT (\\Draft)",
+                "STORE 1:20 FLAGS.SILENT (\\Seen)", "STORE 1:20 -FLAGS.SILENT ($Work)"):
+        lines, t = a.cmd(cmd)
+        assert lines == [] and b" OK " in t, (cmd, lines, t)
+    assert modseqs(w) == m0
+    lines, t = w.cmd("STATUS INBOX (HIGHESTMODSEQ)")
+    assert lines == [b'* STATUS "INBOX" (HIGHESTMODSEQ %d)\r\n' % h0], lines
+    # two sessions at once (both up to date first)
+    for r in (a, b):
+        r.cmd("NOOP")
+    rounds = 30
+    batches = {}
+    for r, toggle in ((a, "STORE 1 {}FLAGS.SILENT (\\Flagged)"), (b, "UID STORE 2 {}FLAGS.SILENT ($Work)")):
+        out, tags = b"", []
+        for k in range(rounds):
+            for cmd in ("STORE 1:20 +FLAGS.SILENT (\\Seen)", toggle.format("+-"[k % 2])):
+                r.n += 1
+                tags.append(f"t{r.n}")
+                out += f"t{r.n} {cmd}\r\n".encode()
+        batches[r] = (out, tags)
+    for r in (a, b):
+        r.send(batches[r][0])
+    untagged = []
+    for r in (a, b):
+        for tag in batches[r][1]:
+            lines, t = r.until(tag, timeout=30)
+            assert b" OK " in t, t
+            untagged += lines
+    # only messages 1 and 2 ever changed: nothing else is reported
+    assert untagged and [ln for ln in untagged
+                         if not re.match(rb"\* [12] FETCH \(UID [12] ", ln)] == [], untagged
+    m1 = modseqs(w, "1:20")
+    assert m1[1][0] == b"\\Seen" and m1[2][0] == b"\\Seen", m1  # the last toggles removed them
+    assert {k: v for k, v in m1.items() if k > 2} == {k: v for k, v in m0.items() if k > 2}
+    assert m1[1][1] > h0 and m1[2][1] > h0 and m1[1][1] != m1[2][1], m1
+    lines, t = w.cmd("STATUS INBOX (HIGHESTMODSEQ)")
+    assert lines == [b'* STATUS "INBOX" (HIGHESTMODSEQ %d)\r\n' % max(m1[1][1], m1[2][1])], lines
+    lines, t = w.cmd(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {h0})")
+    assert sorted(int(re.match(rb"\* (\d+) FETCH", ln).group(1)) for ln in lines) == [1, 2], lines
 
 
 def test_changedsince_zero_returns_modseq(srv):

@@ -731,6 +731,11 @@ def test_over_long_line(pop3srv):
 def test_bad_commands_disconnect(pop3srv):
     srv = pop3srv(config="[limits]\nmax_bad_commands = 3\n")
     c = Raw(srv)
+    # bad commands in a row count (as in Dovecot's pop3): +OK ends a run
+    for _ in range(3):
+        assert c.cmd("FOO") == b"-ERR Unknown command\r\n"
+        assert c.cmd("STAT") == b"-ERR Command not valid in this state\r\n"
+        assert c.cmd("USER alice@example.com") == b"+OK\r\n"
     assert c.cmd("FOO") == b"-ERR Unknown command\r\n"
     assert c.cmd("STAT") == b"-ERR Command not valid in this state\r\n"
     assert c.cmd("BAR") == b"-ERR Unknown command\r\n"

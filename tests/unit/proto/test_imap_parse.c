@@ -588,3 +588,58 @@ static void check_utf8(const struct utf8_case *c)
 }
 
 TABLE_TEST(imap_parse, utf8_names, utf8_cases, check_utf8)
+
+/* ---- names of new mailboxes (CREATE, RENAME's destination) --------------- */
+
+struct new_name_case {
+	const char *in;
+	bool create;
+	const char *why;   /* NULL: valid */
+	size_t len;        /* of the name to use, when valid */
+};
+
+#define EMPTY "Name is empty"
+#define BEGINS "Begins with hierarchy separator"
+#define ADJ "Has adjacent hierarchy separators"
+#define ENDS "Ends with hierarchy separator"
+
+/* The answers of Dovecot 2.3.19 (tests/tools/imap_diff.py) */
+static const struct new_name_case new_name_cases[] = {
+	{ "a", true, NULL, 1 },
+	{ "a/b", true, NULL, 3 },
+	{ "a/ /b", true, NULL, 5 },
+	{ " sp", true, NULL, 3 },
+	{ "INBOX/x", true, NULL, 7 },
+	{ "st*ar", true, NULL, 5 },
+	{ "pe%rc", false, NULL, 5 },
+	{ "trail/", true, NULL, 5 },      /* RFC 3501 6.3.3: made as "trail" */
+	{ "n/m/", true, NULL, 3 },
+	{ "trail/", false, ENDS, 0 },     /* RENAME keeps the name as given */
+	{ "n//", true, ENDS, 0 },         /* one delimiter is dropped, not two */
+	{ "", true, EMPTY, 0 },
+	{ "", false, EMPTY, 0 },
+	{ "/", true, EMPTY, 0 },
+	{ "/", false, BEGINS, 0 },
+	{ "//", true, BEGINS, 0 },
+	{ "/lead", true, BEGINS, 0 },
+	{ "/lead", false, BEGINS, 0 },
+	{ "a//b", true, ADJ, 0 },
+	{ "a//b", false, ADJ, 0 },
+	{ "a/b//", false, ADJ, 0 },
+	{ "a///", true, ADJ, 0 },
+};
+
+static void check_new_name(const struct new_name_case *c)
+{
+	size_t len = 99;
+	const char *why = imap_new_name_check(span_cstr(c->in), c->create, &len);
+	if (!c->why) {
+		cr_assert_null(why, "\"%s\": %s", c->in, why);
+		cr_assert_eq(len, c->len, "\"%s\"", c->in);
+		return;
+	}
+	cr_assert_not_null(why, "\"%s\"", c->in);
+	cr_assert_str_eq(why, c->why, "\"%s\"", c->in);
+}
+
+TABLE_TEST(imap_parse, new_names, new_name_cases, check_new_name)

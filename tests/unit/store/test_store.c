@@ -304,6 +304,75 @@ Test(store, flags_keywords_modseq)
 	store_user_close(&u);
 }
 
+/* A flag change that leaves a message as it was keeps its MODSEQ, and
+ * HIGHESTMODSEQ moves only when a message changed (RFC 7162: a client has
+ * nothing to fetch again). Decided as records are applied, in log order:
+ * here three changes are reserved before any is durable, and the second
+ * (+\Seen on a message the acknowledged index shows \Seen) does change it,
+ * because the first (-\Seen) comes before it; deciding at reservation
+ * time from the acknowledged index would drop it and lose the update.
+ * Replay after a reopen gives the same MODSEQs. */
+Test(store, flags_that_change_nothing_keep_modseq)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX");
+	struct waitres wa = { 0 }, wb = { 0 }, wc = { 0 }, wd = { 0 };
+	uint32_t one = 1, both[] = { 1, 2 };
+	struct store_folder_status st;
+	struct store_view *v;
+
+	cr_assert_eq(t_append(L, f, msgs[0], NULL), 0);          /* MODSEQ 2 */
+	cr_assert_eq(t_append(L, f, msgs[1], NULL), 0);          /* 3 */
+	store_flags(f, L, &one, 1, STORE_FLAGS_ADD, STORE_F_SEEN, NULL, 0, wr_modseq, &wa);
+	t_run(L, &wa);
+	cr_assert_eq(wa.res, 0);
+	cr_assert_eq(wa.modseq, 4);
+	wa = (struct waitres){ 0 };
+	store_flags(f, L, &one, 1, STORE_FLAGS_REMOVE, STORE_F_SEEN, NULL, 0, wr_modseq, &wa);
+	store_flags(f, L, &one, 1, STORE_FLAGS_ADD, STORE_F_SEEN, NULL, 0, wr_modseq, &wb);
+	store_flags(f, L, both, 2, STORE_FLAGS_ADD, STORE_F_SEEN, NULL, 0, wr_modseq, &wc);
+	t_run(L, &wa);
+	t_run(L, &wb);
+	t_run(L, &wc);
+	cr_assert(wa.res == 0 && wb.res == 0 && wc.res == 0);
+	cr_expect(wa.modseq == 5 && wb.modseq == 6 && wc.modseq == 7);
+	/* a no-op alone: nothing moves */
+	store_flags(f, L, both, 2, STORE_FLAGS_REMOVE, STORE_F_DRAFT, NULL, 0, wr_modseq, &wd);
+	t_run(L, &wd);
+	cr_assert_eq(wd.res, 0);
+	for (int pass = 0; pass < 2; pass++) {
+		cr_assert_eq(store_view_open(f, &v), 0);
+		cr_expect_eq(store_view_msg(v, 0)->flags, STORE_F_SEEN, "pass %d", pass);
+		cr_expect_eq(store_view_msg(v, 0)->modseq, 6, "pass %d: the +Seen after -Seen", pass);
+		cr_expect_eq(store_view_msg(v, 1)->flags, STORE_F_SEEN, "pass %d", pass);
+		cr_expect_eq(store_view_msg(v, 1)->modseq, 7, "pass %d", pass);
+		store_view_free(&v);
+		store_folder_status(f, &st);
+		cr_expect_eq(st.highestmodseq, 7, "pass %d", pass);
+		cr_expect_eq(st.unseen, 0, "pass %d", pass);
+		if (pass == 0) {
+			store_folder_close(&f);
+			store_user_close(&u);
+			store_free(&S);
+			open_store(0, 4096, 0);
+			u = t_user(S, L, "alice@example.com");
+			f = t_folder(u, L, "INBOX");
+		}
+	}
+	/* the next change is above every MODSEQ a message or HIGHESTMODSEQ
+	 * ever had (the no-op's 8 was never visible: after the reopen the
+	 * next change may get it) */
+	wa = (struct waitres){ 0 };
+	store_flags(f, L, &one, 1, STORE_FLAGS_ADD, STORE_F_FLAGGED, NULL, 0, wr_modseq, &wa);
+	t_run(L, &wa);
+	cr_assert_eq(wa.res, 0);
+	cr_expect_gt(wa.modseq, 7);
+	store_folder_status(f, &st);
+	cr_expect_eq(st.highestmodseq, wa.modseq);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
 Test(store, expunge_and_quota)
 {
 	struct store_user *u = t_user(S, L, "alice@example.com");
@@ -557,6 +626,48 @@ Test(store, copy_and_move)
 	free(big);
 	store_folder_close(&in);
 	store_folder_close(&ar);
+	store_user_close(&u);
+}
+
+/* A move out of a folder another session deleted cannot expunge its
+ * originals, so it must not copy either: it used to copy every message,
+ * then fail at the expunge, leaving the caller to remove the copies (and
+ * the destination's UIDNEXT moved). A copy (not a move) still reads the
+ * deleted folder's messages through the handle. */
+Test(store, move_out_of_deleted_folder_copies_nothing)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct waitres w = { 0 };
+	uint32_t uids[] = { 1, 2 }, out[2] = { 7, 7 };
+	struct store_folder_status st;
+
+	store_folder_create(u, L, "Box", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	struct store_folder *box = t_folder(u, L, "Box"), *in = t_folder(u, L, "INBOX");
+	cr_assert_eq(t_append(L, box, msgs[0], NULL), 0);
+	cr_assert_eq(t_append(L, box, msgs[1], NULL), 0);
+	w = (struct waitres){ 0 };
+	store_folder_delete(u, L, "Box", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	w = (struct waitres){ 0 };
+	store_copy(box, L, uids, 2, in, true, out, wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -ENOENT);
+	store_folder_status(in, &st);
+	cr_expect_eq(st.messages, 0);
+	cr_expect_eq(st.uidnext, 1, "nothing was copied, not even for a moment");
+	cr_expect_eq(st.highestmodseq, 1);
+	w = (struct waitres){ 0 };
+	store_copy(box, L, uids, 2, in, false, out, wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, 0);
+	cr_expect_eq(out[0], 1);
+	cr_expect_eq(out[1], 2);
+	check_msg(in, 2, msgs[1]);
+	store_folder_close(&box);
+	store_folder_close(&in);
 	store_user_close(&u);
 }
 
