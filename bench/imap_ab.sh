@@ -5,19 +5,22 @@
 # drifts favours none). Used for the A/B figures of bench/RESULTS.md
 # ("IMAP login on 993 after ...").
 #
-#   bench/imap_ab.sh [--runs N] [--seconds S] [--cpu C] [--scenario login|fetch]
-#                    [--port 143|993] [--clients N] [--mib M] BUILD RINGMAIL...
+#   bench/imap_ab.sh [--runs N] [--seconds S] [--cpu C] [--scenario login|fetch|sync]
+#                    [--port 143|993] [--clients N] [--mib M] [--sync-msgs K] BUILD RINGMAIL...
 #
 # BUILD is the build directory with bench/imapload. The mailboxes are
 # bench/compare's: users r1..r16 with 20 messages of 2 KiB each (login:
 # LOGIN, SELECT, FETCH 1:* (FLAGS), LOGOUT as bench/compare runs it), and
-# r17 with one M MiB message (fetch: FETCH BODY.PEEK[] of it in a loop).
+# r17 with one M MiB message (fetch: FETCH BODY.PEEK[] of it in a loop);
+# r18 with K messages of 2 KiB (sync: LOGIN, SELECT, UID FETCH 1:* of the
+# header fields Thunderbird syncs, LOGOUT; us per message). K: 1000.
 # Defaults: 8 runs of 2 s, CPU 1, login on 993 with 16 clients, 10 MiB.
 # Prints one line per measurement, then per binary the median server CPU
-# per operation (login: us per cycle; fetch: us per MiB), the median
+# per operation (login: us per cycle; fetch: us per MiB; sync: us per
+# message), the median
 # rate, and the median of the per-run ratios to the first binary.
 set -u
-runs=8 secs=2 cpu=1 scen=login port=993 clients=16 mib=10
+runs=8 secs=2 cpu=1 scen=login port=993 clients=16 mib=10 sync_msgs=1000
 while [ $# -gt 0 ]; do
 	case $1 in
 	--runs) runs=$2; shift 2 ;;
@@ -27,6 +30,7 @@ while [ $# -gt 0 ]; do
 	--port) port=$2; shift 2 ;;
 	--clients) clients=$2; shift 2 ;;
 	--mib) mib=$2; shift 2 ;;
+	--sync-msgs) sync_msgs=$2; shift 2 ;;
 	*) break ;;
 	esac
 done
@@ -52,7 +56,7 @@ i=0
 for bin in "$@"; do
 	ringmail=$bin
 	mkdir -p "$tmp/$i"
-	for u in $(seq 17); do
+	for u in $(seq 18); do
 		printf 'bench-Secret-1\n' | "$bin" user add "r$u@example.com" --data "$tmp/$i/data" \
 			>/dev/null || exit 1
 	done
@@ -63,7 +67,7 @@ for bin in "$@"; do
 	taskset -pc "$cpu" "$pid" >/dev/null
 	pids+=("$pid")
 	offs+=("$off")
-	PORT=$((25 + off)) MIB=$mib /usr/bin/python3 - <<'PY' || exit 1
+	PORT=$((25 + off)) MIB=$mib SYNC=$sync_msgs /usr/bin/python3 - <<'PY' || exit 1
 import os, smtplib
 line = "The quick brown fox jumps over the lazy dog; a line of the bench message.\r\n"
 small = "".join(line for _ in range(2048 // len(line)))
@@ -76,6 +80,10 @@ with smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=120) as s:
     big = line * (int(os.environ["MIB"]) * 1048576 // len(line))
     s.sendmail("bench@remote.example", ["r17@example.com"],
                f"From: bench@remote.example\r\nSubject: body\r\n\r\n{big}")
+    for i in range(int(os.environ["SYNC"])):
+        s.sendmail("bench@remote.example", ["r18@example.com"],
+                   f"From: bench@remote.example\r\nTo: r18@example.com\r\n"
+                   f"Subject: sync {i}\r\nMessage-ID: <18.{i}@bench.invalid>\r\n\r\n{small}")
 PY
 	i=$((i + 1))
 done
@@ -85,7 +93,8 @@ tls=
 case $scen in
 login) args=(-s login -c "$clients" --users 16) ;;
 fetch) args=(-s fetch -c "$clients" -u r17@example.com --timeout-ms 60000) ;;
-*) echo "imap_ab: --scenario login|fetch" >&2; exit 2 ;;
+sync) args=(-s sync -c "$clients" -u r18@example.com --timeout-ms 60000) ;;
+*) echo "imap_ab: --scenario login|fetch|sync" >&2; exit 2 ;;
 esac
 results=$tmp/results
 for run in $(seq 0 "$runs"); do # run 0: warm-up, not counted
@@ -99,6 +108,8 @@ import json, os, sys
 r = json.load(sys.stdin)
 if os.environ["SCEN"] == "fetch":
     print(r.get("server_cpu_us_per_mib", "nan"), r["bytes_per_s"] / 1048576, r["errors_total"])
+elif os.environ["SCEN"] == "sync":
+    print(r.get("server_cpu_us_per_msg", "nan"), r["ops_per_s"], r["errors_total"])
 else:
     print(r.get("server_cpu_us_per_op", "nan"), r["ops_per_s"], r["errors_total"])')
 		[ "$run" = 0 ] && continue
@@ -107,7 +118,7 @@ else:
 	done
 done
 echo "medians of $runs runs ($scen on $port, $clients clients; server CPU us per" \
-	"$([ "$scen" = fetch ] && echo MiB || echo cycle)):"
+	"$(case $scen in fetch) echo MiB ;; sync) echo message ;; *) echo cycle ;; esac)):"
 /usr/bin/python3 - "$results" "$@" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]

@@ -45,8 +45,15 @@ enum {
 	EXIT_SKIP = 77,
 };
 
-enum scenario { SC_LOGIN, SC_FETCH, SC_IDLE };
-static const char *const scenario_name[] = { "imap-login", "imap-fetch", "imap-idle" };
+enum scenario { SC_LOGIN, SC_FETCH, SC_IDLE, SC_SYNC };
+static const char *const scenario_name[] = { "imap-login", "imap-fetch", "imap-idle",
+					     "imap-sync" };
+
+/* sync: what Thunderbird asks for when it first syncs a folder's headers */
+#define SYNC_FETCH                                                                        \
+	"UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Bcc "  \
+	"Subject Date Message-ID Priority X-Priority References Newsgroups In-Reply-To " \
+	"Content-Type Reply-To)])\r\n"
 
 struct opts {
 	const char *host, *port;
@@ -71,7 +78,7 @@ struct opts {
 /* What the run measured beyond loadgen's operations, latency and errors. */
 struct result {
 	uint64_t body_bytes;      /* fetch: literal bytes received */
-	uint64_t flags_fetched;   /* login: "* n FETCH" lines */
+	uint64_t flags_fetched;   /* login, sync: "* n FETCH" lines */
 	uint64_t exists_sum;      /* login: EXISTS reported by SELECT */
 	struct mem_sample mem0, mem1;
 	uint64_t idle_conns;      /* idle: connections held at the "after" sample */
@@ -79,7 +86,7 @@ struct result {
 };
 
 /* The protocol's step; the connection's phase is c->lc.phase. */
-enum step { ST_GREETING, ST_LOGIN, ST_SELECT, ST_FLAGS, ST_BODY, ST_IDLE, ST_LOGOUT };
+enum step { ST_GREETING, ST_LOGIN, ST_SELECT, ST_FLAGS, ST_BODY, ST_IDLE, ST_LOGOUT, ST_SYNC };
 
 struct client {
 	struct loadgen_conn lc;   /* first: loadgen's */
@@ -153,7 +160,7 @@ static void cb_done(struct loadgen *l, struct loadgen_conn *lc)
 {
 	struct client *c = cl_of(lc);
 	struct imap *im = im_of(l);
-	if (im->o->sc == SC_LOGIN) {
+	if (im->o->sc == SC_LOGIN || im->o->sc == SC_SYNC) {
 		loadgen_record(l, lc->t_start_ns);
 		im->res->flags_fetched += c->fetched;
 		im->res->exists_sum += c->exists;
@@ -204,6 +211,8 @@ static void step_ok(struct loadgen *l, struct client *c)
 	case ST_SELECT:
 		if (o->sc == SC_LOGIN) {
 			next_cmd(l, c, ST_FLAGS, "FETCH 1:* (FLAGS)\r\n", NULL, NULL);
+		} else if (o->sc == SC_SYNC) {
+			next_cmd(l, c, ST_SYNC, SYNC_FETCH, NULL, NULL);
 		} else if (o->sc == SC_FETCH) {
 			if (c->exists < o->msg) {
 				client_fail(l, c, LG_ERR_BAD_REPLY,
@@ -218,6 +227,7 @@ static void step_ok(struct loadgen *l, struct client *c)
 		}
 		return;
 	case ST_FLAGS:
+	case ST_SYNC:
 		if (c->fetched != c->exists) {
 			char d[64];
 			snprintf(d, sizeof(d), "%" PRIu64 " FETCH for %" PRIu64 " EXISTS", c->fetched,
@@ -273,7 +283,8 @@ static void on_line(struct loadgen *l, struct client *c, const char *s, size_t n
 		if (end != s + 2) {
 			if (strncasecmp(end, " EXISTS", 7) == 0)
 				c->exists = v;
-			else if (strncasecmp(end, " FETCH", 6) == 0 && c->step == ST_FLAGS)
+			else if (strncasecmp(end, " FETCH", 6) == 0 &&
+				 (c->step == ST_FLAGS || c->step == ST_SYNC))
 				c->fetched++;
 		} else if (strncasecmp(s + 2, "BYE", 3) == 0 && c->step != ST_LOGOUT) {
 			client_fail(l, c, LG_ERR_CLOSED, "", s);
@@ -311,7 +322,7 @@ static void cb_data(struct loadgen *l, struct loadgen_conn *lc, const uint8_t *p
 		if (c->lit_left) {
 			size_t k = n < c->lit_left ? n : (size_t)c->lit_left;
 			c->lit_left -= k;
-			if (c->step == ST_BODY)
+			if (c->step == ST_BODY || c->step == ST_SYNC)
 				im_of(l)->res->body_bytes += k;
 			p += k;
 			n -= k;
@@ -429,7 +440,7 @@ static void load_run(const struct opts *o, struct result *res, struct loadgen *l
 		cl_of(loadgen_conn(l, i))->user = i % o->users;
 	l->restart = o->sc != SC_IDLE;
 	l->stop_at_end = o->sc != SC_IDLE;
-	if (o->sc == SC_LOGIN)
+	if (o->sc == SC_LOGIN || o->sc == SC_SYNC)
 		l->max_launch = o->max_ops;
 	uint64_t t0 = now_ns();
 	if (o->sc == SC_IDLE) {
@@ -450,7 +461,7 @@ static void load_run(const struct opts *o, struct result *res, struct loadgen *l
 		l->hard_end_ns = l->end_ns + (uint64_t)o->timeout_ms * 1000000u + 1000000000u;
 		for (unsigned i = 0; i < l->nconns; i++)
 			loadgen_start(l, loadgen_conn(l, i));
-		if (o->sc == SC_LOGIN)
+		if (o->sc == SC_LOGIN || o->sc == SC_SYNC)
 			l->t_start_ns = t0;
 		loadgen_arm_tick(l);
 		loadgen_pump(l, loadgen_all_done);
@@ -467,7 +478,8 @@ static void report(const struct opts *o, const struct loadgen *l, const struct r
 	FILE *out = o->json ? stderr : stdout;
 	double secs = loadgen_seconds(l);
 	double ops = l->ops ? (double)l->ops : 1;
-	const char *unit = o->sc == SC_LOGIN ? "cycles" : o->sc == SC_FETCH ? "fetches" : "conns";
+	const char *unit = o->sc == SC_LOGIN ? "cycles" : o->sc == SC_FETCH ? "fetches"
+			 : o->sc == SC_SYNC ? "syncs" : "conns";
 	fprintf(out, "%s %s:%s%s clients %u\n", scenario_name[o->sc], o->host, o->port,
 		o->tls ? " (TLS)" : "", o->clients);
 	fprintf(out, "  %-11s %" PRIu64 " in %.2f s = %.1f/s\n", unit, l->ops, secs,
@@ -475,6 +487,13 @@ static void report(const struct opts *o, const struct loadgen *l, const struct r
 	loadgen_print_lat_errors(l, out);
 	if (o->sc == SC_LOGIN)
 		fprintf(out, "  messages    %.1f FLAGS per cycle\n", (double)r->flags_fetched / ops);
+	if (o->sc == SC_SYNC && r->flags_fetched) {
+		fprintf(out, "  messages    %.1f per sync, %.0f header bytes each\n",
+			(double)r->flags_fetched / ops, (double)r->body_bytes / (double)r->flags_fetched);
+		if (cpu->ok)
+			fprintf(out, "  server cpu  %.2f us per message\n",
+				(double)cpu->total_us / (double)r->flags_fetched);
+	}
 	if (o->sc == SC_FETCH && secs > 0)
 		fprintf(out, "  body        %" PRIu64 " bytes = %.1f MiB/s\n", r->body_bytes,
 			(double)r->body_bytes / secs / 1048576.0);
@@ -513,6 +532,13 @@ static void report(const struct opts *o, const struct loadgen *l, const struct r
 		       (double)cpu->user_us / ops, (double)cpu->sys_us / ops);
 	if (o->sc == SC_LOGIN)
 		printf(",\"flags_per_cycle\":%.2f", (double)r->flags_fetched / ops);
+	if (o->sc == SC_SYNC && r->flags_fetched) {
+		printf(",\"messages_per_sync\":%.1f,\"header_bytes\":%" PRIu64,
+		       (double)r->flags_fetched / ops, r->body_bytes);
+		if (cpu->ok)
+			printf(",\"server_cpu_us_per_msg\":%.3f",
+			       (double)cpu->total_us / (double)r->flags_fetched);
+	}
 	if (o->sc == SC_FETCH) {
 		printf(",\"body_bytes\":%" PRIu64 ",\"bytes_per_s\":%.0f", r->body_bytes,
 		       secs > 0 ? (double)r->body_bytes / secs : 0);
@@ -545,13 +571,15 @@ static void report(const struct opts *o, const struct loadgen *l, const struct r
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"usage: imapload -s login|fetch|idle [options]\n"
+		"usage: imapload -s login|fetch|idle|sync [options]\n"
+		"  sync: LOGIN, SELECT, UID FETCH 1:* of the header fields Thunderbird syncs,\n"
+		"        LOGOUT; one operation is one such cycle\n"
 		"  -H, --host ADDR        server (127.0.0.1)\n"
 		"  -p, --port PORT        server port (143)\n"
 		"      --tls              implicit TLS (993)\n"
-		"  -c, --clients N        concurrent clients; idle: connections (16; idle 100)\n"
+		"  -c, --clients N        concurrent clients; idle: connections (16; fetch, sync 1; idle 100)\n"
 		"  -d, --duration SECS    login/fetch: no new cycle or FETCH after SECS (5)\n"
-		"  -n, --max-ops N        login: cycles; fetch: FETCHes (none)\n"
+		"  -n, --max-ops N        login, sync: cycles; fetch: FETCHes (none)\n"
 		"      --timeout-ms MS    deadline of a cycle (login), a FETCH, a connection (10000)\n"
 		"      --src-addrs N      bind to 127.0.0.1..N (loopback: 16; 0: off)\n"
 		"  -u, --user FMT         login name, one %%d = 1..--users ('r%%d@example.com')\n"
@@ -622,6 +650,8 @@ int main(int argc, char **argv)
 				o.sc = SC_FETCH;
 			else if (strcmp(optarg, "idle") == 0)
 				o.sc = SC_IDLE;
+			else if (strcmp(optarg, "sync") == 0)
+				o.sc = SC_SYNC;
 			else
 				goto bad;
 			break;
@@ -704,7 +734,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (!o.clients)
-		o.clients = o.sc == SC_IDLE ? 100 : o.sc == SC_FETCH ? 1 : 16;
+		o.clients = o.sc == SC_IDLE ? 100 : o.sc == SC_FETCH || o.sc == SC_SYNC ? 1 : 16;
 	o.idle_login = idle_mode < 0 ? true : idle_mode == 1;
 	/* the format must take exactly one int, or none */
 	const char *pct = strchr(o.user_fmt, '%');
