@@ -406,6 +406,22 @@ static void out_put(struct imap_session *is, const void *p, size_t len)
 
 static void out_str(struct imap_session *is, const char *s) { out_put(is, s, strlen(s)); }
 
+/* Message bytes (a body chunk, a filtered header): copied into the output
+ * buffer while they fit, so that the responses of a FETCH over many small
+ * messages leave in sends (and TLS records) of IMAP_OUT_CHUNK, not one per
+ * message; a larger piece goes to the stream as it is, after what the
+ * buffer holds. */
+static void out_bulk(struct imap_session *is, const void *p, size_t len)
+{
+	if (is->olen + len <= IMAP_OUT_CHUNK) {
+		out_put(is, p, len);
+		return;
+	}
+	out_flush(is);
+	if (!is->dead)
+		stream_send(is->s, p, len);
+}
+
 static void out_printf(struct imap_session *is, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void out_printf(struct imap_session *is, const char *fmt, ...)
 {
@@ -3582,10 +3598,9 @@ static void fetch_read_done(void *arg, ssize_t res)
 			fj->ii++;
 		}
 	} else {
-		out_flush(is);
 		if (!fj->nul_free) /* (the scanner saw no NUL: nothing to find) */
 			nul_to_0x80(is->rbuf, (size_t)res);
-		stream_send(is->s, is->rbuf, (size_t)res);
+		out_bulk(is, is->rbuf, (size_t)res);
 		if (fj->rd_left == 0) {
 			fj->splice = false; /* a spliced section's tail */
 			fj->item_open = false;
@@ -3820,8 +3835,7 @@ static bool fetch_binary_chunk(struct imap_session *is, size_t res)
 		}
 	} else {
 		if (lo < hi) {
-			out_flush(is);
-			stream_send(is->s, d + (lo - fj->dec_pos), (size_t)(hi - lo));
+			out_bulk(is, d + (lo - fj->dec_pos), (size_t)(hi - lo));
 			fj->lit_left -= hi - lo;
 		}
 		fj->dec_pos += n;
@@ -3949,8 +3963,7 @@ static void fetch_pump(struct imap_session *is)
 			size_t k = fj->hlen - fj->hout, chunk = read_chunk(is);
 			if (k > chunk)
 				k = chunk;
-			out_flush(is);
-			stream_send(is->s, fj->hbuf + fj->hout, k);
+			out_bulk(is, fj->hbuf + fj->hout, k);
 			fj->hout += k;
 			if (fj->hout == fj->hlen) {
 				fj->hdr_out = false;

@@ -3088,6 +3088,44 @@ def test_fetch_splice_bodies_are_exact(srv):
     c.logout()
 
 
+def test_fetch_many_small_messages_in_one_command(srv):
+    """One UID FETCH over 250 small messages (a client's header sync):
+    their filtered headers and bodies are batched into large sends, and
+    every response still carries its own message's bytes, in order, on
+    143, over STARTTLS and on 993."""
+    c = imap(srv)
+    assert c.create("manysmall")[0] == "OK"
+    msgs = []
+    for i in range(250):
+        # every 40th body is larger than the output buffer: sent past it,
+        # after what the buffer holds
+        body = (b"line %d of message %d\r\n" % (i, i)) * (1 + i % 37 + (900 if i % 40 == 7 else 0))
+        m = (b"From: s%d@remote.example\r\nSubject: many %d\r\nX-Skip: %s\r\n"
+             b"Message-ID: <%d.many@x>\r\n\r\n" % (i, i, b"y" * (i % 90), i)) + body
+        msgs.append(m)
+        assert c.append("manysmall", None, None, m)[0] == "OK"
+    c.logout()
+    for tls in (None, "starttls", "implicit"):
+        c = imap(srv, tls=tls)
+        c.select("manysmall", readonly=True)
+        typ, data = c.uid("FETCH", "1:*",
+                          "(UID BODY.PEEK[HEADER.FIELDS (Subject Message-ID)] BODY.PEEK[TEXT])")
+        assert typ == "OK", data
+        lits = [d for d in data if isinstance(d, tuple)]
+        # imaplib splits a response with two literals into two tuples
+        assert len(lits) == 500, (tls, len(lits))
+        for i, m in enumerate(msgs):
+            head, text = lits[2 * i], lits[2 * i + 1]
+            assert head[0].startswith(b"%d (UID " % (i + 1)), (tls, head[0])
+            assert head[1] == b"Subject: many %d\r\nMessage-ID: <%d.many@x>\r\n\r\n" % (i, i), \
+                (tls, i, head[1])
+            assert text[1] == m[m.index(b"\r\n\r\n") + 4:], (tls, i)
+        c.logout()
+    c = imap(srv)
+    assert c.delete("manysmall")[0] == "OK"
+    c.logout()
+
+
 def test_fetch_splice_respects_a_small_send_queue(imapsrv):
     """limits.send_queue_max below the pipe's size: the spliced pieces are
     smaller (half of it), the connection is never over its limit."""
