@@ -50,6 +50,8 @@ def norm(r):
     if "bytes_per_s" in r:
         n["mibps"] = r["bytes_per_s"] / 1048576
         n["cpu_mib"] = r.get("server_cpu_us_per_mib")
+    if "server_cpu_us_per_msg" in r:
+        n["cpu_msg"] = r["server_cpu_us_per_msg"]
     if "reused" in r and r.get("conns"):
         n["reused"] = r["reused"] / r["conns"]
     for k in ("vmrss_b_per_conn", "pss_b_per_conn", "anon_b_per_conn", "rss_b_per_conn", "held",
@@ -216,6 +218,13 @@ def main():
             lim.append(f"| body FETCH over TLS, {name}: MiB per server CPU second / AES-128-GCM "
                        f"MB/s of the build | {per_cpu:.0f} / {aes:.0f} = {per_cpu / aes:.2f} "
                        f"({mb:.0f} MiB/s wall) | bounded by AES-GCM |")
+    for port in ("143", "993"):
+        rm, pm = (get(f"imap-sync-{port}", s, "cpu_msg") for s in ("ringmail", "peers"))
+        if rm:
+            lim.append(f"| header sync on {port} (UID FETCH 1:* of 14 header fields): server CPU "
+                       f"per message, ringmail" + (f" / Dovecot | {rm:.2f} / {pm:.2f} us = "
+                                                   f"{pm / rm:.1f}x" if pm else f" | {rm:.2f} us")
+                       + " | |")
     if lim:
         p("| limit | figures | goal |")
         p("|---|---|---|")
