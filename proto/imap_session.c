@@ -671,6 +671,13 @@ static void mailbox_close(struct imap_session *is)
 
 static const struct store_msg *msg_of(struct imap_session *is, size_t i)
 {
+	/* Until an expunge the session has not announced yet, message i of
+	 * the session is message i of the view: no search. */
+	if (i < store_view_count(is->view)) {
+		const struct store_msg *m = store_view_msg(is->view, i);
+		if (m->uid == is->msgs[i].uid)
+			return m;
+	}
 	ssize_t j = store_view_find(is->view, is->msgs[i].uid);
 	return j < 0 ? NULL : store_view_msg(is->view, (size_t)j);
 }
@@ -3348,7 +3355,19 @@ static void out_formatted(struct imap_session *is, const struct mime_blob *mb, i
 }
 
 /* Whether header field name (up to ':') is in the list " (a b c)". */
-static bool field_in_list(struct span name, struct span list)
+/* The field names of a HEADER.FIELDS list, split once per header
+ * filtered rather than once per header line. */
+#define HDR_NAMES_MAX 64
+
+struct hdr_names {
+	struct span name[HDR_NAMES_MAX];
+	size_t n;
+	bool over; /* more than HDR_NAMES_MAX: the list is scanned per line */
+};
+
+/* Calls fn on each name of the list "(a b "c")"; stops when it returns
+ * true, and returns that. */
+static bool list_names(struct span list, bool (*fn)(void *, struct span), void *arg)
 {
 	size_t i = 0;
 	while (i < list.len) {
@@ -3358,10 +3377,37 @@ static bool field_in_list(struct span name, struct span list)
 		size_t j = i;
 		while (j < list.len && list.p[j] != ' ' && list.p[j] != ')' && list.p[j] != '"')
 			j++;
-		if (j > i && span_eq_nocase(name, span_make(list.p + i, j - i)))
+		if (j > i && fn(arg, span_make(list.p + i, j - i)))
 			return true;
 		i = j;
 	}
+	return false;
+}
+
+static bool names_add(void *arg, struct span name)
+{
+	struct hdr_names *hn = arg;
+	if (hn->n == HDR_NAMES_MAX) {
+		hn->over = true;
+		return true;
+	}
+	hn->name[hn->n++] = name;
+	return false;
+}
+
+static bool name_is(void *arg, struct span name)
+{
+	const struct span *want = arg;
+	return name.len == want->len && span_eq_nocase(name, *want);
+}
+
+static bool field_in_names(const struct hdr_names *hn, struct span list, struct span name)
+{
+	if (hn->over)
+		return list_names(list, name_is, &name);
+	for (size_t k = 0; k < hn->n; k++)
+		if (hn->name[k].len == name.len && span_eq_nocase(hn->name[k], name))
+			return true;
 	return false;
 }
 
@@ -3369,14 +3415,13 @@ static bool field_in_list(struct span name, struct span list)
  * (blank line kept at the end). */
 static size_t header_filter(uint8_t *h, size_t len, struct span list, bool not)
 {
+	struct hdr_names hn = { .n = 0 };
+	list_names(list, names_add, &hn);
 	size_t r = 0, w = 0;
 	bool keep = false;
 	while (r < len) {
-		size_t e = r;
-		while (e < len && h[e] != '\n')
-			e++;
-		if (e < len)
-			e++;
+		const uint8_t *nl_at = memchr(h + r, '\n', len - r);
+		size_t e = nl_at ? (size_t)(nl_at - h) + 1 : len;
 		size_t l = e - r;
 		bool blank = (l == 1 && h[r] == '\n') || (l == 2 && h[r] == '\r');
 		if (blank)
@@ -3386,11 +3431,12 @@ static size_t header_filter(uint8_t *h, size_t len, struct span list, bool not)
 			size_t nl = colon ? (size_t)(colon - (h + r)) : 0;
 			while (nl && (h[r + nl - 1] == ' ' || h[r + nl - 1] == '\t'))
 				nl--;
-			bool in = colon && field_in_list(span_make(h + r, nl), list);
+			bool in = colon && field_in_names(&hn, list, span_make(h + r, nl));
 			keep = not ? !in : in;
 		}
 		if (keep) {
-			memmove(h + w, h + r, l);
+			if (w != r)
+				memmove(h + w, h + r, l);
 			w += l;
 		}
 		r = e;
