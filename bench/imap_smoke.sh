@@ -1,10 +1,11 @@
 #!/bin/bash
 # imap_smoke.sh RINGMAIL IMAPLOAD - the IMAP bench's smoke test (meson suite
 # 'bench'): a ringmail on free ports with one user and a few messages, then
-# imapload's login cycle on 143 and 993, a body FETCH over 993, and the idle
+# imapload's login cycle on 143 and 993, a body FETCH over 993, a header
+# sync (UID FETCH 1:* of the header fields) on 143 and 993, and the idle
 # scenario (greeting-only on 143, logged in and IDLE on 993) with the
-# server's memory per connection. Fails on any error, a FLAGS count that is
-# not the mailbox's, no body bytes, a connection not held, or a missing CPU or
+# server's memory per connection. Fails on any error, a FLAGS or sync count
+# that is not the mailbox's, no body bytes, a connection not held, or a missing CPU or
 # memory figure (their values are not checked: /proc/PID/stat counts 10 ms
 # ticks, and a smoke run may well cost the server less than one). Exit 77
 # (skip) when ringmail or imapload cannot start io_uring.
@@ -68,6 +69,10 @@ run login993 'ops>0' 'errors_total==0' 'flags_per_cycle==4' -- \
 	-s login --tls -p $((993 + off)) -c 2 -n 10 -d 10
 run fetch993 'ops>0' 'errors_total==0' 'body_bytes>=ops*262144' 'server_cpu_us_per_mib>=0' -- \
 	-s fetch --tls -p $((993 + off)) --msg 4 -n 10 -d 10
+run sync143 'ops>0' 'errors_total==0' 'messages_per_sync==4' 'header_bytes>=ops*4*10' \
+	'server_cpu_us_per_msg>=0' -- -s sync -p $((143 + off)) -n 20 -d 10
+run sync993 'ops>0' 'errors_total==0' 'messages_per_sync==4' 'header_bytes>=ops*4*10' -- \
+	-s sync --tls -p $((993 + off)) -n 10 -d 10
 run idle143 'held==50' 'errors_total==0' 'vmrss_kb_after>0' -- \
 	-s idle --idle-mode greet -p $((143 + off)) -c 50 --hold 0.2 --settle-ms 100
 run idle993 'held==20' 'errors_total==0' 'vmrss_kb_after>0' -- \
