@@ -121,6 +121,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	}
 
+	/* a new mailbox name: accepted means non-empty, no "/" first or last,
+	 * no "//"; CREATE drops at most one trailing "/" */
+	for (int create = 0; create < 2; create++) {
+		size_t nl = SIZE_MAX;
+		if (imap_new_name_check(span_make(data, size), create, &nl) == NULL) {
+			if (nl == 0 || nl > size || data[0] == '/' || data[nl - 1] == '/' ||
+			    (!create && nl != size) || (create && size - nl > 1) ||
+			    memmem(data, nl, "//", 2))
+				abort();
+		}
+	}
+
 	size_t ocap = size * 4 + 8;
 	uint8_t *u8 = malloc(ocap), *u7 = malloc(ocap * 2);
 	ssize_t d = imap_mutf7_decode(span_make(data, size), u8, ocap);
