@@ -3182,6 +3182,17 @@ static bool is_auto(const struct store *st, const char *name)
 	return false;
 }
 
+/* How many of the auto folders u has (they do not count toward
+ * folders_max: the server made them); u->mu held. */
+static size_t autos_present(struct suser *u)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < u->store->nautos; i++)
+		n += user_find_name(u, span_cstr(u->store->autos[i])) != NULL;
+	return n;
+}
+
 /* store_folder_create() for u, also while u is being loaded (no handle). */
 static void folder_create(struct suser *u, struct loop *loop, const char *name,
 			  store_done_cb *cb, void *arg)
@@ -3217,7 +3228,8 @@ static void folder_create(struct suser *u, struct loop *loop, const char *name,
 		goto fail;
 	}
 	if (u->store->cfg.folders_max && special_of(name) == STORE_SPECIAL_NONE &&
-	    !is_auto(u->store, name) && u->nfolders + u->creating >= u->store->cfg.folders_max) {
+	    !is_auto(u->store, name) &&
+	    u->nfolders - autos_present(u) + u->creating >= u->store->cfg.folders_max) {
 		pthread_mutex_unlock(&u->mu);
 		free(c->name);
 		free(c);

@@ -48,8 +48,8 @@ struct store_config {
 	uint64_t quota_bytes;     /* per user; 0: no limit */
 	uint64_t quota_messages;  /* per user; 0: no limit */
 	/* Folders a user may have: store_folder_create past it is -EMLINK.
-	 * INBOX is not counted, and the special-use names (made on first
-	 * use) and auto_folders are always allowed. 0: no limit. */
+	 * INBOX and the auto_folders are not counted, and the special-use
+	 * names (made on first use) are always allowed. 0: no limit. */
 	size_t folders_max;
 	/* Folders every user has, created and subscribed when the store
 	 * loads a user that lacks them (Dovecot's `auto = subscribe`):

@@ -1053,7 +1053,7 @@ Test(store, auto_folders_exist_at_first_open_and_are_made_once)
 
 /* A user made before the setting (or with some of the folders, one of
  * them unsubscribed) gets what it lacks at its next load, past
- * folders_max too. */
+ * folders_max too; they do not count toward it. */
 Test(store, auto_folders_complete_an_existing_user)
 {
 	char got[512];
@@ -1071,10 +1071,18 @@ Test(store, auto_folders_complete_an_existing_user)
 	cr_expect_str_eq(got, "INBOX:e0 Drafts:e2 Work:e0");
 	store_user_close(&u);
 	store_free(&S);
-	open_store_autos(autos3, 3, 1); /* Work alone fills folders_max */
+	open_store_autos(autos3, 3, 2); /* made past folders_max, and not counted */
 	u = t_user(S, L, "alice@example.com");
 	list_str(u, got, sizeof(got));
 	cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Sent:es1 Work:e0");
+	w = (struct waitres){ 0 };
+	store_folder_create(u, L, "Two", wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, 0, "Work and Two are the user's two");
+	w = (struct waitres){ 0 };
+	store_folder_create(u, L, "Three", wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -EMLINK);
 	store_user_close(&u);
 }
 
