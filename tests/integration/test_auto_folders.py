@@ -249,3 +249,22 @@ def test_smtp_delivery_to_a_new_account_makes_them(imapsrv):
     assert lines_ok(b, 'LIST "" "*"') == NEW_LIST
     assert srv.stop() == 0
     assert len(made_events(srv)) == 1
+
+
+def test_simultaneous_first_logins_make_them_once(imapsrv):
+    """Eight first logins of one new account at once, spread over the
+    server's two loops: one load makes the folders, the others wait for it;
+    every session sees the same list, nothing is made twice."""
+    srv = imapsrv()
+    conns = [Raw(srv) for _ in range(8)]
+    for i, c in enumerate(conns):
+        c.send(f'l{i} LOGIN {ALICE} "{USERS[ALICE]}"\r\n'.encode())
+    for i, c in enumerate(conns):
+        _, t = c.until(f"l{i}")
+        assert b" OK " in t, t
+    for c in conns:
+        assert lines_ok(c, 'LIST "" "*"') == NEW_LIST
+    assert snapshot(srv)[1] == ["f0", "f1", "f2", "f3", "f4", "f5"]
+    assert srv.stop() == 0
+    ev = made_events(srv)
+    assert len(ev) == 1 and "created=5 subscribed=5" in ev[0], ev
