@@ -3165,6 +3165,11 @@ static void fcreate_loaded(struct loop *loop, struct fload *fl, int res)
 	struct fcreate *c = fl->arg;
 
 	if (res < 0) {
+		/* No record names it: a directory this attempt made is removed
+		 * (best effort), so that failing creates (the auto folders are
+		 * tried again at every load) do not pile up orphans for fsck. */
+		if (fl->created)
+			folder_remove_files(loop, fl->f);
 		sfolder_free(loop, fl->f);
 		done_later(loop, fcreate_done, c, res);
 	} else {

@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
@@ -1172,6 +1173,66 @@ Test(store, auto_folders_after_a_torn_folder_list)
 		store_free(&S);
 	}
 	open_store(0, 4096, 0);
+}
+
+/* A create that fails after it made the folder's directory (out of file
+ * descriptors here: the directory opens, the log does not) removes that
+ * directory: the auto folders are tried again at every load, and each try
+ * must not leave an orphan behind. The next load, with descriptors, makes
+ * them. */
+Test(store, auto_folders_failing_leave_no_orphan_directories)
+{
+	static const char *const one[] = { "Sent" };
+	char got[512], p[700];
+	struct store_user *u;
+	struct rlimit old, low;
+	struct stat sb;
+	int probe;
+
+	store_free(&S);
+	open_store_autos(NULL, 0, 0);
+	u = t_user(S, L, "alice@example.com"); /* INBOX is f0 */
+	store_user_close(&u);
+	store_free(&S);
+	open_store_autos(one, 1, 0);
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+	probe = dup(0);
+	cr_assert_geq(probe, 0);
+	close(probe);
+	/* Raise the limit one descriptor at a time from what is open now: the
+	 * first load that succeeds had none to spare for Sent's three. */
+	u = NULL;
+	for (rlim_t extra = 1; !u && extra < 64; extra++) {
+		struct waitres w = { 0 };
+		bool never = false;
+		low = old;
+		low.rlim_cur = (rlim_t)probe + extra;
+		cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+		store_user_open(S, L, "alice@example.com", wr_user, &w);
+		t_run(L, &w);
+		cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+		if (w.res == 0)
+			u = w.ptr;
+		else
+			cr_assert_eq(w.res, -EMFILE);
+		loop_run_until(L, &never, 20); /* the closes of a failed load */
+	}
+	cr_assert_not_null(u);
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Sent:s1", "subscribed, not made");
+	{
+		bool never = false;
+		loop_run_until(L, &never, 50); /* the removal runs in the background */
+	}
+	snprintf(p, sizeof(p), "%s/mail/alice@example.com/f1", D);
+	cr_expect_neq(stat(p, &sb), 0, "the failed create's directory is gone");
+	store_user_close(&u);
+	store_free(&S);
+	open_store_autos(one, 1, 0);
+	u = t_user(S, L, "alice@example.com");
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Sent:es1");
+	store_user_close(&u);
 }
 
 Test(store, auto_folders_refuse_bad_names)
