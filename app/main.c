@@ -367,7 +367,12 @@ static int services_open(struct app_state *st, const struct config *cfg, char *e
 	st->lock_fd = store_lock_datadir(cfg->data_dir, err, errlen);
 	if (st->lock_fd < 0)
 		return st->lock_fd;
+	const char *autos[CONFIG_MAX_AUTO_FOLDERS];
+	for (size_t i = 0; i < cfg->nauto_folders; i++)
+		autos[i] = cfg->auto_folders[i];
 	struct store_config sc = { .data_dir = cfg->data_dir,
+				   .auto_folders = autos,
+				   .nauto_folders = cfg->nauto_folders,
 				   .quota_bytes = cfg->quota_storage,
 				   .quota_messages = cfg->quota_messages,
 				   .folders_max = cfg->folders_max,

@@ -6,21 +6,26 @@
 # ("IMAP login on 993 after ...").
 #
 #   bench/imap_ab.sh [--runs N] [--seconds S] [--cpu C] [--scenario login|fetch|sync]
-#                    [--port 143|993] [--clients N] [--mib M] [--sync-msgs K] BUILD RINGMAIL...
+#                    [--port 143|993] [--clients N] [--users U] [--mib M] [--sync-msgs K]
+#                    BUILD RINGMAIL...
 #
 # BUILD is the build directory with bench/imapload. The mailboxes are
 # bench/compare's: users r1..r16 with 20 messages of 2 KiB each (login:
 # LOGIN, SELECT, FETCH 1:* (FLAGS), LOGOUT as bench/compare runs it), and
 # r17 with one M MiB message (fetch: FETCH BODY.PEEK[] of it in a loop);
-# r18 with K messages of 2 KiB (sync: LOGIN, SELECT, UID FETCH 1:* of the
+# sync@example.com with K messages of 2 KiB (sync: LOGIN, SELECT, UID FETCH 1:* of the
 # header fields Thunderbird syncs, LOGOUT; us per message). K: 1000.
 # Defaults: 8 runs of 2 s, CPU 1, login on 993 with 16 clients, 10 MiB.
+# --users U (login; default 16): client i logs in as r(i mod U + 1); past
+# 17 the users r18..rU get {PLAIN} passwords and empty mailboxes. With
+# --clients U above the store's user cache (256), most logins load the
+# user from disk (a cold login).
 # Prints one line per measurement, then per binary the median server CPU
 # per operation (login: us per cycle; fetch: us per MiB; sync: us per
 # message), the median
 # rate, and the median of the per-run ratios to the first binary.
 set -u
-runs=8 secs=2 cpu=1 scen=login port=993 clients=16 mib=10 sync_msgs=1000
+runs=8 secs=2 cpu=1 scen=login port=993 clients=16 mib=10 users=16 sync_msgs=1000
 while [ $# -gt 0 ]; do
 	case $1 in
 	--runs) runs=$2; shift 2 ;;
@@ -29,12 +34,13 @@ while [ $# -gt 0 ]; do
 	--scenario) scen=$2; shift 2 ;;
 	--port) port=$2; shift 2 ;;
 	--clients) clients=$2; shift 2 ;;
+	--users) users=$2; shift 2 ;;
 	--mib) mib=$2; shift 2 ;;
 	--sync-msgs) sync_msgs=$2; shift 2 ;;
 	*) break ;;
 	esac
 done
-[ $# -ge 2 ] || { sed -n 2,18p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,/^set -u/p' "$0" | sed '$d' >&2; exit 2; }
 build=$1
 shift
 load=$build/bench/imapload
@@ -56,10 +62,13 @@ i=0
 for bin in "$@"; do
 	ringmail=$bin
 	mkdir -p "$tmp/$i"
-	for u in $(seq 18); do
-		printf 'bench-Secret-1\n' | "$bin" user add "r$u@example.com" --data "$tmp/$i/data" \
+	for u in r$(seq -s ' r' 17) sync; do
+		printf 'bench-Secret-1\n' | "$bin" user add "$u@example.com" --data "$tmp/$i/data" \
 			>/dev/null || exit 1
 	done
+	for u in $(seq 18 "$users"); do
+		printf 'r%d@example.com:{PLAIN}bench-Secret-1\n' "$u"
+	done >>"$tmp/$i/data/passwd"
 	tmp_saved=$tmp
 	tmp=$tmp/$i
 	start_ringmail imap_ab
@@ -81,9 +90,9 @@ with smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=120) as s:
     s.sendmail("bench@remote.example", ["r17@example.com"],
                f"From: bench@remote.example\r\nSubject: body\r\n\r\n{big}")
     for i in range(int(os.environ["SYNC"])):
-        s.sendmail("bench@remote.example", ["r18@example.com"],
-                   f"From: bench@remote.example\r\nTo: r18@example.com\r\n"
-                   f"Subject: sync {i}\r\nMessage-ID: <18.{i}@bench.invalid>\r\n\r\n{small}")
+        s.sendmail("bench@remote.example", ["sync@example.com"],
+                   f"From: bench@remote.example\r\nTo: sync@example.com\r\n"
+                   f"Subject: sync {i}\r\nMessage-ID: <sync.{i}@bench.invalid>\r\n\r\n{small}")
 PY
 	i=$((i + 1))
 done
@@ -91,9 +100,9 @@ done
 tls=
 [ "$port" = 993 ] && tls=--tls
 case $scen in
-login) args=(-s login -c "$clients" --users 16) ;;
+login) args=(-s login -c "$clients" --users "$users") ;;
 fetch) args=(-s fetch -c "$clients" -u r17@example.com --timeout-ms 60000) ;;
-sync) args=(-s sync -c "$clients" -u r18@example.com --timeout-ms 60000) ;;
+sync) args=(-s sync -c "$clients" -u sync@example.com --timeout-ms 60000) ;;
 *) echo "imap_ab: --scenario login|fetch|sync" >&2; exit 2 ;;
 esac
 results=$tmp/results

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -94,6 +95,11 @@ void config_defaults(struct config *cfg)
 	cfg->segment_max = 64u << 20;
 	cfg->compact_after = 0;
 	cfg->checkpoint_after = 4u << 20; /* STORE_CHECKPOINT_DEFAULT */
+	/* the special-use names the store knows (RFC 6154; store.c specials[]) */
+	static const char *const autos[] = { "Sent", "Drafts", "Trash", "Junk", "Archive" };
+	for (size_t i = 0; i < sizeof(autos) / sizeof(autos[0]); i++)
+		strcpy(cfg->auto_folders[i], autos[i]);
+	cfg->nauto_folders = sizeof(autos) / sizeof(autos[0]);
 	snprintf(cfg->ob_smart_ca, sizeof(cfg->ob_smart_ca), "/etc/ssl/certs/ca-certificates.crt");
 	cfg->ob_retry_min_ms = 5 * 60000;
 	cfg->ob_retry_max_ms = 4 * 3600000;
@@ -290,6 +296,52 @@ static int set_domains(struct parse_ctx *ctx, const char *value)
 	return 0;
 }
 
+/* auto_folders: names separated by blanks or commas; none turns it off.
+ * A name is printable ASCII without the IMAP wildcards, quotes and
+ * backslash, no '/' at either end or twice in a row, and not INBOX. */
+static int set_auto_folders(struct parse_ctx *ctx, const char *value)
+{
+	struct config *cfg = ctx->cfg;
+	const char *p = value;
+
+	cfg->nauto_folders = 0;
+	while (*p) {
+		while (*p == ' ' || *p == ',' || *p == '\t')
+			p++;
+		if (!*p)
+			break;
+		const char *e = p;
+		while (*e && *e != ',' && *e != ' ' && *e != '\t')
+			e++;
+		size_t n = (size_t)(e - p);
+		if (cfg->nauto_folders == CONFIG_MAX_AUTO_FOLDERS)
+			return BAD(ctx, "more than %d auto_folders", CONFIG_MAX_AUTO_FOLDERS);
+		if (n >= CONFIG_AUTO_FOLDER_MAX)
+			return BAD(ctx, "auto_folders: a name is longer than %d bytes",
+				   CONFIG_AUTO_FOLDER_MAX - 1);
+		char *d = cfg->auto_folders[cfg->nauto_folders];
+		memcpy(d, p, n);
+		d[n] = '\0';
+		bool ok = d[0] != '/' && d[n - 1] != '/' && !strstr(d, "//") &&
+			  strcasecmp(d, "INBOX") != 0 &&
+			  /* IMAP spells INBOX's inferiors "INBOX/..." */
+			  (strncasecmp(d, "INBOX/", 6) != 0 || strncmp(d, "INBOX/", 6) == 0);
+		for (size_t i = 0; i < n && ok; i++)
+			ok = d[i] > 0x20 && d[i] < 0x7f && !strchr("%*\"\\", d[i]);
+		if (!ok)
+			return BAD(ctx, "auto_folders: '%s' is not a usable folder name (printable "
+				   "ASCII but %% * \" \\, no '/' at either end, not INBOX)", d);
+		bool dup = false;
+		for (size_t i = 0; i < cfg->nauto_folders && !dup; i++)
+			dup = !strcmp(cfg->auto_folders[i], d);
+		if (dup)
+			return BAD(ctx, "auto_folders names '%s' twice", d);
+		cfg->nauto_folders++;
+		p = e;
+	}
+	return 0;
+}
+
 static int set_server(struct parse_ctx *ctx, const char *key, const char *value)
 {
 	struct config *cfg = ctx->cfg;
@@ -337,6 +389,8 @@ static int set_server(struct parse_ctx *ctx, const char *key, const char *value)
 		if (config_parse_size(value, &cfg->checkpoint_after) ||
 		    cfg->checkpoint_after < 4096)
 			return BAD(ctx, "checkpoint_after must be a size of at least 4k");
+	} else if (!strcmp(key, "auto_folders")) {
+		return set_auto_folders(ctx, value);
 	} else if (!strcmp(key, "log_level")) {
 		if (strcmp(value, "debug") && strcmp(value, "info") && strcmp(value, "warn") &&
 		    strcmp(value, "error"))
@@ -845,6 +899,12 @@ void config_print(const struct config *cfg, FILE *out)
 		cfg->recv_buffers, cfg->port_offset, cfg->shutdown_grace_ms, cfg->log_level,
 		(unsigned long long)cfg->segment_max, (unsigned long long)cfg->compact_after,
 		(unsigned long long)cfg->checkpoint_after);
+	if (cfg->nauto_folders == 0) /* no comment after it: it would be the value */
+		fprintf(out, "# no auto_folders: a new user has INBOX only\n");
+	fprintf(out, "auto_folders =");
+	for (size_t i = 0; i < cfg->nauto_folders; i++)
+		fprintf(out, " %s", cfg->auto_folders[i]);
+	fprintf(out, "\n");
 	if (cfg->user[0])
 		fprintf(out, "user = %s\n", cfg->user);
 	if (cfg->postmaster[0])

@@ -24,6 +24,9 @@
 #define CONFIG_MAX_DOMAINS 64
 #define CONFIG_MAX_CERTS 32
 #define CONFIG_STR_MAX 256
+/* [server] auto_folders: folders every user has (store_config.auto_folders) */
+#define CONFIG_MAX_AUTO_FOLDERS 16
+#define CONFIG_AUTO_FOLDER_MAX 128 /* bytes of one name, NUL included */
 /* [server] recv_buffers: receive buffers of LOOP_BUF_SIZE (16 KiB) in each
  * loop's provided-buffer ring; a power of two (the ring's size). */
 #define CONFIG_RECV_BUFFERS_DEFAULT 512u
@@ -77,6 +80,10 @@ struct config {
 	uint64_t segment_max;   /* a shared segment file rolls over past this size */
 	uint64_t compact_after; /* expunged bytes that start a compaction (0: segment_max / 2) */
 	uint64_t checkpoint_after; /* log bytes after which a folder checkpoints or rewrites its log */
+	/* created and subscribed for every user (Dovecot's auto = subscribe);
+	 * default Sent Drafts Trash Junk Archive, none when set empty */
+	char auto_folders[CONFIG_MAX_AUTO_FOLDERS][CONFIG_AUTO_FOLDER_MAX];
+	size_t nauto_folders;
 	char log_level[16];
 	/* [limits] */
 	uint32_t max_connections;

@@ -142,6 +142,8 @@ struct store {
 	uint64_t tick;
 	struct sctx **ctxs;
 	size_t nctx;
+	char **autos;              /* cfg.auto_folders, copied */
+	size_t nautos;
 };
 
 static struct sctx *store_ctx(struct store *st, struct loop *loop)
@@ -1643,6 +1645,16 @@ struct uload {
 
 static void uload_run(struct loop *loop, struct uload *ul, int res);
 static void uload_finish(struct loop *loop, struct uload *ul, int res);
+static void auto_ensure(struct suser *u, struct loop *loop,
+			void (*done)(struct loop *loop, void *arg, int res), void *arg);
+
+/* The auto folders were made (or failed: logged, and the next load tries
+ * again); the user is loaded either way. */
+static void uload_autos_done(struct loop *loop, void *arg, int res)
+{
+	(void)res;
+	uload_finish(loop, arg, 0);
+}
 
 static void uload_cqe(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
 {
@@ -1846,7 +1858,8 @@ static void uload_run(struct loop *loop, struct uload *ul, int res)
 				goto fail;
 			return;
 		}
-		uload_finish(loop, ul, 0);
+		/* Before anyone sees the user: nothing else changes its list. */
+		auto_ensure(u, loop, uload_autos_done, ul);
 		return;
 	}
 	err = -EINVAL;
@@ -3092,11 +3105,10 @@ static void uop_complete(struct loop *loop, struct pend *p, int res)
 }
 
 /* Logs one folder-list record; cb(arg, res) once durable and applied. */
-static void user_log(struct store_user *uh, struct loop *loop, uint32_t type,
+static void user_log(struct suser *u, struct loop *loop, uint32_t type,
 		     const struct rec_mbox *m, struct sfolder *created,
 		     store_done_cb *cb, void *arg)
 {
-	struct suser *u = uh->u;
 	struct sctx *ctx = store_ctx(u->store, loop);
 	struct pend *p = ctx ? pend_new(ctx, u, RECORD_HDR_LEN + 16 + m->name.len) : NULL;
 	int err;
@@ -3124,7 +3136,7 @@ static void user_log(struct store_user *uh, struct loop *loop, uint32_t type,
 }
 
 struct fcreate {
-	struct store_user *uh;
+	struct suser *u;
 	struct loop *loop;
 	struct rec_mbox m;
 	char *name;
@@ -3136,7 +3148,7 @@ struct fcreate {
 static void fcreate_done(void *arg, int res)
 {
 	struct fcreate *c = arg;
-	struct suser *u = c->uh->u;
+	struct suser *u = c->u;
 	store_done_cb *cb = c->cb;
 	void *cb_arg = c->arg;
 
@@ -3153,19 +3165,43 @@ static void fcreate_loaded(struct loop *loop, struct fload *fl, int res)
 	struct fcreate *c = fl->arg;
 
 	if (res < 0) {
+		/* No record names it: a directory this attempt made is removed
+		 * (best effort), so that failing creates (the auto folders are
+		 * tried again at every load) do not pile up orphans for fsck. */
+		if (fl->created)
+			folder_remove_files(loop, fl->f);
 		sfolder_free(loop, fl->f);
 		done_later(loop, fcreate_done, c, res);
 	} else {
 		/* m.name points into c->name: the record is built before this
 		 * returns, and c lives until fcreate_done() */
-		user_log(c->uh, loop, REC_MBOX_CREATE, &c->m, fl->f, fcreate_done, c);
+		user_log(c->u, loop, REC_MBOX_CREATE, &c->m, fl->f, fcreate_done, c);
 	}
 }
 
-void store_folder_create(struct store_user *uh, struct loop *loop, const char *name,
-			 store_done_cb *cb, void *arg)
+static bool is_auto(const struct store *st, const char *name)
 {
-	struct suser *u = uh->u;
+	for (size_t i = 0; i < st->nautos; i++)
+		if (strcmp(st->autos[i], name) == 0)
+			return true;
+	return false;
+}
+
+/* How many of the auto folders u has (they do not count toward
+ * folders_max: the server made them); u->mu held. */
+static size_t autos_present(struct suser *u)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < u->store->nautos; i++)
+		n += user_find_name(u, span_cstr(u->store->autos[i])) != NULL;
+	return n;
+}
+
+/* store_folder_create() for u, also while u is being loaded (no handle). */
+static void folder_create(struct suser *u, struct loop *loop, const char *name,
+			  store_done_cb *cb, void *arg)
+{
 	struct fcreate *c;
 	struct sfolder *f;
 	struct sctx *ctx;
@@ -3184,7 +3220,7 @@ void store_folder_create(struct store_user *uh, struct loop *loop, const char *n
 		free(c);
 		goto fail;
 	}
-	c->uh = uh;
+	c->u = u;
 	c->loop = loop;
 	c->cb = cb;
 	c->arg = arg;
@@ -3197,7 +3233,8 @@ void store_folder_create(struct store_user *uh, struct loop *loop, const char *n
 		goto fail;
 	}
 	if (u->store->cfg.folders_max && special_of(name) == STORE_SPECIAL_NONE &&
-	    u->nfolders + u->creating >= u->store->cfg.folders_max) {
+	    !is_auto(u->store, name) &&
+	    u->nfolders - autos_present(u) + u->creating >= u->store->cfg.folders_max) {
 		pthread_mutex_unlock(&u->mu);
 		free(c->name);
 		free(c);
@@ -3230,6 +3267,15 @@ fail:
 	done_later(loop, cb, arg, err);
 }
 
+void store_folder_create(struct store_user *uh, struct loop *loop, const char *name,
+			 store_done_cb *cb, void *arg)
+{
+	folder_create(uh->u, loop, name, cb, arg);
+}
+
+static void auto_after(struct suser *u, struct loop *loop, uint32_t type,
+		       const struct rec_mbox *m, store_done_cb *cb, void *arg);
+
 void store_folder_delete(struct store_user *uh, struct loop *loop, const char *name,
 			 store_done_cb *cb, void *arg)
 {
@@ -3253,7 +3299,10 @@ void store_folder_delete(struct store_user *uh, struct loop *loop, const char *n
 		done_later(loop, cb, arg, err);
 		return;
 	}
-	user_log(uh, loop, REC_MBOX_DELETE, &m, NULL, cb, arg);
+	if (is_auto(u->store, name))
+		auto_after(u, loop, REC_MBOX_DELETE, &m, cb, arg);
+	else
+		user_log(u, loop, REC_MBOX_DELETE, &m, NULL, cb, arg);
 }
 
 void store_folder_rename(struct store_user *uh, struct loop *loop, const char *from,
@@ -3284,7 +3333,10 @@ void store_folder_rename(struct store_user *uh, struct loop *loop, const char *f
 		done_later(loop, cb, arg, err);
 		return;
 	}
-	user_log(uh, loop, REC_MBOX_RENAME, &m, NULL, cb, arg);
+	if (is_auto(u->store, from))
+		auto_after(u, loop, REC_MBOX_RENAME, &m, cb, arg);
+	else
+		user_log(u, loop, REC_MBOX_RENAME, &m, NULL, cb, arg);
 }
 
 void store_folder_subscribe(struct store_user *uh, struct loop *loop, const char *name,
@@ -3293,11 +3345,145 @@ void store_folder_subscribe(struct store_user *uh, struct loop *loop, const char
 	struct rec_mbox m = { .on = on, .name = span_cstr(name ? name : "") };
 	int err = name_check(name);
 
-	if (err) {
+	/* an auto folder stays subscribed (Dovecot's auto = subscribe) */
+	if (err || (!on && is_auto(uh->u->store, name))) {
 		done_later(loop, cb, arg, err);
 		return;
 	}
-	user_log(uh, loop, REC_MBOX_SUBSCRIBE, &m, NULL, cb, arg);
+	user_log(uh->u, loop, REC_MBOX_SUBSCRIBE, &m, NULL, cb, arg);
+}
+
+/* ---- auto folders (store_config.auto_folders) ------------------------------ */
+
+/* Makes the auto folders u lacks and subscribes the ones it is not
+ * subscribed to: every create and subscribe at once (their folder-list
+ * records share the fsyncs of one tick), done(loop, arg, res) when all are
+ * durable (res: the first error, -EEXIST from a race not counting). */
+struct autojob {
+	struct suser *u;           /* a reference */
+	struct loop *loop;
+	size_t pending;
+	unsigned created, subscribed;
+	int err;
+	void (*done)(struct loop *loop, void *arg, int res);
+	void *arg;
+};
+
+static void autojob_step(void *arg, int res)
+{
+	struct autojob *j = arg;
+
+	if (res < 0 && res != -EEXIST && !j->err)
+		j->err = res;
+	if (--j->pending)
+		return;
+	if (j->err)
+		LOG_AT(loop_log(j->loop), LOG_ERROR, 0, "store-auto-folders", "dir=%s error=%s",
+		       j->u->dir, strerror(-j->err));
+	else if (j->created || j->subscribed)
+		LOG_AT(loop_log(j->loop), LOG_INFO, 0, "store-auto-folders",
+		       "dir=%s created=%u subscribed=%u", j->u->dir, j->created, j->subscribed);
+	j->done(j->loop, j->arg, j->err);
+	suser_unref(j->loop, &j->u);
+	free(j);
+}
+
+static void auto_ensure(struct suser *u, struct loop *loop,
+			void (*done)(struct loop *loop, void *arg, int res), void *arg)
+{
+	struct store *st = u->store;
+	struct autojob *j;
+	uint8_t *todo;             /* per name: 1 create, 2 subscribe */
+	size_t n = 0;
+
+	if (st->nautos == 0) {
+		done(loop, arg, 0);
+		return;
+	}
+	todo = calloc(st->nautos, 1);
+	if (!todo) {
+		done(loop, arg, -ENOMEM);
+		return;
+	}
+	pthread_mutex_lock(&u->mu);
+	for (size_t i = 0; i < st->nautos; i++) {
+		struct span name = span_cstr(st->autos[i]);
+		todo[i] = (user_find_name(u, name) ? 0 : 1) | (user_find_sub(u, name) >= 0 ? 0 : 2);
+		n += (todo[i] & 1) + (todo[i] >> 1);
+	}
+	pthread_mutex_unlock(&u->mu);
+	/* the common case once they exist: no I/O, no allocation kept */
+	if (n == 0 || !(j = calloc(1, sizeof(*j)))) {
+		free(todo);
+		done(loop, arg, n ? -ENOMEM : 0);
+		return;
+	}
+	j->u = suser_ref(u);
+	j->loop = loop;
+	j->done = done;
+	j->arg = arg;
+	j->pending = n + 1; /* + 1 until every request is started */
+	for (size_t i = 0; i < st->nautos; i++) {
+		if (todo[i] & 2) {
+			struct rec_mbox m = { .on = true, .name = span_cstr(st->autos[i]) };
+			j->subscribed++;
+			user_log(u, loop, REC_MBOX_SUBSCRIBE, &m, NULL, autojob_step, j);
+		}
+		if (todo[i] & 1) {
+			j->created++;
+			folder_create(u, loop, st->autos[i], autojob_step, j);
+		}
+	}
+	free(todo);
+	autojob_step(j, 0);
+}
+
+/* A delete or rename away of an auto folder: once it is durable, the
+ * folder is made again (empty, a new UIDVALIDITY) before cb, as Dovecot
+ * shows an auto = subscribe mailbox whatever happened to it. */
+struct autochange {
+	struct suser *u;           /* a reference */
+	struct loop *loop;
+	store_done_cb *cb;
+	void *arg;
+	int res;
+};
+
+static void autochange_remade(struct loop *loop, void *arg, int res)
+{
+	struct autochange *c = arg;
+
+	(void)res; /* logged; the change itself is done */
+	c->cb(c->arg, c->res);
+	suser_unref(loop, &c->u);
+	free(c);
+}
+
+static void autochange_logged(void *arg, int res)
+{
+	struct autochange *c = arg;
+
+	c->res = res;
+	if (res < 0)
+		autochange_remade(c->loop, c, 0);
+	else
+		auto_ensure(c->u, c->loop, autochange_remade, c);
+}
+
+static void auto_after(struct suser *u, struct loop *loop, uint32_t type,
+		       const struct rec_mbox *m, store_done_cb *cb, void *arg)
+{
+	struct autochange *c = calloc(1, sizeof(*c));
+
+	if (!c) {
+		done_later(loop, cb, arg, -ENOMEM);
+		return;
+	}
+	c->u = suser_ref(u);
+	c->loop = loop;
+	c->cb = cb;
+	c->arg = arg;
+	user_log(u, loop, type, m, NULL, autochange_logged, c);
 }
 
 static int info_cmp(const void *a, const void *b)
@@ -4644,6 +4830,21 @@ int store_new(const struct store_config *cfg, struct store **store_r)
 	if (!st->data_dir || !(st->mail_dir = path_join(st->data_dir, STORE_MAIL_DIR)))
 		goto err;
 	st->cfg.data_dir = st->data_dir;
+	st->cfg.auto_folders = NULL;
+	if (cfg->nauto_folders && !(st->autos = calloc(cfg->nauto_folders, sizeof(char *))))
+		goto err;
+	for (size_t i = 0; i < cfg->nauto_folders; i++) {
+		const char *name = cfg->auto_folders[i];
+		if (name_check(name) || name_is_inbox(span_cstr(name))) {
+			err = -EINVAL;
+			goto err;
+		}
+		if (is_auto(st, name))
+			continue;
+		if (!(st->autos[st->nautos] = strdup(name)))
+			goto err;
+		st->nautos++;
+	}
 	pthread_mutex_init(&st->mu, NULL);
 	/* startup, before the loops run: plain blocking calls are fine */
 	if ((err = mkdir_p1(st->data_dir)) || (err = mkdir_p1(st->mail_dir)))
@@ -4670,6 +4871,9 @@ int store_new(const struct store_config *cfg, struct store **store_r)
 	*store_r = st;
 	return 0;
 err:
+	for (size_t i = 0; i < st->nautos; i++)
+		free(st->autos[i]);
+	free(st->autos);
 	free(st->data_dir);
 	free(st->mail_dir);
 	free(st);
@@ -4694,6 +4898,9 @@ void store_free(struct store **store_r)
 	free(st->ctxs);
 	sfile_unref(NULL, &st->mail_dirf);
 	pthread_mutex_destroy(&st->mu);
+	for (size_t i = 0; i < st->nautos; i++)
+		free(st->autos[i]);
+	free(st->autos);
 	free(st->data_dir);
 	free(st->mail_dir);
 	free(st);

@@ -48,9 +48,17 @@ struct store_config {
 	uint64_t quota_bytes;     /* per user; 0: no limit */
 	uint64_t quota_messages;  /* per user; 0: no limit */
 	/* Folders a user may have: store_folder_create past it is -EMLINK.
-	 * INBOX is not counted, and the special-use names (made on first
-	 * use) are always allowed. 0: no limit. */
+	 * INBOX and the auto_folders are not counted, and the special-use
+	 * names (made on first use) are always allowed. 0: no limit. */
 	size_t folders_max;
+	/* Folders every user has, created and subscribed when the store
+	 * loads a user that lacks them (Dovecot's `auto = subscribe`):
+	 * nauto_folders names (copied by store_new; not INBOX, valid
+	 * folder names, duplicates ignored; -EINVAL otherwise). Deleting or
+	 * renaming one away makes it again, empty, before the change is
+	 * reported; unsubscribing one succeeds and changes nothing. 0: none. */
+	const char *const *auto_folders;
+	size_t nauto_folders;
 	/* Bytes an append buffers before it writes; a message up to this size
 	 * goes to the folder's shared segment, a larger one to a segment file
 	 * of its own. 0: STORE_APPEND_BUF_DEFAULT. */
@@ -108,7 +116,9 @@ void store_free(struct store **store_r);
 
 /* Opens the mailboxes of user (a full address, case-folded by the caller)
  * on loop: reads the folder list, creating the user's directory and INBOX
- * on first use. cb(arg, res, user) runs once; user is NULL when res < 0 and
+ * on first use, and the auto_folders the user lacks (durable before cb; a
+ * failure to make them is logged, not returned). A user already loaded
+ * costs no I/O. cb(arg, res, user) runs once; user is NULL when res < 0 and
  * otherwise owned by the caller until store_user_close(). */
 typedef void store_user_cb(void *arg, int res, struct store_user *user);
 void store_user_open(struct store *store, struct loop *loop, const char *user,

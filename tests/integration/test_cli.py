@@ -62,6 +62,7 @@ def test_check_config_prints_effective_default():
     assert "\ndata = ./ringmail-data\n" in out
     assert "\nport_offset = 0\n" in out
     assert "\ncheckpoint_after = 4194304\n" in out
+    assert "\nauto_folders = Sent Drafts Trash Junk Archive\n" in out
     ncpu = os.sysconf("SC_NPROCESSORS_ONLN")
     assert f"\nthreads = 0   # one loop per online CPU: {ncpu} here\n" in out, out
     # Every listener row on every address.

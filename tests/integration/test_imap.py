@@ -26,6 +26,13 @@ USERS = {
     "bob@example.com": "bob Secret with spaces",
 }
 MIME_DIR = os.path.join(os.path.dirname(__file__), "..", "unit", "proto", "mime")
+# The folders every account has ([server] auto_folders, default), with
+# their special-use attributes, as LIST shows them.
+AUTO = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
+        "Archive": "\\Archive"}
+AUTO_LIST = [b'* LIST (\\HasNoChildren %s) "/" "%s"\r\n' % (a.encode(), n.encode())
+             for n, a in AUTO.items()]
+AUTO_LSUB = [b'* LSUB () "/" "%s"\r\n' % n.encode() for n in AUTO]
 
 
 @pytest.fixture
@@ -1657,30 +1664,28 @@ def test_list_extended_selection_and_return_options(srv):
         assert b" OK " in r.cmd(f"CREATE {name}")[1]
     for name in ("Foo/Bar", "Moo", "Gone"):
         assert b" OK " in r.cmd(f"SUBSCRIBE {name}")[1]
-    r.cmd("SELECT Sent")  # creates the special-use folder
-    r.cmd("UNSELECT")
-    # SUBSCRIBED selection: only subscriptions, with \Subscribed; a
-    # subscription to a missing name says \NonExistent
+    # SUBSCRIBED selection: only subscriptions (the auto folders are), with
+    # \Subscribed; a subscription to a missing name says \NonExistent
     got = by_name(list_lines(r, 'LIST (SUBSCRIBED) "" "*"'))
-    assert set(got) == {"Foo/Bar", "Moo", "Gone"}, got
+    assert set(got) == {"Foo/Bar", "Moo", "Gone"} | set(AUTO), got
     assert all("\\Subscribed" in l for l in got.values()), got
     assert "\\NonExistent" in got["Gone"], got
     # LSUB "%": the unsubscribed parent of a subscription is \Noselect
     lines, _ = r.cmd('LSUB "" "%"')
     lsub = {l.decode().rsplit(" ", 1)[1].strip().strip('"'): l for l in lines}
-    assert set(lsub) == {"Foo", "Moo", "Gone"}, lines
+    assert set(lsub) == {"Foo", "Moo", "Gone"} | set(AUTO), lines
     assert b"\\Noselect" in lsub["Foo"] and b"\\Noselect" not in lsub["Moo"], lines
     lines, _ = r.cmd('LSUB "" "*"')
-    assert len(lines) == 3 and not any(l.endswith(b' "Foo"\r\n') for l in lines), lines
+    assert len(lines) == 8 and not any(l.endswith(b' "Foo"\r\n') for l in lines), lines
     # RECURSIVEMATCH: a parent with a subscribed child, CHILDINFO
     got = by_name(list_lines(r, 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'))
-    assert set(got) == {"Foo", "Moo", "Gone"}, got
+    assert set(got) == {"Foo", "Moo", "Gone"} | set(AUTO), got
     assert '("CHILDINFO" ("SUBSCRIBED"))' in got["Foo"], got
     assert "\\Subscribed" not in got["Foo"], got
     assert "CHILDINFO" not in got["Moo"], got
     # with "*" the subscribed child is listed itself: no parent for it
     got = by_name(list_lines(r, 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"'))
-    assert set(got) == {"Foo/Bar", "Moo", "Gone"}, got
+    assert set(got) == {"Foo/Bar", "Moo", "Gone"} | set(AUTO), got
     _, t = r.cmd('LIST (RECURSIVEMATCH) "" "*"')
     assert b" BAD " in t, t
     _, t = r.cmd('LIST (BOGUS) "" "*"')
@@ -1690,12 +1695,12 @@ def test_list_extended_selection_and_return_options(srv):
     assert "Foo" in got and "Tofu" in got and "\\NonExistent" in got["Tofu"], got
     # SPECIAL-USE selection
     got = by_name(list_lines(r, 'LIST (SPECIAL-USE) "" "*"'))
-    assert set(got) == {"Sent"} and "\\Sent" in got["Sent"], got
+    assert set(got) == set(AUTO) and all(AUTO[n] in got[n] for n in AUTO), got
     # RETURN (SUBSCRIBED CHILDREN SPECIAL-USE)
     got = by_name(list_lines(r, 'LIST "" "*" RETURN (SUBSCRIBED CHILDREN SPECIAL-USE)'))
     assert "\\Subscribed" in got["Moo"] and "\\Subscribed" not in got["Foo"], got
     assert "\\HasChildren" in got["Foo"] and "\\HasNoChildren" in got["Moo"], got
-    assert "\\Sent" in got["Sent"], got
+    assert "\\Sent" in got["Sent"] and "\\Subscribed" in got["Sent"], got
     assert "Gone" not in got, got  # not a mailbox, and LIST without SUBSCRIBED
     # several patterns
     got = by_name(list_lines(r, 'LIST "" ("INBOX" "Sent" "Foo/%")'))
@@ -2914,8 +2919,10 @@ def test_folders_max(imapsrv):
     """limits.folders_max bounds the folders of a user: CREATE past it is
     NO [LIMIT] (INBOX does not count; a special-use name is always
     allowed); a DELETE makes room again. Two sessions creating at once
-    cannot together go past it (creates in flight count)."""
-    srv = imapsrv(config="[limits]\nfolders_max = 4\n")
+    cannot together go past it (creates in flight count). Without the auto
+    folders, so that Sent is made here (test_auto_folders.py: they do not
+    count)."""
+    srv = imapsrv(config="[server]\nauto_folders =\n[limits]\nfolders_max = 4\n")
     a, b = Raw(srv).login(), Raw(srv).login()
     # both sessions pipeline six CREATEs at the same moment
     a.send(b"".join(b"a%d CREATE a%d\r\n" % (i, i) for i in range(6)))
@@ -3481,7 +3488,7 @@ def test_bad_line_drops_its_nonsync_literal(srv):
     lines, t = r.until("a2")
     assert lines == [] and t.startswith(b"a2 BAD "), (lines, t)
     lines, t = r.cmd('LIST "" "*"')
-    assert lines == [b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'], lines
+    assert sorted(lines) == sorted([b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'] + AUTO_LIST), lines
     lines, t = r.cmd("STATUS INBOX (MESSAGES)")
     assert lines == [b'* STATUS "INBOX" (MESSAGES 0)\r\n'], lines
 
@@ -3616,9 +3623,9 @@ def test_extra_arguments_are_bad(imapsrv):
     assert sorted(lines) == sorted([b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n',
                                     b'* LIST (\\HasNoChildren) "/" "a"\r\n',
                                     b'* LIST (\\HasNoChildren) "/" "a b"\r\n',
-                                    b'* LIST (\\HasNoChildren) "/" "c"\r\n']), lines
+                                    b'* LIST (\\HasNoChildren) "/" "c"\r\n'] + AUTO_LIST), lines
     lines, _ = r.cmd('LSUB "" "*"')
-    assert lines == [], lines
+    assert sorted(lines) == sorted(AUTO_LSUB), lines
     lines, _ = r.cmd("STATUS a (MESSAGES)")
     assert lines == [b'* STATUS "a" (MESSAGES 1)\r\n'], lines
     lines, _ = r.cmd('STATUS "a b" (MESSAGES)')

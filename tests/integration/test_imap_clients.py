@@ -31,7 +31,7 @@ import pytest
 
 from conftest import HOST
 from imap_grammar import GrammarError, Responses, check
-from test_imap import USERS, deliver, imap, imapsrv, tls_context  # noqa: F401 (fixture)
+from test_imap import AUTO, USERS, deliver, imap, imapsrv, tls_context  # noqa: F401 (fixture)
 
 ALICE = "alice@example.com"
 NO_PLAIN = "[limits]\nplaintext_auth = no\n"  # 143 logins need STARTTLS
@@ -113,10 +113,11 @@ def flags_of(state, folder, subject):
 
 
 def make_folders(srv, spec):
-    """spec: {folder: [subject, ...]}; APPENDs each message with imaplib."""
+    """spec: {folder: [subject, ...]}; APPENDs each message with imaplib.
+    INBOX and the auto folders (test_imap.AUTO) exist already."""
     c = adm(srv)
     for folder, subs in spec.items():
-        if folder != "INBOX":
+        if folder != "INBOX" and folder not in AUTO:
             typ, data = c.create(f'"{folder}"')
             assert typ == "OK", data
         for s in subs:
@@ -230,6 +231,11 @@ remotepass = {USERS[ALICE]}
         sync()
         for folder, subs in want_local.items():
             assert maildir_subjects(local, folder) == collections.Counter(subs), folder
+        # the account's auto folders come down too, empty
+        assert sorted(os.listdir(local)) == sorted(set(want_local) | set(AUTO)), \
+            os.listdir(local)
+        for folder in AUTO:
+            assert maildir_files(local, folder) == [], folder
     before = server_state(srv)
     assert subjects(before, "INBOX") == collections.Counter({"in0", "in1", "in2"})
 
@@ -318,6 +324,10 @@ SyncState *
     sync()
     assert maildir_subjects(local, "INBOX") == collections.Counter({"mb0", "mb1"})
     assert maildir_subjects(local, "Work") == collections.Counter({"w0"})
+    # Patterns *: the account's auto folders too, empty
+    assert sorted(os.listdir(local)) == sorted({"INBOX", "Work"} | set(AUTO)), os.listdir(local)
+    for folder in AUTO:
+        assert maildir_files(local, folder) == [], folder
     write_maildir_msg(local, "Work", "1.local.host", "from-mbsync", info="S")
     os.remove(maildir_file(local, "INBOX", "mb0"))
     sync()
@@ -843,6 +853,15 @@ def test_thunderbird_startup_sequence(imapsrv, tls, mode):
         tagged_ok(resps)
     caps = untagged(got["1"], b"CAPABILITY")[0][1]
     assert b"XLIST" not in caps and b"AUTH=PLAIN" in caps
+    # a new account: Thunderbird picks Sent, Drafts, Trash, Junk and Archive
+    # by their attributes instead of making folders of its own
+    subscribed = {n: f for _, (f, n) in untagged(got["6"], b"LIST")}
+    assert subscribed == {n.encode(): [b"\\HasNoChildren", b"\\Subscribed", a.encode()]
+                          for n, a in AUTO.items()}, subscribed
+    listed = {n: f for _, (f, n) in untagged(got["7"], b"LIST")}
+    assert listed == {b"INBOX": [b"\\HasNoChildren"],
+                      **{n.encode(): [b"\\HasNoChildren", a.encode()] for n, a in AUTO.items()}}, \
+        listed
     assert untagged(got["5"], b"ENABLED")[0][1] == [b"CONDSTORE"]
     assert b"HIGHESTMODSEQ" in b"".join(r for r, _ in got["8"])
     assert b"[READ-WRITE]" in tagged_ok(got["8"])
@@ -963,7 +982,10 @@ def test_apple_mail_sequence(imapsrv, mode):
         assert b"XLIST" not in untagged(got[tag], b"CAPABILITY")[0][1]
     assert untagged(got["3.1"], b"LIST")[0][1] == ([b"\\Noselect"], b"")
     names = [v[1] for _, v in untagged(got["3.2"], b"LIST")]
-    assert names == [b"Archive", b"INBOX", b"Lists", b"Lists/Debian", b"Notes"], names
+    assert names == [b"Archive", b"Drafts", b"INBOX", b"Junk", b"Lists", b"Lists/Debian",
+                     b"Notes", b"Sent", b"Trash"], names
+    special = {n: f[-1] for _, (f, n) in untagged(got["3.2"], b"LIST") if n.decode() in AUTO}
+    assert special == {n.encode(): a.encode() for n, a in AUTO.items()}, special
     selectable = [n for (_, (f, n)) in untagged(got["3.2"], b"LIST") if b"\\Noselect" not in f]
     got = s.exchange([(f"4.{i}", f'STATUS "{n.decode()}" (MESSAGES UIDNEXT UIDVALIDITY UNSEEN)')
                       for i, n in enumerate(selectable, 1)], mode)
@@ -973,7 +995,8 @@ def test_apple_mail_sequence(imapsrv, mode):
         (name, atts), = [v for _, v in untagged(resps, b"STATUS")]
         counts[name] = (atts[b"MESSAGES"], atts[b"UNSEEN"], atts[b"UIDNEXT"])
     assert counts == {b"Archive": (1, 1, 2), b"INBOX": (3, 3, 4), b"Lists/Debian": (2, 2, 3),
-                      b"Notes": (0, 0, 1)}, counts
+                      b"Notes": (0, 0, 1), b"Drafts": (0, 0, 1), b"Junk": (0, 0, 1),
+                      b"Sent": (0, 0, 1), b"Trash": (0, 0, 1)}, counts
     got = s.exchange([
         ("5.1", "SELECT INBOX"),
         ("5.2", "UID FETCH 1:* (FLAGS UID)"),
@@ -1053,7 +1076,7 @@ def test_outlook_sequence(imapsrv, mode):
     for resps in got.values():
         tagged_ok(resps)
     lsub = sorted(v[1] for _, v in untagged(got["A6"], b"LSUB"))
-    assert lsub == [b"Drafts", b"INBOX", b"Work"], lsub
+    assert lsub == [b"Archive", b"Drafts", b"INBOX", b"Junk", b"Sent", b"Trash", b"Work"], lsub
     stats = {v[0]: v[1] for tag in ("A8", "A9", "A10", "A21")
              for _, v in untagged(got[tag], b"STATUS")}
     assert stats[b"INBOX"] == {b"MESSAGES": 3, b"UNSEEN": 3, b"RECENT": 0, b"UIDNEXT": 4,

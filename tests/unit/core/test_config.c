@@ -96,6 +96,11 @@ Test(config, embedded_default_parses_and_validates)
 	cr_assert_eq(cfg.imap_literal_max, 64 * 1024);
 	cr_assert_eq(cfg.pop3_line_max, 255);
 	cr_assert_eq(cfg.checkpoint_after, 4u << 20);
+	/* every user gets the five special-use folders (Dovecot's auto = subscribe) */
+	cr_assert_eq(cfg.nauto_folders, 5);
+	static const char *const autos[] = { "Sent", "Drafts", "Trash", "Junk", "Archive" };
+	for (size_t i = 0; i < 5; i++)
+		cr_assert_str_eq(cfg.auto_folders[i], autos[i]);
 	cr_assert_eq(config_validate(&cfg, err, sizeof(err)), 0, "%s", err);
 }
 
@@ -303,6 +308,17 @@ static const struct bad_case bad_cases[] = {
 	{ "[limits]\nquota_storage = 10q\n", 2, "quota_storage must be a size" },
 	{ "[limits]\nquota_messages = -1\n", 2, "quota_messages must be a number" },
 	{ "[limits]\nfolders_max = 2000000\n", 2, "folders_max must be a number" },
+	{ "[server]\nauto_folders = Sent inbox\n", 2, "auto_folders: 'inbox' is not a usable folder name" },
+	{ "[server]\nauto_folders = inbox/Sent\n", 2, "auto_folders: 'inbox/Sent' is not a usable" },
+	{ "[server]\nauto_folders = /Sent\n", 2, "auto_folders: '/Sent' is not a usable" },
+	{ "[server]\nauto_folders = Sent/\n", 2, "auto_folders: 'Sent/' is not a usable" },
+	{ "[server]\nauto_folders = a//b\n", 2, "auto_folders: 'a//b' is not a usable" },
+	{ "[server]\nauto_folders = Se*nt\n", 2, "auto_folders: 'Se*nt' is not a usable" },
+	{ "[server]\nauto_folders = \"Sent\"\n", 2, "auto_folders: '\"Sent\"' is not a usable" },
+	{ "[server]\nauto_folders = Entw\xc3\xbcrfe\n", 2, "auto_folders: 'Entw\xc3\xbcrfe' is not a usable" },
+	{ "[server]\nauto_folders = Sent Trash Sent\n", 2, "auto_folders names 'Sent' twice" },
+	{ "[server]\nauto_folders = a b c d e f g h i j k l m n o p q\n", 2,
+	  "more than 16 auto_folders" },
 	/* duplicates */
 	{ "[listener a]\nport = 2000\n[listener a]\nport = 2001\n", 3,
 	  "listener 'a' is defined twice (first at line 1)" },
@@ -673,6 +689,9 @@ static void expect_same_config(const struct config *a, const struct config *b)
 	cr_assert_eq(a->quota_storage, b->quota_storage);
 	cr_assert_eq(a->quota_messages, b->quota_messages);
 	cr_assert_eq(a->folders_max, b->folders_max);
+	cr_assert_eq(a->nauto_folders, b->nauto_folders);
+	for (size_t i = 0; i < a->nauto_folders; i++)
+		cr_assert_str_eq(a->auto_folders[i], b->auto_folders[i]);
 	cr_assert_eq(a->ncerts, b->ncerts);
 	for (size_t i = 0; i < a->ncerts; i++) {
 		cr_assert_str_eq(a->certs[i].name, b->certs[i].name);
@@ -716,6 +735,29 @@ static void round_trip(const struct config *cfg)
 	free(path);
 	free(text);
 	free(text2);
+}
+
+/* auto_folders: blanks and commas separate names, an empty value turns it
+ * off, a later line replaces an earlier one. */
+Test(config, auto_folders_values)
+{
+	static struct config cfg;
+	char err[512], *path;
+	static const char custom[] = "[server]\nauto_folders = Sent,Trash  Lists/Work\tNotes\n";
+	static const char off[] = "[server]\nauto_folders = Sent\nauto_folders =\n";
+
+	cr_assert_eq(load_text(&cfg, custom, strlen(custom), &path, err, sizeof(err)), 0, "%s", err);
+	free(path);
+	cr_assert_eq(cfg.nauto_folders, 4);
+	cr_assert_str_eq(cfg.auto_folders[0], "Sent");
+	cr_assert_str_eq(cfg.auto_folders[1], "Trash");
+	cr_assert_str_eq(cfg.auto_folders[2], "Lists/Work");
+	cr_assert_str_eq(cfg.auto_folders[3], "Notes");
+	round_trip(&cfg);
+	cr_assert_eq(load_text(&cfg, off, strlen(off), &path, err, sizeof(err)), 0, "%s", err);
+	free(path);
+	cr_assert_eq(cfg.nauto_folders, 0);
+	round_trip(&cfg);
 }
 
 Test(config, print_round_trip_default)

@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
@@ -1061,6 +1062,301 @@ Test(store, special_use_folders_created_on_first_use)
 		u = t_user(S, L, "alice@example.com");
 	}
 	store_user_close(&u);
+}
+
+/* ---- auto folders (store_config.auto_folders) ----------------------------- */
+
+static const char *const autos3[] = { "Sent", "Drafts", "Notes" };
+
+static void open_store_autos(const char *const *autos, size_t n, size_t folders_max)
+{
+	struct store_config cfg = { .data_dir = D, .append_buf = 4096, .auto_folders = autos,
+				    .nauto_folders = n, .folders_max = folders_max };
+	cr_assert_eq(store_new(&cfg, &S), 0);
+}
+
+static void reopen_autos(struct store_user **u, const char *const *autos, size_t n)
+{
+	store_user_close(u);
+	store_free(&S);
+	open_store_autos(autos, n, 0);
+	*u = t_user(S, L, "alice@example.com");
+}
+
+/* The list as "name:flags" lines: e exists, s subscribed, and the
+ * special-use role's digit, for exact comparisons. */
+static void list_str(struct store_user *u, char *out, size_t cap)
+{
+	struct store_folder_info *list;
+	size_t n, o = 0;
+
+	cr_assert_eq(store_folder_list(u, &list, &n), 0);
+	out[0] = '\0';
+	for (size_t i = 0; i < n && o < cap; i++)
+		o += (size_t)snprintf(out + o, cap - o, "%s%s:%s%s%d", i ? " " : "", list[i].name,
+				      list[i].exists ? "e" : "", list[i].subscribed ? "s" : "",
+				      (int)list[i].special);
+	free(list);
+}
+
+static off_t folders_log_size(void)
+{
+	char p[700];
+	struct stat sb;
+	snprintf(p, sizeof(p), "%s/mail/alice@example.com/folders.log", D);
+	cr_assert_eq(stat(p, &sb), 0);
+	return sb.st_size;
+}
+
+static int t_change(struct store_user *u, int op, const char *a, const char *b)
+{
+	struct waitres w = { 0 };
+	if (op == 'd')
+		store_folder_delete(u, L, a, wr_done, &w);
+	else if (op == 'r')
+		store_folder_rename(u, L, a, b, wr_done, &w);
+	else
+		store_folder_subscribe(u, L, a, op == 's', wr_done, &w);
+	t_run(L, &w);
+	return w.res;
+}
+
+/* A new user has every auto folder, made and subscribed before the open
+ * completes; another open, in the cache or after a restart, writes
+ * nothing and makes nothing twice. */
+Test(store, auto_folders_exist_at_first_open_and_are_made_once)
+{
+	char got[512];
+	struct store_user *u;
+	off_t size;
+
+	store_free(&S);
+	open_store_autos(autos3, 3, 0);
+	u = t_user(S, L, "alice@example.com");
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Sent:es1");
+	size = folders_log_size();
+	cr_expect_gt(size, 0);
+	store_user_close(&u);
+	u = t_user(S, L, "alice@example.com"); /* from the cache */
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Sent:es1");
+	for (int i = 0; i < 2; i++) {
+		reopen_autos(&u, autos3, 3);
+		list_str(u, got, sizeof(got));
+		cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Sent:es1");
+		cr_expect_eq(folders_log_size(), size, "a reload writes nothing");
+	}
+	{
+		/* the folder directories: f1..f3 and no more */
+		char p[700];
+		struct stat sb;
+		snprintf(p, sizeof(p), "%s/mail/alice@example.com/f3", D);
+		cr_expect_eq(stat(p, &sb), 0);
+		snprintf(p, sizeof(p), "%s/mail/alice@example.com/f4", D);
+		cr_expect_neq(stat(p, &sb), 0);
+	}
+	/* the setting off: nothing is made, nothing already made goes away */
+	reopen_autos(&u, NULL, 0);
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Sent:es1");
+	store_user_close(&u);
+}
+
+/* A user made before the setting (or with some of the folders, one of
+ * them unsubscribed) gets what it lacks at its next load, past
+ * folders_max too; they do not count toward it. */
+Test(store, auto_folders_complete_an_existing_user)
+{
+	char got[512];
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct waitres w = { 0 };
+
+	store_folder_create(u, L, "Drafts", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	w = (struct waitres){ 0 };
+	store_folder_create(u, L, "Work", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Drafts:e2 Work:e0");
+	store_user_close(&u);
+	store_free(&S);
+	open_store_autos(autos3, 3, 2); /* made past folders_max, and not counted */
+	u = t_user(S, L, "alice@example.com");
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Sent:es1 Work:e0");
+	w = (struct waitres){ 0 };
+	store_folder_create(u, L, "Two", wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, 0, "Work and Two are the user's two");
+	w = (struct waitres){ 0 };
+	store_folder_create(u, L, "Three", wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, -EMLINK);
+	store_user_close(&u);
+}
+
+/* Dovecot's auto = subscribe: the folder is there whatever the user did.
+ * UNSUBSCRIBE succeeds and changes nothing; DELETE removes the messages and
+ * the folder comes back empty with a new UIDVALIDITY before the reply;
+ * RENAME keeps the messages under the new name and makes the folder again. */
+Test(store, auto_folders_come_back_after_delete_and_rename)
+{
+	char got[512];
+	struct store_user *u;
+	struct store_folder *f;
+	struct store_folder_status st;
+	uint32_t uv;
+
+	store_free(&S);
+	open_store_autos(autos3, 3, 0);
+	u = t_user(S, L, "alice@example.com");
+	cr_expect_eq(t_change(u, 'u', "Sent", NULL), 0);
+	cr_expect_eq(t_change(u, 'u', "Notes", NULL), 0);
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Sent:es1");
+
+	f = t_folder(u, L, "Sent");
+	cr_assert_eq(t_append(L, f, msgs[0], NULL), 0);
+	store_folder_status(f, &st);
+	uv = st.uidvalidity;
+	store_folder_close(&f);
+	cr_expect_eq(t_change(u, 'd', "Sent", NULL), 0);
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Sent:es1");
+	f = t_folder(u, L, "Sent");
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 0);
+	cr_expect_gt(st.uidvalidity, uv);
+	store_folder_close(&f);
+	uint64_t qb, qm, lb, lm;
+	store_user_quota(u, &qb, &qm, &lb, &lm);
+	cr_expect_eq(qm, 0, "the deleted messages left the quota");
+
+	f = t_folder(u, L, "Drafts");
+	cr_assert_eq(t_append(L, f, msgs[1], NULL), 0);
+	store_folder_close(&f);
+	cr_expect_eq(t_change(u, 'r', "Drafts", "Old drafts"), 0);
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Old drafts:e0 Sent:es1");
+	f = t_folder(u, L, "Old drafts");
+	check_msg(f, 1, msgs[1]);
+	store_folder_close(&f);
+	f = t_folder(u, L, "Drafts");
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, 0);
+	store_folder_close(&f);
+	/* a name that is not an auto folder is deleted as always */
+	cr_expect_eq(t_change(u, 'd', "Old drafts", NULL), 0);
+	reopen_autos(&u, autos3, 3);
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Sent:es1");
+	store_user_close(&u);
+}
+
+/* A crash in the middle of making them (folders.log torn after some of
+ * the records): the next load makes what is missing, each name once. */
+Test(store, auto_folders_after_a_torn_folder_list)
+{
+	char got[512], p[700];
+	struct store_user *u;
+	off_t size;
+
+	store_free(&S);
+	open_store_autos(autos3, 3, 0);
+	u = t_user(S, L, "alice@example.com");
+	store_user_close(&u);
+	store_free(&S);
+	size = folders_log_size();
+	cr_assert_gt(size, 0);
+	snprintf(p, sizeof(p), "%s/mail/alice@example.com/folders.log", D);
+	for (int i = 0; i < 2; i++) {
+		off_t cut = i == 0 ? size / 2 : 0;
+		cr_assert_eq(truncate(p, cut), 0);
+		open_store_autos(autos3, 3, 0);
+		u = t_user(S, L, "alice@example.com");
+		list_str(u, got, sizeof(got));
+		cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Notes:es0 Sent:es1", "cut at %lld",
+				 (long long)cut);
+		store_user_close(&u);
+		store_free(&S);
+	}
+	open_store(0, 4096, 0);
+}
+
+/* A create that fails after it made the folder's directory (out of file
+ * descriptors here: the directory opens, the log does not) removes that
+ * directory: the auto folders are tried again at every load, and each try
+ * must not leave an orphan behind. The next load, with descriptors, makes
+ * them. */
+Test(store, auto_folders_failing_leave_no_orphan_directories)
+{
+	static const char *const one[] = { "Sent" };
+	char got[512], p[700];
+	struct store_user *u;
+	struct rlimit old, low;
+	struct stat sb;
+	int probe;
+
+	store_free(&S);
+	open_store_autos(NULL, 0, 0);
+	u = t_user(S, L, "alice@example.com"); /* INBOX is f0 */
+	store_user_close(&u);
+	store_free(&S);
+	open_store_autos(one, 1, 0);
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+	probe = dup(0);
+	cr_assert_geq(probe, 0);
+	close(probe);
+	/* Raise the limit one descriptor at a time from what is open now: the
+	 * first load that succeeds had none to spare for Sent's three. */
+	u = NULL;
+	for (rlim_t extra = 1; !u && extra < 64; extra++) {
+		struct waitres w = { 0 };
+		bool never = false;
+		low = old;
+		low.rlim_cur = (rlim_t)probe + extra;
+		cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+		store_user_open(S, L, "alice@example.com", wr_user, &w);
+		t_run(L, &w);
+		cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+		if (w.res == 0)
+			u = w.ptr;
+		else
+			cr_assert_eq(w.res, -EMFILE);
+		loop_run_until(L, &never, 20); /* the closes of a failed load */
+	}
+	cr_assert_not_null(u);
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Sent:s1", "subscribed, not made");
+	{
+		bool never = false;
+		loop_run_until(L, &never, 50); /* the removal runs in the background */
+	}
+	snprintf(p, sizeof(p), "%s/mail/alice@example.com/f1", D);
+	cr_expect_neq(stat(p, &sb), 0, "the failed create's directory is gone");
+	store_user_close(&u);
+	store_free(&S);
+	open_store_autos(one, 1, 0);
+	u = t_user(S, L, "alice@example.com");
+	list_str(u, got, sizeof(got));
+	cr_expect_str_eq(got, "INBOX:e0 Sent:es1");
+	store_user_close(&u);
+}
+
+Test(store, auto_folders_refuse_bad_names)
+{
+	static const char *const inbox[] = { "Sent", "inbox" }, *const empty[] = { "" };
+	struct store *s2 = NULL;
+	struct store_config cfg = { .data_dir = D, .auto_folders = inbox, .nauto_folders = 2 };
+
+	cr_expect_eq(store_new(&cfg, &s2), -EINVAL);
+	cfg.auto_folders = empty;
+	cfg.nauto_folders = 1;
+	cr_expect_eq(store_new(&cfg, &s2), -EINVAL);
+	cr_expect_null(s2);
 }
 
 /* An fsync that reports EIO: the append that waited for it fails (never a
