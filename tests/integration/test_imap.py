@@ -399,8 +399,9 @@ def test_create_and_rename_refuse_empty_levels(srv):
     u, t = r.cmd('LIST "" "*"')
     assert t.endswith(b"OK LIST completed\r\n"), t
     names = sorted(l.rstrip(b"\r\n").rsplit(b' "/" ', 1)[1] for l in u)
-    assert names == [b'"INBOX"', b'"INBOX/x"', b'"INBOX/y"', b'"n"', b'"n/m"', b'"pe%rc"',
-                     b'"st*ar"', b'"x*%"'], u
+    assert names == [b'"Archive"', b'"Drafts"', b'"INBOX"', b'"INBOX/x"', b'"INBOX/y"',
+                     b'"Junk"', b'"Sent"', b'"Trash"', b'"n"', b'"n/m"', b'"pe%rc"',
+                     b'"st*ar"', b'"x*%"'], u  # with the five auto folders
 
 
 def test_special_use_list(srv):
