@@ -263,23 +263,32 @@ struct parse_ctx {
 
 #define BAD(ctx, ...) fail((ctx)->err, (ctx)->errlen, (ctx)->fname, (ctx)->line, __VA_ARGS__)
 
+/* The next word of a list separated by blanks or commas: its start (and
+ * its length in *len_r), or NULL at the end. */
+static const char *list_word(const char *p, size_t *len_r)
+{
+	while (*p == ' ' || *p == ',' || *p == '\t')
+		p++;
+	if (!*p)
+		return NULL;
+	const char *e = p;
+	while (*e && *e != ',' && *e != ' ' && *e != '\t')
+		e++;
+	*len_r = (size_t)(e - p);
+	return p;
+}
+
 static int set_domains(struct parse_ctx *ctx, const char *value)
 {
 	struct config *cfg = ctx->cfg;
 	const char *p = value;
 
 	cfg->ndomains = 0;
-	while (*p) {
-		while (*p == ' ' || *p == ',' || *p == '\t')
-			p++;
-		if (!*p)
-			break;
-		const char *e = p;
-		while (*e && *e != ',' && *e != ' ' && *e != '\t')
-			e++;
+	size_t n;
+	while ((p = list_word(p, &n))) {
+		const char *e = p + n;
 		if (cfg->ndomains == CONFIG_MAX_DOMAINS)
 			return BAD(ctx, "more than %d domains", CONFIG_MAX_DOMAINS);
-		size_t n = (size_t)(e - p);
 		if (n >= CONFIG_STR_MAX)
 			return BAD(ctx, "domain name too long");
 		char *d = cfg->domains[cfg->ndomains];
@@ -305,15 +314,9 @@ static int set_auto_folders(struct parse_ctx *ctx, const char *value)
 	const char *p = value;
 
 	cfg->nauto_folders = 0;
-	while (*p) {
-		while (*p == ' ' || *p == ',' || *p == '\t')
-			p++;
-		if (!*p)
-			break;
-		const char *e = p;
-		while (*e && *e != ',' && *e != ' ' && *e != '\t')
-			e++;
-		size_t n = (size_t)(e - p);
+	size_t n;
+	while ((p = list_word(p, &n))) {
+		const char *e = p + n;
 		if (cfg->nauto_folders == CONFIG_MAX_AUTO_FOLDERS)
 			return BAD(ctx, "more than %d auto_folders", CONFIG_MAX_AUTO_FOLDERS);
 		if (n >= CONFIG_AUTO_FOLDER_MAX)

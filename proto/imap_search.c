@@ -14,6 +14,21 @@ enum { F_SEEN = 1u << 0, F_ANSWERED = 1u << 1, F_FLAGGED = 1u << 2, F_DELETED = 
 
 static uint8_t fold(uint8_t c) { return c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c; }
 
+/* v as a decimal number of 1 to max digits (max <= 19: no overflow). */
+static bool digits_value(struct span v, size_t max, uint64_t *n_r)
+{
+	uint64_t n = 0;
+	if (!v.len || v.len > max)
+		return false;
+	for (size_t d = 0; d < v.len; d++) {
+		if (v.p[d] < '0' || v.p[d] > '9')
+			return false;
+		n = n * 10 + (uint64_t)(v.p[d] - '0');
+	}
+	*n_r = n;
+	return true;
+}
+
 /* ---- parsing ------------------------------------------------------------------ */
 
 int64_t imap_search_parse_day(struct span s)
@@ -235,14 +250,9 @@ static int parse_key(struct pctx *c, int depth)
 			v = c->i++;
 			val = c->t[v].text;
 		}
-		uint64_t n = 0;
-		if (c->t[v].kind != IMAP_STOK_ATOM || !val.len || val.len > 19)
+		uint64_t n;
+		if (c->t[v].kind != IMAP_STOK_ATOM || !digits_value(val, 19, &n))
 			return -1;
-		for (size_t d = 0; d < val.len; d++) {
-			if (val.p[d] < '0' || val.p[d] > '9')
-				return -1;
-			n = n * 10 + (uint64_t)(val.p[d] - '0');
-		}
 		k->kind = ISK_MODSEQ;
 		k->num = n;
 		s->modseq = true;
@@ -250,15 +260,9 @@ static int parse_key(struct pctx *c, int depth)
 	}
 	if (span_eq_nocase(a, SPAN_LIT("OLDER")) || span_eq_nocase(a, SPAN_LIT("YOUNGER"))) {
 		/* RFC 5032: an nz-number of seconds */
-		uint64_t n = 0;
-		if (c->t[v].kind != IMAP_STOK_ATOM || !val.len || val.len > 10)
-			return -1;
-		for (size_t d = 0; d < val.len; d++) {
-			if (val.p[d] < '0' || val.p[d] > '9')
-				return -1;
-			n = n * 10 + (uint64_t)(val.p[d] - '0');
-		}
-		if (n == 0 || n > UINT32_MAX)
+		uint64_t n;
+		if (c->t[v].kind != IMAP_STOK_ATOM || !digits_value(val, 10, &n) || n == 0 ||
+		    n > UINT32_MAX)
 			return -1;
 		k->kind = fold(a.p[0]) == 'o' ? ISK_OLDER : ISK_YOUNGER;
 		k->num = n;
