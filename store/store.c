@@ -790,12 +790,27 @@ struct store_user {
 	struct sctx *ctx;
 };
 
+/* The message a handle is reading (store_read/store_splice): its place
+ * and its file, so that the rest of a message whose reading began stays
+ * readable after an expunge (the index forgets the message at once, and
+ * a one-message segment is unlinked), a compaction or a delete: the open
+ * file keeps the bytes. Dropped once a read reaches the message's end.
+ * Shared by the handle and its reads in flight (which may fill in the
+ * file once they open it); under f->mu. */
+struct hpin {
+	int refs;
+	uint32_t uid, seg;      /* uid 0: none */
+	uint64_t pos, size;     /* the message's place in the segment */
+	struct sfile *file;     /* NULL until a read found or opened it */
+};
+
 struct store_folder {
 	struct suser *u;
 	struct sfolder *f;
 	struct loop *loop;
 	struct sctx *ctx;
 	struct watch *watch;
+	struct hpin *pin;          /* under f->mu */
 };
 
 struct store_view {
@@ -2817,6 +2832,23 @@ static void watch_remove(struct store_folder *h)
 		free(w);
 }
 
+static void hpin_unref(struct loop *loop, struct sfolder *f, struct hpin **p_r)
+{
+	struct hpin *p = *p_r;
+	struct sfile *file = NULL;
+
+	*p_r = NULL;
+	if (!p)
+		return;
+	pthread_mutex_lock(&f->mu);
+	if (--p->refs == 0) {
+		file = p->file;
+		free(p);
+	}
+	pthread_mutex_unlock(&f->mu);
+	sfile_unref(loop, &file);
+}
+
 void store_folder_close(struct store_folder **h_r)
 {
 	struct store_folder *h = *h_r;
@@ -2824,6 +2856,7 @@ void store_folder_close(struct store_folder **h_r)
 	*h_r = NULL;
 	if (!h)
 		return;
+	hpin_unref(h->loop, h->f, &h->pin);
 	watch_remove(h);
 	suser_unref(h->loop, &h->u);
 	free(h);
@@ -3711,6 +3744,8 @@ struct rdreq {
 	struct sfolder *f;
 	struct suser *u;
 	struct sfile *file;
+	struct hpin *pin;       /* a reference while the file is being opened */
+	uint32_t uid;
 	uint32_t seg;
 	uint64_t pos;
 	void *buf;
@@ -3724,6 +3759,7 @@ struct rdreq {
 
 static void rdreq_end(struct loop *loop, struct rdreq *r, ssize_t res)
 {
+	hpin_unref(loop, r->f, &r->pin);
 	sfile_unref(loop, &r->file);
 	suser_unref(loop, &r->u);
 	free(r->path);
@@ -3795,6 +3831,8 @@ static void rdreq_opened(struct loop *loop, struct loop_cb *cb, int res, uint32_
 		}
 		r->file = sfile_ref(nf);
 	}
+	if (r->pin && r->pin->uid == r->uid && r->pin->seg == r->seg && !r->pin->file)
+		r->pin->file = sfile_ref(r->file);
 	pthread_mutex_unlock(&f->mu);
 	sfile_unref(loop, &evicted);
 	sfile_unref(loop, &nf);
@@ -3821,19 +3859,52 @@ static void read_or_splice(struct store_folder *h, struct loop *loop, uint32_t u
 	r->arg = arg;
 	pthread_mutex_lock(&f->mu);
 	m = index_find(&f->ix, uid);
-	if (!m || len > STORE_READ_MAX) {
-		res = m ? -EINVAL : -ENOENT;
-	} else if (off < m->size && len) {
-		r->len = m->size - off < len ? m->size - off : len;
-		r->pos = m->off + off;
-		r->seg = m->seg;
-		if (f->seg && f->seg->seg == m->seg)
+	struct hpin *p = h->pin;
+	struct sfile *drop = NULL;
+	if (!p && (p = calloc(1, sizeof(*p)))) {
+		p->refs = 1;
+		h->pin = p;
+	}
+	if (m && p && (p->uid != uid || p->seg != m->seg || p->pos != m->off)) {
+		/* another message, or this one moved (compaction) */
+		drop = p->file;
+		*p = (struct hpin){ .refs = p->refs, .uid = uid, .seg = m->seg, .pos = m->off,
+				    .size = m->size };
+	}
+	bool pinned = !m && p && p->uid == uid && p->file; /* expunged since its read began */
+	uint64_t size = m ? m->size : pinned ? p->size : 0;
+	if ((!m && !pinned) || len > STORE_READ_MAX) {
+		res = m || pinned ? -EINVAL : -ENOENT;
+	} else if (off < size && len) {
+		r->len = size - off < len ? size - off : len;
+		r->pos = (m ? m->off : p->pos) + off;
+		r->seg = m ? m->seg : p->seg;
+		if (pinned)
+			r->file = sfile_ref(p->file);
+		if (!r->file && f->seg && f->seg->seg == r->seg)
 			r->file = sfile_ref(f->seg);
 		for (size_t i = 0; !r->file && i < f->nsegs; i++)
-			if (f->segs[i]->seg == m->seg)
+			if (f->segs[i]->seg == r->seg)
 				r->file = sfile_ref(f->segs[i]);
+		if (p && p->uid == uid && !p->file && r->file)
+			p->file = sfile_ref(r->file);
+		if (p && p->uid == uid && !r->file) {
+			r->pin = p; /* rdreq_opened() fills its file in */
+			p->refs++;
+			r->uid = uid;
+		}
+	}
+	struct sfile *drop2 = NULL;
+	if (p && p->uid == uid && (res < 0 || off + r->len >= size)) {
+		/* read to its end (or gone): nothing more to keep for it; this
+		 * read holds its own reference */
+		drop2 = p->file;
+		p->file = NULL;
+		p->uid = 0;
 	}
 	pthread_mutex_unlock(&f->mu);
+	sfile_unref(loop, &drop);
+	sfile_unref(loop, &drop2);
 	if (res < 0 || r->len == 0) {
 		/* an error or the end (res 0): reply after this call returns,
 		 * like every other completion */

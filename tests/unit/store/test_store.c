@@ -374,6 +374,63 @@ Test(store, flags_that_change_nothing_keep_modseq)
 	store_user_close(&u);
 }
 
+/* A read that began a message goes on after another handle expunges it:
+ * a one-message file (unlinked by the expunge) and a message in a shared
+ * segment alike. Once a read reached the end, the message is gone for
+ * that handle too; a handle that had not begun it gets -ENOENT. */
+Test(store, read_begun_survives_an_expunge)
+{
+	/* append_buf 4096: the big message gets a file of its own */
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *f = t_folder(u, L, "INBOX"), *g = t_folder(u, L, "INBOX");
+	size_t big_len = 300 * 1000;
+	char *big = malloc(big_len + 1), *buf = malloc(big_len);
+	for (size_t i = 0; i < big_len; i++)
+		big[i] = (char)('a' + i % 23);
+	big[big_len] = '\0';
+	uint32_t ubig, usmall;
+	cr_assert_eq(t_append(L, f, big, &ubig), 0);
+	cr_assert_eq(t_append(L, f, msgs[1], &usmall), 0);
+	const struct {
+		uint32_t uid;
+		const char *text;
+		size_t len;
+	} cases[] = { { ubig, big, big_len }, { usmall, msgs[1], strlen(msgs[1]) } };
+	for (size_t c = 0; c < 2; c++) {
+		struct waitres w = { 0 };
+		store_read(f, L, cases[c].uid, 0, buf, 10, wr_read, &w);
+		t_run(L, &w);
+		cr_assert_eq(w.res, 10);
+		w = (struct waitres){ 0 };
+		store_expunge(g, L, &cases[c].uid, 1, wr_modseq, &w);
+		t_run(L, &w);
+		cr_assert_eq(w.res, 0);
+		w = (struct waitres){ 0 };
+		store_read(g, L, cases[c].uid, 0, buf, 10, wr_read, &w);
+		t_run(L, &w);
+		cr_expect_eq(w.res, -ENOENT, "the handle that had not begun it");
+		size_t got = 10;
+		while (got < cases[c].len) {
+			w = (struct waitres){ 0 };
+			store_read(f, L, cases[c].uid, got, buf + got, 65536, wr_read, &w);
+			t_run(L, &w);
+			cr_assert_gt(w.res, 0, "case %zu at %zu: %zd", c, got, w.res);
+			got += (size_t)w.res;
+		}
+		cr_expect_eq(got, cases[c].len);
+		cr_expect(memcmp(buf, cases[c].text, cases[c].len) == 0, "case %zu: the bytes", c);
+		w = (struct waitres){ 0 };
+		store_read(f, L, cases[c].uid, 0, buf, 10, wr_read, &w);
+		t_run(L, &w);
+		cr_expect_eq(w.res, -ENOENT, "case %zu: read to its end, then gone", c);
+	}
+	free(big);
+	free(buf);
+	store_folder_close(&g);
+	store_folder_close(&f);
+	store_user_close(&u);
+}
+
 Test(store, expunge_and_quota)
 {
 	struct store_user *u = t_user(S, L, "alice@example.com");
