@@ -179,6 +179,11 @@ struct fetch_job {
 	bool rd_splice;      /* the read in flight is a splice */
 	bool nul_free;       /* the open section's message holds no NUL: sent as read */
 	uint64_t rd_off, rd_left, lit_left;
+	/* The open section's "{n}" waits for its first read: a message
+	 * another session expunged after this session's view was taken is
+	 * found gone by that read (-ENOENT), before a literal is promised. */
+	bool lit_pending;
+	uint64_t lit_len;
 	bool hdr_filter, hdr_not;
 	bool hdr_out;        /* the filtered header is being sent from hbuf */
 	struct span hdr_fields;
@@ -3497,6 +3502,25 @@ static void fetch_read_done(void *arg, ssize_t res)
 		return;
 	}
 	fj->reading = false;
+	if (res == -ENOENT && (fj->lit_pending || fj->hdr_filter)) {
+		/* Expunged by another session since our view: nothing of the
+		 * section is promised yet. NIL and NO [EXPUNGEISSUED], as
+		 * RFC 2180 4.1.3 allows; the message keeps its number until
+		 * the EXPUNGE can be sent. */
+		out_str(is, "NIL");
+		fj->lit_pending = fj->hdr_filter = fj->splice = false;
+		fj->rd_left = 0;
+		fj->item_open = false;
+		fj->expunged = true;
+		fj->ii++;
+		fetch_pump(is);
+		release(is);
+		return;
+	}
+	if (fj->lit_pending && res > 0) {
+		fj->lit_pending = false;
+		out_printf(is, "{%" PRIu64 "}\r\n", fj->lit_len);
+	}
 	if (res < 0 || (res == 0 && fj->rd_left)) {
 		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-read-error",
 		       "uid=%" PRIu32 " error=%s", is->msgs[fj->cur].uid,
@@ -3634,9 +3658,12 @@ static bool fetch_section(struct imap_session *is, struct fitem *it, const struc
 				len = it->plen;
 		}
 	}
-	out_printf(is, "{%" PRIu64 "}\r\n", len);
-	if (len == 0)
+	if (len == 0) {
+		out_str(is, "{0}\r\n");
 		return true;
+	}
+	fj->lit_pending = true;
+	fj->lit_len = len;
 	fj->rd_off = off;
 	fj->rd_left = len;
 	fj->item_open = true;

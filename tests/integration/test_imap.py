@@ -533,6 +533,40 @@ def test_two_sessions_see_flags_and_expunges(srv):
     assert b"* 3 EXISTS\r\n" in lines, lines
 
 
+def test_fetch_body_of_message_expunged_since_last_sync(srv):
+    """A message another session expunged after this one's last sync is
+    still in its view: FETCH of its bytes must not promise a literal it
+    cannot send (the read finds the message gone). It answers NIL for the
+    body item, NO [EXPUNGEISSUED], and the session goes on. Found by
+    test_imap_stress.py: the server closed the connection
+    (event=imap-read-error error=No such file or directory)."""
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    items = ("BODY.PEEK[]", "BODY.PEEK[HEADER.FIELDS (Subject)]", "BODY.PEEK[TEXT]<0.3>",
+             "RFC822.HEADER")
+    for k, item in enumerate(items):
+        for i in range(3):
+            deliver(srv, "alice@example.com", subject=f"g{k}x{i}")
+        a.cmd("NOOP")
+        b.cmd("NOOP")
+        first = 3 * k + 1
+        expunge_uids(b, str(first + 1))
+        # a's view is from its NOOP: UID first+1 is in it, its bytes are not
+        lines, t = a.cmd(f"UID FETCH {first}:{first + 2} ({item})")
+        assert b" NO [EXPUNGEISSUED]" in t, (item, lines, t)
+        assert not any(b"EXPUNGE" in l for l in lines), lines
+        gone = [l for l in lines if b"FETCH (UID %d " % (first + 1) in l]
+        assert len(gone) == 1 and gone[0].endswith(b" NIL)\r\n"), (item, lines)
+        assert sum(1 for l in lines if b" FETCH (UID " in l and b"{" in l) == 2, (item, lines)
+        lines, t = a.cmd("NOOP")
+        assert b"* %d EXPUNGE\r\n" % (2 * k + 2) in lines, lines
+    lines, t = a.cmd("FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])")
+    assert b" OK " in t and len([l for l in lines if b" FETCH " in l]) == 2 * len(items), t
+    assert "imap-read-error" not in srv.log()
+
+
 def test_idle_sees_smtp_delivery(srv):
     c = Raw(srv).login()
     c.cmd("SELECT INBOX")
