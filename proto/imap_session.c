@@ -4473,11 +4473,15 @@ static void copy_done(void *arg, int res)
 	char code[64];
 	snprintf(code, sizeof(code), "COPYUID %" PRIu32 " ", st.uidvalidity);
 	if (move) {
-		out_printf(is, "* OK [%s", code);
-		out_uidset(is, is->uids, n);
-		out_str(is, " ");
-		out_uidset(is, is->uids2, n);
-		out_str(is, "] Moved\r\n");
+		/* nothing moved (every message was expunged by another session
+		 * meanwhile): no COPYUID, whose UID sets cannot be empty */
+		if (n) {
+			out_printf(is, "* OK [%s", code);
+			out_uidset(is, is->uids, n);
+			out_str(is, " ");
+			out_uidset(is, is->uids2, n);
+			out_str(is, "] Moved\r\n");
+		}
 		/* its EXPUNGEs (or VANISHED) wait for the socket if need be */
 		done(is, "OK", "%sMOVE completed", is->uid_cmd ? "UID " : "");
 		release(is);

@@ -567,6 +567,32 @@ def test_fetch_body_of_message_expunged_since_last_sync(srv):
     assert "imap-read-error" not in srv.log()
 
 
+def test_move_of_message_expunged_by_other_session_sends_no_empty_copyuid(srv):
+    """UID MOVE of a message another session expunged (this one still
+    numbers it) moves nothing: no `* OK [COPYUID uv  ]` with empty UID
+    sets (RFC 4315's uid-set has at least one UID). Found by
+    test_imap_stress.py."""
+    for i in range(3):
+        deliver(srv, "alice@example.com", subject=f"m{i}")
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    a.cmd("CREATE Other")
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    expunge_uids(b, "2")
+    lines, t = a.cmd("UID MOVE 2 Other")
+    assert b" OK UID MOVE" in t, t
+    assert not any(b"COPYUID" in l for l in lines), lines
+    # a MOVE of a live and a gone message names only the live one
+    expunge_uids(b, "3")
+    lines, t = a.cmd("UID MOVE 1,3 Other")
+    assert b" OK UID MOVE" in t, t
+    cu = [l for l in lines if b"COPYUID" in l]
+    assert len(cu) == 1 and re.match(rb"\* OK \[COPYUID \d+ 1 1\] ", cu[0]), lines
+    _, t = a.cmd("UID COPY 2 Other")
+    assert b" OK " in t and b"COPYUID" not in t, t
+
+
 def test_idle_sees_smtp_delivery(srv):
     c = Raw(srv).login()
     c.cmd("SELECT INBOX")
