@@ -245,6 +245,13 @@ struct imap_session {
 	bool qresync;          /* ENABLE QRESYNC: VANISHED instead of EXPUNGE */
 	bool rev2;             /* ENABLE IMAP4rev2: UTF-8 names, ESEARCH, no RECENT */
 	bool store_silent;     /* STORE ... FLAGS.SILENT */
+	/* A .SILENT STORE's operation, for flags_done_cb() to tell what the
+	 * client now believes from what another session changed: op, system
+	 * flags, keyword names (NUL-separated, malloc'd; NULL: unknown). */
+	uint8_t store_op;
+	uint32_t store_sflags;
+	char *store_kw;
+	size_t store_nkw;
 	bool discard_skip;     /* after M_DISCARD: the command was answered */
 	uint64_t discard_left;
 	/* the command being read / run */
@@ -4265,25 +4272,62 @@ static void fetch_start(struct imap_session *is)
 
 /* ---- STORE ----------------------------------------------------------------------------------- */
 
+/* The keyword bits of the .SILENT STORE's names in the current view;
+ * false when they are not known (every message is then reported). */
+static bool store_kw_mask(struct imap_session *is, uint64_t *mask_r)
+{
+	uint64_t mask = 0;
+	const char *name = is->store_kw;
+	if (!name && is->store_nkw)
+		return false;
+	for (size_t k = 0; k < is->store_nkw; k++, name += strlen(name) + 1) {
+		unsigned b;
+		for (b = 0; b < 64; b++) {
+			const char *have = store_view_keyword(is->view, b);
+			if (have && strcasecmp(have, name) == 0)
+				break;
+		}
+		if (b == 64)
+			return false;
+		mask |= 1ull << b;
+	}
+	*mask_r = mask;
+	return true;
+}
+
 static void flags_done_cb(void *arg, int res, uint64_t modseq)
 {
 	struct imap_session *is = arg;
 	(void)modseq;
 	if (is->dead) {
+		free(is->store_kw);
+		is->store_kw = NULL;
 		release(is);
 		return;
 	}
 	if (res < 0) {
+		free(is->store_kw);
+		is->store_kw = NULL;
 		store_error(is, res);
 		release(is);
 		return;
 	}
 	view_refresh(is);
+	/* RFC 3501 6.4.6: "Regardless of whether or not the .SILENT suffix
+	 * was used, the server SHOULD send an untagged FETCH response if a
+	 * change to a message's flags from an external source is observed."
+	 * msgs[] is about to take the stored result as known: where it is not
+	 * what the client computes from what it knew and its own change
+	 * (another session changed the message before or right after), FLAGS
+	 * is sent, or the client would never learn that change. */
+	uint64_t kwmask = 0;
+	bool kw_known = !is->store_silent || store_kw_mask(is, &kwmask);
+	free(is->store_kw);
+	is->store_kw = NULL;
 	/* .SILENT leaves FLAGS out, but a CONDSTORE client still gets each
 	 * changed message's new MODSEQ (RFC 7162 3.1.3: "An untagged FETCH
 	 * response MUST be sent, even if the .SILENT suffix is specified"),
 	 * or its cache would keep an old one and resync it for nothing. */
-	bool report = !is->store_silent || is->condstore;
 	for (size_t k = 0; k < is->nuids; k++) {
 		ssize_t i = msgs_find(is, is->uids[k]);
 		if (i < 0)
@@ -4291,21 +4335,38 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		const struct store_msg *m = msg_of(is, (size_t)i);
 		if (!m)
 			continue;
-		if (report && out_full(is))
+		bool say_flags = !is->store_silent || !kw_known;
+		if (!say_flags) {
+			uint32_t ef = is->msgs[i].flags;
+			uint64_t ek = is->msgs[i].kw;
+			if (is->store_op == STORE_FLAGS_SET) {
+				ef = is->store_sflags;
+				ek = kwmask;
+			} else if (is->store_op == STORE_FLAGS_ADD) {
+				ef |= is->store_sflags;
+				ek |= kwmask;
+			} else {
+				ef &= ~is->store_sflags;
+				ek &= ~kwmask;
+			}
+			say_flags = m->flags != ef || m->keywords != ek;
+		}
+		bool say = say_flags || (is->condstore && m->modseq != is->msgs[i].modseq);
+		if (say && out_full(is))
 			break; /* done()'s sync reports the rest as the socket drains */
-		if (report && (!is->store_silent || m->modseq != is->msgs[i].modseq)) {
+		if (say) {
 			out_printf(is, "* %zd FETCH (", i + 1);
 			/* UID for UID STORE, and for any STORE once CONDSTORE is
 			 * on (RFC 7162 3.1: "both UID and mod-sequence data") */
 			if (is->uid_cmd || is->condstore)
 				out_printf(is, "UID %" PRIu32 " ", m->uid);
-			if (!is->store_silent) {
+			if (say_flags) {
 				out_str(is, "FLAGS ");
 				out_flags(is, m->flags, m->keywords);
 			}
 			if (is->condstore)
-				out_printf(is, "%sMODSEQ (%" PRIu64 ")",
-					   is->store_silent ? "" : " ", m->modseq);
+				out_printf(is, "%sMODSEQ (%" PRIu64 ")", say_flags ? " " : "",
+					   m->modseq);
 			out_str(is, ")\r\n");
 		}
 		is->msgs[i].flags = m->flags;
@@ -4412,6 +4473,21 @@ static void cmd_store(struct imap_session *is, size_t a)
 		is->nuids = w;
 	}
 	is->store_silent = silent;
+	is->store_op = (uint8_t)op;
+	is->store_sflags = flags;
+	is->store_nkw = silent ? nkw : 0;
+	free(is->store_kw);
+	is->store_kw = NULL;
+	if (silent && nkw) {
+		size_t total = 0;
+		for (size_t k = 0; k < nkw; k++)
+			total += strlen(kw[k]) + 1;
+		if ((is->store_kw = malloc(total))) {
+			char *q = is->store_kw;
+			for (size_t k = 0; k < nkw; k++)
+				q = stpcpy(q, kw[k]) + 1;
+		}
+	}
 	set_busy(is, true);
 	hold(is);
 	store_flags(is->folder, stream_loop(is->s), is->uids, is->nuids, op, flags, kw, nkw,

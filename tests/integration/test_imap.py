@@ -593,6 +593,45 @@ def test_move_of_message_expunged_by_other_session_sends_no_empty_copyuid(srv):
     assert b" OK " in t and b"COPYUID" not in t, t
 
 
+@pytest.mark.parametrize("condstore", [False, True])
+def test_store_silent_reports_flags_another_session_changed(srv, condstore):
+    """RFC 3501 6.4.6: "Regardless of whether or not the .SILENT suffix was
+    used, the server SHOULD send an untagged FETCH response if a change to
+    a message's flags from an external source is observed." A session that
+    has not seen another's \\Flagged and stores +FLAGS.SILENT (\\Seen)
+    must learn of \\Flagged (in the STORE's answer or the next sync);
+    it used to be taken as known and never sent. Its own change alone is
+    not echoed. Found by test_imap_stress.py."""
+    for i in range(2):
+        deliver(srv, "alice@example.com", subject=f"f{i}")
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    if condstore:
+        a.cmd("ENABLE CONDSTORE")
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    b.cmd("STORE 1 +FLAGS.SILENT (\\Flagged $b)")
+    lines, t = a.cmd("STORE 1:2 +FLAGS.SILENT (\\Seen)")
+    assert b" OK " in t, t
+    more, _ = a.cmd("NOOP")
+    got = [l for l in lines + more if l.startswith(b"* 1 FETCH") and b"FLAGS" in l]
+    assert len(got) == 1 and b"\\Flagged" in got[0] and b"$b" in got[0] and \
+        b"\\Seen" in got[0], (lines, more)
+    # message 2 only changed by a itself: no FLAGS for it (MODSEQ alone
+    # under CONDSTORE, RFC 7162 3.1.3)
+    two = [l for l in lines + more if l.startswith(b"* 2 FETCH")]
+    assert not any(b"FLAGS" in l for l in two), two
+    assert len(two) == (1 if condstore else 0), two
+    # a change another session makes after: reported by the next sync, once
+    b.cmd("STORE 2 -FLAGS.SILENT (\\Seen)")
+    lines, _ = a.cmd("UID STORE 1 -FLAGS.SILENT (\\Seen)")
+    more, _ = a.cmd("NOOP")
+    assert any(l.startswith(b"* 2 FETCH") and b"FLAGS ()" in l for l in lines + more), \
+        (lines, more)
+    assert not any(l.startswith(b"* 1 FETCH") and b"FLAGS" in l for l in lines + more), \
+        (lines, more)
+
+
 def test_idle_sees_smtp_delivery(srv):
     c = Raw(srv).login()
     c.cmd("SELECT INBOX")
