@@ -785,11 +785,22 @@ class Session:
                 if uid in self.uids and before.get(uid) is not None and uid not in self.gone:
                     cur = self.flags.get(uid, before[uid])
                     if mode == "+FLAGS":
-                        self.flags[uid] = frozenset(cur | want)
+                        new = frozenset(cur | want)
                     elif mode == "-FLAGS":
-                        self.flags[uid] = frozenset(cur - want)
+                        new = frozenset(cur - want)
                     else:
-                        self.flags[uid] = frozenset(want)
+                        new = frozenset(want)
+                    self.flags[uid] = new
+                    if d is not None and "MODSEQ" in d:
+                        # What this client must now believe is the state at
+                        # that MODSEQ: a change by another session would
+                        # have come with FLAGS (RFC 3501 6.4.6).
+                        ms = int(d["MODSEQ"][0])
+                        with self.w.lock:
+                            prev = self.w.flagtab.setdefault((self.mbox, uid, ms), new)
+                        self.check(prev == new, f"{cmd}: UID {uid} MODSEQ {ms}: the session "
+                                   f"must believe {sorted(new)} (no FLAGS came), another "
+                                   f"response said {sorted(prev)}")
                 continue
             if d is None:
                 # no answer: only if the message is gone (expunged by another session)
