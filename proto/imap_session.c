@@ -172,6 +172,7 @@ struct fetch_job {
 	size_t ii;           /* next item */
 	bool item_open;      /* a section is streaming */
 	bool add_flags;      /* FLAGS added by the implicit \Seen */
+	bool flags_sent;     /* this message's response holds FLAGS */
 	bool has_uid;        /* UID is one of the items */
 	bool expunged;       /* a message was gone: NO [EXPUNGEISSUED] */
 	bool reading, wait_drain;
@@ -3979,8 +3980,15 @@ static void fetch_pump(struct imap_session *is)
 			}
 			fj->in_msg = true;
 			fj->ii = 0;
-			fj->add_flags = fj->set_seen && !is->readonly &&
-					!(is->msgs[fj->cur].flags & STORE_F_SEEN) && !fj->want_flags;
+			/* FLAGS when the FETCH set \Seen, or when the flags
+			 * are not what the client knows (another session
+			 * changed them: the view was refreshed to set \Seen) */
+			const struct store_msg *cm = msg_of(is, fj->cur);
+			fj->flags_sent = false;
+			fj->add_flags = fj->set_seen && !is->readonly && !fj->want_flags &&
+					(!(is->msgs[fj->cur].flags & STORE_F_SEEN) ||
+					 cm->flags != is->msgs[fj->cur].flags ||
+					 cm->keywords != is->msgs[fj->cur].kw);
 			/* "* N FETCH (" without printf: once per message. */
 			char head[40], *q = head + sizeof(head);
 			static const char tail[] = " FETCH (";
@@ -4001,6 +4009,7 @@ static void fetch_pump(struct imap_session *is)
 		}
 		if (fj->ii >= fj->nitems) {
 			if (m && fj->add_flags) {
+				fj->flags_sent = true;
 				out_str(is, " FLAGS ");
 				out_flags(is, m->flags, m->keywords);
 				/* RFC 7162 3.1: a FETCH that set \Seen reports UID
@@ -4013,9 +4022,17 @@ static void fetch_pump(struct imap_session *is)
 			if (m && fj->changedsince && !fj->want_modseq)
 				out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
 			out_str(is, ")\r\n");
-			if (m) {
+			/* What the client now knows: only what this response
+			 * told it. Flags it did not get stay as they were in
+			 * msgs[], so the next sync sends them (they used to be
+			 * taken as known: another session's change was lost). */
+			if (m && fj->flags_sent) {
 				is->msgs[fj->cur].flags = m->flags;
 				is->msgs[fj->cur].kw = m->keywords;
+				is->msgs[fj->cur].modseq = m->modseq;
+			} else if (m && m->flags == is->msgs[fj->cur].flags &&
+				   m->keywords == is->msgs[fj->cur].kw &&
+				   (fj->want_modseq || fj->changedsince)) {
 				is->msgs[fj->cur].modseq = m->modseq;
 			}
 			fj->in_msg = false;
@@ -4033,6 +4050,7 @@ static void fetch_pump(struct imap_session *is)
 		char date[64];
 		switch (it->kind) {
 		case FI_FLAGS:
+			fj->flags_sent = true;
 			out_str(is, "FLAGS ");
 			out_flags(is, m->flags, m->keywords);
 			break;
@@ -4252,12 +4270,16 @@ static void fetch_start(struct imap_session *is)
 	struct fetch_job *fj = is->fj;
 	if (fj->set_seen && !is->readonly) {
 		size_t n = 0;
+		/* \Seen as it is now, not as the client last heard: another
+		 * session may have cleared it since */
+		view_refresh(is);
 		free(is->uids2);
 		is->uids2 = malloc((is->nuids + 1) * sizeof(uint32_t));
 		if (is->uids2)
 			for (size_t k = 0; k < is->nuids; k++) {
 				ssize_t j = msgs_find(is, is->uids[k]);
-				if (j >= 0 && !(is->msgs[j].flags & STORE_F_SEEN))
+				const struct store_msg *m = j >= 0 ? msg_of(is, (size_t)j) : NULL;
+				if (m && !(m->flags & STORE_F_SEEN))
 					is->uids2[n++] = is->uids[k];
 			}
 		if (n) {

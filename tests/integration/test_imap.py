@@ -632,6 +632,43 @@ def test_store_silent_reports_flags_another_session_changed(srv, condstore):
         (lines, more)
 
 
+def test_fetch_setting_seen_does_not_swallow_other_sessions_flags(srv):
+    """A non-PEEK FETCH takes a fresh view of the mailbox (to set \\Seen):
+    a flag change another session made since this one's last sync was
+    then marked as known without being sent, and \\Seen was not set when
+    the session believed it already was. Found by test_imap_stress.py."""
+    for i in range(3):
+        deliver(srv, "alice@example.com", subject=f"w{i}")
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    a.cmd("STORE 1:2 +FLAGS.SILENT (\\Seen)")
+    b.cmd("NOOP")
+    # b clears \Seen of 1 and flags 2; a still believes both are \Seen
+    b.cmd("STORE 1 FLAGS.SILENT (\\Flagged)")
+    b.cmd("STORE 2 +FLAGS.SILENT (\\Answered $b)")
+    lines, t = a.cmd("FETCH 1:2 (BODY[HEADER.FIELDS (Subject)])")
+    assert b" OK " in t, t
+    more, _ = a.cmd("NOOP")
+    told, resp = {}, []
+    for l in lines + more:   # a literal splits a response over lines
+        if l.startswith(b"* ") or not resp:
+            resp.append(l)
+        else:
+            resp[-1] += l
+    for l in resp:
+        m = re.match(rb"\* (\d) FETCH .*FLAGS \(([^)]*)\)", l, re.S)
+        if m:
+            told[int(m.group(1))] = set(m.group(2).split())
+    # the body was fetched: \Seen is set again, and a is told all of it
+    assert told.get(1) == {b"\\Seen", b"\\Flagged"}, (lines, more)
+    assert told.get(2) == {b"\\Seen", b"\\Answered", b"$b"}, (lines, more)
+    b.cmd("NOOP")
+    lines, _ = b.cmd("FETCH 1 (FLAGS)")
+    assert lines == [b"* 1 FETCH (FLAGS (\\Seen \\Flagged))\r\n"], lines
+
+
 def test_idle_sees_smtp_delivery(srv):
     c = Raw(srv).login()
     c.cmd("SELECT INBOX")
