@@ -669,6 +669,43 @@ def test_fetch_setting_seen_does_not_swallow_other_sessions_flags(srv):
     assert lines == [b"* 1 FETCH (FLAGS (\\Seen \\Flagged))\r\n"], lines
 
 
+def test_move_goes_on_when_a_message_is_expunged_while_copied(srv):
+    """A 30 MB message is copied 64 KiB at a time; another session
+    expunges it meanwhile: that message is skipped (as one expunged before
+    its turn) and the rest are moved. The whole MOVE used to fail with
+    NO [NONEXISTENT] "No such mailbox", undoing the copies. Found by
+    test_imap_stress.py."""
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    a.cmd("CREATE Dest")
+    body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 30000
+    for tag, msg in ((b"p0", body), (b"p1", b"Subject: small\r\n\r\nhi\r\n")):
+        a.send(b"%s APPEND INBOX {%d}\r\n" % (tag, len(msg)))
+        assert a.line().startswith(b"+")
+        a.send(msg + b"\r\n")
+        _, t = a.until(tag.decode(), timeout=60)
+        assert b" OK " in t, t
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    b.cmd("UID STORE 1 +FLAGS.SILENT (\\Deleted)")
+    a.send(b"mv UID MOVE 1:2 Dest\r\n")
+    time.sleep(0.005)
+    _, t = b.cmd("UID EXPUNGE 1")
+    assert b" OK " in t, t
+    lines, t = a.until("mv", timeout=60)
+    assert t == b"mv OK UID MOVE completed\r\n", (lines, t)
+    assert any(re.match(rb"\* OK \[COPYUID \d+ 2 1\] ", l) for l in lines), lines
+    lines, _ = a.cmd("STATUS Dest (MESSAGES)")
+    assert lines == [b'* STATUS "Dest" (MESSAGES 1)\r\n'], lines
+    # the aborted copy left no one-message file behind
+    dirs = [d for d in os.listdir(os.path.join(srv.data_dir, "mail", "alice@example.com"))
+            if d.startswith("f") and d[1:].isdigit() and d != "f0"]
+    assert len(dirs) == 1
+    left = [n for n in os.listdir(os.path.join(srv.data_dir, "mail", "alice@example.com", dirs[0]))
+            if n.startswith("m")]
+    assert left == [], left
+
+
 def test_idle_sees_smtp_delivery(srv):
     c = Raw(srv).login()
     c.cmd("SELECT INBOX")
