@@ -2334,8 +2334,10 @@ static void inbox_moved(void *arg, int res);
 static void inbox_undone(void *arg, int res)
 {
 	struct imap_session *is = arg;
+	int err = is->undo_err;
 	(void)res;
-	inbox_moved(is, is->undo_err);
+	is->undo_err = 0; /* APPEND's too: left set, it refused the next APPEND */
+	inbox_moved(is, err);
 }
 
 /* store_copy's end: on failure the new mailbox (with the copies made so
@@ -4526,8 +4528,11 @@ static void copy_undone(void *arg, int res, uint64_t modseq)
 		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-undo-error",
 		       "user=%s error=%s", is->user, strerror(-res));
 	store_folder_close(&is->other);
+	/* undo_err is APPEND's too: left set, it refused the next APPEND */
+	int err = is->undo_err;
+	is->undo_err = 0;
 	if (!is->dead)
-		store_error(is, is->undo_err);
+		store_error(is, err);
 	release(is);
 }
 

@@ -706,6 +706,30 @@ def test_move_goes_on_when_a_message_is_expunged_while_copied(srv):
     assert left == [], left
 
 
+def test_append_after_a_copy_undone_is_not_refused(imapsrv):
+    """A COPY that fails half way (over quota) undoes its copies and
+    answers NO; its error used to stay behind in the session and refuse
+    the next APPEND with it (an APPEND that fits). Found by
+    test_imap_stress.py (a MOVE undone after -ENOENT made the next APPEND
+    answer NO [TRYCREATE])."""
+    srv = imapsrv(config="[limits]\nquota_messages = 3\n")
+    for i in range(2):
+        deliver(srv, "alice@example.com", subject=f"q{i}")
+    a = Raw(srv).login()
+    a.cmd("CREATE Other")
+    a.cmd("SELECT INBOX")
+    _, t = a.cmd("COPY 1:2 Other")
+    assert b" NO [OVERQUOTA]" in t, t
+    lines, _ = a.cmd("STATUS Other (MESSAGES)")
+    assert lines == [b'* STATUS "Other" (MESSAGES 0)\r\n'], lines
+    msg = b"Subject: fits\r\n\r\nx\r\n"
+    a.send(b"ap APPEND Other {%d}\r\n" % len(msg))
+    assert a.line().startswith(b"+")
+    a.send(msg + b"\r\n")
+    _, t = a.until("ap")
+    assert t.startswith(b"ap OK [APPENDUID "), t
+
+
 def test_idle_sees_smtp_delivery(srv):
     c = Raw(srv).login()
     c.cmd("SELECT INBOX")
