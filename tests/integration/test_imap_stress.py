@@ -29,7 +29,13 @@ RFC 3501 / RFC 9051 / RFC 7162 rules on every response:
 - at the end: every session NOOPs, its model (UIDs, flags) must equal a
   fresh session's view; after a restart of the server every acknowledged
   APPEND/COPY/SMTP message is there with the same bytes and flags, or was
-  announced as expunged.
+  announced as expunged (or is a copy made with \Deleted, which another
+  session's EXPUNGE may remove before anyone was told it exists).
+
+One server behaviour is accepted, not failed: a message expunged while
+its FETCH literal is being sent closes that connection (a known gap,
+docs/imap.md; closed_mid_literal() checks it is exactly that) and the
+session leaves the run.
 
 RINGMAIL_STRESS_SEED=n repeats a run's random choices (the interleaving of
 the sessions still varies); RINGMAIL_STRESS_SECONDS (default 30) sets how
@@ -43,8 +49,10 @@ import re
 import smtplib
 import socket
 import ssl
+import sys
 import threading
 import time
+import traceback
 import zlib
 
 import pytest
@@ -1064,7 +1072,7 @@ def truth(srv, mbox):
     assert " OK " in t, t
     out = []
     if s.uids:
-        s.cmd(f"FETCH 1:* (UID FLAGS MODSEQ RFC822.SIZE BODY.PEEK[])")
+        s.cmd("FETCH 1:* (UID FLAGS MODSEQ RFC822.SIZE BODY.PEEK[])")
         for x in s.uids:
             d = s.cmd_state["fetched"][x]
             out.append((x, frozenset(d["FLAGS"]) - {"\\Recent"}, int(d["MODSEQ"][0]),
@@ -1129,16 +1137,14 @@ def session_worker(sess, deadline, errors, done_ev):
             sess.step()
     except Violation:
         pass
-    except (EOFError, ConnectionError) as e:
+    except (EOFError, ConnectionError):
         if sess.cur in ("FETCH", "UID FETCH") and closed_mid_literal(sess):
             sess.dead = True     # out of the run; test_fetch_... xfail documents it
         else:
-            import traceback
             errors.append(f"session {sess.sid} ({sess.desc}): {traceback.format_exc()}\n  last:\n"
                           "    " + "\n    ".join(repr(l)[:300] for l in sess.transcript))
             sess.w.stop.set()
-    except Exception as e:  # noqa: BLE001
-        import traceback
+    except Exception:  # noqa: BLE001
         errors.append(f"session {sess.sid} ({sess.desc}): {traceback.format_exc()}\n  last:\n    "
                       + "\n    ".join(repr(l)[:300] for l in sess.transcript))
         sess.w.stop.set()
@@ -1188,8 +1194,6 @@ def test_imap_stress(ringmail, tmp_path):
     for th, s in zip(threads, sessions):
         th.join(max(1, deadline + 120 - time.monotonic()))
         if th.is_alive():
-            import sys
-            import traceback
             stack = "".join(traceback.format_stack(sys._current_frames()[th.ident]))
             pytest.fail(f"seed {seed}: session {s.sid} ({s.desc}) hung:\n{stack}\n"
                         + "\n".join(repr(l)[:300] for l in s.transcript))
