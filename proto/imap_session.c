@@ -172,6 +172,7 @@ struct fetch_job {
 	size_t ii;           /* next item */
 	bool item_open;      /* a section is streaming */
 	bool add_flags;      /* FLAGS added by the implicit \Seen */
+	bool flags_sent;     /* this message's response holds FLAGS */
 	bool has_uid;        /* UID is one of the items */
 	bool expunged;       /* a message was gone: NO [EXPUNGEISSUED] */
 	bool reading, wait_drain;
@@ -179,6 +180,11 @@ struct fetch_job {
 	bool rd_splice;      /* the read in flight is a splice */
 	bool nul_free;       /* the open section's message holds no NUL: sent as read */
 	uint64_t rd_off, rd_left, lit_left;
+	/* The open section's "{n}" waits for its first read: a message
+	 * another session expunged after this session's view was taken is
+	 * found gone by that read (-ENOENT), before a literal is promised. */
+	bool lit_pending;
+	uint64_t lit_len;
 	bool hdr_filter, hdr_not;
 	bool hdr_out;        /* the filtered header is being sent from hbuf */
 	struct span hdr_fields;
@@ -240,6 +246,13 @@ struct imap_session {
 	bool qresync;          /* ENABLE QRESYNC: VANISHED instead of EXPUNGE */
 	bool rev2;             /* ENABLE IMAP4rev2: UTF-8 names, ESEARCH, no RECENT */
 	bool store_silent;     /* STORE ... FLAGS.SILENT */
+	/* A .SILENT STORE's operation, for flags_done_cb() to tell what the
+	 * client now believes from what another session changed: op, system
+	 * flags, keyword names (NUL-separated, malloc'd; NULL: unknown). */
+	uint8_t store_op;
+	uint32_t store_sflags;
+	char *store_kw;
+	size_t store_nkw;
 	bool discard_skip;     /* after M_DISCARD: the command was answered */
 	uint64_t discard_left;
 	/* the command being read / run */
@@ -2379,8 +2392,10 @@ static void inbox_moved(void *arg, int res);
 static void inbox_undone(void *arg, int res)
 {
 	struct imap_session *is = arg;
+	int err = is->undo_err;
 	(void)res;
-	inbox_moved(is, is->undo_err);
+	is->undo_err = 0; /* APPEND's too: left set, it refused the next APPEND */
+	inbox_moved(is, err);
 }
 
 /* store_copy's end: on failure the new mailbox (with the copies made so
@@ -3593,6 +3608,25 @@ static void fetch_read_done(void *arg, ssize_t res)
 		return;
 	}
 	fj->reading = false;
+	if (res == -ENOENT && (fj->lit_pending || fj->hdr_filter)) {
+		/* Expunged by another session since our view: nothing of the
+		 * section is promised yet. NIL and NO [EXPUNGEISSUED], as
+		 * RFC 2180 4.1.3 allows; the message keeps its number until
+		 * the EXPUNGE can be sent. */
+		out_str(is, "NIL");
+		fj->lit_pending = fj->hdr_filter = fj->splice = false;
+		fj->rd_left = 0;
+		fj->item_open = false;
+		fj->expunged = true;
+		fj->ii++;
+		fetch_pump(is);
+		release(is);
+		return;
+	}
+	if (fj->lit_pending && res > 0) {
+		fj->lit_pending = false;
+		out_printf(is, "{%" PRIu64 "}\r\n", fj->lit_len);
+	}
 	if (res < 0 || (res == 0 && fj->rd_left)) {
 		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-read-error",
 		       "uid=%" PRIu32 " error=%s", is->msgs[fj->cur].uid,
@@ -3729,9 +3763,12 @@ static bool fetch_section(struct imap_session *is, struct fitem *it, const struc
 				len = it->plen;
 		}
 	}
-	out_printf(is, "{%" PRIu64 "}\r\n", len);
-	if (len == 0)
+	if (len == 0) {
+		out_str(is, "{0}\r\n");
 		return true;
+	}
+	fj->lit_pending = true;
+	fj->lit_len = len;
 	fj->rd_off = off;
 	fj->rd_left = len;
 	fj->item_open = true;
@@ -4038,8 +4075,15 @@ static void fetch_pump(struct imap_session *is)
 			}
 			fj->in_msg = true;
 			fj->ii = 0;
-			fj->add_flags = fj->set_seen && !is->readonly &&
-					!(is->msgs[fj->cur].flags & STORE_F_SEEN) && !fj->want_flags;
+			/* FLAGS when the FETCH set \Seen, or when the flags
+			 * are not what the client knows (another session
+			 * changed them: the view was refreshed to set \Seen) */
+			const struct store_msg *cm = msg_of(is, fj->cur);
+			fj->flags_sent = false;
+			fj->add_flags = fj->set_seen && !is->readonly && !fj->want_flags &&
+					(!(is->msgs[fj->cur].flags & STORE_F_SEEN) ||
+					 cm->flags != is->msgs[fj->cur].flags ||
+					 cm->keywords != is->msgs[fj->cur].kw);
 			/* "* N FETCH (" without printf: once per message. */
 			char head[40], *q = head + sizeof(head);
 			static const char tail[] = " FETCH (";
@@ -4060,6 +4104,7 @@ static void fetch_pump(struct imap_session *is)
 		}
 		if (fj->ii >= fj->nitems) {
 			if (m && fj->add_flags) {
+				fj->flags_sent = true;
 				out_str(is, " FLAGS ");
 				out_flags(is, m->flags, m->keywords);
 				/* RFC 7162 3.1: a FETCH that set \Seen reports UID
@@ -4072,9 +4117,17 @@ static void fetch_pump(struct imap_session *is)
 			if (m && fj->changedsince && !fj->want_modseq)
 				out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
 			out_str(is, ")\r\n");
-			if (m) {
+			/* What the client now knows: only what this response
+			 * told it. Flags it did not get stay as they were in
+			 * msgs[], so the next sync sends them (they used to be
+			 * taken as known: another session's change was lost). */
+			if (m && fj->flags_sent) {
 				is->msgs[fj->cur].flags = m->flags;
 				is->msgs[fj->cur].kw = m->keywords;
+				is->msgs[fj->cur].modseq = m->modseq;
+			} else if (m && m->flags == is->msgs[fj->cur].flags &&
+				   m->keywords == is->msgs[fj->cur].kw &&
+				   (fj->want_modseq || fj->changedsince)) {
 				is->msgs[fj->cur].modseq = m->modseq;
 			}
 			fj->in_msg = false;
@@ -4092,6 +4145,7 @@ static void fetch_pump(struct imap_session *is)
 		char date[64];
 		switch (it->kind) {
 		case FI_FLAGS:
+			fj->flags_sent = true;
 			out_str(is, "FLAGS ");
 			out_flags(is, m->flags, m->keywords);
 			break;
@@ -4311,12 +4365,16 @@ static void fetch_start(struct imap_session *is)
 	struct fetch_job *fj = is->fj;
 	if (fj->set_seen && !is->readonly) {
 		size_t n = 0;
+		/* \Seen as it is now, not as the client last heard: another
+		 * session may have cleared it since */
+		view_refresh(is);
 		free(is->uids2);
 		is->uids2 = malloc((is->nuids + 1) * sizeof(uint32_t));
 		if (is->uids2)
 			for (size_t k = 0; k < is->nuids; k++) {
 				ssize_t j = msgs_find(is, is->uids[k]);
-				if (j >= 0 && !(is->msgs[j].flags & STORE_F_SEEN))
+				const struct store_msg *m = j >= 0 ? msg_of(is, (size_t)j) : NULL;
+				if (m && !(m->flags & STORE_F_SEEN))
 					is->uids2[n++] = is->uids[k];
 			}
 		if (n) {
@@ -4331,25 +4389,62 @@ static void fetch_start(struct imap_session *is)
 
 /* ---- STORE ----------------------------------------------------------------------------------- */
 
+/* The keyword bits of the .SILENT STORE's names in the current view;
+ * false when they are not known (every message is then reported). */
+static bool store_kw_mask(struct imap_session *is, uint64_t *mask_r)
+{
+	uint64_t mask = 0;
+	const char *name = is->store_kw;
+	if (!name && is->store_nkw)
+		return false;
+	for (size_t k = 0; k < is->store_nkw; k++, name += strlen(name) + 1) {
+		unsigned b;
+		for (b = 0; b < 64; b++) {
+			const char *have = store_view_keyword(is->view, b);
+			if (have && strcasecmp(have, name) == 0)
+				break;
+		}
+		if (b == 64)
+			return false;
+		mask |= 1ull << b;
+	}
+	*mask_r = mask;
+	return true;
+}
+
 static void flags_done_cb(void *arg, int res, uint64_t modseq)
 {
 	struct imap_session *is = arg;
 	(void)modseq;
 	if (is->dead) {
+		free(is->store_kw);
+		is->store_kw = NULL;
 		release(is);
 		return;
 	}
 	if (res < 0) {
+		free(is->store_kw);
+		is->store_kw = NULL;
 		store_error(is, res);
 		release(is);
 		return;
 	}
 	view_refresh(is);
+	/* RFC 3501 6.4.6: "Regardless of whether or not the .SILENT suffix
+	 * was used, the server SHOULD send an untagged FETCH response if a
+	 * change to a message's flags from an external source is observed."
+	 * msgs[] is about to take the stored result as known: where it is not
+	 * what the client computes from what it knew and its own change
+	 * (another session changed the message before or right after), FLAGS
+	 * is sent, or the client would never learn that change. */
+	uint64_t kwmask = 0;
+	bool kw_known = !is->store_silent || store_kw_mask(is, &kwmask);
+	free(is->store_kw);
+	is->store_kw = NULL;
 	/* .SILENT leaves FLAGS out, but a CONDSTORE client still gets each
 	 * changed message's new MODSEQ (RFC 7162 3.1.3: "An untagged FETCH
 	 * response MUST be sent, even if the .SILENT suffix is specified"),
 	 * or its cache would keep an old one and resync it for nothing. */
-	bool report = !is->store_silent || is->condstore;
 	for (size_t k = 0; k < is->nuids; k++) {
 		ssize_t i = msgs_find(is, is->uids[k]);
 		if (i < 0)
@@ -4357,21 +4452,38 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		const struct store_msg *m = msg_of(is, (size_t)i);
 		if (!m)
 			continue;
-		if (report && out_full(is))
+		bool say_flags = !is->store_silent || !kw_known;
+		if (!say_flags) {
+			uint32_t ef = is->msgs[i].flags;
+			uint64_t ek = is->msgs[i].kw;
+			if (is->store_op == STORE_FLAGS_SET) {
+				ef = is->store_sflags;
+				ek = kwmask;
+			} else if (is->store_op == STORE_FLAGS_ADD) {
+				ef |= is->store_sflags;
+				ek |= kwmask;
+			} else {
+				ef &= ~is->store_sflags;
+				ek &= ~kwmask;
+			}
+			say_flags = m->flags != ef || m->keywords != ek;
+		}
+		bool say = say_flags || (is->condstore && m->modseq != is->msgs[i].modseq);
+		if (say && out_full(is))
 			break; /* done()'s sync reports the rest as the socket drains */
-		if (report && (!is->store_silent || m->modseq != is->msgs[i].modseq)) {
+		if (say) {
 			out_printf(is, "* %zd FETCH (", i + 1);
 			/* UID for UID STORE, and for any STORE once CONDSTORE is
 			 * on (RFC 7162 3.1: "both UID and mod-sequence data") */
 			if (is->uid_cmd || is->condstore)
 				out_printf(is, "UID %" PRIu32 " ", m->uid);
-			if (!is->store_silent) {
+			if (say_flags) {
 				out_str(is, "FLAGS ");
 				out_flags(is, m->flags, m->keywords);
 			}
 			if (is->condstore)
-				out_printf(is, "%sMODSEQ (%" PRIu64 ")",
-					   is->store_silent ? "" : " ", m->modseq);
+				out_printf(is, "%sMODSEQ (%" PRIu64 ")", say_flags ? " " : "",
+					   m->modseq);
 			out_str(is, ")\r\n");
 		}
 		is->msgs[i].flags = m->flags;
@@ -4478,6 +4590,21 @@ static void cmd_store(struct imap_session *is, size_t a)
 		is->nuids = w;
 	}
 	is->store_silent = silent;
+	is->store_op = (uint8_t)op;
+	is->store_sflags = flags;
+	is->store_nkw = silent ? nkw : 0;
+	free(is->store_kw);
+	is->store_kw = NULL;
+	if (silent && nkw) {
+		size_t total = 0;
+		for (size_t k = 0; k < nkw; k++)
+			total += strlen(kw[k]) + 1;
+		if ((is->store_kw = malloc(total))) {
+			char *q = is->store_kw;
+			for (size_t k = 0; k < nkw; k++)
+				q = stpcpy(q, kw[k]) + 1;
+		}
+	}
 	set_busy(is, true);
 	hold(is);
 	store_flags(is->folder, stream_loop(is->s), is->uids, is->nuids, op, flags, kw, nkw,
@@ -4494,8 +4621,11 @@ static void copy_undone(void *arg, int res, uint64_t modseq)
 		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-undo-error",
 		       "user=%s error=%s", is->user, strerror(-res));
 	store_folder_close(&is->other);
+	/* undo_err is APPEND's too: left set, it refused the next APPEND */
+	int err = is->undo_err;
+	is->undo_err = 0;
 	if (!is->dead)
-		store_error(is, is->undo_err);
+		store_error(is, err);
 	release(is);
 }
 
@@ -4542,11 +4672,15 @@ static void copy_done(void *arg, int res)
 	char code[64];
 	snprintf(code, sizeof(code), "COPYUID %" PRIu32 " ", st.uidvalidity);
 	if (move) {
-		out_printf(is, "* OK [%s", code);
-		out_uidset(is, is->uids, n);
-		out_str(is, " ");
-		out_uidset(is, is->uids2, n);
-		out_str(is, "] Moved\r\n");
+		/* nothing moved (every message was expunged by another session
+		 * meanwhile): no COPYUID, whose UID sets cannot be empty */
+		if (n) {
+			out_printf(is, "* OK [%s", code);
+			out_uidset(is, is->uids, n);
+			out_str(is, " ");
+			out_uidset(is, is->uids2, n);
+			out_str(is, "] Moved\r\n");
+		}
 		/* its EXPUNGEs (or VANISHED) wait for the socket if need be */
 		done(is, "OK", "%sMOVE completed", is->uid_cmd ? "UID " : "");
 		release(is);

@@ -4751,6 +4751,17 @@ static void copy_read(void *arg, ssize_t res)
 {
 	struct copyop *c = arg;
 
+	if (res == -ENOENT) {
+		/* Expunged (by another session) while being copied: its bytes
+		 * are gone. Skipped, as a message expunged before its turn is:
+		 * the copy of the others goes on (it used to fail the whole
+		 * COPY/MOVE with -ENOENT, undoing the copies made). */
+		store_append_abort(&c->ap);
+		iblob_unref(&c->blob);
+		c->new_uids[c->i++] = 0;
+		copy_next(c->loop, c);
+		return;
+	}
 	if (res <= 0) {
 		copy_end(c->loop, c, res == 0 ? -EIO : (int)res);
 		return;

@@ -290,7 +290,8 @@ void store_expunge(struct store_folder *folder, struct loop *loop, const uint32_
 /* Copies messages (flags, keywords, internal date, blob) to dst, which may
  * belong to another user; with move, expunges them from src once every copy
  * is durable. new_uids_r (n entries, the caller's until cb) receives the UID
- * of each copy in dst, 0 for a UID not in src (for COPYUID). cb(arg, res)
+ * of each copy in dst, 0 for a UID not in src, or expunged from it while
+ * being copied (for COPYUID). cb(arg, res)
  * once all are durable (res 0) or on the first error (copies already made
  * stay; with move nothing is expunged). A move out of a folder that was
  * deleted (through another handle) is -ENOENT, checked before each copy:

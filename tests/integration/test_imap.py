@@ -654,6 +654,238 @@ def test_two_sessions_see_flags_and_expunges(srv):
     assert b"* 3 EXISTS\r\n" in lines, lines
 
 
+def test_fetch_body_of_message_expunged_since_last_sync(srv):
+    """A message another session expunged after this one's last sync is
+    still in its view: FETCH of its bytes must not promise a literal it
+    cannot send (the read finds the message gone). It answers NIL for the
+    body item, NO [EXPUNGEISSUED], and the session goes on. Found by
+    test_imap_stress.py: the server closed the connection
+    (event=imap-read-error error=No such file or directory)."""
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    items = ("BODY.PEEK[]", "BODY.PEEK[HEADER.FIELDS (Subject)]", "BODY.PEEK[TEXT]<0.3>",
+             "RFC822.HEADER")
+    for k, item in enumerate(items):
+        for i in range(3):
+            deliver(srv, "alice@example.com", subject=f"g{k}x{i}")
+        a.cmd("NOOP")
+        b.cmd("NOOP")
+        first = 3 * k + 1
+        expunge_uids(b, str(first + 1))
+        # a's view is from its NOOP: UID first+1 is in it, its bytes are not
+        lines, t = a.cmd(f"UID FETCH {first}:{first + 2} ({item})")
+        assert b" NO [EXPUNGEISSUED]" in t, (item, lines, t)
+        assert not any(b"EXPUNGE" in l for l in lines), lines
+        gone = [l for l in lines if b"FETCH (UID %d " % (first + 1) in l]
+        assert len(gone) == 1 and gone[0].endswith(b" NIL)\r\n"), (item, lines)
+        assert sum(1 for l in lines if b" FETCH (UID " in l and b"{" in l) == 2, (item, lines)
+        lines, t = a.cmd("NOOP")
+        assert b"* %d EXPUNGE\r\n" % (2 * k + 2) in lines, lines
+    lines, t = a.cmd("FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])")
+    assert b" OK " in t and len([l for l in lines if b" FETCH " in l]) == 2 * len(items), t
+    assert "imap-read-error" not in srv.log()
+
+
+def test_move_of_message_expunged_by_other_session_sends_no_empty_copyuid(srv):
+    """UID MOVE of a message another session expunged (this one still
+    numbers it) moves nothing: no `* OK [COPYUID uv  ]` with empty UID
+    sets (RFC 4315's uid-set has at least one UID). Found by
+    test_imap_stress.py."""
+    for i in range(3):
+        deliver(srv, "alice@example.com", subject=f"m{i}")
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    a.cmd("CREATE Other")
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    expunge_uids(b, "2")
+    lines, t = a.cmd("UID MOVE 2 Other")
+    assert b" OK UID MOVE" in t, t
+    assert not any(b"COPYUID" in l for l in lines), lines
+    # a MOVE of a live and a gone message names only the live one
+    expunge_uids(b, "3")
+    lines, t = a.cmd("UID MOVE 1,3 Other")
+    assert b" OK UID MOVE" in t, t
+    cu = [l for l in lines if b"COPYUID" in l]
+    assert len(cu) == 1 and re.match(rb"\* OK \[COPYUID \d+ 1 1\] ", cu[0]), lines
+    _, t = a.cmd("UID COPY 2 Other")
+    assert b" OK " in t and b"COPYUID" not in t, t
+
+
+@pytest.mark.parametrize("condstore", [False, True])
+def test_store_silent_reports_flags_another_session_changed(srv, condstore):
+    """RFC 3501 6.4.6: "Regardless of whether or not the .SILENT suffix was
+    used, the server SHOULD send an untagged FETCH response if a change to
+    a message's flags from an external source is observed." A session that
+    has not seen another's \\Flagged and stores +FLAGS.SILENT (\\Seen)
+    must learn of \\Flagged (in the STORE's answer or the next sync);
+    it used to be taken as known and never sent. Its own change alone is
+    not echoed. Found by test_imap_stress.py."""
+    for i in range(2):
+        deliver(srv, "alice@example.com", subject=f"f{i}")
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    if condstore:
+        a.cmd("ENABLE CONDSTORE")
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    b.cmd("STORE 1 +FLAGS.SILENT (\\Flagged $b)")
+    lines, t = a.cmd("STORE 1:2 +FLAGS.SILENT (\\Seen)")
+    assert b" OK " in t, t
+    more, _ = a.cmd("NOOP")
+    got = [l for l in lines + more if l.startswith(b"* 1 FETCH") and b"FLAGS" in l]
+    assert len(got) == 1 and b"\\Flagged" in got[0] and b"$b" in got[0] and \
+        b"\\Seen" in got[0], (lines, more)
+    # message 2 only changed by a itself: no FLAGS for it (MODSEQ alone
+    # under CONDSTORE, RFC 7162 3.1.3)
+    two = [l for l in lines + more if l.startswith(b"* 2 FETCH")]
+    assert not any(b"FLAGS" in l for l in two), two
+    assert len(two) == (1 if condstore else 0), two
+    # a change another session makes after: reported by the next sync, once
+    b.cmd("STORE 2 -FLAGS.SILENT (\\Seen)")
+    lines, _ = a.cmd("UID STORE 1 -FLAGS.SILENT (\\Seen)")
+    more, _ = a.cmd("NOOP")
+    assert any(l.startswith(b"* 2 FETCH") and b"FLAGS ()" in l for l in lines + more), \
+        (lines, more)
+    assert not any(l.startswith(b"* 1 FETCH") and b"FLAGS" in l for l in lines + more), \
+        (lines, more)
+
+
+def test_fetch_setting_seen_does_not_swallow_other_sessions_flags(srv):
+    """A non-PEEK FETCH takes a fresh view of the mailbox (to set \\Seen):
+    a flag change another session made since this one's last sync was
+    then marked as known without being sent, and \\Seen was not set when
+    the session believed it already was. Found by test_imap_stress.py."""
+    for i in range(3):
+        deliver(srv, "alice@example.com", subject=f"w{i}")
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    a.cmd("STORE 1:2 +FLAGS.SILENT (\\Seen)")
+    b.cmd("NOOP")
+    # b clears \Seen of 1 and flags 2; a still believes both are \Seen
+    b.cmd("STORE 1 FLAGS.SILENT (\\Flagged)")
+    b.cmd("STORE 2 +FLAGS.SILENT (\\Answered $b)")
+    lines, t = a.cmd("FETCH 1:2 (BODY[HEADER.FIELDS (Subject)])")
+    assert b" OK " in t, t
+    more, _ = a.cmd("NOOP")
+    told, resp = {}, []
+    for l in lines + more:   # a literal splits a response over lines
+        if l.startswith(b"* ") or not resp:
+            resp.append(l)
+        else:
+            resp[-1] += l
+    for l in resp:
+        m = re.match(rb"\* (\d) FETCH .*FLAGS \(([^)]*)\)", l, re.S)
+        if m:
+            told[int(m.group(1))] = set(m.group(2).split())
+    # the body was fetched: \Seen is set again, and a is told all of it
+    assert told.get(1) == {b"\\Seen", b"\\Flagged"}, (lines, more)
+    assert told.get(2) == {b"\\Seen", b"\\Answered", b"$b"}, (lines, more)
+    b.cmd("NOOP")
+    lines, _ = b.cmd("FETCH 1 (FLAGS)")
+    assert lines == [b"* 1 FETCH (FLAGS (\\Seen \\Flagged))\r\n"], lines
+
+
+def test_move_goes_on_when_a_message_is_expunged_while_copied(srv):
+    """A 30 MB message is copied 64 KiB at a time; another session
+    expunges it meanwhile: that message is skipped (as one expunged before
+    its turn) and the rest are moved. The whole MOVE used to fail with
+    NO [NONEXISTENT] "No such mailbox", undoing the copies. Found by
+    test_imap_stress.py."""
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    a.cmd("CREATE Dest")
+    body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 30000
+    for tag, msg in ((b"p0", body), (b"p1", b"Subject: small\r\n\r\nhi\r\n")):
+        a.send(b"%s APPEND INBOX {%d}\r\n" % (tag, len(msg)))
+        assert a.line().startswith(b"+")
+        a.send(msg + b"\r\n")
+        _, t = a.until(tag.decode(), timeout=60)
+        assert b" OK " in t, t
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    b.cmd("UID STORE 1 +FLAGS.SILENT (\\Deleted)")
+    a.send(b"mv UID MOVE 1:2 Dest\r\n")
+    time.sleep(0.005)
+    _, t = b.cmd("UID EXPUNGE 1")
+    assert b" OK " in t, t
+    lines, t = a.until("mv", timeout=60)
+    assert t == b"mv OK UID MOVE completed\r\n", (lines, t)
+    assert any(re.match(rb"\* OK \[COPYUID \d+ 2 1\] ", l) for l in lines), lines
+    lines, _ = a.cmd("STATUS Dest (MESSAGES)")
+    assert lines == [b'* STATUS "Dest" (MESSAGES 1)\r\n'], lines
+    # the aborted copy left no one-message file behind
+    dirs = [d for d in os.listdir(os.path.join(srv.data_dir, "mail", "alice@example.com"))
+            if d.startswith("f") and d[1:].isdigit() and d != "f0"]
+    assert len(dirs) == 1
+    left = [n for n in os.listdir(os.path.join(srv.data_dir, "mail", "alice@example.com", dirs[0]))
+            if n.startswith("m")]
+    assert left == [], left
+
+
+def test_append_after_a_copy_undone_is_not_refused(imapsrv):
+    """A COPY that fails half way (over quota) undoes its copies and
+    answers NO; its error used to stay behind in the session and refuse
+    the next APPEND with it (an APPEND that fits). Found by
+    test_imap_stress.py (a MOVE undone after -ENOENT made the next APPEND
+    answer NO [TRYCREATE])."""
+    srv = imapsrv(config="[limits]\nquota_messages = 3\n")
+    for i in range(2):
+        deliver(srv, "alice@example.com", subject=f"q{i}")
+    a = Raw(srv).login()
+    a.cmd("CREATE Other")
+    a.cmd("SELECT INBOX")
+    _, t = a.cmd("COPY 1:2 Other")
+    assert b" NO [OVERQUOTA]" in t, t
+    lines, _ = a.cmd("STATUS Other (MESSAGES)")
+    assert lines == [b'* STATUS "Other" (MESSAGES 0)\r\n'], lines
+    msg = b"Subject: fits\r\n\r\nx\r\n"
+    a.send(b"ap APPEND Other {%d}\r\n" % len(msg))
+    assert a.line().startswith(b"+")
+    a.send(msg + b"\r\n")
+    _, t = a.until("ap")
+    assert t.startswith(b"ap OK [APPENDUID "), t
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (docs/imap.md): a message expunged while "
+                   "its FETCH literal is being sent closes the connection")
+def test_fetch_literal_survives_an_expunge_while_it_is_sent(srv):
+    """The client reads nothing while another session expunges the 30 MB
+    message it is fetching: the FETCH has sent its {n} and a first piece,
+    the next store_read() finds the UID gone (-ENOENT) and the server
+    closes the connection (event=imap-read-error). Found by
+    test_imap_stress.py; the fix needs reads of an expunged message's
+    bytes by location (the store's index drops it at once)."""
+    a = Raw(srv).login()
+    b = Raw(srv).login()
+    body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 30000
+    a.send(b"p APPEND INBOX {%d}\r\n" % len(body))
+    assert a.line().startswith(b"+")
+    a.send(body + b"\r\n")
+    _, t = a.until("p", timeout=60)
+    assert b" OK " in t, t
+    a.cmd("SELECT INBOX")
+    b.cmd("SELECT INBOX")
+    b.cmd("UID STORE 1 +FLAGS.SILENT (\\Deleted)")
+    a.send(b"f UID FETCH 1 (BODY.PEEK[])\r\n")
+    time.sleep(0.2)   # the literal has started; the socket is full
+    _, t = b.cmd("UID EXPUNGE 1")
+    assert b" OK " in t, t
+    head = a.line(timeout=30)
+    assert head.startswith(b"* 1 FETCH (UID 1 BODY[] {%d}" % len(body)), head
+    got = bytearray()
+    while len(got) < len(body):
+        got += a.line(timeout=30) or b"EOF"
+        assert not got.endswith(b"EOF"), len(got)
+    assert bytes(got[:len(body)]) == body
+    _, t = a.until("f", timeout=30)
+    assert t.startswith(b"f OK"), t
+
+
 def test_idle_sees_smtp_delivery(srv):
     c = Raw(srv).login()
     c.cmd("SELECT INBOX")
