@@ -1,4 +1,4 @@
-"""A randomized multi-session IMAP consistency checker (what Dovecot's
+r"""A randomized multi-session IMAP consistency checker (what Dovecot's
 `imaptest` is for Dovecot) against the real binary.
 
 About ten sessions of one user (plain 143 and 993, some with COMPRESS=DEFLATE,
