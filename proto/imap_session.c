@@ -4366,8 +4366,16 @@ static void fetch_start(struct imap_session *is)
 	if (fj->set_seen && !is->readonly) {
 		size_t n = 0;
 		/* \Seen as it is now, not as the client last heard: another
-		 * session may have cleared it since */
-		view_refresh(is);
+		 * session may have cleared it since. No message changed since
+		 * the view (every change moves HIGHESTMODSEQ or UIDNEXT): the
+		 * same flags, and no copy of the folder's whole message table
+		 * for each non-PEEK FETCH. */
+		struct store_folder_status now, had;
+		store_folder_status(is->folder, &now);
+		store_view_status(is->view, &had);
+		if (now.highestmodseq != had.highestmodseq || now.uidnext != had.uidnext ||
+		    now.messages != had.messages)
+			view_refresh(is);
 		free(is->uids2);
 		is->uids2 = malloc((is->nuids + 1) * sizeof(uint32_t));
 		if (is->uids2)
