@@ -3426,28 +3426,28 @@ static void auto_ensure(struct suser *u, struct loop *loop,
 {
 	struct store *st = u->store;
 	struct autojob *j;
-	uint8_t *todo;             /* per name: 1 create, 2 subscribe */
+	uint8_t *need;             /* per name: 1 create, 2 subscribe */
 	size_t n = 0;
 
 	if (st->nautos == 0) {
 		done(loop, arg, 0);
 		return;
 	}
-	todo = calloc(st->nautos, 1);
-	if (!todo) {
+	need = calloc(st->nautos, 1);
+	if (!need) {
 		done(loop, arg, -ENOMEM);
 		return;
 	}
 	pthread_mutex_lock(&u->mu);
 	for (size_t i = 0; i < st->nautos; i++) {
 		struct span name = span_cstr(st->autos[i]);
-		todo[i] = (user_find_name(u, name) ? 0 : 1) | (user_find_sub(u, name) >= 0 ? 0 : 2);
-		n += (todo[i] & 1) + (todo[i] >> 1);
+		need[i] = (user_find_name(u, name) ? 0 : 1) | (user_find_sub(u, name) >= 0 ? 0 : 2);
+		n += (need[i] & 1) + (need[i] >> 1);
 	}
 	pthread_mutex_unlock(&u->mu);
 	/* the common case once they exist: no I/O, no allocation kept */
 	if (n == 0 || !(j = calloc(1, sizeof(*j)))) {
-		free(todo);
+		free(need);
 		done(loop, arg, n ? -ENOMEM : 0);
 		return;
 	}
@@ -3457,17 +3457,17 @@ static void auto_ensure(struct suser *u, struct loop *loop,
 	j->arg = arg;
 	j->pending = n + 1; /* + 1 until every request is started */
 	for (size_t i = 0; i < st->nautos; i++) {
-		if (todo[i] & 2) {
+		if (need[i] & 2) {
 			struct rec_mbox m = { .on = true, .name = span_cstr(st->autos[i]) };
 			j->subscribed++;
 			user_log(u, loop, REC_MBOX_SUBSCRIBE, &m, NULL, autojob_step, j);
 		}
-		if (todo[i] & 1) {
+		if (need[i] & 1) {
 			j->created++;
 			folder_create(u, loop, st->autos[i], autojob_step, j);
 		}
 	}
-	free(todo);
+	free(need);
 	autojob_step(j, 0);
 }
 
