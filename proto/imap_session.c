@@ -459,6 +459,28 @@ static void out_printf(struct imap_session *is, const char *fmt, ...)
 	out_put(is, buf, (size_t)n);
 }
 
+/* pre, v in decimal, post: the numbers of the responses sent for every
+ * message or command (a FETCH's UID and size, a literal's length, the
+ * SELECT counts) without printf's format parsing. */
+static void out_num(struct imap_session *is, const char *pre, uint64_t v, const char *post)
+{
+	size_t lp = strlen(pre), lq = strlen(post);
+	if (!out_reserve(is, lp + 20 + lq))
+		return;
+	uint8_t *o = is->obuf + is->olen;
+	char d[20], *q = d + sizeof(d);
+	do
+		*--q = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	size_t ld = (size_t)(d + sizeof(d) - q);
+	memcpy(o, pre, lp);
+	memcpy(o + lp, q, ld);
+	memcpy(o + lp + ld, post, lq);
+	is->olen += lp + ld + lq;
+	if (is->olen >= IMAP_OUT_CHUNK)
+		out_flush(is);
+}
+
 /* An IMAP string: quoted when it can be, a literal otherwise. After ENABLE
  * IMAP4rev2 a quoted string may hold UTF-8 (RFC 9051 QUOTED-CHAR). */
 static void out_string(struct imap_session *is, struct span s)
@@ -473,7 +495,7 @@ static void out_string(struct imap_session *is, struct span s)
 	if (quoted && utf8)
 		quoted = is->rev2 && imap_utf8_valid(s);
 	if (!quoted) {
-		out_printf(is, "{%zu}\r\n", s.len);
+		out_num(is, "{", s.len, "}\r\n");
 		out_put(is, s.p, s.len);
 		return;
 	}
@@ -586,11 +608,20 @@ static void tagged(struct imap_session *is, const char *status, const char *fmt,
 static void tagged(struct imap_session *is, const char *status, const char *fmt, ...)
 {
 	char buf[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	out_printf(is, "%s %s %s\r\n", is->have_tag ? is->tag : "*", status, buf);
+	const char *text = fmt;
+	if (strchr(fmt, '%')) { /* most replies are constant text: no printf */
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(buf, sizeof(buf), fmt, ap);
+		va_end(ap);
+		text = buf;
+	}
+	out_str(is, is->have_tag ? is->tag : "*");
+	out_put(is, " ", 1);
+	out_str(is, status);
+	out_put(is, " ", 1);
+	out_str(is, text);
+	out_put(is, "\r\n", 2);
 	out_flush(is);
 }
 
@@ -843,10 +874,11 @@ static bool sync_mailbox(struct imap_session *is, bool expunge)
 			continue;
 		if (stopped || (stopped = out_full(is)))
 			continue; /* reported later */
-		out_printf(is, "* %zu FETCH (UID %" PRIu32 " FLAGS ", i + 1, m->uid);
+		out_num(is, "* ", i + 1, " FETCH (");
+		out_num(is, "UID ", m->uid, " FLAGS ");
 		out_flags(is, m->flags, m->keywords);
 		if (is->condstore)
-			out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
+			out_num(is, " MODSEQ (", m->modseq, ")");
 		out_str(is, ")\r\n");
 		is->msgs[i].flags = m->flags;
 		is->msgs[i].kw = m->keywords;
@@ -861,7 +893,7 @@ static bool sync_mailbox(struct imap_session *is, bool expunge)
 		is->msgs[is->nmsgs++] = (struct imsg){ m->uid, m->flags, m->keywords, m->modseq };
 	}
 	if (is->nmsgs != before || (expunge && before != n && !stopped))
-		out_printf(is, "* %zu EXISTS\r\n", is->nmsgs);
+		out_num(is, "* ", is->nmsgs, " EXISTS\r\n");
 	/* RFC 7162 3.2: MODSEQs above an expunge (or a flag change) not
 	 * reported yet were sent, so the client must not resynchronise from
 	 * them: a HIGHESTMODSEQ from before it. */
@@ -2021,20 +2053,22 @@ static void select_opened(void *arg, int res, struct store_folder *folder)
 	out_str(is, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft");
 	for (unsigned b = 0; b < 64; b++) {
 		const char *k = store_view_keyword(is->view, b);
-		if (k)
-			out_printf(is, " %s", k);
+		if (k) {
+			out_put(is, " ", 1);
+			out_str(is, k);
+		}
 	}
 	out_str(is, ")\r\n");
 	out_printf(is, "* OK [PERMANENTFLAGS %s] Flags permitted\r\n",
 		   is->readonly ? "()" : "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)");
-	out_printf(is, "* %zu EXISTS\r\n", n);
+	out_num(is, "* ", n, " EXISTS\r\n");
 	if (!is->rev2) /* RFC 9051 has no RECENT */
 		out_str(is, "* 0 RECENT\r\n");
 	if (!is->rev2 && unseen) /* RFC 3501 6.3.1 requires it; RFC 9051 dropped it */
-		out_printf(is, "* OK [UNSEEN %zu] First unseen\r\n", unseen);
-	out_printf(is, "* OK [UIDVALIDITY %" PRIu32 "] UIDs valid\r\n", st.uidvalidity);
-	out_printf(is, "* OK [UIDNEXT %" PRIu32 "] Predicted next UID\r\n", st.uidnext);
-	out_printf(is, "* OK [HIGHESTMODSEQ %" PRIu64 "] Highest\r\n", st.highestmodseq);
+		out_num(is, "* OK [UNSEEN ", unseen, "] First unseen\r\n");
+	out_num(is, "* OK [UIDVALIDITY ", st.uidvalidity, "] UIDs valid\r\n");
+	out_num(is, "* OK [UIDNEXT ", st.uidnext, "] Predicted next UID\r\n");
+	out_num(is, "* OK [HIGHESTMODSEQ ", st.highestmodseq, "] Highest\r\n");
 	if (is->rev2)
 		select_list(is);
 	is->state = IMAP_S_SELECTED;
@@ -3625,7 +3659,7 @@ static void fetch_read_done(void *arg, ssize_t res)
 	}
 	if (fj->lit_pending && res > 0) {
 		fj->lit_pending = false;
-		out_printf(is, "{%" PRIu64 "}\r\n", fj->lit_len);
+		out_num(is, "{", fj->lit_len, "}\r\n");
 	}
 	if (res < 0 || (res == 0 && fj->rd_left)) {
 		LOG_AT(stream_log(is->s), LOG_WARN, stream_sid(is->s), "imap-read-error",
@@ -3647,7 +3681,7 @@ static void fetch_read_done(void *arg, ssize_t res)
 			 * 6.4.5): the range of it that is sent */
 			size_t from;
 			n = partial_cut(&fj->items[fj->ii], n, &from);
-			out_printf(is, "{%zu}\r\n", n - from);
+			out_num(is, "{", n - from, "}\r\n");
 			/* up to IMAP_HEADER_READ_MAX: fetch_pump() sends it in
 			 * pieces, waiting for the socket like a body */
 			fj->hdr_filter = false;
@@ -3745,7 +3779,7 @@ static bool fetch_section(struct imap_session *is, struct fitem *it, const struc
 		if (len == 0) {
 			/* the filtered empty header is its CRLF */
 			size_t from, to = partial_cut(it, 2, &from);
-			out_printf(is, "{%zu}\r\n", to - from);
+			out_num(is, "{", to - from, "}\r\n");
 			out_put(is, &"\r\n"[from], to - from);
 			fj->hdr_filter = false;
 			fj->item_open = false;
@@ -4084,17 +4118,7 @@ static void fetch_pump(struct imap_session *is)
 					(!(is->msgs[fj->cur].flags & STORE_F_SEEN) ||
 					 cm->flags != is->msgs[fj->cur].flags ||
 					 cm->keywords != is->msgs[fj->cur].kw);
-			/* "* N FETCH (" without printf: once per message. */
-			char head[40], *q = head + sizeof(head);
-			static const char tail[] = " FETCH (";
-			size_t v = fj->cur + 1;
-			do
-				*--q = (char)('0' + v % 10);
-			while ((v /= 10) != 0);
-			*--q = ' ';
-			*--q = '*';
-			out_put(is, q, (size_t)(head + sizeof(head) - q));
-			out_put(is, tail, sizeof(tail) - 1);
+			out_num(is, "* ", fj->cur + 1, " FETCH (");
 		}
 		const struct store_msg *m = msg_of(is, fj->cur);
 		if (!m) {
@@ -4110,12 +4134,12 @@ static void fetch_pump(struct imap_session *is)
 				/* RFC 7162 3.1: a FETCH that set \Seen reports UID
 				 * and MODSEQ to a CONDSTORE-aware client */
 				if (is->condstore && !fj->has_uid)
-					out_printf(is, " UID %" PRIu32, m->uid);
+					out_num(is, " UID ", m->uid, "");
 				if (is->condstore && !fj->want_modseq)
-					out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
+					out_num(is, " MODSEQ (", m->modseq, ")");
 			}
 			if (m && fj->changedsince && !fj->want_modseq)
-				out_printf(is, " MODSEQ (%" PRIu64 ")", m->modseq);
+				out_num(is, " MODSEQ (", m->modseq, ")");
 			out_str(is, ")\r\n");
 			/* What the client now knows: only what this response
 			 * told it. Flags it did not get stay as they were in
@@ -4150,17 +4174,17 @@ static void fetch_pump(struct imap_session *is)
 			out_flags(is, m->flags, m->keywords);
 			break;
 		case FI_UID:
-			out_printf(is, "UID %" PRIu32, m->uid);
+			out_num(is, "UID ", m->uid, "");
 			break;
 		case FI_INTERNALDATE:
 			format_date(date, sizeof(date), m->internal_date);
 			out_printf(is, "INTERNALDATE \"%s\"", date);
 			break;
 		case FI_SIZE:
-			out_printf(is, "RFC822.SIZE %" PRIu64, m->size);
+			out_num(is, "RFC822.SIZE ", m->size, "");
 			break;
 		case FI_MODSEQ:
-			out_printf(is, "MODSEQ (%" PRIu64 ")", m->modseq);
+			out_num(is, "MODSEQ (", m->modseq, ")");
 			break;
 		case FI_ENVELOPE:
 			out_str(is, "ENVELOPE ");
@@ -4480,11 +4504,11 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		if (say && out_full(is))
 			break; /* done()'s sync reports the rest as the socket drains */
 		if (say) {
-			out_printf(is, "* %zd FETCH (", i + 1);
+			out_num(is, "* ", (uint64_t)i + 1, " FETCH (");
 			/* UID for UID STORE, and for any STORE once CONDSTORE is
 			 * on (RFC 7162 3.1: "both UID and mod-sequence data") */
 			if (is->uid_cmd || is->condstore)
-				out_printf(is, "UID %" PRIu32 " ", m->uid);
+				out_num(is, "UID ", m->uid, " ");
 			if (say_flags) {
 				out_str(is, "FLAGS ");
 				out_flags(is, m->flags, m->keywords);
