@@ -140,6 +140,33 @@ int loop_msg(struct loop *from, int to, uint32_t kind, uint64_t payload)
 	return 0;
 }
 
+/* ---- accepting ------------------------------------------------------- */
+
+static void arm_accept(struct loop *l, uint32_t li, uint32_t k)
+{
+	struct listener_rt *lr = &l->listeners[li];
+	struct accept_slot *a = &lr->acc[k];
+	struct io_uring_sqe *sqe = get_sqe(l);
+
+	a->len = sizeof(a->addr);
+	io_uring_prep_accept(sqe, lr->fd, &a->addr.sa, &a->len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, udata_conn(UDATA_ACCEPT, li, k));
+	a->armed = true;
+}
+
+/* Every accept slot of listener li that is not in flight, unless the
+ * listener is closed or the loop stops. */
+static void arm_accepts(struct loop *l, uint32_t li)
+{
+	struct listener_rt *lr = &l->listeners[li];
+
+	if (lr->closed || l->stopping)
+		return;
+	for (uint32_t k = 0; k < LISTENER_ACCEPTS; k++)
+		if (!lr->acc[k].armed)
+			arm_accept(l, li, k);
+}
+
 /* ---- timers ---------------------------------------------------------- */
 
 static void arm_tick(struct loop *l)
@@ -161,13 +188,7 @@ static void on_tick(struct loop *l)
 	if (l->accept_backoff) {
 		l->accept_backoff = false;
 		for (size_t i = 0; i < l->nlisteners; i++)
-			if (!l->listeners[i].armed && !l->listeners[i].closed && !l->stopping) {
-				struct io_uring_sqe *sqe = get_sqe(l);
-				io_uring_prep_multishot_accept(sqe, l->listeners[i].fd, NULL, NULL,
-							       SOCK_NONBLOCK | SOCK_CLOEXEC);
-				io_uring_sqe_set_data64(sqe, udata_conn(UDATA_ACCEPT, (uint32_t)i, 0));
-				l->listeners[i].armed = true;
-			}
+			arm_accepts(l, (uint32_t)i);
 	}
 }
 
@@ -881,14 +902,15 @@ static uint32_t ip_hash(const struct conn *c)
 	return (uint32_t)(h ^ (h >> 32)) & (SERVER_IP_SLOTS - 1);
 }
 
-static void peer_to_str(struct conn *c)
+/* The peer's address, as the accept returned it. */
+static void peer_to_str(struct conn *c, const struct accept_slot *a)
 {
-	socklen_t len = sizeof(c->peer);
-	if (getpeername(c->fd, &c->peer.sa, &len) != 0) {
+	if (a->len == 0 || a->len > sizeof(c->peer)) {
 		strcpy(c->peer_str, "unknown");
 		memset(&c->peer, 0, sizeof(c->peer));
 		return;
 	}
+	memcpy(&c->peer, &a->addr, a->len);
 	if (c->peer.sa.sa_family == AF_INET6) {
 		const struct in6_addr *a = &c->peer.sin6.sin6_addr;
 		if (IN6_IS_ADDR_V4MAPPED(a))
@@ -930,31 +952,28 @@ static void accept_error_log(struct loop *l, struct listener_rt *lr, int res)
 	lr->err_unlogged = 0;
 }
 
-static void on_accept(struct loop *l, uint32_t li, int res, uint32_t flags)
+static void on_accept(struct loop *l, uint32_t li, uint32_t k, int res)
 {
 	struct listener_rt *lr;
+	struct accept_slot a;
 	struct conn *c;
 	uint32_t idx;
 
-	if (li >= l->nlisteners)
+	if (li >= l->nlisteners || k >= LISTENER_ACCEPTS)
 		return;
 	lr = &l->listeners[li];
-	if (!(flags & IORING_CQE_F_MORE))
-		lr->armed = false;
+	lr->acc[k].armed = false;
 	if (res < 0) {
 		if (res != -ECANCELED && res != -EINTR && res != -EAGAIN)
 			accept_error_log(l, lr, res);
 		/* EMFILE and friends: try again on the next tick, not in a spin. */
-		if (!lr->armed && !lr->closed && !l->stopping)
+		if (!lr->closed && !l->stopping)
 			l->accept_backoff = true;
 		return;
 	}
-	if (!lr->armed && !lr->closed && !l->stopping) {
-		struct io_uring_sqe *sqe = get_sqe(l);
-		io_uring_prep_multishot_accept(sqe, lr->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_ACCEPT, li, 0));
-		lr->armed = true;
-	}
+	a = lr->acc[k]; /* the address, before the slot's next accept */
+	if (!lr->closed && !l->stopping)
+		arm_accept(l, li, k);
 	if (l->stopping || slot_alloc(l, &idx) || !(c = calloc(1, sizeof(*c)))) {
 		close(res);
 		return;
@@ -970,7 +989,7 @@ static void on_accept(struct loop *l, uint32_t li, int res, uint32_t flags)
 	l->slots[idx].c = c;
 	l->nconns++;
 	timer_init(&c->timer, conn_timer_dispatch, c);
-	peer_to_str(c);
+	peer_to_str(c, &a);
 	c->ip_slot = ip_hash(c);
 
 	struct server *srv = l->srv;
@@ -1019,7 +1038,7 @@ static void dispatch(struct loop *l, struct io_uring_cqe *cqe)
 	}
 	switch (u.op) {
 	case UDATA_ACCEPT:
-		on_accept(l, u.idx, cqe->res, cqe->flags);
+		on_accept(l, u.idx, u.gen, cqe->res);
 		return;
 	case UDATA_TICK:
 		on_tick(l);
@@ -1181,9 +1200,13 @@ static void on_shutdown_msg(struct loop *l, uint32_t kind, uint64_t payload)
 		struct listener_rt *lr = &l->listeners[i];
 		if (lr->closed)
 			continue;
-		struct io_uring_sqe *sqe = get_sqe(l);
-		io_uring_prep_cancel64(sqe, udata_conn(UDATA_ACCEPT, (uint32_t)i, 0), 0);
-		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_IGNORE, 0, 0));
+		for (uint32_t k = 0; k < LISTENER_ACCEPTS; k++) {
+			if (!lr->acc[k].armed)
+				continue;
+			struct io_uring_sqe *sqe = get_sqe(l);
+			io_uring_prep_cancel64(sqe, udata_conn(UDATA_ACCEPT, (uint32_t)i, k), 0);
+			io_uring_sqe_set_data64(sqe, udata_conn(UDATA_IGNORE, 0, 0));
+		}
 		lr->closed = true;
 	}
 	/* Closing the listening sockets happens in loop_teardown: the cancel
@@ -1279,10 +1302,7 @@ int loop_setup(struct loop *l, int id, struct server *srv, const int *fds, size_
 		lr->index = i;
 		lr->lc = &l->cfg->listeners[i];
 		lr->ops = srv->app.ops_for(srv, lr->lc);
-		struct io_uring_sqe *sqe = get_sqe(l);
-		io_uring_prep_multishot_accept(sqe, lr->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		io_uring_sqe_set_data64(sqe, udata_conn(UDATA_ACCEPT, (uint32_t)i, 0));
-		lr->armed = true;
+		arm_accepts(l, (uint32_t)i);
 	}
 	return 0;
 }

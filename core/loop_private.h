@@ -24,12 +24,28 @@
  * four records over TLS, leaves in one send instead of four. */
 #define CONN_OUT_BULK (128u * 1024u)
 
+/* Accepts in flight per listener. Each is a single-shot accept with its
+ * own address buffer: the kernel hands over the peer's address with the
+ * socket, where a multishot accept (which cannot: one buffer for all)
+ * needed a getpeername(2) per connection. */
+#define LISTENER_ACCEPTS 4
+
+struct accept_slot {
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in sin;
+		struct sockaddr_in6 sin6;
+	} addr;
+	socklen_t len;
+	bool armed;
+};
+
 struct listener_rt {
 	int fd;
 	size_t index;                   /* row in the configuration */
 	const struct listener_config *lc;
 	const struct conn_ops *ops;
-	bool armed;
+	struct accept_slot acc[LISTENER_ACCEPTS];
 	bool closed;
 	uint64_t err_logged_ms;         /* when accept-error was last logged */
 	uint32_t err_unlogged;          /* accept errors since then, not logged */
