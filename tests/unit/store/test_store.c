@@ -40,6 +40,20 @@ static void teardown(void)
 
 TestSuite(store, .init = setup, .fini = teardown);
 
+/* A restart: closes f (if any) and u, frees the store, opens it again
+ * with the default configuration, then the user and, given a name, its
+ * folder. */
+static void t_reopen(struct store_user **u, struct store_folder **f, const char *folder)
+{
+	store_folder_close(f);
+	store_user_close(u);
+	store_free(&S);
+	open_store(0, 4096, 0);
+	*u = t_user(S, L, "alice@example.com");
+	if (folder)
+		*f = t_folder(*u, L, folder);
+}
+
 static const char *msgs[] = {
 	"From: a@example.com\r\nSubject: one\r\n\r\nbody one\r\n",
 	"From: b@example.com\r\nSubject: two\r\n\r\nbody two, a little longer\r\n",
@@ -87,12 +101,7 @@ Test(store, append_read_reopen)
 	store_view_free(&v);
 
 	uint32_t uidvalidity = st.uidvalidity;
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	open_store(0, 4096, 0);
-	u = t_user(S, L, "alice@example.com");
-	f = t_folder(u, L, "inbox");
+	t_reopen(&u, &f, "inbox");
 	store_folder_status(f, &st);
 	cr_expect_eq(st.messages, 3);
 	cr_expect_eq(st.uidvalidity, uidvalidity);
@@ -159,12 +168,7 @@ Test(store, splice_into_a_pipe)
 	t_run(L, &w);
 	cr_expect_eq(w.res, 0, "the end");
 	/* a whole message, after a reopen (the segment file is opened first) */
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	open_store(0, 4096, 0);
-	u = t_user(S, L, "alice@example.com");
-	f = t_folder(u, L, "INBOX");
+	t_reopen(&u, &f, "INBOX");
 	w = (struct waitres){ 0 };
 	store_splice(f, L, 3, 0, STORE_READ_MAX, p[1], wr_read, &w);
 	t_run(L, &w);
@@ -209,12 +213,7 @@ Test(store, empty_folder_highestmodseq_is_one)
 
 	store_folder_status(f, &st);
 	cr_expect_eq(st.highestmodseq, 1);
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	open_store(0, 4096, 0);
-	u = t_user(S, L, "alice@example.com");
-	f = t_folder(u, L, "INBOX");
+	t_reopen(&u, &f, "INBOX");
 	store_folder_status(f, &st);
 	cr_expect_eq(st.highestmodseq, 1);
 	cr_assert_eq(t_append(L, f, "first\r\n", NULL), 0);
@@ -294,12 +293,7 @@ Test(store, flags_keywords_modseq)
 		cr_expect_eq(st.unseen, 1);
 		store_view_free(&v);
 		/* the same after replay */
-		store_folder_close(&f);
-		store_user_close(&u);
-		store_free(&S);
-		open_store(0, 4096, 0);
-		u = t_user(S, L, "alice@example.com");
-		f = t_folder(u, L, "INBOX");
+		t_reopen(&u, &f, "INBOX");
 	}
 	store_folder_close(&f);
 	store_user_close(&u);
@@ -352,12 +346,7 @@ Test(store, flags_that_change_nothing_keep_modseq)
 		cr_expect_eq(st.highestmodseq, 7, "pass %d", pass);
 		cr_expect_eq(st.unseen, 0, "pass %d", pass);
 		if (pass == 0) {
-			store_folder_close(&f);
-			store_user_close(&u);
-			store_free(&S);
-			open_store(0, 4096, 0);
-			u = t_user(S, L, "alice@example.com");
-			f = t_folder(u, L, "INBOX");
+			t_reopen(&u, &f, "INBOX");
 		}
 	}
 	/* the next change is above every MODSEQ a message or HIGHESTMODSEQ
@@ -507,12 +496,7 @@ Test(store, big_message_streams_with_backpressure)
 	cr_expect_eq(len, 100000);
 	cr_expect_eq(memcmp(got, big, len), 0);
 	free(got);
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	open_store(0, 4096, 0);
-	u = t_user(S, L, "alice@example.com");
-	f = t_folder(u, L, "INBOX");
+	t_reopen(&u, &f, "INBOX");
 	got = t_read_all(L, f, uid, &len, 65536);
 	cr_assert(got);
 	cr_expect_eq(len, 100000);
@@ -774,12 +758,7 @@ Test(store, checkpoint_then_log_tail)
 	}
 	snprintf(path, sizeof(path), "%s/mail/alice@example.com/f0/checkpoint", D);
 	cr_assert_eq(stat(path, &sb), 0, "a checkpoint was written");
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	open_store(0, 4096, 0);
-	u = t_user(S, L, "alice@example.com");
-	f = t_folder(u, L, "INBOX");
+	t_reopen(&u, &f, "INBOX");
 	store_folder_status(f, &st);
 	cr_expect_eq(st.messages, 40);
 	cr_expect_eq(st.uidnext, 41);
@@ -1791,12 +1770,7 @@ Test(store, vanished_since_modseq_survives_reopen)
 		cr_expect_eq(n, 0);
 		cr_expect_null(r);
 		/* reopen: a checkpoint covers the first expunge, the log the second */
-		store_folder_close(&f);
-		store_user_close(&u);
-		store_free(&S);
-		open_store(0, 4096, 0);
-		u = t_user(S, L, "alice@example.com");
-		f = t_folder(u, L, "INBOX");
+		t_reopen(&u, &f, "INBOX");
 	}
 	{
 		char path[600];
