@@ -529,6 +529,7 @@ struct pend {
 	uint32_t *unlink;      /* one-message segments to remove once durable */
 	size_t nunlink;
 	struct sfolder *gone;  /* a folder deleted by this record */
+	struct sfolder *busy_f; /* a folder record's: keeps its files open */
 	struct loop *loop;
 	void (*complete)(struct loop *loop, struct pend *p, int res);
 	void *arg;
@@ -542,6 +543,8 @@ struct pend {
 
 static void suser_unref(struct loop *loop, struct suser **u_r);
 static struct suser *suser_ref(struct suser *u);
+static void folder_busy(struct sfolder *f);
+static void folder_unbusy(struct loop *loop, struct sfolder *f);
 
 static struct pend *pend_new(struct sctx *ctx, struct suser *u, size_t cap)
 {
@@ -563,6 +566,8 @@ static struct pend *pend_new(struct sctx *ctx, struct suser *u, size_t cap)
 
 static void pend_free(struct loop *loop, struct pend *p)
 {
+	if (p->busy_f) /* before the user's reference, which keeps it alive */
+		folder_unbusy(loop, p->busy_f);
 	suser_unref(loop, &p->user);
 	free(p->unlink);
 	free(p->rec);
@@ -742,6 +747,20 @@ struct sfolder {
 	void *rot_arg;
 	bool ck_running, compacting, deleted;
 	struct watch *watches;
+	/* Its files (dirf, log.file, seg, segs) are open only while it is in
+	 * use (docs/store.md "Descriptors"): nopen handles, or busy requests
+	 * in flight (log records, reads, appends, segment rolls), or a
+	 * checkpoint, rewrite or compaction. Otherwise they are closed and
+	 * the first store_folder_open() reopens them; the index stays. */
+	enum { FF_OPEN, FF_CLOSED, FF_OPENING } fstate;
+	int nopen;                 /* under mu */
+	/* atomic: a request begins while its handle holds the folder (so
+	 * never while the files close), and may begin under another
+	 * folder's mutex (a COPY into the folder it reads from) */
+	atomic_int busy;
+	uint32_t seg_closed;       /* the active segment's number while closed */
+	bool seg_dirsync_closed;   /* and its entry still to be fsynced */
+	struct fopener *openers;   /* store_folder_open()s waiting for a reopen */
 };
 
 struct ufolder {
@@ -850,6 +869,75 @@ static void sfolder_free(struct loop *loop, struct sfolder *f)
 	pthread_mutex_destroy(&f->mu);
 	free(f->dir);
 	free(f);
+}
+
+/* ---- a folder's files: open only while in use ---------------------------- */
+
+/* Whether f's files may close now; f->mu held. A broken folder keeps them:
+ * its files' sticky fsync errors live in their struct sfile. */
+static bool folder_idle_locked(struct sfolder *f)
+{
+	struct sfile *files[3] = { f->dirf, f->log.file, f->seg };
+
+	if (f->fstate != FF_OPEN || f->nopen || atomic_load(&f->busy) || f->ck_running ||
+	    f->compacting || f->seg_rolling || f->log.rotating || f->log.head || f->log.parked ||
+	    f->log.broken || atomic_load(&f->user->poisoned))
+		return false;
+	for (int i = 0; i < 3; i++) {
+		bool err;
+		if (!files[i])
+			return false;
+		pthread_mutex_lock(&files[i]->smu);
+		err = files[i]->sync_err != 0;
+		pthread_mutex_unlock(&files[i]->smu);
+		if (err)
+			return false;
+	}
+	return true;
+}
+
+/* Closes f's files if nothing uses them (from any loop; requests in
+ * flight that hold a file keep it open through their reference). */
+static void folder_maybe_close(struct loop *loop, struct sfolder *f)
+{
+	struct sfile *dirf = NULL, *logf = NULL, *seg = NULL, **segs = NULL;
+	size_t nsegs = 0;
+
+	pthread_mutex_lock(&f->mu);
+	if (folder_idle_locked(f)) {
+		dirf = f->dirf;
+		logf = f->log.file;
+		seg = f->seg;
+		segs = f->segs;
+		nsegs = f->nsegs;
+		f->dirf = f->log.file = f->seg = NULL;
+		f->segs = NULL;
+		f->nsegs = 0;
+		f->seg_closed = seg->seg;
+		f->seg_dirsync_closed = atomic_load(&seg->dirsync);
+		f->fstate = FF_CLOSED;
+	}
+	pthread_mutex_unlock(&f->mu);
+	for (size_t i = 0; i < nsegs; i++)
+		sfile_unref(loop, &segs[i]);
+	free(segs);
+	sfile_unref(loop, &seg);
+	sfile_unref(loop, &logf);
+	sfile_unref(loop, &dirf);
+}
+
+/* A request that uses f's files begins (f is open: a handle holds it; no
+ * lock needed, f->mu may be held) and ends (f->mu not held); the last end
+ * of an unused folder closes its files. */
+static void folder_busy(struct sfolder *f)
+{
+	atomic_fetch_add(&f->busy, 1);
+}
+
+static void folder_unbusy(struct loop *loop, struct sfolder *f)
+{
+	atomic_fetch_sub(&f->busy, 1);
+	folder_maybe_close(loop, f);
 }
 
 static void suser_free(struct loop *loop, struct suser *u)
@@ -1698,6 +1786,9 @@ static void uload_folder_done(struct loop *loop, struct fload *fl, int res)
 	else {
 		atomic_fetch_add(&ul->u->q_bytes, fl->f->ix.bytes);
 		atomic_fetch_add(&ul->u->q_msgs, fl->f->ix.n);
+		/* the index is what the user needs from it until a handle
+		 * opens it: its files close (nobody can see the user yet) */
+		folder_maybe_close(loop, fl->f);
 	}
 	ul->step = UL_FOLDERS;
 	uload_run(loop, ul, res);
@@ -2253,6 +2344,7 @@ done:
 	if (res < 0)
 		LOG_AT(loop_log(loop), LOG_WARN, 0, "store-checkpoint", "dir=%s error=%s", f->dir, strerror(-res));
 	sfile_unref(loop, &c->file);
+	folder_maybe_close(loop, f);
 	if (c->cb_done)
 		c->cb_done(c->arg, res);
 	suser_unref(loop, &c->u);
@@ -2430,6 +2522,7 @@ static void rot_end(struct loop *loop, struct rot *r, int res)
 	}
 	sfile_unref(loop, &r->file);
 	sfile_unref(loop, &old);
+	folder_maybe_close(loop, f);
 	if (r->cb_done) /* never inline: the rewrite may end inside store_rewrite_log() */
 		done_later(loop, r->cb_done, r->arg,
 			   res < 0 ? res : (int)(r->off > INT32_MAX ? INT32_MAX : r->off));
@@ -2758,6 +2851,175 @@ static struct store_folder *handle_new(struct store_user *uh, struct sfolder *f,
 	return h;
 }
 
+/* ---- reopening a folder's files ------------------------------------------ */
+
+/* A store_folder_open() waiting for its folder's files: res and h go to
+ * cb on loop once the reopen ends. */
+struct fopener {
+	struct fopener *next;
+	struct loop *loop;
+	struct store_folder *h;
+	store_folder_cb *cb;
+	void *arg;
+	int res;
+};
+
+/* Opens a closed folder's files again: its directory, its log and its
+ * active segment, by the names and numbers the index kept. Nothing is
+ * read: the index in memory is the folder's acknowledged state. */
+struct freopen {
+	struct loop_cb cb;
+	struct sfolder *f;
+	struct suser *u;           /* reference */
+	int step;
+	int fds[3];
+	char *path;
+};
+
+static void fopener_deliver(struct loop *loop, void *arg)
+{
+	struct fopener *o = arg;
+
+	(void)loop;
+	if (o->res < 0) {
+		store_folder_close(&o->h);
+		o->cb(o->arg, o->res, NULL);
+	} else {
+		o->cb(o->arg, 0, o->h);
+	}
+	free(o);
+}
+
+static void freopen_end(struct loop *loop, struct freopen *r, int res)
+{
+	struct sfolder *f = r->f;
+	struct sfile *nf[3] = { NULL, NULL, NULL };
+	struct fopener *o;
+
+	for (int i = 0; res == 0 && i < 3; i++)
+		if (!(nf[i] = sfile_new(r->fds[i], i == 2 ? f->seg_closed : 0, i == 0)))
+			res = -ENOMEM;
+	pthread_mutex_lock(&f->mu);
+	if (res == 0) {
+		f->dirf = nf[0];
+		f->log.file = nf[1];
+		f->seg = nf[2];
+		atomic_store(&f->seg->dirsync, f->seg_dirsync_closed);
+		f->fstate = FF_OPEN;
+	} else {
+		f->fstate = FF_CLOSED;
+	}
+	o = f->openers;
+	f->openers = NULL;
+	pthread_mutex_unlock(&f->mu);
+	if (res < 0) {
+		LOG_AT(loop_log(loop), LOG_ERROR, 0, "store-reopen", "dir=%s error=%s", f->dir,
+		       strerror(-res));
+		for (int i = 0; i < 3; i++) {
+			if (nf[i])
+				sfile_unref(loop, &nf[i]);
+			else if (r->fds[i] >= 0)
+				io_uring_prep_close(loop_sqe(loop, &ignore_cb), r->fds[i]);
+		}
+	}
+	while (o) {
+		struct fopener *next = o->next;
+		o->res = res;
+		xcall(loop, o->loop, fopener_deliver, o);
+		o = next;
+	}
+	suser_unref(loop, &r->u);
+	free(r->path);
+	free(r);
+}
+
+static void freopen_cqe(struct loop *loop, struct loop_cb *cb, int res, uint32_t flags)
+{
+	struct freopen *r = container_of(cb, struct freopen, cb);
+	struct sfolder *f = r->f;
+	char name[16];
+	int oflags;
+
+	(void)flags;
+	if (r->step > 0) {
+		if (res < 0) {
+			freopen_end(loop, r, res);
+			return;
+		}
+		r->fds[r->step - 1] = res;
+	}
+	free(r->path);
+	switch (r->step++) {
+	case 0:
+		r->path = strdup(f->dir);
+		oflags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+		break;
+	case 1:
+		r->path = folder_path(f, STORE_LOG);
+		oflags = O_RDWR | O_CLOEXEC;
+		break;
+	case 2:
+		/* no O_CREAT: the load made it, and nothing removes the active
+		 * segment of a folder that is not deleted */
+		store_seg_name(f->seg_closed, name);
+		r->path = folder_path(f, name);
+		oflags = O_RDWR | O_CLOEXEC;
+		break;
+	default:
+		r->path = NULL;
+		freopen_end(loop, r, 0);
+		return;
+	}
+	if (!r->path) {
+		freopen_end(loop, r, -ENOMEM);
+		return;
+	}
+	io_uring_prep_openat(loop_sqe(loop, &r->cb), AT_FDCWD, r->path, oflags, 0);
+}
+
+/* A new handle h holds its folder: 0 when the folder's files are open,
+ * 1 when cb(arg, res, h) comes once they are (reopened on h's loop), or a
+ * negative errno (the caller closes h). */
+static int folder_hold(struct store_folder *h, store_folder_cb *cb, void *arg)
+{
+	struct sfolder *f = h->f;
+	struct fopener *o = calloc(1, sizeof(*o));
+	struct freopen *r = calloc(1, sizeof(*r));
+	bool start = false;
+	int res = 1;
+
+	pthread_mutex_lock(&f->mu);
+	f->nopen++;
+	if (f->fstate == FF_OPEN) {
+		res = 0;
+	} else if (!o || (f->fstate == FF_CLOSED && !r)) {
+		res = -ENOMEM;
+	} else if (f->deleted) {
+		res = -ENOENT;
+	} else {
+		*o = (struct fopener){ .next = f->openers, .loop = h->loop, .h = h, .cb = cb,
+				       .arg = arg };
+		f->openers = o;
+		o = NULL;
+		if (f->fstate == FF_CLOSED) {
+			f->fstate = FF_OPENING;
+			start = true;
+		}
+	}
+	pthread_mutex_unlock(&f->mu);
+	free(o);
+	if (!start) {
+		free(r);
+		return res;
+	}
+	r->cb.fn = freopen_cqe;
+	r->f = f;
+	r->u = suser_ref(f->user);
+	r->fds[0] = r->fds[1] = r->fds[2] = -1;
+	freopen_cqe(h->loop, &r->cb, 0, 0);
+	return 1;
+}
+
 struct fopen_req {
 	struct store_user *uh;
 	struct loop *loop;
@@ -2792,7 +3054,11 @@ void store_folder_open(struct store_user *uh, struct loop *loop, const char *nam
 		pthread_mutex_unlock(&u->mu);
 		if (f) {
 			h = handle_new(uh, f, loop);
-			res = h ? 0 : -ENOMEM;
+			res = h ? folder_hold(h, cb, arg) : -ENOMEM;
+			if (res == 1)
+				return; /* called back once the files are open */
+			if (res < 0)
+				store_folder_close(&h);
 		} else if (special_of(name) != STORE_SPECIAL_NONE) {
 			/* special-use folders exist once asked for */
 			struct fopen_req *r = calloc(1, sizeof(*r));
@@ -2858,6 +3124,10 @@ void store_folder_close(struct store_folder **h_r)
 		return;
 	hpin_unref(h->loop, h->f, &h->pin);
 	watch_remove(h);
+	pthread_mutex_lock(&h->f->mu);
+	h->f->nopen--;
+	pthread_mutex_unlock(&h->f->mu);
+	folder_maybe_close(h->loop, h->f);
 	suser_unref(h->loop, &h->u);
 	free(h);
 }
@@ -3089,8 +3359,11 @@ static void folder_remove_files(struct loop *loop, struct sfolder *f)
 		o->paths[o->n++] = folder_path(f, STORE_CHECKPOINT);
 		o->paths[o->n++] = folder_path(f, STORE_CHECKPOINT_TMP);
 		o->paths[o->n++] = folder_path(f, STORE_LOG_NEW);
-		if (f->seg) {
-			store_seg_name(f->seg->seg, name);
+		/* the active segment: open, or its number while closed */
+		bool have_act = f->seg || f->fstate != FF_OPEN;
+		uint32_t act = f->seg ? f->seg->seg : f->seg_closed;
+		if (have_act) {
+			store_seg_name(act, name);
 			o->paths[o->n++] = folder_path(f, name);
 		}
 		uint32_t *segs = malloc((f->ix.n + 1) * sizeof(*segs));
@@ -3099,7 +3372,7 @@ static void folder_remove_files(struct loop *loop, struct sfolder *f)
 		if (segs)
 			qsort(segs, f->ix.n, sizeof(*segs), u32_cmp);
 		for (size_t i = 0; segs && i < f->ix.n; i++) {
-			if ((i && segs[i] == segs[i - 1]) || (f->seg && segs[i] == f->seg->seg))
+			if ((i && segs[i] == segs[i - 1]) || (have_act && segs[i] == act))
 				continue;
 			store_seg_name(segs[i], name);
 			o->paths[o->n++] = folder_path(f, name);
@@ -3173,6 +3446,7 @@ struct fcreate {
 	struct loop *loop;
 	struct rec_mbox m;
 	char *name;
+	struct sfolder *f;         /* loaded, once the list may adopt it */
 	store_done_cb *cb;
 	void *arg;
 };
@@ -3188,6 +3462,10 @@ static void fcreate_done(void *arg, int res)
 	pthread_mutex_lock(&u->mu);
 	u->creating--;
 	pthread_mutex_unlock(&u->mu);
+	/* adopted by the list (res 0): nobody opened it yet, so its files
+	 * close until someone does */
+	if (res == 0 && c->f)
+		folder_maybe_close(c->loop, c->f);
 	free(c->name);
 	free(c);
 	cb(cb_arg, res);
@@ -3208,6 +3486,7 @@ static void fcreate_loaded(struct loop *loop, struct fload *fl, int res)
 	} else {
 		/* m.name points into c->name: the record is built before this
 		 * returns, and c lives until fcreate_done() */
+		c->f = fl->f;
 		user_log(c->u, loop, REC_MBOX_CREATE, &c->m, fl->f, fcreate_done, c);
 	}
 }
@@ -3689,6 +3968,8 @@ static void folder_mod(struct store_folder *h, struct loop *loop, const uint32_t
 	p->mdone = cb;
 	p->darg = arg;
 	pthread_mutex_lock(&f->mu);
+	p->busy_f = f;
+	f->busy++;
 	if (f->deleted)
 		err = -ENOENT;
 	else if (!expunge)
@@ -3761,6 +4042,7 @@ static void rdreq_end(struct loop *loop, struct rdreq *r, ssize_t res)
 {
 	hpin_unref(loop, r->f, &r->pin);
 	sfile_unref(loop, &r->file);
+	folder_unbusy(loop, r->f);
 	suser_unref(loop, &r->u);
 	free(r->path);
 	r->fn(r->arg, res);
@@ -3858,6 +4140,7 @@ static void read_or_splice(struct store_folder *h, struct loop *loop, uint32_t u
 	r->fn = cb;
 	r->arg = arg;
 	pthread_mutex_lock(&f->mu);
+	f->busy++; /* until rdreq_end() */
 	m = index_find(&f->ix, uid);
 	struct hpin *p = h->pin;
 	struct sfile *drop = NULL;
@@ -4005,6 +4288,8 @@ static void append_free(struct loop *loop, struct store_append *a)
 		sfile_unref(loop, &t->segf);
 		free(t->lpath);
 		free(t->lsrc);
+		if (t->f)
+			folder_unbusy(loop, t->f);
 		suser_unref(loop, &t->u);
 	}
 	sfile_unref(loop, &a->bigf);
@@ -4058,6 +4343,7 @@ int store_append_begin(struct loop *loop, struct store_folder *const *dst, size_
 		a->t[i].a = a;
 		a->t[i].f = dst[i]->f;
 		a->t[i].u = suser_ref(dst[i]->u);
+		folder_busy(a->t[i].f); /* until append_free() */
 	}
 	*append_r = a;
 	return 0;
@@ -4278,6 +4564,8 @@ static void target_log(struct loop *loop, struct atarget *t)
 		.flags = a->flags, .data_crc = a->crc, .blob = span_make(a->blob, a->bloblen),
 	};
 	pthread_mutex_lock(&f->mu);
+	p->busy_f = f;
+	f->busy++;
 	if (f->deleted)
 		err = -ENOENT;
 	else if (f->log.broken)
@@ -4412,8 +4700,10 @@ static void segroll_opened(struct loop *loop, struct loop_cb *cb, int res, uint3
 		}
 	}
 	f->seg_rolling = false;
+	f->busy--;
 	pthread_mutex_unlock(&f->mu);
 	sfile_unref(loop, &nf);
+	folder_maybe_close(loop, f);
 	suser_unref(loop, &r->u);
 	free(r->path);
 	free(r);
@@ -4441,6 +4731,7 @@ static void seg_roll_locked(struct loop *loop, struct sfolder *f)
 		return;
 	}
 	f->seg_rolling = true;
+	f->busy++; /* until segroll_opened() */
 	r->f = f;
 	r->cb.fn = segroll_opened;
 	/* a reference without the registry lock order problem: the caller
@@ -5136,6 +5427,7 @@ static void compact_end(struct loop *loop, struct compact *c, int res)
 	else if (c->reclaimed)
 		LOG_AT(loop_log(loop), LOG_INFO, 0, "store-compacted", "dir=%s reclaimed=%llu", f->dir,
 		       (unsigned long long)c->reclaimed);
+	folder_maybe_close(loop, f);
 	c->cb_fn(c->arg, res < 0 ? res : (int)(c->reclaimed > INT32_MAX ? INT32_MAX : c->reclaimed));
 	suser_unref(loop, &c->u);
 	free(c->segs);
@@ -5336,6 +5628,8 @@ static void compact_run(struct loop *loop, struct compact *c, int res)
 			p->arg = c;
 			c->step = CP_LOGGED;
 			pthread_mutex_lock(&f->mu);
+			p->busy_f = f;
+			f->busy++;
 			err = slog_reserve(&f->log, p);
 			pthread_mutex_unlock(&f->mu);
 			if (err < 0) {

@@ -177,14 +177,17 @@ void store_folder_subscribe(struct store_user *user, struct loop *loop, const ch
 			    bool on, store_done_cb *cb, void *arg);
 
 /* Opens a folder on loop (recovering it if this process has not opened it
- * yet). INBOX and the special-use names ("Sent", "Drafts", "Trash", "Junk",
- * "Archive") are created when missing; other names give -ENOENT. cb runs
- * once with the handle (NULL when res < 0), owned by the caller until
+ * yet; opening its files again, through loop's ring, if no handle or
+ * request used it since they closed: docs/store.md "Descriptors"). INBOX
+ * and the special-use names ("Sent", "Drafts", "Trash", "Junk", "Archive")
+ * are created when missing; other names give -ENOENT. cb runs once with
+ * the handle (NULL when res < 0), owned by the caller until
  * store_folder_close(). */
 typedef void store_folder_cb(void *arg, int res, struct store_folder *folder);
 void store_folder_open(struct store_user *user, struct loop *loop, const char *name,
 		       store_folder_cb *cb, void *arg);
-/* Closes the handle (watch included); in-flight requests still complete. */
+/* Closes the handle (watch included); in-flight requests still complete.
+ * The folder's files close once its last handle and request are gone. */
 void store_folder_close(struct store_folder **folder_r);
 
 struct store_folder_status {

@@ -240,3 +240,128 @@ Test(store_multiloop, concurrent_appends_share_one_folder, .timeout = 60)
 	t_rmrf(d);
 	free(d);
 }
+
+/* A folder nobody keeps open, used from several loops at once: each opens
+ * it, appends, closes its handle before the acknowledgement, opens it again
+ * and reads its message back. Its files close whenever the last handle
+ * and request are gone and reopen at the next open (docs/store.md
+ * "Descriptors"), on whichever loop that is: no append is lost, UIDs stay
+ * unique, and every message reads back. */
+enum { CHURN = 60 };
+
+struct churner {
+	int id;
+	pthread_t th;
+	int acked, failed, read_ok;
+	uint32_t uids[CHURN];
+};
+
+static atomic_int churned;
+
+static void *churn_main(void *arg)
+{
+	struct churner *c = arg;
+	struct waitres r = { 0 };
+	struct store_user *u;
+	struct loop *l;
+
+	cr_assert_eq(loop_new_standalone(&l), 0);
+	store_user_open(S, l, "churn@example.com", wr_user, &r);
+	t_run(l, &r);
+	cr_assert_eq(r.res, 0);
+	u = r.ptr;
+	for (int i = 0; i < CHURN; i++) {
+		struct store_folder *f = t_folder(u, l, "Trash");
+		struct store_append *a;
+		struct waitres w = { 0 };
+		char msg[64], *got;
+		size_t len = (size_t)snprintf(msg, sizeof(msg), "Subject: churn %d %d\r\n\r\nx\r\n",
+					      c->id, i), glen;
+
+		cr_assert_eq(store_append_begin(l, &f, 1, 0, 0, NULL, 0, NULL, NULL, &a), 0);
+		cr_assert_eq(store_append_write(a, span_make(msg, len)), (ssize_t)len);
+		store_append_commit(a, SPAN_LIT(""), wr_uid, &w);
+		store_folder_close(&f); /* requests in flight still complete */
+		t_run(l, &w);
+		if (w.res) {
+			c->failed++;
+			continue;
+		}
+		c->uids[c->acked++] = w.uid;
+		f = t_folder(u, l, "Trash");
+		got = t_read_all(l, f, w.uid, &glen, 4096);
+		c->read_ok += got && glen == len && memcmp(got, msg, len) == 0;
+		free(got);
+		store_folder_close(&f);
+		{
+			/* out of step with the others: sometimes the folder is
+			 * left unused, its files close, and an open reopens them
+			 * while another loop opens or appends */
+			bool never = false;
+			loop_run_until(l, &never, (uint32_t)(1 + (i * 7 + c->id * 3) % 5));
+		}
+	}
+	/* acknowledgements and closes cross loops: keep turning until all
+	 * are done */
+	atomic_fetch_add(&churned, 1);
+	while (atomic_load(&churned) < NLOOPS) {
+		bool never = false;
+		loop_run_until(l, &never, 20);
+	}
+	{
+		bool never = false;
+		loop_run_until(l, &never, 50);
+	}
+	store_user_close(&u);
+	loop_free(&l);
+	return NULL;
+}
+
+Test(store_multiloop, unused_folder_closes_and_reopens_across_loops, .timeout = 60)
+{
+	char *d = t_tmpdir();
+	struct store_config cfg = { .data_dir = d };
+	struct churner c[NLOOPS];
+	struct loop *probe, *l;
+	struct store_user *u;
+	struct store_folder *f;
+	struct store_folder_status st;
+	uint8_t seen[NLOOPS * CHURN + 2] = { 0 };
+
+	if (loop_new_standalone(&probe))
+		cr_skip_test("io_uring unavailable");
+	loop_free(&probe);
+	cr_assert_eq(store_new(&cfg, &S), 0);
+	memset(c, 0, sizeof(c));
+	for (int i = 0; i < NLOOPS; i++) {
+		c[i].id = i;
+		cr_assert_eq(pthread_create(&c[i].th, NULL, churn_main, &c[i]), 0);
+	}
+	for (int i = 0; i < NLOOPS; i++)
+		pthread_join(c[i].th, NULL);
+	for (int i = 0; i < NLOOPS; i++) {
+		cr_expect_eq(c[i].failed, 0, "loop %d", i);
+		cr_expect_eq(c[i].read_ok, CHURN, "loop %d", i);
+		for (int k = 0; k < c[i].acked; k++) {
+			uint32_t uid = c[i].uids[k];
+			cr_assert(uid >= 1 && uid <= NLOOPS * CHURN, "uid %u", uid);
+			cr_expect_eq(seen[uid], 0, "uid %u twice", uid);
+			seen[uid] = 1;
+		}
+	}
+	store_free(&S);
+	/* and all of it is there after a restart */
+	cr_assert_eq(store_new(&cfg, &S), 0);
+	l = t_loop();
+	u = t_user(S, l, "churn@example.com");
+	f = t_folder(u, l, "Trash");
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, NLOOPS * CHURN);
+	cr_expect_eq(st.uidnext, NLOOPS * CHURN + 1);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	loop_free(&l);
+	t_rmrf(d);
+	free(d);
+}

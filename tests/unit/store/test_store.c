@@ -5,6 +5,7 @@
 
 #include <stdatomic.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -39,6 +40,20 @@ static void teardown(void)
 }
 
 TestSuite(store, .init = setup, .fini = teardown);
+
+/* A restart: closes f (if any) and u, frees the store, opens it again
+ * with the default configuration, then the user and, given a name, its
+ * folder. */
+static void t_reopen(struct store_user **u, struct store_folder **f, const char *folder)
+{
+	store_folder_close(f);
+	store_user_close(u);
+	store_free(&S);
+	open_store(0, 4096, 0);
+	*u = t_user(S, L, "alice@example.com");
+	if (folder)
+		*f = t_folder(*u, L, folder);
+}
 
 static const char *msgs[] = {
 	"From: a@example.com\r\nSubject: one\r\n\r\nbody one\r\n",
@@ -87,12 +102,7 @@ Test(store, append_read_reopen)
 	store_view_free(&v);
 
 	uint32_t uidvalidity = st.uidvalidity;
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	open_store(0, 4096, 0);
-	u = t_user(S, L, "alice@example.com");
-	f = t_folder(u, L, "inbox");
+	t_reopen(&u, &f, "inbox");
 	store_folder_status(f, &st);
 	cr_expect_eq(st.messages, 3);
 	cr_expect_eq(st.uidvalidity, uidvalidity);
@@ -159,12 +169,7 @@ Test(store, splice_into_a_pipe)
 	t_run(L, &w);
 	cr_expect_eq(w.res, 0, "the end");
 	/* a whole message, after a reopen (the segment file is opened first) */
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	open_store(0, 4096, 0);
-	u = t_user(S, L, "alice@example.com");
-	f = t_folder(u, L, "INBOX");
+	t_reopen(&u, &f, "INBOX");
 	w = (struct waitres){ 0 };
 	store_splice(f, L, 3, 0, STORE_READ_MAX, p[1], wr_read, &w);
 	t_run(L, &w);
@@ -209,12 +214,7 @@ Test(store, empty_folder_highestmodseq_is_one)
 
 	store_folder_status(f, &st);
 	cr_expect_eq(st.highestmodseq, 1);
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	open_store(0, 4096, 0);
-	u = t_user(S, L, "alice@example.com");
-	f = t_folder(u, L, "INBOX");
+	t_reopen(&u, &f, "INBOX");
 	store_folder_status(f, &st);
 	cr_expect_eq(st.highestmodseq, 1);
 	cr_assert_eq(t_append(L, f, "first\r\n", NULL), 0);
@@ -294,12 +294,7 @@ Test(store, flags_keywords_modseq)
 		cr_expect_eq(st.unseen, 1);
 		store_view_free(&v);
 		/* the same after replay */
-		store_folder_close(&f);
-		store_user_close(&u);
-		store_free(&S);
-		open_store(0, 4096, 0);
-		u = t_user(S, L, "alice@example.com");
-		f = t_folder(u, L, "INBOX");
+		t_reopen(&u, &f, "INBOX");
 	}
 	store_folder_close(&f);
 	store_user_close(&u);
@@ -352,12 +347,7 @@ Test(store, flags_that_change_nothing_keep_modseq)
 		cr_expect_eq(st.highestmodseq, 7, "pass %d", pass);
 		cr_expect_eq(st.unseen, 0, "pass %d", pass);
 		if (pass == 0) {
-			store_folder_close(&f);
-			store_user_close(&u);
-			store_free(&S);
-			open_store(0, 4096, 0);
-			u = t_user(S, L, "alice@example.com");
-			f = t_folder(u, L, "INBOX");
+			t_reopen(&u, &f, "INBOX");
 		}
 	}
 	/* the next change is above every MODSEQ a message or HIGHESTMODSEQ
@@ -507,12 +497,7 @@ Test(store, big_message_streams_with_backpressure)
 	cr_expect_eq(len, 100000);
 	cr_expect_eq(memcmp(got, big, len), 0);
 	free(got);
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	open_store(0, 4096, 0);
-	u = t_user(S, L, "alice@example.com");
-	f = t_folder(u, L, "INBOX");
+	t_reopen(&u, &f, "INBOX");
 	got = t_read_all(L, f, uid, &len, 65536);
 	cr_assert(got);
 	cr_expect_eq(len, 100000);
@@ -681,6 +666,13 @@ Test(store, copy_and_move)
 	cr_expect_eq(st.messages, 1, "moved ones are gone from the source");
 	store_folder_status(ar, &st);
 	cr_expect_eq(st.messages, 5);
+	/* into the folder it reads from (IMAP's COPY 1 INBOX in INBOX) */
+	w = (struct waitres){ 0 };
+	store_copy(ar, L, uids, 1, ar, false, out, wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	cr_expect_eq(out[0], 6);
+	check_msg(ar, 6, msgs[0]);
 	free(big);
 	store_folder_close(&in);
 	store_folder_close(&ar);
@@ -774,12 +766,7 @@ Test(store, checkpoint_then_log_tail)
 	}
 	snprintf(path, sizeof(path), "%s/mail/alice@example.com/f0/checkpoint", D);
 	cr_assert_eq(stat(path, &sb), 0, "a checkpoint was written");
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	open_store(0, 4096, 0);
-	u = t_user(S, L, "alice@example.com");
-	f = t_folder(u, L, "INBOX");
+	t_reopen(&u, &f, "INBOX");
 	store_folder_status(f, &st);
 	cr_expect_eq(st.messages, 40);
 	cr_expect_eq(st.uidnext, 41);
@@ -1347,11 +1334,18 @@ Test(store, auto_folders_after_a_torn_folder_list)
  * descriptors here: the directory opens, the log does not) removes that
  * directory: the auto folders are tried again at every load, and each try
  * must not leave an orphan behind. The next load, with descriptors, makes
- * them. */
+ * them. A loaded folder closes its files, so the load needs one folder's
+ * descriptors at a time; the two creates run at once and need two
+ * folders': at the first limit the load passes, one of them at least
+ * runs out. */
 Test(store, auto_folders_failing_leave_no_orphan_directories)
 {
-	static const char *const one[] = { "Sent" };
+	static const char *const two[] = { "Sent", "Drafts" };
+	static const struct {
+		const char *name, *dir;
+	} made[] = { { "Sent:es", "f1" }, { "Drafts:es", "f2" } };
 	char got[512], p[700];
+	int missing = 0;
 	struct store_user *u;
 	struct rlimit old, low;
 	struct stat sb;
@@ -1362,13 +1356,13 @@ Test(store, auto_folders_failing_leave_no_orphan_directories)
 	u = t_user(S, L, "alice@example.com"); /* INBOX is f0 */
 	store_user_close(&u);
 	store_free(&S);
-	open_store_autos(one, 1, 0);
+	open_store_autos(two, 2, 0);
 	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
 	probe = dup(0);
 	cr_assert_geq(probe, 0);
 	close(probe);
 	/* Raise the limit one descriptor at a time from what is open now: the
-	 * first load that succeeds had none to spare for Sent's three. */
+	 * first load that succeeds had none to spare for both creates. */
 	u = NULL;
 	for (rlim_t extra = 1; !u && extra < 64; extra++) {
 		struct waitres w = { 0 };
@@ -1387,19 +1381,113 @@ Test(store, auto_folders_failing_leave_no_orphan_directories)
 	}
 	cr_assert_not_null(u);
 	list_str(u, got, sizeof(got));
-	cr_expect_str_eq(got, "INBOX:e0 Sent:s1", "subscribed, not made");
+	cr_expect(strstr(got, "Sent:") && strstr(got, "Drafts:"), "both subscribed: %s", got);
 	{
 		bool never = false;
 		loop_run_until(L, &never, 50); /* the removal runs in the background */
 	}
-	snprintf(p, sizeof(p), "%s/mail/alice@example.com/f1", D);
-	cr_expect_neq(stat(p, &sb), 0, "the failed create's directory is gone");
+	for (size_t i = 0; i < 2; i++) {
+		if (strstr(got, made[i].name))
+			continue;
+		missing++;
+		snprintf(p, sizeof(p), "%s/mail/alice@example.com/%s", D, made[i].dir);
+		cr_expect_neq(stat(p, &sb), 0, "the failed create's directory %s is gone", p);
+	}
+	cr_expect_geq(missing, 1, "a create ran out of descriptors: %s", got);
 	store_user_close(&u);
 	store_free(&S);
-	open_store_autos(one, 1, 0);
+	open_store_autos(two, 2, 0);
 	u = t_user(S, L, "alice@example.com");
 	list_str(u, got, sizeof(got));
-	cr_expect_str_eq(got, "INBOX:e0 Sent:es1");
+	cr_expect_str_eq(got, "INBOX:e0 Drafts:es2 Sent:es1");
+	store_user_close(&u);
+}
+
+/* Descriptors this process has open, once the closes the loop queued ran. */
+static int t_nfds(void)
+{
+	bool never = false;
+	DIR *d;
+	int n = 0;
+
+	loop_run_until(L, &never, 30);
+	d = opendir("/proc/self/fd");
+	cr_assert_not_null(d);
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+/* A loaded user holds descriptors only for the folders a handle uses
+ * (docs/store.md "Descriptors"): its folder list's two, plus three per
+ * open folder (directory, log, active segment). A folder whose last handle
+ * closes closes its files; the index stays, and the next open reopens
+ * them: what was appended then reads back, and survives a restart, with
+ * the quota counted right at the next load. */
+Test(store, folders_hold_descriptors_only_while_open)
+{
+	static const char *const five[] = { "Sent", "Drafts", "Trash", "Junk", "Archive" };
+	struct store_user *u;
+	struct store_folder *f, *g;
+	uint64_t bytes, n, lb, lm;
+	uint32_t uid;
+	int base;
+
+	store_free(&S);
+	open_store_autos(five, 5, 0);
+	base = t_nfds();
+	u = t_user(S, L, "alice@example.com");
+	cr_expect_eq(t_nfds() - base, 2, "a new user: its folder list only");
+	f = t_folder(u, L, "INBOX");
+	cr_expect_eq(t_nfds() - base, 5, "and INBOX's three");
+	cr_assert_eq(t_append(L, f, msgs[0], &uid), 0);
+	cr_expect_eq(t_nfds() - base, 5);
+	g = t_folder(u, L, "Trash");
+	cr_expect_eq(t_nfds() - base, 8, "and Trash's three");
+	cr_assert_eq(t_append(L, g, msgs[1], &uid), 0);
+	cr_expect_eq(uid, 1);
+	check_msg(g, 1, msgs[1]);
+	store_folder_close(&g);
+	cr_expect_eq(t_nfds() - base, 5, "Trash closed its files with its last handle");
+	store_folder_close(&f);
+	cr_expect_eq(t_nfds() - base, 2);
+
+	/* reopened from the index in memory: no reload */
+	g = t_folder(u, L, "Trash");
+	cr_expect_eq(t_nfds() - base, 5);
+	check_msg(g, 1, msgs[1]);
+	cr_assert_eq(t_append(L, g, msgs[2], &uid), 0);
+	cr_expect_eq(uid, 2, "UIDs go on across a reopen of the files");
+	check_msg(g, 2, msgs[2]);
+	/* two handles, one folder: its files stay until the last closes */
+	f = t_folder(u, L, "Trash");
+	store_folder_close(&g);
+	cr_expect_eq(t_nfds() - base, 5);
+	check_msg(f, 1, msgs[1]);
+	store_folder_close(&f);
+	cr_expect_eq(t_nfds() - base, 2);
+	store_user_quota(u, &bytes, &n, &lb, &lm);
+	cr_expect_eq(n, 3);
+	cr_expect_eq(bytes, strlen(msgs[0]) + strlen(msgs[1]) + strlen(msgs[2]));
+
+	/* a restart: everything is there, and the load counted it */
+	store_user_close(&u);
+	store_free(&S);
+	open_store_autos(five, 5, 0);
+	u = t_user(S, L, "alice@example.com");
+	cr_expect_eq(t_nfds() - base, 2, "a loaded user: its folder list only");
+	store_user_quota(u, &bytes, &n, &lb, &lm);
+	cr_expect_eq(n, 3);
+	cr_expect_eq(bytes, strlen(msgs[0]) + strlen(msgs[1]) + strlen(msgs[2]));
+	f = t_folder(u, L, "INBOX");
+	check_msg(f, 1, msgs[0]);
+	g = t_folder(u, L, "Trash");
+	cr_expect_eq(t_nfds() - base, 8);
+	check_msg(g, 1, msgs[1]);
+	check_msg(g, 2, msgs[2]);
+	store_folder_close(&g);
+	store_folder_close(&f);
 	store_user_close(&u);
 }
 
@@ -1791,12 +1879,7 @@ Test(store, vanished_since_modseq_survives_reopen)
 		cr_expect_eq(n, 0);
 		cr_expect_null(r);
 		/* reopen: a checkpoint covers the first expunge, the log the second */
-		store_folder_close(&f);
-		store_user_close(&u);
-		store_free(&S);
-		open_store(0, 4096, 0);
-		u = t_user(S, L, "alice@example.com");
-		f = t_folder(u, L, "INBOX");
+		t_reopen(&u, &f, "INBOX");
 	}
 	{
 		char path[600];
