@@ -874,12 +874,15 @@ static void sfolder_free(struct loop *loop, struct sfolder *f)
 /* ---- a folder's files: open only while in use ---------------------------- */
 
 /* Whether f's files may close now; f->mu held. A broken folder keeps them:
- * its files' sticky fsync errors live in their struct sfile. */
+ * its files' sticky fsync errors live in their struct sfile. INBOX keeps
+ * them too: every delivery and nearly every login opens it, and three
+ * openat()s and closes each time cost more than its three descriptors
+ * per loaded user. */
 static bool folder_idle_locked(struct sfolder *f)
 {
 	struct sfile *files[3] = { f->dirf, f->log.file, f->seg };
 
-	if (f->fstate != FF_OPEN || f->nopen || atomic_load(&f->busy) || f->ck_running ||
+	if (f->id == STORE_INBOX_ID || f->fstate != FF_OPEN || f->nopen || atomic_load(&f->busy) || f->ck_running ||
 	    f->compacting || f->seg_rolling || f->log.rotating || f->log.head || f->log.parked ||
 	    f->log.broken || atomic_load(&f->user->poisoned))
 		return false;
