@@ -4713,6 +4713,56 @@ static void copy_done(void *arg, int res)
 	release(is);
 }
 
+/* Copies (or moves) is->uids from the selected mailbox to is->other, which
+ * copy_done closes; the caller's hold is passed on to copy_done. */
+static void copy_start(struct imap_session *is, bool move)
+{
+	free(is->uids2);
+	is->uids2 = calloc(is->nuids + 1, sizeof(uint32_t));
+	if (!is->uids2) {
+		store_folder_close(&is->other);
+		store_error(is, -ENOMEM);
+		release(is);
+		return;
+	}
+	store_copy(is->folder, stream_loop(is->s), is->uids, is->nuids, is->other, move,
+		   is->uids2, copy_done, is);
+}
+
+/* COPY out of a selected mailbox that another session deleted (its name
+ * is gone, or names a mailbox created since: another UIDVALIDITY) is NO
+ * [NONEXISTENT] and copies nothing, as MOVE and as in Dovecot ("NO
+ * Mailbox was deleted under us"); it used to copy the messages. A
+ * delete that lands while the copy runs is not seen. */
+static void copy_source_checked(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead)
+		store_folder_close(&is->other);
+	if (gone_after_open(is, folder))
+		return;
+	uint32_t uidvalidity = 0;
+	if (res == 0) {
+		struct store_folder_status st;
+		store_folder_status(folder, &st);
+		store_folder_close(&folder);
+		uidvalidity = st.uidvalidity;
+	}
+	if (res == -ENOENT || (res == 0 && uidvalidity != is->uidvalidity)) {
+		store_folder_close(&is->other);
+		done(is, "NO", "[NONEXISTENT] Mailbox was deleted under us");
+		release(is);
+		return;
+	}
+	if (res < 0) {
+		store_folder_close(&is->other);
+		store_error(is, res);
+		release(is);
+		return;
+	}
+	copy_start(is, false);
+}
+
 static void copy_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
@@ -4728,17 +4778,15 @@ static void copy_opened(void *arg, int res, struct store_folder *folder)
 	}
 	is->other = folder;
 	bool move = is->cmd && strcasecmp(is->cmd->name, "MOVE") == 0;
-	free(is->uids2);
-	is->uids2 = calloc(is->nuids + 1, sizeof(uint32_t));
-	if (!is->uids2) {
-		store_folder_close(&is->other);
-		store_error(is, -ENOMEM);
-		release(is);
-		return;
+	if (!move && strcmp(is->folder_name, "INBOX") != 0) {
+		/* A COPY reads the source through the session's handle, which
+		 * still reads a mailbox another session deleted: look its name
+		 * up first (the store checks MOVE's source itself). */
+		store_folder_open(is->su, stream_loop(is->s), is->folder_name, copy_source_checked,
+				  is);
+		return; /* the hold is passed on */
 	}
-	store_copy(is->folder, stream_loop(is->s), is->uids, is->nuids, is->other, move,
-		   is->uids2, copy_done, is);
-	/* the hold is passed on to copy_done */
+	copy_start(is, move);
 }
 
 static void cmd_copy(struct imap_session *is, size_t a)

@@ -328,8 +328,8 @@ def test_move_out_of_mailbox_deleted_by_other_session(srv):
     (Dovecot's answer too). The copies used to be made, then the expunge of
     the originals failed and the copies were expunged again: the
     destination's UIDNEXT and HIGHESTMODSEQ moved, and a session that had
-    it selected saw each copy come and go. COPY still reads the deleted
-    mailbox's messages through the session's handle (Dovecot: NO)."""
+    it selected saw each copy come and go. COPY answers the same
+    (test_copy_out_of_mailbox_deleted_by_other_session)."""
     desk, phone, watch = imap(srv), imap(srv), imap(srv)
     msg = b"From: a@remote.example\r\nSubject: doomed\r\n\r\nx\r\n"
     assert desk.create("Gone")[0] == "OK" and desk.create("Dst")[0] == "OK"
@@ -347,11 +347,44 @@ def test_move_out_of_mailbox_deleted_by_other_session(srv):
     assert watch.noop()[0] == "OK"
     assert not {"EXISTS", "EXPUNGE"} & set(watch.untagged_responses), watch.untagged_responses
     assert phone.noop()[0] == "OK"
-    typ, data = phone.copy("2", "Dst")
-    assert typ == "OK", data
+    assert phone.close()[0] == "OK"
+    for c in (desk, phone, watch):
+        c.logout()
+
+
+def test_copy_out_of_mailbox_deleted_by_other_session(srv):
+    """COPY and UID COPY from a selected mailbox another session deleted
+    answer NO [NONEXISTENT] and copy nothing, as MOVE does and as Dovecot
+    does ("NO Mailbox was deleted under us"); they used to copy the
+    messages through the session's handle. Also when a new mailbox of the
+    same name was created since (another UIDVALIDITY). A COPY out of a
+    mailbox that still exists (INBOX included) copies as before."""
+    desk, phone, watch = imap(srv), imap(srv), imap(srv)
+    msg = b"From: a@remote.example\r\nSubject: doomed\r\n\r\nx\r\n"
+    assert desk.create("Gone")[0] == "OK" and desk.create("Dst")[0] == "OK"
+    for box in ("Gone", "Gone", "INBOX"):
+        assert desk.append(box, None, None, msg)[0] == "OK"
+    assert phone.select("Gone") == ("OK", [b"2"])
+    assert watch.select("Dst") == ("OK", [b"0"])
+    assert phone.copy("1", "Dst")[0] == "OK"
+    assert watch.noop()[0] == "OK"
+    assert desk.delete("Gone")[0] == "OK"
+    for cmd, args in (("COPY", ("1", "Dst")), ("COPY", ("1:2", "Dst")), ("UID", ("COPY", "2", "Dst"))):
+        typ, data = phone._simple_command(cmd, *args)
+        assert typ == "NO" and data[-1].startswith(b"[NONEXISTENT]"), (cmd, args, typ, data)
+    assert desk.create("Gone")[0] == "OK"
+    assert desk.append("Gone", None, None, msg)[0] == "OK"
+    typ, data = phone.copy("1", "Dst")
+    assert typ == "NO" and data[-1].startswith(b"[NONEXISTENT]"), data
     typ, data = desk.status("Dst", "(MESSAGES UIDNEXT)")
     assert typ == "OK" and data == [b'"Dst" (MESSAGES 1 UIDNEXT 2)'], data
-    assert phone.close()[0] == "OK"
+    watch.untagged_responses.clear()
+    assert watch.noop()[0] == "OK"
+    assert "EXISTS" not in watch.untagged_responses, watch.untagged_responses
+    assert phone.select("INBOX") == ("OK", [b"1"])
+    assert phone.copy("1", "Dst")[0] == "OK"
+    typ, data = desk.status("Dst", "(MESSAGES UIDNEXT)")
+    assert typ == "OK" and data == [b'"Dst" (MESSAGES 2 UIDNEXT 3)'], data
     for c in (desk, phone, watch):
         c.logout()
 
