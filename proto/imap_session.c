@@ -4460,8 +4460,16 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		const struct store_msg *m = msg_of(is, (size_t)i);
 		if (!m)
 			continue;
-		bool say_flags = !is->store_silent || !kw_known;
-		if (!say_flags) {
+		/* Non-silent: FLAGS for each message whose flags (or MODSEQ)
+		 * are not what the client knew, i.e. the STORE or another
+		 * session changed it. A message the STORE left as it was gets
+		 * nothing, as in Dovecot (RFC 3501 6.4.6: STORE "normally"
+		 * returns the updated value; nothing was updated). */
+		bool say_flags = !is->store_silent
+			? m->flags != is->msgs[i].flags || m->keywords != is->msgs[i].kw ||
+			  m->modseq != is->msgs[i].modseq
+			: !kw_known;
+		if (is->store_silent && !say_flags) {
 			uint32_t ef = is->msgs[i].flags;
 			uint64_t ek = is->msgs[i].kw;
 			if (is->store_op == STORE_FLAGS_SET) {
