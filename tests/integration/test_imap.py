@@ -14,7 +14,6 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import pytest
@@ -1727,9 +1726,9 @@ def test_qresync_uid_fetch_changedsince_vanished(srv):
     a.cmd("NOOP")
     lines, _ = a.cmd(f"UID FETCH 4:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
     assert vanished(lines) == "5:6", lines
-    for bad_cmd in (f"UID FETCH 1:* (FLAGS) (VANISHED)",
+    for bad_cmd in ("UID FETCH 1:* (FLAGS) (VANISHED)",
                     f"FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)",
-                    f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE x)"):
+                    "UID FETCH 1:* (FLAGS) (CHANGEDSINCE x)"):
         _, t = a.cmd(bad_cmd)
         assert b" BAD " in t, (bad_cmd, t)
 
