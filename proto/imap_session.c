@@ -4579,7 +4579,13 @@ static void cmd_store(struct imap_session *is, size_t a)
 	uint32_t flags;
 	const char *kw[STORE_KEYWORDS_MAX];
 	size_t nkw;
-	if (i >= is->ntoks || !flags_arg(is, &i, &flags, kw, &nkw))
+	if (i >= is->ntoks) {
+		/* no flag list at all: BAD (this used to return without a
+		 * reply, and the client waited for one forever) */
+		syntax(is, "Syntax: STORE set [+-]FLAGS[.SILENT] flags");
+		return;
+	}
+	if (!flags_arg(is, &i, &flags, kw, &nkw))
 		return;
 	if (i != is->ntoks) {
 		syntax(is, "Syntax: STORE set [+-]FLAGS[.SILENT] flags");

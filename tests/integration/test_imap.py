@@ -3631,6 +3631,27 @@ def modseqs(r, fetch_set="1:*"):
     return out
 
 
+def test_store_without_flags_is_bad(srv):
+    """STORE with an item but no flag list ("STORE 1 +FLAGS", which a
+    client building the list from an empty selection sends) got no reply at
+    all: the client waited forever and the next command's reply was lost.
+    It is BAD now, and the session goes on. An empty list is a valid
+    flag-list (RFC 3501 9) and does nothing, as in Dovecot."""
+    r = Raw(srv).login()
+    append_raw(r, b"Subject: s\r\n\r\nx\r\n")
+    _, t = r.cmd("SELECT INBOX")
+    assert b" OK " in t, t
+    for cmd in ("STORE 1 +FLAGS", "STORE 1 FLAGS", "UID STORE 1 -FLAGS.SILENT",
+                "STORE 1 (UNCHANGEDSINCE 5) FLAGS"):
+        lines, t = r.cmd(cmd, timeout=3)
+        assert lines == [] and b" BAD " in t, (cmd, lines, t)
+        lines, t = r.cmd("NOOP", timeout=3)
+        assert b" OK " in t, (cmd, lines, t)
+    for cmd in ("STORE 1 +FLAGS ()", "STORE 1 -FLAGS.SILENT ()"):
+        lines, t = r.cmd(cmd, timeout=3)
+        assert lines == [] and b" OK " in t, (cmd, lines, t)
+
+
 def test_store_that_changes_nothing_sends_no_fetch(srv):
     """A non-silent STORE answers a FETCH only for the messages whose flags
     (or MODSEQ) are not what the client knew: +FLAGS (\\Seen) on a \\Seen
