@@ -2060,16 +2060,24 @@ static void select_common(struct imap_session *is, size_t a, bool readonly)
 		return;
 	size_t k = a + 1;
 	is->qr_select = false;
+	bool condstore = false;
 	if (k < is->ntoks && is->toks[k].kind == T_LBEGIN) {
 		size_t end = list_end(is, k);
 		for (size_t i = k + 1; i + 1 < end; i++) {
 			if (is_atom(is, i, "CONDSTORE")) {
-				is->condstore = true;
+				condstore = true;
 			} else if (is_atom(is, i, "QRESYNC")) {
 				size_t past;
 				if (!qresync_param(is, i + 1, &past))
 					return;
 				i = past - 1; /* the loop steps past the parameter */
+			} else {
+				/* an extension this server does not offer: the
+				 * client would count on semantics it does not get
+				 * (Dovecot answers BAD too; this used to be
+				 * ignored) */
+				syntax(is, "Unknown SELECT parameter");
+				return;
 			}
 		}
 		k = end;
@@ -2078,6 +2086,8 @@ static void select_common(struct imap_session *is, size_t a, bool readonly)
 		syntax(is, "Syntax: SELECT mailbox [(CONDSTORE | QRESYNC (...))]");
 		return;
 	}
+	if (condstore)
+		is->condstore = true;
 	/* RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected. */
 	if (is->state == IMAP_S_SELECTED) {
 		mailbox_close(is);

@@ -3631,6 +3631,29 @@ def modseqs(r, fetch_set="1:*"):
     return out
 
 
+def test_select_with_unknown_parameter_is_bad(srv):
+    """SELECT/EXAMINE with a parameter this server does not offer ("(FOO)",
+    RFC 4466's select-param for extensions) is BAD and changes nothing, as
+    in Dovecot: it used to be ignored, and a client would count on an
+    extension it never got. CONDSTORE alongside the unknown one is not
+    enabled either; the mailbox selected before stays selected."""
+    r = Raw(srv).login()
+    append_raw(r, b"Subject: s\r\n\r\nx\r\n")
+    for cmd in ("SELECT INBOX (FOO)", "EXAMINE INBOX (FOO BAR)", "SELECT INBOX (CONDSTORE FOO)"):
+        lines, t = r.cmd(cmd)
+        assert lines == [] and b" BAD " in t, (cmd, lines, t)
+    lines, t = r.cmd("FETCH 1 FLAGS")
+    assert b" BAD " in t, (lines, t)  # nothing selected
+    lines, t = r.cmd("SELECT INBOX")
+    assert b" OK [READ-WRITE]" in t, t
+    lines, t = r.cmd("SELECT INBOX (FOO)")
+    assert lines == [] and b" BAD " in t, (lines, t)
+    lines, t = r.cmd("FETCH 1 FLAGS")
+    assert lines == [b"* 1 FETCH (FLAGS ())\r\n"] and b" OK " in t, (lines, t)
+    lines, t = r.cmd("SELECT INBOX (CONDSTORE)")
+    assert b" OK [READ-WRITE]" in t, t
+
+
 def test_store_without_flags_is_bad(srv):
     """STORE with an item but no flag list ("STORE 1 +FLAGS", which a
     client building the list from an empty selection sends) got no reply at
