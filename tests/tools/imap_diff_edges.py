@@ -98,6 +98,20 @@ def idle(cs, done):
 for done in (b"DONE", b"done", b"DONE junk", b"NOOP", b"DONE\tx"):
     idle(cs, done)
 
+# ---- what mail clients send every day ------------------------------------------------
+run(cs, ["UNSELECT"], quiet=True)
+run(cs, ['SELECT "INBOX"', "SELECT inbox", "STATUS inbox (MESSAGES UIDNEXT)", "STATUS INBOX (MESSAGES UIDNEXT)",
+         "CREATE par", "CREATE par/child", "FETCH 1:* (UID FLAGS) (CHANGEDSINCE 1)",
+         "UID FETCH 1:* (FLAGS) (VANISHED)", "SEARCH UNSEEN", "SEARCH RETURN () ALL",
+         "UID SEARCH RETURN (SAVE) UNSEEN", "FETCH $ FLAGS", "UID FETCH $ FLAGS",
+         "FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject)])", "FETCH 1 RFC822.HEADER", "FETCH 1 BODYSTRUCTURE",
+         "FETCH 1 ENVELOPE", "FETCH 1 ALL", "FETCH 1 FAST", "FETCH 1 FULL", "FETCH 1 (UID RFC822.SIZE FLAGS)",
+         "FETCH 1:2 (FLAGS) (CHANGEDSINCE 0)", "UID SEARCH UID 1:*", "CHECK", 'XLIST "" "*"',
+         'LIST "" "*" RETURN (STATUS (MESSAGES UNSEEN))', 'LIST "" "INBOX/%"', 'LSUB "" "%"',
+         'GETQUOTA ""', 'ID ("name" NIL)', "COPY 1:* INBOX", "STORE 1:* +FLAGS.SILENT (\\Deleted)",
+         "EXAMINE INBOX", "FETCH 1 BODY[]", "FETCH 1 FLAGS", "UNSELECT", "UNSELECT",
+         "SELECT INBOX", "UID EXPUNGE 1:2", "EXPUNGE", "SEARCH ALL", "FETCH 1:* FLAGS", "CLOSE"])
+
 # ---- RENAME INBOX (moves its messages) and after LOGOUT ---------------------------------
 run(cs, ["UNSELECT"], quiet=True)
 run(cs, ["RENAME INBOX inbox-old", 'LIST "" "inbox*"', "STATUS inbox-old (MESSAGES)",
