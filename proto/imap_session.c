@@ -2094,16 +2094,24 @@ static void select_common(struct imap_session *is, size_t a, bool readonly)
 		return;
 	size_t k = a + 1;
 	is->qr_select = false;
+	bool condstore = false;
 	if (k < is->ntoks && is->toks[k].kind == T_LBEGIN) {
 		size_t end = list_end(is, k);
 		for (size_t i = k + 1; i + 1 < end; i++) {
 			if (is_atom(is, i, "CONDSTORE")) {
-				is->condstore = true;
+				condstore = true;
 			} else if (is_atom(is, i, "QRESYNC")) {
 				size_t past;
 				if (!qresync_param(is, i + 1, &past))
 					return;
 				i = past - 1; /* the loop steps past the parameter */
+			} else {
+				/* an extension this server does not offer: the
+				 * client would count on semantics it does not get
+				 * (Dovecot answers BAD too; this used to be
+				 * ignored) */
+				syntax(is, "Unknown SELECT parameter");
+				return;
 			}
 		}
 		k = end;
@@ -2112,6 +2120,8 @@ static void select_common(struct imap_session *is, size_t a, bool readonly)
 		syntax(is, "Syntax: SELECT mailbox [(CONDSTORE | QRESYNC (...))]");
 		return;
 	}
+	if (condstore)
+		is->condstore = true;
 	/* RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected. */
 	if (is->state == IMAP_S_SELECTED) {
 		mailbox_close(is);
@@ -4484,8 +4494,16 @@ static void flags_done_cb(void *arg, int res, uint64_t modseq)
 		const struct store_msg *m = msg_of(is, (size_t)i);
 		if (!m)
 			continue;
-		bool say_flags = !is->store_silent || !kw_known;
-		if (!say_flags) {
+		/* Non-silent: FLAGS for each message whose flags (or MODSEQ)
+		 * are not what the client knew, i.e. the STORE or another
+		 * session changed it. A message the STORE left as it was gets
+		 * nothing, as in Dovecot (RFC 3501 6.4.6: STORE "normally"
+		 * returns the updated value; nothing was updated). */
+		bool say_flags = !is->store_silent
+			? m->flags != is->msgs[i].flags || m->keywords != is->msgs[i].kw ||
+			  m->modseq != is->msgs[i].modseq
+			: !kw_known;
+		if (is->store_silent && !say_flags) {
 			uint32_t ef = is->msgs[i].flags;
 			uint64_t ek = is->msgs[i].kw;
 			if (is->store_op == STORE_FLAGS_SET) {
@@ -4595,7 +4613,13 @@ static void cmd_store(struct imap_session *is, size_t a)
 	uint32_t flags;
 	const char *kw[STORE_KEYWORDS_MAX];
 	size_t nkw;
-	if (i >= is->ntoks || !flags_arg(is, &i, &flags, kw, &nkw))
+	if (i >= is->ntoks) {
+		/* no flag list at all: BAD (this used to return without a
+		 * reply, and the client waited for one forever) */
+		syntax(is, "Syntax: STORE set [+-]FLAGS[.SILENT] flags");
+		return;
+	}
+	if (!flags_arg(is, &i, &flags, kw, &nkw))
 		return;
 	if (i != is->ntoks) {
 		syntax(is, "Syntax: STORE set [+-]FLAGS[.SILENT] flags");
@@ -4737,6 +4761,56 @@ static void copy_done(void *arg, int res)
 	release(is);
 }
 
+/* Copies (or moves) is->uids from the selected mailbox to is->other, which
+ * copy_done closes; the caller's hold is passed on to copy_done. */
+static void copy_start(struct imap_session *is, bool move)
+{
+	free(is->uids2);
+	is->uids2 = calloc(is->nuids + 1, sizeof(uint32_t));
+	if (!is->uids2) {
+		store_folder_close(&is->other);
+		store_error(is, -ENOMEM);
+		release(is);
+		return;
+	}
+	store_copy(is->folder, stream_loop(is->s), is->uids, is->nuids, is->other, move,
+		   is->uids2, copy_done, is);
+}
+
+/* COPY out of a selected mailbox that another session deleted (its name
+ * is gone, or names a mailbox created since: another UIDVALIDITY) is NO
+ * [NONEXISTENT] and copies nothing, as MOVE and as in Dovecot ("NO
+ * Mailbox was deleted under us"); it used to copy the messages. A
+ * delete that lands while the copy runs is not seen. */
+static void copy_source_checked(void *arg, int res, struct store_folder *folder)
+{
+	struct imap_session *is = arg;
+	if (is->dead)
+		store_folder_close(&is->other);
+	if (gone_after_open(is, folder))
+		return;
+	uint32_t uidvalidity = 0;
+	if (res == 0) {
+		struct store_folder_status st;
+		store_folder_status(folder, &st);
+		store_folder_close(&folder);
+		uidvalidity = st.uidvalidity;
+	}
+	if (res == -ENOENT || (res == 0 && uidvalidity != is->uidvalidity)) {
+		store_folder_close(&is->other);
+		done(is, "NO", "[NONEXISTENT] Mailbox was deleted under us");
+		release(is);
+		return;
+	}
+	if (res < 0) {
+		store_folder_close(&is->other);
+		store_error(is, res);
+		release(is);
+		return;
+	}
+	copy_start(is, false);
+}
+
 static void copy_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
@@ -4752,17 +4826,15 @@ static void copy_opened(void *arg, int res, struct store_folder *folder)
 	}
 	is->other = folder;
 	bool move = is->cmd && strcasecmp(is->cmd->name, "MOVE") == 0;
-	free(is->uids2);
-	is->uids2 = calloc(is->nuids + 1, sizeof(uint32_t));
-	if (!is->uids2) {
-		store_folder_close(&is->other);
-		store_error(is, -ENOMEM);
-		release(is);
-		return;
+	if (!move && strcmp(is->folder_name, "INBOX") != 0) {
+		/* A COPY reads the source through the session's handle, which
+		 * still reads a mailbox another session deleted: look its name
+		 * up first (the store checks MOVE's source itself). */
+		store_folder_open(is->su, stream_loop(is->s), is->folder_name, copy_source_checked,
+				  is);
+		return; /* the hold is passed on */
 	}
-	store_copy(is->folder, stream_loop(is->s), is->uids, is->nuids, is->other, move,
-		   is->uids2, copy_done, is);
-	/* the hold is passed on to copy_done */
+	copy_start(is, move);
 }
 
 static void cmd_copy(struct imap_session *is, size_t a)

@@ -589,12 +589,17 @@ static bool msg_index(struct pop3_session *ps, struct span arg, size_t *i_r)
 		error_reply(ps, "Invalid message number");
 		return false;
 	}
+	/* A number that names no message (or a deleted one) counts toward
+	 * max_bad_commands, as in Dovecot's pop3: a client walking numbers
+	 * it was never given is as broken as one sending unknown verbs. */
 	if (n == 0 || n > ps->nmsgs) {
-		reply(ps, "-ERR No such message");
+		error_reply(ps, "No such message");
 		return false;
 	}
 	if (ps->deleted[n - 1]) {
-		reply(ps, "-ERR Message %" PRIu32 " already deleted", n);
+		char text[64];
+		snprintf(text, sizeof(text), "Message %" PRIu32 " already deleted", n);
+		error_reply(ps, text);
 		return false;
 	}
 	*i_r = n - 1;

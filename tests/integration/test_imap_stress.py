@@ -15,7 +15,9 @@ RFC 3501 / RFC 9051 / RFC 7162 rules on every response:
 - contents: a global record UID -> SHA-256 of the bytes APPENDed (or first
   FETCHed, for SMTP deliveries) follows COPYUID/MOVE; every BODY.PEEK[],
   RFC822.SIZE and Subject header must match it (each message holds a token).
-- flags: the result of a session's own STORE matches what it set (each
+- flags: the result of a session's own STORE matches what it set, and a
+  non-silent STORE answers every message it changed (one it left as the
+  session knew it may get no FETCH, as in Dovecot; each
   session owns a keyword no other session touches; system flags are checked
   when no other session's STORE overlapped in time); one (mailbox, UID,
   MODSEQ) always has the same flags, whichever session reports it; MODSEQ of
@@ -844,7 +846,16 @@ class Session:
                                    f"response said {sorted(prev)} ({who})")
                 continue
             if d is None:
-                # no answer: only if the message is gone (expunged by another session)
+                # no answer: the STORE changed nothing the client knew (no
+                # FETCH then, as in Dovecot), or the message is gone
+                # (expunged by another session)
+                cur = self.flags.get(uid, before.get(uid)) \
+                    if uid in self.uids and uid not in self.gone else None
+                if cur is not None:
+                    new = cur | want if mode == "+FLAGS" else cur - want if mode == "-FLAGS" \
+                        else frozenset(want)
+                    if new == cur:
+                        continue
                 self.w.missing_from_search.append((self.mbox, uid))
                 continue
             self.check("FLAGS" in d, f"{cmd}: FETCH without FLAGS {d}")

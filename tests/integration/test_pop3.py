@@ -743,6 +743,26 @@ def test_bad_commands_disconnect(pop3srv):
     expect_eof(c.sock)
 
 
+def test_no_such_message_counts_as_bad_command(pop3srv):
+    """RETR, DELE, LIST, UIDL and TOP of a number that names no message, or
+    a deleted one, count toward max_bad_commands as in Dovecot's pop3
+    (which closes at its 21st bad command in a row, "RETR 99" included);
+    they used to be free, so a client could loop over them forever."""
+    srv = pop3srv(config="[limits]\nmax_bad_commands = 7\n")
+    deliver(srv, "alice@example.com", b"hello\r\n")
+    c = Raw(srv)
+    c.login()
+    assert c.cmd("DELE 1").startswith(b"+OK")
+    for cmd in ("RETR 99", "DELE 99", "LIST 99", "UIDL 0", "TOP 99 0"):
+        assert c.cmd(cmd) == b"-ERR No such message\r\n", cmd
+    assert c.cmd("NOOP") == b"+OK\r\n"  # a run ends at +OK
+    for _ in range(6):
+        assert c.cmd("RETR 99") == b"-ERR No such message\r\n"
+    assert c.cmd("RETR 1") == b"-ERR Message 1 already deleted\r\n"
+    assert c.line() == b"-ERR Too many bad commands, closing connection\r\n"
+    expect_eof(c.sock)
+
+
 def test_prelogin_timeout_and_autologout(pop3srv):
     srv = pop3srv(config="[limits]\nprelogin_timeout = 1s\n")
     c = Raw(srv)

@@ -35,6 +35,7 @@ import tempfile
 import time
 
 USER, PASS = "alice@example.com", "alice-Secret-1"
+ARGS = argparse.Namespace(diff=False)
 
 
 class Conn:
@@ -49,7 +50,13 @@ class Conn:
 
     def line(self):
         while b"\r\n" not in self.buf:
-            d = self.s.recv(65536)
+            try:
+                d = self.s.recv(65536)
+            except socket.timeout:
+                r, self.buf = self.buf, b""
+                return r + b"<TIMEOUT>"
+            except OSError:
+                d = b""
             if not d:
                 r, self.buf = self.buf, b""
                 return r + b"<EOF>"
@@ -69,34 +76,105 @@ class Conn:
             r += self.line()
         return r
 
+    def send(self, data):
+        """Raw bytes; False when the server has closed."""
+        try:
+            self.s.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def until(self, tag):
+        """Every line up to the one tagged tag (or EOF, or a timeout)."""
+        out = []
+        while True:
+            ln = self.line()
+            out.append(ln)
+            if ln.startswith(tag + b" ") or ln.endswith((b"<EOF>", b"<TIMEOUT>")):
+                return out
+
     def cmd(self, text):
         self.n += 1
         tag = f"a{self.n}".encode()
         if isinstance(text, str):
             text = text.encode()
+        if not self.send(b""):
+            return [b"<EOF>"]
         # a synchronising literal waits for "+" (or a refusal)
         parts = re.split(rb"(\{\d+\}\r\n)", text)
         out, data = [], tag + b" " + parts[0]
         for i in range(1, len(parts), 2):
-            self.s.sendall(data + parts[i])
+            if not self.send(data + parts[i]):
+                return out + [b"<EOF>"]
             ln = self.line()
             out.append(ln)
             if not ln.startswith(b"+"):
-                while not ln.startswith(tag + b" ") and not ln.endswith(b"<EOF>"):
-                    ln = self.line()
-                    out.append(ln)
+                if not ln.startswith(tag + b" ") and not ln.endswith((b"<EOF>", b"<TIMEOUT>")):
+                    out += self.until(tag)
                 return out
             data = parts[i + 1]
-        self.s.sendall(data + b"\r\n")
-        while True:
-            ln = self.line()
-            out.append(ln)
-            if ln.startswith(tag + b" ") or ln.endswith(b"<EOF>"):
-                return out
+        if not self.send(data + b"\r\n"):
+            return out + [b"<EOF>"]
+        return out + self.until(tag)
+
+
+# --diff: what is compared of an answer. Wording, capability lists and
+# \Recent (ringmail has none: docs/imap.md) are left out; response codes
+# by name only (their arguments hold UIDVALIDITY, UIDs, MODSEQs).
+IGNORED_KINDS = {"CAPABILITY", "RECENT", "OK[CAPABILITY]", "OK[UNSEEN]", "OK"}
+
+
+def code_of(text):
+    m = re.match(rb"\[([A-Za-z0-9.-]+)", text)
+    return "[" + m.group(1).decode().upper() + "]" if m else ""
+
+
+def summary(lines):
+    """(tagged status with its code, sorted untagged kinds with counts)."""
+    kinds, tagged = {}, "<none>"
+    for ln in lines:
+        if ln.endswith(b"<EOF>") and not ln[:-5]:
+            tagged = tagged if tagged != "<none>" else "<EOF>"
+            continue
+        if ln.endswith(b"<TIMEOUT>"):
+            tagged = "<TIMEOUT>"
+            continue
+        first = ln.split(b"\r\n", 1)[0]
+        if first.startswith(b"* "):
+            w = first[2:].split(b" ", 2)
+            if w[0].isdigit() and len(w) > 1:
+                k = w[1].decode(errors="replace").upper()
+            else:
+                k = w[0].decode(errors="replace").upper()
+                if k in ("OK", "NO", "BAD", "BYE", "PREAUTH"):
+                    k += code_of(first[2 + len(w[0]) + 1:])
+                elif k in ("LIST", "LSUB"):
+                    k += " " + re.sub(rb"^\([^)]*\) \S+ ", b"", first[2 + len(w[0]) + 1:]).decode(
+                        errors="replace").strip('"')
+            if k not in IGNORED_KINDS:
+                kinds[k] = kinds.get(k, 0) + 1
+        elif first.startswith(b"+"):
+            kinds["+"] = kinds.get("+", 0) + 1
+        elif b" " in first:
+            w = first.split(b" ", 2)
+            tagged = w[1].decode(errors="replace").upper() + (code_of(w[2]) if len(w) > 2 else "")
+            if tagged.endswith("[CAPABILITY]"):
+                tagged = tagged[:-len("[CAPABILITY]")]
+    return tagged, sorted(kinds.items())
+
+
+DIFFS = []
 
 
 def show(name, a, b):
-    print(f"=== {name}")
+    if ARGS.diff:
+        sa, sb = summary(a), summary(b)
+        if sa == sb:
+            return
+        DIFFS.append(name)
+        print(f"=== {name}\n  RM: {sa[0]} {sa[1]}\n  DC: {sb[0]} {sb[1]}")
+    else:
+        print(f"=== {name}")
     for who, lines in (("RM", a), ("DC", b)):
         for x in lines:
             print(f"  {who}:", x.decode("utf-8", "replace"))
@@ -222,8 +300,12 @@ def main():
     ap.add_argument("--dovecot", default="/usr/sbin/dovecot")
     ap.add_argument("--dovecot-port", type=int, default=46143)
     ap.add_argument("--user", default="rmbench", help="owner of Dovecot's mail")
+    ap.add_argument("--diff", action="store_true",
+                    help="print only the commands whose tagged result (OK/NO/BAD and code) "
+                    "or untagged response kinds differ, then a count")
     ap.add_argument("scripts", nargs="+")
     a = ap.parse_args()
+    ARGS.diff = a.diff
     srv = Servers(a)
     rm_addr, dc_addr = ("127.0.0.1", a.offset + 143), ("127.0.0.1", a.dovecot_port)
 
@@ -258,6 +340,8 @@ def main():
                         "Conn": Conn, "show": show})
     finally:
         srv.stop()
+    if a.diff:
+        print(f"##### {len(DIFFS)} commands answered differently")
 
 
 if __name__ == "__main__":
