@@ -10,7 +10,11 @@
  *              being written; every byte that arrives meanwhile is plaintext
  *              injected ahead of the handshake and is discarded
  *              (CVE-2011-0411)
- *   HANDSHAKE  TLS handshake under the handshake timeout
+ *   HANDSHAKE  TLS handshake under the handshake timeout. An implicit-TLS
+ *              session opens (greets) as soon as the TLS 1.3 server has
+ *              sent its Finished: its greeting leaves in the server's
+ *              first flight (0.5-RTT, tls_conn_can_write()); the client's
+ *              bytes still reach it only after the client's Finished
  *   TLS        ciphertext in, decrypted into s->plain, offered to the
  *              session; the session's replies are encrypted on the way out
  *
@@ -54,7 +58,16 @@ struct stream {
 	bool opened;     /* ops->open ran */
 	bool implicit;   /* TLS from the first byte: greet after the handshake */
 	bool closing;
+	bool timer_held; /* the session asked for timer_ms during the handshake */
+	uint32_t timer_ms;
 };
+
+/* The session writes through TLS: after the handshake, or during it once
+ * it opened at 0.5-RTT. */
+static bool tls_writing(const struct stream *s)
+{
+	return s->state == ST_TLS || (s->state == ST_HANDSHAKE && s->opened && s->implicit);
+}
 
 static const struct stream_ops *const session_table[] = {
 	[PROTO_SMTP] = &smtp_session_ops,
@@ -129,7 +142,7 @@ int stream_send(struct stream *s, const void *p, size_t len)
 
 static int send_raw(struct stream *s, const void *p, size_t len)
 {
-	if (s->state == ST_TLS) {
+	if (tls_writing(s)) {
 		if (tls_conn_write(s->tls, p, len) != TLS_OK)
 			return -EIO;
 		return 0;
@@ -246,7 +259,17 @@ void stream_close(struct stream *s, bool flush)
 	conn_close(s->conn, flush);
 }
 
-void stream_set_timer(struct stream *s, uint32_t ms) { conn_set_timer(s->conn, ms); }
+/* During the handshake (a session opened at 0.5-RTT) the handshake timeout
+ * stays; the session's timer starts when the handshake ends. */
+void stream_set_timer(struct stream *s, uint32_t ms)
+{
+	if (s->state == ST_HANDSHAKE) {
+		s->timer_held = true;
+		s->timer_ms = ms;
+		return;
+	}
+	conn_set_timer(s->conn, ms);
+}
 void stream_pause(struct stream *s) { conn_pause(s->conn); }
 void stream_resume(struct stream *s) { conn_resume(s->conn); }
 
@@ -281,7 +304,7 @@ int stream_starttls(struct stream *s)
 
 bool stream_is_tls(const struct stream *s)
 {
-	return s->state == ST_TLS;
+	return tls_writing(s);
 }
 
 bool stream_can_starttls(const struct stream *s)
@@ -456,7 +479,8 @@ static int deliver_plain(struct stream *s)
 static void handshake_done(struct stream *s)
 {
 	s->state = ST_TLS;
-	conn_set_timer(s->conn, 0);
+	conn_set_timer(s->conn, s->timer_held ? s->timer_ms : 0);
+	s->timer_held = false;
 	LOG_AT(conn_log(s->conn), LOG_INFO, conn_sid(s->conn), "tls",
 	       "version=%s cipher=%s resumed=%s sni=%s", tls_conn_version(s->tls),
 	       tls_conn_cipher(s->tls), tls_conn_resumed(s->tls) ? "yes" : "no",
@@ -490,10 +514,17 @@ static ssize_t tls_data(struct stream *s, struct span in)
 			conn_close(s->conn, true); /* let the alert out */
 			return (ssize_t)in.len;
 		}
+		if (s->state == ST_HANDSHAKE && s->implicit && !s->opened &&
+		    tls_conn_can_write(s->tls)) {
+			/* 0.5-RTT: the greeting joins the server's first
+			 * flight, still queued behind it in the send buffer */
+			if ((rc = session_open(s)) < 0)
+				return rc;
+		}
 		if (s->state == ST_HANDSHAKE && tls_conn_handshake_done(s->tls)) {
 			handshake_done(s);
-			if (s->implicit && !s->opened) {
-				if ((rc = session_open(s)) < 0)
+			if (s->implicit) {
+				if (!s->opened && (rc = session_open(s)) < 0)
 					return rc;
 			} else if (s->ops->tls_ready) {
 				s->ops->tls_ready(s);
@@ -575,7 +606,7 @@ static void on_drained(struct conn *c)
 {
 	struct stream *s = conn_session(c);
 	if (s->state != ST_FLUSH) {
-		if ((s->state == ST_PLAIN || s->state == ST_TLS) && s->opened && !s->closing &&
+		if ((s->state == ST_PLAIN || tls_writing(s)) && s->opened && !s->closing &&
 		    s->ops->drained)
 			s->ops->drained(s);
 		return;

@@ -61,8 +61,14 @@ die() { printf 'build-wolfssl: error: %s\n' "$*" >&2; exit 1; }
 #     compresses with tls/tls_sha256_ni.c, both compiled into the archive,
 #     the latter as ringmail_sha256_ni_blocks); and a TLS 1.3 server stops
 #     feeding the SHA-384/SHA-512 transcripts once its suite's hash is
-#     known. For 5.5.4 only: another version stops the build. Patch and
-#     sources are part of the hash.
+#     known; and a TLS 1.3 server may write at 0.5-RTT
+#     (wolfSSL_ringmail_half_rtt: the greeting goes in the first flight).
+#     For 5.5.4 only: another version stops the build. Patch and sources
+#     are part of the hash.
+#   - WOLFSSL_TLS13_TICKET_BEFORE_FINISHED: the session ticket goes in the
+#     server's first flight too (RFC 8446 4.6.1's note; wolfSSL computes the
+#     resumption secret from the client Finished it expects), so nothing is
+#     left to send when the client's Finished arrives.
 #   - ECC_CACHE_CURVE: the P-256 parameters are parsed from their hex
 #     strings once per process, not on every handshake (wc_ecc_sig_size
 #     in DecodePrivateKey loads them for each signature).
@@ -79,7 +85,7 @@ FLAGS="--enable-static --disable-shared
 FLAGS=$(printf '%s ' $FLAGS)
 FLAGS=${FLAGS% }
 # -fPIC: the archive is linked into PIE executables.
-CFLAGS_EXTRA="-O2 -fPIC -DWOLFSSL_ALT_NAMES -DCUSTOM_RAND_GENERATE_BLOCK=ringmail_rand_block -DECC_CACHE_CURVE"
+CFLAGS_EXTRA="-O2 -fPIC -DWOLFSSL_ALT_NAMES -DCUSTOM_RAND_GENERATE_BLOCK=ringmail_rand_block -DECC_CACHE_CURVE -DWOLFSSL_TLS13_TICKET_BEFORE_FINISHED"
 OWN_FILES="$RAND_DIR/ringmail_rand.h $RAND_DIR/ringmail_rand.c
 $RAND_DIR/ringmail_sha256.h $RAND_DIR/ringmail_sha256.c
 $TLS_DIR/tls_sha256.h $TLS_DIR/tls_sha256_ni.c $WOLFSSL_PATCH"

@@ -1285,11 +1285,24 @@ size_t tls_conn_pending(const struct tls_conn *c)
 	return n > 0 ? (size_t)n : 0;
 }
 
+bool tls_conn_can_write(const struct tls_conn *c)
+{
+	if (c->failed || c->ssl == NULL)
+		return false;
+	if (c->handshake_done)
+		return true;
+#ifdef WOLFSSL_RINGMAIL_HALF_RTT
+	return wolfSSL_ringmail_half_rtt(c->ssl) == 1;
+#else
+	return false;
+#endif
+}
+
 enum tls_status tls_conn_write(struct tls_conn *c, const uint8_t *p, size_t len)
 {
 	size_t off = 0;
 
-	if (c->failed || c->ssl == NULL || !c->handshake_done)
+	if (!tls_conn_can_write(c))
 		return TLS_ERROR;
 	while (off < len) {
 		size_t chunk = len - off;

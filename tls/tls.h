@@ -135,8 +135,15 @@ enum tls_status tls_conn_read(struct tls_conn *c, struct span in,
 /* Decrypted bytes wolfSSL holds that tls_conn_read() will return without
  * new input. */
 size_t tls_conn_pending(const struct tls_conn *c);
-/* Encrypts len bytes to out. Only after the handshake. TLS_OK or TLS_ERROR. */
+/* Encrypts len bytes to out. Only once tls_conn_can_write(). TLS_OK or
+ * TLS_ERROR. */
 enum tls_status tls_conn_write(struct tls_conn *c, const uint8_t *p, size_t len);
+/* Whether tls_conn_write() may be called: after the handshake, or at
+ * 0.5-RTT, once a TLS 1.3 server sent its Finished and waits for the
+ * client's (RFC 8446 4.4.4; needs the bundled wolfSSL's patch, docs/tls.md
+ * "The greeting in the first flight"). Nothing is read from the client
+ * before its Finished either way. */
+bool tls_conn_can_write(const struct tls_conn *c);
 /* Queues a close_notify alert to out (once; no-op before the handshake). */
 void tls_conn_close_notify(struct tls_conn *c);
 

@@ -1157,3 +1157,127 @@ def test_thousand_half_open_while_login(tlssrv):
         assert time.monotonic() < deadline, f"{fds() - fd0} descriptors still open"
         time.sleep(0.05)
     assert re.search(r"event=tls-handshake-timeout", srv.log())
+
+
+# -- the greeting in the server's first flight (0.5-RTT) ------------------------
+
+def half_rtt_client(srv, port, ctx=None):
+    """A TLS 1.3 client over memory BIOs that completes its side of the
+    handshake but never sends its Finished to the server. Returns (sock,
+    sslobj, inbio, got): got is what decrypts from everything the server
+    sent without the client's Finished, within a second."""
+    ctx = ctx or client_ctx(cafile(srv))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    inbio, outbio = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inbio, outbio, server_hostname=HOSTNAME)
+    sock = srv.connect(port)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    sock.sendall(outbio.read())  # the ClientHello only
+    deadline = time.monotonic() + 5.0
+    while True:  # the server's flight, up to its Finished
+        r, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
+        assert r, "no server flight"
+        data = sock.recv(65536)
+        assert data, "closed during the handshake"
+        inbio.write(data)
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            continue
+    outbio.read()  # the client's Finished: kept from the server
+    obj.outgoing = outbio
+    got = b""
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        try:
+            got += obj.read(65536)
+            if got.endswith(b"\r\n"):
+                break
+            continue
+        except ssl.SSLWantReadError:
+            pass
+        r, _, _ = select.select([sock], [], [], max(0.0, end - time.monotonic()))
+        if r:
+            data = sock.recv(65536)
+            if not data:
+                break
+            inbio.write(data)
+    return sock, obj, inbio, got
+
+
+@pytest.mark.parametrize("port", sorted(IMPLICIT))
+def test_greeting_in_the_first_flight(tlssrv, port):
+    """RFC 8446 4.4.4: the server greets at 0.5-RTT, before the client's
+    Finished, so the client can send its Finished and first command
+    together (docs/tls.md "The greeting in the first flight"). A server
+    that greeted only after the handshake sends nothing here."""
+    srv = tlssrv()
+    sock, obj, _, got = half_rtt_client(srv, port)
+    proto = IMPLICIT[port]
+    assert got.startswith(GREETING[proto]), (port, got)
+    if proto == "imap":  # the capabilities of a TLS session: login offered
+        assert b"AUTH=PLAIN" in got and b"LOGINDISABLED" not in got, got
+    # The session's timer waits for the handshake: without the client's
+    # Finished the handshake timeout still ends it.
+    sock.close()
+
+
+def test_nothing_is_read_before_the_clients_finished(tlssrv):
+    """The session greets at 0.5-RTT but reads nothing before the client's
+    Finished: a command sent without it gets no answer, and a client that
+    never finishes is ended by the handshake timeout, logged as such,
+    while a client that finishes is served at once meanwhile."""
+    srv = tlssrv(config="[limits]\nhandshake_timeout = 1s\n", user=True)
+    t0 = time.monotonic()
+    sock, obj, inbio, got = half_rtt_client(srv, 993)
+    assert got.startswith(b"* OK"), got
+    ok = tls_open(srv, 993)
+    tls_quit(ok, "imap")
+    expect_eof(sock, timeout=5.0)
+    assert time.monotonic() - t0 >= 0.9
+    wait_log(srv, r"event=tls-handshake-timeout", count=1, timeout=10)
+
+    # A command without the Finished (under the client's application keys,
+    # which the server may not use before the Finished): never answered.
+    sock, obj, inbio, got = half_rtt_client(srv, 993)
+    assert got.startswith(b"* OK"), got
+    obj.write(f'a LOGIN "{USER}" "{PASSWORD}"\r\n'.encode())
+    sock.sendall(obj.outgoing.read())
+    answer = b""
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end:
+        r, _, _ = select.select([sock], [], [], max(0.0, end - time.monotonic()))
+        if not r:
+            break
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        inbio.write(data)
+        try:
+            answer += obj.read(65536)
+        except (ssl.SSLWantReadError, ssl.SSLError):
+            pass
+    assert b"a OK" not in answer and b"a NO" not in answer, answer
+
+
+def test_resumption_with_the_ticket_of_the_first_flight(tlssrv):
+    """The ticket now comes in the server's first flight (RFC 8446 4.6.1's
+    note): computed from the client Finished the server expects, it must
+    resume a later connection."""
+    srv = tlssrv()
+    ctx = client_ctx(cafile(srv))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    s = tls_open(srv, 993, ctx=ctx)
+    sess = s.session
+    tls_quit(s, "imap")
+    assert sess is not None and sess.has_ticket
+    s2 = tls_open(srv, 993, ctx=ctx, session=sess)
+    assert s2.session_reused
+    tls_quit(s2, "imap")
