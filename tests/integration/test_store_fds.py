@@ -95,19 +95,16 @@ def test_a_user_holds_only_the_selected_folders_descriptors(ringmail, tmp_path):
     assert left - base <= N * IDLE_USER, f"{left - base} descriptors for {N} idle users"
 
     user, pw = next(iter(creds.items()))
-    r = login(srv, user, pw)
-    lines = ok(r, "SELECT Archive")
-    assert b"* 1 EXISTS\r\n" in lines, lines
-    lines = ok(r, "FETCH 1 BODY.PEEK[]")
-    assert msg in b"".join(lines), lines
-    ok(r, "LOGOUT")
 
+    def archived(srv):
+        r = login(srv, user, pw)
+        lines = ok(r, "SELECT Archive")
+        assert b"* 1 EXISTS\r\n" in lines, lines
+        lines = ok(r, "FETCH 1 BODY.PEEK[]")
+        assert msg in b"".join(lines), lines
+        ok(r, "LOGOUT")
+
+    archived(srv)
     # and after a restart, from the logs on disk
     srv.stop()
-    srv = ringmail(data_dir=str(data))
-    r = login(srv, user, pw)
-    lines = ok(r, "SELECT Archive")
-    assert b"* 1 EXISTS\r\n" in lines, lines
-    lines = ok(r, "FETCH 1 BODY.PEEK[]")
-    assert msg in b"".join(lines), lines
-    ok(r, "LOGOUT")
+    archived(ringmail(data_dir=str(data)))
