@@ -6275,6 +6275,18 @@ static void dispatch(struct imap_session *is)
 	}
 	is->cmd = c;
 	c->run(is, a);
+	/* Every command ends with its tagged reply (cmd_end), or waits: for
+	 * the store or auth (busy), for more input (IDLE, AUTHENTICATE,
+	 * APPEND's literals, a refused literal's data), or the session ends.
+	 * A handler that returned with none of these would leave the client
+	 * waiting forever (a STORE without flags did): answer for it. */
+	if (is->cmd == c && !is->busy && !is->dead && is->state != IMAP_S_LOGOUT &&
+	    is->mode == M_CMD && !is->append_data) {
+		LOG_AT(stream_log(is->s), LOG_ERROR, stream_sid(is->s), "imap-no-reply",
+		       "command=%s", c->name);
+		tagged(is, "NO", "[SERVERBUG] The command ended without a reply");
+		cmd_end(is);
+	}
 }
 
 /* ---- reading commands ------------------------------------------------------------------ */

@@ -14,7 +14,8 @@ Use the `ringmail` fixture, a factory:
 
 Every server the factory started is stopped at teardown (SIGTERM) and must
 exit 0 within its grace, unless the test set `srv.expect_exit` to another
-code or to None (do not check). A test that wants the process to fail on
+code or to None (do not check), and must have logged no `imap-no-reply` (an
+IMAP command handler that returned without answering). A test that wants the process to fail on
 its own uses `srv = ringmail(wait=False)` and `srv.wait_exit()`.
 
 Set RINGMAIL_BIN to the binary (meson does); tests skip without it.
@@ -340,6 +341,12 @@ def ringmail(tmp_path):
             code = srv.stop()
             if srv.expect_exit is not None and running and code != srv.expect_exit:
                 failures.append(f"exit code {code}, expected {srv.expect_exit}:\n{srv.log()}")
+            # An IMAP command whose handler returned without a reply (the
+            # dispatcher answered NO [SERVERBUG] for it): a bug, whichever
+            # test's client sent it.
+            silent = srv.log_lines(event="imap-no-reply")
+            if silent:
+                failures.append("commands ended without a reply:\n" + "\n".join(silent))
         finally:
             srv.close()
     assert not failures, "\n".join(failures)
