@@ -1318,12 +1318,21 @@ def _status_kb(pid, key):
     raise KeyError(key)
 
 
-def test_20mib_data_streams_without_buffering(tmp_path):
+def test_64mib_data_streams_without_buffering(tmp_path):
     """Issue 5: the message streams from the receive buffer into the store,
-    it is not copied whole into memory. During a 20 MiB DATA the server's
+    it is not copied whole into memory. During a 64 MiB DATA the server's
     resident set (its peak, VmHWM, reset just before) grows by far less
-    than the message: under 4 MiB."""
-    srv = Server(tmp_path / "mem", limits={"message_size_max": "30m"}, threads=1)
+    than the message: under 20 MiB.
+
+    What it may grow by is per loop, not per message: while the session
+    waits for the store, what a multishot recv had already taken from the
+    socket is kept in the connection's input (core/loop.c in_append), up to
+    the loop's buffer ring (recv_buffers x 16 KiB, 8 MiB) plus
+    CONN_INPUT_MAX, and its buffer doubles on the way (at worst about 16
+    MiB touched). Usually under 100 KiB; on a loaded machine a slow disk
+    took it to 4-9 MiB, which failed the 4 MiB bound this test had with a
+    20 MiB message."""
+    srv = Server(tmp_path / "mem", limits={"message_size_max": "80m"}, threads=1)
     srv.start()
     try:
         pid = srv.proc.pid
@@ -1342,7 +1351,7 @@ def test_20mib_data_streams_without_buffering(tmp_path):
             r.send(dot_stuff(message(token(), to="dave@example.com", body=line * 10500)))
             assert r.reply(timeout=60)[0] == 250
         tok = token()
-        msg = message(tok, to="dave@example.com", body=line * (20 * 1024 * 1024 // 1000 + 1))
+        msg = message(tok, to="dave@example.com", body=line * (64 * 1024 * 1024 // 1000 + 1))
         r = ready(srv)
         with r:
             open_data(r, rcpts=("dave@example.com",))
@@ -1358,9 +1367,9 @@ def test_20mib_data_streams_without_buffering(tmp_path):
             assert code == 250, (code, text)
             hwm = _status_kb(pid, "VmHWM")
         grew = max(peak, hwm) - base
-        # measured: under 100 KiB; the bound leaves room and still catches a
-        # message (or a large part of it) held in memory
-        assert grew < 4 * 1024, f"VmRSS grew by {grew} KiB during a 20 MiB DATA (base {base} KiB)"
+        # the per-loop bound above and room; a message held whole (or a
+        # third of it) is caught
+        assert grew < 20 * 1024, f"VmRSS grew by {grew} KiB during a 64 MiB DATA (base {base} KiB)"
         got = find(srv.messages("dave@example.com"), tok.encode())
         assert len(got) == 1 and strip_received(got[0])[1] == msg
     finally:
