@@ -2798,31 +2798,8 @@ static void list_job_free(struct imap_session *is)
 	is->lj = NULL;
 }
 
-static void list_pump(struct imap_session *is);
-
-static void list_status_opened(void *arg, int res, struct store_folder *folder)
-{
-	struct imap_session *is = arg;
-	if (gone_after_open(is, folder))
-		return;
-	if (res == 0) {
-		struct store_folder_status st;
-		store_folder_status(folder, &st);
-		store_folder_close(&folder);
-		const struct lentry *x = &is->lj->e[is->lj->next - 1];
-		char name[STORE_NAME_MAX + 1];
-		lentry_name(x, name);
-		out_str(is, "* STATUS ");
-		out_mailbox(is, name);
-		out_status_items(is, &st, is->lj->status_at);
-	}
-	/* A mailbox deleted meanwhile just has no STATUS (RFC 5819 says to
-	 * skip what cannot be opened). */
-	list_pump(is);
-	release(is);
-}
-
-/* Writes the LIST lines from lj->next on; pauses for STATUS. */
+/* Writes the LIST lines from lj->next on, with their STATUS (from the
+ * store's index: no folder is opened). */
 static void list_pump(struct imap_session *is)
 {
 	static const char *const special[] = { "", "\\Sent", "\\Drafts", "\\Trash", "\\Junk",
@@ -2860,18 +2837,14 @@ static void list_pump(struct imap_session *is)
 		out_str(is, "\r\n");
 		if (!(lj->ret & LRET_STATUS) || !x->exists)
 			continue;
-		if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0) {
-			struct store_folder_status st;
+		struct store_folder_status st;
+		if (is->state == IMAP_S_SELECTED && strcmp(name, is->folder_name) == 0)
 			store_folder_status(is->folder, &st);
-			out_str(is, "* STATUS ");
-			out_mailbox(is, name);
-			out_status_items(is, &st, lj->status_at);
-			continue;
-		}
-		set_busy(is, true);
-		hold(is);
-		store_folder_open(is->su, stream_loop(is->s), name, list_status_opened, is);
-		return;
+		else if (store_folder_status_of(is->su, name, &st) < 0)
+			continue; /* deleted meanwhile: no STATUS (RFC 5819) */
+		out_str(is, "* STATUS ");
+		out_mailbox(is, name);
+		out_status_items(is, &st, lj->status_at);
 	}
 	list_job_free(is);
 	done(is, "OK", "LIST completed");
@@ -3161,10 +3134,18 @@ static void cmd_status(struct imap_session *is, size_t a)
 		return;
 	}
 	status_condstore(is, a + 1);
-	/* Also for the selected mailbox: STATUS names a mailbox, and the one
-	 * this session holds may have been deleted (or renamed away) by
-	 * another session, which the name lookup sees (NO [NONEXISTENT])
-	 * while the session's handle still reads the old counts. */
+	/* By name, also for the selected mailbox: the one this session holds
+	 * may have been deleted (or renamed away) by another session, which
+	 * the name lookup sees (NO [NONEXISTENT]) while the session's handle
+	 * still reads the old counts. The store answers from its index
+	 * without opening the folder; only a name it does not know (a
+	 * special-use folder created on demand, or an error to report) goes
+	 * through store_folder_open(). */
+	struct store_folder_status st;
+	if (store_folder_status_of(is->su, name, &st) == 0) {
+		status_reply(is, &st);
+		return;
+	}
 	set_busy(is, true);
 	hold(is);
 	store_folder_open(is->su, stream_loop(is->s), name, status_opened, is);

@@ -3179,11 +3179,35 @@ static void status_locked(const struct sfolder *f, struct store_folder_status *s
 	st->bytes = f->ix.bytes;
 }
 
+static void status_snapshot(struct sfolder *f, struct store_folder_status *st)
+{
+	pthread_mutex_lock(&f->mu);
+	status_locked(f, st);
+	pthread_mutex_unlock(&f->mu);
+}
+
 void store_folder_status(struct store_folder *h, struct store_folder_status *st)
 {
-	pthread_mutex_lock(&h->f->mu);
-	status_locked(h->f, st);
-	pthread_mutex_unlock(&h->f->mu);
+	status_snapshot(h->f, st);
+}
+
+int store_folder_status_of(struct store_user *uh, const char *name, struct store_folder_status *st)
+{
+	struct suser *u = uh->u;
+	struct sfolder *f;
+	int res = name_check(name);
+
+	if (res)
+		return res;
+	/* A folder found here stays allocated while uh holds the user (a
+	 * delete moves it to u->dead), as for store_folder_open(). */
+	pthread_mutex_lock(&u->mu);
+	f = user_folder(u, name);
+	pthread_mutex_unlock(&u->mu);
+	if (!f)
+		return -ENOENT;
+	status_snapshot(f, st);
+	return 0;
 }
 
 int store_folder_vanished(struct store_folder *h, uint64_t since,

@@ -199,6 +199,14 @@ struct store_folder_status {
 	uint64_t bytes;
 };
 void store_folder_status(struct store_folder *folder, struct store_folder_status *st_r);
+/* The same counts for the folder called name, without opening it: from
+ * the index the store keeps of every folder of a loaded user, so a STATUS
+ * sweep over all folders opens no file (docs/store.md "Descriptors").
+ * Synchronous. Returns 0, -ENOENT when no such folder exists (a
+ * special-use folder that store_folder_open() would create on demand
+ * does not yet), or name_check()'s error for a bad name. */
+int store_folder_status_of(struct store_user *user, const char *name,
+			   struct store_folder_status *st_r);
 
 /* QRESYNC (RFC 7162): the UIDs expunged from the folder by changes with a
  * MODSEQ above since, as ascending, disjoint ranges in *ranges_r (malloc'ed,

@@ -2355,3 +2355,50 @@ Test(store, a_checkpoint_of_the_log_before_a_rewrite_is_never_used)
 	store_folder_close(&f);
 	store_user_close(&u);
 }
+
+/* STATUS by name (store_folder_status_of): the counts of a folder whose
+ * files are closed come from the index in memory, with no file opened, and
+ * agree with what a handle read before it closed, after appends, a flag
+ * change and an expunge. A name the store does not know is -ENOENT (a
+ * special-use folder before its first open included), a bad one -EINVAL. */
+Test(store, status_by_name_opens_no_file)
+{
+	struct store_folder_status a, b;
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *g = t_folder(u, L, "Trash");
+	struct waitres w = { 0 };
+	uint32_t uid, two = 2;
+	int base;
+
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(t_append(L, g, msgs[i], &uid), 0);
+	store_flags(g, L, &two, 1, STORE_FLAGS_ADD, STORE_F_SEEN, NULL, 0, wr_modseq, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	t_expunge_one(g, 1);
+	store_folder_status(g, &a);
+	store_folder_close(&g);
+	base = t_nfds();
+
+	memset(&b, 0xa5, sizeof(b));
+	cr_assert_eq(store_folder_status_of(u, "Trash", &b), 0);
+	cr_expect_eq(t_nfds(), base, "Trash's files stay closed");
+	cr_expect_eq(b.messages, 2);
+	cr_expect_eq(b.unseen, 1);
+	cr_expect_eq(b.uidnext, 4);
+	cr_expect_eq(b.bytes, strlen(msgs[1]) + strlen(msgs[2]));
+	cr_expect_eq(b.uidvalidity, a.uidvalidity);
+	cr_expect_eq(b.highestmodseq, a.highestmodseq);
+	cr_expect_eq(b.messages, a.messages);
+	cr_expect_eq(b.unseen, a.unseen);
+	cr_expect_eq(b.deleted, a.deleted);
+	cr_expect_eq(b.bytes, a.bytes);
+
+	cr_expect_eq(store_folder_status_of(u, "inbox", &b), 0, "INBOX in any case");
+	cr_expect_eq(b.messages, 0);
+	cr_expect_eq(store_folder_status_of(u, "Nope", &b), -ENOENT);
+	cr_expect_eq(store_folder_status_of(u, "Sent", &b), -ENOENT, "created by its first open");
+	cr_expect_eq(store_folder_status_of(u, "", &b), -EINVAL);
+	cr_expect_eq(t_nfds(), base);
+	store_user_close(&u);
+}
