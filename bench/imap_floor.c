@@ -52,6 +52,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -612,7 +613,9 @@ static int if_listen(const char *host, int port, int *port_r)
 		return -1;
 	int one = 1;
 	socklen_t len = sizeof(sa);
+	/* Accepted sockets inherit TCP_NODELAY, as in core/server.c. */
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
 	    bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4096) < 0 ||
 	    getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
 		perror("imap-floor: listen");
