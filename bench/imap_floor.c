@@ -626,6 +626,21 @@ static int if_listen(const char *host, int port, int *port_r)
 	return fd;
 }
 
+static void if_free(struct if_server *s)
+{
+	for (size_t i = 0; s->conns && i < s->nconns; i++)
+		if (s->conns[i])
+			conn_close(s, s->conns[i]);
+	if (s->ctx) {
+		wolfSSL_CTX_free(s->ctx);
+		wc_AesFree(&s->ticket_aes);
+		tls_global_cleanup();
+	}
+	free(s->conns);
+	free(s->chunk);
+	free(s->flags_reply);
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: imap-floor [--host ADDR] [--port PORT|0] [--tls --cert PEM --key PEM]\n"
@@ -749,8 +764,10 @@ out:
 	fprintf(stderr, "imap-floor: %llu connections served, %llu body fetches, %llu errors\n",
 		(unsigned long long)s.served, (unsigned long long)s.fetches,
 		(unsigned long long)s.errors);
+	if_free(&s);
 	return 0;
 err:
 	perror("imap-floor");
+	if_free(&s);
 	return 1;
 }
