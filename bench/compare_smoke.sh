@@ -50,7 +50,9 @@ want = {("floor", "greet-smtp"), ("loopfloor", "greet-smtp"), ("ringmail", "gree
         ("ringmail", "pop3-retr-110"), ("ringmail", "smtp-durable-4k-x4"),
         ("ringmail", "smtp-durable-465-auth-4k-x2"),
         ("ringmail", "idle-143-greet"), ("ringmail", "idle-143-idle"),
-        ("ringmail", "idle-993-idle"), ("bound", "crypto")}
+        ("ringmail", "idle-993-idle"), ("bound", "crypto"),
+        ("tlsfloor", "imap-login-143"), ("tlsfloor", "imap-login-993"),
+        ("tlsfloor", "imap-fetch-993")}
 got = {(r["server"], r["case"]) for r in meas}
 bad = []
 if want - got:
