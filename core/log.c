@@ -23,6 +23,7 @@ int log_init(struct log *l, enum log_level level, int loop_id, bool direct)
 		log_fini(l);
 		return -ENOMEM;
 	}
+	l->fill_cap = l->flight_cap = LOG_BUF_SIZE;
 	return 0;
 }
 
@@ -165,14 +166,23 @@ void log_vemit(struct log *l, enum log_level level, uint64_t sid, const char *ev
 		l->dropped = 0;
 		return;
 	}
-	/* Straight into the fill buffer when a line of any length fits. */
-	if (LOG_BUF_SIZE - l->fill_len >= LOG_LINE_MAX) {
+	/* Straight into the fill buffer when a line of any length fits; the
+	 * buffer doubles, up to LOG_BUF_MAX, before a line is dropped. */
+	if (l->fill_cap - l->fill_len < LOG_LINE_MAX && l->fill_cap < LOG_BUF_MAX) {
+		size_t cap = l->fill_cap * 2 < LOG_BUF_MAX ? l->fill_cap * 2 : LOG_BUF_MAX;
+		char *p = realloc(l->fill, cap);
+		if (p) {
+			l->fill = p;
+			l->fill_cap = cap;
+		}
+	}
+	if (l->fill_cap - l->fill_len >= LOG_LINE_MAX) {
 		l->fill_len += format_line(l, l->fill + l->fill_len, level, sid, event, fmt, ap);
 		l->dropped = 0;
 		return;
 	}
 	size_t n = format_line(l, stack, level, sid, event, fmt, ap);
-	if (l->fill_len + n > LOG_BUF_SIZE) {
+	if (l->fill_len + n > l->fill_cap) {
 		l->dropped++;
 		return;
 	}
@@ -200,7 +210,18 @@ size_t log_take(struct log *l, const char **p_r)
 	t = l->flight;
 	l->flight = l->fill;
 	l->fill = t;
+	size_t cap = l->flight_cap;
+	l->flight_cap = l->fill_cap;
+	l->fill_cap = cap;
 	l->fill_len = 0;
+	if (l->fill_cap > LOG_BUF_SIZE) {
+		/* empty: a burst's memory goes back; keep it if that fails */
+		t = realloc(l->fill, LOG_BUF_SIZE);
+		if (t) {
+			l->fill = t;
+			l->fill_cap = LOG_BUF_SIZE;
+		}
+	}
 	*p_r = l->flight;
 	return n;
 }

@@ -4,9 +4,12 @@
  *
  * A struct log belongs to one thread. A loop's log only appends to a
  * memory buffer; the loop writes the buffer to stderr through its ring once
- * per tick (log_take()/log_written()), so logging never blocks a loop. When
- * the buffer is full, lines are dropped and counted, and the next flushed
- * line says how many. A direct log (main thread, tools) writes at once.
+ * per tick (log_take()), so logging never blocks a loop. The buffer starts
+ * at LOG_BUF_SIZE and grows while a write is slow (a burst of logins while
+ * the previous write waits for an io_uring worker) up to LOG_BUF_MAX of
+ * pending lines; past that, lines are dropped and counted, and the next
+ * flushed line says how many. A direct log (main thread, tools) writes at
+ * once.
  *
  * Never pass a credential to these functions: callers log AUTH as
  * "********" (STYLE.md). */
@@ -20,7 +23,8 @@
 
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
-#define LOG_BUF_SIZE (64u * 1024u)
+#define LOG_BUF_SIZE (64u * 1024u)      /* each buffer's size at rest */
+#define LOG_BUF_MAX (1024u * 1024u)     /* pending lines kept at most */
 
 struct log {
 	enum log_level level;
@@ -29,6 +33,7 @@ struct log {
 	char *fill;       /* the buffer lines are appended to */
 	char *flight;     /* the buffer being written by the ring */
 	size_t fill_len;
+	size_t fill_cap, flight_cap;
 	uint64_t dropped;
 	int64_t date_sec;  /* the second date[] was formatted for */
 	char date[24];     /* "YYYY-MM-DDTHH:MM:SS" of date_sec */
@@ -53,7 +58,9 @@ void log_vemit(struct log *l, enum log_level level, uint64_t sid, const char *ev
 	       const char *fmt, va_list ap);
 
 /* For the loop: swaps the buffers when the fill buffer holds text and the
- * previous write has completed. Returns the bytes to write (*p_r set) or 0. */
+ * previous write has completed. Returns the bytes to write (*p_r set) or 0.
+ * The buffer the completed write used becomes the fill buffer, back at
+ * LOG_BUF_SIZE if it had grown. */
 size_t log_take(struct log *l, const char **p_r);
 
 #define LOG_AT(l, lv, sid, ev, ...)                                    \
