@@ -4998,7 +4998,10 @@ static void copy_expunged(void *arg, int res, uint64_t modseq)
 	struct copyop *c = arg;
 
 	(void)modseq;
-	copy_end(c->loop, c, res);
+	/* the expunge of a move's originals is refused (-ENOENT) only when
+	 * the source was deleted since copy_next's last check: the same
+	 * outcome as that check */
+	copy_end(c->loop, c, res == -ENOENT ? -ESTALE : res);
 }
 
 static void copy_committed(void *arg, int res, uint32_t uid)
@@ -5066,11 +5069,18 @@ static void copy_read(void *arg, ssize_t res)
 	copy_push(c);
 }
 
+/* The one check of a copy's (and a move's) source, made under f->mu, the
+ * lock the deletion sets f->deleted under once its record is durable:
+ * before each message and once more after the last copy is durable. A
+ * delete that lands before the last check fails the copy with -ESTALE (the
+ * copies made so far stay: the caller removes them, so the copy had no
+ * effect); one that lands after it finds the copy complete. A rename
+ * keeps the folder (same struct sfolder, not deleted): copies go on. */
 static void copy_next(struct loop *loop, struct copyop *c)
 {
 	struct sfolder *f = c->src->f;
 
-	while (c->i < c->n) {
+	for (;;) {
 		struct index_msg *m;
 		const char *kw[64];
 		size_t nkw = 0;
@@ -5079,13 +5089,14 @@ static void copy_next(struct loop *loop, struct copyop *c)
 		int err;
 
 		pthread_mutex_lock(&f->mu);
-		if (c->move && f->deleted) {
-			/* the originals cannot be expunged any more: a move
-			 * stops before its (next) copy, and the caller removes
-			 * the copies already made */
+		if (f->deleted) {
 			pthread_mutex_unlock(&f->mu);
-			copy_end(loop, c, -ENOENT);
+			copy_end(loop, c, -ESTALE);
 			return;
+		}
+		if (c->i == c->n) {
+			pthread_mutex_unlock(&f->mu);
+			break;
 		}
 		m = index_find(&f->ix, c->uids[c->i]);
 		if (m) {
