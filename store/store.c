@@ -3972,7 +3972,7 @@ static void folder_mod(struct store_folder *h, struct loop *loop, const uint32_t
 	p->darg = arg;
 	pthread_mutex_lock(&f->mu);
 	p->busy_f = f;
-	f->busy++;
+	folder_busy(f);
 	if (f->deleted)
 		err = -ENOENT;
 	else if (!expunge)
@@ -4143,7 +4143,7 @@ static void read_or_splice(struct store_folder *h, struct loop *loop, uint32_t u
 	r->fn = cb;
 	r->arg = arg;
 	pthread_mutex_lock(&f->mu);
-	f->busy++; /* until rdreq_end() */
+	folder_busy(f); /* until rdreq_end() */
 	m = index_find(&f->ix, uid);
 	struct hpin *p = h->pin;
 	struct sfile *drop = NULL;
@@ -4568,7 +4568,7 @@ static void target_log(struct loop *loop, struct atarget *t)
 	};
 	pthread_mutex_lock(&f->mu);
 	p->busy_f = f;
-	f->busy++;
+	folder_busy(f);
 	if (f->deleted)
 		err = -ENOENT;
 	else if (f->log.broken)
@@ -4703,10 +4703,9 @@ static void segroll_opened(struct loop *loop, struct loop_cb *cb, int res, uint3
 		}
 	}
 	f->seg_rolling = false;
-	f->busy--;
 	pthread_mutex_unlock(&f->mu);
 	sfile_unref(loop, &nf);
-	folder_maybe_close(loop, f);
+	folder_unbusy(loop, f);
 	suser_unref(loop, &r->u);
 	free(r->path);
 	free(r);
@@ -4734,7 +4733,7 @@ static void seg_roll_locked(struct loop *loop, struct sfolder *f)
 		return;
 	}
 	f->seg_rolling = true;
-	f->busy++; /* until segroll_opened() */
+	folder_busy(f); /* until segroll_opened() */
 	r->f = f;
 	r->cb.fn = segroll_opened;
 	/* a reference without the registry lock order problem: the caller
@@ -5643,7 +5642,7 @@ static void compact_run(struct loop *loop, struct compact *c, int res)
 			c->step = CP_LOGGED;
 			pthread_mutex_lock(&f->mu);
 			p->busy_f = f;
-			f->busy++;
+			folder_busy(f);
 			err = slog_reserve(&f->log, p);
 			pthread_mutex_unlock(&f->mu);
 			if (err < 0) {
