@@ -1143,6 +1143,9 @@ static void store_error(struct imap_session *is, int rc)
 	case -ENOENT:
 		done(is, "NO", "[NONEXISTENT] No such mailbox");
 		break;
+	case -ESTALE: /* store_copy: another session deleted the source */
+		done(is, "NO", "[NONEXISTENT] Mailbox was deleted under us");
+		break;
 	case -EEXIST:
 		done(is, "NO", "[ALREADYEXISTS] Mailbox already exists");
 		break;
@@ -4678,7 +4681,7 @@ static void copy_done(void *arg, int res)
 	if (res < 0) {
 		/* RFC 3501 6.4.7: a failed COPY leaves the destination as it
 		 * was. The copies made before the error (over quota half way,
-		 * or a MOVE whose source another session deleted meanwhile)
+		 * or a COPY/MOVE whose source another session deleted meanwhile)
 		 * are expunged before the reply, also when the client has
 		 * gone: it will never learn about them. */
 		size_t n = 0;
@@ -4758,40 +4761,6 @@ static void copy_start(struct imap_session *is, bool move)
 		   is->uids2, copy_done, is);
 }
 
-/* COPY out of a selected mailbox that another session deleted (its name
- * is gone, or names a mailbox created since: another UIDVALIDITY) is NO
- * [NONEXISTENT] and copies nothing, as MOVE and as in Dovecot ("NO
- * Mailbox was deleted under us"); it used to copy the messages. A
- * delete that lands while the copy runs is not seen. */
-static void copy_source_checked(void *arg, int res, struct store_folder *folder)
-{
-	struct imap_session *is = arg;
-	if (is->dead)
-		store_folder_close(&is->other);
-	if (gone_after_open(is, folder))
-		return;
-	uint32_t uidvalidity = 0;
-	if (res == 0) {
-		struct store_folder_status st;
-		store_folder_status(folder, &st);
-		store_folder_close(&folder);
-		uidvalidity = st.uidvalidity;
-	}
-	if (res == -ENOENT || (res == 0 && uidvalidity != is->uidvalidity)) {
-		store_folder_close(&is->other);
-		done(is, "NO", "[NONEXISTENT] Mailbox was deleted under us");
-		release(is);
-		return;
-	}
-	if (res < 0) {
-		store_folder_close(&is->other);
-		store_error(is, res);
-		release(is);
-		return;
-	}
-	copy_start(is, false);
-}
-
 static void copy_opened(void *arg, int res, struct store_folder *folder)
 {
 	struct imap_session *is = arg;
@@ -4806,16 +4775,9 @@ static void copy_opened(void *arg, int res, struct store_folder *folder)
 		return;
 	}
 	is->other = folder;
-	bool move = is->cmd && strcasecmp(is->cmd->name, "MOVE") == 0;
-	if (!move && strcmp(is->folder_name, "INBOX") != 0) {
-		/* A COPY reads the source through the session's handle, which
-		 * still reads a mailbox another session deleted: look its name
-		 * up first (the store checks MOVE's source itself). */
-		store_folder_open(is->su, stream_loop(is->s), is->folder_name, copy_source_checked,
-				  is);
-		return; /* the hold is passed on */
-	}
-	copy_start(is, move);
+	/* a source another session deleted is the store's -ESTALE, for COPY
+	 * as for MOVE (store_error: NO [NONEXISTENT]) */
+	copy_start(is, is->cmd && strcasecmp(is->cmd->name, "MOVE") == 0);
 }
 
 static void cmd_copy(struct imap_session *is, size_t a)

@@ -3996,7 +3996,7 @@ static void folder_mod(struct store_folder *h, struct loop *loop, const uint32_t
 	p->darg = arg;
 	pthread_mutex_lock(&f->mu);
 	p->busy_f = f;
-	f->busy++;
+	folder_busy(f);
 	if (f->deleted)
 		err = -ENOENT;
 	else if (!expunge)
@@ -4167,7 +4167,7 @@ static void read_or_splice(struct store_folder *h, struct loop *loop, uint32_t u
 	r->fn = cb;
 	r->arg = arg;
 	pthread_mutex_lock(&f->mu);
-	f->busy++; /* until rdreq_end() */
+	folder_busy(f); /* until rdreq_end() */
 	m = index_find(&f->ix, uid);
 	struct hpin *p = h->pin;
 	struct sfile *drop = NULL;
@@ -4592,7 +4592,7 @@ static void target_log(struct loop *loop, struct atarget *t)
 	};
 	pthread_mutex_lock(&f->mu);
 	p->busy_f = f;
-	f->busy++;
+	folder_busy(f);
 	if (f->deleted)
 		err = -ENOENT;
 	else if (f->log.broken)
@@ -4727,10 +4727,9 @@ static void segroll_opened(struct loop *loop, struct loop_cb *cb, int res, uint3
 		}
 	}
 	f->seg_rolling = false;
-	f->busy--;
 	pthread_mutex_unlock(&f->mu);
 	sfile_unref(loop, &nf);
-	folder_maybe_close(loop, f);
+	folder_unbusy(loop, f);
 	suser_unref(loop, &r->u);
 	free(r->path);
 	free(r);
@@ -4758,7 +4757,7 @@ static void seg_roll_locked(struct loop *loop, struct sfolder *f)
 		return;
 	}
 	f->seg_rolling = true;
-	f->busy++; /* until segroll_opened() */
+	folder_busy(f); /* until segroll_opened() */
 	r->f = f;
 	r->cb.fn = segroll_opened;
 	/* a reference without the registry lock order problem: the caller
@@ -5022,7 +5021,10 @@ static void copy_expunged(void *arg, int res, uint64_t modseq)
 	struct copyop *c = arg;
 
 	(void)modseq;
-	copy_end(c->loop, c, res);
+	/* the expunge of a move's originals is refused (-ENOENT) only when
+	 * the source was deleted since copy_next's last check: the same
+	 * outcome as that check */
+	copy_end(c->loop, c, res == -ENOENT ? -ESTALE : res);
 }
 
 static void copy_committed(void *arg, int res, uint32_t uid)
@@ -5090,11 +5092,18 @@ static void copy_read(void *arg, ssize_t res)
 	copy_push(c);
 }
 
+/* The one check of a copy's (and a move's) source, made under f->mu, the
+ * lock the deletion sets f->deleted under once its record is durable:
+ * before each message and once more after the last copy is durable. A
+ * delete that lands before the last check fails the copy with -ESTALE (the
+ * copies made so far stay: the caller removes them, so the copy had no
+ * effect); one that lands after it finds the copy complete. A rename
+ * keeps the folder (same struct sfolder, not deleted): copies go on. */
 static void copy_next(struct loop *loop, struct copyop *c)
 {
 	struct sfolder *f = c->src->f;
 
-	while (c->i < c->n) {
+	for (;;) {
 		struct index_msg *m;
 		const char *kw[64];
 		size_t nkw = 0;
@@ -5103,13 +5112,14 @@ static void copy_next(struct loop *loop, struct copyop *c)
 		int err;
 
 		pthread_mutex_lock(&f->mu);
-		if (c->move && f->deleted) {
-			/* the originals cannot be expunged any more: a move
-			 * stops before its (next) copy, and the caller removes
-			 * the copies already made */
+		if (f->deleted) {
 			pthread_mutex_unlock(&f->mu);
-			copy_end(loop, c, -ENOENT);
+			copy_end(loop, c, -ESTALE);
 			return;
+		}
+		if (c->i == c->n) {
+			pthread_mutex_unlock(&f->mu);
+			break;
 		}
 		m = index_find(&f->ix, c->uids[c->i]);
 		if (m) {
@@ -5656,7 +5666,7 @@ static void compact_run(struct loop *loop, struct compact *c, int res)
 			c->step = CP_LOGGED;
 			pthread_mutex_lock(&f->mu);
 			p->busy_f = f;
-			f->busy++;
+			folder_busy(f);
 			err = slog_reserve(&f->log, p);
 			pthread_mutex_unlock(&f->mu);
 			if (err < 0) {

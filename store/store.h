@@ -304,10 +304,14 @@ void store_expunge(struct store_folder *folder, struct loop *loop, const uint32_
  * of each copy in dst, 0 for a UID not in src, or expunged from it while
  * being copied (for COPYUID). cb(arg, res)
  * once all are durable (res 0) or on the first error (copies already made
- * stay; with move nothing is expunged). A move out of a folder that was
- * deleted (through another handle) is -ENOENT, checked before each copy:
- * nothing is copied when it was deleted before the call. A copy (not a
- * move) still reads a deleted folder's messages. */
+ * stay; with move nothing is expunged). A copy or move out of a folder
+ * deleted through another handle is -ESTALE (not -ENOENT, which a
+ * destination deleted meanwhile gives), checked under the lock the delete
+ * takes, before each copy and after the last: a delete reported before the
+ * call copies nothing; one that lands during the call either fails it with
+ * -ESTALE (the caller removes the copies made) or comes after a complete
+ * copy (res 0; for a move, after its expunge). A folder renamed through
+ * another handle is the same folder: copy and move go on. */
 void store_copy(struct store_folder *src, struct loop *loop, const uint32_t *uids,
 		size_t n, struct store_folder *dst, bool move, uint32_t *new_uids_r,
 		store_done_cb *cb, void *arg);

@@ -388,6 +388,39 @@ def test_copy_out_of_mailbox_deleted_by_other_session(srv):
         c.logout()
 
 
+def test_copy_and_move_out_of_mailbox_renamed_by_other_session(srv):
+    """A mailbox another session RENAMEs is not deleted: a session that has
+    it selected under the old name still COPYs and MOVEs out of it (the
+    store checks the source folder itself, which a rename keeps). COPY
+    used to look the old name up and answer NO [NONEXISTENT] while MOVE
+    went on. Deleted under its new name, both answer NO [NONEXISTENT]."""
+    desk, phone = imap(srv), imap(srv)
+    msg = b"From: a@remote.example\r\nSubject: kept\r\n\r\nx\r\n"
+    assert desk.create("Old")[0] == "OK" and desk.create("Dst")[0] == "OK"
+    for _ in range(4):
+        assert desk.append("Old", None, None, msg)[0] == "OK"
+    assert phone.select("Old") == ("OK", [b"4"])
+    assert desk.rename("Old", "New")[0] == "OK"
+    typ, data = phone.copy("1", "Dst")
+    assert typ == "OK" and b"COPYUID" in data[-1], data
+    typ, data = phone._simple_command("UID", "COPY", "2", "Dst")
+    assert typ == "OK" and b"COPYUID" in data[-1], data
+    typ, data = phone._simple_command("MOVE", "3", "Dst")
+    assert typ == "OK", (typ, data)
+    typ, data = desk.status("Dst", "(MESSAGES UIDNEXT)")
+    assert typ == "OK" and data == [b'"Dst" (MESSAGES 3 UIDNEXT 4)'], data
+    typ, data = desk.status("New", "(MESSAGES)")
+    assert typ == "OK" and data == [b'"New" (MESSAGES 3)'], data
+    assert desk.delete("New")[0] == "OK"
+    for cmd, args in (("COPY", ("1", "Dst")), ("MOVE", ("1", "Dst"))):
+        typ, data = phone._simple_command(cmd, *args)
+        assert typ == "NO" and data[-1].startswith(b"[NONEXISTENT]"), (cmd, typ, data)
+    typ, data = desk.status("Dst", "(MESSAGES UIDNEXT)")
+    assert typ == "OK" and data == [b'"Dst" (MESSAGES 3 UIDNEXT 4)'], data
+    for c in (desk, phone):
+        c.logout()
+
+
 def test_create_and_rename_refuse_empty_levels(srv):
     """CREATE took names with empty hierarchy levels ("a//b", "/a", "/"),
     which LIST then showed with \\Noselect parents named "a/" or "". Now

@@ -19,9 +19,65 @@ static atomic_int watcher_messages;
 static atomic_bool watcher_ready; /* appends start once the watch is set */
 static int rewrites, rewrites_busy; /* on loop 0 */
 
+/* What both tests share: a data dir with the store S on it, and one
+ * thread per loop. */
+struct ml_run {
+	char *dir;
+	struct store_config cfg;
+	pthread_t th[NLOOPS];
+};
+
+/* Skips the test without io_uring; makes the data dir and S. */
+static void ml_setup(struct ml_run *r)
+{
+	struct loop *probe;
+
+	if (loop_new_standalone(&probe))
+		cr_skip_test("io_uring unavailable");
+	loop_free(&probe);
+	r->dir = t_tmpdir();
+	r->cfg = (struct store_config){ .data_dir = r->dir };
+	cr_assert_eq(store_new(&r->cfg, &S), 0);
+}
+
+/* Runs fn on NLOOPS threads, the i-th with args + i * size, and waits for
+ * them all. */
+static void ml_run_threads(struct ml_run *r, void *(*fn)(void *), void *args, size_t size)
+{
+	for (int i = 0; i < NLOOPS; i++)
+		cr_assert_eq(pthread_create(&r->th[i], NULL, fn, (char *)args + (size_t)i * size), 0);
+	for (int i = 0; i < NLOOPS; i++)
+		pthread_join(r->th[i], NULL);
+}
+
+/* Restarts the store and checks that user's folder replays to messages
+ * messages with dense UIDs; then frees S and removes the data dir. */
+static void ml_check_restart(struct ml_run *r, const char *user, const char *folder,
+			     uint32_t messages)
+{
+	struct loop *l;
+	struct store_user *u;
+	struct store_folder *f;
+	struct store_folder_status st;
+
+	store_free(&S);
+	cr_assert_eq(store_new(&r->cfg, &S), 0);
+	l = t_loop();
+	u = t_user(S, l, user);
+	f = t_folder(u, l, folder);
+	store_folder_status(f, &st);
+	cr_expect_eq(st.messages, messages);
+	cr_expect_eq(st.uidnext, messages + 1);
+	store_folder_close(&f);
+	store_user_close(&u);
+	store_free(&S);
+	loop_free(&l);
+	t_rmrf(r->dir);
+	free(r->dir);
+}
+
 struct worker {
 	int id;
-	pthread_t th;
 	struct loop *l;
 	struct store_user *u;
 	struct store_folder *f;
@@ -175,29 +231,20 @@ static void *w_main(void *arg)
 
 Test(store_multiloop, concurrent_appends_share_one_folder, .timeout = 60)
 {
-	char *d = t_tmpdir();
-	struct store_config cfg = { .data_dir = d };
+	struct ml_run r;
 	struct worker w[NLOOPS], *all[NLOOPS];
-	struct loop *probe, *l;
+	pthread_t watcher;
 	uint8_t *seen;
 
-	if (loop_new_standalone(&probe))
-		cr_skip_test("io_uring unavailable");
-	loop_free(&probe);
-	cr_assert_eq(store_new(&cfg, &S), 0);
+	ml_setup(&r);
 	memset(w, 0, sizeof(w));
 	for (int i = 0; i < NLOOPS; i++) {
 		w[i].id = i;
 		w[i].others = all;
 		all[i] = &w[i];
 	}
-	pthread_t watcher;
 	cr_assert_eq(pthread_create(&watcher, NULL, watcher_main, NULL), 0);
-	for (int i = 0; i < NLOOPS; i++) {
-		cr_assert_eq(pthread_create(&w[i].th, NULL, w_main, &w[i]), 0);
-	}
-	for (int i = 0; i < NLOOPS; i++)
-		pthread_join(w[i].th, NULL);
+	ml_run_threads(&r, w_main, w, sizeof(w[0]));
 	pthread_join(watcher, NULL);
 
 	seen = calloc(NLOOPS * PER_LOOP + 2, 1);
@@ -220,25 +267,9 @@ Test(store_multiloop, concurrent_appends_share_one_folder, .timeout = 60)
 		cr_expect_eq(w[i].messages, NLOOPS * PER_LOOP);
 		cr_expect(w[i].read_ok, "loop %d read loop %d's message", i, (i + 1) % NLOOPS);
 	}
-	store_free(&S);
-	/* and the log replays to the same */
-	cr_assert_eq(store_new(&cfg, &S), 0);
-	{
-		l = t_loop();
-		struct store_user *u = t_user(S, l, "multi@example.com");
-		struct store_folder *f = t_folder(u, l, "INBOX");
-		struct store_folder_status st;
-		store_folder_status(f, &st);
-		cr_expect_eq(st.messages, NLOOPS * PER_LOOP);
-		cr_expect_eq(st.uidnext, NLOOPS * PER_LOOP + 1);
-		store_folder_close(&f);
-		store_user_close(&u);
-	}
-	store_free(&S);
-	loop_free(&l);
 	free(seen);
-	t_rmrf(d);
-	free(d);
+	/* and the log replays to the same */
+	ml_check_restart(&r, "multi@example.com", "INBOX", NLOOPS * PER_LOOP);
 }
 
 /* A folder nobody keeps open, used from several loops at once: each opens
@@ -251,7 +282,6 @@ enum { CHURN = 60 };
 
 struct churner {
 	int id;
-	pthread_t th;
 	int acked, failed, read_ok;
 	uint32_t uids[CHURN];
 };
@@ -319,26 +349,15 @@ static void *churn_main(void *arg)
 
 Test(store_multiloop, unused_folder_closes_and_reopens_across_loops, .timeout = 60)
 {
-	char *d = t_tmpdir();
-	struct store_config cfg = { .data_dir = d };
+	struct ml_run r;
 	struct churner c[NLOOPS];
-	struct loop *probe, *l;
-	struct store_user *u;
-	struct store_folder *f;
-	struct store_folder_status st;
 	uint8_t seen[NLOOPS * CHURN + 2] = { 0 };
 
-	if (loop_new_standalone(&probe))
-		cr_skip_test("io_uring unavailable");
-	loop_free(&probe);
-	cr_assert_eq(store_new(&cfg, &S), 0);
+	ml_setup(&r);
 	memset(c, 0, sizeof(c));
-	for (int i = 0; i < NLOOPS; i++) {
-		c[i].id = i;
-		cr_assert_eq(pthread_create(&c[i].th, NULL, churn_main, &c[i]), 0);
-	}
 	for (int i = 0; i < NLOOPS; i++)
-		pthread_join(c[i].th, NULL);
+		c[i].id = i;
+	ml_run_threads(&r, churn_main, c, sizeof(c[0]));
 	for (int i = 0; i < NLOOPS; i++) {
 		cr_expect_eq(c[i].failed, 0, "loop %d", i);
 		cr_expect_eq(c[i].read_ok, CHURN, "loop %d", i);
@@ -349,19 +368,6 @@ Test(store_multiloop, unused_folder_closes_and_reopens_across_loops, .timeout = 
 			seen[uid] = 1;
 		}
 	}
-	store_free(&S);
 	/* and all of it is there after a restart */
-	cr_assert_eq(store_new(&cfg, &S), 0);
-	l = t_loop();
-	u = t_user(S, l, "churn@example.com");
-	f = t_folder(u, l, "Trash");
-	store_folder_status(f, &st);
-	cr_expect_eq(st.messages, NLOOPS * CHURN);
-	cr_expect_eq(st.uidnext, NLOOPS * CHURN + 1);
-	store_folder_close(&f);
-	store_user_close(&u);
-	store_free(&S);
-	loop_free(&l);
-	t_rmrf(d);
-	free(d);
+	ml_check_restart(&r, "churn@example.com", "Trash", NLOOPS * CHURN);
 }

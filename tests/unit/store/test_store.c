@@ -679,16 +679,17 @@ Test(store, copy_and_move)
 	store_user_close(&u);
 }
 
-/* A move out of a folder another session deleted cannot expunge its
- * originals, so it must not copy either: it used to copy every message,
- * then fail at the expunge, leaving the caller to remove the copies (and
- * the destination's UIDNEXT moved). A copy (not a move) still reads the
- * deleted folder's messages through the handle. */
-Test(store, move_out_of_deleted_folder_copies_nothing)
+/* A copy or move out of a folder deleted through another handle is
+ * -ESTALE and copies nothing. A move used to copy every message, then fail
+ * at the expunge (-ENOENT); a copy read the deleted folder's messages and
+ * succeeded, so IMAP reopened the folder by name before each COPY to find
+ * out. A destination deleted meanwhile is -ENOENT: the caller can tell the
+ * two apart. */
+Test(store, copy_and_move_out_of_deleted_folder_copy_nothing)
 {
 	struct store_user *u = t_user(S, L, "alice@example.com");
 	struct waitres w = { 0 };
-	uint32_t uids[] = { 1, 2 }, out[2] = { 7, 7 };
+	uint32_t uids[] = { 1, 2 }, out[2];
 	struct store_folder_status st;
 
 	store_folder_create(u, L, "Box", wr_done, &w);
@@ -701,21 +702,127 @@ Test(store, move_out_of_deleted_folder_copies_nothing)
 	store_folder_delete(u, L, "Box", wr_done, &w);
 	t_run(L, &w);
 	cr_assert_eq(w.res, 0);
+	for (int move = 0; move < 2; move++) {
+		out[0] = out[1] = 7;
+		w = (struct waitres){ 0 };
+		store_copy(box, L, uids, 2, in, move, out, wr_done, &w);
+		t_run(L, &w);
+		cr_expect_eq(w.res, -ESTALE, "move %d", move);
+		cr_expect(out[0] == 7 && out[1] == 7, "move %d: no copy reported", move);
+		store_folder_status(in, &st);
+		cr_expect_eq(st.messages, 0, "move %d", move);
+		cr_expect_eq(st.uidnext, 1, "move %d: nothing copied, not even for a moment", move);
+		cr_expect_eq(st.highestmodseq, 1, "move %d", move);
+	}
+	/* the other way round: the destination is the deleted one */
 	w = (struct waitres){ 0 };
-	store_copy(box, L, uids, 2, in, true, out, wr_done, &w);
+	cr_assert_eq(t_append(L, in, msgs[2], NULL), 0);
+	store_copy(in, L, uids, 1, box, false, out, wr_done, &w);
 	t_run(L, &w);
 	cr_expect_eq(w.res, -ENOENT);
-	store_folder_status(in, &st);
-	cr_expect_eq(st.messages, 0);
-	cr_expect_eq(st.uidnext, 1, "nothing was copied, not even for a moment");
-	cr_expect_eq(st.highestmodseq, 1);
+	store_folder_close(&box);
+	store_folder_close(&in);
+	store_user_close(&u);
+}
+
+/* A delete that lands while a copy or move runs: the store checks the
+ * source under the lock the delete takes before each message, so the copy
+ * stops at the next one with -ESTALE (the copies made stay for the caller
+ * to remove). The delete starts once the destination's first copy is
+ * durable (its watch), with many messages still to go. */
+struct delete_during {
+	struct store_user *u;
+	struct waitres del;
+	bool started;
+};
+
+static void delete_on_first_copy(void *arg)
+{
+	struct delete_during *d = arg;
+
+	if (d->started)
+		return;
+	d->started = true;
+	store_folder_delete(d->u, L, "Box", wr_done, &d->del);
+}
+
+Test(store, delete_landing_during_copy_or_move_fails_it)
+{
+	enum { N = 50 };
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct store_folder *in = t_folder(u, L, "INBOX");
+	uint32_t uids[N], out[N];
+
+	for (size_t i = 0; i < N; i++)
+		uids[i] = (uint32_t)i + 1;
+	for (int move = 0; move < 2; move++) {
+		struct waitres w = { 0 };
+		struct delete_during d = { .u = u };
+		struct store_folder_status before, after;
+
+		store_folder_create(u, L, "Box", wr_done, &w);
+		t_run(L, &w);
+		cr_assert_eq(w.res, 0);
+		struct store_folder *box = t_folder(u, L, "Box");
+		for (size_t i = 0; i < N; i++)
+			cr_assert_eq(t_append(L, box, msgs[i % 3], NULL), 0);
+		store_folder_status(in, &before);
+		memset(out, 0, sizeof(out));
+		cr_assert_eq(store_watch(in, L, delete_on_first_copy, &d), 0);
+		w = (struct waitres){ 0 };
+		store_copy(box, L, uids, N, in, move, out, wr_done, &w);
+		t_run(L, &w);
+		t_run(L, &d.del);
+		cr_assert_eq(d.del.res, 0);
+		cr_expect_eq(w.res, -ESTALE, "move %d: the delete was not seen", move);
+		cr_expect_neq(out[0], 0, "move %d: the first copy was made before", move);
+		cr_expect_eq(out[N - 1], 0, "move %d: the copy stopped", move);
+		store_folder_status(in, &after);
+		size_t made = 0;
+		while (made < N && out[made])
+			made++;
+		cr_expect_eq(after.messages, before.messages + made,
+			     "move %d: the copies made stay (the caller removes them)", move);
+		cr_assert_eq(store_watch(in, L, NULL, NULL), 0);
+		store_folder_close(&box);
+	}
+	store_folder_close(&in);
+	store_user_close(&u);
+}
+
+/* A folder renamed through another handle is not deleted: the handle is
+ * the same folder, and copy and move out of it go on (IMAP: a session
+ * that has the old name selected still copies and moves). */
+Test(store, copy_and_move_out_of_renamed_folder_go_on)
+{
+	struct store_user *u = t_user(S, L, "alice@example.com");
+	struct waitres w = { 0 };
+	uint32_t one = 1, two = 2, out = 0;
+	struct store_folder_status st;
+
+	store_folder_create(u, L, "Box", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	struct store_folder *box = t_folder(u, L, "Box"), *in = t_folder(u, L, "INBOX");
+	cr_assert_eq(t_append(L, box, msgs[0], NULL), 0);
+	cr_assert_eq(t_append(L, box, msgs[1], NULL), 0);
 	w = (struct waitres){ 0 };
-	store_copy(box, L, uids, 2, in, false, out, wr_done, &w);
+	store_folder_rename(u, L, "Box", "Box2", wr_done, &w);
+	t_run(L, &w);
+	cr_assert_eq(w.res, 0);
+	w = (struct waitres){ 0 };
+	store_copy(box, L, &one, 1, in, false, &out, wr_done, &w);
 	t_run(L, &w);
 	cr_expect_eq(w.res, 0);
-	cr_expect_eq(out[0], 1);
-	cr_expect_eq(out[1], 2);
+	cr_expect_eq(out, 1);
+	w = (struct waitres){ 0 };
+	store_copy(box, L, &two, 1, in, true, &out, wr_done, &w);
+	t_run(L, &w);
+	cr_expect_eq(w.res, 0);
+	cr_expect_eq(out, 2);
 	check_msg(in, 2, msgs[1]);
+	store_folder_status(box, &st);
+	cr_expect_eq(st.messages, 1, "the moved one left the renamed folder");
 	store_folder_close(&box);
 	store_folder_close(&in);
 	store_user_close(&u);
