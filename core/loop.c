@@ -634,20 +634,32 @@ static void conn_close_timer(struct conn *c)
 
 /* ---- input ------------------------------------------------------------ */
 
+/* The most input a connection can hold: CONN_INPUT_MAX, which a live
+ * session may leave unconsumed, plus what a multishot recv can deliver
+ * after the session paused, before its cancel takes effect: recv_buffers
+ * buffers, and the one whose delivery paused the session (cancel_recv()). */
+static size_t conn_input_bound(const struct loop *l)
+{
+	return CONN_INPUT_MAX + ((size_t)l->br.count + 1) * l->br.size;
+}
+
 /* The pending input is c->in[c->in_off .. c->in_off + c->in_len). Dropping
  * consumed bytes only moves in_off; the buffer is compacted when more room
  * is needed, so a session that consumes a large backlog in small steps does
  * not memmove it over and over. */
 static int in_append(struct conn *c, const uint8_t *p, size_t n)
 {
-	/* Completions already in the CQ when a session paused (a multishot
-	 * recv may fill many buffers before its cancel takes effect) must be
-	 * kept: they are bounded by the loop's buffer ring. A session that
-	 * is not paused and consumes nothing of CONN_INPUT_MAX bytes is
-	 * closed by deliver_pending(). */
-	size_t max = CONN_INPUT_MAX + (size_t)c->loop->br.count * c->loop->br.size;
-	if ((size_t)c->in_len + n > max)
+	/* What a multishot recv took from the socket while the session was
+	 * paused is kept: it cannot be given back, and the client sent it
+	 * correctly. cancel_recv() and arm_recv() bound it (see there) by
+	 * conn_input_bound(); this check only stops a broken invariant from
+	 * growing memory. A session that is not paused and consumes nothing
+	 * of CONN_INPUT_MAX bytes is closed by deliver_pending(). */
+	if ((size_t)c->in_len + n > conn_input_bound(c->loop)) {
+		LOG_AT(&c->loop->log, LOG_ERROR, c->sid, "input-overrun",
+		       "pending=%u more=%zu paused=%d", c->in_len, n, c->paused);
 		return -ENOBUFS;
+	}
 	if (c->in_off && c->in_off + c->in_len + n > c->in_cap) {
 		memmove(c->in, c->in + c->in_off, c->in_len);
 		c->in_off = 0;
@@ -705,8 +717,19 @@ static void deliver_pending(struct conn *c)
  * nothing arrives meanwhile: the recv stays armed, which saves a cancel and
  * a re-arm (a poll removal and a poll arm in the kernel) per command. The
  * first bytes that do arrive while paused cancel it, so a client that keeps
- * sending is held back by TCP as before; bytes that race with the cancel
- * are kept in c->in. */
+ * sending is held back by TCP; bytes that race with the cancel are kept in
+ * c->in, and the connection is never closed for them.
+ *
+ * Why the race is bounded (conn_input_bound()): with DEFER_TASKRUN the
+ * kernel runs receives only inside our io_uring_enter(GETEVENTS), and the
+ * enter submits the cancel before it runs them. Each enter can fill at
+ * most the ring's recv_buffers buffers (a buffer comes back to the ring
+ * only while we handle its completion, after the enter). So after a pause,
+ * at most the rest of the completions of that enter arrive, or, when none
+ * of them came after the pause, those of the next one: recv_buffers
+ * buffers, plus what was left of the buffer whose delivery paused the
+ * session, on top of the < CONN_INPUT_MAX a live session may leave, which
+ * arm_recv() makes sure of. */
 static void cancel_recv(struct conn *c)
 {
 	if (!c->recv_armed || c->recv_cancelled)
@@ -750,10 +773,18 @@ static void handle_input(struct conn *c, const uint8_t *p, size_t n)
 	}
 }
 
+/* A recv is armed only for a live session: not paused, and not between
+ * conn_resume() and resume_deferred(), which offers the backlog first and
+ * arms after. A session that was offered its input and is live left less
+ * than CONN_INPUT_MAX of it (or deliver_pending() closed it): that is what
+ * bounds c->in (see cancel_recv()). Arming while a resume is pending (when
+ * the cancelled recv's last completion comes) let the backlog of one pause
+ * carry into the next, growing by up to a ring's worth each time, until the
+ * bound closed a correct client's upload. */
 static void arm_recv(struct conn *c)
 {
 	struct loop *l = c->loop;
-	if (c->recv_armed || c->closing || c->paused || c->eof_pending)
+	if (c->recv_armed || c->closing || c->paused || c->resume_pending || c->eof_pending)
 		return;
 	struct io_uring_sqe *sqe = get_sqe(l);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);

@@ -11,6 +11,7 @@ Each limit is checked on both sides where it matters: the reply, and that
 nothing reached any mailbox.
 """
 import base64
+import hashlib
 import os
 import signal
 import smtplib
@@ -1372,5 +1373,75 @@ def test_64mib_data_streams_without_buffering(tmp_path):
         assert grew < 20 * 1024, f"VmRSS grew by {grew} KiB during a 64 MiB DATA (base {base} KiB)"
         got = find(srv.messages("dave@example.com"), tok.encode())
         assert len(got) == 1 and strip_received(got[0])[1] == msg
+    finally:
+        assert srv.stop() == 0, srv.log()[-3000:]
+
+
+def test_fast_uploads_on_a_small_ring_are_never_reset(tmp_path):
+    """A client that sends a big DATA as fast as it can, while the session
+    keeps pausing for the store, is held back by TCP and never reset
+    (core/loop.c arm_recv, cancel_recv; docs/engine.md "Backpressure").
+
+    The recv is cancelled by the first bytes that arrive while the session
+    is paused, and what races with the cancel is kept. Its last completion
+    used to re-arm the recv when it came after conn_resume() but before
+    the backlog was offered again, so the backlog of one pause carried into
+    the next and grew by up to a ring's worth each time, until in_append()
+    refused it and closed the connection (reason=limit). A small ring
+    (recv_buffers = 128, 2 MiB) and two clients uploading 32 MiB at once on
+    one loop: before the fix, 3 runs of 3 reset at least one upload.
+
+    Every message gets 250 and is stored byte for byte."""
+    srv = Server(tmp_path / "ring", limits={"message_size_max": "100m"}, threads=1,
+                 extra_config="[server]\nrecv_buffers = 128\n")
+    srv.start()
+    try:
+        line = b"U" * 998 + b"\r\n"
+        body = line * (32 * 1024 * 1024 // len(line))
+        sent, results, lock = {}, [], threading.Lock()
+
+        def upload(n):
+            for _ in range(n):
+                tok = token()
+                msg = message(tok, to="dave@example.com", body=body)
+                with lock:
+                    sent[tok] = (len(msg), hashlib.sha256(msg).hexdigest())
+                r = Raw(srv, 25, timeout=60)
+                try:
+                    r.ehlo()
+                    # pipelined envelope, then the body in one sendall
+                    r.send(b"MAIL FROM:<up@remote.example>\r\n"
+                           b"RCPT TO:<dave@example.com>\r\nDATA\r\n")
+                    codes = [r.reply()[0] for _ in range(3)]
+                    assert codes == [250, 250, 354], codes
+                    try:
+                        r.send(dot_stuff(msg))
+                        got = r.reply(timeout=60)
+                    except (Closed, ConnectionResetError, BrokenPipeError) as e:
+                        got = (-1, repr(e))
+                    with lock:
+                        results.append((tok, got))
+                finally:
+                    r.sock.close()
+
+        threads = [threading.Thread(target=upload, args=(5,)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "an upload hung"
+        bad = [(tok, got) for tok, got in results if got[0] != 250]
+        log = srv.log()
+        assert not bad, (bad, [l for l in log.splitlines()
+                               if "reason=limit" in l or "input-overrun" in l][:5])
+        assert len(results) == 10
+        assert "input-overrun" not in log and "reason=limit" not in log
+        stored = {}
+        for m in srv.messages("dave@example.com", strict=False):
+            rest = strip_received(m)[1]
+            tok = rest[:300].split(b"Subject: test ", 1)[1].split(b"\r\n", 1)[0].decode()
+            assert tok not in stored, f"{tok} stored twice"
+            stored[tok] = (len(rest), hashlib.sha256(rest).hexdigest())
+        assert stored == sent
     finally:
         assert srv.stop() == 0, srv.log()[-3000:]
