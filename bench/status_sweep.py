@@ -37,11 +37,14 @@ def cpu_seconds(pid):
 
 
 def free_offset(start):
+    # below the ephemeral range (32768-): a load generator's sockets in
+    # TIME_WAIT there would make a listener's port look taken
     off = start
     while True:
         try:
             for port in (25, 143, 993, 110, 995, 465, 587, 26, 2025, 2525, 80, 443):
                 with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind(("127.0.0.1", off + port))
             return off
         except OSError:
@@ -78,7 +81,7 @@ def main():
         for b in a.binaries:
             d = tempfile.mkdtemp(prefix="status-sweep.")
             dirs.append(d)
-            off = free_offset(33000 if not offs else offs[-1] + 100)
+            off = free_offset(15000 if not offs else offs[-1] + 2600)
             procs.append(start(b, d, off, a.cpu))
             offs.append(off)
             m = imaplib.IMAP4("127.0.0.1", off + 143)
