@@ -279,7 +279,6 @@ struct imap_session {
 	char folder_name[STORE_NAME_MAX + 1];
 	struct imsg *msgs;
 	size_t nmsgs, msgs_cap;
-	uint32_t uidvalidity;
 	uint64_t synced_modseq;  /* the view's highestmodseq at the last sync */
 	uint32_t synced_count;
 	/* SEARCHRES (RFC 5182): the search result variable "$", UIDs as
@@ -2049,7 +2048,6 @@ static void select_opened(void *arg, int res, struct store_folder *folder)
 	is->nmsgs = n;
 	struct store_folder_status st;
 	store_view_status(is->view, &st);
-	is->uidvalidity = st.uidvalidity;
 	store_watch(folder, stream_loop(is->s), watch_cb, is);
 	is->synced_modseq = st.highestmodseq;
 	is->synced_count = st.messages;

@@ -204,7 +204,8 @@ void store_folder_status(struct store_folder *folder, struct store_folder_status
  * sweep over all folders opens no file (docs/store.md "Descriptors").
  * Synchronous. Returns 0, -ENOENT when no such folder exists (a
  * special-use folder that store_folder_open() would create on demand
- * does not yet), or name_check()'s error for a bad name. */
+ * does not yet), or -EINVAL for a bad name (empty, too long, control
+ * characters). */
 int store_folder_status_of(struct store_user *user, const char *name,
 			   struct store_folder_status *st_r);
 
