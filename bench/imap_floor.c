@@ -79,15 +79,6 @@ enum {
 	IF_MESSAGES_MAX = 1000000,
 };
 
-/* tls/tls.c's list: TLS 1.3 suites, then ECDHE AEAD for TLS 1.2. */
-static const char if_cipher_list[] =
-	"TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:"
-	"TLS13-CHACHA20-POLY1305-SHA256:"
-	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-	"ECDHE-ECDSA-CHACHA20-POLY1305:"
-	"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
-	"ECDHE-RSA-CHACHA20-POLY1305";
-
 static const char greeting[] = "* OK [CAPABILITY IMAP4rev1] imap-floor ready\r\n";
 
 struct if_conn {
@@ -252,7 +243,7 @@ static int tls_setup(struct if_server *s, const char *cert, const char *key)
 	s->sha_on = tls_sha_ni_active();
 	s->ctx = wolfSSL_CTX_new(wolfSSLv23_server_method());
 	if (!s->ctx || wolfSSL_CTX_SetMinVersion(s->ctx, WOLFSSL_TLSV1_2) != WOLFSSL_SUCCESS ||
-	    wolfSSL_CTX_set_cipher_list(s->ctx, if_cipher_list) != WOLFSSL_SUCCESS ||
+	    wolfSSL_CTX_set_cipher_list(s->ctx, tls_cipher_list) != WOLFSSL_SUCCESS ||
 	    wolfSSL_CTX_set_groups(s->ctx, groups, 2) != WOLFSSL_SUCCESS) {
 		fprintf(stderr, "imap-floor: wolfSSL context setup failed\n");
 		return -1;

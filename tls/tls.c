@@ -41,7 +41,7 @@
 
 /* AEAD only: TLS 1.3 suites, then ECDHE with AES-GCM or ChaCha20-Poly1305
  * for TLS 1.2 (ECDSA and RSA certificates). No CBC, no static RSA, no DHE. */
-static const char tls_cipher_list[] =
+const char tls_cipher_list[] =
 	"TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:"
 	"TLS13-CHACHA20-POLY1305-SHA256:"
 	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"

@@ -70,6 +70,11 @@ struct tls_server_config {
 	const struct tls_server *ticket_keys_from;
 };
 
+/* The cipher list every ringmail TLS server sets (wolfSSL's syntax): AEAD
+ * only, TLS 1.3 suites first. Exported for bench/imap_floor.c, which must
+ * make the same choice. */
+extern const char tls_cipher_list[];
+
 /* Initialises wolfSSL and its allocators (jemalloc through malloc/free).
  * Call once per process before anything else here, from the main thread.
  * Returns 0 or -EIO. */
