@@ -230,6 +230,7 @@ class SClient:
     summary and errors on stderr."""
 
     def __init__(self, srv, port, *args, brief=True):
+        self.srv = srv
         cmd = [OPENSSL, "s_client", "-connect", f"{HOST}:{srv.port(port)}", "-nocommands"]
         if brief:
             cmd.append("-brief")
@@ -261,6 +262,12 @@ class SClient:
     def send(self, data):
         self.p.stdin.write(data)
         self.p.stdin.flush()
+
+    def diag(self):
+        """For an assertion message: s_client's exit and stderr, and the
+        end of the server's log (an EOF from s_client says nothing alone)."""
+        rc, _, err = self.finish(timeout=5)
+        return f"s_client exit {rc}, stderr: {err[-1500:]}\nserver log: {self.srv.log()[-3000:]}"
 
     def finish(self, timeout=10.0):
         """Closes stdin (s_client then closes the connection); returns
@@ -367,18 +374,19 @@ def test_s_client_starttls(tlssrv, proto, port):
         lines = [c.readline()]
         while lines[-1][3:4] == b"-":
             lines.append(c.readline())
-        assert lines[0].startswith(b"250-mail.example.com"), lines
+        assert lines[0].startswith(b"250-mail.example.com"), f"{lines!r}\n{c.diag()}"
         assert not any(b"STARTTLS" in l for l in lines), lines
         assert any(b"AUTH" in l and b"PLAIN" in l for l in lines), lines
     elif proto == "imap":
         c.send(b"a CAPABILITY\r\n")
         cap = c.readline()
-        assert cap.startswith(b"* CAPABILITY"), cap
+        assert cap.startswith(b"* CAPABILITY"), f"{cap!r}\n{c.diag()}"
         assert b"STARTTLS" not in cap and b"LOGINDISABLED" not in cap and b"AUTH=PLAIN" in cap
         assert c.readline().startswith(b"a OK")
     else:
         c.send(b"CAPA\r\n")
-        assert c.readline().startswith(b"+OK")
+        first = c.readline()
+        assert first.startswith(b"+OK"), f"{first!r}\n{c.diag()}"
         capa = []
         while (ln := c.readline().strip()) != b".":
             assert ln, "EOF inside CAPA"
